@@ -1,0 +1,54 @@
+# crmapi: `make run` serves a demo on 127.0.0.1:8000; `make test` runs the whole suite on
+# SQLite and on a throwaway PostgreSQL. Both install what they need from scratch.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DB_URL ?= sqlite:///crm.db
+BIND ?= 127.0.0.1:8000
+PYTEST_ARGS ?=
+
+.PHONY: run test install install-test postgresql clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+# The Debian package brings the server binaries; the tests start their own server from them.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (apt-get)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
+run: $(VENV)/.installed
+	@if [ "$(DB_URL)" = "sqlite:///crm.db" ] && [ ! -f crm.db ]; then \
+	  token=$$($(BIN)/crmapi --database $(DB_URL) demo) && \
+	  echo "Demo data is in crm.db. Your API token:" && echo "  $$token" && echo "Try:" && \
+	  echo "  curl -H 'Authorization: Bearer $$token' 'http://$(BIND)/api/contacts?range=\[0,4\]'"; \
+	else \
+	  $(BIN)/crmapi --database $(DB_URL) init-db; \
+	  echo "crm.db exists: make a token with"; \
+	  echo "  $(BIN)/crmapi create-token --org \$$(sqlite3 crm.db 'select id from organizations limit 1') --email you@example.com"; \
+	fi
+	$(BIN)/crmapi --database $(DB_URL) serve --bind $(BIND)
+
+test: $(VENV)/.installed-test postgresql
+	@set -e; dir=$$(mktemp -d /tmp/crmapi-pg.XXXXXX); \
+	trap 'scripts/pgtmp.sh stop "$$dir"' EXIT; \
+	url=$$(scripts/pgtmp.sh start "$$dir"); \
+	echo "throwaway PostgreSQL at $$url"; \
+	CRMAPI_TEST_POSTGRES_URL="$$url" $(BIN)/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,109 @@
+"""Organizations, CRM users and API tokens: who is calling, and how they got a token.
+
+A token is `bos_crm_<secret>`; only its SHA-256 digest is stored, so a database dump holds no
+usable credential. Lookups compare digests through a unique index.
+"""
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from pypika import Table
+
+from . import sqlbuild
+from .errors import Unauthorized
+from .store import new_id
+from .store import utc_now
+
+TOKEN_PREFIX = 'bos_crm_'
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller, as authentication established it."""
+
+    org_id: str
+    user_id: str
+    is_admin: bool = False
+    token_id: str = None
+
+
+def token_digest(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Accounts:
+    def __init__(self, db, clock=utc_now):
+        self.db = db
+        self.clock = clock
+
+    def _insert(self, tx, table, row):
+        d = self.db.dialect
+        t = Table(table)
+        kinds = {'created_at': 'timestamp', 'updated_at': 'timestamp', 'expires_at': 'timestamp',
+                 'administrator': 'boolean'}
+        query = d.query.into(t).columns(*row).insert(*[sqlbuild.Bound(d.adapt(kinds.get(k, 'text'), v))
+                                                      for k, v in row.items()])
+        tx.execute(*d.render(query))
+
+    def create_org(self, name):
+        org_id = new_id('org_')
+        with self.db.transaction(write=True) as tx:
+            self._insert(tx, 'organizations', {'id': org_id, 'name': name, 'created_at': self.clock()})
+        return org_id
+
+    def ensure_user(self, tx, org_id, email, admin=False):
+        """The id of the CRM user with `email` in `org_id`, created if needed."""
+        d = self.db.dialect
+        users = Table('crm_users')
+        found = tx.one(*d.render(d.query.from_(users).select(users.id, users.administrator).where(
+            (users.organization_id == sqlbuild.Bound(org_id)) & (users.email == sqlbuild.Bound(email)))))
+        if found:
+            if admin and not found[1]:
+                tx.execute(*d.render(d.query.update(users).set(users.administrator, sqlbuild.Bound(
+                    d.adapt('boolean', True))).where(users.id == sqlbuild.Bound(found[0]))))
+            return found[0]
+        orgs = Table('organizations')
+        if tx.one(*d.render(d.query.from_(orgs).select(orgs.id).where(orgs.id == sqlbuild.Bound(org_id)))) is None:
+            raise LookupError(f'no organization {org_id}')
+        user_id = new_id('u_')
+        now = self.clock()
+        self._insert(tx, 'crm_users', {'id': user_id, 'organization_id': org_id, 'email': email,
+                                       'administrator': admin, 'created_at': now, 'updated_at': now})
+        return user_id
+
+    def create_token(self, org_id, email, admin=False, expires_at=None):
+        """A new secret token for the user `email` of `org_id` (created if needed); returns the token."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.db.transaction(write=True) as tx:
+            user_id = self.ensure_user(tx, org_id, email, admin)
+            self._insert(tx, 'api_tokens', {
+                'id': new_id('tok_'), 'organization_id': org_id, 'user_id': user_id,
+                'token_hash': token_digest(token), 'created_at': self.clock(), 'expires_at': expires_at})
+        return token
+
+    def authenticate(self, token):
+        """The Principal behind a bearer token, or Unauthorized."""
+        if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            raise Unauthorized('A valid bearer token is required')
+        d = self.db.dialect
+        tokens, users = Table('api_tokens'), Table('crm_users')
+        query = (d.query.from_(tokens).join(users).on(
+            (users.organization_id == tokens.organization_id) & (users.id == tokens.user_id))
+            .select(tokens.id, tokens.organization_id, tokens.user_id, users.administrator,
+                    users.disabled, tokens.revoked_at, tokens.expires_at)
+            .where(tokens.token_hash == sqlbuild.Bound(token_digest(token))))
+        with self.db.transaction() as tx:
+            row = tx.one(*d.render(query))
+        if row is None:
+            raise Unauthorized('A valid bearer token is required')
+        token_id, org_id, user_id, admin, disabled, revoked_at, expires_at = row
+        if disabled or revoked_at is not None:
+            raise Unauthorized('This token is no longer valid')
+        if expires_at is not None and _as_text(expires_at) <= _as_text(self.clock()):
+            raise Unauthorized('This token has expired')
+        return Principal(org_id, user_id, bool(admin), token_id)
+
+
+def _as_text(value):
+    from .values import format_timestamp
+    return value if isinstance(value, str) else format_timestamp(value)

@@ -1,0 +1,98 @@
+"""Falcon resources: parse the request, call the store, render the answer. Nothing else."""
+from . import query
+from . import values
+from .errors import InvalidBody
+from .errors import PayloadTooLarge
+from .errors import UnsupportedMediaType
+
+
+def content_range(resource, start, count, total):
+    """`contacts 0-24/142`; an empty page is `contacts */142`."""
+    if count == 0:
+        return f'{resource} */{total}'
+    return f'{resource} {start}-{start + count - 1}/{total}'
+
+
+def read_body(req, max_bytes):
+    """The JSON object a write sends, strictly parsed, or a 4xx naming what is wrong."""
+    media_type = (req.content_type or '').split(';')[0].strip().lower()
+    if media_type != 'application/json' and not media_type.endswith('+json'):
+        raise UnsupportedMediaType('Send the body as JSON with Content-Type: application/json')
+    length = req.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(f'The body is larger than {max_bytes} bytes')
+    raw = req.bounded_stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f'The body is larger than {max_bytes} bytes')
+    try:
+        body = values.loads_strict(raw.decode('utf-8'))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidBody(f'The body is not valid JSON: {exc}') from None
+    if not isinstance(body, dict):
+        raise InvalidBody('The request body must be a JSON object')
+    return body
+
+
+class Records:
+    """`/api/{resource}`, `/api/{resource}/{id}` and `/api/{resource}/{id}/restore`."""
+
+    def __init__(self, store, limits, max_body_bytes):
+        self.store = store
+        self.limits = limits
+        self.max_body_bytes = max_body_bytes
+
+    def _table(self, req, resource):
+        return self.store.catalog.resolve(resource, req.context.principal)
+
+    def on_get(self, req, resp, resource):
+        info = self._table(req, resource)
+        lq = query.parse_list(req.params, info, self.limits)
+        rows, total = self.store.list(info, req.context.principal, lq)
+        resp.media = rows
+        resp.set_header('Content-Range', content_range(resource, lq.start, len(rows), total))
+
+    def on_post(self, req, resp, resource):
+        info = self._table(req, resource)
+        record = self.store.create(info, req.context.principal, read_body(req, self.max_body_bytes))
+        resp.status = 201
+        resp.set_header('Location', f'{req.root_path}/api/{resource}/{record["id"]}')
+        resp.media = record
+
+    def on_get_item(self, req, resp, resource, id):
+        resp.media = self.store.get(self._table(req, resource), req.context.principal, id)
+
+    def on_put_item(self, req, resp, resource, id):
+        info = self._table(req, resource)
+        resp.media = self.store.update(info, req.context.principal, id, read_body(req, self.max_body_bytes))
+
+    def on_delete_item(self, req, resp, resource, id):
+        resp.media = self.store.delete(self._table(req, resource), req.context.principal, id)
+
+    def on_post_restore(self, req, resp, resource, id):
+        resp.media = self.store.restore(self._table(req, resource), req.context.principal, id)
+
+
+class MergeContacts:
+    """`POST /api/merge_contacts`."""
+
+    def __init__(self, store, max_body_bytes):
+        self.store = store
+        self.max_body_bytes = max_body_bytes
+
+    def on_post(self, req, resp):
+        resp.media = self.store.merge_contacts(req.context.principal, read_body(req, self.max_body_bytes))
+
+
+class Schema:
+    """`GET /api/schema` (the resources) and `GET /api/schema/{table}` (one resource's columns)."""
+
+    def __init__(self, catalog):
+        self.catalog = catalog
+
+    def on_get(self, req, resp):
+        principal = req.context.principal
+        resp.media = [{k: v for k, v in self.catalog.resolve(slug, principal).describe().items() if k != 'columns'}
+                      for slug in self.catalog.visible(principal)]
+
+    def on_get_table(self, req, resp, table):
+        resp.media = self.catalog.resolve(table, req.context.principal).describe()

@@ -1,0 +1,123 @@
+"""The WSGI application: routes, middleware and the one place errors become HTTP answers."""
+import logging
+import sys
+import traceback
+
+import falcon
+import orjson
+from falcon import media
+
+from . import api
+from .accounts import Accounts
+from .config import Settings
+from .db import connect
+from .errors import CrmError
+from .errors import InvalidParam
+from .errors import Unauthorized
+from .errors import problem
+from .query import Limits
+from .schema import Catalog
+from .store import Store
+
+log = logging.getLogger('crmapi')
+PROBLEM_JSON = 'application/problem+json'
+EXPOSED_HEADERS = 'Content-Range, Location, X-Request-ID'
+ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID'
+
+
+class AuthMiddleware:
+    """Every /api request carries `Authorization: Bearer <token>`; the principal goes on the context."""
+
+    def __init__(self, accounts):
+        self.accounts = accounts
+
+    def process_request(self, req, resp):
+        req.context.principal = None
+        if req.method == 'OPTIONS' or not req.path.startswith('/api'):
+            return
+        if 'token' in req.params or 'access_token' in req.params:
+            raise InvalidParam('Send the token in the Authorization header, never in the URL', param='token')
+        scheme, _, token = (req.get_header('Authorization') or '').partition(' ')
+        if scheme.lower() != 'bearer':
+            raise Unauthorized('Send Authorization: Bearer <token>')
+        req.context.principal = self.accounts.authenticate(token.strip())
+
+
+class CorsMiddleware:
+    """CORS for browser front ends; errors carry the headers too, so react-admin can read them."""
+
+    def __init__(self, origins):
+        self.origins = tuple(origins)
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        resp.set_header('Access-Control-Expose-Headers', EXPOSED_HEADERS)
+        origin = req.get_header('Origin')
+        if origin is None:
+            return
+        if '*' in self.origins:
+            resp.set_header('Access-Control-Allow-Origin', '*')
+        elif origin in self.origins:
+            resp.set_header('Access-Control-Allow-Origin', origin)
+            resp.append_header('Vary', 'Origin')
+        else:
+            return
+        if req.method == 'OPTIONS' and req.get_header('Access-Control-Request-Method'):
+            resp.set_header('Access-Control-Allow-Methods', 'GET, POST, PUT, DELETE, OPTIONS')
+            resp.set_header('Access-Control-Allow-Headers', ALLOWED_HEADERS)
+            resp.set_header('Access-Control-Max-Age', '600')
+
+
+def _render(resp, status, body, headers=None):
+    resp.status = status
+    resp.content_type = PROBLEM_JSON
+    resp.data = orjson.dumps(body)
+    for name, value in (headers or {}).items():
+        resp.set_header(name, value)
+
+
+def handle_crm_error(req, resp, exc, params):
+    _render(resp, exc.status, exc.to_problem(), exc.headers)
+
+
+def handle_unexpected(req, resp, exc, params):
+    """A bug: log it with its traceback on the server, answer a bare 500 problem."""
+    if isinstance(exc, falcon.HTTPError):
+        raise exc
+    traceback.print_exception(exc, file=sys.stderr)
+    _render(resp, 500, problem(500, 'Internal error', 'The server could not complete the request'))
+
+
+def serialize_http_error(req, resp, exc):
+    """Falcon's own 400/404/405/… in the same problem+json shape."""
+    _render(resp, exc.status_code, problem(exc.status_code, exc.title, exc.description or exc.title))
+
+
+def create_app(settings=None, db=None):
+    """Build the WSGI callable. Pass `db` (a crmapi.db.Database) to share or inject one in tests."""
+    settings = settings or Settings.from_env()
+    db = db or connect(settings.database_url)
+    if hasattr(db, 'pool_args'):
+        db.pool_args.update(max_size=settings.pool_max_size, timeout=settings.pool_timeout_s)
+        db.statement_timeout_ms = settings.statement_timeout_ms
+    catalog = Catalog.load(db)
+    store = Store(db, catalog)
+    limits = Limits(settings.max_page, settings.max_filters, settings.max_value_length)
+
+    app = falcon.App(middleware=[CorsMiddleware(settings.cors_origins), AuthMiddleware(Accounts(db))])
+    json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
+    app.resp_options.media_handlers.update({'application/json': json_handler, PROBLEM_JSON: json_handler})
+    app.req_options.strip_url_path_trailing_slash = True
+
+    records = api.Records(store, limits, settings.max_body_bytes)
+    schema = api.Schema(catalog)
+    app.add_route('/api/merge_contacts', api.MergeContacts(store, settings.max_body_bytes))
+    app.add_route('/api/schema', schema)
+    app.add_route('/api/schema/{table}', schema, suffix='table')
+    app.add_route('/api/{resource}', records)
+    app.add_route('/api/{resource}/{id}', records, suffix='item')
+    app.add_route('/api/{resource}/{id}/restore', records, suffix='restore')
+
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(CrmError, handle_crm_error)
+    app.set_error_serializer(serialize_http_error)
+    return app

@@ -1,0 +1,47 @@
+"""Settings from CRMAPI_* environment variables, in one frozen value."""
+import os
+from dataclasses import dataclass
+from dataclasses import field
+
+
+def _env(name, default, cast=str):
+    raw = os.environ.get(name)
+    return default if raw in (None, '') else cast(raw)
+
+
+def _origins(raw):
+    return tuple(o.strip() for o in raw.split(',') if o.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = 'sqlite:///crm.db'
+    cors_origins: tuple = ('*',)
+    max_body_bytes: int = 1024 * 1024
+    max_page: int = 1000
+    max_filters: int = 50
+    max_value_length: int = 10_000
+    statement_timeout_ms: int = 15_000
+    pool_max_size: int = 4
+    pool_timeout_s: float = 10.0
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def __repr__(self):
+        # NOTE: the URL may carry a password; never print it.
+        return f'Settings(database={self.database_url.split("://")[0]}://…, cors_origins={self.cors_origins})'
+
+    @classmethod
+    def from_env(cls, **overrides):
+        values = dict(
+            database_url=_env('CRMAPI_DATABASE_URL', cls.database_url),
+            cors_origins=_env('CRMAPI_CORS_ORIGINS', cls.cors_origins, _origins),
+            max_body_bytes=_env('CRMAPI_MAX_BODY_BYTES', cls.max_body_bytes, int),
+            max_page=_env('CRMAPI_MAX_PAGE', cls.max_page, int),
+            max_filters=_env('CRMAPI_MAX_FILTERS', cls.max_filters, int),
+            max_value_length=_env('CRMAPI_MAX_VALUE_LENGTH', cls.max_value_length, int),
+            statement_timeout_ms=_env('CRMAPI_STATEMENT_TIMEOUT_MS', cls.statement_timeout_ms, int),
+            pool_max_size=_env('CRMAPI_POOL_MAX_SIZE', cls.pool_max_size, int),
+            pool_timeout_s=_env('CRMAPI_POOL_TIMEOUT_S', cls.pool_timeout_s, float),
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,296 @@
+"""Connections to SQLite and PostgreSQL behind one small interface.
+
+`db.transaction(write=...)` yields a Tx with `rows`, `one` and `execute`; driver errors become
+CrmErrors here, so nothing above this module knows which driver runs. Connections are opened
+lazily in the process that uses them (never inherited across gunicorn's fork).
+"""
+import contextlib
+import datetime as dt
+import json
+import os
+import sqlite3
+import threading
+from decimal import Decimal
+from urllib.parse import unquote
+from urllib.parse import urlparse
+
+from . import sqlbuild
+from . import values
+from .errors import Conflict
+from .errors import InvalidValue
+from .errors import Unavailable
+
+
+class Tx:
+    """One transaction's cursor: the only way the store talks to a database."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+
+    def rows(self, sql, params=()):
+        self.cursor.execute(sql, params)
+        return self.cursor.fetchall()
+
+    def one(self, sql, params=()):
+        self.cursor.execute(sql, params)
+        return self.cursor.fetchone()
+
+    def execute(self, sql, params=()):
+        self.cursor.execute(sql, params)
+        return self.cursor.rowcount
+
+
+def _identity(value):
+    return value
+
+
+class Database:
+    """What both engines share: dialect, row readers and error translation."""
+
+    name = ''
+    readers = {}
+
+    def reader(self, kinds):
+        """A function turning a raw row tuple into JSON-ready values, one converter per column kind."""
+        convert = [(i, self.readers[k]) for i, k in enumerate(kinds) if k in self.readers]
+
+        def read(row):
+            row = list(row)
+            for i, f in convert:
+                if row[i] is not None:
+                    row[i] = f(row[i])
+            return row
+        return read
+
+
+# -- SQLite ----------------------------------------------------------------------------------------
+
+def _sqlite_adapt(kind, value):
+    if value is None:
+        return None
+    if kind == 'boolean':
+        return int(value)
+    if kind == 'number':
+        return str(value) if isinstance(value, Decimal) else value
+    if kind == 'date':
+        return value.isoformat()
+    if kind == 'timestamp':
+        return values.format_timestamp(value)
+    if kind in ('json', 'array'):
+        return json.dumps(value, separators=(',', ':'), ensure_ascii=False)
+    return value
+
+
+def _sqlite_json(value):
+    # NOTE: a JSONB column has NUMERIC affinity on SQLite, so a bare JSON number comes back as one.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+class SQLiteDatabase(Database):
+    """The embedded default: one connection per thread, WAL, writes under BEGIN IMMEDIATE."""
+
+    name = 'sqlite'
+    readers = {'boolean': bool, 'number': values.number_out, 'json': _sqlite_json, 'array': _sqlite_json}
+
+    def __init__(self, path, busy_timeout_ms=10_000, synchronous='FULL'):
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous
+        self.dialect = sqlbuild.sqlite_dialect(_sqlite_adapt)
+        self._local = threading.local()
+
+    def _connect(self):
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self.busy_timeout_ms / 1000)
+        conn.execute(f'PRAGMA busy_timeout = {int(self.busy_timeout_ms)}')
+        if self.path != ':memory:':
+            conn.execute('PRAGMA journal_mode = WAL')
+        conn.execute(f'PRAGMA synchronous = {self.synchronous}')
+        conn.execute('PRAGMA foreign_keys = ON')
+        return conn
+
+    def connection(self):
+        local = self._local
+        if getattr(local, 'pid', None) != os.getpid():
+            local.conn, local.pid = self._connect(), os.getpid()
+        return local.conn
+
+    @contextlib.contextmanager
+    def transaction(self, write=False):
+        conn = self.connection()
+        with translate_errors():
+            # NOTE: a deferred BEGIN that reads then writes fails at once under contention,
+            # whatever the busy timeout; IMMEDIATE takes the write lock up front.
+            conn.execute('BEGIN IMMEDIATE' if write else 'BEGIN')
+            try:
+                yield Tx(conn.cursor())
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.execute('COMMIT')
+
+    def run_script(self, sql):
+        conn = self.connection()
+        conn.executescript('BEGIN IMMEDIATE;\n' + sql + '\nCOMMIT;')
+
+    def table_exists(self, name):
+        with self.transaction() as tx:
+            return tx.one("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)) is not None
+
+    def introspect(self, tables):
+        """{table: [(name, declared type, nullable, default)]} from PRAGMA table_xinfo."""
+        found = {}
+        with self.transaction() as tx:
+            for table in tables:
+                rows = tx.rows('SELECT name, type, "notnull", dflt_value, pk, hidden '
+                               'FROM pragma_table_xinfo(?)', (table,))
+                if rows:
+                    found[table] = [(n, t, not nn and not pk, d) for n, t, nn, d, pk, hidden in rows
+                                    if hidden in (0, 2, 3)]
+        return found
+
+    def close(self):
+        conn = getattr(self._local, 'conn', None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+            self._local.pid = None
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------
+
+def _pg_adapt(kind, value):
+    if value is None:
+        return None
+    if kind in ('json', 'array'):
+        from psycopg.types.json import Jsonb
+        return Jsonb(value)
+    return value
+
+
+class PostgresDatabase(Database):
+    """The production engine: a psycopg 3 pool per process, connections checked before use."""
+
+    name = 'postgresql'
+    readers = {
+        'number': values.number_out,
+        'date': dt.date.isoformat,
+        'timestamp': values.format_timestamp,
+    }
+
+    def __init__(self, url, min_size=1, max_size=4, timeout=10.0, statement_timeout_ms=15_000):
+        self.url = url
+        self.pool_args = dict(min_size=min_size, max_size=max_size, timeout=timeout)
+        self.statement_timeout_ms = statement_timeout_ms
+        self.dialect = sqlbuild.postgres_dialect(_pg_adapt)
+        self._pool, self._pid = None, None
+        self._lock = threading.Lock()
+
+    def _configure(self, conn):
+        conn.execute(f'SET statement_timeout = {int(self.statement_timeout_ms)}')
+        conn.execute("SET TIME ZONE 'UTC'")
+        conn.commit()
+
+    def pool(self):
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    from psycopg_pool import ConnectionPool
+                    self._pool = ConnectionPool(
+                        self.url, configure=self._configure, check=ConnectionPool.check_connection,
+                        open=True, **self.pool_args)
+                    self._pid = os.getpid()
+        return self._pool
+
+    @contextlib.contextmanager
+    def transaction(self, write=False):
+        with translate_errors():
+            with self.pool().connection() as conn:
+                with conn.transaction():
+                    yield Tx(conn.cursor())
+
+    def run_script(self, sql):
+        with translate_errors(), self.pool().connection() as conn:
+            with conn.transaction():
+                conn.execute(sql)
+
+    def table_exists(self, name):
+        with self.transaction() as tx:
+            return tx.one('SELECT to_regclass(%s)', (name,))[0] is not None
+
+    def introspect(self, tables):
+        sql = ('SELECT table_name, column_name, '
+               "CASE WHEN data_type = 'numeric' AND numeric_precision IS NOT NULL "
+               "THEN 'numeric(' || numeric_precision || ',' || numeric_scale || ')' ELSE data_type END, "
+               "is_nullable = 'YES', column_default "
+               'FROM information_schema.columns '
+               'WHERE table_schema = current_schema() AND table_name = ANY(%s) '
+               'ORDER BY table_name, ordinal_position')
+        found = {}
+        with self.transaction() as tx:
+            for table, name, declared, nullable, default in tx.rows(sql, (list(tables),)):
+                found.setdefault(table, []).append((name, declared, nullable, default))
+        return found
+
+    def close(self):
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.close()
+        self._pool, self._pid = None, None
+
+
+@contextlib.contextmanager
+def translate_errors():
+    """Driver exceptions become CrmErrors; the driver's text never reaches a client."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise Conflict(_integrity_detail(str(exc))) from exc
+    except sqlite3.OperationalError as exc:
+        if 'locked' in str(exc) or 'busy' in str(exc):
+            raise Unavailable('The database is busy; retry the request') from exc
+        raise
+    except Exception as exc:
+        mapped = _map_psycopg(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _integrity_detail(message):
+    if 'UNIQUE' in message.upper() or 'unique' in message or 'duplicate' in message:
+        return 'A record with the same unique value already exists'
+    if 'FOREIGN KEY' in message.upper() or 'foreign key' in message:
+        return 'The record refers to, or is referred to by, another record'
+    return 'The change conflicts with the stored data'
+
+
+def _map_psycopg(exc):
+    try:
+        import psycopg
+        from psycopg import errors as pgerr
+        from psycopg_pool import PoolTimeout
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return None
+    if isinstance(exc, pgerr.IntegrityError):
+        return Conflict(_integrity_detail(str(exc)))
+    if isinstance(exc, pgerr.QueryCanceled):
+        return Unavailable('The query took too long; retry or narrow it')
+    if isinstance(exc, pgerr.DataError):
+        return InvalidValue('A value does not fit its column')
+    if isinstance(exc, (psycopg.OperationalError, PoolTimeout)):
+        return Unavailable('The database is unavailable; retry shortly')
+    return None
+
+
+def connect(url):
+    """A Database for `sqlite:///path`, `sqlite://:memory:` or `postgresql://…`."""
+    parsed = urlparse(url)
+    if parsed.scheme == 'sqlite':
+        path = unquote(parsed.path)
+        if parsed.netloc == ':memory:' or path in ('', '/:memory:'):
+            return SQLiteDatabase(':memory:')
+        # sqlite:///crm.db is relative, sqlite:////var/crm.db absolute (as in SQLAlchemy)
+        return SQLiteDatabase(path[1:])
+    if parsed.scheme in ('postgresql', 'postgres'):
+        return PostgresDatabase(url)
+    raise ValueError(f"unsupported database URL scheme '{parsed.scheme}': use sqlite:/// or postgresql://")

@@ -1,0 +1,232 @@
+"""Parsing the list query language into frozen values. No Falcon, no SQL.
+
+`parse_list(params, info)` turns `range`, `filter`, `filters`, `sort`/`order` and `sorts` into a
+ListQuery whose fields are Columns from the whitelist and whose values are already checked
+against those columns, or raises InvalidParam / UnknownField (400) naming the parameter.
+"""
+from dataclasses import dataclass
+
+from . import values
+from .errors import InvalidParam
+from .errors import InvalidValue
+from .errors import UnknownField
+
+LIST_PARAMS = frozenset({'range', 'filter', 'filters', 'sort', 'order', 'sorts'})
+TEXT_OPS = frozenset({'contains', 'not_contains', 'starts_with', 'ends_with'})
+ORDER_OPS = frozenset({'gt', 'gte', 'lt', 'lte'})
+LIST_OPS = frozenset({'in', 'not_in'})
+EMPTY_OPS = frozenset({'is_empty', 'is_not_empty'})
+OPERATORS = ('eq', 'neq', 'gt', 'gte', 'lt', 'lte', 'contains', 'not_contains', 'starts_with',
+             'ends_with', 'in', 'not_in', 'is_empty', 'is_not_empty')
+ORDERABLE_KINDS = frozenset({'text', 'integer', 'number', 'date', 'timestamp'})
+MAX_OFFSET = 2 ** 53
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what one list request may ask for."""
+
+    max_page: int = 1000
+    max_filters: int = 50
+    max_value_length: int = 10_000
+
+
+@dataclass(frozen=True)
+class Filter:
+    column: object
+    op: str
+    value: object = None
+    logical: str = 'and'
+
+
+@dataclass(frozen=True)
+class Sort:
+    column: object
+    descending: bool = False
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    start: int = 0
+    end: int = 24
+    equals: tuple = ()          # from `filter`: ANDed
+    filters: tuple = ()         # from `filters`: folded left to right
+    search: str = None
+    include_archived: bool = False
+    sorts: tuple = ()
+
+
+def param_json(params, name, default=None):
+    """One query parameter parsed as strict JSON, or `default` when absent."""
+    raw = single(params, name)
+    if raw is None:
+        return default
+    try:
+        return values.loads_strict(raw)
+    except ValueError as exc:
+        raise InvalidParam(f"Parameter '{name}' is not valid JSON: {exc}", param=name) from None
+
+
+def single(params, name):
+    raw = params.get(name)
+    if isinstance(raw, list):
+        raise InvalidParam(f"Parameter '{name}' is given more than once", param=name)
+    return raw
+
+
+def parse_range(params, limits):
+    rng = param_json(params, 'range', [0, 24])
+    if (not isinstance(rng, list) or len(rng) != 2
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in rng)):
+        raise InvalidParam("Parameter 'range' must be a JSON array of two integers, like [0,24]", param='range')
+    start, end = rng
+    if start < 0 or end < start:
+        raise InvalidParam("Parameter 'range' needs 0 <= start <= end", param='range')
+    if end - start + 1 > limits.max_page:
+        raise InvalidParam(f"Parameter 'range' asks for {end - start + 1} rows; a page holds at most "
+                           f'{limits.max_page}', param='range')
+    if start > MAX_OFFSET:
+        raise InvalidParam(f"Parameter 'range' starts beyond {MAX_OFFSET}", param='range')
+    return start, end
+
+
+def column_for(info, name, param):
+    if not isinstance(name, str) or name not in info.columns or name == 'organization_id':
+        shown = name if isinstance(name, str) else repr(name)
+        raise UnknownField(f"Resource '{info.slug}' has no field '{shown}'", param=param, field=shown)
+    return info.columns[name]
+
+
+def check_value(column, value, param, limits):
+    """values.check for a filter value; array columns compare one element (an id) at a time."""
+    if isinstance(value, str) and len(value) > limits.max_value_length:
+        raise InvalidParam(f"A value for '{column.name}' is longer than {limits.max_value_length} characters",
+                           param=param, field=column.name)
+    target = column
+    if column.kind == 'array':
+        target = column.__class__(column.name, 'text', True, None, False)
+    try:
+        return values.check(target, value)
+    except InvalidValue as exc:
+        raise InvalidValue(exc.detail, param=param, field=column.name) from None
+
+
+def make_filter(column, op, value, logical, param, limits):
+    """Validate one (field, op, value) triple against the column's kind."""
+    name = column.name
+    if op not in OPERATORS:
+        raise InvalidParam(f"Unknown operator '{op}'; use one of {', '.join(OPERATORS)}", param=param, field=name)
+    if op in EMPTY_OPS:
+        return Filter(column, op, None, logical)
+    if column.kind == 'json' and not (op in ('eq', 'neq') and value is None):
+        raise InvalidParam(f"Field '{name}' holds JSON: filter it with is_empty or is_not_empty",
+                           param=param, field=name)
+    if op in TEXT_OPS and (column.kind != 'text' or not isinstance(value, str)):
+        raise InvalidParam(f"Operator '{op}' needs a text field and a string value", param=param, field=name)
+    if op in ORDER_OPS and (column.kind not in ORDERABLE_KINDS or value is None):
+        raise InvalidParam(f"Operator '{op}' needs an ordered field and a non-null value", param=param, field=name)
+    if op in LIST_OPS:
+        if not isinstance(value, list):
+            raise InvalidParam(f"Operator '{op}' needs an array value", param=param, field=name)
+        checked = tuple(check_value(column, v, param, limits) for v in value)
+        return Filter(column, op, checked, logical)
+    if isinstance(value, (list, dict)):
+        raise InvalidParam(f"Operator '{op}' needs a single value for '{name}'", param=param, field=name)
+    return Filter(column, op, check_value(column, value, param, limits), logical)
+
+
+def parse_filter(params, info, limits):
+    """`filter={...}`: equality per key, arrays as IN, null as IS NULL, plus `q` and `include_archived`."""
+    obj = param_json(params, 'filter', {})
+    if not isinstance(obj, dict):
+        raise InvalidParam("Parameter 'filter' must be a JSON object", param='filter')
+    search, include_archived, equals = None, False, []
+    for key, value in obj.items():
+        if key == 'q':
+            if not isinstance(value, str) or '\x00' in value or len(value) > limits.max_value_length:
+                raise InvalidParam("Filter 'q' must be a string", param='filter', field='q')
+            search = value
+        elif key == 'include_archived':
+            if not isinstance(value, bool):
+                raise InvalidParam("Filter 'include_archived' must be true or false",
+                                   param='filter', field='include_archived')
+            include_archived = value
+        else:
+            column = column_for(info, key, 'filter')
+            op = 'in' if isinstance(value, list) else 'eq'
+            equals.append(make_filter(column, op, value, 'and', 'filter', limits))
+    return search, include_archived, equals
+
+
+def parse_filters(params, info, limits):
+    items = param_json(params, 'filters', [])
+    if not isinstance(items, list):
+        raise InvalidParam("Parameter 'filters' must be a JSON array of filter objects", param='filters')
+    if len(items) > limits.max_filters:
+        raise InvalidParam(f"At most {limits.max_filters} filters are allowed", param='filters')
+    parsed = []
+    for item in items:
+        if not isinstance(item, dict) or 'field' not in item or 'op' not in item:
+            raise InvalidParam('Each filter is an object with "field", "op" and, for most operators, "value"',
+                               param='filters')
+        extra = set(item) - {'field', 'op', 'value', 'logicalOp'}
+        if extra:
+            raise InvalidParam(f"Unknown filter key '{sorted(extra)[0]}'", param='filters')
+        logical = item.get('logicalOp', 'and')
+        if logical not in ('and', 'or', 'AND', 'OR'):
+            raise InvalidParam(f"logicalOp must be 'and' or 'or', not {logical!r}", param='filters')
+        column = column_for(info, item['field'], 'filters')
+        parsed.append(make_filter(column, item['op'], item.get('value'), logical.lower(), 'filters', limits))
+    return parsed
+
+
+def make_sort(info, name, order, param, order_param=None):
+    column = column_for(info, name, param)
+    if not column.sortable:
+        raise InvalidParam(f"Cannot sort {info.slug} by '{name}' (a JSON field)", param=param, field=name)
+    if not isinstance(order, str) or order.upper() not in ('ASC', 'DESC'):
+        raise InvalidParam(f"Sort order must be ASC or DESC, not {order!r}", param=order_param or param, field=name)
+    return Sort(column, order.upper() == 'DESC')
+
+
+def parse_sorts(params, info, limits):
+    """All three spellings: `sort=f&order=DESC`, react-admin's `sort=["f","DESC"]`, and `sorts=[...]`."""
+    sort, order = single(params, 'sort'), single(params, 'order')
+    if 'sorts' in params:
+        if sort is not None or order is not None:
+            raise InvalidParam("Use either 'sorts' or 'sort'/'order', not both", param='sorts')
+        items = param_json(params, 'sorts')
+        if not isinstance(items, list) or not all(isinstance(i, dict) and 'field' in i for i in items):
+            raise InvalidParam('Parameter \'sorts\' must be a JSON array of {"field", "order"} objects',
+                               param='sorts')
+        if len(items) > limits.max_filters:
+            raise InvalidParam(f'At most {limits.max_filters} sorts are allowed', param='sorts')
+        for item in items:
+            if set(item) - {'field', 'order'}:
+                raise InvalidParam(f"Unknown sort key '{sorted(set(item) - {'field', 'order'})[0]}'", param='sorts')
+        return [make_sort(info, i['field'], i.get('order', 'ASC'), 'sorts') for i in items]
+    if sort is None:
+        if order is not None:
+            raise InvalidParam("Parameter 'order' needs 'sort'", param='order')
+        return []
+    if sort.startswith('['):
+        pair = param_json(params, 'sort')
+        if not (isinstance(pair, list) and 1 <= len(pair) <= 2 and order is None):
+            raise InvalidParam('Parameter \'sort\' as JSON is ["field", "ASC" or "DESC"]', param='sort')
+        return [make_sort(info, pair[0], pair[1] if len(pair) > 1 else 'ASC', 'sort')]
+    return [make_sort(info, sort, order or 'ASC', 'sort', 'order')]
+
+
+def parse_list(params, info, limits=Limits(), extra=frozenset()):
+    """Everything a list request asks for, validated against `info`'s whitelist."""
+    unknown = sorted(set(params) - LIST_PARAMS - extra)
+    if unknown:
+        raise InvalidParam(f"Unknown query parameter '{unknown[0]}'; list parameters are "
+                           f"{', '.join(sorted(LIST_PARAMS))}", param=unknown[0])
+    start, end = parse_range(params, limits)
+    search, include_archived, equals = parse_filter(params, info, limits)
+    filters = parse_filters(params, info, limits)
+    if any(f.column.name == 'archived_at' for f in (*equals, *filters)):
+        include_archived = True
+    sorts = parse_sorts(params, info, limits)
+    return ListQuery(start, end, tuple(equals), tuple(filters), search, include_archived, tuple(sorts))

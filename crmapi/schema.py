@@ -1,0 +1,174 @@
+"""The resource catalog and the column whitelists read from the database itself.
+
+Python holds only policy: which tables are resources, their id prefixes, how a delete behaves,
+which columns the server manages and where references point. Every column name, type,
+nullability and default comes from `information_schema` or `PRAGMA table_xinfo`, once at start-up.
+"""
+import re
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+
+from . import values
+from .errors import UnknownResource
+
+SERVER_MANAGED = frozenset({'id', 'organization_id', 'created_at', 'updated_at', 'archived_at'})
+SEARCHABLE_KINDS = ('text',)
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """Policy for one resource: what the database cannot tell us."""
+
+    slug: str
+    id_prefix: str
+    table: str = ''
+    delete: str = 'hard'            # 'archive' (restorable), 'disable' (crm_users) or 'hard'
+    read_only: bool = False
+    admin_writes: bool = False      # only administrators may write
+    references: dict = dc_field(default_factory=dict)   # column -> target slug (array columns too)
+    arrays: frozenset = frozenset()  # JSON columns holding a list of ids
+    computed: dict = dc_field(default_factory=dict)     # view columns the database leaves untyped
+
+    def __post_init__(self):
+        if not self.table:
+            object.__setattr__(self, 'table', self.slug)
+
+
+BUILTIN = {spec.slug: spec for spec in [
+    ResourceSpec('contacts', 'c_', delete='archive',
+                 references={'company_id': 'companies', 'tags': 'tags'}, arrays=frozenset({'tags'})),
+    ResourceSpec('companies', 'comp_', delete='archive'),
+    ResourceSpec('deals', 'd_', delete='archive',
+                 references={'company_id': 'companies', 'contact_ids': 'contacts'},
+                 arrays=frozenset({'contact_ids'})),
+    ResourceSpec('tasks', 't_', references={
+        'contact_id': 'contacts', 'company_id': 'companies', 'deal_id': 'deals', 'assignee_id': 'crm_users'}),
+    ResourceSpec('contact_notes', 'cn_', references={'contact_id': 'contacts'}),
+    ResourceSpec('deal_notes', 'dn_', references={'deal_id': 'deals'}),
+    ResourceSpec('company_notes', 'mn_', references={'company_id': 'companies'}),
+    ResourceSpec('tags', 'tag_'),
+    ResourceSpec('configuration', 'cfg_', admin_writes=True),
+    ResourceSpec('automation_rules', 'rule_', admin_writes=True),
+    ResourceSpec('crm_users', 'u_', delete='disable', admin_writes=True),
+    ResourceSpec('companies_summary', 'comp_', read_only=True, delete='archive',
+                 references={'company_id': 'companies'},
+                 computed={'nb_contacts': 'integer', 'nb_deals': 'integer'}),
+    ResourceSpec('contacts_summary', 'c_', read_only=True, delete='archive',
+                 references={'company_id': 'companies', 'tags': 'tags'}, arrays=frozenset({'tags'}),
+                 computed={'company_name': 'text', 'nb_tasks': 'integer'}),
+]}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str
+    nullable: bool
+    default: object
+    writable: bool
+    precision: tuple = None
+    references: str = None
+
+    @property
+    def required(self):
+        """A writable column the database demands and will not fill in itself."""
+        return self.writable and not self.nullable and self.default is None
+
+    @property
+    def sortable(self):
+        return self.kind not in ('json', 'array')
+
+    def describe(self, declared):
+        return {
+            'name': self.name, 'type': declared, 'kind': self.kind, 'nullable': self.nullable,
+            'default': self.default, 'writable': self.writable, 'required': self.required,
+            'filterable': True, 'sortable': self.sortable, 'references': self.references,
+        }
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """A resource with its whitelist: the only source of identifiers for SQL."""
+
+    spec: ResourceSpec
+    columns: dict                       # name -> Column, in table order
+    declared: dict                      # name -> declared SQL type, for introspection
+
+    @property
+    def slug(self):
+        return self.spec.slug
+
+    @property
+    def writable(self):
+        return {n: c for n, c in self.columns.items() if c.writable}
+
+    @property
+    def archivable(self):
+        return 'archived_at' in self.columns
+
+    @property
+    def search_columns(self):
+        return [c for c in self.columns.values()
+                if c.kind in SEARCHABLE_KINDS and not c.references and c.name not in SERVER_MANAGED]
+
+    def describe(self):
+        return {
+            'resource': self.slug,
+            'read_only': self.spec.read_only,
+            'delete': self.spec.delete,
+            'restorable': self.spec.delete in ('archive', 'disable') and not self.spec.read_only,
+            'columns': [c.describe(self.declared[c.name]) for c in self.columns.values()
+                        if c.name != 'organization_id'],
+        }
+
+
+def make_column(spec, name, declared, nullable, default):
+    kind, precision = values.kind_of(declared)
+    if not declared and name in spec.computed:
+        kind = spec.computed[name]
+    if name in spec.arrays:
+        kind = 'array'
+    writable = not spec.read_only and name not in SERVER_MANAGED
+    return Column(name, kind, bool(nullable), default, writable, precision, spec.references.get(name))
+
+
+def table_info(spec, rows):
+    """Build a TableInfo from introspected (name, declared type, nullable, default) rows."""
+    columns, declared = {}, {}
+    for name, decl, nullable, default in rows:
+        columns[name] = make_column(spec, name, decl or '', nullable, default)
+        declared[name] = decl or spec.computed.get(name, '')
+    return TableInfo(spec, columns, declared)
+
+
+_CAMEL = re.compile(r'(?<=[a-z0-9])([A-Z])')
+
+
+def snake_case(name):
+    """`firstName` -> `first_name`; snake_case names are returned unchanged."""
+    return _CAMEL.sub(lambda m: '_' + m.group(1).lower(), name)
+
+
+class Catalog:
+    """Resources by slug, with their whitelists, loaded once from the database."""
+
+    def __init__(self, tables):
+        self.tables = tables
+
+    @classmethod
+    def load(cls, db, specs=BUILTIN):
+        found = db.introspect([s.table for s in specs.values()])
+        missing = [s.table for s in specs.values() if s.table not in found]
+        if missing:
+            raise RuntimeError(f"database has no table {', '.join(missing)}: run 'crmapi init-db'")
+        return cls({slug: table_info(spec, found[spec.table]) for slug, spec in specs.items()})
+
+    def resolve(self, slug, principal=None):
+        """The TableInfo for `slug` as `principal` sees it, or UnknownResource (404)."""
+        try:
+            return self.tables[slug]
+        except KeyError:
+            raise UnknownResource(f"No resource named '{slug}'", param='resource') from None
+
+    def visible(self, principal=None):
+        return list(self.tables)

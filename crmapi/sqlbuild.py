@@ -1,0 +1,298 @@
+"""The only module that writes SQL: PyPika builders that return (sql, params).
+
+Identifiers come from a TableInfo whitelist through `Table.field`; every value travels as a
+bound parameter through `Bound`, never through PyPika's own literal quoting (which would turn
+True into 'true' and None into 'null'). The organization scope is added here, by every
+builder, so no caller can forget it.
+"""
+from dataclasses import dataclass
+
+from pypika import Order
+from pypika import Query
+from pypika import Table
+from pypika import functions as fn
+from pypika.dialects import PostgreSQLQuery
+from pypika.dialects import SQLLiteQuery
+from pypika.terms import Criterion
+from pypika.terms import FormatParameter
+from pypika.terms import QmarkParameter
+from pypika.terms import Term
+
+
+class Bound(Term):
+    """A value sent to the driver as a parameter, exactly as given."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def get_sql(self, parameter=None, **kwargs):
+        parameter.update_parameters(param_key=None, value=self.value)
+        return parameter.get_sql()
+
+
+class Sql(Criterion):
+    """An SQL fragment whose `{0}`, `{1}`… slots are filled by terms, each rendered once."""
+
+    def __init__(self, template, *terms):
+        super().__init__()
+        self.template, self.terms = template, terms
+
+    def get_sql(self, **kwargs):
+        kwargs.pop('subcriterion', None)
+        return self.template.format(*(t.get_sql(**kwargs) for t in self.terms))
+
+
+TRUE, FALSE = Sql('1=1'), Sql('1=0')
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the two databases, in one place."""
+
+    name: str
+    query: type
+    parameter: type
+    adapt: object               # (kind, canonical value) -> driver value
+    like: str                   # case-insensitive LIKE
+    distinct: str               # null-safe inequality
+    array_length: str
+    nulls_sql: bool             # whether ORDER BY must spell out SQLite's null order
+
+    def bind(self, column, value):
+        return Bound(self.adapt(column.kind, value))
+
+    def array_contains(self, field, element):
+        if self.name == 'sqlite':
+            return Sql('EXISTS (SELECT 1 FROM json_each({0}) WHERE json_each.value = {1})', field, Bound(element))
+        return Sql('{0} @> {1}', field, Bound(self.adapt('json', [element])))
+
+    def render(self, query):
+        parameter = self.parameter()
+        sql = query.get_sql(parameter=parameter)
+        return sql, parameter.get_parameters()
+
+
+def sqlite_dialect(adapt):
+    return Dialect('sqlite', SQLLiteQuery, QmarkParameter, adapt, 'LIKE', 'IS NOT', 'json_array_length', False)
+
+
+def postgres_dialect(adapt):
+    return Dialect('postgresql', PostgreSQLQuery, FormatParameter, adapt, 'ILIKE', 'IS DISTINCT FROM',
+                   'jsonb_array_length', True)
+
+
+# -- filters ---------------------------------------------------------------------------------------
+
+def like_pattern(value, prefix='%', suffix='%'):
+    """`%`, `_` and the escape character itself are matched literally."""
+    escaped = value.replace('\\', '\\\\').replace('%', '\\%').replace('_', '\\_')
+    return prefix + escaped + suffix
+
+
+def _like(d, field, pattern):
+    return Sql("{0} %s {1} ESCAPE '\\'" % d.like, field, Bound(pattern))
+
+
+def _eq(d, field, column, value):
+    if value is None:
+        return field.isnull()
+    if column.kind == 'array':
+        return d.array_contains(field, value)
+    return field == d.bind(column, value)
+
+
+def _negate(field, term):
+    """Negations keep rows where the field is NULL: a contact without a status is not 'active'."""
+    return Sql('({0} IS NULL OR NOT {1})', field, term)
+
+
+def _neq(d, field, column, value):
+    if value is None:
+        return field.notnull()
+    if column.kind == 'array':
+        return _negate(field, d.array_contains(field, value))
+    return Sql('{0} %s {1}' % d.distinct, field, d.bind(column, value))
+
+
+def _in(d, field, column, values):
+    criteria = [_eq(d, field, column, v) for v in values]
+    if not criteria:
+        return FALSE
+    if column.kind != 'array' and None not in values:
+        return field.isin([d.bind(column, v) for v in values])
+    return Criterion.any(criteria)
+
+
+def _not_in(d, field, column, values):
+    if not values:
+        return TRUE
+    return _negate(field, _in(d, field, column, values))
+
+
+def _is_empty(d, field, column):
+    if column.kind == 'text':
+        return Sql("({0} IS NULL OR {0} = '')", field)
+    if column.kind == 'array':
+        return Sql('({0} IS NULL OR %s({0}) = 0)' % d.array_length, field)
+    return field.isnull()
+
+
+OPERATORS = {
+    'eq': _eq,
+    'neq': _neq,
+    'gt': lambda d, f, c, v: f > d.bind(c, v),
+    'gte': lambda d, f, c, v: f >= d.bind(c, v),
+    'lt': lambda d, f, c, v: f < d.bind(c, v),
+    'lte': lambda d, f, c, v: f <= d.bind(c, v),
+    'contains': lambda d, f, c, v: _like(d, f, like_pattern(v)),
+    'not_contains': lambda d, f, c, v: _negate(f, _like(d, f, like_pattern(v))),
+    'starts_with': lambda d, f, c, v: _like(d, f, like_pattern(v, prefix='')),
+    'ends_with': lambda d, f, c, v: _like(d, f, like_pattern(v, suffix='')),
+    'in': _in,
+    'not_in': _not_in,
+    'is_empty': lambda d, f, c, v: _is_empty(d, f, c),
+    'is_not_empty': lambda d, f, c, v: Sql('NOT {0}', _is_empty(d, f, c)),
+}
+
+
+def criterion(d, table, flt):
+    """One parsed filter as a PyPika criterion."""
+    return OPERATORS[flt.op](d, table.field(flt.column.name), flt.column, flt.value)
+
+
+def fold(d, table, filters):
+    """`a or b and c` means `(a OR b) AND c`: each logicalOp joins a filter to the next one."""
+    result = None
+    for previous, flt in zip((None,) + tuple(filters), filters):
+        term = criterion(d, table, flt)
+        if result is None:
+            result = term
+        elif previous.logical == 'or':
+            result = result | term
+        else:
+            result = result & term
+    return result
+
+
+def search(d, table, info, text):
+    """`q`: any of the resource's text columns contains `text`, case-insensitively."""
+    pattern = like_pattern(text)
+    columns = info.search_columns
+    if not columns:
+        return FALSE
+    return Criterion.any([_like(d, table.field(c.name), pattern) for c in columns])
+
+
+def where(d, table, info, org_id, lq):
+    """The full WHERE of a list query: org scope, archive rule, `filter`, `filters`, `q`."""
+    parts = [table.organization_id == Bound(org_id)]
+    if info.archivable and not lq.include_archived:
+        parts.append(table.archived_at.isnull())
+    parts += [criterion(d, table, f) for f in lq.equals]
+    if lq.filters:
+        parts.append(fold(d, table, lq.filters))
+    if lq.search is not None:
+        parts.append(search(d, table, info, lq.search))
+    return Criterion.all(parts)
+
+
+# -- statements ------------------------------------------------------------------------------------
+
+def output_columns(info):
+    """What a record looks like on the wire: every column but the organization."""
+    return [name for name in info.columns if name != 'organization_id']
+
+
+def _returning(info):
+    return ' RETURNING ' + ','.join('"%s"' % n.replace('"', '""') for n in output_columns(info))
+
+
+def _order(d, table, sorts):
+    """ORDER BY the sorts, then `id` so that paging visits every row once.
+
+    NOTE: NULLs sort as the smallest value on both databases (SQLite's native order).
+    """
+    terms = []
+    last_desc = False
+    for s in sorts:
+        if s.column.name == 'id':
+            last_desc = s.descending
+            break
+        terms.append((table.field(s.column.name), s.descending))
+        last_desc = s.descending
+    terms.append((table.id, last_desc))
+    if not d.nulls_sql:
+        return [(f, Order.desc if desc else Order.asc) for f, desc in terms]
+    return [(Sql('{0} DESC NULLS LAST' if desc else '{0} ASC NULLS FIRST', f), None) for f, desc in terms]
+
+
+def build_list(d, info, org_id, lq):
+    table = Table(info.spec.table)
+    query = (d.query.from_(table).select(*[table.field(n) for n in output_columns(info)])
+             .where(where(d, table, info, org_id, lq)))
+    for term, order in _order(d, table, lq.sorts):
+        query = query.orderby(term, order=order)
+    query = query.limit(int(lq.end - lq.start + 1)).offset(int(lq.start))
+    return d.render(query)
+
+
+def build_count(d, info, org_id, lq):
+    table = Table(info.spec.table)
+    return d.render(d.query.from_(table).select(fn.Count('*')).where(where(d, table, info, org_id, lq)))
+
+
+def _by_ids(table, org_id, ids):
+    scope = table.organization_id == Bound(org_id)
+    if isinstance(ids, str):
+        return scope & (table.id == Bound(ids))
+    return scope & table.id.isin([Bound(i) for i in ids])
+
+
+def build_get(d, info, org_id, ids, for_update=False):
+    table = Table(info.spec.table)
+    sql, params = d.render(d.query.from_(table).select(*[table.field(n) for n in output_columns(info)])
+                           .where(_by_ids(table, org_id, ids)))
+    if for_update and d.name == 'postgresql':
+        sql += ' FOR UPDATE'
+    return sql, params
+
+
+def build_exists(d, info, org_id, ids):
+    """The ids among `ids` that name a record of `org_id` in `info`."""
+    table = Table(info.spec.table)
+    return d.render(d.query.from_(table).select(table.id).where(_by_ids(table, org_id, ids)))
+
+
+def build_insert(d, info, row):
+    table = Table(info.spec.table)
+    names = list(row)
+    query = d.query.into(table).columns(*[table.field(n) for n in names]).insert(
+        *[d.bind(info.columns[n], row[n]) for n in names])
+    sql, params = d.render(query)
+    return sql + _returning(info), params
+
+
+def build_update(d, info, org_id, record_id, changes):
+    table = Table(info.spec.table)
+    query = d.query.update(table)
+    for name, value in changes.items():
+        query = query.set(table.field(name), d.bind(info.columns[name], value))
+    sql, params = d.render(query.where(_by_ids(table, org_id, record_id)))
+    return sql + _returning(info), params
+
+
+def build_delete(d, info, org_id, ids):
+    table = Table(info.spec.table)
+    sql, params = d.render(d.query.from_(table).delete().where(_by_ids(table, org_id, ids)))
+    return sql + _returning(info), params
+
+
+def build_referrers(d, info, org_id, column, ids):
+    """Rows of `info` whose reference `column` points at any of `ids` (scalar or array)."""
+    table = Table(info.spec.table)
+    field = table.field(column.name)
+    match = Criterion.any([d.array_contains(field, i) for i in ids]) if column.kind == 'array' \
+        else field.isin([Bound(i) for i in ids])
+    query = d.query.from_(table).select(table.id, field).where((table.organization_id == Bound(org_id)) & match)
+    return d.render(query)

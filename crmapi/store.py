@@ -1,0 +1,265 @@
+"""Record operations and their transactions: list, get, create, update, delete, restore, merge.
+
+The store receives parsed, validated input (a ListQuery, a body dict) and a Principal; it turns
+them into statements through `sqlbuild` and runs every multi-statement operation in one
+transaction, so a failure leaves nothing half-written.
+"""
+import datetime as dt
+import os
+import time
+
+from . import sqlbuild
+from . import values
+from .errors import Conflict
+from .errors import Forbidden
+from .errors import InvalidBody
+from .errors import InvalidValue
+from .errors import MethodNotAllowed
+from .errors import NotFound
+from .errors import RecordNotFound
+from .schema import snake_case
+
+_CROCKFORD = '0123456789abcdefghjkmnpqrstvwxyz'
+MAX_MERGE_SOURCES = 100
+
+
+def new_id(prefix):
+    """Prefix + 26 Crockford base32 characters: 48 bits of milliseconds, then 80 random bits."""
+    n = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), 'big')
+    chars = []
+    for _ in range(26):
+        n, r = divmod(n, 32)
+        chars.append(_CROCKFORD[r])
+    return prefix + ''.join(reversed(chars))
+
+
+def utc_now():
+    return dt.datetime.now(values.UTC)
+
+
+def is_empty(value):
+    return value is None or value == '' or value == []
+
+
+class Store:
+    def __init__(self, db, catalog, clock=utc_now):
+        self.db = db
+        self.catalog = catalog
+        self.clock = clock
+        self._readers = {}
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def reader(self, info):
+        """Raw row tuple -> record dict, compiled once per table."""
+        key = id(info)
+        if key not in self._readers:
+            names = sqlbuild.output_columns(info)
+            convert = self.db.reader([info.columns[n].kind for n in names])
+            self._readers[key] = (info, lambda row: dict(zip(names, convert(row))))
+        return self._readers[key][1]
+
+    def _fetch(self, tx, info, principal, record_id, for_update=False):
+        row = tx.one(*sqlbuild.build_get(self.db.dialect, info, principal.org_id, record_id, for_update))
+        if row is None:
+            raise RecordNotFound(f"No {info.slug} record with id '{record_id}'", param='id')
+        return self.reader(info)(row)
+
+    def list(self, info, principal, lq):
+        """One page of records and the total number of matches."""
+        d = self.db.dialect
+        read = self.reader(info)
+        with self.db.transaction() as tx:
+            rows = [read(r) for r in tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq))]
+            if lq.start == 0 and len(rows) < lq.end - lq.start + 1:
+                total = len(rows)
+            else:
+                total = tx.one(*sqlbuild.build_count(d, info, principal.org_id, lq))[0]
+        return rows, total
+
+    def get(self, info, principal, record_id):
+        with self.db.transaction() as tx:
+            return self._fetch(tx, info, principal, record_id)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def _check_writable(self, info, principal, method):
+        if info.spec.read_only:
+            raise MethodNotAllowed(f"Resource '{info.slug}' is read-only", allow=['GET'])
+        if info.spec.admin_writes and not principal.is_admin:
+            raise Forbidden(f"Only administrators may change {info.slug}")
+
+    def prepare(self, info, body, creating):
+        """The writable fields of `body`, checked against their columns; unknown fields are ignored."""
+        if not isinstance(body, dict):
+            raise InvalidBody('The request body must be a JSON object')
+        changes = {}
+        for key, value in body.items():
+            name = key if key in info.columns else snake_case(key)
+            column = info.columns.get(name)
+            if column is None or not column.writable or (name != key and key in info.columns):
+                continue
+            if name != key and name in body:
+                continue  # the snake_case spelling wins over its camelCase twin
+            changes[name] = values.check(column, value)
+        for name, column in info.columns.items():
+            if column.required and (name in changes or creating) and changes.get(name) is None:
+                raise InvalidValue(f"Field '{name}' is required", field=name)
+        return changes
+
+    def _check_references(self, tx, info, principal, changes):
+        for name, value in changes.items():
+            target = info.columns[name].references
+            if target is None or is_empty(value):
+                continue
+            wanted = value if isinstance(value, list) else [value]
+            target_info = self.catalog.resolve(target, principal)
+            found = {r[0] for r in tx.rows(*sqlbuild.build_exists(
+                self.db.dialect, target_info, principal.org_id, wanted))}
+            missing = [i for i in wanted if i not in found]
+            if missing:
+                raise InvalidValue(f"Field '{name}' refers to {target} '{missing[0]}', which does not exist",
+                                   field=name)
+
+    def _stamp(self, info, changes, *names):
+        now = self.clock()
+        for name in names:
+            if name in info.columns:
+                changes[name] = now
+        return changes
+
+    def create(self, info, principal, body):
+        self._check_writable(info, principal, 'POST')
+        row = self.prepare(info, body, creating=True)
+        row = {'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id, **row}
+        self._stamp(info, row, 'created_at', 'updated_at')
+        with self.db.transaction(write=True) as tx:
+            self._check_references(tx, info, principal, row)
+            return self.reader(info)(tx.one(*sqlbuild.build_insert(self.db.dialect, info, row)))
+
+    def update(self, info, principal, record_id, body):
+        self._check_writable(info, principal, 'PUT')
+        changes = self.prepare(info, body, creating=False)
+        with self.db.transaction(write=True) as tx:
+            if not changes:
+                return self._fetch(tx, info, principal, record_id)
+            self._check_references(tx, info, principal, changes)
+            return self._update(tx, info, principal, record_id, self._stamp(info, changes, 'updated_at'))
+
+    def _update(self, tx, info, principal, record_id, changes):
+        row = tx.one(*sqlbuild.build_update(self.db.dialect, info, principal.org_id, record_id, changes))
+        if row is None:
+            raise RecordNotFound(f"No {info.slug} record with id '{record_id}'", param='id')
+        return self.reader(info)(row)
+
+    def delete(self, info, principal, record_id):
+        """Archive, disable or delete for good, as the resource's policy says."""
+        self._check_writable(info, principal, 'DELETE')
+        mode = info.spec.delete
+        with self.db.transaction(write=True) as tx:
+            if mode == 'archive':
+                return self._set_flag(tx, info, principal, record_id, 'archived_at', self.clock())
+            if mode == 'disable':
+                return self._set_flag(tx, info, principal, record_id, 'disabled', True)
+            record = self._fetch(tx, info, principal, record_id, for_update=True)
+            self.detach_references(tx, info, principal, [record_id])
+            tx.one(*sqlbuild.build_delete(self.db.dialect, info, principal.org_id, record_id))
+            return record
+
+    def restore(self, info, principal, record_id):
+        mode = info.spec.delete
+        if mode == 'hard' or info.spec.read_only:
+            raise MethodNotAllowed(f"Records of '{info.slug}' cannot be restored", allow=[])
+        self._check_writable(info, principal, 'POST')
+        with self.db.transaction(write=True) as tx:
+            if mode == 'archive':
+                return self._set_flag(tx, info, principal, record_id, 'archived_at', None)
+            return self._set_flag(tx, info, principal, record_id, 'disabled', False)
+
+    def _set_flag(self, tx, info, principal, record_id, name, value):
+        """Archive/restore or disable/enable; the same request twice changes nothing more."""
+        record = self._fetch(tx, info, principal, record_id, for_update=True)
+        unchanged = ((record[name] is None) == (value is None) if name == 'archived_at'
+                     else record[name] == value)
+        if unchanged:
+            return record
+        changes = self._stamp(info, {name: value}, 'updated_at')
+        return self._update(tx, info, principal, record_id, changes)
+
+    # -- references between records ----------------------------------------------------------------
+
+    def referrers(self, slug):
+        """Every (table, column) whose reference points at resource `slug`."""
+        return [(info, column) for info in self.catalog.tables.values() if not info.spec.read_only
+                for column in info.columns.values() if column.references == slug]
+
+    def _rewrite_references(self, tx, principal, slug, ids, replacement):
+        """Point every reference to `ids` at `replacement` (None: drop the link)."""
+        d, ids = self.db.dialect, list(ids)
+        for info, column in self.referrers(slug):
+            rows = tx.rows(*sqlbuild.build_referrers(d, info, principal.org_id, column, ids))
+            for record_id, current in rows:
+                if column.kind == 'array':
+                    current = self.db.reader(['array'])([current])[0]
+                    new = [replacement if v in ids else v for v in current]
+                    new = [v for v in dict.fromkeys(new) if v is not None]
+                elif replacement is None and not column.nullable:
+                    raise Conflict(f"{info.slug} '{record_id}' still refers to this record through "
+                                   f"'{column.name}'", field=column.name)
+                else:
+                    new = replacement
+                self._update(tx, info, principal, record_id,
+                             self._stamp(info, {column.name: new}, 'updated_at'))
+
+    def detach_references(self, tx, info, principal, ids):
+        self._rewrite_references(tx, principal, info.slug, ids, None)
+
+    # -- merge -------------------------------------------------------------------------------------
+
+    def merge_contacts(self, principal, body):
+        """Fold `source_ids` into `target_id` in one transaction; the sources are then deleted."""
+        if not isinstance(body, dict):
+            raise InvalidBody('The request body must be a JSON object')
+        sources, target_id = body.get('source_ids'), body.get('target_id')
+        if not isinstance(target_id, str) or not target_id:
+            raise InvalidValue("Field 'target_id' must be the id of the contact to keep", field='target_id')
+        if (not isinstance(sources, list) or not sources
+                or not all(isinstance(s, str) and s for s in sources)):
+            raise InvalidValue("Field 'source_ids' must be a non-empty array of contact ids", field='source_ids')
+        if len(sources) > MAX_MERGE_SOURCES:
+            raise InvalidValue(f"At most {MAX_MERGE_SOURCES} source_ids may be merged at once",
+                               field='source_ids')
+        sources = [s for s in dict.fromkeys(sources) if s != target_id]
+        info = self.catalog.resolve('contacts', principal)
+        d = self.db.dialect
+        with self.db.transaction(write=True) as tx:
+            target = self._fetch(tx, info, principal, target_id, for_update=True)
+            if not sources:
+                return target
+            read = self.reader(info)
+            found = {r['id']: r for r in map(read, tx.rows(*sqlbuild.build_get(
+                d, info, principal.org_id, sources, for_update=True)))}
+            missing = [s for s in sources if s not in found]
+            if missing:
+                raise NotFound(f"No contacts record with id '{missing[0]}'", field='source_ids')
+            changes = self._merged_fields(info, target, [found[s] for s in sources])
+            self._rewrite_references(tx, principal, 'contacts', sources, target_id)
+            tx.execute(*sqlbuild.build_delete(d, info, principal.org_id, sources))
+            if not changes:
+                return self._fetch(tx, info, principal, target_id)
+            return self._update(tx, info, principal, target_id, self._stamp(info, changes, 'updated_at'))
+
+    @staticmethod
+    def _merged_fields(info, target, sources):
+        """Target wins; its empty fields take the first non-empty source value; arrays are united."""
+        changes = {}
+        for name, column in info.writable.items():
+            if column.kind == 'array':
+                united = list(dict.fromkeys([*(target[name] or []), *(v for s in sources for v in s[name] or [])]))
+                if united != (target[name] or []):
+                    changes[name] = united
+            elif is_empty(target[name]):
+                value = next((s[name] for s in sources if not is_empty(s[name])), None)
+                if value is not None:
+                    changes[name] = values.check(column, value)
+        return changes

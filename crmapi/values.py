@@ -1,0 +1,179 @@
+"""Column kinds: checking a JSON value against a column, and converting it to and from each driver.
+
+One `check()` serves writes and filters alike, so a value that may be stored may also be
+compared, and a value that would make one database fail and the other guess is refused on both.
+"""
+import datetime as dt
+import json
+import math
+import re
+from decimal import Decimal
+from decimal import InvalidOperation
+
+from .errors import InvalidValue
+
+KINDS = ('text', 'integer', 'number', 'boolean', 'date', 'timestamp', 'json', 'array')
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+UTC = dt.timezone.utc
+_DATE = re.compile(r'\d{4}-\d{2}-\d{2}\Z')
+
+
+def kind_of(declared):
+    """Map a declared SQL type (either database's spelling) to a column kind and its (precision, scale)."""
+    t = declared.strip().lower()
+    m = re.match(r'(numeric|decimal)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)', t)
+    if m:
+        return 'number', (int(m.group(2)), int(m.group(3) or 0))
+    if t in ('numeric', 'decimal', 'real', 'double precision', 'float', 'double'):
+        return 'number', None
+    if t in ('bigint', 'integer', 'int', 'smallint', 'int8', 'int4'):
+        return 'integer', None
+    if t in ('boolean', 'bool'):
+        return 'boolean', None
+    if t == 'date':
+        return 'date', None
+    if t in ('timestamptz', 'timestamp with time zone', 'timestamp', 'timestamp without time zone'):
+        return 'timestamp', None
+    if t in ('jsonb', 'json'):
+        return 'json', None
+    return 'text', None
+
+
+def format_timestamp(value):
+    """The one spelling of an instant on the wire and in SQLite: UTC, microseconds, `Z`."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec='microseconds') + 'Z'
+
+
+def _fail(column, expected, value):
+    shown = json.dumps(value, default=str)
+    if len(shown) > 60:
+        shown = shown[:57] + '...'
+    raise InvalidValue(f"Field '{column.name}' expects {expected}, got {shown}", field=column.name)
+
+
+def _text(column, value):
+    if not isinstance(value, str):
+        _fail(column, 'a string', value)
+    if '\x00' in value:
+        raise InvalidValue(f"Field '{column.name}' may not contain a NUL character", field=column.name)
+    return value
+
+
+def _integer(column, value):
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(column, 'an integer', value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        _fail(column, 'a 64-bit integer', value)
+    return value
+
+
+def _number(column, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        _fail(column, 'a number', value)
+    try:
+        exact = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    except InvalidOperation:
+        _fail(column, 'a number', value)
+    if not exact.is_finite():
+        _fail(column, 'a finite number', value)
+    if column.precision:
+        precision, scale = column.precision
+        exact = exact.normalize()
+        exponent = exact.as_tuple().exponent
+        if exponent < -scale:
+            _fail(column, f'a number with at most {scale} decimal places', value)
+        if abs(exact) >= Decimal(10) ** (precision - scale):
+            _fail(column, f'a number below 10^{precision - scale} in magnitude', value)
+    elif isinstance(value, float) and abs(value) > 1e300:
+        _fail(column, 'a number in range', value)
+    return exact
+
+
+def _boolean(column, value):
+    if not isinstance(value, bool):
+        _fail(column, 'true or false', value)
+    return value
+
+
+def _date(column, value):
+    if not isinstance(value, str) or not _DATE.match(value):
+        _fail(column, 'a date as YYYY-MM-DD', value)
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        _fail(column, 'a valid calendar date', value)
+
+
+def _timestamp(column, value):
+    if not isinstance(value, str) or not _DATE.match(value[:10]) or len(value) > 40:
+        _fail(column, 'an ISO 8601 timestamp', value)
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        _fail(column, 'a valid ISO 8601 timestamp', value)
+
+
+def _json(column, value):
+    return value
+
+
+def _array(column, value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and v and '\x00' not in v for v in value):
+        _fail(column, 'an array of ids', value)
+    return list(dict.fromkeys(value))
+
+
+_CHECKS = {
+    'text': _text, 'integer': _integer, 'number': _number, 'boolean': _boolean,
+    'date': _date, 'timestamp': _timestamp, 'json': _json, 'array': _array,
+}
+
+
+def check(column, value):
+    """Validate one JSON value for `column`; return it in canonical Python form (None stays None)."""
+    if value is None:
+        return None
+    return _CHECKS[column.kind](column, value)
+
+
+def number_out(value):
+    """Exact decimals leave as JSON numbers, integral ones without a fraction, alike on both databases."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return int(value)
+    return value
+
+
+def finite_float(text):
+    """`parse_float` for request bodies: 1e400 is not a number we can store."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f'number out of range: {text}')
+    return value
+
+
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        duplicate = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"duplicate key '{duplicate}'")
+    return dict(pairs)
+
+
+def _no_constant(name):
+    raise ValueError(f'{name} is not valid JSON')
+
+
+def loads_strict(text):
+    """Parse JSON as the API accepts it: no NaN or Infinity, no repeated keys, no overflowing floats.
+
+    Raises ValueError with a readable message.
+    """
+    return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
+                      parse_float=finite_float)

@@ -1,0 +1,139 @@
+"""Fixtures: every API test runs once on SQLite and once on PostgreSQL.
+
+Each test gets its own organization (and so its own data) in one shared database per backend;
+organization isolation is what keeps the tests apart, which also exercises it on every test.
+"""
+import json
+import os
+
+import pytest
+import webtest
+
+from crmapi import create_app
+from crmapi.accounts import Accounts
+from crmapi.cli import init_db
+from crmapi.config import Settings
+from crmapi.db import PostgresDatabase
+from crmapi.db import SQLiteDatabase
+
+BACKENDS = ['sqlite', 'postgresql']
+PROBLEM_KEYS = {'type', 'title', 'status', 'detail', 'message'}
+
+
+def postgres_url():
+    url = os.environ.get('CRMAPI_TEST_POSTGRES_URL')
+    if not url:
+        pytest.fail('CRMAPI_TEST_POSTGRES_URL is not set: run the suite with `make test`, '
+                    'which starts a throwaway PostgreSQL server')
+    return url
+
+
+def fresh_database(backend, directory):
+    """An empty database with crmapi's schema."""
+    if backend == 'sqlite':
+        db = SQLiteDatabase(str(directory / 'crm.db'))
+    else:
+        db = PostgresDatabase(postgres_url())
+        with db.transaction(write=True) as tx:
+            tx.execute('DROP SCHEMA public CASCADE')
+            tx.execute('CREATE SCHEMA public')
+    init_db(db)
+    return db
+
+
+@pytest.fixture(scope='session', params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(scope='session')
+def database(backend, tmp_path_factory):
+    db = fresh_database(backend, tmp_path_factory.mktemp(backend))
+    yield db
+    db.close()
+
+
+@pytest.fixture(scope='session')
+def wsgi_app(database):
+    return create_app(Settings(database_url='injected'), db=database)
+
+
+class Client:
+    """A WebTest app that speaks JSON with one token; query values that are not strings are JSON-encoded."""
+
+    def __init__(self, app, token, org_id=None):
+        self.app = app if isinstance(app, webtest.TestApp) else webtest.TestApp(app)
+        self.token = token
+        self.org_id = org_id
+        self.headers = {'Authorization': f'Bearer {token}'} if token else {}
+
+    def _headers(self, headers):
+        return {**self.headers, **(headers or {})}
+
+    @staticmethod
+    def encode(params):
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in (params or {}).items()}
+
+    def get(self, path, params=None, status=200, headers=None):
+        return self.app.get(path, self.encode(params), headers=self._headers(headers), status=status)
+
+    def post(self, path, body=None, status=201, headers=None):
+        return self.app.post_json(path, body if body is not None else {}, headers=self._headers(headers),
+                                  status=status)
+
+    def put(self, path, body, status=200, headers=None):
+        return self.app.put_json(path, body, headers=self._headers(headers), status=status)
+
+    def delete(self, path, status=200, headers=None):
+        return self.app.delete(path, headers=self._headers(headers), status=status)
+
+    def create(self, resource, **fields):
+        """POST a record and return its JSON."""
+        return self.post(f'/api/{resource}', fields).json
+
+    def list(self, resource, **params):
+        return self.get(f'/api/{resource}', params).json
+
+
+def new_org(database, app, name='Acme', admin=True, email='admin@example.com'):
+    accounts = Accounts(database)
+    org_id = accounts.create_org(name)
+    return Client(app, accounts.create_token(org_id, email, admin=admin), org_id)
+
+
+@pytest.fixture
+def api(database, wsgi_app):
+    """An administrator of a brand-new organization."""
+    return new_org(database, wsgi_app)
+
+
+@pytest.fixture
+def other_api(database, wsgi_app):
+    """An administrator of a second organization, for isolation tests."""
+    return new_org(database, wsgi_app, name='Other Corp', email='boss@other.example')
+
+
+@pytest.fixture
+def user_api(api, database, wsgi_app):
+    """A non-administrator of the same organization as `api`."""
+    token = Accounts(database).create_token(api.org_id, 'user@example.com', admin=False)
+    return Client(wsgi_app, token, api.org_id)
+
+
+@pytest.fixture
+def anonymous(wsgi_app):
+    return Client(wsgi_app, None)
+
+
+def assert_problem(resp, status, **members):
+    """An RFC 9457 problem body with `status`, the common keys and the given members."""
+    assert resp.status_int == status
+    assert resp.content_type == 'application/problem+json'
+    body = resp.json
+    assert PROBLEM_KEYS <= set(body), body
+    assert body['status'] == status
+    assert body['message'] == body['detail']
+    assert 'Traceback' not in resp.text
+    for key, value in members.items():
+        assert body.get(key) == value, (key, body)
+    return body
