@@ -35,11 +35,11 @@ run: $(VENV)/.installed
 	@if [ "$(DB_URL)" = "sqlite:///crm.db" ] && [ ! -f crm.db ]; then \
 	  token=$$($(BIN)/crmapi --database $(DB_URL) demo) && \
 	  echo "Demo data is in crm.db. Your API token:" && echo "  $$token" && echo "Try:" && \
-	  echo "  curl -H 'Authorization: Bearer $$token' 'http://$(BIND)/api/contacts?range=\[0,4\]'"; \
+	  echo "  curl -g -H 'Authorization: Bearer $$token' 'http://$(BIND)/api/contacts?range=[0,4]'"; \
 	else \
 	  $(BIN)/crmapi --database $(DB_URL) init-db; \
-	  echo "crm.db exists: make a token with"; \
-	  echo "  $(BIN)/crmapi create-token --org \$$(sqlite3 crm.db 'select id from organizations limit 1') --email you@example.com"; \
+	  echo "The database exists. Organizations:"; $(BIN)/crmapi --database $(DB_URL) list-orgs; \
+	  echo "Make a token with: $(BIN)/crmapi --database $(DB_URL) create-token --org ORG_ID --email you@example.com --admin"; \
 	fi
 	$(BIN)/crmapi --database $(DB_URL) serve --bind $(BIND)
 

@@ -51,6 +51,12 @@ class Accounts:
             self._insert(tx, 'organizations', {'id': org_id, 'name': name, 'created_at': self.clock()})
         return org_id
 
+    def list_orgs(self):
+        d = self.db.dialect
+        orgs = Table('organizations')
+        with self.db.transaction() as tx:
+            return tx.rows(*d.render(d.query.from_(orgs).select(orgs.id, orgs.name).orderby(orgs.created_at)))
+
     def ensure_user(self, tx, org_id, email, admin=False):
         """The id of the CRM user with `email` in `org_id`, created if needed."""
         d = self.db.dialect

@@ -31,6 +31,11 @@ def cmd_create_org(db, args):
     print(Accounts(db).create_org(args.name))
 
 
+def cmd_list_orgs(db, args):
+    for org_id, name in Accounts(db).list_orgs():
+        print(f'{org_id}\t{name}')
+
+
 def cmd_create_token(db, args):
     expires_at = None
     if args.expires_in is not None:
@@ -69,6 +74,7 @@ def parser():
     s = sub.add_parser('create-org', help="create an organization; prints its id")
     s.add_argument('name')
     s.set_defaults(func=cmd_create_org)
+    sub.add_parser('list-orgs', help='print each organization: id, tab, name').set_defaults(func=cmd_list_orgs)
     s = sub.add_parser('create-token', help='create an API token (and the user if needed); prints it')
     s.add_argument('--org', required=True)
     s.add_argument('--email', required=True)

@@ -1,0 +1,108 @@
+"""The query builder's SQL and parameters, per dialect: values always bound, identifiers whitelisted."""
+import json
+
+import pytest
+
+from crmapi import sqlbuild
+from crmapi.db import _pg_adapt
+from crmapi.db import _sqlite_adapt
+from crmapi.query import parse_list
+from test_query import CONTACTS
+
+SQLITE = sqlbuild.sqlite_dialect(_sqlite_adapt)
+POSTGRES = sqlbuild.postgres_dialect(_pg_adapt)
+SELECT = ('SELECT "id","first_name","last_name","status","company_id","tags","size","amount","due","vip","extra",'
+          '"created_at","archived_at" FROM "contacts" ')
+
+
+def where_of(d, **params):
+    lq = parse_list({k: json.dumps(v) for k, v in params.items()}, CONTACTS)
+    sql, values = sqlbuild.build_count(d, CONTACTS, 'org_1', lq)
+    return sql.split(' WHERE ', 1)[1], values
+
+
+def test_list_scopes_to_the_organization_hides_archived_and_ends_with_id():
+    lq = parse_list({'range': '[50,59]'}, CONTACTS)
+    assert sqlbuild.build_list(SQLITE, CONTACTS, 'org_1', lq) == (
+        SELECT + 'WHERE "organization_id"=? AND "archived_at" IS NULL ORDER BY "id" ASC LIMIT 10 OFFSET 50',
+        ['org_1'])
+
+
+def test_postgres_spells_out_sqlites_null_order():
+    lq = parse_list({'sort': '["last_name","DESC"]'}, CONTACTS)
+    sql, _ = sqlbuild.build_list(POSTGRES, CONTACTS, 'org_1', lq)
+    assert sql.endswith('ORDER BY "last_name" DESC NULLS LAST,"id" DESC NULLS LAST LIMIT 25')
+
+
+@pytest.mark.parametrize('flt, sqlite_sql, value', [
+    ({'op': 'eq', 'value': 'a'}, '"status"=?', 'a'),
+    ({'op': 'neq', 'value': 'a'}, '"status" IS NOT ?', 'a'),
+    ({'op': 'eq', 'value': None}, '"status" IS NULL', None),
+    ({'op': 'contains', 'value': '50%_off\\'}, '"status" LIKE ? ESCAPE \'\\\'', '%50\\%\\_off\\\\%'),
+    ({'op': 'starts_with', 'value': 'a'}, '"status" LIKE ? ESCAPE \'\\\'', 'a%'),
+    ({'op': 'ends_with', 'value': 'a'}, '"status" LIKE ? ESCAPE \'\\\'', '%a'),
+    ({'op': 'not_contains', 'value': 'a'}, '("status" IS NULL OR NOT "status" LIKE ? ESCAPE \'\\\')', '%a%'),
+    ({'op': 'in', 'value': ['a']}, '"status" IN (?)', 'a'),
+    ({'op': 'not_in', 'value': ['a']}, '("status" IS NULL OR NOT "status" IN (?))', 'a'),
+    ({'op': 'is_empty'}, '("status" IS NULL OR "status" = \'\')', None),
+])
+def test_operators_bind_their_values(flt, sqlite_sql, value):
+    sql, values = where_of(SQLITE, filters=[{'field': 'status', **flt}])
+    assert sql == '"organization_id"=? AND "archived_at" IS NULL AND ' + sqlite_sql
+    assert values == ['org_1'] + ([value] if value is not None else [])
+
+
+def test_empty_in_matches_nothing_and_empty_not_in_everything():
+    assert where_of(SQLITE, filters=[{'field': 'status', 'op': 'in', 'value': []}])[0].endswith('AND 1=0')
+    assert where_of(SQLITE, filters=[{'field': 'status', 'op': 'not_in', 'value': []}])[0].endswith('AND 1=1')
+
+
+def test_logical_operators_fold_left_to_right():
+    sql, values = where_of(SQLITE, filters=[
+        {'field': 'status', 'op': 'eq', 'value': 'a', 'logicalOp': 'or'},
+        {'field': 'status', 'op': 'eq', 'value': 'b'},
+        {'field': 'size', 'op': 'gt', 'value': 3}])
+    assert sql.endswith('AND ("status"=? OR "status"=?) AND "size">?')
+    assert values == ['org_1', 'a', 'b', 3]
+
+
+def test_array_columns_test_membership_per_dialect():
+    flt = {'filters': [{'field': 'tags', 'op': 'eq', 'value': 'tag_1'}]}
+    assert where_of(SQLITE, **flt)[0].endswith(
+        'AND EXISTS (SELECT 1 FROM json_each("tags") WHERE json_each.value = ?)')
+    sql, values = where_of(POSTGRES, **flt)
+    assert sql.endswith('AND "tags" @> %s') and values[-1].obj == ['tag_1']
+
+
+def test_values_reach_the_driver_in_its_own_types():
+    sql, values = where_of(SQLITE, filter={'vip': True, 'due': '2024-01-31'},
+                           filters=[{'field': 'created_at', 'op': 'gte', 'value': '2024-01-01T02:00:00+02:00'}])
+    assert values == ['org_1', 1, '2024-01-31', '2024-01-01T00:00:00.000000Z']
+    _, pg_values = where_of(POSTGRES, filter={'vip': True})
+    assert pg_values == ['org_1', True]
+
+
+def test_search_covers_text_columns_but_not_references():
+    sql, values = where_of(POSTGRES, filter={'q': 'ad'})
+    assert '"first_name" ILIKE %s' in sql and '"company_id"' not in sql
+    assert set(values[1:]) == {'%ad%'}
+
+
+def test_injection_in_values_stays_a_parameter():
+    evil = "x'; DROP TABLE contacts; --"
+    sql, values = where_of(SQLITE, filter={'status': evil})
+    assert 'DROP' not in sql and values[-1] == evil
+
+
+def test_insert_update_and_delete_return_the_record():
+    row = {'id': 'c_1', 'organization_id': 'org_1', 'first_name': 'Ada', 'tags': ['t'], 'vip': False}
+    sql, values = sqlbuild.build_insert(SQLITE, CONTACTS, row)
+    assert sql.startswith('INSERT INTO "contacts" ("id","organization_id","first_name","tags","vip") '
+                          'VALUES (?,?,?,?,?) RETURNING "id","first_name"')
+    assert values == ['c_1', 'org_1', 'Ada', '["t"]', 0]
+    sql, values = sqlbuild.build_update(POSTGRES, CONTACTS, 'org_1', 'c_1', {'first_name': 'Bo'})
+    assert sql.startswith('UPDATE "contacts" SET "first_name"=%s WHERE "organization_id"=%s AND "id"=%s RETURNING')
+    assert values == ['Bo', 'org_1', 'c_1']
+    sql, values = sqlbuild.build_delete(SQLITE, CONTACTS, 'org_1', ['c_1', 'c_2'])
+    assert sql.startswith('DELETE FROM "contacts" WHERE "organization_id"=? AND "id" IN (?,?) RETURNING')
+    assert values == ['org_1', 'c_1', 'c_2']
