@@ -209,6 +209,23 @@ CREATE TABLE IF NOT EXISTS automation_rules (
     UNIQUE (organization_id, id)
 );
 
+-- Custom objects: each organization's own record types. A definition names a real table
+-- (co_<definition id>) with the server-managed columns plus one typed column per field;
+-- `version` grows with every change so that every worker notices a new whitelist at once.
+CREATE TABLE IF NOT EXISTS custom_objects (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    slug TEXT NOT NULL,
+    label TEXT,
+    table_name TEXT NOT NULL UNIQUE,
+    fields JSONB NOT NULL DEFAULT '[]',
+    version BIGINT NOT NULL DEFAULT 1,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    archived_at TIMESTAMPTZ,
+    UNIQUE (organization_id, slug)
+);
+
 -- Read-only summaries. Counts are COALESCEd scalar sub-queries, so they are 0, never NULL.
 CREATE VIEW companies_summary AS
 SELECT

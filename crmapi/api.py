@@ -96,3 +96,37 @@ class Schema:
 
     def on_get_table(self, req, resp, table):
         resp.media = self.catalog.resolve(table, req.context.principal).describe()
+
+
+class CustomObjectDefinitions:
+    """`/api/custom_objects[/{slug}[/restore | /fields/{name}]]`: defining an organization's own types."""
+
+    def __init__(self, custom, max_body_bytes):
+        self.custom = custom
+        self.max_body_bytes = max_body_bytes
+
+    def on_get(self, req, resp):
+        rows = [self.custom.to_json(d) for d in self.custom.definitions(req.context.principal.org_id)]
+        resp.media = rows
+        resp.set_header('Content-Range', content_range('custom_objects', 0, len(rows), len(rows)))
+
+    def on_post(self, req, resp):
+        definition = self.custom.define(req.context.principal, read_body(req, self.max_body_bytes))
+        resp.status = 201
+        resp.set_header('Location', f'{req.root_path}/api/custom_objects/{definition["slug"]}')
+        resp.media = definition
+
+    def on_get_item(self, req, resp, slug):
+        resp.media = self.custom.get(req.context.principal.org_id, slug)
+
+    def on_put_item(self, req, resp, slug):
+        resp.media = self.custom.redefine(req.context.principal, slug, read_body(req, self.max_body_bytes))
+
+    def on_delete_item(self, req, resp, slug):
+        resp.media = self.custom.set_archived(req.context.principal, slug, True)
+
+    def on_post_restore(self, req, resp, slug):
+        resp.media = self.custom.set_archived(req.context.principal, slug, False)
+
+    def on_delete_field(self, req, resp, slug, name):
+        resp.media = self.custom.drop_field(req.context.principal, slug, name)

@@ -10,6 +10,7 @@ from falcon import media
 from . import api
 from .accounts import Accounts
 from .config import Settings
+from .custom import CustomObjects
 from .db import connect
 from .errors import CrmError
 from .errors import InvalidParam
@@ -92,6 +93,14 @@ def serialize_http_error(req, resp, exc):
     _render(resp, exc.status_code, problem(exc.status_code, exc.title, exc.description or exc.title))
 
 
+def build_services(db):
+    """The catalog, the store and the custom objects over one database (the app and the CLI share it)."""
+    catalog = Catalog.load(db)
+    store = Store(db, catalog)
+    catalog.custom = CustomObjects(db, catalog, store)
+    return catalog
+
+
 def create_app(settings=None, db=None):
     """Build the WSGI callable. Pass `db` (a crmapi.db.Database) to share or inject one in tests."""
     settings = settings or Settings.from_env()
@@ -99,8 +108,8 @@ def create_app(settings=None, db=None):
     if hasattr(db, 'pool_args'):
         db.pool_args.update(max_size=settings.pool_max_size, timeout=settings.pool_timeout_s)
         db.statement_timeout_ms = settings.statement_timeout_ms
-    catalog = Catalog.load(db)
-    store = Store(db, catalog)
+    catalog = build_services(db)
+    store = catalog.custom.store
     limits = Limits(settings.max_page, settings.max_filters, settings.max_value_length)
 
     app = falcon.App(middleware=[CorsMiddleware(settings.cors_origins), AuthMiddleware(Accounts(db))])
@@ -110,6 +119,11 @@ def create_app(settings=None, db=None):
 
     records = api.Records(store, limits, settings.max_body_bytes)
     schema = api.Schema(catalog)
+    definitions = api.CustomObjectDefinitions(catalog.custom, settings.max_body_bytes)
+    app.add_route('/api/custom_objects', definitions)
+    app.add_route('/api/custom_objects/{slug}', definitions, suffix='item')
+    app.add_route('/api/custom_objects/{slug}/restore', definitions, suffix='restore')
+    app.add_route('/api/custom_objects/{slug}/fields/{name}', definitions, suffix='field')
     app.add_route('/api/merge_contacts', api.MergeContacts(store, settings.max_body_bytes))
     app.add_route('/api/schema', schema)
     app.add_route('/api/schema/{table}', schema, suffix='table')

@@ -48,6 +48,33 @@ def cmd_create_token(db, args):
         sys.exit(f'crmapi: {exc}')
 
 
+def cmd_define_object(db, args):
+    """Define (or, if the slug exists, extend) a custom object from a JSON file."""
+    import json
+    from .accounts import Principal
+    from .app import build_services
+    from .errors import CrmError
+    from .errors import NotFound
+    try:
+        with open(args.file) as f:
+            body = json.load(f)
+    except (OSError, ValueError) as exc:
+        sys.exit(f'crmapi: cannot read {args.file}: {exc}')
+    if args.org not in {org_id for org_id, _ in Accounts(db).list_orgs()}:
+        sys.exit(f'crmapi: no organization {args.org}')
+    custom = build_services(db).custom
+    principal = Principal(args.org, None, is_admin=True)
+    try:
+        try:
+            custom.get(args.org, body.get('slug') if isinstance(body, dict) else None)
+            definition = custom.redefine(principal, body['slug'], body)
+        except NotFound:
+            definition = custom.define(principal, body)
+    except CrmError as exc:
+        sys.exit(f'crmapi: {exc.detail}')
+    print(json.dumps(definition, indent=2))
+
+
 def cmd_demo(db, args):
     from .demo import fill
     init_db(db)
@@ -81,6 +108,10 @@ def parser():
     s.add_argument('--admin', action='store_true', help='make the user an administrator')
     s.add_argument('--expires-in', type=int, metavar='DAYS')
     s.set_defaults(func=cmd_create_token)
+    s = sub.add_parser('define-object', help='define or extend a custom object from a JSON file')
+    s.add_argument('--org', required=True)
+    s.add_argument('--file', required=True)
+    s.set_defaults(func=cmd_define_object)
     sub.add_parser('demo', help='fill a new organization with demo records; prints a token').set_defaults(
         func=cmd_demo)
     s = sub.add_parser('serve', help='serve the API with gunicorn')

@@ -117,7 +117,11 @@ class SQLiteDatabase(Database):
 
     @contextlib.contextmanager
     def transaction(self, write=False):
+        """A transaction; inside another one on this thread, the same transaction (joined)."""
         conn = self.connection()
+        if conn.in_transaction:
+            yield Tx(conn.cursor())
+            return
         with translate_errors():
             # NOTE: a deferred BEGIN that reads then writes fails at once under contention,
             # whatever the busy timeout; IMMEDIATE takes the write lock up front.
@@ -185,6 +189,7 @@ class PostgresDatabase(Database):
         self.dialect = sqlbuild.postgres_dialect(_pg_adapt)
         self._pool, self._pid = None, None
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     def _configure(self, conn):
         conn.execute(f'SET statement_timeout = {int(self.statement_timeout_ms)}')
@@ -204,10 +209,19 @@ class PostgresDatabase(Database):
 
     @contextlib.contextmanager
     def transaction(self, write=False):
+        """A transaction; inside another one on this thread, the same transaction (joined)."""
+        current = getattr(self._local, 'conn', None)
+        if current is not None:
+            yield Tx(current.cursor())
+            return
         with translate_errors():
             with self.pool().connection() as conn:
-                with conn.transaction():
-                    yield Tx(conn.cursor())
+                self._local.conn = conn
+                try:
+                    with conn.transaction():
+                        yield Tx(conn.cursor())
+                finally:
+                    self._local.conn = None
 
     def run_script(self, sql):
         with translate_errors(), self.pool().connection() as conn:

@@ -149,26 +149,47 @@ def snake_case(name):
     return _CAMEL.sub(lambda m: '_' + m.group(1).lower(), name)
 
 
-class Catalog:
-    """Resources by slug, with their whitelists, loaded once from the database."""
+INTERNAL = {spec.slug: spec for spec in [ResourceSpec('custom_objects', 'obj_', delete='archive')]}
 
-    def __init__(self, tables):
+
+class Catalog:
+    """Resources by slug, with their whitelists: built-ins loaded once from the database, custom
+    objects resolved per organization through `custom` (a crmapi.custom.CustomObjects)."""
+
+    def __init__(self, tables, internal=None):
         self.tables = tables
+        self.internal = internal or {}
+        self.custom = None
 
     @classmethod
     def load(cls, db, specs=BUILTIN):
-        found = db.introspect([s.table for s in specs.values()])
-        missing = [s.table for s in specs.values() if s.table not in found]
+        wanted = {**specs, **INTERNAL}
+        found = db.introspect([s.table for s in wanted.values()])
+        missing = [s.table for s in wanted.values() if s.table not in found]
         if missing:
             raise RuntimeError(f"database has no table {', '.join(missing)}: run 'crmapi init-db'")
-        return cls({slug: table_info(spec, found[spec.table]) for slug, spec in specs.items()})
+        infos = {slug: table_info(spec, found[spec.table]) for slug, spec in wanted.items()}
+        return cls({s: infos[s] for s in specs}, {s: infos[s] for s in INTERNAL})
 
     def resolve(self, slug, principal=None):
-        """The TableInfo for `slug` as `principal` sees it, or UnknownResource (404)."""
-        try:
-            return self.tables[slug]
-        except KeyError:
-            raise UnknownResource(f"No resource named '{slug}'", param='resource') from None
+        """The TableInfo for `slug` as `principal` sees it, or UnknownResource (404).
+
+        Another organization's custom slug is exactly as unknown as one that never existed.
+        """
+        info = self.tables.get(slug)
+        if info is None and principal is not None and self.custom is not None:
+            info = self.custom.table_for(principal.org_id, slug)
+        if info is None:
+            raise UnknownResource(f"No resource named '{slug}'", param='resource')
+        return info
 
     def visible(self, principal=None):
-        return list(self.tables)
+        """Every slug `principal` may use: the built-ins, then their active custom objects."""
+        custom = [] if principal is None or self.custom is None else [
+            d['slug'] for d in self.custom.definitions(principal.org_id, include_archived=False)]
+        return [*self.tables, *custom]
+
+    def all_tables(self, principal):
+        """Every table of `principal`'s organization, archived custom objects included."""
+        custom = [] if self.custom is None else self.custom.tables_for(principal.org_id)
+        return [*self.tables.values(), *custom]

@@ -296,3 +296,41 @@ def build_referrers(d, info, org_id, column, ids):
         else field.isin([Bound(i) for i in ids])
     query = d.query.from_(table).select(table.id, field).where((table.organization_id == Bound(org_id)) & match)
     return d.render(query)
+
+
+# -- custom object tables (DDL) --------------------------------------------------------------------
+# Names reaching these builders passed custom.NAME (lowercase letters, digits, `_`) and are never
+# SQL keywords; they are still quoted, and table names are made by the server.
+
+def quote(name):
+    return '"%s"' % name.replace('"', '""')
+
+
+def build_create_table(table, columns):
+    """CREATE TABLE for a custom object: server-managed columns, then `columns` [(name, sql type)]."""
+    parts = [
+        'id TEXT PRIMARY KEY',
+        'organization_id TEXT NOT NULL REFERENCES organizations (id)',
+        'created_at TIMESTAMPTZ NOT NULL',
+        'updated_at TIMESTAMPTZ NOT NULL',
+        'archived_at TIMESTAMPTZ',
+        *(f'{quote(name)} {sql_type}' for name, sql_type in columns),
+        'UNIQUE (organization_id, id)',
+    ]
+    return f'CREATE TABLE {quote(table)} (\n    ' + ',\n    '.join(parts) + '\n)'
+
+
+def build_add_column(table, name, sql_type):
+    return f'ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {sql_type}'
+
+
+def build_drop_column(table, name):
+    return f'ALTER TABLE {quote(table)} DROP COLUMN {quote(name)}'
+
+
+def build_create_index(table, index, column):
+    return f'CREATE INDEX {quote(index)} ON {quote(table)} (organization_id, {quote(column)})'
+
+
+def build_drop_index(index):
+    return f'DROP INDEX IF EXISTS {quote(index)}'

@@ -188,15 +188,15 @@ class Store:
 
     # -- references between records ----------------------------------------------------------------
 
-    def referrers(self, slug):
-        """Every (table, column) whose reference points at resource `slug`."""
-        return [(info, column) for info in self.catalog.tables.values() if not info.spec.read_only
+    def referrers(self, principal, slug):
+        """Every (table, column) of the organization whose reference points at resource `slug`."""
+        return [(info, column) for info in self.catalog.all_tables(principal) if not info.spec.read_only
                 for column in info.columns.values() if column.references == slug]
 
     def _rewrite_references(self, tx, principal, slug, ids, replacement):
         """Point every reference to `ids` at `replacement` (None: drop the link)."""
         d, ids = self.db.dialect, list(ids)
-        for info, column in self.referrers(slug):
+        for info, column in self.referrers(principal, slug):
             rows = tx.rows(*sqlbuild.build_referrers(d, info, principal.org_id, column, ids))
             for record_id, current in rows:
                 if column.kind == 'array':
