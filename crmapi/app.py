@@ -26,6 +26,10 @@ EXPOSED_HEADERS = 'Content-Range, Location, X-Request-ID'
 ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID'
 
 
+PUBLIC_PATHS = frozenset({'/api/docs'})          # served to anyone
+OPTIONAL_AUTH_PATHS = frozenset({'/api/openapi.json'})  # a token narrows the answer to its organization
+
+
 class AuthMiddleware:
     """Every /api request carries `Authorization: Bearer <token>`; the principal goes on the context."""
 
@@ -34,11 +38,14 @@ class AuthMiddleware:
 
     def process_request(self, req, resp):
         req.context.principal = None
-        if req.method == 'OPTIONS' or not req.path.startswith('/api'):
+        if req.method == 'OPTIONS' or not req.path.startswith('/api') or req.path in PUBLIC_PATHS:
             return
         if 'token' in req.params or 'access_token' in req.params:
             raise InvalidParam('Send the token in the Authorization header, never in the URL', param='token')
-        scheme, _, token = (req.get_header('Authorization') or '').partition(' ')
+        header = req.get_header('Authorization')
+        if header is None and req.path in OPTIONAL_AUTH_PATHS:
+            return
+        scheme, _, token = (header or '').partition(' ')
         if scheme.lower() != 'bearer':
             raise Unauthorized('Send Authorization: Bearer <token>')
         req.context.principal = self.accounts.authenticate(token.strip())

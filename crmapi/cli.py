@@ -2,29 +2,28 @@
 import argparse
 import os
 import sys
-from importlib import resources
-
+from . import migrations
 from .accounts import Accounts
 from .db import connect
 
 DEFAULT_URL = 'sqlite:///crm.db'
 
 
-def schema_sql():
-    return resources.files('crmapi').joinpath('schema.sql').read_text()
-
-
 def init_db(db):
-    """Create the schema unless it is there; running it twice changes nothing. Returns True if created."""
-    if db.table_exists('schema_version'):
-        return False
-    db.run_script(schema_sql())
-    return True
+    """Migrate from empty (or from wherever the database is); running it twice changes nothing."""
+    return migrations.migrate(db, log=lambda message: print(message, file=sys.stderr))
 
 
 def cmd_init_db(db, args):
-    created = init_db(db)
-    print('schema created' if created else 'schema already present', file=sys.stderr)
+    applied = init_db(db)
+    print(f'schema at version {migrations.latest(db.name)}' + ('' if applied else ' (nothing to do)'),
+          file=sys.stderr)
+
+
+def cmd_migrate(db, args):
+    applied = migrations.migrate(db, target=args.to, log=lambda message: print(message, file=sys.stderr))
+    if not applied:
+        print('already up to date', file=sys.stderr)
 
 
 def cmd_create_org(db, args):
@@ -98,6 +97,9 @@ def parser():
                         'also CRMAPI_DATABASE_URL')
     sub = p.add_subparsers(dest='command', required=True)
     sub.add_parser('init-db', help='create the schema (idempotent)').set_defaults(func=cmd_init_db)
+    s = sub.add_parser('migrate', help='apply pending schema migrations, one transaction per step')
+    s.add_argument('--to', type=int, metavar='VERSION', help='stop at this version')
+    s.set_defaults(func=cmd_migrate)
     s = sub.add_parser('create-org', help="create an organization; prints its id")
     s.add_argument('name')
     s.set_defaults(func=cmd_create_org)

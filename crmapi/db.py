@@ -133,9 +133,25 @@ class SQLiteDatabase(Database):
                 raise
             conn.execute('COMMIT')
 
-    def run_script(self, sql):
-        conn = self.connection()
-        conn.executescript('BEGIN IMMEDIATE;\n' + sql + '\nCOMMIT;')
+    @staticmethod
+    def statements(sql):
+        """Split a script into complete statements, as SQLite itself judges completeness."""
+        pending = ''
+        for line in sql.splitlines(keepends=True):
+            pending += line
+            if sqlite3.complete_statement(pending):
+                yield pending.strip()
+                pending = ''
+        if pending.strip() and not all(l.strip().startswith('--') or not l.strip() for l in pending.splitlines()):
+            raise ValueError('incomplete SQL statement at the end of a script')
+
+    def run_script(self, tx, sql):
+        """Run every statement of `sql` inside `tx` (sqlite3's executescript would commit first)."""
+        for statement in self.statements(sql):
+            tx.execute(statement)
+
+    def lock_for_migration(self, tx):
+        """BEGIN IMMEDIATE already holds SQLite's write lock."""
 
     def table_exists(self, name):
         with self.transaction() as tx:
@@ -223,10 +239,12 @@ class PostgresDatabase(Database):
                 finally:
                     self._local.conn = None
 
-    def run_script(self, sql):
-        with translate_errors(), self.pool().connection() as conn:
-            with conn.transaction():
-                conn.execute(sql)
+    def run_script(self, tx, sql):
+        tx.execute(sql)
+
+    def lock_for_migration(self, tx):
+        """One migrating process at a time, whichever app server started first."""
+        tx.execute('SELECT pg_advisory_xact_lock(4242001)')
 
     def table_exists(self, name):
         with self.transaction() as tx:

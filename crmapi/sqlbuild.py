@@ -104,7 +104,7 @@ def _eq(d, field, column, value):
 
 def _negate(field, term):
     """Negations keep rows where the field is NULL: a contact without a status is not 'active'."""
-    return Sql('({0} IS NULL OR NOT {1})', field, term)
+    return Sql('({0} IS NULL OR NOT ({1}))', field, term)
 
 
 def _neq(d, field, column, value):

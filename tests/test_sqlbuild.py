@@ -41,9 +41,9 @@ def test_postgres_spells_out_sqlites_null_order():
     ({'op': 'contains', 'value': '50%_off\\'}, '"status" LIKE ? ESCAPE \'\\\'', '%50\\%\\_off\\\\%'),
     ({'op': 'starts_with', 'value': 'a'}, '"status" LIKE ? ESCAPE \'\\\'', 'a%'),
     ({'op': 'ends_with', 'value': 'a'}, '"status" LIKE ? ESCAPE \'\\\'', '%a'),
-    ({'op': 'not_contains', 'value': 'a'}, '("status" IS NULL OR NOT "status" LIKE ? ESCAPE \'\\\')', '%a%'),
+    ({'op': 'not_contains', 'value': 'a'}, '("status" IS NULL OR NOT ("status" LIKE ? ESCAPE \'\\\'))', '%a%'),
     ({'op': 'in', 'value': ['a']}, '"status" IN (?)', 'a'),
-    ({'op': 'not_in', 'value': ['a']}, '("status" IS NULL OR NOT "status" IN (?))', 'a'),
+    ({'op': 'not_in', 'value': ['a']}, '("status" IS NULL OR NOT ("status" IN (?)))', 'a'),
     ({'op': 'is_empty'}, '("status" IS NULL OR "status" = \'\')', None),
 ])
 def test_operators_bind_their_values(flt, sqlite_sql, value):

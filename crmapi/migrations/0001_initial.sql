@@ -1,0 +1,252 @@
+-- crmapi schema: one file for SQLite and PostgreSQL.
+--
+-- Portable on purpose: the same statements run on both engines. Types are written with their
+-- PostgreSQL names; on SQLite they pick the affinity we want (TIMESTAMPTZ and DATE hold ISO 8601
+-- text, BOOLEAN holds 0/1, JSONB holds JSON text) and crmapi reads each column's declared type
+-- back (information_schema / PRAGMA table_xinfo) to validate and convert values.
+-- Every record belongs to one organization; references between records are composite foreign
+-- keys on (organization_id, id), so the database itself forbids links across organizations.
+
+CREATE TABLE IF NOT EXISTS organizations (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS crm_users (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    first_name TEXT,
+    last_name TEXT,
+    email TEXT NOT NULL,
+    administrator BOOLEAN NOT NULL DEFAULT FALSE,
+    disabled BOOLEAN NOT NULL DEFAULT FALSE,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    UNIQUE (organization_id, id),
+    UNIQUE (organization_id, email)
+);
+
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TIMESTAMPTZ NOT NULL,
+    last_used_at TIMESTAMPTZ,
+    expires_at TIMESTAMPTZ,
+    revoked_at TIMESTAMPTZ,
+    FOREIGN KEY (organization_id, user_id) REFERENCES crm_users (organization_id, id)
+);
+
+CREATE TABLE IF NOT EXISTS companies (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    name TEXT NOT NULL,
+    domain TEXT,
+    website TEXT,
+    category TEXT,
+    size BIGINT,
+    phone TEXT,
+    address TEXT,
+    city TEXT,
+    country TEXT,
+    description TEXT,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    archived_at TIMESTAMPTZ,
+    UNIQUE (organization_id, id)
+);
+CREATE INDEX IF NOT EXISTS companies_org_name ON companies (organization_id, name);
+
+CREATE TABLE IF NOT EXISTS contacts (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    first_name TEXT,
+    last_name TEXT,
+    email TEXT,
+    phone TEXT,
+    title TEXT,
+    status TEXT,
+    city TEXT,
+    company_id TEXT,
+    linkedin_url TEXT,
+    background TEXT,
+    tags JSONB NOT NULL DEFAULT '[]',
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    archived_at TIMESTAMPTZ,
+    UNIQUE (organization_id, id),
+    FOREIGN KEY (organization_id, company_id) REFERENCES companies (organization_id, id)
+);
+CREATE INDEX IF NOT EXISTS contacts_org_last_name ON contacts (organization_id, last_name);
+CREATE INDEX IF NOT EXISTS contacts_org_company ON contacts (organization_id, company_id);
+CREATE INDEX IF NOT EXISTS contacts_org_city ON contacts (organization_id, city);
+CREATE INDEX IF NOT EXISTS contacts_org_status ON contacts (organization_id, status);
+CREATE INDEX IF NOT EXISTS contacts_org_email ON contacts (organization_id, email);
+
+CREATE TABLE IF NOT EXISTS deals (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    name TEXT NOT NULL,
+    company_id TEXT,
+    contact_ids JSONB NOT NULL DEFAULT '[]',
+    status TEXT,
+    amount NUMERIC(14, 2),
+    category TEXT,
+    description TEXT,
+    expected_closing_date DATE,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    archived_at TIMESTAMPTZ,
+    UNIQUE (organization_id, id),
+    FOREIGN KEY (organization_id, company_id) REFERENCES companies (organization_id, id)
+);
+CREATE INDEX IF NOT EXISTS deals_org_company ON deals (organization_id, company_id);
+CREATE INDEX IF NOT EXISTS deals_org_status ON deals (organization_id, status);
+
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    text TEXT,
+    type TEXT,
+    due_date DATE,
+    done_date DATE,
+    contact_id TEXT,
+    company_id TEXT,
+    deal_id TEXT,
+    assignee_id TEXT,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    UNIQUE (organization_id, id),
+    FOREIGN KEY (organization_id, contact_id) REFERENCES contacts (organization_id, id),
+    FOREIGN KEY (organization_id, company_id) REFERENCES companies (organization_id, id),
+    FOREIGN KEY (organization_id, deal_id) REFERENCES deals (organization_id, id),
+    FOREIGN KEY (organization_id, assignee_id) REFERENCES crm_users (organization_id, id)
+);
+CREATE INDEX IF NOT EXISTS tasks_org_contact ON tasks (organization_id, contact_id);
+CREATE INDEX IF NOT EXISTS tasks_org_company ON tasks (organization_id, company_id);
+CREATE INDEX IF NOT EXISTS tasks_org_deal ON tasks (organization_id, deal_id);
+CREATE INDEX IF NOT EXISTS tasks_org_assignee ON tasks (organization_id, assignee_id);
+
+CREATE TABLE IF NOT EXISTS contact_notes (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    contact_id TEXT NOT NULL,
+    title TEXT,
+    text TEXT,
+    date TIMESTAMPTZ,
+    status TEXT,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    UNIQUE (organization_id, id),
+    FOREIGN KEY (organization_id, contact_id) REFERENCES contacts (organization_id, id)
+);
+CREATE INDEX IF NOT EXISTS contact_notes_org_contact ON contact_notes (organization_id, contact_id);
+
+CREATE TABLE IF NOT EXISTS deal_notes (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    deal_id TEXT NOT NULL,
+    title TEXT,
+    text TEXT,
+    date TIMESTAMPTZ,
+    status TEXT,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    UNIQUE (organization_id, id),
+    FOREIGN KEY (organization_id, deal_id) REFERENCES deals (organization_id, id)
+);
+CREATE INDEX IF NOT EXISTS deal_notes_org_deal ON deal_notes (organization_id, deal_id);
+
+CREATE TABLE IF NOT EXISTS company_notes (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    company_id TEXT NOT NULL,
+    title TEXT,
+    text TEXT,
+    date TIMESTAMPTZ,
+    status TEXT,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    UNIQUE (organization_id, id),
+    FOREIGN KEY (organization_id, company_id) REFERENCES companies (organization_id, id)
+);
+CREATE INDEX IF NOT EXISTS company_notes_org_company ON company_notes (organization_id, company_id);
+
+CREATE TABLE IF NOT EXISTS tags (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    name TEXT NOT NULL,
+    color TEXT,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    UNIQUE (organization_id, id),
+    UNIQUE (organization_id, name)
+);
+
+CREATE TABLE IF NOT EXISTS configuration (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    key TEXT NOT NULL,
+    value JSONB,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    UNIQUE (organization_id, id),
+    UNIQUE (organization_id, key)
+);
+
+CREATE TABLE IF NOT EXISTS automation_rules (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    name TEXT NOT NULL,
+    enabled BOOLEAN NOT NULL DEFAULT TRUE,
+    trigger TEXT,
+    conditions JSONB,
+    actions JSONB,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    UNIQUE (organization_id, id)
+);
+
+-- Custom objects: each organization's own record types. A definition names a real table
+-- (co_<definition id>) with the server-managed columns plus one typed column per field;
+-- `version` grows with every change so that every worker notices a new whitelist at once.
+CREATE TABLE IF NOT EXISTS custom_objects (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    slug TEXT NOT NULL,
+    label TEXT,
+    table_name TEXT NOT NULL UNIQUE,
+    fields JSONB NOT NULL DEFAULT '[]',
+    version BIGINT NOT NULL DEFAULT 1,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    archived_at TIMESTAMPTZ,
+    UNIQUE (organization_id, slug)
+);
+
+-- Read-only summaries. Counts are COALESCEd scalar sub-queries, so they are 0, never NULL.
+CREATE VIEW companies_summary AS
+SELECT
+    c.id, c.organization_id, c.name, c.domain, c.website, c.category, c.size, c.phone,
+    c.address, c.city, c.country, c.description, c.created_at, c.updated_at, c.archived_at,
+    (SELECT COUNT(*) FROM contacts ct
+      WHERE ct.organization_id = c.organization_id AND ct.company_id = c.id
+        AND ct.archived_at IS NULL) AS nb_contacts,
+    (SELECT COUNT(*) FROM deals d
+      WHERE d.organization_id = c.organization_id AND d.company_id = c.id
+        AND d.archived_at IS NULL) AS nb_deals
+FROM companies c;
+
+CREATE VIEW contacts_summary AS
+SELECT
+    ct.id, ct.organization_id, ct.first_name, ct.last_name, ct.email, ct.phone, ct.title,
+    ct.status, ct.city, ct.company_id, ct.linkedin_url, ct.background, ct.tags,
+    ct.created_at, ct.updated_at, ct.archived_at,
+    co.name AS company_name,
+    (SELECT COUNT(*) FROM tasks t
+      WHERE t.organization_id = ct.organization_id AND t.contact_id = ct.id
+        AND t.done_date IS NULL) AS nb_tasks
+FROM contacts ct
+LEFT JOIN companies co ON co.organization_id = ct.organization_id AND co.id = ct.company_id;

@@ -1,0 +1,55 @@
+"""Versioned schema migrations: `NNNN_name.sql` files in this package, applied in order.
+
+Each step runs in its own transaction together with the bump of `schema_version`, so a database
+is always at exactly one version. `init-db` is "migrate from empty". A file may have dialect
+twins (`NNNN_name.sqlite.sql`, `NNNN_name.postgresql.sql`) for the rare statement the two
+databases spell differently; the twin for the running database replaces the portable file.
+"""
+import re
+from importlib import resources
+
+VERSION_TABLE = 'CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)'
+_FILE = re.compile(r'(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql\Z')
+
+
+def available(dialect):
+    """[(version, name, sql)] for `dialect`, in order."""
+    steps = {}
+    for entry in resources.files(__name__).iterdir():
+        m = _FILE.match(entry.name)
+        if not m or (m.group(3) and m.group(3) != dialect):
+            continue
+        version = int(m.group(1))
+        if version in steps and not m.group(3):
+            continue  # a dialect twin wins over the portable file
+        steps[version] = (version, m.group(2), entry.read_text())
+    return [steps[v] for v in sorted(steps)]
+
+
+def latest(dialect):
+    return available(dialect)[-1][0]
+
+
+def current_version(tx):
+    row = tx.one('SELECT MAX(version) FROM schema_version')
+    return row[0] or 0
+
+
+def migrate(db, target=None, log=lambda message: None):
+    """Bring `db` up to `target` (default: the newest version). Returns the versions applied."""
+    with db.transaction(write=True) as tx:
+        tx.execute(VERSION_TABLE)
+    applied = []
+    for version, name, sql in available(db.name):
+        if target is not None and version > target:
+            break
+        with db.transaction(write=True) as tx:
+            db.lock_for_migration(tx)
+            if version <= current_version(tx):
+                continue  # another process got here first
+            db.run_script(tx, sql)
+            tx.execute('DELETE FROM schema_version')
+            tx.execute(f'INSERT INTO schema_version (version) VALUES ({int(version)})')
+        applied.append(version)
+        log(f'applied {version:04d}_{name}')
+    return applied

@@ -1,0 +1,110 @@
+"""Versioned migrations: from empty they build exactly schema.sql; from an old version they keep the data."""
+import pathlib
+import uuid
+
+import psycopg
+import pytest
+import webtest
+
+from crmapi import create_app
+from crmapi import migrations
+from crmapi.accounts import Accounts
+from crmapi.config import Settings
+from crmapi.db import PostgresDatabase
+from crmapi.db import SQLiteDatabase
+from conftest import postgres_url
+
+SCHEMA_SQL = pathlib.Path(__file__).parent.parent / 'schema.sql'
+
+
+@pytest.fixture
+def empty_db(backend, tmp_path):
+    """A database with nothing in it, of each kind."""
+    if backend == 'sqlite':
+        db = SQLiteDatabase(str(tmp_path / 'empty.db'))
+        yield db
+        db.close()
+        return
+    base = postgres_url()
+    name = 'mig_' + uuid.uuid4().hex[:12]
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE {name}')
+    db = PostgresDatabase(base.rsplit('/', 1)[0] + '/' + name)
+    yield db
+    db.close()
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE {name} WITH (FORCE)')
+
+
+def structure(db):
+    """Tables, views, columns and indexes, in a form that does not depend on how they were made."""
+    with db.transaction() as tx:
+        if db.name == 'postgresql':
+            return structure_in(tx, 'public')
+        objects = tx.rows("SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' "
+                          'ORDER BY type, name')
+        columns = {name: tx.rows('SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_xinfo(?)', (name,))
+                   for kind, name, _ in objects if kind in ('table', 'view')}
+        indexes = {name: tx.rows('SELECT name FROM pragma_index_info(?)', (name,))
+                   for kind, name, _ in objects if kind == 'index'}
+        return objects, columns, indexes, tx.rows('SELECT version FROM schema_version')
+
+
+def structure_in(tx, schema):
+    tables = tx.rows('SELECT table_type, table_name FROM information_schema.tables WHERE table_schema = %s '
+                     'ORDER BY 1, 2', (schema,))
+    columns = tx.rows('SELECT table_name, column_name, data_type, is_nullable, column_default, numeric_precision, '
+                      'numeric_scale FROM information_schema.columns WHERE table_schema = %s '
+                      'ORDER BY table_name, ordinal_position', (schema,))
+    indexes = tx.rows('SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = %s ORDER BY 1, 2',
+                      (schema,))
+    version = tx.rows(f'SELECT version FROM {schema}.schema_version')
+    return tables, columns, [(t, n, d.replace(f' {schema}.', ' ')) for t, n, d in indexes], version
+
+
+def test_migrating_from_empty_builds_exactly_schema_sql(empty_db, backend, tmp_path):
+    migrations.migrate(empty_db)
+    if backend == 'sqlite':
+        reference = SQLiteDatabase(str(tmp_path / 'reference.db'))
+        try:
+            with reference.transaction(write=True) as tx:
+                reference.run_script(tx, SCHEMA_SQL.read_text())
+            assert structure(empty_db) == structure(reference)
+        finally:
+            reference.close()
+        return
+    # PostgreSQL: run schema.sql in a scratch schema of the same database and compare the two.
+    with empty_db.transaction(write=True) as tx:
+        tx.execute('CREATE SCHEMA reference')
+        tx.execute('SET LOCAL search_path TO reference')
+        empty_db.run_script(tx, SCHEMA_SQL.read_text())
+        reference = structure_in(tx, 'reference')
+    assert structure(empty_db) == reference
+
+
+def test_migrating_twice_changes_nothing(empty_db):
+    assert migrations.migrate(empty_db) == [v for v, _, _ in migrations.available(empty_db.name)]
+    before = structure(empty_db)
+    assert migrations.migrate(empty_db) == []
+    assert structure(empty_db) == before
+
+
+def test_data_written_under_the_first_version_survives(empty_db):
+    migrations.migrate(empty_db, target=1)
+    accounts = Accounts(empty_db)
+    org = accounts.create_org('Old Co')
+    token = accounts.create_token(org, 'old@example.com', admin=True)
+    with empty_db.transaction(write=True) as tx:
+        p = '?' if empty_db.name == 'sqlite' else '%s'
+        tx.execute(f'INSERT INTO contacts (id, organization_id, first_name, tags, created_at, updated_at) '
+                   f"VALUES ({p}, {p}, {p}, '[]', {p}, {p})",
+                   ('c_old', org, 'Ada', '2020-01-01T00:00:00.000000Z', '2020-01-01T00:00:00.000000Z'))
+    migrations.migrate(empty_db)
+    client = webtest.TestApp(create_app(Settings(database_url='injected'), db=empty_db))
+    contact = client.get('/api/contacts/c_old', headers={'Authorization': f'Bearer {token}'}).json
+    assert contact['first_name'] == 'Ada' and contact['created_at'] == '2020-01-01T00:00:00.000000Z'
+
+
+def test_schema_sql_declares_the_newest_version():
+    assert f'VALUES ({migrations.latest("sqlite")})' in SCHEMA_SQL.read_text()
+    assert migrations.latest('sqlite') == migrations.latest('postgresql')
