@@ -1,6 +1,7 @@
 """Falcon resources: parse the request, call the store, render the answer. Nothing else."""
 from . import query
 from . import values
+from .idempotency import fingerprint
 from .errors import InvalidBody
 from .errors import PayloadTooLarge
 from .errors import UnsupportedMediaType
@@ -33,13 +34,30 @@ def read_body(req, max_bytes):
     return body
 
 
+def respond_once(req, resp, idempotency, body, action):
+    """Run a POST's `action` -> (status, record, location); with an Idempotency-Key, at most once."""
+    key = req.get_header('Idempotency-Key')
+    if key is None:
+        status, record, location = action()
+    else:
+        fp = fingerprint(req.method, req.path, body)
+        (status, record, location), replayed = idempotency.run(req.context.principal, key, fp, action)
+        if replayed:
+            resp.set_header('Idempotent-Replayed', 'true')
+    resp.status = status
+    resp.media = record
+    if location:
+        resp.set_header('Location', location)
+
+
 class Records:
     """`/api/{resource}`, `/api/{resource}/{id}` and `/api/{resource}/{id}/restore`."""
 
-    def __init__(self, store, limits, max_body_bytes):
+    def __init__(self, store, limits, max_body_bytes, idempotency):
         self.store = store
         self.limits = limits
         self.max_body_bytes = max_body_bytes
+        self.idempotency = idempotency
 
     def _table(self, req, resource):
         return self.store.catalog.resolve(resource, req.context.principal)
@@ -53,10 +71,12 @@ class Records:
 
     def on_post(self, req, resp, resource):
         info = self._table(req, resource)
-        record = self.store.create(info, req.context.principal, read_body(req, self.max_body_bytes))
-        resp.status = 201
-        resp.set_header('Location', f'{req.root_path}/api/{resource}/{record["id"]}')
-        resp.media = record
+        body = read_body(req, self.max_body_bytes)
+
+        def create():
+            record = self.store.create(info, req.context.principal, body)
+            return 201, record, f'{req.root_path}/api/{resource}/{record["id"]}'
+        respond_once(req, resp, self.idempotency, body, create)
 
     def on_get_item(self, req, resp, resource, id):
         resp.media = self.store.get(self._table(req, resource), req.context.principal, id)
@@ -75,12 +95,29 @@ class Records:
 class MergeContacts:
     """`POST /api/merge_contacts`."""
 
-    def __init__(self, store, max_body_bytes):
+    def __init__(self, store, max_body_bytes, idempotency):
         self.store = store
         self.max_body_bytes = max_body_bytes
+        self.idempotency = idempotency
 
     def on_post(self, req, resp):
-        resp.media = self.store.merge_contacts(req.context.principal, read_body(req, self.max_body_bytes))
+        body = read_body(req, self.max_body_bytes)
+        respond_once(req, resp, self.idempotency, body,
+                     lambda: (200, self.store.merge_contacts(req.context.principal, body), None))
+
+
+class Health:
+    """`/healthz`: the process answers. `/readyz`: and its database does too (503 otherwise)."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def on_get(self, req, resp):
+        resp.media = {'status': 'ok'}
+
+    def on_get_ready(self, req, resp):
+        self.db.ping()
+        resp.media = {'status': 'ready', 'database': self.db.name}
 
 
 class Schema:

@@ -1,7 +1,11 @@
 """The WSGI application: routes, middleware and the one place errors become HTTP answers."""
+import json
 import logging
+import re
 import sys
+import time
 import traceback
+import uuid
 
 import falcon
 import orjson
@@ -16,6 +20,7 @@ from .errors import CrmError
 from .errors import InvalidParam
 from .errors import Unauthorized
 from .errors import problem
+from .idempotency import Idempotency
 from .query import Limits
 from .schema import Catalog
 from .store import Store
@@ -49,6 +54,43 @@ class AuthMiddleware:
         if scheme.lower() != 'bearer':
             raise Unauthorized('Send Authorization: Bearer <token>')
         req.context.principal = self.accounts.authenticate(token.strip())
+
+
+_REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}\Z')
+access_log = logging.getLogger('crmapi.access')
+
+
+class RequestLog:
+    """`X-Request-ID` echoed (or made), and one JSON line per request: never a token, never a query."""
+
+    def process_request(self, req, resp):
+        given = req.get_header('X-Request-ID')
+        req.context.request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        req.context.started = time.perf_counter()
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        request_id = getattr(req.context, 'request_id', None) or uuid.uuid4().hex
+        resp.set_header('X-Request-ID', request_id)
+        if access_log.isEnabledFor(logging.INFO):
+            principal = getattr(req.context, 'principal', None)
+            started = getattr(req.context, 'started', time.perf_counter())
+            access_log.info(json.dumps({
+                'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+                'method': req.method, 'path': req.path, 'status': resp.status_code,
+                'duration_ms': round((time.perf_counter() - started) * 1000, 2),
+                'organization': principal.org_id if principal else None,
+                'request_id': request_id,
+            }))
+
+
+def enable_access_log(stream=None):
+    """JSON lines on stderr (gunicorn collects them); once per process."""
+    if not access_log.handlers:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(logging.Formatter('%(message)s'))
+        access_log.addHandler(handler)
+        access_log.setLevel(logging.INFO)
+        access_log.propagate = False
 
 
 class CorsMiddleware:
@@ -119,21 +161,31 @@ def create_app(settings=None, db=None):
     store = catalog.custom.store
     limits = Limits(settings.max_page, settings.max_filters, settings.max_value_length)
 
-    app = falcon.App(middleware=[CorsMiddleware(settings.cors_origins), AuthMiddleware(Accounts(db))])
+    if settings.access_log:
+        enable_access_log()
+    middleware = [RequestLog(), CorsMiddleware(settings.cors_origins), AuthMiddleware(Accounts(db))]
+    app = falcon.App(middleware=middleware)
     json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.resp_options.media_handlers.update({'application/json': json_handler, PROBLEM_JSON: json_handler})
     app.req_options.strip_url_path_trailing_slash = True
 
-    records = api.Records(store, limits, settings.max_body_bytes)
+    idempotency = Idempotency(db, catalog, store.clock)
+    records = api.Records(store, limits, settings.max_body_bytes, idempotency)
+    health = api.Health(db)
+    app.add_route('/healthz', health)
+    app.add_route('/readyz', health, suffix='ready')
     schema = api.Schema(catalog)
     definitions = api.CustomObjectDefinitions(catalog.custom, settings.max_body_bytes)
     app.add_route('/api/custom_objects', definitions)
     app.add_route('/api/custom_objects/{slug}', definitions, suffix='item')
     app.add_route('/api/custom_objects/{slug}/restore', definitions, suffix='restore')
     app.add_route('/api/custom_objects/{slug}/fields/{name}', definitions, suffix='field')
-    app.add_route('/api/merge_contacts', api.MergeContacts(store, settings.max_body_bytes))
+    app.add_route('/api/merge_contacts', api.MergeContacts(store, settings.max_body_bytes, idempotency))
     app.add_route('/api/schema', schema)
     app.add_route('/api/schema/{table}', schema, suffix='table')
+    from . import openapi
+    app.add_route('/api/openapi.json', openapi.OpenAPI(catalog, limits))
+    app.add_route('/api/docs', openapi.Docs())
     app.add_route('/api/{resource}', records)
     app.add_route('/api/{resource}/{id}', records, suffix='item')
     app.add_route('/api/{resource}/{id}/restore', records, suffix='restore')

@@ -74,6 +74,19 @@ def cmd_define_object(db, args):
     print(json.dumps(definition, indent=2))
 
 
+def cmd_backup(db, args):
+    """An online copy of a SQLite database (safe while the API serves it)."""
+    if db.name != 'sqlite':
+        sys.exit('crmapi: backup copies SQLite databases; for PostgreSQL use pg_dump (see the README)')
+    import sqlite3
+    target = sqlite3.connect(args.path)
+    try:
+        db.connection().backup(target)
+    finally:
+        target.close()
+    print(f'backed up to {args.path}', file=sys.stderr)
+
+
 def cmd_demo(db, args):
     from .demo import fill
     init_db(db)
@@ -114,6 +127,9 @@ def parser():
     s.add_argument('--org', required=True)
     s.add_argument('--file', required=True)
     s.set_defaults(func=cmd_define_object)
+    s = sub.add_parser('backup', help='copy a live SQLite database to PATH (online backup API)')
+    s.add_argument('path')
+    s.set_defaults(func=cmd_backup)
     sub.add_parser('demo', help='fill a new organization with demo records; prints a token').set_defaults(
         func=cmd_demo)
     s = sub.add_parser('serve', help='serve the API with gunicorn')

@@ -24,6 +24,7 @@ class Settings:
     statement_timeout_ms: int = 15_000
     pool_max_size: int = 4
     pool_timeout_s: float = 10.0
+    access_log: bool = True
     extra: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self):
@@ -42,6 +43,7 @@ class Settings:
             statement_timeout_ms=_env('CRMAPI_STATEMENT_TIMEOUT_MS', cls.statement_timeout_ms, int),
             pool_max_size=_env('CRMAPI_POOL_MAX_SIZE', cls.pool_max_size, int),
             pool_timeout_s=_env('CRMAPI_POOL_TIMEOUT_S', cls.pool_timeout_s, float),
+            access_log=_env('CRMAPI_ACCESS_LOG', cls.access_log, lambda v: v.lower() not in ('0', 'false', 'no')),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

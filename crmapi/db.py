@@ -32,11 +32,15 @@ class Tx:
         return self.cursor.fetchall()
 
     def one(self, sql, params=()):
+        """The first row or None; the statement always runs to completion (SQLite's RETURNING needs it)."""
         self.cursor.execute(sql, params)
-        return self.cursor.fetchone()
+        rows = self.cursor.fetchall()
+        return rows[0] if rows else None
 
     def execute(self, sql, params=()):
         self.cursor.execute(sql, params)
+        if self.cursor.description is not None:
+            self.cursor.fetchall()  # run a RETURNING statement to completion
         return self.cursor.rowcount
 
 
@@ -157,6 +161,13 @@ class SQLiteDatabase(Database):
         with self.transaction() as tx:
             return tx.one("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)) is not None
 
+    def ping(self):
+        try:
+            with self.transaction() as tx:
+                tx.one('SELECT 1 FROM schema_version')
+        except sqlite3.Error as exc:
+            raise Unavailable('The database is not ready') from exc
+
     def introspect(self, tables):
         """{table: [(name, declared type, nullable, default)]} from PRAGMA table_xinfo."""
         found = {}
@@ -249,6 +260,11 @@ class PostgresDatabase(Database):
     def table_exists(self, name):
         with self.transaction() as tx:
             return tx.one('SELECT to_regclass(%s)', (name,))[0] is not None
+
+    def ping(self, timeout=2.0):
+        """Readiness: a pooled connection within `timeout` seconds that answers a query."""
+        with translate_errors(), self.pool().connection(timeout=timeout) as conn:
+            conn.execute('SELECT 1 FROM schema_version')
 
     def introspect(self, tables):
         sql = ('SELECT table_name, column_name, '

@@ -85,6 +85,12 @@ class Conflict(CrmError):
     status, title = HTTPStatus.CONFLICT, 'Conflict'
 
 
+class KeyReused(CrmError):
+    """An Idempotency-Key sent again with a different request."""
+
+    status, title = HTTPStatus.UNPROCESSABLE_ENTITY, 'Idempotency key reused'
+
+
 class PayloadTooLarge(CrmError):
     status, title = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, 'Payload too large'
 

@@ -149,7 +149,10 @@ def snake_case(name):
     return _CAMEL.sub(lambda m: '_' + m.group(1).lower(), name)
 
 
-INTERNAL = {spec.slug: spec for spec in [ResourceSpec('custom_objects', 'obj_', delete='archive')]}
+INTERNAL = {spec.slug: spec for spec in [
+    ResourceSpec('custom_objects', 'obj_', delete='archive'),
+    ResourceSpec('idempotency_keys', ''),
+]}
 
 
 class Catalog:

@@ -264,13 +264,14 @@ def build_exists(d, info, org_id, ids):
     return d.render(d.query.from_(table).select(table.id).where(_by_ids(table, org_id, ids)))
 
 
-def build_insert(d, info, row):
+def build_insert(d, info, row, if_absent=False):
+    """INSERT … RETURNING the record; `if_absent` returns no row instead of failing on a duplicate key."""
     table = Table(info.spec.table)
     names = list(row)
     query = d.query.into(table).columns(*[table.field(n) for n in names]).insert(
         *[d.bind(info.columns[n], row[n]) for n in names])
     sql, params = d.render(query)
-    return sql + _returning(info), params
+    return sql + (' ON CONFLICT DO NOTHING' if if_absent else '') + _returning(info), params
 
 
 def build_update(d, info, org_id, record_id, changes):

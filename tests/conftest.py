@@ -55,7 +55,7 @@ def database(backend, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def wsgi_app(database):
-    return create_app(Settings(database_url='injected'), db=database)
+    return create_app(Settings(database_url='injected', access_log=False), db=database)
 
 
 class Client:

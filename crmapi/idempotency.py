@@ -1,0 +1,49 @@
+"""Idempotency-Key: a retried POST gets the first answer instead of writing twice.
+
+The key's row is inserted before the write and completed after it, in the write's own
+transaction: either both are stored or neither is, and a concurrent retry with the same key
+waits on the row and then replays the answer.
+"""
+import hashlib
+import json
+import re
+
+from . import sqlbuild
+from .errors import InvalidParam
+from .errors import KeyReused
+
+_KEY = re.compile(r'[\x21-\x7e]{1,200}\Z')
+
+
+def fingerprint(method, path, body):
+    canonical = json.dumps(body, sort_keys=True, separators=(',', ':'), default=str)
+    return hashlib.sha256(f'{method} {path}\n{canonical}'.encode()).hexdigest()
+
+
+class Idempotency:
+    def __init__(self, db, catalog, clock):
+        self.db = db
+        self.info = catalog.internal['idempotency_keys']
+        self.clock = clock
+
+    def run(self, principal, key, fp, action):
+        """`action()` -> (status, body, location), run once per key; returns it and whether it was replayed."""
+        if not _KEY.match(key):
+            raise InvalidParam('Idempotency-Key is 1 to 200 printable ASCII characters', param='Idempotency-Key')
+        d, org = self.db.dialect, principal.org_id
+        row = {'id': key, 'organization_id': org, 'fingerprint': fp, 'created_at': self.clock()}
+        with self.db.transaction(write=True) as tx:
+            if tx.one(*sqlbuild.build_insert(d, self.info, row, if_absent=True)) is None:
+                stored = dict(zip(sqlbuild.output_columns(self.info),
+                                  tx.one(*sqlbuild.build_get(d, self.info, org, key))))
+                if stored['fingerprint'] != fp:
+                    raise KeyReused('This Idempotency-Key was used for a different request',
+                                    param='Idempotency-Key')
+                response = stored['response']
+                if isinstance(response, str):
+                    response = json.loads(response)
+                return (stored['status'], response, stored['location']), True
+            status, body, location = action()
+            tx.execute(*sqlbuild.build_update(d, self.info, org, key,
+                                              {'status': status, 'response': body, 'location': location}))
+            return (status, body, location), False

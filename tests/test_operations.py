@@ -1,0 +1,116 @@
+"""What operators rely on: health probes, request ids, the access log, Idempotency-Key, backups."""
+import io
+import json
+import logging
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from crmapi import app as crm_app
+from conftest import assert_problem
+
+
+def test_healthz_and_readyz_need_no_token(anonymous):
+    assert anonymous.get('/healthz').json == {'status': 'ok'}
+    assert anonymous.get('/readyz').json['status'] == 'ready'
+
+
+def test_readyz_is_503_with_retry_after_when_the_database_is_gone(tmp_path):
+    import webtest
+    from crmapi import create_app
+    from crmapi.cli import init_db
+    from crmapi.config import Settings
+    from crmapi.db import SQLiteDatabase
+    db = SQLiteDatabase(str(tmp_path / 'gone.db'))
+    init_db(db)
+    client = webtest.TestApp(create_app(Settings(database_url='injected', access_log=False), db=db))
+    with db.transaction(write=True) as tx:
+        tx.execute('DROP TABLE schema_version')
+    resp = client.get('/readyz', status=503)
+    assert_problem(resp, 503)
+    assert resp.headers['Retry-After']
+
+
+def test_a_request_id_is_echoed_or_made(api):
+    assert api.get('/api/tags', headers={'X-Request-ID': 'abc-123'}).headers['X-Request-ID'] == 'abc-123'
+    made = api.get('/api/tags').headers['X-Request-ID']
+    assert len(made) == 32
+    assert api.get('/api/tags', headers={'X-Request-ID': 'bad id\x7f'}).headers['X-Request-ID'] != 'bad id\x7f'
+
+
+def test_the_access_log_is_json_lines_without_tokens(api):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    crm_app.access_log.addHandler(handler)
+    crm_app.access_log.setLevel(logging.INFO)
+    try:
+        api.get('/api/contacts', {'filter': {'q': 'secret-search'}}, headers={'X-Request-ID': 'r1'})
+        api.get('/api/nope', status=404)
+    finally:
+        crm_app.access_log.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(entry['method'], entry['path'], entry['status']) for entry in lines] == [
+        ('GET', '/api/contacts', 200), ('GET', '/api/nope', 404)]
+    assert lines[0]['organization'] == api.org_id and lines[0]['request_id'] == 'r1'
+    assert lines[0]['duration_ms'] >= 0
+    assert api.token not in stream.getvalue() and 'secret-search' not in stream.getvalue()
+
+
+def test_a_retried_create_with_the_same_idempotency_key_writes_once(api):
+    first = api.post('/api/contacts', {'first_name': 'Ada'}, headers={'Idempotency-Key': 'k-1'})
+    again = api.post('/api/contacts', {'first_name': 'Ada'}, headers={'Idempotency-Key': 'k-1'})
+    assert again.json == first.json and again.headers['Location'] == first.headers['Location']
+    assert again.headers['Idempotent-Replayed'] == 'true'
+    assert len(api.list('contacts')) == 1
+    other = api.post('/api/contacts', {'first_name': 'Ada'}, headers={'Idempotency-Key': 'k-2'})
+    assert other.json['id'] != first.json['id']
+
+
+def test_an_idempotency_key_reused_for_another_body_is_422(api):
+    api.post('/api/contacts', {'first_name': 'Ada'}, headers={'Idempotency-Key': 'k-1'})
+    resp = api.post('/api/contacts', {'first_name': 'Bob'}, headers={'Idempotency-Key': 'k-1'}, status=422)
+    assert_problem(resp, 422, param='Idempotency-Key')
+
+
+def test_idempotency_keys_belong_to_one_organization(api, other_api):
+    mine = api.post('/api/contacts', {'first_name': 'Ada'}, headers={'Idempotency-Key': 'shared'})
+    theirs = other_api.post('/api/contacts', {'first_name': 'Ada'}, headers={'Idempotency-Key': 'shared'})
+    assert theirs.json['id'] != mine.json['id'] and 'Idempotent-Replayed' not in theirs.headers
+
+
+def test_a_failed_request_does_not_use_up_its_key(api):
+    api.post('/api/companies', {}, headers={'Idempotency-Key': 'k-3'}, status=400)
+    assert api.post('/api/companies', {}, headers={'Idempotency-Key': 'k-3'}, status=400)
+    assert api.post('/api/companies', {'name': 'Acme'}, headers={'Idempotency-Key': 'k-4'}).json['name'] == 'Acme'
+
+
+def test_a_retried_merge_with_the_same_key_replays_the_answer(api):
+    keep, lose = api.create('contacts', first_name='A'), api.create('contacts', last_name='B')
+    body = {'source_ids': [lose['id']], 'target_id': keep['id']}
+    first = api.post('/api/merge_contacts', body, headers={'Idempotency-Key': 'm-1'}, status=200)
+    again = api.post('/api/merge_contacts', body, headers={'Idempotency-Key': 'm-1'}, status=200)
+    assert again.json == first.json and first.json['last_name'] == 'B'
+
+
+@pytest.mark.parametrize('key', ['', 'x' * 201, 'with space'])
+def test_a_malformed_idempotency_key_is_400(api, key):
+    assert_problem(api.post('/api/tags', {'name': 't'}, headers={'Idempotency-Key': key}, status=400), 400,
+                   param='Idempotency-Key')
+
+
+def test_backup_copies_a_live_sqlite_database(tmp_path):
+    url = f'sqlite:///{tmp_path}/live.db'
+    run = lambda *args: subprocess.run([sys.executable, '-m', 'crmapi', '--database', url, *args],  # noqa: E731
+                                       capture_output=True, text=True, check=True)
+    run('demo')
+    live = sqlite3.connect(tmp_path / 'live.db')
+    live.execute('BEGIN')
+    live.execute("UPDATE contacts SET city = 'Mid-transaction'")  # an open write transaction while backing up
+    run('backup', str(tmp_path / 'copy.db'))
+    live.rollback()
+    copy = sqlite3.connect(tmp_path / 'copy.db')
+    assert copy.execute('PRAGMA integrity_check').fetchone() == ('ok',)
+    assert copy.execute('SELECT COUNT(*) FROM contacts').fetchone() == (40,)
+    assert copy.execute("SELECT COUNT(*) FROM contacts WHERE city = 'Mid-transaction'").fetchone() == (0,)
