@@ -1,0 +1,435 @@
+"""The OpenAPI 3.1 document, generated from the live schema, and the page that renders it.
+
+Nothing here is written by hand per resource: paths, parameters, bodies and records come from the
+catalog (the same whitelists the API enforces), so the document cannot drift from the API. With a
+principal it also describes that organization's custom objects; without one, the built-ins only.
+"""
+from importlib import resources
+
+import orjson
+
+from . import __version__
+from . import query
+from .store import MAX_MERGE_SOURCES
+from .values import INT64_MAX
+from .values import INT64_MIN
+
+OPENAPI_VERSION = '3.1.0'
+PROBLEM_JSON = 'application/problem+json'
+
+# NOTE: the wire types of each column kind, as values.check accepts them and the readers return them.
+KIND_SCHEMAS = {
+    'text': {'type': 'string'},
+    'integer': {'type': 'integer', 'minimum': INT64_MIN, 'maximum': INT64_MAX},
+    'number': {'type': 'number'},
+    'boolean': {'type': 'boolean'},
+    'date': {'type': 'string', 'format': 'date'},
+    'timestamp': {'type': 'string', 'format': 'date-time'},
+    'json': {},
+    'array': {'type': 'array', 'items': {'type': 'string', 'minLength': 1}},
+}
+
+STATUS_TEXT = {
+    400: 'Bad request: a malformed, unknown or repeated parameter, or a value of the wrong type',
+    401: 'Missing, invalid, expired or revoked token',
+    403: 'The write needs an administrator',
+    404: 'Unknown resource or record (records of other organizations are unknown too)',
+    405: 'The resource does not support this method',
+    409: 'A unique value is taken, or a record is still referred to',
+    413: 'The request body is larger than the limit',
+    415: 'The body is not JSON (send Content-Type: application/json)',
+    503: 'The database is unavailable or too slow; retry later',
+}
+
+PROBLEM_SCHEMA = {
+    'type': 'object',
+    'description': 'RFC 9457 problem details; `message` repeats `detail` for react-admin.',
+    'required': ['type', 'title', 'status', 'detail', 'message'],
+    'properties': {
+        'type': {'type': 'string'},
+        'title': {'type': 'string'},
+        'status': {'type': 'integer', 'minimum': 400, 'maximum': 599},
+        'detail': {'type': 'string'},
+        'message': {'type': 'string'},
+        'param': {'type': 'string', 'description': 'the query parameter at fault'},
+        'field': {'type': 'string', 'description': 'the field at fault'},
+    },
+}
+
+HEADERS = {
+    'Content-Range': {
+        'description': 'First and last index returned and the total number of matches, '
+                       '`contacts 0-24/142`; an empty page is `contacts */142`.',
+        'schema': {'type': 'string', 'pattern': r'^[a-z][a-z0-9_]* (\*|[0-9]+-[0-9]+)/[0-9]+$'},
+    },
+    'Location': {
+        'description': 'The URL of the created record (with the mount point of the API).',
+        'schema': {'type': 'string', 'format': 'uri-reference'},
+    },
+    'WWW-Authenticate': {'schema': {'type': 'string'}},
+    'Retry-After': {'schema': {'type': 'string'}},
+    'Allow': {'schema': {'type': 'string'}},
+}
+
+TIMESTAMP = {'type': 'string', 'format': 'date-time'}
+COLUMN_DESCRIPTION = {
+    'type': 'object',
+    'required': ['name', 'type', 'kind', 'nullable', 'default', 'writable', 'required', 'filterable',
+                 'sortable', 'references'],
+    'properties': {
+        'name': {'type': 'string'},
+        'type': {'type': 'string', 'description': 'the declared SQL type'},
+        'kind': {'type': 'string', 'enum': list(KIND_SCHEMAS)},
+        'nullable': {'type': 'boolean'},
+        'default': {},
+        'writable': {'type': 'boolean'},
+        'required': {'type': 'boolean'},
+        'filterable': {'type': 'boolean'},
+        'sortable': {'type': 'boolean'},
+        'references': {'type': ['string', 'null']},
+    },
+}
+RESOURCE_SUMMARY = {
+    'type': 'object',
+    'required': ['resource', 'read_only', 'delete', 'restorable'],
+    'properties': {
+        'resource': {'type': 'string'},
+        'read_only': {'type': 'boolean'},
+        'delete': {'type': 'string', 'enum': ['archive', 'disable', 'hard']},
+        'restorable': {'type': 'boolean'},
+    },
+}
+FIELD_DEFINITION = {
+    'type': 'object',
+    'required': ['name', 'type'],
+    'properties': {
+        'name': {'type': 'string', 'pattern': '^[a-z][a-z0-9_]{0,62}$'},
+        'type': {'type': 'string',
+                 'enum': ['text', 'integer', 'number', 'boolean', 'date', 'datetime', 'json', 'reference']},
+        'required': {'type': 'boolean'},
+        'target': {'type': 'string', 'description': 'the resource a reference field points at'},
+        'label': {'type': 'string'},
+    },
+}
+CUSTOM_OBJECT = {
+    'type': 'object',
+    'required': ['id', 'slug', 'label', 'fields', 'version', 'created_at', 'updated_at', 'archived_at'],
+    'properties': {
+        'id': {'type': 'string'},
+        'slug': {'type': 'string'},
+        'label': {'type': ['string', 'null']},
+        'fields': {'type': 'array', 'items': {'$ref': '#/components/schemas/CustomField'}},
+        'version': {'type': 'integer'},
+        'created_at': TIMESTAMP,
+        'updated_at': TIMESTAMP,
+        'archived_at': {'type': ['string', 'null'], 'format': 'date-time'},
+    },
+}
+CUSTOM_OBJECT_BODY = {
+    'type': 'object',
+    'properties': {
+        'slug': {'type': 'string', 'pattern': '^[a-z][a-z0-9_]{0,62}$'},
+        'label': {'type': ['string', 'null']},
+        'fields': {'type': 'array', 'maxItems': 200, 'items': {'$ref': '#/components/schemas/CustomField'}},
+    },
+}
+
+
+def ref(name):
+    return {'$ref': f'#/components/schemas/{name}'}
+
+
+def value_schema(column, nullable):
+    """The JSON Schema of one column's values; `nullable` adds null to the type."""
+    schema = dict(KIND_SCHEMAS[column.kind])
+    if column.kind == 'number' and column.precision:
+        precision, scale = column.precision
+        bound = 10 ** (precision - scale)
+        schema.update(exclusiveMinimum=-bound, exclusiveMaximum=bound,
+                      description=f'exact decimal, at most {scale} decimal places')
+    if column.references:
+        schema['description'] = (f'id of a {column.references} record' if column.kind != 'array'
+                                 else f'ids of {column.references} records')
+    if nullable and 'type' in schema:
+        schema['type'] = [schema['type'], 'null']
+    return schema
+
+
+def record_schema(info):
+    """A record as the API returns it: every column but the organization, always present."""
+    names = [n for n in info.columns if n != 'organization_id']
+    return {
+        'type': 'object',
+        'required': names,
+        'properties': {n: value_schema(info.columns[n], info.columns[n].nullable) for n in names},
+    }
+
+
+def body_schema(info, creating):
+    """A write body: the writable fields. Unknown fields (and camelCase twins) are accepted and ignored."""
+    writable = info.writable
+    schema = {
+        'type': 'object',
+        'description': 'Writable fields; other fields are ignored. camelCase spellings are accepted.',
+        'properties': {n: value_schema(c, c.nullable) for n, c in writable.items()},
+    }
+    required = [n for n, c in writable.items() if c.required]
+    if creating and required:
+        schema['required'] = required
+    return schema
+
+
+def json_param(name, schema, description):
+    """A query parameter carrying JSON (`range=[0,24]`), URL-encoded as usual."""
+    return {'name': name, 'in': 'query', 'required': False, 'description': description,
+            'content': {'application/json': {'schema': schema}}}
+
+
+def list_parameters(info, limits):
+    names = [n for n in info.columns if n != 'organization_id']
+    sortable = [n for n in names if info.columns[n].sortable]
+    equality = {}
+    for n in names:
+        one = value_schema(info.columns[n], True)
+        if info.columns[n].kind == 'array':
+            one = {'type': ['string', 'null']}
+        equality[n] = {'anyOf': [one, {'type': 'array', 'items': one}]}
+    equality['q'] = {'type': 'string', 'description': 'search the text columns'}
+    equality['include_archived'] = {'type': 'boolean'}
+    return [
+        json_param('range', {'type': 'array', 'items': {'type': 'integer', 'minimum': 0},
+                             'minItems': 2, 'maxItems': 2},
+                   f'[start, end], inclusive; default [0,24], at most {limits.max_page} rows'),
+        json_param('filter', {'type': 'object', 'properties': equality, 'additionalProperties': False},
+                   'equality per field; an array means IN, null means IS NULL; `q` searches the text columns'),
+        json_param('filters', {
+            'type': 'array', 'maxItems': limits.max_filters,
+            'items': {'type': 'object', 'required': ['field', 'op'], 'additionalProperties': False,
+                      'properties': {'field': {'type': 'string', 'enum': names},
+                                     'op': {'type': 'string', 'enum': list(query.OPERATORS)},
+                                     'value': {},
+                                     'logicalOp': {'type': 'string', 'enum': ['and', 'or']}}}},
+            '[{"field","op","value","logicalOp"}], folded left to right'),
+        {'name': 'sort', 'in': 'query', 'required': False, 'schema': {'type': 'string'},
+         'description': 'a field name (with `order`), or react-admin\'s ["field","ASC"|"DESC"]'},
+        {'name': 'order', 'in': 'query', 'required': False, 'schema': {'type': 'string', 'enum': ['ASC', 'DESC']}},
+        json_param('sorts', {
+            'type': 'array', 'maxItems': limits.max_filters,
+            'items': {'type': 'object', 'required': ['field'], 'additionalProperties': False,
+                      'properties': {'field': {'type': 'string', 'enum': sortable},
+                                     'order': {'type': 'string', 'enum': ['ASC', 'DESC']}}}},
+            'several sorts, [{"field","order"}]'),
+    ]
+
+
+def problem_response(status):
+    response = {'description': STATUS_TEXT[status],
+                'content': {PROBLEM_JSON: {'schema': ref('Problem')}}}
+    extra = {401: 'WWW-Authenticate', 405: 'Allow', 503: 'Retry-After'}.get(status)
+    if extra:
+        response['headers'] = {extra: HEADERS[extra]}
+    return response
+
+
+def json_response(description, schema, headers=()):
+    response = {'description': description, 'content': {'application/json': {'schema': schema}}}
+    if headers:
+        response['headers'] = {h: {**HEADERS[h], 'required': True} for h in headers}
+    return response
+
+
+def operation(op_id, summary, tag, ok, errors, body=None, parameters=None, public=False):
+    responses = {str(code): resp for code, resp in ok.items()}
+    codes = {400, 503, *errors} if public else {400, 401, 503, *errors}
+    if body is not None:
+        codes |= {413, 415}
+    responses.update({str(code): problem_response(code) for code in sorted(codes)})
+    op = {'operationId': op_id, 'summary': summary, 'tags': [tag], 'responses': responses}
+    if parameters:
+        op['parameters'] = parameters
+    if body is not None:
+        op['requestBody'] = {'required': True, 'content': {'application/json': {'schema': body}}}
+    if public:
+        op['security'] = [{}, {'bearerAuth': []}]
+    return op
+
+
+ID_PARAM = {'name': 'id', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}
+
+
+def resource_paths(info, limits):
+    """The paths of one resource: list/create, get/update/delete, restore (where it applies)."""
+    slug, spec = info.slug, info.spec
+    record = ref(f'{slug}')
+    forbidden = {403} if spec.admin_writes else set()
+    paths = {
+        f'/api/{slug}': {
+            'get': operation(f'list_{slug}', f'List {slug}', slug,
+                             {200: json_response('One page of records', {'type': 'array', 'items': record},
+                                                 ['Content-Range'])},
+                             {404}, parameters=list_parameters(info, limits)),
+        },
+        f'/api/{slug}/{{id}}': {
+            'parameters': [ID_PARAM],
+            'get': operation(f'get_{slug}', f'Get one {slug} record (archived ones too)', slug,
+                             {200: json_response('The record', record)}, {404}),
+        },
+    }
+    if spec.read_only:
+        return paths
+    deleted = {'archive': 'archives', 'disable': 'disables', 'hard': 'deletes'}[spec.delete]
+    paths[f'/api/{slug}']['post'] = operation(
+        f'create_{slug}', f'Create a {slug} record', slug,
+        {201: json_response('The created record', record, ['Location'])},
+        {404, 409, *forbidden}, body=ref(f'{slug}_create'))
+    paths[f'/api/{slug}/{{id}}']['put'] = operation(
+        f'update_{slug}', f'Update a {slug} record (partial: the fields sent)', slug,
+        {200: json_response('The updated record', record)}, {404, 409, *forbidden}, body=ref(f'{slug}_update'))
+    paths[f'/api/{slug}/{{id}}']['delete'] = operation(
+        f'delete_{slug}', f'Delete a {slug} record ({deleted} it)', slug,
+        {200: json_response('The record as it was left', record)}, {404, 409, *forbidden})
+    if spec.delete in ('archive', 'disable'):
+        paths[f'/api/{slug}/{{id}}/restore'] = {
+            'parameters': [ID_PARAM],
+            'post': operation(f'restore_{slug}', f'Restore an archived or disabled {slug} record', slug,
+                              {200: json_response('The restored record', record)}, {404, 409, *forbidden}),
+        }
+    return paths
+
+
+def fixed_paths():
+    """The routes that are not one resource's: merge, schema, custom object definitions, the docs."""
+    slug_param = {'name': 'slug', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}
+    definition = ref('CustomObject')
+    admin = {403, 409}
+    return {
+        '/api/merge_contacts': {'post': operation(
+            'merge_contacts', 'Merge contacts: the sources fold into the target, then are deleted', 'contacts',
+            {200: json_response('The merged target contact', ref('contacts'))}, {404, 409},
+            body={'type': 'object', 'required': ['source_ids', 'target_id'], 'properties': {
+                'source_ids': {'type': 'array', 'minItems': 1, 'maxItems': MAX_MERGE_SOURCES,
+                               'items': {'type': 'string', 'minLength': 1}},
+                'target_id': {'type': 'string', 'minLength': 1}}})},
+        '/api/schema': {'get': operation(
+            'list_schema', 'The resources this caller may use', 'schema',
+            {200: json_response('One entry per resource', {'type': 'array', 'items': ref('ResourceSummary')})},
+            set())},
+        '/api/schema/{table}': {
+            'parameters': [{'name': 'table', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}],
+            'get': operation('get_schema', "One resource's columns", 'schema',
+                             {200: json_response('The resource and its columns', ref('ResourceSchema'))}, {404})},
+        '/api/custom_objects': {
+            'get': operation('list_custom_objects', "The organization's custom object definitions",
+                             'custom_objects',
+                             {200: json_response('Every definition, archived ones too',
+                                                 {'type': 'array', 'items': definition}, ['Content-Range'])},
+                             set()),
+            'post': operation('create_custom_object', 'Define a custom object (administrators)', 'custom_objects',
+                              {201: json_response('The definition', definition, ['Location'])}, admin,
+                              body={**CUSTOM_OBJECT_BODY, 'required': ['slug']}),
+        },
+        '/api/custom_objects/{slug}': {
+            'parameters': [slug_param],
+            'get': operation('get_custom_object', 'One definition', 'custom_objects',
+                             {200: json_response('The definition', definition)}, {404}),
+            'put': operation('update_custom_object', 'Add fields or change labels (administrators)',
+                             'custom_objects', {200: json_response('The definition', definition)},
+                             {404, *admin}, body=CUSTOM_OBJECT_BODY),
+            'delete': operation('archive_custom_object', 'Archive a definition (records are kept)',
+                                'custom_objects', {200: json_response('The definition', definition)},
+                                {404, *admin}),
+        },
+        '/api/custom_objects/{slug}/restore': {
+            'parameters': [slug_param],
+            'post': operation('restore_custom_object', 'Restore an archived definition', 'custom_objects',
+                              {200: json_response('The definition', definition)}, {404, *admin}),
+        },
+        '/api/custom_objects/{slug}/fields/{name}': {
+            'parameters': [slug_param, {'name': 'name', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}],
+            'delete': operation('drop_custom_field', 'Drop one field and its column', 'custom_objects',
+                                {200: json_response('What was dropped', {
+                                    'type': 'object', 'required': ['dropped', 'custom_object'],
+                                    'properties': {'dropped': ref('CustomField'), 'custom_object': definition}})},
+                                {404, *admin}),
+        },
+        '/api/openapi.json': {'get': operation(
+            'openapi', "This document; with a token, the caller's organization's custom objects too", 'docs',
+            {200: json_response('An OpenAPI 3.1 document', {'type': 'object', 'required': ['openapi', 'paths']})},
+            {401}, public=True)},
+        '/api/docs': {'get': {
+            'operationId': 'docs', 'summary': 'A page rendering this document for people', 'tags': ['docs'],
+            'security': [{}],
+            'responses': {'200': {'description': 'An HTML page', 'content': {'text/html': {'schema': {'type': 'string'}}}}},
+        }},
+    }
+
+
+def build_document(catalog, principal=None, limits=None, root_path=''):
+    """The OpenAPI 3.1 document for `principal` (None: the built-in resources only)."""
+    limits = limits or query.Limits()
+    schemas = {
+        'Problem': PROBLEM_SCHEMA, 'ResourceSummary': RESOURCE_SUMMARY,
+        'ResourceSchema': {**RESOURCE_SUMMARY, 'required': [*RESOURCE_SUMMARY['required'], 'columns'],
+                           'properties': {**RESOURCE_SUMMARY['properties'],
+                                          'columns': {'type': 'array', 'items': ref('Column')}}},
+        'Column': COLUMN_DESCRIPTION, 'CustomField': FIELD_DEFINITION, 'CustomObject': CUSTOM_OBJECT,
+    }
+    paths, tags = {}, []
+    for slug in catalog.visible(principal):
+        info = catalog.resolve(slug, principal)
+        schemas[slug] = record_schema(info)
+        if not info.spec.read_only:
+            schemas[f'{slug}_create'] = body_schema(info, creating=True)
+            schemas[f'{slug}_update'] = body_schema(info, creating=False)
+        paths.update(resource_paths(info, limits))
+        custom = slug not in catalog.tables
+        tags.append({'name': slug, 'description': ('custom object' if custom else 'built-in resource')
+                     + (', read-only' if info.spec.read_only else '')})
+    paths.update(fixed_paths())
+    tags += [{'name': 'custom_objects'}, {'name': 'schema'}, {'name': 'docs'}]
+    return {
+        'openapi': OPENAPI_VERSION,
+        'info': {
+            'title': 'crmapi',
+            'version': __version__,
+            'description': 'A CRM REST API. Every request carries `Authorization: Bearer <token>`; '
+                           'errors are `application/problem+json`; lists page with `range` and answer '
+                           '`Content-Range`.' + ('' if principal else ' Send a token to see your '
+                                                 "organization's custom objects."),
+        },
+        'servers': [{'url': root_path or '/'}],
+        'security': [{'bearerAuth': []}],
+        'tags': tags,
+        'paths': paths,
+        'components': {
+            'schemas': schemas,
+            'securitySchemes': {'bearerAuth': {'type': 'http', 'scheme': 'bearer'}},
+        },
+    }
+
+
+class OpenAPI:
+    """`GET /api/openapi.json`: the document for the caller (anonymous: the built-ins)."""
+
+    def __init__(self, catalog, limits=None):
+        self.catalog = catalog
+        self.limits = limits
+
+    def on_get(self, req, resp):
+        document = build_document(self.catalog, req.context.principal, self.limits, req.root_path)
+        resp.content_type = 'application/json'
+        resp.data = orjson.dumps(document)
+        # NOTE: the answer depends on the token, so shared caches must keep them apart.
+        resp.set_header('Vary', 'Authorization')
+        resp.cache_control = ['private', 'no-cache']
+
+
+class Docs:
+    """`GET /api/docs`: a static page (shipped in the package) that renders the document."""
+
+    def __init__(self):
+        self.page = resources.files('crmapi').joinpath('docs.html').read_bytes()
+
+    def on_get(self, req, resp):
+        resp.content_type = 'text/html; charset=utf-8'
+        resp.data = self.page
