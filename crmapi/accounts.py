@@ -3,6 +3,7 @@
 A token is `bos_crm_<secret>`; only its SHA-256 digest is stored, so a database dump holds no
 usable credential. Lookups compare digests through a unique index.
 """
+import datetime
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ from . import sqlbuild
 from .errors import Unauthorized
 from .store import new_id
 from .store import utc_now
+from .values import format_timestamp
 
 TOKEN_PREFIX = 'bos_crm_'
+TOUCH_INTERVAL = datetime.timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -96,20 +99,60 @@ class Accounts:
         query = (d.query.from_(tokens).join(users).on(
             (users.organization_id == tokens.organization_id) & (users.id == tokens.user_id))
             .select(tokens.id, tokens.organization_id, tokens.user_id, users.administrator,
-                    users.disabled, tokens.revoked_at, tokens.expires_at)
+                    users.disabled, tokens.revoked_at, tokens.expires_at, tokens.last_used_at)
             .where(tokens.token_hash == sqlbuild.Bound(token_digest(token))))
         with self.db.transaction() as tx:
             row = tx.one(*d.render(query))
         if row is None:
             raise Unauthorized('A valid bearer token is required')
-        token_id, org_id, user_id, admin, disabled, revoked_at, expires_at = row
+        token_id, org_id, user_id, admin, disabled, revoked_at, expires_at, last_used_at = row
+        now = self.clock()
         if disabled or revoked_at is not None:
             raise Unauthorized('This token is no longer valid')
-        if expires_at is not None and _as_text(expires_at) <= _as_text(self.clock()):
+        if expires_at is not None and _as_text(expires_at) <= _as_text(now):
             raise Unauthorized('This token has expired')
+        self._touch(token_id, last_used_at, now)
         return Principal(org_id, user_id, bool(admin), token_id)
+
+    def _touch(self, token_id, last_used_at, now):
+        """Record use at most once a minute per token, so reads stay reads."""
+        stale = _as_text(now - TOUCH_INTERVAL)
+        if last_used_at is not None and _as_text(last_used_at) > stale:
+            return
+        d = self.db.dialect
+        tokens = Table('api_tokens')
+        ts = lambda value: sqlbuild.Bound(d.adapt('timestamp', value))  # noqa: E731
+        query = d.query.update(tokens).set(tokens.last_used_at, ts(now)).where(
+            (tokens.id == sqlbuild.Bound(token_id))
+            & (tokens.last_used_at.isnull() | (tokens.last_used_at < ts(now - TOUCH_INTERVAL))))
+        with self.db.transaction(write=True) as tx:
+            tx.execute(*d.render(query))
+
+    def list_tokens(self, org_id):
+        """(id, email, created, last used, expires, revoked) per token of `org_id`; never a secret."""
+        d = self.db.dialect
+        tokens, users = Table('api_tokens'), Table('crm_users')
+        query = (d.query.from_(tokens).join(users).on(
+            (users.organization_id == tokens.organization_id) & (users.id == tokens.user_id))
+            .select(tokens.id, users.email, tokens.created_at, tokens.last_used_at, tokens.expires_at,
+                    tokens.revoked_at)
+            .where(tokens.organization_id == sqlbuild.Bound(org_id)).orderby(tokens.created_at))
+        with self.db.transaction() as tx:
+            return [tuple(v if v is None or isinstance(v, str) else _as_text(v) for v in row)
+                    for row in tx.rows(*d.render(query))]
+
+    def revoke_token(self, token_id):
+        """Revoke a token by id; its next request fails. Returns False if there is no such token."""
+        d = self.db.dialect
+        tokens = Table('api_tokens')
+        query = d.query.update(tokens).set(tokens.revoked_at, sqlbuild.Bound(d.adapt('timestamp', self.clock()))) \
+            .where((tokens.id == sqlbuild.Bound(token_id)) & tokens.revoked_at.isnull())
+        with self.db.transaction(write=True) as tx:
+            changed = tx.execute(*d.render(query))
+            exists = tx.one(*d.render(d.query.from_(tokens).select(tokens.id).where(
+                tokens.id == sqlbuild.Bound(token_id))))
+        return changed > 0 or exists is not None
 
 
 def _as_text(value):
-    from .values import format_timestamp
     return value if isinstance(value, str) else format_timestamp(value)

@@ -47,6 +47,18 @@ def cmd_create_token(db, args):
         sys.exit(f'crmapi: {exc}')
 
 
+def cmd_list_tokens(db, args):
+    print('id\temail\tcreated\tlast_used\texpires\trevoked')
+    for row in Accounts(db).list_tokens(args.org):
+        print('\t'.join('-' if v is None else str(v) for v in row))
+
+
+def cmd_revoke_token(db, args):
+    if not Accounts(db).revoke_token(args.token_id):
+        sys.exit(f'crmapi: no token {args.token_id}')
+    print(f'revoked {args.token_id}', file=sys.stderr)
+
+
 def cmd_define_object(db, args):
     """Define (or, if the slug exists, extend) a custom object from a JSON file."""
     import json
@@ -123,6 +135,12 @@ def parser():
     s.add_argument('--admin', action='store_true', help='make the user an administrator')
     s.add_argument('--expires-in', type=int, metavar='DAYS')
     s.set_defaults(func=cmd_create_token)
+    s = sub.add_parser('list-tokens', help="list an organization's tokens (never their secrets)")
+    s.add_argument('--org', required=True)
+    s.set_defaults(func=cmd_list_tokens)
+    s = sub.add_parser('revoke-token', help='revoke a token by its id (from list-tokens)')
+    s.add_argument('token_id')
+    s.set_defaults(func=cmd_revoke_token)
     s = sub.add_parser('define-object', help='define or extend a custom object from a JSON file')
     s.add_argument('--org', required=True)
     s.add_argument('--file', required=True)
