@@ -1,4 +1,6 @@
 """Falcon resources: parse the request, call the store, render the answer. Nothing else."""
+import re
+
 from . import query
 from . import values
 from .idempotency import fingerprint
@@ -12,6 +14,20 @@ def content_range(resource, start, count, total):
     if count == 0:
         return f'{resource} */{total}'
     return f'{resource} {start}-{start + count - 1}/{total}'
+
+
+_RANGE_HEADER = re.compile(r'\s*([A-Za-z0-9_]+)=(\d{1,19})-(\d{1,19})\s*\Z')
+
+
+def list_params(req, resource):
+    """The query parameters, with react-admin's `Range: contacts=0-24` header standing in for `range`."""
+    header = req.get_header('Range')
+    if header is None or 'range' in req.params:
+        return req.params
+    m = _RANGE_HEADER.match(header)
+    if not m or m.group(1) != resource:
+        raise query.InvalidParam(f"The Range header is '{resource}=<start>-<end>'", param='Range')
+    return {**req.params, 'range': f'[{m.group(2)},{m.group(3)}]'}
 
 
 def read_body(req, max_bytes):
@@ -64,7 +80,7 @@ class Records:
 
     def on_get(self, req, resp, resource):
         info = self._table(req, resource)
-        lq = query.parse_list(req.params, info, self.limits)
+        lq = query.parse_list(list_params(req, resource), info, self.limits)
         rows, total = self.store.list(info, req.context.principal, lq)
         resp.media = rows
         resp.set_header('Content-Range', content_range(resource, lq.start, len(rows), total))

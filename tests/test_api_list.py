@@ -1010,3 +1010,18 @@ def test_too_many_filters_is_400(api):
 def test_a_very_long_value_is_400(api):
     assert_bad_param(listing(api, filters=[f('last_name', 'contains', 'x' * 10_001)], expect=400),
                      'filters', 'last_name')
+
+
+def test_the_range_header_stands_in_for_the_range_parameter(api):
+    ids = [api.create('tags', name=f't{i}')['id'] for i in range(5)]
+    resp = api.get('/api/tags', headers={'Range': 'tags=1-2'})
+    assert [t['id'] for t in resp.json] == ids[1:3]
+    assert resp.headers['Content-Range'] == 'tags 1-2/5'
+    both = api.get('/api/tags', {'range': [0, 0]}, headers={'Range': 'tags=1-2'})
+    assert both.headers['Content-Range'] == 'tags 0-0/5'
+
+
+@pytest.mark.parametrize('header', ['contacts=0-1', 'tags=0', 'tags=a-b', 'bytes=0-10', 'tags=3-1'])
+def test_a_malformed_range_header_is_400(api, header):
+    body = assert_problem(api.get('/api/tags', headers={'Range': header}, status=400), 400)
+    assert body.get('param') in ('Range', 'range')
