@@ -7,7 +7,7 @@ DB_URL ?= sqlite:///crm.db
 BIND ?= 127.0.0.1:8000
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-test postgresql clean
+.PHONY: run test install install-test system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +24,17 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# The Debian package brings the server binaries; the tests start their own server from them.
-postgresql:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-	  echo "installing postgresql (apt-get)"; \
+# Debian packages the tests run for real: PostgreSQL's server binaries (the tests start their own
+# server from them) and nginx (in front of gunicorn in tests/test_deploy.py).
+system-packages:
+	@missing=; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (apt-get)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 run: $(VENV)/.installed
 	@if [ "$(DB_URL)" = "sqlite:///crm.db" ] && [ ! -f crm.db ]; then \
@@ -43,7 +48,7 @@ run: $(VENV)/.installed
 	fi
 	$(BIN)/crmapi --database $(DB_URL) serve --bind $(BIND)
 
-test: $(VENV)/.installed-test postgresql
+test: $(VENV)/.installed-test system-packages
 	@set -e; dir=$$(mktemp -d /tmp/crmapi-pg.XXXXXX); \
 	trap 'scripts/pgtmp.sh stop "$$dir"' EXIT; \
 	url=$$(scripts/pgtmp.sh start "$$dir"); \

@@ -1,0 +1,79 @@
+"""gunicorn settings for crmapi in production, behind deploy/nginx.conf.
+
+    gunicorn --config deploy/gunicorn.conf.py 'crmapi:create_app()'
+
+Read from the environment (the app reads the same CRMAPI_* variables, so the two cannot disagree):
+CRMAPI_BIND (127.0.0.1:8000), CRMAPI_WORKERS (2 x CPUs + 1, at most 8), CRMAPI_THREADS (= the
+PostgreSQL pool size, CRMAPI_POOL_MAX_SIZE, default 4), CRMAPI_STATEMENT_TIMEOUT_MS (15000),
+CRMAPI_POOL_TIMEOUT_S (10), CRMAPI_PROXY_IPS (127.0.0.1).
+"""
+import math
+import os
+
+
+def _env(name, default, cast=str):
+    raw = os.environ.get(name)
+    return default if raw in (None, '') else cast(raw)
+
+
+# Loopback only: nginx is the one listener the world sees; gunicorn is never exposed directly.
+bind = _env('CRMAPI_BIND', '127.0.0.1:8000')
+
+# Processes give CPU parallelism (Python runs one thread at a time per process); the cap keeps
+# SQLite writers and PostgreSQL connections (workers x pool size) bounded on big machines.
+workers = _env('CRMAPI_WORKERS', min(2 * (os.cpu_count() or 1) + 1, 8), int)
+
+# Threads overlap the time a request waits on the database. One thread per pooled connection:
+# more threads than connections would only queue inside the pool.
+worker_class = 'gthread'
+threads = _env('CRMAPI_THREADS', _env('CRMAPI_POOL_MAX_SIZE', 4, int), int)
+
+# The longest a legitimate request can take: wait for a pooled connection, then a statement that
+# PostgreSQL cancels at statement_timeout (the app answers 503 for both), plus a margin to
+# write the answer. Default: 10 s + 15 s + 5 s = 30 s.
+_statement_s = _env('CRMAPI_STATEMENT_TIMEOUT_MS', 15_000, int) / 1000
+_pool_wait_s = _env('CRMAPI_POOL_TIMEOUT_S', 10.0, float)
+_longest_request_s = math.ceil(_pool_wait_s + _statement_s) + 5
+
+# A worker silent for longer than this is killed and replaced. It must exceed both database
+# timeouts, so that the database gives up first and the client gets the app's 503, never a dead
+# worker. (With gthread the heartbeat comes from the worker's main loop, so this catches a hung
+# process rather than one slow request; the database timeouts bound those.)
+timeout = _longest_request_s
+
+# On SIGTERM (and on HUP/upgrade) workers stop accepting and get this long to finish in-flight
+# requests before they are killed: as long as the longest legitimate request.
+graceful_timeout = _longest_request_s
+
+# nginx keeps idle connections to us open (upstream keepalive, its keepalive_timeout 60 s).
+# gunicorn must hold them longer than nginx does, or nginx may send a request on a connection
+# gunicorn is closing at that moment (a 502 for a POST, which nginx may not retry).
+keepalive = 75
+
+# 0 = no limit on the request line: long `filters=` URLs must reach the app, which answers with a
+# JSON 400 naming the parameter. nginx bounds the line (large_client_header_buffers).
+limit_request_line = 0
+
+# X-Forwarded-* and the SCRIPT_NAME header are believed only from these peers: the proxy on
+# loopback. From any other address gunicorn ignores them (scheme) or drops them (SCRIPT_NAME).
+forwarded_allow_ips = _env('CRMAPI_PROXY_IPS', '127.0.0.1')
+
+# nginx sets exactly X-Forwarded-Proto. gunicorn's default also believes X-Forwarded-Ssl and
+# X-Forwarded-Protocol, which nginx passes through from the client untouched: a forged
+# `X-Forwarded-Ssl: on` would then contradict the real scheme and fail the request.
+secure_scheme_headers = {'X-FORWARDED-PROTO': 'https'}
+
+# The proxy passes the mount point (`/crm`) as a SCRIPT_NAME request header, which becomes the
+# WSGI SCRIPT_NAME (and so the prefix of Location headers). Only from forwarded_allow_ips; the
+# default also lets the proxy set PATH_INFO, which we never need.
+forwarder_headers = 'SCRIPT_NAME'
+
+# No preload: each worker imports and builds the app after fork, so SQLite connections and the
+# PostgreSQL pool are opened in the process that uses them, never inherited from the master.
+preload_app = False
+
+# Errors to stderr for the service manager (journald, docker) to collect. No gunicorn access log:
+# nginx logs every request with its request id (deploy/nginx.conf).
+accesslog = None
+errorlog = '-'
+loglevel = 'info'

@@ -1,0 +1,248 @@
+"""The shipped deployment, for real: nginx (deploy/nginx.conf) in front of gunicorn (deploy/gunicorn.conf.py).
+
+Both run as processes on loopback, with the API mounted under /crm, once on SQLite and once on
+PostgreSQL. gunicorn serves `servers:probe_app()`: crmapi.create_app() untouched, plus
+`/_probe/environ` (what the app would see of the forwarded headers) and `/_probe/slow/...`.
+If nginx is not installed these tests fail; `make test` installs it.
+"""
+import json
+import re
+import signal
+import threading
+import time
+from urllib.parse import quote
+
+import pytest
+
+import servers
+from conftest import Client
+from crmapi.accounts import Accounts
+
+pytestmark = pytest.mark.slow
+MIB = 1024 * 1024
+PREFIX = '/crm'
+
+
+def database_url(backend, database):
+    return f'sqlite:///{database.path}' if backend == 'sqlite' else database.url
+
+
+@pytest.fixture(scope='module')
+def stack(backend, database, tmp_path_factory):
+    """gunicorn (2 workers) and nginx in front of it; both stopped at the end, whatever happened."""
+    directory = tmp_path_factory.mktemp(f'deploy-{backend}')
+    env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '2'}
+    gunicorn = servers.start_gunicorn(directory / 'gunicorn', env=env, app='servers:probe_app()')
+    try:
+        nginx = servers.start_nginx(directory / 'nginx', upstream_port=gunicorn.port)
+        try:
+            yield nginx, gunicorn
+        finally:
+            nginx.stop()
+    finally:
+        assert gunicorn.stop() == 0, gunicorn.log_text()
+    assert 'Traceback' not in gunicorn.log_text(), gunicorn.log_text()
+
+
+@pytest.fixture
+def nginx(stack):
+    return stack[0]
+
+
+@pytest.fixture
+def gunicorn(stack):
+    return stack[1]
+
+
+@pytest.fixture
+def token(database):
+    accounts = Accounts(database)
+    return accounts.create_token(accounts.create_org('Deployed'), 'ops@example.com', admin=True)
+
+
+def auth(token, **headers):
+    return {'Authorization': f'Bearer {token}', **headers}
+
+
+def call(server, method, path, token=None, body=None, headers=None, **kwargs):
+    """(status, headers, parsed JSON body or raw bytes)."""
+    headers = {**(auth(token) if token else {}), **(headers or {})}
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+        headers.setdefault('Content-Type', 'application/json')
+    status, resp_headers, raw = server.request(method, path, body=body, headers=headers, **kwargs)
+    if resp_headers.get('content-type', '').split(';')[0] in ('application/json', 'application/problem+json'):
+        return status, resp_headers, json.loads(raw)
+    return status, resp_headers, raw
+
+
+def query(**params):
+    return '&'.join(f'{k}={quote(v if isinstance(v, str) else json.dumps(v), safe="")}' for k, v in params.items())
+
+
+def assert_problem(status, headers, body, expected, **members):
+    assert status == expected, body
+    assert headers['content-type'] == 'application/problem+json'
+    assert body['status'] == expected and body['message'] == body['detail']
+    for key, value in members.items():
+        assert body.get(key) == value, (key, body)
+
+
+def probe(server, path=f'{PREFIX}/_probe/environ', **kwargs):
+    status, _, environ = call(server, 'GET', path, **kwargs)
+    assert status == 200, environ
+    return environ
+
+
+# --- the API through the prefix ------------------------------------------------------------------
+
+
+def test_create_returns_a_location_under_the_prefix_that_reads_back_through_nginx(nginx, token):
+    status, headers, created = call(nginx, 'POST', f'{PREFIX}/api/contacts', token,
+                                    {'first_name': 'Ada', 'last_name': 'Lovelace'})
+    assert status == 201, created
+    assert headers['location'] == f'{PREFIX}/api/contacts/{created["id"]}'
+    status, _, fetched = call(nginx, 'GET', headers['location'], token)
+    assert status == 200
+    assert fetched == created
+
+
+def test_list_with_filters_keeps_content_range_through_nginx(nginx, token):
+    for name in ('Ada', 'Grace', 'Alan'):
+        assert call(nginx, 'POST', f'{PREFIX}/api/contacts', token, {'first_name': name})[0] == 201
+    q = query(filters=[{'field': 'first_name', 'op': 'starts_with', 'value': 'a'}],
+              sort=['first_name', 'ASC'], range=[0, 0])
+    status, headers, rows = call(nginx, 'GET', f'{PREFIX}/api/contacts?{q}', token)
+    assert status == 200, rows
+    assert headers['content-range'] == 'contacts 0-0/2'
+    assert 'Content-Range' in headers['access-control-expose-headers']
+    assert [r['first_name'] for r in rows] == ['Ada']
+    status, headers, rows = call(nginx, 'GET', f'{PREFIX}/api/contacts?{query(range=[0, 24])}', token)
+    assert headers['content-range'] == 'contacts 0-2/3'
+
+
+def test_errors_through_nginx_are_the_apps_problem_json(nginx, token):
+    assert_problem(*call(nginx, 'GET', f'{PREFIX}/api/contactz', token), 404)
+    status, headers, body = call(nginx, 'GET', f'{PREFIX}/api/contacts')
+    assert_problem(status, headers, body, 401)
+    assert headers['www-authenticate'].startswith('Bearer')
+
+
+def test_a_long_filter_url_reaches_the_app_and_gets_a_json_400(nginx, token):
+    # ~10 KiB request line: over nginx's default 8 KiB buffer and gunicorn's default 4094 limit.
+    q = query(filters=[{'field': 'first_name', 'op': 'eq', 'value': 'x' * 10_001}])
+    assert len(q) > 10_000
+    assert_problem(*call(nginx, 'GET', f'{PREFIX}/api/contacts?{q}', token), 400, param='filters')
+
+
+def test_a_request_line_over_64_kib_is_refused_by_nginx_as_problem_json(nginx, token):
+    status, headers, body = call(nginx, 'GET', f'{PREFIX}/api/contacts?q={"x" * 70_000}', token)
+    assert_problem(status, headers, body, 414)
+
+
+def test_a_body_of_exactly_1_mib_is_accepted(nginx, token):
+    body = json.dumps({'first_name': 'Big'}).encode()
+    body += b' ' * (MIB - len(body))
+    status, _, created = call(nginx, 'POST', f'{PREFIX}/api/contacts', token, body,
+                              {'Content-Type': 'application/json'})
+    assert status == 201, created
+    assert created['first_name'] == 'Big'
+
+
+def test_a_body_over_1_mib_is_refused_at_the_edge(nginx, gunicorn, token):
+    body = json.dumps({'first_name': 'Huge'}).encode()
+    body += b' ' * (MIB + 1 - len(body))
+    status, headers, problem = call(nginx, 'POST', f'{PREFIX}/api/contacts', token, body,
+                                    {'Content-Type': 'application/json', 'X-Request-ID': 'big-1'})
+    assert_problem(status, headers, problem, 413, detail='The body is over 1 MiB')
+    assert headers['x-request-id'] == 'big-1'
+    # The refusal is nginx's own (the app's 413 reads differently), so the body never reached gunicorn.
+    status, _, rows = call(nginx, 'GET', f'{PREFIX}/api/contacts?{query(filter={"first_name": "Huge"})}', token)
+    assert status == 200 and rows == []
+
+
+# --- forwarded headers ---------------------------------------------------------------------------
+
+FORGED = {
+    'X-Forwarded-For': '203.0.113.66',
+    'X-Forwarded-Proto': 'https',
+    'X-Forwarded-Host': 'evil.example',
+    'X-Forwarded-Ssl': 'on',
+    'Forwarded': 'for=203.0.113.66;proto=https;host=evil.example',
+    'SCRIPT_NAME': '/evil',
+}
+
+
+def test_nginx_replaces_forwarded_headers_a_client_forged(nginx):
+    environ = probe(nginx, headers=FORGED)
+    assert environ['HTTP_X_FORWARDED_FOR'] == '127.0.0.1'
+    assert environ['HTTP_X_FORWARDED_PROTO'] == 'http'
+    assert environ['wsgi.url_scheme'] == 'http'
+    assert environ['HTTP_X_FORWARDED_HOST'] == f'127.0.0.1:{nginx.port}'
+    assert environ['HTTP_FORWARDED'] is None
+    assert (environ['SCRIPT_NAME'], environ['PATH_INFO']) == (PREFIX, '/_probe/environ')
+
+
+def test_gunicorn_trusts_forwarded_headers_only_from_the_proxy_address(gunicorn):
+    # Positive control: from 127.0.0.1 (forwarded_allow_ips, where nginx connects from) they count.
+    trusted = probe(gunicorn, headers=FORGED | {'SCRIPT_NAME': PREFIX})
+    assert trusted['wsgi.url_scheme'] == 'https'
+    assert (trusted['SCRIPT_NAME'], trusted['PATH_INFO']) == (PREFIX, '/_probe/environ')
+    # The same request from another loopback address: scheme ignored, SCRIPT_NAME header dropped.
+    untrusted = probe(gunicorn, headers=FORGED | {'SCRIPT_NAME': PREFIX}, source='127.0.0.2')
+    assert untrusted['REMOTE_ADDR'] == '127.0.0.2'
+    assert untrusted['wsgi.url_scheme'] == 'http'
+    assert (untrusted['SCRIPT_NAME'], untrusted['PATH_INFO']) == ('', f'{PREFIX}/_probe/environ')
+
+
+def test_the_app_builds_locations_from_a_prefix_only_the_proxy_may_set(gunicorn, token):
+    path, headers = f'{PREFIX}/api/contacts', auth(token, SCRIPT_NAME=PREFIX)
+    status, resp_headers, created = call(gunicorn, 'POST', path, body={'first_name': 'Via proxy'}, headers=headers)
+    assert status == 201
+    assert resp_headers['location'] == f'{PREFIX}/api/contacts/{created["id"]}'
+    status, resp_headers, body = call(gunicorn, 'POST', path, body={'first_name': 'Spoof'}, headers=headers,
+                                      source='127.0.0.2')
+    assert_problem(status, resp_headers, body, 404)
+
+
+def test_the_request_id_passes_through_or_is_made_at_the_edge(nginx):
+    assert probe(nginx, headers={'X-Request-ID': 'client-id.42'})['HTTP_X_REQUEST_ID'] == 'client-id.42'
+    made = probe(nginx)['HTTP_X_REQUEST_ID']
+    assert re.fullmatch(r'[0-9a-f]{32}', made)
+    assert probe(nginx)['HTTP_X_REQUEST_ID'] != made
+    replaced = probe(nginx, headers={'X-Request-ID': 'no spaces\tor tabs'})['HTTP_X_REQUEST_ID']
+    assert re.fullmatch(r'[0-9a-f]{32}', replaced)
+
+
+def test_nginx_keeps_its_connections_to_gunicorn_alive(nginx):
+    first, second = probe(nginx), probe(nginx)
+    assert first['HTTP_CONNECTION'] is None        # no `Connection: close` towards gunicorn
+    assert (first['REMOTE_ADDR'], first['REMOTE_PORT']) == (second['REMOTE_ADDR'], second['REMOTE_PORT'])
+
+
+# --- shutdown ------------------------------------------------------------------------------------
+
+
+def test_sigterm_lets_an_in_flight_request_finish(backend, database, wsgi_app, token, tmp_path):
+    env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1',
+           'CRMAPI_PROBE_DIR': str(tmp_path), 'CRMAPI_PROBE_SLEEP_S': '2'}
+    answers = []
+    with servers.start_gunicorn(tmp_path / 'gunicorn', env=env, app='servers:probe_app()') as server:
+        client = threading.Thread(target=lambda: answers.append(call(
+            server, 'POST', '/_probe/slow/api/contacts', token, {'first_name': 'In flight'}, timeout=30)))
+        client.start()
+        deadline = time.monotonic() + 10
+        while not (tmp_path / 'started').exists():
+            assert time.monotonic() < deadline, 'the slow request never reached the app'
+            time.sleep(0.02)
+        server.proc.send_signal(signal.SIGTERM)
+        client.join(30)
+        assert not client.is_alive()
+        assert server.wait(30) == 0
+    [(status, headers, created)] = answers
+    assert status == 201, created
+    assert headers['location'] == f'/api/contacts/{created["id"]}'
+    assert Client(wsgi_app, token).get(f'/api/contacts/{created["id"]}').json == created
+    with pytest.raises(ConnectionRefusedError):
+        call(server, 'GET', '/api/contacts', token)
+    assert 'Traceback' not in server.log_text(), server.log_text()
