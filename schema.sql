@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS companies (
     archived_at TIMESTAMPTZ,
     UNIQUE (organization_id, id)
 );
-CREATE INDEX IF NOT EXISTS companies_org_name ON companies (organization_id, name);
+CREATE INDEX IF NOT EXISTS companies_org_name ON companies (organization_id, name, id);
 
 CREATE TABLE IF NOT EXISTS contacts (
     id TEXT PRIMARY KEY,
@@ -79,10 +79,14 @@ CREATE TABLE IF NOT EXISTS contacts (
     UNIQUE (organization_id, id),
     FOREIGN KEY (organization_id, company_id) REFERENCES companies (organization_id, id)
 );
-CREATE INDEX IF NOT EXISTS contacts_org_last_name ON contacts (organization_id, last_name);
+-- Composite indexes that lead with the organization and end with id serve the documented
+-- filter + sort combinations without sorting the matches. (PostgreSQL indexes the nullable
+-- sort columns NULLS FIRST, the order crmapi lists in: see crmapi/migrations/0003_*.postgresql.sql.)
+CREATE INDEX IF NOT EXISTS contacts_org_last_name ON contacts (organization_id, last_name, id);
+CREATE INDEX IF NOT EXISTS contacts_org_city_last_name ON contacts (organization_id, city, last_name, id);
+CREATE INDEX IF NOT EXISTS contacts_org_status_last_name ON contacts (organization_id, status, last_name, id);
+CREATE INDEX IF NOT EXISTS contacts_org_created ON contacts (organization_id, created_at, id);
 CREATE INDEX IF NOT EXISTS contacts_org_company ON contacts (organization_id, company_id);
-CREATE INDEX IF NOT EXISTS contacts_org_city ON contacts (organization_id, city);
-CREATE INDEX IF NOT EXISTS contacts_org_status ON contacts (organization_id, status);
 CREATE INDEX IF NOT EXISTS contacts_org_email ON contacts (organization_id, email);
 
 CREATE TABLE IF NOT EXISTS deals (
@@ -104,6 +108,7 @@ CREATE TABLE IF NOT EXISTS deals (
 );
 CREATE INDEX IF NOT EXISTS deals_org_company ON deals (organization_id, company_id);
 CREATE INDEX IF NOT EXISTS deals_org_status ON deals (organization_id, status);
+CREATE INDEX IF NOT EXISTS deals_org_created ON deals (organization_id, created_at, id);
 
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
@@ -265,8 +270,17 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
 
+-- The number of live (non-archived) rows per organization and table, kept in the same
+-- transaction as every write: an unfiltered exact total is one indexed read, not a scan.
+CREATE TABLE IF NOT EXISTS row_counts (
+    organization_id TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    PRIMARY KEY (organization_id, table_name)
+);
+
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (2);
+INSERT INTO schema_version (version) VALUES (3);

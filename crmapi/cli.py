@@ -59,6 +59,17 @@ def cmd_revoke_token(db, args):
     print(f'revoked {args.token_id}', file=sys.stderr)
 
 
+def cmd_recount(db, args):
+    """Rebuild the live-row counters (needed only after rows were written around the API)."""
+    from .accounts import Principal
+    from .app import build_services
+    store = build_services(db).custom.store
+    orgs = [args.org] if args.org else [org_id for org_id, _ in Accounts(db).list_orgs()]
+    for org_id in orgs:
+        store.recount(Principal(org_id, None))
+    print(f'recounted {len(orgs)} organization(s)', file=sys.stderr)
+
+
 def cmd_define_object(db, args):
     """Define (or, if the slug exists, extend) a custom object from a JSON file."""
     import json
@@ -141,6 +152,9 @@ def parser():
     s = sub.add_parser('revoke-token', help='revoke a token by its id (from list-tokens)')
     s.add_argument('token_id')
     s.set_defaults(func=cmd_revoke_token)
+    s = sub.add_parser('recount', help='rebuild the live-row counters behind list totals')
+    s.add_argument('--org', help='one organization (default: all)')
+    s.set_defaults(func=cmd_recount)
     s = sub.add_parser('define-object', help='define or extend a custom object from a JSON file')
     s.add_argument('--org', required=True)
     s.add_argument('--file', required=True)

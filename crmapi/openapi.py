@@ -219,6 +219,9 @@ def list_parameters(info, limits):
                       'properties': {'field': {'type': 'string', 'enum': sortable},
                                      'order': {'type': 'string', 'enum': ['ASC', 'DESC']}}}},
             'several sorts, [{"field","order"}]'),
+        {'name': 'Range', 'in': 'header', 'required': False,
+         'schema': {'type': 'string', 'pattern': f'^{info.slug}=[0-9]{{1,19}}-[0-9]{{1,19}}$'},
+         'description': f"react-admin's spelling of `range`: `{info.slug}=0-24`; the `range` parameter wins"},
     ]
 
 
@@ -359,7 +362,8 @@ def fixed_paths():
         '/api/docs': {'get': {
             'operationId': 'docs', 'summary': 'A page rendering this document for people', 'tags': ['docs'],
             'security': [{}],
-            'responses': {'200': {'description': 'An HTML page', 'content': {'text/html': {'schema': {'type': 'string'}}}}},
+            'responses': {'200': {'description': 'An HTML page',
+                                  'content': {'text/html': {'schema': {'type': 'string'}}}}},
         }},
     }
 
@@ -428,8 +432,11 @@ class Docs:
     """`GET /api/docs`: a static page (shipped in the package) that renders the document."""
 
     def __init__(self):
-        self.page = resources.files('crmapi').joinpath('docs.html').read_bytes()
+        self.page = None
 
     def on_get(self, req, resp):
+        # NOTE: read on first use, so a packaging slip costs the page, never the whole app.
+        if self.page is None:
+            self.page = resources.files('crmapi').joinpath('docs.html').read_bytes()
         resp.content_type = 'text/html; charset=utf-8'
         resp.data = self.page

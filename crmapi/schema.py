@@ -28,10 +28,13 @@ class ResourceSpec:
     references: dict = dc_field(default_factory=dict)   # column -> target slug (array columns too)
     arrays: frozenset = frozenset()  # JSON columns holding a list of ids
     computed: dict = dc_field(default_factory=dict)     # view columns the database leaves untyped
+    counted_as: str = ''            # the table whose live-row counter gives this resource's total
 
     def __post_init__(self):
         if not self.table:
             object.__setattr__(self, 'table', self.slug)
+        if not self.counted_as:
+            object.__setattr__(self, 'counted_as', self.table)
 
 
 BUILTIN = {spec.slug: spec for spec in [
@@ -50,10 +53,10 @@ BUILTIN = {spec.slug: spec for spec in [
     ResourceSpec('configuration', 'cfg_', admin_writes=True),
     ResourceSpec('automation_rules', 'rule_', admin_writes=True),
     ResourceSpec('crm_users', 'u_', delete='disable', admin_writes=True),
-    ResourceSpec('companies_summary', 'comp_', read_only=True, delete='archive',
+    ResourceSpec('companies_summary', 'comp_', read_only=True, delete='archive', counted_as='companies',
                  references={'company_id': 'companies'},
                  computed={'nb_contacts': 'integer', 'nb_deals': 'integer'}),
-    ResourceSpec('contacts_summary', 'c_', read_only=True, delete='archive',
+    ResourceSpec('contacts_summary', 'c_', read_only=True, delete='archive', counted_as='contacts',
                  references={'company_id': 'companies', 'tags': 'tags'}, arrays=frozenset({'tags'}),
                  computed={'company_name': 'text', 'nb_tasks': 'integer'}),
 ]}

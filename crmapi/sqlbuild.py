@@ -211,20 +211,24 @@ def _returning(info):
 def _order(d, table, sorts):
     """ORDER BY the sorts, then `id` so that paging visits every row once.
 
-    NOTE: NULLs sort as the smallest value on both databases (SQLite's native order).
+    NOTE: NULLs sort as the smallest value on both databases (SQLite's native order); PostgreSQL
+    spells that out for nullable columns only, so NOT NULL sorts still match plain indexes.
     """
     terms = []
     last_desc = False
     for s in sorts:
-        if s.column.name == 'id':
-            last_desc = s.descending
-            break
-        terms.append((table.field(s.column.name), s.descending))
         last_desc = s.descending
-    terms.append((table.id, last_desc))
-    if not d.nulls_sql:
-        return [(f, Order.desc if desc else Order.asc) for f, desc in terms]
-    return [(Sql('{0} DESC NULLS LAST' if desc else '{0} ASC NULLS FIRST', f), None) for f, desc in terms]
+        if s.column.name == 'id':
+            break
+        terms.append((table.field(s.column.name), s.descending, s.column.nullable))
+    terms.append((table.id, last_desc, False))
+    order = []
+    for field, desc, nullable in terms:
+        if d.nulls_sql and nullable:
+            order.append((Sql('{0} DESC NULLS LAST' if desc else '{0} ASC NULLS FIRST', field), None))
+        else:
+            order.append((field, Order.desc if desc else Order.asc))
+    return order
 
 
 def build_list(d, info, org_id, lq):
@@ -335,3 +339,32 @@ def build_create_index(table, index, column):
 
 def build_drop_index(index):
     return f'DROP INDEX IF EXISTS {quote(index)}'
+
+
+# -- live row counters -----------------------------------------------------------------------------
+
+COUNTS = Table('row_counts')
+
+
+def build_count_read(d, org_id, table_name):
+    return d.render(d.query.from_(COUNTS).select(COUNTS.n).where(
+        (COUNTS.organization_id == Bound(org_id)) & (COUNTS.table_name == Bound(table_name))))
+
+
+def build_count_add(d, org_id, table_name, delta):
+    """Add `delta` to a counter, creating it (an organization's first row) if needed."""
+    sql, params = d.render(d.query.into(COUNTS).columns(COUNTS.organization_id, COUNTS.table_name, COUNTS.n)
+                           .insert(Bound(org_id), Bound(table_name), Bound(int(delta))))
+    return sql + ' ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + excluded.n', params
+
+
+def build_recount(d, org_id, info):
+    """Set the counter of `info`'s table for `org_id` to the live rows it really holds."""
+    table = Table(info.spec.table)
+    live = table.organization_id == Bound(org_id)
+    if info.archivable:
+        live &= table.archived_at.isnull()
+    count_sql, params = d.render(d.query.from_(table).select(fn.Count('*')).where(live))
+    p = d.parameter().get_sql()
+    return (f'INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, {p}, ({count_sql})) '
+            'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = excluded.n'), [org_id, info.spec.table, *params]

@@ -74,8 +74,29 @@ class Store:
             if lq.start == 0 and len(rows) < lq.end - lq.start + 1:
                 total = len(rows)
             else:
-                total = tx.one(*sqlbuild.build_count(d, info, principal.org_id, lq))[0]
+                total = self._total(tx, info, principal, lq)
         return rows, total
+
+    def _total(self, tx, info, principal, lq):
+        """Exact: the live-row counter when nothing narrows the list, else an index-backed COUNT."""
+        d = self.db.dialect
+        if not (lq.equals or lq.filters or lq.search is not None or lq.include_archived):
+            counter = tx.one(*sqlbuild.build_count_read(d, principal.org_id, info.spec.counted_as))
+            if counter is not None:
+                return counter[0]
+        return tx.one(*sqlbuild.build_count(d, info, principal.org_id, lq))[0]
+
+    def _count(self, tx, info, principal, delta):
+        """Keep the live-row counter in the same transaction as the write that changes it."""
+        if delta:
+            tx.execute(*sqlbuild.build_count_add(self.db.dialect, principal.org_id, info.spec.counted_as, delta))
+
+    def recount(self, principal):
+        """Rebuild every counter of an organization from its rows (after writes made outside the API)."""
+        with self.db.transaction(write=True) as tx:
+            for info in self.catalog.all_tables(principal):
+                if not info.spec.read_only:
+                    tx.execute(*sqlbuild.build_recount(self.db.dialect, principal.org_id, info))
 
     def get(self, info, principal, record_id):
         with self.db.transaction() as tx:
@@ -101,6 +122,8 @@ class Store:
                 continue
             if name != key and name in body:
                 continue  # the snake_case spelling wins over its camelCase twin
+            if value is None and not column.nullable:
+                raise InvalidValue(f"Field '{name}' may not be null", field=name)
             changes[name] = values.check(column, value)
         for name, column in info.columns.items():
             if column.required and (name in changes or creating) and changes.get(name) is None:
@@ -135,7 +158,9 @@ class Store:
         self._stamp(info, row, 'created_at', 'updated_at')
         with self.db.transaction(write=True) as tx:
             self._check_references(tx, info, principal, row)
-            return self.reader(info)(tx.one(*sqlbuild.build_insert(self.db.dialect, info, row)))
+            created = self.reader(info)(tx.one(*sqlbuild.build_insert(self.db.dialect, info, row)))
+            self._count(tx, info, principal, 1)
+            return created
 
     def update(self, info, principal, record_id, body):
         self._check_writable(info, principal, 'PUT')
@@ -164,6 +189,7 @@ class Store:
             record = self._fetch(tx, info, principal, record_id, for_update=True)
             self.detach_references(tx, info, principal, [record_id])
             tx.one(*sqlbuild.build_delete(self.db.dialect, info, principal.org_id, record_id))
+            self._count(tx, info, principal, -1)
             return record
 
     def restore(self, info, principal, record_id):
@@ -183,6 +209,8 @@ class Store:
                      else record[name] == value)
         if unchanged:
             return record
+        if name == 'archived_at':
+            self._count(tx, info, principal, -1 if value is not None else 1)
         changes = self._stamp(info, {name: value}, 'updated_at')
         return self._update(tx, info, principal, record_id, changes)
 
@@ -245,6 +273,7 @@ class Store:
             changes = self._merged_fields(info, target, [found[s] for s in sources])
             self._rewrite_references(tx, principal, 'contacts', sources, target_id)
             tx.execute(*sqlbuild.build_delete(d, info, principal.org_id, sources))
+            self._count(tx, info, principal, -sum(1 for s in sources if found[s]['archived_at'] is None))
             if not changes:
                 return self._fetch(tx, info, principal, target_id)
             return self._update(tx, info, principal, target_id, self._stamp(info, changes, 'updated_at'))

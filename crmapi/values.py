@@ -120,7 +120,19 @@ def _timestamp(column, value):
         _fail(column, 'a valid ISO 8601 timestamp', value)
 
 
+def _big_integers(value):
+    if isinstance(value, dict):
+        return any(_big_integers(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_big_integers(v) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX
+
+
 def _json(column, value):
+    # NOTE: SQLite would keep a bare integer this large as a double, and the JSON encoder stops at
+    # 64 bits: refuse rather than round.
+    if _big_integers(value):
+        _fail(column, 'JSON whose integers fit in 64 bits', value)
     return value
 
 

@@ -31,7 +31,19 @@ def test_list_scopes_to_the_organization_hides_archived_and_ends_with_id():
 def test_postgres_spells_out_sqlites_null_order():
     lq = parse_list({'sort': '["last_name","DESC"]'}, CONTACTS)
     sql, _ = sqlbuild.build_list(POSTGRES, CONTACTS, 'org_1', lq)
-    assert sql.endswith('ORDER BY "last_name" DESC NULLS LAST,"id" DESC NULLS LAST LIMIT 25')
+    assert sql.endswith('ORDER BY "last_name" DESC NULLS LAST,"id" DESC LIMIT 25')
+    lq = parse_list({'sort': 'created_at'}, CONTACTS)
+    sql, _ = sqlbuild.build_list(POSTGRES, CONTACTS, 'org_1', lq)
+    assert sql.endswith('ORDER BY "created_at" ASC,"id" ASC LIMIT 25'), 'NOT NULL columns need no NULLS clause'
+
+
+def test_an_unnarrowed_total_reads_the_live_row_counter():
+    sql, values = sqlbuild.build_count_read(SQLITE, 'org_1', 'contacts')
+    assert sql == 'SELECT "n" FROM "row_counts" WHERE "organization_id"=? AND "table_name"=?'
+    assert values == ['org_1', 'contacts']
+    sql, values = sqlbuild.build_count_add(POSTGRES, 'org_1', 'contacts', -2)
+    assert sql.endswith('ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + excluded.n')
+    assert values == ['org_1', 'contacts', -2]
 
 
 @pytest.mark.parametrize('flt, sqlite_sql, value', [
