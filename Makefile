@@ -7,7 +7,7 @@ DB_URL ?= sqlite:///crm.db
 BIND ?= 127.0.0.1:8000
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-test system-packages clean
+.PHONY: run test bench install install-test system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +24,13 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# Debian packages the tests run for real: PostgreSQL's server binaries (the tests start their own
-# server from them) and nginx (in front of gunicorn in tests/test_deploy.py).
+# Debian packages run for real: PostgreSQL's server binaries (the tests start their own server
+# from them), nginx (in front of gunicorn in tests/test_deploy.py) and wrk (make bench).
 system-packages:
 	@missing=; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (apt-get)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
@@ -48,12 +49,21 @@ run: $(VENV)/.installed
 	fi
 	$(BIN)/crmapi --database $(DB_URL) serve --bind $(BIND)
 
-test: $(VENV)/.installed-test system-packages
+# The react-admin data provider, driven from Node against a real server (tests/test_react_admin.py).
+tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --silent
+
+test: $(VENV)/.installed-test system-packages tests/js/node_modules/.package-lock.json
 	@set -e; dir=$$(mktemp -d /tmp/crmapi-pg.XXXXXX); \
 	trap 'scripts/pgtmp.sh stop "$$dir"' EXIT; \
 	url=$$(scripts/pgtmp.sh start "$$dir"); \
 	echo "throwaway PostgreSQL at $$url"; \
 	CRMAPI_TEST_POSTGRES_URL="$$url" $(BIN)/pytest $(PYTEST_ARGS)
+
+# The benchmark: 100k contacts by default (CONTACTS=1000000 for the big run), both databases,
+# crmapi beside its floors; results in bench/results/<date>.md. See bench/README.md.
+bench: $(VENV)/.installed system-packages
+	bash bench/bench.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -3,14 +3,42 @@ import re
 
 from . import query
 from . import values
+from .errors import InvalidParam
+from .export import csv_stream
+from .export import ndjson_stream
 from .idempotency import fingerprint
+
+EXPORTS = {
+    'text/csv': ('text/csv; charset=utf-8', csv_stream),
+    'application/x-ndjson': ('application/x-ndjson', ndjson_stream),
+}
+COUNTS = ('exact', 'estimated', 'none')
+
+
+def export_format(req):
+    """`Accept: text/csv` or `application/x-ndjson` asks for the whole filtered set, streamed."""
+    accept = (req.get_header('Accept') or '').lower()
+    return next((media for media in EXPORTS if media in accept), None)
+
+
+def count_preference(req):
+    """`Prefer: count=exact|estimated|none`, as PostgREST spells it; exact by default."""
+    for preference in (req.get_header('Prefer') or '').split(','):
+        name, _, value = preference.strip().partition('=')
+        if name.strip().lower() == 'count':
+            value = value.strip().lower()
+            if value not in COUNTS:
+                raise InvalidParam(f"Prefer: count= takes {', '.join(COUNTS)}", param='Prefer')
+            return value
+    return 'exact'
 from .errors import InvalidBody
 from .errors import PayloadTooLarge
 from .errors import UnsupportedMediaType
 
 
 def content_range(resource, start, count, total):
-    """`contacts 0-24/142`; an empty page is `contacts */142`."""
+    """`contacts 0-24/142`; an empty page is `contacts */142`; an uncounted total is `*`."""
+    total = '*' if total is None else total
     if count == 0:
         return f'{resource} */{total}'
     return f'{resource} {start}-{start + count - 1}/{total}'
@@ -44,7 +72,7 @@ def read_body(req, max_bytes):
     try:
         body = values.loads_strict(raw.decode('utf-8'))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidBody(f'The body is not valid JSON: {exc}') from None
+        raise InvalidBody(f'The body is not valid JSON: {exc}', field=getattr(exc, 'field', None)) from None
     if not isinstance(body, dict):
         raise InvalidBody('The request body must be a JSON object')
     return body
@@ -80,10 +108,21 @@ class Records:
 
     def on_get(self, req, resp, resource):
         info = self._table(req, resource)
-        lq = query.parse_list(list_params(req, resource), info, self.limits)
-        rows, total = self.store.list(info, req.context.principal, lq)
+        params = list_params(req, resource)
+        lq = query.parse_list(params, info, self.limits)
+        export = export_format(req)
+        if export:
+            resp.content_type = EXPORTS[export][0]
+            resp.stream = EXPORTS[export][1](info, self.store.export(info, req.context.principal, lq))
+            return
+        count = count_preference(req)
+        rows, total = self.store.list(info, req.context.principal, lq, count)
         resp.media = rows
         resp.set_header('Content-Range', content_range(resource, lq.start, len(rows), total))
+        if count != 'exact':
+            resp.set_header('Preference-Applied', f'count={count}')
+        if rows and len(rows) == lq.size:
+            resp.set_header('X-Next-Cursor', query.make_cursor(lq, info, params, rows[-1]))
 
     def on_post(self, req, resp, resource):
         info = self._table(req, resource)

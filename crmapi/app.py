@@ -3,6 +3,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -19,6 +20,7 @@ from .db import connect
 from .errors import CrmError
 from .errors import InvalidParam
 from .errors import Unauthorized
+from .errors import Unavailable
 from .errors import problem
 from .idempotency import Idempotency
 from .query import Limits
@@ -27,7 +29,7 @@ from .store import Store
 
 log = logging.getLogger('crmapi')
 PROBLEM_JSON = 'application/problem+json'
-EXPOSED_HEADERS = 'Content-Range, Location, X-Request-ID'
+EXPOSED_HEADERS = 'Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied'
 ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID'
 
 
@@ -150,6 +152,30 @@ def build_services(db):
     return catalog
 
 
+class DeferredApp:
+    """Stands in for the app while the database is unreachable at start-up: 503 until it is back.
+
+    NOTE: gunicorn halts when a worker fails to boot; a worker (re)started during a database
+    outage must answer 503 and recover, not take the whole server down.
+    """
+
+    def __init__(self, build):
+        self.build, self.app = build, None
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if self.app is None:
+            with self.lock:
+                try:
+                    self.app = self.app or self.build()
+                except Unavailable as exc:
+                    body = orjson.dumps(exc.to_problem())
+                    start_response('503 Service Unavailable', [
+                        ('Content-Type', PROBLEM_JSON), ('Retry-After', '1'), ('Content-Length', str(len(body)))])
+                    return [body]
+        return self.app(environ, start_response)
+
+
 def create_app(settings=None, db=None):
     """Build the WSGI callable. Pass `db` (a crmapi.db.Database) to share or inject one in tests."""
     settings = settings or Settings.from_env()
@@ -157,6 +183,13 @@ def create_app(settings=None, db=None):
     if hasattr(db, 'pool_args'):
         db.pool_args.update(max_size=settings.pool_max_size, timeout=settings.pool_timeout_s)
         db.statement_timeout_ms = settings.statement_timeout_ms
+    try:
+        return build_app(settings, db)
+    except Unavailable:
+        return DeferredApp(lambda: build_app(settings, db))
+
+
+def build_app(settings, db):
     catalog = build_services(db)
     store = catalog.custom.store
     limits = Limits(settings.max_page, settings.max_filters, settings.max_value_length)

@@ -96,12 +96,15 @@ class SQLiteDatabase(Database):
     name = 'sqlite'
     readers = {'boolean': bool, 'number': values.number_out, 'json': _sqlite_json, 'array': _sqlite_json}
 
-    def __init__(self, path, busy_timeout_ms=10_000, synchronous='FULL'):
+    def __init__(self, path, busy_timeout_ms=20_000, synchronous='FULL'):
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
         self.dialect = sqlbuild.sqlite_dialect(_sqlite_adapt)
         self._local = threading.local()
+        # NOTE: SQLite's busy handler polls rather than queues; with many threads per process one
+        # writer can starve. Writers of one process take turns here, so only one per process polls.
+        self._writer = threading.Lock()
 
     def _connect(self):
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -129,13 +132,14 @@ class SQLiteDatabase(Database):
         with translate_errors():
             # NOTE: a deferred BEGIN that reads then writes fails at once under contention,
             # whatever the busy timeout; IMMEDIATE takes the write lock up front.
-            conn.execute('BEGIN IMMEDIATE' if write else 'BEGIN')
-            try:
-                yield Tx(conn.cursor())
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.execute('COMMIT')
+            with self._writer if write else contextlib.nullcontext():
+                conn.execute('BEGIN IMMEDIATE' if write else 'BEGIN')
+                try:
+                    yield Tx(conn.cursor())
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.execute('COMMIT')
 
     @staticmethod
     def statements(sql):
@@ -148,6 +152,14 @@ class SQLiteDatabase(Database):
                 pending = ''
         if pending.strip() and not all(l.strip().startswith('--') or not l.strip() for l in pending.splitlines()):
             raise ValueError('incomplete SQL statement at the end of a script')
+
+    def stream(self, sql, params, batch=500):
+        """Rows of one query, fetched `batch` at a time inside one read transaction."""
+        with self.transaction() as tx:
+            cursor = tx.cursor
+            cursor.execute(sql, params)
+            while rows := cursor.fetchmany(batch):
+                yield from rows
 
     def run_script(self, tx, sql):
         """Run every statement of `sql` inside `tx` (sqlite3's executescript would commit first)."""
@@ -249,6 +261,15 @@ class PostgresDatabase(Database):
                         yield Tx(conn.cursor())
                 finally:
                     self._local.conn = None
+
+    def stream(self, sql, params, batch=500):
+        """Rows of one query through a server-side cursor: memory stays flat however many rows."""
+        with translate_errors(), self.pool().connection() as conn:
+            with conn.transaction():
+                with conn.cursor(name='crmapi_export') as cursor:
+                    cursor.execute(sql, params)
+                    while rows := cursor.fetchmany(batch):
+                        yield from rows
 
     def run_script(self, tx, sql):
         tx.execute(sql)

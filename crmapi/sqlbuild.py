@@ -17,6 +17,7 @@ from pypika.terms import Criterion
 from pypika.terms import FormatParameter
 from pypika.terms import QmarkParameter
 from pypika.terms import Term
+from pypika.terms import Tuple
 
 
 class Bound(Term):
@@ -231,14 +232,60 @@ def _order(d, table, sorts):
     return order
 
 
-def build_list(d, info, org_id, lq):
+def _keys(table, info, lq):
+    """(field, descending, nullable, value) for each keyset column: the sorts up to id, then id."""
+    keys, last_desc = [], False
+    for s in lq.sorts:
+        last_desc = s.descending
+        if s.column.name == 'id':
+            break
+        keys.append((table.field(s.column.name), s.descending, s.column.nullable, s.column))
+    keys.append((table.id, last_desc, False, info.columns['id']))
+    return [(f, desc, nullable, column, value) for (f, desc, nullable, column), value in zip(keys, lq.after)]
+
+
+def after(d, table, info, lq):
+    """Rows that sort after the cursor's row, in crmapi's order (NULLs smallest)."""
+    keys = _keys(table, info, lq)
+    directions = {desc for _, desc, _, _, _ in keys}
+    if directions == {False} and all(v is not None for *_, v in keys):
+        # NOTE: ascending with known values: one row-value comparison, which an index range serves.
+        return Tuple(*[f for f, *_ in keys]) > Tuple(*[d.bind(c, v) for f, _, _, c, v in keys])
+    clauses = []
+    for i, (field, desc, nullable, column, value) in enumerate(keys):
+        equal = [f.isnull() if v is None else f == d.bind(c, v) for f, _, _, c, v in keys[:i]]
+        if value is None:
+            beyond = FALSE if desc else field.notnull()
+        elif desc:
+            beyond = (field < d.bind(column, value)) | field.isnull() if nullable else field < d.bind(column, value)
+        else:
+            beyond = field > d.bind(column, value)
+        clauses.append(Criterion.all(equal + [beyond]))
+    return Criterion.any(clauses)
+
+
+def _select(d, info, org_id, lq):
+    """The rows of a list in order, before paging."""
     table = Table(info.spec.table)
-    query = (d.query.from_(table).select(*[table.field(n) for n in output_columns(info)])
-             .where(where(d, table, info, org_id, lq)))
+    condition = where(d, table, info, org_id, lq)
+    if lq.after is not None:
+        condition &= after(d, table, info, lq)
+    query = d.query.from_(table).select(*[table.field(n) for n in output_columns(info)]).where(condition)
     for term, order in _order(d, table, lq.sorts):
         query = query.orderby(term, order=order)
-    query = query.limit(int(lq.end - lq.start + 1)).offset(int(lq.start))
+    return query
+
+
+def build_list(d, info, org_id, lq):
+    query = _select(d, info, org_id, lq).limit(int(lq.size))
+    if lq.after is None:
+        query = query.offset(int(lq.start))
     return d.render(query)
+
+
+def build_export(d, info, org_id, lq):
+    """Every matching row, in order: for streaming a whole filtered set."""
+    return d.render(_select(d, info, org_id, lq))
 
 
 def build_count(d, info, org_id, lq):
@@ -255,8 +302,13 @@ def _by_ids(table, org_id, ids):
 
 def build_get(d, info, org_id, ids, for_update=False):
     table = Table(info.spec.table)
-    sql, params = d.render(d.query.from_(table).select(*[table.field(n) for n in output_columns(info)])
-                           .where(_by_ids(table, org_id, ids)))
+    query = d.query.from_(table).select(*[table.field(n) for n in output_columns(info)]).where(
+        _by_ids(table, org_id, ids))
+    if for_update and not isinstance(ids, str):
+        # NOTE: rows are locked in the order they come back; one order (by id) for every
+        # transaction means two that lock the same rows queue up instead of deadlocking.
+        query = query.orderby(table.id)
+    sql, params = d.render(query)
     if for_update and d.name == 'postgresql':
         sql += ' FOR UPDATE'
     return sql, params

@@ -65,26 +65,39 @@ class Store:
             raise RecordNotFound(f"No {info.slug} record with id '{record_id}'", param='id')
         return self.reader(info)(row)
 
-    def list(self, info, principal, lq):
-        """One page of records and the total number of matches."""
+    def list(self, info, principal, lq, count='exact'):
+        """One page of records and the number of matches: exact, estimated, or None for `none`."""
         d = self.db.dialect
         read = self.reader(info)
         with self.db.transaction() as tx:
             rows = [read(r) for r in tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq))]
-            if lq.start == 0 and len(rows) < lq.end - lq.start + 1:
+            if count == 'none':
+                total = None
+            elif lq.start == 0 and lq.after is None and len(rows) < lq.size:
                 total = len(rows)
             else:
-                total = self._total(tx, info, principal, lq)
+                total = self._total(tx, info, principal, lq, count)
         return rows, total
 
-    def _total(self, tx, info, principal, lq):
-        """Exact: the live-row counter when nothing narrows the list, else an index-backed COUNT."""
+    def _total(self, tx, info, principal, lq, count='exact'):
+        """The live-row counter when nothing narrows the list; else an index-backed COUNT, or on
+        PostgreSQL with `count=estimated` the planner's estimate."""
         d = self.db.dialect
         if not (lq.equals or lq.filters or lq.search is not None or lq.include_archived):
             counter = tx.one(*sqlbuild.build_count_read(d, principal.org_id, info.spec.counted_as))
             if counter is not None:
                 return counter[0]
+        if count == 'estimated' and d.name == 'postgresql':
+            sql, params = sqlbuild.build_count(d, info, principal.org_id, lq)
+            plan = tx.one('EXPLAIN (FORMAT JSON) ' + sql, params)[0]
+            return int(plan[0]['Plan']['Plan Rows'])
         return tx.one(*sqlbuild.build_count(d, info, principal.org_id, lq))[0]
+
+    def export(self, info, principal, lq):
+        """Every matching record, in order, read in batches: for CSV and NDJSON exports."""
+        read = self.reader(info)
+        for row in self.db.stream(*sqlbuild.build_export(self.db.dialect, info, principal.org_id, lq)):
+            yield read(row)
 
     def _count(self, tx, info, principal, delta):
         """Keep the live-row counter in the same transaction as the write that changes it."""
@@ -261,12 +274,15 @@ class Store:
         info = self.catalog.resolve('contacts', principal)
         d = self.db.dialect
         with self.db.transaction(write=True) as tx:
-            target = self._fetch(tx, info, principal, target_id, for_update=True)
+            # NOTE: target and sources are locked in one statement, in id order, so two merges of
+            # the same contacts in opposite directions queue up instead of deadlocking.
+            found = {r['id']: r for r in map(self.reader(info), tx.rows(*sqlbuild.build_get(
+                d, info, principal.org_id, [target_id, *sources], for_update=True)))}
+            if target_id not in found:
+                raise RecordNotFound(f"No contacts record with id '{target_id}'", field='target_id')
             if not sources:
-                return target
-            read = self.reader(info)
-            found = {r['id']: r for r in map(read, tx.rows(*sqlbuild.build_get(
-                d, info, principal.org_id, sources, for_update=True)))}
+                return found[target_id]
+            target = found[target_id]
             missing = [s for s in sources if s not in found]
             if missing:
                 raise NotFound(f"No contacts record with id '{missing[0]}'", field='source_ids')

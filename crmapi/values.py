@@ -184,10 +184,47 @@ def _no_constant(name):
     raise ValueError(f'{name} is not valid JSON')
 
 
+MAX_JSON_DEPTH = 64
+
+
+class JsonError(ValueError):
+    """Valid JSON we still refuse; `field` is the top-level key it sits under, when there is one."""
+
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.field = field
+
+
+def _check_tree(value):
+    """No deeper than MAX_JSON_DEPTH, and no lone surrogate (valid JSON, but not storable text)."""
+    stack = [(value, 1, None)]
+    while stack:
+        item, depth, top = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise JsonError(f'nested more than {MAX_JSON_DEPTH} levels deep', top)
+        if isinstance(item, dict):
+            for key, v in item.items():
+                under = key if depth == 1 else top
+                stack.extend(((key, depth + 1, under), (v, depth + 1, under)))
+        elif isinstance(item, list):
+            stack.extend((x, depth + 1, top) for x in item)
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode('utf-8')
+            except UnicodeEncodeError:
+                raise JsonError('a string holds a lone surrogate, which is not valid Unicode', top) from None
+
+
 def loads_strict(text):
-    """Parse JSON as the API accepts it: no NaN or Infinity, no repeated keys, no overflowing floats.
+    """Parse JSON as the API accepts it: no NaN or Infinity, no repeated keys, no overflowing floats,
+    at most 64 levels deep, no lone surrogates.
 
     Raises ValueError with a readable message.
     """
-    return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
-                      parse_float=finite_float)
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
+                           parse_float=finite_float)
+    except RecursionError:
+        raise JsonError(f'nested more than {MAX_JSON_DEPTH} levels deep') from None
+    _check_tree(value)
+    return value
