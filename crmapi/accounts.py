@@ -44,7 +44,7 @@ class Accounts:
         t = Table(table)
         kinds = {'created_at': 'timestamp', 'updated_at': 'timestamp', 'expires_at': 'timestamp',
                  'administrator': 'boolean'}
-        query = d.query.into(t).columns(*row).insert(*[sqlbuild.Bound(d.adapt(kinds.get(k, 'text'), v))
+        query = d.into(t).columns(*row).insert(*[sqlbuild.Bound(d.adapt(kinds.get(k, 'text'), v))
                                                       for k, v in row.items()])
         tx.execute(*d.render(query))
 
@@ -58,21 +58,21 @@ class Accounts:
         d = self.db.dialect
         orgs = Table('organizations')
         with self.db.transaction() as tx:
-            return tx.rows(*d.render(d.query.from_(orgs).select(orgs.id, orgs.name).orderby(orgs.created_at)))
+            return tx.rows(*d.render(d.from_(orgs).select(orgs.id, orgs.name).orderby(orgs.created_at)))
 
     def ensure_user(self, tx, org_id, email, admin=False):
         """The id of the CRM user with `email` in `org_id`, created if needed."""
         d = self.db.dialect
         users = Table('crm_users')
-        found = tx.one(*d.render(d.query.from_(users).select(users.id, users.administrator).where(
+        found = tx.one(*d.render(d.from_(users).select(users.id, users.administrator).where(
             (users.organization_id == sqlbuild.Bound(org_id)) & (users.email == sqlbuild.Bound(email)))))
         if found:
             if admin and not found[1]:
-                tx.execute(*d.render(d.query.update(users).set(users.administrator, sqlbuild.Bound(
+                tx.execute(*d.render(d.update(users).set(users.administrator, sqlbuild.Bound(
                     d.adapt('boolean', True))).where(users.id == sqlbuild.Bound(found[0]))))
             return found[0]
         orgs = Table('organizations')
-        if tx.one(*d.render(d.query.from_(orgs).select(orgs.id).where(orgs.id == sqlbuild.Bound(org_id)))) is None:
+        if tx.one(*d.render(d.from_(orgs).select(orgs.id).where(orgs.id == sqlbuild.Bound(org_id)))) is None:
             raise LookupError(f'no organization {org_id}')
         user_id = new_id('u_')
         now = self.clock()
@@ -96,13 +96,13 @@ class Accounts:
             raise Unauthorized('A valid bearer token is required')
         d = self.db.dialect
         tokens, users = Table('api_tokens'), Table('crm_users')
-        query = (d.query.from_(tokens).join(users).on(
+        sql = d.memo('authenticate', lambda: d.from_(tokens).join(users).on(
             (users.organization_id == tokens.organization_id) & (users.id == tokens.user_id))
             .select(tokens.id, tokens.organization_id, tokens.user_id, users.administrator,
                     users.disabled, tokens.revoked_at, tokens.expires_at, tokens.last_used_at)
-            .where(tokens.token_hash == sqlbuild.Bound(token_digest(token))))
+            .where(tokens.token_hash == sqlbuild.Bound(None)))
         with self.db.transaction() as tx:
-            row = tx.one(*d.render(query))
+            row = tx.one(sql, [token_digest(token)])
         if row is None:
             raise Unauthorized('A valid bearer token is required')
         token_id, org_id, user_id, admin, disabled, revoked_at, expires_at, last_used_at = row
@@ -122,7 +122,7 @@ class Accounts:
         d = self.db.dialect
         tokens = Table('api_tokens')
         ts = lambda value: sqlbuild.Bound(d.adapt('timestamp', value))  # noqa: E731
-        query = d.query.update(tokens).set(tokens.last_used_at, ts(now)).where(
+        query = d.update(tokens).set(tokens.last_used_at, ts(now)).where(
             (tokens.id == sqlbuild.Bound(token_id))
             & (tokens.last_used_at.isnull() | (tokens.last_used_at < ts(now - TOUCH_INTERVAL))))
         with self.db.transaction(write=True) as tx:
@@ -132,7 +132,7 @@ class Accounts:
         """(id, email, created, last used, expires, revoked) per token of `org_id`; never a secret."""
         d = self.db.dialect
         tokens, users = Table('api_tokens'), Table('crm_users')
-        query = (d.query.from_(tokens).join(users).on(
+        query = (d.from_(tokens).join(users).on(
             (users.organization_id == tokens.organization_id) & (users.id == tokens.user_id))
             .select(tokens.id, users.email, tokens.created_at, tokens.last_used_at, tokens.expires_at,
                     tokens.revoked_at)
@@ -145,11 +145,11 @@ class Accounts:
         """Revoke a token by id; its next request fails. Returns False if there is no such token."""
         d = self.db.dialect
         tokens = Table('api_tokens')
-        query = d.query.update(tokens).set(tokens.revoked_at, sqlbuild.Bound(d.adapt('timestamp', self.clock()))) \
+        query = d.update(tokens).set(tokens.revoked_at, sqlbuild.Bound(d.adapt('timestamp', self.clock()))) \
             .where((tokens.id == sqlbuild.Bound(token_id)) & tokens.revoked_at.isnull())
         with self.db.transaction(write=True) as tx:
             changed = tx.execute(*d.render(query))
-            exists = tx.one(*d.render(d.query.from_(tokens).select(tokens.id).where(
+            exists = tx.one(*d.render(d.from_(tokens).select(tokens.id).where(
                 tokens.id == sqlbuild.Bound(token_id))))
         return changed > 0 or exists is not None
 

@@ -8,6 +8,8 @@ import contextlib
 import datetime as dt
 import json
 import os
+
+import orjson
 import sqlite3
 import threading
 from decimal import Decimal
@@ -87,7 +89,7 @@ def _sqlite_adapt(kind, value):
 
 def _sqlite_json(value):
     # NOTE: a JSONB column has NUMERIC affinity on SQLite, so a bare JSON number comes back as one.
-    return json.loads(value) if isinstance(value, str) else value
+    return orjson.loads(value) if isinstance(value, str) else value
 
 
 class SQLiteDatabase(Database):
@@ -231,6 +233,8 @@ class PostgresDatabase(Database):
         self._local = threading.local()
 
     def _configure(self, conn):
+        from psycopg.types.json import set_json_loads
+        set_json_loads(orjson.loads, conn)
         conn.execute(f'SET statement_timeout = {int(self.statement_timeout_ms)}')
         conn.execute("SET TIME ZONE 'UTC'")
         conn.commit()

@@ -4,6 +4,7 @@ Python holds only policy: which tables are resources, their id prefixes, how a d
 which columns the server manages and where references point. Every column name, type,
 nullability and default comes from `information_schema` or `PRAGMA table_xinfo`, once at start-up.
 """
+import functools
 import re
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -100,6 +101,11 @@ class TableInfo:
     @property
     def slug(self):
         return self.spec.slug
+
+    @functools.cached_property
+    def shape_key(self):
+        """What a statement over this table depends on besides its values (see sqlbuild)."""
+        return (self.spec.table, tuple((c.name, c.kind, c.nullable) for c in self.columns.values()))
 
     @property
     def writable(self):

@@ -24,17 +24,17 @@ def where_of(d, **params):
 def test_list_scopes_to_the_organization_hides_archived_and_ends_with_id():
     lq = parse_list({'range': '[50,59]'}, CONTACTS)
     assert sqlbuild.build_list(SQLITE, CONTACTS, 'org_1', lq) == (
-        SELECT + 'WHERE "organization_id"=? AND "archived_at" IS NULL ORDER BY "id" ASC LIMIT 10 OFFSET 50',
-        ['org_1'])
+        SELECT + 'WHERE "organization_id"=? AND "archived_at" IS NULL ORDER BY "id" ASC LIMIT ? OFFSET ?',
+        ['org_1', 10, 50])
 
 
 def test_postgres_spells_out_sqlites_null_order():
     lq = parse_list({'sort': '["last_name","DESC"]'}, CONTACTS)
     sql, _ = sqlbuild.build_list(POSTGRES, CONTACTS, 'org_1', lq)
-    assert sql.endswith('ORDER BY "last_name" DESC NULLS LAST,"id" DESC LIMIT 25')
+    assert sql.endswith('ORDER BY "last_name" DESC NULLS LAST,"id" DESC LIMIT %s OFFSET %s')
     lq = parse_list({'sort': 'created_at'}, CONTACTS)
     sql, _ = sqlbuild.build_list(POSTGRES, CONTACTS, 'org_1', lq)
-    assert sql.endswith('ORDER BY "created_at" ASC,"id" ASC LIMIT 25'), 'NOT NULL columns need no NULLS clause'
+    assert sql.endswith('ORDER BY "created_at" ASC,"id" ASC LIMIT %s OFFSET %s'), 'NOT NULL columns need no NULLS clause'
 
 
 def test_an_unnarrowed_total_reads_the_live_row_counter():
@@ -118,3 +118,27 @@ def test_insert_update_and_delete_return_the_record():
     sql, values = sqlbuild.build_delete(SQLITE, CONTACTS, 'org_1', ['c_1', 'c_2'])
     assert sql.startswith('DELETE FROM "contacts" WHERE "organization_id"=? AND "id" IN (?,?) RETURNING')
     assert values == ['org_1', 'c_1', 'c_2']
+
+
+@pytest.mark.parametrize('params', [
+    {'filter': {'status': 'a', 'first_name': ['x', None]}, 'sort': 'last_name'},
+    {'filters': [{'field': 'tags', 'op': 'in', 'value': ['t1', 't2']},
+                 {'field': 'first_name', 'op': 'not_contains', 'value': '50%', 'logicalOp': 'or'},
+                 {'field': 'amount', 'op': 'gte', 'value': 1.5}], 'filter': {'q': 'x'}},
+    {'sorts': [{'field': 'last_name', 'order': 'DESC'}, {'field': 'due', 'order': 'ASC'}], 'range': [5, 9]},
+])
+def test_a_cached_shape_binds_new_values_exactly_as_a_fresh_render(params, monkeypatch):
+    """The second request of a shape reuses its SQL; its parameters must be the ones a render gives."""
+    def values_of(variant):
+        encoded = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
+        return parse_list({k: v.replace('"a"', f'"{variant}"').replace('"x"', f'"{variant}"')
+                           for k, v in encoded.items()}, CONTACTS)
+    for d in (SQLITE, POSTGRES):
+        first = sqlbuild.build_list(d, CONTACTS, 'org_1', values_of('first'))
+        cached = sqlbuild.build_list(d, CONTACTS, 'org_2', values_of('second'))
+        monkeypatch.setattr(sqlbuild, '_STATEMENTS', {})
+        fresh = sqlbuild.build_list(d, CONTACTS, 'org_2', values_of('second'))
+        monkeypatch.undo()
+        assert cached[0] == fresh[0] == first[0]
+        assert [getattr(v, 'obj', v) for v in cached[1]] == [getattr(v, 'obj', v) for v in fresh[1]]
+        assert 'org_2' in cached[1] and 'org_1' not in cached[1]
