@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS companies (
     archived_at TIMESTAMPTZ,
     UNIQUE (organization_id, id)
 );
-CREATE INDEX IF NOT EXISTS companies_org_name ON companies (organization_id, name, id);
+CREATE INDEX IF NOT EXISTS companies_org_name ON companies (organization_id, name, id) WHERE archived_at IS NULL;
 
 CREATE TABLE IF NOT EXISTS contacts (
     id TEXT PRIMARY KEY,
@@ -80,12 +80,13 @@ CREATE TABLE IF NOT EXISTS contacts (
     FOREIGN KEY (organization_id, company_id) REFERENCES companies (organization_id, id)
 );
 -- Composite indexes that lead with the organization and end with id serve the documented
--- filter + sort combinations without sorting the matches. (PostgreSQL indexes the nullable
+-- filter + sort combinations without sorting the matches; they hold live rows only, so counts
+-- and skipped rows are read from the index alone. (PostgreSQL indexes the nullable
 -- sort columns NULLS FIRST, the order crmapi lists in: see crmapi/migrations/0003_*.postgresql.sql.)
-CREATE INDEX IF NOT EXISTS contacts_org_last_name ON contacts (organization_id, last_name, id);
-CREATE INDEX IF NOT EXISTS contacts_org_city_last_name ON contacts (organization_id, city, last_name, id);
-CREATE INDEX IF NOT EXISTS contacts_org_status_last_name ON contacts (organization_id, status, last_name, id);
-CREATE INDEX IF NOT EXISTS contacts_org_created ON contacts (organization_id, created_at, id);
+CREATE INDEX IF NOT EXISTS contacts_org_last_name ON contacts (organization_id, last_name, id) WHERE archived_at IS NULL;
+CREATE INDEX IF NOT EXISTS contacts_org_city_last_name ON contacts (organization_id, city, last_name, id) WHERE archived_at IS NULL;
+CREATE INDEX IF NOT EXISTS contacts_org_status_last_name ON contacts (organization_id, status, last_name, id) WHERE archived_at IS NULL;
+CREATE INDEX IF NOT EXISTS contacts_org_created ON contacts (organization_id, created_at, id) WHERE archived_at IS NULL;
 CREATE INDEX IF NOT EXISTS contacts_org_company ON contacts (organization_id, company_id);
 CREATE INDEX IF NOT EXISTS contacts_org_email ON contacts (organization_id, email);
 
@@ -108,7 +109,7 @@ CREATE TABLE IF NOT EXISTS deals (
 );
 CREATE INDEX IF NOT EXISTS deals_org_company ON deals (organization_id, company_id);
 CREATE INDEX IF NOT EXISTS deals_org_status ON deals (organization_id, status);
-CREATE INDEX IF NOT EXISTS deals_org_created ON deals (organization_id, created_at, id);
+CREATE INDEX IF NOT EXISTS deals_org_created ON deals (organization_id, created_at, id) WHERE archived_at IS NULL;
 
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
