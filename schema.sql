@@ -82,7 +82,7 @@ CREATE TABLE IF NOT EXISTS contacts (
 -- Composite indexes that lead with the organization and end with id serve the documented
 -- filter + sort combinations without sorting the matches; they hold live rows only, so counts
 -- and skipped rows are read from the index alone. (PostgreSQL indexes the nullable
--- sort columns NULLS FIRST, the order crmapi lists in: see crmapi/migrations/0003_*.postgresql.sql.)
+-- sort columns NULLS FIRST, the order crmapi lists in: see crmapi/migrations/0004_list_indexes.postgresql.sql.)
 CREATE INDEX IF NOT EXISTS contacts_org_last_name ON contacts (organization_id, last_name, id) WHERE archived_at IS NULL;
 CREATE INDEX IF NOT EXISTS contacts_org_city_last_name ON contacts (organization_id, city, last_name, id) WHERE archived_at IS NULL;
 CREATE INDEX IF NOT EXISTS contacts_org_status_last_name ON contacts (organization_id, status, last_name, id) WHERE archived_at IS NULL;
@@ -284,4 +284,4 @@ CREATE TABLE IF NOT EXISTS row_counts (
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (3);
+INSERT INTO schema_version (version) VALUES (4);
