@@ -54,6 +54,15 @@ class Sql(Criterion):
 
 TRUE, FALSE = Sql('1=1'), Sql('1=0')
 _STATEMENTS = {}
+MAX_STATEMENTS = 10_000
+
+
+def _remember(key, sql):
+    """Cache a statement's SQL; clients choose shapes, so the cache is bounded."""
+    if len(_STATEMENTS) >= MAX_STATEMENTS:
+        _STATEMENTS.clear()
+    _STATEMENTS[key] = sql
+    return sql
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ class Dialect:
         caller passes again as params, in the same order."""
         sql = _STATEMENTS.get((self.name, key))
         if sql is None:
-            sql = _STATEMENTS[(self.name, key)] = self.render(build())[0]
+            sql = _remember((self.name, key), self.render(build())[0])
         return sql
 
 
@@ -351,7 +360,7 @@ def _shaped(d, key, build, condition, extra):
     sql, params = d.render(query)
     params = [*params, *extra]
     if len(params) == len(bounds) + len(extra) and all(a is b for a, b in zip(params, bounds)):
-        _STATEMENTS[(d.name, key)] = sql
+        _remember((d.name, key), sql)
     return sql, params
 
 

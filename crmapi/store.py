@@ -51,13 +51,15 @@ class Store:
     # -- reading -----------------------------------------------------------------------------------
 
     def reader(self, info):
-        """Raw row tuple -> record dict, compiled once per table."""
-        key = id(info)
-        if key not in self._readers:
+        """Raw row tuple -> record dict, compiled once per table shape."""
+        read = self._readers.get(info.shape_key)
+        if read is None:
+            if len(self._readers) > 1000:  # custom objects make new shapes; keep this bounded
+                self._readers.clear()
             names = sqlbuild.output_columns(info)
             convert = self.db.reader([info.columns[n].kind for n in names])
-            self._readers[key] = (info, lambda row: dict(zip(names, convert(row))))
-        return self._readers[key][1]
+            read = self._readers[info.shape_key] = lambda row: dict(zip(names, convert(row)))
+        return read
 
     def _fetch(self, tx, info, principal, record_id, for_update=False):
         row = tx.one(*sqlbuild.build_get(self.db.dialect, info, principal.org_id, record_id, for_update))
@@ -117,7 +119,7 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def _check_writable(self, info, principal, method):
+    def _check_writable(self, info, principal):
         if info.spec.read_only:
             raise MethodNotAllowed(f"Resource '{info.slug}' is read-only", allow=['GET'])
         if info.spec.admin_writes and not principal.is_admin:
@@ -165,7 +167,7 @@ class Store:
         return changes
 
     def create(self, info, principal, body):
-        self._check_writable(info, principal, 'POST')
+        self._check_writable(info, principal)
         row = self.prepare(info, body, creating=True)
         row = {'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id, **row}
         self._stamp(info, row, 'created_at', 'updated_at')
@@ -176,7 +178,7 @@ class Store:
             return created
 
     def update(self, info, principal, record_id, body):
-        self._check_writable(info, principal, 'PUT')
+        self._check_writable(info, principal)
         changes = self.prepare(info, body, creating=False)
         with self.db.transaction(write=True) as tx:
             if not changes:
@@ -192,7 +194,7 @@ class Store:
 
     def delete(self, info, principal, record_id):
         """Archive, disable or delete for good, as the resource's policy says."""
-        self._check_writable(info, principal, 'DELETE')
+        self._check_writable(info, principal)
         mode = info.spec.delete
         with self.db.transaction(write=True) as tx:
             if mode == 'archive':
@@ -209,7 +211,7 @@ class Store:
         mode = info.spec.delete
         if mode == 'hard' or info.spec.read_only:
             raise MethodNotAllowed(f"Records of '{info.slug}' cannot be restored", allow=[])
-        self._check_writable(info, principal, 'POST')
+        self._check_writable(info, principal)
         with self.db.transaction(write=True) as tx:
             if mode == 'archive':
                 return self._set_flag(tx, info, principal, record_id, 'archived_at', None)
