@@ -53,9 +53,37 @@ def database(backend, tmp_path_factory):
     db.close()
 
 
+LEAK_MARKERS = ('Traceback', 'File "', 'psycopg', 'sqlite3', 'OperationalError', 'IntegrityError',
+                'ProgrammingError', 'DataError')
+
+
+class NoLeaks:
+    """WSGI middleware for the whole suite: no error answer may show a traceback or a driver."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        seen = {}
+
+        def remember(status, headers, exc_info=None):
+            seen['status'] = status
+            return start_response(status, headers, exc_info)
+        result = self.app(environ, remember)
+        try:
+            body = b''.join(result)
+        finally:
+            getattr(result, 'close', lambda: None)()
+        if int(seen['status'][:3]) >= 400:
+            text = body.decode('utf-8', 'replace')
+            leaked = [m for m in LEAK_MARKERS if m in text]
+            assert not leaked, f'error body leaks {leaked}: {text[:300]}'
+        return [body]
+
+
 @pytest.fixture(scope='session')
 def wsgi_app(database):
-    return create_app(Settings(database_url='injected', access_log=False), db=database)
+    return NoLeaks(create_app(Settings(database_url='injected', access_log=False), db=database))
 
 
 class Client:

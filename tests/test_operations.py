@@ -114,3 +114,40 @@ def test_backup_copies_a_live_sqlite_database(tmp_path):
     assert copy.execute('PRAGMA integrity_check').fetchone() == ('ok',)
     assert copy.execute('SELECT COUNT(*) FROM contacts').fetchone() == (40,)
     assert copy.execute("SELECT COUNT(*) FROM contacts WHERE city = 'Mid-transaction'").fetchone() == (0,)
+
+
+def test_a_database_too_slow_to_answer_is_503_with_retry_after(backend, database, api):
+    """PostgreSQL: a query over statement_timeout. SQLite: a write that cannot get the lock within
+    the busy timeout. Either is a 503 with Retry-After, never a hang or a 500."""
+    import webtest
+    from crmapi import create_app
+    from crmapi.config import Settings
+    from crmapi.db import PostgresDatabase
+    from crmapi.db import SQLiteDatabase
+    if backend == 'postgresql':
+        with database.transaction(write=True) as tx:
+            tx.execute("INSERT INTO contacts (id, organization_id, last_name, tags, created_at, updated_at) "
+                       "SELECT 'c_slow' || g, %s, 'n' || g, '[]', now(), now() FROM generate_series(1, 200000) g",
+                       (api.org_id,))
+        db = PostgresDatabase(database.url)
+        settings = Settings(database_url='injected', access_log=False, statement_timeout_ms=1)
+        blocker = None
+    else:
+        db = SQLiteDatabase(database.path, busy_timeout_ms=100)
+        settings = Settings(database_url='injected', access_log=False)
+        blocker = sqlite3.connect(database.path, isolation_level=None)
+        blocker.execute('BEGIN IMMEDIATE')  # another process holds the write lock
+    try:
+        app = webtest.TestApp(create_app(settings, db=db))
+        if blocker is None:
+            resp = app.get('/api/contacts', {'filters': '[{"field":"last_name","op":"contains","value":"zz"}]'},
+                           headers=api.headers, status=503)
+        else:
+            resp = app.post_json('/api/tags', {'name': 'blocked'}, headers=api.headers, status=503)
+        assert_problem(resp, 503)
+        assert resp.headers['Retry-After']
+    finally:
+        if blocker is not None:
+            blocker.rollback()
+            blocker.close()
+        db.close()
