@@ -54,7 +54,7 @@ def list_params(req, resource):
         return req.params
     m = _RANGE_HEADER.match(header)
     if not m or m.group(1) != resource:
-        raise query.InvalidParam(f"The Range header is '{resource}=<start>-<end>'", param='Range')
+        raise InvalidParam(f"The Range header is '{resource}=<start>-<end>'", param='Range')
     return {**req.params, 'range': f'[{m.group(2)},{m.group(3)}]'}
 
 
