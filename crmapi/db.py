@@ -12,6 +12,8 @@ import os
 import orjson
 import sqlite3
 import threading
+import time
+import weakref
 from decimal import Decimal
 from urllib.parse import unquote
 from urllib.parse import urlparse
@@ -213,6 +215,9 @@ def _pg_adapt(kind, value):
     return value
 
 
+IDLE = 0  # psycopg.pq.TransactionStatus.IDLE, without importing psycopg for SQLite users
+
+
 class PostgresDatabase(Database):
     """The production engine: a psycopg 3 pool per process, connections checked before use."""
 
@@ -231,13 +236,24 @@ class PostgresDatabase(Database):
         self._pool, self._pid = None, None
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._last_used = weakref.WeakKeyDictionary()
 
     def _configure(self, conn):
         from psycopg.types.json import set_json_loads
         set_json_loads(orjson.loads, conn)
+        # NOTE: reads run statement by statement (no BEGIN/COMMIT round trips); every write
+        # opens a real transaction in transaction() below.
+        conn.autocommit = True
         conn.execute(f'SET statement_timeout = {int(self.statement_timeout_ms)}')
         conn.execute("SET TIME ZONE 'UTC'")
-        conn.commit()
+
+    def _check(self, conn):
+        """Ping a pooled connection before use unless it served a request within the last second:
+        a restart still costs at most one failed request per connection, a busy pool no round trip."""
+        last = self._last_used.get(conn)
+        if last is None or time.monotonic() - last > 1.0:
+            from psycopg_pool import ConnectionPool
+            ConnectionPool.check_connection(conn)
 
     def pool(self):
         if self._pid != os.getpid():
@@ -245,24 +261,32 @@ class PostgresDatabase(Database):
                 if self._pid != os.getpid():
                     from psycopg_pool import ConnectionPool
                     self._pool = ConnectionPool(
-                        self.url, configure=self._configure, check=ConnectionPool.check_connection,
-                        open=True, **self.pool_args)
+                        self.url, configure=self._configure, check=self._check, open=True, **self.pool_args)
                     self._pid = os.getpid()
         return self._pool
 
     @contextlib.contextmanager
     def transaction(self, write=False):
-        """A transaction; inside another one on this thread, the same transaction (joined)."""
+        """A transaction for writes (a plain connection for reads); inside another one on this
+        thread, the same connection, and a write inside a read still gets its transaction."""
         current = getattr(self._local, 'conn', None)
         if current is not None:
-            yield Tx(current.cursor())
+            if write and current.info.transaction_status == IDLE:
+                with current.transaction():
+                    yield Tx(current.cursor())
+            else:
+                yield Tx(current.cursor())
             return
         with translate_errors():
             with self.pool().connection() as conn:
                 self._local.conn = conn
                 try:
-                    with conn.transaction():
+                    if write:
+                        with conn.transaction():
+                            yield Tx(conn.cursor())
+                    else:
                         yield Tx(conn.cursor())
+                    self._last_used[conn] = time.monotonic()
                 finally:
                     self._local.conn = None
 
