@@ -672,7 +672,7 @@ def report(a, results, memory, loads, pg_url, started):
              f'- command: `{" ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])}`',
              f'- load: wrk -t{a.wrk_threads} -c{a.connections}, {a.warmup}s warm-up + {a.duration} per cell, '
              f'loopback; servers: gunicorn --workers {a.workers} -k gthread --threads {a.threads_per_worker} '
-             f'--keep-alive 5 (all three)',
+             f'--keep-alive 5 (all three; the peer: wattpm, runtime workers = --workers)',
              '- data set preparation (bench/load_data.py and/or crmapi init-db, when over 5 s): ' +
              (', '.join(f'{db} {s:.0f} s' for db, s in loads.items()) or 'reused an existing data set'),
              '', 'req/s, latency p50/p99 in ms; ratio = crmapi req/s ÷ floor-sql req/s; static = fixed 25-record '
