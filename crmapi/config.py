@@ -9,6 +9,13 @@ def _env(name, default, cast=str):
     return default if raw in (None, '') else cast(raw)
 
 
+def _synchronous(raw):
+    value = raw.strip().upper()
+    if value not in ('FULL', 'NORMAL', 'EXTRA'):
+        raise ValueError(f'CRMAPI_SQLITE_SYNCHRONOUS is FULL, NORMAL or EXTRA, not {raw!r}')
+    return value
+
+
 def _origins(raw):
     return tuple(o.strip() for o in raw.split(',') if o.strip())
 
@@ -25,6 +32,7 @@ class Settings:
     pool_max_size: int = 4
     pool_timeout_s: float = 10.0
     access_log: bool = True
+    sqlite_synchronous: str = 'FULL'
     extra: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self):
@@ -44,6 +52,7 @@ class Settings:
             pool_max_size=_env('CRMAPI_POOL_MAX_SIZE', cls.pool_max_size, int),
             pool_timeout_s=_env('CRMAPI_POOL_TIMEOUT_S', cls.pool_timeout_s, float),
             access_log=_env('CRMAPI_ACCESS_LOG', cls.access_log, lambda v: v.lower() not in ('0', 'false', 'no')),
+            sqlite_synchronous=_env('CRMAPI_SQLITE_SYNCHRONOUS', cls.sqlite_synchronous, _synchronous),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
