@@ -165,6 +165,10 @@ def _in(d, field, column, values):
 def _not_in(d, field, column, values):
     if not values:
         return TRUE
+    if None in values:
+        # NOTE: null is one of the values left out, so NULL rows are left out too.
+        rest = [v for v in values if v is not None]
+        return field.notnull() if not rest else field.notnull() & Sql('NOT ({0})', _in(d, field, column, rest))
     return _negate(field, _in(d, field, column, values))
 
 
