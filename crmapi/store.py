@@ -6,6 +6,7 @@ transaction, so a failure leaves nothing half-written.
 """
 import datetime as dt
 import os
+import threading
 import time
 
 from . import sqlbuild
@@ -23,9 +24,23 @@ _CROCKFORD = '0123456789abcdefghjkmnpqrstvwxyz'
 MAX_MERGE_SOURCES = 100
 
 
+_last_id = [0, 0]
+_id_lock = threading.Lock()
+
+
 def new_id(prefix):
-    """Prefix + 26 Crockford base32 characters: 48 bits of milliseconds, then 80 random bits."""
-    n = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), 'big')
+    """Prefix + 26 Crockford base32 characters: 48 bits of milliseconds, then 80 random bits.
+
+    Within one process ids only grow: a second id in the same millisecond is the last one plus 1.
+    """
+    with _id_lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_id[0]:
+            ms, rand = _last_id[0], _last_id[1] + 1
+        else:
+            rand = int.from_bytes(os.urandom(10), 'big') >> 1  # room to count up within the millisecond
+        _last_id[:] = [ms, rand]
+    n = ms << 80 | rand
     chars = []
     for _ in range(26):
         n, r = divmod(n, 32)
