@@ -116,11 +116,10 @@ class CustomObjects:
         read = self.store.reader(self.info)
         return [read(r) for r in tx.rows(*sqlbuild.build_list(self.db.dialect, self.info, org_id, lq))]
 
-    def definitions(self, org_id, include_archived=True, tx=None):
-        if tx is None:
-            with self.db.transaction() as tx:
-                return self._query(tx, org_id, include_archived=include_archived)
-        return self._query(tx, org_id, include_archived=include_archived)
+    def definitions(self, org_id, include_archived=True):
+        """Every definition of `org_id` (inside a caller's transaction, that same transaction)."""
+        with self.db.transaction() as tx:
+            return self._query(tx, org_id, include_archived=include_archived)
 
     def get(self, org_id, slug):
         with self.db.transaction() as tx:

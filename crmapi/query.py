@@ -112,9 +112,7 @@ def check_value(column, value, param, limits):
     if isinstance(value, str) and len(value) > limits.max_value_length:
         raise InvalidParam(f"A value for '{column.name}' is longer than {limits.max_value_length} characters",
                            param=param, field=column.name)
-    target = column
-    if column.kind == 'array':
-        target = column.__class__(column.name, 'text', True, None, False)
+    target = replace(column, kind='text') if column.kind == 'array' else column
     try:
         return values.check(target, value)
     except InvalidValue as exc:
