@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from . import sqlbuild
+from . import values
 from .errors import Conflict
 from .errors import Forbidden
 from .errors import InvalidBody
@@ -32,7 +33,20 @@ FIELD_TYPES = {
 ROUTE_NAMES = frozenset({'schema', 'merge_contacts', 'custom_objects', 'openapi', 'docs'})
 NAME = re.compile(r'[a-z][a-z0-9_]{0,62}\Z')
 RECORD_PREFIX = 'rec_'
-MAX_FIELDS = 200
+MAX_FIELDS = 200     # fields of one definition
+MAX_OBJECTS = 100    # definitions of one organization, archived ones included (their tables exist)
+# NOTE: PostgreSQL's system columns (and `oid`, one before version 12) cannot be column names there;
+# SQLite's rowid aliases can, but then shadow the row id. A field name must work on both databases.
+SYSTEM_COLUMNS = frozenset({'xmin', 'xmax', 'cmin', 'cmax', 'ctid', 'tableoid', 'oid', 'rowid', '_rowid_'})
+FILTER_WORDS = frozenset({'q', 'include_archived'})  # `filter` keys that mean search and archive
+# Each member of a field object: the JSON types it may have, and how a detail names them.
+FIELD_MEMBERS = {
+    'name': ((str,), 'a string'), 'type': ((str,), 'a string'), 'required': ((bool,), 'true or false'),
+    'target': ((str, type(None)), 'a string'), 'label': ((str, type(None)), 'a string or null'),
+}
+BODY_MEMBERS = frozenset({'slug', 'label', 'fields'})
+# What GET answers besides BODY_MEMBERS: a definition read back may be sent back; these are ignored.
+READ_ONLY_MEMBERS = frozenset({'id', 'version', 'created_at', 'updated_at', 'archived_at'})
 
 
 @dataclass(frozen=True)
@@ -64,38 +78,78 @@ def check_name(name, what, field):
         raise InvalidValue(f"{what} '{name}' is an SQL keyword; choose another name", field=field)
     if name in SERVER_MANAGED:
         raise InvalidValue(f"{what} '{name}' is a column the server manages; choose another name", field=field)
+    if field == 'fields' and name in SYSTEM_COLUMNS | FILTER_WORDS:
+        raise InvalidValue(f"{what} '{name}' is reserved by a database or by the list query language; "
+                           'choose another name', field=field)
     if field == 'slug' and (name in BUILTIN or name in ROUTE_NAMES):
         raise InvalidValue(f"Slug '{name}' is taken by a built-in resource or route", field=field)
     return name
 
 
-def parse_fields(raw):
+def check_body(body):
+    """A definition is a JSON object of known members (their values are checked one by one later)."""
+    if not isinstance(body, dict):
+        raise InvalidBody('The request body must be a JSON object')
+    unknown = sorted(set(body) - BODY_MEMBERS - READ_ONLY_MEMBERS)
+    if unknown:
+        raise InvalidValue(f"A custom object has no member '{unknown[0]}'; send 'slug', 'label' and 'fields'",
+                           field=unknown[0])
+    return body
+
+
+def _check_field_shape(item, index):
+    """Every member of a field object has its JSON type, before any of them is compared or hashed."""
+    where = f'fields[{index}]'
+    if not isinstance(item, dict):
+        raise InvalidValue(f"{where} must be an object with 'name' and 'type'", field='fields')
+    if isinstance(item.get('name'), str):
+        where += f" ('{item['name']}')"
+    for key, value in item.items():
+        if key not in FIELD_MEMBERS:
+            raise InvalidValue(f"{where} has no member '{key}'; a field has {', '.join(FIELD_MEMBERS)}",
+                               field='fields')
+        types, described = FIELD_MEMBERS[key]
+        if not isinstance(value, types):
+            raise InvalidValue(f"{where}: '{key}' must be {described}", field='fields')
+    if 'name' not in item or 'type' not in item:
+        raise InvalidValue(f"{where} needs a 'name' and a 'type'", field='fields')
+
+
+def parse_field(item, index, known=frozenset()):
+    """One field object of a request; a name in `known` (a field already stored) is taken as it is."""
+    _check_field_shape(item, index)
+    name = item['name'] if item['name'] in known else check_name(item['name'], 'Field name', 'fields')
+    ftype, target = item['type'], item.get('target')
+    if ftype not in FIELD_TYPES:
+        raise InvalidValue(f"Field '{name}' has type {ftype!r}; use one of {', '.join(FIELD_TYPES)}", field='fields')
+    if ftype == 'reference' and target is None:
+        raise InvalidValue(f"Reference field '{name}' needs a 'target' resource", field='fields')
+    if ftype != 'reference' and target is not None:
+        raise InvalidValue(f"Only reference fields have a 'target' ('{name}' is {ftype})", field='fields')
+    return Field(name, ftype, item.get('required', False), target, item.get('label'))
+
+
+def parse_fields(raw, known=frozenset()):
+    """The fields a request asks for, every member checked (validate what is asked)."""
     if not isinstance(raw, list) or len(raw) > MAX_FIELDS:
         raise InvalidValue(f"'fields' must be an array of at most {MAX_FIELDS} field objects", field='fields')
     fields, seen = [], set()
-    for item in raw:
-        if not isinstance(item, dict):
-            raise InvalidValue("Each field is an object with 'name' and 'type'", field='fields')
-        name = check_name(item.get('name'), 'Field name', 'fields')
-        if name in seen:
-            raise InvalidValue(f"Field '{name}' is defined twice", field='fields')
-        seen.add(name)
-        ftype = item.get('type')
-        if ftype not in FIELD_TYPES:
-            raise InvalidValue(f"Field '{name}' has type {ftype!r}; use one of {', '.join(FIELD_TYPES)}",
-                               field='fields')
-        required = item.get('required', False)
-        label = item.get('label')
-        if not isinstance(required, bool) or (label is not None and not isinstance(label, str)):
-            raise InvalidValue(f"Field '{name}': 'required' is a boolean and 'label' a string", field='fields')
-        target = item.get('target')
-        if ftype == 'reference':
-            if not isinstance(target, str):
-                raise InvalidValue(f"Reference field '{name}' needs a 'target' resource", field='fields')
-        elif target is not None:
-            raise InvalidValue(f"Only reference fields have a 'target' ('{name}' is {ftype})", field='fields')
-        fields.append(Field(name, ftype, required, target, label))
+    for index, item in enumerate(raw):
+        field = parse_field(item, index, known)
+        if field.name in seen:
+            raise InvalidValue(f"Field '{field.name}' is defined twice", field='fields')
+        seen.add(field.name)
+        fields.append(field)
     return fields
+
+
+def load_fields(stored):
+    """The fields of a stored definition, as stored (load what is stored).
+
+    NOTE: never re-validated: a rule or limit made stricter later (or a definition an older server
+    let grow past one) must not turn every request that reads the definition into a 400.
+    """
+    return [Field(f['name'], f['type'], f.get('required', False), f.get('target'), f.get('label')) for f in stored]
 
 
 class CustomObjects:
@@ -126,10 +180,20 @@ class CustomObjects:
             return self.to_json(self._definition(tx, org_id, slug))
 
     def _definition(self, tx, org_id, slug):
-        rows = self._query(tx, org_id, slug)
+        rows = self._query(tx, org_id, slug) if isinstance(slug, str) else []
         if not rows:
             raise NotFound(f"No custom object '{slug}'", param='slug')
         return rows[0]
+
+    def _locked(self, tx, org_id, slug):
+        """The definition, its row locked until `tx` ends, so changes of one definition take turns.
+
+        NOTE: SQLite's BEGIN IMMEDIATE already serialises writers. On PostgreSQL the row is read
+        again FOR UPDATE: a change that waited for another reads what that one committed.
+        """
+        found = self._definition(tx, org_id, slug)
+        row = tx.one(*sqlbuild.build_get(self.db.dialect, self.info, org_id, found['id'], for_update=True))
+        return self.store.reader(self.info)(row)
 
     def table_for(self, org_id, slug, include_archived=False):
         """The TableInfo of `org_id`'s custom object `slug`, or None. One indexed lookup a call."""
@@ -146,7 +210,7 @@ class CustomObjects:
         if info is None:
             if len(self._tables) > 1000:
                 self._tables.clear()
-            fields = parse_fields(definition['fields'])
+            fields = load_fields(definition['fields'])
             spec = ResourceSpec(definition['slug'], RECORD_PREFIX, table=definition['table_name'],
                                 delete='archive',
                                 references={f.name: f.target for f in fields if f.type == 'reference'})
@@ -179,8 +243,20 @@ class CustomObjects:
                                    'built-in resource nor one of your custom objects', field='fields')
 
     def _columns_ddl(self, tx, table, fields):
+        """Add each field's column, and a reference's index.
+
+        NOTE: a column the definition lacks may exist (an older server lost a concurrent field
+        addition, or an operator added it): it is taken over when its type fits, else a 409.
+        """
+        columns = self.db.introspect([table]).get(table, [])
+        existing = {name: values.kind_of(declared)[0] for name, declared, _, _ in columns}
         for f in fields:
-            tx.execute(sqlbuild.build_add_column(table, f.name, FIELD_TYPES[f.type]))
+            kind = existing.get(f.name)
+            if kind is None:
+                tx.execute(sqlbuild.build_add_column(table, f.name, FIELD_TYPES[f.type]))
+            elif kind != values.kind_of(FIELD_TYPES[f.type])[0]:
+                raise Conflict(f"The table already has a {kind} column '{f.name}' outside the definition; add "
+                               f"'{f.name}' with that type to take it over (and drop it if unwanted)", field='fields')
             if f.type == 'reference':
                 tx.execute(sqlbuild.build_create_index(table, f.index_name(table), f.name))
 
@@ -190,11 +266,18 @@ class CustomObjects:
             raise InvalidValue("'label' must be a string", field='label')
         return label
 
+    def _check_room(self, tx, org_id):
+        """At most MAX_OBJECTS definitions an organization: each is a table, archived or not."""
+        lq = ListQuery(0, 0, include_archived=True)
+        (count,) = tx.one(*sqlbuild.build_count(self.db.dialect, self.info, org_id, lq))
+        if count >= MAX_OBJECTS:
+            raise Conflict(f'The organization has {count} custom objects, archived ones included, and may have '
+                           f'at most {MAX_OBJECTS}; extend an existing one instead')
+
     def define(self, principal, body):
         """Create a definition and its table in one transaction."""
         self._require_admin(principal)
-        if not isinstance(body, dict):
-            raise InvalidBody('The request body must be a JSON object')
+        check_body(body)
         slug = check_name(body.get('slug'), 'Slug', 'slug')
         label = self._label(body, slug)
         fields = parse_fields(body.get('fields', []))
@@ -205,8 +288,12 @@ class CustomObjects:
                'table_name': table, 'fields': [f.to_json() for f in fields], 'version': 1,
                'created_at': now, 'updated_at': now}
         with self.db.transaction(write=True) as tx:
+            # NOTE: the organization's definitions are counted under its lock, so two concurrent
+            # definitions cannot both take the last place.
+            tx.execute(*sqlbuild.build_lock_organization(self.db.dialect, principal.org_id))
             if self._query(tx, principal.org_id, slug):
                 raise Conflict(f"A custom object '{slug}' already exists", field='slug')
+            self._check_room(tx, principal.org_id)
             self._check_targets(tx, principal, slug, fields)
             tx.execute(sqlbuild.build_create_table(table, []))
             self._columns_ddl(tx, table, fields)
@@ -221,36 +308,43 @@ class CustomObjects:
     def redefine(self, principal, slug, body):
         """Add the new fields, change labels; fields the body omits are kept, types never change."""
         self._require_admin(principal)
-        if not isinstance(body, dict):
-            raise InvalidBody('The request body must be a JSON object')
+        check_body(body)
         if 'slug' in body and body['slug'] != slug:
             raise InvalidValue('A custom object keeps its slug; define a new one instead', field='slug')
-        fields = parse_fields(body.get('fields', []))
         with self.db.transaction(write=True) as tx:
-            definition = self._definition(tx, principal.org_id, slug)
-            current = {f.name: f for f in parse_fields(definition['fields'])}
-            added = []
-            for f in fields:
-                old = current.get(f.name)
-                if old is None:
-                    added.append(f)
-                elif (old.type, old.target, old.required) != (f.type, f.target, f.required):
-                    raise Conflict(f"Field '{f.name}' is {old.type}{' required' if old.required else ''}; "
-                                   'a field keeps its type, target and requiredness (drop it and add a new one)',
-                                   field='fields')
-                else:
-                    current[f.name] = f
+            definition = self._locked(tx, principal.org_id, slug)
+            label = self._label(body, definition['label'])
+            current = {f.name: f for f in load_fields(definition['fields'])}
+            added = self._merge(current, parse_fields(body.get('fields', []), known=current.keys()))
+            if added and len(current) + len(added) > MAX_FIELDS:
+                raise InvalidValue(f"Custom object '{slug}' would have {len(current) + len(added)} fields; at most "
+                                   f'{MAX_FIELDS} are allowed (drop some first)', field='fields')
             self._check_targets(tx, principal, slug, added)
             self._columns_ddl(tx, definition['table_name'], added)
             merged = [*current.values(), *added]
-            return self._save(tx, principal.org_id, definition, label=self._label(body, definition['label']),
-                              fields=[f.to_json() for f in merged])
+            return self._save(tx, principal.org_id, definition, label=label, fields=[f.to_json() for f in merged])
+
+    @staticmethod
+    def _merge(current, fields):
+        """Take the new labels of `current`'s fields into it; answer the fields that are new."""
+        added = []
+        for f in fields:
+            old = current.get(f.name)
+            if old is None:
+                added.append(f)
+            elif (old.type, old.target, old.required) != (f.type, f.target, f.required):
+                raise Conflict(f"Field '{f.name}' is {old.type}{' required' if old.required else ''}; "
+                               'a field keeps its type, target and requiredness (drop it and add a new one)',
+                               field='fields')
+            else:
+                current[f.name] = f
+        return added
 
     def set_archived(self, principal, slug, archived):
         """DELETE archives a definition (its records are kept); restore brings it back."""
         self._require_admin(principal)
         with self.db.transaction(write=True) as tx:
-            definition = self._definition(tx, principal.org_id, slug)
+            definition = self._locked(tx, principal.org_id, slug)
             if (definition['archived_at'] is None) != archived:
                 return self.to_json(definition)
             return self._save(tx, principal.org_id, definition, archived_at=self.store.clock() if archived else None)
@@ -259,8 +353,8 @@ class CustomObjects:
         """Remove one field and its column; answer with what was dropped."""
         self._require_admin(principal)
         with self.db.transaction(write=True) as tx:
-            definition = self._definition(tx, principal.org_id, slug)
-            fields = parse_fields(definition['fields'])
+            definition = self._locked(tx, principal.org_id, slug)
+            fields = load_fields(definition['fields'])
             dropped = next((f for f in fields if f.name == name), None)
             if dropped is None:
                 raise NotFound(f"Custom object '{slug}' has no field '{name}'", field=name)

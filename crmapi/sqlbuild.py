@@ -491,11 +491,23 @@ def build_drop_column(table, name):
 
 
 def build_create_index(table, index, column):
-    return f'CREATE INDEX {quote(index)} ON {quote(table)} (organization_id, {quote(column)})'
+    """IF NOT EXISTS: a field taken over with its column may have its index already."""
+    return f'CREATE INDEX IF NOT EXISTS {quote(index)} ON {quote(table)} (organization_id, {quote(column)})'
 
 
 def build_drop_index(index):
     return f'DROP INDEX IF EXISTS {quote(index)}'
+
+
+def build_lock_organization(d, org_id):
+    """Lock an organization's row until the transaction ends (SQLite's writers take turns anyway).
+
+    NOTE: FOR NO KEY UPDATE, not FOR UPDATE: the foreign key checks of the organization's record
+    writes (FOR KEY SHARE) do not wait for it.
+    """
+    orgs = Table('organizations')
+    sql, params = d.render(d.from_(orgs).select(orgs.id).where(orgs.id == Bound(org_id)))
+    return (sql + ' FOR NO KEY UPDATE' if d.name == 'postgresql' else sql), params
 
 
 # -- live row counters -----------------------------------------------------------------------------
