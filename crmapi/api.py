@@ -66,7 +66,15 @@ def read_body(req, max_bytes):
     length = req.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(f'The body is larger than {max_bytes} bytes')
-    raw = req.bounded_stream.read(max_bytes + 1)
+    # NOTE: a chunked body has no Content-Length, so bounded_stream reads nothing. A server that ends the stream
+    # at the end of the body says so with wsgi.input_terminated (gunicorn does, after decoding the chunks); from
+    # any other, reading a stream without a length could block, so only the declared length is read.
+    terminated = length is None and req.env.get('wsgi.input_terminated')
+    try:
+        raw = (req.stream if terminated else req.bounded_stream).read(max_bytes + 1)
+    except Exception:  # NOTE: servers raise their own types for a malformed chunk or a client gone mid-body
+        raise InvalidBody('The body could not be read: the chunked encoding is malformed or the body is cut '
+                          'short') from None
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f'The body is larger than {max_bytes} bytes')
     try:

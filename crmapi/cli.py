@@ -119,7 +119,8 @@ def cmd_demo(db, args):
 
 def cmd_serve(db, args):
     argv = [sys.executable, '-m', 'gunicorn', '--bind', args.bind, '--workers', str(args.workers),
-            '--threads', str(args.threads), '--worker-class', 'gthread',
+            # NOTE: gthread, plus refused bodies drained and gunicorn's own errors as problem+json.
+            '--threads', str(args.threads), '--worker-class', 'crmapi.serving.ThreadWorker',
             # NOTE: long filter URLs must reach the app, which answers them with a JSON 400.
             '--limit-request-line', '0', 'crmapi:create_app()']
     os.environ['CRMAPI_DATABASE_URL'] = args.database

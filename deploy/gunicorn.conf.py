@@ -25,7 +25,11 @@ workers = _env('CRMAPI_WORKERS', min(2 * (os.cpu_count() or 1) + 1, 8), int)
 
 # Threads overlap the time a request waits on the database. One thread per pooled connection:
 # more threads than connections would only queue inside the pool.
-worker_class = 'gthread'
+# crmapi's worker is gunicorn's gthread plus two things a client sees (crmapi/serving.py): a body the
+# app refused unread (401, 404, 413, 415) is read and dropped, up to 4 MiB, before the answer goes out,
+# so the client gets the answer instead of a connection reset; and gunicorn's own refusals of
+# malformed requests (400, 431, 501, ...) are problem+json like the app's errors, not HTML.
+worker_class = 'crmapi.serving.ThreadWorker'
 threads = _env('CRMAPI_THREADS', _env('CRMAPI_POOL_MAX_SIZE', 4, int), int)
 
 # The longest a legitimate request can take: wait for a pooled connection, then a statement that

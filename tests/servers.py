@@ -189,12 +189,15 @@ http {{
     return directory / 'nginx.conf'
 
 
-def start_nginx(directory, upstream_port, timeout=15):
-    """nginx in the foreground on a free loopback port, proxying to gunicorn on `upstream_port`."""
+def start_nginx(directory, upstream_port, timeout=15, site=NGINX_CONF):
+    """nginx in the foreground on a free loopback port, proxying to gunicorn on `upstream_port`.
+
+    `site` replaces deploy/nginx.conf, e.g. a copy with shorter timeouts.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    conf = render_nginx_conf(directory, port, upstream_port)
+    conf = render_nginx_conf(directory, port, upstream_port, site=site)
     binary = nginx_binary()
     base = [binary, '-p', str(directory), '-e', str(directory / 'error.log'), '-c', str(conf)]
     check = subprocess.run([*base, '-t'], capture_output=True, text=True, timeout=timeout)
@@ -209,6 +212,50 @@ def start_nginx(directory, upstream_port, timeout=15):
         server.stop(timeout=5)
         raise
     return server
+
+
+def start_crmapi_serve(directory, env=None, timeout=30):
+    """`crmapi serve` (its own gunicorn flags, not deploy/gunicorn.conf.py) on a free loopback port."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = [sys.executable, '-m', 'crmapi', 'serve', '--bind', f'{LOOPBACK}:{port}', '--workers', '1',
+            '--threads', '2']
+    proc, files, logs = _spawn(argv, directory, {**os.environ, **(env or {})}, 'serve')
+    server = Server(proc, port, logs, files)
+    try:
+        _wait_for(proc, port, logs, timeout, 'crmapi serve')
+    except BaseException:
+        server.stop(timeout=5)
+        raise
+    return server
+
+
+def raw_request(port, data, timeout=15, piece=64 * 1024, pause=0.001):
+    """Send `data` as is (malformed on purpose), then read the one answer: (status, lower-cased headers, body).
+
+    The whole request goes out before anything is read, as a client that sends a body and then waits does,
+    `piece` bytes at a time with a `pause` between them, as over a real network (on loopback the kernel would
+    otherwise take a whole MiB at once): a server that stops reading and closes makes the send fail.
+    """
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        for start in range(0, len(data), piece):
+            sock.sendall(data[start:start + piece])
+            time.sleep(pause)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+
+
+def chunked_request(port, method, path, chunks, headers=None, timeout=15):
+    """A request whose body goes out with `Transfer-Encoding: chunked` (no Content-Length), one chunk per item."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=iter(chunks), headers=headers or {}, encode_chunked=True)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
 
 
 # --- runs inside gunicorn ------------------------------------------------------------------------
@@ -243,4 +290,11 @@ def probe_app():
             environ = {**environ, 'PATH_INFO': path[len('/_probe/slow'):]}
         return api(environ, start_response)
 
+    return app
+
+
+def failing_app():
+    """A WSGI app that always raises, with a message that must never reach a client: gunicorn's own 500."""
+    def app(environ, start_response):
+        raise RuntimeError('secret: /etc/crmapi/internal.conf line 3')
     return app

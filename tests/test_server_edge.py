@@ -1,0 +1,341 @@
+"""What a client sees at the edge: chunked bodies, bodies refused unread, requests too malformed to reach the app.
+
+The app's part in-process (WebTest); the servers' part through real processes: gunicorn with
+deploy/gunicorn.conf.py (crmapi.serving.ThreadWorker), nginx with deploy/nginx.conf in front of it, and
+`crmapi serve`. Every answer a client can get is problem+json, with the status it is sent with, and no
+traceback.
+"""
+import http.client
+import io
+import json
+import re
+import socket
+
+import pytest
+import requests
+import webtest
+from gunicorn.http.errors import InvalidChunkSize
+
+import servers
+from crmapi import create_app
+from crmapi.accounts import Accounts
+from crmapi.config import Settings
+from crmapi.serving import DRAIN_MAX_BYTES
+from test_deploy import database_url
+
+MIB = 1024 * 1024
+PREFIX = '/crm'
+LEAKS = ('Traceback', 'File "/', 'secret')
+
+
+@pytest.fixture
+def token(database):
+    accounts = Accounts(database)
+    return accounts.create_token(accounts.create_org('Edge'), 'edge@example.com', admin=True)
+
+
+def auth(token, **headers):
+    return {'Authorization': f'Bearer {token}', 'Content-Type': 'application/json', **headers}
+
+
+def assert_problem(status, headers, raw, expected, **members):
+    """A problem+json answer sent with `expected`, whose body says the same status; never a traceback."""
+    assert status == expected, raw
+    assert headers['content-type'] == 'application/problem+json', raw
+    text = raw.decode()
+    assert not [leak for leak in LEAKS if leak in text], text
+    body = json.loads(text)
+    assert body['status'] == expected and body['type'] == 'about:blank'
+    assert body['title'] and body['detail'] and body['message'] == body['detail']
+    for key, value in members.items():
+        assert body.get(key) == value, (key, body)
+    return body
+
+
+# --- in-process: the app reads a chunked body ----------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def app(database):
+    # NOTE: not conftest's wsgi_app: its leak check re-reads the body by Content-Length, which a chunked body
+    # does not have, so the app would get it empty.
+    return webtest.TestApp(create_app(Settings(database_url='injected', access_log=False), db=database))
+
+
+def chunked(app, method, path, token, body, status, terminated=True):
+    """The environ gunicorn builds for a chunked body: no CONTENT_LENGTH, a stream that ends with the body."""
+    req = webtest.TestRequest.blank(path, method=method, headers=auth(token, **{'Transfer-Encoding': 'chunked'}))
+    req.environ.pop('CONTENT_LENGTH', None)
+    req.environ['wsgi.input'] = body if hasattr(body, 'read') else io.BytesIO(body)
+    if terminated:
+        req.environ['wsgi.input_terminated'] = True
+    return app.do_request(req, status=status)
+
+
+def problem_of(resp, expected):
+    return assert_problem(resp.status_int, {'content-type': resp.content_type}, resp.body, expected)
+
+
+def test_a_chunked_body_is_read_to_its_end(app, token):
+    created = chunked(app, 'POST', '/api/contacts', token, b'{"first_name": "Chunked"}', 201).json
+    assert created['first_name'] == 'Chunked'
+    updated = chunked(app, 'PUT', f'/api/contacts/{created["id"]}', token, b'{"last_name": "Body"}', 200).json
+    assert (updated['first_name'], updated['last_name']) == ('Chunked', 'Body')
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(app, token):
+    body = b'{"first_name": "Huge"}'.ljust(MIB + 1)
+    problem = problem_of(chunked(app, 'POST', '/api/contacts', token, body, 413), 413)
+    assert problem['detail'] == 'The body is larger than 1048576 bytes'
+    assert chunked(app, 'POST', '/api/contacts', token, body[:MIB], 201).json['first_name'] == 'Huge'
+
+
+class Unending(io.RawIOBase):
+    """A stream that never ends: what reading past a body looks like on a server that does not end it."""
+
+    def read(self, size=-1):
+        assert size == 0, 'read a stream that has no end'
+        return b''
+
+
+def test_without_a_length_the_stream_is_read_only_if_the_server_ends_it(app, token):
+    resp = chunked(app, 'POST', '/api/contacts', token, Unending(), 400, terminated=False)
+    assert problem_of(resp, 400)['detail'].startswith('The body is not valid JSON')
+
+
+class Malformed(io.RawIOBase):
+    """gunicorn's wsgi.input when a chunk size is not hexadecimal."""
+
+    def read(self, size=-1):
+        raise InvalidChunkSize(b'zz')
+
+
+def test_a_body_the_server_cannot_decode_is_a_400_not_a_500(app, token):
+    problem = problem_of(chunked(app, 'POST', '/api/contacts', token, Malformed(), 400), 400)
+    assert problem['detail'].startswith('The body could not be read')
+
+
+# --- through gunicorn and nginx ------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def stack(backend, database, tmp_path_factory):
+    """gunicorn and nginx as shipped; the probe's slow path (2 s) is there for nginx's 504."""
+    directory = tmp_path_factory.mktemp(f'edge-{backend}')
+    env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1',
+           'CRMAPI_PROBE_DIR': str(directory), 'CRMAPI_PROBE_SLEEP_S': '2'}
+    gunicorn = servers.start_gunicorn(directory / 'gunicorn', env=env, app='servers:probe_app()')
+    try:
+        nginx = servers.start_nginx(directory / 'nginx', upstream_port=gunicorn.port)
+        try:
+            yield {'gunicorn': (gunicorn, ''), 'nginx': (nginx, PREFIX)}
+        finally:
+            nginx.stop()
+    finally:
+        assert gunicorn.stop() == 0, gunicorn.log_text()
+    assert 'Traceback' not in gunicorn.log_text(), gunicorn.log_text()
+
+
+@pytest.fixture(params=['gunicorn', 'nginx'])
+def server(request, stack):
+    """(the server a client talks to, the prefix the API has there)."""
+    return stack[request.param]
+
+
+def fetch(server, prefix, path, token):
+    status, _, raw = server.request('GET', f'{prefix}{path}', headers=auth(token))
+    assert status == 200, raw
+    return json.loads(raw)
+
+
+@pytest.mark.slow
+def test_a_chunked_body_is_read_through_the_server(server, token):
+    server, prefix = server
+    status, headers, raw = servers.chunked_request(server.port, 'POST', f'{prefix}/api/contacts',
+                                                   [b'{"first_name":', b' "Chunked",', b' "last_name": "Body"}'],
+                                                   auth(token))
+    assert status == 201, raw
+    created = json.loads(raw)
+    assert (created['first_name'], created['last_name']) == ('Chunked', 'Body')
+    assert fetch(server, prefix, f'/api/contacts/{created["id"]}', token) == created
+
+
+@pytest.mark.slow
+def test_a_chunked_body_over_1_mib_is_a_413_through_the_server(server, token):
+    server, prefix = server
+    chunks = [b'{"first_name": "Huge"}'] + [b' ' * 64 * 1024] * 17
+    status, headers, raw = servers.chunked_request(server.port, 'POST', f'{prefix}/api/contacts', chunks, auth(token))
+    assert_problem(status, headers, raw, 413)
+    assert fetch(server, prefix, '/api/contacts?filter={"first_name":"Huge"}', token) == []
+
+
+def refusals(token):
+    """Requests the app refuses before it reads their body: (path, headers, status)."""
+    return {
+        'over the limit': ('/api/contacts', auth(token), 413),
+        'not JSON': ('/api/contacts', auth(token, **{'Content-Type': 'text/plain'}), 415),
+        'no token': ('/api/contacts', {'Content-Type': 'application/json'}, 401),
+        'unknown resource': ('/api/nothing_here', auth(token), 404),
+    }
+
+
+REFUSALS = ['over the limit', 'not JSON', 'no token', 'unknown resource']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('refusal', REFUSALS)
+def test_a_client_that_sends_its_whole_body_first_gets_the_answer_from_gunicorn(stack, token, refusal):
+    gunicorn, _ = stack['gunicorn']
+    path, headers, expected = refusals(token)[refusal]
+    body = b' ' * (MIB + 100 * 1024)
+    resp = requests.post(f'http://{servers.LOOPBACK}:{gunicorn.port}{path}', data=body, headers=headers, timeout=15)
+    assert_problem(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content, expected)
+    # A stricter client than requests (which ignores a failed send), sending over time: the send must not fail.
+    head = ''.join(f'{name}: {value}\r\n' for name, value in headers.items())
+    request = f'POST {path} HTTP/1.1\r\nHost: edge\r\n{head}Content-Length: {len(body)}\r\n\r\n'.encode() + body
+    assert_problem(*servers.raw_request(gunicorn.port, request), expected)
+
+
+@pytest.mark.slow
+def test_the_connection_serves_the_next_request_after_a_refused_body(stack):
+    gunicorn, _ = stack['gunicorn']
+    conn = http.client.HTTPConnection(servers.LOOPBACK, gunicorn.port, timeout=15)
+    try:
+        conn.request('POST', '/api/contacts', body=b'{}'.ljust(512 * 1024), headers={'Content-Type': 'application/json'})
+        refused = conn.getresponse()
+        assert (refused.status, refused.read() and refused.will_close) == (401, False)
+        first = conn.sock
+        conn.request('GET', '/healthz')
+        assert conn.getresponse().status == 200
+        assert conn.sock is first  # the same connection, not a new one
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_a_body_over_the_drain_cap_is_not_read_and_the_connection_closes(stack, token):
+    gunicorn, _ = stack['gunicorn']
+    length = DRAIN_MAX_BYTES + 1
+    request = (f'POST /api/contacts HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {token}\r\n'
+               f'Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n').encode()
+    with socket.create_connection((servers.LOOPBACK, gunicorn.port), timeout=15) as sock:
+        sock.sendall(request)  # and not a byte of the body: the answer comes at once, and then the close
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        assert_problem(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read(), 413)
+        assert answer.getheader('Connection') == 'close'
+        sock.settimeout(1)
+        assert sock.recv(1) == b''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('refusal', ['not JSON', 'no token', 'unknown resource'])  # nginx refuses over 1 MiB itself
+def test_a_refused_body_through_nginx_gets_the_apps_answer_never_a_502(stack, token, refusal):
+    nginx, prefix = stack['nginx']
+    path, headers, expected = refusals(token)[refusal]
+    body = b' ' * MIB
+    with requests.Session() as session:
+        statuses = {session.post(f'http://{servers.LOOPBACK}:{nginx.port}{prefix}{path}', data=body, headers=headers,
+                                 timeout=15).status_code for _ in range(15)}
+    assert statuses == {expected}
+
+
+# Requests no server can make sense of: (the request, the status from gunicorn, the status from nginx).
+# `{prefix}` is where the API is on that server, `{token}` a valid token.
+MALFORMED = {
+    'invalid request line': (b'GARBAGE\r\n\r\n', 400, 400),
+    'unsupported HTTP version': (b'GET {prefix}/api/contacts HTTP/3.0\r\nHost: edge\r\n\r\n', 400, 505),
+    'header line over 64 KiB': (b'GET {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nX-Big: ' + b'a' * 70_000
+                                + b'\r\n\r\n', 431, 431),
+    'over 100 header fields': (b'GET {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\n'
+                               + b''.join(b'X-Field-%d: x\r\n' % i for i in range(101)) + b'\r\n', 431, 431),
+    'negative Content-Length': (b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nContent-Length: -1\r\n\r\n',
+                                400, 400),
+    'two Content-Lengths': (b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nContent-Length: 2\r\n'
+                            b'Content-Length: 3\r\n\r\n{}', 400, 400),
+    'Content-Length and Transfer-Encoding': (b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nContent-Length: 5'
+                                             b'\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 400, 400),
+    'unknown Transfer-Encoding': (b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: foo\r\n'
+                                  b'\r\n', 501, 501),
+    'malformed chunk': (b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {token}\r\n'
+                        b'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n',
+                        400, 400),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', list(MALFORMED))
+@pytest.mark.parametrize('name', ['gunicorn', 'nginx'])
+def test_a_malformed_request_gets_problem_json_with_its_status(stack, token, name, case):
+    server, prefix = stack[name]
+    request, *expected = MALFORMED[case]
+    request = request.replace(b'{prefix}', prefix.encode()).replace(b'{token}', token.encode())
+    assert_problem(*servers.raw_request(server.port, request), expected[name == 'nginx'])
+
+
+@pytest.mark.slow
+def test_an_app_that_fails_inside_gunicorn_gets_a_bare_500(tmp_path):
+    with servers.start_gunicorn(tmp_path, app='servers:failing_app()') as gunicorn:
+        assert_problem(*gunicorn.request('GET', '/api/contacts'), 500,
+                       detail='The server could not complete the request')
+    assert 'secret' in gunicorn.log_text()  # the operator sees what the client does not
+
+
+# --- errors nginx answers itself -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_path_outside_the_api_is_a_problem_json_404_from_nginx(stack):
+    nginx, _ = stack['nginx']
+    for path in ('/', '/index.html', '/api/contacts', '/crmapi/contacts'):
+        assert_problem(*nginx.request('GET', path), 404)
+
+
+@pytest.mark.slow
+def test_an_upstream_that_is_down_is_a_502_with_retry_after(tmp_path):
+    with servers.start_nginx(tmp_path, upstream_port=servers.free_port()) as nginx:
+        status, headers, raw = nginx.request('POST', f'{PREFIX}/api/contacts', body=b'{}',
+                                             headers={'X-Request-ID': 'down-1'})
+    assert_problem(status, headers, raw, 502)
+    assert (headers['retry-after'], headers['x-request-id']) == ('5', 'down-1')
+
+
+@pytest.mark.slow
+def test_an_upstream_that_does_not_answer_in_time_is_a_504(stack, tmp_path):
+    gunicorn, _ = stack['gunicorn']
+    site = tmp_path / 'crmapi.conf'
+    text, count = re.subn(r'proxy_read_timeout \S+;', 'proxy_read_timeout 1s;', servers.NGINX_CONF.read_text())
+    assert count == 1
+    site.write_text(text)
+    with servers.start_nginx(tmp_path / 'nginx', upstream_port=gunicorn.port, site=site) as nginx:
+        status, headers, raw = nginx.request('GET', f'{PREFIX}/_probe/slow/healthz')
+    assert_problem(status, headers, raw, 504)
+    assert headers['retry-after'] == '5'
+
+
+def test_every_error_page_of_nginx_has_a_title_and_a_detail():
+    conf = servers.NGINX_CONF.read_text()
+    pages = [line.split() for line in conf.splitlines() if line.strip().startswith('error_page')]
+    statuses = {int(word.lstrip('=')) for words in pages for word in words[1:-1]} - {494}
+    assert {400, 408, 413, 414, 431, 500, 502, 503, 504} <= statuses
+    for name in ('crmapi_error_title', 'crmapi_error_detail'):
+        block = re.search(r'map \$status \$' + name + r' \{(.*?)\}', conf, re.S).group(1)
+        assert statuses <= {int(code) for code in re.findall(r'^\s*(\d{3})\s', block, re.M)}, name
+
+
+# --- crmapi serve --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_crmapi_serve_drains_refused_bodies_and_answers_problem_json(backend, database, token, tmp_path):
+    env = {'CRMAPI_DATABASE_URL': database_url(backend, database)}
+    with servers.start_crmapi_serve(tmp_path, env=env) as serve:
+        assert_problem(*servers.raw_request(serve.port, MALFORMED['invalid request line'][0]), 400)
+        body = b' ' * (MIB + 1)
+        request = (f'POST /api/contacts HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {token}\r\n'
+                   f'Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n').encode() + body
+        assert_problem(*servers.raw_request(serve.port, request), 413)
+        status, _, raw = servers.chunked_request(serve.port, 'POST', '/api/contacts', [b'{"first_name": "Served"}'],
+                                                 auth(token))
+        assert status == 201, raw
+    assert 'Traceback' not in serve.log_text(), serve.log_text()
