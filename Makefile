@@ -37,17 +37,18 @@ system-packages:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# NOTE: set -e: a database that init-db cannot reach stops make here, before gunicorn starts.
 run: $(VENV)/.installed
-	@if [ "$(DB_URL)" = "sqlite:///crm.db" ] && [ ! -f crm.db ]; then \
-	  token=$$($(BIN)/crmapi --database $(DB_URL) demo) && \
-	  echo "Demo data is in crm.db. Your API token:" && echo "  $$token" && echo "Try:" && \
+	@set -e; if [ "$(DB_URL)" = "sqlite:///crm.db" ] && [ ! -f crm.db ]; then \
+	  token=$$($(BIN)/crmapi --database '$(DB_URL)' demo); \
+	  echo "Demo data is in crm.db. Your API token:"; echo "  $$token"; echo "Try:"; \
 	  echo "  curl -g -H 'Authorization: Bearer $$token' 'http://$(BIND)/api/contacts?range=[0,4]'"; \
 	else \
-	  $(BIN)/crmapi --database $(DB_URL) init-db; \
-	  echo "The database exists. Organizations:"; $(BIN)/crmapi --database $(DB_URL) list-orgs; \
-	  echo "Make a token with: $(BIN)/crmapi --database $(DB_URL) create-token --org ORG_ID --email you@example.com --admin"; \
+	  $(BIN)/crmapi --database '$(DB_URL)' init-db; \
+	  echo "The database exists. Organizations:"; $(BIN)/crmapi --database '$(DB_URL)' list-orgs; \
+	  echo "Make a token with: $(BIN)/crmapi --database '$(DB_URL)' create-token --org ORG_ID --email you@example.com --admin"; \
 	fi
-	$(BIN)/crmapi --database $(DB_URL) serve --bind $(BIND)
+	$(BIN)/crmapi --database '$(DB_URL)' serve --bind '$(BIND)'
 
 # The react-admin data provider, driven from Node against a real server (tests/test_react_admin.py).
 tests/js/node_modules/.package-lock.json: tests/js/package-lock.json

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pypika import Table
 
 from . import sqlbuild
+from .errors import Conflict
 from .errors import Unauthorized
 from .store import new_id
 from .store import utc_now
@@ -48,11 +49,22 @@ class Accounts:
                                                       for k, v in row.items()])
         tx.execute(*d.render(query))
 
-    def create_org(self, name):
+    def create_org(self, name, unique=False):
+        """A new organization's id; with `unique`, a Conflict if one of that name (ignoring case) exists."""
         org_id = new_id('org_')
         with self.db.transaction(write=True) as tx:
+            if unique:
+                self._refuse_duplicate(tx, name)
             self._insert(tx, 'organizations', {'id': org_id, 'name': name, 'created_at': self.clock()})
         return org_id
+
+    def _refuse_duplicate(self, tx, name):
+        # NOTE: compared in Python: SQL's LOWER() folds only ASCII on SQLite (and under the C locale).
+        d = self.db.dialect
+        orgs = Table('organizations')
+        for org_id, existing in tx.rows(*d.render(d.from_(orgs).select(orgs.id, orgs.name))):
+            if existing.casefold() == name.casefold():
+                raise Conflict(f"an organization named '{existing}' already exists ({org_id})", field='name')
 
     def list_orgs(self):
         d = self.db.dialect

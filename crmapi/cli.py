@@ -1,12 +1,77 @@
-"""The `crmapi` command line: init-db, create-org, create-token, demo, serve."""
+"""The `crmapi` command line: init-db, create-org, create-token, demo, serve.
+
+Bad input or a bad environment ends in one line on stderr (`crmapi: …`) and a non-zero status,
+never a traceback: exit 1 for a refusal, 2 for a malformed command line, 70 for a bug
+(CRMAPI_DEBUG=1 then prints the traceback too).
+"""
 import argparse
+import logging
 import os
+import re
+import sqlite3
 import sys
+import traceback
 from . import migrations
 from .accounts import Accounts
 from .db import connect
+from .errors import Conflict
+from .errors import CrmError
+from .errors import NotFound
 
 DEFAULT_URL = 'sqlite:///crm.db'
+CONNECT_TIMEOUT_S = 5
+MAX_EXPIRY_DAYS = 36_500
+EX_SOFTWARE = 70
+EMAIL = re.compile(r'[^@\s]+@[^@\s.][^@\s]*\Z')
+
+
+class CliError(CrmError):
+    """A command refused: bad input or a bad environment. main() prints its detail on one line."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help, except where there is none (None, a flag's False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one `crmapi: …` line, like every other refusal of the CLI."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault('formatter_class', HelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        self.exit(2, f'crmapi: {message} (see {self.prog} --help)\n')
+
+
+def expiry_days(text):
+    """--expires-in: a whole number of days, at least one (omit the option for no expiry)."""
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of days") from None
+    if not 1 <= days <= MAX_EXPIRY_DAYS:
+        raise argparse.ArgumentTypeError(f'{days} days: use 1 to {MAX_EXPIRY_DAYS}, or omit the option for a '
+                                         'token that never expires')
+    return days
+
+
+def email_address(text):
+    if len(text) > 254 or not EMAIL.match(text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not an email address")
+    return text
+
+
+def org_name(text):
+    name = text.strip()
+    if not name or not name.isprintable():
+        raise argparse.ArgumentTypeError(f'{text!r} is not an organization name (empty or unprintable)')
+    return name
 
 
 def init_db(db):
@@ -21,13 +86,36 @@ def cmd_init_db(db, args):
 
 
 def cmd_migrate(db, args):
+    if args.to is not None:
+        check_target(db, args.to)
     applied = migrations.migrate(db, target=args.to, log=lambda message: print(message, file=sys.stderr))
     if not applied:
         print('already up to date', file=sys.stderr)
 
 
+def check_target(db, target):
+    """Migrations only go forward, to a version that exists."""
+    newest = migrations.latest(db.name)
+    if not 1 <= target <= newest:
+        raise CliError(f'no schema version {target}: versions run from 1 to {newest}')
+    current = 0
+    if db.table_exists('schema_version'):
+        with db.transaction() as tx:
+            current = migrations.current_version(tx)
+    if target < current:
+        raise CliError(f'the schema is at version {current}; migrations only go forward')
+
+
 def cmd_create_org(db, args):
-    print(Accounts(db).create_org(args.name))
+    try:
+        print(Accounts(db).create_org(args.name, unique=not args.allow_duplicate))
+    except Conflict as exc:
+        raise CliError(f'{exc.detail}; pass --allow-duplicate to create another') from None
+
+
+def require_org(db, org_id):
+    if org_id not in {known for known, _ in Accounts(db).list_orgs()}:
+        raise CliError(f'no organization {org_id}')
 
 
 def cmd_list_orgs(db, args):
@@ -48,6 +136,7 @@ def cmd_create_token(db, args):
 
 
 def cmd_list_tokens(db, args):
+    require_org(db, args.org)
     print('id\temail\tcreated\tlast_used\texpires\trevoked')
     for row in Accounts(db).list_tokens(args.org):
         print('\t'.join('-' if v is None else str(v) for v in row))
@@ -63,6 +152,8 @@ def cmd_recount(db, args):
     """Rebuild the live-row counters (needed only after rows were written around the API)."""
     from .accounts import Principal
     from .app import build_services
+    if args.org:
+        require_org(db, args.org)
     store = build_services(db).custom.store
     orgs = [args.org] if args.org else [org_id for org_id, _ in Accounts(db).list_orgs()]
     for org_id in orgs:
@@ -75,39 +166,81 @@ def cmd_define_object(db, args):
     import json
     from .accounts import Principal
     from .app import build_services
-    from .errors import CrmError
-    from .errors import NotFound
     try:
         with open(args.file) as f:
             body = json.load(f)
     except (OSError, ValueError) as exc:
-        sys.exit(f'crmapi: cannot read {args.file}: {exc}')
-    if args.org not in {org_id for org_id, _ in Accounts(db).list_orgs()}:
-        sys.exit(f'crmapi: no organization {args.org}')
+        raise CliError(f'cannot read {args.file}: {exc}') from None
+    if not isinstance(body, dict):
+        raise CliError(f'{args.file} must hold one JSON object: {{"slug": …, "fields": [...]}}')
+    require_org(db, args.org)
     custom = build_services(db).custom
     principal = Principal(args.org, None, is_admin=True)
-    try:
-        try:
-            custom.get(args.org, body.get('slug') if isinstance(body, dict) else None)
-            definition = custom.redefine(principal, body['slug'], body)
-        except NotFound:
-            definition = custom.define(principal, body)
-    except CrmError as exc:
-        sys.exit(f'crmapi: {exc.detail}')
+    definition = existing_definition(custom, args.org, body)
+    if definition is None:
+        definition = custom.define(principal, body)
+    elif not unchanged(definition, body):
+        definition = custom.redefine(principal, body['slug'], body)
     print(json.dumps(definition, indent=2))
 
 
-def cmd_backup(db, args):
-    """An online copy of a SQLite database (safe while the API serves it)."""
-    if db.name != 'sqlite':
-        sys.exit('crmapi: backup copies SQLite databases; for PostgreSQL use pg_dump (see the README)')
-    import sqlite3
-    target = sqlite3.connect(args.path)
+def existing_definition(custom, org_id, body):
+    """The definition `body` names by its slug, or None (then define() creates or refuses it)."""
+    slug = body.get('slug')
+    if not isinstance(slug, str):
+        return None
     try:
-        db.connection().backup(target)
+        return custom.get(org_id, slug)
+    except NotFound:
+        return None
+
+
+def unchanged(definition, body):
+    """True when redefining `definition` with `body` would change nothing, so its version stays."""
+    from .custom import parse_fields
+    current = {f.name: f for f in parse_fields(definition['fields'])}
+    return (body.get('label', definition['label']) == definition['label']
+            and all(current.get(f.name) == f for f in parse_fields(body.get('fields', []))))
+
+
+def cmd_backup(db, args):
+    """An online copy of a SQLite database (safe while the API serves it), written whole or not at all."""
+    import tempfile
+    if db.name != 'sqlite':
+        raise CliError('backup copies SQLite databases; for PostgreSQL use pg_dump (see the README)')
+    target = os.path.abspath(args.path)
+    check_backup_target(db.path, target, args.force)
+    try:
+        fd, partial = tempfile.mkstemp(prefix='.crmapi-backup-', dir=os.path.dirname(target))
+    except OSError as exc:
+        raise CliError(f'cannot write {args.path}: {exc.strerror}') from None
+    os.close(fd)
+    try:
+        copy = sqlite3.connect(partial)
+        try:
+            db.connection().backup(copy)
+        finally:
+            copy.close()
+        os.replace(partial, target)
+    except (OSError, sqlite3.Error) as exc:
+        raise CliError(f'cannot back up to {args.path}: {exc}') from None
     finally:
-        target.close()
+        if os.path.exists(partial):
+            os.unlink(partial)
     print(f'backed up to {args.path}', file=sys.stderr)
+
+
+def check_backup_target(source, target, force):
+    """A backup goes into an existing directory and replaces a file only when asked to."""
+    if not os.path.isdir(os.path.dirname(target)):
+        raise CliError(f'no directory {os.path.dirname(target)} for the backup')
+    if os.path.isdir(target):
+        raise CliError(f'{target} is a directory: name the backup file')
+    if os.path.exists(target):
+        if os.path.samefile(target, source):
+            raise CliError(f'{target} is the database itself')
+        if not force:
+            raise CliError(f'{target} exists; pass --force to replace it')
 
 
 def cmd_demo(db, args):
@@ -128,60 +261,167 @@ def cmd_serve(db, args):
 
 
 def parser():
-    p = argparse.ArgumentParser(prog='crmapi', description='A small, fast CRM REST API.')
-    p.add_argument('--database', default=os.environ.get('CRMAPI_DATABASE_URL') or DEFAULT_URL,
-                   help='sqlite:///crm.db (default) or postgresql://user:pass@host:port/dbname; '
-                        'also CRMAPI_DATABASE_URL')
-    sub = p.add_subparsers(dest='command', required=True)
-    sub.add_parser('init-db', help='create the schema (idempotent)').set_defaults(func=cmd_init_db)
+    p = Parser(prog='crmapi', description='A small, fast CRM REST API.')
+    # NOTE: no default here: --help must not print a CRMAPI_DATABASE_URL that carries a password.
+    p.add_argument('--database', metavar='URL',
+                   help='sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pass@host:port/dbname '
+                        f'(default: CRMAPI_DATABASE_URL, else {DEFAULT_URL})')
+    sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    # `needs`: what must exist before the command runs ('schema': a migrated database; 'file': the
+    # database itself; None: nothing, the command creates it).
+    sub.add_parser('init-db', help='create the schema (idempotent)').set_defaults(func=cmd_init_db, needs=None)
     s = sub.add_parser('migrate', help='apply pending schema migrations, one transaction per step')
-    s.add_argument('--to', type=int, metavar='VERSION', help='stop at this version')
-    s.set_defaults(func=cmd_migrate)
+    s.add_argument('--to', type=int, metavar='VERSION', help='stop at this version (default: the newest)')
+    s.set_defaults(func=cmd_migrate, needs=None)
     s = sub.add_parser('create-org', help="create an organization; prints its id")
-    s.add_argument('name')
-    s.set_defaults(func=cmd_create_org)
-    sub.add_parser('list-orgs', help='print each organization: id, tab, name').set_defaults(func=cmd_list_orgs)
+    s.add_argument('name', metavar='NAME', type=org_name,
+                   help="the organization's name; refused if one of that name exists (ignoring case)")
+    s.add_argument('--allow-duplicate', action='store_true', help='create it even if the name is taken')
+    s.set_defaults(func=cmd_create_org, needs='schema')
+    sub.add_parser('list-orgs', help='print each organization: id, tab, name').set_defaults(
+        func=cmd_list_orgs, needs='schema')
     s = sub.add_parser('create-token', help='create an API token (and the user if needed); prints it')
-    s.add_argument('--org', required=True)
-    s.add_argument('--email', required=True)
+    s.add_argument('--org', required=True, metavar='ORG_ID', help='the organization (from list-orgs)')
+    s.add_argument('--email', required=True, type=email_address, help="the user's email address")
     s.add_argument('--admin', action='store_true', help='make the user an administrator')
-    s.add_argument('--expires-in', type=int, metavar='DAYS')
-    s.set_defaults(func=cmd_create_token)
+    s.add_argument('--expires-in', type=expiry_days, metavar='DAYS',
+                   help=f'days until the token expires, 1 to {MAX_EXPIRY_DAYS} (default: never)')
+    s.set_defaults(func=cmd_create_token, needs='schema')
     s = sub.add_parser('list-tokens', help="list an organization's tokens (never their secrets)")
-    s.add_argument('--org', required=True)
-    s.set_defaults(func=cmd_list_tokens)
+    s.add_argument('--org', required=True, metavar='ORG_ID', help='the organization (from list-orgs)')
+    s.set_defaults(func=cmd_list_tokens, needs='schema')
     s = sub.add_parser('revoke-token', help='revoke a token by its id (from list-tokens)')
-    s.add_argument('token_id')
-    s.set_defaults(func=cmd_revoke_token)
+    s.add_argument('token_id', help="the token's id (tok_…), as list-tokens prints it")
+    s.set_defaults(func=cmd_revoke_token, needs='schema')
     s = sub.add_parser('recount', help='rebuild the live-row counters behind list totals')
-    s.add_argument('--org', help='one organization (default: all)')
-    s.set_defaults(func=cmd_recount)
+    s.add_argument('--org', metavar='ORG_ID', help='one organization (default: all)')
+    s.set_defaults(func=cmd_recount, needs='schema')
     s = sub.add_parser('define-object', help='define or extend a custom object from a JSON file')
-    s.add_argument('--org', required=True)
-    s.add_argument('--file', required=True)
-    s.set_defaults(func=cmd_define_object)
+    s.add_argument('--org', required=True, metavar='ORG_ID', help='the organization (from list-orgs)')
+    s.add_argument('--file', required=True, help='a JSON definition: {"slug": …, "label": …, "fields": [...]}')
+    s.set_defaults(func=cmd_define_object, needs='schema')
     s = sub.add_parser('backup', help='copy a live SQLite database to PATH (online backup API)')
-    s.add_argument('path')
-    s.set_defaults(func=cmd_backup)
+    s.add_argument('path', metavar='PATH', help='the backup file, in an existing directory')
+    s.add_argument('--force', action='store_true', help='replace PATH if it exists')
+    s.set_defaults(func=cmd_backup, needs='file')
     sub.add_parser('demo', help='fill a new organization with demo records; prints a token').set_defaults(
-        func=cmd_demo)
+        func=cmd_demo, needs=None)
     s = sub.add_parser('serve', help='serve the API with gunicorn')
     s.add_argument('--bind', default='127.0.0.1:8000')
     s.add_argument('--workers', type=int, default=2)
     s.add_argument('--threads', type=int, default=4)
     s.set_defaults(func=cmd_serve)
+    describe_missing(s, SERVE_HELP)
     return p
 
 
-def main(argv=None):
-    args = parser().parse_args(argv)
+# NOTE: the serve options' lines belong to the gunicorn settings work; their help lives here until
+# those lines carry it themselves (an option's own help= wins).
+SERVE_HELP = {'bind': 'address:port to listen on', 'workers': 'worker processes',
+              'threads': 'threads per worker'}
+
+
+def describe_missing(command, texts):
+    for action in command._actions:
+        action.help = action.help or texts.get(action.dest)
+
+
+def open_url(url):
+    """The Database for a URL, or a CliError saying what is wrong with the URL."""
+    try:
+        return connect(url)
+    except ValueError as exc:
+        raise CliError(f'bad database URL: {exc}') from None
+
+
+def check_sqlite_directory(db):
+    if db.name == 'sqlite' and db.path != ':memory:':
+        directory = os.path.dirname(os.path.abspath(db.path))
+        if not os.path.isdir(directory):
+            raise CliError(f'no directory {directory} for the SQLite database {db.path}')
+
+
+def open_database(url, needs):
+    """The database, checked as far as the command `needs`, before the command touches it."""
+    db = open_url(url)
+    if db.name == 'sqlite':
+        check_sqlite_directory(db)
+        if needs and db.path != ':memory:' and not os.path.isfile(db.path):
+            # NOTE: opening the file would create it; a command that reads must not leave one behind.
+            raise CliError(f'no SQLite database at {db.path}: run crmapi init-db first')
+        try:
+            db.connection()
+        except sqlite3.Error as exc:
+            raise CliError(f'cannot open the SQLite database {db.path}: {exc}') from None
+    else:
+        check_postgres(db)
+    if needs == 'schema':
+        check_schema(db)
+    return db
+
+
+def check_postgres(db):
+    """One direct connection with a short timeout: an unreachable server is one line after seconds,
+    not the pool's retries logged for the length of its timeout."""
+    import psycopg
+    logging.getLogger('psycopg.pool').setLevel(logging.CRITICAL)
+    db.pool_args.update(timeout=CONNECT_TIMEOUT_S)
+    try:
+        psycopg.connect(db.url, connect_timeout=CONNECT_TIMEOUT_S).close()
+    except psycopg.Error as exc:
+        raise CliError(f'cannot connect to PostgreSQL: {first_line(exc)}') from None
+
+
+def check_schema(db):
+    if not db.table_exists('schema_version'):
+        raise CliError('the database has no crmapi schema: run crmapi init-db first')
+    with db.transaction() as tx:
+        current = migrations.current_version(tx)
+    newest = migrations.latest(db.name)
+    if current < newest:
+        raise CliError(f'the schema is at version {current}, this crmapi needs {newest}: run crmapi migrate first')
+
+
+def first_line(error):
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
+
+
+def run(args):
+    args.database = args.database or os.environ.get('CRMAPI_DATABASE_URL') or DEFAULT_URL
     if args.command == 'serve':
+        # NOTE: only the URL is checked: the app itself waits out an unreachable database (503s).
+        check_sqlite_directory(open_url(args.database))
         return cmd_serve(None, args)
-    db = connect(args.database)
+    db = open_database(args.database, args.needs)
     try:
         args.func(db, args)
     finally:
         db.close()
+
+
+def main(argv=None):
+    """Run one command; whatever goes wrong ends in one `crmapi: …` line and a non-zero status."""
+    args = parser().parse_args(argv)
+    try:
+        run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # NOTE: `crmapi list-orgs | head -1` closes stdout early: nothing to report, and nothing
+        # more may be written (the interpreter's last flush would complain).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except CrmError as exc:
+        sys.exit(f'crmapi: {first_line(exc.detail)}')
+    except KeyboardInterrupt:
+        print('crmapi: interrupted', file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last guard: a bug still gets one line, not a traceback
+        if os.environ.get('CRMAPI_DEBUG') == '1':
+            traceback.print_exc()
+        print(f'crmapi: unexpected {type(exc).__name__}: {first_line(exc)} '
+              '(a bug: CRMAPI_DEBUG=1 shows the traceback)', file=sys.stderr)
+        sys.exit(EX_SOFTWARE)
 
 
 if __name__ == '__main__':

@@ -380,14 +380,51 @@ def _map_psycopg(exc):
 
 
 def connect(url):
-    """A Database for `sqlite:///path`, `sqlite://:memory:` or `postgresql://…`."""
+    """A Database for `sqlite:///path`, `sqlite://:memory:` or `postgresql://…`.
+
+    A malformed URL is a ValueError naming what is wrong (never echoing a password): a typo must
+    not quietly open another file or an in-memory database.
+    """
     parsed = urlparse(url)
     if parsed.scheme == 'sqlite':
-        path = unquote(parsed.path)
-        if parsed.netloc == ':memory:' or path in ('', '/:memory:'):
-            return SQLiteDatabase(':memory:')
-        # sqlite:///crm.db is relative, sqlite:////var/crm.db absolute (as in SQLAlchemy)
-        return SQLiteDatabase(path[1:])
+        return SQLiteDatabase(_sqlite_path(url, parsed))
     if parsed.scheme in ('postgresql', 'postgres'):
+        _check_postgres_url(url)
         return PostgresDatabase(url)
+    if not url.strip():
+        raise ValueError('the database URL is empty: use sqlite:///PATH or postgresql://…')
+    if not parsed.scheme:
+        raise ValueError(f"'{url}' has no scheme: for a SQLite file write sqlite:///{url}")
     raise ValueError(f"unsupported database URL scheme '{parsed.scheme}': use sqlite:/// or postgresql://")
+
+
+def _sqlite_path(url, parsed):
+    """The file of a SQLite URL: sqlite:///crm.db is relative, sqlite:////var/crm.db absolute (as in SQLAlchemy)."""
+    rest = url.split(':', 1)[1]
+    if not rest.startswith('//'):
+        raise ValueError(f"'{url}' is not a SQLite URL: write sqlite:///relative.db or sqlite:////absolute/path.db")
+    if (parsed.netloc, parsed.path) in (('', ''), (':memory:', ''), ('', '/:memory:')):
+        return ':memory:'
+    if parsed.netloc:
+        raise ValueError(f"'{url}' names a host ('{parsed.netloc}'); a SQLite URL has none: "
+                         f'write sqlite:///{parsed.netloc}{parsed.path} for a relative path')
+    if parsed.params or parsed.query or parsed.fragment:
+        raise ValueError(f"'{url}': a SQLite URL takes no parameters")
+    path = unquote(parsed.path)[1:]
+    if not path or path.endswith('/'):
+        raise ValueError(f"'{url}' names no file: write sqlite:///crm.db or sqlite:////var/lib/crm.db")
+    return path
+
+
+def _check_postgres_url(url):
+    """libpq's own parse of the URL, reported without its text (which may quote the password)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        reason = str(exc).split(':', 1)[0].strip()
+        raise ValueError(f'the PostgreSQL URL does not parse ({reason})') from None
+    for port in str(params.get('port') or '').split(','):
+        if port and not port.isdigit():
+            raise ValueError(f"the PostgreSQL URL's port '{port}' is not a number")

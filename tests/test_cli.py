@@ -1,16 +1,24 @@
 """The `crmapi` command line, run as a real process against a fresh database of each kind."""
+import argparse
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
 import webtest
 
+from crmapi import cli
 from crmapi import create_app
 from crmapi.config import Settings
 from crmapi.db import connect
+from crmapi.errors import Conflict
 from conftest import postgres_url
 
 
@@ -98,3 +106,321 @@ def test_database_option_overrides_the_environment(tmp_path):
                             env={**os.environ, 'CRMAPI_DATABASE_URL': 'sqlite:////nonexistent/dir/x.db'})
     assert result.returncode == 0, result.stderr
     assert (tmp_path / 'opt.db').exists()
+
+
+# -- refusals: one `crmapi: …` line and a non-zero status, never a traceback ------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+DEAD_POSTGRES = 'postgresql://127.0.0.1:1/x'
+
+
+def cli_env(**extra):
+    """The environment of a crmapi subprocess: this checkout's code, no database from the caller."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))
+    return {**os.environ, 'PYTHONPATH': path, 'CRMAPI_DATABASE_URL': '', **extra}
+
+
+def run_cli(*args, cwd=None, timeout=60, **env):
+    return subprocess.run([sys.executable, '-m', 'crmapi', *args], capture_output=True, text=True, cwd=cwd,
+                          env=cli_env(**env), timeout=timeout)
+
+
+def assert_refused(result, message, status=1):
+    """One line on stderr, prefixed `crmapi: `, saying `message`; the given exit status; nothing on stdout."""
+    assert 'Traceback' not in result.stderr, result.stderr
+    assert result.returncode == status, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('crmapi: '), result.stderr
+    assert message in lines[0], result.stderr
+    assert result.stdout == ''
+
+
+def refused_in_process(capsys, argv, message, status=1):
+    """cli.main() in this process: SystemExit with `status` and one `crmapi: …` line saying `message`."""
+    capsys.readouterr()  # what set-up printed
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    assert exit_.value.code == status or (status == 1 and str(exit_.value.code).startswith('crmapi: ')), err
+    text = err or str(exit_.value.code)
+    assert len(text.splitlines()) == 1 and text.startswith('crmapi: ') and message in text, text
+    return text
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    """A migrated SQLite database, made through the CLI in this process."""
+    url = f'sqlite:///{tmp_path}/crm.db'
+    cli.main(['--database', url, 'init-db'])
+    return url
+
+
+def test_commands_before_init_db_say_run_init_db_first(database_url, tmp_path):
+    for args in (['create-org', 'Acme'], ['list-orgs'], ['list-tokens', '--org', 'org_x']):
+        assert_refused(run_cli('--database', database_url, *args), 'run crmapi init-db first')
+    if database_url.startswith('sqlite'):
+        assert list(tmp_path.iterdir()) == []  # reading commands leave no empty database behind
+
+
+def test_an_empty_sqlite_file_says_run_init_db_first(tmp_path):
+    (tmp_path / 'empty.db').touch()
+    assert_refused(run_cli('--database', f'sqlite:///{tmp_path}/empty.db', 'create-org', 'Acme'),
+                   'no crmapi schema: run crmapi init-db first')
+
+
+def test_an_old_schema_says_run_migrate_first(tmp_path):
+    url = f'sqlite:///{tmp_path}/old.db'
+    cli.main(['--database', url, 'migrate', '--to', '1'])
+    assert_refused(run_cli('--database', url, 'list-orgs'), 'run crmapi migrate first')
+
+
+@pytest.mark.parametrize('url, message', [
+    ('mysql://crm:s3cret@db/crm', "unsupported database URL scheme 'mysql'"),
+    ('crm.db', "'crm.db' has no scheme: for a SQLite file write sqlite:///crm.db"),
+    ('sqlite:/crm.db', "'sqlite:/crm.db' is not a SQLite URL"),
+    ('sqlite:crm.db', "'sqlite:crm.db' is not a SQLite URL"),
+    ('sqlite://crm.db', "'sqlite://crm.db' names a host ('crm.db'); a SQLite URL has none: write sqlite:///crm.db"),
+    ('sqlite:///crm.db?mode=ro', "'sqlite:///crm.db?mode=ro': a SQLite URL takes no parameters"),
+    ('sqlite:///', "'sqlite:///' names no file"),
+    ('postgresql://crm@db:abc/crm', "the PostgreSQL URL's port 'abc' is not a number"),
+    ('postgresql://crm:s3cret%zz@db/crm', 'the PostgreSQL URL does not parse (invalid percent-encoded token)'),
+    ('postgresql://db/crm?nosuchoption=1', 'the PostgreSQL URL does not parse (invalid URI query parameter)'),
+])
+def test_a_malformed_database_url_is_refused_without_creating_anything(url, message, tmp_path):
+    for command in ('init-db', 'serve'):
+        result = run_cli('--database', url, command, cwd=tmp_path)
+        assert_refused(result, f'bad database URL: {message}')
+        assert 's3cret' not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_database_url_comes_from_the_environment_when_there_is_no_option(tmp_path):
+    assert_refused(run_cli('init-db', cwd=tmp_path, CRMAPI_DATABASE_URL='crm.db'), "'crm.db' has no scheme")
+
+
+@pytest.mark.parametrize('command', ['init-db', 'list-orgs', 'demo', 'serve'])
+def test_a_sqlite_path_in_a_missing_directory_is_refused(command, tmp_path):
+    result = run_cli('--database', f'sqlite:///{tmp_path}/missing/crm.db', command)
+    assert_refused(result, f'no directory {tmp_path}/missing for the SQLite database')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_is_not_a_sqlite_database_is_refused(tmp_path):
+    (tmp_path / 'notes.txt').write_text('not a database, but long enough to have a header' * 4)
+    assert_refused(run_cli('--database', f'sqlite:///{tmp_path}/notes.txt', 'init-db'),
+                   f'cannot open the SQLite database {tmp_path}/notes.txt')
+
+
+@pytest.mark.parametrize('command', [['init-db'], ['list-orgs'], ['create-org', 'Acme']])
+def test_an_unreachable_postgresql_is_one_line_at_once(command):
+    started = time.monotonic()
+    result = run_cli('--database', DEAD_POSTGRES, *command)
+    assert_refused(result, 'cannot connect to PostgreSQL: connection failed')
+    assert time.monotonic() - started < cli.CONNECT_TIMEOUT_S
+
+
+def test_a_postgresql_that_never_answers_is_given_up_after_the_connect_timeout():
+    with socket.socket() as silent:  # accepts the TCP connection (backlog), never says a word
+        silent.bind(('127.0.0.1', 0))
+        silent.listen(1)
+        started = time.monotonic()
+        result = run_cli('--database', f'postgresql://127.0.0.1:{silent.getsockname()[1]}/x', 'list-orgs')
+        elapsed = time.monotonic() - started
+    assert_refused(result, 'cannot connect to PostgreSQL')
+    assert cli.CONNECT_TIMEOUT_S - 1 < elapsed < cli.CONNECT_TIMEOUT_S + 5
+
+
+def test_a_missing_postgresql_database_is_named():
+    base = postgres_url()
+    result = run_cli('--database', base.rsplit('/', 1)[0] + '/no_such_database', 'list-orgs')
+    assert_refused(result, 'database "no_such_database" does not exist')
+
+
+def test_make_run_stops_before_gunicorn_when_the_database_is_unreachable():
+    venv = sys.prefix  # the virtualenv running these tests; -o: never (re)install into it from here
+    make = subprocess.Popen(['make', '--no-print-directory', '-o', f'{venv}/.installed', 'run', f'VENV={venv}',
+                             f'DB_URL={DEAD_POSTGRES}', 'BIND=127.0.0.1:1'],
+                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = make.communicate(timeout=30)
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)  # gunicorn was started: the test fails below
+            make.wait()
+    assert make.returncode not in (0, None), output
+    assert 'crmapi: cannot connect to PostgreSQL' in output
+    assert 'Traceback' not in output and ' serve --bind' not in output and 'Starting gunicorn' not in output
+
+
+def test_create_org_refuses_an_existing_name_unless_allowed(database_url):
+    crmapi(database_url, 'init-db')
+    first = crmapi(database_url, 'create-org', 'Acme Ltd').stdout.strip()
+    result = crmapi(database_url, 'create-org', 'ACME LTD', check=False)
+    assert_refused(result, f"an organization named 'Acme Ltd' already exists ({first}); pass --allow-duplicate")
+    second = crmapi(database_url, 'create-org', 'Acme Ltd', '--allow-duplicate').stdout.strip()
+    assert second != first
+    assert crmapi(database_url, 'list-orgs').stdout.splitlines() == [f'{first}\tAcme Ltd', f'{second}\tAcme Ltd']
+
+
+@pytest.mark.parametrize('name', ['', '   ', 'tab\there'])
+def test_create_org_refuses_a_blank_or_unprintable_name(name, capsys, sqlite_url):
+    refused_in_process(capsys, ['--database', sqlite_url, 'create-org', name], 'is not an organization name', 2)
+
+
+@pytest.mark.parametrize('option, value, message', [
+    ('--email', 'notanemail', "'notanemail' is not an email address"),
+    ('--email', 'two@at@signs.example', "'two@at@signs.example' is not an email address"),
+    ('--email', 'ann @acme.example', "'ann @acme.example' is not an email address"),
+    ('--expires-in', '-5', '-5 days: use 1 to 36500'),
+    ('--expires-in', '0', '0 days: use 1 to 36500'),
+    ('--expires-in', '99999999', '99999999 days: use 1 to 36500'),
+    ('--expires-in', 'soon', "'soon' is not a whole number of days"),
+])
+def test_create_token_refuses_bad_options_before_touching_the_database(option, value, message, capsys, tmp_path):
+    args = {'--email': 'ann@acme.example', '--expires-in': '7', option: value}
+    argv = ['--database', f'sqlite:///{tmp_path}/crm.db', 'create-token', '--org', 'org_x']
+    text = refused_in_process(capsys, argv + [arg for pair in args.items() for arg in pair],
+                              f'argument {option}: {message}', 2)
+    assert text.endswith('(see crmapi create-token --help)\n')
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('command', [['list-tokens', '--org', 'org_nope'], ['recount', '--org', 'org_nope'],
+                                     ['create-token', '--org', 'org_nope', '--email', 'a@b.example']])
+def test_commands_on_an_unknown_organization_are_refused(command, database_url):
+    crmapi(database_url, 'init-db')
+    assert_refused(crmapi(database_url, *command, check=False), 'no organization org_nope')
+
+
+@pytest.mark.parametrize('to, message', [(0, 'no schema version 0: versions run from 1 to'),
+                                         (999, 'no schema version 999'),
+                                         (1, 'the schema is at version')])
+def test_migrate_goes_only_forward_to_a_version_that_exists(to, message, capsys, sqlite_url):
+    refused_in_process(capsys, ['--database', sqlite_url, 'migrate', '--to', str(to)], message)
+
+
+def test_backup_of_a_missing_database_creates_nothing(tmp_path):
+    result = run_cli('--database', f'sqlite:///{tmp_path}/missing.db', 'backup', str(tmp_path / 'copy.db'))
+    assert_refused(result, f'no SQLite database at {tmp_path}/missing.db: run crmapi init-db first')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_backup_replaces_an_existing_file_only_with_force(capsys, sqlite_url, tmp_path):
+    cli.main(['--database', sqlite_url, 'create-org', 'Acme'])
+    target = tmp_path / 'copy.db'
+    target.write_text('yesterday')
+    refused_in_process(capsys, ['--database', sqlite_url, 'backup', str(target)],
+                       f'{target} exists; pass --force to replace it')
+    assert target.read_text() == 'yesterday'
+    cli.main(['--database', sqlite_url, 'backup', str(target), '--force'])
+    capsys.readouterr()
+    cli.main(['--database', f'sqlite:///{target}', 'list-orgs'])
+    assert capsys.readouterr().out.split('\t')[1] == 'Acme\n'
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.crmapi-backup-')]
+
+
+@pytest.mark.parametrize('target, message', [
+    ('missing/copy.db', 'no directory {tmp}/missing for the backup'),
+    ('.', '{tmp} is a directory: name the backup file'),
+    ('crm.db', '{tmp}/crm.db is the database itself'),
+])
+def test_backup_refuses_a_target_it_cannot_or_must_not_write(target, message, capsys, sqlite_url, tmp_path):
+    argv = ['--database', sqlite_url, 'backup', str(tmp_path / target), '--force']
+    refused_in_process(capsys, argv, message.format(tmp=tmp_path))
+    assert not (tmp_path / 'missing').exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.crmapi-backup-')]
+
+
+def test_backup_of_postgresql_points_to_pg_dump(database_url, tmp_path):
+    if database_url.startswith('sqlite'):
+        return  # the SQLite side is the backups above
+    crmapi(database_url, 'init-db')
+    assert_refused(crmapi(database_url, 'backup', str(tmp_path / 'copy.db'), check=False), 'use pg_dump')
+
+
+def test_define_object_with_an_unchanged_file_keeps_the_version(database_url, tmp_path):
+    crmapi(database_url, 'init-db')
+    org = crmapi(database_url, 'create-org', 'Acme').stdout.strip()
+    definition = tmp_path / 'projects.json'
+
+    def define(body):
+        definition.write_text(json.dumps(body))
+        return json.loads(crmapi(database_url, 'define-object', '--org', org, '--file', str(definition)).stdout)
+    body = {'slug': 'projects', 'label': 'Projects', 'fields': [{'name': 'budget', 'type': 'number'}]}
+    assert define(body)['version'] == 1
+    assert define(body)['version'] == 1
+    assert define({'slug': 'projects'})['version'] == 1  # fields left out are kept, not changed
+    assert define({**body, 'label': 'Projects (all)'})['version'] == 2
+    assert define({**body, 'label': 'Projects (all)'})['version'] == 2
+    assert define({'slug': 'projects', 'fields': [{'name': 'budget', 'type': 'number', 'label': 'B'}]})[
+        'version'] == 3
+
+
+@pytest.mark.parametrize('content, message', [
+    ('[1, 2]', 'must hold one JSON object'),
+    ('{"slug": ', 'cannot read'),
+    ('{"slug": "x", "fields": "budget"}', "'fields' must be an array"),
+])
+def test_define_object_refuses_a_file_that_is_not_a_definition(content, message, capsys, sqlite_url, tmp_path):
+    cli.main(['--database', sqlite_url, 'create-org', 'Acme'])
+    org = capsys.readouterr().out.strip()
+    (tmp_path / 'def.json').write_text(content)
+    refused_in_process(capsys, ['--database', sqlite_url, 'define-object', '--org', org,
+                                '--file', str(tmp_path / 'def.json')], message)
+
+
+def test_every_option_of_every_command_is_described_with_its_default(capsys):
+    commands = cli.parser()._subparsers._group_actions[0].choices
+    for name, command in [('crmapi', cli.parser()), *commands.items()]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(['--help'] if name == 'crmapi' else [name, '--help'])
+        assert exit_.value.code == 0
+        shown = ' '.join(capsys.readouterr().out.split())
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f'{name}: {action.dest} has no help'
+            assert ' '.join(action.help.split()) in shown
+            if action.default not in (None, False, argparse.SUPPRESS):
+                assert f'(default: {action.default})' in shown, f'{name}: {action.dest}'
+
+
+def test_help_never_prints_the_database_url_of_the_environment(monkeypatch, capsys):
+    monkeypatch.setenv('CRMAPI_DATABASE_URL', 'postgresql://crm:s3cret@db/crm')
+    with pytest.raises(SystemExit):
+        cli.main(['--help'])
+    out = capsys.readouterr().out
+    assert 's3cret' not in out and '(default: CRMAPI_DATABASE_URL, else sqlite:///crm.db)' in ' '.join(out.split())
+
+
+def test_a_crm_error_is_one_line_and_status_1(monkeypatch, capsys, sqlite_url):
+    def refuse(db, args):
+        raise Conflict('first line\nsecond line')
+    monkeypatch.setattr(cli, 'cmd_list_orgs', refuse)
+    refused_in_process(capsys, ['--database', sqlite_url, 'list-orgs'], 'crmapi: first line')
+
+
+def test_an_unexpected_error_is_one_line_and_status_70(monkeypatch, capsys, sqlite_url):
+    def crash(db, args):
+        raise KeyError('boom')
+    monkeypatch.setattr(cli, 'cmd_list_orgs', crash)
+    monkeypatch.delenv('CRMAPI_DEBUG', raising=False)
+    refused_in_process(capsys, ['--database', sqlite_url, 'list-orgs'], "crmapi: unexpected KeyError: 'boom'", 70)
+    monkeypatch.setenv('CRMAPI_DEBUG', '1')
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(['--database', sqlite_url, 'list-orgs'])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 70 and 'Traceback' in err and err.splitlines()[-1].startswith('crmapi: unexpected')
+
+
+def test_a_reader_that_stops_early_gets_no_complaint(sqlite_url):
+    for i in range(3):
+        cli.main(['--database', sqlite_url, 'create-org', f'Org {i}'])
+    reader = subprocess.Popen([sys.executable, '-m', 'crmapi', '--database', sqlite_url, 'list-orgs'],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), text=True)
+    reader.stdout.close()  # like `| head -0`: gone before the first line is written
+    err = reader.stderr.read()
+    reader.wait(timeout=60)
+    assert err == ''
