@@ -307,23 +307,11 @@ def parser():
     sub.add_parser('demo', help='fill a new organization with demo records; prints a token').set_defaults(
         func=cmd_demo, needs=None)
     s = sub.add_parser('serve', help='serve the API with gunicorn')
-    s.add_argument('--bind', default='127.0.0.1:8000')
-    s.add_argument('--workers', type=int, default=2)
-    s.add_argument('--threads', type=int, default=4)
+    s.add_argument('--bind', default='127.0.0.1:8000', help='address:port to listen on')
+    s.add_argument('--workers', type=int, default=2, help='worker processes')
+    s.add_argument('--threads', type=int, default=4, help='threads per worker')
     s.set_defaults(func=cmd_serve)
-    describe_missing(s, SERVE_HELP)
     return p
-
-
-# NOTE: the serve options' lines belong to the gunicorn settings work; their help lives here until
-# those lines carry it themselves (an option's own help= wins).
-SERVE_HELP = {'bind': 'address:port to listen on', 'workers': 'worker processes',
-              'threads': 'threads per worker'}
-
-
-def describe_missing(command, texts):
-    for action in command._actions:
-        action.help = action.help or texts.get(action.dest)
 
 
 def open_url(url):
