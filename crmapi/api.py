@@ -13,6 +13,7 @@ EXPORTS = {
     'application/x-ndjson': ('application/x-ndjson', ndjson_stream),
 }
 COUNTS = ('exact', 'estimated', 'none')
+HANDLINGS = ('strict', 'lenient')
 
 
 def export_format(req):
@@ -21,16 +22,32 @@ def export_format(req):
     return next((media for media in EXPORTS if media in accept), None)
 
 
+def preference(req, name, choices):
+    """The value of one `Prefer` preference (RFC 7240) among `choices`; None when not sent."""
+    for item in (req.get_header('Prefer') or '').split(','):
+        key, _, value = item.split(';')[0].strip().partition('=')
+        if key.strip().lower() == name:
+            value = value.strip().strip('"').lower()
+            if value not in choices:
+                raise InvalidParam(f"Prefer: {name}= takes {', '.join(choices)}", param='Prefer')
+            return value
+    return None
+
+
 def count_preference(req):
     """`Prefer: count=exact|estimated|none`, as PostgREST spells it; exact by default."""
-    for preference in (req.get_header('Prefer') or '').split(','):
-        name, _, value = preference.strip().partition('=')
-        if name.strip().lower() == 'count':
-            value = value.strip().lower()
-            if value not in COUNTS:
-                raise InvalidParam(f"Prefer: count= takes {', '.join(COUNTS)}", param='Prefer')
-            return value
-    return 'exact'
+    return preference(req, 'count', COUNTS) or 'exact'
+
+
+def lenient_handling(req, resp):
+    """`Prefer: handling=strict|lenient` (RFC 7240) on a write: strict by default, where a body field
+    the resource does not have is a 400; lenient ignores it. A handling sent is echoed as applied."""
+    handling = preference(req, 'handling', HANDLINGS)
+    if handling is not None:
+        resp.append_header('Preference-Applied', f'handling={handling}')
+    return handling == 'lenient'
+
+
 from .errors import InvalidBody
 from .errors import PayloadTooLarge
 from .errors import UnsupportedMediaType
@@ -134,10 +151,11 @@ class Records:
 
     def on_post(self, req, resp, resource):
         info = self._table(req, resource)
+        lenient = lenient_handling(req, resp)
         body = read_body(req, self.max_body_bytes)
 
         def create():
-            record = self.store.create(info, req.context.principal, body)
+            record = self.store.create(info, req.context.principal, body, lenient)
             return 201, record, f'{req.root_path}/api/{resource}/{record["id"]}'
         respond_once(req, resp, self.idempotency, body, create)
 
@@ -145,8 +163,12 @@ class Records:
         resp.media = self.store.get(self._table(req, resource), req.context.principal, id)
 
     def on_put_item(self, req, resp, resource, id):
+        """PUT and PATCH alike: a partial update of the fields sent."""
         info = self._table(req, resource)
-        resp.media = self.store.update(info, req.context.principal, id, read_body(req, self.max_body_bytes))
+        lenient = lenient_handling(req, resp)
+        resp.media = self.store.update(info, req.context.principal, id, read_body(req, self.max_body_bytes), lenient)
+
+    on_patch_item = on_put_item
 
     def on_delete_item(self, req, resp, resource, id):
         resp.media = self.store.delete(self._table(req, resource), req.context.principal, id)
@@ -164,9 +186,10 @@ class MergeContacts:
         self.idempotency = idempotency
 
     def on_post(self, req, resp):
+        lenient = lenient_handling(req, resp)
         body = read_body(req, self.max_body_bytes)
         respond_once(req, resp, self.idempotency, body,
-                     lambda: (200, self.store.merge_contacts(req.context.principal, body), None))
+                     lambda: (200, self.store.merge_contacts(req.context.principal, body, lenient), None))
 
 
 class Health:

@@ -31,6 +31,7 @@ log = logging.getLogger('crmapi')
 PROBLEM_JSON = 'application/problem+json'
 EXPOSED_HEADERS = 'Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied'
 ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID'
+ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS'
 
 
 PUBLIC_PATHS = frozenset({'/api/docs'})          # served to anyone
@@ -114,9 +115,25 @@ class CorsMiddleware:
         else:
             return
         if req.method == 'OPTIONS' and req.get_header('Access-Control-Request-Method'):
-            resp.set_header('Access-Control-Allow-Methods', 'GET, POST, PUT, DELETE, OPTIONS')
+            resp.set_header('Access-Control-Allow-Methods', ALLOWED_METHODS)
             resp.set_header('Access-Control-Allow-Headers', ALLOWED_HEADERS)
             resp.set_header('Access-Control-Max-Age', '600')
+
+
+class App(falcon.App):
+    """falcon.App where every GET route answers HEAD too: the GET's headers, no body.
+
+    NOTE: Falcon drops the body of a HEAD answer itself, but routes HEAD only to `on_head*`
+    responders (405 otherwise); each `on_get[_suffix]` doubles as its `on_head[_suffix]`.
+    """
+
+    def add_route(self, uri_template, resource, **kwargs):
+        for name in dir(resource):
+            if name == 'on_get' or name.startswith('on_get_'):
+                head = 'on_head' + name[len('on_get'):]
+                if not hasattr(resource, head):
+                    setattr(resource, head, getattr(resource, name))
+        super().add_route(uri_template, resource, **kwargs)
 
 
 def _render(resp, status, body, headers=None):
@@ -199,7 +216,7 @@ def build_app(settings, db):
     if settings.access_log:
         enable_access_log()
     middleware = [RequestLog(), CorsMiddleware(settings.cors_origins), AuthMiddleware(Accounts(db))]
-    app = falcon.App(middleware=middleware)
+    app = App(middleware=middleware)
     json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.resp_options.media_handlers.update({'application/json': json_handler, PROBLEM_JSON: json_handler})
     app.req_options.strip_url_path_trailing_slash = True

@@ -53,6 +53,11 @@ PROBLEM_SCHEMA = {
         'message': {'type': 'string'},
         'param': {'type': 'string', 'description': 'the query parameter at fault'},
         'field': {'type': 'string', 'description': 'the field at fault'},
+        'errors': {
+            'type': 'array', 'description': 'every invalid field of a body (`field` and `detail` are the first)',
+            'items': {'type': 'object', 'required': ['field', 'detail'],
+                      'properties': {'field': {'type': 'string'}, 'detail': {'type': 'string'}}},
+        },
     },
 }
 
@@ -166,11 +171,17 @@ def record_schema(info):
 
 
 def body_schema(info, creating):
-    """A write body: the writable fields. Unknown fields (and camelCase twins) are accepted and ignored."""
+    """A write body: the writable fields (camelCase twins accepted, read-only fields ignored).
+
+    NOTE: not `additionalProperties: false`: the camelCase spellings and the fields a record is read
+    with (`id`, `created_at`, a summary's `nb_tasks`) are accepted too.
+    """
     writable = info.writable
     schema = {
         'type': 'object',
-        'description': 'Writable fields; other fields are ignored. camelCase spellings are accepted.',
+        'description': 'Writable fields (camelCase spellings accepted). The fields a record is read with but '
+                       'cannot write (`id`, timestamps, computed columns) are ignored; any other field is a 400 '
+                       'unless the request sends `Prefer: handling=lenient`.',
         'properties': {n: value_schema(c, c.nullable) for n, c in writable.items()},
     }
     required = [n for n, c in writable.items() if c.required]
@@ -258,6 +269,20 @@ def operation(op_id, summary, tag, ok, errors, body=None, parameters=None, publi
 
 
 ID_PARAM = {'name': 'id', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}
+HANDLING_PARAM = {
+    'name': 'Prefer', 'in': 'header', 'required': False,
+    'schema': {'type': 'string', 'enum': ['handling=strict', 'handling=lenient']},
+    'description': 'RFC 7240: `handling=strict` (the default) refuses a body field the resource does not have; '
+                   '`handling=lenient` ignores it (answered with `Preference-Applied`)',
+}
+
+
+def head_operation(get):
+    """HEAD: the GET's parameters, status codes and headers, without a body."""
+    responses = {code: {k: v for k, v in response.items() if k != 'content'}
+                 for code, response in get['responses'].items()}
+    return {**get, 'operationId': f"head_{get['operationId']}", 'summary': f"{get['summary']}: headers only",
+            'responses': responses}
 
 
 def resource_paths(info, limits):
@@ -278,16 +303,20 @@ def resource_paths(info, limits):
                              {200: json_response('The record', record)}, {404}),
         },
     }
+    for item in paths.values():
+        item['head'] = head_operation(item['get'])
     if spec.read_only:
         return paths
     deleted = {'archive': 'archives', 'disable': 'disables', 'hard': 'deletes'}[spec.delete]
     paths[f'/api/{slug}']['post'] = operation(
         f'create_{slug}', f'Create a {slug} record', slug,
         {201: json_response('The created record', record, ['Location'])},
-        {404, 409, *forbidden}, body=ref(f'{slug}_create'))
-    paths[f'/api/{slug}/{{id}}']['put'] = operation(
-        f'update_{slug}', f'Update a {slug} record (partial: the fields sent)', slug,
-        {200: json_response('The updated record', record)}, {404, 409, *forbidden}, body=ref(f'{slug}_update'))
+        {404, 409, *forbidden}, body=ref(f'{slug}_create'), parameters=[HANDLING_PARAM])
+    for method, op_id in (('put', f'update_{slug}'), ('patch', f'patch_{slug}')):
+        paths[f'/api/{slug}/{{id}}'][method] = operation(
+            op_id, f'Update a {slug} record (partial: the fields sent)', slug,
+            {200: json_response('The updated record', record)}, {404, 409, *forbidden}, body=ref(f'{slug}_update'),
+            parameters=[HANDLING_PARAM])
     paths[f'/api/{slug}/{{id}}']['delete'] = operation(
         f'delete_{slug}', f'Delete a {slug} record ({deleted} it)', slug,
         {200: json_response('The record as it was left', record)}, {404, 409, *forbidden})
@@ -312,7 +341,7 @@ def fixed_paths():
             body={'type': 'object', 'required': ['source_ids', 'target_id'], 'properties': {
                 'source_ids': {'type': 'array', 'minItems': 1, 'maxItems': MAX_MERGE_SOURCES,
                                'items': {'type': 'string', 'minLength': 1}},
-                'target_id': {'type': 'string', 'minLength': 1}}})},
+                'target_id': {'type': 'string', 'minLength': 1}}}, parameters=[HANDLING_PARAM])},
         '/api/schema': {'get': operation(
             'list_schema', 'The resources this caller may use', 'schema',
             {200: json_response('One entry per resource', {'type': 'array', 'items': ref('ResourceSummary')})},

@@ -4,6 +4,7 @@ Python holds only policy: which tables are resources, their id prefixes, how a d
 which columns the server manages and where references point. Every column name, type,
 nullability and default comes from `information_schema` or `PRAGMA table_xinfo`, once at start-up.
 """
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ class TableInfo:
     spec: ResourceSpec
     columns: dict                       # name -> Column, in table order
     declared: dict                      # name -> declared SQL type, for introspection
+    view_columns: frozenset = frozenset()  # what read-only views over this table add (`nb_tasks`)
 
     @property
     def slug(self):
@@ -110,6 +112,14 @@ class TableInfo:
     @property
     def writable(self):
         return {n: c for n, c in self.columns.items() if c.writable}
+
+    @property
+    def read_only_fields(self):
+        """Fields a record is read with but a write never sets (server-managed, computed by a view).
+
+        A body may carry them (react-admin sends back whole records, summaries included); they are ignored.
+        """
+        return frozenset(n for n, c in self.columns.items() if not c.writable) | self.view_columns
 
     @property
     def archivable(self):
@@ -158,6 +168,20 @@ def snake_case(name):
     return _CAMEL.sub(lambda m: '_' + m.group(1).lower(), name)
 
 
+def with_view_columns(infos):
+    """Each table's TableInfo knowing the columns its read-only views add (`company_name` on contacts).
+
+    NOTE: a read-only view names the table it summarises in `counted_as` (its rows are that table's).
+    """
+    added = {}
+    for info in infos.values():
+        base = infos.get(info.spec.counted_as)
+        if info.spec.read_only and base is not None and base is not info:
+            added.setdefault(base.slug, set()).update(set(info.columns) - set(base.columns))
+    return {slug: dataclasses.replace(info, view_columns=frozenset(added[slug])) if slug in added else info
+            for slug, info in infos.items()}
+
+
 INTERNAL = {spec.slug: spec for spec in [
     ResourceSpec('custom_objects', 'obj_', delete='archive'),
     ResourceSpec('idempotency_keys', ''),
@@ -181,6 +205,7 @@ class Catalog:
         if missing:
             raise RuntimeError(f"database has no table {', '.join(missing)}: run 'crmapi init-db'")
         infos = {slug: table_info(spec, found[spec.table]) for slug, spec in wanted.items()}
+        infos = with_view_columns(infos)
         return cls({s: infos[s] for s in specs}, {s: infos[s] for s in INTERNAL})
 
     def resolve(self, slug, principal=None):

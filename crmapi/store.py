@@ -5,6 +5,7 @@ them into statements through `sqlbuild` and runs every multi-statement operation
 transaction, so a failure leaves nothing half-written.
 """
 import datetime as dt
+import difflib
 import os
 import threading
 import time
@@ -18,10 +19,12 @@ from .errors import InvalidValue
 from .errors import MethodNotAllowed
 from .errors import NotFound
 from .errors import RecordNotFound
+from .errors import UnknownField
 from .schema import snake_case
 
 _CROCKFORD = '0123456789abcdefghjkmnpqrstvwxyz'
 MAX_MERGE_SOURCES = 100
+MERGE_FIELDS = ('source_ids', 'target_id')
 
 
 _last_id = [0, 0]
@@ -54,6 +57,23 @@ def utc_now():
 
 def is_empty(value):
     return value is None or value == '' or value == []
+
+
+def unknown_field(resource, key, name, known):
+    """A body field `resource` does not have, with the closest known field name when there is one."""
+    detail = f"Resource '{resource}' has no field '{key}'"
+    close = difflib.get_close_matches(name, list(known), n=1)
+    if close:
+        detail += f"; did you mean '{close[0]}'?"
+    return UnknownField(detail, field=key)
+
+
+def raise_all(problems):
+    """Raise the first problem of a body, carrying every one of them in `errors`."""
+    if problems:
+        first = problems[0]
+        first.members['errors'] = [{'field': p.members.get('field'), 'detail': p.detail} for p in problems]
+        raise first
 
 
 class Store:
@@ -136,31 +156,50 @@ class Store:
 
     def _check_writable(self, info, principal):
         if info.spec.read_only:
-            raise MethodNotAllowed(f"Resource '{info.slug}' is read-only", allow=['GET'])
+            raise MethodNotAllowed(f"Resource '{info.slug}' is read-only", allow=['GET', 'HEAD'])
         if info.spec.admin_writes and not principal.is_admin:
             raise Forbidden(f"Only administrators may change {info.slug}")
 
-    def prepare(self, info, body, creating):
-        """The writable fields of `body`, checked against their columns; unknown fields are ignored."""
+    def prepare(self, info, body, creating, lenient=False):
+        """The writable fields of `body`, checked against their columns; every bad field is reported.
+
+        Read-only fields (server-managed, computed by a view) are ignored, so a record read back and
+        sent whole still writes; any other unknown field is a 400 unless `lenient` (it is then ignored).
+        """
         if not isinstance(body, dict):
             raise InvalidBody('The request body must be a JSON object')
-        changes = {}
+        changes, problems = {}, []
         for key, value in body.items():
             name = key if key in info.columns else snake_case(key)
-            column = info.columns.get(name)
-            if column is None or not column.writable or (name != key and key in info.columns):
-                continue
             if name != key and name in body:
                 continue  # the snake_case spelling wins over its camelCase twin
-            if value is None and not column.nullable:
-                raise InvalidValue(f"Field '{name}' may not be null", field=name)
-            changes[name] = values.check(column, value)
+            column = info.columns.get(name)
+            if column is None and name not in info.read_only_fields:
+                if not lenient:
+                    problems.append(unknown_field(info.slug, key, name, info.writable))
+                continue
+            if column is None or not column.writable:
+                continue
+            try:
+                changes[name] = self._value(column, value)
+            except InvalidValue as exc:
+                problems.append(exc)
+        reported = {p.members.get('field') for p in problems}
         for name, column in info.columns.items():
-            if column.required and (name in changes or creating) and changes.get(name) is None:
-                raise InvalidValue(f"Field '{name}' is required", field=name)
+            if (column.required and (name in changes or creating) and changes.get(name) is None
+                    and name not in reported):
+                problems.append(InvalidValue(f"Field '{name}' is required", field=name))
+        raise_all(problems)
         return changes
 
+    @staticmethod
+    def _value(column, value):
+        if value is None and not column.nullable:
+            raise InvalidValue(f"Field '{column.name}' may not be null", field=column.name)
+        return values.check(column, value)
+
     def _check_references(self, tx, info, principal, changes):
+        problems = []
         for name, value in changes.items():
             target = info.columns[name].references
             if target is None or is_empty(value):
@@ -171,8 +210,9 @@ class Store:
                 self.db.dialect, target_info, principal.org_id, wanted))}
             missing = [i for i in wanted if i not in found]
             if missing:
-                raise InvalidValue(f"Field '{name}' refers to {target} '{missing[0]}', which does not exist",
-                                   field=name)
+                problems.append(InvalidValue(
+                    f"Field '{name}' refers to {target} '{missing[0]}', which does not exist", field=name))
+        raise_all(problems)
 
     def _stamp(self, info, changes, *names):
         now = self.clock()
@@ -181,9 +221,9 @@ class Store:
                 changes[name] = now
         return changes
 
-    def create(self, info, principal, body):
+    def create(self, info, principal, body, lenient=False):
         self._check_writable(info, principal)
-        row = self.prepare(info, body, creating=True)
+        row = self.prepare(info, body, creating=True, lenient=lenient)
         row = {'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id, **row}
         self._stamp(info, row, 'created_at', 'updated_at')
         with self.db.transaction(write=True) as tx:
@@ -192,9 +232,9 @@ class Store:
             self._count(tx, info, principal, 1)
             return created
 
-    def update(self, info, principal, record_id, body):
+    def update(self, info, principal, record_id, body, lenient=False):
         self._check_writable(info, principal)
-        changes = self.prepare(info, body, creating=False)
+        changes = self.prepare(info, body, creating=False, lenient=lenient)
         with self.db.transaction(write=True) as tx:
             if not changes:
                 return self._fetch(tx, info, principal, record_id)
@@ -274,10 +314,13 @@ class Store:
 
     # -- merge -------------------------------------------------------------------------------------
 
-    def merge_contacts(self, principal, body):
+    def merge_contacts(self, principal, body, lenient=False):
         """Fold `source_ids` into `target_id` in one transaction; the sources are then deleted."""
         if not isinstance(body, dict):
             raise InvalidBody('The request body must be a JSON object')
+        if not lenient:
+            raise_all([unknown_field('merge_contacts', key, snake_case(key), MERGE_FIELDS)
+                       for key in body if key not in MERGE_FIELDS])
         sources, target_id = body.get('source_ids'), body.get('target_id')
         if not isinstance(target_id, str) or not target_id:
             raise InvalidValue("Field 'target_id' must be the id of the contact to keep", field='target_id')

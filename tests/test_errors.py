@@ -47,7 +47,7 @@ CASES = {
     'unrouted-path-post': ('POST', '/api/contacts/x/restore/y', b'{}', 'application/json', 404, {}),
     'unrouted-root': ('GET', '/nowhere', None, None, 404, {}),
     'merge-get': ('GET', '/api/merge_contacts', None, None, 405, {}),
-    'patch-item': ('PATCH', '/api/contacts/c_1', b'{"first_name":"x"}', 'application/json', 405, {}),
+    'post-item': ('POST', '/api/contacts/c_1', b'{"first_name":"x"}', 'application/json', 405, {}),
     'patch-list': ('PATCH', '/api/contacts', b'{}', 'application/json', 405, {}),
     'delete-list': ('DELETE', '/api/contacts', None, None, 405, {}),
     'read-only-view-post': ('POST', '/api/contacts_summary', b'{}', 'application/json', 405, {}),
@@ -107,7 +107,7 @@ def test_every_error_is_a_problem(api, case):
 
 @pytest.mark.parametrize(('method', 'path', 'allowed', 'refused'), [
     ('GET', '/api/merge_contacts', {'POST'}, {'GET', 'PUT', 'DELETE'}),
-    ('PATCH', '/api/contacts/c_1', {'GET', 'PUT', 'DELETE'}, {'PATCH'}),
+    ('POST', '/api/contacts/c_1', {'GET', 'HEAD', 'PUT', 'PATCH', 'DELETE'}, {'POST'}),
     ('PATCH', '/api/contacts', {'GET', 'POST'}, {'PATCH'}),
     ('PUT', '/api/contacts/c_1/restore', {'POST'}, {'PUT'}),
 ])

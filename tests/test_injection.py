@@ -299,9 +299,10 @@ def test_a_hostile_resource_name_in_the_path_is_404(world):
 @pytest.mark.parametrize('resource', ['contacts', 'deals', 'tags', 'crm_users'])
 def test_a_hostile_id_in_the_path_is_404(world, resource):
     api = world.api
+    change = {'deals': {'name': 'x'}, 'tags': {'name': 'x'}}.get(resource, {'first_name': 'x'})
     for evil in PATH_SAFE:
         path = f'/api/{resource}/{quote(evil, safe="")}'
-        for resp in (api.get(path, status='*'), api.put(path, {'first_name': 'x'}, status='*'),
+        for resp in (api.get(path, status='*'), api.put(path, change, status='*'),
                      api.delete(path, status='*')):
             body = assert_rejected(resp, 404, evil)
             assert body.get('param') == 'id'
@@ -401,17 +402,20 @@ def test_hostile_strings_in_every_body_field_are_stored_verbatim_or_refused(writ
 
 
 @pytest.mark.parametrize('resource', WRITABLE)
-def test_hostile_field_names_in_a_body_are_ignored(writer, resource):
+def test_hostile_field_names_in_a_body_are_400_or_ignored_when_lenient(writer, resource):
     api, parents, created_rows = writer
     stored, _, _ = fields_by_fate(api, resource)
+    lenient = {'Prefer': 'handling=lenient'}
     for i, evil in enumerate(INJECTIONS):
         body = {**base_body(resource, parents), stored[0]: f'named {i}', evil: 'ignored',
                 f'{stored[0]}"; --': 'ignored', f'{stored[0]}, organization_id': 'ignored'}
-        created = api.post(f'/api/{resource}', body).json
+        refused = assert_rejected(api.post(f'/api/{resource}', body, status='*'), 400, evil, field=evil)
+        assert [e['field'] for e in refused['errors']] == list(body)[-3:]
+        created = api.post(f'/api/{resource}', body, headers=lenient).json
         count_created(created_rows, resource)
         assert created[stored[0]] == f'named {i}'
         assert 'ignored' not in json.dumps(created)
-        updated = api.put(f'/api/{resource}/{created["id"]}', {evil: 'ignored', 'id': evil}).json
+        updated = api.put(f'/api/{resource}/{created["id"]}', {evil: 'ignored', 'id': evil}, headers=lenient).json
         assert updated == created
 
 
