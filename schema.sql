@@ -280,8 +280,15 @@ CREATE TABLE IF NOT EXISTS row_counts (
     PRIMARY KEY (organization_id, table_name)
 );
 
+-- Secrets the server makes for itself and every worker and host shares: the key that signs list
+-- cursors when CRMAPI_SECRET_KEY is not set (inserted by the first process to start, then read back).
+CREATE TABLE IF NOT EXISTS server_secrets (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (4);
+INSERT INTO schema_version (version) VALUES (5);

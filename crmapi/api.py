@@ -1,16 +1,17 @@
 """Falcon resources: parse the request, call the store, render the answer. Nothing else."""
 import re
 
+from . import export as exports
 from . import query
 from . import values
 from .errors import InvalidParam
-from .export import csv_stream
-from .export import ndjson_stream
+from .export import CsvFormat
+from .export import NdjsonFormat
 from .idempotency import fingerprint
 
 EXPORTS = {
-    'text/csv': ('text/csv; charset=utf-8', csv_stream),
-    'application/x-ndjson': ('application/x-ndjson', ndjson_stream),
+    'text/csv': ('text/csv; charset=utf-8', CsvFormat),
+    'application/x-ndjson': ('application/x-ndjson', NdjsonFormat),
 }
 COUNTS = ('exact', 'estimated', 'none')
 HANDLINGS = ('strict', 'lenient')
@@ -61,7 +62,7 @@ def content_range(resource, start, count, total):
     return f'{resource} {start}-{start + count - 1}/{total}'
 
 
-_RANGE_HEADER = re.compile(r'\s*([A-Za-z0-9_]+)=(\d{1,19})-(\d{1,19})\s*\Z')
+_RANGE_HEADER = re.compile(r'\s*([A-Za-z0-9_]+)=([0-9]{1,19})-([0-9]{1,19})\s*\Z')
 
 
 def list_params(req, resource):
@@ -72,7 +73,8 @@ def list_params(req, resource):
     m = _RANGE_HEADER.match(header)
     if not m or m.group(1) != resource:
         raise InvalidParam(f"The Range header is '{resource}=<start>-<end>'", param='Range')
-    return {**req.params, 'range': f'[{m.group(2)},{m.group(3)}]'}
+    # NOTE: int() because HTTP allows leading zeros (`contacts=00-24`) and JSON does not.
+    return {**req.params, 'range': f'[{int(m.group(2))},{int(m.group(3))}]'}
 
 
 def read_body(req, max_bytes):
@@ -122,11 +124,12 @@ def respond_once(req, resp, idempotency, body, action):
 class Records:
     """`/api/{resource}`, `/api/{resource}/{id}` and `/api/{resource}/{id}/restore`."""
 
-    def __init__(self, store, limits, max_body_bytes, idempotency):
+    def __init__(self, store, limits, max_body_bytes, idempotency, secret):
         self.store = store
         self.limits = limits
         self.max_body_bytes = max_body_bytes
         self.idempotency = idempotency
+        self.secret = secret        # the server's secret; cursors are signed with a key per organization
 
     def _table(self, req, resource):
         return self.store.catalog.resolve(resource, req.context.principal)
@@ -134,11 +137,15 @@ class Records:
     def on_get(self, req, resp, resource):
         info = self._table(req, resource)
         params = list_params(req, resource)
-        lq = query.parse_list(params, info, self.limits)
+        key = query.cursor_key(self.secret, req.context.principal.org_id)
+        lq = query.parse_list(params, info, self.limits, cursor_key=key)
         export = export_format(req)
         if export:
-            resp.content_type = EXPORTS[export][0]
-            resp.stream = EXPORTS[export][1](info, self.store.export(info, req.context.principal, lq))
+            content_type, fmt = EXPORTS[export]
+            # NOTE: exports.stream runs the query to its first batch here, so an early failure is
+            # still an ordinary error answer rather than a 200 cut short.
+            resp.stream = exports.stream(fmt(info), self.store.export(info, req.context.principal, lq))
+            resp.content_type = content_type
             return
         count = count_preference(req)
         rows, total = self.store.list(info, req.context.principal, lq, count)
@@ -146,8 +153,9 @@ class Records:
         resp.set_header('Content-Range', content_range(resource, lq.start, len(rows), total))
         if count != 'exact':
             resp.set_header('Preference-Applied', f'count={count}')
-        if rows and len(rows) == lq.size:
-            resp.set_header('X-Next-Cursor', query.make_cursor(lq, info, params, rows[-1]))
+        cursor = query.make_cursor(lq, info, params, rows[-1], key) if rows and len(rows) == lq.size else None
+        if cursor:
+            resp.set_header('X-Next-Cursor', cursor)
 
     def on_post(self, req, resp, resource):
         info = self._table(req, resource)

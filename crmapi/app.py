@@ -2,6 +2,7 @@
 import json
 import logging
 import re
+import secrets
 import sys
 import threading
 import time
@@ -13,6 +14,7 @@ import orjson
 from falcon import media
 
 from . import api
+from . import sqlbuild
 from .accounts import Accounts
 from .config import Settings
 from .custom import CustomObjects
@@ -169,6 +171,21 @@ def build_services(db):
     return catalog
 
 
+def server_secret(settings, db):
+    """The secret that signs cursors: CRMAPI_SECRET_KEY, else the database's own random one.
+
+    NOTE: every worker and host must sign alike, so the random key lives in the database: the first
+    process to start inserts its candidate (ON CONFLICT DO NOTHING) and all of them read back the winner.
+    """
+    if settings.secret_key:
+        return settings.secret_key.encode()
+    if not db.table_exists('server_secrets'):
+        raise RuntimeError('The database predates server_secrets: run `crmapi migrate` (or set CRMAPI_SECRET_KEY)')
+    with db.transaction(write=True) as tx:
+        tx.execute(*sqlbuild.build_secret_init(db.dialect, 'secret_key', secrets.token_urlsafe(32)))
+        return tx.one(*sqlbuild.build_secret_read(db.dialect, 'secret_key'))[0].encode()
+
+
 class DeferredApp:
     """Stands in for the app while the database is unreachable at start-up: 503 until it is back.
 
@@ -222,7 +239,7 @@ def build_app(settings, db):
     app.req_options.strip_url_path_trailing_slash = True
 
     idempotency = Idempotency(db, catalog, store.clock)
-    records = api.Records(store, limits, settings.max_body_bytes, idempotency)
+    records = api.Records(store, limits, settings.max_body_bytes, idempotency, server_secret(settings, db))
     health = api.Health(db)
     app.add_route('/healthz', health)
     app.add_route('/readyz', health, suffix='ready')

@@ -16,6 +16,15 @@ def _synchronous(raw):
     return value
 
 
+MIN_SECRET_LENGTH = 16
+
+
+def _secret(raw):
+    if len(raw) < MIN_SECRET_LENGTH:
+        raise ValueError(f'CRMAPI_SECRET_KEY needs at least {MIN_SECRET_LENGTH} characters (a random string)')
+    return raw
+
+
 def _origins(raw):
     return tuple(o.strip() for o in raw.split(',') if o.strip())
 
@@ -33,6 +42,7 @@ class Settings:
     pool_timeout_s: float = 10.0
     access_log: bool = True
     sqlite_synchronous: str = 'FULL'
+    secret_key: str = ''        # signs cursors; empty: a random key kept in the database (server_secrets)
     extra: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self):
@@ -53,6 +63,7 @@ class Settings:
             pool_timeout_s=_env('CRMAPI_POOL_TIMEOUT_S', cls.pool_timeout_s, float),
             access_log=_env('CRMAPI_ACCESS_LOG', cls.access_log, lambda v: v.lower() not in ('0', 'false', 'no')),
             sqlite_synchronous=_env('CRMAPI_SQLITE_SYNCHRONOUS', cls.sqlite_synchronous, _synchronous),
+            secret_key=_env('CRMAPI_SECRET_KEY', cls.secret_key, _secret),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -2,52 +2,129 @@
 
 The rows come from a database cursor in batches (a server-side cursor on PostgreSQL) and leave
 as encoded chunks; nothing holds the whole set.
+
+Failures: the query runs to its first batch before the status line is sent, so a query that fails
+at once is a normal problem+json answer. A failure in a later batch cannot change the 200 any more:
+the body then ends, properly, with one trailer line carrying the problem (and the server logs it):
+NDJSON `{"error": {<problem>}}`, CSV a record whose first cell is `#error` and whose second is the
+problem as JSON. Records never produce either (ids do not start with `#`, records have no `error` key).
 """
 import csv
 import io
+import itertools
+import logging
 
 import orjson
 
+from .errors import CrmError
+from .errors import problem
+
 BATCH = 500
+FORMULA_STARTS = ('=', '+', '-', '@', '\t', '\r')
+log = logging.getLogger('crmapi')
 
 
-def _chunks(rows, encode):
+def _batches(rows):
     batch = []
     for row in rows:
         batch.append(row)
         if len(batch) == BATCH:
-            yield encode(batch)
+            yield batch
             batch = []
     if batch:
-        yield encode(batch)
+        yield batch
 
 
 def _cell(value):
+    """One CSV cell. Text a spreadsheet would run as a formula gets a leading `'` (OWASP CSV injection).
+
+    NOTE: only text is prefixed: numbers (-5) stay numbers, and JSON fields are compact JSON, which
+    starts with `{`, `[`, `"`, a digit, `-` of a number, or true/false/null, never a formula.
+    """
     if value is None:
         return ''
     if isinstance(value, bool):
         return 'true' if value else 'false'
     if isinstance(value, (dict, list)):
         return orjson.dumps(value).decode()
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return value
 
 
-def csv_stream(info, rows):
-    """A header line of column names, then one line per record; JSON fields as compact JSON."""
-    from .sqlbuild import output_columns
-    names = output_columns(info)
-
-    def encode(batch):
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator='\r\n')
-        writer.writerows([[_cell(row[n]) for n in names] for row in batch])
-        return buffer.getvalue().encode()
-    header = io.StringIO()
-    csv.writer(header, lineterminator='\r\n').writerow(names)
-    yield header.getvalue().encode()
-    yield from _chunks(rows, encode)
+def _csv_line(cells):
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator='\r\n').writerow(cells)
+    return buffer.getvalue().encode()
 
 
-def ndjson_stream(info, rows):
+class NdjsonFormat:
     """One JSON record per line."""
-    yield from _chunks(rows, lambda batch: b''.join(orjson.dumps(row) + b'\n' for row in batch))
+
+    def __init__(self, info):
+        self.slug = info.slug
+
+    def header(self):
+        return b''
+
+    def encode(self, batch):
+        return b''.join(orjson.dumps(row) + b'\n' for row in batch)
+
+    def trailer(self, body):
+        return orjson.dumps({'error': body}) + b'\n'
+
+
+class CsvFormat(NdjsonFormat):
+    """A header line of column names, then one line per record; JSON fields as compact JSON."""
+
+    def __init__(self, info):
+        from .sqlbuild import output_columns
+        super().__init__(info)
+        self.names = output_columns(info)
+
+    def header(self):
+        return _csv_line(self.names)
+
+    def encode(self, batch):
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator='\r\n').writerows([[_cell(row[n]) for n in self.names] for row in batch])
+        return buffer.getvalue().encode()
+
+    def trailer(self, body):
+        return _csv_line(['#error', orjson.dumps(body).decode()])
+
+
+def _problem_of(exc):
+    if isinstance(exc, CrmError):
+        return exc.to_problem()
+    return problem(500, 'Internal error', 'The server could not complete the request')
+
+
+def stream(fmt, rows):
+    """The export's body in format `fmt`: runs the query to its first batch now, before any status is sent.
+
+    An error raised here (a statement timeout, the database gone) is the caller's to answer as usual.
+    """
+    rows = iter(rows)
+    first = list(itertools.islice(rows, BATCH))
+    return _body(fmt, first, rows)
+
+
+def _body(fmt, first, rows):
+    try:
+        header = fmt.header()
+        if header:
+            yield header
+        if first:
+            yield fmt.encode(first)
+        for batch in _batches(rows):
+            yield fmt.encode(batch)
+    except Exception as exc:
+        # NOTE: the 200 is already sent; end the body properly with a line the client can recognise
+        # rather than cutting the connection, and keep the traceback on the server.
+        log.error('export of %s failed after its answer started', fmt.slug, exc_info=exc)
+        yield fmt.trailer(_problem_of(exc))
+    finally:
+        # NOTE: a client that goes away closes this generator; close the database's too, so its
+        # transaction and connection end now rather than whenever it is collected.
+        getattr(rows, 'close', lambda: None)()

@@ -7,6 +7,7 @@ against those columns, or raises InvalidParam / UnknownField (400) naming the pa
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from dataclasses import replace
@@ -226,13 +227,34 @@ def parse_sorts(params, info, limits):
 
 
 # -- keyset cursors -------------------------------------------------------------------------------
-# A cursor is opaque to clients: base64url JSON of the last row's sort values, the index of the
-# next row (so Content-Range stays right) and a digest of the query it belongs to.
+# A cursor is opaque to clients: base64url of an HMAC-SHA256 tag and then the JSON of the last row's
+# sort values and the index of the next row (so Content-Range stays right). The tag is made with a
+# key of the organization (derived from the server's secret) over the query's digest and that JSON,
+# so a cursor is good only for the organization and the list it came from, and a changed one is refused
+# before its JSON is read.
+
+MAX_CURSOR_LENGTH = 4096
+TAG_BYTES = 32
+
+
+def cursor_key(secret, org_id):
+    """The organization's own cursor key: one server secret, a different key for every organization."""
+    return hmac.new(secret, b'crmapi cursor\x00' + org_id.encode(), hashlib.sha256).digest()
+
 
 def query_digest(info, params):
     """Which list a cursor belongs to: the resource and its filter and sort parameters."""
     shape = [info.slug] + [params.get(name) for name in ('filter', 'filters', 'sort', 'order', 'sorts')]
-    return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(shape).encode()).digest()
+
+
+def _tag(key, info, params, body):
+    return hmac.new(key, query_digest(info, params) + body, hashlib.sha256).digest()
+
+
+def sign_cursor(key, info, params, body):
+    """The cursor for `body` (bytes): tag + body, base64url without padding."""
+    return base64.urlsafe_b64encode(_tag(key, info, params, body) + body).decode().rstrip('=')
 
 
 def keyset_columns(lq, info):
@@ -245,31 +267,58 @@ def keyset_columns(lq, info):
     return names + ['id']
 
 
-def make_cursor(lq, info, params, last_row):
-    body = {'v': [last_row[n] for n in keyset_columns(lq, info)], 'i': lq.start + lq.size,
-            'q': query_digest(info, params)}
-    return base64.urlsafe_b64encode(json.dumps(body, separators=(',', ':')).encode()).decode().rstrip('=')
+def make_cursor(lq, info, params, last_row, key):
+    """The next page's cursor, or None when the last row's sort values would make it too long to accept."""
+    body = json.dumps({'v': [last_row[n] for n in keyset_columns(lq, info)], 'i': lq.start + lq.size},
+                      separators=(',', ':'), ensure_ascii=False).encode()
+    cursor = sign_cursor(key, info, params, body)
+    return cursor if len(cursor) <= MAX_CURSOR_LENGTH else None
 
 
-def apply_cursor(lq, info, params, limits):
+def _cursor_body(raw, info, params, key):
+    """The JSON a cursor carries, once its length and tag check out; ValueError otherwise."""
+    if len(raw) > MAX_CURSOR_LENGTH:
+        raise ValueError(f'longer than {MAX_CURSOR_LENGTH} characters')
+    if key is None or not raw.isascii():
+        raise ValueError('not a cursor this list gave out')
+    try:
+        data = base64.urlsafe_b64decode(raw + '=' * (-len(raw) % 4))
+    except (ValueError, binascii.Error):
+        raise ValueError('not a cursor this list gave out') from None
+    tag, body = data[:TAG_BYTES], data[TAG_BYTES:]
+    if not hmac.compare_digest(tag, _tag(key, info, params, body)):
+        raise ValueError('not a cursor this list gave out (for this organization, filters and sorts)')
+    # NOTE: only a holder of the key can get this far; the body is still parsed as strictly as any
+    # other client JSON (depth, lone surrogates, repeated keys), so a leaked key cannot crash a list.
+    try:
+        return values.loads_strict(body.decode('utf-8'))
+    except ValueError as exc:
+        raise ValueError(f'not valid JSON: {exc}') from None
+
+
+def apply_cursor(lq, info, params, limits, key=None):
+    """`cursor=` (from X-Next-Cursor) turns the page into a keyset page after the cursor's row.
+
+    Without a `key` (parsing outside a request) every cursor is refused.
+    """
     raw = single(params, 'cursor')
     if raw is None:
         return lq
-    bad = InvalidParam("Parameter 'cursor' is not a cursor this list gave out (X-Next-Cursor)", param='cursor')
     try:
-        body = json.loads(base64.urlsafe_b64decode(raw + '=' * (-len(raw) % 4)))
-        keys, index, digest = body['v'], body['i'], body['q']
-    except (ValueError, TypeError, KeyError, binascii.Error):
-        raise bad from None
+        body = _cursor_body(raw, info, params, key)
+    except ValueError as exc:
+        raise InvalidParam(f"Parameter 'cursor' is {exc}; send back the X-Next-Cursor of the same list",
+                           param='cursor') from None
     names = keyset_columns(lq, info)
-    if (digest != query_digest(info, params) or not isinstance(keys, list) or len(keys) != len(names)
+    keys, index = (body.get('v'), body.get('i')) if isinstance(body, dict) else (None, None)
+    if (not isinstance(keys, list) or len(keys) != len(names)
             or not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_OFFSET):
-        raise bad
+        raise InvalidParam("Parameter 'cursor' does not fit this list; send back its X-Next-Cursor", param='cursor')
     after = tuple(check_value(info.columns[n], v, 'cursor', limits) for n, v in zip(names, keys))
     return replace(lq, start=index, end=index + lq.size - 1, after=after)
 
 
-def parse_list(params, info, limits=Limits(), extra=frozenset()):
+def parse_list(params, info, limits=Limits(), extra=frozenset(), cursor_key=None):
     """Everything a list request asks for, validated against `info`'s whitelist."""
     unknown = sorted(set(params) - LIST_PARAMS - extra)
     if unknown:
@@ -286,4 +335,4 @@ def parse_list(params, info, limits=Limits(), extra=frozenset()):
         include_archived = True
     sorts = parse_sorts(params, info, limits)
     lq = ListQuery(start, end, tuple(equals), tuple(filters), search, include_archived, tuple(sorts))
-    return apply_cursor(lq, info, params, limits)
+    return apply_cursor(lq, info, params, limits, cursor_key)

@@ -538,3 +538,20 @@ def build_recount(d, org_id, info):
     p = d.parameter().get_sql()
     return (f'INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, {p}, ({count_sql})) '
             'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = excluded.n'), [org_id, info.spec.table, *params]
+
+
+# -- server secrets --------------------------------------------------------------------------------
+
+SECRETS = Table('server_secrets')
+
+
+def build_secret_init(d, name, value):
+    """Store `value` as the secret `name` unless one is there: the first process to start wins, and
+    every other process then reads that one back (build_secret_read), whichever host it runs on."""
+    sql, params = d.render(d.into(SECRETS).columns(SECRETS.field('name'), SECRETS.field('value'))
+                           .insert(Bound(name), Bound(value)))
+    return sql + ' ON CONFLICT (name) DO NOTHING', params
+
+
+def build_secret_read(d, name):
+    return d.render(d.from_(SECRETS).select(SECRETS.field('value')).where(SECRETS.field('name') == Bound(name)))
