@@ -84,7 +84,7 @@ def test_an_organization_whose_stored_definition_exceeds_the_cap_keeps_working(a
 
     tag = api.create('tags', name='vip')
     api.delete(f'/api/tags/{tag["id"]}')
-    task = api.create('tasks', title='call')
+    task = api.create('tasks', text='call')
     api.delete(f'/api/tasks/{task["id"]}')
     keep, lose = api.create('contacts', first_name='A'), api.create('contacts', first_name='B')
     visit = api.create('visits', contact=lose['id'])
