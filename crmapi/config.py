@@ -3,6 +3,8 @@ import os
 from dataclasses import dataclass
 from dataclasses import field
 
+from .ratelimit import parse_rate
+
 
 def _env(name, default, cast=str):
     raw = os.environ.get(name)
@@ -33,6 +35,7 @@ class Settings:
     pool_timeout_s: float = 10.0
     access_log: bool = True
     sqlite_synchronous: str = 'FULL'
+    rate_limit: tuple = None        # (requests, seconds) per API token and process; None: no limit
     extra: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self):
@@ -53,6 +56,7 @@ class Settings:
             pool_timeout_s=_env('CRMAPI_POOL_TIMEOUT_S', cls.pool_timeout_s, float),
             access_log=_env('CRMAPI_ACCESS_LOG', cls.access_log, lambda v: v.lower() not in ('0', 'false', 'no')),
             sqlite_synchronous=_env('CRMAPI_SQLITE_SYNCHRONOUS', cls.sqlite_synchronous, _synchronous),
+            rate_limit=_env('CRMAPI_RATE_LIMIT', cls.rate_limit, parse_rate),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
