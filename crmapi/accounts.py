@@ -5,6 +5,7 @@ usable credential. Lookups compare digests through a unique index.
 """
 import datetime
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 
@@ -19,6 +20,10 @@ from .values import format_timestamp
 
 TOKEN_PREFIX = 'bos_crm_'
 TOUCH_INTERVAL = datetime.timedelta(minutes=1)
+# NOTE: one answer for every failing token: telling "expired" from "revoked" from "never existed"
+# would tell a holder of a stolen token which ones are worth keeping. The reason goes to our log.
+INVALID_TOKEN = 'A valid bearer token is required'
+log = logging.getLogger('crmapi')
 
 
 @dataclass(frozen=True)
@@ -103,9 +108,9 @@ class Accounts:
         return token
 
     def authenticate(self, token):
-        """The Principal behind a bearer token, or Unauthorized."""
+        """The Principal behind a bearer token, or Unauthorized (the same 401 whatever the reason)."""
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
-            raise Unauthorized('A valid bearer token is required')
+            raise _refuse('malformed token')
         d = self.db.dialect
         tokens, users = Table('api_tokens'), Table('crm_users')
         sql = d.memo('authenticate', lambda: d.from_(tokens).join(users).on(
@@ -116,13 +121,15 @@ class Accounts:
         with self.db.transaction() as tx:
             row = tx.one(sql, [token_digest(token)])
         if row is None:
-            raise Unauthorized('A valid bearer token is required')
+            raise _refuse('unknown token')
         token_id, org_id, user_id, admin, disabled, revoked_at, expires_at, last_used_at = row
         now = self.clock()
-        if disabled or revoked_at is not None:
-            raise Unauthorized('This token is no longer valid')
+        if revoked_at is not None:
+            raise _refuse('revoked token', token_id)
+        if disabled:
+            raise _refuse('token of a disabled user', token_id)
         if expires_at is not None and _as_text(expires_at) <= _as_text(now):
-            raise Unauthorized('This token has expired')
+            raise _refuse('expired token', token_id)
         self._touch(token_id, last_used_at, now)
         return Principal(org_id, user_id, bool(admin), token_id)
 
@@ -164,6 +171,13 @@ class Accounts:
             exists = tx.one(*d.render(d.from_(tokens).select(tokens.id).where(
                 tokens.id == sqlbuild.Bound(token_id))))
         return changed > 0 or exists is not None
+
+
+def _refuse(reason, token_id=None):
+    """The one 401 for a failing token; the reason, and the token's id when known, go to the log
+    (never the token or its digest)."""
+    log.warning('authentication refused: %s%s', reason, f' ({token_id})' if token_id else '')
+    return Unauthorized(INVALID_TOKEN)
 
 
 def _as_text(value):

@@ -15,6 +15,7 @@ from falcon import media
 
 from . import api
 from . import sqlbuild
+from . import openapi
 from .accounts import Accounts
 from .config import Settings
 from .custom import CustomObjects
@@ -26,39 +27,96 @@ from .errors import Unavailable
 from .errors import problem
 from .idempotency import Idempotency
 from .query import Limits
+from .ratelimit import TokenBuckets
+from .ratelimit import TooManyRequests
 from .schema import Catalog
 from .store import Store
 
 log = logging.getLogger('crmapi')
 PROBLEM_JSON = 'application/problem+json'
-EXPOSED_HEADERS = 'Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied'
+EXPOSED_HEADERS = ('Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied, Retry-After, '
+                   'RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy')
 ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID'
 ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS'
 
 
-PUBLIC_PATHS = frozenset({'/api/docs'})          # served to anyone
-OPTIONAL_AUTH_PATHS = frozenset({'/api/openapi.json'})  # a token narrows the answer to its organization
+PUBLIC, OPTIONAL, PRIVATE = 'public', 'optional', 'private'
+# Who may call each resource: anyone (PUBLIC), anyone but a token narrows the answer (OPTIONAL).
+# Every resource not named here, and every unrouted /api path, is PRIVATE: refuse by default.
+ACCESS = {api.Health: PUBLIC, openapi.Docs: PUBLIC, openapi.OpenAPI: OPTIONAL}
+# The resource each write lands in, so that it is authorized before the handler runs.
+WRITES_TO = {api.Records: lambda params: params['resource'], api.MergeContacts: lambda params: 'contacts'}
+WRITE_METHODS = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
 
 
 class AuthMiddleware:
-    """Every /api request carries `Authorization: Bearer <token>`; the principal goes on the context."""
+    """Authentication by the route that matched, after routing: the principal goes on the context.
 
-    def __init__(self, accounts):
+    NOTE: deciding by the path's spelling before routing let `//api/...` through (the router
+    resolves spellings a prefix test does not see); the resource the router picked cannot be spelt
+    two ways. Writes are then authorized (role, read-only, the resource exists) before the handler:
+    an Idempotency-Key replay is answered inside the handler, and must be refused alike.
+    """
+
+    def __init__(self, accounts, store, limiter=None):
         self.accounts = accounts
+        self.store = store
+        self.limiter = limiter
 
     def process_request(self, req, resp):
         req.context.principal = None
-        if req.method == 'OPTIONS' or not req.path.startswith('/api') or req.path in PUBLIC_PATHS:
+        req.context.rate_limit = None
+
+    def process_resource(self, req, resp, resource, params):
+        self.admit(req, ACCESS.get(type(resource), PRIVATE))
+        if req.method in WRITE_METHODS and type(resource) in WRITES_TO:
+            info = self.store.catalog.resolve(WRITES_TO[type(resource)](params), req.context.principal)
+            # NOTE: the store's own rule, the one every write also runs, so the two cannot drift.
+            self.store._check_writable(info, req.context.principal)
+
+    def admit(self, req, access):
+        """Establish `req.context.principal` as `access` demands, or raise 400/401/429."""
+        if req.method == 'OPTIONS' or access == PUBLIC:
             return
         if 'token' in req.params or 'access_token' in req.params:
             raise InvalidParam('Send the token in the Authorization header, never in the URL', param='token')
         header = req.get_header('Authorization')
-        if header is None and req.path in OPTIONAL_AUTH_PATHS:
+        if header is None and access == OPTIONAL:
             return
         scheme, _, token = (header or '').partition(' ')
         if scheme.lower() != 'bearer':
             raise Unauthorized('Send Authorization: Bearer <token>')
         req.context.principal = self.accounts.authenticate(token.strip())
+        if self.limiter is not None:
+            self.spend(req)
+
+    def spend(self, req):
+        """One request of the token's budget (kept for the answer's RateLimit fields), or 429."""
+        decision = req.context.rate_limit = self.limiter.take(req.context.principal.token_id)
+        if not decision.allowed:
+            raise TooManyRequests(f'This token may make {decision.limit} requests every {decision.window:g} '
+                                  f'seconds; retry after {decision.retry_after} seconds', decision.headers())
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        decision = getattr(req.context, 'rate_limit', None)
+        if decision is not None:
+            for name, value in decision.headers().items():
+                resp.set_header(name, value)
+
+
+class NoRoute:
+    """Where no route matches under /api: private like every route (401 without a token), then 404.
+
+    NOTE: a sink, so Falcon's process_resource does not run; it admits the caller itself. Other
+    unrouted paths (the mount point itself) are a plain 404: none of them serves anything.
+    """
+
+    def __init__(self, auth):
+        self.auth = auth
+
+    def __call__(self, req, resp, **params):
+        self.auth.admit(req, PRIVATE)
+        raise falcon.HTTPNotFound()
 
 
 _REQUEST_ID = re.compile(r'[A-Za-z0-9._:-]{1,128}\Z')
@@ -232,7 +290,9 @@ def build_app(settings, db):
 
     if settings.access_log:
         enable_access_log()
-    middleware = [RequestLog(), CorsMiddleware(settings.cors_origins), AuthMiddleware(Accounts(db))]
+    limiter = TokenBuckets(*settings.rate_limit) if settings.rate_limit else None
+    auth = AuthMiddleware(Accounts(db), store, limiter)
+    middleware = [RequestLog(), CorsMiddleware(settings.cors_origins), auth]
     app = App(middleware=middleware)
     json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.resp_options.media_handlers.update({'application/json': json_handler, PROBLEM_JSON: json_handler})
@@ -252,12 +312,12 @@ def build_app(settings, db):
     app.add_route('/api/merge_contacts', api.MergeContacts(store, settings.max_body_bytes, idempotency))
     app.add_route('/api/schema', schema)
     app.add_route('/api/schema/{table}', schema, suffix='table')
-    from . import openapi
     app.add_route('/api/openapi.json', openapi.OpenAPI(catalog, limits))
     app.add_route('/api/docs', openapi.Docs())
     app.add_route('/api/{resource}', records)
     app.add_route('/api/{resource}/{id}', records, suffix='item')
     app.add_route('/api/{resource}/{id}/restore', records, suffix='restore')
+    app.add_sink(NoRoute(auth), '/api')
 
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(CrmError, handle_crm_error)

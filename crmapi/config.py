@@ -3,6 +3,8 @@ import os
 from dataclasses import dataclass
 from dataclasses import field
 
+from .ratelimit import parse_rate
+
 
 def _env(name, default, cast=str):
     raw = os.environ.get(name)
@@ -43,6 +45,7 @@ class Settings:
     access_log: bool = True
     sqlite_synchronous: str = 'FULL'
     secret_key: str = ''        # signs cursors; empty: a random key kept in the database (server_secrets)
+    rate_limit: tuple = None        # (requests, seconds) per API token and process; None: no limit
     extra: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self):
@@ -64,6 +67,7 @@ class Settings:
             access_log=_env('CRMAPI_ACCESS_LOG', cls.access_log, lambda v: v.lower() not in ('0', 'false', 'no')),
             sqlite_synchronous=_env('CRMAPI_SQLITE_SYNCHRONOUS', cls.sqlite_synchronous, _synchronous),
             secret_key=_env('CRMAPI_SECRET_KEY', cls.secret_key, _secret),
+            rate_limit=_env('CRMAPI_RATE_LIMIT', cls.rate_limit, parse_rate),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -3,6 +3,11 @@
 The key's row is inserted before the write and completed after it, in the write's own
 transaction: either both are stored or neither is, and a concurrent retry with the same key
 waits on the row and then replays the answer.
+
+A key belongs to the user whose token sent it: another user's identical key is another key (the
+row's id is `<user id>/<key>`), so a replay never hands one user an answer made for another.
+Authorization runs before a keyed write reaches here (crmapi.app.AuthMiddleware), so a replay is
+refused exactly as the write would be.
 """
 import hashlib
 import json
@@ -31,6 +36,8 @@ class Idempotency:
         if not _KEY.match(key):
             raise InvalidParam('Idempotency-Key is 1 to 200 printable ASCII characters', param='Idempotency-Key')
         d, org = self.db.dialect, principal.org_id
+        # NOTE: user ids have a fixed shape without '/', so '<user>/<key>' cannot collide across users.
+        key = f'{principal.user_id}/{key}'
         row = {'id': key, 'organization_id': org, 'fingerprint': fp, 'created_at': self.clock()}
         with self.db.transaction(write=True) as tx:
             if tx.one(*sqlbuild.build_insert(d, self.info, row, if_absent=True)) is None:

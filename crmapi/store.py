@@ -20,6 +20,8 @@ from .errors import MethodNotAllowed
 from .errors import NotFound
 from .errors import RecordNotFound
 from .errors import UnknownField
+from .query import Filter
+from .query import ListQuery
 from .schema import snake_case
 
 _CROCKFORD = '0123456789abcdefghjkmnpqrstvwxyz'
@@ -239,6 +241,7 @@ class Store:
             if not changes:
                 return self._fetch(tx, info, principal, record_id)
             self._check_references(tx, info, principal, changes)
+            self._keep_an_administrator(tx, info, principal, record_id, changes)
             return self._update(tx, info, principal, record_id, self._stamp(info, changes, 'updated_at'))
 
     def _update(self, tx, info, principal, record_id, changes):
@@ -255,6 +258,7 @@ class Store:
             if mode == 'archive':
                 return self._set_flag(tx, info, principal, record_id, 'archived_at', self.clock())
             if mode == 'disable':
+                self._keep_an_administrator(tx, info, principal, record_id, {'disabled': True})
                 return self._set_flag(tx, info, principal, record_id, 'disabled', True)
             record = self._fetch(tx, info, principal, record_id, for_update=True)
             self.detach_references(tx, info, principal, [record_id])
@@ -283,6 +287,29 @@ class Store:
             self._count(tx, info, principal, -1 if value is not None else 1)
         changes = self._stamp(info, {name: value}, 'updated_at')
         return self._update(tx, info, principal, record_id, changes)
+
+    def _keep_an_administrator(self, tx, info, principal, record_id, changes):
+        """409 when `changes` would take the organization's last active administrator away.
+
+        NOTE: the active administrators are read, then locked FOR UPDATE in id order and read again
+        (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers). Two administrators
+        demoting each other at once queue on the locks, and the second sees the first's demotion.
+        """
+        if info.slug != 'crm_users' or not (changes.get('administrator') is False or changes.get('disabled') is True):
+            return
+        columns = info.columns
+        admins = ListQuery(equals=(Filter(columns['administrator'], 'eq', True),
+                                   Filter(columns['disabled'], 'eq', False)))
+        d, org, read = self.db.dialect, principal.org_id, self.reader(info)
+        ids = [read(row)['id'] for row in tx.rows(*sqlbuild.build_export(d, info, org, admins))]
+        if record_id not in ids:
+            return
+        locked = [read(row) for row in tx.rows(*sqlbuild.build_get(d, info, org, ids, for_update=True))]
+        active = [u['id'] for u in locked if u['administrator'] and not u['disabled']]
+        if active == [record_id]:
+            field = 'administrator' if changes.get('administrator') is False else 'disabled'
+            raise Conflict('An organization keeps at least one active administrator: make another user an '
+                           'administrator first', field=field)
 
     # -- references between records ----------------------------------------------------------------
 

@@ -76,6 +76,10 @@ forwarder_headers = 'SCRIPT_NAME'
 # PostgreSQL pool are opened in the process that uses them, never inherited from the master.
 preload_app = False
 
+# A request budget per API token and worker (token bucket; README "Rate limits"): one token gets at
+# most CRMAPI_WORKERS x 600 requests a minute from this host. CRMAPI_RATE_LIMIT=0 turns it off.
+os.environ.setdefault('CRMAPI_RATE_LIMIT', '600/60')
+
 # Errors to stderr for the service manager (journald, docker) to collect. No gunicorn access log:
 # nginx logs every request with its request id (deploy/nginx.conf).
 accesslog = None
