@@ -276,7 +276,7 @@ def create_app(settings=None, db=None):
         db.synchronous = settings.sqlite_synchronous
     if hasattr(db, 'pool_args'):
         db.pool_args.update(max_size=settings.pool_max_size, timeout=settings.pool_timeout_s)
-        db.statement_timeout_ms = settings.statement_timeout_ms
+    db.statement_timeout_ms = settings.statement_timeout_ms
     try:
         return build_app(settings, db)
     except Unavailable:

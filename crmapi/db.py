@@ -7,6 +7,7 @@ lazily in the process that uses them (never inherited across gunicorn's fork).
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 
 import orjson
@@ -94,16 +95,70 @@ def _sqlite_json(value):
     return orjson.loads(value) if isinstance(value, str) else value
 
 
+# NOTE: SQLite VM instructions between two looks at the clock: 1-3 ms of work. Each look takes the
+# GIL, which a busy Python thread may hold for up to 5 ms, so looking more often slows heavy queries.
+PROGRESS_STEPS = 100_000
+
+
+class _Deadline:
+    """When a connection's running statement must stop: PostgreSQL's statement_timeout for SQLite.
+
+    The connection's progress handler asks `passed()` every PROGRESS_STEPS instructions; a true answer
+    interrupts the statement (SQLITE_INTERRUPT, a 503). A timeout of 0 or less means no limit, as on
+    PostgreSQL.
+    """
+
+    def __init__(self, db):
+        self.db = db
+        self.at = math.inf
+
+    def start(self):
+        ms = self.db.statement_timeout_ms
+        self.at = time.monotonic() + ms / 1000 if ms > 0 else math.inf
+
+    def passed(self):
+        return time.monotonic() > self.at
+
+
+class _Cursor(sqlite3.Cursor):
+    """Every execution starts its statement's deadline, which the fetches of its rows share; each
+    `fetchmany` batch (an export's) starts a new one, as each FETCH of a PostgreSQL cursor does."""
+
+    def execute(self, sql, params=()):
+        self.connection.deadline.start()
+        return super().execute(sql, params)
+
+    def executemany(self, sql, seq_of_params):
+        self.connection.deadline.start()
+        return super().executemany(sql, seq_of_params)
+
+    def fetchmany(self, *size):
+        self.connection.deadline.start()
+        return super().fetchmany(*size)
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose every statement, `BEGIN` and `COMMIT` included, runs under a deadline."""
+
+    def cursor(self, factory=_Cursor):
+        return super().cursor(factory)
+
+    def execute(self, sql, params=()):
+        # NOTE: sqlite3's own Connection.execute would run the statement without our cursor's execute.
+        return self.cursor().execute(sql, params)
+
+
 class SQLiteDatabase(Database):
     """The embedded default: one connection per thread, WAL, writes under BEGIN IMMEDIATE."""
 
     name = 'sqlite'
     readers = {'boolean': bool, 'number': values.number_out, 'json': _sqlite_json, 'array': _sqlite_json}
 
-    def __init__(self, path, busy_timeout_ms=20_000, synchronous='FULL'):
+    def __init__(self, path, busy_timeout_ms=20_000, synchronous='FULL', statement_timeout_ms=15_000):
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
+        self.statement_timeout_ms = statement_timeout_ms
         self.dialect = sqlbuild.sqlite_dialect(_sqlite_adapt)
         self._local = threading.local()
         # NOTE: SQLite's busy handler polls rather than queues; with many threads per process one
@@ -112,7 +167,9 @@ class SQLiteDatabase(Database):
 
     def _connect(self):
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=self.busy_timeout_ms / 1000)
+                               timeout=self.busy_timeout_ms / 1000, factory=_Connection)
+        conn.deadline = _Deadline(self)
+        conn.set_progress_handler(conn.deadline.passed, PROGRESS_STEPS)
         conn.execute(f'PRAGMA busy_timeout = {int(self.busy_timeout_ms)}')
         if self.path != ':memory:':
             conn.execute('PRAGMA journal_mode = WAL')
@@ -345,6 +402,8 @@ def translate_errors():
     except sqlite3.OperationalError as exc:
         if 'locked' in str(exc) or 'busy' in str(exc):
             raise Unavailable('The database is busy; retry the request') from exc
+        if str(exc) == 'interrupted':  # the statement deadline (see _Deadline)
+            raise Unavailable('The query took too long; retry or narrow it') from exc
         raise
     except Exception as exc:
         mapped = _map_psycopg(exc)

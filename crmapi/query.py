@@ -35,6 +35,7 @@ class Limits:
     max_page: int = 1000
     max_filters: int = 50
     max_value_length: int = 10_000
+    max_list_length: int = 1000     # values of one `in`/`not_in` (and `filter` array, getMany's ids)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,9 @@ def make_filter(column, op, value, logical, param, limits):
     if op in LIST_OPS:
         if not isinstance(value, list):
             raise InvalidParam(f"Operator '{op}' needs an array value", param=param, field=name)
+        if len(value) > limits.max_list_length:
+            raise InvalidParam(f"A list for '{name}' holds {len(value)} values; at most {limits.max_list_length} "
+                               'are allowed', param=param, field=name)
         checked = tuple(check_value(column, v, param, limits) for v in value)
         return Filter(column, op, checked, logical)
     if isinstance(value, (list, dict)):

@@ -6,6 +6,7 @@ True into 'true' and None into 'null'). The organization scope is added here, by
 builder, so no caller can forget it.
 """
 import contextlib
+import json
 import threading
 from dataclasses import dataclass
 
@@ -86,6 +87,21 @@ class Dialect:
             return Sql('EXISTS (SELECT 1 FROM json_each({0}) WHERE json_each.value = {1})', field, Bound(element))
         return Sql('{0} @> {1}', field, Bound(self.adapt('json', [element])))
 
+    def one_of(self, field, kind, values):
+        """`field` is one of `values` (an array field: holds one of them); `values` has no None.
+
+        NOTE: the whole list is ONE parameter, so every length is the same SQL text: one cached
+        statement (here and in the driver), no parameter-count limit, no nesting to recurse through.
+        """
+        items = [self.adapt('text' if kind == 'array' else kind, v) for v in values]
+        if self.name == 'sqlite':
+            elements = Bound(json.dumps(items, separators=(',', ':'), ensure_ascii=False))
+            if kind == 'array':
+                return Sql('EXISTS (SELECT 1 FROM json_each({0}) WHERE json_each.value IN '
+                           '(SELECT value FROM json_each({1})))', field, elements)
+            return Sql('{0} IN (SELECT value FROM json_each({1}))', field, elements)
+        return Sql('{0} ?| {1}' if kind == 'array' else '{0} = ANY({1})', field, Bound(items))
+
     def render(self, query):
         parameter = self.parameter()
         sql = query.get_sql(parameter=parameter)
@@ -154,12 +170,11 @@ def _neq(d, field, column, value):
 
 
 def _in(d, field, column, values):
-    criteria = [_eq(d, field, column, v) for v in values]
-    if not criteria:
-        return FALSE
-    if column.kind != 'array' and None not in values:
-        return field.isin([d.bind(column, v) for v in values])
-    return Criterion.any(criteria)
+    present = [v for v in values if v is not None]
+    terms = [d.one_of(field, column.kind, present)] if present else []
+    if None in values:
+        terms.append(field.isnull())
+    return Criterion.any(terms) if terms else FALSE
 
 
 def _not_in(d, field, column, values):
@@ -336,8 +351,15 @@ def _value_shape(value):
     return True
 
 
+def _filter_shape(value):
+    """A list's SQL says only whether it holds values and whether it holds null, whatever its length."""
+    if isinstance(value, (list, tuple)):
+        return any(v is not None for v in value), None in value
+    return _value_shape(value)
+
+
 def list_shape(info, lq):
-    filters = tuple((f.column.name, f.op, f.logical, _value_shape(f.value)) for f in (*lq.equals, *lq.filters))
+    filters = tuple((f.column.name, f.op, f.logical, _filter_shape(f.value)) for f in (*lq.equals, *lq.filters))
     return (info.shape_key, len(lq.equals), filters, lq.search is None, lq.include_archived,
             tuple((s.column.name, s.descending) for s in lq.sorts),
             None if lq.after is None else _value_shape(lq.after))
@@ -395,11 +417,23 @@ def build_count(d, info, org_id, lq):
                    lambda: where(d, table, info, org_id, lq), [])
 
 
-def _by_ids(table, org_id, ids):
+def build_estimate(d, info, org_id, lq):
+    """PostgreSQL's plan of the matching rows, whose top node estimates how many there are.
+
+    NOTE: the rows themselves, not their COUNT: a COUNT's plan is one aggregate row.
+    """
+    table = Table(info.spec.table)
+    sql, params = _shaped(d, ('matches', list_shape(info, lq)),
+                          lambda: d.from_(table).select(table.id).where(where(d, table, info, org_id, lq)),
+                          lambda: where(d, table, info, org_id, lq), [])
+    return 'EXPLAIN (FORMAT JSON) ' + sql, params
+
+
+def _by_ids(d, table, org_id, ids):
     scope = table.organization_id == Bound(org_id)
     if isinstance(ids, str):
         return scope & (table.id == Bound(ids))
-    return scope & table.id.isin([Bound(i) for i in ids])
+    return scope & (d.one_of(table.id, 'text', ids) if ids else FALSE)
 
 
 def build_get(d, info, org_id, ids, for_update=False):
@@ -407,7 +441,7 @@ def build_get(d, info, org_id, ids, for_update=False):
     columns = output_columns(info)
 
     def build():
-        return d.from_(table).select(*[table.field(n) for n in columns]).where(_by_ids(table, org_id, ids))
+        return d.from_(table).select(*[table.field(n) for n in columns]).where(_by_ids(d, table, org_id, ids))
     if isinstance(ids, str):
         sql, params = d.memo(('get', info.spec.table, tuple(columns)), build), [org_id, ids]
     else:
@@ -422,7 +456,7 @@ def build_get(d, info, org_id, ids, for_update=False):
 def build_exists(d, info, org_id, ids):
     """The ids among `ids` that name a record of `org_id` in `info`."""
     table = Table(info.spec.table)
-    return d.render(d.from_(table).select(table.id).where(_by_ids(table, org_id, ids)))
+    return d.render(d.from_(table).select(table.id).where(_by_ids(d, table, org_id, ids)))
 
 
 def build_insert(d, info, row, if_absent=False):
@@ -440,13 +474,13 @@ def build_update(d, info, org_id, record_id, changes):
     query = d.update(table)
     for name, value in changes.items():
         query = query.set(table.field(name), d.bind(info.columns[name], value))
-    sql, params = d.render(query.where(_by_ids(table, org_id, record_id)))
+    sql, params = d.render(query.where(_by_ids(d, table, org_id, record_id)))
     return sql + _returning(info), params
 
 
 def build_delete(d, info, org_id, ids):
     table = Table(info.spec.table)
-    sql, params = d.render(d.from_(table).delete().where(_by_ids(table, org_id, ids)))
+    sql, params = d.render(d.from_(table).delete().where(_by_ids(d, table, org_id, ids)))
     return sql + _returning(info), params
 
 
@@ -454,8 +488,7 @@ def build_referrers(d, info, org_id, column, ids):
     """Rows of `info` whose reference `column` points at any of `ids` (scalar or array)."""
     table = Table(info.spec.table)
     field = table.field(column.name)
-    match = Criterion.any([d.array_contains(field, i) for i in ids]) if column.kind == 'array' \
-        else field.isin([Bound(i) for i in ids])
+    match = d.one_of(field, column.kind, ids) if ids else FALSE
     query = d.from_(table).select(table.id, field).where((table.organization_id == Bound(org_id)) & match)
     return d.render(query)
 

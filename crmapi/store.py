@@ -127,8 +127,7 @@ class Store:
             if counter is not None:
                 return counter[0]
         if count == 'estimated' and d.name == 'postgresql':
-            sql, params = sqlbuild.build_count(d, info, principal.org_id, lq)
-            plan = tx.one('EXPLAIN (FORMAT JSON) ' + sql, params)[0]
+            plan = tx.one(*sqlbuild.build_estimate(d, info, principal.org_id, lq))[0]
             return int(plan[0]['Plan']['Plan Rows'])
         return tx.one(*sqlbuild.build_count(d, info, principal.org_id, lq))[0]
 

@@ -54,8 +54,9 @@ def test_an_unnarrowed_total_reads_the_live_row_counter():
     ({'op': 'starts_with', 'value': 'a'}, '"status" LIKE ? ESCAPE \'\\\'', 'a%'),
     ({'op': 'ends_with', 'value': 'a'}, '"status" LIKE ? ESCAPE \'\\\'', '%a'),
     ({'op': 'not_contains', 'value': 'a'}, '("status" IS NULL OR NOT ("status" LIKE ? ESCAPE \'\\\'))', '%a%'),
-    ({'op': 'in', 'value': ['a']}, '"status" IN (?)', 'a'),
-    ({'op': 'not_in', 'value': ['a']}, '("status" IS NULL OR NOT ("status" IN (?)))', 'a'),
+    ({'op': 'in', 'value': ['a']}, '"status" IN (SELECT value FROM json_each(?))', '["a"]'),
+    ({'op': 'not_in', 'value': ['a']}, '("status" IS NULL OR NOT ("status" IN (SELECT value FROM json_each(?))))',
+     '["a"]'),
     ({'op': 'is_empty'}, '("status" IS NULL OR "status" = \'\')', None),
 ])
 def test_operators_bind_their_values(flt, sqlite_sql, value):
@@ -116,8 +117,9 @@ def test_insert_update_and_delete_return_the_record():
     assert sql.startswith('UPDATE "contacts" SET "first_name"=%s WHERE "organization_id"=%s AND "id"=%s RETURNING')
     assert values == ['Bo', 'org_1', 'c_1']
     sql, values = sqlbuild.build_delete(SQLITE, CONTACTS, 'org_1', ['c_1', 'c_2'])
-    assert sql.startswith('DELETE FROM "contacts" WHERE "organization_id"=? AND "id" IN (?,?) RETURNING')
-    assert values == ['org_1', 'c_1', 'c_2']
+    assert sql.startswith('DELETE FROM "contacts" WHERE "organization_id"=? '
+                          'AND "id" IN (SELECT value FROM json_each(?)) RETURNING')
+    assert values == ['org_1', '["c_1","c_2"]']
 
 
 @pytest.mark.parametrize('params', [
