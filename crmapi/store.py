@@ -154,7 +154,7 @@ class Store:
                 continue  # the snake_case spelling wins over its camelCase twin
             if value is None and not column.nullable:
                 raise InvalidValue(f"Field '{name}' may not be null", field=name)
-            changes[name] = values.check(column, value)
+            changes[name] = values.check_stored(column, value)
         for name, column in info.columns.items():
             if column.required and (name in changes or creating) and changes.get(name) is None:
                 raise InvalidValue(f"Field '{name}' is required", field=name)
