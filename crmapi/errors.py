@@ -117,4 +117,19 @@ def problem(status, title, detail, **members):
     }
     body['message'] = body['detail']
     body.update(members)
-    return body
+    return encodable(body)
+
+
+def encodable(value):
+    """`value` with every string made valid UTF-8: a lone surrogate becomes its `\\udxxx` escape.
+
+    NOTE: problems echo what the client sent (a field name, a slug); a lone surrogate there would
+    make the JSON encoder fail and the answer a bare 500. Every problem body passes through here.
+    """
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode('utf-8', 'backslashreplace').decode('utf-8')
+    if isinstance(value, dict):
+        return {encodable(k): encodable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encodable(v) for v in value]
+    return value

@@ -16,6 +16,14 @@ from .errors import UnknownResource
 SERVER_MANAGED = frozenset({'id', 'organization_id', 'created_at', 'updated_at', 'archived_at'})
 SEARCHABLE_KINDS = ('text',)
 
+# NOTE: PostgreSQL refuses a btree entry over 2,704 bytes (ProgramLimitExceeded); SQLite has no such
+# limit. The widest index holds two writable text columns (contacts: organization_id, city or status,
+# last_name, id): 2 x 255 characters x 4 bytes (the longest UTF-8 character) = 2,040 bytes, plus the
+# two server-made ids (~30 bytes each) and at most ~70 bytes of tuple header, null bitmap, varlena
+# headers and alignment: about 2,140 bytes, a fifth under 2,704 (1,000 characters would need 8,000).
+# tests/test_driver_errors.py checks every index against this budget, so a wider one fails the suite.
+MAX_INDEXED_TEXT = 255
+
 
 @dataclass(frozen=True)
 class ResourceSpec:
@@ -73,6 +81,7 @@ class Column:
     writable: bool
     precision: tuple = None
     references: str = None
+    max_length: int = None      # characters; set on writable text columns that sit in an index
 
     @property
     def required(self):
@@ -88,6 +97,7 @@ class Column:
             'name': self.name, 'type': declared, 'kind': self.kind, 'nullable': self.nullable,
             'default': self.default, 'writable': self.writable, 'required': self.required,
             'filterable': True, 'sortable': self.sortable, 'references': self.references,
+            'max_length': self.max_length,
         }
 
 
@@ -141,21 +151,27 @@ class TableInfo:
         }
 
 
-def make_column(spec, name, declared, nullable, default):
+def make_column(spec, name, declared, nullable, default, indexed=False):
     kind, precision = values.kind_of(declared)
     if not declared and name in spec.computed:
         kind = spec.computed[name]
     if name in spec.arrays:
         kind = 'array'
     writable = not spec.read_only and name not in SERVER_MANAGED
-    return Column(name, kind, bool(nullable), default, writable, precision, spec.references.get(name))
+    max_length = MAX_INDEXED_TEXT if writable and indexed and kind == 'text' else None
+    return Column(name, kind, bool(nullable), default, writable, precision, spec.references.get(name), max_length)
 
 
-def table_info(spec, rows):
-    """Build a TableInfo from introspected (name, declared type, nullable, default) rows."""
+def table_info(spec, rows, indexed=()):
+    """Build a TableInfo from introspected (name, declared type, nullable, default) rows.
+
+    `indexed` names the columns the catalog shows in an index; reference columns always count as
+    indexed (custom objects index every reference field).
+    """
+    indexed = {*indexed, *spec.references}
     columns, declared = {}, {}
     for name, decl, nullable, default in rows:
-        columns[name] = make_column(spec, name, decl or '', nullable, default)
+        columns[name] = make_column(spec, name, decl or '', nullable, default, name in indexed)
         declared[name] = decl or spec.computed.get(name, '')
     return TableInfo(spec, columns, declared)
 
@@ -204,7 +220,9 @@ class Catalog:
         missing = [s.table for s in wanted.values() if s.table not in found]
         if missing:
             raise RuntimeError(f"database has no table {', '.join(missing)}: run 'crmapi init-db'")
-        infos = {slug: table_info(spec, found[spec.table]) for slug, spec in wanted.items()}
+        indexed = db.indexed_columns(found)
+        infos = {slug: table_info(spec, found[spec.table], indexed.get(spec.table, ()))
+                 for slug, spec in wanted.items()}
         infos = with_view_columns(infos)
         return cls({s: infos[s] for s in specs}, {s: infos[s] for s in INTERNAL})
 

@@ -197,7 +197,7 @@ class Store:
     def _value(column, value):
         if value is None and not column.nullable:
             raise InvalidValue(f"Field '{column.name}' may not be null", field=column.name)
-        return values.check(column, value)
+        return values.check_stored(column, value)
 
     def _check_references(self, tx, info, principal, changes):
         problems = []

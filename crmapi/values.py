@@ -51,11 +51,35 @@ def _fail(column, expected, value):
     raise InvalidValue(f"Field '{column.name}' expects {expected}, got {shown}", field=column.name)
 
 
+def unstorable(text):
+    """Why no database of ours can store `text` (a NUL, a lone surrogate), or None if both can.
+
+    NOTE: PostgreSQL refuses NUL in text and jsonb while SQLite stores it; no UTF-8 database stores
+    a lone surrogate. Refused on both, so the two databases answer alike.
+    """
+    if '\x00' in text:
+        return 'a NUL character'
+    if _lone_surrogate(text):
+        return 'a lone surrogate, which is not valid Unicode'
+    return None
+
+
+def _lone_surrogate(text):
+    if text.isascii():
+        return False
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _text(column, value):
     if not isinstance(value, str):
         _fail(column, 'a string', value)
-    if '\x00' in value:
-        raise InvalidValue(f"Field '{column.name}' may not contain a NUL character", field=column.name)
+    reason = unstorable(value)
+    if reason:
+        raise InvalidValue(f"Field '{column.name}' may not contain {reason}", field=column.name)
     return value
 
 
@@ -120,24 +144,35 @@ def _timestamp(column, value):
         _fail(column, 'a valid ISO 8601 timestamp', value)
 
 
-def _big_integers(value):
-    if isinstance(value, dict):
-        return any(_big_integers(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_big_integers(v) for v in value)
-    return isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX
+def _json_leaves(value):
+    """Every key and scalar of a JSON value, at any depth (iteratively: depth is bounded elsewhere)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield from item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            yield item
 
 
 def _json(column, value):
-    # NOTE: SQLite would keep a bare integer this large as a double, and the JSON encoder stops at
-    # 64 bits: refuse rather than round.
-    if _big_integers(value):
-        _fail(column, 'JSON whose integers fit in 64 bits', value)
+    for leaf in _json_leaves(value):
+        # NOTE: SQLite would keep a bare integer this large as a double, and the JSON encoder stops
+        # at 64 bits: refuse rather than round.
+        if isinstance(leaf, int) and not isinstance(leaf, bool) and not INT64_MIN <= leaf <= INT64_MAX:
+            _fail(column, 'JSON whose integers fit in 64 bits', value)
+        reason = isinstance(leaf, str) and unstorable(leaf)
+        if reason:
+            raise InvalidValue(f"Field '{column.name}' may not contain {reason} in a key or a string",
+                               field=column.name)
     return value
 
 
 def _array(column, value):
-    if not isinstance(value, list) or not all(isinstance(v, str) and v and '\x00' not in v for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and v and not unstorable(v) for v in value):
         _fail(column, 'an array of ids', value)
     return list(dict.fromkeys(value))
 
@@ -153,6 +188,18 @@ def check(column, value):
     if value is None:
         return None
     return _CHECKS[column.kind](column, value)
+
+
+def check_stored(column, value):
+    """check() for a value about to be written: indexed text also within the column's max_length.
+
+    Filters are not held to it: comparing with a longer value is harmless and simply finds nothing.
+    """
+    value = check(column, value)
+    if column.max_length is not None and isinstance(value, str) and len(value) > column.max_length:
+        raise InvalidValue(f"Field '{column.name}' is indexed and holds at most {column.max_length} characters, "
+                           f'got {len(value)}', field=column.name)
+    return value
 
 
 def number_out(value):
@@ -208,11 +255,8 @@ def _check_tree(value):
                 stack.extend(((key, depth + 1, under), (v, depth + 1, under)))
         elif isinstance(item, list):
             stack.extend((x, depth + 1, top) for x in item)
-        elif isinstance(item, str) and not item.isascii():
-            try:
-                item.encode('utf-8')
-            except UnicodeEncodeError:
-                raise JsonError('a string holds a lone surrogate, which is not valid Unicode', top) from None
+        elif isinstance(item, str) and _lone_surrogate(item):
+            raise JsonError('a string holds a lone surrogate, which is not valid Unicode', top)
 
 
 def loads_strict(text):
