@@ -29,7 +29,7 @@ from .store import Store
 
 log = logging.getLogger('crmapi')
 PROBLEM_JSON = 'application/problem+json'
-EXPOSED_HEADERS = 'Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied'
+EXPOSED_HEADERS = 'Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied, X-Upsert-Result'
 ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID'
 
 
