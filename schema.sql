@@ -55,9 +55,13 @@ CREATE TABLE IF NOT EXISTS companies (
     created_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL,
     archived_at TIMESTAMPTZ,
+    external_id TEXT,
     UNIQUE (organization_id, id)
 );
 CREATE INDEX IF NOT EXISTS companies_org_name ON companies (organization_id, name, id) WHERE archived_at IS NULL;
+-- external_id: the record's id in the system it is loaded from, unique per organization among the
+-- records that have one: the arbiter of `POST ...?on_conflict=external_id` (INSERT ... ON CONFLICT).
+CREATE UNIQUE INDEX IF NOT EXISTS companies_org_external_id ON companies (organization_id, external_id) WHERE external_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS contacts (
     id TEXT PRIMARY KEY,
@@ -76,6 +80,7 @@ CREATE TABLE IF NOT EXISTS contacts (
     created_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL,
     archived_at TIMESTAMPTZ,
+    external_id TEXT,
     UNIQUE (organization_id, id),
     FOREIGN KEY (organization_id, company_id) REFERENCES companies (organization_id, id)
 );
@@ -89,6 +94,7 @@ CREATE INDEX IF NOT EXISTS contacts_org_status_last_name ON contacts (organizati
 CREATE INDEX IF NOT EXISTS contacts_org_created ON contacts (organization_id, created_at, id) WHERE archived_at IS NULL;
 CREATE INDEX IF NOT EXISTS contacts_org_company ON contacts (organization_id, company_id);
 CREATE INDEX IF NOT EXISTS contacts_org_email ON contacts (organization_id, email);
+CREATE UNIQUE INDEX IF NOT EXISTS contacts_org_external_id ON contacts (organization_id, external_id) WHERE external_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS deals (
     id TEXT PRIMARY KEY,
@@ -104,12 +110,14 @@ CREATE TABLE IF NOT EXISTS deals (
     created_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL,
     archived_at TIMESTAMPTZ,
+    external_id TEXT,
     UNIQUE (organization_id, id),
     FOREIGN KEY (organization_id, company_id) REFERENCES companies (organization_id, id)
 );
 CREATE INDEX IF NOT EXISTS deals_org_company ON deals (organization_id, company_id);
 CREATE INDEX IF NOT EXISTS deals_org_status ON deals (organization_id, status);
 CREATE INDEX IF NOT EXISTS deals_org_created ON deals (organization_id, created_at, id) WHERE archived_at IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS deals_org_external_id ON deals (organization_id, external_id) WHERE external_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
@@ -236,7 +244,7 @@ CREATE TABLE IF NOT EXISTS custom_objects (
 CREATE VIEW companies_summary AS
 SELECT
     c.id, c.organization_id, c.name, c.domain, c.website, c.category, c.size, c.phone,
-    c.address, c.city, c.country, c.description, c.created_at, c.updated_at, c.archived_at,
+    c.address, c.city, c.country, c.description, c.created_at, c.updated_at, c.archived_at, c.external_id,
     (SELECT COUNT(*) FROM contacts ct
       WHERE ct.organization_id = c.organization_id AND ct.company_id = c.id
         AND ct.archived_at IS NULL) AS nb_contacts,
@@ -249,7 +257,7 @@ CREATE VIEW contacts_summary AS
 SELECT
     ct.id, ct.organization_id, ct.first_name, ct.last_name, ct.email, ct.phone, ct.title,
     ct.status, ct.city, ct.company_id, ct.linkedin_url, ct.background, ct.tags,
-    ct.created_at, ct.updated_at, ct.archived_at,
+    ct.created_at, ct.updated_at, ct.archived_at, ct.external_id,
     co.name AS company_name,
     (SELECT COUNT(*) FROM tasks t
       WHERE t.organization_id = ct.organization_id AND t.contact_id = ct.id
@@ -258,7 +266,8 @@ FROM contacts ct
 LEFT JOIN companies co ON co.organization_id = ct.organization_id AND co.id = ct.company_id;
 
 -- Idempotency-Key: the first answer to a POST, kept so that a retry replays it instead of writing twice.
--- The row is written in the same transaction as the write it remembers.
+-- The row is written in the same transaction as the write it remembers. `headers`: the answer's headers
+-- besides Location (an upsert's X-Upsert-Result).
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     id TEXT NOT NULL,
     organization_id TEXT NOT NULL REFERENCES organizations (id),
@@ -267,6 +276,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     response JSONB,
     location TEXT,
     created_at TIMESTAMPTZ NOT NULL,
+    headers JSONB,
     PRIMARY KEY (organization_id, id)
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
@@ -291,4 +301,4 @@ CREATE TABLE IF NOT EXISTS server_secrets (
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (5);
+INSERT INTO schema_version (version) VALUES (7);

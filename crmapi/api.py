@@ -77,8 +77,8 @@ def list_params(req, resource):
     return {**req.params, 'range': f'[{int(m.group(2))},{int(m.group(3))}]'}
 
 
-def read_body(req, max_bytes):
-    """The JSON object a write sends, strictly parsed, or a 4xx naming what is wrong."""
+def read_json(req, max_bytes):
+    """The JSON a write sends, strictly parsed, or a 4xx naming what is wrong."""
     media_type = (req.content_type or '').split(';')[0].strip().lower()
     if media_type != 'application/json' and not media_type.endswith('+json'):
         raise UnsupportedMediaType('Send the body as JSON with Content-Type: application/json')
@@ -100,25 +100,62 @@ def read_body(req, max_bytes):
         body = values.loads_strict(raw.decode('utf-8'))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidBody(f'The body is not valid JSON: {exc}', field=getattr(exc, 'field', None)) from None
+    return body
+
+
+def read_body(req, max_bytes):
+    """The JSON object a write sends, strictly parsed, or a 4xx naming what is wrong."""
+    body = read_json(req, max_bytes)
     if not isinstance(body, dict):
         raise InvalidBody('The request body must be a JSON object')
     return body
 
 
+def read_records(req, max_bytes, allow_object=True):
+    """A POST's body: one object, or an array (a batch); PATCH on a collection: an array."""
+    body = read_json(req, max_bytes)
+    if isinstance(body, list) or (allow_object and isinstance(body, dict)):
+        return body
+    raise InvalidBody('The request body must be a JSON array of objects'
+                      + (' (or one object)' if allow_object else ''))
+
+
+def delete_ids(params):
+    """The ids a DELETE on a collection names: `filter={"id":[...]}` and nothing else."""
+    unknown = sorted(set(params) - {'filter'})
+    if unknown:
+        raise InvalidParam(f"DELETE on a collection takes only filter={{\"id\":[...]}}, not '{unknown[0]}'",
+                           param=unknown[0])
+    flt = query.param_json(params, 'filter')
+    ids = flt.get('id') if isinstance(flt, dict) and set(flt) == {'id'} else None
+    if isinstance(ids, str):
+        ids = [ids]
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+        raise InvalidParam('DELETE on a collection needs filter={"id":[...]}, the ids of the records to delete',
+                           param='filter')
+    return ids
+
+
+def upsert_result(created, updated):
+    return {'X-Upsert-Result': f'created={created}, updated={updated}'}
+
+
 def respond_once(req, resp, idempotency, body, action):
-    """Run a POST's `action` -> (status, record, location); with an Idempotency-Key, at most once."""
+    """Run a POST's `action` -> (status, body, headers); with an Idempotency-Key, at most once.
+
+    `body` is what the request asks for (its body, and any parameter that changes the answer)."""
     key = req.get_header('Idempotency-Key')
     if key is None:
-        status, record, location = action()
+        status, record, headers = action()
     else:
         fp = fingerprint(req.method, req.path, body)
-        (status, record, location), replayed = idempotency.run(req.context.principal, key, fp, action)
+        (status, record, headers), replayed = idempotency.run(req.context.principal, key, fp, action)
         if replayed:
             resp.set_header('Idempotent-Replayed', 'true')
     resp.status = status
     resp.media = record
-    if location:
-        resp.set_header('Location', location)
+    for name, value in headers.items():
+        resp.set_header(name, value)
 
 
 class Records:
@@ -158,14 +195,41 @@ class Records:
             resp.set_header('X-Next-Cursor', cursor)
 
     def on_post(self, req, resp, resource):
+        """Create one record (an object) or a batch (an array); with `on_conflict`, upsert them."""
         info = self._table(req, resource)
         lenient = lenient_handling(req, resp)
-        body = read_body(req, self.max_body_bytes)
+        body = read_records(req, self.max_body_bytes)
+        on_conflict = query.single(req.params, 'on_conflict')
+        principal, batch = req.context.principal, isinstance(body, list)
+
+        def location(records):
+            return {} if batch else {'Location': f'{req.root_path}/api/{resource}/{records[0]["id"]}'}
 
         def create():
-            record = self.store.create(info, req.context.principal, body, lenient)
-            return 201, record, f'{req.root_path}/api/{resource}/{record["id"]}'
-        respond_once(req, resp, self.idempotency, body, create)
+            records = self.store.create_many(info, principal, body if batch else [body], batch, lenient)
+            return 201, records if batch else records[0], location(records)
+
+        def upsert():
+            records, created, updated = self.store.upsert(info, principal, body if batch else [body], on_conflict,
+                                                          batch, lenient)
+            return (200 if updated else 201, records if batch else records[0],
+                    {**upsert_result(created, updated), **({} if updated else location(records))})
+        if on_conflict is None:
+            respond_once(req, resp, self.idempotency, body, create)
+        else:
+            respond_once(req, resp, self.idempotency, {'on_conflict': on_conflict, 'body': body}, upsert)
+
+    def on_patch(self, req, resp, resource):
+        """Update a batch: an array of objects, each with the `id` of its record."""
+        info = self._table(req, resource)
+        lenient = lenient_handling(req, resp)
+        resp.media = self.store.update_many(info, req.context.principal,
+                                            read_records(req, self.max_body_bytes, allow_object=False), lenient)
+
+    def on_delete(self, req, resp, resource):
+        """Delete (archive, disable) the records of `filter={"id":[...]}`."""
+        info = self._table(req, resource)
+        resp.media = self.store.delete_many(info, req.context.principal, delete_ids(req.params))
 
     def on_get_item(self, req, resp, resource, id):
         resp.media = self.store.get(self._table(req, resource), req.context.principal, id)
@@ -197,7 +261,7 @@ class MergeContacts:
         lenient = lenient_handling(req, resp)
         body = read_body(req, self.max_body_bytes)
         respond_once(req, resp, self.idempotency, body,
-                     lambda: (200, self.store.merge_contacts(req.context.principal, body, lenient), None))
+                     lambda: (200, self.store.merge_contacts(req.context.principal, body, lenient), {}))
 
 
 class Health:

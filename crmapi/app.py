@@ -35,7 +35,7 @@ from .store import Store
 log = logging.getLogger('crmapi')
 PROBLEM_JSON = 'application/problem+json'
 EXPOSED_HEADERS = ('Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied, Retry-After, '
-                   'RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy')
+                   'RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy, X-Upsert-Result')
 ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID'
 ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS'
 

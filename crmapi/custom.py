@@ -6,6 +6,7 @@ half-made table nor a definition without its table. Every request resolves a cus
 the definition's `version`, so a change made by one worker is the whitelist of the next request
 on any other, with no restart.
 """
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ FILTER_WORDS = frozenset({'q', 'include_archived'})  # `filter` keys that mean s
 FIELD_MEMBERS = {
     'name': ((str,), 'a string'), 'type': ((str,), 'a string'), 'required': ((bool,), 'true or false'),
     'target': ((str, type(None)), 'a string'), 'label': ((str, type(None)), 'a string or null'),
+    'unique': ((bool,), 'true or false'),
 }
 BODY_MEMBERS = frozenset({'slug', 'label', 'fields'})
 # What GET answers besides BODY_MEMBERS: a definition read back may be sent back; these are ignored.
@@ -56,6 +58,7 @@ class Field:
     required: bool = False
     target: str = None
     label: str = None
+    unique: bool = False   # one record per value in an organization (an upsert's on_conflict column)
 
     def to_json(self):
         out = {'name': self.name, 'type': self.type, 'required': self.required}
@@ -63,10 +66,15 @@ class Field:
             out['target'] = self.target
         if self.label:
             out['label'] = self.label
+        if self.unique:
+            out['unique'] = True
         return out
 
     def index_name(self, table):
         return f'{table}_{hashlib.sha1(self.name.encode()).hexdigest()[:10]}'
+
+    def unique_index_name(self, table):
+        return f'{self.index_name(table)}_key'
 
 
 def check_name(name, what, field):
@@ -126,7 +134,10 @@ def parse_field(item, index, known=frozenset()):
         raise InvalidValue(f"Reference field '{name}' needs a 'target' resource", field='fields')
     if ftype != 'reference' and target is not None:
         raise InvalidValue(f"Only reference fields have a 'target' ('{name}' is {ftype})", field='fields')
-    return Field(name, ftype, item.get('required', False), target, item.get('label'))
+    if ftype == 'json' and item.get('unique'):
+        raise InvalidValue(f"Field '{name}' holds JSON, which cannot be unique", field='fields')
+    # NOTE: `unique` left out is None: on a field already defined, it keeps what it was.
+    return Field(name, ftype, item.get('required', False), target, item.get('label'), item.get('unique'))
 
 
 def parse_fields(raw, known=frozenset()):
@@ -149,7 +160,8 @@ def load_fields(stored):
     NOTE: never re-validated: a rule or limit made stricter later (or a definition an older server
     let grow past one) must not turn every request that reads the definition into a 400.
     """
-    return [Field(f['name'], f['type'], f.get('required', False), f.get('target'), f.get('label')) for f in stored]
+    return [Field(f['name'], f['type'], f.get('required', False), f.get('target'), f.get('label'),
+                  f.get('unique', False)) for f in stored]
 
 
 class CustomObjects:
@@ -259,6 +271,23 @@ class CustomObjects:
                                f"'{f.name}' with that type to take it over (and drop it if unwanted)", field='fields')
             if f.type == 'reference':
                 tx.execute(sqlbuild.build_create_index(table, f.index_name(table), f.name))
+            if f.unique:
+                self._unique_ddl(tx, table, f)
+
+    def _unique_ddl(self, tx, table, field):
+        """Create (or drop) the unique index of `field`; while two records of an organization share a
+        value it cannot be made, and a 409 names that value."""
+        index = field.unique_index_name(table)
+        if not field.unique:
+            tx.execute(sqlbuild.build_drop_index(index))
+            return
+        duplicate = tx.one(*sqlbuild.build_duplicate(self.db.dialect, table, field.name))
+        if duplicate is not None:
+            shown = str(duplicate[0])
+            shown = shown if len(shown) <= 60 else shown[:57] + '...'
+            raise Conflict(f"Field '{field.name}' cannot be unique: more than one record has the value '{shown}'; "
+                           'change or remove the duplicates first', field='fields')
+        tx.execute(sqlbuild.build_create_unique_index(table, index, field.name))
 
     def _label(self, body, default):
         label = body.get('label', default)
@@ -315,21 +344,27 @@ class CustomObjects:
             definition = self._locked(tx, principal.org_id, slug)
             label = self._label(body, definition['label'])
             current = {f.name: f for f in load_fields(definition['fields'])}
+            was_unique = {name: f.unique for name, f in current.items()}
             added = self._merge(current, parse_fields(body.get('fields', []), known=current.keys()))
             if added and len(current) + len(added) > MAX_FIELDS:
                 raise InvalidValue(f"Custom object '{slug}' would have {len(current) + len(added)} fields; at most "
                                    f'{MAX_FIELDS} are allowed (drop some first)', field='fields')
             self._check_targets(tx, principal, slug, added)
             self._columns_ddl(tx, definition['table_name'], added)
+            for f in current.values():
+                if f.unique != was_unique[f.name]:
+                    self._unique_ddl(tx, definition['table_name'], f)
             merged = [*current.values(), *added]
             return self._save(tx, principal.org_id, definition, label=label, fields=[f.to_json() for f in merged])
 
     @staticmethod
     def _merge(current, fields):
-        """Take the new labels of `current`'s fields into it; answer the fields that are new."""
+        """Take the new labels (and `unique`, when sent) of `current`'s fields into it; answer the new fields."""
         added = []
         for f in fields:
             old = current.get(f.name)
+            if f.unique is None:
+                f = dataclasses.replace(f, unique=bool(old and old.unique))
             if old is None:
                 added.append(f)
             elif (old.type, old.target, old.required) != (f.type, f.target, f.required):
@@ -361,6 +396,8 @@ class CustomObjects:
             table = definition['table_name']
             if dropped.type == 'reference':
                 tx.execute(sqlbuild.build_drop_index(dropped.index_name(table)))
+            if dropped.unique:
+                tx.execute(sqlbuild.build_drop_index(dropped.unique_index_name(table)))
             tx.execute(sqlbuild.build_drop_column(table, name))
             saved = self._save(tx, principal.org_id, definition, fields=[f.to_json() for f in fields if f is not dropped])
         return {'dropped': dropped.to_json(), 'custom_object': saved}

@@ -32,7 +32,7 @@ class Idempotency:
         self.clock = clock
 
     def run(self, principal, key, fp, action):
-        """`action()` -> (status, body, location), run once per key; returns it and whether it was replayed."""
+        """`action()` -> (status, body, headers), run once per key; returns it and whether it was replayed."""
         if not _KEY.match(key):
             raise InvalidParam('Idempotency-Key is 1 to 200 printable ASCII characters', param='Idempotency-Key')
         d, org = self.db.dialect, principal.org_id
@@ -46,11 +46,12 @@ class Idempotency:
                 if stored['fingerprint'] != fp:
                     raise KeyReused('This Idempotency-Key was used for a different request',
                                     param='Idempotency-Key')
-                response = stored['response']
-                if isinstance(response, str):
-                    response = json.loads(response)
-                return (stored['status'], response, stored['location']), True
-            status, body, location = action()
-            tx.execute(*sqlbuild.build_update(d, self.info, org, key,
-                                              {'status': status, 'response': body, 'location': location}))
-            return (status, body, location), False
+                response, headers = (json.loads(v) if isinstance(v, str) else v
+                                     for v in (stored['response'], stored['headers']))
+                location = {'Location': stored['location']} if stored['location'] else {}
+                return (stored['status'], response, {**(headers or {}), **location}), True
+            status, body, headers = action()
+            others = {name: value for name, value in headers.items() if name != 'Location'}
+            tx.execute(*sqlbuild.build_update(d, self.info, org, key, {
+                'status': status, 'response': body, 'location': headers.get('Location'), 'headers': others or None}))
+            return (status, body, headers), False

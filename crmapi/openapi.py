@@ -10,6 +10,7 @@ import orjson
 
 from . import __version__
 from . import query
+from .store import MAX_BATCH
 from .store import MAX_MERGE_SOURCES
 from .values import INT64_MAX
 from .values import INT64_MIN
@@ -53,11 +54,14 @@ PROBLEM_SCHEMA = {
         'message': {'type': 'string'},
         'param': {'type': 'string', 'description': 'the query parameter at fault'},
         'field': {'type': 'string', 'description': 'the field at fault'},
+        'index': {'type': 'integer', 'minimum': 0, 'description': 'in a batch, the item at fault (the first one)'},
         'errors': {
-            'type': 'array', 'description': 'every invalid field of a body (`field` and `detail` are the first)',
-            'items': {'type': 'object', 'required': ['field', 'detail'],
-                      'properties': {'field': {'type': 'string'}, 'detail': {'type': 'string'}}},
+            'type': 'array', 'description': 'every problem of the body (`field` and `detail` are the first one\'s); in a batch each names its item (`index`)',
+            'items': {'type': 'object', 'required': ['detail'], 'properties': {
+                'index': {'type': 'integer', 'minimum': 0}, 'field': {'type': 'string'},
+                'detail': {'type': 'string'}}},
         },
+        'limit': {'type': 'integer', 'description': 'the most records one batch may hold'},
     },
 }
 
@@ -70,6 +74,10 @@ HEADERS = {
     'Location': {
         'description': 'The URL of the created record (with the mount point of the API).',
         'schema': {'type': 'string', 'format': 'uri-reference'},
+    },
+    'X-Upsert-Result': {
+        'description': 'What an upsert (`on_conflict`) did: `created=N, updated=M`.',
+        'schema': {'type': 'string', 'pattern': '^created=[0-9]+, updated=[0-9]+$'},
     },
     'WWW-Authenticate': {'schema': {'type': 'string'}},
     'Retry-After': {'schema': {'type': 'string'}},
@@ -114,6 +122,8 @@ FIELD_DEFINITION = {
         'required': {'type': 'boolean'},
         'target': {'type': 'string', 'description': 'the resource a reference field points at'},
         'label': {'type': 'string'},
+        'unique': {'type': 'boolean', 'description': 'one record per value in the organization: a column '
+                                                     'upserts (`on_conflict`) can match on; not for json fields'},
     },
 }
 CUSTOM_OBJECT = {
@@ -285,7 +295,46 @@ def head_operation(get):
             'responses': responses}
 
 
-def resource_paths(info, limits):
+def one_or_many(schema):
+    return {'anyOf': [schema, {'type': 'array', 'minItems': 1, 'maxItems': MAX_BATCH, 'items': schema}]}
+
+
+def batch_operations(info, record, forbidden, deleted, unique):
+    """POST (one record or a batch, or an upsert), PATCH and DELETE on a resource's collection."""
+    slug = info.slug
+    records = {'type': 'array', 'items': record}
+    on_conflict = {'name': 'on_conflict', 'in': 'query', 'required': False,
+                   'schema': {'type': 'string', 'enum': unique} if unique else {'type': 'string'},
+                   'description': 'upsert: a record of the organization (archived ones too, which stay archived) '
+                                  'holding the same value in this unique column is updated with the fields sent'}
+    created = json_response('The created record, or the batch of created records, in order',
+                            one_or_many(record), ['Location'])
+    created['headers']['Location']['required'] = False
+    created['headers']['X-Upsert-Result'] = HEADERS['X-Upsert-Result']
+    updated = json_response('An upsert that updated at least one record: the record(s), in order',
+                            one_or_many(record), ['X-Upsert-Result'])
+    with_id = {'allOf': [ref(f'{slug}_update'), {'type': 'object', 'required': ['id'],
+                                                   'properties': {'id': {'type': 'string', 'minLength': 1}}}]}
+    ids = {'type': 'object', 'required': ['id'], 'additionalProperties': False, 'properties': {'id': {
+        'type': 'array', 'minItems': 1, 'maxItems': MAX_BATCH, 'items': {'type': 'string', 'minLength': 1}}}}
+    id_filter = {**json_param('filter', ids, f'the ids of the records, at most {MAX_BATCH}'), 'required': True}
+    return {
+        'post': operation(
+            f'create_{slug}', f'Create a {slug} record, or a batch of up to {MAX_BATCH} (an array: all or none); '
+            'with on_conflict, upsert them', slug, {201: created, 200: updated},
+            {404, 409, *forbidden}, body=one_or_many(ref(f'{slug}_create')), parameters=[on_conflict, HANDLING_PARAM]),
+        'patch': operation(
+            f'update_{slug}_batch', f'Update a batch of {slug} records, each item with its id (all or none)', slug,
+            {200: json_response('The updated records, in order', records)}, {404, 409, *forbidden},
+            body={'type': 'array', 'minItems': 1, 'maxItems': MAX_BATCH, 'items': with_id}, parameters=[HANDLING_PARAM]),
+        'delete': operation(
+            f'delete_{slug}_batch', f'Delete a batch of {slug} records ({deleted} them; all or none)', slug,
+            {200: json_response('The records as they were left, in order', records)}, {404, 409, *forbidden},
+            parameters=[id_filter]),
+    }
+
+
+def resource_paths(info, limits, unique=()):
     """The paths of one resource: list/create, get/update/delete, restore (where it applies)."""
     slug, spec = info.slug, info.spec
     record = ref(f'{slug}')
@@ -308,10 +357,7 @@ def resource_paths(info, limits):
     if spec.read_only:
         return paths
     deleted = {'archive': 'archives', 'disable': 'disables', 'hard': 'deletes'}[spec.delete]
-    paths[f'/api/{slug}']['post'] = operation(
-        f'create_{slug}', f'Create a {slug} record', slug,
-        {201: json_response('The created record', record, ['Location'])},
-        {404, 409, *forbidden}, body=ref(f'{slug}_create'), parameters=[HANDLING_PARAM])
+    paths[f'/api/{slug}'].update(batch_operations(info, record, forbidden, deleted, unique))
     for method, op_id in (('put', f'update_{slug}'), ('patch', f'patch_{slug}')):
         paths[f'/api/{slug}/{{id}}'][method] = operation(
             op_id, f'Update a {slug} record (partial: the fields sent)', slug,
@@ -414,7 +460,9 @@ def build_document(catalog, principal=None, limits=None, root_path=''):
         if not info.spec.read_only:
             schemas[f'{slug}_create'] = body_schema(info, creating=True)
             schemas[f'{slug}_update'] = body_schema(info, creating=False)
-        paths.update(resource_paths(info, limits))
+        unique = [] if info.spec.read_only or catalog.custom is None else sorted(
+            catalog.custom.store.unique_columns(info))
+        paths.update(resource_paths(info, limits, unique))
         custom = slug not in catalog.tables
         tags.append({'name': slug, 'description': ('custom object' if custom else 'built-in resource')
                      + (', read-only' if info.spec.read_only else '')})

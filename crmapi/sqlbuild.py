@@ -7,6 +7,7 @@ builder, so no caller can forget it.
 """
 import contextlib
 import json
+import re
 import threading
 from dataclasses import dataclass
 
@@ -484,6 +485,154 @@ def build_delete(d, info, org_id, ids):
     return sql + _returning(info), params
 
 
+# -- batches ---------------------------------------------------------------------------------------
+# A batch writes up to a thousand rows in a few statements: one multi-row INSERT (or UPDATE … FROM
+# VALUES) per chunk, whose SQL depends only on the columns and the number of rows, so it is written
+# once per shape and its values are bound in one flat list.
+
+MAX_PARAMS = 30_000   # values bound by one statement: below SQLite's 32,766 and PostgreSQL's 65,535
+
+
+def chunks(items, width=1, size=None):
+    """`items` in slices of `size`, or small enough that a statement binding `width` values for each
+    stays under MAX_PARAMS."""
+    items = list(items)
+    size = size or max(1, MAX_PARAMS // max(1, width))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _statement(d, key, write):
+    """The SQL of a batch statement shape, written by `write()` once."""
+    sql = _STATEMENTS.get((d.name, key))
+    return sql if sql is not None else _remember((d.name, key), write())
+
+
+def _values(d, n, width):
+    """`VALUES (?,?),(?,?)`: n rows of `width` placeholders."""
+    p = d.parameter().get_sql()
+    row = '(' + ','.join([p] * width) + ')'
+    return 'VALUES ' + ','.join([row] * n)
+
+
+def _flat(d, info, names, rows):
+    """The values of `rows` (dicts holding `names`), row after row, adapted for the driver."""
+    kinds = [info.columns[n].kind for n in names]
+    adapt = d.adapt
+    return [adapt(k, row[n]) for row in rows for n, k in zip(names, kinds)]
+
+
+def build_insert_many(d, info, names, rows, conflict=None, updates=()):
+    """One INSERT of `rows` (dicts holding `names`), RETURNING each stored record (in no promised order).
+
+    With `conflict` = (column, partial): an upsert. A row whose value in the organization's unique
+    `column` is taken updates the stored record's `updates` columns instead (with a partial index,
+    `WHERE column IS NOT NULL` names it as the arbiter). On PostgreSQL each record then ends with
+    `xmax = 0`: true when the row was inserted.
+    """
+    names, updates = tuple(names), tuple(updates)
+
+    def write():
+        sql = (f'INSERT INTO {quote(info.spec.table)} ({",".join(quote(n) for n in names)}) '
+               + _values(d, len(rows), len(names)))
+        if conflict is not None:
+            column, partial = conflict
+            target = f'(organization_id, {quote(column)})'
+            if partial:
+                target += f' WHERE {quote(column)} IS NOT NULL'
+            sets = ', '.join(f'{quote(n)} = excluded.{quote(n)}' for n in updates)
+            sql += f' ON CONFLICT {target} DO UPDATE SET {sets}'
+        sql += _returning(info)
+        return sql + (', (xmax = 0)' if conflict is not None and d.name == 'postgresql' else '')
+    sql = _statement(d, ('insert_many', info.shape_key, names, len(rows), conflict, updates), write)
+    return sql, _flat(d, info, names, rows)
+
+
+def build_update_many(d, info, org_id, names, rows):
+    """One UPDATE giving each record its own values of `names`: `rows` are dicts holding 'id' and `names`.
+
+    NOTE: WITH v AS (VALUES …) UPDATE … FROM v, on both databases. PostgreSQL types a VALUES column
+    from its parameters (text when they are all NULL), so each one is cast to its column's type.
+    """
+    names = tuple(names)
+    table = quote(info.spec.table)
+    aliases = [f'v{i}' for i in range(len(names))]
+
+    def value(alias, name):
+        return f'CAST(v.{alias} AS {info.declared[name]})' if d.name == 'postgresql' else f'v.{alias}'
+
+    def write():
+        p = d.parameter().get_sql()
+        sets = ', '.join(f'{quote(n)} = {value(a, n)}' for a, n in zip(aliases, names))
+        return (f'WITH v (v_id, {", ".join(aliases)}) AS ({_values(d, len(rows), len(names) + 1)}) '
+                f'UPDATE {table} SET {sets} FROM v WHERE {table}.organization_id = {p} AND {table}.id = v.v_id'
+                + _returning(info))
+    sql = _statement(d, ('update_many', info.shape_key, names, len(rows)), write)
+    return sql, [*_flat(d, info, ('id', *names), rows), org_id]
+
+
+def build_get_by(d, info, org_id, column, keys, for_update=False):
+    """The records of `org_id` whose `column` holds one of `keys`; `for_update` locks them on PostgreSQL.
+
+    NOTE: locked in id order, as build_get does. Without locks there is no order: on SQLite an ORDER BY id
+    would steer the planner to the (organization_id, id) index, away from the one on `column`.
+    """
+    table = Table(info.spec.table)
+    field = table.field(column.name)
+    query = d.from_(table).select(*[table.field(n) for n in output_columns(info)]).where(
+        (table.organization_id == Bound(org_id)) & field.isin([d.bind(column, k) for k in keys]))
+    locking = for_update and d.name == 'postgresql'
+    sql, params = d.render(query.orderby(table.id) if locking else query)
+    return (sql + ' FOR UPDATE' if locking else sql), params
+
+
+def build_unique_keys(d, table):
+    """The unique indexes and constraints of `table`: rows of (index, position, column, partial, predicate).
+
+    Each row is one key column; read_unique_keys keeps those on (organization_id, column).
+    """
+    if d.name == 'postgresql':
+        return ('SELECT i.indexrelid::regclass::text, k.n, a.attname, i.indpred IS NOT NULL, '
+                'pg_get_expr(i.indpred, i.indrelid) '
+                'FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k (attnum, n) '
+                'JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum '
+                'WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indexprs IS NULL '
+                'AND k.n <= i.indnkeyatts'), [quote(table)]
+    return ('SELECT il.name, ii.seqno, ii.name, il.partial, m.sql '
+            'FROM pragma_index_list(?) AS il JOIN pragma_index_info(il.name) AS ii '
+            "LEFT JOIN sqlite_master AS m ON m.type = 'index' AND m.name = il.name "
+            'WHERE il."unique" = 1'), [table]
+
+
+def read_unique_keys(rows):
+    """{column: partial} for each unique key on (organization_id, column) that can arbitrate an upsert:
+    a full one, or one partial on `column IS NOT NULL` (the arbiter's WHERE)."""
+    indexes = {}
+    for index, position, column, partial, predicate in rows:
+        indexes.setdefault(index, ([], partial, predicate))[0].append((position, column))
+    keys = {}
+    for columns, partial, predicate in indexes.values():
+        names = [c for _, c in sorted(columns)]
+        if len(names) != 2 or names[0] != 'organization_id' or names[1] is None:
+            continue
+        if partial and not _not_null_predicate(names[1], predicate):
+            continue
+        keys[names[1]] = keys.get(names[1], True) and bool(partial)
+    return keys
+
+
+def _not_null_predicate(column, predicate):
+    """Whether a partial index's predicate (PostgreSQL's expression, SQLite's whole CREATE INDEX) is
+    `column IS NOT NULL`."""
+    where = re.split(r'\bWHERE\b', predicate or '', flags=re.IGNORECASE)[-1]
+    return re.sub(r'[\s()"]', '', where).lower() == f'{column}isnotnull'
+
+
+def build_duplicate(d, table, column):
+    """One value of `column` that two records of one organization share, if any (before a unique index)."""
+    return (f'SELECT {quote(column)} FROM {quote(table)} WHERE {quote(column)} IS NOT NULL '
+            f'GROUP BY organization_id, {quote(column)} HAVING COUNT(*) > 1 LIMIT 1'), []
+
+
 def build_referrers(d, info, org_id, column, ids):
     """Rows of `info` whose reference `column` points at any of `ids` (scalar or array)."""
     table = Table(info.spec.table)
@@ -526,6 +675,12 @@ def build_drop_column(table, name):
 def build_create_index(table, index, column):
     """IF NOT EXISTS: a field taken over with its column may have its index already."""
     return f'CREATE INDEX IF NOT EXISTS {quote(index)} ON {quote(table)} (organization_id, {quote(column)})'
+
+
+def build_create_unique_index(table, index, column):
+    """Unique per organization among the records that have a value: the arbiter of an upsert on `column`."""
+    return (f'CREATE UNIQUE INDEX {quote(index)} ON {quote(table)} (organization_id, {quote(column)}) '
+            f'WHERE {quote(column)} IS NOT NULL')
 
 
 def build_drop_index(index):

@@ -6,15 +6,18 @@ transaction, so a failure leaves nothing half-written.
 """
 import datetime as dt
 import difflib
+import functools
 import os
 import threading
 import time
 
 from . import sqlbuild
 from . import values
+from .errors import BadRequest
 from .errors import Conflict
 from .errors import Forbidden
 from .errors import InvalidBody
+from .errors import InvalidParam
 from .errors import InvalidValue
 from .errors import MethodNotAllowed
 from .errors import NotFound
@@ -27,6 +30,7 @@ from .schema import snake_case
 _CROCKFORD = '0123456789abcdefghjkmnpqrstvwxyz'
 MAX_MERGE_SOURCES = 100
 MERGE_FIELDS = ('source_ids', 'target_id')
+MAX_BATCH = 1000           # records one batch request may write
 
 
 _last_id = [0, 0]
@@ -78,12 +82,87 @@ def raise_all(problems):
         raise first
 
 
+def reference_ids(value):
+    """The ids a reference value names: none, one, or an array's."""
+    if is_empty(value):
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def check_batch(items, param=None):
+    """A batch is 1 to MAX_BATCH items: a JSON array body, or the ids of the query parameter `param`.
+
+    NOTE: more is a 400, not a 413: the body may be well under the size limit; the count is what is refused.
+    """
+    error = InvalidBody if param is None else functools.partial(InvalidParam, param=param)
+    if not isinstance(items, list) or not items:
+        raise error(f'A batch is a JSON array of 1 to {MAX_BATCH} records')
+    if len(items) > MAX_BATCH:
+        raise error(f'A batch holds at most {MAX_BATCH} records and this one has {len(items)}: send it in parts',
+                    limit=MAX_BATCH)
+
+
+def item_problems(index, exc):
+    """What one bad item adds to a batch's error: each of its problems, with the item's index."""
+    listed = exc.members.get('errors') or [{'field': exc.members.get('field'), 'detail': exc.detail}]
+    return [{'index': index, **{k: v for k, v in problem.items() if v is not None}} for problem in listed]
+
+
+def raise_items(failures, batch=True):
+    """[(index, error)] of a request's items -> the first error; in a batch it names its item (`index`)
+    and lists every item's problems (`errors`: index, field, detail)."""
+    if not failures:
+        return
+    index, first = failures[0]
+    if not batch:
+        raise_all([exc for _, exc in failures])
+    problems = [problem for i, exc in failures for problem in item_problems(i, exc)]
+    first.members = {**first.members, 'index': index, 'errors': problems}
+    raise first
+
+
+def item_ids(items):
+    """The `id` each item of a PATCH batch carries: a string, and no id twice."""
+    failures, seen = [], {}
+    for index, item in enumerate(items):
+        record_id = item.get('id') if isinstance(item, dict) else None
+        if not isinstance(record_id, str) or not record_id:
+            failures.append((index, InvalidValue("Each item needs the 'id' of the record it changes", field='id')))
+        elif record_id in seen:
+            failures.append((index, InvalidValue(
+                f"Items {seen[record_id]} and {index} both change '{record_id}': send each record once",
+                field='id')))
+        else:
+            seen[record_id] = index
+    raise_items(failures)
+    return [item['id'] for item in items]
+
+
+def upsert_keys(changes, column, batch):
+    """Each item's value of the on_conflict column: there, and not twice in one request."""
+    failures, seen = [], {}
+    for index, change in enumerate(changes):
+        key = change.get(column)
+        if key is None:
+            failures.append((index, InvalidValue(
+                f"Field '{column}' is required: it is the on_conflict column that finds the record", field=column)))
+        elif key in seen:
+            failures.append((index, InvalidValue(
+                f"Items {seen[key]} and {index} have the same '{column}' ({key}): send each key once",
+                field=column)))
+        else:
+            seen[key] = index
+    raise_items(failures, batch)
+    return [change[column] for change in changes]
+
+
 class Store:
     def __init__(self, db, catalog, clock=utc_now):
         self.db = db
         self.catalog = catalog
         self.clock = clock
         self._readers = {}
+        self._uniques = {}
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -199,21 +278,43 @@ class Store:
             raise InvalidValue(f"Field '{column.name}' may not be null", field=column.name)
         return values.check_stored(column, value)
 
-    def _check_references(self, tx, info, principal, changes):
-        problems = []
-        for name, value in changes.items():
-            target = info.columns[name].references
-            if target is None or is_empty(value):
+    def _prepare_items(self, info, bodies, creating, batch, indexes=None, lenient=False):
+        """prepare() each body; in a batch every bad item is reported, each with its index."""
+        rows, failures = [], []
+        for index, body in zip(indexes or range(len(bodies)), bodies):
+            try:
+                rows.append(self.prepare(info, body, creating, lenient))
+            except BadRequest as exc:
+                if not batch:
+                    raise
+                failures.append((index, exc))
+        raise_items(failures)
+        return rows
+
+    def _check_references(self, tx, info, principal, rows, batch=False):
+        """Every reference in `rows` names a record of the organization, checked with one query per
+        reference column (not per row). Another organization's id is exactly as unknown as a missing one."""
+        failures = []
+        for name, column in info.columns.items():
+            wanted = column.references and dict.fromkeys(i for row in rows for i in reference_ids(row.get(name)))
+            if not wanted:
                 continue
-            wanted = value if isinstance(value, list) else [value]
-            target_info = self.catalog.resolve(target, principal)
-            found = {r[0] for r in tx.rows(*sqlbuild.build_exists(
-                self.db.dialect, target_info, principal.org_id, wanted))}
-            missing = [i for i in wanted if i not in found]
-            if missing:
-                problems.append(InvalidValue(
-                    f"Field '{name}' refers to {target} '{missing[0]}', which does not exist", field=name))
-        raise_all(problems)
+            found = self._existing(tx, self.catalog.resolve(column.references, principal), principal, wanted)
+            for index, row in enumerate(rows):
+                missing = next((i for i in reference_ids(row.get(name)) if i not in found), None)
+                if missing is not None:
+                    failures.append((index, InvalidValue(
+                        f"Field '{name}' refers to {column.references} '{missing}', which does not exist",
+                        field=name)))
+        raise_items(sorted(failures, key=lambda failure: failure[0]), batch)
+
+    def _existing(self, tx, info, principal, ids):
+        """The ids among `ids` that name records of the organization in `info`."""
+        found = set()
+        for part in sqlbuild.chunks(ids):
+            found.update(row[0] for row in tx.rows(*sqlbuild.build_exists(
+                self.db.dialect, info, principal.org_id, part)))
+        return found
 
     def _stamp(self, info, changes, *names):
         now = self.clock()
@@ -223,47 +324,125 @@ class Store:
         return changes
 
     def create(self, info, principal, body, lenient=False):
+        return self.create_many(info, principal, [body], batch=False, lenient=lenient)[0]
+
+    def create_many(self, info, principal, bodies, batch=True, lenient=False):
+        """Create every record of `bodies` in one transaction, or none of them: the records, in order."""
         self._check_writable(info, principal)
-        row = self.prepare(info, body, creating=True, lenient=lenient)
-        row = {'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id, **row}
-        self._stamp(info, row, 'created_at', 'updated_at')
+        if batch:
+            check_batch(bodies)
+        rows = self._prepare_items(info, bodies, True, batch, lenient=lenient)
+        stamps = self._stamp(info, {}, 'created_at', 'updated_at')
+        rows = [{'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id, **row, **stamps}
+                for row in rows]
         with self.db.transaction(write=True) as tx:
-            self._check_references(tx, info, principal, row)
-            created = self.reader(info)(tx.one(*sqlbuild.build_insert(self.db.dialect, info, row)))
-            self._count(tx, info, principal, 1)
-            return created
+            self._check_references(tx, info, principal, rows, batch)
+            created = {record['id']: record for record, _ in self._insert(tx, info, rows)}
+            self._count(tx, info, principal, len(rows))
+        return [created[row['id']] for row in rows]
+
+    def _insert(self, tx, info, rows, conflict=None, updates=None):
+        """INSERT `rows`, one statement per chunk of rows with the same columns: [(record, inserted)].
+
+        With `conflict` = (column, partial), an upsert: row i updates the columns `updates[i]` of the
+        record that holds its key. `inserted` says which rows were new on PostgreSQL (None elsewhere).
+        """
+        groups = {}
+        for i, row in enumerate(rows):
+            groups.setdefault((tuple(row), updates[i] if updates else ()), []).append(row)
+        read, width, out = self.reader(info), len(sqlbuild.output_columns(info)), []
+        for (names, sets), group in groups.items():
+            for part in sqlbuild.chunks(group, len(names)):
+                for raw in tx.rows(*sqlbuild.build_insert_many(self.db.dialect, info, names, part, conflict, sets)):
+                    out.append((read(raw), raw[width] if len(raw) > width else None))
+        return out
 
     def update(self, info, principal, record_id, body, lenient=False):
         self._check_writable(info, principal)
-        changes = self.prepare(info, body, creating=False, lenient=lenient)
+        return self._update_items(info, principal, [record_id], [body], batch=False, lenient=lenient)[0]
+
+    def update_many(self, info, principal, items, lenient=False):
+        """PATCH a collection: every item carries the `id` of the record it changes; all or nothing."""
+        self._check_writable(info, principal)
+        check_batch(items)
+        return self._update_items(info, principal, item_ids(items), items, batch=True, lenient=lenient)
+
+    def _update_items(self, info, principal, ids, bodies, batch, lenient=False):
+        """Update the records `ids`, each with its body's fields, in one transaction: the records, in order."""
+        changes = self._prepare_items(info, bodies, False, batch, lenient=lenient)
+        stamp = self._stamp(info, {}, 'updated_at')
         with self.db.transaction(write=True) as tx:
-            if not changes:
-                return self._fetch(tx, info, principal, record_id)
-            self._check_references(tx, info, principal, changes)
-            self._keep_an_administrator(tx, info, principal, record_id, changes)
-            return self._update(tx, info, principal, record_id, self._stamp(info, changes, 'updated_at'))
+            records = self._locked(tx, info, principal, ids, batch)
+            self._check_references(tx, info, principal, changes, batch)
+            self._keep_an_administrator(tx, info, principal, dict(zip(ids, changes)))
+            records.update(self._write(tx, info, principal,
+                                       {i: {**change, **stamp} for i, change in zip(ids, changes) if change}))
+        return [records[i] for i in ids]
+
+    def _locked(self, tx, info, principal, ids, batch=False):
+        """{id: record} of `ids`, locked until the transaction ends, or a 404 naming the (first) missing one.
+
+        NOTE: locked in id order, whatever order the request gave: two transactions that lock the same
+        records queue up instead of deadlocking.
+        """
+        read, found = self.reader(info), {}
+        for part in sqlbuild.chunks(sorted(set(ids))):
+            wanted = part[0] if len(part) == 1 else part
+            for raw in tx.rows(*sqlbuild.build_get(self.db.dialect, info, principal.org_id, wanted,
+                                                   for_update=True)):
+                record = read(raw)
+                found[record['id']] = record
+        missing = [(index, record_id) for index, record_id in enumerate(ids) if record_id not in found]
+        if missing and not batch:
+            raise RecordNotFound(f"No {info.slug} record with id '{missing[0][1]}'", param='id')
+        raise_items([(index, RecordNotFound(f"No {info.slug} record with id '{record_id}'", field='id'))
+                     for index, record_id in missing])
+        return found
+
+    def _write(self, tx, info, principal, changes):
+        """UPDATE each record of `changes` ({id: {column: value}}) with its own values, one statement per
+        chunk of records that change the same columns: {id: record}."""
+        groups = {}
+        for record_id, change in changes.items():
+            groups.setdefault(tuple(change), []).append({'id': record_id, **change})
+        read, out = self.reader(info), {}
+        for names, group in groups.items():
+            for part in sqlbuild.chunks(group, len(names) + 1):
+                for raw in tx.rows(*sqlbuild.build_update_many(
+                        self.db.dialect, info, principal.org_id, names, part)):
+                    record = read(raw)
+                    out[record['id']] = record
+        return out
 
     def _update(self, tx, info, principal, record_id, changes):
-        row = tx.one(*sqlbuild.build_update(self.db.dialect, info, principal.org_id, record_id, changes))
-        if row is None:
+        record = self._write(tx, info, principal, {record_id: changes}).get(record_id)
+        if record is None:
             raise RecordNotFound(f"No {info.slug} record with id '{record_id}'", param='id')
-        return self.reader(info)(row)
+        return record
 
     def delete(self, info, principal, record_id):
-        """Archive, disable or delete for good, as the resource's policy says."""
+        return self.delete_many(info, principal, [record_id], batch=False)[0]
+
+    def delete_many(self, info, principal, ids, batch=True):
+        """Archive, disable or delete for good, as the resource's policy says, every record of `ids` in one
+        transaction: the records as they were left."""
         self._check_writable(info, principal)
+        if batch:
+            check_batch(ids, param='filter')
+        ids = list(dict.fromkeys(ids))
         mode = info.spec.delete
         with self.db.transaction(write=True) as tx:
             if mode == 'archive':
-                return self._set_flag(tx, info, principal, record_id, 'archived_at', self.clock())
+                return self._set_flags(tx, info, principal, ids, 'archived_at', self.clock(), batch)
             if mode == 'disable':
-                self._keep_an_administrator(tx, info, principal, record_id, {'disabled': True})
-                return self._set_flag(tx, info, principal, record_id, 'disabled', True)
-            record = self._fetch(tx, info, principal, record_id, for_update=True)
-            self.detach_references(tx, info, principal, [record_id])
-            tx.one(*sqlbuild.build_delete(self.db.dialect, info, principal.org_id, record_id))
-            self._count(tx, info, principal, -1)
-            return record
+                self._keep_an_administrator(tx, info, principal, dict.fromkeys(ids, {'disabled': True}))
+                return self._set_flags(tx, info, principal, ids, 'disabled', True, batch)
+            records = self._locked(tx, info, principal, ids, batch)
+            self.detach_references(tx, info, principal, ids)
+            for part in sqlbuild.chunks(ids):
+                tx.execute(*sqlbuild.build_delete(self.db.dialect, info, principal.org_id, part))
+            self._count(tx, info, principal, -len(ids))
+            return [records[i] for i in ids]
 
     def restore(self, info, principal, record_id):
         mode = info.spec.delete
@@ -272,43 +451,130 @@ class Store:
         self._check_writable(info, principal)
         with self.db.transaction(write=True) as tx:
             if mode == 'archive':
-                return self._set_flag(tx, info, principal, record_id, 'archived_at', None)
-            return self._set_flag(tx, info, principal, record_id, 'disabled', False)
+                return self._set_flags(tx, info, principal, [record_id], 'archived_at', None)[0]
+            return self._set_flags(tx, info, principal, [record_id], 'disabled', False)[0]
 
-    def _set_flag(self, tx, info, principal, record_id, name, value):
-        """Archive/restore or disable/enable; the same request twice changes nothing more."""
-        record = self._fetch(tx, info, principal, record_id, for_update=True)
-        unchanged = ((record[name] is None) == (value is None) if name == 'archived_at'
-                     else record[name] == value)
-        if unchanged:
-            return record
-        if name == 'archived_at':
-            self._count(tx, info, principal, -1 if value is not None else 1)
-        changes = self._stamp(info, {name: value}, 'updated_at')
-        return self._update(tx, info, principal, record_id, changes)
+    def _set_flags(self, tx, info, principal, ids, name, value, batch=False):
+        """Archive/restore or disable/enable `ids`; a record already so is left as it is, so the same
+        request twice changes nothing more."""
+        records = self._locked(tx, info, principal, ids, batch)
+        changing = [i for i in ids if not self._flagged(records[i], name, value)]
+        if changing:
+            if name == 'archived_at':
+                self._count(tx, info, principal, len(changing) * (-1 if value is not None else 1))
+            change = self._stamp(info, {name: value}, 'updated_at')
+            records.update(self._write(tx, info, principal, dict.fromkeys(changing, change)))
+        return [records[i] for i in ids]
 
-    def _keep_an_administrator(self, tx, info, principal, record_id, changes):
-        """409 when `changes` would take the organization's last active administrator away.
+    @staticmethod
+    def _flagged(record, name, value):
+        """Whether `record` is already as `name` = `value` would leave it (any archived_at is archived)."""
+        return (record[name] is None) == (value is None) if name == 'archived_at' else record[name] == value
+
+    # -- upserts -----------------------------------------------------------------------------------
+
+    def unique_columns(self, info):
+        """{column: partial} for the writable columns unique per organization, read from the database's
+        unique indexes and constraints (once per TableInfo: a custom object's change makes a new one)."""
+        cached = self._uniques.get(id(info))
+        if cached is None or cached[0] is not info:
+            with self.db.transaction() as tx:
+                rows = tx.rows(*sqlbuild.build_unique_keys(self.db.dialect, info.spec.table))
+            keys = {name: partial for name, partial in sqlbuild.read_unique_keys(rows).items()
+                    if name in info.columns and info.columns[name].writable}
+            if len(self._uniques) > 1000:
+                self._uniques.clear()
+            cached = self._uniques[id(info)] = (info, keys)
+        return cached[1]
+
+    def _arbiter(self, info, column):
+        """(column, partial) of the unique column an upsert matches records on, or a 400 naming on_conflict."""
+        keys = self.unique_columns(info)
+        if column not in keys:
+            known = ', '.join(sorted(keys)) or 'none'
+            raise InvalidParam(f"on_conflict must name a unique column of '{info.slug}' ({known}); "
+                               f"'{column}' is not one", param='on_conflict')
+        return column, keys[column]
+
+    def upsert(self, info, principal, bodies, column, batch=True, lenient=False):
+        """Insert each item, or update the organization's record (live or archived) that holds the item's
+        value in the unique `column`: (the records in order, how many were created, how many updated).
+
+        An updated record keeps the fields the item leaves out (required ones too) and its archived_at.
+        """
+        self._check_writable(info, principal)
+        if batch:
+            check_batch(bodies)
+        conflict = self._arbiter(info, column)
+        key_column = info.columns[column]
+        changes = self._prepare_items(info, bodies, False, batch, lenient=lenient)
+        keys = upsert_keys(changes, column, batch)
+        stamps = self._stamp(info, {}, 'created_at', 'updated_at')
+        with self.db.transaction(write=True) as tx:
+            # NOTE: read (and on PostgreSQL lock) the records holding the keys: those that exist stay so
+            # until the end, and on SQLite, under the write lock, this is also what tells created from updated.
+            existing = {values.check(key_column, record[column]): record
+                        for record in self._by_key(tx, info, principal, key_column, keys)}
+            new = [index for index, key in enumerate(keys) if key not in existing]
+            # a record to create needs every required field
+            self._prepare_items(info, [bodies[i] for i in new], True, batch, new, lenient)
+            self._check_references(tx, info, principal, changes, batch)
+            self._keep_an_administrator(tx, info, principal, {
+                existing[key]['id']: change for key, change in zip(keys, changes) if key in existing})
+            rows, updates, touched = [], [], tuple(n for n in stamps if n == 'updated_at')
+            # NOTE: rows go in key order, so two upserts inserting the same new keys queue up instead of deadlocking.
+            for key, change in sorted(zip(keys, changes), key=lambda pair: pair[0]):
+                rows.append({'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id,
+                             **self._kept_required(info, existing.get(key), change), **change, **stamps})
+                updates.append(tuple(n for n in change if n != column) + touched or (column,))
+            stored, created = {}, 0
+            for record, inserted in self._insert(tx, info, rows, conflict, updates):
+                key = values.check(key_column, record[column])
+                created += key not in existing if inserted is None else inserted
+                stored[key] = record
+            self._count(tx, info, principal, created)
+        return [stored[key] for key in keys], created, len(keys) - created
+
+    def _by_key(self, tx, info, principal, column, keys):
+        read = self.reader(info)
+        return [read(raw) for part in sqlbuild.chunks(keys) for raw in tx.rows(*sqlbuild.build_get_by(
+            self.db.dialect, info, principal.org_id, column, part, for_update=True))]
+
+    @staticmethod
+    def _kept_required(info, current, change):
+        """The stored values of the required fields an update leaves out.
+
+        NOTE: the INSERT half of an upsert must carry every NOT NULL column even when the row turns into an
+        update; DO UPDATE then sets the fields sent only, so these values are not written.
+        """
+        if current is None:
+            return {}
+        return {n: values.check(c, current[n]) for n, c in info.columns.items() if c.required and n not in change}
+
+    def _keep_an_administrator(self, tx, info, principal, changes):
+        """409 when `changes` ({id: fields}) would take the organization's last active administrators away.
 
         NOTE: the active administrators are read, then locked FOR UPDATE in id order and read again
         (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers). Two administrators
         demoting each other at once queue on the locks, and the second sees the first's demotion.
         """
-        if info.slug != 'crm_users' or not (changes.get('administrator') is False or changes.get('disabled') is True):
+        leaving = {i: 'administrator' if c.get('administrator') is False else 'disabled'
+                   for i, c in changes.items() if info.slug == 'crm_users'
+                   and (c.get('administrator') is False or c.get('disabled') is True)}
+        if not leaving:
             return
         columns = info.columns
         admins = ListQuery(equals=(Filter(columns['administrator'], 'eq', True),
                                    Filter(columns['disabled'], 'eq', False)))
         d, org, read = self.db.dialect, principal.org_id, self.reader(info)
         ids = [read(row)['id'] for row in tx.rows(*sqlbuild.build_export(d, info, org, admins))]
-        if record_id not in ids:
+        if not leaving.keys() & set(ids):
             return
         locked = [read(row) for row in tx.rows(*sqlbuild.build_get(d, info, org, ids, for_update=True))]
-        active = [u['id'] for u in locked if u['administrator'] and not u['disabled']]
-        if active == [record_id]:
-            field = 'administrator' if changes.get('administrator') is False else 'disabled'
+        active = {u['id'] for u in locked if u['administrator'] and not u['disabled']}
+        if active and active <= leaving.keys():
             raise Conflict('An organization keeps at least one active administrator: make another user an '
-                           'administrator first', field=field)
+                           'administrator first', field=leaving[min(active)])
 
     # -- references between records ----------------------------------------------------------------
 
@@ -318,22 +584,31 @@ class Store:
                 for column in info.columns.values() if column.references == slug]
 
     def _rewrite_references(self, tx, principal, slug, ids, replacement):
-        """Point every reference to `ids` at `replacement` (None: drop the link)."""
+        """Point every reference to `ids` at `replacement` (None: drop the link), in one UPDATE per chunk
+        of referring records.
+
+        NOTE: referrers are looked up 100 ids at a time: an array column's match is one term per id.
+        """
         d, ids = self.db.dialect, list(ids)
+        gone = set(ids)
         for info, column in self.referrers(principal, slug):
-            rows = tx.rows(*sqlbuild.build_referrers(d, info, principal.org_id, column, ids))
-            for record_id, current in rows:
-                if column.kind == 'array':
-                    current = self.db.reader(['array'])([current])[0]
-                    new = [replacement if v in ids else v for v in current]
-                    new = [v for v in dict.fromkeys(new) if v is not None]
-                elif replacement is None and not column.nullable:
-                    raise Conflict(f"{info.slug} '{record_id}' still refers to this record through "
-                                   f"'{column.name}'", field=column.name)
-                else:
-                    new = replacement
-                self._update(tx, info, principal, record_id,
-                             self._stamp(info, {column.name: new}, 'updated_at'))
+            changes = {}
+            for part in sqlbuild.chunks(ids, size=100):
+                for record_id, current in tx.rows(*sqlbuild.build_referrers(
+                        d, info, principal.org_id, column, part)):
+                    if column.kind == 'array':
+                        current = self.db.reader(['array'])([current])[0]
+                        new = [replacement if v in gone else v for v in current]
+                        new = [v for v in dict.fromkeys(new) if v is not None]
+                    elif replacement is None and not column.nullable:
+                        raise Conflict(f"{info.slug} '{record_id}' still refers to this record through "
+                                       f"'{column.name}'", field=column.name)
+                    else:
+                        new = replacement
+                    changes[record_id] = {column.name: new}
+            if changes:
+                stamp = self._stamp(info, {}, 'updated_at')
+                self._write(tx, info, principal, {i: {**change, **stamp} for i, change in changes.items()})
 
     def detach_references(self, tx, info, principal, ids):
         self._rewrite_references(tx, principal, info.slug, ids, None)

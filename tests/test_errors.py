@@ -48,14 +48,14 @@ CASES = {
     'unrouted-root': ('GET', '/nowhere', None, None, 404, {}),
     'merge-get': ('GET', '/api/merge_contacts', None, None, 405, {}),
     'post-item': ('POST', '/api/contacts/c_1', b'{"first_name":"x"}', 'application/json', 405, {}),
-    'patch-list': ('PATCH', '/api/contacts', b'{}', 'application/json', 405, {}),
-    'delete-list': ('DELETE', '/api/contacts', None, None, 405, {}),
+    'patch-list-object': ('PATCH', '/api/contacts', b'{}', 'application/json', 400, {}),
+    'delete-list-without-ids': ('DELETE', '/api/contacts', None, None, 400, {'param': 'filter'}),
     'read-only-view-post': ('POST', '/api/contacts_summary', b'{}', 'application/json', 405, {}),
     'restore-hard-delete': ('POST', '/api/tags/tag_1/restore', None, None, 405, {}),
     'malformed-json': ('POST', '/api/contacts', b'{"first_name": ', 'application/json', 400, {}),
     'not-utf8': ('POST', '/api/contacts', b'{"first_name": "\xff\xfe"}', 'application/json', 400, {}),
     'empty-body': ('POST', '/api/contacts', b'', 'application/json', 400, {}),
-    'array-body': ('POST', '/api/contacts', b'[{"first_name": "x"}]', 'application/json', 400, {}),
+    'array-body-bad-item': ('POST', '/api/contacts', b'[{"first_name": 1}]', 'application/json', 400, {'index': 0}),
     'string-body': ('POST', '/api/contacts', b'"x"', 'application/json', 400, {}),
     'null-body': ('POST', '/api/contacts', b'null', 'application/json', 400, {}),
     'nan': ('POST', '/api/deals', b'{"name": "d", "amount": NaN}', 'application/json', 400, {}),
@@ -108,7 +108,7 @@ def test_every_error_is_a_problem(api, case):
 @pytest.mark.parametrize(('method', 'path', 'allowed', 'refused'), [
     ('GET', '/api/merge_contacts', {'POST'}, {'GET', 'PUT', 'DELETE'}),
     ('POST', '/api/contacts/c_1', {'GET', 'HEAD', 'PUT', 'PATCH', 'DELETE'}, {'POST'}),
-    ('PATCH', '/api/contacts', {'GET', 'POST'}, {'PATCH'}),
+    ('PATCH', '/api/merge_contacts', {'POST'}, {'PATCH'}),
     ('PUT', '/api/contacts/c_1/restore', {'POST'}, {'PUT'}),
 ])
 def test_a_wrong_method_is_405_with_an_allow_header(api, method, path, allowed, refused):

@@ -70,10 +70,10 @@ def test_every_builtin_resource_and_its_operations_are_listed(anonymous, slug):
         assert set(paths[item]) - {'parameters'} == {'get', 'head'}
         assert restore not in paths
         return
-    assert set(paths[collection]) == {'get', 'head', 'post'}
+    assert set(paths[collection]) == {'get', 'head', 'post', 'patch', 'delete'}
     assert set(paths[item]) - {'parameters'} == {'get', 'head', 'put', 'patch', 'delete'}
     assert (restore in paths) == (spec.delete in ('archive', 'disable'))
-    assert paths[collection]['post']['responses']['201']['headers']['Location']['required'] is True
+    assert 'Location' in paths[collection]['post']['responses']['201']['headers'], 'a batch has none'
     if spec.admin_writes:
         assert '403' in paths[collection]['post']['responses']
 
@@ -107,7 +107,8 @@ def test_list_operations_document_the_query_language_and_content_range(anonymous
 def test_every_error_answer_is_problem_json(anonymous):
     doc = document(anonymous)
     problem = doc['components']['schemas']['Problem']
-    assert set(problem['properties']) == {'type', 'title', 'status', 'detail', 'message', 'param', 'field', 'errors'}
+    assert set(problem['properties']) == {'type', 'title', 'status', 'detail', 'message', 'param', 'field', 'index',
+                                          'errors', 'limit'}
     for path, item in doc['paths'].items():
         for method, op in item.items():
             if method == 'parameters':
@@ -159,7 +160,7 @@ def test_request_bodies_point_at_the_body_schemas(anonymous):
     paths = document(anonymous)['paths']
     post = paths['/api/companies']['post']['requestBody']['content']['application/json']['schema']
     put = paths['/api/companies/{id}']['put']['requestBody']['content']['application/json']['schema']
-    assert post == {'$ref': '#/components/schemas/companies_create'}
+    assert post['anyOf'][0] == post['anyOf'][1]['items'] == {'$ref': '#/components/schemas/companies_create'}
     assert put == {'$ref': '#/components/schemas/companies_update'}
 
 
