@@ -301,4 +301,4 @@ CREATE TABLE IF NOT EXISTS server_secrets (
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (7);
+INSERT INTO schema_version (version) VALUES (6);

@@ -372,9 +372,10 @@ class Store:
         changes = self._prepare_items(info, bodies, False, batch, lenient=lenient)
         stamp = self._stamp(info, {}, 'updated_at')
         with self.db.transaction(write=True) as tx:
+            # NOTE: the administrator rule locks the organization's admins (in id order) before the records are.
+            self._keep_an_administrator(tx, info, principal, dict(zip(ids, changes)))
             records = self._locked(tx, info, principal, ids, batch)
             self._check_references(tx, info, principal, changes, batch)
-            self._keep_an_administrator(tx, info, principal, dict(zip(ids, changes)))
             records.update(self._write(tx, info, principal,
                                        {i: {**change, **stamp} for i, change in zip(ids, changes) if change}))
         return [records[i] for i in ids]
