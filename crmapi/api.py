@@ -2,23 +2,33 @@
 import re
 
 from . import export as exports
+from . import imports
 from . import query
 from . import values
+from .config import Settings
 from .errors import InvalidParam
 from .export import CsvFormat
 from .export import NdjsonFormat
 from .idempotency import fingerprint
 
 EXPORTS = {
-    'text/csv': ('text/csv; charset=utf-8', CsvFormat),
-    'application/x-ndjson': ('application/x-ndjson', NdjsonFormat),
+    'text/csv': ('text/csv; charset=utf-8', CsvFormat, 'csv'),
+    'application/x-ndjson': ('application/x-ndjson', NdjsonFormat, 'ndjson'),
 }
+FORMATS = {extension: media for media, (_, _, extension) in EXPORTS.items()}
+EXPORT_PARAMS = frozenset({'format'})
 COUNTS = ('exact', 'estimated', 'none')
 HANDLINGS = ('strict', 'lenient')
 
 
 def export_format(req):
-    """`Accept: text/csv` or `application/x-ndjson` asks for the whole filtered set, streamed."""
+    """`?format=csv|ndjson`, or `Accept: text/csv` or `application/x-ndjson`, asks for the whole filtered set,
+    streamed (the parameter wins: a link in a browser cannot set Accept)."""
+    named = query.single(req.params, 'format')
+    if named is not None:
+        if named not in FORMATS:
+            raise InvalidParam(f"format is {' or '.join(FORMATS)}, not '{named}'", param='format')
+        return FORMATS[named]
     accept = (req.get_header('Accept') or '').lower()
     return next((media for media in EXPORTS if media in accept), None)
 
@@ -77,20 +87,32 @@ def list_params(req, resource):
     return {**req.params, 'range': f'[{int(m.group(2))},{int(m.group(3))}]'}
 
 
-def read_json(req, max_bytes):
-    """The JSON a write sends, strictly parsed, or a 4xx naming what is wrong."""
-    media_type = (req.content_type or '').split(';')[0].strip().lower()
-    if media_type != 'application/json' and not media_type.endswith('+json'):
-        raise UnsupportedMediaType('Send the body as JSON with Content-Type: application/json')
+_CHARSET = re.compile(r';\s*charset\s*=\s*"?([^";\s]+)', re.IGNORECASE)
+
+
+def media_type(req):
+    return (req.content_type or '').split(';')[0].strip().lower()
+
+
+def body_stream(req, max_bytes, too_large=None):
+    """The request body's stream, or a 413 (`too_large`) when its declared length is over `max_bytes`."""
     length = req.content_length
     if length is not None and length > max_bytes:
-        raise PayloadTooLarge(f'The body is larger than {max_bytes} bytes')
+        raise too_large or PayloadTooLarge(f'The body is larger than {max_bytes} bytes')
     # NOTE: a chunked body has no Content-Length, so bounded_stream reads nothing. A server that ends the stream
     # at the end of the body says so with wsgi.input_terminated (gunicorn does, after decoding the chunks); from
     # any other, reading a stream without a length could block, so only the declared length is read.
     terminated = length is None and req.env.get('wsgi.input_terminated')
+    return req.stream if terminated else req.bounded_stream
+
+
+def read_json(req, max_bytes):
+    """The JSON a write sends, strictly parsed, or a 4xx naming what is wrong."""
+    if media_type(req) != 'application/json' and not media_type(req).endswith('+json'):
+        raise UnsupportedMediaType('Send the body as JSON with Content-Type: application/json')
+    stream = body_stream(req, max_bytes)
     try:
-        raw = (req.stream if terminated else req.bounded_stream).read(max_bytes + 1)
+        raw = stream.read(max_bytes + 1)
     except Exception:  # NOTE: servers raise their own types for a malformed chunk or a client gone mid-body
         raise InvalidBody('The body could not be read: the chunked encoding is malformed or the body is cut '
                           'short') from None
@@ -161,10 +183,11 @@ def respond_once(req, resp, idempotency, body, action):
 class Records:
     """`/api/{resource}`, `/api/{resource}/{id}` and `/api/{resource}/{id}/restore`."""
 
-    def __init__(self, store, limits, max_body_bytes, idempotency, secret):
+    def __init__(self, store, limits, max_body_bytes, idempotency, secret, max_import_bytes=Settings.max_import_bytes):
         self.store = store
         self.limits = limits
         self.max_body_bytes = max_body_bytes
+        self.max_import_bytes = max_import_bytes
         self.idempotency = idempotency
         self.secret = secret        # the server's secret; cursors are signed with a key per organization
 
@@ -175,14 +198,15 @@ class Records:
         info = self._table(req, resource)
         params = list_params(req, resource)
         key = query.cursor_key(self.secret, req.context.principal.org_id)
-        lq = query.parse_list(params, info, self.limits, cursor_key=key)
+        lq = query.parse_list(params, info, self.limits, extra=EXPORT_PARAMS, cursor_key=key)
         export = export_format(req)
         if export:
-            content_type, fmt = EXPORTS[export]
+            content_type, fmt, extension = EXPORTS[export]
             # NOTE: exports.stream runs the query to its first batch here, so an early failure is
             # still an ordinary error answer rather than a 200 cut short.
             resp.stream = exports.stream(fmt(info), self.store.export(info, req.context.principal, lq))
             resp.content_type = content_type
+            resp.set_header('Content-Disposition', f'attachment; filename="{info.slug}.{extension}"')
             return
         count = count_preference(req)
         rows, total = self.store.list(info, req.context.principal, lq, count)
@@ -197,6 +221,8 @@ class Records:
     def on_post(self, req, resp, resource):
         """Create one record (an object) or a batch (an array); with `on_conflict`, upsert them."""
         info = self._table(req, resource)
+        if media_type(req) == 'text/csv':
+            return self._import_csv(req, resp, info)
         lenient = lenient_handling(req, resp)
         body = read_records(req, self.max_body_bytes)
         on_conflict = query.single(req.params, 'on_conflict')
@@ -230,6 +256,26 @@ class Records:
         """Delete (archive, disable) the records of `filter={"id":[...]}`."""
         info = self._table(req, resource)
         resp.media = self.store.delete_many(info, req.context.principal, delete_ids(req.params))
+
+    def _import_csv(self, req, resp, info):
+        """A CSV body: every line a record, in one transaction, or none of them (crmapi.imports)."""
+        if req.get_header('Idempotency-Key') is not None:
+            raise InvalidParam('A CSV import takes no Idempotency-Key: it is all or nothing, and with on_conflict '
+                               'sending it again changes nothing more', param='Idempotency-Key')
+        charset = _CHARSET.search(req.content_type or '')
+        if charset and charset.group(1).lower() not in ('utf-8', 'utf8', 'us-ascii'):
+            raise UnsupportedMediaType(f"Send the CSV as UTF-8 (Content-Type: text/csv; charset=utf-8), not "
+                                       f"{charset.group(1)}")
+        on_conflict = query.single(req.params, 'on_conflict')
+        lenient = lenient_handling(req, resp)
+        limit = self.max_import_bytes
+        with imports.spooled(body_stream(req, limit, imports.too_large(limit)), limit) as body:
+            created, updated = imports.import_csv(self.store, info, req.context.principal, body, on_conflict,
+                                                  lenient=lenient)
+        resp.status = 200 if updated else 201
+        resp.media = {'created': created, 'updated': updated}
+        if on_conflict is not None:
+            resp.set_header('X-Upsert-Result', f'created={created}, updated={updated}')
 
     def on_get_item(self, req, resp, resource, id):
         resp.media = self.store.get(self._table(req, resource), req.context.principal, id)

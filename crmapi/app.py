@@ -35,7 +35,8 @@ from .store import Store
 log = logging.getLogger('crmapi')
 PROBLEM_JSON = 'application/problem+json'
 EXPOSED_HEADERS = ('Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied, Retry-After, '
-                   'RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy, X-Upsert-Result')
+                   'Content-Disposition, X-Upsert-Result, '
+                   'RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy')
 ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID'
 ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS'
 
@@ -299,7 +300,8 @@ def build_app(settings, db):
     app.req_options.strip_url_path_trailing_slash = True
 
     idempotency = Idempotency(db, catalog, store.clock)
-    records = api.Records(store, limits, settings.max_body_bytes, idempotency, server_secret(settings, db))
+    records = api.Records(store, limits, settings.max_body_bytes, idempotency, server_secret(settings, db),
+                          settings.max_import_bytes)
     health = api.Health(db)
     app.add_route('/healthz', health)
     app.add_route('/readyz', health, suffix='ready')

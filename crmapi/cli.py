@@ -1,16 +1,20 @@
-"""The `crmapi` command line: init-db, create-org, create-token, demo, serve.
+"""The `crmapi` command line: init-db, create-org, create-token, import, demo, serve.
 
 Bad input or a bad environment ends in one line on stderr (`crmapi: …`) and a non-zero status,
 never a traceback: exit 1 for a refusal, 2 for a malformed command line, 70 for a bug
 (CRMAPI_DEBUG=1 then prints the traceback too).
 """
 import argparse
+import csv
 import logging
 import os
 import re
+import signal
 import sqlite3
 import sys
+import time
 import traceback
+from . import imports
 from . import migrations
 from .accounts import Accounts
 from .db import connect
@@ -243,6 +247,173 @@ def check_backup_target(source, target, force):
             raise CliError(f'{target} exists; pass --force to replace it')
 
 
+def batch_size(text):
+    """--batch: rows per transaction, at least one."""
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of rows") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f'{size} rows: a batch holds at least one row')
+    return size
+
+
+SYSTEM_USER = 'system'      # who the CLI's writes are made by: not a CRM user, an administrator of --org
+
+
+class ImportProgress:
+    """Rows, rows/s and an ETA (from the bytes read of the file) redrawn on a terminal; elsewhere (a log)
+    one plain line at least every `interval` seconds."""
+
+    WIDTH = 24
+
+    def __init__(self, stream, total_bytes, interval=5.0):
+        self.stream = stream
+        self.total = max(total_bytes, 1)
+        self.tty = stream.isatty()
+        self.interval = 0.1 if self.tty else interval
+        self.started = self.shown = time.monotonic()
+
+    def rate(self, rows):
+        return rows / max(time.monotonic() - self.started, 1e-6)
+
+    def update(self, rows, bytes_read):
+        now = time.monotonic()
+        if now - self.shown < self.interval:
+            return
+        self.shown = now
+        rate = self.rate(rows)
+        if not self.tty:
+            print(f'{rows:,} rows, {rate:,.0f} rows/s', file=self.stream, flush=True)
+            return
+        done = min(bytes_read / self.total, 1.0)
+        eta = (now - self.started) * (1 - done) / done if done else 0
+        bar = '#' * int(done * self.WIDTH)
+        print(f'\r[{bar:<{self.WIDTH}}] {done:4.0%} {rows:,} rows, {rate:,.0f} rows/s, '
+              f'ETA {int(eta) // 60}:{int(eta) % 60:02d} ', end='', file=self.stream, flush=True)
+
+    def finish(self):
+        if self.tty:
+            print(file=self.stream)
+
+
+class StopAfterBatch:
+    """While importing, the first Ctrl-C asks to stop once the current batch has landed; a second one
+    interrupts at once (the batch's transaction is then rolled back)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print('\ncrmapi: stopping after the current batch (Ctrl-C again to stop at once)', file=sys.stderr)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def errors_path(path):
+    """`contacts.csv` -> `contacts.errors.csv`: where the lines that did not land go."""
+    stem = path[:-4] if path.lower().endswith('.csv') else path
+    return stem + '.errors.csv'
+
+
+class ErrorsFile:
+    """FILE.errors.csv: the header and each refused line's cells as read, plus a last column `error`.
+
+    Written from the first refused line on; an older one (from an earlier run) is removed at the start.
+    """
+
+    def __init__(self, path, header):
+        self.path, self.header, self.file, self.count = path, header, None, 0
+        if os.path.exists(path):
+            os.unlink(path)
+
+    def write(self, refused):
+        if refused and self.file is None:
+            self.file = open(self.path, 'w', newline='', encoding='utf-8')
+            self.writer = csv.writer(self.file, lineterminator='\r\n')
+            self.writer.writerow([*self.header, 'error'])
+        for row, detail in refused:
+            self.writer.writerow([*row.cells, f'line {row.line}: {detail}'])
+            self.count += 1
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+
+
+def cmd_import(db, args):
+    """Stream a CSV file into a resource, `--batch` rows a transaction, through the API's store path."""
+    from .accounts import Principal
+    from .app import build_services
+    require_org(db, args.org)
+    store = build_services(db).custom.store
+    principal = Principal(args.org, SYSTEM_USER, is_admin=True)
+    info = store.catalog.resolve(args.resource, principal)
+    store._check_writable(info, principal)
+    write_batch = imports.batch_writer(store, info, principal, args.on_conflict)
+    try:
+        source = open(args.file, 'rb')
+    except OSError as exc:
+        raise CliError(f'cannot read {args.file}: {exc.strerror}') from None
+    with source:
+        counted = imports.CountingReader(source)
+        records = imports.CsvRecords(info, counted)
+        errors = ErrorsFile(errors_path(args.file), records.header)
+        try:
+            run_import(store, write_batch, records, counted, errors, args)
+        finally:
+            errors.close()
+
+
+def run_import(store, write_batch, records, counted, errors, args):
+    progress = ImportProgress(sys.stderr, os.path.getsize(args.file))
+    rows = created = updated = 0
+    last_line = 1   # the header
+    stopped = None
+    with StopAfterBatch() as stop:
+        try:
+            for batch in imports.chunks(records, args.batch):
+                done_created, done_updated, refused = imports.land(store, write_batch, batch)
+                created, updated, rows = created + done_created, updated + done_updated, rows + len(batch)
+                errors.write(refused)
+                last_line = batch[-1].line
+                progress.update(rows, counted.count)
+                if stop.requested:
+                    stopped = 'stopped'
+                    break
+        except KeyboardInterrupt:
+            stopped = 'interrupted'
+        except CrmError as exc:
+            progress.finish()
+            raise CliError(f'{first_line(exc.detail)}; stopped there, the batches up to line {last_line} '
+                           'landed') from None
+    progress.finish()
+    summarize(args, progress, rows, created, updated, errors, stopped, last_line)
+
+
+def summarize(args, progress, rows, created, updated, errors, stopped, last_line):
+    """The last word of an import; exit status 1 unless every row landed."""
+    landed = rows - errors.count
+    print(f'{args.resource}: {landed:,} of {rows:,} rows imported ({created:,} created, {updated:,} updated), '
+          f'{progress.rate(landed):,.0f} rows/s', file=sys.stderr)
+    if errors.count:
+        print(f'{errors.count:,} lines refused: see {errors.path}', file=sys.stderr)
+    if stopped:
+        again = f'--on-conflict {args.on_conflict}' if args.on_conflict else '--on-conflict <a unique column>'
+        print(f'crmapi: {stopped} after line {last_line}; run the same command with {again} to resume without '
+              'duplicates', file=sys.stderr)
+    if stopped or errors.count:
+        sys.exit(1)
+
+
 def cmd_demo(db, args):
     from .demo import fill
     init_db(db)
@@ -304,6 +475,15 @@ def parser():
     s.add_argument('path', metavar='PATH', help='the backup file, in an existing directory')
     s.add_argument('--force', action='store_true', help='replace PATH if it exists')
     s.set_defaults(func=cmd_backup, needs='file')
+    s = sub.add_parser('import', help='import a CSV file into a resource, a transaction per batch')
+    s.add_argument('--org', required=True, metavar='ORG_ID', help='the organization (from list-orgs)')
+    s.add_argument('resource', metavar='RESOURCE', help='contacts, companies, … or a custom object')
+    s.add_argument('file', metavar='FILE.csv', help='a header row of field names, then one record a line')
+    s.add_argument('--on-conflict', metavar='COLUMN',
+                   help='update the record holding the same value of this unique column instead (resumes an '
+                        'interrupted import without duplicates)')
+    s.add_argument('--batch', type=batch_size, default=1000, help='rows per transaction')
+    s.set_defaults(func=cmd_import, needs='schema')
     sub.add_parser('demo', help='fill a new organization with demo records; prints a token').set_defaults(
         func=cmd_demo, needs=None)
     s = sub.add_parser('serve', help='serve the API with gunicorn')

@@ -36,6 +36,7 @@ class Settings:
     database_url: str = 'sqlite:///crm.db'
     cors_origins: tuple = ('*',)
     max_body_bytes: int = 1024 * 1024
+    max_import_bytes: int = 50 * 1024 * 1024     # a CSV import's body (POST with Content-Type: text/csv)
     max_page: int = 1000
     max_filters: int = 50
     max_value_length: int = 10_000
@@ -58,6 +59,7 @@ class Settings:
             database_url=_env('CRMAPI_DATABASE_URL', cls.database_url),
             cors_origins=_env('CRMAPI_CORS_ORIGINS', cls.cors_origins, _origins),
             max_body_bytes=_env('CRMAPI_MAX_BODY_BYTES', cls.max_body_bytes, int),
+            max_import_bytes=_env('CRMAPI_MAX_IMPORT_BYTES', cls.max_import_bytes, int),
             max_page=_env('CRMAPI_MAX_PAGE', cls.max_page, int),
             max_filters=_env('CRMAPI_MAX_FILTERS', cls.max_filters, int),
             max_value_length=_env('CRMAPI_MAX_VALUE_LENGTH', cls.max_value_length, int),

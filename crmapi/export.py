@@ -35,19 +35,29 @@ def _batches(rows):
         yield batch
 
 
-def _cell(value):
-    """One CSV cell. Text a spreadsheet would run as a formula gets a leading `'` (OWASP CSV injection).
+def formula_like(text):
+    """Text a spreadsheet would run as a formula, behind any number of `'`: the export adds one `'` to it,
+    the import takes one away, and so each gives the other's text back exactly."""
+    return text.lstrip("'").startswith(FORMULA_STARTS)
 
-    NOTE: only text is prefixed: numbers (-5) stay numbers, and JSON fields are compact JSON, which
-    starts with `{`, `[`, `"`, a digit, `-` of a number, or true/false/null, never a formula.
+
+def _cell(value, kind):
+    """One CSV cell, as the import reads it back. Text a spreadsheet would run as a formula gets a leading
+    `'` (OWASP CSV injection), and so does such text behind a `'` already (see formula_like).
+
+    NOTE: only text is prefixed: numbers (-5) stay numbers; JSON fields are compact JSON text (a string
+    in quotes), which starts with `{`, `[`, `"`, a digit, `-` of a number, or true/false/null, never a
+    formula; array fields are `;`-separated ids.
     """
     if value is None:
         return ''
+    if kind == 'json':
+        return orjson.dumps(value).decode()
+    if kind == 'array':
+        return ';'.join(value)
     if isinstance(value, bool):
         return 'true' if value else 'false'
-    if isinstance(value, (dict, list)):
-        return orjson.dumps(value).decode()
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+    if isinstance(value, str) and formula_like(value):
         return "'" + value
     return value
 
@@ -75,19 +85,21 @@ class NdjsonFormat:
 
 
 class CsvFormat(NdjsonFormat):
-    """A header line of column names, then one line per record; JSON fields as compact JSON."""
+    """A header line of column names, then one line per record: what `crmapi.imports` reads back."""
 
     def __init__(self, info):
         from .sqlbuild import output_columns
         super().__init__(info)
         self.names = output_columns(info)
+        self.kinds = [(name, info.columns[name].kind) for name in self.names]
 
     def header(self):
         return _csv_line(self.names)
 
     def encode(self, batch):
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator='\r\n').writerows([[_cell(row[n]) for n in self.names] for row in batch])
+        kinds = self.kinds
+        csv.writer(buffer, lineterminator='\r\n').writerows([[_cell(row[n], k) for n, k in kinds] for row in batch])
         return buffer.getvalue().encode()
 
     def trailer(self, body):

@@ -12,7 +12,6 @@ import threading
 from dataclasses import dataclass
 
 from pypika import Order
-from pypika import Query
 from pypika import Table
 from pypika import functions as fn
 from pypika.dialects import PostgreSQLQuery

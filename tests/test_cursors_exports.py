@@ -256,12 +256,13 @@ def test_csv_export_leaves_numbers_as_numbers(api):
     assert (row['title'], row['units'], row['balance']) == ("'-owed", '-7', '-12.25')
 
 
-def test_csv_export_of_json_fields_prefixes_only_json_strings(api):
-    """Objects and arrays are compact JSON (never a formula); a JSON string is text, a JSON number a number."""
+def test_csv_export_of_json_fields_is_json_text_never_a_formula(api):
+    """Every JSON value is compact JSON text, as the CSV import reads it back: a string in quotes, a number
+    as a number (a leading `-` is a number's, never a formula)."""
     for key, value in [('negative', -5), ('formula', '=1+1'), ('list', ['-1', '=2']), ('object', {'a': '@x'})]:
         api.create('configuration', key=key, value=value)
     values = {r['key']: r['value'] for r in csv_rows(api, 'configuration')}
-    assert values == {'negative': '-5', 'formula': "'=1+1", 'list': '["-1","=2"]', 'object': '{"a":"@x"}'}
+    assert values == {'negative': '-5', 'formula': '"=1+1"', 'list': '["-1","=2"]', 'object': '{"a":"@x"}'}
 
 
 def test_ndjson_export_carries_text_exactly_as_stored(api):

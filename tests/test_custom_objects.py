@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import webtest
 
 from crmapi import create_app
 from crmapi.config import Settings

@@ -21,7 +21,6 @@ from hypothesis import Phase
 from hypothesis import given
 from hypothesis import seed
 from hypothesis import settings
-from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode

@@ -4,7 +4,6 @@ with the fields sent. 201 when every row was created, 200 otherwise, and `X-Upse
 The column must be unique per organization: `external_id` (contacts, companies, deals), `tags.name`,
 `configuration.key`, `crm_users.email`, or a custom field defined `"unique": true`.
 """
-import json
 import subprocess
 import sys
 import threading
