@@ -4,8 +4,10 @@ import re
 from . import export as exports
 from . import imports
 from . import query
+from . import sqlbuild
 from . import values
 from .config import Settings
+from .relations import Relations
 from .errors import InvalidParam
 from .export import CsvFormat
 from .export import NdjsonFormat
@@ -190,6 +192,7 @@ class Records:
         self.max_import_bytes = max_import_bytes
         self.idempotency = idempotency
         self.secret = secret        # the server's secret; cursors are signed with a key per organization
+        self.relations = Relations(store)
 
     def _table(self, req, resource):
         return self.store.catalog.resolve(resource, req.context.principal)
@@ -197,10 +200,15 @@ class Records:
     def on_get(self, req, resp, resource):
         info = self._table(req, resource)
         params = list_params(req, resource)
-        key = query.cursor_key(self.secret, req.context.principal.org_id)
-        lq = query.parse_list(params, info, self.limits, extra=EXPORT_PARAMS, cursor_key=key)
+        principal = req.context.principal
+        key = query.cursor_key(self.secret, principal.org_id)
+        lq = query.parse_list(params, info, self.limits, extra=EXPORT_PARAMS, cursor_key=key,
+                              relations=self.relations.of(info, principal))
         export = export_format(req)
         if export:
+            if lq.embeds:
+                raise InvalidParam('Exports do not embed related records: export each resource on its own, '
+                                   'or page through the list with embed', param='embed')
             content_type, fmt, extension = EXPORTS[export]
             # NOTE: exports.stream runs the query to its first batch here, so an early failure is
             # still an ordinary error answer rather than a 200 cut short.
@@ -209,12 +217,16 @@ class Records:
             resp.set_header('Content-Disposition', f'attachment; filename="{info.slug}.{extension}"')
             return
         count = count_preference(req)
-        rows, total = self.store.list(info, req.context.principal, lq, count)
+        # NOTE: one transaction, so the page and what it embeds are read from the same database state.
+        with self.store.db.transaction():
+            rows, total = self.store.list(info, principal, lq, count)
+            # NOTE: the cursor is made before embedding, which may put records in place of ids.
+            cursor = query.make_cursor(lq, info, params, rows[-1], key) if rows and len(rows) == lq.size else None
+            self.relations.embed(principal, rows, lq.embeds, lq.embed_limit)
         resp.media = rows
         resp.set_header('Content-Range', content_range(resource, lq.start, len(rows), total))
         if count != 'exact':
             resp.set_header('Preference-Applied', f'count={count}')
-        cursor = query.make_cursor(lq, info, params, rows[-1], key) if rows and len(rows) == lq.size else None
         if cursor:
             resp.set_header('X-Next-Cursor', cursor)
 
@@ -278,7 +290,13 @@ class Records:
             resp.set_header('X-Upsert-Result', f'created={created}, updated={updated}')
 
     def on_get_item(self, req, resp, resource, id):
-        resp.media = self.store.get(self._table(req, resource), req.context.principal, id)
+        """One record (archived ones too), with `embed` and `embed_limit` as a list takes them."""
+        info, principal = self._table(req, resource), req.context.principal
+        embeds, limit = query.parse_embed(req.params, self.relations.of(info, principal))
+        with self.store.db.transaction():
+            record = self.store.get(info, principal, id)
+            self.relations.embed(principal, [record], embeds, limit)
+        resp.media = record
 
     def on_put_item(self, req, resp, resource, id):
         """PUT and PATCH alike: a partial update of the fields sent."""
@@ -311,7 +329,8 @@ class MergeContacts:
 
 
 class Health:
-    """`/healthz`: the process answers. `/readyz`: and its database does too (503 otherwise)."""
+    """`/healthz` (and `/health`, as other clients spell it): the process answers. `/readyz`: and its
+    database does too (503 otherwise)."""
 
     def __init__(self, db):
         self.db = db
@@ -324,11 +343,28 @@ class Health:
         resp.media = {'status': 'ready', 'database': self.db.name}
 
 
+class Me:
+    """`GET /api/me`: who the token speaks for: its CRM user (never token material), the organization,
+    and whether the user is an administrator."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def on_get(self, req, resp):
+        principal, db = req.context.principal, self.store.db
+        users = self.store.catalog.resolve('crm_users', principal)
+        with db.transaction() as tx:
+            user = self.store.get(users, principal, principal.user_id)
+            org_id, name = tx.one(*sqlbuild.build_organization(db.dialect, principal.org_id))
+        resp.media = {'user': user, 'organization': {'id': org_id, 'name': name}, 'administrator': principal.is_admin}
+
+
 class Schema:
-    """`GET /api/schema` (the resources) and `GET /api/schema/{table}` (one resource's columns)."""
+    """`GET /api/schema` (the resources) and `GET /api/schema/{table}` (one resource's columns and relations)."""
 
     def __init__(self, catalog):
         self.catalog = catalog
+        self.relations = Relations(catalog.custom.store)
 
     def on_get(self, req, resp):
         principal = req.context.principal
@@ -336,7 +372,8 @@ class Schema:
                       for slug in self.catalog.visible(principal)]
 
     def on_get_table(self, req, resp, table):
-        resp.media = self.catalog.resolve(table, req.context.principal).describe()
+        info = self.catalog.resolve(table, req.context.principal)
+        resp.media = info.describe(relations=self.relations.of(info, req.context.principal).values())
 
 
 class CustomObjectDefinitions:

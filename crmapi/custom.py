@@ -31,7 +31,7 @@ FIELD_TYPES = {
     'text': 'TEXT', 'integer': 'BIGINT', 'number': 'NUMERIC', 'boolean': 'BOOLEAN', 'date': 'DATE',
     'datetime': 'TIMESTAMPTZ', 'json': 'JSONB', 'reference': 'TEXT',
 }
-ROUTE_NAMES = frozenset({'schema', 'merge_contacts', 'custom_objects', 'openapi', 'docs'})
+ROUTE_NAMES = frozenset({'schema', 'merge_contacts', 'custom_objects', 'openapi', 'docs', 'me'})
 NAME = re.compile(r'[a-z][a-z0-9_]{0,62}\Z')
 RECORD_PREFIX = 'rec_'
 MAX_FIELDS = 200     # fields of one definition
@@ -215,6 +215,10 @@ class CustomObjects:
 
     def tables_for(self, org_id):
         return [self._info(d) for d in self.definitions(org_id)]
+
+    def active_tables(self, org_id):
+        """The TableInfo of each custom object `org_id` may use (archived ones left out), in one read."""
+        return [self._info(d) for d in self.definitions(org_id, include_archived=False)]
 
     def _info(self, definition):
         key = (definition['table_name'], definition['version'])

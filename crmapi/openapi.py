@@ -10,6 +10,7 @@ import orjson
 
 from . import __version__
 from . import query
+from . import relations as relations_module
 from .store import MAX_BATCH
 from .store import MAX_MERGE_SOURCES
 from .values import INT64_MAX
@@ -100,6 +101,20 @@ COLUMN_DESCRIPTION = {
         'filterable': {'type': 'boolean'},
         'sortable': {'type': 'boolean'},
         'references': {'type': ['string', 'null']},
+    },
+}
+RELATION_DESCRIPTION = {
+    'type': 'object',
+    'required': ['name', 'kind', 'resource', 'field', 'many'],
+    'properties': {
+        'name': {'type': 'string', 'description': 'what `embed` names it, and the key it is embedded under'},
+        'kind': {'type': 'string', 'enum': ['forward', 'reverse'],
+                 'description': 'forward: the record(s) a reference names; reverse: the records whose reference '
+                                'names this one'},
+        'resource': {'type': 'string', 'description': 'the resource embedded'},
+        'field': {'type': 'string', 'description': 'the reference field (forward: of this resource; reverse: of '
+                                                   'the embedded resource)'},
+        'many': {'type': 'boolean'},
     },
 }
 RESOURCE_SUMMARY = {
@@ -206,13 +221,58 @@ def json_param(name, schema, description):
             'content': {'application/json': {'schema': schema}}}
 
 
-def list_parameters(info, limits):
+def embedded_schema(info, relations):
+    """A record as a list or a get answers it with `embed`: forward relations add the record(s) they name
+    (in place of the ids where the relation is named as its field), reverse ones {"total", "items"}."""
+    schema = record_schema(info)
+    properties = dict(schema['properties'])
+    for relation in relations.values():
+        one = {'anyOf': [ref(relation.target.slug), {'type': 'null'}]}
+        if relation.reverse:
+            embedded = {'type': 'object', 'required': ['total', 'items'], 'properties': {
+                'total': {'type': 'integer', 'minimum': 0},
+                'items': {'type': 'array', 'maxItems': query.MAX_EMBED_LIMIT, 'items': ref(relation.target.slug)}}}
+        else:
+            embedded = {'type': 'array', 'items': one} if relation.many else one
+        if relation.replaces:
+            embedded = {'anyOf': [properties[relation.name], embedded]}
+        properties[relation.name] = embedded
+    return {**schema, 'properties': properties}
+
+
+def dotted_fields(relations):
+    """`company.name` -> the target's Column, for every forward relation to a single record."""
+    return {f'{r.name}.{n}': c for r in relations.values() if not r.reverse and not r.many
+            for n, c in r.target.columns.items() if n != 'organization_id'}
+
+
+def embed_parameters(relations):
+    """`embed` (an enum of the resource's relations) and `embed_limit`; none for a resource without relations."""
+    if not relations:
+        return []
+    return [
+        json_param('embed', {'type': 'array', 'uniqueItems': True, 'items': {'type': 'string', 'enum': list(relations)}},
+                   'relations to embed in each record, as a JSON array (`["company","tags"]`) or one bare name '
+                   '(`company`). Forward relations embed the record(s) a reference names (archived ones too; a missing '
+                   'one is null) under the relation\'s name; reverse ones embed {"total", "items"}: the newest live '
+                   'records naming this one. Exports refuse it.'),
+        {'name': 'embed_limit', 'in': 'query', 'required': False,
+         'schema': {'type': 'integer', 'minimum': 0, 'maximum': query.MAX_EMBED_LIMIT},
+         'description': f'records of each reverse relation embedded per record (default {query.EMBED_LIMIT}); '
+                        'needs `embed`'},
+    ]
+
+
+def list_parameters(info, limits, relations=None):
+    relations = relations or {}
+    dotted = dotted_fields(relations)
     names = [n for n in info.columns if n != 'organization_id']
-    sortable = [n for n in names if info.columns[n].sortable]
+    sortable = [n for n in names if info.columns[n].sortable] + [n for n, c in dotted.items() if c.sortable]
+    columns = {**{n: info.columns[n] for n in names}, **dotted}
     equality = {}
-    for n in names:
-        one = value_schema(info.columns[n], True)
-        if info.columns[n].kind == 'array':
+    for n, column in columns.items():
+        one = value_schema(column, True)
+        if column.kind == 'array':
             one = {'type': ['string', 'null']}
         equality[n] = {'anyOf': [one, {'type': 'array', 'items': one}]}
     equality['q'] = {'type': 'string', 'description': 'search the text columns'}
@@ -226,11 +286,14 @@ def list_parameters(info, limits):
         json_param('filters', {
             'type': 'array', 'maxItems': limits.max_filters,
             'items': {'type': 'object', 'required': ['field', 'op'], 'additionalProperties': False,
-                      'properties': {'field': {'type': 'string', 'enum': names},
-                                     'op': {'type': 'string', 'enum': list(query.OPERATORS)},
+                      'properties': {'field': {'type': 'string', 'enum': list(columns)},
+                                     'op': {'type': 'string', 'enum': [*query.OPERATORS, *query.ALIASES],
+                                            'description': 'aliases: ' + ', '.join(
+                                                f'`{a}` = `{op}`' for a, op in query.ALIASES.items())},
                                      'value': {},
                                      'logicalOp': {'type': 'string', 'enum': ['and', 'or']}}}},
-            '[{"field","op","value","logicalOp"}], folded left to right'),
+            '[{"field","op","value","logicalOp"}], folded left to right; `relation.field` (`company.name`) filters '
+            'by a field of the record a reference names, as if all null where there is none'),
         {'name': 'sort', 'in': 'query', 'required': False, 'schema': {'type': 'string'},
          'description': 'a field name (with `order`), or react-admin\'s ["field","ASC"|"DESC"]'},
         {'name': 'order', 'in': 'query', 'required': False, 'schema': {'type': 'string', 'enum': ['ASC', 'DESC']}},
@@ -243,6 +306,7 @@ def list_parameters(info, limits):
         {'name': 'Range', 'in': 'header', 'required': False,
          'schema': {'type': 'string', 'pattern': f'^{info.slug}=[0-9]{{1,19}}-[0-9]{{1,19}}$'},
          'description': f"react-admin's spelling of `range`: `{info.slug}=0-24`; the `range` parameter wins"},
+        *embed_parameters(relations),
     ]
 
 
@@ -334,22 +398,24 @@ def batch_operations(info, record, forbidden, deleted, unique):
     }
 
 
-def resource_paths(info, limits, unique=()):
+def resource_paths(info, limits, unique=(), relations=None):
     """The paths of one resource: list/create, get/update/delete, restore (where it applies)."""
     slug, spec = info.slug, info.spec
     record = ref(f'{slug}')
+    read = ref(f'{slug}_embedded') if relations else record
     forbidden = {403} if spec.admin_writes else set()
     paths = {
         f'/api/{slug}': {
             'get': operation(f'list_{slug}', f'List {slug}', slug,
-                             {200: json_response('One page of records', {'type': 'array', 'items': record},
+                             {200: json_response('One page of records', {'type': 'array', 'items': read},
                                                  ['Content-Range'])},
-                             {404}, parameters=list_parameters(info, limits)),
+                             {404}, parameters=list_parameters(info, limits, relations)),
         },
         f'/api/{slug}/{{id}}': {
             'parameters': [ID_PARAM],
             'get': operation(f'get_{slug}', f'Get one {slug} record (archived ones too)', slug,
-                             {200: json_response('The record', record)}, {404}),
+                             {200: json_response('The record', read)}, {404},
+                             parameters=embed_parameters(relations)),
         },
     }
     for item in paths.values():
@@ -388,14 +454,28 @@ def fixed_paths():
                 'source_ids': {'type': 'array', 'minItems': 1, 'maxItems': MAX_MERGE_SOURCES,
                                'items': {'type': 'string', 'minLength': 1}},
                 'target_id': {'type': 'string', 'minLength': 1}}}, parameters=[HANDLING_PARAM])},
+        '/api/me': {'get': operation(
+            'me', 'The caller: its CRM user (no token material), its organization, whether it is an administrator',
+            'me', {200: json_response('The caller', {
+                'type': 'object', 'required': ['user', 'organization', 'administrator'], 'properties': {
+                    'user': ref('crm_users'),
+                    'organization': {'type': 'object', 'required': ['id', 'name'], 'properties': {
+                        'id': {'type': 'string'}, 'name': {'type': 'string'}}},
+                    'administrator': {'type': 'boolean'}}})}, set())},
+        '/health': {'get': operation(
+            'health', 'The process answers (as /healthz; no token needed)', 'health',
+            {200: json_response('Up', {'type': 'object', 'required': ['status'],
+                                       'properties': {'status': {'type': 'string', 'enum': ['ok']}}})},
+            set(), public=True)},
         '/api/schema': {'get': operation(
             'list_schema', 'The resources this caller may use', 'schema',
             {200: json_response('One entry per resource', {'type': 'array', 'items': ref('ResourceSummary')})},
             set())},
         '/api/schema/{table}': {
             'parameters': [{'name': 'table', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}],
-            'get': operation('get_schema', "One resource's columns", 'schema',
-                             {200: json_response('The resource and its columns', ref('ResourceSchema'))}, {404})},
+            'get': operation('get_schema', "One resource's columns and relations", 'schema',
+                             {200: json_response('The resource, its columns and relations', ref('ResourceSchema'))},
+                             {404})},
         '/api/custom_objects': {
             'get': operation('list_custom_objects', "The organization's custom object definitions",
                              'custom_objects',
@@ -448,26 +528,31 @@ def build_document(catalog, principal=None, limits=None, root_path=''):
     limits = limits or query.Limits()
     schemas = {
         'Problem': PROBLEM_SCHEMA, 'ResourceSummary': RESOURCE_SUMMARY,
-        'ResourceSchema': {**RESOURCE_SUMMARY, 'required': [*RESOURCE_SUMMARY['required'], 'columns'],
+        'ResourceSchema': {**RESOURCE_SUMMARY, 'required': [*RESOURCE_SUMMARY['required'], 'columns', 'relations'],
                            'properties': {**RESOURCE_SUMMARY['properties'],
-                                          'columns': {'type': 'array', 'items': ref('Column')}}},
-        'Column': COLUMN_DESCRIPTION, 'CustomField': FIELD_DEFINITION, 'CustomObject': CUSTOM_OBJECT,
+                                          'columns': {'type': 'array', 'items': ref('Column')},
+                                          'relations': {'type': 'array', 'items': ref('Relation')}}},
+        'Column': COLUMN_DESCRIPTION, 'Relation': RELATION_DESCRIPTION, 'CustomField': FIELD_DEFINITION,
+        'CustomObject': CUSTOM_OBJECT,
     }
     paths, tags = {}, []
-    for slug in catalog.visible(principal):
-        info = catalog.resolve(slug, principal)
+    tables = {slug: catalog.resolve(slug, principal) for slug in catalog.visible(principal)}
+    for slug, info in tables.items():
+        relations = relations_module.relations_of(info, tables)
         schemas[slug] = record_schema(info)
+        if relations:
+            schemas[f'{slug}_embedded'] = embedded_schema(info, relations)
         if not info.spec.read_only:
             schemas[f'{slug}_create'] = body_schema(info, creating=True)
             schemas[f'{slug}_update'] = body_schema(info, creating=False)
         unique = [] if info.spec.read_only or catalog.custom is None else sorted(
             catalog.custom.store.unique_columns(info))
-        paths.update(resource_paths(info, limits, unique))
+        paths.update(resource_paths(info, limits, unique, relations))
         custom = slug not in catalog.tables
         tags.append({'name': slug, 'description': ('custom object' if custom else 'built-in resource')
                      + (', read-only' if info.spec.read_only else '')})
     paths.update(fixed_paths())
-    tags += [{'name': 'custom_objects'}, {'name': 'schema'}, {'name': 'docs'}]
+    tags += [{'name': 'custom_objects'}, {'name': 'schema'}, {'name': 'me'}, {'name': 'docs'}, {'name': 'health'}]
     return {
         'openapi': OPENAPI_VERSION,
         'info': {

@@ -17,14 +17,18 @@ from .errors import InvalidParam
 from .errors import InvalidValue
 from .errors import UnknownField
 
-LIST_PARAMS = frozenset({'range', 'filter', 'filters', 'sort', 'order', 'sorts', 'cursor'})
+LIST_PARAMS = frozenset({'range', 'filter', 'filters', 'sort', 'order', 'sorts', 'cursor', 'embed', 'embed_limit'})
 TEXT_OPS = frozenset({'contains', 'not_contains', 'starts_with', 'ends_with'})
 ORDER_OPS = frozenset({'gt', 'gte', 'lt', 'lte'})
 LIST_OPS = frozenset({'in', 'not_in'})
 EMPTY_OPS = frozenset({'is_empty', 'is_not_empty'})
 OPERATORS = ('eq', 'neq', 'gt', 'gte', 'lt', 'lte', 'contains', 'not_contains', 'starts_with',
              'ends_with', 'in', 'not_in', 'is_empty', 'is_not_empty')
+# Other clients' spellings of operators, taken as the operator they name.
+ALIASES = {'like': 'contains', 'nlike': 'not_contains', 'blank': 'is_empty', 'notblank': 'is_not_empty'}
 ORDERABLE_KINDS = frozenset({'text', 'integer', 'number', 'date', 'timestamp'})
+EMBED_LIMIT = 10            # children embedded per parent and reverse relation, unless `embed_limit` says
+MAX_EMBED_LIMIT = 100
 MAX_OFFSET = 2 ** 53
 
 
@@ -44,12 +48,19 @@ class Filter:
     op: str
     value: object = None
     logical: str = 'and'
+    via: object = None          # a forward relation (crmapi.relations.Relation): `column` is its target's
 
 
 @dataclass(frozen=True)
 class Sort:
     column: object
     descending: bool = False
+    via: object = None
+
+
+def field_name(item):
+    """The field a Filter or Sort names as the client spelt it: `last_name`, or `company.name`."""
+    return item.column.name if item.via is None else f'{item.via.name}.{item.column.name}'
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,8 @@ class ListQuery:
     include_archived: bool = False
     sorts: tuple = ()
     after: tuple = None         # keyset: the sort values (then id) of the row before this page
+    embeds: tuple = ()          # relations (crmapi.relations.Relation) to embed in each record
+    embed_limit: int = EMBED_LIMIT
 
     @property
     def size(self):
@@ -109,25 +122,45 @@ def column_for(info, name, param):
     return info.columns[name]
 
 
-def check_value(column, value, param, limits):
+def field_for(info, name, param, relations=None):
+    """(column, via) for a field name: a column of `info`, or `relation.field` across a forward scalar
+    reference (`company.name`), whose column is the target's and `via` the relation."""
+    if relations is None or not isinstance(name, str) or '.' not in name:
+        return column_for(info, name, param), None
+    prefix, _, rest = name.partition('.')
+    relation = relations.get(prefix) if prefix else None
+    if relation is None or relation.reverse or relation.column.kind == 'array':
+        single = ', '.join(r.name for r in relations.values() if not r.reverse and r.column.kind != 'array')
+        raise UnknownField(f"Resource '{info.slug}' has no field '{name}': a dotted field crosses one forward "
+                           f"reference to a single record ({single or 'none here'})", param=param, field=name)
+    if rest not in relation.target.columns or rest == 'organization_id':
+        raise UnknownField(f"Resource '{info.slug}' has no field '{name}' ({relation.target.slug} has no field "
+                           f"'{rest}')", param=param, field=name)
+    return relation.target.columns[rest], relation
+
+
+def check_value(column, value, param, limits, field=None):
     """values.check for a filter value; array columns compare one element (an id) at a time."""
+    field = field or column.name
     if isinstance(value, str) and len(value) > limits.max_value_length:
-        raise InvalidParam(f"A value for '{column.name}' is longer than {limits.max_value_length} characters",
-                           param=param, field=column.name)
+        raise InvalidParam(f"A value for '{field}' is longer than {limits.max_value_length} characters",
+                           param=param, field=field)
     target = replace(column, kind='text') if column.kind == 'array' else column
     try:
         return values.check(target, value)
     except InvalidValue as exc:
-        raise InvalidValue(exc.detail, param=param, field=column.name) from None
+        raise InvalidValue(exc.detail, param=param, field=field) from None
 
 
-def make_filter(column, op, value, logical, param, limits):
+def make_filter(column, op, value, logical, param, limits, via=None):
     """Validate one (field, op, value) triple against the column's kind."""
-    name = column.name
+    name = field_name(Filter(column, op, via=via))
+    if isinstance(op, str):
+        op = ALIASES.get(op, op)
     if op not in OPERATORS:
         raise InvalidParam(f"Unknown operator '{op}'; use one of {', '.join(OPERATORS)}", param=param, field=name)
     if op in EMPTY_OPS:
-        return Filter(column, op, None, logical)
+        return Filter(column, op, None, logical, via)
     if column.kind == 'json' and not (op in ('eq', 'neq') and value is None):
         raise InvalidParam(f"Field '{name}' holds JSON: filter it with is_empty or is_not_empty",
                            param=param, field=name)
@@ -141,14 +174,14 @@ def make_filter(column, op, value, logical, param, limits):
         if len(value) > limits.max_list_length:
             raise InvalidParam(f"A list for '{name}' holds {len(value)} values; at most {limits.max_list_length} "
                                'are allowed', param=param, field=name)
-        checked = tuple(check_value(column, v, param, limits) for v in value)
-        return Filter(column, op, checked, logical)
+        checked = tuple(check_value(column, v, param, limits, name) for v in value)
+        return Filter(column, op, checked, logical, via)
     if isinstance(value, (list, dict)):
         raise InvalidParam(f"Operator '{op}' needs a single value for '{name}'", param=param, field=name)
-    return Filter(column, op, check_value(column, value, param, limits), logical)
+    return Filter(column, op, check_value(column, value, param, limits, name), logical, via)
 
 
-def parse_filter(params, info, limits):
+def parse_filter(params, info, limits, relations=None):
     """`filter={...}`: equality per key, arrays as IN, null as IS NULL, plus `q` and `include_archived`."""
     obj = param_json(params, 'filter', {})
     if not isinstance(obj, dict):
@@ -165,13 +198,13 @@ def parse_filter(params, info, limits):
                                    param='filter', field='include_archived')
             include_archived = value
         else:
-            column = column_for(info, key, 'filter')
+            column, via = field_for(info, key, 'filter', relations)
             op = 'in' if isinstance(value, list) else 'eq'
-            equals.append(make_filter(column, op, value, 'and', 'filter', limits))
+            equals.append(make_filter(column, op, value, 'and', 'filter', limits, via))
     return search, include_archived, equals
 
 
-def parse_filters(params, info, limits):
+def parse_filters(params, info, limits, relations=None):
     items = param_json(params, 'filters', [])
     if not isinstance(items, list):
         raise InvalidParam("Parameter 'filters' must be a JSON array of filter objects", param='filters')
@@ -188,21 +221,21 @@ def parse_filters(params, info, limits):
         logical = item.get('logicalOp', 'and')
         if logical not in ('and', 'or', 'AND', 'OR'):
             raise InvalidParam(f"logicalOp must be 'and' or 'or', not {logical!r}", param='filters')
-        column = column_for(info, item['field'], 'filters')
-        parsed.append(make_filter(column, item['op'], item.get('value'), logical.lower(), 'filters', limits))
+        column, via = field_for(info, item['field'], 'filters', relations)
+        parsed.append(make_filter(column, item['op'], item.get('value'), logical.lower(), 'filters', limits, via))
     return parsed
 
 
-def make_sort(info, name, order, param, order_param=None):
-    column = column_for(info, name, param)
+def make_sort(info, name, order, param, order_param=None, relations=None):
+    column, via = field_for(info, name, param, relations)
     if not column.sortable:
         raise InvalidParam(f"Cannot sort {info.slug} by '{name}' (a JSON field)", param=param, field=name)
     if not isinstance(order, str) or order.upper() not in ('ASC', 'DESC'):
         raise InvalidParam(f"Sort order must be ASC or DESC, not {order!r}", param=order_param or param, field=name)
-    return Sort(column, order.upper() == 'DESC')
+    return Sort(column, order.upper() == 'DESC', via)
 
 
-def parse_sorts(params, info, limits):
+def parse_sorts(params, info, limits, relations=None):
     """All three spellings: `sort=f&order=DESC`, react-admin's `sort=["f","DESC"]`, and `sorts=[...]`."""
     sort, order = single(params, 'sort'), single(params, 'order')
     if 'sorts' in params:
@@ -217,7 +250,7 @@ def parse_sorts(params, info, limits):
         for item in items:
             if set(item) - {'field', 'order'}:
                 raise InvalidParam(f"Unknown sort key '{sorted(set(item) - {'field', 'order'})[0]}'", param='sorts')
-        return [make_sort(info, i['field'], i.get('order', 'ASC'), 'sorts') for i in items]
+        return [make_sort(info, i['field'], i.get('order', 'ASC'), 'sorts', relations=relations) for i in items]
     if sort is None:
         if order is not None:
             raise InvalidParam("Parameter 'order' needs 'sort'", param='order')
@@ -226,8 +259,33 @@ def parse_sorts(params, info, limits):
         pair = param_json(params, 'sort')
         if not (isinstance(pair, list) and 1 <= len(pair) <= 2 and order is None):
             raise InvalidParam('Parameter \'sort\' as JSON is ["field", "ASC" or "DESC"]', param='sort')
-        return [make_sort(info, pair[0], pair[1] if len(pair) > 1 else 'ASC', 'sort')]
-    return [make_sort(info, sort, order or 'ASC', 'sort', 'order')]
+        return [make_sort(info, pair[0], pair[1] if len(pair) > 1 else 'ASC', 'sort', relations=relations)]
+    return [make_sort(info, sort, order or 'ASC', 'sort', 'order', relations)]
+
+
+def parse_embed(params, relations):
+    """`embed=company` or `embed=["company","tags"]` (with `embed_limit`, 0 to 100 children per reverse
+    relation): (the relations, in the order asked, each once; the limit). `relations`: name -> Relation."""
+    raw, limit = single(params, 'embed'), single(params, 'embed_limit')
+    if raw is None:
+        if limit is not None:
+            raise InvalidParam("Parameter 'embed_limit' needs 'embed'", param='embed_limit')
+        return (), EMBED_LIMIT
+    names = param_json(params, 'embed') if raw.lstrip().startswith('[') else [raw]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InvalidParam('Parameter \'embed\' is a relation name or a JSON array of them, like ["company","tags"]',
+                           param='embed')
+    unknown = next((n for n in names if n not in relations), None)
+    if unknown is not None:
+        valid = ', '.join(relations) or 'none'
+        raise InvalidParam(f"Unknown relation '{unknown}'; this resource can embed: {valid}", param='embed',
+                           field=unknown)
+    if limit is not None:
+        limit = param_json(params, 'embed_limit')
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_EMBED_LIMIT:
+            raise InvalidParam(f"Parameter 'embed_limit' is an integer from 0 to {MAX_EMBED_LIMIT}",
+                               param='embed_limit')
+    return tuple(relations[n] for n in dict.fromkeys(names)), EMBED_LIMIT if limit is None else limit
 
 
 # -- keyset cursors -------------------------------------------------------------------------------
@@ -265,14 +323,26 @@ def keyset_columns(lq, info):
     """The columns a keyset compares, in order: the sorts up to `id`, then `id`."""
     names = []
     for s in lq.sorts:
-        if s.column.name == 'id':
+        if s.via is None and s.column.name == 'id':
             break
         names.append(s.column.name)
     return names + ['id']
 
 
+def across_references(lq):
+    """Whether a sort crosses a reference (`company.name`): such lists page by `range` only.
+
+    NOTE: a keyset would compare the referenced record's value, which another record's write changes
+    under the cursor; refusing the cursor keeps paging honest (each range page is exact).
+    """
+    return any(s.via is not None for s in lq.sorts)
+
+
 def make_cursor(lq, info, params, last_row, key):
-    """The next page's cursor, or None when the last row's sort values would make it too long to accept."""
+    """The next page's cursor, or None when the last row's sort values would make it too long to accept
+    (or a sort crosses a reference)."""
+    if across_references(lq):
+        return None
     body = json.dumps({'v': [last_row[n] for n in keyset_columns(lq, info)], 'i': lq.start + lq.size},
                       separators=(',', ':'), ensure_ascii=False).encode()
     cursor = sign_cursor(key, info, params, body)
@@ -308,6 +378,9 @@ def apply_cursor(lq, info, params, limits, key=None):
     raw = single(params, 'cursor')
     if raw is None:
         return lq
+    if across_references(lq):
+        raise InvalidParam("Parameter 'cursor' does not apply to a sort across a reference; page with 'range'",
+                           param='cursor')
     try:
         body = _cursor_body(raw, info, params, key)
     except ValueError as exc:
@@ -322,21 +395,26 @@ def apply_cursor(lq, info, params, limits, key=None):
     return replace(lq, start=index, end=index + lq.size - 1, after=after)
 
 
-def parse_list(params, info, limits=Limits(), extra=frozenset(), cursor_key=None):
-    """Everything a list request asks for, validated against `info`'s whitelist."""
+def parse_list(params, info, limits=Limits(), extra=frozenset(), cursor_key=None, relations=None):
+    """Everything a list request asks for, validated against `info`'s whitelist.
+
+    `relations` (name -> Relation, see crmapi.relations) allows `embed` and dotted fields (`company.name`).
+    """
     unknown = sorted(set(params) - LIST_PARAMS - extra)
     if unknown:
         raise InvalidParam(f"Unknown query parameter '{unknown[0]}'; list parameters are "
                            f"{', '.join(sorted(LIST_PARAMS))}", param=unknown[0])
     start, end = parse_range(params, limits)
-    search, include_archived, equals = parse_filter(params, info, limits)
-    ids = next((f.value for f in equals if f.column.name == 'id' and f.op == 'in'), None)
+    search, include_archived, equals = parse_filter(params, info, limits, relations)
+    ids = next((f.value for f in equals if f.via is None and f.column.name == 'id' and f.op == 'in'), None)
     if 'range' not in params and ids is not None:
         # NOTE: react-admin's getMany sends filter={"id":[...]} without a range: answer every id asked for.
         end = max(end, min(len(ids), limits.max_page) - 1)
-    filters = parse_filters(params, info, limits)
-    if any(f.column.name == 'archived_at' for f in (*equals, *filters)):
+    filters = parse_filters(params, info, limits, relations)
+    if any(f.via is None and f.column.name == 'archived_at' for f in (*equals, *filters)):
         include_archived = True
-    sorts = parse_sorts(params, info, limits)
-    lq = ListQuery(start, end, tuple(equals), tuple(filters), search, include_archived, tuple(sorts))
+    sorts = parse_sorts(params, info, limits, relations)
+    embeds, embed_limit = parse_embed(params, {} if relations is None else relations)
+    lq = ListQuery(start, end, tuple(equals), tuple(filters), search, include_archived, tuple(sorts),
+                   embeds=embeds, embed_limit=embed_limit)
     return apply_cursor(lq, info, params, limits, cursor_key)

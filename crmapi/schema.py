@@ -140,8 +140,9 @@ class TableInfo:
         return [c for c in self.columns.values()
                 if c.kind in SEARCHABLE_KINDS and not c.references and c.name not in SERVER_MANAGED]
 
-    def describe(self):
-        return {
+    def describe(self, relations=None):
+        """The resource, its columns and, given its `relations` (crmapi.relations), what it can embed."""
+        described = {
             'resource': self.slug,
             'read_only': self.spec.read_only,
             'delete': self.spec.delete,
@@ -149,6 +150,9 @@ class TableInfo:
             'columns': [c.describe(self.declared[c.name]) for c in self.columns.values()
                         if c.name != 'organization_id'],
         }
+        if relations is not None:
+            described['relations'] = [r.describe() for r in relations]
+        return described
 
 
 def make_column(spec, name, declared, nullable, default, indexed=False):

@@ -10,6 +10,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass
+from dataclasses import replace
 
 from pypika import Order
 from pypika import Table
@@ -213,16 +214,18 @@ OPERATORS = {
 }
 
 
-def criterion(d, table, flt):
-    """One parsed filter as a PyPika criterion."""
+def criterion(d, table, flt, org_id=None):
+    """One parsed filter as a PyPika criterion (across a reference: see `across`, scoped by `org_id`)."""
+    if flt.via is not None:
+        return across(d, table, flt, org_id)
     return OPERATORS[flt.op](d, table.field(flt.column.name), flt.column, flt.value)
 
 
-def fold(d, table, filters):
+def fold(d, table, filters, org_id=None):
     """`a or b and c` means `(a OR b) AND c`: each logicalOp joins a filter to the next one."""
     result = None
     for previous, flt in zip((None,) + tuple(filters), filters):
-        term = criterion(d, table, flt)
+        term = criterion(d, table, flt, org_id)
         if result is None:
             result = term
         elif previous.logical == 'or':
@@ -246,12 +249,72 @@ def where(d, table, info, org_id, lq):
     parts = [table.organization_id == Bound(org_id)]
     if info.archivable and not lq.include_archived:
         parts.append(table.archived_at.isnull())
-    parts += [criterion(d, table, f) for f in lq.equals]
+    parts += [criterion(d, table, f, org_id) for f in lq.equals]
     if lq.filters:
-        parts.append(fold(d, table, lq.filters))
+        parts.append(fold(d, table, lq.filters, org_id))
     if lq.search is not None:
         parts.append(search(d, table, info, lq.search))
     return Criterion.all(parts)
+
+
+# -- across a reference ----------------------------------------------------------------------------
+# `company.name` filters contacts by a field of the company their `company_id` points at, as a
+# semi-join on the target's (organization_id, id) key; a record without a reference (or whose
+# reference names no record of the organization) is filtered as if every field of its target were null.
+
+def holds_for_null(flt):
+    """Whether `flt` keeps a row whose field is NULL (negations do; so do `eq null` and `is_empty`)."""
+    op, value = flt.op, flt.value
+    if op in ('eq', 'neq'):
+        return (value is None) == (op == 'eq')
+    if op in ('in', 'not_in'):
+        return (None in value) == (op == 'in')
+    return op in ('not_contains', 'is_empty')
+
+
+def across(d, table, flt, org_id):
+    """`ref IN (SELECT id FROM target WHERE organization_id = ? AND <cond>)`; where a missing target
+    matches (`holds_for_null`), `NOT EXISTS (SELECT 1 FROM target WHERE organization_id = ? AND id = ref
+    AND NOT <cond>)`, which keeps null and dangling references too.
+
+    NOTE: the conditions that hold for NULL are all two-valued (IS NULL, IS DISTINCT FROM, `x IS NULL OR
+    NOT …`), so NOT <cond> is exactly the rows that fail it. NOT EXISTS, not NOT IN: PostgreSQL plans it
+    as an anti-join on the key, whatever the target's size. Bounds are made in the order the SQL binds them.
+    """
+    via = flt.via
+    target = Table(via.target.spec.table).as_('ref_' + via.column.name)
+    ref = table.field(via.column.name)
+    scope = target.organization_id == Bound(org_id)
+    local = replace(flt, via=None)
+    if not holds_for_null(flt):
+        return ref.isin(d.query.from_(target).select(target.id).where(scope & criterion(d, target, local)))
+    linked = Sql('{0} = ' + f'{quote(table.get_table_name())}.{quote(via.column.name)}', target.id)
+    subquery = d.query.from_(target).select(Sql('1')).where(scope & linked & Sql('NOT ({0})',
+                                                                               criterion(d, target, local)))
+    return Sql('NOT EXISTS {0}', Subquery(subquery))
+
+
+class Subquery(Term):
+    """A query in parentheses wherever it is rendered (PyPika adds them only in some places)."""
+
+    def __init__(self, query):
+        super().__init__()
+        self.query = query
+
+    def get_sql(self, **kwargs):
+        return '(' + self.query.get_sql(**{**kwargs, 'subquery': False}) + ')'
+
+
+def _sort_joins(d, table, org_id, sorts):
+    """{relation name: (aliased target table, ON criterion)} for the sorts across a reference: one
+    LEFT JOIN per relation, scoped by organization, so a record without a reference sorts as NULL."""
+    joins = {}
+    for s in sorts:
+        if s.via is not None and s.via.name not in joins:
+            target = Table(s.via.target.spec.table).as_('sort_' + s.via.column.name)
+            on = (target.organization_id == Bound(org_id)) & (target.id == table.field(s.via.column.name))
+            joins[s.via.name] = (target, on)
+    return joins
 
 
 # -- statements ------------------------------------------------------------------------------------
@@ -265,16 +328,20 @@ def _returning(info):
     return ' RETURNING ' + ','.join('"%s"' % n.replace('"', '""') for n in output_columns(info))
 
 
-def _order(d, table, sorts):
+def _order(d, table, sorts, joins=None):
     """ORDER BY the sorts, then `id` so that paging visits every row once.
 
     NOTE: NULLs sort as the smallest value on both databases (SQLite's native order); PostgreSQL
-    spells that out for nullable columns only, so NOT NULL sorts still match plain indexes.
+    spells that out for nullable columns only, so NOT NULL sorts still match plain indexes. A sort
+    across a reference (`joins`, from _sort_joins) is nullable whatever its column: the LEFT JOIN.
     """
     terms = []
     last_desc = False
     for s in sorts:
         last_desc = s.descending
+        if s.via is not None:
+            terms.append((joins[s.via.name][0].field(s.column.name), s.descending, True))
+            continue
         if s.column.name == 'id':
             break
         terms.append((table.field(s.column.name), s.descending, s.column.nullable))
@@ -330,11 +397,21 @@ def _condition(d, table, info, org_id, lq, keyset=True):
 def _select(d, info, org_id, lq):
     """The rows of a list in order, before paging."""
     table = Table(info.spec.table)
-    query = d.from_(table).select(*[table.field(n) for n in output_columns(info)]).where(
+    query = d.from_(table)
+    joins = _sort_joins(d, table, org_id, lq.sorts)
+    for target, on in joins.values():
+        query = query.left_join(target).on(on)
+    query = query.select(*[table.field(n) for n in output_columns(info)]).where(
         _condition(d, table, info, org_id, lq))
-    for term, order in _order(d, table, lq.sorts):
+    for term, order in _order(d, table, lq.sorts, joins):
         query = query.orderby(term, order=order)
     return query
+
+
+def _select_values(d, table, info, org_id, lq):
+    """The values _select binds, in its order: the joins' organization, then the WHERE's."""
+    _sort_joins(d, table, org_id, lq.sorts)
+    return _condition(d, table, info, org_id, lq)
 
 
 # -- statement shapes ------------------------------------------------------------------------------
@@ -358,10 +435,17 @@ def _filter_shape(value):
     return _value_shape(value)
 
 
+def _path(item):
+    """What a Filter's or Sort's field adds to a shape: its column, and across a reference, the
+    reference and the target's own shape."""
+    via = item.via
+    return item.column.name if via is None else (via.column.name, via.target.shape_key, item.column.name)
+
+
 def list_shape(info, lq):
-    filters = tuple((f.column.name, f.op, f.logical, _filter_shape(f.value)) for f in (*lq.equals, *lq.filters))
+    filters = tuple((_path(f), f.op, f.logical, _filter_shape(f.value)) for f in (*lq.equals, *lq.filters))
     return (info.shape_key, len(lq.equals), filters, lq.search is None, lq.include_archived,
-            tuple((s.column.name, s.descending) for s in lq.sorts),
+            tuple((_path(s), s.descending) for s in lq.sorts),
             None if lq.after is None else _value_shape(lq.after))
 
 
@@ -401,7 +485,7 @@ def build_list(d, info, org_id, lq):
     table = Table(info.spec.table)
     paging, extra = _paging(d, lq)
     sql, params = _shaped(d, ('list', list_shape(info, lq)), lambda: _select(d, info, org_id, lq),
-                          lambda: _condition(d, table, info, org_id, lq), extra)
+                          lambda: _select_values(d, table, info, org_id, lq), extra)
     return sql + paging, params
 
 
@@ -639,6 +723,64 @@ def build_referrers(d, info, org_id, column, ids):
     match = d.one_of(field, column.kind, ids) if ids else FALSE
     query = d.from_(table).select(table.id, field).where((table.organization_id == Bound(org_id)) & match)
     return d.render(query)
+
+
+# -- embedding -------------------------------------------------------------------------------------
+
+def _term_sql(d, term):
+    """(sql, params) of one criterion on its own, for a statement written as text."""
+    parameter = d.parameter()
+    return term.get_sql(parameter=parameter, with_namespace=True), parameter.get_parameters()
+
+
+def build_referenced(d, info, org_id, ids):
+    """The records of `org_id` in `info` among `ids` (a non-empty list), archived ones too, in no order.
+
+    NOTE: the ids travel as one parameter, so the SQL is the same for every page: rendered once per table.
+    """
+    table = Table(info.spec.table)
+    columns = output_columns(info)
+    return _shaped(d, ('referenced', info.shape_key),
+                   lambda: d.from_(table).select(*[table.field(n) for n in columns]).where(
+                       _by_ids(d, table, org_id, ids)),
+                   lambda: _by_ids(d, table, org_id, ids), [])
+
+
+def build_children(d, info, column, org_id, parent_ids, limit):
+    """The newest `limit` live records of `info` whose reference `column` (a scalar or an array of ids)
+    points at each of `parent_ids`, and how many there are: rows of (parent, total, rank, *record),
+    newest first per parent. One statement for every parent: ROW_NUMBER() and COUNT(*) over a window
+    partitioned by parent, on both databases.
+    """
+    table, name = quote(info.spec.table), quote(column.name)
+    if column.kind != 'array':
+        source, parent = f'{table} AS c', Sql(f'c.{name}')
+    elif d.name == 'sqlite':
+        source, parent = f'{table} AS c, json_each(c.{name}) AS j', Sql('j.value')
+    else:
+        source, parent = f'{table} AS c CROSS JOIN LATERAL jsonb_array_elements_text(c.{name}) AS j (value)', \
+            Sql('j.value')
+    conditions = [Sql('c.organization_id = {0}', Bound(org_id))]
+    if column.kind == 'array' and d.name == 'postgresql':
+        conditions.append(d.one_of(Sql(f'c.{name}'), 'array', parent_ids))   # NOTE: skips deals that name none
+    conditions.append(d.one_of(parent, 'text', parent_ids))
+    if 'archived_at' in info.columns:
+        conditions.append(Sql('c.archived_at IS NULL'))
+    where, params = _term_sql(d, Criterion.all(conditions))
+    newest = 'c.created_at DESC, c.id DESC' if 'created_at' in info.columns else 'c.id DESC'
+    key, p = parent.template, d.parameter().get_sql()
+    columns = ', '.join(f'c.{quote(n)}' for n in output_columns(info))
+    # NOTE: `_parent`, `_total`, `_rank`: no field can be so named (custom field names start with a letter).
+    sql = (f'SELECT * FROM (SELECT {key} AS _parent, COUNT(*) OVER (PARTITION BY {key}) AS _total, '
+           f'ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {newest}) AS _rank, {columns} '
+           f'FROM {source} WHERE {where}) AS w WHERE w._rank <= {p} ORDER BY w._parent, w._rank')
+    return sql, [*params, int(limit)]
+
+
+def build_organization(d, org_id):
+    """An organization's id and name."""
+    orgs = Table('organizations')
+    return d.render(d.from_(orgs).select(orgs.id, orgs.field('name')).where(orgs.id == Bound(org_id)))
 
 
 # -- custom object tables (DDL) --------------------------------------------------------------------

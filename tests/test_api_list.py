@@ -835,7 +835,7 @@ def test_contacts_summary_q_searches_the_company_name(summarized):
 BAD_PARAMS = [
     # (resource, params, param, field)
     ('contacts', {'filters': [f('nope', 'eq', 'x')]}, 'filters', 'nope'),
-    ('contacts', {'filters': [f('status', 'like', 'x')]}, 'filters', 'status'),
+    ('contacts', {'filters': [f('status', 'regex', 'x')]}, 'filters', 'status'),
     ('contacts', {'filters': [f('status', 'EQ', 'x')]}, 'filters', 'status'),
     ('contacts', {'filters': [f('organization_id', 'eq', 'x')]}, 'filters', 'organization_id'),
     ('contacts', {'filters': {'field': 'status', 'op': 'eq', 'value': 'x'}}, 'filters', MISSING),

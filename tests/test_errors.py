@@ -89,7 +89,7 @@ CASES = {
     'unknown-param': ('GET', '/api/contacts?colour=red', None, None, 400, {'param': 'colour'}),
     'unknown-filter-field': ('GET', '/api/contacts?filter={"emial":"x"}', None, None, 400,
                              {'param': 'filter', 'field': 'emial'}),
-    'unknown-operator': ('GET', '/api/contacts?filters=[{"field":"city","op":"like","value":"x"}]', None, None,
+    'unknown-operator': ('GET', '/api/contacts?filters=[{"field":"city","op":"regex","value":"x"}]', None, None,
                          400, {'param': 'filters'}),
     'unknown-sort': ('GET', '/api/contacts?sort=emial', None, None, 400, {'param': 'sort', 'field': 'emial'}),
     'bad-order': ('GET', '/api/contacts?sort=city&order=UP', None, None, 400, {'param': 'order'}),

@@ -67,7 +67,7 @@ def test_filters_keep_their_logical_operators():
 @pytest.mark.parametrize('flt, error, param', [
     ({'field': 'nope', 'op': 'eq', 'value': 1}, UnknownField, 'filters'),
     ({'field': 'organization_id', 'op': 'eq', 'value': 'x'}, UnknownField, 'filters'),
-    ({'field': 'status', 'op': 'like', 'value': 'x'}, InvalidParam, 'filters'),
+    ({'field': 'status', 'op': 'regex', 'value': 'x'}, InvalidParam, 'filters'),
     ({'field': 'status', 'op': 'eq', 'value': 'x', 'logicalOp': 'xor'}, InvalidParam, 'filters'),
     ({'field': 'status', 'op': 'eq', 'value': 'x', 'extra': 1}, InvalidParam, 'filters'),
     ({'field': 'size', 'op': 'contains', 'value': '1'}, InvalidParam, 'filters'),

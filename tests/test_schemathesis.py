@@ -125,7 +125,7 @@ def share(operations, which):
     """Each organization takes every other built-in operation, and all of its own custom object's."""
     mine = []
     for index, operation in enumerate(sorted(operations, key=lambda op: op.label)):
-        custom = operation.path.split('/')[2] in CUSTOM.values()
+        custom = operation.path.startswith('/api/') and operation.path.split('/')[2] in CUSTOM.values()
         if custom or index % 2 == list(CUSTOM).index(which):
             mine.append(operation)
     return mine

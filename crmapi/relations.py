@@ -1,0 +1,210 @@
+"""Relations between resources, derived from the catalog's references, and embedding them in pages.
+
+A forward relation follows a reference of the record to the record(s) it names: contacts `company_id`
+-> `company`, `tags` -> `tags`, deals `contact_ids` -> `contacts`, a custom field `company` -> `company`.
+A reverse relation lists the records whose reference names it: contacts -> `notes` (contact_notes),
+`tasks`, `deals` (whose contact_ids hold it). Nothing here is written per resource: every reference
+column of every table the organization sees (custom objects included) makes its two relations.
+
+Embedding runs one statement per relation for a whole page, whatever its size (no N+1).
+"""
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import sqlbuild
+from .errors import UnknownResource
+
+
+@dataclass(frozen=True)
+class Relation:
+    name: str
+    reverse: bool
+    column: object      # forward: the record's reference column; reverse: the child's column naming the record
+    target: object      # the TableInfo embedded: the referenced resource, or the children's
+
+    @property
+    def many(self):
+        return self.reverse or self.column.kind == 'array'
+
+    @property
+    def replaces(self):
+        """A forward relation named as its column (`tags`, a custom `company`): the records take the ids' place."""
+        return not self.reverse and self.name == self.column.name
+
+    def describe(self):
+        return {'name': self.name, 'kind': 'reverse' if self.reverse else 'forward',
+                'resource': self.target.slug, 'field': self.column.name, 'many': self.many}
+
+
+def _plural(word):
+    if word.endswith('y') and word[-2:-1] not in ('a', 'e', 'i', 'o', 'u'):
+        return word[:-1] + 'ies'
+    return word + ('es' if word.endswith(('s', 'x', 'ch', 'sh')) else 's')
+
+
+def stem(column):
+    """The reference's name without its id suffix: `company_id` -> `company`, `contact_ids` -> `contact`."""
+    suffix = '_ids' if column.kind == 'array' else '_id'
+    name = column.name
+    return name[:-len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
+
+
+def forward_name(column):
+    """`company_id` -> `company`, `contact_ids` -> `contacts`; a name without the suffix stays as it is."""
+    base = stem(column)
+    return _plural(base) if column.kind == 'array' and base != column.name else base
+
+
+def forward_relations(info, resolve):
+    """name -> Relation for each reference column of `info`; `resolve(slug)` is the target TableInfo or None
+    (a target the caller cannot see has no relation).
+
+    NOTE: where the derived name is another column's (a custom object with both `company` and
+    `company_id`), the relation takes its own column's name and replaces the id in an embed.
+    """
+    taken = set(info.columns) | info.view_columns
+    relations = {}
+    for column in info.columns.values():
+        target = resolve(column.references) if column.references else None
+        if target is None:
+            continue
+        name = forward_name(column)
+        if name != column.name and (name in taken or name in relations):
+            name = column.name
+        relations[name] = Relation(name, False, column, target)
+    return relations
+
+
+def reverse_relations(info, tables, taken):
+    """name -> Relation for each reference of `tables` (slug -> TableInfo) naming `info`'s records.
+
+    A child named after the reference (contact_notes for `contact_id`) is embedded under the rest of its
+    name (`notes`), any other under its slug (`tasks`, `deals`); a name already taken (`taken`: the
+    columns and forward relations) falls back to the slug, then `<slug>_by_<field>`. A read-only view
+    (contacts_summary) has the reverse relations of the table it shows.
+    """
+    parent = info.spec.counted_as if info.spec.read_only else info.slug
+    relations = {}
+    for child in tables.values():
+        if child.spec.read_only:
+            continue
+        for column in child.columns.values():
+            if column.references != parent:
+                continue
+            short = child.slug.removeprefix(stem(column) + '_')
+            name = next((n for n in (short, child.slug, f'{child.slug}_by_{column.name}')
+                         if n and n not in taken and n not in relations), None)
+            if name is not None:
+                relations[name] = Relation(name, True, column, child)
+    return relations
+
+
+def relations_of(info, tables, forward=None):
+    """Every relation of `info` (forward, then reverse) among `tables` (slug -> TableInfo the caller sees);
+    `forward`: its forward relations when already known."""
+    forward = forward_relations(info, tables.get) if forward is None else forward
+    taken = set(info.columns) | info.view_columns | set(forward)
+    return {**forward, **reverse_relations(info, tables, taken)}
+
+
+class RelationMap(Mapping):
+    """The relations of one resource for one caller, worked out when first asked for.
+
+    NOTE: forward relations need only the targets (no query for built-in ones); the reverse ones need
+    every table of the organization (one indexed read), so they are looked up only when a name is not
+    a forward relation, or all are listed.
+    """
+
+    def __init__(self, relations, info, principal):
+        self._relations, self._info, self._principal = relations, info, principal
+        self._forward = self._all = None
+
+    def forward(self):
+        if self._forward is None:
+            self._forward = forward_relations(self._info, self._resolve)
+        return self._forward
+
+    def _resolve(self, slug):
+        try:
+            return self._relations.catalog.resolve(slug, self._principal)
+        except UnknownResource:
+            return None
+
+    def all(self):
+        if self._all is None:
+            self._all = relations_of(self._info, self._relations.visible_tables(self._principal), self.forward())
+        return self._all
+
+    def __getitem__(self, name):
+        forward = self.forward()
+        return forward[name] if name in forward else self.all()[name]
+
+    def __iter__(self):
+        return iter(self.all())
+
+    def __len__(self):
+        return len(self.all())
+
+
+class Relations:
+    """Relations per caller, and embedding them into records the store has read."""
+
+    def __init__(self, store):
+        self.store = store
+        self.catalog = store.catalog
+        self.db = store.db
+
+    def of(self, info, principal):
+        return RelationMap(self, info, principal)
+
+    def visible_tables(self, principal):
+        """slug -> TableInfo of every resource `principal` may use: built-ins and active custom objects."""
+        tables = dict(self.catalog.tables)
+        custom = self.catalog.custom
+        if principal is not None and custom is not None:
+            tables.update({t.slug: t for t in custom.active_tables(principal.org_id)})
+        return tables
+
+    def embed(self, principal, records, relations, limit):
+        """Add each relation to each record, in place: one statement per relation for all the records."""
+        if not relations or not records:
+            return records
+        with self.db.transaction() as tx:
+            for relation in relations:
+                if relation.reverse:
+                    self._children(tx, principal, records, relation, limit)
+                else:
+                    self._referenced(tx, principal, records, relation)
+        return records
+
+    def _referenced(self, tx, principal, records, relation):
+        """Forward: the record(s) each reference names, archived ones too; a missing one is null.
+
+        NOTE: read by id within the caller's organization, so another organization's id (which no write
+        lets in, but rows written around the API might hold) embeds as null, like a missing record.
+        """
+        name, column = relation.name, relation.column.name
+        many = relation.column.kind == 'array'
+        ids = dict.fromkeys(i for r in records for i in (r[column] or [] if many else [r[column]]) if i is not None)
+        found = {}
+        if ids:
+            read = self.store.reader(relation.target)
+            found = {record['id']: record for record in map(read, tx.rows(*sqlbuild.build_referenced(
+                self.db.dialect, relation.target, principal.org_id, list(ids))))}
+        for record in records:
+            value = record[column]
+            record[name] = [found.get(i) for i in value or []] if many else found.get(value)
+
+    def _children(self, tx, principal, records, relation, limit):
+        """Reverse: {"total", "items"} per record, the newest `limit` live children first."""
+        read = self.store.reader(relation.target)
+        groups = {record['id']: {'total': 0, 'items': []} for record in records}
+        # NOTE: at least one row per parent comes back even for a limit of 0, to carry the total.
+        for parent, total, rank, *row in tx.rows(*sqlbuild.build_children(
+                self.db.dialect, relation.target, relation.column, principal.org_id, list(groups), max(limit, 1))):
+            group = groups[parent]
+            group['total'] = total
+            if rank <= limit:
+                group['items'].append(read(row))
+        for record in records:
+            record[relation.name] = groups[record['id']]
