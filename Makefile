@@ -25,11 +25,14 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 # Debian packages run for real: PostgreSQL's server binaries (the tests start their own server
-# from them), nginx (in front of gunicorn in tests/test_deploy.py) and wrk (make bench).
+# from them), nginx (in front of gunicorn in tests/test_deploy.py), wrk (make bench) and Chromium
+# (the docs page in a real browser, tests/test_docs_browser.py, driven by the test extras' Playwright;
+# never `playwright install`, whose own browser download is not used).
 system-packages:
 	@missing=; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (apt-get)"; \

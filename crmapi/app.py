@@ -317,7 +317,10 @@ def build_app(settings, db):
     app.add_route('/api/schema', schema)
     app.add_route('/api/schema/{table}', schema, suffix='table')
     app.add_route('/api/openapi.json', openapi.OpenAPI(catalog, limits))
-    app.add_route('/api/docs', openapi.Docs())
+    docs = openapi.Docs()
+    app.add_route('/api/docs', docs)
+    # The page's own scripts and styles (public like the page, see ACCESS).
+    app.add_route('/api/docs/assets/{name}', docs, suffix='asset')
     app.add_route('/api/{resource}', records)
     app.add_route('/api/{resource}/{id}', records, suffix='item')
     app.add_route('/api/{resource}/{id}/restore', records, suffix='restore')

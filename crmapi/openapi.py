@@ -4,6 +4,8 @@ Nothing here is written by hand per resource: paths, parameters, bodies and reco
 catalog (the same whitelists the API enforces), so the document cannot drift from the API. With a
 principal it also describes that organization's custom objects; without one, the built-ins only.
 """
+import hashlib
+import re
 from importlib import resources
 
 import orjson
@@ -11,6 +13,7 @@ import orjson
 from . import __version__
 from . import query
 from . import relations as relations_module
+from .errors import NotFound
 from .store import MAX_BATCH
 from .store import MAX_MERGE_SOURCES
 from .values import INT64_MAX
@@ -591,14 +594,65 @@ class OpenAPI:
 
 
 class Docs:
-    """`GET /api/docs`: a static page (shipped in the package) that renders the document."""
+    """`GET /api/docs`: Swagger UI over the document, to read and try every operation; its assets too.
+
+    NOTE: the viewer is vendored (crmapi/static/swagger-ui, see its VERSION) and served under
+    /api/docs/assets/, so the page works offline and its CSP lets scripts come from this origin only.
+    """
+
+    JS, CSS = 'text/javascript; charset=utf-8', 'text/css; charset=utf-8'
+    # The name under /api/docs/assets/: (the file in the package, its content type). Nothing else is served.
+    ASSETS = {
+        'swagger-ui-bundle.js': ('static/swagger-ui/swagger-ui-bundle.js', JS),
+        'swagger-ui.css': ('static/swagger-ui/swagger-ui.css', CSS),
+        'docs.js': ('static/docs.js', JS),
+    }
+    ASSET_REF = re.compile(rb'\$assets/([\w.-]+)')
+    # NOTE: Swagger UI sets styles through the DOM (allowed) and shows its icons as data: images;
+    # it calls this origin only (the document, and the operations a reader sends).
+    CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    # NOTE: the page names each asset with its digest (?v=), so a new release is a new URL: cache for a year.
+    ASSET_CACHE = ('public', 'max-age=31536000', 'immutable')
 
     def __init__(self):
         self.page = None
+        self.assets = {}
+
+    def asset(self, name):
+        """(bytes, content type, digest) of one asset, read from the package on first use.
+
+        NOTE: read on first use, so a packaging slip costs the page, never the whole app.
+        """
+        if name not in self.assets:
+            path, content_type = self.ASSETS[name]
+            data = resources.files('crmapi').joinpath(path).read_bytes()
+            self.assets[name] = (data, content_type, hashlib.sha256(data).hexdigest()[:16])
+        return self.assets[name]
 
     def on_get(self, req, resp):
-        # NOTE: read on first use, so a packaging slip costs the page, never the whole app.
         if self.page is None:
             self.page = resources.files('crmapi').joinpath('docs.html').read_bytes()
+        # NOTE: relative URLs, so a proxy may mount the app anywhere. They resolve against the page URL's
+        # last segment: `/api/docs` needs `docs/assets/`, `/api/docs/` (the same route) `assets/`.
+        base = 'assets/' if req.env.get('PATH_INFO', '').endswith('/') else 'docs/assets/'
+
+        def url(match):
+            name = match.group(1).decode()
+            return f'{base}{name}?v={self.asset(name)[2]}'.encode()
+
         resp.content_type = 'text/html; charset=utf-8'
-        resp.data = self.page
+        resp.data = self.ASSET_REF.sub(url, self.page)
+        resp.cache_control = ['no-cache']
+        resp.set_header('Content-Security-Policy', self.CSP)
+        resp.set_header('X-Content-Type-Options', 'nosniff')
+        resp.set_header('Referrer-Policy', 'no-referrer')
+
+    def on_get_asset(self, req, resp, name):
+        if name not in self.ASSETS:
+            raise NotFound('The docs page has no such asset')
+        data, content_type, _ = self.asset(name)
+        resp.content_type = content_type
+        resp.data = data
+        resp.cache_control = self.ASSET_CACHE
+        resp.set_header('X-Content-Type-Options', 'nosniff')

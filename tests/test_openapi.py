@@ -1,10 +1,21 @@
 """The OpenAPI document is valid 3.1, generated from the live schema, and scoped to the caller."""
+import configparser
+import fnmatch
+import hashlib
+import json
 import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
+import webtest
 from openapi_spec_validator import validate
 
+import crmapi
 from conftest import assert_problem
+from crmapi.openapi import Docs
 from crmapi.schema import BUILTIN
 
 KIND_TYPES = {'text': 'string', 'integer': 'integer', 'number': 'number', 'boolean': 'boolean',
@@ -193,10 +204,107 @@ def test_docs_page_is_served_without_a_token(anonymous):
     assert '<title>' in resp.text
 
 
+ASSET_REF = re.compile(r'<(?:script|link)\b[^>]*\s(?:src|href)="([^"]*)"', re.IGNORECASE)
+
+
+def page_assets(page):
+    """The URLs the page loads, as written in it (the icon is an empty data: URL)."""
+    return [url for url in ASSET_REF.findall(page) if url != 'data:,']
+
+
 def test_docs_page_fetches_nothing_from_the_internet(anonymous):
     page = anonymous.get('/api/docs').text
-    assert not re.search(r'https?://|//[a-z0-9.-]+\.[a-z]{2,}/', page, re.I), 'no external URL'
-    assert not re.search(r'<(script|img|iframe)[^>]*\ssrc=|<link[^>]*\shref=|@import', page, re.I)
-    # Relative to the page, so the app may be mounted under a prefix.
-    assert "new URL('openapi.json', window.location.href)" in page
-    assert "'Bearer ' + token" in page
+    assert not re.search(r'https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import', page, re.IGNORECASE), 'no external URL'
+    # Relative to the page (`docs/assets/...` from /api/docs), so the app may be mounted under a prefix.
+    assert {url.split('?')[0] for url in page_assets(page)} == {
+        'docs/assets/swagger-ui.css', 'docs/assets/swagger-ui-bundle.js', 'docs/assets/docs.js'}
+
+
+@pytest.mark.parametrize('mount, path', [('', '/api/docs'), ('', '/api/docs/'), ('/crm', '/api/docs'),
+                                         ('/crm', '/api/docs/')])
+def test_docs_assets_load_from_the_page_under_any_mount_point(wsgi_app, mount, path):
+    app = webtest.TestApp(wsgi_app, extra_environ={'SCRIPT_NAME': mount})
+    page_url = f'http://localhost{mount}{path}'
+    for url in page_assets(app.get(page_url).text):
+        resp = app.get(urljoin(page_url, url))
+        assert resp.content_type in ('text/css', 'text/javascript'), url
+        assert resp.headers['Cache-Control'] == 'public, max-age=31536000, immutable'
+        assert resp.headers['X-Content-Type-Options'] == 'nosniff'
+
+
+def test_docs_asset_urls_change_with_their_content(anonymous):
+    """Each URL carries its file's digest, so a year of caching never serves a stale viewer."""
+    for url in page_assets(anonymous.get('/api/docs').text):
+        name, _, version = url.rpartition('/')[2].partition('?v=')
+        assert version == hashlib.sha256(anonymous.get(f'/api/docs/assets/{name}').body).hexdigest()[:16]
+
+
+def test_docs_page_allows_scripts_from_its_own_origin_only(anonymous):
+    resp = anonymous.get('/api/docs')
+    csp = dict(d.strip().split(' ', 1) for d in resp.headers['Content-Security-Policy'].split(';'))
+    assert csp['default-src'] == "'none'" and csp['script-src'] == "'self'" and csp['connect-src'] == "'self'"
+    assert 'unsafe' not in resp.headers['Content-Security-Policy']
+    assert csp['frame-ancestors'] == "'none'"
+    # No inline script, style or event handler: the CSP would block them.
+    assert not re.search(r'<script(?![^>]*\ssrc=)[^>]*>|<style|\sstyle=|\son[a-z]+=', resp.text, re.IGNORECASE)
+    assert resp.headers['Cache-Control'] == 'no-cache'
+
+
+@pytest.mark.parametrize('name', ['nope.js', 'docs.html', 'LICENSE', 'swagger-ui.js', 'swagger-ui-bundle.js.map'])
+def test_only_the_docs_pages_own_assets_are_served(anonymous, name):
+    assert_problem(anonymous.get(f'/api/docs/assets/{name}', status=404), 404)
+
+
+@pytest.mark.parametrize('path', ['..%2Fdocs.html', '..%2F..%2Fopenapi.py', '%2e%2e/swagger-ui/LICENSE'])
+def test_no_path_reaches_another_file_of_the_package(anonymous, path):
+    resp = anonymous.get(f'/api/docs/assets/{path}', status='*')
+    assert resp.status_int in (401, 404) and resp.content_type == 'application/problem+json'
+
+
+def test_the_vendored_viewer_is_shipped_in_the_package_with_its_license():
+    """setup.cfg's package_data covers every asset and the viewer's license and version note."""
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).parent.parent / 'setup.cfg')
+    patterns = [p.strip() for p in config['options.package_data']['crmapi'].split(',')]
+    shipped = [path for path, _ in Docs.ASSETS.values()] + [
+        'docs.html', 'static/swagger-ui/LICENSE', 'static/swagger-ui/NOTICE', 'static/swagger-ui/VERSION',
+        'static/swagger-ui/swagger-ui-bundle.js.LICENSE.txt']
+    package = Path(crmapi.__file__).parent
+    for path in shipped:
+        assert (package / path).is_file(), path
+        assert any(fnmatch.fnmatch(path, p) for p in patterns), path
+    assert re.match(r'swagger-ui-dist \d+\.\d+\.\d+ ', (package / 'static/swagger-ui/VERSION').read_text())
+
+def docs_page_examples(doc):
+    """The document as the docs page shows it: docs.js's addExamples run under Node."""
+    node = shutil.which('node')
+    if node is None:
+        pytest.fail('Node.js is needed to run the docs page script (it is on every machine make test runs on)')
+    script = Path(crmapi.__file__).parent / 'static' / 'docs.js'
+    code = (f'const {{addExamples}} = require({json.dumps(str(script))});'
+            "process.stdout.write(JSON.stringify(addExamples(JSON.parse(require('fs').readFileSync(0, 'utf8')))))")
+    out = subprocess.run([node, '-e', code], input=json.dumps(doc), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def body_example(doc, path, method):
+    return doc['paths'][path][method]['requestBody']['content']['application/json']['example']
+
+
+def test_docs_page_starts_every_create_and_update_from_an_example_the_api_accepts(api):
+    """Try it out sends these as they are; only an id to fill in (`<id of ...>`) may stand in the way."""
+    api.post('/api/custom_objects', PROJECT)
+    doc = docs_page_examples(document(api))
+    tried = set()
+    for path, item in doc['paths'].items():
+        if 'post' not in item or '{' in path or '<' in json.dumps(body_example(doc, path, 'post')):
+            continue
+        created = api.post(path, body_example(doc, path, 'post')).json
+        tried.add(path)
+        if f'{path}/{{id}}' in doc['paths'] and 'put' in doc['paths'][f'{path}/{{id}}']:
+            api.put(f"{path}/{created['id']}", body_example(doc, f'{path}/{{id}}', 'put'))
+    assert {'/api/contacts', '/api/companies', '/api/deals', '/api/projects', '/api/custom_objects'} <= tried
+    listing = {p['name']: p for p in doc['paths']['/api/contacts']['get']['parameters']}
+    assert listing['filter']['content']['application/json']['example'] == {}
+    api.get('/api/contacts', {'filter': {}, 'filters': [], 'sorts': []})
