@@ -25,11 +25,14 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 # Debian packages run for real: PostgreSQL's server binaries (the tests start their own server
-# from them), nginx (in front of gunicorn in tests/test_deploy.py) and wrk (make bench).
+# from them), nginx (in front of gunicorn in tests/test_deploy.py), wrk (make bench), and for the
+# scale-out tests PgBouncer and iproute2 (network namespaces in tests/test_cluster.py).
 system-packages:
 	@missing=; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	test -x /usr/sbin/pgbouncer || missing="$$missing pgbouncer"; \
+	test -x /usr/sbin/ip || test -x /sbin/ip || test -x /usr/bin/ip || missing="$$missing iproute2"; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (apt-get)"; \
