@@ -25,14 +25,17 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 # Debian packages run for real: PostgreSQL's server binaries (the tests start their own server
-# from them), nginx (in front of gunicorn in tests/test_deploy.py), wrk (make bench) and Chromium
+# from them), nginx (in front of gunicorn in tests/test_deploy.py), wrk (make bench), Chromium
 # (the docs page in a real browser, tests/test_docs_browser.py, driven by the test extras' Playwright;
-# never `playwright install`, whose own browser download is not used).
+# never `playwright install`, whose own browser download is not used), and for the scale-out tests
+# PgBouncer and iproute2 (network namespaces in tests/test_cluster.py).
 system-packages:
 	@missing=; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	test -x /usr/sbin/pgbouncer || missing="$$missing pgbouncer"; \
+	test -x /usr/sbin/ip || test -x /sbin/ip || test -x /usr/bin/ip || missing="$$missing iproute2"; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (apt-get)"; \

@@ -20,6 +20,7 @@ from .accounts import Accounts
 from .config import Settings
 from .custom import CustomObjects
 from .db import connect
+from .db import parse_read_after
 from .errors import CrmError
 from .errors import InvalidParam
 from .errors import Unauthorized
@@ -35,16 +36,28 @@ from .store import Store
 log = logging.getLogger('crmapi')
 PROBLEM_JSON = 'application/problem+json'
 EXPOSED_HEADERS = ('Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied, Retry-After, '
-                   'Content-Disposition, X-Upsert-Result, '
+                   'Content-Disposition, X-Upsert-Result, X-Read-After, '
                    'RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy')
-ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID'
+ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID, X-Read-After'
+READ_AFTER_COOKIE = 'crmapi_read_after'
+SAFE_METHODS = frozenset({'GET', 'HEAD'})
 ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS'
+
+
+class Health(api.Health):
+    """`/healthz` and `/readyz`; readiness also reports each read replica's lag (never its URL)."""
+
+    def on_get_ready(self, req, resp):
+        super().on_get_ready(req, resp)
+        replicas = self.db.replica_status(wait=1.0)
+        if replicas:
+            resp.media['replicas'] = replicas
 
 
 PUBLIC, OPTIONAL, PRIVATE = 'public', 'optional', 'private'
 # Who may call each resource: anyone (PUBLIC), anyone but a token narrows the answer (OPTIONAL).
 # Every resource not named here, and every unrouted /api path, is PRIVATE: refuse by default.
-ACCESS = {api.Health: PUBLIC, openapi.Docs: PUBLIC, openapi.OpenAPI: OPTIONAL}
+ACCESS = {api.Health: PUBLIC, Health: PUBLIC, openapi.Docs: PUBLIC, openapi.OpenAPI: OPTIONAL}
 # The resource each write lands in, so that it is authorized before the handler runs.
 WRITES_TO = {api.Records: lambda params: params['resource'], api.MergeContacts: lambda params: 'contacts'}
 WRITE_METHODS = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
@@ -103,6 +116,38 @@ class AuthMiddleware:
         if decision is not None:
             for name, value in decision.headers().items():
                 resp.set_header(name, value)
+
+
+class ReadRouting:
+    """Where a request's reads go (read replicas, read-your-writes), after AuthMiddleware.
+
+    Authentication reads the primary: a token revoked on any host is refused on the next request.
+    After it, a GET or HEAD may read from a replica, as fresh as the `X-Read-After` token (header or
+    cookie) it presents; every other request reads and writes the primary. A request that wrote
+    answers with the primary's position as that token, for the client's next reads.
+
+    NOTE: a read request looks up custom-object definitions on the same server as their records, so
+    the two agree (a definition newer than that server's table would name columns it lacks); a write
+    request looks them up on the primary, where its DDL and rows go.
+    """
+
+    def __init__(self, db):
+        self.db = db
+
+    def process_request(self, req, resp):
+        tokens = [parse_read_after(t) for t in (req.get_header('X-Read-After'), req.cookies.get(READ_AFTER_COOKIE))]
+        self.db.begin_request(max((t for t in tokens if t is not None), default=None))
+
+    def process_resource(self, req, resp, resource, params):
+        if req.method in SAFE_METHODS:
+            self.db.allow_replica_reads()
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        token = self.db.end_request(token=req.method in WRITE_METHODS)
+        if token is not None:
+            resp.set_header('X-Read-After', token)
+            resp.set_cookie(READ_AFTER_COOKIE, token, path='/', http_only=True, same_site='Lax',
+                            secure=req.scheme == 'https')
 
 
 class NoRoute:
@@ -272,12 +317,14 @@ class DeferredApp:
 def create_app(settings=None, db=None):
     """Build the WSGI callable. Pass `db` (a crmapi.db.Database) to share or inject one in tests."""
     settings = settings or Settings.from_env()
-    db = db or connect(settings.database_url)
+    db = db or connect(settings.database_url, settings.database_read_urls, settings.pgbouncer)
     if hasattr(db, 'synchronous'):
         db.synchronous = settings.sqlite_synchronous
     if hasattr(db, 'pool_args'):
         db.pool_args.update(max_size=settings.pool_max_size, timeout=settings.pool_timeout_s)
     db.statement_timeout_ms = settings.statement_timeout_ms
+    if hasattr(db, 'max_lag_ms'):
+        db.max_lag_ms = settings.replica_max_lag_ms
     try:
         return build_app(settings, db)
     except Unavailable:
@@ -293,7 +340,7 @@ def build_app(settings, db):
         enable_access_log()
     limiter = TokenBuckets(*settings.rate_limit) if settings.rate_limit else None
     auth = AuthMiddleware(Accounts(db), store, limiter)
-    middleware = [RequestLog(), CorsMiddleware(settings.cors_origins), auth]
+    middleware = [RequestLog(), CorsMiddleware(settings.cors_origins), auth, ReadRouting(db)]
     app = App(middleware=middleware)
     json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
     app.resp_options.media_handlers.update({'application/json': json_handler, PROBLEM_JSON: json_handler})
@@ -302,7 +349,7 @@ def build_app(settings, db):
     idempotency = Idempotency(db, catalog, store.clock)
     records = api.Records(store, limits, settings.max_body_bytes, idempotency, server_secret(settings, db),
                           settings.max_import_bytes)
-    health = api.Health(db)
+    health = Health(db)
     app.add_route('/healthz', health)
     app.add_route('/health', health)
     app.add_route('/readyz', health, suffix='ready')

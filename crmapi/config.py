@@ -1,5 +1,6 @@
 """Settings from CRMAPI_* environment variables, in one frozen value."""
 import os
+import re
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -31,6 +32,36 @@ def _origins(raw):
     return tuple(o.strip() for o in raw.split(',') if o.strip())
 
 
+def _read_urls(raw):
+    """CRMAPI_DATABASE_READ_URLS: PostgreSQL URLs separated by commas.
+
+    NOTE: a libpq URL may itself hold commas (`postgresql://h1:5432,h2:5432/crm`), so the list is cut
+    only before a scheme. The URLs are never echoed: they may carry passwords.
+    """
+    urls = tuple(u.strip() for u in re.split(r',\s*(?=postgres(?:ql)?://)', raw.strip()) if u.strip())
+    for index, url in enumerate(urls, 1):
+        if not url.startswith(('postgresql://', 'postgres://')):
+            raise ValueError(f'CRMAPI_DATABASE_READ_URLS: URL {index} is not a postgresql:// URL')
+    return urls
+
+
+def _flag(name):
+    def parse(raw):
+        value = raw.strip().lower()
+        if value not in ('1', 'true', 'yes', '0', 'false', 'no'):
+            raise ValueError(f'{name} is 1 or 0, not {raw!r}')
+        return value in ('1', 'true', 'yes')
+    return parse
+
+
+def _milliseconds(name):
+    def parse(raw):
+        if not raw.strip().isdigit():
+            raise ValueError(f'{name} is a whole number of milliseconds, not {raw!r}')
+        return int(raw)
+    return parse
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = 'sqlite:///crm.db'
@@ -47,6 +78,9 @@ class Settings:
     sqlite_synchronous: str = 'FULL'
     secret_key: str = ''        # signs cursors; empty: a random key kept in the database (server_secrets)
     rate_limit: tuple = None        # (requests, seconds) per API token and process; None: no limit
+    database_read_urls: tuple = ()  # read replicas of database_url (PostgreSQL streaming replicas)
+    replica_max_lag_ms: int = 2000  # a replica further behind the primary than this is not read from
+    pgbouncer: bool = False         # connections go through PgBouncer in transaction pooling mode
     extra: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self):
@@ -70,6 +104,10 @@ class Settings:
             sqlite_synchronous=_env('CRMAPI_SQLITE_SYNCHRONOUS', cls.sqlite_synchronous, _synchronous),
             secret_key=_env('CRMAPI_SECRET_KEY', cls.secret_key, _secret),
             rate_limit=_env('CRMAPI_RATE_LIMIT', cls.rate_limit, parse_rate),
+            database_read_urls=_env('CRMAPI_DATABASE_READ_URLS', cls.database_read_urls, _read_urls),
+            replica_max_lag_ms=_env('CRMAPI_REPLICA_MAX_LAG_MS', cls.replica_max_lag_ms,
+                                    _milliseconds('CRMAPI_REPLICA_MAX_LAG_MS')),
+            pgbouncer=_env('CRMAPI_PGBOUNCER', cls.pgbouncer, _flag('CRMAPI_PGBOUNCER')),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

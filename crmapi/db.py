@@ -3,12 +3,20 @@
 `db.transaction(write=...)` yields a Tx with `rows`, `one` and `execute`; driver errors become
 CrmErrors here, so nothing above this module knows which driver runs. Connections are opened
 lazily in the process that uses them (never inherited across gunicorn's fork).
+
+PostgreSQL may have read replicas: a read outside any write transaction, in a request that allows it
+(`begin_request` / `allow_replica_reads`), goes to a replica caught up enough; everything else goes to
+the primary. With `pgbouncer`, no session state is kept (PgBouncer's transaction pooling).
 """
+import collections
 import contextlib
 import datetime as dt
+import functools
+import itertools
 import json
 import math
 import os
+import re
 
 import orjson
 import sqlite3
@@ -23,6 +31,7 @@ from . import sqlbuild
 from . import values
 from .errors import BadRequest
 from .errors import Conflict
+from .errors import CrmError
 from .errors import InvalidValue
 from .errors import PayloadTooLarge
 from .errors import Unavailable
@@ -72,6 +81,20 @@ class Database:
                     row[i] = f(row[i])
             return row
         return read
+
+    # NOTE: read replicas are PostgreSQL's (PostgresDatabase); elsewhere every read is the one database's.
+    def begin_request(self, read_after=None):
+        """A request starts on this thread (see PostgresDatabase.begin_request)."""
+
+    def allow_replica_reads(self):
+        """The rest of this request only reads."""
+
+    def end_request(self, token=True):
+        """The request is over: its read-after token, when there is one."""
+        return None
+
+    def replica_status(self, wait=0.0):
+        return []
 
 
 # -- SQLite ----------------------------------------------------------------------------------------
@@ -283,9 +306,243 @@ def _pg_adapt(kind, value):
 
 IDLE = 0  # psycopg.pq.TransactionStatus.IDLE, without importing psycopg for SQLite users
 
+# Where the primary's WAL ends now, and how far a replica has replayed it: byte positions (LSNs) as integers.
+PRIMARY_LSN = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+REPLICA_LSN = "SELECT pg_is_in_recovery(), pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint"
+SET_LOCAL_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
+SERVER_TIMEOUT = "SELECT setting::int FROM pg_settings WHERE name = 'statement_timeout'"
+MONITOR_INTERVAL_S = 0.5    # how often each process looks at the primary's and each replica's position
+MONITOR_STALE_S = 2.0       # a replica not seen for this long (hung, unreachable) is not read from
+REPLICA_RETRY_S = 5.0       # a replica that failed a read is skipped for this long
+REPLICA_WAIT_S = 1.0        # the longest a read waits for a replica's pooled connection before the primary
+MONITOR_CONNECT_TIMEOUT_S = 2
+_TOKEN = re.compile(r'[0-9a-f]{1,16}\Z')
+_NOT_YET = object()         # a request's replica, not chosen yet
+
+
+def read_after_token(lsn):
+    """The opaque `X-Read-After` token of a WAL position."""
+    return format(lsn, 'x')
+
+
+def parse_read_after(token):
+    """The WAL position a client's token names; anything unreadable is the end of time (the primary).
+
+    NOTE: the token is a hint a client sends back; a damaged one must never make a read less fresh.
+    """
+    token = (token or '').strip().lower()
+    if not token:
+        return None
+    return int(token, 16) if _TOKEN.match(token) else math.inf
+
+
+class _Request:
+    """What one request of this thread asked for: how fresh its reads must be, and where they go."""
+
+    __slots__ = ('read_after', 'replica_ok', 'replica', 'wrote')
+
+    def __init__(self, read_after=None):
+        self.read_after = read_after
+        self.replica_ok = False     # set once the caller is authenticated, for requests that only read
+        self.replica = _NOT_YET     # chosen at the first read, then kept: one request, one server
+        self.wrote = False
+
+
+class Replica:
+    """One read replica: its URL (never shown) and what this process last saw of it."""
+
+    def __init__(self, name, url):
+        self.name, self.url = name, url
+        self.seen_at = None         # monotonic time of the last successful look
+        self.replay_lsn = None
+        self.lag_ms = None
+        self.in_recovery = None
+        self.failed_until = 0.0
+        self.problem = 'not checked yet'
+
+    def observe(self, in_recovery, replay_lsn, lag_ms, now):
+        self.in_recovery, self.replay_lsn, self.lag_ms, self.seen_at = in_recovery, replay_lsn, lag_ms, now
+        self.problem = None
+
+    def unreachable(self):
+        self.seen_at, self.problem = None, 'unreachable'
+
+    def failed(self, now):
+        self.failed_until = now + REPLICA_RETRY_S
+
+    def unusable(self, now, max_lag_ms, read_after=None):
+        """Why reads may not go here now (a short phrase), or None."""
+        # NOTE: each field read once: the monitor thread may change them meanwhile.
+        seen, lag, replay = self.seen_at, self.lag_ms, self.replay_lsn
+        if seen is None or now - seen > MONITOR_STALE_S:
+            return self.problem or 'not answering'
+        if not self.in_recovery:
+            return 'not a replica (promoted?)'
+        if lag is None:
+            return 'lag unknown'
+        if lag > max_lag_ms:
+            return 'lagging'
+        if now < self.failed_until:
+            return 'failed a read'
+        if read_after is not None and (replay is None or replay < read_after):
+            return 'behind the request'
+        return None
+
+
+class _Monitor:
+    """This process's view of replication: the primary's WAL position and each replica's replay position,
+    every MONITOR_INTERVAL_S, each looked at on its own connection and thread (a hung server stalls only
+    its own thread, and its replica then goes stale).
+
+    A replica's lag is the age of the oldest primary position it has not replayed: 0 when it has replayed
+    everything the primary had, however long ago the last write was (an idle primary is not a lag).
+    """
+
+    def __init__(self, db):
+        self.db = db
+        self.stop = threading.Event()
+        self.samples = collections.deque(maxlen=int(120 / MONITOR_INTERVAL_S))
+        self.first = threading.Event()
+        targets = [('primary', db.url, self._primary, lambda exc: None)]
+        targets += [(r.name, r.url, functools.partial(self._replica, r), lambda exc, r=r: r.unreachable())
+                    for r in db.replicas]
+        self.threads = [threading.Thread(target=self._watch, args=target[1:], name=f'crmapi-monitor-{target[0]}',
+                                         daemon=True) for target in targets]
+        for thread in self.threads:
+            thread.start()
+
+    def _watch(self, url, observe, fail):
+        import psycopg
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg.connect(url, autocommit=True, connect_timeout=MONITOR_CONNECT_TIMEOUT_S,
+                                           **self.db.connect_kwargs())
+                observe(conn)
+            except Exception:  # noqa: BLE001 - any failure means: not usable until the next good look
+                fail(None)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
+            self.stop.wait(MONITOR_INTERVAL_S)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _primary(self, conn):
+        (lsn,) = conn.execute(PRIMARY_LSN).fetchone()
+        self.samples.append((time.monotonic(), lsn))
+
+    def _replica(self, replica, conn):
+        in_recovery, replay = conn.execute(REPLICA_LSN).fetchone()
+        now = time.monotonic()
+        lag = self.lag_ms(replay, now)
+        replica.observe(bool(in_recovery), replay, lag, now)
+        if lag is not None:
+            self.first.set()
+
+    def lag_ms(self, replay, now):
+        """How long ago the primary first stood past `replay`: 0 when no sample is past it; None while
+        the primary has never been seen."""
+        samples = list(self.samples)
+        if not samples or replay is None:
+            return None
+        for at, lsn in samples:
+            if lsn > replay:
+                return round((now - at) * 1000)
+        return 0
+
+    def close(self):
+        self.stop.set()
+
+
+def _replica_fault(exc):
+    """(usable, retry elsewhere) for an error a replica raised: whether the replica itself is at fault
+    (unreachable, shutting down: skip it for a while), and whether the statement should run on the primary.
+
+    NOTE: a replica that has not yet replayed a schema change (a custom object defined a moment ago)
+    answers "undefined table/column", and one replaying a conflicting change cancels a read (40001):
+    the primary answers both. A statement timeout is not retried: the query would only run twice.
+    """
+    import psycopg
+    from psycopg_pool import PoolTimeout
+    if isinstance(exc, PoolTimeout):
+        return False, True
+    if not isinstance(exc, psycopg.Error):
+        return True, False
+    sqlstate = exc.sqlstate or ''
+    if not sqlstate:
+        return (False, True) if isinstance(exc, psycopg.OperationalError) else (True, False)
+    if sqlstate[:2] in ('08', '53') or sqlstate in ('57P01', '57P02', '57P03'):
+        return False, True
+    return True, sqlstate in ('42P01', '42703', '40001')
+
+
+class _ReadTx(Tx):
+    """A read: statement by statement on one connection (with PgBouncer and no server-wide timeout, in a
+    transaction that carries the timeout). On a replica, a statement the replica cannot answer runs again
+    on the primary, which then serves the rest of the request."""
+
+    def __init__(self, db, stack, conn, replica):
+        super().__init__(conn.cursor())
+        self.db, self.stack, self.conn, self.replica = db, stack, conn, replica
+        self.open = False
+
+    def begin(self):
+        if self.db.needs_local_timeout(self.conn):
+            self.conn.execute('BEGIN')
+            self.db.set_local_timeout(self.conn)
+            self.open = True
+
+    def end(self, committing):
+        """Close the transaction `begin` opened; a write joined into it is committed with it."""
+        if self.open:
+            self.open = False
+            if committing:
+                self.conn.execute('COMMIT')
+            elif not self.conn.closed:
+                with contextlib.suppress(Exception):
+                    self.conn.execute('ROLLBACK')
+
+    def rows(self, sql, params=()):
+        return self._run(Tx.rows, sql, params)
+
+    def one(self, sql, params=()):
+        return self._run(Tx.one, sql, params)
+
+    def execute(self, sql, params=()):
+        return self._run(Tx.execute, sql, params)
+
+    def _run(self, method, sql, params):
+        if self.replica is None:
+            return method(self, sql, params)
+        try:
+            return method(self, sql, params)
+        except Exception as exc:
+            usable, elsewhere = _replica_fault(exc)
+            if not elsewhere:
+                raise
+            self.to_primary(usable)
+        return method(self, sql, params)
+
+    def to_primary(self, replica_usable):
+        """Leave the replica for the primary, for this statement and the rest of the request."""
+        self.end(committing=False)
+        self.db.replica_failed(self.replica, replica_usable)
+        self.replica = None
+        self.conn = self.stack.enter_context(self.db.pool().connection())
+        self.cursor = self.conn.cursor()
+        self.begin()
+
 
 class PostgresDatabase(Database):
-    """The production engine: a psycopg 3 pool per process, connections checked before use."""
+    """The production engine: a psycopg 3 pool per process, connections checked before use.
+
+    With read replicas, a read outside any write transaction, in a request that allows it (see
+    `begin_request`), goes to a replica that is caught up enough; everything else goes to the primary.
+    """
 
     name = 'postgresql'
     readers = {
@@ -294,15 +551,28 @@ class PostgresDatabase(Database):
         'timestamp': values.format_timestamp,
     }
 
-    def __init__(self, url, min_size=1, max_size=4, timeout=10.0, statement_timeout_ms=15_000):
+    def __init__(self, url, min_size=1, max_size=4, timeout=10.0, statement_timeout_ms=15_000, read_urls=(),
+                 max_lag_ms=2000, pgbouncer=False):
         self.url = url
         self.pool_args = dict(min_size=min_size, max_size=max_size, timeout=timeout)
         self.statement_timeout_ms = statement_timeout_ms
+        self.max_lag_ms = max_lag_ms
+        self.pgbouncer = pgbouncer
+        self.replicas = [Replica(f'replica{i}', u) for i, u in enumerate(read_urls, 1)]
         self.dialect = sqlbuild.postgres_dialect(_pg_adapt)
-        self._pool, self._pid = None, None
+        self._pools, self._pid, self._monitor = {}, None, None
         self._lock = threading.Lock()
         self._local = threading.local()
         self._last_used = weakref.WeakKeyDictionary()
+        self._server_timeout = weakref.WeakKeyDictionary()
+        self._turn = itertools.count()
+
+    # -- connections -------------------------------------------------------------------------------
+
+    def connect_kwargs(self):
+        # NOTE: PgBouncer in transaction pooling mode hands each transaction a server connection of its
+        # own choosing: a statement prepared on one is unknown on the next.
+        return {'prepare_threshold': None} if self.pgbouncer else {}
 
     def _configure(self, conn):
         from psycopg.types.json import set_json_loads
@@ -310,8 +580,29 @@ class PostgresDatabase(Database):
         # NOTE: reads run statement by statement (no BEGIN/COMMIT round trips); every write
         # opens a real transaction in transaction() below.
         conn.autocommit = True
-        conn.execute(f'SET statement_timeout = {int(self.statement_timeout_ms)}')
+        # NOTE: PgBouncer keeps a client's TimeZone (a parameter it tracks) across server connections.
         conn.execute("SET TIME ZONE 'UTC'")
+        if self.pgbouncer:
+            # NOTE: ... but not statement_timeout: a session SET would stay on a shared server connection (other
+            # clients get it, we lose it). The server's own default is used when it is ours, else SET LOCAL.
+            self._server_timeout[conn] = conn.execute(SERVER_TIMEOUT).fetchone()[0]
+        else:
+            conn.execute(f'SET statement_timeout = {int(self.statement_timeout_ms)}')
+
+    def needs_local_timeout(self, conn):
+        """Whether statements on `conn` get the statement timeout only from a SET LOCAL (PgBouncer)."""
+        return self.pgbouncer and self._server_timeout.get(conn) != self.statement_timeout_ms
+
+    def set_local_timeout(self, conn):
+        conn.execute(SET_LOCAL_TIMEOUT, (str(int(self.statement_timeout_ms)),))
+
+    @contextlib.contextmanager
+    def _transaction_block(self, conn):
+        """A real transaction on `conn`, with the statement timeout set for it when PgBouncer needs that."""
+        with conn.transaction():
+            if self.needs_local_timeout(conn):
+                self.set_local_timeout(conn)
+            yield
 
     def _check(self, conn):
         """Ping a pooled connection before use unless it served a request within the last second:
@@ -321,55 +612,205 @@ class PostgresDatabase(Database):
             from psycopg_pool import ConnectionPool
             ConnectionPool.check_connection(conn)
 
-    def pool(self):
+    def _pool_of(self, url):
         if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
+                    # NOTE: a forked child starts afresh: pools and monitor threads do not survive a fork.
+                    self._pools, self._monitor, self._pid = {}, None, os.getpid()
+        pool = self._pools.get(url)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(url)
+                if pool is None:
                     from psycopg_pool import ConnectionPool
-                    self._pool = ConnectionPool(
-                        self.url, configure=self._configure, check=self._check, open=True, **self.pool_args)
-                    self._pid = os.getpid()
-        return self._pool
+                    pool = self._pools[url] = ConnectionPool(
+                        url, configure=self._configure, check=self._check, kwargs=self.connect_kwargs(), open=True,
+                        **self.pool_args)
+        return pool
+
+    def pool(self):
+        """The primary's pool."""
+        return self._pool_of(self.url)
+
+    # -- requests and replicas ---------------------------------------------------------------------
+
+    def begin_request(self, read_after=None):
+        """A request starts on this thread: reads go to the primary until `allow_replica_reads`; with
+        `read_after` (a WAL position, see parse_read_after), a replica only once it has replayed that far."""
+        self._local.request = _Request(read_after)
+
+    def allow_replica_reads(self):
+        """The rest of this request only reads: its reads may go to a replica."""
+        request = getattr(self._local, 'request', None)
+        if request is not None and self.replicas:
+            request.replica_ok = True
+
+    def end_request(self, token=True):
+        """The request is over: its `X-Read-After` token when it wrote (and `token`) and replicas are in use."""
+        request, self._local.request = getattr(self._local, 'request', None), None
+        if not (token and request is not None and request.wrote and self.replicas):
+            return None
+        try:
+            with self.transaction() as tx:
+                return read_after_token(tx.one(PRIMARY_LSN)[0])
+        except CrmError:
+            return None  # NOTE: the write is done; only the hint for the next read is missing
+
+    def _monitoring(self):
+        self._pool_of(self.url)  # NOTE: also resets the monitor after a fork
+        if self._monitor is None:
+            with self._lock:
+                if self._monitor is None:
+                    self._monitor = _Monitor(self)
+        return self._monitor
+
+    def _read_replica(self):
+        """The replica this thread's read may use now, or None for the primary."""
+        request = getattr(self._local, 'request', None)
+        if request is None or not request.replica_ok:
+            return None
+        if request.replica is _NOT_YET:
+            self._monitoring()
+            now = time.monotonic()
+            usable = [r for r in self.replicas if r.unusable(now, self.max_lag_ms, request.read_after) is None]
+            request.replica = usable[next(self._turn) % len(usable)] if usable else None
+        return request.replica
+
+    def replica_failed(self, replica, usable=False):
+        """A read left `replica` for the primary; unless it is still `usable`, skip it for a while."""
+        if not usable:
+            replica.failed(time.monotonic())
+        request = getattr(self._local, 'request', None)
+        if request is not None:
+            request.replica = None
+
+    def replica_status(self, wait=0.0):
+        """Each replica's name, lag and whether reads use it: for /readyz (never a URL)."""
+        if not self.replicas:
+            return []
+        self._monitoring().first.wait(wait)
+        now = time.monotonic()
+        report = []
+        for replica in self.replicas:
+            problem = replica.unusable(now, self.max_lag_ms)
+            report.append({'name': replica.name, 'lag_ms': None if replica.seen_at is None else replica.lag_ms,
+                           'in_use': problem is None, **({'problem': problem} if problem else {})})
+        return report
+
+    # -- transactions --------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def transaction(self, write=False):
         """A transaction for writes (a plain connection for reads); inside another one on this
-        thread, the same connection, and a write inside a read still gets its transaction."""
-        current = getattr(self._local, 'conn', None)
-        if current is not None:
-            if write and current.info.transaction_status == IDLE:
-                with current.transaction():
-                    yield Tx(current.cursor())
+        thread, the same connection, and a write inside a read still gets its transaction (on the
+        primary: a write inside a replica's read gets a transaction of its own there)."""
+        local = self._local
+        current = getattr(local, 'tx', None)
+        if current is not None and not (write and getattr(current, 'replica', None) is not None):
+            if write and current.conn.info.transaction_status == IDLE:
+                with self._transaction_block(current.conn):
+                    yield current
             else:
-                yield Tx(current.cursor())
+                yield current
+            if write:
+                self._wrote()
             return
-        with translate_errors():
-            with self.pool().connection() as conn:
-                self._local.conn = conn
+        with translate_errors(), contextlib.ExitStack() as stack:
+            tx = self._begin(stack, write)
+            local.tx = tx
+            try:
+                if write:
+                    with self._transaction_block(tx.conn):
+                        yield tx
+                    self._wrote()
+                else:
+                    try:
+                        yield tx
+                    except BaseException:
+                        tx.end(committing=False)
+                        raise
+                    tx.end(committing=True)
+                self._last_used[tx.conn] = time.monotonic()
+            finally:
+                local.tx = current
+
+    def _begin(self, stack, write):
+        """The Tx of a new transaction: on a replica when this read may use one and it answers, else the primary."""
+        replica = None if write else self._read_replica()
+        if replica is not None:
+            try:
+                conn = stack.enter_context(self._pool_of(replica.url).connection(timeout=REPLICA_WAIT_S))
+            except Exception as exc:  # noqa: BLE001 - a pool timeout or a failed connection
+                if not _replica_fault(exc)[1]:
+                    raise
+                self.replica_failed(replica)
+            else:
+                tx = _ReadTx(self, stack, conn, replica)
                 try:
-                    if write:
-                        with conn.transaction():
-                            yield Tx(conn.cursor())
-                    else:
-                        yield Tx(conn.cursor())
-                    self._last_used[conn] = time.monotonic()
-                finally:
-                    self._local.conn = None
+                    tx.begin()
+                except Exception as exc:  # noqa: BLE001
+                    if not _replica_fault(exc)[1]:
+                        raise
+                    tx.to_primary(False)
+                return tx
+        conn = stack.enter_context(self.pool().connection())
+        if write:
+            tx = Tx(conn.cursor())
+            tx.conn, tx.replica = conn, None
+            return tx
+        tx = _ReadTx(self, stack, conn, None)
+        tx.begin()
+        return tx
+
+    def _wrote(self):
+        request = getattr(self._local, 'request', None)
+        if request is not None:
+            request.wrote = True
 
     def stream(self, sql, params, batch=500):
-        """Rows of one query through a server-side cursor: memory stays flat however many rows."""
-        with translate_errors(), self.pool().connection() as conn:
-            with conn.transaction():
-                with conn.cursor(name='crmapi_export') as cursor:
-                    cursor.execute(sql, params)
-                    while rows := cursor.fetchmany(batch):
-                        yield from rows
+        """Rows of one query through a server-side cursor: memory stays flat however many rows.
+
+        On a replica when the request may read from one; a replica that fails before the first batch
+        leaves the export to the primary (after it, the export ends with its error trailer)."""
+        with translate_errors():
+            replica, batches, first = self._read_replica(), None, None
+            if replica is not None:
+                batches = self._batches(self._pool_of(replica.url), sql, params, batch, REPLICA_WAIT_S)
+                try:
+                    first = next(batches, None)
+                except Exception as exc:  # noqa: BLE001
+                    usable, elsewhere = _replica_fault(exc)
+                    if not elsewhere:
+                        raise
+                    self.replica_failed(replica, usable)
+                    batches = None
+            if batches is None:
+                batches = self._batches(self.pool(), sql, params, batch)
+                first = next(batches, None)
+            try:
+                while first is not None:
+                    yield from first
+                    first = next(batches, None)
+            finally:
+                batches.close()
+
+    def _batches(self, pool, sql, params, size, timeout=None):
+        with pool.connection(timeout=timeout) as conn, self._transaction_block(conn):
+            with conn.cursor(name='crmapi_export') as cursor:
+                cursor.execute(sql, params)
+                while rows := cursor.fetchmany(size):
+                    yield rows
 
     def run_script(self, tx, sql):
         tx.execute(sql)
 
     def lock_for_migration(self, tx):
-        """One migrating process at a time, whichever app server started first."""
+        """One migrating process at a time, whichever app server started first.
+
+        NOTE: a transaction-level advisory lock: it ends with the step's transaction, so it works through
+        PgBouncer in transaction pooling mode (a session lock would stay on a server connection others get).
+        """
         tx.execute('SELECT pg_advisory_xact_lock(4242001)')
 
     def table_exists(self, name):
@@ -408,9 +849,12 @@ class PostgresDatabase(Database):
         return found
 
     def close(self):
-        if self._pool is not None and self._pid == os.getpid():
-            self._pool.close()
-        self._pool, self._pid = None, None
+        if self._pid == os.getpid():
+            if self._monitor is not None:
+                self._monitor.close()
+            for pool in self._pools.values():
+                pool.close()
+        self._pools, self._pid, self._monitor = {}, None, None
 
 
 @contextlib.contextmanager
@@ -563,18 +1007,26 @@ def _sqlite_column(message):
     return None
 
 
-def connect(url):
-    """A Database for `sqlite:///path`, `sqlite://:memory:` or `postgresql://…`.
+def connect(url, read_urls=(), pgbouncer=False):
+    """A Database for `sqlite:///path`, `sqlite://:memory:` or `postgresql://…`, with the read
+    replicas `read_urls` (PostgreSQL only), through PgBouncer in transaction pooling mode or not.
 
     A malformed URL is a ValueError naming what is wrong (never echoing a password): a typo must
     not quietly open another file or an in-memory database.
     """
     parsed = urlparse(url)
     if parsed.scheme == 'sqlite':
+        if read_urls:
+            raise ValueError('read replicas (CRMAPI_DATABASE_READ_URLS) need PostgreSQL as the database')
         return SQLiteDatabase(_sqlite_path(url, parsed))
     if parsed.scheme in ('postgresql', 'postgres'):
         _check_postgres_url(url)
-        return PostgresDatabase(url)
+        for index, read_url in enumerate(read_urls, 1):
+            try:
+                _check_postgres_url(read_url)
+            except ValueError as exc:
+                raise ValueError(f'read replica {index}: {exc}') from None
+        return PostgresDatabase(url, read_urls=read_urls, pgbouncer=pgbouncer)
     if not url.strip():
         raise ValueError('the database URL is empty: use sqlite:///PATH or postgresql://…')
     if not parsed.scheme:

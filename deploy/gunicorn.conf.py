@@ -6,13 +6,40 @@ Read from the environment (the app reads the same CRMAPI_* variables, so the two
 CRMAPI_BIND (127.0.0.1:8000), CRMAPI_WORKERS (2 x CPUs + 1, at most 8), CRMAPI_THREADS (= the
 PostgreSQL pool size, CRMAPI_POOL_MAX_SIZE, default 4), CRMAPI_STATEMENT_TIMEOUT_MS (15000),
 CRMAPI_POOL_TIMEOUT_S (10), CRMAPI_PROXY_IPS (127.0.0.1).
+
+CRMAPI_ENV_FILE names a file of KEY=VALUE lines (# comments) read at start and again on every SIGHUP:
+its values win over the environment and reach the app's new workers. A failover is then an edit of
+CRMAPI_DATABASE_URL there and `kill -HUP <master>` (a service manager's EnvironmentFile is read only at
+start, and a HUP keeps the master's environment).
 """
 import math
 import os
 
 
+def _env_file(path):
+    """{KEY: VALUE} of an env file; a malformed line stops gunicorn with its line number."""
+    found = {}
+    if not path:
+        return found
+    with open(path, encoding='utf-8') as lines:
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith('#'):
+                continue
+            key, sep, value = line.partition('=')
+            if not sep or not key.strip().isidentifier():
+                raise ValueError(f'{path}:{number}: expected KEY=VALUE')
+            found[key.strip()] = value.strip()
+    return found
+
+
+_file = _env_file(os.environ.get('CRMAPI_ENV_FILE'))
+# NOTE: gunicorn sets these in its environment on (re)load, before it forks the new workers.
+raw_env = [f'{key}={value}' for key, value in _file.items()]
+
+
 def _env(name, default, cast=str):
-    raw = os.environ.get(name)
+    raw = _file.get(name, os.environ.get(name))
     return default if raw in (None, '') else cast(raw)
 
 

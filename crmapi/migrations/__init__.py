@@ -36,15 +36,20 @@ def current_version(tx):
 
 
 def migrate(db, target=None, log=lambda message: None):
-    """Bring `db` up to `target` (default: the newest version). Returns the versions applied."""
-    with db.transaction(write=True) as tx:
-        tx.execute(VERSION_TABLE)
+    """Bring `db` up to `target` (default: the newest version). Returns the versions applied.
+
+    Safe to run from many hosts at once: each step, the version table's creation included, runs under
+    the migration lock (a transaction-level advisory lock on PostgreSQL, the write lock on SQLite).
+    NOTE: PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against itself: two at once may both
+    find no table and one then fails on the catalog's unique index. Under the lock the second finds it.
+    """
     applied = []
     for version, name, sql in available(db.name):
         if target is not None and version > target:
             break
         with db.transaction(write=True) as tx:
             db.lock_for_migration(tx)
+            tx.execute(VERSION_TABLE)
             if version <= current_version(tx):
                 continue  # another process got here first
             db.run_script(tx, sql)
