@@ -45,7 +45,8 @@ PUBLIC, OPTIONAL, PRIVATE = 'public', 'optional', 'private'
 # Every resource not named here, and every unrouted /api path, is PRIVATE: refuse by default.
 ACCESS = {api.Health: PUBLIC, openapi.Docs: PUBLIC, openapi.OpenAPI: OPTIONAL}
 # The resource each write lands in, so that it is authorized before the handler runs.
-WRITES_TO = {api.Records: lambda params: params['resource'], api.MergeContacts: lambda params: 'contacts'}
+WRITES_TO = {api.Records: lambda params: params['resource'], api.MergeContacts: lambda params: 'contacts',
+             api.MergeCompanies: lambda params: 'companies'}
 WRITE_METHODS = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
 
 
@@ -310,6 +311,13 @@ def build_app(settings, db):
     app.add_route('/api/custom_objects/{slug}/restore', definitions, suffix='restore')
     app.add_route('/api/custom_objects/{slug}/fields/{name}', definitions, suffix='field')
     app.add_route('/api/merge_contacts', api.MergeContacts(store, settings.max_body_bytes, idempotency))
+    app.add_route('/api/merge_companies', api.MergeCompanies(store, settings.max_body_bytes, idempotency))
+    # NOTE: Falcon's router tries a literal segment before a field (whatever the order routes are added in),
+    # so `duplicates` is never read as a record id by /api/{resource}/{id} (PUT or DELETE on it is a 405).
+    for slug in ('contacts', 'companies'):
+        duplicates = api.Duplicates(store, slug, limits, settings.max_body_bytes)
+        app.add_route(f'/api/{slug}/duplicates', duplicates)
+        app.add_route(f'/api/{slug}/{{id}}/duplicates', duplicates, suffix='record')
     app.add_route('/api/schema', schema)
     app.add_route('/api/schema/{table}', schema, suffix='table')
     app.add_route('/api/openapi.json', openapi.OpenAPI(catalog, limits))

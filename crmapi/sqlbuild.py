@@ -642,6 +642,15 @@ def build_referrers(d, info, org_id, column, ids):
     return d.render(query)
 
 
+def build_duplicate_rows(d, info, org_id, columns):
+    """The id and `columns` of every live record of `org_id` in `info`: what duplicate detection compares."""
+    table = Table(info.spec.table)
+    condition = table.organization_id == Bound(org_id)
+    if info.archivable:
+        condition &= table.archived_at.isnull()
+    return d.render(d.from_(table).select(table.id, *[table.field(n) for n in columns]).where(condition))
+
+
 # -- custom object tables (DDL) --------------------------------------------------------------------
 # Names reaching these builders passed custom.NAME (lowercase letters, digits, `_`) and are never
 # SQL keywords; they are still quoted, and table names are made by the server.
