@@ -14,6 +14,7 @@ import orjson
 from falcon import media
 
 from . import api
+from . import duplicates
 from . import sqlbuild
 from . import openapi
 from .accounts import Accounts
@@ -314,10 +315,10 @@ def build_app(settings, db):
     app.add_route('/api/merge_companies', api.MergeCompanies(store, settings.max_body_bytes, idempotency))
     # NOTE: Falcon's router tries a literal segment before a field (whatever the order routes are added in),
     # so `duplicates` is never read as a record id by /api/{resource}/{id} (PUT or DELETE on it is a 405).
-    for slug in ('contacts', 'companies'):
-        duplicates = api.Duplicates(store, slug, limits, settings.max_body_bytes)
-        app.add_route(f'/api/{slug}/duplicates', duplicates)
-        app.add_route(f'/api/{slug}/{{id}}/duplicates', duplicates, suffix='record')
+    for slug in duplicates.MATCHERS:
+        finder = api.Duplicates(store, slug, limits, settings.max_body_bytes)
+        app.add_route(f'/api/{slug}/duplicates', finder)
+        app.add_route(f'/api/{slug}/{{id}}/duplicates', finder, suffix='record')
     app.add_route('/api/schema', schema)
     app.add_route('/api/schema/{table}', schema, suffix='table')
     app.add_route('/api/openapi.json', openapi.OpenAPI(catalog, limits))

@@ -18,7 +18,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-GMAIL = frozenset({'gmail.com', 'googlemail.com'})
+GMAIL = ('@gmail.com', '@googlemail.com')     # one mailbox, whichever domain and dots it is spelt with
 MIN_PHONE_DIGITS = 7         # fewer digits is an extension or junk ('0', '112'), not a person's number
 # NOTE: a key shared by more records than this (a switchboard number, info@, a very common name without
 # a company) says nothing about who is who: its block is left out, or it would glue strangers together.
@@ -47,7 +47,6 @@ _DROPPED = re.compile(r'[^\w]|_')     # \w is what str.isalnum() accepts, and '_
 _NOT_DIGIT = re.compile(r'[^0-9\n]+')
 _ASCII_SPACES = ' \t\r\x0b\x0c\x1c\x1d\x1e\x1f'     # what str.strip() strips, besides line breaks
 _PLUS_TAG = re.compile(r'\+[^\n]*(?=@[^@\n]*$)', re.MULTILINE)
-_GMAIL = ('@gmail.com', '@googlemail.com')
 _SCHEME = re.compile(r'^[a-z][a-z0-9+.-]*://')
 _HOST_END = re.compile(r'[/?#\\]')
 
@@ -100,7 +99,7 @@ def email_keys(emails):
     joined = _joined(emails)[1].casefold()
     if not joined.isascii() or any(space in joined for space in _ASCII_SPACES):
         joined = '\n'.join([line.strip() for line in joined.split('\n')])
-    return [_gmail(e) if e.endswith(_GMAIL) else e if '@' in e and e[0] != '@' and e[-1] != '@' else None
+    return [_gmail(e) if e.endswith(GMAIL) else e if '@' in e and e[0] != '@' and e[-1] != '@' else None
             for e in _PLUS_TAG.sub('', joined).split('\n')]
 
 
@@ -147,7 +146,8 @@ def within_edits(a, b, limit=MAX_EDITS):
     """The Levenshtein distance of `a` and `b` when it is at most `limit`, else None.
 
     NOTE: only the cells within `limit` of the diagonal can hold a distance that small, so each row of
-    the table computes those (a band), and stops as soon as a whole row is beyond the limit.
+    the table computes those (a band), and stops as soon as a whole row is beyond the limit. Comparisons
+    are spelt out rather than calls to min(): this is the inner loop of similar names.
     """
     if abs(len(a) - len(b)) > limit:
         return None
@@ -202,8 +202,8 @@ class Matcher:
     reasons = ()
     blocks = ()
 
-    def normaliser(self):
-        """A `derive(columns) -> {name: [values]}` for one request."""
+    def derive(self, columns):
+        """A batch of rows' `columns` (one list each) -> {name: [normalised values]}."""
         raise NotImplementedError
 
     def pairs(self, reason, members, derived):
@@ -221,24 +221,23 @@ class ContactMatcher(Matcher):
     blocks = (('same email', 'email'), ('same phone', 'phone'), ('same name', 'name'),
               ('similar name', 'similar_start'), ('similar name', 'similar_end'))
 
-    def normaliser(self):
-        def derive(columns):
-            first_names, last_names, emails, phones, companies = columns
-            lasts = fold_all(last_names)
-            # a name needs its last name
-            firsts = [first if last else '' for first, last in zip(fold_all(first_names), lasts)]
-            similar = [company and first and last and f'{company}\x1f{first[0]}'
-                       for company, first, last in zip(companies, firsts, lasts)]
-            return {
-                'email': email_keys(emails),
-                'phone': phone_keys(phones),
-                'name': [f'{first}\x1f{last}' if last else None for first, last in zip(firsts, lasts)],
-                'similar_start': [s and f'{s}<{last[0]}' or None for s, last in zip(similar, lasts)],
-                'similar_end': [s and f'{s}>{last[-1]}' or None for s, last in zip(similar, lasts)],
-                'company': list(companies),
-                'last': lasts,
-            }
-        return derive
+    def derive(self, columns):
+        """The keys (email, phone, name, similar-name blocks), and what pairs compare (company, last name)."""
+        first_names, last_names, emails, phones, companies = columns
+        lasts = fold_all(last_names)
+        # a name needs its last name
+        firsts = [first if last else '' for first, last in zip(fold_all(first_names), lasts)]
+        similar = [company and first and last and f'{company}\x1f{first[0]}'
+                   for company, first, last in zip(companies, firsts, lasts)]
+        return {
+            'email': email_keys(emails),
+            'phone': phone_keys(phones),
+            'name': [f'{first}\x1f{last}' if last else None for first, last in zip(firsts, lasts)],
+            'similar_start': [s and f'{s}<{last[0]}' or None for s, last in zip(similar, lasts)],
+            'similar_end': [s and f'{s}>{last[-1]}' or None for s, last in zip(similar, lasts)],
+            'company': list(companies),
+            'last': lasts,
+        }
 
     def pairs(self, reason, members, derived):
         if reason == 'same name':
@@ -281,16 +280,15 @@ class CompanyMatcher(Matcher):
     reasons = (('same domain', 0.9), ('same name', 0.7))
     blocks = (('same domain', 'domain'), ('same domain', 'website'), ('same name', 'name'))
 
-    def normaliser(self):
-        def derive(columns):
-            names, domains, websites = columns
-            domains = [host_key(d) for d in domains]
-            return {
-                'domain': domains,
-                'website': [w if w != d else None for w, d in zip(map(host_key, websites), domains)],
-                'name': [company_name_key(n) for n in names],
-            }
-        return derive
+    def derive(self, columns):
+        """The hosts of domain and website (the website's when it is another one), the name's key."""
+        names, domains, websites = columns
+        domains = [host_key(d) for d in domains]
+        return {
+            'domain': domains,
+            'website': [w if w != d else None for w, d in zip(map(host_key, websites), domains)],
+            'name': [company_name_key(n) for n in names],
+        }
 
 
 MATCHERS = {'contacts': ContactMatcher(), 'companies': CompanyMatcher()}
@@ -320,12 +318,12 @@ class Found:
 def file(matcher, rows, extra=None):
     """File `rows` ((id, *matcher.columns)) under their keys; `extra`, a row of a record that is not among
     them (an unsaved one, or one that is archived), goes last."""
-    derive, ids, derived = matcher.normaliser(), [], {}
+    ids, derived = [], {}
     rows = iter(rows if extra is None else itertools.chain(rows, [extra]))
     while batch := list(itertools.islice(rows, BATCH)):
         columns = list(zip(*batch))
         ids += columns[0]
-        for name, values in derive(columns[1:]).items():
+        for name, values in matcher.derive(columns[1:]).items():
             derived.setdefault(name, []).extend(values)
     blocks, count = {}, len(ids)
     for reason in dict.fromkeys(reason for reason, _ in matcher.blocks):

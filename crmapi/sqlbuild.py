@@ -642,12 +642,15 @@ def build_referrers(d, info, org_id, column, ids):
     return d.render(query)
 
 
-def build_duplicate_rows(d, info, org_id, columns):
-    """The id and `columns` of every live record of `org_id` in `info`: what duplicate detection compares."""
+def build_duplicate_rows(d, info, org_id, columns, leave_out=None):
+    """The id and `columns` of every live record of `org_id` in `info` but `leave_out`: what duplicate
+    detection compares."""
     table = Table(info.spec.table)
     condition = table.organization_id == Bound(org_id)
     if info.archivable:
         condition &= table.archived_at.isnull()
+    if leave_out is not None:
+        condition &= table.id != Bound(leave_out)
     return d.render(d.from_(table).select(table.id, *[table.field(n) for n in columns]).where(condition))
 
 

@@ -675,9 +675,7 @@ class Store:
         """
         matcher = duplicates.MATCHERS[info.slug]
         rows = self.db.stream(*sqlbuild.build_duplicate_rows(self.db.dialect, info, principal.org_id,
-                                                             matcher.columns), batch=5000)
-        if leave_out is not None:
-            rows = (row for row in rows if row[0] != leave_out)
+                                                             matcher.columns, leave_out), batch=5000)
         return duplicates.file(matcher, rows, extra)
 
     def duplicate_groups(self, info, principal):

@@ -4,6 +4,7 @@ POST /api/contacts/duplicates (one record's candidates), and the same for compan
 The normalisation rules are checked on their own first (pure Python), then through the API on SQLite
 and PostgreSQL (see conftest.py).
 """
+import random
 import unicodedata
 
 import pytest
@@ -99,6 +100,26 @@ def test_a_company_named_only_by_a_suffix_keeps_it():
 def test_edit_distance_is_known_up_to_two(a, b, distance):
     assert duplicates.within_edits(a, b) == distance
     assert duplicates.within_edits(b, a) == distance
+
+
+def test_a_records_candidates_are_exactly_its_pairs_in_the_organization_wide_list():
+    """Filed alone at the end (as an unsaved or archived record is), a record meets the same partners, with the
+    same reasons, as in the whole organization's blocks: block limits included (some keys here are shared
+    by more than MAX_BLOCK records)."""
+    rng = random.Random(7)
+    rows = [(f'c_{i:04d}', rng.choice(['Ada', 'ada', 'Al', None]), rng.choice(['King', 'Kign', 'Kong', 'Lovelace']),
+             rng.choice([None, 'a@x.org', 'A+1@x.org', f'u{i}@x.org']), rng.choice([None, '+1 555 0100', f'+1 555 {i:04d}']),
+             rng.choice([None, 'comp_1', 'comp_2'])) for i in range(300)]
+    matcher = duplicates.MATCHERS['contacts']
+    whole = duplicates.file(matcher, rows)
+    links = duplicates._links(whole, whole.blocks)
+    assert any(len(m) > duplicates.MAX_BLOCK for m in whole.blocks.values())
+    for i in range(0, len(rows), 7):
+        alone = duplicates.file(matcher, rows[:i] + rows[i + 1:], extra=rows[i])
+        expected = {(whole.ids[b if a == i else a], tuple(duplicates.ordered(matcher, reasons)))
+                    for (a, b), reasons in links.items() if i in (a, b)}
+        found = {(record_id, tuple(reasons)) for record_id, _, reasons in duplicates.candidates(alone, len(rows) - 1)}
+        assert found == expected
 
 
 # -- helpers ---------------------------------------------------------------------------------------
