@@ -316,6 +316,8 @@ class Records:
 class MergeContacts:
     """`POST /api/merge_contacts`."""
 
+    slug = 'contacts'
+
     def __init__(self, store, max_body_bytes, idempotency):
         self.store = store
         self.max_body_bytes = max_body_bytes
@@ -324,8 +326,64 @@ class MergeContacts:
     def on_post(self, req, resp):
         lenient = lenient_handling(req, resp)
         body = read_body(req, self.max_body_bytes)
-        respond_once(req, resp, self.idempotency, body,
-                     lambda: (200, self.store.merge_contacts(req.context.principal, body, lenient), {}))
+
+        def merge():
+            return 200, self.store.merge(self.slug, req.context.principal, body, lenient), {}
+        if body.get('dry_run') is True:
+            # NOTE: a dry run writes nothing, an Idempotency-Key neither: the same key may then go with the merge.
+            resp.media = merge()[1]
+            return
+        respond_once(req, resp, self.idempotency, body, merge)
+
+
+class MergeCompanies(MergeContacts):
+    """`POST /api/merge_companies`."""
+
+    slug = 'companies'
+
+
+class Duplicates:
+    """`/api/{contacts|companies}/duplicates`: the organization's groups of probable duplicates (GET), the
+    candidates of an unsaved record (POST); `/api/{...}/{id}/duplicates`: one record's candidates."""
+
+    def __init__(self, store, slug, limits, max_body_bytes):
+        self.store = store
+        self.slug = slug
+        self.limits = limits
+        self.max_body_bytes = max_body_bytes
+
+    def _page(self, req, resp, items):
+        """The page of `items` that `range` asks for, with a Content-Range that counts them all."""
+        unknown = sorted(set(req.params) - {'range'})
+        if unknown:
+            raise InvalidParam(f"Unknown parameter '{unknown[0]}': duplicates take only range", param=unknown[0])
+        start, end = query.parse_range(req.params, self.limits)
+        page = items[start:end + 1]
+        resp.set_header('Content-Range', content_range('duplicates', start, len(page), len(items)))
+        return page
+
+    def _candidates(self, req, resp, info, found):
+        page = self._page(req, resp, found)
+        records = self.store.records(info, req.context.principal, [record_id for record_id, _, _ in page])
+        # NOTE: a candidate merged away between the two reads is left out of the page rather than shown empty.
+        resp.media = [{'record': records[record_id], 'score': score, 'reasons': reasons}
+                      for record_id, score, reasons in page if record_id in records]
+
+    def on_get(self, req, resp):
+        info = self.store.catalog.resolve(self.slug, req.context.principal)
+        resp.media = self._page(req, resp, self.store.duplicate_groups(info, req.context.principal))
+
+    def on_get_record(self, req, resp, id):
+        info = self.store.catalog.resolve(self.slug, req.context.principal)
+        self._candidates(req, resp, info, self.store.duplicate_candidates(info, req.context.principal, record_id=id))
+
+    def on_post(self, req, resp):
+        """A record not saved yet (a form asks before saving): its candidates; nothing is written."""
+        info = self.store.catalog.resolve(self.slug, req.context.principal)
+        lenient = lenient_handling(req, resp)
+        body = read_body(req, self.max_body_bytes)
+        self._candidates(req, resp, info, self.store.duplicate_candidates(
+            info, req.context.principal, body=body, lenient=lenient))
 
 
 class Health:

@@ -14,6 +14,7 @@ import orjson
 from falcon import media
 
 from . import api
+from . import duplicates
 from . import sqlbuild
 from . import openapi
 from .accounts import Accounts
@@ -59,7 +60,8 @@ PUBLIC, OPTIONAL, PRIVATE = 'public', 'optional', 'private'
 # Every resource not named here, and every unrouted /api path, is PRIVATE: refuse by default.
 ACCESS = {api.Health: PUBLIC, Health: PUBLIC, openapi.Docs: PUBLIC, openapi.OpenAPI: OPTIONAL}
 # The resource each write lands in, so that it is authorized before the handler runs.
-WRITES_TO = {api.Records: lambda params: params['resource'], api.MergeContacts: lambda params: 'contacts'}
+WRITES_TO = {api.Records: lambda params: params['resource'], api.MergeContacts: lambda params: 'contacts',
+             api.MergeCompanies: lambda params: 'companies'}
 WRITE_METHODS = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
 
 
@@ -361,6 +363,13 @@ def build_app(settings, db):
     app.add_route('/api/custom_objects/{slug}/fields/{name}', definitions, suffix='field')
     app.add_route('/api/merge_contacts', api.MergeContacts(store, settings.max_body_bytes, idempotency))
     app.add_route('/api/me', api.Me(store))
+    app.add_route('/api/merge_companies', api.MergeCompanies(store, settings.max_body_bytes, idempotency))
+    # NOTE: Falcon's router tries a literal segment before a field (whatever the order routes are added in),
+    # so `duplicates` is never read as a record id by /api/{resource}/{id} (PUT or DELETE on it is a 405).
+    for slug in duplicates.MATCHERS:
+        finder = api.Duplicates(store, slug, limits, settings.max_body_bytes)
+        app.add_route(f'/api/{slug}/duplicates', finder)
+        app.add_route(f'/api/{slug}/{{id}}/duplicates', finder, suffix='record')
     app.add_route('/api/schema', schema)
     app.add_route('/api/schema/{table}', schema, suffix='table')
     app.add_route('/api/openapi.json', openapi.OpenAPI(catalog, limits))

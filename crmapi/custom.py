@@ -31,7 +31,8 @@ FIELD_TYPES = {
     'text': 'TEXT', 'integer': 'BIGINT', 'number': 'NUMERIC', 'boolean': 'BOOLEAN', 'date': 'DATE',
     'datetime': 'TIMESTAMPTZ', 'json': 'JSONB', 'reference': 'TEXT',
 }
-ROUTE_NAMES = frozenset({'schema', 'merge_contacts', 'custom_objects', 'openapi', 'docs', 'me'})
+ROUTE_NAMES = frozenset({'schema', 'merge_contacts', 'merge_companies', 'custom_objects', 'openapi', 'docs',
+                         'me'})
 NAME = re.compile(r'[a-z][a-z0-9_]{0,62}\Z')
 RECORD_PREFIX = 'rec_'
 MAX_FIELDS = 200     # fields of one definition

@@ -11,6 +11,7 @@ from importlib import resources
 import orjson
 
 from . import __version__
+from . import duplicates
 from . import query
 from . import relations as relations_module
 from .errors import NotFound
@@ -444,19 +445,76 @@ def resource_paths(info, limits, unique=(), relations=None):
     return paths
 
 
-def fixed_paths():
-    """The routes that are not one resource's: merge, schema, custom object definitions, the docs."""
+def merge_paths():
+    """`POST /api/merge_contacts` and `/api/merge_companies`: a merge, or with dry_run what it would do."""
+    an_id = {'type': 'string', 'minLength': 1}
+    dry_run = {'type': 'boolean', 'description': 'answer what the merge would do, and write nothing'}
+    paths = {}
+    for slug, noun in (('contacts', 'contact'), ('companies', 'company')):
+        body = {'anyOf': [
+            {'type': 'object', 'required': ['source_ids', 'target_id'], 'properties': {
+                'source_ids': {'type': 'array', 'minItems': 1, 'maxItems': MAX_MERGE_SOURCES, 'items': an_id},
+                'target_id': an_id, 'dry_run': dry_run}},
+            {'type': 'object', 'required': ['loserId', 'winnerId'], 'description': "Atomic CRM's shape",
+             'properties': {'loserId': an_id, 'winnerId': an_id, 'dry_run': dry_run}},
+        ]}
+        preview = {'type': 'object', 'required': ['dry_run', 'target', 'moves', 'deleted'], 'properties': {
+            'dry_run': {'const': True}, 'target': ref(slug),
+            'moves': {'type': 'object', 'description': 'per resource, how many of its records would point at '
+                                                       'the target instead of a source',
+                      'additionalProperties': {'type': 'integer', 'minimum': 0}},
+            'deleted': {'type': 'array', 'items': {'type': 'string'}}}}
+        paths[f'/api/merge_{slug}'] = {'post': operation(
+            f'merge_{slug}', f'Merge {slug}: the sources fold into the target, then are deleted', slug,
+            {200: json_response(f'The merged target {noun}; with dry_run, what the merge would do',
+                                {'anyOf': [ref(slug), preview]})},
+            {404, 409}, body=body, parameters=[HANDLING_PARAM])}
+    return paths
+
+
+def duplicate_paths(limits):
+    """`/api/{contacts|companies}/duplicates` (GET the groups, POST an unsaved record) and `.../{id}/duplicates`."""
+    limits = limits or query.Limits()
+    range_param = json_param('range', {'type': 'array', 'items': {'type': 'integer', 'minimum': 0},
+                                       'minItems': 2, 'maxItems': 2},
+                             f'[start, end], inclusive; default [0,24], at most {limits.max_page} entries')
+    paths = {}
+    for slug, matcher in duplicates.MATCHERS.items():
+        score = {'type': 'number', 'minimum': 0, 'maximum': 1}
+        reasons = {'type': 'array', 'minItems': 1, 'items': {'type': 'string', 'enum': [r for r, _ in matcher.reasons]}}
+        group = {'type': 'object', 'required': ['ids', 'score', 'reasons'], 'properties': {
+            'ids': {'type': 'array', 'minItems': 2, 'items': {'type': 'string'}}, 'score': score, 'reasons': reasons}}
+        candidate = {'type': 'object', 'required': ['record', 'score', 'reasons'],
+                     'properties': {'record': ref(slug), 'score': score, 'reasons': reasons}}
+        candidates = json_response('The candidates, best first', {'type': 'array', 'items': candidate},
+                                   ['Content-Range'])
+        listing = {
+            'get': operation(f'list_{slug}_duplicates', f'Groups of probable duplicate {slug}, best first', slug,
+                             {200: json_response('One page of groups; Content-Range counts groups',
+                                                 {'type': 'array', 'items': group}, ['Content-Range'])},
+                             set(), parameters=[range_param]),
+            'post': operation(f'find_{slug}_duplicates', f'The probable duplicates of an unsaved {slug} record '
+                              '(nothing is written)', slug, {200: candidates}, set(), body=ref(f'{slug}_update'),
+                              parameters=[range_param, HANDLING_PARAM]),
+        }
+        one = {'parameters': [ID_PARAM],
+               'get': operation(f'get_{slug}_duplicates', f'The probable duplicates of one {slug} record', slug,
+                                {200: candidates}, {404}, parameters=[range_param])}
+        for item in (listing, one):
+            item['head'] = head_operation(item['get'])
+        paths[f'/api/{slug}/duplicates'] = listing
+        paths[f'/api/{slug}/{{id}}/duplicates'] = one
+    return paths
+
+
+def fixed_paths(limits=None):
+    """The routes that are not one resource's: merges, duplicates, schema, custom object definitions, the docs."""
     slug_param = {'name': 'slug', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}
     definition = ref('CustomObject')
     admin = {403, 409}
     return {
-        '/api/merge_contacts': {'post': operation(
-            'merge_contacts', 'Merge contacts: the sources fold into the target, then are deleted', 'contacts',
-            {200: json_response('The merged target contact', ref('contacts'))}, {404, 409},
-            body={'type': 'object', 'required': ['source_ids', 'target_id'], 'properties': {
-                'source_ids': {'type': 'array', 'minItems': 1, 'maxItems': MAX_MERGE_SOURCES,
-                               'items': {'type': 'string', 'minLength': 1}},
-                'target_id': {'type': 'string', 'minLength': 1}}}, parameters=[HANDLING_PARAM])},
+        **merge_paths(),
+        **duplicate_paths(limits),
         '/api/me': {'get': operation(
             'me', 'The caller: its CRM user (no token material), its organization, whether it is an administrator',
             'me', {200: json_response('The caller', {
@@ -554,7 +612,7 @@ def build_document(catalog, principal=None, limits=None, root_path=''):
         custom = slug not in catalog.tables
         tags.append({'name': slug, 'description': ('custom object' if custom else 'built-in resource')
                      + (', read-only' if info.spec.read_only else '')})
-    paths.update(fixed_paths())
+    paths.update(fixed_paths(limits))
     tags += [{'name': 'custom_objects'}, {'name': 'schema'}, {'name': 'me'}, {'name': 'docs'}, {'name': 'health'}]
     return {
         'openapi': OPENAPI_VERSION,

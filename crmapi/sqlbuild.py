@@ -783,6 +783,18 @@ def build_organization(d, org_id):
     return d.render(d.from_(orgs).select(orgs.id, orgs.field('name')).where(orgs.id == Bound(org_id)))
 
 
+def build_duplicate_rows(d, info, org_id, columns, leave_out=None):
+    """The id and `columns` of every live record of `org_id` in `info` but `leave_out`: what duplicate
+    detection compares."""
+    table = Table(info.spec.table)
+    condition = table.organization_id == Bound(org_id)
+    if info.archivable:
+        condition &= table.archived_at.isnull()
+    if leave_out is not None:
+        condition &= table.id != Bound(leave_out)
+    return d.render(d.from_(table).select(table.id, *[table.field(n) for n in columns]).where(condition))
+
+
 # -- custom object tables (DDL) --------------------------------------------------------------------
 # Names reaching these builders passed custom.NAME (lowercase letters, digits, `_`) and are never
 # SQL keywords; they are still quoted, and table names are made by the server.

@@ -10,7 +10,9 @@ import functools
 import os
 import threading
 import time
+from dataclasses import dataclass
 
+from . import duplicates
 from . import sqlbuild
 from . import values
 from .errors import BadRequest
@@ -29,7 +31,8 @@ from .schema import snake_case
 
 _CROCKFORD = '0123456789abcdefghjkmnpqrstvwxyz'
 MAX_MERGE_SOURCES = 100
-MERGE_FIELDS = ('source_ids', 'target_id')
+MERGE_FIELDS = ('source_ids', 'target_id', 'dry_run', 'loserId', 'winnerId')
+ATOMIC_MERGE_FIELDS = ('loserId', 'winnerId')     # Atomic CRM's merge: one loser into one winner
 MAX_BATCH = 1000           # records one batch request may write
 
 
@@ -154,6 +157,52 @@ def upsert_keys(changes, column, batch):
             seen[key] = index
     raise_items(failures, batch)
     return [change[column] for change in changes]
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    source_ids: list
+    target_id: str
+    dry_run: bool
+    sources_field: str      # the body fields that named them, for the errors
+    target_field: str
+
+
+def merge_request(slug, body, lenient=False):
+    """A merge body checked: {"source_ids", "target_id", "dry_run"}, or Atomic CRM's {"loserId", "winnerId"}.
+
+    The target is left out of the sources, and a source named twice is merged once.
+    """
+    if not isinstance(body, dict):
+        raise InvalidBody('The request body must be a JSON object')
+    if not lenient:
+        raise_all([unknown_field(f'merge_{slug}', key, snake_case(key), MERGE_FIELDS)
+                   for key in body if key not in MERGE_FIELDS])
+    noun = 'company' if slug == 'companies' else slug.rstrip('s')
+    dry_run = body.get('dry_run', False)
+    if not isinstance(dry_run, bool):
+        raise InvalidValue("Field 'dry_run' must be true or false", field='dry_run')
+    if any(key in body for key in ATOMIC_MERGE_FIELDS):
+        if 'source_ids' in body or 'target_id' in body:
+            raise InvalidValue('Send source_ids and target_id, or loserId and winnerId, not both',
+                               field='source_ids' if 'source_ids' in body else 'target_id')
+        sources_field, target_field = ATOMIC_MERGE_FIELDS
+        loser = body.get(sources_field)
+        sources = [loser] if isinstance(loser, str) and loser else None
+        sources_detail = f"Field 'loserId' must be the id of the {noun} to merge away"
+    else:
+        sources_field, target_field = MERGE_FIELDS[:2]
+        sources = body.get(sources_field)
+        sources_detail = f"Field 'source_ids' must be a non-empty array of {noun} ids"
+    target_id = body.get(target_field)
+    if not isinstance(target_id, str) or not target_id:
+        raise InvalidValue(f"Field '{target_field}' must be the id of the {noun} to keep", field=target_field)
+    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) and s for s in sources):
+        raise InvalidValue(sources_detail, field=sources_field)
+    if len(sources) > MAX_MERGE_SOURCES:
+        raise InvalidValue(f'At most {MAX_MERGE_SOURCES} source_ids may be merged at once', field=sources_field)
+    sources = [s for s in dict.fromkeys(sources) if s != target_id]
+    return MergeRequest(sources, target_id, dry_run, sources_field, target_field)
 
 
 class Store:
@@ -584,14 +633,14 @@ class Store:
         return [(info, column) for info in self.catalog.all_tables(principal) if not info.spec.read_only
                 for column in info.columns.values() if column.references == slug]
 
-    def _rewrite_references(self, tx, principal, slug, ids, replacement):
+    def _rewrite_references(self, tx, principal, slug, ids, replacement, write=True):
         """Point every reference to `ids` at `replacement` (None: drop the link), in one UPDATE per chunk
-        of referring records.
+        of referring records: {resource: how many of its records change}. `write=False` only counts them.
 
         NOTE: referrers are looked up 100 ids at a time: an array column's match is one term per id.
         """
         d, ids = self.db.dialect, list(ids)
-        gone = set(ids)
+        gone, moved = set(ids), {}
         for info, column in self.referrers(principal, slug):
             changes = {}
             for part in sqlbuild.chunks(ids, size=100):
@@ -607,58 +656,114 @@ class Store:
                     else:
                         new = replacement
                     changes[record_id] = {column.name: new}
-            if changes:
+            moved.setdefault(info.slug, set()).update(changes)
+            if changes and write:
                 stamp = self._stamp(info, {}, 'updated_at')
                 self._write(tx, info, principal, {i: {**change, **stamp} for i, change in changes.items()})
+        return {resource: len(records) for resource, records in moved.items()}
 
     def detach_references(self, tx, info, principal, ids):
         self._rewrite_references(tx, principal, info.slug, ids, None)
 
+    # -- duplicates ----------------------------------------------------------------------------------
+
+    def _filed(self, info, principal, extra=None, leave_out=None):
+        """The organization's live records of `info` filed under their duplicate blocks, read in one pass;
+        `extra` ((id, *values) of a record to compare) is filed last, and the stored row `leave_out` not at all.
+
+        NOTE: computed from the rows on every request, nothing kept between requests: there is no cache
+        to go stale when a record changes, whichever worker or host changed it.
+        """
+        matcher = duplicates.MATCHERS[info.slug]
+        rows = self.db.stream(*sqlbuild.build_duplicate_rows(self.db.dialect, info, principal.org_id,
+                                                             matcher.columns, leave_out), batch=5000)
+        return duplicates.file(matcher, rows, extra)
+
+    def duplicate_groups(self, info, principal):
+        """Every group of probable duplicates among the organization's live records, best first."""
+        return duplicates.groups(self._filed(info, principal))
+
+    def duplicate_candidates(self, info, principal, record_id=None, body=None, lenient=False):
+        """The probable duplicates of the record `record_id`, or of an unsaved `body` (checked like an update;
+        an `id` it carries is left out of its own candidates), best first: [(id, score, reasons)]."""
+        matcher = duplicates.MATCHERS[info.slug]
+        if record_id is not None:
+            probe = self.get(info, principal, record_id)
+        else:
+            probe = self.prepare(info, body, creating=False, lenient=lenient)
+            record_id = body.get('id') if isinstance(body.get('id'), str) else None
+        extra = (record_id, *(probe.get(name) for name in matcher.columns))
+        found = self._filed(info, principal, extra, leave_out=record_id)
+        return duplicates.candidates(found, len(found.ids) - 1)
+
+    def records(self, info, principal, ids):
+        """{id: record} of the organization's records among `ids` (archived ones too)."""
+        read, found = self.reader(info), {}
+        with self.db.transaction() as tx:
+            for part in sqlbuild.chunks(ids):
+                for raw in tx.rows(*sqlbuild.build_get(self.db.dialect, info, principal.org_id, part)):
+                    record = read(raw)
+                    found[record['id']] = record
+        return found
+
     # -- merge -------------------------------------------------------------------------------------
 
     def merge_contacts(self, principal, body, lenient=False):
-        """Fold `source_ids` into `target_id` in one transaction; the sources are then deleted."""
-        if not isinstance(body, dict):
-            raise InvalidBody('The request body must be a JSON object')
-        if not lenient:
-            raise_all([unknown_field('merge_contacts', key, snake_case(key), MERGE_FIELDS)
-                       for key in body if key not in MERGE_FIELDS])
-        sources, target_id = body.get('source_ids'), body.get('target_id')
-        if not isinstance(target_id, str) or not target_id:
-            raise InvalidValue("Field 'target_id' must be the id of the contact to keep", field='target_id')
-        if (not isinstance(sources, list) or not sources
-                or not all(isinstance(s, str) and s for s in sources)):
-            raise InvalidValue("Field 'source_ids' must be a non-empty array of contact ids", field='source_ids')
-        if len(sources) > MAX_MERGE_SOURCES:
-            raise InvalidValue(f"At most {MAX_MERGE_SOURCES} source_ids may be merged at once",
-                               field='source_ids')
-        sources = [s for s in dict.fromkeys(sources) if s != target_id]
-        info = self.catalog.resolve('contacts', principal)
-        d = self.db.dialect
-        with self.db.transaction(write=True) as tx:
-            # NOTE: target and sources are locked in one statement, in id order, so two merges of
-            # the same contacts in opposite directions queue up instead of deadlocking.
-            found = {r['id']: r for r in map(self.reader(info), tx.rows(*sqlbuild.build_get(
-                d, info, principal.org_id, [target_id, *sources], for_update=True)))}
-            if target_id not in found:
-                raise RecordNotFound(f"No contacts record with id '{target_id}'", field='target_id')
+        return self.merge('contacts', principal, body, lenient)
+
+    def merge_companies(self, principal, body, lenient=False):
+        return self.merge('companies', principal, body, lenient)
+
+    def merge(self, slug, principal, body, lenient=False):
+        """Fold the sources into the target in one transaction: every reference to a source moves to the
+        target, the target's empty fields take the sources' values, then the sources are deleted.
+
+        With `dry_run`, the same checks in a read transaction that writes nothing, and what the merge
+        would do: {'dry_run', 'target' (as it would be), 'moves' ({resource: records that would move}),
+        'deleted' (the sources)}.
+        """
+        request = merge_request(slug, body, lenient)
+        info = self.catalog.resolve(slug, principal)
+        with self.db.transaction(write=not request.dry_run) as tx:
+            target, sources = self._merge_parties(tx, info, principal, request)
+            changes = self._merged_fields(info, target, sources)
+            ids = [s['id'] for s in sources]
+            if request.dry_run:
+                moves = self._rewrite_references(tx, principal, slug, ids, target['id'], write=False)
+                if changes:
+                    target = {**target, **changes, 'updated_at': values.format_timestamp(self.clock())}
+                return {'dry_run': True, 'target': target, 'moves': moves, 'deleted': ids}
             if not sources:
-                return found[target_id]
-            target = found[target_id]
-            missing = [s for s in sources if s not in found]
-            if missing:
-                raise NotFound(f"No contacts record with id '{missing[0]}'", field='source_ids')
-            changes = self._merged_fields(info, target, [found[s] for s in sources])
-            self._rewrite_references(tx, principal, 'contacts', sources, target_id)
-            tx.execute(*sqlbuild.build_delete(d, info, principal.org_id, sources))
-            self._count(tx, info, principal, -sum(1 for s in sources if found[s]['archived_at'] is None))
+                return target
+            self._rewrite_references(tx, principal, slug, ids, target['id'])
+            tx.execute(*sqlbuild.build_delete(self.db.dialect, info, principal.org_id, ids))
+            self._count(tx, info, principal, -sum(1 for s in sources if s['archived_at'] is None))
             if not changes:
-                return self._fetch(tx, info, principal, target_id)
-            return self._update(tx, info, principal, target_id, self._stamp(info, changes, 'updated_at'))
+                return self._fetch(tx, info, principal, target['id'])
+            stored = {n: v if info.columns[n].kind == 'array' else values.check(info.columns[n], v)
+                      for n, v in changes.items()}
+            return self._update(tx, info, principal, target['id'], self._stamp(info, stored, 'updated_at'))
+
+    def _merge_parties(self, tx, info, principal, request):
+        """(target, [sources]) of a merge, or a 404 naming the first id that is not the organization's.
+
+        NOTE: target and sources are locked (a dry run reads them only) in one statement, in id order, so
+        two merges of the same records in opposite directions queue up instead of deadlocking.
+        """
+        target_id, sources = request.target_id, request.source_ids
+        found = {r['id']: r for r in map(self.reader(info), tx.rows(*sqlbuild.build_get(
+            self.db.dialect, info, principal.org_id, [target_id, *sources], for_update=not request.dry_run)))}
+        if target_id not in found:
+            raise RecordNotFound(f"No {info.slug} record with id '{target_id}'", field=request.target_field)
+        missing = [s for s in sources if s not in found]
+        if missing:
+            raise NotFound(f"No {info.slug} record with id '{missing[0]}'", field=request.sources_field)
+        return found[target_id], [found[s] for s in sources]
 
     @staticmethod
     def _merged_fields(info, target, sources):
-        """Target wins; its empty fields take the first non-empty source value; arrays are united."""
+        """Target wins; its empty fields take the first non-empty source value; arrays are united.
+        The values as they read (a dry run answers them)."""
         changes = {}
         for name, column in info.writable.items():
             if column.kind == 'array':
@@ -668,5 +773,5 @@ class Store:
             elif is_empty(target[name]):
                 value = next((s[name] for s in sources if not is_empty(s[name])), None)
                 if value is not None:
-                    changes[name] = values.check(column, value)
+                    changes[name] = value
         return changes

@@ -214,8 +214,8 @@ def test_preference_applied_adds_to_what_is_already_applied():
 
 def test_merge_refuses_unknown_fields_unless_lenient(api):
     keep, lose = api.create('contacts', last_name='Keep'), api.create('contacts', last_name='Lose')
-    body = {'source_ids': [lose['id']], 'target_id': keep['id'], 'dry_run': True}
-    assert_problem(api.post('/api/merge_contacts', body, status=400), 400, field='dry_run')
+    body = {'source_ids': [lose['id']], 'target_id': keep['id'], 'preview': True}
+    assert_problem(api.post('/api/merge_contacts', body, status=400), 400, field='preview')
     assert api.get(url('contacts', lose['id'])).json == lose
     merged = api.post('/api/merge_contacts', body, status=200, headers=LENIENT)
     assert merged.headers['Preference-Applied'] == 'handling=lenient'
