@@ -300,6 +300,9 @@ def test_docs_page_starts_every_create_and_update_from_an_example_the_api_accept
     for path, item in doc['paths'].items():
         if 'post' not in item or '{' in path or '<' in json.dumps(body_example(doc, path, 'post')):
             continue
+        if '201' not in item['post']['responses']:   # not a create: duplicates of an unsaved record, merges
+            api.post(path, body_example(doc, path, 'post'), status=200)
+            continue
         created = api.post(path, body_example(doc, path, 'post')).json
         tried.add(path)
         if f'{path}/{{id}}' in doc['paths'] and 'put' in doc['paths'][f'{path}/{{id}}']:
