@@ -35,7 +35,8 @@ from .store import Store
 log = logging.getLogger('crmapi')
 PROBLEM_JSON = 'application/problem+json'
 EXPOSED_HEADERS = ('Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied, Retry-After, '
-                   'RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy, X-Upsert-Result')
+                   'RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy, X-Upsert-Result, '
+                   'X-Next-After')
 ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID'
 ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS'
 
@@ -309,6 +310,9 @@ def build_app(settings, db):
     app.add_route('/api/custom_objects/{slug}', definitions, suffix='item')
     app.add_route('/api/custom_objects/{slug}/restore', definitions, suffix='restore')
     app.add_route('/api/custom_objects/{slug}/fields/{name}', definitions, suffix='field')
+    histories = api.History(store, limits)
+    app.add_route('/api/custom_objects/{slug}/history', histories, suffix='definition')
+    app.add_route('/api/changes', api.Changes(store))
     app.add_route('/api/merge_contacts', api.MergeContacts(store, settings.max_body_bytes, idempotency))
     app.add_route('/api/schema', schema)
     app.add_route('/api/schema/{table}', schema, suffix='table')
@@ -317,6 +321,7 @@ def build_app(settings, db):
     app.add_route('/api/{resource}', records)
     app.add_route('/api/{resource}/{id}', records, suffix='item')
     app.add_route('/api/{resource}/{id}/restore', records, suffix='restore')
+    app.add_route('/api/{resource}/{id}/history', histories)
     app.add_sink(NoRoute(auth), '/api')
 
     app.add_error_handler(Exception, handle_unexpected)

@@ -27,6 +27,13 @@ def _secret(raw):
     return raw
 
 
+def _days(raw):
+    days = int(raw) if raw.strip().isdigit() else 0
+    if not 1 <= days <= 36_500:
+        raise ValueError(f'CRMAPI_HISTORY_DAYS is a whole number of days from 1 to 36500, not {raw!r}')
+    return days
+
+
 def _origins(raw):
     return tuple(o.strip() for o in raw.split(',') if o.strip())
 
@@ -46,6 +53,7 @@ class Settings:
     sqlite_synchronous: str = 'FULL'
     secret_key: str = ''        # signs cursors; empty: a random key kept in the database (server_secrets)
     rate_limit: tuple = None        # (requests, seconds) per API token and process; None: no limit
+    history_days: int = 365         # `crmapi prune` deletes changes older than this
     extra: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self):
@@ -68,6 +76,7 @@ class Settings:
             sqlite_synchronous=_env('CRMAPI_SQLITE_SYNCHRONOUS', cls.sqlite_synchronous, _synchronous),
             secret_key=_env('CRMAPI_SECRET_KEY', cls.secret_key, _secret),
             rate_limit=_env('CRMAPI_RATE_LIMIT', cls.rate_limit, parse_rate),
+            history_days=_env('CRMAPI_HISTORY_DAYS', cls.history_days, _days),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

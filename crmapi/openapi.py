@@ -9,6 +9,7 @@ from importlib import resources
 import orjson
 
 from . import __version__
+from . import history
 from . import query
 from .store import MAX_BATCH
 from .store import MAX_MERGE_SOURCES
@@ -78,6 +79,10 @@ HEADERS = {
     'X-Upsert-Result': {
         'description': 'What an upsert (`on_conflict`) did: `created=N, updated=M`.',
         'schema': {'type': 'string', 'pattern': '^created=[0-9]+, updated=[0-9]+$'},
+    },
+    'X-Next-After': {
+        'description': 'The `after` of the next poll: the last `seq` answered, or the `after` sent when none was.',
+        'schema': {'type': 'string', 'pattern': '^[0-9]+$'},
     },
     'WWW-Authenticate': {'schema': {'type': 'string'}},
     'Retry-After': {'schema': {'type': 'string'}},
@@ -206,6 +211,12 @@ def json_param(name, schema, description):
             'content': {'application/json': {'schema': schema}}}
 
 
+def range_param(limits):
+    return json_param('range', {'type': 'array', 'items': {'type': 'integer', 'minimum': 0}, 'minItems': 2,
+                                'maxItems': 2},
+                      f'[start, end], inclusive; default [0,24], at most {limits.max_page} rows')
+
+
 def list_parameters(info, limits):
     names = [n for n in info.columns if n != 'organization_id']
     sortable = [n for n in names if info.columns[n].sortable]
@@ -218,9 +229,7 @@ def list_parameters(info, limits):
     equality['q'] = {'type': 'string', 'description': 'search the text columns'}
     equality['include_archived'] = {'type': 'boolean'}
     return [
-        json_param('range', {'type': 'array', 'items': {'type': 'integer', 'minimum': 0},
-                             'minItems': 2, 'maxItems': 2},
-                   f'[start, end], inclusive; default [0,24], at most {limits.max_page} rows'),
+        range_param(limits),
         json_param('filter', {'type': 'object', 'properties': equality, 'additionalProperties': False},
                    'equality per field; an array means IN, null means IS NULL; `q` searches the text columns'),
         json_param('filters', {
@@ -375,6 +384,59 @@ def resource_paths(info, limits, unique=()):
     return paths
 
 
+def change_schema():
+    """A change as the history and the feed answer it: every field always present."""
+    schemas = {'text': {'type': 'string'}, 'integer': {'type': 'integer', 'minimum': 1}, 'timestamp': TIMESTAMP}
+    properties = {}
+    for name, kind, _, nullable, meaning in history.FIELDS:
+        schema = dict(schemas.get(kind, {}))
+        if nullable and 'type' in schema:
+            schema['type'] = [schema['type'], 'null']
+        properties[name] = {**schema, 'description': meaning}
+    properties['operation']['enum'] = list(history.OPERATIONS)
+    properties['actor']['enum'] = ['user', 'system']
+    return {'type': 'object', 'required': [name for name, *_ in history.FIELDS], 'properties': properties}
+
+
+def history_path(op_id, summary, tag, params, limits):
+    return {'parameters': params, 'get': operation(
+        op_id, summary, tag, {200: json_response('One page of changes, newest first',
+                                                 {'type': 'array', 'items': ref(history.FEED)}, ['Content-Range'])},
+        {404}, parameters=[range_param(limits)])}
+
+
+def feed_paths(limits, slugs):
+    """The organization's change feed, the history of a record of any resource (`slugs`), and a custom object
+    definition's history.
+
+    NOTE: one path serves the histories of every resource, not one path each: it is one operation, and a
+    document a third longer would take the contract tests (which fuzz every operation) a third longer.
+    """
+    slug_param = {'name': 'slug', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}
+    resource_param = {'name': 'resource', 'in': 'path', 'required': True,
+                      'schema': {'type': 'string', 'enum': list(slugs)}}
+    return {
+        '/api/{resource}/{id}/history': history_path(
+            'history', "The changes of one record, newest first (archived and deleted ones too; a summary's are its "
+            "resource's)", history.FEED, [resource_param, ID_PARAM], limits),
+        '/api/changes': {'get': operation(
+            'list_changes', "The organization's changes in seq order, after the seq `after`: poll with the "
+            '`X-Next-After` of each answer to see every change exactly once', history.FEED,
+            {200: json_response('The changes, oldest first', {'type': 'array', 'items': ref(history.FEED)},
+                                ['X-Next-After'])}, set(), parameters=[
+                {'name': 'after', 'in': 'query', 'required': False,
+                 'schema': {'type': 'integer', 'minimum': 0, 'maximum': INT64_MAX, 'default': 0},
+                 'description': 'the last seq already seen'},
+                {'name': 'limit', 'in': 'query', 'required': False,
+                 'schema': {'type': 'integer', 'minimum': 1, 'maximum': history.MAX_LIMIT,
+                            'default': history.DEFAULT_LIMIT}},
+                {'name': 'resource', 'in': 'query', 'required': False, 'schema': {'type': 'string'},
+                 'description': 'only the changes of this resource (custom_objects: the definitions)'}])},
+        '/api/custom_objects/{slug}/history': history_path(
+            'history_custom_object', "A definition's changes, newest first", 'custom_objects', [slug_param], limits),
+    }
+
+
 def fixed_paths():
     """The routes that are not one resource's: merge, schema, custom object definitions, the docs."""
     slug_param = {'name': 'slug', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}
@@ -452,9 +514,10 @@ def build_document(catalog, principal=None, limits=None, root_path=''):
                            'properties': {**RESOURCE_SUMMARY['properties'],
                                           'columns': {'type': 'array', 'items': ref('Column')}}},
         'Column': COLUMN_DESCRIPTION, 'CustomField': FIELD_DEFINITION, 'CustomObject': CUSTOM_OBJECT,
+        history.FEED: change_schema(),
     }
-    paths, tags = {}, []
-    for slug in catalog.visible(principal):
+    paths, tags, slugs = {}, [], catalog.visible(principal)
+    for slug in slugs:
         info = catalog.resolve(slug, principal)
         schemas[slug] = record_schema(info)
         if not info.spec.read_only:
@@ -467,7 +530,8 @@ def build_document(catalog, principal=None, limits=None, root_path=''):
         tags.append({'name': slug, 'description': ('custom object' if custom else 'built-in resource')
                      + (', read-only' if info.spec.read_only else '')})
     paths.update(fixed_paths())
-    tags += [{'name': 'custom_objects'}, {'name': 'schema'}, {'name': 'docs'}]
+    paths.update(feed_paths(limits, slugs))
+    tags += [{'name': 'custom_objects'}, {'name': history.FEED}, {'name': 'schema'}, {'name': 'docs'}]
     return {
         'openapi': OPENAPI_VERSION,
         'info': {
