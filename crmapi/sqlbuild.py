@@ -740,7 +740,7 @@ CHANGE_KINDS = {'seq': 'integer', 'changed_at': 'timestamp', 'data': 'json'}
 def build_change_numbers(d, org_id, count):
     """Take `count` change numbers of `org_id`: answers the last one. The counter row stays locked until
     the transaction ends, so the organization's changes commit in number order."""
-    return _numbers(d.parameter().get_sql()), [org_id, int(count)]
+    return _statement(d, 'change_numbers', lambda: _numbers(d.parameter().get_sql())), [org_id, int(count)]
 
 
 def build_numbered_changes(d, org_id, who, items):
