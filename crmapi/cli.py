@@ -240,13 +240,13 @@ def cmd_prune(db, args):
     """Delete the changes older than --days (default CRMAPI_HISTORY_DAYS), a thousand per transaction."""
     from .config import Settings
     from .history import History
-    from .store import new_id
+    from .store import new_ids
     from .store import utc_now
     try:
         days = args.days or Settings.from_env().history_days
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    pruned = History(db, utc_now, new_id).prune(days)
+    pruned = History(db, utc_now, new_ids).prune(days)
     print(f'pruned {pruned} change(s) older than {days} days', file=sys.stderr)
 
 

@@ -114,10 +114,10 @@ def actor(principal):
 class History:
     """Records changes inside write transactions and reads them back."""
 
-    def __init__(self, db, clock, new_id):
+    def __init__(self, db, clock, new_ids):
         self.db = db
         self.clock = clock
-        self.new_id = new_id        # store.new_id: time-ordered, so change ids sort as they were made
+        self.new_ids = new_ids      # store.new_ids: time-ordered, so change ids sort as they were made
         self.read_change = db.reader([sqlbuild.CHANGE_KINDS.get(n, 'text') for n in sqlbuild.CHANGE_OUTPUT])
 
     @contextlib.contextmanager
@@ -143,8 +143,9 @@ class History:
             return
         d, org, count = self.db.dialect, principal.org_id, len(changes)
         who = (*actor(principal), values.format_timestamp(self.clock()))
-        items = [(self.new_id(CHANGE_PREFIX), resource, record_id, operation, orjson.dumps(data).decode())
-                 for resource, record_id, operation, data in changes]
+        items = [(change_id, resource, record_id, operation, orjson.dumps(data).decode())
+                 for change_id, (resource, record_id, operation, data) in zip(self.new_ids(CHANGE_PREFIX, count),
+                                                                              changes)]
         if d.name == 'postgresql' and count < COPY_ROWS:
             tx.execute(*sqlbuild.build_numbered_changes(d, org, who, items))
             return

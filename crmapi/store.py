@@ -43,14 +43,25 @@ def new_id(prefix):
 
     Within one process ids only grow: a second id in the same millisecond is the last one plus 1.
     """
+    return prefix + crockford(_reserve(1))
+
+
+def new_ids(prefix, count):
+    """`count` ids as new_id makes them, in order, taken at once (a batch's)."""
+    first = _reserve(count)
+    return [prefix + crockford(first + k) for k in range(count)]
+
+
+def _reserve(count):
+    """The first of `count` consecutive id numbers: milliseconds, then random bits counting up."""
     with _id_lock:
         ms = time.time_ns() // 1_000_000
         if ms <= _last_id[0]:
             ms, rand = _last_id[0], _last_id[1] + 1
         else:
             rand = int.from_bytes(os.urandom(10), 'big') >> 1  # room to count up within the millisecond
-        _last_id[:] = [ms, rand]
-    return prefix + crockford(ms << 80 | rand)
+        _last_id[:] = [ms, rand + count - 1]
+    return ms << 80 | rand
 
 
 # NOTE: two digits (10 bits) a step, from a table: an id is made for every record and every change a write
@@ -181,7 +192,7 @@ class Store:
         self.clock = clock
         self._readers = {}
         self._uniques = {}
-        self.history = history.History(db, lambda: self.clock(), new_id)
+        self.history = history.History(db, lambda: self.clock(), new_ids)
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -352,8 +363,8 @@ class Store:
             check_batch(bodies)
         rows = self._prepare_items(info, bodies, True, batch, lenient=lenient)
         stamps = self._stamp(info, {}, 'created_at', 'updated_at')
-        rows = [{'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id, **row, **stamps}
-                for row in rows]
+        rows = [{'id': record_id, 'organization_id': principal.org_id, **row, **stamps}
+                for record_id, row in zip(new_ids(info.spec.id_prefix, len(rows)), rows)]
         with self.history.recorded(principal) as tx:
             self._check_references(tx, info, principal, rows, batch)
             created = {record['id']: record for record, _ in self._insert(tx, info, rows)}

@@ -14,7 +14,7 @@ from crmapi.config import Settings
 from crmapi.db import PostgresDatabase
 from crmapi.db import SQLiteDatabase
 from crmapi.history import History
-from crmapi.store import new_id
+from crmapi.store import new_ids
 from crmapi.store import utc_now
 from crmapi.values import format_timestamp
 
@@ -424,7 +424,7 @@ def test_prune_deletes_old_changes_a_batch_at_a_time_and_never_reuses_a_number(a
     cli.main(['--database', database_url(database), 'prune'])
     assert 'pruned 3 change(s) older than 365 days' in capsys.readouterr().err
     backdate(database, api.org_id, mark - 1, days=40)
-    assert History(database, utc_now, new_id).prune(30, batch=1) == 2, 'one transaction each'
+    assert History(database, utc_now, new_ids).prune(30, batch=1) == 2, 'one transaction each'
     assert [c['seq'] for c in history(api, 'contacts', contact['id']).json] == [mark]
     api.put(f'/api/contacts/{contact["id"]}', {'city': 'Bern'})
     assert [c['seq'] for c in feed(api)] == [mark, mark + 1]
