@@ -297,6 +297,33 @@ CREATE TABLE IF NOT EXISTS server_secrets (
     value TEXT NOT NULL
 );
 
+-- Change history: one row per record a write touched, written in the write's own transaction. seq numbers
+-- an organization's changes, taken from change_counters by the write's last statements (the counter row,
+-- locked until COMMIT, makes an organization's changes commit in seq order). data: an update's changed
+-- fields {"field": [old, new]}, a create's new record, a delete's last one (JSON: stored as written, never
+-- queried into). No foreign key to organizations on changes: a write would check it once per change row.
+CREATE TABLE IF NOT EXISTS changes (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    resource TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    user_id TEXT,
+    token_id TEXT,
+    changed_at TIMESTAMPTZ NOT NULL,
+    data JSON,
+    UNIQUE (organization_id, seq)
+);
+CREATE INDEX IF NOT EXISTS changes_org_record ON changes (organization_id, resource, record_id, seq);
+CREATE INDEX IF NOT EXISTS changes_org_resource ON changes (organization_id, resource, seq);
+
+CREATE TABLE IF NOT EXISTS change_counters (
+    organization_id TEXT PRIMARY KEY REFERENCES organizations (id),
+    n BIGINT NOT NULL
+);
+
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL

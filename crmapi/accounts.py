@@ -34,6 +34,12 @@ class Principal:
     user_id: str
     is_admin: bool = False
     token_id: str = None
+    is_system: bool = False     # the server itself (the CLI, automation), not a user: recorded as `system`
+
+    @classmethod
+    def system(cls, org_id):
+        """The server acting for an organization: an administrator without a user or a token."""
+        return cls(org_id, None, True, None, True)
 
 
 def token_digest(token):

@@ -3,6 +3,7 @@ import re
 
 from . import export as exports
 from . import imports
+from . import history
 from . import query
 from . import sqlbuild
 from . import values
@@ -426,10 +427,13 @@ class Schema:
 
     def on_get(self, req, resp):
         principal = req.context.principal
-        resp.media = [{k: v for k, v in self.catalog.resolve(slug, principal).describe().items() if k != 'columns'}
-                      for slug in self.catalog.visible(principal)]
+        described = [self.catalog.resolve(slug, principal).describe() for slug in self.catalog.visible(principal)]
+        resp.media = [{k: v for k, v in d.items() if k != 'columns'} for d in [*described, history.describe()]]
 
     def on_get_table(self, req, resp, table):
+        if table == history.FEED:
+            resp.media = history.describe()
+            return
         info = self.catalog.resolve(table, req.context.principal)
         resp.media = info.describe(relations=self.relations.of(info, req.context.principal).values())
 
@@ -466,3 +470,72 @@ class CustomObjectDefinitions:
 
     def on_delete_field(self, req, resp, slug, name):
         resp.media = self.custom.drop_field(req.context.principal, slug, name)
+
+
+class History:
+    """`GET /api/{resource}/{id}/history` and `/api/custom_objects/{slug}/history`: a record's changes, newest
+    first, paged with `range` (archived and deleted records too; an id the organization never had is a 404)."""
+
+    def __init__(self, store, limits):
+        self.store = store
+        self.limits = limits
+
+    def _range(self, req):
+        unknown = sorted(set(req.params) - {'range'})
+        if unknown:
+            raise InvalidParam(f"Unknown parameter '{unknown[0]}': a history takes only range", param=unknown[0])
+        start, end = query.parse_range(req.params, self.limits)
+        return start, end - start + 1
+
+    def _page(self, req, resp, resource, record_id, exists):
+        org_id = req.context.principal.org_id
+        try:
+            start, size = self._range(req)
+        except InvalidParam:
+            # NOTE: an id the organization never had is a 404 whatever the parameters, as for every read
+            if not self.store.history.of_record(org_id, resource, record_id, 0, 1)[1]:
+                exists()
+            raise
+        rows, total = self.store.history.of_record(org_id, resource, record_id, start, size)
+        if not total:
+            exists()  # NOTE: a record without changes (written around the API, or pruned) has an empty history
+        resp.media = rows
+        resp.set_header('Content-Range', content_range('history', start, len(rows), total))
+
+    def on_get(self, req, resp, resource, id):
+        principal = req.context.principal
+        info = self.store.catalog.resolve(resource, principal)
+        # NOTE: a summary's records are its table's: their history is that resource's
+        slug = info.spec.counted_as if info.spec.read_only else info.slug
+        self._page(req, resp, slug, id, lambda: self.store.get(info, principal, id))
+
+    def on_get_definition(self, req, resp, slug):
+        definition = self.store.catalog.custom.get(req.context.principal.org_id, slug)
+        self._page(req, resp, history.RESOURCE, definition['id'], lambda: definition)
+
+
+class Changes:
+    """`GET /api/changes?after=<seq>&limit=&resource=`: the organization's changes in `seq` order, for sync
+    clients. `X-Next-After` is the `after` of the next poll (the last `seq` answered, or `after` itself)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def _known(self, principal):
+        """Whether a name is a resource whose changes are recorded: a writable one, custom_objects, or any of
+        the organization's custom objects (archived ones too: their history stays)."""
+        def known(name):
+            if name == history.RESOURCE:
+                return True
+            info = self.store.catalog.tables.get(name)
+            if info is not None:
+                return not info.spec.read_only
+            return any(d['slug'] == name for d in self.store.catalog.custom.definitions(principal.org_id))
+        return known
+
+    def on_get(self, req, resp):
+        principal = req.context.principal
+        after, limit, resource = history.parse_feed(req.params, self._known(principal))
+        rows = self.store.history.feed(principal.org_id, after, limit, resource)
+        resp.media = rows
+        resp.set_header('X-Next-After', str(rows[-1]['seq'] if rows else after))

@@ -37,7 +37,7 @@ from .store import Store
 log = logging.getLogger('crmapi')
 PROBLEM_JSON = 'application/problem+json'
 EXPOSED_HEADERS = ('Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied, Retry-After, '
-                   'Content-Disposition, X-Upsert-Result, X-Read-After, '
+                   'Content-Disposition, X-Upsert-Result, X-Read-After, X-Next-After, '
                    'RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy')
 ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID, X-Read-After'
 READ_AFTER_COOKIE = 'crmapi_read_after'
@@ -361,6 +361,9 @@ def build_app(settings, db):
     app.add_route('/api/custom_objects/{slug}', definitions, suffix='item')
     app.add_route('/api/custom_objects/{slug}/restore', definitions, suffix='restore')
     app.add_route('/api/custom_objects/{slug}/fields/{name}', definitions, suffix='field')
+    histories = api.History(store, limits)
+    app.add_route('/api/custom_objects/{slug}/history', histories, suffix='definition')
+    app.add_route('/api/changes', api.Changes(store))
     app.add_route('/api/merge_contacts', api.MergeContacts(store, settings.max_body_bytes, idempotency))
     app.add_route('/api/me', api.Me(store))
     app.add_route('/api/merge_companies', api.MergeCompanies(store, settings.max_body_bytes, idempotency))
@@ -380,6 +383,7 @@ def build_app(settings, db):
     app.add_route('/api/{resource}', records)
     app.add_route('/api/{resource}/{id}', records, suffix='item')
     app.add_route('/api/{resource}/{id}/restore', records, suffix='restore')
+    app.add_route('/api/{resource}/{id}/history', histories)
     app.add_sink(NoRoute(auth), '/api')
 
     app.add_error_handler(Exception, handle_unexpected)

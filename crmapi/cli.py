@@ -65,6 +65,17 @@ def expiry_days(text):
     return days
 
 
+def history_days(text):
+    """--days of prune: a whole number of days, at least one."""
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of days") from None
+    if not 1 <= days <= MAX_EXPIRY_DAYS:
+        raise argparse.ArgumentTypeError(f'{days} days: use 1 to {MAX_EXPIRY_DAYS}')
+    return days
+
+
 def email_address(text):
     if len(text) > 254 or not EMAIL.match(text):
         raise argparse.ArgumentTypeError(f"'{text}' is not an email address")
@@ -134,9 +145,31 @@ def cmd_create_token(db, args):
         from .store import utc_now
         expires_at = utc_now() + dt.timedelta(days=args.expires_in)
     try:
-        print(Accounts(db).create_token(args.org, args.email, admin=args.admin, expires_at=expires_at))
+        print(issue_token(db, args.org, args.email, args.admin, expires_at))
     except LookupError as exc:
         sys.exit(f'crmapi: {exc}')
+
+
+def issue_token(db, org_id, email, admin, expires_at):
+    """A new token (Accounts.create_token), in a transaction that records, as `system`, the user it creates
+    or makes an administrator."""
+    from .accounts import Principal
+    from .app import build_services
+    from .history import created
+    from .history import updated
+    store = build_services(db).custom.store
+    users = store.catalog.resolve('crm_users')
+    principal = Principal.system(org_id)
+
+    def user(tx):
+        found = store._by_key(tx, users, principal, users.columns['email'], [email])
+        return found[0] if found else None
+    with store.history.recorded(principal) as tx:
+        before = user(tx)
+        token = Accounts(db).create_token(org_id, email, admin=admin, expires_at=expires_at)
+        after = user(tx)
+        tx.changes.append(created(users.slug, after) if before is None else updated(users.slug, before, after))
+    return token
 
 
 def cmd_list_tokens(db, args):
@@ -179,7 +212,7 @@ def cmd_define_object(db, args):
         raise CliError(f'{args.file} must hold one JSON object: {{"slug": …, "fields": [...]}}')
     require_org(db, args.org)
     custom = build_services(db).custom
-    principal = Principal(args.org, None, is_admin=True)
+    principal = Principal.system(args.org)
     definition = existing_definition(custom, args.org, body)
     if definition is None:
         definition = custom.define(principal, body)
@@ -205,6 +238,20 @@ def unchanged(definition, body):
     current = {f.name: f for f in parse_fields(definition['fields'])}
     return (body.get('label', definition['label']) == definition['label']
             and all(current.get(f.name) == f for f in parse_fields(body.get('fields', []))))
+
+
+def cmd_prune(db, args):
+    """Delete the changes older than --days (default CRMAPI_HISTORY_DAYS), a thousand per transaction."""
+    from .config import Settings
+    from .history import History
+    from .store import new_ids
+    from .store import utc_now
+    try:
+        days = args.days or Settings.from_env().history_days
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    pruned = History(db, utc_now, new_ids).prune(days)
+    print(f'pruned {pruned} change(s) older than {days} days', file=sys.stderr)
 
 
 def cmd_backup(db, args):
@@ -471,6 +518,10 @@ def parser():
     s.add_argument('--org', required=True, metavar='ORG_ID', help='the organization (from list-orgs)')
     s.add_argument('--file', required=True, help='a JSON definition: {"slug": …, "label": …, "fields": [...]}')
     s.set_defaults(func=cmd_define_object, needs='schema')
+    s = sub.add_parser('prune', help='delete the change history older than --days, 1000 changes per transaction')
+    s.add_argument('--days', type=history_days, metavar='DAYS',
+                   help='keep this many days of changes (default: CRMAPI_HISTORY_DAYS, else 365)')
+    s.set_defaults(func=cmd_prune, needs='schema')
     s = sub.add_parser('backup', help='copy a live SQLite database to PATH (online backup API)')
     s.add_argument('path', metavar='PATH', help='the backup file, in an existing directory')
     s.add_argument('--force', action='store_true', help='replace PATH if it exists')

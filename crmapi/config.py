@@ -28,6 +28,13 @@ def _secret(raw):
     return raw
 
 
+def _days(raw):
+    days = int(raw) if raw.strip().isdigit() else 0
+    if not 1 <= days <= 36_500:
+        raise ValueError(f'CRMAPI_HISTORY_DAYS is a whole number of days from 1 to 36500, not {raw!r}')
+    return days
+
+
 def _origins(raw):
     return tuple(o.strip() for o in raw.split(',') if o.strip())
 
@@ -81,6 +88,7 @@ class Settings:
     database_read_urls: tuple = ()  # read replicas of database_url (PostgreSQL streaming replicas)
     replica_max_lag_ms: int = 2000  # a replica further behind the primary than this is not read from
     pgbouncer: bool = False         # connections go through PgBouncer in transaction pooling mode
+    history_days: int = 365         # `crmapi prune` deletes changes older than this
     extra: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self):
@@ -108,6 +116,7 @@ class Settings:
             replica_max_lag_ms=_env('CRMAPI_REPLICA_MAX_LAG_MS', cls.replica_max_lag_ms,
                                     _milliseconds('CRMAPI_REPLICA_MAX_LAG_MS')),
             pgbouncer=_env('CRMAPI_PGBOUNCER', cls.pgbouncer, _flag('CRMAPI_PGBOUNCER')),
+            history_days=_env('CRMAPI_HISTORY_DAYS', cls.history_days, _days),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

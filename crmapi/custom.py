@@ -11,6 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from . import history
 from . import sqlbuild
 from . import values
 from .errors import Conflict
@@ -32,7 +33,7 @@ FIELD_TYPES = {
     'datetime': 'TIMESTAMPTZ', 'json': 'JSONB', 'reference': 'TEXT',
 }
 ROUTE_NAMES = frozenset({'schema', 'merge_contacts', 'merge_companies', 'custom_objects', 'openapi', 'docs',
-                         'me'})
+                         'me', 'changes'})
 NAME = re.compile(r'[a-z][a-z0-9_]{0,62}\Z')
 RECORD_PREFIX = 'rec_'
 MAX_FIELDS = 200     # fields of one definition
@@ -321,7 +322,7 @@ class CustomObjects:
         row = {'id': definition_id, 'organization_id': principal.org_id, 'slug': slug, 'label': label,
                'table_name': table, 'fields': [f.to_json() for f in fields], 'version': 1,
                'created_at': now, 'updated_at': now}
-        with self.db.transaction(write=True) as tx:
+        with self.store.history.recorded(principal) as tx:
             # NOTE: the organization's definitions are counted under its lock, so two concurrent
             # definitions cannot both take the last place.
             tx.execute(*sqlbuild.build_lock_organization(self.db.dialect, principal.org_id))
@@ -331,13 +332,18 @@ class CustomObjects:
             self._check_targets(tx, principal, slug, fields)
             tx.execute(sqlbuild.build_create_table(table, []))
             self._columns_ddl(tx, table, fields)
-            created = tx.one(*sqlbuild.build_insert(self.db.dialect, self.info, row))
-        return self.to_json(self.store.reader(self.info)(created))
+            created = self.to_json(self.store.reader(self.info)(
+                tx.one(*sqlbuild.build_insert(self.db.dialect, self.info, row))))
+            tx.changes.append(history.created(history.RESOURCE, created))
+        return created
 
-    def _save(self, tx, org_id, definition, **changes):
+    def _save(self, tx, org_id, definition, operation='updated', **changes):
+        """Store `changes` of a definition (a new version), and record what changed."""
         changes = {**changes, 'version': definition['version'] + 1, 'updated_at': self.store.clock()}
         row = tx.one(*sqlbuild.build_update(self.db.dialect, self.info, org_id, definition['id'], changes))
-        return self.to_json(self.store.reader(self.info)(row))
+        saved = self.to_json(self.store.reader(self.info)(row))
+        tx.changes.append(history.updated(history.RESOURCE, self.to_json(definition), saved, operation=operation))
+        return saved
 
     def redefine(self, principal, slug, body):
         """Add the new fields, change labels; fields the body omits are kept, types never change."""
@@ -345,7 +351,7 @@ class CustomObjects:
         check_body(body)
         if 'slug' in body and body['slug'] != slug:
             raise InvalidValue('A custom object keeps its slug; define a new one instead', field='slug')
-        with self.db.transaction(write=True) as tx:
+        with self.store.history.recorded(principal) as tx:
             definition = self._locked(tx, principal.org_id, slug)
             label = self._label(body, definition['label'])
             current = {f.name: f for f in load_fields(definition['fields'])}
@@ -359,8 +365,10 @@ class CustomObjects:
             for f in current.values():
                 if f.unique != was_unique[f.name]:
                     self._unique_ddl(tx, definition['table_name'], f)
-            merged = [*current.values(), *added]
-            return self._save(tx, principal.org_id, definition, label=label, fields=[f.to_json() for f in merged])
+            merged = [f.to_json() for f in [*current.values(), *added]]
+            if label == definition['label'] and merged == definition['fields']:
+                return self.to_json(definition)  # nothing changes: the version stays, nothing is recorded
+            return self._save(tx, principal.org_id, definition, label=label, fields=merged)
 
     @staticmethod
     def _merge(current, fields):
@@ -383,16 +391,17 @@ class CustomObjects:
     def set_archived(self, principal, slug, archived):
         """DELETE archives a definition (its records are kept); restore brings it back."""
         self._require_admin(principal)
-        with self.db.transaction(write=True) as tx:
+        with self.store.history.recorded(principal) as tx:
             definition = self._locked(tx, principal.org_id, slug)
             if (definition['archived_at'] is None) != archived:
                 return self.to_json(definition)
-            return self._save(tx, principal.org_id, definition, archived_at=self.store.clock() if archived else None)
+            return self._save(tx, principal.org_id, definition, 'archived' if archived else 'restored',
+                              archived_at=self.store.clock() if archived else None)
 
     def drop_field(self, principal, slug, name):
         """Remove one field and its column; answer with what was dropped."""
         self._require_admin(principal)
-        with self.db.transaction(write=True) as tx:
+        with self.store.history.recorded(principal) as tx:
             definition = self._locked(tx, principal.org_id, slug)
             fields = load_fields(definition['fields'])
             dropped = next((f for f in fields if f.name == name), None)

@@ -59,6 +59,12 @@ class Tx:
             self.cursor.fetchall()  # run a RETURNING statement to completion
         return self.cursor.rowcount
 
+    def copy(self, sql, rows):
+        """Send `rows` (tuples) to a `COPY … FROM STDIN` statement: PostgreSQL's bulk load."""
+        with self.cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+
 
 def _identity(value):
     return value

@@ -22,7 +22,7 @@ def fill(db, seed=7, companies=8, contacts=40):
     principal = accounts.authenticate(token)
     store = Store(db, Catalog.load(db))
     table = store.catalog.resolve
-    p = Principal(principal.org_id, principal.user_id, True)
+    p = Principal.system(principal.org_id)  # the CLI writes as the server itself
     tags = [store.create(table('tags'), p, {'name': n, 'color': c})['id']
             for n, c in [('customer', '#3b82f6'), ('partner', '#10b981'), ('vip', '#f59e0b')]]
     company_ids = [store.create(table('companies'), p, {
@@ -45,6 +45,6 @@ def fill(db, seed=7, companies=8, contacts=40):
         store.create(table('deal_notes'), p, {'deal_id': deal['id'], 'text': 'Kick-off call went well.'})
     for cid in contact_ids[:15]:
         store.create(table('tasks'), p, {'contact_id': cid, 'type': 'call', 'text': 'Follow up',
-                                         'due_date': '2027-01-15', 'assignee_id': p.user_id})
+                                         'due_date': '2027-01-15', 'assignee_id': principal.user_id})
         store.create(table('contact_notes'), p, {'contact_id': cid, 'text': 'Met at the conference.'})
     return token

@@ -12,6 +12,7 @@ import orjson
 
 from . import __version__
 from . import duplicates
+from . import history
 from . import query
 from . import relations as relations_module
 from .errors import NotFound
@@ -83,6 +84,10 @@ HEADERS = {
     'X-Upsert-Result': {
         'description': 'What an upsert (`on_conflict`) did: `created=N, updated=M`.',
         'schema': {'type': 'string', 'pattern': '^created=[0-9]+, updated=[0-9]+$'},
+    },
+    'X-Next-After': {
+        'description': 'The `after` of the next poll: the last `seq` answered, or the `after` sent when none was.',
+        'schema': {'type': 'string', 'pattern': '^[0-9]+$'},
     },
     'WWW-Authenticate': {'schema': {'type': 'string'}},
     'Retry-After': {'schema': {'type': 'string'}},
@@ -267,6 +272,12 @@ def embed_parameters(relations):
     ]
 
 
+def range_param(limits):
+    return json_param('range', {'type': 'array', 'items': {'type': 'integer', 'minimum': 0}, 'minItems': 2,
+                                'maxItems': 2},
+                      f'[start, end], inclusive; default [0,24], at most {limits.max_page} rows')
+
+
 def list_parameters(info, limits, relations=None):
     relations = relations or {}
     dotted = dotted_fields(relations)
@@ -282,9 +293,7 @@ def list_parameters(info, limits, relations=None):
     equality['q'] = {'type': 'string', 'description': 'search the text columns'}
     equality['include_archived'] = {'type': 'boolean'}
     return [
-        json_param('range', {'type': 'array', 'items': {'type': 'integer', 'minimum': 0},
-                             'minItems': 2, 'maxItems': 2},
-                   f'[start, end], inclusive; default [0,24], at most {limits.max_page} rows'),
+        range_param(limits),
         json_param('filter', {'type': 'object', 'properties': equality, 'additionalProperties': False},
                    'equality per field; an array means IN, null means IS NULL; `q` searches the text columns'),
         json_param('filters', {
@@ -507,6 +516,59 @@ def duplicate_paths(limits):
     return paths
 
 
+def change_schema():
+    """A change as the history and the feed answer it: every field always present."""
+    schemas = {'text': {'type': 'string'}, 'integer': {'type': 'integer', 'minimum': 1}, 'timestamp': TIMESTAMP}
+    properties = {}
+    for name, kind, _, nullable, meaning in history.FIELDS:
+        schema = dict(schemas.get(kind, {}))
+        if nullable and 'type' in schema:
+            schema['type'] = [schema['type'], 'null']
+        properties[name] = {**schema, 'description': meaning}
+    properties['operation']['enum'] = list(history.OPERATIONS)
+    properties['actor']['enum'] = ['user', 'system']
+    return {'type': 'object', 'required': [name for name, *_ in history.FIELDS], 'properties': properties}
+
+
+def history_path(op_id, summary, tag, params, limits):
+    return {'parameters': params, 'get': operation(
+        op_id, summary, tag, {200: json_response('One page of changes, newest first',
+                                                 {'type': 'array', 'items': ref(history.FEED)}, ['Content-Range'])},
+        {404}, parameters=[range_param(limits)])}
+
+
+def feed_paths(limits, slugs):
+    """The organization's change feed, the history of a record of any resource (`slugs`), and a custom object
+    definition's history.
+
+    NOTE: one path serves the histories of every resource, not one path each: it is one operation, and a
+    document a third longer would take the contract tests (which fuzz every operation) a third longer.
+    """
+    slug_param = {'name': 'slug', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}
+    resource_param = {'name': 'resource', 'in': 'path', 'required': True,
+                      'schema': {'type': 'string', 'enum': list(slugs)}}
+    return {
+        '/api/{resource}/{id}/history': history_path(
+            'history', "The changes of one record, newest first (archived and deleted ones too; a summary's are its "
+            "resource's)", history.FEED, [resource_param, ID_PARAM], limits),
+        '/api/changes': {'get': operation(
+            'list_changes', "The organization's changes in seq order, after the seq `after`: poll with the "
+            '`X-Next-After` of each answer to see every change exactly once', history.FEED,
+            {200: json_response('The changes, oldest first', {'type': 'array', 'items': ref(history.FEED)},
+                                ['X-Next-After'])}, set(), parameters=[
+                {'name': 'after', 'in': 'query', 'required': False,
+                 'schema': {'type': 'integer', 'minimum': 0, 'maximum': INT64_MAX, 'default': 0},
+                 'description': 'the last seq already seen'},
+                {'name': 'limit', 'in': 'query', 'required': False,
+                 'schema': {'type': 'integer', 'minimum': 1, 'maximum': history.MAX_LIMIT,
+                            'default': history.DEFAULT_LIMIT}},
+                {'name': 'resource', 'in': 'query', 'required': False, 'schema': {'type': 'string'},
+                 'description': 'only the changes of this resource (custom_objects: the definitions)'}])},
+        '/api/custom_objects/{slug}/history': history_path(
+            'history_custom_object', "A definition's changes, newest first", 'custom_objects', [slug_param], limits),
+    }
+
+
 def fixed_paths(limits=None):
     """The routes that are not one resource's: merges, duplicates, schema, custom object definitions, the docs."""
     slug_param = {'name': 'slug', 'in': 'path', 'required': True, 'schema': {'type': 'string'}}
@@ -594,10 +656,10 @@ def build_document(catalog, principal=None, limits=None, root_path=''):
                                           'columns': {'type': 'array', 'items': ref('Column')},
                                           'relations': {'type': 'array', 'items': ref('Relation')}}},
         'Column': COLUMN_DESCRIPTION, 'Relation': RELATION_DESCRIPTION, 'CustomField': FIELD_DEFINITION,
-        'CustomObject': CUSTOM_OBJECT,
+        'CustomObject': CUSTOM_OBJECT, history.FEED: change_schema(),
     }
-    paths, tags = {}, []
-    tables = {slug: catalog.resolve(slug, principal) for slug in catalog.visible(principal)}
+    paths, tags, slugs = {}, [], catalog.visible(principal)
+    tables = {slug: catalog.resolve(slug, principal) for slug in slugs}
     for slug, info in tables.items():
         relations = relations_module.relations_of(info, tables)
         schemas[slug] = record_schema(info)
@@ -613,7 +675,9 @@ def build_document(catalog, principal=None, limits=None, root_path=''):
         tags.append({'name': slug, 'description': ('custom object' if custom else 'built-in resource')
                      + (', read-only' if info.spec.read_only else '')})
     paths.update(fixed_paths(limits))
-    tags += [{'name': 'custom_objects'}, {'name': 'schema'}, {'name': 'me'}, {'name': 'docs'}, {'name': 'health'}]
+    paths.update(feed_paths(limits, slugs))
+    tags += [{'name': 'custom_objects'}, {'name': history.FEED}, {'name': 'schema'}, {'name': 'me'}, {'name': 'docs'},
+             {'name': 'health'}]
     return {
         'openapi': OPENAPI_VERSION,
         'info': {

@@ -881,6 +881,113 @@ def build_recount(d, org_id, info):
             'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = excluded.n'), [org_id, info.spec.table, *params]
 
 
+# -- change history --------------------------------------------------------------------------------
+
+CHANGES = Table('changes')
+CHANGE_COLUMNS = ('id', 'organization_id', 'seq', 'resource', 'record_id', 'operation', 'actor', 'user_id',
+                  'token_id', 'changed_at', 'data')
+CHANGE_OUTPUT = tuple(n for n in CHANGE_COLUMNS if n != 'organization_id')
+CHANGE_KINDS = {'seq': 'integer', 'changed_at': 'timestamp', 'data': 'json'}
+
+
+def build_change_numbers(d, org_id, count):
+    """Take `count` change numbers of `org_id`: answers the last one. The counter row stays locked until
+    the transaction ends, so the organization's changes commit in number order."""
+    return _statement(d, 'change_numbers', lambda: _numbers(d.parameter().get_sql())), [org_id, int(count)]
+
+
+def build_numbered_changes(d, org_id, who, items):
+    """PostgreSQL: take the numbers of `items` and insert them in one statement (one round trip).
+
+    `who` is (actor, user_id, token_id, changed_at as text), shared by every change; each item is (id, resource,
+    record_id, operation, data as JSON text), numbered in order. NOTE: VALUES in FROM types its columns as
+    text, so the time and the JSON are cast.
+    """
+    def write():
+        p = d.parameter().get_sql()
+        return (f'WITH c AS ({_numbers(p)}) INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) '
+                f'SELECT v.id, {p}, c.n - {p} + v.k, v.resource, v.record_id, v.operation, {p}, {p}, {p}, '
+                f'CAST({p} AS TIMESTAMPTZ), CAST(v.data AS JSON) FROM c, ({_values(d, len(items), 6)}) '
+                'AS v (id, k, resource, record_id, operation, data)')
+    sql = _statement(d, ('numbered_changes', len(items)), write)
+    flat = [value for k, (change_id, *rest) in enumerate(items, 1) for value in (change_id, k, *rest)]
+    return sql, [org_id, len(items), org_id, len(items), *who, *flat]
+
+
+def _numbers(p):
+    return (f'INSERT INTO change_counters (organization_id, n) VALUES ({p}, {p}) ON CONFLICT (organization_id) '
+            'DO UPDATE SET n = change_counters.n + excluded.n RETURNING n')
+
+
+def build_insert_changes(d, rows):
+    """One INSERT of `rows`: tuples in CHANGE_COLUMNS order, `changed_at` as text, `data` as JSON text.
+
+    NOTE: no RETURNING, and text for the timestamp and JSON: INSERT … VALUES gives each value its column's
+    type on PostgreSQL, and JSON made by orjson is the fastest there is.
+    """
+    sql = _statement(d, ('insert_changes', len(rows)), lambda: (
+        f'INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) ' + _values(d, len(rows), len(CHANGE_COLUMNS))))
+    return sql, [value for row in rows for value in row]
+
+
+def build_copy_changes(d):
+    """PostgreSQL's COPY of change rows (tuples in CHANGE_COLUMNS order, as for build_insert_changes)."""
+    return f'COPY changes ({",".join(CHANGE_COLUMNS)}) FROM STDIN'
+
+
+def _change_select(d):
+    return d.from_(CHANGES).select(*[CHANGES.field(n) for n in CHANGE_OUTPUT])
+
+
+def build_record_changes(d, org_id, resource, record_id, start, size):
+    """One page of a record's changes, newest first."""
+    def build():
+        return (_change_select(d).where((CHANGES.organization_id == Bound(None)) & (CHANGES.resource == Bound(None))
+                                        & (CHANGES.record_id == Bound(None)))
+                .orderby(CHANGES.seq, order=Order.desc))
+    p = d.parameter().get_sql()
+    sql = d.memo('record_changes', build) + f' LIMIT {p} OFFSET {p}'
+    return sql, [org_id, resource, record_id, int(size), int(start)]
+
+
+def build_record_changes_count(d, org_id, resource, record_id):
+    sql = d.memo('record_changes_count', lambda: d.from_(CHANGES).select(fn.Count('*')).where(
+        (CHANGES.organization_id == Bound(None)) & (CHANGES.resource == Bound(None))
+        & (CHANGES.record_id == Bound(None))))
+    return sql, [org_id, resource, record_id]
+
+
+def build_change_feed(d, org_id, after, limit, resource=None):
+    """The organization's changes numbered above `after`, in number order; of one resource if given."""
+    def build():
+        condition = (CHANGES.organization_id == Bound(None)) & (CHANGES.seq > Bound(None))
+        if resource is not None:
+            condition &= CHANGES.resource == Bound(None)
+        return _change_select(d).where(condition).orderby(CHANGES.seq)
+    p = d.parameter().get_sql()
+    sql = d.memo(('change_feed', resource is None), build) + f' LIMIT {p}'
+    return sql, [org_id, int(after), *([] if resource is None else [resource]), int(limit)]
+
+
+def build_change_organizations(d):
+    """The organizations that have recorded changes (each has its counter)."""
+    return 'SELECT organization_id FROM change_counters ORDER BY organization_id', []
+
+
+def build_oldest_changes(d, org_id, limit):
+    """(seq, changed_at) of an organization's `limit` oldest changes, by number."""
+    p = d.parameter().get_sql()
+    return (f'SELECT seq, changed_at FROM changes WHERE organization_id = {p} ORDER BY seq LIMIT {p}',
+            [org_id, int(limit)])
+
+
+def build_delete_changes(d, org_id, up_to, cutoff):
+    """Delete an organization's changes numbered at most `up_to` and made before `cutoff` (text)."""
+    p = d.parameter().get_sql()
+    return (f'DELETE FROM changes WHERE organization_id = {p} AND seq <= {p} AND changed_at < {p}',
+            [org_id, int(up_to), cutoff])
+
+
 # -- server secrets --------------------------------------------------------------------------------
 
 SECRETS = Table('server_secrets')

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from . import duplicates
+from . import history
 from . import sqlbuild
 from . import values
 from .errors import BadRequest
@@ -45,19 +46,36 @@ def new_id(prefix):
 
     Within one process ids only grow: a second id in the same millisecond is the last one plus 1.
     """
+    return prefix + crockford(_reserve(1))
+
+
+def new_ids(prefix, count):
+    """`count` ids as new_id makes them, in order, taken at once (a batch's)."""
+    first = _reserve(count)
+    return [prefix + crockford(first + k) for k in range(count)]
+
+
+def _reserve(count):
+    """The first of `count` consecutive id numbers: milliseconds, then random bits counting up."""
     with _id_lock:
         ms = time.time_ns() // 1_000_000
         if ms <= _last_id[0]:
             ms, rand = _last_id[0], _last_id[1] + 1
         else:
             rand = int.from_bytes(os.urandom(10), 'big') >> 1  # room to count up within the millisecond
-        _last_id[:] = [ms, rand]
-    n = ms << 80 | rand
-    chars = []
-    for _ in range(26):
-        n, r = divmod(n, 32)
-        chars.append(_CROCKFORD[r])
-    return prefix + ''.join(reversed(chars))
+        _last_id[:] = [ms, rand + count - 1]
+    return ms << 80 | rand
+
+
+# NOTE: two digits (10 bits) a step, from a table: an id is made for every record and every change a write
+# records, and digit by digit took a third of a batch's Python time.
+_DIGIT_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_PAIR_SHIFTS = range(120, -1, -10)
+
+
+def crockford(n):
+    """A number below 2**130 as 26 Crockford base32 digits."""
+    return ''.join([_DIGIT_PAIRS[(n >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def utc_now():
@@ -66,6 +84,17 @@ def utc_now():
 
 def is_empty(value):
     return value is None or value == '' or value == []
+
+
+def _holds(column, stored, value):
+    """Whether a record's value as read (`stored`) is the checked value `value` a write would store."""
+    if stored is None or value is None:
+        return stored is None and value is None
+    try:
+        current = values.check(column, stored)
+    except InvalidValue:  # NOTE: stored before a rule was made stricter: a write replaces it
+        return False
+    return history.same(current, value)
 
 
 def unknown_field(resource, key, name, known):
@@ -212,6 +241,7 @@ class Store:
         self.clock = clock
         self._readers = {}
         self._uniques = {}
+        self.history = history.History(db, lambda: self.clock(), new_ids)
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -382,13 +412,15 @@ class Store:
             check_batch(bodies)
         rows = self._prepare_items(info, bodies, True, batch, lenient=lenient)
         stamps = self._stamp(info, {}, 'created_at', 'updated_at')
-        rows = [{'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id, **row, **stamps}
-                for row in rows]
-        with self.db.transaction(write=True) as tx:
+        rows = [{'id': record_id, 'organization_id': principal.org_id, **row, **stamps}
+                for record_id, row in zip(new_ids(info.spec.id_prefix, len(rows)), rows)]
+        with self.history.recorded(principal) as tx:
             self._check_references(tx, info, principal, rows, batch)
             created = {record['id']: record for record, _ in self._insert(tx, info, rows)}
             self._count(tx, info, principal, len(rows))
-        return [created[row['id']] for row in rows]
+            records = [created[row['id']] for row in rows]
+            tx.changes += [history.created(info.slug, record) for record in records]
+        return records
 
     def _insert(self, tx, info, rows, conflict=None, updates=None):
         """INSERT `rows`, one statement per chunk of rows with the same columns: [(record, inserted)].
@@ -420,14 +452,23 @@ class Store:
         """Update the records `ids`, each with its body's fields, in one transaction: the records, in order."""
         changes = self._prepare_items(info, bodies, False, batch, lenient=lenient)
         stamp = self._stamp(info, {}, 'updated_at')
-        with self.db.transaction(write=True) as tx:
+        with self.history.recorded(principal) as tx:
             # NOTE: the administrator rule locks the organization's admins (in id order) before the records are.
             self._keep_an_administrator(tx, info, principal, dict(zip(ids, changes)))
             records = self._locked(tx, info, principal, ids, batch)
             self._check_references(tx, info, principal, changes, batch)
-            records.update(self._write(tx, info, principal,
-                                       {i: {**change, **stamp} for i, change in zip(ids, changes) if change}))
+            changes = [self._effective(info, records[i], change) for i, change in zip(ids, changes)]
+            written = self._write(tx, info, principal, {i: {**c, **stamp} for i, c in zip(ids, changes) if c})
+            tx.changes += [history.updated(info.slug, records[i], written[i], c) for i, c in zip(ids, changes)
+                           if i in written]
+            records.update(written)
         return [records[i] for i in ids]
+
+    @staticmethod
+    def _effective(info, record, change):
+        """The fields of `change` that would change `record`: a write that changes nothing is not made (and
+        leaves no history), as archiving an archived record is not."""
+        return {name: value for name, value in change.items() if not _holds(info.columns[name], record[name], value)}
 
     def _locked(self, tx, info, principal, ids, batch=False):
         """{id: record} of `ids`, locked until the transaction ends, or a 404 naming the (first) missing one.
@@ -481,7 +522,7 @@ class Store:
             check_batch(ids, param='filter')
         ids = list(dict.fromkeys(ids))
         mode = info.spec.delete
-        with self.db.transaction(write=True) as tx:
+        with self.history.recorded(principal) as tx:
             if mode == 'archive':
                 return self._set_flags(tx, info, principal, ids, 'archived_at', self.clock(), batch)
             if mode == 'disable':
@@ -492,6 +533,7 @@ class Store:
             for part in sqlbuild.chunks(ids):
                 tx.execute(*sqlbuild.build_delete(self.db.dialect, info, principal.org_id, part))
             self._count(tx, info, principal, -len(ids))
+            tx.changes += [history.deleted(info.slug, records[i]) for i in ids]
             return [records[i] for i in ids]
 
     def restore(self, info, principal, record_id):
@@ -499,7 +541,7 @@ class Store:
         if mode == 'hard' or info.spec.read_only:
             raise MethodNotAllowed(f"Records of '{info.slug}' cannot be restored", allow=[])
         self._check_writable(info, principal)
-        with self.db.transaction(write=True) as tx:
+        with self.history.recorded(principal) as tx:
             if mode == 'archive':
                 return self._set_flags(tx, info, principal, [record_id], 'archived_at', None)[0]
             return self._set_flags(tx, info, principal, [record_id], 'disabled', False)[0]
@@ -513,7 +555,9 @@ class Store:
             if name == 'archived_at':
                 self._count(tx, info, principal, len(changing) * (-1 if value is not None else 1))
             change = self._stamp(info, {name: value}, 'updated_at')
-            records.update(self._write(tx, info, principal, dict.fromkeys(changing, change)))
+            written = self._write(tx, info, principal, dict.fromkeys(changing, change))
+            tx.changes += [history.flagged(info.slug, records[i], written[i], name, value) for i in changing]
+            records.update(written)
         return [records[i] for i in ids]
 
     @staticmethod
@@ -560,7 +604,7 @@ class Store:
         changes = self._prepare_items(info, bodies, False, batch, lenient=lenient)
         keys = upsert_keys(changes, column, batch)
         stamps = self._stamp(info, {}, 'created_at', 'updated_at')
-        with self.db.transaction(write=True) as tx:
+        with self.history.recorded(principal) as tx:
             # NOTE: read (and on PostgreSQL lock) the records holding the keys: those that exist stay so
             # until the end, and on SQLite, under the write lock, this is also what tells created from updated.
             existing = {values.check(key_column, record[column]): record
@@ -572,18 +616,37 @@ class Store:
             self._keep_an_administrator(tx, info, principal, {
                 existing[key]['id']: change for key, change in zip(keys, changes) if key in existing})
             rows, updates, touched = [], [], tuple(n for n in stamps if n == 'updated_at')
+            stored, created, recorded, sent = {}, 0, {}, dict(zip(keys, changes))
             # NOTE: rows go in key order, so two upserts inserting the same new keys queue up instead of deadlocking.
-            for key, change in sorted(zip(keys, changes), key=lambda pair: pair[0]):
+            for key, change in sorted(sent.items(), key=lambda pair: pair[0]):
+                if key in existing and not self._effective(info, existing[key], change):
+                    stored[key] = existing[key]   # it holds every value sent already: not written
+                    continue
                 rows.append({'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id,
                              **self._kept_required(info, existing.get(key), change), **change, **stamps})
                 updates.append(tuple(n for n in change if n != column) + touched or (column,))
-            stored, created = {}, 0
             for record, inserted in self._insert(tx, info, rows, conflict, updates):
                 key = values.check(key_column, record[column])
-                created += key not in existing if inserted is None else inserted
+                is_new = key not in existing if inserted is None else inserted
+                created += is_new
                 stored[key] = record
+                recorded[key] = self._upserted(info, existing.get(key), record, is_new, sent[key])
             self._count(tx, info, principal, created)
+            tx.changes += [recorded[key] for key in keys if key in recorded]
         return [stored[key] for key in keys], created, len(keys) - created
+
+    @staticmethod
+    def _upserted(info, current, record, is_new, change):
+        """The change an upsert made to one record.
+
+        NOTE: on PostgreSQL a record another transaction created after this one looked for it is updated
+        (`is_new` false) without having been read: its change then carries the record as written, not a diff.
+        """
+        if is_new:
+            return history.created(info.slug, record)
+        if current is None:
+            return info.slug, record['id'], 'updated', {'record': record}
+        return history.updated(info.slug, current, record, change)
 
     def _by_key(self, tx, info, principal, column, keys):
         read = self.reader(info)
@@ -642,7 +705,7 @@ class Store:
         d, ids = self.db.dialect, list(ids)
         gone, moved = set(ids), {}
         for info, column in self.referrers(principal, slug):
-            changes = {}
+            changes, old = {}, {}
             for part in sqlbuild.chunks(ids, size=100):
                 for record_id, current in tx.rows(*sqlbuild.build_referrers(
                         d, info, principal.org_id, column, part)):
@@ -655,11 +718,13 @@ class Store:
                                        f"'{column.name}'", field=column.name)
                     else:
                         new = replacement
-                    changes[record_id] = {column.name: new}
+                    changes[record_id], old[record_id] = {column.name: new}, current
             moved.setdefault(info.slug, set()).update(changes)
             if changes and write:
                 stamp = self._stamp(info, {}, 'updated_at')
-                self._write(tx, info, principal, {i: {**change, **stamp} for i, change in changes.items()})
+                written = self._write(tx, info, principal, {i: {**change, **stamp} for i, change in changes.items()})
+                tx.changes += [history.updated(info.slug, {column.name: old[i]}, record, (column.name,))
+                               for i, record in written.items()]
         return {resource: len(records) for resource, records in moved.items()}
 
     def detach_references(self, tx, info, principal, ids):
@@ -724,7 +789,7 @@ class Store:
         """
         request = merge_request(slug, body, lenient)
         info = self.catalog.resolve(slug, principal)
-        with self.db.transaction(write=not request.dry_run) as tx:
+        with self.db.transaction() if request.dry_run else self.history.recorded(principal) as tx:
             target, sources = self._merge_parties(tx, info, principal, request)
             changes = self._merged_fields(info, target, sources)
             ids = [s['id'] for s in sources]
@@ -738,11 +803,13 @@ class Store:
             self._rewrite_references(tx, principal, slug, ids, target['id'])
             tx.execute(*sqlbuild.build_delete(self.db.dialect, info, principal.org_id, ids))
             self._count(tx, info, principal, -sum(1 for s in sources if s['archived_at'] is None))
-            if not changes:
-                return self._fetch(tx, info, principal, target['id'])
             stored = {n: v if info.columns[n].kind == 'array' else values.check(info.columns[n], v)
                       for n, v in changes.items()}
-            return self._update(tx, info, principal, target['id'], self._stamp(info, stored, 'updated_at'))
+            merged = (self._update(tx, info, principal, target['id'], self._stamp(info, stored, 'updated_at'))
+                      if stored else self._fetch(tx, info, principal, target['id']))
+            tx.changes += [history.merged_into(info.slug, s, target['id']) for s in sources]
+            tx.changes.append(history.merged(info.slug, target, merged, stored, ids))
+            return merged
 
     def _merge_parties(self, tx, info, principal, request):
         """(target, [sources]) of a merge, or a 404 naming the first id that is not the organization's.

@@ -1,0 +1,248 @@
+"""Change history: every write records one change per record it touched, in the write's own transaction.
+
+A change carries the organization's change number `seq`, the resource, the record id, the operation,
+the actor, the time and what changed (updates: the changed fields as {field: [old, new]}; creates the
+new record, deletes the last one). `GET /api/:resource/:id/history` reads one record's changes,
+`GET /api/changes?after=` the organization's feed in `seq` order.
+
+NOTE: the feed must never skip a change: a reader that has seen `seq` 7 must never later find a 6.
+`seq` is therefore taken from a per-organization counter row (`change_counters`) by the write's last
+statements before COMMIT. The row stays locked until the commit, so within an organization the
+transactions that record changes commit in `seq` order, and a rolled-back write gives its numbers
+back. (A database sequence would not do: a lower number can commit after a higher one is read.)
+"""
+import contextlib
+import datetime as dt
+
+import orjson
+
+from . import sqlbuild
+from . import values
+from .errors import InvalidParam
+
+RESOURCE = 'custom_objects'   # the resource name of custom object definitions in the history
+FEED = 'changes'              # the read-only resource of the organization's changes
+CHANGE_PREFIX = 'chg_'
+UNTRACKED = frozenset({'updated_at'})   # a field every update changes: the change's own time says it
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+PRUNE_BATCH = 1000
+# NOTE: from this many changes of one write on, PostgreSQL gets them by COPY: a 1,000-row INSERT spends most of
+# its time binding 11,000 parameters, COPY a fifth of that; below, one INSERT also takes the numbers (one round
+# trip where COPY needs three).
+COPY_ROWS = 20
+OPERATIONS = ('created', 'updated', 'archived', 'restored', 'deleted', 'disabled', 'enabled', 'merged',
+              'merged_into')
+# The fields of a change on the wire, always present: (name, kind, declared type, nullable, meaning).
+FIELDS = (
+    ('id', 'text', 'TEXT', False, 'the change id (chg_ + 26 characters), stable'),
+    ('seq', 'integer', 'BIGINT', False, "the change's number in its organization: the feed's order"),
+    ('resource', 'text', 'TEXT', False, 'the resource of the record (custom_objects for definitions)'),
+    ('record_id', 'text', 'TEXT', False, 'the id of the record'),
+    ('operation', 'text', 'TEXT', False, ', '.join(OPERATIONS)),
+    ('actor', 'text', 'TEXT', False, 'user, or system (the command line, automation)'),
+    ('user_id', 'text', 'TEXT', True, "the acting user's id (crm_users); null for system"),
+    ('token_id', 'text', 'TEXT', True, "the id of the acting user's token; null for system"),
+    ('changed_at', 'timestamp', 'TIMESTAMPTZ', False, 'when the change was made'),
+    ('changes', 'json', 'JSON', True, 'the fields that changed: {"field": [old, new]}'),
+    ('record', 'json', 'JSON', True, 'created: the new record; deleted and merged_into: the last one'),
+    ('target_id', 'text', 'TEXT', True, 'merged_into: the contact the record was merged into'),
+    ('source_ids', 'json', 'JSON', True, 'merged: the contacts merged into this one'),
+)
+DATA_FIELDS = dict.fromkeys(('changes', 'record', 'target_id', 'source_ids'))   # what `data` holds, as it applies
+FLAG_OPERATIONS = {('archived_at', True): 'archived', ('archived_at', False): 'restored',
+                   ('disabled', True): 'disabled', ('disabled', False): 'enabled'}
+
+
+def same(a, b):
+    """Whether two values are equal and of one type: true is not 1 (as == has it), nor 1 the JSON number 1.0."""
+    if a is b:
+        return True
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is dict:
+        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
+    if kind is list:
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def diff(old, new, names=None):
+    """{field: [old, new]} of the fields (among `names`, by default all) whose value differs between two
+    readings of a record."""
+    return {name: [old.get(name), new[name]] for name in (new if names is None else names)
+            if name not in UNTRACKED and not same(old.get(name), new[name])}
+
+
+# -- the changes a write makes: (resource, record id, operation, data) ------------------------------
+
+def created(resource, record):
+    return resource, record['id'], 'created', {'record': record}
+
+
+def deleted(resource, record):
+    return resource, record['id'], 'deleted', {'record': record}
+
+
+def updated(resource, old, new, names=None, operation='updated'):
+    """An update's change: the fields (among `names`, the ones written) it changed; None when it changed
+    none (then nothing is recorded)."""
+    changes = diff(old, new, names)
+    return (resource, new['id'], operation, {'changes': changes}) if changes else None
+
+
+def flagged(resource, old, new, name, value):
+    """Archived/restored or disabled/enabled."""
+    return updated(resource, old, new, (name,), FLAG_OPERATIONS[name, value is not None and value is not False])
+
+
+def merged(resource, old, new, names, source_ids):
+    return resource, new['id'], 'merged', {'changes': diff(old, new, names), 'source_ids': list(source_ids)}
+
+
+def merged_into(resource, record, target_id):
+    return resource, record['id'], 'merged_into', {'target_id': target_id, 'record': record}
+
+
+def actor(principal):
+    """('system', None, None) for the server itself (the CLI, automation), else ('user', user, token)."""
+    if principal.is_system or principal.user_id is None:
+        return 'system', None, None
+    return 'user', principal.user_id, principal.token_id
+
+
+class History:
+    """Records changes inside write transactions and reads them back."""
+
+    def __init__(self, db, clock, new_ids):
+        self.db = db
+        self.clock = clock
+        self.new_ids = new_ids      # store.new_ids: time-ordered, so change ids sort as they were made
+        self.read_change = db.reader([sqlbuild.CHANGE_KINDS.get(n, 'text') for n in sqlbuild.CHANGE_OUTPUT])
+
+    @contextlib.contextmanager
+    def recorded(self, principal):
+        """A write transaction: append each change the write makes to `tx.changes`; they are numbered and
+        stored as its last statements, and only when it is about to commit.
+
+        NOTE: inside another transaction (an Idempotency-Key's) the changes are stored at the end of this
+        block: the counter row is then held a little longer, and commits stay in `seq` order.
+        """
+        with self.db.transaction(write=True) as tx:
+            tx.changes = []
+            yield tx
+            self.record(tx, principal, [c for c in tx.changes if c is not None])
+
+    def record(self, tx, principal, changes):
+        """Number `changes` from the organization's counter and store them.
+
+        NOTE: on PostgreSQL one statement takes the numbers and inserts a few changes (one round trip); more
+        go by COPY after the counter's statement. On SQLite (no round trips): the counter, then INSERTs.
+        """
+        if not changes:
+            return
+        d, org, count = self.db.dialect, principal.org_id, len(changes)
+        who = (*actor(principal), values.format_timestamp(self.clock()))
+        items = [(change_id, resource, record_id, operation, orjson.dumps(data).decode())
+                 for change_id, (resource, record_id, operation, data) in zip(self.new_ids(CHANGE_PREFIX, count),
+                                                                              changes)]
+        if d.name == 'postgresql' and count < COPY_ROWS:
+            tx.execute(*sqlbuild.build_numbered_changes(d, org, who, items))
+            return
+        (last,) = tx.one(*sqlbuild.build_change_numbers(d, org, count))
+        rows = [(change_id, org, last - count + n, resource, record_id, operation, *who, data)
+                for n, (change_id, resource, record_id, operation, data) in enumerate(items, 1)]
+        if d.name == 'postgresql':
+            tx.copy(sqlbuild.build_copy_changes(d), rows)
+            return
+        for part in sqlbuild.chunks(rows, len(sqlbuild.CHANGE_COLUMNS)):
+            tx.execute(*sqlbuild.build_insert_changes(d, part))
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def _wire(self, row):
+        change = dict(zip(sqlbuild.CHANGE_OUTPUT, self.read_change(row)))
+        data = change.pop('data')
+        return {**change, **DATA_FIELDS, **(data or {})}
+
+    def of_record(self, org_id, resource, record_id, start, size):
+        """One page of a record's changes, newest first, and how many it has."""
+        d = self.db.dialect
+        with self.db.transaction() as tx:
+            rows = tx.rows(*sqlbuild.build_record_changes(d, org_id, resource, record_id, start, size))
+            if start == 0 and len(rows) < size:
+                total = len(rows)
+            else:
+                total = tx.one(*sqlbuild.build_record_changes_count(d, org_id, resource, record_id))[0]
+        return [self._wire(r) for r in rows], total
+
+    def feed(self, org_id, after, limit, resource=None):
+        """The organization's changes after `seq` `after`, in `seq` order."""
+        with self.db.transaction() as tx:
+            rows = tx.rows(*sqlbuild.build_change_feed(self.db.dialect, org_id, after, limit, resource))
+        return [self._wire(r) for r in rows]
+
+    # -- retention ---------------------------------------------------------------------------------
+
+    def prune(self, days, batch=PRUNE_BATCH):
+        """Delete the changes older than `days` days, `batch` at a time per transaction, oldest first:
+        how many were deleted. The counters stay, so a `seq` is never given out twice.
+
+        NOTE: each organization is walked in `seq` order from its oldest change and stops at the first batch
+        that holds a newer one, so a run reads little more than what it deletes.
+        """
+        cutoff = values.format_timestamp(self.clock() - dt.timedelta(days=days))
+        d, deleted_count = self.db.dialect, 0
+        with self.db.transaction() as tx:
+            orgs = [org for (org,) in tx.rows(*sqlbuild.build_change_organizations(d))]
+        for org in orgs:
+            while True:
+                with self.db.transaction(write=True) as tx:
+                    rows = tx.rows(*sqlbuild.build_oldest_changes(d, org, batch))
+                    old = [seq for seq, at in rows if _instant(at) < cutoff]
+                    if old:
+                        deleted_count += tx.execute(*sqlbuild.build_delete_changes(d, org, old[-1], cutoff))
+                if len(old) < batch:
+                    break
+        return deleted_count
+
+
+def _instant(value):
+    return value if isinstance(value, str) else values.format_timestamp(value)
+
+
+def describe():
+    """`GET /api/schema/changes`: a change's fields, in the shape of a resource's description."""
+    return {'resource': FEED, 'read_only': True, 'delete': 'hard', 'restorable': False, 'columns': [
+        {'name': name, 'type': declared, 'kind': kind, 'nullable': nullable, 'default': None, 'writable': False,
+         'required': False, 'filterable': name in ('seq', 'resource'), 'sortable': False, 'references': None,
+         'max_length': None, 'description': meaning}
+        for name, kind, declared, nullable, meaning in FIELDS]}
+
+
+def parse_feed(params, known):
+    """`after` (a seq, default 0), `limit` (1 to MAX_LIMIT, default DEFAULT_LIMIT), `resource` (`known(name)`)."""
+    unknown = sorted(set(params) - {'after', 'limit', 'resource'})
+    if unknown:
+        raise InvalidParam(f"Unknown parameter '{unknown[0]}': the feed takes after, limit and resource",
+                           param=unknown[0])
+    after = _whole(params, 'after', 0, 0, values.INT64_MAX)
+    limit = _whole(params, 'limit', DEFAULT_LIMIT, 1, MAX_LIMIT)
+    resource = params.get('resource')
+    if isinstance(resource, list):
+        raise InvalidParam("Parameter 'resource' is given more than once", param='resource')
+    if resource is not None and not known(resource):
+        raise InvalidParam(f"Parameter 'resource': '{resource}' is not a resource of this organization that "
+                           'records changes', param='resource')
+    return after, limit, resource
+
+
+def _whole(params, name, default, low, high):
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if isinstance(raw, list):
+        raise InvalidParam(f"Parameter '{name}' is given more than once", param=name)
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not low <= int(raw) <= high:
+        raise InvalidParam(f"Parameter '{name}' is a whole number from {low} to {high}", param=name)
+    return int(raw)
