@@ -328,4 +328,4 @@ CREATE TABLE IF NOT EXISTS change_counters (
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (6);
+INSERT INTO schema_version (version) VALUES (7);
