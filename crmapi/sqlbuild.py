@@ -879,8 +879,9 @@ def build_webhook_secret_insert(d, webhook_id, secret):
 def build_webhook_secret_set(d, org_id, webhook_id, secret):
     """Replace the secret of the organization's webhook `webhook_id` (0 rows: not one of its webhooks)."""
     p = d.parameter().get_sql()
-    return (f'UPDATE webhook_secrets SET secret = {p} WHERE webhook_id = '
-            f'(SELECT id FROM webhooks WHERE organization_id = {p} AND id = {p})', [secret, org_id, webhook_id])
+    sql = (f'UPDATE webhook_secrets SET secret = {p} WHERE webhook_id = '
+           f'(SELECT id FROM webhooks WHERE organization_id = {p} AND id = {p})')
+    return sql, [secret, org_id, webhook_id]
 
 
 def build_change_counter_read(d, org_id):
@@ -892,14 +893,15 @@ def build_change_counter_read(d, org_id):
 def build_webhook_cursor_init(d, org_id, seq):
     """The organization's fan-out cursor, at `seq` if it has none yet."""
     p = d.parameter().get_sql()
-    return (f'INSERT INTO webhook_cursors (organization_id, seq) VALUES ({p}, {p}) '
-            'ON CONFLICT (organization_id) DO NOTHING', [org_id, int(seq)])
+    sql = f'INSERT INTO webhook_cursors (organization_id, seq) VALUES ({p}, {p}) ON CONFLICT (organization_id) DO NOTHING'
+    return sql, [org_id, int(seq)]
 
 
 def build_fanout_due(d):
     """(organization, cursor) of every organization with changes its cursor has not reached."""
-    return ('SELECT k.organization_id, k.seq FROM webhook_cursors k JOIN change_counters c '
-            'ON c.organization_id = k.organization_id WHERE c.n > k.seq ORDER BY k.organization_id', [])
+    sql = ('SELECT k.organization_id, k.seq FROM webhook_cursors k JOIN change_counters c '
+           'ON c.organization_id = k.organization_id WHERE c.n > k.seq ORDER BY k.organization_id')
+    return sql, []
 
 
 def build_fanout_lock(d, org_id):
@@ -939,8 +941,9 @@ def build_claim_deliveries(d, now, until, limit):
     p = d.parameter().get_sql()
     lock = ' FOR UPDATE SKIP LOCKED' if d.name == 'postgresql' else ''
     due, params = build_due_deliveries(d, now, limit)
-    return (f'UPDATE webhook_deliveries SET locked_until = {p} WHERE id IN ({due}{lock}) '
-            f'RETURNING {", ".join(CLAIMED)}', [until, *params])
+    sql = (f'UPDATE webhook_deliveries SET locked_until = {p} WHERE id IN ({due}{lock}) '
+           f'RETURNING {", ".join(CLAIMED)}')
+    return sql, [until, *params]
 
 
 def build_due_deliveries(d, now, limit):
@@ -949,25 +952,27 @@ def build_due_deliveries(d, now, limit):
     NOTE: an idle worker asks this (a read) before it claims (a write: on SQLite, the database's write lock).
     """
     p = d.parameter().get_sql()
-    return (f"SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= {p} "
-            f'AND (locked_until IS NULL OR locked_until <= {p}) AND webhook_id IN (SELECT id FROM webhooks WHERE '
-            f'enabled) ORDER BY next_attempt_at, seq LIMIT {p}', [now, now, int(limit)])
+    sql = (f"SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= {p} "
+           f'AND (locked_until IS NULL OR locked_until <= {p}) AND webhook_id IN (SELECT id FROM webhooks WHERE '
+           f'enabled) ORDER BY next_attempt_at, seq LIMIT {p}')
+    return sql, [now, now, int(limit)]
 
 
 def build_delivery_targets(d, webhook_ids):
     """(id, url, secret) of the webhooks `webhook_ids`."""
-    return (f'SELECT w.id, w.url, s.secret FROM webhooks w JOIN webhook_secrets s ON s.webhook_id = w.id '
-            f'WHERE {_ids_in(d, "w.id")}', [_ids(d, webhook_ids)])
+    sql = (f'SELECT w.id, w.url, s.secret FROM webhooks w JOIN webhook_secrets s ON s.webhook_id = w.id '
+           f'WHERE {_ids_in(d, "w.id")}')
+    return sql, [_ids(d, webhook_ids)]
 
 
 def build_delivery_attempted(d, delivery_id, status, attempts, next_attempt_at, code, duration_ms, error, log, now,
                              delivered_at):
     """Record one attempt and release the lease."""
     p = d.parameter().get_sql()
-    return (f'UPDATE webhook_deliveries SET status = {p}, attempts = {p}, next_attempt_at = {p}, locked_until = NULL, '
-            f'last_status_code = {p}, last_duration_ms = {p}, last_error = {p}, attempt_log = {p}, updated_at = {p}, '
-            f'delivered_at = COALESCE({p}, delivered_at) WHERE id = {p}',
-            [status, attempts, next_attempt_at, code, duration_ms, error, log, now, delivered_at, delivery_id])
+    sql = (f'UPDATE webhook_deliveries SET status = {p}, attempts = {p}, next_attempt_at = {p}, locked_until = NULL, '
+           f'last_status_code = {p}, last_duration_ms = {p}, last_error = {p}, attempt_log = {p}, updated_at = {p}, '
+           f'delivered_at = COALESCE({p}, delivered_at) WHERE id = {p}')
+    return sql, [status, attempts, next_attempt_at, code, duration_ms, error, log, now, delivered_at, delivery_id]
 
 
 def build_webhook_healthy(d, webhook_id):
@@ -984,20 +989,22 @@ def build_webhook_failing(d, webhook_id, now):
 def build_webhook_disable(d, webhook_id, failing_before, reason, now):
     """Disable the webhook if it has been failing since before `failing_before`: 1 row if it was."""
     p = d.parameter().get_sql()
-    return (f'UPDATE webhooks SET enabled = FALSE, disabled_reason = {p}, updated_at = {p} '
-            f'WHERE id = {p} AND enabled AND failing_since <= {p}', [reason, now, webhook_id, failing_before])
+    sql = (f'UPDATE webhooks SET enabled = FALSE, disabled_reason = {p}, updated_at = {p} '
+           f'WHERE id = {p} AND enabled AND failing_since <= {p}')
+    return sql, [reason, now, webhook_id, failing_before]
 
 
 def build_webhook_enabled_again(d, org_id, webhook_id):
     """A webhook an administrator enables starts afresh: no reason to show, no failures counted."""
     p = d.parameter().get_sql()
-    return (f'UPDATE webhooks SET disabled_reason = NULL, failing_since = NULL '
-            f'WHERE organization_id = {p} AND id = {p}', [org_id, webhook_id])
+    sql = (f'UPDATE webhooks SET disabled_reason = NULL, failing_since = NULL '
+           f'WHERE organization_id = {p} AND id = {p}')
+    return sql, [org_id, webhook_id]
 
 
 def build_redeliver(d, org_id, delivery_id, now):
     """Make the organization's delivery due now, a new round of attempts; 0 rows when it is in flight."""
     p = d.parameter().get_sql()
-    return (f"UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = {p}, updated_at = {p} "
-            f'WHERE organization_id = {p} AND id = {p} AND (locked_until IS NULL OR locked_until <= {p})',
-            [now, now, org_id, delivery_id, now])
+    sql = (f"UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = {p}, updated_at = {p} "
+           f'WHERE organization_id = {p} AND id = {p} AND (locked_until IS NULL OR locked_until <= {p})')
+    return sql, [now, now, org_id, delivery_id, now]

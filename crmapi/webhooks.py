@@ -58,7 +58,7 @@ def new_secret():
 
 def secret_key(secret):
     """The HMAC key a `whsec_` secret stands for: its decoded bytes."""
-    return base64.b64decode(secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret)
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
 
 
 def sign(secret, msg_id, timestamp, body):
@@ -208,7 +208,7 @@ def send(url, msg_id, body, secret, timeout, allow_private, now=time.time):
             error = f'HTTP {code}' + (' (redirects are not followed)' if 300 <= code < 400 else '')
     except Refused as exc:
         code, error = None, f'refused: the URL {exc}'
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         code, error = None, f'timeout after {timeout:g} s'
     except (OSError, http.client.HTTPException) as exc:
         code, error = None, f'{type(exc).__name__}: {exc}'[:500]
