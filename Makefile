@@ -1,4 +1,4 @@
-# crmapi: `make run` serves a demo on 127.0.0.1:8000; `make test` runs the whole suite on
+# crmapi: `make run` serves a demo on 127.0.0.1:8000 (and delivers its webhooks); `make test` runs the whole suite on
 # SQLite and on a throwaway PostgreSQL. Both install what they need from scratch.
 PYTHON ?= python3
 VENV ?= .venv
@@ -44,6 +44,7 @@ system-packages:
 	fi
 
 # NOTE: set -e: a database that init-db cannot reach stops make here, before gunicorn starts.
+# The webhook worker runs in the background beside gunicorn and stops with it (the trap).
 run: $(VENV)/.installed
 	@set -e; if [ "$(DB_URL)" = "sqlite:///crm.db" ] && [ ! -f crm.db ]; then \
 	  token=$$($(BIN)/crmapi --database '$(DB_URL)' demo); \
@@ -54,6 +55,8 @@ run: $(VENV)/.installed
 	  echo "The database exists. Organizations:"; $(BIN)/crmapi --database '$(DB_URL)' list-orgs; \
 	  echo "Make a token with: $(BIN)/crmapi --database '$(DB_URL)' create-token --org ORG_ID --email you@example.com --admin"; \
 	fi
+	$(BIN)/crmapi --database '$(DB_URL)' worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/crmapi --database '$(DB_URL)' serve --bind '$(BIND)'
 
 # The react-admin data provider, driven from Node against a real server (tests/test_react_admin.py).

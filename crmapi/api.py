@@ -539,3 +539,59 @@ class Changes:
         rows = self.store.history.feed(principal.org_id, after, limit, resource)
         resp.media = rows
         resp.set_header('X-Next-After', str(rows[-1]['seq'] if rows else after))
+
+
+class Webhooks:
+    """`/api/webhooks[/{id}[/rotate_secret]]`: reads go the generic way; writes check the URL and the events,
+    and a new or rotated secret is in that one answer only."""
+
+    def __init__(self, records, hooks):
+        self.records = records
+        self.hooks = hooks
+
+    def on_get(self, req, resp):
+        self.records.on_get(req, resp, 'webhooks')
+
+    def on_post(self, req, resp):
+        lenient = lenient_handling(req, resp)
+        body = read_body(req, self.records.max_body_bytes)
+        record = self.hooks.create(req.context.principal, body, lenient)
+        resp.status = 201
+        resp.set_header('Location', f'{req.root_path}/api/webhooks/{record["id"]}')
+        resp.media = record
+
+    def on_patch(self, req, resp):
+        lenient = lenient_handling(req, resp)
+        resp.media = self.hooks.update_many(req.context.principal,
+                                            read_records(req, self.records.max_body_bytes, allow_object=False),
+                                            lenient)
+
+    def on_delete(self, req, resp):
+        self.records.on_delete(req, resp, 'webhooks')
+
+    def on_get_item(self, req, resp, id):
+        self.records.on_get_item(req, resp, 'webhooks', id)
+
+    def on_put_item(self, req, resp, id):
+        lenient = lenient_handling(req, resp)
+        resp.media = self.hooks.update(req.context.principal, id, read_body(req, self.records.max_body_bytes),
+                                       lenient)
+
+    on_patch_item = on_put_item
+
+    def on_delete_item(self, req, resp, id):
+        self.records.on_delete_item(req, resp, 'webhooks', id)
+
+    def on_post_rotate(self, req, resp, id):
+        resp.media = self.hooks.rotate_secret(req.context.principal, id)
+
+
+class WebhookDeliveries:
+    """`POST /api/webhook_deliveries/{id}/redeliver` (reads are the generic read-only resource's)."""
+
+    def __init__(self, hooks):
+        self.hooks = hooks
+
+    def on_post_redeliver(self, req, resp, id):
+        resp.status = 202
+        resp.media = self.hooks.redeliver(req.context.principal, id)

@@ -23,6 +23,7 @@ from .custom import CustomObjects
 from .db import connect
 from .db import parse_read_after
 from .errors import CrmError
+from .errors import Forbidden
 from .errors import InvalidParam
 from .errors import Unauthorized
 from .errors import Unavailable
@@ -33,6 +34,7 @@ from .ratelimit import TokenBuckets
 from .ratelimit import TooManyRequests
 from .schema import Catalog
 from .store import Store
+from .webhooks import Webhooks
 
 log = logging.getLogger('crmapi')
 PROBLEM_JSON = 'application/problem+json'
@@ -61,7 +63,10 @@ PUBLIC, OPTIONAL, PRIVATE = 'public', 'optional', 'private'
 ACCESS = {api.Health: PUBLIC, Health: PUBLIC, openapi.Docs: PUBLIC, openapi.OpenAPI: OPTIONAL}
 # The resource each write lands in, so that it is authorized before the handler runs.
 WRITES_TO = {api.Records: lambda params: params['resource'], api.MergeContacts: lambda params: 'contacts',
-             api.MergeCompanies: lambda params: 'companies'}
+             api.MergeCompanies: lambda params: 'companies',
+             api.Webhooks: lambda params: 'webhooks'}
+# The resource a route reads or acts on besides the generic `{resource}`: for resources only administrators see.
+READS_FROM = {api.Webhooks: 'webhooks', api.WebhookDeliveries: 'webhook_deliveries'}
 WRITE_METHODS = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
 
 
@@ -85,10 +90,18 @@ class AuthMiddleware:
 
     def process_resource(self, req, resp, resource, params):
         self.admit(req, ACCESS.get(type(resource), PRIVATE))
+        self.admin_only(req, READS_FROM.get(type(resource)) or params.get('resource'))
         if req.method in WRITE_METHODS and type(resource) in WRITES_TO:
             info = self.store.catalog.resolve(WRITES_TO[type(resource)](params), req.context.principal)
             # NOTE: the store's own rule, the one every write also runs, so the two cannot drift.
             self.store._check_writable(info, req.context.principal)
+
+    def admin_only(self, req, slug):
+        """403 for a non-administrator on a resource only administrators may see (webhooks: URLs are secrets)."""
+        info = self.store.catalog.tables.get(slug) if isinstance(slug, str) else None
+        principal = req.context.principal
+        if info is not None and info.spec.admin_only and principal is not None and not principal.is_admin:
+            raise Forbidden(f'Only administrators may use {slug}')
 
     def admit(self, req, access):
         """Establish `req.context.principal` as `access` demands, or raise 400/401/429."""
@@ -364,6 +377,12 @@ def build_app(settings, db):
     histories = api.History(store, limits)
     app.add_route('/api/custom_objects/{slug}/history', histories, suffix='definition')
     app.add_route('/api/changes', api.Changes(store))
+    hooks = Webhooks(store, settings)
+    webhook_routes = api.Webhooks(records, hooks)
+    app.add_route('/api/webhooks', webhook_routes)
+    app.add_route('/api/webhooks/{id}', webhook_routes, suffix='item')
+    app.add_route('/api/webhooks/{id}/rotate_secret', webhook_routes, suffix='rotate')
+    app.add_route('/api/webhook_deliveries/{id}/redeliver', api.WebhookDeliveries(hooks), suffix='redeliver')
     app.add_route('/api/merge_contacts', api.MergeContacts(store, settings.max_body_bytes, idempotency))
     app.add_route('/api/me', api.Me(store))
     app.add_route('/api/merge_companies', api.MergeCompanies(store, settings.max_body_bytes, idempotency))

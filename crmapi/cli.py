@@ -1,4 +1,4 @@
-"""The `crmapi` command line: init-db, create-org, create-token, import, demo, serve.
+"""The `crmapi` command line: init-db, create-org, create-token, import, demo, serve, worker.
 
 Bad input or a bad environment ends in one line on stderr (`crmapi: …`) and a non-zero status,
 never a traceback: exit 1 for a refusal, 2 for a malformed command line, 70 for a bug
@@ -468,6 +468,18 @@ def cmd_demo(db, args):
     print(token)
 
 
+def cmd_worker(db, args):
+    """Deliver webhooks until SIGTERM (the deliveries in flight finish first), or with --once until none is due."""
+    from .config import Settings
+    from .worker import Worker
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
+    Worker(db, settings).run(once=args.once)
+
+
 def cmd_serve(db, args):
     argv = [sys.executable, '-m', 'gunicorn', '--bind', args.bind, '--workers', str(args.workers),
             # NOTE: gthread, plus refused bodies drained and gunicorn's own errors as problem+json.
@@ -537,6 +549,9 @@ def parser():
     s.set_defaults(func=cmd_import, needs='schema')
     sub.add_parser('demo', help='fill a new organization with demo records; prints a token').set_defaults(
         func=cmd_demo, needs=None)
+    s = sub.add_parser('worker', help='deliver webhooks (run beside the server; any number, on any host)')
+    s.add_argument('--once', action='store_true', help='deliver what is due now, then exit')
+    s.set_defaults(func=cmd_worker, needs='schema')
     s = sub.add_parser('serve', help='serve the API with gunicorn')
     s.add_argument('--bind', default='127.0.0.1:8000', help='address:port to listen on')
     s.add_argument('--workers', type=int, default=2, help='worker processes')

@@ -35,6 +35,21 @@ def _days(raw):
     return days
 
 
+def _schedule(raw):
+    try:
+        steps = tuple(float(part) for part in raw.split(','))
+    except ValueError:
+        steps = ()
+    if not steps or any(not 0 <= step <= 7 * 86_400 for step in steps):
+        raise ValueError(f'CRMAPI_WEBHOOK_RETRY_SCHEDULE is seconds between attempts, comma-separated (each at most '
+                         f'a week), not {raw!r}')
+    return steps
+
+
+def _flag(raw):
+    return raw.strip().lower() not in ('0', 'false', 'no')
+
+
 def _origins(raw):
     return tuple(o.strip() for o in raw.split(',') if o.strip())
 
@@ -89,6 +104,12 @@ class Settings:
     replica_max_lag_ms: int = 2000  # a replica further behind the primary than this is not read from
     pgbouncer: bool = False         # connections go through PgBouncer in transaction pooling mode
     history_days: int = 365         # `crmapi prune` deletes changes older than this
+    webhook_allow_private: bool = False     # webhooks may target loopback and private addresses (never link-local)
+    webhook_retry_schedule: tuple = (5, 300, 1800, 7200, 18000, 36000)   # seconds before each retry
+    webhook_disable_after_s: float = 5 * 86_400     # a webhook failing this long is disabled
+    webhook_timeout_s: float = 10.0
+    webhook_concurrency: int = 16   # deliveries one worker has in flight
+    webhook_poll_s: float = 0.1     # how often an idle worker looks for new changes
     extra: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self):
@@ -117,6 +138,12 @@ class Settings:
                                     _milliseconds('CRMAPI_REPLICA_MAX_LAG_MS')),
             pgbouncer=_env('CRMAPI_PGBOUNCER', cls.pgbouncer, _flag('CRMAPI_PGBOUNCER')),
             history_days=_env('CRMAPI_HISTORY_DAYS', cls.history_days, _days),
+            webhook_allow_private=_env('CRMAPI_WEBHOOK_ALLOW_PRIVATE', cls.webhook_allow_private, _flag),
+            webhook_retry_schedule=_env('CRMAPI_WEBHOOK_RETRY_SCHEDULE', cls.webhook_retry_schedule, _schedule),
+            webhook_disable_after_s=_env('CRMAPI_WEBHOOK_DISABLE_AFTER_S', cls.webhook_disable_after_s, float),
+            webhook_timeout_s=_env('CRMAPI_WEBHOOK_TIMEOUT_S', cls.webhook_timeout_s, float),
+            webhook_concurrency=_env('CRMAPI_WEBHOOK_CONCURRENCY', cls.webhook_concurrency, int),
+            webhook_poll_s=_env('CRMAPI_WEBHOOK_POLL_S', cls.webhook_poll_s, float),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -39,6 +39,9 @@ class ResourceSpec:
     arrays: frozenset = frozenset()  # JSON columns holding a list of ids
     computed: dict = dc_field(default_factory=dict)     # view columns the database leaves untyped
     counted_as: str = ''            # the table whose live-row counter gives this resource's total
+    admin_only: bool = False        # only administrators may read it too (webhooks: their URLs are secrets)
+    managed: frozenset = frozenset()    # columns only the server writes, besides SERVER_MANAGED
+    hidden: frozenset = frozenset()     # columns the API never reads nor writes (a delivery's lease)
 
     def __post_init__(self):
         if not self.table:
@@ -63,6 +66,10 @@ BUILTIN = {spec.slug: spec for spec in [
     ResourceSpec('configuration', 'cfg_', admin_writes=True),
     ResourceSpec('automation_rules', 'rule_', admin_writes=True),
     ResourceSpec('crm_users', 'u_', delete='disable', admin_writes=True),
+    ResourceSpec('webhooks', 'wh_', admin_writes=True, admin_only=True,
+                 managed=frozenset({'disabled_reason', 'failing_since', 'since_seq'})),
+    ResourceSpec('webhook_deliveries', 'whd_', read_only=True, admin_only=True,
+                 references={'webhook_id': 'webhooks'}, hidden=frozenset({'payload', 'locked_until'})),
     ResourceSpec('companies_summary', 'comp_', read_only=True, delete='archive', counted_as='companies',
                  references={'company_id': 'companies'},
                  computed={'nb_contacts': 'integer', 'nb_deals': 'integer'}),
@@ -161,7 +168,7 @@ def make_column(spec, name, declared, nullable, default, indexed=False):
         kind = spec.computed[name]
     if name in spec.arrays:
         kind = 'array'
-    writable = not spec.read_only and name not in SERVER_MANAGED
+    writable = not spec.read_only and name not in SERVER_MANAGED and name not in spec.managed
     max_length = MAX_INDEXED_TEXT if writable and indexed and kind == 'text' else None
     return Column(name, kind, bool(nullable), default, writable, precision, spec.references.get(name), max_length)
 
@@ -175,6 +182,8 @@ def table_info(spec, rows, indexed=()):
     indexed = {*indexed, *spec.references}
     columns, declared = {}, {}
     for name, decl, nullable, default in rows:
+        if name in spec.hidden:
+            continue
         columns[name] = make_column(spec, name, decl or '', nullable, default, name in indexed)
         declared[name] = decl or spec.computed.get(name, '')
     return TableInfo(spec, columns, declared)

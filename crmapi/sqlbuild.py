@@ -1003,3 +1003,161 @@ def build_secret_init(d, name, value):
 
 def build_secret_read(d, name):
     return d.render(d.from_(SECRETS).select(SECRETS.field('value')).where(SECRETS.field('name') == Bound(name)))
+
+
+# -- webhooks --------------------------------------------------------------------------------------
+# NOTE: timestamps are bound as text (format_timestamp): SQLite compares that spelling, PostgreSQL gives an
+# untyped parameter its column's type. The worker's statements are few and fixed, so they are written here whole.
+
+DELIVERY_COLUMNS = ('id', 'organization_id', 'webhook_id', 'change_id', 'seq', 'event_type', 'payload', 'status',
+                    'attempts', 'next_attempt_at', 'created_at', 'updated_at')
+CLAIMED = ('id', 'organization_id', 'webhook_id', 'change_id', 'payload', 'attempts', 'attempt_log')
+
+
+def _ids_in(d, column):
+    """`column` is one of the ids bound as ONE parameter (as Dialect.one_of)."""
+    p = d.parameter().get_sql()
+    return f'{column} IN (SELECT value FROM json_each({p}))' if d.name == 'sqlite' else f'{column} = ANY({p})'
+
+
+def _ids(d, ids):
+    return json.dumps(list(ids)) if d.name == 'sqlite' else list(ids)
+
+
+def build_webhook_secret_insert(d, webhook_id, secret):
+    p = d.parameter().get_sql()
+    return f'INSERT INTO webhook_secrets (webhook_id, secret) VALUES ({p}, {p})', [webhook_id, secret]
+
+
+def build_webhook_secret_set(d, org_id, webhook_id, secret):
+    """Replace the secret of the organization's webhook `webhook_id` (0 rows: not one of its webhooks)."""
+    p = d.parameter().get_sql()
+    sql = (f'UPDATE webhook_secrets SET secret = {p} WHERE webhook_id = '
+           f'(SELECT id FROM webhooks WHERE organization_id = {p} AND id = {p})')
+    return sql, [secret, org_id, webhook_id]
+
+
+def build_change_counter_read(d, org_id):
+    """The organization's last change number (no row: none yet)."""
+    p = d.parameter().get_sql()
+    return f'SELECT n FROM change_counters WHERE organization_id = {p}', [org_id]
+
+
+def build_webhook_cursor_init(d, org_id, seq):
+    """The organization's fan-out cursor, at `seq` if it has none yet."""
+    p = d.parameter().get_sql()
+    sql = f'INSERT INTO webhook_cursors (organization_id, seq) VALUES ({p}, {p}) ON CONFLICT (organization_id) DO NOTHING'
+    return sql, [org_id, int(seq)]
+
+
+def build_fanout_due(d):
+    """(organization, cursor) of every organization with changes its cursor has not reached."""
+    sql = ('SELECT k.organization_id, k.seq FROM webhook_cursors k JOIN change_counters c '
+           'ON c.organization_id = k.organization_id WHERE c.n > k.seq ORDER BY k.organization_id')
+    return sql, []
+
+
+def build_fanout_lock(d, org_id):
+    """The organization's cursor, locked until the transaction ends; on PostgreSQL no row when another worker
+    holds it (SKIP LOCKED: that worker fans the organization out). SQLite's writers take turns anyway."""
+    p = d.parameter().get_sql()
+    sql = f'SELECT seq FROM webhook_cursors WHERE organization_id = {p}'
+    return (sql + ' FOR UPDATE SKIP LOCKED' if d.name == 'postgresql' else sql), [org_id]
+
+
+def build_fanout_advance(d, org_id, seq):
+    p = d.parameter().get_sql()
+    return f'UPDATE webhook_cursors SET seq = {p} WHERE organization_id = {p}', [int(seq), org_id]
+
+
+def build_enabled_webhooks(d, org_id):
+    """(id, events, since_seq) of the organization's enabled webhooks."""
+    p = d.parameter().get_sql()
+    return f'SELECT id, events, since_seq FROM webhooks WHERE organization_id = {p} AND enabled', [org_id]
+
+
+def build_insert_deliveries(d, rows):
+    """One INSERT of delivery rows (tuples in DELIVERY_COLUMNS order); a (webhook, change) already there stays."""
+    sql = _statement(d, ('insert_deliveries', len(rows)), lambda: (
+        f'INSERT INTO webhook_deliveries ({",".join(DELIVERY_COLUMNS)}) ' + _values(d, len(rows), len(DELIVERY_COLUMNS))
+        + ' ON CONFLICT (webhook_id, change_id) DO NOTHING'))
+    return sql, [value for row in rows for value in row]
+
+
+def build_claim_deliveries(d, now, until, limit):
+    """Lease up to `limit` due deliveries of enabled webhooks until `until`: their CLAIMED columns.
+
+    NOTE: on PostgreSQL SKIP LOCKED lets workers claim side by side, each taking rows no other is taking; on
+    SQLite BEGIN IMMEDIATE makes them take turns. The lease (locked_until) is what keeps a claimed row from
+    being claimed again once the transaction is over, until the worker records the attempt or dies.
+    """
+    p = d.parameter().get_sql()
+    lock = ' FOR UPDATE SKIP LOCKED' if d.name == 'postgresql' else ''
+    due, params = build_due_deliveries(d, now, limit)
+    sql = (f'UPDATE webhook_deliveries SET locked_until = {p} WHERE id IN ({due}{lock}) '
+           f'RETURNING {", ".join(CLAIMED)}')
+    return sql, [until, *params]
+
+
+def build_due_deliveries(d, now, limit):
+    """The ids of up to `limit` deliveries due at `now` and not leased, of enabled webhooks, oldest first.
+
+    NOTE: an idle worker asks this (a read) before it claims (a write: on SQLite, the database's write lock).
+    """
+    p = d.parameter().get_sql()
+    sql = (f"SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= {p} "
+           f'AND (locked_until IS NULL OR locked_until <= {p}) AND webhook_id IN (SELECT id FROM webhooks WHERE '
+           f'enabled) ORDER BY next_attempt_at, seq LIMIT {p}')
+    return sql, [now, now, int(limit)]
+
+
+def build_delivery_targets(d, webhook_ids):
+    """(id, url, secret) of the webhooks `webhook_ids`."""
+    sql = (f'SELECT w.id, w.url, s.secret FROM webhooks w JOIN webhook_secrets s ON s.webhook_id = w.id '
+           f'WHERE {_ids_in(d, "w.id")}')
+    return sql, [_ids(d, webhook_ids)]
+
+
+def build_delivery_attempted(d, delivery_id, status, attempts, next_attempt_at, code, duration_ms, error, log, now,
+                             delivered_at):
+    """Record one attempt and release the lease."""
+    p = d.parameter().get_sql()
+    sql = (f'UPDATE webhook_deliveries SET status = {p}, attempts = {p}, next_attempt_at = {p}, locked_until = NULL, '
+           f'last_status_code = {p}, last_duration_ms = {p}, last_error = {p}, attempt_log = {p}, updated_at = {p}, '
+           f'delivered_at = COALESCE({p}, delivered_at) WHERE id = {p}')
+    return sql, [status, attempts, next_attempt_at, code, duration_ms, error, log, now, delivered_at, delivery_id]
+
+
+def build_webhook_healthy(d, webhook_id):
+    p = d.parameter().get_sql()
+    return f'UPDATE webhooks SET failing_since = NULL WHERE id = {p} AND failing_since IS NOT NULL', [webhook_id]
+
+
+def build_webhook_failing(d, webhook_id, now):
+    """Mark the webhook failing since `now` unless it already is."""
+    p = d.parameter().get_sql()
+    return (f'UPDATE webhooks SET failing_since = {p} WHERE id = {p} AND failing_since IS NULL', [now, webhook_id])
+
+
+def build_webhook_disable(d, webhook_id, failing_before, reason, now):
+    """Disable the webhook if it has been failing since before `failing_before`: 1 row if it was."""
+    p = d.parameter().get_sql()
+    sql = (f'UPDATE webhooks SET enabled = FALSE, disabled_reason = {p}, updated_at = {p} '
+           f'WHERE id = {p} AND enabled AND failing_since <= {p}')
+    return sql, [reason, now, webhook_id, failing_before]
+
+
+def build_webhook_enabled_again(d, org_id, webhook_id):
+    """A webhook an administrator enables starts afresh: no reason to show, no failures counted."""
+    p = d.parameter().get_sql()
+    sql = (f'UPDATE webhooks SET disabled_reason = NULL, failing_since = NULL '
+           f'WHERE organization_id = {p} AND id = {p}')
+    return sql, [org_id, webhook_id]
+
+
+def build_redeliver(d, org_id, delivery_id, now):
+    """Make the organization's delivery due now, a new round of attempts; 0 rows when it is in flight."""
+    p = d.parameter().get_sql()
+    sql = (f"UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = {p}, updated_at = {p} "
+           f'WHERE organization_id = {p} AND id = {p} AND (locked_until IS NULL OR locked_until <= {p})')
+    return sql, [now, now, org_id, delivery_id, now]

@@ -1,0 +1,233 @@
+"""`crmapi worker`: delivers webhooks from the change history, a transactional outbox.
+
+A write's changes commit with the write (crmapi/history.py). The worker then, for each organization whose
+changes are ahead of its fan-out cursor:
+
+1. fan-out: reads the changes after the cursor, and in ONE transaction inserts a delivery row per (matching
+   enabled webhook, change) and moves the cursor past them. A change is never skipped (the feed commits in
+   `seq` order) and never fanned out twice (the cursor moves with the rows, and a worker that finds the cursor
+   moved under it drops its batch; (webhook, change) is unique besides).
+2. delivery: claims due rows under a lease (`locked_until`; FOR UPDATE SKIP LOCKED on PostgreSQL), POSTs them
+   from a small thread pool, and records each attempt: success, or the next try on the retry schedule, or
+   failed. A worker killed mid-send leaves its lease to expire; another then sends the same message again
+   (same webhook-id): at least once, never two workers at once.
+
+Any number of workers may run, on any number of hosts. SIGTERM: the deliveries in flight finish and are
+recorded, then the worker exits.
+"""
+import concurrent.futures
+import datetime as dt
+import logging
+import random
+import signal
+import threading
+
+import orjson
+
+from . import sqlbuild
+from . import values
+from . import webhooks
+from .accounts import Principal
+from .errors import CrmError
+from .store import new_id
+from .store import utc_now
+
+log = logging.getLogger('crmapi.worker')
+FANOUT_BATCH = 1000         # changes one fan-out transaction reads
+MAX_LOG = 50                # attempts kept in a delivery's attempt_log
+JITTER = 0.1                # each retry's delay is the schedule's, give or take this fraction
+EVENT_RECORD = frozenset({'created', 'deleted', 'merged_into'})   # changes that carry the record itself
+
+
+def apply(record, change):
+    """The record after `change`, from the record before it."""
+    if record is None:
+        return None
+    after = {**record, **{name: new for name, (old, new) in (change['changes'] or {}).items()}}
+    if 'updated_at' in after:
+        after['updated_at'] = change['changed_at']
+    return after
+
+
+class Worker:
+    def __init__(self, db, settings, catalog=None, clock=utc_now):
+        from .app import build_services
+        self.db = db
+        self.settings = settings
+        self.catalog = catalog or build_services(db)
+        self.store = self.catalog.custom.store
+        self.clock = clock
+        self.lease = dt.timedelta(seconds=settings.webhook_timeout_s * 2 + 1)   # a send, with room to record it
+        self.stopping = threading.Event()
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, settings.webhook_concurrency),
+                                                          thread_name_prefix='webhook')
+        self.read_hook = db.reader(['text', 'json', 'integer'])
+        self.read_claim = db.reader(['text', 'text', 'text', 'text', 'text', 'integer', 'json'])
+
+    def now(self):
+        return values.format_timestamp(self.clock())
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def run(self, once=False):
+        """Fan out and deliver until SIGTERM (or, `once`, until nothing is due)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+            signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        try:
+            while not self.stopping.is_set():
+                busy = self.step()
+                if once and not busy:
+                    break
+                if not busy:
+                    self.stopping.wait(self.settings.webhook_poll_s)
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def step(self):
+        """One round: fan out what is new, send what is due. Whether there was anything to do."""
+        fanned = self.fan_out()
+        sent = self.deliver_due()
+        return bool(fanned or sent)
+
+    # -- fan-out -----------------------------------------------------------------------------------
+
+    def fan_out(self):
+        """Fan out every organization whose changes are ahead of its cursor: how many changes were read."""
+        with self.db.transaction() as tx:
+            due = tx.rows(*sqlbuild.build_fanout_due(self.db.dialect))
+        return sum(self.fan_out_org(org, cursor) for org, cursor in due)
+
+    def fan_out_org(self, org, cursor):
+        d = self.db.dialect
+        with self.db.transaction() as tx:
+            changes = [self.store.history._wire(r)
+                       for r in tx.rows(*sqlbuild.build_change_feed(d, org, cursor, FANOUT_BATCH))]
+            hooks = [self.read_hook(r) for r in tx.rows(*sqlbuild.build_enabled_webhooks(d, org))]
+        if not changes:
+            return 0
+        rows = self.delivery_rows(org, changes, hooks)
+        with self.db.transaction(write=True) as tx:
+            locked = tx.one(*sqlbuild.build_fanout_lock(d, org))
+            if locked is None or locked[0] != cursor:
+                return 0    # another worker is at it, or was: its rows are in
+            for part in sqlbuild.chunks(rows, len(sqlbuild.DELIVERY_COLUMNS)):
+                tx.execute(*sqlbuild.build_insert_deliveries(d, part))
+            tx.execute(*sqlbuild.build_fanout_advance(d, org, changes[-1]['seq']))
+        return len(changes)
+
+    def delivery_rows(self, org, changes, hooks):
+        """The delivery rows of `changes` (in seq order) for the webhooks `hooks` that want them."""
+        rows, states, now = [], {}, self.now()
+        for change in changes:
+            if change['resource'] in webhooks.NOT_EVENTS:
+                continue
+            kind = webhooks.event_type(change['resource'], change['operation'])
+            wanted = [hook_id for hook_id, events, since in hooks
+                      if change['seq'] > since and webhooks.matches(events or [], kind)]
+            record = self.record_after(org, change, states)
+            if not wanted:
+                continue
+            body = orjson.dumps({'type': kind, 'timestamp': change['changed_at'],
+                                 'data': {**change, 'record': record}}).decode()
+            rows += [(new_id('whd_'), org, hook_id, change['id'], change['seq'], kind, body, 'pending', 0, now, now,
+                      now) for hook_id in wanted]
+        return rows
+
+    def record_after(self, org, change, states):
+        """The record as `change` left it: carried by the change, or replayed from the record's history.
+
+        NOTE: `states` carries each record through one batch, so a burst of updates to one record reads its
+        history once.
+        """
+        key = (change['resource'], change['record_id'])
+        if change['operation'] in EVENT_RECORD or (change['record'] is not None and not change['changes']):
+            state = change['record']
+        elif key in states:
+            state = apply(states[key], change)
+        else:
+            state = self.replay(org, change)
+        states[key] = state
+        return state
+
+    def replay(self, org, change):
+        """The record after `change` from its history: the last full record up to it, then the changes since."""
+        older, _ = self.store.history.of_record(org, change['resource'], change['record_id'], 0, FANOUT_BATCH)
+        older = [c for c in reversed(older) if c['seq'] <= change['seq']]
+        start = next((i for i in range(len(older) - 1, -1, -1) if older[i]['record'] is not None), None)
+        if start is None:
+            return self.current(org, change)
+        state = older[start]['record']
+        for later in older[start + 1:]:
+            state = apply(state, later)
+        return state
+
+    def current(self, org, change):
+        """The record as it is now: its history was pruned (or it was written around the API)."""
+        principal = Principal.system(org)
+        try:
+            return self.store.get(self.catalog.resolve(change['resource'], principal), principal, change['record_id'])
+        except CrmError:
+            return None
+
+    # -- delivery ----------------------------------------------------------------------------------
+
+    def claim(self, limit):
+        """Lease up to `limit` due deliveries: [(delivery, url, secret)]."""
+        d, now = self.db.dialect, self.clock()
+        with self.db.transaction() as tx:
+            if not tx.rows(*sqlbuild.build_due_deliveries(d, values.format_timestamp(now), 1)):
+                return []
+        with self.db.transaction(write=True) as tx:
+            claimed = [dict(zip(sqlbuild.CLAIMED, self.read_claim(r))) for r in tx.rows(
+                *sqlbuild.build_claim_deliveries(d, values.format_timestamp(now),
+                                                 values.format_timestamp(now + self.lease), limit))]
+            if not claimed:
+                return []
+            targets = {hook_id: (url, secret) for hook_id, url, secret in tx.rows(
+                *sqlbuild.build_delivery_targets(d, {c['webhook_id'] for c in claimed}))}
+        return [(c, *targets[c['webhook_id']]) for c in claimed if c['webhook_id'] in targets]
+
+    def deliver_due(self):
+        """Send a batch of due deliveries, several at once, and record the attempts: how many were sent."""
+        claimed = self.claim(max(1, self.settings.webhook_concurrency) * 4)
+        if not claimed:
+            return 0
+        s = self.settings
+        futures = [self.pool.submit(webhooks.send, url, delivery['change_id'], delivery['payload'].encode(), secret,
+                                    s.webhook_timeout_s, s.webhook_allow_private)
+                   for delivery, url, secret in claimed]
+        results = [f.result() for f in futures]
+        self.record([(delivery, *result) for (delivery, _, _), result in zip(claimed, results)])
+        return len(claimed)
+
+    def record(self, attempts):
+        """Record each attempt [(delivery, code, duration_ms, error)], and what it says of its webhook."""
+        d, at = self.db.dialect, self.clock()
+        now, schedule = values.format_timestamp(at), self.settings.webhook_retry_schedule
+        window = values.format_timestamp(at - dt.timedelta(seconds=self.settings.webhook_disable_after_s))
+        with self.db.transaction(write=True) as tx:
+            for delivery, code, duration, error in attempts:
+                tries = delivery['attempts'] + 1
+                entry = {'at': now, 'status_code': code, 'duration_ms': duration, 'error': error}
+                attempt_log = orjson.dumps([*(delivery['attempt_log'] or [])[-(MAX_LOG - 1):], entry]).decode()
+                if error is None:
+                    state, due, delivered = 'succeeded', now, now
+                    tx.execute(*sqlbuild.build_webhook_healthy(d, delivery['webhook_id']))
+                else:
+                    delivered = None
+                    state = 'failed' if tries > len(schedule) else 'pending'
+                    delay = schedule[tries - 1] * random.uniform(1 - JITTER, 1 + JITTER) if state == 'pending' else 0
+                    due = values.format_timestamp(at + dt.timedelta(seconds=delay))
+                    self.failing(tx, delivery['webhook_id'], now, window, error)
+                tx.execute(*sqlbuild.build_delivery_attempted(d, delivery['id'], state, tries, due, code, duration,
+                                                              error, attempt_log, now, delivered))
+
+    def failing(self, tx, webhook_id, now, window, error):
+        """Count the webhook failing from now (unless it already is); disable it once that is over the window."""
+        d = self.db.dialect
+        tx.execute(*sqlbuild.build_webhook_failing(d, webhook_id, now))
+        reason = (f'Disabled at {now}: every delivery failed for {self.settings.webhook_disable_after_s:g} seconds; '
+                  f'the last error: {error}')[:1000]
+        if tx.execute(*sqlbuild.build_webhook_disable(d, webhook_id, window, reason, now)):
+            log.warning('webhook %s disabled: %s', webhook_id, reason)
