@@ -39,6 +39,7 @@ class ResourceSpec:
     arrays: frozenset = frozenset()  # JSON columns holding a list of ids
     computed: dict = dc_field(default_factory=dict)     # view columns the database leaves untyped
     counted_as: str = ''            # the table whose live-row counter gives this resource's total
+    managed: frozenset = frozenset()  # columns only the server writes, besides SERVER_MANAGED (a rule's problem)
 
     def __post_init__(self):
         if not self.table:
@@ -61,7 +62,8 @@ BUILTIN = {spec.slug: spec for spec in [
     ResourceSpec('company_notes', 'mn_', references={'company_id': 'companies'}),
     ResourceSpec('tags', 'tag_'),
     ResourceSpec('configuration', 'cfg_', admin_writes=True),
-    ResourceSpec('automation_rules', 'rule_', admin_writes=True),
+    ResourceSpec('automation_rules', 'rule_', admin_writes=True, managed=frozenset({'problem'})),
+    ResourceSpec('automation_runs', 'run_', read_only=True, references={'rule_id': 'automation_rules'}),
     ResourceSpec('crm_users', 'u_', delete='disable', admin_writes=True),
     ResourceSpec('companies_summary', 'comp_', read_only=True, delete='archive', counted_as='companies',
                  references={'company_id': 'companies'},
@@ -157,7 +159,7 @@ def make_column(spec, name, declared, nullable, default, indexed=False):
         kind = spec.computed[name]
     if name in spec.arrays:
         kind = 'array'
-    writable = not spec.read_only and name not in SERVER_MANAGED
+    writable = not spec.read_only and name not in SERVER_MANAGED and name not in spec.managed
     max_length = MAX_INDEXED_TEXT if writable and indexed and kind == 'text' else None
     return Column(name, kind, bool(nullable), default, writable, precision, spec.references.get(name), max_length)
 
