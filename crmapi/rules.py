@@ -88,7 +88,8 @@ def holds(filters, record):
     filter's logicalOp joins the next one to what came before (no precedence), as in lists."""
     if not filters:
         return True
-    test = lambda f: matches(f.column.kind, record[f.column.name], f.op, f.value)  # noqa: E731
+    def test(f):
+        return matches(f.column.kind, record[f.column.name], f.op, f.value)
     result = test(filters[0])
     for previous, f in zip(filters, filters[1:]):
         result = (result or test(f)) if previous.logical == 'or' else (result and test(f))

@@ -8,6 +8,7 @@ import webtest
 from conftest import assert_problem
 from hypothesis import given
 from hypothesis import strategies as st
+from test_injection import INJECTIONS
 from test_migrations import empty_db  # noqa: F401 -- fixture: an empty database of each kind
 from test_properties import bounded
 
@@ -364,3 +365,11 @@ def test_a_disabled_rule_does_not_run(api, store):
     api.create('deals', name='Acme')
     run_feed(store, api)
     assert api.list('tasks') == [] and runs(api) == []
+
+
+def test_hostile_strings_in_a_rules_text_and_values_are_stored_verbatim(api, store):
+    for evil in INJECTIONS[:6]:
+        body = rule(conditions=[{'field': 'category', 'op': 'eq', 'value': evil}],
+                    actions=[{'type': 'create_task', 'text': evil}, {'type': 'update', 'set': {'description': evil}}])
+        stored = api.create('automation_rules', **body)
+        assert {k: stored[k] for k in body} == body
