@@ -215,13 +215,33 @@ CREATE TABLE IF NOT EXISTS automation_rules (
     organization_id TEXT NOT NULL REFERENCES organizations (id),
     name TEXT NOT NULL,
     enabled BOOLEAN NOT NULL DEFAULT TRUE,
-    trigger TEXT,
+    trigger JSONB,
     conditions JSONB,
     actions JSONB,
     created_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL,
+    problem TEXT,
     UNIQUE (organization_id, id)
 );
+
+-- One row per (rule, change) an automation rule acted on, written in the transaction of the rule's actions
+-- (UNIQUE (rule_id, change_id): a crash and a retry never act twice). See migration 0012.
+CREATE TABLE IF NOT EXISTS automation_runs (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    rule_id TEXT NOT NULL,
+    change_id TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    depth INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    results JSONB,
+    error TEXT,
+    created_at TIMESTAMPTZ NOT NULL,
+    UNIQUE (rule_id, change_id),
+    UNIQUE (organization_id, id)
+);
+CREATE INDEX IF NOT EXISTS automation_runs_org_created ON automation_runs (organization_id, created_at, id);
 
 -- Custom objects: each organization's own record types. A definition names a real table
 -- (co_<definition id>) with the server-managed columns plus one typed column per field;
@@ -386,4 +406,4 @@ CREATE INDEX IF NOT EXISTS webhook_deliveries_org ON webhook_deliveries (organiz
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (11);
+INSERT INTO schema_version (version) VALUES (12);

@@ -39,7 +39,7 @@ FIELDS = (
     ('resource', 'text', 'TEXT', False, 'the resource of the record (custom_objects for definitions)'),
     ('record_id', 'text', 'TEXT', False, 'the id of the record'),
     ('operation', 'text', 'TEXT', False, ', '.join(OPERATIONS)),
-    ('actor', 'text', 'TEXT', False, 'user, or system (the command line, automation)'),
+    ('actor', 'text', 'TEXT', False, 'user, system (the command line), or rule:<id> (an automation rule)'),
     ('user_id', 'text', 'TEXT', True, "the acting user's id (crm_users); null for system"),
     ('token_id', 'text', 'TEXT', True, "the id of the acting user's token; null for system"),
     ('changed_at', 'timestamp', 'TIMESTAMPTZ', False, 'when the change was made'),
@@ -47,8 +47,9 @@ FIELDS = (
     ('record', 'json', 'JSON', True, 'created: the new record; deleted and merged_into: the last one'),
     ('target_id', 'text', 'TEXT', True, 'merged_into: the contact the record was merged into'),
     ('source_ids', 'json', 'JSON', True, 'merged: the contacts merged into this one'),
+    ('depth', 'integer', 'INTEGER', True, 'made by an automation rule: how many rules led to it (null: by a user)'),
 )
-DATA_FIELDS = dict.fromkeys(('changes', 'record', 'target_id', 'source_ids'))   # what `data` holds, as it applies
+DATA_FIELDS = dict.fromkeys(('changes', 'record', 'target_id', 'source_ids', 'depth'))   # what `data` holds
 FLAG_OPERATIONS = {('archived_at', True): 'archived', ('archived_at', False): 'restored',
                    ('disabled', True): 'disabled', ('disabled', False): 'enabled'}
 
@@ -105,9 +106,10 @@ def merged_into(resource, record, target_id):
 
 
 def actor(principal):
-    """('system', None, None) for the server itself (the CLI, automation), else ('user', user, token)."""
+    """('system', None, None) for the server itself (the CLI), (`rule:<id>`, None, None) for an automation rule
+    (crmapi.rules.RulePrincipal), else ('user', user, token)."""
     if principal.is_system or principal.user_id is None:
-        return 'system', None, None
+        return getattr(principal, 'actor', 'system'), None, None
     return 'user', principal.user_id, principal.token_id
 
 
@@ -143,7 +145,9 @@ class History:
             return
         d, org, count = self.db.dialect, principal.org_id, len(changes)
         who = (*actor(principal), values.format_timestamp(self.clock()))
-        items = [(change_id, resource, record_id, operation, orjson.dumps(data).decode())
+        depth = getattr(principal, 'depth', None)   # a rule's changes say how deep in a chain of rules they are
+        items = [(change_id, resource, record_id, operation,
+                  orjson.dumps(data if depth is None else {**data, 'depth': depth}).decode())
                  for change_id, (resource, record_id, operation, data) in zip(self.new_ids(CHANGE_PREFIX, count),
                                                                               changes)]
         if d.name == 'postgresql' and count < COPY_ROWS:

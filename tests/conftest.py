@@ -164,6 +164,11 @@ def anonymous(wsgi_app):
     return Client(wsgi_app, None)
 
 
+# Any valid automation rule's trigger and actions (crmapi.rules), for tests that need a rule, not a particular one.
+RULE_SHAPE = {'trigger': {'resource': 'contacts', 'on': ['created']},
+              'actions': [{'type': 'webhook', 'url': 'https://example.com/hook'}]}
+
+
 def assert_problem(resp, status, **members):
     """An RFC 9457 problem body with `status`, the common keys and the given members."""
     assert resp.status_int == status

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from conftest import RULE_SHAPE
 from conftest import assert_problem
 
 MISSING = object()
@@ -578,9 +579,9 @@ def test_filters_on_timestamps_compare_instants_not_text(api):
 
 
 def test_filters_on_booleans(api):
-    api.create('automation_rules', name='on', enabled=True)
-    api.create('automation_rules', name='off', enabled=False)
-    api.create('automation_rules', name='default')
+    api.create('automation_rules', name='on', enabled=True, **RULE_SHAPE)
+    api.create('automation_rules', name='off', enabled=False, **RULE_SHAPE)
+    api.create('automation_rules', name='default', **RULE_SHAPE)
     assert matching(api, 'automation_rules', f('enabled', 'eq', True), key='name') == {'on', 'default'}
     assert matching(api, 'automation_rules', f('enabled', 'eq', False), key='name') == {'off'}
     assert matching(api, 'automation_rules', f('enabled', 'neq', True), key='name') == {'off'}
@@ -720,8 +721,8 @@ def test_sort_by_number_is_numeric_not_textual(api):
 
 
 def test_sort_by_boolean(api):
-    api.create('automation_rules', name='on', enabled=True)
-    api.create('automation_rules', name='off', enabled=False)
+    api.create('automation_rules', name='on', enabled=True, **RULE_SHAPE)
+    api.create('automation_rules', name='off', enabled=False, **RULE_SHAPE)
     assert ordered(api, 'automation_rules', key='name', sort='enabled') == ['off', 'on']
     assert ordered(api, 'automation_rules', key='name', sort=['enabled', 'DESC']) == ['on', 'off']
 

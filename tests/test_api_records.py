@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from conftest import RULE_SHAPE
 from conftest import assert_problem
 
 WRITABLE = ['contacts', 'companies', 'deals', 'tasks', 'contact_notes', 'deal_notes', 'company_notes',
@@ -52,7 +53,7 @@ def sample(api, resource):
         'tasks': {'text': 'Call Ada back', 'type': 'call'},
         'tags': {'name': unique('vip'), 'color': '#ff0000'},
         'configuration': {'key': unique('theme'), 'value': {'dark': True}},
-        'automation_rules': {'name': 'Welcome mail', 'trigger': 'contact_created'},
+        'automation_rules': {'name': 'Welcome mail', **RULE_SHAPE},
         'crm_users': {'email': unique('new') + '@example.com', 'first_name': 'Grace'},
     }[resource]
 
@@ -212,7 +213,7 @@ def test_timestamps_read_back_in_utc_ending_in_z(api):
 
 
 def test_booleans_read_back_as_json_booleans(api):
-    rule = api.create('automation_rules', name='Welcome')
+    rule = api.create('automation_rules', name='Welcome', **RULE_SHAPE)
     assert rule['enabled'] is True
     off = api.put(url('automation_rules', rule['id']), {'enabled': False}).json
     assert off['enabled'] is False
@@ -256,11 +257,12 @@ def test_a_json_integer_beyond_64_bits_reads_back_exactly_or_is_refused(api, val
 
 
 def test_json_columns_of_automation_rules(api):
-    rule = api.create('automation_rules', name='Tag VIPs', conditions=[{'field': 'amount', 'op': 'gt', 'value': 1000}],
-                      actions={'add_tag': 'vip'})
+    rule = api.create('automation_rules', name='Big deals', trigger={'resource': 'deals', 'on': ['created']},
+                      conditions=[{'field': 'amount', 'op': 'gt', 'value': 1000}],
+                      actions=[{'type': 'update', 'set': {'category': 'big'}}])
     got = api.get(url('automation_rules', rule['id'])).json
     assert got['conditions'] == [{'field': 'amount', 'op': 'gt', 'value': 1000}]
-    assert got['actions'] == {'add_tag': 'vip'}
+    assert got['actions'] == [{'type': 'update', 'set': {'category': 'big'}}]
 
 
 def test_arrays_of_ids_read_back_in_order(api):

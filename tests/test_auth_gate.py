@@ -15,6 +15,7 @@ import webob
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 import servers
+from conftest import RULE_SHAPE
 from conftest import Client
 from conftest import assert_problem
 from crmapi.accounts import Accounts
@@ -189,7 +190,7 @@ def second_admin(api, database, wsgi_app):
 
 
 ADMIN_WRITES = [('configuration', {'key': 'theme', 'value': {'dark': True}}),
-                ('automation_rules', {'name': 'Welcome', 'trigger': 'contact.created'})]
+                ('automation_rules', {'name': 'Welcome', **RULE_SHAPE})]
 
 
 @pytest.mark.parametrize(('resource', 'body'), ADMIN_WRITES, ids=[r for r, _ in ADMIN_WRITES])

@@ -22,7 +22,7 @@ from conftest import Client
 from conftest import assert_problem
 
 CHANGE_FIELDS = {'id', 'seq', 'resource', 'record_id', 'operation', 'actor', 'user_id', 'token_id', 'changed_at',
-                 'changes', 'record', 'target_id', 'source_ids'}
+                 'changes', 'record', 'target_id', 'source_ids', 'depth'}
 
 
 def feed_page(api, **params):

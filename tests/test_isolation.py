@@ -1,5 +1,6 @@
 """Organization isolation: A never sees nor touches B's records; B's ids look to A like ids that never existed."""
 import pytest
+from conftest import RULE_SHAPE
 from conftest import assert_problem
 
 WRITABLE = ['contacts', 'companies', 'deals', 'tasks', 'contact_notes', 'deal_notes', 'company_notes', 'tags',
@@ -34,8 +35,8 @@ def make_records(client, label):
     ids['deal_notes'] = client.create('deal_notes', deal_id=ids['deals'], text=f'{label} note')['id']
     ids['company_notes'] = client.create('company_notes', company_id=ids['companies'], text=f'{label} note')['id']
     ids['configuration'] = client.create('configuration', key='theme', value={'owner': label})['id']
-    ids['automation_rules'] = client.create('automation_rules', name=f'{label} rule',
-                                            conditions={'status': 'lead'}, actions=[{'notify': label}])['id']
+    ids['automation_rules'] = client.create('automation_rules', name=f'{label} rule', **RULE_SHAPE,
+                                            conditions=[{'field': 'status', 'op': 'eq', 'value': 'lead'}])['id']
     ids['companies_summary'] = ids['companies']
     ids['contacts_summary'] = ids['contacts']
     return ids

@@ -16,6 +16,7 @@ import datetime as dt
 import functools
 import json
 import os
+import types
 import uuid
 from decimal import Decimal
 
@@ -28,11 +29,13 @@ from hypothesis import seed
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from crmapi import rules
 from crmapi import sqlbuild
 from crmapi.errors import CrmError
 from crmapi.query import ALIASES
 from crmapi.query import LIST_PARAMS
 from crmapi.query import OPERATORS
+from crmapi.query import Filter
 from crmapi.query import parse_list
 from crmapi.schema import ResourceSpec
 from crmapi.schema import table_info
@@ -305,13 +308,6 @@ def to_params(q):
 
 # -- the reference: the README's query language in plain Python ------------------------------------
 
-ASCII_LOWER = str.maketrans('ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')
-
-
-def fold(text):
-    return text.translate(ASCII_LOWER)
-
-
 def normalize(kind, value):
     """A JSON filter value as the Python value of the column it is compared with."""
     if value is None or kind in ('text', 'array', 'boolean'):
@@ -325,38 +321,18 @@ def normalize(kind, value):
     return dt.datetime.fromisoformat(value.replace('Z', '+00:00')).astimezone(UTC)
 
 
-NEGATED = {'neq': 'eq', 'not_in': 'in', 'not_contains': 'contains'}
+def as_filter(item):
+    """A wire filter item as the evaluator takes it (its value normalized here, independently of crmapi.query)."""
+    kind, op, value = KIND[item['field']], item['op'], item.get('value')
+    value = tuple(normalize(kind, v) for v in value) if op in ('in', 'not_in') else normalize(kind, value)
+    return Filter(types.SimpleNamespace(name=item['field'], kind=kind), op, value,
+                  item.get('logicalOp', 'and').lower())
 
 
 def matches(row, field, op, value):
-    kind, v = KIND[field], row[field]
-    if op in ('is_empty', 'is_not_empty'):
-        empty = v is None or (kind == 'text' and v == '') or (kind == 'array' and v == [])
-        return empty == (op == 'is_empty')
-    if op in NEGATED:
-        # the complement of the positive operator; a NULL field fails every positive test on a
-        # value, so negations keep it ("a contact without a status is not 'active'")
-        return not matches(row, field, NEGATED[op], value)
-    if op == 'in':
-        return any(matches(row, field, 'eq', x) for x in value)
-    x = normalize(kind, value)
-    if op == 'eq':
-        if x is None:
-            return v is None
-        if v is None:
-            return False
-        return x in v if kind == 'array' else v == x
-    if v is None:
-        return False
-    if op in ORDER_OPS:
-        return {'gt': v > x, 'gte': v >= x, 'lt': v < x, 'lte': v <= x}[op]
-    if op == 'contains':
-        return fold(x) in fold(v)
-    if op == 'starts_with':
-        return fold(v).startswith(fold(x))
-    if op == 'ends_with':
-        return fold(v).endswith(fold(x))
-    raise AssertionError(op)
+    """NOTE: crmapi.rules is THE Python evaluator of the query language (rule conditions use it): this
+    property checks it against the SQL of lists."""
+    return rules.holds([as_filter({'field': field, 'op': op, 'value': value})], row)
 
 
 def compare(sorts):
@@ -386,14 +362,9 @@ def reference(rows, q, org_id=ORG_A):
             continue
         ok = all(matches(row, k, 'in' if isinstance(v, list) else 'eq', v)
                  for k, v in obj.items() if k not in ('q', 'include_archived'))
-        if filters:
-            acc = matches(row, filters[0]['field'], filters[0]['op'], filters[0].get('value'))
-            for previous, f in zip(filters, filters[1:]):
-                m = matches(row, f['field'], f['op'], f.get('value'))
-                acc = (acc or m) if previous.get('logicalOp', 'and').lower() == 'or' else (acc and m)
-            ok = ok and acc
+        ok = ok and rules.holds([as_filter(f) for f in filters], row)
         if 'q' in obj:
-            ok = ok and any(row[c] is not None and fold(obj['q']) in fold(row[c]) for c in SEARCHED)
+            ok = ok and any(row[c] is not None and rules.fold(obj['q']) in rules.fold(row[c]) for c in SEARCHED)
         if ok:
             found.append(row)
     found.sort(key=compare(q['sorts']))

@@ -9,6 +9,7 @@ import falcon
 import falcon.testing
 import pytest
 
+from conftest import RULE_SHAPE
 from conftest import assert_problem
 from test_deploy import PREFIX
 from test_deploy import auth
@@ -59,7 +60,7 @@ def records(api):
         'deal_notes': api.create('deal_notes', deal_id=deal['id'], text='hi')['id'],
         'company_notes': api.create('company_notes', company_id=company['id'], text='hi')['id'],
         'configuration': api.create('configuration', key='theme', value={'dark': True})['id'],
-        'automation_rules': api.create('automation_rules', name='Welcome', trigger='contact_created')['id'],
+        'automation_rules': api.create('automation_rules', name='Welcome', **RULE_SHAPE)['id'],
         'crm_users': api.create('crm_users', email='grace@example.com', last_name='Hopper')['id'],
         'projects': api.create('projects', title='Apollo', budget=3.5, company=company['id'])['id'],
     }
