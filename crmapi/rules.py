@@ -339,7 +339,7 @@ def _run_of(store, principal, runs, rule_id, change_id):
 def _write_run(store, runs, row, quiet=False):
     """Insert one run; UNIQUE (rule_id, change_id) makes a second run of the same (rule, change) fail (and,
     inside the actions' transaction, roll them back). `quiet`: a run already there is not an error."""
-    row = {'id': store.history.new_id(runs.spec.id_prefix), 'results': None, 'error': None, **row,
+    row = {'id': store.history.new_ids(runs.spec.id_prefix, 1)[0], 'results': None, 'error': None, **row,
            'created_at': store.clock()}
     try:
         with store.db.transaction(write=True) as tx:
