@@ -233,7 +233,7 @@ class Catalog:
         found = db.introspect([s.table for s in wanted.values()])
         missing = [s.table for s in wanted.values() if s.table not in found]
         if missing:
-            raise RuntimeError(f"database has no table {', '.join(missing)}: run 'crmapi init-db'")
+            raise RuntimeError(f"database has no table {', '.join(missing)}: run 'crmapi migrate' ('crmapi init-db' for a new one)")
         indexed = db.indexed_columns(found)
         infos = {slug: table_info(spec, found[spec.table], indexed.get(spec.table, ()))
                  for slug, spec in wanted.items()}
