@@ -1,13 +1,20 @@
-# crmapi: `make run` serves a demo on 127.0.0.1:8000 (and delivers its webhooks); `make test` runs the whole suite on
-# SQLite and on a throwaway PostgreSQL. Both install what they need from scratch.
+# crmapi: `make run` serves a demo on 127.0.0.1:8000 (and delivers its webhooks); `make test` runs the whole suite
+# on SQLite and on a throwaway PostgreSQL: the fast tier, then the slow tier (`make test-fast` and
+# `make test-slow` run one). All of them install what they need from scratch.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DB_URL ?= sqlite:///crm.db
 BIND ?= 127.0.0.1:8000
 PYTEST_ARGS ?=
+# pytest-xdist workers per tier (0: in the pytest process itself, e.g. for --pdb). Each worker has
+# a PostgreSQL database of its own (tests/conftest.py). Measured on 2 cores: 2 workers help both
+# tiers; the slow tier (tests marked `slow`: real servers, load, fuzzing) is spread by whole file,
+# so each file's gunicorn and nginx start once.
+FAST_WORKERS ?= 2
+SLOW_WORKERS ?= 2
 
-.PHONY: run test bench install install-test system-packages clean
+.PHONY: run test test-fast test-slow bench install install-test system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,12 +70,26 @@ run: $(VENV)/.installed
 tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
 	npm ci --prefix tests/js --no-audit --no-fund --silent
 
-test: $(VENV)/.installed-test system-packages tests/js/node_modules/.package-lock.json
-	@set -e; dir=$$(mktemp -d /tmp/crmapi-pg.XXXXXX); \
+# A throwaway PostgreSQL for the rest of the recipe's shell, stopped (and deleted) when it exits.
+START_POSTGRES = set -e; dir=$$(mktemp -d /tmp/crmapi-pg.XXXXXX); \
 	trap 'scripts/pgtmp.sh stop "$$dir"' EXIT; \
 	url=$$(scripts/pgtmp.sh start "$$dir"); \
 	echo "throwaway PostgreSQL at $$url"; \
-	CRMAPI_TEST_POSTGRES_URL="$$url" $(BIN)/pytest $(PYTEST_ARGS)
+	export CRMAPI_TEST_POSTGRES_URL="$$url"
+# NOTE: pytest's status 5 is "no tests collected": PYTEST_ARGS may name files of the other tier only.
+TIER = || { status=$$?; [ $$status = 5 ] || exit $$status; }
+FAST_TIER = echo '== fast tier'; $(BIN)/pytest -m 'not slow' -n $(FAST_WORKERS) $(PYTEST_ARGS) $(TIER)
+SLOW_TIER = echo '== slow tier'; $(BIN)/pytest -m slow -n $(SLOW_WORKERS) --dist loadfile $(PYTEST_ARGS) $(TIER)
+
+# The fast tier first, so a failure shows early; the slow tier runs only if the fast one passed.
+test: $(VENV)/.installed-test system-packages tests/js/node_modules/.package-lock.json
+	@$(START_POSTGRES); $(FAST_TIER); $(SLOW_TIER)
+
+test-fast: $(VENV)/.installed-test system-packages
+	@$(START_POSTGRES); $(FAST_TIER)
+
+test-slow: $(VENV)/.installed-test system-packages tests/js/node_modules/.package-lock.json
+	@$(START_POSTGRES); $(SLOW_TIER)
 
 # The benchmark: 100k contacts by default (CONTACTS=1000000 for the big run), both databases,
 # crmapi beside its floors; results in bench/results/<date>.md. See bench/README.md.

@@ -7,9 +7,13 @@ import io
 import json
 import os
 from urllib.parse import unquote
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 
+import psycopg
 import pytest
 import webtest
+from psycopg import sql
 
 from crmapi import create_app
 from crmapi.accounts import Accounts
@@ -22,12 +26,47 @@ BACKENDS = ['sqlite', 'postgresql']
 PROBLEM_KEYS = {'type', 'title', 'status', 'detail', 'message'}
 
 
-def postgres_url():
+def base_postgres_url():
+    """CRMAPI_TEST_POSTGRES_URL: the database of a serial run, and where a worker's own one is made."""
     url = os.environ.get('CRMAPI_TEST_POSTGRES_URL')
     if not url:
         pytest.fail('CRMAPI_TEST_POSTGRES_URL is not set: run the suite with `make test`, '
                     'which starts a throwaway PostgreSQL server')
     return url
+
+
+def postgres_url():
+    """The test PostgreSQL database of this process.
+
+    NOTE: under pytest-xdist each worker gets a database of its own, `<name>_<worker id>` on the same
+    server (made by `worker_postgres_database`), because `database` drops and recreates the `public`
+    schema and tests create fixed-name tables; a serial run uses CRMAPI_TEST_POSTGRES_URL as is.
+    """
+    url = base_postgres_url()
+    worker = os.environ.get('PYTEST_XDIST_WORKER')
+    if not worker:
+        return url
+    parsed = urlsplit(url)
+    return urlunsplit(parsed._replace(path=f'{parsed.path}_{worker}'))
+
+
+def _on_the_server(statement, name):
+    with psycopg.connect(base_postgres_url(), autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL(statement).format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope='session', autouse=True)
+def worker_postgres_database():
+    """This xdist worker's PostgreSQL database, made empty at the start (a leftover of an interrupted
+    run is dropped first) and dropped at the end; nothing to do in a serial run or without PostgreSQL."""
+    if not os.environ.get('PYTEST_XDIST_WORKER') or not os.environ.get('CRMAPI_TEST_POSTGRES_URL'):
+        yield
+        return
+    name = unquote(urlsplit(postgres_url()).path.lstrip('/'))
+    _on_the_server('DROP DATABASE IF EXISTS {} WITH (FORCE)', name)
+    _on_the_server('CREATE DATABASE {}', name)
+    yield
+    _on_the_server('DROP DATABASE IF EXISTS {} WITH (FORCE)', name)
 
 
 def fresh_database(backend, directory):

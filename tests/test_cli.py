@@ -220,6 +220,7 @@ def test_an_unreachable_postgresql_is_one_line_at_once(command):
     assert time.monotonic() - started < cli.CONNECT_TIMEOUT_S
 
 
+@pytest.mark.slow
 def test_a_postgresql_that_never_answers_is_given_up_after_the_connect_timeout():
     with socket.socket() as silent:  # accepts the TCP connection (backlog), never says a word
         silent.bind(('127.0.0.1', 0))

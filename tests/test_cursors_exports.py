@@ -384,6 +384,7 @@ def pg_app_with_a_short_statement_timeout(tmp_path):
             conn.execute(f'DROP DATABASE {name} WITH (FORCE)')
 
 
+@pytest.mark.slow
 def test_a_postgresql_statement_timeout_before_the_first_row_is_a_503_not_a_cut_200(
         pg_app_with_a_short_statement_timeout):
     """statement_timeout is PostgreSQL's: the export waits on a table another transaction holds."""

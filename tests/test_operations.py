@@ -116,6 +116,7 @@ def test_backup_copies_a_live_sqlite_database(tmp_path):
     assert copy.execute("SELECT COUNT(*) FROM contacts WHERE city = 'Mid-transaction'").fetchone() == (0,)
 
 
+@pytest.mark.slow
 def test_a_database_too_slow_to_answer_is_503_with_retry_after(backend, database, api):
     """PostgreSQL: a query over statement_timeout. SQLite: a write that cannot get the lock within
     the busy timeout. Either is a 503 with Retry-After, never a hang or a 500."""

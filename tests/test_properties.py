@@ -46,6 +46,8 @@ SHRINK = os.environ.get('CRMAPI_PROPERTY_SHRINK') == '1'
 UTC = dt.timezone.utc
 ORG_A, ORG_B = 'org_prop_a', 'org_prop_b'
 
+pytestmark = pytest.mark.slow
+
 
 def bounded(examples=EXAMPLES):
     """Few examples, no deadline, the same examples on every run unless CRMAPI_PROPERTY_SEED is set.

@@ -25,6 +25,8 @@ ORIGIN = 'http://localhost:5173'
 START_TIMEOUT_S = 30
 NODE_TIMEOUT_S = 180
 
+pytestmark = pytest.mark.slow
+
 
 def cli(url, *args):
     out = subprocess.run([sys.executable, '-m', 'crmapi', '--database', url, *args], capture_output=True,

@@ -35,6 +35,9 @@ from crmapi.db import connect
 from crmapi.db import parse_read_after
 from crmapi.errors import Unavailable
 
+# NOTE: its own PostgreSQL primary, replica and PgBouncer: one xdist worker runs the whole module.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / 'scripts'
 COOKIE = 'crmapi_read_after'

@@ -40,6 +40,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 MODES = {GenerationMode.POSITIVE: MAX_EXAMPLES, GenerationMode.NEGATIVE: max(1, MAX_EXAMPLES // 2)}
 CUSTOM = {'first': 'projects', 'second': 'vehicles'}
 
+pytestmark = pytest.mark.slow
+
 
 def seed_org(database, app, which):
     """An organization with a custom object, a few records of each kind and a spare user."""
