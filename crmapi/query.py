@@ -266,11 +266,10 @@ def parse_sorts(params, info, limits, relations=None):
 def parse_embed(params, relations):
     """`embed=company` or `embed=["company","tags"]` (with `embed_limit`, 0 to 100 children per reverse
     relation): (the relations, in the order asked, each once; the limit). `relations`: name -> Relation."""
-    raw, limit = single(params, 'embed'), single(params, 'embed_limit')
+    raw = single(params, 'embed')
+    limit = embed_limit(params)
     if raw is None:
-        if limit is not None:
-            raise InvalidParam("Parameter 'embed_limit' needs 'embed'", param='embed_limit')
-        return (), EMBED_LIMIT
+        return (), EMBED_LIMIT      # NOTE: a limit alone is checked, then ignored (OpenAPI cannot tie it to embed)
     names = param_json(params, 'embed') if raw.lstrip().startswith('[') else [raw]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise InvalidParam('Parameter \'embed\' is a relation name or a JSON array of them, like ["company","tags"]',
@@ -280,12 +279,17 @@ def parse_embed(params, relations):
         valid = ', '.join(relations) or 'none'
         raise InvalidParam(f"Unknown relation '{unknown}'; this resource can embed: {valid}", param='embed',
                            field=unknown)
-    if limit is not None:
-        limit = param_json(params, 'embed_limit')
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_EMBED_LIMIT:
-            raise InvalidParam(f"Parameter 'embed_limit' is an integer from 0 to {MAX_EMBED_LIMIT}",
-                               param='embed_limit')
     return tuple(relations[n] for n in dict.fromkeys(names)), EMBED_LIMIT if limit is None else limit
+
+
+def embed_limit(params):
+    """`embed_limit`: an integer from 0 to MAX_EMBED_LIMIT, or None when absent."""
+    if single(params, 'embed_limit') is None:
+        return None
+    limit = param_json(params, 'embed_limit')
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_EMBED_LIMIT:
+        raise InvalidParam(f"Parameter 'embed_limit' is an integer from 0 to {MAX_EMBED_LIMIT}", param='embed_limit')
+    return limit
 
 
 # -- keyset cursors -------------------------------------------------------------------------------

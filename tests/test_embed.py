@@ -256,10 +256,14 @@ def test_an_unknown_relation_is_a_400_listing_the_valid_ones(api, crm):
     ({'embed': 'tasks', 'embed_limit': '-1'}, 'embed_limit'),
     ({'embed': 'tasks', 'embed_limit': 'ten'}, 'embed_limit'),
     ({'embed': 'tasks', 'embed_limit': 'true'}, 'embed_limit'),
-    ({'embed_limit': '5'}, 'embed_limit'),
+    ({'embed_limit': '101'}, 'embed_limit'),
 ])
 def test_malformed_embed_parameters_are_a_400(api, params, param):
     assert_problem(api.get('/api/contacts', params, status=400), 400, param=param)
+
+
+def test_an_embed_limit_without_embed_is_ignored(api, crm):
+    assert api.get('/api/contacts', {'embed_limit': '5'}).json == api.get('/api/contacts').json
 
 
 def test_exports_refuse_embed(api, crm):
