@@ -300,7 +300,9 @@ def test_a_worker_killed_again_and_again_loses_no_acknowledged_change(admin, rec
             time.sleep(0.2)
     finally:
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=10) == 0
+        # NOTE: when the killed workers already delivered everything, this one may be signalled before it has
+        # installed its handler: it then dies of SIGTERM with nothing in flight, which is fine here.
+        assert worker.wait(timeout=10) in (0, -signal.SIGTERM)
     events = receiver.events()
     assert set(acknowledged) <= {e['data']['record_id'] for e in events}
     by_id = {}
