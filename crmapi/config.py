@@ -46,10 +46,6 @@ def _schedule(raw):
     return steps
 
 
-def _flag(raw):
-    return raw.strip().lower() not in ('0', 'false', 'no')
-
-
 def _origins(raw):
     return tuple(o.strip() for o in raw.split(',') if o.strip())
 
@@ -138,7 +134,8 @@ class Settings:
                                     _milliseconds('CRMAPI_REPLICA_MAX_LAG_MS')),
             pgbouncer=_env('CRMAPI_PGBOUNCER', cls.pgbouncer, _flag('CRMAPI_PGBOUNCER')),
             history_days=_env('CRMAPI_HISTORY_DAYS', cls.history_days, _days),
-            webhook_allow_private=_env('CRMAPI_WEBHOOK_ALLOW_PRIVATE', cls.webhook_allow_private, _flag),
+            webhook_allow_private=_env('CRMAPI_WEBHOOK_ALLOW_PRIVATE', cls.webhook_allow_private,
+                                        _flag('CRMAPI_WEBHOOK_ALLOW_PRIVATE')),
             webhook_retry_schedule=_env('CRMAPI_WEBHOOK_RETRY_SCHEDULE', cls.webhook_retry_schedule, _schedule),
             webhook_disable_after_s=_env('CRMAPI_WEBHOOK_DISABLE_AFTER_S', cls.webhook_disable_after_s, float),
             webhook_timeout_s=_env('CRMAPI_WEBHOOK_TIMEOUT_S', cls.webhook_timeout_s, float),

@@ -312,3 +312,9 @@ def test_a_worker_killed_again_and_again_loses_no_acknowledged_change(admin, rec
     for headers, body, _ in receiver.got:
         by_id.setdefault(headers['webhook-id'], set()).add(body)
     assert all(len(bodies) == 1 for bodies in by_id.values())     # a duplicate is the same message
+
+
+@pytest.mark.parametrize('raw, allowed', [('1', True), ('0', False), ('no', False)])
+def test_crmapi_webhook_allow_private_reads_as_the_flag_it_says(monkeypatch, raw, allowed):
+    monkeypatch.setenv('CRMAPI_WEBHOOK_ALLOW_PRIVATE', raw)
+    assert Settings.from_env().webhook_allow_private is allowed
