@@ -17,6 +17,7 @@ import traceback
 from . import imports
 from . import migrations
 from .accounts import Accounts
+from .config import Settings
 from .db import connect
 from .errors import Conflict
 from .errors import CrmError
@@ -242,7 +243,6 @@ def unchanged(definition, body):
 
 def cmd_prune(db, args):
     """Delete the changes older than --days (default CRMAPI_HISTORY_DAYS), a thousand per transaction."""
-    from .config import Settings
     from .history import History
     from .store import new_ids
     from .store import utc_now
@@ -470,7 +470,6 @@ def cmd_demo(db, args):
 
 def cmd_worker(db, args):
     """Deliver webhooks until SIGTERM (the deliveries in flight finish first), or with --once until none is due."""
-    from .config import Settings
     from .worker import Worker
     try:
         settings = Settings.from_env()
@@ -561,9 +560,13 @@ def parser():
 
 
 def open_url(url):
-    """The Database for a URL, or a CliError saying what is wrong with the URL."""
+    """The Database for a URL, or a CliError saying what is wrong with the URL or the settings.
+
+    NOTE: with the server's settings (CRMAPI_PGBOUNCER above all): a worker or a migration going through
+    PgBouncer must not keep prepared statements, exactly as the app's connections do not.
+    """
     try:
-        return connect(url)
+        return connect(url, pgbouncer=Settings.from_env().pgbouncer)
     except ValueError as exc:
         raise CliError(f'bad database URL: {exc}') from None
 

@@ -29,6 +29,7 @@ from . import values
 from . import webhooks
 from .accounts import Principal
 from .errors import CrmError
+from .errors import Unavailable
 from .store import new_id
 from .store import utc_now
 
@@ -36,6 +37,7 @@ log = logging.getLogger('crmapi.worker')
 FANOUT_BATCH = 1000         # changes one fan-out transaction reads
 MAX_LOG = 50                # attempts kept in a delivery's attempt_log
 JITTER = 0.1                # each retry's delay is the schedule's, give or take this fraction
+OUTAGE_WAITS = (0.5, 10.0)  # first and longest wait before trying a database that was unavailable again
 EVENT_RECORD = frozenset({'created', 'deleted', 'merged_into'})   # changes that carry the record itself
 
 
@@ -74,9 +76,21 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
             signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        wait = OUTAGE_WAITS[0]
         try:
             while not self.stopping.is_set():
-                busy = self.step()
+                try:
+                    busy = self.step()
+                except Unavailable as exc:
+                    if once:
+                        raise
+                    # NOTE: a database restart, failover or full pool is not the worker's end: what is due stays
+                    # due in the database, so waiting and trying again loses nothing.
+                    log.warning('database unavailable (%s); trying again in %.1f s', exc.detail, wait)
+                    self.stopping.wait(wait)
+                    wait = min(wait * 2, OUTAGE_WAITS[1])
+                    continue
+                wait = OUTAGE_WAITS[0]
                 if once and not busy:
                     break
                 if not busy:

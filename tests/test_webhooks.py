@@ -18,6 +18,7 @@ import pytest
 from crmapi import create_app
 from crmapi import webhooks
 from crmapi.config import Settings
+from crmapi.errors import Unavailable
 from crmapi.worker import Worker
 
 from conftest import NoLeaks
@@ -30,7 +31,7 @@ SHORT = (0.2, 0.2)
 class Receiver:
     """An HTTP endpoint that records each request and answers the next status of `statuses` (then 204)."""
 
-    def __init__(self):
+    def __init__(self, host='127.0.0.1'):
         self.got, self.statuses, self.lock = [], [], threading.Lock()
         receiver = self
 
@@ -50,10 +51,10 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f'http://127.0.0.1:{self.server.server_port}/hook?x=1'
+        self.url = f'http://{host}:{self.server.server_port}/hook?x=1'
 
     def events(self):
         return [json.loads(body) for _, body, _ in self.got]
@@ -88,6 +89,28 @@ def admin(database, private_app):
 def deliver(database, **overrides):
     """A worker's pass: fan out, send what is due, until nothing is."""
     Worker(database, settings(**overrides)).run(once=True)
+
+
+def test_a_worker_outlives_a_database_outage_and_then_delivers(database, admin, receiver, monkeypatch):
+    hook(admin, receiver.url, ['contacts.created'])
+    created = admin.post('/api/contacts', {'first_name': 'Outage'}).json
+    worker = Worker(database, settings())
+    step, outages = worker.step, []
+
+    def flaky_step():
+        if len(outages) < 2:
+            outages.append(1)
+            raise Unavailable('The database is unavailable; retry shortly')
+        if receiver.got:
+            worker.stopping.set()
+        return step()
+    monkeypatch.setattr(worker, 'step', flaky_step)
+    monkeypatch.setattr('crmapi.worker.OUTAGE_WAITS', (0.01, 0.02))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive() and len(outages) == 2
+    assert [e['data']['record_id'] for e in receiver.events()] == [created['id']]
 
 
 def hook(admin, url, events=('*',), **fields):
