@@ -253,8 +253,7 @@ class Store:
             if len(self._readers) > 1000:  # custom objects make new shapes; keep this bounded
                 self._readers.clear()
             names = sqlbuild.output_columns(info)
-            convert = self.db.reader([info.columns[n].kind for n in names])
-            read = self._readers[info.shape_key] = lambda row: dict(zip(names, convert(row)))
+            read = self._readers[info.shape_key] = self.db.record_reader(names, [info.columns[n].kind for n in names])
         return read
 
     def _fetch(self, tx, info, principal, record_id, for_update=False):

