@@ -100,7 +100,8 @@ def check_events(events, known):
 
 def event_body(kind, change, record):
     """The JSON body of an event: `{type, timestamp, data}`, data the change with the record after it."""
-    return orjson.dumps({'type': kind, 'timestamp': change['changed_at'], 'data': {**change, 'record': record}}).decode()
+    event = {'type': kind, 'timestamp': change['changed_at'], 'data': {**change, 'record': record}}
+    return orjson.dumps(event).decode()
 
 
 def delivery_row(org_id, change, kind, body, now, webhook_id=None, rule_id=None, url=None):

@@ -204,8 +204,9 @@ def anonymous(wsgi_app):
 
 
 # Any valid automation rule's trigger and actions (crmapi.rules), for tests that need a rule, not a particular one.
+# NOTE: a public IP address: a webhook action's URL is resolved (SSRF policy) when the rule is written.
 RULE_SHAPE = {'trigger': {'resource': 'contacts', 'on': ['created']},
-              'actions': [{'type': 'webhook', 'url': 'https://example.com/hook'}]}
+              'actions': [{'type': 'webhook', 'url': 'https://93.184.215.14/hook'}]}
 
 
 def assert_problem(resp, status, **members):
