@@ -234,3 +234,15 @@ def test_a_rule_that_breaks_on_a_bug_is_a_failed_run_and_later_changes_still_run
     assert [(r['status'], r['error']) for r in runs(api)] == [
         ('failed', 'Internal error (ZeroDivisionError); the worker logged it'), ('applied', None)]
     assert [t['deal_id'] for t in api.list('tasks')] == [deal['id']]
+
+
+def test_a_webhook_action_of_a_rule_deleted_before_it_was_sent_fails_without_sending(
+        admin, receiver, database):  # noqa: F811
+    rule = hook_rule(admin, receiver.url)
+    admin.create('deals', name='Orphan')
+    Worker(database, settings()).run_rules()
+    admin.delete(f"/api/automation_rules/{rule['id']}")
+    deliver(database)
+    (delivery,) = admin.list('webhook_deliveries')
+    assert (delivery['status'], delivery['last_error']) == ('failed', 'not sent: its automation rule was deleted')
+    assert receiver.got == [] and admin.list('automation_runs')[0]['rule_id'] == rule['id']
