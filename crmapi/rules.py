@@ -124,12 +124,23 @@ def _bad(field, detail):
     return InvalidValue(detail, field=field)
 
 
-def check_rule(store, principal, rule):
+def check_rule(store, principal, rule, stored=None):
     """The store's hook for a rule write: `rule` as the write leaves it fits the shape, or a 400 naming the
-    member that does not (`trigger.on`, `conditions`, `actions[1].set.amount`)."""
+    member that does not (`trigger.on`, `conditions`, `actions[1].set.amount`). `stored`: the rule before.
+
+    NOTE: a webhook action's URL is resolved and checked (SSRF) when it is new to the rule only, so a rule
+    whose host does not resolve today can still be edited or disabled; each delivery checks it again anyway.
+    """
     info = trigger_resource(store, principal, rule.get('trigger'))
     parse_conditions(info, rule.get('conditions'))
     check_actions(store, principal, info, rule.get('actions'))
+    known = {a.get('url') for a in (stored or {}).get('actions') or () if isinstance(a, dict)}
+    for index, action in enumerate(rule['actions']):
+        if action['type'] == 'webhook' and action['url'] not in known:
+            try:
+                webhooks.target(action['url'], store.webhook_allow_private)
+            except webhooks.Refused as exc:
+                raise _bad(f'actions[{index}].url', f'The webhook url {exc}') from None
 
 
 def trigger_resource(store, principal, trigger):
@@ -228,15 +239,10 @@ def _check_tag(store, principal, info, action, where):
 
 
 def _check_webhook(store, principal, info, action, where):
-    """The URL's form, then the SSRF policy of webhooks (checked again at each delivery: DNS may change)."""
     url = action['url']
     parts = urlsplit(url) if isinstance(url, str) and len(url) <= MAX_URL and url.isprintable() else None
     if parts is None or ' ' in url or parts.scheme not in ('http', 'https') or not parts.hostname:
         raise _bad(f'{where}.url', f'A webhook url is an absolute http(s) URL of at most {MAX_URL} characters')
-    try:
-        webhooks.target(url, store.webhook_allow_private)
-    except webhooks.Refused as exc:
-        raise _bad(f'{where}.url', f'The webhook url {exc}') from None
 
 
 def _check_exists(store, principal, slug, record_id, field):

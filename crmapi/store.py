@@ -485,7 +485,7 @@ class Store:
         failures = []
         for index, (record, change) in enumerate(zip(records, changes)):
             try:
-                rules.check_rule(self, principal, {**record, **change})
+                rules.check_rule(self, principal, {**record, **change}, record)
             except BadRequest as exc:
                 failures.append((index, exc))
         raise_items(failures, batch)

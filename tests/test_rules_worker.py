@@ -6,7 +6,10 @@ import threading
 import time
 
 import pytest
+import webtest
+from conftest import Client
 from conftest import assert_problem
+from test_migrations import empty_db  # noqa: F401 -- fixture: an empty database of each kind
 from test_webhooks import SHORT
 from test_webhooks import admin  # noqa: F401 -- fixture: an administrator of an app that allows private targets
 from test_webhooks import deliver
@@ -15,7 +18,10 @@ from test_webhooks import receiver  # noqa: F401 -- fixture: a local HTTP endpoi
 from test_webhooks import settings
 from test_webhooks import verify
 
+from crmapi import create_app
+from crmapi import migrations
 from crmapi import rules
+from crmapi.accounts import Accounts
 from crmapi.worker import Worker
 
 WON = {
@@ -182,6 +188,16 @@ def test_a_rules_secret_is_shown_once_and_never_read_back(admin, receiver):  # n
     assert added['secret'].startswith('whsec_') and added['secret'] != secret
 
 
+def test_a_webhook_url_is_checked_when_it_is_new_to_the_rule_so_a_rule_can_always_be_disabled(
+        admin, receiver, wsgi_app):  # noqa: F811
+    rule = hook_rule(admin, receiver.url)
+    strict = Client(wsgi_app, admin.token, admin.org_id)     # an app that refuses private targets
+    assert strict.put(f"/api/automation_rules/{rule['id']}", {'enabled': False}).json['enabled'] is False
+    resp = strict.put(f"/api/automation_rules/{rule['id']}", {'actions': [
+        *rule['actions'], {'type': 'webhook', 'url': receiver.url + '&new'}]}, status=400)
+    assert_problem(resp, 400, field='actions[1].url')
+
+
 def test_a_webhook_action_is_retried_on_the_webhook_schedule_until_it_is_received(admin, receiver, database):  # noqa: F811,E501
     hook_rule(admin, receiver.url)
     receiver.statuses = [500]
@@ -246,3 +262,21 @@ def test_a_webhook_action_of_a_rule_deleted_before_it_was_sent_fails_without_sen
     (delivery,) = admin.list('webhook_deliveries')
     assert (delivery['status'], delivery['last_error']) == ('failed', 'not sent: its automation rule was deleted')
     assert receiver.got == [] and admin.list('automation_runs')[0]['rule_id'] == rule['id']
+
+
+def test_rules_stored_before_the_worker_ran_rules_run_on_the_changes_after_the_migration(empty_db):  # noqa: F811
+    migrations.migrate(empty_db, target=12)
+    accounts = Accounts(empty_db)
+    org = accounts.create_org('Early Co')
+    p = '?' if empty_db.name == 'sqlite' else '%s'
+    with empty_db.transaction(write=True) as tx:
+        tx.execute(f'INSERT INTO automation_rules (id, organization_id, name, enabled, trigger, conditions, actions, '
+                   f'created_at, updated_at) VALUES ({p}, {p}, {p}, TRUE, {p}, {p}, {p}, {p}, {p})',
+                   ('rule_early', org, WON['name'], json.dumps(WON['trigger']), json.dumps(WON['conditions']),
+                    json.dumps(WON['actions']), '2020-01-01T00:00:00Z', '2020-01-01T00:00:00Z'))
+    migrations.migrate(empty_db)
+    api = Client(webtest.TestApp(create_app(settings(), db=empty_db)),
+                 accounts.create_token(org, 'early@example.com', admin=True), org)
+    deal = won_deal(api)
+    deliver(empty_db)
+    assert [t['deal_id'] for t in api.list('tasks')] == [deal['id']]

@@ -48,3 +48,8 @@ CREATE TABLE IF NOT EXISTS automation_rule_secrets (
     rule_id TEXT PRIMARY KEY REFERENCES automation_rules (id) ON DELETE CASCADE,
     secret TEXT NOT NULL
 );
+
+-- Organizations that have rules get their cursor now: their rules act on the changes from here on.
+INSERT INTO automation_cursors (organization_id, seq)
+SELECT DISTINCT r.organization_id, COALESCE(c.n, 0)
+FROM automation_rules r LEFT JOIN change_counters c ON c.organization_id = r.organization_id;
