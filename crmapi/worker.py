@@ -182,14 +182,20 @@ class Worker:
         """Hand every organization's changes past its rules cursor to its rules: how many changes were read."""
         with self.db.transaction() as tx:
             due = tx.rows(*sqlbuild.build_fanout_due(self.db.dialect, 'automation_cursors'))
-        return sum(self.run_rules_org(org, cursor) for org, cursor in due)
+        read = 0
+        for org, cursor in due:
+            try:
+                read += self.run_rules_org(org, cursor)
+            except Exception:   # NOTE: nor webhooks nor other organizations wait on it: logged, tried next round
+                log.exception('automation rules of organization %s failed after change %s', org, cursor)
+        return read
 
     def run_rules_org(self, org, cursor):
         """Run the rules on a batch of the organization's changes after `cursor`, then move the cursor past them.
 
         NOTE: several workers may read the same batch: each (rule, change) acts at most once whatever the
-        number of hands (crmapi.rules), and a worker that finds the cursor moved under it stops. A crash before
-        the cursor moves hands the batch over again, which is as harmless.
+        number of hands (crmapi.rules), and the cursor only moves from where this batch began (a worker that
+        finds it moved leaves it). A crash before the cursor moves hands the batch over again, as harmlessly.
         """
         changes = self.store.history.feed(org, cursor, RULES_BATCH)
         enabled = rules.enabled_rules(self.store, Principal.system(org))

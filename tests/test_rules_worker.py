@@ -280,3 +280,20 @@ def test_rules_stored_before_the_worker_ran_rules_run_on_the_changes_after_the_m
     deal = won_deal(api)
     deliver(empty_db)
     assert [t['deal_id'] for t in api.list('tasks')] == [deal['id']]
+
+
+def test_a_rules_pass_that_breaks_holds_up_neither_webhooks_nor_later_rounds(
+        admin, receiver, database, monkeypatch):  # noqa: F811
+    admin.post('/api/webhooks', {'url': receiver.url, 'events': ['deals.*']})
+    admin.create('automation_rules', **WON)
+
+    def broken(*args):
+        raise RuntimeError('the rules table is on fire')
+    monkeypatch.setattr(rules, 'enabled_rules', broken)
+    deal = won_deal(admin)
+    deliver(database)
+    assert sorted(e['type'] for e in receiver.events()) == ['deals.created', 'deals.updated']
+    assert admin.list('tasks') == []
+    monkeypatch.undo()
+    deliver(database)
+    assert [t['deal_id'] for t in admin.list('tasks')] == [deal['id']]
