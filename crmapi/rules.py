@@ -259,7 +259,7 @@ CHECKS = {'update': _check_update, 'create_task': _check_task, 'add_tag': _check
 
 def written(store, tx, principal, records):
     """The store's hook after rules are written, in the write's transaction: the organization's rules cursor
-    (from the changes committed so far, if it has none: a rule acts on the changes after it), and a secret for
+    (at the changes committed so far, if it has none: its first rule starts with the changes after it), a secret for
     each rule that has a webhook action and none yet: the records, with `secret` in the ones that got one (their
     answer is the only one that shows it)."""
     d, out = store.db.dialect, []
