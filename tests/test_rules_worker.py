@@ -1,7 +1,12 @@
 """Automation rules run by `crmapi worker` (issue 12): from the change feed, once per (rule, change) whatever the
 number of workers, crashes and retries; attributed to the rule; stopped at depth 3; webhook actions delivered
 signed like webhooks; a failing rule holds nothing up."""
+import collections
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,6 +17,7 @@ from conftest import assert_problem
 from test_migrations import empty_db  # noqa: F401 -- fixture: an empty database of each kind
 from test_webhooks import SHORT
 from test_webhooks import admin  # noqa: F401 -- fixture: an administrator of an app that allows private targets
+from test_webhooks import database_url
 from test_webhooks import deliver
 from test_webhooks import private_app  # noqa: F401 -- fixture
 from test_webhooks import receiver  # noqa: F401 -- fixture: a local HTTP endpoint that records what it gets
@@ -297,3 +303,23 @@ def test_a_rules_pass_that_breaks_holds_up_neither_webhooks_nor_later_rounds(
     monkeypatch.undo()
     deliver(database)
     assert [t['deal_id'] for t in admin.list('tasks')] == [deal['id']]
+
+
+@pytest.mark.slow
+def test_workers_killed_again_and_again_while_rules_run_never_apply_an_action_twice(api, database):
+    api.create('automation_rules', **WON)
+    env = {**os.environ, 'CRMAPI_WEBHOOK_POLL_S': '0.01'}
+    command = [sys.executable, '-m', 'crmapi', '--database', database_url(database), 'worker']
+    won, deadline = [], time.time() + 6
+    while time.time() < deadline:
+        workers = [subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL) for _ in range(2)]
+        for _ in range(4):
+            won.append(won_deal(api)['id'])
+            time.sleep(0.05)
+        for w in workers:
+            w.send_signal(signal.SIGKILL)
+            w.wait()
+    subprocess.run([*command, '--once'], env=env, stderr=subprocess.DEVNULL, check=True, timeout=60)
+    tasks = collections.Counter(t['deal_id'] for t in api.get('/api/tasks', {'range': [0, 999]}).json)
+    assert tasks == collections.Counter(won)
+    assert len(api.get('/api/automation_runs', {'range': [0, 999]}).json) == len(won)
