@@ -375,13 +375,14 @@ CREATE TABLE IF NOT EXISTS webhook_cursors (
     seq BIGINT NOT NULL
 );
 
--- The outbox: one row per (webhook, change). payload: the JSON body sent (the same on every attempt);
+-- The outbox: one row per (webhook, change), or per webhook action of an automation rule's run (webhook_id
+-- NULL; rule_id and url say whose and where). payload: the JSON body sent (the same on every attempt);
 -- locked_until: the lease of the worker sending it; attempts: in the current round (redeliver starts one);
 -- attempt_log: every attempt [{at, status_code, duration_ms, error}].
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
     id TEXT PRIMARY KEY,
     organization_id TEXT NOT NULL REFERENCES organizations (id),
-    webhook_id TEXT NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    webhook_id TEXT REFERENCES webhooks (id) ON DELETE CASCADE,
     change_id TEXT NOT NULL,
     seq BIGINT NOT NULL,
     event_type TEXT NOT NULL,
@@ -397,13 +398,28 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     delivered_at TIMESTAMPTZ,
     created_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL,
+    rule_id TEXT,
+    url TEXT,
     UNIQUE (webhook_id, change_id)
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS webhook_deliveries_org ON webhook_deliveries (organization_id, id);
 
+-- Automation rules that run (issue 12): the rules' own cursor over the change feed (apart from the webhooks'
+-- fan-out cursor, so that neither holds the other up), and each rule's secret for its webhook actions (apart
+-- from the rule, so no read of automation_rules can carry it).
+CREATE TABLE IF NOT EXISTS automation_cursors (
+    organization_id TEXT PRIMARY KEY REFERENCES organizations (id),
+    seq BIGINT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS automation_rule_secrets (
+    rule_id TEXT PRIMARY KEY REFERENCES automation_rules (id) ON DELETE CASCADE,
+    secret TEXT NOT NULL
+);
+
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (12);
+INSERT INTO schema_version (version) VALUES (16);

@@ -349,6 +349,7 @@ def create_app(settings=None, db=None):
 def build_app(settings, db):
     catalog = build_services(db)
     store = catalog.custom.store
+    store.webhook_allow_private = settings.webhook_allow_private
     limits = Limits(settings.max_page, settings.max_filters, settings.max_value_length)
 
     if settings.access_log:

@@ -469,7 +469,8 @@ def cmd_demo(db, args):
 
 
 def cmd_worker(db, args):
-    """Deliver webhooks until SIGTERM (the deliveries in flight finish first), or with --once until none is due."""
+    """Deliver webhooks and run automation rules until SIGTERM (the deliveries in flight finish first), or with
+    --once until nothing is due."""
     from .worker import Worker
     try:
         settings = Settings.from_env()
@@ -548,7 +549,8 @@ def parser():
     s.set_defaults(func=cmd_import, needs='schema')
     sub.add_parser('demo', help='fill a new organization with demo records; prints a token').set_defaults(
         func=cmd_demo, needs=None)
-    s = sub.add_parser('worker', help='deliver webhooks (run beside the server; any number, on any host)')
+    s = sub.add_parser('worker', help='deliver webhooks and run automation rules (beside the server; any number, '
+                                      'on any host)')
     s.add_argument('--once', action='store_true', help='deliver what is due now, then exit')
     s.set_defaults(func=cmd_worker, needs='schema')
     s = sub.add_parser('serve', help='serve the API with gunicorn')

@@ -1040,8 +1040,10 @@ def build_secret_read(d, name):
 # untyped parameter its column's type. The worker's statements are few and fixed, so they are written here whole.
 
 DELIVERY_COLUMNS = ('id', 'organization_id', 'webhook_id', 'change_id', 'seq', 'event_type', 'payload', 'status',
-                    'attempts', 'next_attempt_at', 'created_at', 'updated_at')
-CLAIMED = ('id', 'organization_id', 'webhook_id', 'change_id', 'payload', 'attempts', 'attempt_log')
+                    'attempts', 'next_attempt_at', 'created_at', 'updated_at', 'rule_id', 'url')
+CLAIMED = ('id', 'organization_id', 'webhook_id', 'change_id', 'payload', 'attempts', 'attempt_log', 'rule_id', 'url')
+# The cursors over the change feed: the webhooks' fan-out, and the automation rules' (crmapi.worker).
+CURSOR_TABLES = ('webhook_cursors', 'automation_cursors')
 
 
 def _ids_in(d, column):
@@ -1073,18 +1075,39 @@ def build_change_counter_read(d, org_id):
     return f'SELECT n FROM change_counters WHERE organization_id = {p}', [org_id]
 
 
-def build_webhook_cursor_init(d, org_id, seq):
-    """The organization's fan-out cursor, at `seq` if it has none yet."""
+def build_webhook_cursor_init(d, org_id, seq, table='webhook_cursors'):
+    """The organization's fan-out cursor (or another of CURSOR_TABLES), at `seq` if it has none yet."""
+    assert table in CURSOR_TABLES
     p = d.parameter().get_sql()
-    sql = f'INSERT INTO webhook_cursors (organization_id, seq) VALUES ({p}, {p}) ON CONFLICT (organization_id) DO NOTHING'
+    sql = f'INSERT INTO {table} (organization_id, seq) VALUES ({p}, {p}) ON CONFLICT (organization_id) DO NOTHING'
     return sql, [org_id, int(seq)]
 
 
-def build_fanout_due(d):
-    """(organization, cursor) of every organization with changes its cursor has not reached."""
-    sql = ('SELECT k.organization_id, k.seq FROM webhook_cursors k JOIN change_counters c '
+def build_fanout_due(d, table='webhook_cursors'):
+    """(organization, cursor) of every organization with changes its cursor (of CURSOR_TABLES) has not reached."""
+    assert table in CURSOR_TABLES
+    sql = (f'SELECT k.organization_id, k.seq FROM {table} k JOIN change_counters c '
            'ON c.organization_id = k.organization_id WHERE c.n > k.seq ORDER BY k.organization_id')
     return sql, []
+
+
+def build_rules_advance(d, org_id, old, new):
+    """Move the organization's rules cursor from `old` to `new`: 0 rows when another worker moved it first."""
+    p = d.parameter().get_sql()
+    sql = f'UPDATE automation_cursors SET seq = {p} WHERE organization_id = {p} AND seq = {p}'
+    return sql, [int(new), org_id, int(old)]
+
+
+def build_rule_secret_insert(d, rule_id, secret):
+    """The rule's secret, unless it has one: 1 row when this made it."""
+    p = d.parameter().get_sql()
+    sql = f'INSERT INTO automation_rule_secrets (rule_id, secret) VALUES ({p}, {p}) ON CONFLICT (rule_id) DO NOTHING'
+    return sql, [rule_id, secret]
+
+
+def build_rule_secrets(d, rule_ids):
+    """(rule id, secret) of the rules `rule_ids` that have one."""
+    return f'SELECT rule_id, secret FROM automation_rule_secrets WHERE {_ids_in(d, "rule_id")}', [_ids(d, rule_ids)]
 
 
 def build_fanout_lock(d, org_id):
@@ -1130,14 +1153,15 @@ def build_claim_deliveries(d, now, until, limit):
 
 
 def build_due_deliveries(d, now, limit):
-    """The ids of up to `limit` deliveries due at `now` and not leased, of enabled webhooks, oldest first.
+    """The ids of up to `limit` deliveries due at `now` and not leased, of enabled webhooks (or of automation
+    rules' webhook actions), oldest first.
 
     NOTE: an idle worker asks this (a read) before it claims (a write: on SQLite, the database's write lock).
     """
     p = d.parameter().get_sql()
     sql = (f"SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= {p} "
-           f'AND (locked_until IS NULL OR locked_until <= {p}) AND webhook_id IN (SELECT id FROM webhooks WHERE '
-           f'enabled) ORDER BY next_attempt_at, seq LIMIT {p}')
+           f'AND (locked_until IS NULL OR locked_until <= {p}) AND (webhook_id IS NULL OR webhook_id IN (SELECT id '
+           f'FROM webhooks WHERE enabled)) ORDER BY next_attempt_at, seq LIMIT {p}')
     return sql, [now, now, int(limit)]
 
 

@@ -243,6 +243,7 @@ class Store:
         self._readers = {}
         self._uniques = {}
         self.history = history.History(db, lambda: self.clock(), new_ids)
+        self.webhook_allow_private = False     # the app's CRMAPI_WEBHOOK_ALLOW_PRIVATE: rules' webhook actions
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -421,7 +422,14 @@ class Store:
             self._count(tx, info, principal, len(rows))
             records = [created[row['id']] for row in rows]
             tx.changes += [history.created(info.slug, record) for record in records]
+            records = self._shaped_written(tx, info, principal, records)
         return records
+
+    def insert_managed(self, info, rows):
+        """Insert rows only the server writes (a read-only resource's, such as automation_runs): no checks, no
+        history, no counter: the records."""
+        with self.db.transaction(write=True) as tx:
+            return [record for record, _ in self._insert(tx, info, rows)]
 
     def _insert(self, tx, info, rows, conflict=None, updates=None):
         """INSERT `rows`, one statement per chunk of rows with the same columns: [(record, inserted)].
@@ -464,6 +472,7 @@ class Store:
             tx.changes += [history.updated(info.slug, records[i], written[i], c) for i, c in zip(ids, changes)
                            if i in written]
             records.update(written)
+            records.update((r['id'], r) for r in self._shaped_written(tx, info, principal, list(written.values())))
         return [records[i] for i in ids]
 
     def _check_shapes(self, info, principal, records, changes, batch):
@@ -475,12 +484,20 @@ class Store:
         failures = []
         for index, (record, change) in enumerate(zip(records, changes)):
             try:
-                rules.check_rule(self, principal, {**record, **change})
+                rules.check_rule(self, principal, {**record, **change}, record)
             except BadRequest as exc:
                 failures.append((index, exc))
         raise_items(failures, batch)
         return [{**change, 'problem': None} if record.get('problem') else change
                 for record, change in zip(records, changes)]
+
+    def _shaped_written(self, tx, info, principal, records):
+        """A resource with a shape (SHAPED) after a write, in its transaction (after its history: what the hook
+        adds to the records, a rule's new secret, is in the answer only)."""
+        if info.slug not in SHAPED or not records:
+            return records
+        from . import rules
+        return rules.written(self, tx, principal, records)
 
     @staticmethod
     def _effective(info, record, change):
