@@ -180,10 +180,10 @@ class History:
                 total = tx.one(*sqlbuild.build_record_changes_count(d, org_id, resource, record_id))[0]
         return [self._wire(r) for r in rows], total
 
-    def feed(self, org_id, after, limit, resource=None):
-        """The organization's changes after `seq` `after`, in `seq` order."""
+    def feed(self, org_id, after, limit, resource=None, hidden=()):
+        """The organization's changes after `seq` `after`, in `seq` order, but none of the resources `hidden`."""
         with self.db.transaction() as tx:
-            rows = tx.rows(*sqlbuild.build_change_feed(self.db.dialect, org_id, after, limit, resource))
+            rows = tx.rows(*sqlbuild.build_change_feed(self.db.dialect, org_id, after, limit, resource, hidden))
         return [self._wire(r) for r in rows]
 
     # -- retention ---------------------------------------------------------------------------------

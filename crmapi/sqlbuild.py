@@ -957,16 +957,20 @@ def build_record_changes_count(d, org_id, resource, record_id):
     return sql, [org_id, resource, record_id]
 
 
-def build_change_feed(d, org_id, after, limit, resource=None):
-    """The organization's changes numbered above `after`, in number order; of one resource if given."""
+def build_change_feed(d, org_id, after, limit, resource=None, hidden=()):
+    """The organization's changes numbered above `after`, in number order; of one resource if given; none of
+    the resources `hidden` (those the reader may not read)."""
     def build():
         condition = (CHANGES.organization_id == Bound(None)) & (CHANGES.seq > Bound(None))
         if resource is not None:
             condition &= CHANGES.resource == Bound(None)
+        if hidden:
+            condition &= Sql('NOT ({0})', d.one_of(CHANGES.resource, 'text', ['']))
         return _change_select(d).where(condition).orderby(CHANGES.seq)
     p = d.parameter().get_sql()
-    sql = d.memo(('change_feed', resource is None), build) + f' LIMIT {p}'
-    return sql, [org_id, int(after), *([] if resource is None else [resource]), int(limit)]
+    sql = d.memo(('change_feed', resource is None, bool(hidden)), build) + f' LIMIT {p}'
+    return sql, [org_id, int(after), *([] if resource is None else [resource]),
+                 *([_ids(d, sorted(hidden))] if hidden else []), int(limit)]
 
 
 def build_change_organizations(d):
