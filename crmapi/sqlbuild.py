@@ -992,6 +992,31 @@ def build_delete_changes(d, org_id, up_to, cutoff):
             [org_id, int(up_to), cutoff])
 
 
+def build_webhook_cursor_read(d, org_id):
+    """The organization's fan-out cursor: its changes numbered above it are not fanned out yet (no row: none)."""
+    p = d.parameter().get_sql()
+    return f'SELECT seq FROM webhook_cursors WHERE organization_id = {p}', [org_id]
+
+
+def build_prune_runs(d, org_id, cutoff, kept_after, limit):
+    """Delete up to `limit` of an organization's automation runs made before `cutoff` whose change is gone or
+    is pruned next (made before `cutoff` too, and numbered at most `kept_after`)."""
+    p = d.parameter().get_sql()
+    sql = (f'DELETE FROM automation_runs WHERE id IN (SELECT r.id FROM automation_runs r WHERE r.organization_id = {p} '
+           f'AND r.created_at < {p} AND NOT EXISTS (SELECT 1 FROM changes c WHERE c.id = r.change_id '
+           f'AND (c.seq > {p} OR c.changed_at >= {p})) ORDER BY r.created_at LIMIT {p})')
+    return sql, [org_id, cutoff, int(kept_after), cutoff, int(limit)]
+
+
+def build_prune_deliveries(d, org_id, cutoff, limit):
+    """Delete up to `limit` of an organization's webhook deliveries no longer pending (succeeded or failed)
+    whose last attempt was before `cutoff`. NOTE: a pending one (due, retrying, or being sent) always stays."""
+    p = d.parameter().get_sql()
+    sql = (f'DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries WHERE organization_id = {p} '
+           f"AND status <> 'pending' AND updated_at < {p} ORDER BY id LIMIT {p})")
+    return sql, [org_id, cutoff, int(limit)]
+
+
 # -- server secrets --------------------------------------------------------------------------------
 
 SECRETS = Table('server_secrets')
