@@ -373,6 +373,14 @@ def test_a_write_that_fails_records_nothing_and_takes_no_number(api):
     assert [c['seq'] for c in feed(api, after=mark)] == [mark + 1, mark + 2], 'no number taken'
 
 
+@pytest.mark.parametrize('first', [0, (1 << 20) - 3, (7 << 60) + (1 << 40) - 2])
+def test_a_batch_of_ids_is_the_ids_made_one_by_one_counting_up_across_a_carry(monkeypatch, first):
+    from crmapi import store
+    monkeypatch.setattr(store, '_reserve', lambda count: first)
+    ids = new_ids('chg_', 6)
+    assert ids == [f'chg_{store.crockford(first + k)}' for k in range(6)] and ids == sorted(set(ids))
+
+
 # -- the feed never skips a change -------------------------------------------------------------------
 
 WRITERS, ROUNDS = 8, 6
