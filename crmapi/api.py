@@ -9,6 +9,7 @@ from . import sqlbuild
 from . import values
 from .config import Settings
 from .relations import Relations
+from .errors import Forbidden
 from .errors import InvalidParam
 from .export import CsvFormat
 from .export import NdjsonFormat
@@ -507,6 +508,8 @@ class History:
         info = self.store.catalog.resolve(resource, principal)
         # NOTE: a summary's records are its table's: their history is that resource's
         slug = info.spec.counted_as if info.spec.read_only else info.slug
+        if not self.store.catalog.readable(slug, principal):
+            raise Forbidden(f'Only administrators may read the history of {slug}')
         self._page(req, resp, slug, id, lambda: self.store.get(info, principal, id))
 
     def on_get_definition(self, req, resp, slug):
@@ -536,7 +539,11 @@ class Changes:
     def on_get(self, req, resp):
         principal = req.context.principal
         after, limit, resource = history.parse_feed(req.params, self._known(principal))
-        rows = self.store.history.feed(principal.org_id, after, limit, resource)
+        # NOTE: a user reads the changes of the resources it may read, by the routes' own rule
+        hidden = self.store.catalog.unreadable(principal)
+        if resource in hidden:
+            raise Forbidden(f'Only administrators may read the changes of {resource}')
+        rows = self.store.history.feed(principal.org_id, after, limit, resource, hidden)
         resp.media = rows
         resp.set_header('X-Next-After', str(rows[-1]['seq'] if rows else after))
 

@@ -98,9 +98,8 @@ class AuthMiddleware:
 
     def admin_only(self, req, slug):
         """403 for a non-administrator on a resource only administrators may see (webhooks: URLs are secrets)."""
-        info = self.store.catalog.tables.get(slug) if isinstance(slug, str) else None
         principal = req.context.principal
-        if info is not None and info.spec.admin_only and principal is not None and not principal.is_admin:
+        if isinstance(slug, str) and principal is not None and not self.store.catalog.readable(slug, principal):
             raise Forbidden(f'Only administrators may use {slug}')
 
     def admit(self, req, access):

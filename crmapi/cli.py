@@ -242,7 +242,8 @@ def unchanged(definition, body):
 
 
 def cmd_prune(db, args):
-    """Delete the changes older than --days (default CRMAPI_HISTORY_DAYS), a thousand per transaction."""
+    """Delete the changes, their automation runs and the sent webhook deliveries older than --days (default
+    CRMAPI_HISTORY_DAYS), a thousand per transaction; never a change or a delivery the worker still has to send."""
     from .history import History
     from .store import new_ids
     from .store import utc_now
@@ -250,8 +251,10 @@ def cmd_prune(db, args):
         days = args.days or Settings.from_env().history_days
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    pruned = History(db, utc_now, new_ids).prune(days)
-    print(f'pruned {pruned} change(s) older than {days} days', file=sys.stderr)
+    pruned = History(db, utc_now, new_ids).retention(days)
+    print(f"pruned {pruned['changes']} change(s) older than {days} days", file=sys.stderr)
+    print(f"pruned {pruned['webhook_deliveries']} delivered or failed webhook delivery(ies) and "
+          f"{pruned['automation_runs']} automation run(s) older than {days} days", file=sys.stderr)
 
 
 def cmd_backup(db, args):
@@ -530,7 +533,8 @@ def parser():
     s.add_argument('--org', required=True, metavar='ORG_ID', help='the organization (from list-orgs)')
     s.add_argument('--file', required=True, help='a JSON definition: {"slug": …, "label": …, "fields": [...]}')
     s.set_defaults(func=cmd_define_object, needs='schema')
-    s = sub.add_parser('prune', help='delete the change history older than --days, 1000 changes per transaction')
+    s = sub.add_parser('prune', help='delete the change history and sent webhook deliveries older than --days, '
+                                     '1000 per transaction')
     s.add_argument('--days', type=history_days, metavar='DAYS',
                    help='keep this many days of changes (default: CRMAPI_HISTORY_DAYS, else 365)')
     s.set_defaults(func=cmd_prune, needs='schema')

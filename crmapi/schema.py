@@ -253,6 +253,17 @@ class Catalog:
             raise UnknownResource(f"No resource named '{slug}'", param='resource')
         return info
 
+    def readable(self, slug, principal):
+        """Whether `principal` may read the resource `slug`: its records, their history and their changes in the
+        feed. Administrators read everything; other users every resource but the admin-only ones (webhooks and
+        their deliveries: URLs and payloads are secrets). The one rule for the routes and the change feed."""
+        info = self.tables.get(slug)
+        return info is None or not info.spec.admin_only or (principal is not None and principal.is_admin)
+
+    def unreadable(self, principal):
+        """The resources whose records and changes `principal` may not read (see `readable`)."""
+        return frozenset(slug for slug in self.tables if not self.readable(slug, principal))
+
     def visible(self, principal=None):
         """Every slug `principal` may use: the built-ins, then their active custom objects."""
         custom = [] if principal is None or self.custom is None else [

@@ -987,16 +987,20 @@ def build_record_changes_count(d, org_id, resource, record_id):
     return sql, [org_id, resource, record_id]
 
 
-def build_change_feed(d, org_id, after, limit, resource=None):
-    """The organization's changes numbered above `after`, in number order; of one resource if given."""
+def build_change_feed(d, org_id, after, limit, resource=None, hidden=()):
+    """The organization's changes numbered above `after`, in number order; of one resource if given; none of
+    the resources `hidden` (those the reader may not read)."""
     def build():
         condition = (CHANGES.organization_id == Bound(None)) & (CHANGES.seq > Bound(None))
         if resource is not None:
             condition &= CHANGES.resource == Bound(None)
+        if hidden:
+            condition &= Sql('NOT ({0})', d.one_of(CHANGES.resource, 'text', ['']))
         return _change_select(d).where(condition).orderby(CHANGES.seq)
     p = d.parameter().get_sql()
-    sql = d.memo(('change_feed', resource is None), build) + f' LIMIT {p}'
-    return sql, [org_id, int(after), *([] if resource is None else [resource]), int(limit)]
+    sql = d.memo(('change_feed', resource is None, bool(hidden)), build) + f' LIMIT {p}'
+    return sql, [org_id, int(after), *([] if resource is None else [resource]),
+                 *([_ids(d, sorted(hidden))] if hidden else []), int(limit)]
 
 
 def build_change_organizations(d):
@@ -1016,6 +1020,33 @@ def build_delete_changes(d, org_id, up_to, cutoff):
     p = d.parameter().get_sql()
     return (f'DELETE FROM changes WHERE organization_id = {p} AND seq <= {p} AND changed_at < {p}',
             [org_id, int(up_to), cutoff])
+
+
+def build_outbox_cursor_read(d, org_id):
+    """The lowest of the organization's worker cursors (webhook fan-out, automation rules): its changes numbered
+    above it are not all handed on yet (NULL: no cursor, nothing waits)."""
+    p = d.parameter().get_sql()
+    return (f'SELECT MIN(seq) FROM (SELECT seq FROM webhook_cursors WHERE organization_id = {p} '
+            f'UNION ALL SELECT seq FROM automation_cursors WHERE organization_id = {p}) AS cursors'), [org_id, org_id]
+
+
+def build_prune_runs(d, org_id, cutoff, kept_after, limit):
+    """Delete up to `limit` of an organization's automation runs made before `cutoff` whose change is gone or
+    is pruned next (made before `cutoff` too, and numbered at most `kept_after`)."""
+    p = d.parameter().get_sql()
+    sql = (f'DELETE FROM automation_runs WHERE id IN (SELECT r.id FROM automation_runs r WHERE r.organization_id = {p} '
+           f'AND r.created_at < {p} AND NOT EXISTS (SELECT 1 FROM changes c WHERE c.id = r.change_id '
+           f'AND (c.seq > {p} OR c.changed_at >= {p})) ORDER BY r.created_at LIMIT {p})')
+    return sql, [org_id, cutoff, int(kept_after), cutoff, int(limit)]
+
+
+def build_prune_deliveries(d, org_id, cutoff, limit):
+    """Delete up to `limit` of an organization's webhook deliveries no longer pending (succeeded or failed)
+    whose last attempt was before `cutoff`. NOTE: a pending one (due, retrying, or being sent) always stays."""
+    p = d.parameter().get_sql()
+    sql = (f'DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries WHERE organization_id = {p} '
+           f"AND status <> 'pending' AND updated_at < {p} ORDER BY id LIMIT {p})")
+    return sql, [org_id, cutoff, int(limit)]
 
 
 # -- server secrets --------------------------------------------------------------------------------

@@ -51,9 +51,19 @@ def new_id(prefix):
 
 
 def new_ids(prefix, count):
-    """`count` ids as new_id makes them, in order, taken at once (a batch's)."""
+    """`count` ids as new_id makes them, in order, taken at once (a batch's).
+
+    NOTE: consecutive numbers share all but their last digits: the first 22 digits (the bits above the lowest
+    20) are spelt once per run of numbers that share them, and only the last four per id.
+    """
     first = _reserve(count)
-    return [prefix + crockford(first + k) for k in range(count)]
+    ids, n, end = [], first, first + count
+    while n < end:
+        stop = min(end, ((n >> 20) + 1) << 20)
+        head = prefix + crockford(n)[:22]
+        ids += [head + _DIGIT_PAIRS[(m >> 10) & 1023] + _DIGIT_PAIRS[m & 1023] for m in range(n, stop)]
+        n = stop
+    return ids
 
 
 def _reserve(count):
