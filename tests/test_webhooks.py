@@ -394,6 +394,8 @@ def test_prune_keeps_the_changes_automation_rules_have_not_run_on_yet(admin, dat
     History(database, utc_now, new_ids).retention(365)
     deliver(database)   # the worker's rules run on the change prune left
     assert [(t['text'], t['contact_id']) for t in admin.list('tasks')] == [('Welcome them', contact['id'])]
+    History(database, utc_now, new_ids).retention(365)
+    assert contact['id'] not in [c['record_id'] for c in admin.get('/api/changes').json], 'handed on: now it goes'
 
 
 @pytest.mark.parametrize('raw, allowed', [('1', True), ('0', False), ('no', False)])
