@@ -319,7 +319,7 @@ class CustomObjects:
         definition_id = new_id('obj_')
         table = 'co_' + definition_id[len('obj_'):]
         now = self.store.clock()
-        row = {'id': definition_id, 'organization_id': principal.org_id, 'slug': slug, 'label': label,
+        row = {'id': definition_id, 'slug': slug, 'label': label,
                'table_name': table, 'fields': [f.to_json() for f in fields], 'version': 1,
                'created_at': now, 'updated_at': now}
         with self.store.history.recorded(principal) as tx:
@@ -333,7 +333,7 @@ class CustomObjects:
             tx.execute(sqlbuild.build_create_table(table, []))
             self._columns_ddl(tx, table, fields)
             created = self.to_json(self.store.reader(self.info)(
-                tx.one(*sqlbuild.build_insert(self.db.dialect, self.info, row))))
+                tx.one(*sqlbuild.build_insert(self.db.dialect, self.info, principal.org_id, row))))
             tx.changes.append(history.created(history.RESOURCE, created))
         return created
 

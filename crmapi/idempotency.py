@@ -38,9 +38,9 @@ class Idempotency:
         d, org = self.db.dialect, principal.org_id
         # NOTE: user ids have a fixed shape without '/', so '<user>/<key>' cannot collide across users.
         key = f'{principal.user_id}/{key}'
-        row = {'id': key, 'organization_id': org, 'fingerprint': fp, 'created_at': self.clock()}
+        row = {'id': key, 'fingerprint': fp, 'created_at': self.clock()}
         with self.db.transaction(write=True) as tx:
-            if tx.one(*sqlbuild.build_insert(d, self.info, row, if_absent=True)) is None:
+            if tx.one(*sqlbuild.build_insert(d, self.info, org, row, if_absent=True)) is None:
                 stored = dict(zip(sqlbuild.output_columns(self.info),
                                   tx.one(*sqlbuild.build_get(d, self.info, org, key))))
                 if stored['fingerprint'] != fp:

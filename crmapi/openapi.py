@@ -16,6 +16,7 @@ from . import history
 from . import query
 from . import relations as relations_module
 from .errors import NotFound
+from .sqlbuild import SCOPE
 from .store import MAX_BATCH
 from .store import MAX_MERGE_SOURCES
 from .values import INT64_MAX
@@ -196,7 +197,7 @@ def value_schema(column, nullable):
 
 def record_schema(info):
     """A record as the API returns it: every column but the organization, always present."""
-    names = [n for n in info.columns if n != 'organization_id']
+    names = [n for n in info.columns if n != SCOPE]
     return {
         'type': 'object',
         'required': names,
@@ -252,7 +253,7 @@ def embedded_schema(info, relations):
 def dotted_fields(relations):
     """`company.name` -> the target's Column, for every forward relation to a single record."""
     return {f'{r.name}.{n}': c for r in relations.values() if not r.reverse and not r.many
-            for n, c in r.target.columns.items() if n != 'organization_id'}
+            for n, c in r.target.columns.items() if n != SCOPE}
 
 
 def embed_parameters(relations):
@@ -281,7 +282,7 @@ def range_param(limits):
 def list_parameters(info, limits, relations=None):
     relations = relations or {}
     dotted = dotted_fields(relations)
-    names = [n for n in info.columns if n != 'organization_id']
+    names = [n for n in info.columns if n != SCOPE]
     sortable = [n for n in names if info.columns[n].sortable] + [n for n, c in dotted.items() if c.sortable]
     columns = {**{n: info.columns[n] for n in names}, **dotted}
     equality = {}

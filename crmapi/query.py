@@ -16,6 +16,7 @@ from . import values
 from .errors import InvalidParam
 from .errors import InvalidValue
 from .errors import UnknownField
+from .sqlbuild import SCOPE
 
 LIST_PARAMS = frozenset({'range', 'filter', 'filters', 'sort', 'order', 'sorts', 'cursor', 'embed', 'embed_limit'})
 TEXT_OPS = frozenset({'contains', 'not_contains', 'starts_with', 'ends_with'})
@@ -116,7 +117,7 @@ def parse_range(params, limits):
 
 
 def column_for(info, name, param):
-    if not isinstance(name, str) or name not in info.columns or name == 'organization_id':
+    if not isinstance(name, str) or name not in info.columns or name == SCOPE:
         shown = name if isinstance(name, str) else repr(name)
         raise UnknownField(f"Resource '{info.slug}' has no field '{shown}'", param=param, field=shown)
     return info.columns[name]
@@ -133,7 +134,7 @@ def field_for(info, name, param, relations=None):
         single = ', '.join(r.name for r in relations.values() if not r.reverse and r.column.kind != 'array')
         raise UnknownField(f"Resource '{info.slug}' has no field '{name}': a dotted field crosses one forward "
                            f"reference to a single record ({single or 'none here'})", param=param, field=name)
-    if rest not in relation.target.columns or rest == 'organization_id':
+    if rest not in relation.target.columns or rest == SCOPE:
         raise UnknownField(f"Resource '{info.slug}' has no field '{name}' ({relation.target.slug} has no field "
                            f"'{rest}')", param=param, field=name)
     return relation.target.columns[rest], relation

@@ -12,8 +12,9 @@ from dataclasses import field as dc_field
 
 from . import values
 from .errors import UnknownResource
+from .sqlbuild import SCOPE
 
-SERVER_MANAGED = frozenset({'id', 'organization_id', 'created_at', 'updated_at', 'archived_at'})
+SERVER_MANAGED = frozenset({'id', SCOPE, 'created_at', 'updated_at', 'archived_at'})
 SEARCHABLE_KINDS = ('text',)
 
 # NOTE: PostgreSQL refuses a btree entry over 2,704 bytes (ProgramLimitExceeded); SQLite has no such
@@ -156,7 +157,7 @@ class TableInfo:
             'delete': self.spec.delete,
             'restorable': self.spec.delete in ('archive', 'disable') and not self.spec.read_only,
             'columns': [c.describe(self.declared[c.name]) for c in self.columns.values()
-                        if c.name != 'organization_id'],
+                        if c.name != SCOPE],
         }
         if relations is not None:
             described['relations'] = [r.describe() for r in relations]
