@@ -333,13 +333,7 @@ def create_app(settings=None, db=None):
     """Build the WSGI callable. Pass `db` (a crmapi.db.Database) to share or inject one in tests."""
     settings = settings or Settings.from_env()
     db = db or connect(settings.database_url, settings.database_read_urls, settings.pgbouncer)
-    if hasattr(db, 'synchronous'):
-        db.synchronous = settings.sqlite_synchronous
-    if hasattr(db, 'pool_args'):
-        db.pool_args.update(max_size=settings.pool_max_size, timeout=settings.pool_timeout_s)
-    db.statement_timeout_ms = settings.statement_timeout_ms
-    if hasattr(db, 'max_lag_ms'):
-        db.max_lag_ms = settings.replica_max_lag_ms
+    db.configure(settings)
     try:
         return build_app(settings, db)
     except Unavailable:

@@ -481,9 +481,16 @@ def cmd_worker(db, args):
 
 
 def cmd_serve(db, args):
-    argv = [sys.executable, '-m', 'gunicorn', '--bind', args.bind, '--workers', str(args.workers),
+    """gunicorn with the options given, else CRMAPI_BIND, CRMAPI_WORKERS and CRMAPI_THREADS (Settings)."""
+    from .config import Settings
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    argv = [sys.executable, '-m', 'gunicorn', '--bind', args.bind or settings.bind,
+            '--workers', str(args.workers or settings.workers),
             # NOTE: gthread, plus refused bodies drained and gunicorn's own errors as problem+json.
-            '--threads', str(args.threads), '--worker-class', 'crmapi.serving.ThreadWorker',
+            '--threads', str(args.threads or settings.threads), '--worker-class', 'crmapi.serving.ThreadWorker',
             # NOTE: long filter URLs must reach the app, which answers them with a JSON 400.
             '--limit-request-line', '0', 'crmapi:create_app()']
     os.environ['CRMAPI_DATABASE_URL'] = args.database
@@ -553,9 +560,11 @@ def parser():
     s.add_argument('--once', action='store_true', help='deliver what is due now, then exit')
     s.set_defaults(func=cmd_worker, needs='schema')
     s = sub.add_parser('serve', help='serve the API with gunicorn')
-    s.add_argument('--bind', default='127.0.0.1:8000', help='address:port to listen on')
-    s.add_argument('--workers', type=int, default=2, help='worker processes')
-    s.add_argument('--threads', type=int, default=4, help='threads per worker')
+    s.add_argument('--bind', help='address:port to listen on (default: CRMAPI_BIND, else 127.0.0.1:8000)')
+    s.add_argument('--workers', type=int, help='worker processes (default: CRMAPI_WORKERS, else 2 x CPUs + 1, '
+                                               'at most 8)')
+    s.add_argument('--threads', type=int, help='threads per worker (default: CRMAPI_THREADS, else '
+                                               'CRMAPI_POOL_MAX_SIZE, 4)')
     s.set_defaults(func=cmd_serve)
     return p
 

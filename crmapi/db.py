@@ -76,6 +76,10 @@ class Database:
     name = ''
     readers = {}
 
+    def configure(self, settings):
+        """Take the engine's part of a crmapi.config.Settings (before the first connection is opened)."""
+        self.statement_timeout_ms = settings.statement_timeout_ms
+
     def reader(self, kinds):
         """A function turning a raw row tuple into JSON-ready values, one converter per column kind."""
         convert = [(i, self.readers[k]) for i, k in enumerate(kinds) if k in self.readers]
@@ -195,6 +199,10 @@ class SQLiteDatabase(Database):
         # NOTE: SQLite's busy handler polls rather than queues; with many threads per process one
         # writer can starve. Writers of one process take turns here, so only one per process polls.
         self._writer = threading.Lock()
+
+    def configure(self, settings):
+        super().configure(settings)
+        self.synchronous = settings.sqlite_synchronous
 
     def _connect(self):
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -572,6 +580,11 @@ class PostgresDatabase(Database):
         self._last_used = weakref.WeakKeyDictionary()
         self._server_timeout = weakref.WeakKeyDictionary()
         self._turn = itertools.count()
+
+    def configure(self, settings):
+        super().configure(settings)
+        self.pool_args.update(max_size=settings.pool_max_size, timeout=settings.pool_timeout_s)
+        self.max_lag_ms = settings.replica_max_lag_ms
 
     # -- connections -------------------------------------------------------------------------------
 
