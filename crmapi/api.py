@@ -421,9 +421,9 @@ class Me:
 class Schema:
     """`GET /api/schema` (the resources) and `GET /api/schema/{table}` (one resource's columns and relations)."""
 
-    def __init__(self, catalog):
-        self.catalog = catalog
-        self.relations = Relations(catalog.custom.store)
+    def __init__(self, store):
+        self.catalog = store.catalog
+        self.relations = Relations(store)
 
     def on_get(self, req, resp):
         principal = req.context.principal

@@ -17,9 +17,7 @@ from . import api
 from . import duplicates
 from . import sqlbuild
 from . import openapi
-from .accounts import Accounts
 from .config import Settings
-from .custom import CustomObjects
 from .db import connect
 from .db import parse_read_after
 from .errors import CrmError
@@ -32,8 +30,7 @@ from .idempotency import Idempotency
 from .query import Limits
 from .ratelimit import TokenBuckets
 from .ratelimit import TooManyRequests
-from .schema import Catalog
-from .store import Store
+from .services import build_services
 from .webhooks import Webhooks
 
 log = logging.getLogger('crmapi')
@@ -282,14 +279,6 @@ def serialize_http_error(req, resp, exc):
     _render(resp, exc.status_code, problem(exc.status_code, exc.title, exc.description or exc.title))
 
 
-def build_services(db):
-    """The catalog, the store and the custom objects over one database (the app and the CLI share it)."""
-    catalog = Catalog.load(db)
-    store = Store(db, catalog)
-    catalog.custom = CustomObjects(db, catalog, store)
-    return catalog
-
-
 def server_secret(settings, db):
     """The secret that signs cursors: CRMAPI_SECRET_KEY, else the database's own random one.
 
@@ -341,14 +330,14 @@ def create_app(settings=None, db=None):
 
 
 def build_app(settings, db):
-    catalog = build_services(db)
-    store = catalog.custom.store
+    services = build_services(db, settings)
+    catalog, store = services.catalog, services.store
     limits = Limits(settings.max_page, settings.max_filters, settings.max_value_length)
 
     if settings.access_log:
         enable_access_log()
     limiter = TokenBuckets(*settings.rate_limit) if settings.rate_limit else None
-    auth = AuthMiddleware(Accounts(db), store, limiter)
+    auth = AuthMiddleware(services.accounts, store, limiter)
     middleware = [RequestLog(), CorsMiddleware(settings.cors_origins), auth, ReadRouting(db)]
     app = App(middleware=middleware)
     json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
@@ -362,8 +351,8 @@ def build_app(settings, db):
     app.add_route('/healthz', health)
     app.add_route('/health', health)
     app.add_route('/readyz', health, suffix='ready')
-    schema = api.Schema(catalog)
-    definitions = api.CustomObjectDefinitions(catalog.custom, settings.max_body_bytes)
+    schema = api.Schema(store)
+    definitions = api.CustomObjectDefinitions(services.custom, settings.max_body_bytes)
     app.add_route('/api/custom_objects', definitions)
     app.add_route('/api/custom_objects/{slug}', definitions, suffix='item')
     app.add_route('/api/custom_objects/{slug}/restore', definitions, suffix='restore')
@@ -388,7 +377,7 @@ def build_app(settings, db):
         app.add_route(f'/api/{slug}/{{id}}/duplicates', finder, suffix='record')
     app.add_route('/api/schema', schema)
     app.add_route('/api/schema/{table}', schema, suffix='table')
-    app.add_route('/api/openapi.json', openapi.OpenAPI(catalog, limits))
+    app.add_route('/api/openapi.json', openapi.OpenAPI(catalog, limits, store))
     docs = openapi.Docs()
     app.add_route('/api/docs', docs)
     # The page's own scripts and styles (public like the page, see ACCESS).

@@ -33,6 +33,21 @@ class CliError(CrmError):
     """A command refused: bad input or a bad environment. main() prints its detail on one line."""
 
 
+def settings():
+    """Settings.from_env(), the app's own; a bad CRMAPI_* variable is one line naming it."""
+    from .config import Settings
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def services(db):
+    """The app's services over `db` (crmapi.services), with the environment's settings."""
+    from .services import build_services
+    return build_services(db, settings())
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's default in --help, except where there is none (None, a flag's False)."""
 
@@ -154,10 +169,9 @@ def issue_token(db, org_id, email, admin, expires_at):
     """A new token (Accounts.create_token), in a transaction that records, as `system`, the user it creates
     or makes an administrator."""
     from .accounts import Principal
-    from .app import build_services
     from .history import created
     from .history import updated
-    store = build_services(db).custom.store
+    store = services(db).store
     users = store.catalog.resolve('crm_users')
     principal = Principal.system(org_id)
 
@@ -188,10 +202,9 @@ def cmd_revoke_token(db, args):
 def cmd_recount(db, args):
     """Rebuild the live-row counters (needed only after rows were written around the API)."""
     from .accounts import Principal
-    from .app import build_services
     if args.org:
         require_org(db, args.org)
-    store = build_services(db).custom.store
+    store = services(db).store
     orgs = [args.org] if args.org else [org_id for org_id, _ in Accounts(db).list_orgs()]
     for org_id in orgs:
         store.recount(Principal(org_id, None))
@@ -202,7 +215,6 @@ def cmd_define_object(db, args):
     """Define (or, if the slug exists, extend) a custom object from a JSON file."""
     import json
     from .accounts import Principal
-    from .app import build_services
     try:
         with open(args.file) as f:
             body = json.load(f)
@@ -211,7 +223,7 @@ def cmd_define_object(db, args):
     if not isinstance(body, dict):
         raise CliError(f'{args.file} must hold one JSON object: {{"slug": …, "fields": [...]}}')
     require_org(db, args.org)
-    custom = build_services(db).custom
+    custom = services(db).custom
     principal = Principal.system(args.org)
     definition = existing_definition(custom, args.org, body)
     if definition is None:
@@ -242,14 +254,10 @@ def unchanged(definition, body):
 
 def cmd_prune(db, args):
     """Delete the changes older than --days (default CRMAPI_HISTORY_DAYS), a thousand per transaction."""
-    from .config import Settings
     from .history import History
     from .store import new_ids
     from .store import utc_now
-    try:
-        days = args.days or Settings.from_env().history_days
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    days = args.days or settings().history_days
     pruned = History(db, utc_now, new_ids).prune(days)
     print(f'pruned {pruned} change(s) older than {days} days', file=sys.stderr)
 
@@ -399,9 +407,8 @@ class ErrorsFile:
 def cmd_import(db, args):
     """Stream a CSV file into a resource, `--batch` rows a transaction, through the API's store path."""
     from .accounts import Principal
-    from .app import build_services
     require_org(db, args.org)
-    store = build_services(db).custom.store
+    store = services(db).store
     principal = Principal(args.org, SYSTEM_USER, is_admin=True)
     info = store.catalog.resolve(args.resource, principal)
     store._check_writable(info, principal)
@@ -470,27 +477,18 @@ def cmd_demo(db, args):
 
 def cmd_worker(db, args):
     """Deliver webhooks until SIGTERM (the deliveries in flight finish first), or with --once until none is due."""
-    from .config import Settings
     from .worker import Worker
-    try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
-    Worker(db, settings).run(once=args.once)
+    Worker(db, settings()).run(once=args.once)
 
 
 def cmd_serve(db, args):
     """gunicorn with the options given, else CRMAPI_BIND, CRMAPI_WORKERS and CRMAPI_THREADS (Settings)."""
-    from .config import Settings
-    try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    argv = [sys.executable, '-m', 'gunicorn', '--bind', args.bind or settings.bind,
-            '--workers', str(args.workers or settings.workers),
+    env = settings()
+    argv = [sys.executable, '-m', 'gunicorn', '--bind', args.bind or env.bind,
+            '--workers', str(args.workers or env.workers),
             # NOTE: gthread, plus refused bodies drained and gunicorn's own errors as problem+json.
-            '--threads', str(args.threads or settings.threads), '--worker-class', 'crmapi.serving.ThreadWorker',
+            '--threads', str(args.threads or env.threads), '--worker-class', 'crmapi.serving.ThreadWorker',
             # NOTE: long filter URLs must reach the app, which answers them with a JSON 400.
             '--limit-request-line', '0', 'crmapi:create_app()']
     os.environ['CRMAPI_DATABASE_URL'] = args.database

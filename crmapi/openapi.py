@@ -647,7 +647,7 @@ def fixed_paths(limits=None):
     }
 
 
-def build_document(catalog, principal=None, limits=None, root_path=''):
+def build_document(catalog, principal=None, limits=None, root_path='', store=None):
     """The OpenAPI 3.1 document for `principal` (None: the built-in resources only)."""
     limits = limits or query.Limits()
     schemas = {
@@ -669,8 +669,7 @@ def build_document(catalog, principal=None, limits=None, root_path=''):
         if not info.spec.read_only:
             schemas[f'{slug}_create'] = body_schema(info, creating=True)
             schemas[f'{slug}_update'] = body_schema(info, creating=False)
-        unique = [] if info.spec.read_only or catalog.custom is None else sorted(
-            catalog.custom.store.unique_columns(info))
+        unique = [] if info.spec.read_only or store is None else sorted(store.unique_columns(info))
         paths.update(resource_paths(info, limits, unique, relations))
         custom = slug not in catalog.tables
         tags.append({'name': slug, 'description': ('custom object' if custom else 'built-in resource')
@@ -703,12 +702,13 @@ def build_document(catalog, principal=None, limits=None, root_path=''):
 class OpenAPI:
     """`GET /api/openapi.json`: the document for the caller (anonymous: the built-ins)."""
 
-    def __init__(self, catalog, limits=None):
+    def __init__(self, catalog, limits=None, store=None):
         self.catalog = catalog
         self.limits = limits
+        self.store = store
 
     def on_get(self, req, resp):
-        document = build_document(self.catalog, req.context.principal, self.limits, req.root_path)
+        document = build_document(self.catalog, req.context.principal, self.limits, req.root_path, self.store)
         resp.content_type = 'application/json'
         resp.data = orjson.dumps(document)
         # NOTE: the answer depends on the token, so shared caches must keep them apart.

@@ -221,12 +221,13 @@ INTERNAL = {spec.slug: spec for spec in [
 
 class Catalog:
     """Resources by slug, with their whitelists: built-ins loaded once from the database, custom
-    objects resolved per organization through `custom` (a crmapi.custom.CustomObjects)."""
+    objects resolved per organization through `custom`, given at construction (crmapi.services makes
+    it: a crmapi.custom.CustomObjects); without it, the built-ins only."""
 
-    def __init__(self, tables, internal=None):
+    def __init__(self, tables, internal=None, custom=None):
         self.tables = tables
         self.internal = internal or {}
-        self.custom = None
+        self.custom = custom
 
     @classmethod
     def load(cls, db, specs=BUILTIN):

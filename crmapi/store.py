@@ -236,13 +236,13 @@ def merge_request(slug, body, lenient=False):
 
 
 class Store:
-    def __init__(self, db, catalog, clock=utc_now):
+    def __init__(self, db, catalog, clock=utc_now, changes=None):
         self.db = db
         self.catalog = catalog
         self.clock = clock
         self._readers = {}
         self._uniques = {}
-        self.history = history.History(db, lambda: self.clock(), new_ids)
+        self.history = changes or history.History(db, lambda: self.clock(), new_ids)
 
     # -- reading -----------------------------------------------------------------------------------
 
