@@ -1,5 +1,4 @@
 """The WSGI application: routes, middleware and the one place errors become HTTP answers."""
-import json
 import logging
 import re
 import secrets
@@ -11,11 +10,11 @@ import uuid
 
 import falcon
 import orjson
-from falcon import media
 
 from . import api
 from . import duplicates
 from . import sqlbuild
+from . import values
 from . import openapi
 from .config import Settings
 from .db import connect
@@ -195,7 +194,8 @@ class RequestLog:
         if access_log.isEnabledFor(logging.INFO):
             principal = getattr(req.context, 'principal', None)
             started = getattr(req.context, 'started', time.perf_counter())
-            access_log.info(json.dumps({
+            # NOTE: ascii_json: the path may hold a lone surrogate, which orjson refuses.
+            access_log.info(values.ascii_json({
                 'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                 'method': req.method, 'path': req.path, 'status': resp.status_code,
                 'duration_ms': round((time.perf_counter() - started) * 1000, 2),
@@ -339,9 +339,11 @@ def build_app(settings, db):
     limiter = TokenBuckets(*settings.rate_limit) if settings.rate_limit else None
     auth = AuthMiddleware(services.accounts, store, limiter)
     middleware = [RequestLog(), CorsMiddleware(settings.cors_origins), auth, ReadRouting(db)]
-    app = App(middleware=middleware)
-    json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
-    app.resp_options.media_handlers.update({'application/json': json_handler, PROBLEM_JSON: json_handler})
+    app = App(middleware=middleware, request_type=api.Request)
+    # NOTE: one handler both ways: request bodies strictly parsed (api.read_json), answers by orjson.
+    json_handler = api.StrictJSON(settings.max_body_bytes)
+    app.req_options.media_handlers[api.JSON] = json_handler
+    app.resp_options.media_handlers.update({api.JSON: json_handler, PROBLEM_JSON: json_handler})
     app.req_options.strip_url_path_trailing_slash = True
 
     idempotency = Idempotency(db, catalog, store.clock)

@@ -213,11 +213,12 @@ def cmd_recount(db, args):
 
 def cmd_define_object(db, args):
     """Define (or, if the slug exists, extend) a custom object from a JSON file."""
-    import json
+    import orjson
     from .accounts import Principal
+    from .values import loads_strict
     try:
-        with open(args.file) as f:
-            body = json.load(f)
+        with open(args.file, encoding='utf-8') as f:
+            body = loads_strict(f.read())   # as strictly as the API reads the same body
     except (OSError, ValueError) as exc:
         raise CliError(f'cannot read {args.file}: {exc}') from None
     if not isinstance(body, dict):
@@ -230,7 +231,7 @@ def cmd_define_object(db, args):
         definition = custom.define(principal, body)
     elif not unchanged(definition, body):
         definition = custom.redefine(principal, body['slug'], body)
-    print(json.dumps(definition, indent=2))
+    print(orjson.dumps(definition, option=orjson.OPT_INDENT_2).decode())
 
 
 def existing_definition(custom, org_id, body):

@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import functools
 import itertools
-import json
 import math
 import os
 import re
@@ -121,7 +120,7 @@ def _sqlite_adapt(kind, value):
     if kind == 'timestamp':
         return values.format_timestamp(value)
     if kind in ('json', 'array'):
-        return json.dumps(value, separators=(',', ':'), ensure_ascii=False)
+        return orjson.dumps(value).decode()
     return value
 
 

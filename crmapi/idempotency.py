@@ -10,10 +10,12 @@ Authorization runs before a keyed write reaches here (crmapi.app.AuthMiddleware)
 refused exactly as the write would be.
 """
 import hashlib
-import json
 import re
 
+import orjson
+
 from . import sqlbuild
+from . import values
 from .errors import InvalidParam
 from .errors import KeyReused
 
@@ -21,7 +23,7 @@ _KEY = re.compile(r'[\x21-\x7e]{1,200}\Z')
 
 
 def fingerprint(method, path, body):
-    canonical = json.dumps(body, sort_keys=True, separators=(',', ':'), default=str)
+    canonical = values.ascii_json(body, sort_keys=True, separators=(',', ':'), default=str)
     return hashlib.sha256(f'{method} {path}\n{canonical}'.encode()).hexdigest()
 
 
@@ -46,7 +48,7 @@ class Idempotency:
                 if stored['fingerprint'] != fp:
                     raise KeyReused('This Idempotency-Key was used for a different request',
                                     param='Idempotency-Key')
-                response, headers = (json.loads(v) if isinstance(v, str) else v
+                response, headers = (orjson.loads(v) if isinstance(v, str) else v
                                      for v in (stored['response'], stored['headers']))
                 location = {'Location': stored['location']} if stored['location'] else {}
                 return (stored['status'], response, {**(headers or {}), **location}), True

@@ -8,9 +8,10 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
 from dataclasses import replace
+
+import orjson
 
 from . import values
 from .errors import InvalidParam
@@ -312,7 +313,7 @@ def cursor_key(secret, org_id):
 def query_digest(info, params):
     """Which list a cursor belongs to: the resource and its filter and sort parameters."""
     shape = [info.slug] + [params.get(name) for name in ('filter', 'filters', 'sort', 'order', 'sorts')]
-    return hashlib.sha256(json.dumps(shape).encode()).digest()
+    return hashlib.sha256(values.ascii_json(shape).encode()).digest()
 
 
 def _tag(key, info, params, body):
@@ -348,8 +349,7 @@ def make_cursor(lq, info, params, last_row, key):
     (or a sort crosses a reference)."""
     if across_references(lq):
         return None
-    body = json.dumps({'v': [last_row[n] for n in keyset_columns(lq, info)], 'i': lq.start + lq.size},
-                      separators=(',', ':'), ensure_ascii=False).encode()
+    body = orjson.dumps({'v': [last_row[n] for n in keyset_columns(lq, info)], 'i': lq.start + lq.size})
     cursor = sign_cursor(key, info, params, body)
     return cursor if len(cursor) <= MAX_CURSOR_LENGTH else None
 

@@ -6,12 +6,12 @@ True into 'true' and None into 'null'). The organization scope is added here, by
 builder, so no caller can forget it.
 """
 import contextlib
-import json
 import re
 import threading
 from dataclasses import dataclass
 from dataclasses import replace
 
+import orjson
 from pypika import Order
 from pypika import Table
 from pypika import functions as fn
@@ -99,7 +99,7 @@ class Dialect:
         """
         items = [self.adapt('text' if kind == 'array' else kind, v) for v in values]
         if self.name == 'sqlite':
-            elements = Bound(json.dumps(items, separators=(',', ':'), ensure_ascii=False))
+            elements = Bound(orjson.dumps(items).decode())
             if kind == 'array':
                 return Sql('EXISTS (SELECT 1 FROM json_each({0}) WHERE json_each.value IN '
                            '(SELECT value FROM json_each({1})))', field, elements)
@@ -1120,7 +1120,7 @@ def _ids_in(d, column):
 
 
 def _ids(d, ids):
-    return json.dumps(list(ids)) if d.name == 'sqlite' else list(ids)
+    return orjson.dumps(list(ids)).decode() if d.name == 'sqlite' else list(ids)
 
 
 def build_webhook_secret_insert(d, webhook_id, secret):
