@@ -13,7 +13,10 @@ from . import sqlbuild
 from . import values
 from .config import Settings
 from .relations import Relations
+from .errors import InvalidBody
 from .errors import InvalidParam
+from .errors import PayloadTooLarge
+from .errors import UnsupportedMediaType
 from .export import CsvFormat
 from .export import NdjsonFormat
 from .idempotency import fingerprint
@@ -65,11 +68,6 @@ def lenient_handling(req, resp):
     if handling is not None:
         resp.append_header('Preference-Applied', f'handling={handling}')
     return handling == 'lenient'
-
-
-from .errors import InvalidBody
-from .errors import PayloadTooLarge
-from .errors import UnsupportedMediaType
 
 
 def content_range(resource, start, count, total):

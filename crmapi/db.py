@@ -249,7 +249,7 @@ class SQLiteDatabase(Database):
             if sqlite3.complete_statement(pending):
                 yield pending.strip()
                 pending = ''
-        if pending.strip() and not all(l.strip().startswith('--') or not l.strip() for l in pending.splitlines()):
+        if pending.strip() and not all(line.strip().startswith('--') or not line.strip() for line in pending.splitlines()):
             raise ValueError('incomplete SQL statement at the end of a script')
 
     def stream(self, sql, params, batch=500):

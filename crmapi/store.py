@@ -436,7 +436,8 @@ class Store:
         read, width, out = self.reader(info), len(sqlbuild.output_columns(info)), []
         for (names, sets), group in groups.items():
             for part in sqlbuild.chunks(group, len(names)):
-                for raw in tx.rows(*sqlbuild.build_insert_many(self.db.dialect, info, org_id, names, part, conflict, sets)):
+                statement = sqlbuild.build_insert_many(self.db.dialect, info, org_id, names, part, conflict, sets)
+                for raw in tx.rows(*statement):
                     out.append((read(raw), raw[width] if len(raw) > width else None))
         return out
 
