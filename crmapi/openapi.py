@@ -16,6 +16,7 @@ from . import history
 from . import query
 from . import relations as relations_module
 from .errors import NotFound
+from .sqlbuild import SCOPE
 from .store import MAX_BATCH
 from .store import MAX_MERGE_SOURCES
 from .values import INT64_MAX
@@ -196,7 +197,7 @@ def value_schema(column, nullable):
 
 def record_schema(info):
     """A record as the API returns it: every column but the organization, always present."""
-    names = [n for n in info.columns if n != 'organization_id']
+    names = [n for n in info.columns if n != SCOPE]
     return {
         'type': 'object',
         'required': names,
@@ -252,7 +253,7 @@ def embedded_schema(info, relations):
 def dotted_fields(relations):
     """`company.name` -> the target's Column, for every forward relation to a single record."""
     return {f'{r.name}.{n}': c for r in relations.values() if not r.reverse and not r.many
-            for n, c in r.target.columns.items() if n != 'organization_id'}
+            for n, c in r.target.columns.items() if n != SCOPE}
 
 
 def embed_parameters(relations):
@@ -281,7 +282,7 @@ def range_param(limits):
 def list_parameters(info, limits, relations=None):
     relations = relations or {}
     dotted = dotted_fields(relations)
-    names = [n for n in info.columns if n != 'organization_id']
+    names = [n for n in info.columns if n != SCOPE]
     sortable = [n for n in names if info.columns[n].sortable] + [n for n, c in dotted.items() if c.sortable]
     columns = {**{n: info.columns[n] for n in names}, **dotted}
     equality = {}
@@ -646,7 +647,7 @@ def fixed_paths(limits=None):
     }
 
 
-def build_document(catalog, principal=None, limits=None, root_path=''):
+def build_document(catalog, principal=None, limits=None, root_path='', store=None):
     """The OpenAPI 3.1 document for `principal` (None: the built-in resources only)."""
     limits = limits or query.Limits()
     schemas = {
@@ -668,8 +669,7 @@ def build_document(catalog, principal=None, limits=None, root_path=''):
         if not info.spec.read_only:
             schemas[f'{slug}_create'] = body_schema(info, creating=True)
             schemas[f'{slug}_update'] = body_schema(info, creating=False)
-        unique = [] if info.spec.read_only or catalog.custom is None else sorted(
-            catalog.custom.store.unique_columns(info))
+        unique = [] if info.spec.read_only or store is None else sorted(store.unique_columns(info))
         paths.update(resource_paths(info, limits, unique, relations))
         custom = slug not in catalog.tables
         tags.append({'name': slug, 'description': ('custom object' if custom else 'built-in resource')
@@ -702,12 +702,13 @@ def build_document(catalog, principal=None, limits=None, root_path=''):
 class OpenAPI:
     """`GET /api/openapi.json`: the document for the caller (anonymous: the built-ins)."""
 
-    def __init__(self, catalog, limits=None):
+    def __init__(self, catalog, limits=None, store=None):
         self.catalog = catalog
         self.limits = limits
+        self.store = store
 
     def on_get(self, req, resp):
-        document = build_document(self.catalog, req.context.principal, self.limits, req.root_path)
+        document = build_document(self.catalog, req.context.principal, self.limits, req.root_path, self.store)
         resp.content_type = 'application/json'
         resp.data = orjson.dumps(document)
         # NOTE: the answer depends on the token, so shared caches must keep them apart.

@@ -35,6 +35,7 @@ from .errors import Unavailable
 from .errors import UnknownResource
 from .query import Filter
 from .query import ListQuery
+from .sqlbuild import SCOPE
 
 log = logging.getLogger('crmapi.rules')
 RULES, RUNS, TASKS = 'automation_rules', 'automation_runs', 'tasks'
@@ -168,7 +169,7 @@ def trigger_resource(store, principal, trigger):
     if fields is not None:
         if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
             raise _bad('trigger.fields', "Trigger 'fields' is a non-empty array of field names")
-        missing = next((f for f in fields if f not in info.columns or f == 'organization_id'), None)
+        missing = next((f for f in fields if f not in info.columns or f == SCOPE), None)
         if missing is not None:
             raise _bad('trigger.fields', f"Resource '{info.slug}' has no field '{missing}'")
     return info
@@ -302,7 +303,7 @@ def run_for_change(store, change, depth, org_id=None, enabled=None, record=None)
     `enabled`: the organization's enabled rules, if the caller has read them; `record`: the record as the change
     left it, if the caller knows it (the worker replays it from the history), else the record as it is now.
     """
-    org_id = org_id or change['organization_id']
+    org_id = org_id or change[SCOPE]
     system = Principal.system(org_id)
     runs = []
     for rule in enabled_rules(store, system) if enabled is None else enabled:
@@ -349,7 +350,7 @@ def run_rule(store, principal, rule, change, depth, record=None):
     runs = store.catalog.resolve(RUNS)
     if _run_of(store, principal, runs, rule['id'], change['id']) is not None:
         return None
-    row = {'organization_id': principal.org_id, 'rule_id': rule['id'], 'change_id': change['id'],
+    row = {'rule_id': rule['id'], 'change_id': change['id'],
            'resource': change['resource'], 'record_id': change['record_id'], 'depth': depth}
     try:
         info = store.catalog.resolve(change['resource'], principal)
@@ -357,13 +358,13 @@ def run_rule(store, principal, rule, change, depth, record=None):
         if record is None or not holds(parse_conditions(info, rule['conditions']), canonical(info, record)):
             return None
         if depth >= MAX_DEPTH:
-            return _write_run(store, runs, {**row, 'status': 'stopped', 'error': (
+            return _write_run(store, principal, runs, {**row, 'status': 'stopped', 'error': (
                 f'Not run: the change was made at depth {depth} (by a chain of {depth} rules); changes made at '
                 f'depth {MAX_DEPTH} trigger no rule')})
         acting = rule_principal(principal.org_id, rule['id'], depth + 1)
         with store.db.transaction(write=True):
             results = [ACTIONS_RUN[a['type']](store, acting, info, record, a, change) for a in rule['actions']]
-            return _write_run(store, runs, {**row, 'status': 'applied', 'results': results})
+            return _write_run(store, principal, runs, {**row, 'status': 'applied', 'results': results})
     except Unavailable:
         raise       # NOTE: the database, not the rule: the worker hands the change over again later
     except CrmError as exc:
@@ -373,7 +374,7 @@ def run_rule(store, principal, rule, change, depth, record=None):
         error = f'Internal error ({type(exc).__name__}); the worker logged it'
     if _run_of(store, principal, runs, rule['id'], change['id']) is not None:
         return None   # NOTE: another worker ran it first: its run stands, ours was rolled back
-    return _write_run(store, runs, {**row, 'status': 'failed', 'error': error}, quiet=True)
+    return _write_run(store, principal, runs, {**row, 'status': 'failed', 'error': error}, quiet=True)
 
 
 def _record_after(store, principal, info, change):
@@ -393,13 +394,13 @@ def _run_of(store, principal, runs, rule_id, change_id):
     return found[0] if found else None
 
 
-def _write_run(store, runs, row, quiet=False):
-    """Insert one run; UNIQUE (rule_id, change_id) makes a second run of the same (rule, change) fail (and,
+def _write_run(store, principal, runs, row, quiet=False):
+    """Insert one run of the principal's organization; UNIQUE (rule_id, change_id) makes a second run of the same (rule, change) fail (and,
     inside the actions' transaction, roll them back). `quiet`: a run already there is not an error."""
     row = {'id': store.history.new_ids(runs.spec.id_prefix, 1)[0], 'results': None, 'error': None, **row,
            'created_at': store.clock()}
     try:
-        return store.insert_managed(runs, [row])[0]
+        return store.insert_managed(runs, principal.org_id, [row])[0]
     except CrmError:
         if quiet:
             return None

@@ -12,8 +12,9 @@ from dataclasses import field as dc_field
 
 from . import values
 from .errors import UnknownResource
+from .sqlbuild import SCOPE
 
-SERVER_MANAGED = frozenset({'id', 'organization_id', 'created_at', 'updated_at', 'archived_at'})
+SERVER_MANAGED = frozenset({'id', SCOPE, 'created_at', 'updated_at', 'archived_at'})
 SEARCHABLE_KINDS = ('text',)
 
 # NOTE: PostgreSQL refuses a btree entry over 2,704 bytes (ProgramLimitExceeded); SQLite has no such
@@ -157,7 +158,7 @@ class TableInfo:
             'delete': self.spec.delete,
             'restorable': self.spec.delete in ('archive', 'disable') and not self.spec.read_only,
             'columns': [c.describe(self.declared[c.name]) for c in self.columns.values()
-                        if c.name != 'organization_id'],
+                        if c.name != SCOPE],
         }
         if relations is not None:
             described['relations'] = [r.describe() for r in relations]
@@ -221,12 +222,13 @@ INTERNAL = {spec.slug: spec for spec in [
 
 class Catalog:
     """Resources by slug, with their whitelists: built-ins loaded once from the database, custom
-    objects resolved per organization through `custom` (a crmapi.custom.CustomObjects)."""
+    objects resolved per organization through `custom`, given at construction (crmapi.services makes
+    it: a crmapi.custom.CustomObjects); without it, the built-ins only."""
 
-    def __init__(self, tables, internal=None):
+    def __init__(self, tables, internal=None, custom=None):
         self.tables = tables
         self.internal = internal or {}
-        self.custom = None
+        self.custom = custom
 
     @classmethod
     def load(cls, db, specs=BUILTIN):

@@ -6,12 +6,12 @@ True into 'true' and None into 'null'). The organization scope is added here, by
 builder, so no caller can forget it.
 """
 import contextlib
-import json
 import re
 import threading
 from dataclasses import dataclass
 from dataclasses import replace
 
+import orjson
 from pypika import Order
 from pypika import Table
 from pypika import functions as fn
@@ -55,6 +55,9 @@ class Sql(Criterion):
 
 
 TRUE, FALSE = Sql('1=1'), Sql('1=0')
+# NOTE: the column that scopes a row to its organization. Only this module writes or compares it: the
+# builders take the organization as an argument, and a row handed to an INSERT builder never carries it.
+SCOPE = 'organization_id'
 _STATEMENTS = {}
 MAX_STATEMENTS = 10_000
 
@@ -96,7 +99,7 @@ class Dialect:
         """
         items = [self.adapt('text' if kind == 'array' else kind, v) for v in values]
         if self.name == 'sqlite':
-            elements = Bound(json.dumps(items, separators=(',', ':'), ensure_ascii=False))
+            elements = Bound(orjson.dumps(items).decode())
             if kind == 'array':
                 return Sql('EXISTS (SELECT 1 FROM json_each({0}) WHERE json_each.value IN '
                            '(SELECT value FROM json_each({1})))', field, elements)
@@ -573,9 +576,17 @@ def build_exists(d, info, org_id, ids):
     return d.render(d.from_(table).select(table.id).where(_by_ids(d, table, org_id, ids)))
 
 
-def build_insert(d, info, row, if_absent=False):
-    """INSERT … RETURNING the record; `if_absent` returns no row instead of failing on a duplicate key."""
+def scoped(org_id, rows):
+    """`rows` with the organization stamped on each; a row that carries one already is a programming error."""
+    if any(SCOPE in row for row in rows):
+        raise ValueError(f'a row to insert carries {SCOPE}: the builder stamps it from the organization')
+    return [{SCOPE: org_id, **row} for row in rows]
+
+
+def build_insert(d, info, org_id, row, if_absent=False):
+    """INSERT … RETURNING the record of `org_id`; `if_absent` returns no row instead of failing on a duplicate key."""
     table = Table(info.spec.table)
+    [row] = scoped(org_id, [row])
     names = list(row)
     query = d.into(table).columns(*[table.field(n) for n in names]).insert(
         *[d.bind(info.columns[n], row[n]) for n in names])
@@ -634,15 +645,16 @@ def _flat(d, info, names, rows):
     return [adapt(k, row[n]) for row in rows for n, k in zip(names, kinds)]
 
 
-def build_insert_many(d, info, names, rows, conflict=None, updates=()):
-    """One INSERT of `rows` (dicts holding `names`), RETURNING each stored record (in no promised order).
+def build_insert_many(d, info, org_id, names, rows, conflict=None, updates=()):
+    """One INSERT of `rows` of `org_id` (dicts holding `names`), RETURNING each stored record (in no promised
+    order).
 
     With `conflict` = (column, partial): an upsert. A row whose value in the organization's unique
     `column` is taken updates the stored record's `updates` columns instead (with a partial index,
     `WHERE column IS NOT NULL` names it as the arbiter). On PostgreSQL each record then ends with
     `xmax = 0`: true when the row was inserted.
     """
-    names, updates = tuple(names), tuple(updates)
+    names, updates, rows = (SCOPE, *names), tuple(updates), scoped(org_id, rows)
 
     def write():
         sql = (f'INSERT INTO {quote(info.spec.table)} ({",".join(quote(n) for n in names)}) '
@@ -811,6 +823,93 @@ def build_organization(d, org_id):
     """An organization's id and name."""
     orgs = Table('organizations')
     return d.render(d.from_(orgs).select(orgs.id, orgs.field('name')).where(orgs.id == Bound(org_id)))
+
+
+# -- organizations, users and tokens (crmapi.accounts) ---------------------------------------------
+
+ORGS, USERS, TOKENS = Table('organizations'), Table('crm_users'), Table('api_tokens')
+_ACCOUNT_KINDS = {'created_at': 'timestamp', 'updated_at': 'timestamp', 'expires_at': 'timestamp',
+                  'administrator': 'boolean'}
+
+
+def _account_insert(d, table, row):
+    return d.render(d.into(table).columns(*row).insert(
+        *[Bound(d.adapt(_ACCOUNT_KINDS.get(k, 'text'), v)) for k, v in row.items()]))
+
+
+def build_org_insert(d, org_id, name, created_at):
+    return _account_insert(d, ORGS, {'id': org_id, 'name': name, 'created_at': created_at})
+
+
+def build_org_names(d):
+    """(id, name) of every organization, oldest first."""
+    return d.render(d.from_(ORGS).select(ORGS.id, ORGS.field('name')).orderby(ORGS.created_at))
+
+
+def build_user_find(d, org_id, email):
+    """(id, administrator) of the user `email` of `org_id`."""
+    return d.render(d.from_(USERS).select(USERS.id, USERS.administrator).where(
+        (USERS.organization_id == Bound(org_id)) & (USERS.email == Bound(email))))
+
+
+def build_user_make_admin(d, org_id, user_id):
+    return d.render(d.update(USERS).set(USERS.administrator, Bound(d.adapt('boolean', True))).where(
+        (USERS.organization_id == Bound(org_id)) & (USERS.id == Bound(user_id))))
+
+
+def build_user_insert(d, org_id, row):
+    """A CRM user of `org_id` (`row`: its other columns)."""
+    return _account_insert(d, USERS, scoped(org_id, [row])[0])
+
+
+def build_token_insert(d, org_id, row):
+    """An API token of `org_id` (`row`: its other columns)."""
+    return _account_insert(d, TOKENS, scoped(org_id, [row])[0])
+
+
+def build_authenticate(d):
+    """The SQL finding a token by its digest (the one parameter), with its user's state."""
+    return d.memo('authenticate', lambda: d.from_(TOKENS).join(USERS).on(
+        (USERS.organization_id == TOKENS.organization_id) & (USERS.id == TOKENS.user_id))
+        .select(TOKENS.id, TOKENS.organization_id, TOKENS.user_id, USERS.administrator,
+                USERS.disabled, TOKENS.revoked_at, TOKENS.expires_at, TOKENS.last_used_at)
+        .where(TOKENS.token_hash == Bound(None)))
+
+
+def build_token_touch(d, token_id, now, stale):
+    """Set a token's last use to `now` unless it was used after `stale`."""
+    ts = lambda value: Bound(d.adapt('timestamp', value))  # noqa: E731
+    return d.render(d.update(TOKENS).set(TOKENS.last_used_at, ts(now)).where(
+        (TOKENS.id == Bound(token_id)) & (TOKENS.last_used_at.isnull() | (TOKENS.last_used_at < ts(stale)))))
+
+
+def build_token_list(d, org_id):
+    """(id, email, created, last used, expires, revoked) per token of `org_id`, oldest first."""
+    return d.render(d.from_(TOKENS).join(USERS).on(
+        (USERS.organization_id == TOKENS.organization_id) & (USERS.id == TOKENS.user_id))
+        .select(TOKENS.id, USERS.email, TOKENS.created_at, TOKENS.last_used_at, TOKENS.expires_at,
+                TOKENS.revoked_at)
+        .where(TOKENS.organization_id == Bound(org_id)).orderby(TOKENS.created_at))
+
+
+def build_token_revoke(d, token_id, now):
+    return d.render(d.update(TOKENS).set(TOKENS.revoked_at, Bound(d.adapt('timestamp', now)))
+                    .where((TOKENS.id == Bound(token_id)) & TOKENS.revoked_at.isnull()))
+
+
+def build_token_exists(d, token_id):
+    return d.render(d.from_(TOKENS).select(TOKENS.id).where(TOKENS.id == Bound(token_id)))
+
+
+# -- schema version (crmapi.migrations) ------------------------------------------------------------
+
+VERSION_TABLE = 'CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)'
+VERSION_READ = 'SELECT MAX(version) FROM schema_version'
+
+
+def build_version_set(version):
+    """The statements recording that the database is at `version` (it holds one row)."""
+    return ['DELETE FROM schema_version', f'INSERT INTO schema_version (version) VALUES ({int(version)})']
 
 
 def build_duplicate_rows(d, info, org_id, columns, leave_out=None):
@@ -1084,7 +1183,7 @@ def _ids_in(d, column):
 
 
 def _ids(d, ids):
-    return json.dumps(list(ids)) if d.name == 'sqlite' else list(ids)
+    return orjson.dumps(list(ids)).decode() if d.name == 'sqlite' else list(ids)
 
 
 def build_webhook_secret_insert(d, webhook_id, secret):

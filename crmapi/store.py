@@ -246,13 +246,13 @@ def merge_request(slug, body, lenient=False):
 
 
 class Store:
-    def __init__(self, db, catalog, clock=utc_now):
+    def __init__(self, db, catalog, clock=utc_now, changes=None):
         self.db = db
         self.catalog = catalog
         self.clock = clock
         self._readers = {}
         self._uniques = {}
-        self.history = history.History(db, lambda: self.clock(), new_ids)
+        self.history = changes or history.History(db, lambda: self.clock(), new_ids)
         self.webhook_allow_private = False     # the app's CRMAPI_WEBHOOK_ALLOW_PRIVATE: rules' webhook actions
 
     # -- reading -----------------------------------------------------------------------------------
@@ -423,26 +423,26 @@ class Store:
             check_batch(bodies)
         rows = self._prepare_items(info, bodies, True, batch, lenient=lenient)
         stamps = self._stamp(info, {}, 'created_at', 'updated_at')
-        rows = [{'id': record_id, 'organization_id': principal.org_id, **row, **stamps}
+        rows = [{'id': record_id, **row, **stamps}
                 for record_id, row in zip(new_ids(info.spec.id_prefix, len(rows)), rows)]
         with self.history.recorded(principal) as tx:
             self._check_shapes(info, principal, [{}] * len(rows), rows, batch)
             self._check_references(tx, info, principal, rows, batch)
-            created = {record['id']: record for record, _ in self._insert(tx, info, rows)}
+            created = {record['id']: record for record, _ in self._insert(tx, info, principal.org_id, rows)}
             self._count(tx, info, principal, len(rows))
             records = [created[row['id']] for row in rows]
             tx.changes += [history.created(info.slug, record) for record in records]
             records = self._shaped_written(tx, info, principal, records)
         return records
 
-    def insert_managed(self, info, rows):
-        """Insert rows only the server writes (a read-only resource's, such as automation_runs): no checks, no
-        history, no counter: the records."""
+    def insert_managed(self, info, org_id, rows):
+        """Insert rows of `org_id` only the server writes (a read-only resource's, such as automation_runs): no
+        checks, no history, no counter: the records."""
         with self.db.transaction(write=True) as tx:
-            return [record for record, _ in self._insert(tx, info, rows)]
+            return [record for record, _ in self._insert(tx, info, org_id, rows)]
 
-    def _insert(self, tx, info, rows, conflict=None, updates=None):
-        """INSERT `rows`, one statement per chunk of rows with the same columns: [(record, inserted)].
+    def _insert(self, tx, info, org_id, rows, conflict=None, updates=None):
+        """INSERT `rows` of `org_id`, one statement per chunk of rows with the same columns: [(record, inserted)].
 
         With `conflict` = (column, partial), an upsert: row i updates the columns `updates[i]` of the
         record that holds its key. `inserted` says which rows were new on PostgreSQL (None elsewhere).
@@ -453,7 +453,8 @@ class Store:
         read, width, out = self.reader(info), len(sqlbuild.output_columns(info)), []
         for (names, sets), group in groups.items():
             for part in sqlbuild.chunks(group, len(names)):
-                for raw in tx.rows(*sqlbuild.build_insert_many(self.db.dialect, info, names, part, conflict, sets)):
+                statement = sqlbuild.build_insert_many(self.db.dialect, info, org_id, names, part, conflict, sets)
+                for raw in tx.rows(*statement):
                     out.append((read(raw), raw[width] if len(raw) > width else None))
         return out
 
@@ -667,10 +668,10 @@ class Store:
                 if key in existing and not self._effective(info, existing[key], change):
                     stored[key] = existing[key]   # it holds every value sent already: not written
                     continue
-                rows.append({'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id,
+                rows.append({'id': new_id(info.spec.id_prefix),
                              **self._kept_required(info, existing.get(key), change), **change, **stamps})
                 updates.append(tuple(n for n in change if n != column) + touched or (column,))
-            for record, inserted in self._insert(tx, info, rows, conflict, updates):
+            for record, inserted in self._insert(tx, info, principal.org_id, rows, conflict, updates):
                 key = values.check(key_column, record[column])
                 is_new = key not in existing if inserted is None else inserted
                 created += is_new

@@ -266,9 +266,18 @@ def _check_tree(value):
             raise JsonError('a string holds a lone surrogate, which is not valid Unicode', top)
 
 
+def ascii_json(value, **options):
+    """JSON text escaped to ASCII, for values orjson (the JSON library everywhere else) refuses: a lone
+    surrogate (an echoed request line or path) or an integer past 64 bits (a client's body before it is
+    checked). `options` are json.dumps's. Byte for byte what earlier releases hashed and signed."""
+    return json.dumps(value, **options)
+
+
 def loads_strict(text):
     """Parse JSON as the API accepts it: no NaN or Infinity, no repeated keys, no overflowing floats,
     at most 64 levels deep, no lone surrogates.
+
+    NOTE: the standard library's parser, for its hooks: orjson cannot report a repeated key.
 
     Raises ValueError with a readable message.
     """

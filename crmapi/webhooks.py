@@ -289,9 +289,9 @@ class Webhooks:
         with store.history.recorded(principal) as tx:
             counter = tx.one(*sqlbuild.build_change_counter_read(d, principal.org_id))
             since = counter[0] if counter else 0
-            row = {'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id, **row,
+            row = {'id': new_id(info.spec.id_prefix), **row,
                    'since_seq': since, **store._stamp(info, {}, 'created_at', 'updated_at')}
-            record = store._insert(tx, info, [row])[0][0]
+            record = store._insert(tx, info, principal.org_id, [row])[0][0]
             store._count(tx, info, principal, 1)
             tx.execute(*sqlbuild.build_webhook_secret_insert(d, record['id'], secret))
             tx.execute(*sqlbuild.build_webhook_cursor_init(d, principal.org_id, since))

@@ -60,12 +60,12 @@ def apply(record, change):
 
 
 class Worker:
-    def __init__(self, db, settings, catalog=None, clock=utc_now):
-        from .app import build_services
+    def __init__(self, db, settings, clock=utc_now):
+        from .services import build_services
         self.db = db
         self.settings = settings
-        self.catalog = catalog or build_services(db)
-        self.store = self.catalog.custom.store
+        services = build_services(db, settings)
+        self.catalog, self.store = services.catalog, services.store
         self.clock = clock
         self.lease = dt.timedelta(seconds=settings.webhook_timeout_s * 2 + 1)   # a send, with room to record it
         self.stopping = threading.Event()

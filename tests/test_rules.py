@@ -18,10 +18,8 @@ from crmapi import rules
 from crmapi.accounts import Accounts
 from crmapi.accounts import Principal
 from crmapi.config import Settings
-from crmapi.custom import CustomObjects
 from crmapi.query import parse_list
-from crmapi.schema import Catalog
-from crmapi.store import Store
+from crmapi.services import build_services
 
 RULE = {
     'name': 'Invoice won deals',
@@ -41,10 +39,7 @@ def trigger(**members):
 
 @pytest.fixture(scope='module')
 def store(database):
-    catalog = Catalog.load(database)
-    s = Store(database, catalog)
-    catalog.custom = CustomObjects(database, catalog, s)
-    return s
+    return build_services(database, Settings()).store
 
 
 def run_feed(store, api, after=0):

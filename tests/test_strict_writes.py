@@ -361,7 +361,7 @@ def test_openapi_documents_patch_head_and_the_handling_preference(api):
 # -- through the shipped servers --------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_head_and_patch_work_through_nginx_and_gunicorn(nginx, token):
+def test_head_and_patch_work_through_nginx_and_gunicorn(nginx, token):  # noqa: F811 -- the imported fixtures
     status, headers, created = call(nginx, 'POST', f'{PREFIX}/api/contacts', token, {'last_name': 'Lovelace'})
     assert status == 201, created
     status, headers, body = nginx.request('HEAD', f'{PREFIX}/api/contacts', headers=auth(token))
