@@ -167,6 +167,8 @@
         var op = doc.paths[path][method];
         ((op && op.parameters) || []).forEach(function (param) {
           if (!param.required) { delete param.example; }
+          // NOTE: Swagger UI takes any string with a contentMediaType for a file to upload; these hold JSON text.
+          if (param.schema) { delete param.schema.contentMediaType; }
         });
         var content = op && op.requestBody && op.requestBody.content;
         var body = content && content['application/json'];
