@@ -346,16 +346,19 @@ def record_schema(info, shapes=None):
 
 
 def update_schema(info, shapes=None):
-    """PUT and PATCH bodies: the record's fields, none required (a partial update of the fields sent).
+    """PUT and PATCH bodies: the record's writable fields, none required (a partial update of the fields sent).
 
-    NOTE: not `additionalProperties: false`: the camelCase spellings are accepted too.
+    NOTE: not `additionalProperties: false`: the camelCase spellings, and the read-only fields of a whole record
+    sent back, are accepted too. The read-only fields are left out rather than marked: a batch item adds a
+    required `id`, which a readOnly `id` would forbid in a request.
     """
+    properties = field_schemas(info, shapes or {})
     return {
         'type': 'object',
         'description': 'The fields to change (camelCase spellings accepted). Read-only fields (`id`, timestamps, '
                        'computed columns) are ignored; any other field is a 400 unless the request sends '
                        '`Prefer: handling=lenient`.',
-        'properties': field_schemas(info, shapes or {}),
+        'properties': {n: schema for n, schema in properties.items() if not schema.get('readOnly')},
     }
 
 
