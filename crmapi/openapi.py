@@ -1,8 +1,11 @@
 """The OpenAPI 3.1 document, generated from the live schema, and the page that renders it.
 
-Nothing here is written by hand per resource: paths, parameters, bodies and records come from the
-catalog (the same whitelists the API enforces), so the document cannot drift from the API. With a
-principal it also describes that organization's custom objects; without one, the built-ins only.
+Paths, parameters, bodies and records come from the catalog (the same whitelists the API enforces), so
+the document cannot drift from the API. Written here only what the database cannot tell: the shapes of
+automation rules' and webhooks' JSON fields (from crmapi.rules and crmapi.webhooks) and an example create
+per built-in resource (tests/test_openapi.py sends each). With a principal it also describes that
+organization's custom objects; without one, the built-ins only. Tools consume it: every routed operation
+is in it, and a client generated from it (openapi-python-client) works (tests/test_generated_client.py).
 """
 import hashlib
 import re
