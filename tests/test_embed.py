@@ -292,17 +292,17 @@ def test_openapi_documents_embed_per_resource_and_the_embedded_answer(api, crm):
     from jsonschema import Draft202012Validator
     api.post('/api/custom_objects', PROJECTS)
     doc = api.get('/api/openapi.json').json
-    for path, names in (('/api/contacts', {'company', 'tags', 'notes', 'tasks', 'deals'}),
-                        ('/api/contacts/{id}', {'company', 'tags', 'notes', 'tasks', 'deals'}),
-                        ('/api/projects', {'company', 'owner'})):
+    for path, names in (('/contacts', {'company', 'tags', 'notes', 'tasks', 'deals'}),
+                        ('/contacts/{id}', {'company', 'tags', 'notes', 'tasks', 'deals'}),
+                        ('/projects', {'company', 'owner'})):
         params = {p['name']: p for p in doc['paths'][path]['get']['parameters']}
-        assert set(params['embed']['content']['application/json']['schema']['items']['enum']) == names, path
+        assert set(params['embed']['schema']['contentSchema']['items']['enum']) == names, path
         assert params['embed_limit']['schema']['maximum'] == 100
-    assert 'projects' in doc['paths']['/api/companies']['get']['parameters'][-2]['content'][
-        'application/json']['schema']['items']['enum']
+    assert 'projects' in doc['paths']['/companies']['get']['parameters'][-2]['schema']['contentSchema'][
+        'items']['enum']
     api.create('contact_notes', contact_id=crm['ada']['id'], text='n')
     answer = embedded(api, 'contacts', ['company', 'tags', 'notes', 'tasks', 'deals'])
-    schema = {**doc['paths']['/api/contacts']['get']['responses']['200']['content']['application/json']['schema'],
+    schema = {**doc['paths']['/contacts']['get']['responses']['200']['content']['application/json']['schema'],
               'components': doc['components']}
     Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER).validate(answer)
 

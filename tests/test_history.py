@@ -322,8 +322,8 @@ def test_changes_is_a_read_only_resource_of_the_schema_and_a_reserved_name(api):
     assert_problem(api.post('/api/changes', {}, status=405), 405)
     assert_problem(api.post('/api/custom_objects', {'slug': 'changes'}, status=400), 400, field='slug')
     doc = api.get('/api/openapi.json').json
-    assert {'/api/changes', '/api/{resource}/{id}/history', '/api/custom_objects/{slug}/history'} <= set(doc['paths'])
-    assert 'contacts' in doc['paths']['/api/{resource}/{id}/history']['parameters'][0]['schema']['enum']
+    assert {'/changes', '/{resource}/{id}/history', '/custom_objects/{slug}/history'} <= set(doc['paths'])
+    assert 'contacts' in doc['paths']['/{resource}/{id}/history']['parameters'][0]['schema']['enum']
     assert set(doc['components']['schemas']['changes']['properties']) == CHANGE_FIELDS
 
 
