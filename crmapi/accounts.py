@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pypika import Table
 
+from . import authcache
 from . import sqlbuild
 from .errors import Conflict
 from .errors import Unauthorized
@@ -50,6 +51,7 @@ class Accounts:
     def __init__(self, db, clock=utc_now):
         self.db = db
         self.clock = clock
+        self.cache = authcache.TokenCache(self._read_generation)
 
     def _insert(self, tx, table, row):
         d = self.db.dialect
@@ -114,9 +116,25 @@ class Accounts:
         return token
 
     def authenticate(self, token):
-        """The Principal behind a bearer token, or Unauthorized (the same 401 whatever the reason)."""
+        """The Principal behind a bearer token, or Unauthorized (the same 401 whatever the reason).
+
+        A token verified by this process before answers without a database round trip while nothing that
+        could withdraw it has changed (crmapi/authcache.py: within a second on every host).
+        """
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             raise _refuse('malformed token')
+        digest = token_digest(token)
+        generation = self.cache.current()
+        verified = self.cache.get(digest, generation) or self._verify(digest, generation)
+        now = self.clock()
+        if verified.expires_at is not None and _as_text(verified.expires_at) <= _as_text(now):
+            raise _refuse('expired token', verified.principal.token_id)
+        if self._touch(verified.principal.token_id, verified.last_used_at, now):
+            verified.last_used_at = now
+        return verified.principal
+
+    def _verify(self, digest, generation):
+        """The token's row, checked, and cached under `generation` (read before the row was)."""
         d = self.db.dialect
         tokens, users = Table('api_tokens'), Table('crm_users')
         sql = d.memo('authenticate', lambda: d.from_(tokens).join(users).on(
@@ -125,25 +143,28 @@ class Accounts:
                     users.disabled, tokens.revoked_at, tokens.expires_at, tokens.last_used_at)
             .where(tokens.token_hash == sqlbuild.Bound(None)))
         with self.db.transaction() as tx:
-            row = tx.one(sql, [token_digest(token)])
+            row = tx.one(sql, [digest])
         if row is None:
             raise _refuse('unknown token')
         token_id, org_id, user_id, admin, disabled, revoked_at, expires_at, last_used_at = row
-        now = self.clock()
         if revoked_at is not None:
             raise _refuse('revoked token', token_id)
         if disabled:
             raise _refuse('token of a disabled user', token_id)
-        if expires_at is not None and _as_text(expires_at) <= _as_text(now):
-            raise _refuse('expired token', token_id)
-        self._touch(token_id, last_used_at, now)
-        return Principal(org_id, user_id, bool(admin), token_id)
+        verified = authcache.Verified(Principal(org_id, user_id, bool(admin), token_id), expires_at, last_used_at,
+                                      generation)
+        self.cache.put(digest, verified)
+        return verified
+
+    def _read_generation(self):
+        with self.db.transaction() as tx:
+            return tx.one(*sqlbuild.build_auth_generation())[0]
 
     def _touch(self, token_id, last_used_at, now):
-        """Record use at most once a minute per token, so reads stay reads."""
+        """Record use at most once a minute per token, so reads stay reads: whether it was recorded now."""
         stale = _as_text(now - TOUCH_INTERVAL)
         if last_used_at is not None and _as_text(last_used_at) > stale:
-            return
+            return False
         d = self.db.dialect
         tokens = Table('api_tokens')
         ts = lambda value: sqlbuild.Bound(d.adapt('timestamp', value))  # noqa: E731
@@ -152,6 +173,7 @@ class Accounts:
             & (tokens.last_used_at.isnull() | (tokens.last_used_at < ts(now - TOUCH_INTERVAL))))
         with self.db.transaction(write=True) as tx:
             tx.execute(*d.render(query))
+        return True
 
     def list_tokens(self, org_id):
         """(id, email, created, last used, expires, revoked) per token of `org_id`; never a secret."""
@@ -176,6 +198,10 @@ class Accounts:
             changed = tx.execute(*d.render(query))
             exists = tx.one(*d.render(d.from_(tokens).select(tokens.id).where(
                 tokens.id == sqlbuild.Bound(token_id))))
+            if changed:
+                tx.execute(*sqlbuild.build_auth_changed())
+        if changed:
+            authcache.changed_here()
         return changed > 0 or exists is not None
 
 
