@@ -418,8 +418,15 @@ CREATE TABLE IF NOT EXISTS automation_rule_secrets (
     secret TEXT NOT NULL
 );
 
+-- Cached tokens (crmapi/authcache.py): a number that every revocation of a token and every change to a CRM
+-- user increments in its own transaction; each process forgets the tokens it verified when it has moved.
+CREATE TABLE IF NOT EXISTS auth_generation (
+    id INTEGER PRIMARY KEY,
+    generation BIGINT NOT NULL
+);
+
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (16);
+INSERT INTO schema_version (version) VALUES (17);

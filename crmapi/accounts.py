@@ -9,6 +9,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from . import authcache
 from . import sqlbuild
 from .errors import Conflict
 from .errors import Unauthorized
@@ -48,6 +49,7 @@ class Accounts:
     def __init__(self, db, clock=utc_now):
         self.db = db
         self.clock = clock
+        self.cache = authcache.TokenCache(self._read_generation)
 
     def create_org(self, name, unique=False):
         """A new organization's id; with `unique`, a Conflict if one of that name (ignoring case) exists."""
@@ -75,6 +77,7 @@ class Accounts:
         if found:
             if admin and not found[1]:
                 tx.execute(*sqlbuild.build_user_make_admin(d, org_id, found[0]))
+                tx.execute(*sqlbuild.build_auth_changed())   # NOTE: its cached tokens say "not an administrator"
             return found[0]
         if tx.one(*sqlbuild.build_organization(d, org_id)) is None:
             raise LookupError(f'no organization {org_id}')
@@ -92,35 +95,57 @@ class Accounts:
             tx.execute(*sqlbuild.build_token_insert(self.db.dialect, org_id, {
                 'id': new_id('tok_'), 'user_id': user_id,
                 'token_hash': token_digest(token), 'created_at': self.clock(), 'expires_at': expires_at}))
+        if admin:
+            authcache.changed_here()   # the user may have been made an administrator (ensure_user)
         return token
 
     def authenticate(self, token):
-        """The Principal behind a bearer token, or Unauthorized (the same 401 whatever the reason)."""
+        """The Principal behind a bearer token, or Unauthorized (the same 401 whatever the reason).
+
+        A token verified by this process before answers without a database round trip while nothing that
+        could withdraw it has changed (crmapi/authcache.py: within a second on every host).
+        """
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             raise _refuse('malformed token')
+        digest = token_digest(token)
+        generation = self.cache.current()
+        verified = self.cache.get(digest, generation) or self._verify(digest, generation)
+        now = self.clock()
+        if verified.expires_at is not None and _as_text(verified.expires_at) <= _as_text(now):
+            raise _refuse('expired token', verified.principal.token_id)
+        if self._touch(verified.principal.token_id, verified.last_used_at, now):
+            verified.last_used_at = now
+        return verified.principal
+
+    def _verify(self, digest, generation):
+        """The token's row, checked, and cached under `generation` (read before the row was)."""
         sql = sqlbuild.build_authenticate(self.db.dialect)
         with self.db.transaction() as tx:
-            row = tx.one(sql, [token_digest(token)])
+            row = tx.one(sql, [digest])
         if row is None:
             raise _refuse('unknown token')
         token_id, org_id, user_id, admin, disabled, revoked_at, expires_at, last_used_at = row
-        now = self.clock()
         if revoked_at is not None:
             raise _refuse('revoked token', token_id)
         if disabled:
             raise _refuse('token of a disabled user', token_id)
-        if expires_at is not None and _as_text(expires_at) <= _as_text(now):
-            raise _refuse('expired token', token_id)
-        self._touch(token_id, last_used_at, now)
-        return Principal(org_id, user_id, bool(admin), token_id)
+        verified = authcache.Verified(Principal(org_id, user_id, bool(admin), token_id), expires_at, last_used_at,
+                                      generation)
+        self.cache.put(digest, verified)
+        return verified
+
+    def _read_generation(self):
+        with self.db.transaction() as tx:
+            return tx.one(*sqlbuild.build_auth_generation())[0]
 
     def _touch(self, token_id, last_used_at, now):
-        """Record use at most once a minute per token, so reads stay reads."""
+        """Record use at most once a minute per token, so reads stay reads: whether it was recorded now."""
         stale = _as_text(now - TOUCH_INTERVAL)
         if last_used_at is not None and _as_text(last_used_at) > stale:
-            return
+            return False
         with self.db.transaction(write=True) as tx:
             tx.execute(*sqlbuild.build_token_touch(self.db.dialect, token_id, now, now - TOUCH_INTERVAL))
+        return True
 
     def list_tokens(self, org_id):
         """(id, email, created, last used, expires, revoked) per token of `org_id`; never a secret."""
@@ -129,11 +154,15 @@ class Accounts:
                     for row in tx.rows(*sqlbuild.build_token_list(self.db.dialect, org_id))]
 
     def revoke_token(self, token_id):
-        """Revoke a token by id; its next request fails. Returns False if there is no such token."""
+        """Revoke a token by id: refused within a second everywhere (authcache). False if there is no such token."""
         d = self.db.dialect
         with self.db.transaction(write=True) as tx:
             changed = tx.execute(*sqlbuild.build_token_revoke(d, token_id, self.clock()))
             exists = tx.one(*sqlbuild.build_token_exists(d, token_id))
+            if changed:
+                tx.execute(*sqlbuild.build_auth_changed())
+        if changed:
+            authcache.changed_here()
         return changed > 0 or exists is not None
 
 

@@ -16,6 +16,7 @@ import datetime as dt
 
 import orjson
 
+from . import authcache
 from . import sqlbuild
 from . import values
 from .errors import InvalidParam
@@ -26,6 +27,7 @@ CHANGE_PREFIX = 'chg_'
 UNTRACKED = frozenset({'updated_at'})   # a field every update changes: the change's own time says it
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 PRUNE_BATCH = 1000
+AUTH_RESOURCES = frozenset({'crm_users'})   # a change to one of these (but a create) may withdraw a token
 # NOTE: from this many changes of one write on, PostgreSQL gets them by COPY: a 1,000-row INSERT spends most of
 # its time binding 11,000 parameters, COPY a fifth of that; below, one INSERT also takes the numbers (one round
 # trip where COPY needs three).
@@ -133,7 +135,13 @@ class History:
         with self.db.transaction(write=True) as tx:
             tx.changes = []
             yield tx
-            self.record(tx, principal, [c for c in tx.changes if c is not None])
+            changes = [c for c in tx.changes if c is not None]
+            self.record(tx, principal, changes)
+            withdraws = any(c[0] in AUTH_RESOURCES and c[2] != 'created' for c in changes)
+            if withdraws:
+                tx.execute(*sqlbuild.build_auth_changed())
+        if withdraws:
+            authcache.changed_here()
 
     def record(self, tx, principal, changes):
         """Number `changes` from the organization's counter and store them.

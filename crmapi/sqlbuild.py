@@ -1345,3 +1345,16 @@ def build_redeliver(d, org_id, delivery_id, now):
     sql = (f"UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = {p}, updated_at = {p} "
            f'WHERE organization_id = {p} AND id = {p} AND (locked_until IS NULL OR locked_until <= {p})')
     return sql, [now, now, org_id, delivery_id, now]
+
+
+# -- cached tokens (crmapi/authcache.py) ---------------------------------------------------------------
+
+def build_auth_generation():
+    """The number every change that can withdraw a token increments (none yet: 0)."""
+    return 'SELECT COALESCE(MAX(generation), 0) FROM auth_generation', []
+
+
+def build_auth_changed():
+    """Increment it, in the transaction of the change (the row is made by the first one)."""
+    return ('INSERT INTO auth_generation (id, generation) VALUES (1, 1) '
+            'ON CONFLICT (id) DO UPDATE SET generation = auth_generation.generation + 1'), []
