@@ -716,11 +716,29 @@ def build_duplicate(d, table, column):
             f'GROUP BY organization_id, {quote(column)} HAVING COUNT(*) > 1 LIMIT 1'), []
 
 
-def build_referrers(d, info, org_id, column, ids):
-    """Rows of `info` whose reference `column` points at any of `ids` (scalar or array)."""
+# NOTE: arrays of ids whose elements are indexed (migration 0009): SQLite keeps the (organization, element, record)
+# triples in a side table its triggers maintain; PostgreSQL has a GIN index (jsonb_path_ops) on the column, which
+# serves `@>` one element at a time. (table, column) -> (side table, its element column, its record column).
+ELEMENT_INDEXES = {('deals', 'contact_ids'): ('deal_contacts', 'contact_id', 'deal_id')}
+
+
+def build_referrers(d, info, org_id, column, ids, indexed=True):
+    """Rows of `info` whose reference `column` points at any of `ids` (scalar or array); an array with an index
+    of its elements (ELEMENT_INDEXES) is searched through it unless `indexed` is false."""
     table = Table(info.spec.table)
     field = table.field(column.name)
-    match = d.one_of(field, column.kind, ids) if ids else FALSE
+    side = ELEMENT_INDEXES.get((info.spec.table, column.name)) if indexed and column.kind == 'array' else None
+    if not ids:
+        match = FALSE
+    elif side and d.name == 'sqlite':
+        pairs, element, record = map(quote, side)
+        match = Sql(f'{{0}} IN (SELECT {record} FROM {pairs} WHERE organization_id = {{1}} AND {{2}})', table.id,
+                    Bound(org_id), d.one_of(Sql(element), 'text', ids))
+    elif side:
+        # NOTE: `?|` (what one_of asks of an array) cannot use a jsonb_path_ops index; `@>` can.
+        match = Sql('{0} @> ANY({1}::jsonb[])', field, Bound([json.dumps([i]) for i in ids]))
+    else:
+        match = d.one_of(field, column.kind, ids)
     query = d.from_(table).select(table.id, field).where((table.organization_id == Bound(org_id)) & match)
     return d.render(query)
 
@@ -744,12 +762,6 @@ def build_referenced(d, info, org_id, ids):
                    lambda: d.from_(table).select(*[table.field(n) for n in columns]).where(
                        _by_ids(d, table, org_id, ids)),
                    lambda: _by_ids(d, table, org_id, ids), [])
-
-
-# NOTE: arrays of ids whose elements are indexed (migration 0009): SQLite keeps the (organization, element, record)
-# triples in a side table its triggers maintain; PostgreSQL has a GIN index (jsonb_path_ops) on the column, which
-# serves `@>` one element at a time. (table, column) -> (side table, its element column, its record column).
-ELEMENT_INDEXES = {('deals', 'contact_ids'): ('deal_contacts', 'contact_id', 'deal_id')}
 
 
 def _children_source(d, info, column, org_id, parent_ids, indexed):

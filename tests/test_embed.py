@@ -230,6 +230,12 @@ def test_a_contacts_deals_through_the_index_are_those_a_scan_of_every_deal_finds
     assert indexed == deals_of_each(database, api.org_id, ids, indexed=False)
     totals = {parent: total for parent, total, *_ in indexed}
     assert totals == {ada: 3, cy: 14}, 'Big and Moved (merged from bob), Sneaked; the archived and theirs left out'
+    deals = build_services(database).custom.store.catalog.tables['deals']
+    with database.transaction() as tx:
+        referrers = [sorted(tx.rows(*sqlbuild.build_referrers(database.dialect, deals, api.org_id,
+                                                               deals.columns['contact_ids'], ids, indexed=indexed)))
+                     for indexed in (True, False)]
+    assert referrers[0] == referrers[1] and len(referrers[0]) == 16, 'what a merge rewrites: archived deals too'
     contacts = by_id(embedded(api, 'contacts', 'deals', range=[0, 9]))
     assert contacts[ada]['deals']['total'] == 3 and [d['name'] for d in contacts[ada]['deals']['items']] == [
         'Sneaked', 'Moved', 'Big']
