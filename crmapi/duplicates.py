@@ -359,12 +359,10 @@ def file(matcher, rows, extra=None):
         keys = []
         for name in [name for r, name in matcher.blocks if r == reason]:
             keys += derived.get(name, [])
-        # NOTE: counted first, and filtered, at C speed (compress over map, no Python-level loop over the
-        # organization): most keys belong to one record, and only shared ones make blocks.
-        counts = collections.Counter(keys)
-        counts.pop(None, None)
-        shared = set(itertools.compress(counts, map((1).__lt__, counts.values())))
-        for i in itertools.compress(range(len(keys)), map(shared.__contains__, keys)) if shared else ():
+        # NOTE: counted first (at C speed): most keys belong to one record, and only shared ones make blocks.
+        shared = {key for key, n in collections.Counter(keys).items() if n > 1}
+        shared.discard(None)
+        for i in [i for i, key in enumerate(keys) if key in shared] if shared else ():
             blocks.setdefault((reason, keys[i]), []).append(i % count)
     # a record is in a block once, whichever of its columns put it there
     blocks = {key: members for key, members in ((k, list(dict.fromkeys(m))) for k, m in blocks.items())
