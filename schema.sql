@@ -118,6 +118,37 @@ CREATE INDEX IF NOT EXISTS deals_org_company ON deals (organization_id, company_
 CREATE INDEX IF NOT EXISTS deals_org_status ON deals (organization_id, status);
 CREATE INDEX IF NOT EXISTS deals_org_created ON deals (organization_id, created_at, id) WHERE archived_at IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS deals_org_external_id ON deals (organization_id, external_id) WHERE external_id IS NOT NULL;
+-- The contacts of each deal (contact_ids), indexed by contact, for a contact's deals (migration 0018).
+-- NOTE: a statement whose comment starts `-- sqlite only` or `-- postgresql only` is that database's alone:
+-- SQLite cannot index a JSON array's elements, so it keeps the pairs in a side table its triggers maintain.
+-- sqlite only
+CREATE TABLE IF NOT EXISTS deal_contacts (
+    organization_id TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    deal_id TEXT NOT NULL,
+    PRIMARY KEY (organization_id, contact_id, deal_id)
+) WITHOUT ROWID;
+-- sqlite only
+CREATE INDEX IF NOT EXISTS deal_contacts_deal ON deal_contacts (deal_id);
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS deal_contacts_insert AFTER INSERT ON deals BEGIN
+    INSERT OR IGNORE INTO deal_contacts (organization_id, contact_id, deal_id)
+        SELECT NEW.organization_id, value, NEW.id
+        FROM json_each(CASE WHEN json_valid(NEW.contact_ids) THEN NEW.contact_ids ELSE '[]' END) WHERE type = 'text';
+END;
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS deal_contacts_update AFTER UPDATE OF id, organization_id, contact_ids ON deals BEGIN
+    DELETE FROM deal_contacts WHERE deal_id = OLD.id;
+    INSERT OR IGNORE INTO deal_contacts (organization_id, contact_id, deal_id)
+        SELECT NEW.organization_id, value, NEW.id
+        FROM json_each(CASE WHEN json_valid(NEW.contact_ids) THEN NEW.contact_ids ELSE '[]' END) WHERE type = 'text';
+END;
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS deal_contacts_delete AFTER DELETE ON deals BEGIN
+    DELETE FROM deal_contacts WHERE deal_id = OLD.id;
+END;
+-- postgresql only
+CREATE INDEX IF NOT EXISTS deals_contact_ids ON deals USING GIN (contact_ids jsonb_path_ops);
 
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
@@ -429,4 +460,4 @@ CREATE TABLE IF NOT EXISTS auth_generation (
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (17);
+INSERT INTO schema_version (version) VALUES (18);

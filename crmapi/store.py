@@ -792,7 +792,8 @@ class Store:
 
     def duplicate_groups(self, info, principal):
         """Every group of probable duplicates among the organization's live records, best first."""
-        return duplicates.groups(self._filed(info, principal))
+        with duplicates.collector_paused():
+            return duplicates.groups(self._filed(info, principal))
 
     def duplicate_candidates(self, info, principal, record_id=None, body=None, lenient=False):
         """The probable duplicates of the record `record_id`, or of an unsaved `body` (checked like an update;
@@ -804,8 +805,9 @@ class Store:
             probe = self.prepare(info, body, creating=False, lenient=lenient)
             record_id = body.get('id') if isinstance(body.get('id'), str) else None
         extra = (record_id, *(probe.get(name) for name in matcher.columns))
-        found = self._filed(info, principal, extra, leave_out=record_id)
-        return duplicates.candidates(found, len(found.ids) - 1)
+        with duplicates.collector_paused():
+            found = self._filed(info, principal, extra, leave_out=record_id)
+            return duplicates.candidates(found, len(found.ids) - 1)
 
     def records(self, info, principal, ids):
         """{id: record} of the organization's records among `ids` (archived ones too)."""
