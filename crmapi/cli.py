@@ -7,6 +7,7 @@ never a traceback: exit 1 for a refusal, 2 for a malformed command line, 70 for 
 import argparse
 import csv
 import logging
+import math
 import os
 import re
 import signal
@@ -480,14 +481,54 @@ def cmd_worker(db, args):
     Worker(db, settings).run(once=args.once)
 
 
+SERVERS = ('granian', 'gunicorn')
+
+
+def longest_request_s(settings):
+    """The longest a legitimate request takes: a pooled connection's wait, then a statement at statement_timeout
+    (the app answers 503 for both), plus a margin to write the answer (deploy/gunicorn.conf.py's timeout too)."""
+    return math.ceil(settings.pool_timeout_s + settings.statement_timeout_ms / 1000) + 5
+
+
+def serve_argv(args, settings):
+    """The server's command line: gunicorn with crmapi's worker class, or granian with crmapi's server class."""
+    app = args.app.removesuffix('()')
+    if args.server == 'gunicorn':
+        return [sys.executable, '-m', 'gunicorn', '--bind', args.bind, '--workers', str(args.workers),
+                # NOTE: gthread, plus refused bodies drained and gunicorn's own errors as problem+json.
+                '--threads', str(args.threads), '--worker-class', 'crmapi.serving.ThreadWorker',
+                # NOTE: long filter URLs must reach the app, which answers them with a JSON 400.
+                '--limit-request-line', '0', f'{app}()']
+    host, _, port = args.bind.rpartition(':')
+    return [sys.executable, '-m', 'crmapi.serving_granian', '--interface', 'wsgi', '--factory', '--http', '1',
+            '--host', host.strip('[]'), '--port', port, '--workers', str(args.workers),
+            '--blocking-threads', str(args.threads),
+            # NOTE: a killed worker is replaced (crmapi.serving_granian.Server: also when killed soon after a
+            # respawn); on SIGTERM a worker gets as long as the longest legitimate request before it is killed.
+            '--respawn-failed-workers', '--workers-kill-timeout', str(longest_request_s(settings)),
+            # NOTE: granian closes a kept-alive connection idle for this long (the default is 30 s): longer than the
+            # 50 s deploy/nginx.conf keeps its idle upstream connections, or nginx may reuse one being closed (a 502).
+            '--http1-header-read-timeout', '60000',
+            # NOTE: the app writes the access log (CRMAPI_ACCESS_LOG), as under gunicorn.
+            '--no-access-log', app]
+
+
 def cmd_serve(db, args):
-    argv = [sys.executable, '-m', 'gunicorn', '--bind', args.bind, '--workers', str(args.workers),
-            # NOTE: gthread, plus refused bodies drained and gunicorn's own errors as problem+json.
-            '--threads', str(args.threads), '--worker-class', 'crmapi.serving.ThreadWorker',
-            # NOTE: long filter URLs must reach the app, which answers them with a JSON 400.
-            '--limit-request-line', '0', 'crmapi:create_app()']
+    from .config import Settings
     os.environ['CRMAPI_DATABASE_URL'] = args.database
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    argv = serve_argv(args, settings)
     os.execv(sys.executable, argv)
+
+
+def positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a whole number of at least 1, got {text}')
+    return value
 
 
 def parser():
@@ -552,10 +593,19 @@ def parser():
     s = sub.add_parser('worker', help='deliver webhooks (run beside the server; any number, on any host)')
     s.add_argument('--once', action='store_true', help='deliver what is due now, then exit')
     s.set_defaults(func=cmd_worker, needs='schema')
-    s = sub.add_parser('serve', help='serve the API with gunicorn')
-    s.add_argument('--bind', default='127.0.0.1:8000', help='address:port to listen on')
-    s.add_argument('--workers', type=int, default=2, help='worker processes')
-    s.add_argument('--threads', type=int, default=4, help='threads per worker')
+    s = sub.add_parser('serve', help='serve the API with granian (default) or gunicorn')
+    s.add_argument('--server', choices=SERVERS, default=os.environ.get('CRMAPI_SERVER') or 'granian',
+                   help='the HTTP server (default: CRMAPI_SERVER, else granian)')
+    s.add_argument('--bind', default=os.environ.get('CRMAPI_BIND') or '127.0.0.1:8000',
+                   help='address:port to listen on (default: CRMAPI_BIND, else 127.0.0.1:8000)')
+    s.add_argument('--workers', type=positive, default=os.environ.get('CRMAPI_WORKERS') or 2,
+                   help='worker processes (default: CRMAPI_WORKERS, else 2)')
+    s.add_argument('--threads', type=positive,
+                   default=os.environ.get('CRMAPI_THREADS') or os.environ.get('CRMAPI_POOL_MAX_SIZE') or 4,
+                   help='threads per worker, gunicorn threads or granian blocking threads (default: CRMAPI_THREADS, '
+                        'else CRMAPI_POOL_MAX_SIZE, else 4)')
+    s.add_argument('--app', default='crmapi:create_app', metavar='MODULE:FACTORY',
+                   help='the WSGI app factory, called once per worker (default: crmapi:create_app)')
     s.set_defaults(func=cmd_serve)
     return p
 
