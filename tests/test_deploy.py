@@ -1,7 +1,8 @@
-"""The shipped deployment, for real: nginx (deploy/nginx.conf) in front of gunicorn (deploy/gunicorn.conf.py).
+"""The shipped deployment, for real: nginx (deploy/nginx.conf) in front of the app server, gunicorn
+(deploy/gunicorn.conf.py) or granian (`crmapi serve`, crmapi.serving_granian).
 
-Both run as processes on loopback, with the API mounted under /crm, once on SQLite and once on
-PostgreSQL. gunicorn serves `servers:probe_app()`: crmapi.create_app() untouched, plus
+Both run as processes on loopback, with the API mounted under /crm, on SQLite and on PostgreSQL, each with
+either app server. The app server serves `servers:probe_app()`: crmapi.create_app() untouched, plus
 `/_probe/environ` (what the app would see of the forwarded headers) and `/_probe/slow/...`.
 If nginx is not installed these tests fail; `make test` installs it.
 """
@@ -27,21 +28,21 @@ def database_url(backend, database):
     return f'sqlite:///{database.path}' if backend == 'sqlite' else database.url
 
 
-@pytest.fixture(scope='module')
-def stack(backend, database, tmp_path_factory):
-    """gunicorn (2 workers) and nginx in front of it; both stopped at the end, whatever happened."""
-    directory = tmp_path_factory.mktemp(f'deploy-{backend}')
+@pytest.fixture(scope='module', params=servers.SERVERS)
+def stack(request, backend, database, tmp_path_factory):
+    """The app server (2 workers) and nginx in front of it; both stopped at the end, whatever happened."""
+    directory = tmp_path_factory.mktemp(f'deploy-{backend}-{request.param}')
     env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '2'}
-    gunicorn = servers.start_gunicorn(directory / 'gunicorn', env=env, app='servers:probe_app()')
+    app_server = servers.start_server(directory / request.param, request.param, env=env, app='servers:probe_app')
     try:
-        nginx = servers.start_nginx(directory / 'nginx', upstream_port=gunicorn.port)
+        nginx = servers.start_nginx(directory / 'nginx', upstream_port=app_server.port)
         try:
-            yield nginx, gunicorn
+            yield nginx, app_server
         finally:
             nginx.stop()
     finally:
-        assert gunicorn.stop() == 0, gunicorn.log_text()
-    assert 'Traceback' not in gunicorn.log_text(), gunicorn.log_text()
+        assert app_server.stop() == 0, app_server.log_text()
+    assert 'Traceback' not in app_server.log_text(), app_server.log_text()
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def nginx(stack):
 
 
 @pytest.fixture
-def gunicorn(stack):
+def app_server(stack):
     return stack[1]
 
 
@@ -149,14 +150,14 @@ def test_a_body_of_exactly_1_mib_is_accepted(nginx, token):
     assert created['first_name'] == 'Big'
 
 
-def test_a_body_over_1_mib_is_refused_at_the_edge(nginx, gunicorn, token):
+def test_a_body_over_1_mib_is_refused_at_the_edge(nginx, token):
     body = json.dumps({'first_name': 'Huge'}).encode()
     body += b' ' * (MIB + 1 - len(body))
     status, headers, problem = call(nginx, 'POST', f'{PREFIX}/api/contacts', token, body,
                                     {'Content-Type': 'application/json', 'X-Request-ID': 'big-1'})
     assert_problem(status, headers, problem, 413, detail='The body is over 1 MiB')
     assert headers['x-request-id'] == 'big-1'
-    # The refusal is nginx's own (the app's 413 reads differently), so the body never reached gunicorn.
+    # The refusal is nginx's own (the app's 413 reads differently), so the body never reached the app server.
     status, _, rows = call(nginx, 'GET', f'{PREFIX}/api/contacts?{query(filter={"first_name": "Huge"})}', token)
     assert status == 200 and rows == []
 
@@ -183,24 +184,24 @@ def test_nginx_replaces_forwarded_headers_a_client_forged(nginx):
     assert (environ['SCRIPT_NAME'], environ['PATH_INFO']) == (PREFIX, '/_probe/environ')
 
 
-def test_gunicorn_trusts_forwarded_headers_only_from_the_proxy_address(gunicorn):
+def test_the_app_server_trusts_forwarded_headers_only_from_the_proxy_address(app_server):
     # Positive control: from 127.0.0.1 (forwarded_allow_ips, where nginx connects from) they count.
-    trusted = probe(gunicorn, headers=FORGED | {'SCRIPT_NAME': PREFIX})
+    trusted = probe(app_server, headers=FORGED | {'SCRIPT_NAME': PREFIX})
     assert trusted['wsgi.url_scheme'] == 'https'
     assert (trusted['SCRIPT_NAME'], trusted['PATH_INFO']) == (PREFIX, '/_probe/environ')
     # The same request from another loopback address: scheme ignored, SCRIPT_NAME header dropped.
-    untrusted = probe(gunicorn, headers=FORGED | {'SCRIPT_NAME': PREFIX}, source='127.0.0.2')
+    untrusted = probe(app_server, headers=FORGED | {'SCRIPT_NAME': PREFIX}, source='127.0.0.2')
     assert untrusted['REMOTE_ADDR'] == '127.0.0.2'
     assert untrusted['wsgi.url_scheme'] == 'http'
     assert (untrusted['SCRIPT_NAME'], untrusted['PATH_INFO']) == ('', f'{PREFIX}/_probe/environ')
 
 
-def test_the_app_builds_locations_from_a_prefix_only_the_proxy_may_set(gunicorn, token):
+def test_the_app_builds_locations_from_a_prefix_only_the_proxy_may_set(app_server, token):
     path, headers = f'{PREFIX}/api/contacts', auth(token, SCRIPT_NAME=PREFIX)
-    status, resp_headers, created = call(gunicorn, 'POST', path, body={'first_name': 'Via proxy'}, headers=headers)
+    status, resp_headers, created = call(app_server, 'POST', path, body={'first_name': 'Via proxy'}, headers=headers)
     assert status == 201
     assert resp_headers['location'] == f'{PREFIX}/api/contacts/{created["id"]}'
-    status, resp_headers, body = call(gunicorn, 'POST', path, body={'first_name': 'Spoof'}, headers=headers,
+    status, resp_headers, body = call(app_server, 'POST', path, body={'first_name': 'Spoof'}, headers=headers,
                                       source='127.0.0.2')
     assert_problem(status, resp_headers, body, 404)
 
@@ -214,20 +215,23 @@ def test_the_request_id_passes_through_or_is_made_at_the_edge(nginx):
     assert re.fullmatch(r'[0-9a-f]{32}', replaced)
 
 
-def test_nginx_keeps_its_connections_to_gunicorn_alive(nginx):
+def test_nginx_keeps_its_connections_to_the_app_server_alive(nginx, app_server):
     first, second = probe(nginx), probe(nginx)
-    assert first['HTTP_CONNECTION'] is None        # no `Connection: close` towards gunicorn
+    assert first['HTTP_CONNECTION'] is None        # no `Connection: close` towards the app server
     assert (first['REMOTE_ADDR'], first['REMOTE_PORT']) == (second['REMOTE_ADDR'], second['REMOTE_PORT'])
+    # granian's environ has no REMOTE_PORT: the connections still open from nginx say it.
+    assert servers.established(app_server.port) >= 1
 
 
 # --- shutdown ------------------------------------------------------------------------------------
 
 
-def test_sigterm_lets_an_in_flight_request_finish(backend, database, wsgi_app, token, tmp_path):
+@pytest.mark.parametrize('name', servers.SERVERS)
+def test_sigterm_lets_an_in_flight_request_finish(backend, database, wsgi_app, token, tmp_path, name):
     env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1',
            'CRMAPI_PROBE_DIR': str(tmp_path), 'CRMAPI_PROBE_SLEEP_S': '2'}
     answers = []
-    with servers.start_gunicorn(tmp_path / 'gunicorn', env=env, app='servers:probe_app()') as server:
+    with servers.start_server(tmp_path / name, name, env=env, app='servers:probe_app') as server:
         client = threading.Thread(target=lambda: answers.append(call(
             server, 'POST', '/_probe/slow/api/contacts', token, {'first_name': 'In flight'}, timeout=30)))
         client.start()
