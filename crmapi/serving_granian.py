@@ -9,6 +9,8 @@ command line, with its server class swapped for `Server` below and every worker'
 - Proxy headers: granian believes none. As gunicorn's forwarded_allow_ips, only a peer in CRMAPI_PROXY_IPS
   (default 127.0.0.1, the nginx of deploy/nginx.conf) sets the mount point (the `SCRIPT_NAME` request header) and
   the scheme (`X-Forwarded-Proto: https`); from any other peer both are ignored.
+- One listening socket for all workers (granian's own choice on Linux is one per worker): connections wait for
+  a worker while one is killed or respawned, instead of being reset or refused.
 - Killed workers: granian stops altogether when a worker it respawned dies again within 5.5 s ("crash loop"), the
   right call for a worker that cannot boot, the wrong one for a serving worker that was killed (the OOM killer,
   kill -9): `Server` respawns a worker that had loaded its app, however soon it dies, as gunicorn does.
@@ -21,9 +23,11 @@ import ipaddress
 import json
 import multiprocessing
 import os
+import socket
 import sys
 import traceback
 
+from granian.net import SocketSpec
 from granian.server import MPServer
 
 from .errors import problem
@@ -122,6 +126,19 @@ class Server(MPServer):
         super().__init__(*args, **kwargs)
         # NOTE: shared memory made before the workers fork: each worker marks its slot once its app is loaded.
         self._booted = multiprocessing.RawArray('b', self.workers)
+
+    def _init_shared_socket(self):
+        # NOTE: on Linux granian gives each worker a listening socket of its own (SO_REUSEPORT): a killed worker's
+        # accept queue dies with it (those clients get a reset) and while no worker is up, connections are
+        # refused. As granian does elsewhere (and for unix sockets), and as gunicorn does: one socket, made here
+        # and inherited by every worker, where connections wait for the next worker to accept them.
+        if self.bind_uds:
+            return super()._init_shared_socket()
+        self._shd = SocketSpec(self.bind_addr, self.bind_port, self.backlog).build()
+        self._sfd = self._shd.get_fd()
+        self._ssp = None
+        self._sso = socket.socket(fileno=self._sfd)
+        self._sso.set_inheritable(True)
 
     def _spawn_worker(self, idx, target, callback_loader):
         self._booted[idx] = 0
