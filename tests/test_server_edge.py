@@ -2,8 +2,9 @@
 
 The app's part in-process (WebTest); the servers' part through real processes, each test on both app servers:
 gunicorn with deploy/gunicorn.conf.py (crmapi.serving.ThreadWorker) or granian through `crmapi serve`
-(crmapi.serving_granian), nginx with deploy/nginx.conf in front of it, and `crmapi serve`. Every answer a client can get is problem+json, with the status it is sent with, and no
-traceback.
+(crmapi.serving_granian), nginx with deploy/nginx.conf in front of it, and `crmapi serve`. Every answer a client
+can get is problem+json, with the status it is sent with, and no traceback; except granian's own refusals of what it
+cannot parse (the status alone, see GRANIAN), which nginx in front refuses first but for one (NGINX_PASSES_ON).
 """
 import http.client
 import io
