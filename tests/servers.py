@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / 'deploy' / 'gunicorn.conf.py'
 NGINX_CONF = ROOT / 'deploy' / 'nginx.conf'
+GRANIAN_ENV = ROOT / 'deploy' / 'granian.env'
 LOOPBACK = '127.0.0.1'
 
 
@@ -121,6 +122,12 @@ def _spawn(argv, directory, env, name):
 SERVERS = ('gunicorn', 'granian')
 
 
+def env_file(path):
+    """{KEY: VALUE} of a KEY=VALUE file (# comments), as systemd's EnvironmentFile reads deploy/granian.env."""
+    lines = (line.strip() for line in Path(path).read_text().splitlines())
+    return dict(line.split('=', 1) for line in lines if line and not line.startswith('#'))
+
+
 def server_argv(server, app, serve):
     """Each server as deployed: gunicorn with deploy/gunicorn.conf.py, or `crmapi serve --server <server>` (granian's
     only deployment; deploy/granian.env holds its settings). `app` is a factory, `module:name` (`()` optional)."""
@@ -133,7 +140,7 @@ def server_argv(server, app, serve):
 def start_server(directory, server='gunicorn', env=None, app='crmapi:create_app', serve=False, timeout=30):
     """`server` (gunicorn or granian) on a free loopback port (passed as CRMAPI_BIND), ready to answer.
 
-    The other settings come from the environment, as in deployment (CRMAPI_WORKERS, CRMAPI_THREADS, ...).
+    The other settings come from the environment, as in deployment: deploy/granian.env under granian, then `env`.
     """
     if server not in SERVERS:
         raise ValueError(f'unknown server {server!r}: one of {SERVERS}')
@@ -142,7 +149,8 @@ def start_server(directory, server='gunicorn', env=None, app='crmapi:create_app'
     port = free_port()
     # NOTE: tests/ is on the path so `servers:probe_app()` can be loaded; crmapi comes from the venv.
     path = os.pathsep.join(p for p in (str(ROOT / 'tests'), os.environ.get('PYTHONPATH')) if p)
-    env = {**os.environ, 'CRMAPI_BIND': f'{LOOPBACK}:{port}', 'PYTHONPATH': path, **(env or {})}
+    shipped = env_file(GRANIAN_ENV) if server == 'granian' and not serve else {}
+    env = {**os.environ, **shipped, 'CRMAPI_BIND': f'{LOOPBACK}:{port}', 'PYTHONPATH': path, **(env or {})}
     name = f'{server}-serve' if serve else server
     proc, files, logs = _spawn(server_argv(server, app, serve), directory, env, name)
     started = Server(proc, port, logs, files)
