@@ -9,6 +9,8 @@ command line, with its server class swapped for `Server` below and every worker'
 - Proxy headers: granian believes none. As gunicorn's forwarded_allow_ips, only a peer in CRMAPI_PROXY_IPS
   (default 127.0.0.1, the nginx of deploy/nginx.conf) sets the mount point (the `SCRIPT_NAME` request header) and
   the scheme (`X-Forwarded-Proto: https`); from any other peer both are ignored.
+- A SIGTERM that reaches a worker while it loads the app ends it (granian's would be lost, and the stop take the
+  whole kill timeout).
 - One listening socket for all workers (granian's own choice on Linux is one per worker): connections wait for
   a worker while one is killed or respawned, instead of being reset or refused.
 - Killed workers: granian stops altogether when a worker it respawned dies again within 5.5 s ("crash loop"), the
@@ -23,6 +25,7 @@ import ipaddress
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -114,6 +117,11 @@ def edge(app):
 
 def _load(loader, booted, idx):
     """In the worker: load the app, wrap it, and mark worker `idx` as booted."""
+    # NOTE: a forked worker inherits the master's SIGTERM handler, which only flags the master's loop, and sets its
+    # own once its app is loaded: a SIGTERM while the app loads would be lost, and the worker would serve on until
+    # the master's kill timeout. Until granian's handler is set, a SIGTERM ends a worker that serves nothing yet.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
     app = edge(loader())
     booted[idx] = 1
     return app
