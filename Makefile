@@ -50,8 +50,8 @@ system-packages:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# NOTE: set -e: a database that init-db cannot reach stops make here, before gunicorn starts.
-# The webhook worker runs in the background beside gunicorn and stops with it (the trap).
+# NOTE: set -e: a database that init-db cannot reach stops make here, before the server starts.
+# The webhook worker runs in the background beside the server (granian) and stops with it (the trap).
 run: $(VENV)/.installed
 	@set -e; if [ "$(DB_URL)" = "sqlite:///crm.db" ] && [ ! -f crm.db ]; then \
 	  token=$$($(BIN)/crmapi --database '$(DB_URL)' demo); \

@@ -515,6 +515,8 @@ def serve_argv(args, settings):
 
 def cmd_serve(db, args):
     from .config import Settings
+    if args.server not in SERVERS:  # NOTE: argparse checks `choices` on the command line only, not on a default
+        raise CliError(f"CRMAPI_SERVER must be one of {', '.join(SERVERS)}, not '{args.server}'")
     os.environ['CRMAPI_DATABASE_URL'] = args.database
     try:
         settings = Settings.from_env()
