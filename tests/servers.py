@@ -68,8 +68,8 @@ def read_logs(paths):
 class Server:
     """A started process: its port, its log files, and a bounded stop (also on leaving a `with`)."""
 
-    def __init__(self, proc, port, logs, files):
-        self.proc, self.port, self.logs, self._files = proc, port, logs, files
+    def __init__(self, proc, port, logs, files, name=None):
+        self.proc, self.port, self.logs, self._files, self.name = proc, port, logs, files, name
 
     @property
     def pid(self):
@@ -153,7 +153,7 @@ def start_server(directory, server='gunicorn', env=None, app='crmapi:create_app'
     env = {**os.environ, **shipped, 'CRMAPI_BIND': f'{LOOPBACK}:{port}', 'PYTHONPATH': path, **(env or {})}
     name = f'{server}-serve' if serve else server
     proc, files, logs = _spawn(server_argv(server, app, serve), directory, env, name)
-    started = Server(proc, port, logs, files)
+    started = Server(proc, port, logs, files, server)
     try:
         _wait_for(proc, port, logs, timeout, name)
     except BaseException:
@@ -249,6 +249,18 @@ def start_crmapi_serve(directory, env=None, server='gunicorn', timeout=30):
     """`crmapi serve --server <server>` (its own flags, not deploy/gunicorn.conf.py), 1 worker x 2 threads."""
     env = {'CRMAPI_WORKERS': '1', 'CRMAPI_THREADS': '2', **(env or {})}
     return start_server(directory, server, env, serve=True, timeout=timeout)
+
+
+def workers_of(pid):
+    """The pids whose parent is `pid` (a master's workers), from /proc."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir('/proc')):
+        with contextlib.suppress(OSError):
+            stat = Path(f'/proc/{entry}/stat').read_text()
+            fields = stat[stat.rindex(')') + 2:].split()
+            if int(fields[1]) == pid and fields[0] != 'Z':
+                found.append(int(entry))
+    return found
 
 
 def established(port):

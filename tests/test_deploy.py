@@ -250,3 +250,67 @@ def test_sigterm_lets_an_in_flight_request_finish(backend, database, wsgi_app, t
     with pytest.raises(ConnectionRefusedError):
         call(server, 'GET', '/api/contacts', token)
     assert 'Traceback' not in server.log_text(), server.log_text()
+
+
+# --- the log, several masters, recycled workers ----------------------------------------------------
+
+
+def test_each_request_is_one_json_access_log_line_with_the_edge_request_id(nginx, app_server, token):
+    request_id = f'access-{token[-12:]}'
+    assert call(nginx, 'GET', f'{PREFIX}/api/contacts', token, headers={'X-Request-ID': request_id})[0] == 200
+    deadline = time.monotonic() + 5
+    while not (lines := [line for line in app_server.log_text().splitlines() if request_id in line]):
+        assert time.monotonic() < deadline, app_server.log_text()[-2000:]
+        time.sleep(0.05)
+    [line] = lines
+    entry = json.loads(line)
+    assert (entry['method'], entry['path'], entry['status'], entry['request_id']) == ('GET', '/api/contacts', 200,
+                                                                                       request_id)
+    assert entry['organization'].startswith('org_') and token not in app_server.log_text()
+
+
+def test_two_masters_on_one_database_see_each_others_writes_and_revoked_tokens(backend, database, app_server,
+                                                                               tmp_path):
+    accounts = Accounts(database)
+    org = accounts.create_org('Two masters')
+    token = accounts.create_token(org, 'both@example.com', admin=True)
+    env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1'}
+    with servers.start_server(tmp_path / app_server.name, app_server.name, env=env) as other:
+        status, _, created = call(app_server, 'POST', '/api/contacts', token, {'first_name': 'Shared'})
+        assert status == 201, created
+        assert call(other, 'GET', f'/api/contacts/{created["id"]}', token)[2] == created
+        [(token_id, *_)] = accounts.list_tokens(org)
+        assert accounts.revoke_token(token_id)
+        for server in (app_server, other):  # the next request on either master
+            status, headers, body = call(server, 'GET', '/api/contacts', token)
+            assert_problem(status, headers, body, 401)
+
+
+@pytest.mark.parametrize('name', servers.SERVERS)
+def test_sighup_replaces_every_worker_and_no_request_fails(backend, database, token, tmp_path, name):
+    # NOTE: no rate limit: the client sends as fast as it is answered.
+    env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1', 'CRMAPI_RATE_LIMIT': '0'}
+    answers, stop = [], threading.Event()
+
+    def client(port):
+        while not stop.is_set():
+            answers.append(servers.request(port, 'GET', '/api/contacts', headers=auth(token))[0])
+
+    with servers.start_server(tmp_path / name, name, env=env) as server:
+        before = set(servers.workers_of(server.pid))
+        worker = threading.Thread(target=client, args=(server.port,))
+        worker.start()
+        try:
+            server.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while not (set(servers.workers_of(server.pid)) - before and len(servers.workers_of(server.pid)) == 1):
+                assert time.monotonic() < deadline, server.log_text()[-2000:]
+                time.sleep(0.1)
+            count = len(answers)
+            while len(answers) < count + 5:  # the new worker answers too
+                assert time.monotonic() < deadline, server.log_text()[-2000:]
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            worker.join(30)
+    assert set(answers) == {200}, answers
