@@ -18,7 +18,8 @@ command line, with its server class swapped for `Server` below and every worker'
   kill -9): `Server` respawns a worker that had loaded its app, however soon it dies, as gunicorn does.
 - An error that escapes the app is a problem+json 500 (granian's own is an empty 500), as under gunicorn.
 - granian's own refusals of requests it cannot parse (400, 414, 431) have an empty body, not problem+json: granian
-  offers no hook for them. deploy/nginx.conf in front refuses every such request first, with problem+json.
+  offers no hook for them. deploy/nginx.conf in front refuses such requests first, with problem+json, but for one:
+  over 100 header fields (nginx has no such limit; granian's bare 431 passes through it).
 """
 import functools
 import ipaddress

@@ -19,6 +19,7 @@ from gunicorn.http.errors import InvalidChunkSize
 
 import servers
 from crmapi import create_app
+from crmapi import serving_granian
 from crmapi.accounts import Accounts
 from crmapi.config import Settings
 from crmapi.serving import DRAIN_MAX_BYTES
@@ -114,6 +115,44 @@ class Malformed(io.RawIOBase):
 def test_a_body_the_server_cannot_decode_is_a_400_not_a_500(app, token):
     problem = problem_of(chunked(app, 'POST', '/api/contacts', token, Malformed(), 400), 400)
     assert problem['detail'].startswith('The body could not be read')
+
+
+# --- in-process: granian's edge (crmapi.serving_granian) ----------------------------------------------
+
+
+def environ_seen(environ):
+    """What the app behind serving_granian.behind_proxy sees of `environ`: (scheme, SCRIPT_NAME, PATH_INFO)."""
+    seen = {}
+
+    def app(env, start_response):
+        seen.update(env)
+        return []
+    serving_granian.behind_proxy(app, serving_granian.trusted_peers('127.0.0.1, 10.0.0.0/8'))(environ, None)
+    return seen['wsgi.url_scheme'], seen.get('SCRIPT_NAME', ''), seen['PATH_INFO'], 'HTTP_SCRIPT_NAME' in seen
+
+
+@pytest.mark.parametrize('peer, expected', [('127.0.0.1', ('https', '/crm', '/api/contacts', False)),
+                                            ('10.1.2.3', ('https', '/crm', '/api/contacts', False)),
+                                            ('127.0.0.2', ('http', '', '/crm/api/contacts', False)),
+                                            ('not an address', ('http', '', '/crm/api/contacts', False))])
+def test_granian_believes_the_prefix_and_scheme_only_from_a_trusted_proxy(peer, expected):
+    environ = {'REMOTE_ADDR': peer, 'wsgi.url_scheme': 'http', 'SCRIPT_NAME': '', 'PATH_INFO': '/crm/api/contacts',
+               'HTTP_SCRIPT_NAME': '/crm', 'HTTP_X_FORWARDED_PROTO': 'https'}
+    assert environ_seen(environ) == expected
+
+
+def test_granian_mounts_a_prefix_only_on_a_segment_boundary():
+    environ = {'REMOTE_ADDR': '127.0.0.1', 'wsgi.url_scheme': 'http', 'PATH_INFO': '/crmx/api',
+               'HTTP_SCRIPT_NAME': '/crm'}
+    assert environ_seen(environ) == ('http', '', '/crmx/api', False)
+
+
+def test_granian_answers_an_error_escaping_the_app_with_a_bare_problem_500(capsys):
+    def app(environ, start_response):
+        raise RuntimeError('secret: /etc/crmapi/internal.conf')
+    answer = webtest.TestApp(serving_granian.last_resort(app)).get('/', status=500)
+    assert problem_of(answer, 500)['detail'] == 'The server could not complete the request'
+    assert 'secret' in capsys.readouterr().err
 
 
 # --- through the app server and nginx ------------------------------------------------------------------
