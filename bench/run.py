@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py                                   # 100k contacts, both databases
     .venv/bin/python bench/run.py --contacts 1000000 --duration 20s --db postgresql
     .venv/bin/python bench/run.py --workloads list,get,mixed --db sqlite --duration 5s
+    .venv/bin/python bench/run.py --workloads get,list --db sqlite --app-servers granian,gunicorn --rounds 3
 
 For each database it (1) loads the data set with bench/load_data.py unless a matching one is
 already under --data-dir (PostgreSQL: bench/pg.sh's own server, or --pg-url), (2) starts three
@@ -574,8 +575,11 @@ def drain(server, path, method, body, token, baseline_s, limit_s=60):
 
 
 def bench_db(a, db, data, results, memory):
-    for app_server in a.app_servers:
-        bench_db_on(a, db, data, results, memory, app_server)
+    # NOTE: each round reverses the order of the app servers, so load that drifts over the run (other processes
+    # on the machine) does not always favour the same one; the report takes each cell's median.
+    for k in range(a.rounds):
+        for app_server in a.app_servers if k % 2 == 0 else a.app_servers[::-1]:
+            bench_db_on(a, db, data, results, memory, app_server)
 
 
 def bench_db_on(a, db, data, results, memory, app_server):
@@ -689,14 +693,19 @@ def versions(dbs, pg_url):
 
 
 def report(a, results, memory, loads, pg_url, started):
-    # NOTE: cells recorded before --app-servers existed ran under gunicorn.
-    by = {(r['db'], r['workload'], r['server'], r.get('app_server', 'gunicorn')): r for r in results}
+    # NOTE: cells recorded before --app-servers existed ran under gunicorn. Over --rounds, the median cell.
+    cells = {}
+    for r in results:
+        cells.setdefault((r['db'], r['workload'], r['server'], r.get('app_server', 'gunicorn')), []).append(r)
+    by = {key: sorted(rs, key=lambda r: r['rps'])[len(rs) // 2] for key, rs in cells.items()}
     lines = [f'## crmapi benchmark: {a.contacts:,} contacts', '',
              f'- date: {started:%Y-%m-%d %H:%M} (local time), run took {time.time() - started.timestamp():.0f} s',
              f'- machine: {machine()}',
              f'- software: {versions(a.db, pg_url)}',
              f'- command: `{" ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])}`',
-             f'- load: wrk -t{a.wrk_threads} -c{a.connections}, {a.warmup}s warm-up + {a.duration} per cell, '
+             f'- load: wrk -t{a.wrk_threads} -c{a.connections}, {a.warmup}s warm-up + {a.duration} per cell'
+             + (f' (the median of {a.rounds} rounds, the app servers in alternating order)' if a.rounds > 1 else '')
+             + ', '
              f'loopback; servers (all three alike, under each app server): granian --workers {a.workers} '
              f'--blocking-threads {a.threads_per_worker} (crmapi.serving_granian) and/or gunicorn --workers '
              f'{a.workers} -k gthread --threads {a.threads_per_worker} --keep-alive 5 (the peer: wattpm, runtime '
@@ -764,6 +773,8 @@ def main(argv=None):
     p.add_argument('--pg-url', help='an existing PostgreSQL server (superuser URL); default: bench/pg.sh')
     p.add_argument('--app-servers', default='granian', help='comma list of ' + ','.join(APP_SERVERS) +
                    ': every server runs under each in turn (default: granian, what `crmapi serve` runs)')
+    p.add_argument('--rounds', type=int, default=1, help='run every cell this many times (the report shows '
+                   'the median), the app servers in alternating order')
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--threads-per-worker', type=int, default=4)
     p.add_argument('--wrk-threads', type=int, default=2)
