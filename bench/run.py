@@ -674,9 +674,10 @@ def machine():
 
 def versions(dbs, pg_url):
     import falcon
+    import granian
     import gunicorn
-    out = [f'Python {platform.python_version()}', f'falcon {falcon.__version__}', f'gunicorn {gunicorn.__version__}',
-           f'SQLite {sqlite3.sqlite_version}']
+    out = [f'Python {platform.python_version()}', f'falcon {falcon.__version__}', f'granian {granian.__version__}',
+           f'gunicorn {gunicorn.__version__}', f'SQLite {sqlite3.sqlite_version}']
     if 'postgresql' in dbs and pg_url:
         try:
             import psycopg
