@@ -407,8 +407,9 @@ def failing_export_app():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', servers.SERVERS)
-@pytest.mark.parametrize('accept', ['application/x-ndjson', 'text/csv'])
+# NOTE: the server's part (the chunked body ended after the app's last chunk) is the same for both formats.
+@pytest.mark.parametrize('accept, name', [('application/x-ndjson', 'gunicorn'), ('text/csv', 'gunicorn'),
+                                          ('application/x-ndjson', 'granian')])
 def test_through_the_server_an_export_failing_later_still_ends_its_chunked_body(api, batch_and_more, backend,
                                                                                database, tmp_path, accept, name):
     env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1',
