@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # pytest-xdist workers per tier (0: in the pytest process itself, e.g. for --pdb). Each worker has
 # a PostgreSQL database of its own (tests/conftest.py). Measured on 2 cores: 2 workers help both
 # tiers; the slow tier (tests marked `slow`: real servers, load, fuzzing) is spread by whole file,
-# so each file's gunicorn and nginx start once.
+# so each file's app servers and nginx start once.
 FAST_WORKERS ?= 2
 SLOW_WORKERS ?= 2
 
