@@ -311,8 +311,10 @@ def probe_app():
       answered under any prefix, so a prefix that was not stripped shows in PATH_INFO.
     - `/_probe/slow/<path>`: touches `$CRMAPI_PROBE_DIR/started`, sleeps `$CRMAPI_PROBE_SLEEP_S`, then
       serves `<path>` with the real app: an in-flight request to interrupt with SIGTERM.
+    - `$CRMAPI_PROBE_BOOT_S`: seconds each worker takes to load the app (a worker to stop while it boots).
     """
     from crmapi import create_app
+    time.sleep(float(os.environ.get('CRMAPI_PROBE_BOOT_S', '0')))
     api = create_app()
     directory = Path(os.environ.get('CRMAPI_PROBE_DIR', '.'))
     sleep_s = float(os.environ.get('CRMAPI_PROBE_SLEEP_S', '2'))
