@@ -339,12 +339,12 @@ def test_a_csv_body_may_be_larger_than_the_json_body_limit(database, api):
     assert post_csv(Client(app, api.token), 'tags', body).json == {'created': 40, 'updated': 0}
 
 
-@pytest.fixture(scope='module')
-def gunicorn(backend, database, tmp_path_factory):
-    """crmapi under gunicorn as shipped, with CRMAPI_MAX_IMPORT_BYTES at 2 MiB."""
+@pytest.fixture(scope='module', params=servers.SERVERS)
+def app_server(request, backend, database, tmp_path_factory):
+    """crmapi under gunicorn or granian as shipped, with CRMAPI_MAX_IMPORT_BYTES at 2 MiB."""
     env = {'CRMAPI_DATABASE_URL': deployed_url(backend, database), 'CRMAPI_WORKERS': '1',
            'CRMAPI_MAX_IMPORT_BYTES': str(2 * MIB)}
-    server = servers.start_gunicorn(tmp_path_factory.mktemp(f'csv-{backend}'), env=env)
+    server = servers.start_server(tmp_path_factory.mktemp(f'csv-{backend}-{request.param}'), request.param, env=env)
     yield server
     assert server.stop() == 0, server.log_text()
     assert 'Traceback' not in server.log_text(), server.log_text()
@@ -355,20 +355,21 @@ def tag_lines(count, width=60):
 
 
 @pytest.mark.slow
-def test_through_gunicorn_a_csv_over_the_json_limit_imports_with_a_length_or_chunked(api, gunicorn):
+def test_through_the_server_a_csv_over_the_json_limit_imports_with_a_length_or_chunked(api, app_server):
     lines = tag_lines(25_000)   # 1.5 MiB: over CRMAPI_MAX_BODY_BYTES, under CRMAPI_MAX_IMPORT_BYTES
     headers = {'Authorization': f'Bearer {api.token}', 'Content-Type': 'text/csv'}
-    status, _, raw = gunicorn.request('POST', '/api/tags', body=b'name\n' + b''.join(lines[:12_500]), headers=headers)
+    status, _, raw = app_server.request('POST', '/api/tags', body=b'name\n' + b''.join(lines[:12_500]), headers=headers)
     assert (status, json.loads(raw)) == (201, {'created': 12_500, 'updated': 0})
-    status, _, raw = servers.chunked_request(gunicorn.port, 'POST', '/api/tags', [b'name\n', *lines[12_500:]], headers)
+    status, _, raw = servers.chunked_request(app_server.port, 'POST', '/api/tags', [b'name\n', *lines[12_500:]],
+                                             headers)
     assert (status, json.loads(raw)) == (201, {'created': 12_500, 'updated': 0})
 
 
 @pytest.mark.slow
-def test_through_gunicorn_a_chunked_csv_over_max_import_bytes_is_a_413_and_nothing_is_written(api, gunicorn):
+def test_through_the_server_a_chunked_csv_over_max_import_bytes_is_a_413_and_nothing_is_written(api, app_server):
     lines = tag_lines(40_000)   # 2.4 MiB
     headers = {'Authorization': f'Bearer {api.token}', 'Content-Type': 'text/csv'}
-    status, answer_headers, raw = servers.chunked_request(gunicorn.port, 'POST', '/api/tags', [b'name\n', *lines],
+    status, answer_headers, raw = servers.chunked_request(app_server.port, 'POST', '/api/tags', [b'name\n', *lines],
                                                           headers)
     assert (status, answer_headers['content-type']) == (413, 'application/problem+json')
     assert json.loads(raw)['limit'] == 2 * MIB
