@@ -8,6 +8,7 @@ import sys
 import time
 
 from crmapi import create_app
+from crmapi.accounts import Accounts
 from crmapi.config import Settings
 from crmapi.db import connect
 
@@ -28,8 +29,10 @@ def get(app, token, record_id):
 def main(url, token):
     db = connect(url)
     app = create_app(Settings(database_url=url, access_log=False), db=db)
+    org_id = Accounts(db).authenticate(token).org_id
     with db.transaction() as tx:
-        ids = [row[0] for row in tx.rows(f'SELECT id FROM contacts ORDER BY id LIMIT {GETS}', [])]
+        ids = [row[0] for row in tx.rows(f'SELECT id FROM contacts WHERE organization_id = {db.dialect.parameter().get_sql()} '
+                                         f'ORDER BY id LIMIT {GETS}', [org_id])]
     for record_id in ids[:WARM_UP]:
         get(app, token, record_id)
     cpu, wall = time.process_time(), time.perf_counter()
