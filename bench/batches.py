@@ -8,9 +8,11 @@
 Creates an empty crmapi database (SQLite: a new file; PostgreSQL: the schema of the database given,
 which it drops first), an organization and a token, then times `--rounds` requests of each kind, each
 with a batch of `--size` contacts: POST (create), POST ?on_conflict=external_id (upsert: half new, half
-updates), PATCH, DELETE (archive). Prints the median wall time of a request and the rows per second.
+updates), PATCH, DELETE (archive); then `--single` single-record POSTs (one transaction each) into the
+same database, for the ratio. Prints the median wall time of a request and the rows per second.
 The targets of issue 9: a batch of 1,000 contacts well under 100 ms on SQLite, >= 20,000 rows/s on
-SQLite and >= 10,000 rows/s on PostgreSQL. Nothing is asserted: this is a measurement, not a test.
+SQLite and >= 10,000 rows/s on PostgreSQL, and >= 20x the rate of single creates measured in the same
+run. Nothing is asserted: this is a measurement, not a test.
 """
 import argparse
 import json
@@ -58,6 +60,7 @@ def main(argv=None):
     p.add_argument('--database', help='a PostgreSQL URL (default: a new SQLite file)')
     p.add_argument('--size', type=int, default=1000)
     p.add_argument('--rounds', type=int, default=10)
+    p.add_argument('--single', type=int, default=300, help='single-record POSTs timed for the ratio')
     a = p.parse_args(argv)
     from crmapi import create_app
     from crmapi.accounts import Accounts
@@ -93,9 +96,17 @@ def main(argv=None):
         request(app, 'DELETE', '/api/contacts', token, query='filter=' + ids)
 
     print(f'{db.name}: batches of {size} contacts, median of {rounds} requests')
+    rates = {}
     for name, action in (('create', create), ('upsert', upsert), ('patch', patch), ('delete', delete)):
         seconds = timed(action, rounds)
-        print(f'  {name:7} {seconds * 1000:8.1f} ms  {size / seconds:10,.0f} rows/s')
+        rates[name] = size / seconds
+        print(f'  {name:7} {seconds * 1000:8.1f} ms  {rates[name]:10,.0f} rows/s')
+    started = time.perf_counter()
+    for n in range(a.single):
+        request(app, 'POST', '/api/contacts', token, contacts(1, n, 's')[0])
+    single = a.single / (time.perf_counter() - started)
+    print(f'  single  {1000 / single:8.1f} ms  {single:10,.0f} rows/s  (mean of {a.single} single-record POSTs)')
+    print(f'  batch create / single create: {rates["create"] / single:.1f}x')
     db.close()
 
 

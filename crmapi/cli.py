@@ -401,6 +401,7 @@ def cmd_import(db, args):
     from .accounts import Principal
     from .app import build_services
     require_org(db, args.org)
+    db.for_bulk_writes()
     store = build_services(db).custom.store
     principal = Principal(args.org, SYSTEM_USER, is_admin=True)
     info = store.catalog.resolve(args.resource, principal)

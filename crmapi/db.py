@@ -99,6 +99,9 @@ class Database:
         """The request is over: its read-after token, when there is one."""
         return None
 
+    def for_bulk_writes(self):
+        """This process writes large batches from now on (`crmapi import`); see SQLiteDatabase's."""
+
     def replica_status(self, wait=0.0):
         return []
 
@@ -129,6 +132,7 @@ def _sqlite_json(value):
 # NOTE: SQLite VM instructions between two looks at the clock: 1-3 ms of work. Each look takes the
 # GIL, which a busy Python thread may hold for up to 5 ms, so looking more often slows heavy queries.
 PROGRESS_STEPS = 100_000
+BULK_CACHE_KIB = 64 * 1024  # the page cache of a process that writes in bulk (SQLiteDatabase.for_bulk_writes)
 
 
 class _Deadline:
@@ -191,6 +195,7 @@ class SQLiteDatabase(Database):
         self.synchronous = synchronous
         self.statement_timeout_ms = statement_timeout_ms
         self.dialect = sqlbuild.sqlite_dialect(_sqlite_adapt)
+        self.cache_kib = None       # the page cache of each connection; None: SQLite's default (2 MiB)
         self._local = threading.local()
         # NOTE: SQLite's busy handler polls rather than queues; with many threads per process one
         # writer can starve. Writers of one process take turns here, so only one per process polls.
@@ -206,7 +211,21 @@ class SQLiteDatabase(Database):
             conn.execute('PRAGMA journal_mode = WAL')
         conn.execute(f'PRAGMA synchronous = {self.synchronous}')
         conn.execute('PRAGMA foreign_keys = ON')
+        if self.cache_kib:
+            conn.execute(f'PRAGMA cache_size = {-int(self.cache_kib)}')
         return conn
+
+    def for_bulk_writes(self, cache_kib=BULK_CACHE_KIB):
+        """Give this process's connections a page cache that holds what a batch of 1,000 records dirties.
+
+        NOTE: such a batch touches a page of every index for each record. Past the cache (2 MiB by default)
+        SQLite spills dirty pages to the WAL in the middle of the transaction and reads them back, again and
+        again: that was most of `crmapi import`'s time on SQLite. The cache is a bound, so memory stays flat.
+        """
+        self.cache_kib = cache_kib
+        conn = getattr(self._local, 'conn', None)
+        if conn is not None and getattr(self._local, 'pid', None) == os.getpid():
+            conn.execute(f'PRAGMA cache_size = {-int(cache_kib)}')
 
     def connection(self):
         local = self._local

@@ -345,9 +345,8 @@ class Store:
             except InvalidValue as exc:
                 problems.append(exc)
         reported = {p.members.get('field') for p in problems}
-        for name, column in info.columns.items():
-            if (column.required and (name in changes or creating) and changes.get(name) is None
-                    and name not in reported):
+        for name in info.required_columns:
+            if (name in changes or creating) and changes.get(name) is None and name not in reported:
                 problems.append(InvalidValue(f"Field '{name}' is required", field=name))
         raise_all(problems)
         return changes
