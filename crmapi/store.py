@@ -475,6 +475,7 @@ class Store:
     def _update_items(self, info, principal, ids, bodies, batch, lenient=False):
         """Update the records `ids`, each with its body's fields, in one transaction: the records, in order."""
         changes = self._prepare_items(info, bodies, False, batch, lenient=lenient)
+        self._unique_once(info, changes)
         stamp = self._stamp(info, {}, 'updated_at')
         with self.history.recorded(principal) as tx:
             # NOTE: the administrator rule locks the organization's admins (in id order) before the records are.
