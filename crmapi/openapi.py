@@ -48,6 +48,9 @@ STATUS_TEXT = {
     503: 'The database is unavailable or too slow; retry later',
 }
 
+ITEMS_NAMED = {'type': 'array', 'items': {'type': 'integer', 'minimum': 0},
+               'description': 'in a batch, the items a problem is about together (a unique value sent twice)'}
+
 PROBLEM_SCHEMA = {
     'type': 'object',
     'description': 'RFC 9457 problem details; `message` repeats `detail` for react-admin.',
@@ -61,11 +64,12 @@ PROBLEM_SCHEMA = {
         'param': {'type': 'string', 'description': 'the query parameter at fault'},
         'field': {'type': 'string', 'description': 'the field at fault'},
         'index': {'type': 'integer', 'minimum': 0, 'description': 'in a batch, the item at fault (the first one)'},
+        'items': ITEMS_NAMED,
         'errors': {
             'type': 'array', 'description': 'every problem of the body (`field` and `detail` are the first one\'s); in a batch each names its item (`index`)',
             'items': {'type': 'object', 'required': ['detail'], 'properties': {
                 'index': {'type': 'integer', 'minimum': 0}, 'field': {'type': 'string'},
-                'detail': {'type': 'string'}}},
+                'detail': {'type': 'string'}, 'items': ITEMS_NAMED}},
         },
         'limit': {'type': 'integer', 'description': 'the most records one batch may hold'},
     },

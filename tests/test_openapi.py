@@ -119,7 +119,7 @@ def test_every_error_answer_is_problem_json(anonymous):
     doc = document(anonymous)
     problem = doc['components']['schemas']['Problem']
     assert set(problem['properties']) == {'type', 'title', 'status', 'detail', 'message', 'param', 'field', 'index',
-                                          'errors', 'limit'}
+                                          'items', 'errors', 'limit'}
     for path, item in doc['paths'].items():
         for method, op in item.items():
             if method == 'parameters':
