@@ -629,11 +629,11 @@ class Store:
         if len(rows) < 2:
             return
         failures = []
-        for name in self.unique_columns(info):
+        for name in [n for n in self.unique_columns(info) if n != key]:
             seen = {}
             for index, row in enumerate(rows):
                 value = row.get(name)
-                if name == key or value is None:
+                if value is None:
                     continue
                 if value in seen:
                     failures.append((index, repeated(seen[value], index, name, (
