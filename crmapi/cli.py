@@ -414,6 +414,7 @@ def cmd_import(db, args):
     """Stream a CSV file into a resource, `--batch` rows a transaction, through the API's store path."""
     from .accounts import Principal
     require_org(db, args.org)
+    db.for_bulk_writes()
     store = services(db).store
     principal = Principal(args.org, SYSTEM_USER, is_admin=True)
     info = store.catalog.resolve(args.resource, principal)
