@@ -97,7 +97,8 @@ class Dialect:
         NOTE: the whole list is ONE parameter, so every length is the same SQL text: one cached
         statement (here and in the driver), no parameter-count limit, no nesting to recurse through.
         """
-        items = [self.adapt('text' if kind == 'array' else kind, v) for v in values]
+        # NOTE: ids (text) go as they are: adapting each of a page's 1,000 ids was a tenth of an embed's Python.
+        items = list(values) if kind in ('text', 'array') else [self.adapt(kind, v) for v in values]
         if self.name == 'sqlite':
             elements = Bound(orjson.dumps(items).decode())
             if kind == 'array':
@@ -836,21 +837,47 @@ def build_children(d, info, column, org_id, parent_ids, limit, indexed=True):
     points at each of `parent_ids`, and how many there are: rows of (parent, total, rank, *record),
     newest first per parent. One statement for every parent: ROW_NUMBER() and COUNT(*) over a window
     partitioned by parent, on both databases. An array with an index of its elements (ELEMENT_INDEXES) is
-    searched through it unless `indexed` is false (the scan of every record, which tests compare it with).
+    searched through it unless `indexed` is false (the scan of every record, which tests compare it with);
+    so is a scalar reference on PostgreSQL (_children_per_parent).
     """
+    if indexed and column.kind != 'array' and d.name == 'postgresql':
+        return _children_per_parent(d, info, column, org_id, parent_ids, limit)
     source, params, parent, matches = _children_source(d, info, column, org_id, parent_ids, indexed)
-    conditions = [Sql('c.organization_id = {0}', Bound(org_id)), *matches]
-    if 'archived_at' in info.columns:
-        conditions.append(Sql('c.archived_at IS NULL'))
-    where, where_params = _term_sql(d, Criterion.all(conditions))
-    newest = 'c.created_at DESC, c.id DESC' if 'created_at' in info.columns else 'c.id DESC'
+    live, newest, columns = _children_parts(info, org_id)
+    where, where_params = _term_sql(d, Criterion.all([*live, *matches]))
     key, p = parent.template, d.parameter().get_sql()
-    columns = ', '.join(f'c.{quote(n)}' for n in output_columns(info))
     # NOTE: `_parent`, `_total`, `_rank`: no field can be so named (custom field names start with a letter).
     sql = (f'SELECT * FROM (SELECT {key} AS _parent, COUNT(*) OVER (PARTITION BY {key}) AS _total, '
            f'ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {newest}) AS _rank, {columns} '
            f'FROM {source} WHERE {where}) AS w WHERE w._rank <= {p} ORDER BY w._parent, w._rank')
     return sql, [*params, *where_params, int(limit)]
+
+
+def _children_parts(info, org_id):
+    """(the conditions of a live child of `org_id`, its newest-first order, its columns) of build_children."""
+    live = [Sql('c.organization_id = {0}', Bound(org_id))]
+    if 'archived_at' in info.columns:
+        live.append(Sql('c.archived_at IS NULL'))
+    newest = 'c.created_at DESC, c.id DESC' if 'created_at' in info.columns else 'c.id DESC'
+    return live, newest, ', '.join(f'c.{quote(n)}' for n in output_columns(info))
+
+
+def _children_per_parent(d, info, column, org_id, parent_ids, limit):
+    """build_children of a scalar reference on PostgreSQL: the window runs per parent, over its own children
+    read through the reference's (organization_id, column) index (every scalar reference has one: the
+    migrations', and each custom reference field's).
+
+    NOTE: `column = ANY(<page of ids>)` made the planner estimate each of the ~1,000 ids against the column's
+    statistics (1-4 ms of planning) and then scan the whole table (7-13 ms at 20,000 notes); a LATERAL
+    subquery per parent is a nested loop of index searches (~2.4 ms for the same page).
+    """
+    live, newest, columns = _children_parts(info, org_id)
+    p = d.parameter().get_sql()
+    where, where_params = _term_sql(d, Criterion.all([*live, Sql(f'c.{quote(column.name)} = j.value')]))
+    sql = (f'SELECT j.value AS _parent, w.* FROM unnest({p}::text[]) AS j (value) CROSS JOIN LATERAL '
+           f'(SELECT COUNT(*) OVER () AS _total, ROW_NUMBER() OVER (ORDER BY {newest}) AS _rank, {columns} '
+           f'FROM {quote(info.spec.table)} AS c WHERE {where}) AS w WHERE w._rank <= {p} ORDER BY j.value, w._rank')
+    return sql, [list(parent_ids), *where_params, int(limit)]
 
 
 def build_organization(d, org_id):
