@@ -107,6 +107,19 @@ class Dialect:
             return Sql('{0} IN (SELECT value FROM json_each({1}))', field, elements)
         return Sql('{0} ?| {1}' if kind == 'array' else '{0} = ANY({1})', field, Bound(items))
 
+    def one_of_ids(self, field, ids, kind='text'):
+        """one_of for a page of record ids (`field` an id, or with kind 'array' a JSON array of ids): on
+        PostgreSQL the ids travel as one JSON text that the server unpacks.
+
+        NOTE: psycopg writes a list parameter element by element: 0.7 ms of CPU for the 1,000 ids of a page (a
+        sixth of the page's own time), against 0.1 ms for orjson + json_array_elements_text. The planner then
+        counts on ~100 ids instead of estimating each (1-4 ms of planning at 1,000), which suits a look-up by id.
+        """
+        if self.name == 'sqlite':
+            return self.one_of(field, kind, ids)
+        return Sql('{0} ?| {1}' if kind == 'array' else '{0} = ANY({1})', field, Sql(
+            'ARRAY(SELECT json_array_elements_text({0}::json))', Bound(_json_ids(ids))))
+
     def render(self, query):
         parameter = self.parameter()
         sql = query.get_sql(parameter=parameter)
@@ -801,10 +814,10 @@ def build_referenced(d, info, org_id, ids):
     """
     table = Table(info.spec.table)
     columns = output_columns(info)
+    def where():
+        return (table.organization_id == Bound(org_id)) & d.one_of_ids(table.id, ids)
     return _shaped(d, ('referenced', info.shape_key),
-                   lambda: d.from_(table).select(*[table.field(n) for n in columns]).where(
-                       _by_ids(d, table, org_id, ids)),
-                   lambda: _by_ids(d, table, org_id, ids), [])
+                   lambda: d.from_(table).select(*[table.field(n) for n in columns]).where(where()), where, [])
 
 
 def _children_source(d, info, column, org_id, parent_ids, indexed):
@@ -812,24 +825,24 @@ def _children_source(d, info, column, org_id, parent_ids, indexed):
     table, name, p = quote(info.spec.table), quote(column.name), d.parameter().get_sql()
     if column.kind != 'array':
         parent = Sql(f'c.{name}')
-        return f'{table} AS c', [], parent, [d.one_of(parent, 'text', parent_ids)]
+        return f'{table} AS c', [], parent, [d.one_of_ids(parent, parent_ids)]
     side = ELEMENT_INDEXES.get((info.spec.table, column.name)) if indexed else None
     parent = Sql('j.value')
     if side and d.name == 'sqlite':
         pairs, element, record = map(quote, side)
         parent = Sql(f'j.{element}')
         return (f'{table} AS c JOIN {pairs} AS j ON j.{record} = c.id', [], parent,
-                [Sql('j.organization_id = {0}', Bound(org_id)), d.one_of(parent, 'text', parent_ids)])
+                [Sql('j.organization_id = {0}', Bound(org_id)), d.one_of_ids(parent, parent_ids)])
     if side:
         # NOTE: one index search per parent id (a nested loop): `@> ANY(<page>)` uses the index too but takes
         # ~50 ms to plan, and `?|` cannot use a jsonb_path_ops index.
-        return (f'{table} AS c JOIN unnest({p}::text[]) AS j (value) ON c.{name} @> jsonb_build_array(j.value)',
-                [list(parent_ids)], parent, [])
+        return (f'{table} AS c JOIN json_array_elements_text({p}::json) AS j (value) '
+                f'ON c.{name} @> jsonb_build_array(j.value)', [_json_ids(parent_ids)], parent, [])
     if d.name == 'sqlite':
-        return f'{table} AS c, json_each(c.{name}) AS j', [], parent, [d.one_of(parent, 'text', parent_ids)]
+        return f'{table} AS c, json_each(c.{name}) AS j', [], parent, [d.one_of_ids(parent, parent_ids)]
     # NOTE: `?|` first skips the records that name none of the parents
     return (f'{table} AS c CROSS JOIN LATERAL jsonb_array_elements_text(c.{name}) AS j (value)', [], parent,
-            [d.one_of(Sql(f'c.{name}'), 'array', parent_ids), d.one_of(parent, 'text', parent_ids)])
+            [d.one_of_ids(Sql(f'c.{name}'), parent_ids, 'array'), d.one_of_ids(parent, parent_ids)])
 
 
 def build_children(d, info, column, org_id, parent_ids, limit, indexed=True):
@@ -874,10 +887,15 @@ def _children_per_parent(d, info, column, org_id, parent_ids, limit):
     live, newest, columns = _children_parts(info, org_id)
     p = d.parameter().get_sql()
     where, where_params = _term_sql(d, Criterion.all([*live, Sql(f'c.{quote(column.name)} = j.value')]))
-    sql = (f'SELECT j.value AS _parent, w.* FROM unnest({p}::text[]) AS j (value) CROSS JOIN LATERAL '
+    sql = (f'SELECT j.value AS _parent, w.* FROM json_array_elements_text({p}::json) AS j (value) CROSS JOIN LATERAL '
            f'(SELECT COUNT(*) OVER () AS _total, ROW_NUMBER() OVER (ORDER BY {newest}) AS _rank, {columns} '
            f'FROM {quote(info.spec.table)} AS c WHERE {where}) AS w WHERE w._rank <= {p} ORDER BY j.value, w._rank')
-    return sql, [list(parent_ids), *where_params, int(limit)]
+    return sql, [_json_ids(parent_ids), *where_params, int(limit)]
+
+
+def _json_ids(ids):
+    """A page of ids as one JSON text parameter (see Dialect.one_of_ids)."""
+    return orjson.dumps(list(ids)).decode()
 
 
 def build_organization(d, org_id):
