@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 
 from . import sqlbuild
+from .duplicates import collector_paused
 from .errors import UnknownResource
 
 
@@ -171,7 +172,7 @@ class Relations:
         """Add each relation to each record, in place: one statement per relation for all the records."""
         if not relations or not records:
             return records
-        with self.db.transaction() as tx:
+        with self.db.transaction() as tx, collector_paused():
             for relation in relations:
                 if relation.reverse:
                     self._children(tx, principal, records, relation, limit)
