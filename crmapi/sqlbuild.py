@@ -821,18 +821,28 @@ def build_referenced(d, info, org_id, ids):
 
 
 def _children_source(d, info, column, org_id, parent_ids, indexed):
-    """(FROM clause, its params, the parent key, the conditions that match the parents) of build_children."""
+    """(FROM clause, its params, the parent key, the conditions that match the parents) of build_children.
+
+    NOTE: on SQLite an indexed read joins the page's ids (`JOIN json_each(?) AS ids`), which the planner reads
+    first, one index search each: `IN (SELECT value FROM json_each(?))` files them in a temporary b-tree
+    first, ~20 % of the statement.
+    The parent ids are distinct (a page's).
+    """
     table, name, p = quote(info.spec.table), quote(column.name), d.parameter().get_sql()
     if column.kind != 'array':
         parent = Sql(f'c.{name}')
+        if indexed and d.name == 'sqlite':
+            return (f'{table} AS c JOIN json_each({p}) AS ids ON c.{name} = ids.value', [_json_ids(parent_ids)],
+                    parent, [])
         return f'{table} AS c', [], parent, [d.one_of_ids(parent, parent_ids)]
     side = ELEMENT_INDEXES.get((info.spec.table, column.name)) if indexed else None
     parent = Sql('j.value')
     if side and d.name == 'sqlite':
         pairs, element, record = map(quote, side)
         parent = Sql(f'j.{element}')
-        return (f'{table} AS c JOIN {pairs} AS j ON j.{record} = c.id', [], parent,
-                [Sql('j.organization_id = {0}', Bound(org_id)), d.one_of_ids(parent, parent_ids)])
+        return (f'{table} AS c JOIN {pairs} AS j ON j.{record} = c.id JOIN json_each({p}) AS ids '
+                f'ON j.{element} = ids.value', [_json_ids(parent_ids)], parent,
+                [Sql('j.organization_id = {0}', Bound(org_id))])
     if side:
         # NOTE: one index search per parent id (a nested loop): `@> ANY(<page>)` uses the index too but takes
         # ~50 ms to plan, and `?|` cannot use a jsonb_path_ops index.
