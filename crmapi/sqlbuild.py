@@ -97,7 +97,7 @@ class Dialect:
         NOTE: the whole list is ONE parameter, so every length is the same SQL text: one cached
         statement (here and in the driver), no parameter-count limit, no nesting to recurse through.
         """
-        # NOTE: ids (text) go as they are: adapting each of a page's 1,000 ids was a tenth of an embed's Python.
+        # NOTE: text (ids) goes as it is: both adapters return it unchanged, one call per id of a 1,000-row page.
         items = list(values) if kind in ('text', 'array') else [self.adapt(kind, v) for v in values]
         if self.name == 'sqlite':
             elements = Bound(orjson.dumps(items).decode())
@@ -814,6 +814,7 @@ def build_referenced(d, info, org_id, ids):
     """
     table = Table(info.spec.table)
     columns = output_columns(info)
+
     def where():
         return (table.organization_id == Bound(org_id)) & d.one_of_ids(table.id, ids)
     return _shaped(d, ('referenced', info.shape_key),
@@ -823,10 +824,9 @@ def build_referenced(d, info, org_id, ids):
 def _children_source(d, info, column, org_id, parent_ids, indexed):
     """(FROM clause, its params, the parent key, the conditions that match the parents) of build_children.
 
-    NOTE: on SQLite an indexed read joins the page's ids (`JOIN json_each(?) AS ids`), which the planner reads
-    first, one index search each: `IN (SELECT value FROM json_each(?))` files them in a temporary b-tree
-    first, ~20 % of the statement.
-    The parent ids are distinct (a page's).
+    NOTE: on SQLite an indexed read joins the page's (distinct) ids, `JOIN json_each(?) AS ids`, which the
+    planner reads first, one index search each: `IN (SELECT value FROM json_each(?))` filed them in a temporary
+    b-tree first, ~20 % of the statement.
     """
     table, name, p = quote(info.spec.table), quote(column.name), d.parameter().get_sql()
     if column.kind != 'array':
