@@ -297,8 +297,49 @@ CREATE TABLE IF NOT EXISTS server_secrets (
     value TEXT NOT NULL
 );
 
+-- Search: folded text beside the records (crmapi/search.py folds it; the store keeps it in the
+-- transaction of every write). search_texts, per record: a row per non-null text column (its folded
+-- value: contains, starts_with, ends_with) and the row of column '' (its words and its name columns'
+-- words: q and its ranking). The two databases index it differently (migration 0008's twins): the
+-- lines between `-- dialect: NAME` and `-- dialect: end` belong to that database only.
+-- dialect: sqlite
+CREATE TABLE search_texts (
+    id INTEGER PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    column_name TEXT NOT NULL,
+    folded TEXT NOT NULL,
+    names TEXT,
+    UNIQUE (table_name, record_id, column_name)
+);
+CREATE VIRTUAL TABLE search_texts_trigrams USING fts5(
+    folded, content='search_texts', content_rowid='id', tokenize='trigram case_sensitive 1', columnsize=0);
+CREATE TRIGGER search_texts_inserted AFTER INSERT ON search_texts BEGIN
+    INSERT INTO search_texts_trigrams (rowid, folded) VALUES (new.id, new.folded);
+END;
+CREATE TRIGGER search_texts_deleted AFTER DELETE ON search_texts BEGIN
+    INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, folded) VALUES ('delete', old.id, old.folded);
+END;
+CREATE TRIGGER search_texts_updated AFTER UPDATE OF folded ON search_texts BEGIN
+    INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, folded) VALUES ('delete', old.id, old.folded);
+    INSERT INTO search_texts_trigrams (rowid, folded) VALUES (new.id, new.folded);
+END;
+-- dialect: postgresql
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE TABLE search_texts (
+    table_name TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    column_name TEXT NOT NULL,
+    folded TEXT NOT NULL,
+    names TEXT,
+    PRIMARY KEY (table_name, record_id, column_name)
+);
+CREATE INDEX search_texts_trigrams ON search_texts USING gin (folded gin_trgm_ops) WHERE column_name <> '';
+CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(folded, ' '), ' '))) WHERE column_name = '';
+-- dialect: end
+
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (7);
+INSERT INTO schema_version (version) VALUES (8);

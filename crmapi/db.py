@@ -311,6 +311,10 @@ class PostgresDatabase(Database):
         # opens a real transaction in transaction() below.
         conn.autocommit = True
         conn.execute(f'SET statement_timeout = {int(self.statement_timeout_ms)}')
+        # NOTE: psycopg prepares a statement run five times; PostgreSQL may then plan it once for any value
+        # (a generic plan). How many rows a search or filter value matches is what picks a good plan:
+        # `q` "jo smi" sorted by last_name took 0.5 s on a generic plan, 7 ms planned for its values.
+        conn.execute('SET plan_cache_mode = force_custom_plan')
         conn.execute("SET TIME ZONE 'UTC'")
 
     def _check(self, conn):

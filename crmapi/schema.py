@@ -26,6 +26,22 @@ MAX_INDEXED_TEXT = 255
 
 
 @dataclass(frozen=True)
+class SearchPolicy:
+    """What `q` reads in a resource's records (see crmapi/search.py). Text operators compare every text column.
+
+    Empty `words` and `names` mean every text column, and the required ones (custom objects: their
+    required text fields).
+    """
+
+    words: tuple = ()       # columns whose words q finds
+    names: tuple = ()       # columns whose matches rank first (also searched)
+    phones: tuple = ()      # columns q reads as one number: their digits
+    emails: tuple = ()      # columns q reads as words, plus the local part as one word
+    related: tuple = ()     # (reference column, target table, its only name column): q finds the target's words
+    via: dict = dc_field(default_factory=dict)  # view column -> (reference column, target table, target column)
+
+
+@dataclass(frozen=True)
 class ResourceSpec:
     """Policy for one resource: what the database cannot tell us."""
 
@@ -39,6 +55,7 @@ class ResourceSpec:
     arrays: frozenset = frozenset()  # JSON columns holding a list of ids
     computed: dict = dc_field(default_factory=dict)     # view columns the database leaves untyped
     counted_as: str = ''            # the table whose live-row counter gives this resource's total
+    search: SearchPolicy = SearchPolicy()  # what q reads; search rows are kept per `counted_as` table
 
     def __post_init__(self):
         if not self.table:
@@ -47,28 +64,39 @@ class ResourceSpec:
             object.__setattr__(self, 'counted_as', self.table)
 
 
+COMPANY_NAME = ('company_id', 'companies', 'name')
+CONTACT_SEARCH = SearchPolicy(words=('title', 'city'), names=('first_name', 'last_name'), phones=('phone',),
+                              emails=('email',), related=(COMPANY_NAME,))
+COMPANY_SEARCH = SearchPolicy(words=('domain', 'website', 'city', 'country', 'description'), names=('name',))
+NOTE_SEARCH = SearchPolicy(names=('title', 'text'))
+
 BUILTIN = {spec.slug: spec for spec in [
     ResourceSpec('contacts', 'c_', delete='archive',
-                 references={'company_id': 'companies', 'tags': 'tags'}, arrays=frozenset({'tags'})),
-    ResourceSpec('companies', 'comp_', delete='archive'),
+                 references={'company_id': 'companies', 'tags': 'tags'}, arrays=frozenset({'tags'}),
+                 search=CONTACT_SEARCH),
+    ResourceSpec('companies', 'comp_', delete='archive', search=COMPANY_SEARCH),
     ResourceSpec('deals', 'd_', delete='archive',
                  references={'company_id': 'companies', 'contact_ids': 'contacts'},
-                 arrays=frozenset({'contact_ids'})),
+                 arrays=frozenset({'contact_ids'}),
+                 search=SearchPolicy(words=('description', 'category'), names=('name',), related=(COMPANY_NAME,))),
     ResourceSpec('tasks', 't_', references={
-        'contact_id': 'contacts', 'company_id': 'companies', 'deal_id': 'deals', 'assignee_id': 'crm_users'}),
-    ResourceSpec('contact_notes', 'cn_', references={'contact_id': 'contacts'}),
-    ResourceSpec('deal_notes', 'dn_', references={'deal_id': 'deals'}),
-    ResourceSpec('company_notes', 'mn_', references={'company_id': 'companies'}),
-    ResourceSpec('tags', 'tag_'),
-    ResourceSpec('configuration', 'cfg_', admin_writes=True),
-    ResourceSpec('automation_rules', 'rule_', admin_writes=True),
-    ResourceSpec('crm_users', 'u_', delete='disable', admin_writes=True),
+        'contact_id': 'contacts', 'company_id': 'companies', 'deal_id': 'deals', 'assignee_id': 'crm_users'},
+        search=SearchPolicy(words=('type',), names=('text',))),
+    ResourceSpec('contact_notes', 'cn_', references={'contact_id': 'contacts'}, search=NOTE_SEARCH),
+    ResourceSpec('deal_notes', 'dn_', references={'deal_id': 'deals'}, search=NOTE_SEARCH),
+    ResourceSpec('company_notes', 'mn_', references={'company_id': 'companies'}, search=NOTE_SEARCH),
+    ResourceSpec('tags', 'tag_', search=SearchPolicy(names=('name',))),
+    ResourceSpec('configuration', 'cfg_', admin_writes=True, search=SearchPolicy(names=('key',))),
+    ResourceSpec('automation_rules', 'rule_', admin_writes=True, search=SearchPolicy(names=('name',))),
+    ResourceSpec('crm_users', 'u_', delete='disable', admin_writes=True,
+                 search=SearchPolicy(names=('first_name', 'last_name'), emails=('email',))),
     ResourceSpec('companies_summary', 'comp_', read_only=True, delete='archive', counted_as='companies',
                  references={'company_id': 'companies'},
-                 computed={'nb_contacts': 'integer', 'nb_deals': 'integer'}),
+                 computed={'nb_contacts': 'integer', 'nb_deals': 'integer'}, search=COMPANY_SEARCH),
     ResourceSpec('contacts_summary', 'c_', read_only=True, delete='archive', counted_as='contacts',
                  references={'company_id': 'companies', 'tags': 'tags'}, arrays=frozenset({'tags'}),
-                 computed={'company_name': 'text', 'nb_tasks': 'integer'}),
+                 computed={'company_name': 'text', 'nb_tasks': 'integer'},
+                 search=dataclasses.replace(CONTACT_SEARCH, via={'company_name': COMPANY_NAME})),
 ]}
 
 
@@ -135,10 +163,15 @@ class TableInfo:
     def archivable(self):
         return 'archived_at' in self.columns
 
-    @property
+    @functools.cached_property
     def search_columns(self):
+        """The text columns whose folded values are kept in search rows: text operators and q read them."""
         return [c for c in self.columns.values()
                 if c.kind in SEARCHABLE_KINDS and not c.references and c.name not in SERVER_MANAGED]
+
+    @functools.cached_property
+    def searched(self):
+        return frozenset(c.name for c in self.search_columns)
 
     def describe(self):
         return {

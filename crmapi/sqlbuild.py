@@ -6,6 +6,7 @@ True into 'true' and None into 'null'). The organization scope is added here, by
 builder, so no caller can forget it.
 """
 import contextlib
+import functools
 import json
 import re
 import threading
@@ -22,6 +23,8 @@ from pypika.terms import FormatParameter
 from pypika.terms import QmarkParameter
 from pypika.terms import Term
 from pypika.terms import Tuple
+
+from . import search as searching
 
 
 _recorder = threading.local()
@@ -145,10 +148,6 @@ def like_pattern(value, prefix='%', suffix='%'):
     return prefix + escaped + suffix
 
 
-def _like(d, field, pattern):
-    return Sql("{0} %s {1} ESCAPE '\\'" % d.like, field, Bound(pattern))
-
-
 def _eq(d, field, column, value):
     if value is None:
         return field.isnull()
@@ -203,10 +202,6 @@ OPERATORS = {
     'gte': lambda d, f, c, v: f >= d.bind(c, v),
     'lt': lambda d, f, c, v: f < d.bind(c, v),
     'lte': lambda d, f, c, v: f <= d.bind(c, v),
-    'contains': lambda d, f, c, v: _like(d, f, like_pattern(v)),
-    'not_contains': lambda d, f, c, v: _negate(f, _like(d, f, like_pattern(v))),
-    'starts_with': lambda d, f, c, v: _like(d, f, like_pattern(v, prefix='')),
-    'ends_with': lambda d, f, c, v: _like(d, f, like_pattern(v, suffix='')),
     'in': _in,
     'not_in': _not_in,
     'is_empty': lambda d, f, c, v: _is_empty(d, f, c),
@@ -214,16 +209,20 @@ OPERATORS = {
 }
 
 
-def criterion(d, table, flt):
+def criterion(d, table, info, flt):
     """One parsed filter as a PyPika criterion."""
+    if flt.column.kind == SEARCH_KIND:
+        return search(d, table, info, flt.value)
+    if flt.op in TEXT_OPERATORS:
+        return TEXT_OPERATORS[flt.op](d, table, info, flt.column, flt.value)
     return OPERATORS[flt.op](d, table.field(flt.column.name), flt.column, flt.value)
 
 
-def fold(d, table, filters):
+def fold(d, table, info, filters):
     """`a or b and c` means `(a OR b) AND c`: each logicalOp joins a filter to the next one."""
     result = None
     for previous, flt in zip((None,) + tuple(filters), filters):
-        term = criterion(d, table, flt)
+        term = criterion(d, table, info, flt)
         if result is None:
             result = term
         elif previous.logical == 'or':
@@ -233,13 +232,175 @@ def fold(d, table, filters):
     return result
 
 
-def search(d, table, info, text):
-    """`q`: any of the resource's text columns contains `text`, case-insensitively."""
-    pattern = like_pattern(text)
-    columns = info.search_columns
-    if not columns:
-        return FALSE
-    return Criterion.any([_like(d, table.field(c.name), pattern) for c in columns])
+# -- search ----------------------------------------------------------------------------------------
+# Folded text lives beside the records in `search_texts` (crmapi/search.py folds it, store.py keeps it
+# in the writing transaction), keyed by (table_name, record_id, column_name): a text column's row holds
+# its folded value (contains/starts_with/ends_with); the row of column '' holds the record's words,
+# each after a space, and `names`, its name columns' words (q and its ranking). The database only
+# compares folded text exactly. Indexes: SQLite one FTS5 `trigram` table (kept by triggers);
+# PostgreSQL pg_trgm GIN on the column rows and a GIN tsvector of the words rows.
+# A search condition is `<key> IN (candidates)`; too short for an index, a correlated EXISTS.
+
+SEARCH_KIND = 'search'   # the kind of the pseudo-column `q` in `filters`
+
+
+class Qualified(Term):
+    """A column named with its table (`"contacts"."id"`), for correlated sub-queries."""
+
+    def __init__(self, field):
+        super().__init__()
+        self.field = field
+
+    def get_sql(self, **kwargs):
+        return self.field.get_sql(**{**kwargs, 'with_namespace': True})
+
+
+def search_table(info):
+    """The table whose search rows serve `info`: a summary view uses its base table's."""
+    return info.spec.counted_as
+
+
+def _text_class(value):
+    """What a text operator's SQL looks like: 'empty' (any value), 'short' (scanned), 'indexed' (found by
+    the index alone) or 'long' (the index finds candidates, the rows are compared)."""
+    n = len(searching.fold(value))
+    if n == 0:
+        return 'empty'
+    return 'short' if n < searching.TRIGRAM else 'indexed' if n <= FTS_PHRASE else 'long'
+
+
+FOLDED = Sql('sf.folded')   # a column row's folded value
+WORDS = "sf.column_name = ''"   # the row of a record's words
+
+
+def _exact(d, op, folded, column=FOLDED):
+    """`column` holds `folded` as `op` says, compared exactly (case-sensitively, character by character)."""
+    if d.name == 'postgresql':
+        pattern = like_pattern(folded, prefix='' if op == 'starts_with' else '%',
+                               suffix='' if op == 'ends_with' else '%')
+        return Sql("{0} LIKE {1} ESCAPE '\\'", column, Bound(pattern))
+    if op == 'contains':
+        return Sql('instr({0}, {1}) > 0', column, Bound(folded))
+    if op == 'starts_with':
+        return Sql('instr({0}, {1}) = 1', column, Bound(folded))
+    return Sql('substr({0}, -length({1})) = {2}', column, Bound(folded), Bound(folded))
+
+
+FTS_PHRASE = 12   # characters of a value the trigram index looks up; the exact comparison checks the rest
+
+
+def _fts_phrase(text):
+    """An FTS5 string matched literally (a trigram phrase is a substring): the start of `text`, whose
+    matches include every match of `text`.
+
+    NOTE: a phrase of n characters is n - 2 trigrams whose positions must line up; a long one (a
+    repeated letter above all) costs far more than the few rows it rules out.
+    """
+    return '"' + text[:FTS_PHRASE].replace('"', '""') + '"'
+
+
+def _text_match(d, table, info, column, op, value):
+    """`column` contains (starts with, ends with) `value`, folded: candidates from the trigram index,
+    then the exact comparison. A view column computed from a reference (`company_name`) is matched in
+    the referenced record's rows."""
+    folded = searching.fold(value)
+    field = table.field(column.name)
+    if not folded:
+        return field.notnull()
+    key, target, target_column = table.id, search_table(info), column.name
+    if column.name in info.spec.search.via:
+        ref, target, target_column = info.spec.search.via[column.name]
+        key = table.field(ref)
+    elif column.name not in info.searched:
+        # NOTE: ids and references (server-made: lowercase ASCII, their own folding) are compared as stored.
+        return _exact(d, op, folded, field)
+    if len(folded) < searching.TRIGRAM:
+        return Sql('EXISTS (SELECT 1 FROM search_texts sf WHERE sf.table_name = {0} AND sf.record_id = {1} '
+                   'AND sf.column_name = {2} AND {3})', Bound(target), Qualified(key), Bound(target_column),
+                   _exact(d, op, folded))
+    if d.name == 'postgresql':
+        # NOTE: `<> ''` names the partial trigram index's rows (the column rows) for the planner.
+        return Sql("{0} IN (SELECT sf.record_id FROM search_texts sf WHERE sf.column_name <> '' AND "
+                   'sf.table_name = {1} AND sf.column_name = {2} AND {3})', key, Bound(target), Bound(target_column),
+                   _exact(d, op, folded))
+    # NOTE: a trigram phrase is exactly a substring, `^` anchors it at the start: up to FTS_PHRASE
+    # characters the index alone answers contains and starts_with; ends_with always compares.
+    phrase = ('^' if op == 'starts_with' else '') + _fts_phrase(folded)
+    exact = TRUE if op != 'ends_with' and len(folded) <= FTS_PHRASE else _exact(d, op, folded)
+    return Sql('{0} IN (SELECT sf.record_id FROM search_texts sf WHERE sf.id IN (SELECT rowid FROM '
+               'search_texts_trigrams WHERE search_texts_trigrams MATCH {1}) AND sf.table_name = {2} '
+               'AND sf.column_name = {3} AND {4})', key, Bound(phrase), Bound(target), Bound(target_column), exact)
+
+
+TEXT_OPERATORS = {
+    'contains': lambda d, t, i, c, v: _text_match(d, t, i, c, 'contains', v),
+    'not_contains': lambda d, t, i, c, v: _negate(t.field(c.name), _text_match(d, t, i, c, 'contains', v)),
+    'starts_with': lambda d, t, i, c, v: _text_match(d, t, i, c, 'starts_with', v),
+    'ends_with': lambda d, t, i, c, v: _text_match(d, t, i, c, 'ends_with', v),
+}
+
+
+def _word_starts(d, column, words):
+    """Every word of `words` starts a word of `column` (stored as ' w1 w2 …')."""
+    find = 'strpos({0}, {1}) > 0' if d.name == 'postgresql' else 'instr({0}, {1}) > 0'
+    return Criterion.all([Sql(find, Sql(column), Bound(' ' + w)) for w in words])
+
+
+TSVECTOR = "array_to_tsvector(string_to_array(ltrim(sf.folded, ' '), ' '))"   # PostgreSQL: a words row's words
+
+
+def _tsquery(terms):
+    """PostgreSQL: each alternative's words as prefixes, ANDed; the alternatives ORed."""
+    def lexeme(w):
+        return "'" + w.replace('\\', '\\\\').replace("'", "''") + "':*"
+    return ' | '.join('(' + ' & '.join(lexeme(w) for w in alternative) + ')' for alternative in terms.alternatives)
+
+
+def _word_class(word):
+    """SQLite: ' ' + `word` is too short for the trigram index, found by it exactly, or only its start is."""
+    n = len(word) + 1
+    return 'short' if n < searching.TRIGRAM else 'exact' if n <= FTS_PHRASE else 'long'
+
+
+def _indexable(terms):
+    """SQLite: whether every alternative has a word the trigram index can find (' ' + 2 characters)."""
+    return all(any(_word_class(w) != 'short' for w in alternative) for alternative in terms.alternatives)
+
+
+def search(d, table, info, terms):
+    """`q`: for one of the alternatives, each word starts a word of the record's searchable text."""
+    if not all(terms.alternatives):
+        return TRUE
+    target = search_table(info)
+    if d.name == 'postgresql':
+        return Sql(f"{{0}} IN (SELECT sf.record_id FROM search_texts sf WHERE {WORDS} AND sf.table_name = {{1}} "
+                   f"AND {TSVECTOR} @@ CAST({{2}} AS tsquery))", table.id, Bound(target), Bound(_tsquery(terms)))
+    if not _indexable(terms):
+        return Sql(f'EXISTS (SELECT 1 FROM search_texts sf WHERE sf.table_name = {{0}} AND sf.record_id = {{1}} AND '
+                   f'{WORDS} AND {{2}})', Bound(target), Qualified(table.id),
+                   Criterion.any([_word_starts(d, 'sf.folded', a) for a in terms.alternatives]))
+    match = ' OR '.join('(' + ' AND '.join(_fts_phrase(' ' + w) for w in alternative
+                                            if len(w) + 1 >= searching.TRIGRAM) + ')'
+                        for alternative in terms.alternatives)
+    exact = all(_word_class(w) == 'exact' for alternative in terms.alternatives for w in alternative)
+    verify = TRUE if exact else Criterion.any([_word_starts(d, 'sf.folded', a) for a in terms.alternatives])
+    return Sql('{0} IN (SELECT sf.record_id FROM search_texts sf WHERE sf.id IN (SELECT rowid FROM '
+               f'search_texts_trigrams WHERE search_texts_trigrams MATCH {{1}}) AND {WORDS} AND sf.table_name = {{2}} '
+               'AND {3})', table.id, Bound(match), Bound(target), verify)
+
+
+def _ranking(d, table, info, lq):
+    """Best first when a list searches without a sort: how many of the words asked for start a word of the
+    record's name columns (more first); `_order` then adds the id tie-break."""
+    if not lq.ranked:
+        return []
+    find = 'strpos' if d.name == 'postgresql' else 'instr'
+    score = Sql(' + '.join(f'(CASE WHEN {find}(sr.names, {{{i}}}) > 0 THEN 1 ELSE 0 END)'
+                           for i in range(len(lq.rank_words))), *[Bound(' ' + w) for w in lq.rank_words])
+    rank = Sql("COALESCE((SELECT {0} FROM search_texts sr WHERE sr.table_name = {1} AND sr.record_id = {2} "
+               "AND sr.column_name = ''), 0)",
+               score, Bound(search_table(info)), Qualified(table.id))
+    return [(rank, Order.desc)]
 
 
 def where(d, table, info, org_id, lq):
@@ -247,12 +408,120 @@ def where(d, table, info, org_id, lq):
     parts = [table.organization_id == Bound(org_id)]
     if info.archivable and not lq.include_archived:
         parts.append(table.archived_at.isnull())
-    parts += [criterion(d, table, f) for f in lq.equals]
+    parts += [criterion(d, table, info, f) for f in lq.equals]
     if lq.filters:
-        parts.append(fold(d, table, lq.filters))
+        parts.append(fold(d, table, info, lq.filters))
     if lq.search is not None:
         parts.append(search(d, table, info, lq.search))
     return Criterion.all(parts)
+
+
+# -- search rows (kept by store.py in the writing transaction) ---------------------------------------
+
+def _fields_upsert(d, n):
+    """Each row (table_name, record_id, column_name, folded) written, or its folded value replaced when it
+    changed (unchanged rows are left alone: no index work)."""
+    return ('INSERT INTO search_texts (table_name, record_id, column_name, folded) ' + _values(d, n, 4)
+            + ' ON CONFLICT (table_name, record_id, column_name) DO UPDATE SET folded = excluded.folded'
+            ' WHERE search_texts.folded <> excluded.folded')
+
+
+def _fields_drop(d):
+    """Rows of `table_name`'s records `ids` whose 'record_id column_name' is listed: columns now NULL."""
+    p = d.parameter().get_sql()
+    if d.name == 'postgresql':
+        return (f"DELETE FROM search_texts WHERE table_name = {p} AND record_id = ANY({p}) "
+                f"AND record_id || ' ' || column_name = ANY({p})")
+    return (f'DELETE FROM search_texts WHERE table_name = {p} AND record_id IN (SELECT value FROM json_each({p})) '
+            f"AND record_id || ' ' || column_name IN (SELECT value FROM json_each({p}))")
+
+
+def _words_upsert(d, n, related):
+    """Each record's words row: (table_name, record_id, words, names, then per related table its name and the
+    id of the record referred to), whose name words (a contact's company name) are added to the words."""
+    aliases = ''.join(f', rt{i}, rid{i}' for i in range(related))
+    joined = ''.join(f" || COALESCE((SELECT r.names FROM search_texts r WHERE r.table_name = v.rt{i} "
+                     f"AND r.record_id = v.rid{i} AND r.column_name = ''), '')" for i in range(related))
+    return (f'WITH v (t, id, w, n{aliases}) AS ({_values(d, n, 4 + 2 * related)}) '
+            "INSERT INTO search_texts (table_name, record_id, column_name, folded, names) "
+            f"SELECT t, id, '', w{joined}, n FROM v WHERE true "
+            'ON CONFLICT (table_name, record_id, column_name) DO UPDATE SET folded = excluded.folded, '
+            'names = excluded.names '
+            'WHERE search_texts.folded <> excluded.folded OR search_texts.names <> excluded.names')
+
+
+def build_search_rows(d, table_name, fields, dropped, words, related=0):
+    """The statements that bring records' search rows up to date: `fields` (table_name, record_id,
+    column_name, folded) to write, `dropped` ('record_id column_name' of columns now NULL) to remove,
+    `words` (see _words_upsert, `related` tables each) to replace.
+
+    NOTE: PostgreSQL does it all in one statement (data-modifying WITH: one round trip per write); the
+    parts touch different rows, so they never see each other. SQLite runs them one after the other.
+    """
+    width = 4 + 2 * related
+    ids = list(dict.fromkeys(i.split(' ', 1)[0] for i in dropped))
+    drop_params = [table_name, ids if d.name == 'postgresql' else json.dumps(ids),
+                   dropped if d.name == 'postgresql' else json.dumps(dropped, ensure_ascii=False)]
+    field_params, word_params = [v for row in fields for v in row], [v for row in words for v in row]
+    if d.name == 'postgresql' and len(field_params) + len(word_params) <= MAX_PARAMS:
+        parts, params = [], []
+        if dropped:
+            parts.append(('gone', _fields_drop(d)))
+            params += drop_params
+        if fields:
+            parts.append(('kept', _fields_upsert(d, len(fields))))
+            params += field_params
+        if words:
+            parts.append(('words', _words_upsert(d, len(words), related)))
+            params += word_params
+        if not parts:
+            return []
+        key = ('search_rows', bool(dropped), len(fields), len(words), related)
+        return [(_statement(d, key, lambda: _one_statement(parts)), params)]
+    statements = [(_fields_drop(d), drop_params)] if dropped else []
+    statements += [(_statement(d, ('search_fields', len(part)), functools.partial(_fields_upsert, d, len(part))),
+                    [v for row in part for v in row]) for part in chunks(fields, 4)]
+    statements += [(_statement(d, ('search_words', len(part), related),
+                               functools.partial(_words_upsert, d, len(part), related)),
+                    [v for row in part for v in row]) for part in chunks(words, width)]
+    return statements
+
+
+def _one_statement(parts):
+    """PostgreSQL: the statements of `parts` [(name, sql)] as one, each but the last a WITH query."""
+    *first, (_, last) = parts
+    if not first:
+        return last
+    ctes = ', '.join(f'{name} AS ({sql})' for name, sql in first)
+    if last.startswith('WITH '):
+        return 'WITH ' + ctes + ', ' + last[len('WITH '):]
+    return 'WITH ' + ctes + ' ' + last
+
+
+def build_search_forget(d, table_name, ids):
+    """Remove the search rows of the records `ids` of `table_name` (deleted for good)."""
+    texts = Table('search_texts')
+    return d.render(d.from_(texts).delete().where(
+        (texts.table_name == Bound(table_name)) & d.one_of(texts.record_id, 'text', ids)))
+
+
+def build_search_forget_organization(d, info, org_id):
+    """Remove the search rows of every record of `org_id` in `info`'s table (before a rebuild)."""
+    texts, table = Table('search_texts'), Table(info.spec.table)
+    records = d.from_(table).select(table.id).where(table.organization_id == Bound(org_id))
+    return d.render(d.from_(texts).delete().where(
+        (texts.table_name == Bound(info.spec.table)) & texts.record_id.isin(records)))
+
+
+def build_search_analyze(d):
+    """Fresh planner statistics for the search rows (after a rebuild).
+
+    NOTE: statistics taken while SQLite's FTS5 table was nearly empty make the planner scan its whole
+    `_data` table for FTS5's own `id BETWEEN` deletes: every merge then reads the index again.
+    """
+    if d.name == 'postgresql':
+        return ['ANALYZE search_texts']
+    return [f'ANALYZE {t}' for t in ('search_texts', 'search_texts_trigrams_data', 'search_texts_trigrams_idx')]
 
 
 # -- statements ------------------------------------------------------------------------------------
@@ -333,7 +602,7 @@ def _select(d, info, org_id, lq):
     table = Table(info.spec.table)
     query = d.from_(table).select(*[table.field(n) for n in output_columns(info)]).where(
         _condition(d, table, info, org_id, lq))
-    for term, order in _order(d, table, lq.sorts):
+    for term, order in _ranking(d, table, info, lq) + _order(d, table, lq.sorts):
         query = query.orderby(term, order=order)
     return query
 
@@ -352,17 +621,23 @@ def _value_shape(value):
     return True
 
 
-def _filter_shape(value):
-    """A list's SQL says only whether it holds values and whether it holds null, whatever its length."""
+def _filter_shape(value, op=None):
+    """A list's SQL says only whether it holds values and whether it holds null, whatever its length;
+    a search's, how many words each alternative has and which are long enough for an index; a text
+    operator's, whether its value is empty, short or long enough for an index."""
+    if isinstance(value, searching.Terms):
+        return tuple(tuple(_word_class(w) for w in a) for a in value.alternatives)
+    if op in TEXT_OPERATORS:
+        return _text_class(value)
     if isinstance(value, (list, tuple)):
         return any(v is not None for v in value), None in value
     return _value_shape(value)
 
 
 def list_shape(info, lq):
-    filters = tuple((f.column.name, f.op, f.logical, _filter_shape(f.value)) for f in (*lq.equals, *lq.filters))
-    return (info.shape_key, len(lq.equals), filters, lq.search is None, lq.include_archived,
-            tuple((s.column.name, s.descending) for s in lq.sorts),
+    filters = tuple((f.column.name, f.op, f.logical, _filter_shape(f.value, f.op)) for f in (*lq.equals, *lq.filters))
+    return (info.shape_key, len(lq.equals), filters, _filter_shape(lq.search), lq.include_archived,
+            tuple((s.column.name, s.descending) for s in lq.sorts), len(lq.rank_words) if lq.ranked else None,
             None if lq.after is None else _value_shape(lq.after))
 
 
@@ -402,7 +677,7 @@ def build_list(d, info, org_id, lq):
     table = Table(info.spec.table)
     paging, extra = _paging(d, lq)
     sql, params = _shaped(d, ('list', list_shape(info, lq)), lambda: _select(d, info, org_id, lq),
-                          lambda: _condition(d, table, info, org_id, lq), extra)
+                          lambda: (_condition(d, table, info, org_id, lq), _ranking(d, table, info, lq)), extra)
     return sql + paging, params
 
 

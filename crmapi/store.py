@@ -11,6 +11,7 @@ import os
 import threading
 import time
 
+from . import search
 from . import sqlbuild
 from . import values
 from .errors import BadRequest
@@ -355,6 +356,8 @@ class Store:
             for part in sqlbuild.chunks(group, len(names)):
                 for raw in tx.rows(*sqlbuild.build_insert_many(self.db.dialect, info, names, part, conflict, sets)):
                     out.append((read(raw), raw[width] if len(raw) > width else None))
+        if rows:
+            self.index(tx, info, rows[0]['organization_id'], [record for record, _ in out], fresh=conflict is None)
         return out
 
     def update(self, info, principal, record_id, body, lenient=False):
@@ -407,11 +410,14 @@ class Store:
             groups.setdefault(tuple(change), []).append({'id': record_id, **change})
         read, out = self.reader(info), {}
         for names, group in groups.items():
+            written = []
             for part in sqlbuild.chunks(group, len(names) + 1):
                 for raw in tx.rows(*sqlbuild.build_update_many(
                         self.db.dialect, info, principal.org_id, names, part)):
                     record = read(raw)
                     out[record['id']] = record
+                    written.append(record)
+            self.index(tx, info, principal.org_id, written, columns=names)
         return out
 
     def _update(self, tx, info, principal, record_id, changes):
@@ -441,6 +447,7 @@ class Store:
             self.detach_references(tx, info, principal, ids)
             for part in sqlbuild.chunks(ids):
                 tx.execute(*sqlbuild.build_delete(self.db.dialect, info, principal.org_id, part))
+            self.unindex(tx, info, ids)
             self._count(tx, info, principal, -len(ids))
             return [records[i] for i in ids]
 
@@ -470,6 +477,99 @@ class Store:
     def _flagged(record, name, value):
         """Whether `record` is already as `name` = `value` would leave it (any archived_at is archived)."""
         return (record[name] is None) == (value is None) if name == 'archived_at' else record[name] == value
+
+    # -- search rows -------------------------------------------------------------------------------
+    # What q and the text operators read (crmapi/search.py; sqlbuild's search section), written in the
+    # transaction of every write that changes it: a record is findable once its write is acknowledged,
+    # and a rolled-back write leaves nothing behind.
+
+    def index(self, tx, info, org_id, records, columns=None, fresh=False):
+        """Write the search rows of `records` (as stored). `columns`: the columns a write changed (None: all
+        of them); `fresh`: the records are new, nothing to replace."""
+        if info.spec.read_only or not records:
+            return
+        table = sqlbuild.search_table(info)
+        texts = [c.name for c in info.search_columns]
+        changed = texts if columns is None else [n for n in columns if n in texts]
+        fields = [(table, r['id'], name, folded) for r in records for name, folded in search.field_rows(r, changed)]
+        dropped = [] if fresh else [f"{r['id']} {name}" for r in records for name in changed if r.get(name) is None]
+        documents = columns is None or not self._document_columns(info).isdisjoint(columns)
+        words = self._words_rows(info, records) if documents else []
+        for statement in sqlbuild.build_search_rows(self.db.dialect, table, fields, dropped, words,
+                                                    len(info.spec.search.related)):
+            tx.execute(*statement)
+        if not fresh:
+            self._index_referrers(tx, info, org_id, [r['id'] for r in records], columns or info.columns)
+
+    def unindex(self, tx, info, ids):
+        """Remove the search rows of records deleted for good."""
+        for part in sqlbuild.chunks(ids):
+            tx.execute(*sqlbuild.build_search_forget(self.db.dialect, sqlbuild.search_table(info), part))
+
+    @staticmethod
+    def _document_columns(info):
+        policy = info.spec.search
+        return {*search.word_columns(info), *search.name_columns(info), *policy.phones, *policy.emails,
+                *(ref for ref, _, _ in policy.related)}
+
+    @staticmethod
+    def _words_rows(info, records):
+        """The words rows of `records`: (table, id, words, names, then per related table its name and the id
+        referred to). The database adds the referred records' name words (a contact's company name).
+
+        NOTE: a related column is the target's only name column (schema.SearchPolicy), so the name words of
+        the target's words row are exactly that column's words.
+        """
+        table, related = sqlbuild.search_table(info), info.spec.search.related
+        docs = []
+        for r in records:
+            doc = search.record_document(info, r)
+            docs.append((table, r['id'], doc.words, doc.names, *(v for ref, target, _ in related
+                                                                 for v in (target, r.get(ref)))))
+        return docs
+
+    def _index_referrers(self, tx, info, org_id, ids, columns):
+        """A change of a text other records' words include (a company renamed): their words rows again.
+
+        NOTE: the referring records are locked (FOR UPDATE, in id order) before they are read, so a
+        concurrent write of one of them is either seen here or sees this change.
+        """
+        for referrer in self.catalog.tables.values():
+            for ref, target, column in referrer.spec.search.related:
+                if target != info.spec.table or column not in columns or referrer.spec.read_only:
+                    continue
+                read = self.reader(referrer)
+                for part in sqlbuild.chunks(ids):
+                    found = [read(raw) for raw in tx.rows(*sqlbuild.build_get_by(
+                        self.db.dialect, referrer, org_id, referrer.columns[ref], part, for_update=True))]
+                    docs = self._words_rows(referrer, found)
+                    for statement in sqlbuild.build_search_rows(self.db.dialect, sqlbuild.search_table(referrer),
+                                                                [], [], docs, len(referrer.spec.search.related)):
+                        tx.execute(*statement)
+
+    def reindex(self, principal, log=None):
+        """Rebuild the search rows of every record of an organization, one transaction per table."""
+        for info in self.catalog.all_tables(principal):
+            if not info.spec.read_only:
+                with self.db.transaction(write=True) as tx:
+                    self.reindex_table(tx, info, principal.org_id, log)
+
+    def reindex_table(self, tx, info, org_id, log=None, batch=1000):
+        """Rebuild the search rows of `org_id`'s records of `info` inside `tx` (custom fields added or dropped)."""
+        d = self.db.dialect
+        tx.execute(*sqlbuild.build_search_forget_organization(d, info, org_id))
+        read, done, after = self.reader(info), 0, None
+        while True:
+            lq = ListQuery(0, batch - 1, include_archived=True, after=after)
+            records = [read(raw) for raw in tx.rows(*sqlbuild.build_list(d, info, org_id, lq))]
+            self.index(tx, info, org_id, records, fresh=True)
+            done += len(records)
+            finished = len(records) < batch
+            if log is not None and done and (finished or done % (50 * batch) == 0):
+                log(f'reindexed {done} {info.slug} of {org_id}' + ('' if finished else ' so far'))
+            if finished:
+                return done
+            after = (records[-1]['id'],)
 
     # -- upserts -----------------------------------------------------------------------------------
 
@@ -650,6 +750,7 @@ class Store:
             changes = self._merged_fields(info, target, [found[s] for s in sources])
             self._rewrite_references(tx, principal, 'contacts', sources, target_id)
             tx.execute(*sqlbuild.build_delete(d, info, principal.org_id, sources))
+            self.unindex(tx, info, sources)
             self._count(tx, info, principal, -sum(1 for s in sources if found[s]['archived_at'] is None))
             if not changes:
                 return self._fetch(tx, info, principal, target_id)
@@ -669,3 +770,20 @@ class Store:
                 if value is not None:
                     changes[name] = values.check(column, value)
         return changes
+
+
+def reindex_database(db, org_ids=None, log=None):
+    """Rebuild the search rows of every record of `org_ids` (default: every organization): after a
+    migration that adds search data, or rows written around the API."""
+    from .accounts import Accounts
+    from .accounts import Principal
+    from .app import build_services
+    org_ids = [o for o, _ in Accounts(db).list_orgs()] if org_ids is None else org_ids
+    if org_ids:
+        store = build_services(db).custom.store
+        for org_id in org_ids:
+            store.reindex(Principal(org_id, None), log)
+        with db.transaction(write=True) as tx:
+            for statement in sqlbuild.build_search_analyze(db.dialect):
+                tx.execute(statement)
+    return len(org_ids)
