@@ -402,6 +402,54 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS webhook_deliveries_org ON webhook_deliveries (organization_id, id);
 
+-- Search: one row per record beside the records (crmapi/search.py folds its text; the store keeps it in
+-- the transaction of every write): its organization and archived state, `words` (q), `names` (ranking)
+-- and `fields` (its text columns folded, a JSON object: the text operators). The two databases index it
+-- differently (migration 0008's twins): the lines between `-- dialect: NAME` and `-- dialect: end`
+-- belong to that database only.
+-- dialect: sqlite
+CREATE TABLE search_texts (
+    id INTEGER PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    organization_id TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    archived BOOLEAN NOT NULL,
+    words TEXT NOT NULL,
+    names TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    UNIQUE (table_name, organization_id, record_id)
+);
+CREATE VIRTUAL TABLE search_texts_trigrams USING fts5(
+    words, fields, content='search_texts', content_rowid='id', tokenize='trigram case_sensitive 1', columnsize=0);
+CREATE TRIGGER search_texts_inserted AFTER INSERT ON search_texts BEGIN
+    INSERT INTO search_texts_trigrams (rowid, words, fields) VALUES (new.id, new.words, new.fields);
+END;
+CREATE TRIGGER search_texts_deleted AFTER DELETE ON search_texts BEGIN
+    INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, words, fields)
+    VALUES ('delete', old.id, old.words, old.fields);
+END;
+CREATE TRIGGER search_texts_updated AFTER UPDATE OF words, fields ON search_texts
+WHEN old.words <> new.words OR old.fields <> new.fields BEGIN
+    INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, words, fields)
+    VALUES ('delete', old.id, old.words, old.fields);
+    INSERT INTO search_texts_trigrams (rowid, words, fields) VALUES (new.id, new.words, new.fields);
+END;
+-- dialect: postgresql
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE TABLE search_texts (
+    table_name TEXT NOT NULL,
+    organization_id TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    archived BOOLEAN NOT NULL,
+    words TEXT NOT NULL,
+    names TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    PRIMARY KEY (table_name, organization_id, record_id)
+);
+CREATE INDEX search_texts_trigrams ON search_texts USING gin (fields gin_trgm_ops);
+CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(words, ' '), ' ')));
+-- dialect: end
+
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL

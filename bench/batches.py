@@ -52,12 +52,33 @@ def timed(action, rounds):
     return statistics.median(times)
 
 
+def timed_both(action, rounds):
+    """(median with search upkeep, median without): rounds alternate, so a busy machine weighs on both alike.
+    Round n with upkeep and round n + rounds without write different records (`action(n)`)."""
+    from crmapi.store import Store
+    index, unindex = Store.index, Store.unindex
+    on, off = [], []
+    for n in range(rounds):
+        for mode, times in (('on', on), ('off', off)):
+            if mode == 'off':
+                Store.index = Store.unindex = lambda *a, **k: None
+            try:
+                started = time.perf_counter()
+                action(n if mode == 'on' else n + rounds)
+                times.append(time.perf_counter() - started)
+            finally:
+                Store.index, Store.unindex = index, unindex
+    return statistics.median(on), statistics.median(off)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument('--database', help='a PostgreSQL URL (default: a new SQLite file)')
     p.add_argument('--size', type=int, default=1000)
     p.add_argument('--rounds', type=int, default=10)
+    p.add_argument('--search-off', action='store_true',
+                   help='also time each kind with the search upkeep off (the before figure), round by round')
     a = p.parse_args(argv)
     from crmapi import create_app
     from crmapi.accounts import Accounts
@@ -94,8 +115,13 @@ def main(argv=None):
 
     print(f'{db.name}: batches of {size} contacts, median of {rounds} requests')
     for name, action in (('create', create), ('upsert', upsert), ('patch', patch), ('delete', delete)):
-        seconds = timed(action, rounds)
-        print(f'  {name:7} {seconds * 1000:8.1f} ms  {size / seconds:10,.0f} rows/s')
+        if not a.search_off:
+            seconds = timed(action, rounds)
+            print(f'  {name:7} {seconds * 1000:8.1f} ms  {size / seconds:10,.0f} rows/s')
+            continue
+        on, off = timed_both(action, rounds)
+        print(f'  {name:7} {on * 1000:8.1f} ms  {size / on:10,.0f} rows/s   search off: {off * 1000:8.1f} ms '
+              f'{size / off:10,.0f} rows/s   ratio {off / on:.2f}')
     db.close()
 
 

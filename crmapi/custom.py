@@ -368,7 +368,9 @@ class CustomObjects:
             merged = [f.to_json() for f in [*current.values(), *added]]
             if label == definition['label'] and merged == definition['fields']:
                 return self.to_json(definition)  # nothing changes: the version stays, nothing is recorded
-            return self._save(tx, principal.org_id, definition, label=label, fields=merged)
+            saved = self._save(tx, principal.org_id, definition, label=label, fields=merged)
+            self._reindex(tx, principal, slug, added)
+            return saved
 
     @staticmethod
     def _merge(current, fields):
@@ -387,6 +389,16 @@ class CustomObjects:
             else:
                 current[f.name] = f
         return added
+
+    def _reindex(self, tx, principal, slug, changed):
+        """Search rows again when text fields come or go (a column taken over may hold text already).
+
+        NOTE: the ALTER TABLE before this holds the table's lock until the transaction ends, so no record
+        write runs meanwhile (a column taken over needs no ALTER: a concurrent write may then make this a 409).
+        """
+        if any(f.type == 'text' for f in changed):
+            info = self.table_for(principal.org_id, slug, include_archived=True)
+            self.store.reindex_table(tx, info, principal.org_id)
 
     def set_archived(self, principal, slug, archived):
         """DELETE archives a definition (its records are kept); restore brings it back."""
@@ -414,4 +426,5 @@ class CustomObjects:
                 tx.execute(sqlbuild.build_drop_index(dropped.unique_index_name(table)))
             tx.execute(sqlbuild.build_drop_column(table, name))
             saved = self._save(tx, principal.org_id, definition, fields=[f.to_json() for f in fields if f is not dropped])
+            self._reindex(tx, principal, slug, [dropped])
         return {'dropped': dropped.to_json(), 'custom_object': saved}
