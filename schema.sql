@@ -422,17 +422,17 @@ CREATE TABLE search_texts (
 CREATE VIRTUAL TABLE search_texts_trigrams USING fts5(
     words, fields, content='search_texts', content_rowid='id', tokenize='trigram case_sensitive 1', columnsize=0);
 CREATE TRIGGER search_texts_inserted AFTER INSERT ON search_texts BEGIN
-    INSERT INTO search_texts_trigrams (rowid, words, fields) VALUES (new.id, new.words, new.fields);
+    INSERT INTO search_texts_trigrams (rowid, words, fields) VALUES (new.id, new.words, (SELECT group_concat(value, char(10)) FROM json_each(new.fields)));
 END;
 CREATE TRIGGER search_texts_deleted AFTER DELETE ON search_texts BEGIN
     INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, words, fields)
-    VALUES ('delete', old.id, old.words, old.fields);
+    VALUES ('delete', old.id, old.words, (SELECT group_concat(value, char(10)) FROM json_each(old.fields)));
 END;
 CREATE TRIGGER search_texts_updated AFTER UPDATE OF words, fields ON search_texts
 WHEN old.words <> new.words OR old.fields <> new.fields BEGIN
     INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, words, fields)
-    VALUES ('delete', old.id, old.words, old.fields);
-    INSERT INTO search_texts_trigrams (rowid, words, fields) VALUES (new.id, new.words, new.fields);
+    VALUES ('delete', old.id, old.words, (SELECT group_concat(value, char(10)) FROM json_each(old.fields)));
+    INSERT INTO search_texts_trigrams (rowid, words, fields) VALUES (new.id, new.words, (SELECT group_concat(value, char(10)) FROM json_each(new.fields)));
 END;
 -- dialect: postgresql
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
@@ -446,7 +446,9 @@ CREATE TABLE search_texts (
     fields TEXT NOT NULL,
     PRIMARY KEY (table_name, organization_id, record_id)
 );
-CREATE INDEX search_texts_trigrams ON search_texts USING gin (fields gin_trgm_ops);
+CREATE FUNCTION search_values(fields TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT string_agg(value, E'\n') FROM json_each_text(fields::json) $$;
+CREATE INDEX search_texts_trigrams ON search_texts USING gin (search_values(fields) gin_trgm_ops);
 CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(words, ' '), ' ')));
 -- dialect: end
 

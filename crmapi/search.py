@@ -7,10 +7,11 @@ compares folded text exactly, and SQLite and PostgreSQL give the same answers:
 - `contains`, `starts_with`, `ends_with` compare the folded filter value with the folded column;
 - `q` looks for each of its words at the start of a word of the record's searchable text.
 """
-import json
 import re
 import unicodedata
 from dataclasses import dataclass
+
+import orjson
 
 MAX_WORD = 100          # characters of a word kept, in the index and in a query alike
 MAX_DOCUMENT = 200_000  # characters of words a record's document keeps (PostgreSQL: a tsvector holds < 1 MiB)
@@ -59,15 +60,6 @@ def _email_words(folded):
     return _split(folded) + ([''.join(local)[:MAX_WORD]] if len(local) > 1 else [])
 
 
-def json_text(folded):
-    """`folded` as it is written inside the JSON of a record's `fields`.
-
-    NOTE: JSON escapes character by character, so a value holds `v` exactly when its JSON text holds
-    json_text(v): the trigram index can look for the escaped text.
-    """
-    return json.dumps(folded, ensure_ascii=False)[1:-1]
-
-
 @dataclass(frozen=True)
 class Row:
     """What a record's search row holds: its words (q), its name columns' words (ranking), and its text
@@ -78,26 +70,46 @@ class Row:
     fields: str
 
 
-def record_row(info, record, related=()):
-    """The Row of `record` of resource `info`, from its values as stored; `related`: the words of the records
-    it refers to that q finds in it too (a contact's company name). Each value is folded once."""
+@dataclass(frozen=True)
+class Plan:
+    """Which columns of a resource its search rows read, and how (worked out once per write, not per record)."""
+
+    texts: tuple    # every searchable text column: folded into `fields`
+    names: tuple    # read as words, ranked first
+    words: tuple    # read as words
+    phones: tuple   # read as one number: its digits
+    emails: tuple   # read as words, plus the local part as one word
+
+    def row(self, record, related=()):
+        """The Row of `record` (its values as stored); `related`: the words of the records it refers to that q
+        finds in it too (a contact's company name). Each value is folded once."""
+        folded = {}
+        for name in self.texts:
+            value = record.get(name)
+            if value is not None:
+                folded[name] = fold(value)
+        name_words = [w for n in self.names if n in folded for w in _split(folded[n])]
+        found = [*name_words, *(w for n in self.words if n in folded for w in _split(folded[n])),
+                 *(_DIGITS.sub('', folded[n])[:MAX_WORD] for n in self.phones if n in folded),
+                 *(w for n in self.emails if n in folded for w in _email_words(folded[n])), *related]
+        kept, size = {}, 0
+        for w in found:
+            if w and w not in kept:
+                size += len(w) + 1
+                if size > MAX_DOCUMENT:
+                    break
+                kept[w] = None
+        return Row(joined(kept), joined(dict.fromkeys(name_words)), orjson.dumps(folded).decode())
+
+
+def plan(info):
+    """The Plan of resource `info`: its policy's columns (schema.SearchPolicy), else every text column."""
     policy = info.spec.search
-    folded = {c.name: fold(record[c.name]) for c in info.search_columns if record.get(c.name) is not None}
-    names = name_columns(info)
+    names = tuple(name_columns(info))
     special = {*names, *policy.phones, *policy.emails}
-    name_words = [w for n in names if n in folded for w in _split(folded[n])]
-    found = [*name_words, *(w for n in word_columns(info) if n in folded and n not in special for w in _split(folded[n])),
-             *(_DIGITS.sub('', folded[n])[:MAX_WORD] for n in policy.phones if n in folded),
-             *(w for n in policy.emails if n in folded for w in _email_words(folded[n])), *related]
-    kept, size = {}, 0
-    for w in found:
-        if w and w not in kept:
-            size += len(w) + 1
-            if size > MAX_DOCUMENT:
-                break
-            kept[w] = None
-    return Row(joined(kept), joined(dict.fromkeys(name_words)),
-               json.dumps(folded, ensure_ascii=False, separators=(',', ':')))
+    return Plan(tuple(c.name for c in info.search_columns), names,
+                tuple(n for n in word_columns(info) if n not in special),
+                tuple(n for n in policy.phones if n in info.columns), tuple(n for n in policy.emails if n in info.columns))
 
 
 @dataclass(frozen=True)

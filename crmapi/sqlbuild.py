@@ -311,18 +311,11 @@ def _fts_phrase(text):
 
 
 def _in_fields(d, op, folded):
-    """Candidates from the index: search rows whose `fields` text holds the JSON text of `folded` (at the
-    start of a JSON string for starts_with, at its end for ends_with). Any column's: `_exact` decides."""
-    text = searching.json_text(folded)
+    """Candidates from the index: search rows one of whose text values holds `folded` (for ends_with, its
+    end; else its start: a phrase is at most FTS_PHRASE characters). Any column's: `_exact` decides."""
     if d.name == 'postgresql':
-        pattern = like_pattern(('"' if op == 'starts_with' else '') + text + ('"' if op == 'ends_with' else ''))
-        return Sql("s.fields LIKE {0} ESCAPE '\\'", Bound(pattern))
-    if op == 'starts_with':
-        phrase = _fts_phrase('"' + text)
-    elif op == 'ends_with':
-        phrase = '"' + (text[-(FTS_PHRASE - 1):] + '"').replace('"', '""') + '"'
-    else:
-        phrase = _fts_phrase(text)
+        return Sql("search_values(s.fields) LIKE {0} ESCAPE '\\'", Bound(like_pattern(folded)))
+    phrase = _fts_phrase(folded[-FTS_PHRASE:] if op == 'ends_with' else folded)
     return Sql('s.id IN (SELECT rowid FROM search_texts_trigrams WHERE search_texts_trigrams MATCH {0})',
                Bound('fields : ' + phrase))
 

@@ -609,11 +609,10 @@ class Store:
             if 'archived_at' in columns and info.archivable:
                 self._index_archived(tx, info, org_id, records)
             return
-        table, related = sqlbuild.search_table(info), self._related_words(tx, info, org_id, records)
-        rows = []
+        table, plan, rows = sqlbuild.search_table(info), search.plan(info), []
+        related, refs = self._related_words(tx, info, org_id, records), info.spec.search.related
         for r in records:
-            row = search.record_row(info, r, [w for ref, target, _ in info.spec.search.related
-                                              for w in related.get((target, r.get(ref)), ())])
+            row = plan.row(r, [w for ref, target, _ in refs for w in related.get((target, r.get(ref)), ())])
             rows.append((table, org_id, r['id'], r.get('archived_at') is not None, row.words, row.names, row.fields))
         for statement in sqlbuild.build_search_rows(self.db.dialect, rows):
             tx.execute(*statement)

@@ -109,7 +109,9 @@ class Scratch:
                 if data:
                     tx.cursor.executemany(sql, data)
                     # NOTE: written around the store, so their search rows too (what q and text operators read).
-                    Store(self.db, None).index(tx, self.info, ORG_A, rows, fresh=True)
+                    for org in {row['organization_id'] for row in rows}:
+                        Store(self.db, None).index(tx, self.info, org, [r for r in rows if r['organization_id'] == org],
+                                                   fresh=True)
                 yield
                 raise RollBack
         except RollBack:
