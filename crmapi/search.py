@@ -47,12 +47,13 @@ def digits(text):
 
 def joined(found):
     """Words as stored: each one after a space, so `' ' + prefix` is found exactly at a word start."""
-    return ''.join(' ' + w for w in found)
+    return ' ' + ' '.join(found) if found else ''
 
 
 def _split(folded):
     """The words of text folded already (`words` without folding again)."""
-    return [w[:MAX_WORD] for w in _WORD.findall(folded)]
+    found = _WORD.findall(folded)
+    return found if len(folded) <= MAX_WORD else [w[:MAX_WORD] for w in found]
 
 
 def _email_words(folded):
@@ -89,17 +90,28 @@ class Plan:
             if value is not None:
                 folded[name] = fold(value)
         name_words = [w for n in self.names if n in folded for w in _split(folded[n])]
-        found = [*name_words, *(w for n in self.words if n in folded for w in _split(folded[n])),
-                 *(_DIGITS.sub('', folded[n])[:MAX_WORD] for n in self.phones if n in folded),
-                 *(w for n in self.emails if n in folded for w in _email_words(folded[n])), *related]
-        kept, size = {}, 0
-        for w in found:
-            if w and w not in kept:
-                size += len(w) + 1
-                if size > MAX_DOCUMENT:
-                    break
-                kept[w] = None
+        found = name_words + [w for n in self.words if n in folded for w in _split(folded[n])]
+        found += [_DIGITS.sub('', folded[n])[:MAX_WORD] for n in self.phones if n in folded]
+        for n in self.emails:
+            if n in folded:
+                found += _email_words(folded[n])
+        found += related
+        kept = dict.fromkeys(found)
+        kept.pop('', None)
+        if sum(map(len, kept)) + len(kept) > MAX_DOCUMENT:
+            kept = _bounded(kept)
         return Row(joined(kept), joined(dict.fromkeys(name_words)), orjson.dumps(folded).decode())
+
+
+def _bounded(kept):
+    """The first words of `kept` whose document stays within MAX_DOCUMENT characters."""
+    out, size = {}, 0
+    for w in kept:
+        size += len(w) + 1
+        if size > MAX_DOCUMENT:
+            break
+        out[w] = None
+    return out
 
 
 def plan(info):
