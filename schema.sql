@@ -449,7 +449,7 @@ CREATE TABLE search_texts (
 CREATE FUNCTION search_values(fields TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ SELECT string_agg(value, E'\n') FROM json_each_text(fields::json) $$;
 CREATE INDEX search_texts_trigrams ON search_texts USING gin (search_values(fields) gin_trgm_ops);
-CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(words, ' '), ' ')));
+CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(words, ' '), '  ')));
 -- dialect: end
 
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.

@@ -45,9 +45,16 @@ def digits(text):
     return _DIGITS.sub('', fold(text))[:MAX_WORD]
 
 
-def joined(found):
-    """Words as stored: each one after a space, so `' ' + prefix` is found exactly at a word start."""
-    return ' ' + ' '.join(found) if found else ''
+WORD_START = '  '   # what comes before each word of a record's `words`
+
+
+def joined(found, start=' '):
+    """Words as stored: each one after `start`, so `start + prefix` is found exactly at a word start.
+
+    NOTE: `words` puts two spaces before each word (WORD_START): a trigram index then finds the start of a
+    word of one letter too ('  a' is three characters).
+    """
+    return start + start.join(found) if found else ''
 
 
 def _split(folded):
@@ -100,14 +107,14 @@ class Plan:
         kept.pop('', None)
         if sum(map(len, kept)) + len(kept) > MAX_DOCUMENT:
             kept = _bounded(kept)
-        return Row(joined(kept), joined(dict.fromkeys(name_words)), orjson.dumps(folded).decode())
+        return Row(joined(kept, WORD_START), joined(dict.fromkeys(name_words)), orjson.dumps(folded).decode())
 
 
 def _bounded(kept):
     """The first words of `kept` whose document stays within MAX_DOCUMENT characters."""
     out, size = {}, 0
     for w in kept:
-        size += len(w) + 1
+        size += len(w) + len(WORD_START)
         if size > MAX_DOCUMENT:
             break
         out[w] = None

@@ -361,10 +361,10 @@ TEXT_OPERATORS = {
 def _word_starts(d, words):
     """Every word of `words` starts a word of the search row's `words` (stored as ' w1 w2 …')."""
     find = 'strpos({0}, {1}) > 0' if d.name == 'postgresql' else 'instr({0}, {1}) > 0'
-    return Criterion.all([Sql(find, Sql('s.words'), Bound(' ' + w)) for w in words])
+    return Criterion.all([Sql(find, Sql('s.words'), Bound(searching.WORD_START + w)) for w in words])
 
 
-TSVECTOR = "array_to_tsvector(string_to_array(ltrim(s.words, ' '), ' '))"   # PostgreSQL: a search row's words
+TSVECTOR = "array_to_tsvector(string_to_array(ltrim(s.words, ' '), '  '))"   # PostgreSQL: a search row's words
 
 
 def _tsquery(terms):
@@ -375,29 +375,20 @@ def _tsquery(terms):
 
 
 def _word_class(word):
-    """SQLite: ' ' + `word` is too short for the trigram index, found by it exactly, or only its start is."""
-    n = len(word) + 1
-    return 'short' if n < searching.TRIGRAM else 'exact' if n <= FTS_PHRASE else 'long'
-
-
-def _indexable(terms):
-    """SQLite: whether every alternative has a word the trigram index can find (' ' + 2 characters)."""
-    return all(any(_word_class(w) != 'short' for w in alternative) for alternative in terms.alternatives)
+    """SQLite: WORD_START + `word` is found by the trigram index exactly, or only its start is."""
+    return 'exact' if len(searching.WORD_START + word) <= FTS_PHRASE else 'long'
 
 
 def _words_match(d, terms):
     """The search row `s` holds, for one of the alternatives of `terms`, each word at a word start."""
     if d.name == 'postgresql':
         return Sql(f'{TSVECTOR} @@ CAST({{0}} AS tsquery)', Bound(_tsquery(terms)))
-    every = Criterion.any([_word_starts(d, a) for a in terms.alternatives])
-    if not _indexable(terms):
-        return every
-    match = ' OR '.join('(' + ' AND '.join(_fts_phrase(' ' + w) for w in alternative
-                                            if len(w) + 1 >= searching.TRIGRAM) + ')'
+    match = ' OR '.join('(' + ' AND '.join(_fts_phrase(searching.WORD_START + w) for w in alternative) + ')'
                         for alternative in terms.alternatives)
     exact = all(_word_class(w) == 'exact' for alternative in terms.alternatives for w in alternative)
     return Sql('s.id IN (SELECT rowid FROM search_texts_trigrams WHERE search_texts_trigrams MATCH {0}) AND {1}',
-               Bound('words : (' + match + ')'), TRUE if exact else every)
+               Bound('words : (' + match + ')'),
+               TRUE if exact else Criterion.any([_word_starts(d, a) for a in terms.alternatives]))
 
 
 def search(d, table, info, terms, org_id):
@@ -429,34 +420,62 @@ def _ranking(d, table, info, org_id, lq):
     return [(rank, Order.desc)]
 
 
+ROW_OPERATORS = ('contains', 'starts_with', 'ends_with')   # text operators a search row alone decides
+
+
+def _on_row(info, flt):
+    """Whether a filter of `filters` is decided by the search row alone: a q, or a text operator on a text
+    column of the resource's own (not a view's computed one, nor across a reference)."""
+    if flt.column.kind == SEARCH_KIND:
+        return all(flt.value.alternatives)
+    return (flt.op in ROW_OPERATORS and flt.via is None and flt.column.name in info.searched
+            and flt.column.name not in info.spec.search.via)
+
+
 def searches_only(info, lq):
-    """Whether a list's matches are exactly the search rows its q's find (no other filter, no keyset):
-    then its count, and its page when ranked, come from the search rows alone, never joining each match
-    to its record (a q as broad as "a" matches most of them)."""
-    searches = lq.searches
-    return (bool(searches) and info.spec.search.indexed and not lq.equals and lq.after is None
-            and all(f.column.kind == SEARCH_KIND for f in lq.filters)
-            and all(f.logical == 'and' for f in lq.filters[:-1]) and all(all(t.alternatives) for t in searches))
+    """Whether a list's matches are exactly the search rows its q's and text operators find (no other filter,
+    no keyset): then its count, and its page when ranked or in id order, come from the search rows alone,
+    never joining each match to its record (a q as broad as "a" matches most of them)."""
+    if lq.search is not None and not all(lq.search.alternatives):
+        return False
+    return (bool(lq.filters or lq.search is not None) and info.spec.search.indexed and not lq.equals
+            and lq.after is None and all(_on_row(info, f) for f in lq.filters)
+            and all(f.logical == 'and' for f in lq.filters[:-1]))
+
+
+def _row_match(d, flt):
+    """A filter `_on_row` as a condition on the search row `s`."""
+    if flt.column.kind == SEARCH_KIND:
+        return _words_match(d, flt.value)
+    folded, field = searching.fold(flt.value), _field(d, flt.column.name)
+    if not folded:
+        return Sql('{0} IS NOT NULL', field)
+    if len(folded) < searching.TRIGRAM:
+        return _exact(d, flt.op, folded, field)
+    return Sql('{0} AND {1}', _in_fields(d, flt.op, folded), _exact(d, flt.op, folded, field))
 
 
 def _search_rows(d, info, org_id, lq):
     """The search rows a `searches_only` list matches: its table's and organization's, live unless it
-    includes the archived, holding every q."""
+    includes the archived, passing its q and every filter."""
     parts = [_scope(search_table(info), org_id)]
     if info.archivable and not lq.include_archived:
         parts.append(Sql('s.archived = FALSE'))
-    return Criterion.all(parts + [_words_match(d, t) for t in lq.searches])
+    if lq.search is not None:
+        parts.append(_words_match(d, lq.search))
+    return Criterion.all(parts + [_row_match(d, f) for f in lq.filters])
 
 
-def _ranked_page(d, info, org_id, lq):
-    """A ranked `searches_only` page: its ids ranked and paged in the search rows, then their records."""
+def _row_page(d, info, org_id, lq):
+    """A page of a `searches_only` list without a sort: its ids ranked (or in id order) and paged in the
+    search rows, then their records."""
     columns = ', '.join(f't.{quote(n)}' for n in output_columns(info))
     return Sql(f'SELECT {columns} FROM (SELECT s.record_id, {{0}} AS score FROM search_texts s WHERE {{1}} '
                'ORDER BY score DESC, s.record_id LIMIT {2} OFFSET {3}) hits '
                f'JOIN {quote(info.spec.table)} t ON t.id = hits.record_id AND t.organization_id = {{4}} '
                'ORDER BY hits.score DESC, hits.record_id',
-               _score(d, lq), _search_rows(d, info, org_id, lq), Bound(int(lq.size)), Bound(int(lq.start)),
-               Bound(org_id))
+               _score(d, lq) if lq.ranked else Sql('0'), _search_rows(d, info, org_id, lq), Bound(int(lq.size)),
+               Bound(int(lq.start)), Bound(org_id))
 
 
 def where(d, table, info, org_id, lq):
@@ -767,9 +786,9 @@ def _paging(d, lq):
 
 def build_list(d, info, org_id, lq):
     table = Table(info.spec.table)
-    if lq.ranked and searches_only(info, lq):
-        return _shaped(d, ('ranked', list_shape(info, lq)), lambda: _ranked_page(d, info, org_id, lq),
-                       lambda: _ranked_page(d, info, org_id, lq), [])
+    if not lq.sorts and searches_only(info, lq):
+        return _shaped(d, ('row_page', list_shape(info, lq)), lambda: _row_page(d, info, org_id, lq),
+                       lambda: _row_page(d, info, org_id, lq), [])
     paging, extra = _paging(d, lq)
     sql, params = _shaped(d, ('list', list_shape(info, lq)), lambda: _select(d, info, org_id, lq),
                           lambda: (_select_values(d, table, info, org_id, lq),

@@ -113,17 +113,27 @@ TRIGRAMS = ('"id" IN (SELECT s.record_id FROM search_texts s WHERE s.id IN (SELE
     ({'op': 'contains', 'value': '\u0301'}, 'NOT "status" IS NULL', []),   # folds to '': any value
 ])
 def test_text_operators_compare_folded_values_in_the_search_rows(flt, sqlite_sql, values):
-    sql, bound = where_of(SQLITE, filters=[{'field': 'status', **flt}])
-    assert sql == '"organization_id"=? AND "archived_at" IS NULL AND ' + sqlite_sql
-    assert bound == ['org_1'] + values
+    sql, bound = where_of(SQLITE, filter={'vip': True}, filters=[{'field': 'status', **flt}])
+    assert sql == '"organization_id"=? AND "archived_at" IS NULL AND "vip"=? AND ' + sqlite_sql
+    assert bound == ['org_1', 1] + values
+
+
+def test_a_list_of_text_operators_only_is_counted_in_the_search_rows():
+    sql, bound = where_of(SQLITE, filters=[{'field': 'status', 'op': 'contains', 'value': 'Gold'},
+                                           {'field': 'last_name', 'op': 'starts_with', 'value': 'a'}])
+    assert sql == ('s.table_name = ? AND s.organization_id = ? AND s.archived = FALSE AND s.id IN (SELECT rowid FROM '
+                   'search_texts_trigrams WHERE search_texts_trigrams MATCH ?) AND instr(json_extract(s.fields, ?), ?) '
+                   '> 0 AND instr(json_extract(s.fields, ?), ?) = 1')
+    assert bound == ['contacts', 'org_1', 'fields : "gold"', '$."status"', 'gold', '$."last_name"', 'a']
 
 
 def test_postgres_text_operators_are_like_patterns_on_folded_values():
-    sql, values = where_of(POSTGRES, filters=[{'field': 'status', 'op': 'starts_with', 'value': '50%_OFF'}])
+    sql, values = where_of(POSTGRES, filter={'vip': True},
+                           filters=[{'field': 'status', 'op': 'starts_with', 'value': '50%_OFF'}])
     assert sql.endswith('AND "id" IN (SELECT s.record_id FROM search_texts s WHERE search_values(s.fields) LIKE %s '
                         "ESCAPE '\\' "
                         "AND s.table_name = %s AND s.organization_id = %s AND (s.fields::json ->> %s) LIKE %s ESCAPE '\\')")
-    assert values == ['org_1', '%50\\%\\_off%', 'contacts', 'org_1', 'status', '50\\%\\_off%']
+    assert values == ['org_1', True, '%50\\%\\_off%', 'contacts', 'org_1', 'status', '50\\%\\_off%']
 
 
 def test_search_reads_the_records_words_not_their_columns():
@@ -131,9 +141,11 @@ def test_search_reads_the_records_words_not_their_columns():
     assert '"first_name"' not in sql and 's.table_name = %s AND s.organization_id = %s AND s.archived = FALSE' in sql
     assert values == ['contacts', 'org_1', "('ad':* & 'lo':*)"]
     sql, values = where_of(SQLITE, filter={'q': 'Ad Lo'})
-    assert values == ['contacts', 'org_1', 'words : ((" ad" AND " lo"))'], 'the trigram phrases find word starts exactly'
+    assert values == ['contacts', 'org_1', 'words : (("  ad" AND "  lo"))'], 'the trigram phrases find word starts exactly'
     sql, values = where_of(SQLITE, filter={'q': 'A Lo'})
-    assert values == ['contacts', 'org_1', 'words : ((" lo"))', ' a', ' lo'], 'a one-letter word is compared on the rows'
+    assert values == ['contacts', 'org_1', 'words : (("  a" AND "  lo"))'], 'two spaces: a one-letter word start too'
+    sql, values = where_of(SQLITE, filter={'q': 'Lovelaceiana'})
+    assert values == ['contacts', 'org_1', 'words : (("  lovelaceia"))', '  lovelaceiana'], 'a long word is compared'
 
 
 def test_injection_in_values_stays_a_parameter():

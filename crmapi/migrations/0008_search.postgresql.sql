@@ -2,7 +2,7 @@
 -- same function for what is stored and what is asked), kept by the store in the transaction of every
 -- write; `crmapi migrate` then fills it in for the records already there (or run `crmapi reindex`).
 -- search_texts, per record: its organization and archived state (a q's count and first page come from
--- these rows alone), `words` (its words, each after a space: q), `names` (those of its name columns:
+-- these rows alone), `words` (its words, each after two spaces: q), `names` (those of its name columns:
 -- ranking) and `fields` (its text columns folded, one JSON object: contains, starts_with, ends_with).
 -- PostgreSQL's twin: a pg_trgm GIN index on the values of `fields`, one a line (LIKE patterns of 3
 -- characters or more; their keys are the same in every row: indexing them would only cost), and a GIN
@@ -23,4 +23,4 @@ CREATE TABLE search_texts (
 CREATE FUNCTION search_values(fields TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ SELECT string_agg(value, E'\n') FROM json_each_text(fields::json) $$;
 CREATE INDEX search_texts_trigrams ON search_texts USING gin (search_values(fields) gin_trgm_ops);
-CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(words, ' '), ' ')));
+CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(words, ' '), '  ')));

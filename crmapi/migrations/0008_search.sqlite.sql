@@ -2,7 +2,7 @@
 -- same function for what is stored and what is asked), kept by the store in the transaction of every
 -- write; `crmapi migrate` then fills it in for the records already there (or run `crmapi reindex`).
 -- search_texts, per record: its organization and archived state (a q's count and first page come from
--- these rows alone), `words` (its words, each after a space: q), `names` (those of its name columns:
+-- these rows alone), `words` (its words, each after two spaces: q), `names` (those of its name columns:
 -- ranking) and `fields` (its text columns folded, one JSON object: contains, starts_with, ends_with).
 -- SQLite's twin: one FTS5 trigram table (kept by triggers) over `words` and the values of `fields`, one
 -- a line (their keys are the same in every row: indexing them would only cost), finds the candidates of
