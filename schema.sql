@@ -404,9 +404,9 @@ CREATE INDEX IF NOT EXISTS webhook_deliveries_org ON webhook_deliveries (organiz
 
 -- Search: one row per record beside the records (crmapi/search.py folds its text; the store keeps it in
 -- the transaction of every write): its organization and archived state, `words` (q), `names` (ranking)
--- and `fields` (its text columns folded, a JSON object: the text operators). The two databases index it
--- differently (migration 0008's twins): the lines between `-- dialect: NAME` and `-- dialect: end`
--- belong to that database only.
+-- and `fields` (its text columns folded, a JSON object: the text operators; `texts`, the same values for
+-- the trigram index). The two databases index it differently (migration 0008's twins): the lines
+-- between `-- dialect: NAME` and `-- dialect: end` belong to that database only.
 -- dialect: sqlite
 CREATE TABLE search_texts (
     id INTEGER PRIMARY KEY,
@@ -417,22 +417,23 @@ CREATE TABLE search_texts (
     words TEXT NOT NULL,
     names TEXT NOT NULL,
     fields TEXT NOT NULL,
+    texts TEXT NOT NULL,
     UNIQUE (table_name, organization_id, record_id)
 );
 CREATE VIRTUAL TABLE search_texts_trigrams USING fts5(
-    words, fields, content='search_texts', content_rowid='id', tokenize='trigram case_sensitive 1', columnsize=0);
+    words, texts, content='search_texts', content_rowid='id', tokenize='trigram case_sensitive 1', columnsize=0);
 CREATE TRIGGER search_texts_inserted AFTER INSERT ON search_texts BEGIN
-    INSERT INTO search_texts_trigrams (rowid, words, fields) VALUES (new.id, new.words, (SELECT group_concat(value, char(10)) FROM json_each(new.fields)));
+    INSERT INTO search_texts_trigrams (rowid, words, texts) VALUES (new.id, new.words, new.texts);
 END;
 CREATE TRIGGER search_texts_deleted AFTER DELETE ON search_texts BEGIN
-    INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, words, fields)
-    VALUES ('delete', old.id, old.words, (SELECT group_concat(value, char(10)) FROM json_each(old.fields)));
+    INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, words, texts)
+    VALUES ('delete', old.id, old.words, old.texts);
 END;
-CREATE TRIGGER search_texts_updated AFTER UPDATE OF words, fields ON search_texts
-WHEN old.words <> new.words OR old.fields <> new.fields BEGIN
-    INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, words, fields)
-    VALUES ('delete', old.id, old.words, (SELECT group_concat(value, char(10)) FROM json_each(old.fields)));
-    INSERT INTO search_texts_trigrams (rowid, words, fields) VALUES (new.id, new.words, (SELECT group_concat(value, char(10)) FROM json_each(new.fields)));
+CREATE TRIGGER search_texts_updated AFTER UPDATE OF words, texts ON search_texts
+WHEN old.words <> new.words OR old.texts <> new.texts BEGIN
+    INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, words, texts)
+    VALUES ('delete', old.id, old.words, old.texts);
+    INSERT INTO search_texts_trigrams (rowid, words, texts) VALUES (new.id, new.words, new.texts);
 END;
 -- dialect: postgresql
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
@@ -444,11 +445,10 @@ CREATE TABLE search_texts (
     words TEXT NOT NULL,
     names TEXT NOT NULL,
     fields TEXT NOT NULL,
+    texts TEXT NOT NULL,
     PRIMARY KEY (table_name, organization_id, record_id)
 );
-CREATE FUNCTION search_values(fields TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    AS $$ SELECT string_agg(value, E'\n') FROM json_each_text(fields::json) $$;
-CREATE INDEX search_texts_trigrams ON search_texts USING gin (search_values(fields) gin_trgm_ops);
+CREATE INDEX search_texts_trigrams ON search_texts USING gin (texts gin_trgm_ops);
 CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(words, ' '), '  ')));
 -- dialect: end
 

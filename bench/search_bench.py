@@ -10,7 +10,7 @@ What it does, in process (the store and the SQL the API runs, no HTTP):
      makes them), then builds the search rows with `crmapi reindex` (timed: what `crmapi migrate`
      does for existing data);
   2. times page 1 (25 rows) with its exact total (Content-Range) of: q with two word prefixes
-     ("jo smi"), q with one 3-letter prefix ("mar"), contains with a 4-letter substring on last_name
+     ("jo smi"), q with one 3-letter prefix ("mar"), q with one letter ("a", ranked), contains with a 4-letter substring on last_name
      ("mith"), each ranked (no sort; contains: id order) and sorted by last_name; and, measured in the
      same run, the plain scan the same questions cost before: `LIKE '%…%'` over the text columns;
   3. sizes on disk: the search structures vs the tables (and their indexes) they serve;
@@ -119,6 +119,7 @@ def queries(db, org_id, repeat):
         ('q "mar" ranked', {'filter': {'q': 'mar'}}, any_column(['mar']), 'id'),
         ('q "mar" by last_name', {'filter': {'q': 'mar'}, 'sort': ['last_name', 'ASC']}, any_column(['mar']),
          'last_name, id'),
+        ('q "a" ranked', {'filter': {'q': 'a'}}, any_column(['a']), 'id'),
         ('contains "mith" (id order)', {'filters': [{'field': 'last_name', 'op': 'contains', 'value': 'mith'}]},
          ("last_name LIKE ? ESCAPE '\\'", ['%mith%']), 'id'),
         ('contains "mith" by last_name', {'filters': [{'field': 'last_name', 'op': 'contains', 'value': 'mith'}],

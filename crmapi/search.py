@@ -71,11 +71,12 @@ def _email_words(folded):
 @dataclass(frozen=True)
 class Row:
     """What a record's search row holds: its words (q), its name columns' words (ranking), and its text
-    columns folded, as one JSON object (contains, starts_with, ends_with)."""
+    columns folded, as one JSON object (contains, starts_with, ends_with) and as lines (the trigram index)."""
 
     words: str
     names: str
     fields: str
+    texts: str      # the values of `fields`, one a line: what the trigram index reads
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ class Plan:
         kept.pop('', None)
         if sum(map(len, kept)) + len(kept) > MAX_DOCUMENT:
             kept = _bounded(kept)
-        return Row(joined(kept, WORD_START), joined(dict.fromkeys(name_words)), orjson.dumps(folded).decode())
+        return Row(joined(kept, WORD_START), joined(dict.fromkeys(name_words)), orjson.dumps(folded).decode(),
+                   '\n'.join(folded.values()))
 
 
 def _bounded(kept):

@@ -311,13 +311,13 @@ def _fts_phrase(text):
 
 
 def _in_fields(d, op, folded):
-    """Candidates from the index: search rows one of whose text values holds `folded` (for ends_with, its
-    end; else its start: a phrase is at most FTS_PHRASE characters). Any column's: `_exact` decides."""
+    """Candidates from the index: search rows whose `texts` hold `folded` (for ends_with, its end; else its
+    start: a phrase is at most FTS_PHRASE characters), in any column: `_exact` decides on `fields`."""
     if d.name == 'postgresql':
-        return Sql("search_values(s.fields) LIKE {0} ESCAPE '\\'", Bound(like_pattern(folded)))
+        return Sql("s.texts LIKE {0} ESCAPE '\\'", Bound(like_pattern(folded)))
     phrase = _fts_phrase(folded[-FTS_PHRASE:] if op == 'ends_with' else folded)
     return Sql('s.id IN (SELECT rowid FROM search_texts_trigrams WHERE search_texts_trigrams MATCH {0})',
-               Bound('fields : ' + phrase))
+               Bound('texts : ' + phrase))
 
 
 def _text_match(d, table, info, column, op, value, org_id):
@@ -553,7 +553,7 @@ def _sort_joins(d, table, org_id, sorts):
 
 # -- search rows (kept by store.py in the writing transaction) ---------------------------------------
 
-SEARCH_ROW = ('table_name', 'organization_id', 'record_id', 'archived', 'words', 'names', 'fields')
+SEARCH_ROW = ('table_name', 'organization_id', 'record_id', 'archived', 'words', 'names', 'fields', 'texts')
 
 
 def _search_upsert(d, n):

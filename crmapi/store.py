@@ -613,7 +613,8 @@ class Store:
         related, refs = self._related_words(tx, info, org_id, records), info.spec.search.related
         for r in records:
             row = plan.row(r, [w for ref, target, _ in refs for w in related.get((target, r.get(ref)), ())])
-            rows.append((table, org_id, r['id'], r.get('archived_at') is not None, row.words, row.names, row.fields))
+            rows.append((table, org_id, r['id'], r.get('archived_at') is not None, row.words, row.names, row.fields,
+                         row.texts))
         for statement in sqlbuild.build_search_rows(self.db.dialect, rows):
             tx.execute(*statement)
         if not fresh:

@@ -372,8 +372,8 @@ def test_substrings_of_three_characters_or_more_are_found_through_the_trigram_in
             # NOTE: on a small table the planner rightly prefers other plans; the point is that the conditions
             # sqlbuild writes are the ones the GIN indexes serve (scans off: an index or nothing).
             tx.execute('SET LOCAL enable_seqscan = off')
-            assert "search_values(s.fields) LIKE %s ESCAPE '\\'" in sql and 'array_to_tsvector(' in sql
-            for condition, value, index in [("search_values(s.fields) LIKE %s ESCAPE '\\'", '%mithe%',
+            assert "s.texts LIKE %s ESCAPE '\\'" in sql and 'array_to_tsvector(' in sql
+            for condition, value, index in [("s.texts LIKE %s ESCAPE '\\'", '%mithe%',
                                              'search_texts_trigrams'),
                                             (f'{sqlbuild.TSVECTOR} @@ CAST(%s AS tsquery)', "('smi':*)",
                                              'search_texts_words')]:

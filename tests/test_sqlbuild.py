@@ -100,9 +100,9 @@ TRIGRAMS = ('"id" IN (SELECT s.record_id FROM search_texts s WHERE s.id IN (SELE
 
 @pytest.mark.parametrize('flt, sqlite_sql, values', [
     ({'op': 'contains', 'value': '50%_OFF\\'}, TRIGRAMS + 'instr(json_extract(s.fields, ?), ?) > 0)',
-     ['fields : "50%_off\\"', 'contacts', 'org_1', '$."status"', '50%_off\\']),   # a phrase: the value's text
+     ['texts : "50%_off\\"', 'contacts', 'org_1', '$."status"', '50%_off\\']),   # a phrase: the value's text
     ({'op': 'starts_with', 'value': 'Abc'}, TRIGRAMS + 'instr(json_extract(s.fields, ?), ?) = 1)',
-     ['fields : "abc"', 'contacts', 'org_1', '$."status"', 'abc']),
+     ['texts : "abc"', 'contacts', 'org_1', '$."status"', 'abc']),
     ({'op': 'starts_with', 'value': 'Ab'}, SHORT_CONTAINS.replace('> 0', '= 1'),
      ['contacts', 'org_1', '$."status"', 'ab']),
     ({'op': 'ends_with', 'value': 'ä'}, SHORT_CONTAINS.replace('instr(json_extract(s.fields, ?), ?) > 0',
@@ -124,13 +124,13 @@ def test_a_list_of_text_operators_only_is_counted_in_the_search_rows():
     assert sql == ('s.table_name = ? AND s.organization_id = ? AND s.archived = FALSE AND s.id IN (SELECT rowid FROM '
                    'search_texts_trigrams WHERE search_texts_trigrams MATCH ?) AND instr(json_extract(s.fields, ?), ?) '
                    '> 0 AND instr(json_extract(s.fields, ?), ?) = 1')
-    assert bound == ['contacts', 'org_1', 'fields : "gold"', '$."status"', 'gold', '$."last_name"', 'a']
+    assert bound == ['contacts', 'org_1', 'texts : "gold"', '$."status"', 'gold', '$."last_name"', 'a']
 
 
 def test_postgres_text_operators_are_like_patterns_on_folded_values():
     sql, values = where_of(POSTGRES, filter={'vip': True},
                            filters=[{'field': 'status', 'op': 'starts_with', 'value': '50%_OFF'}])
-    assert sql.endswith('AND "id" IN (SELECT s.record_id FROM search_texts s WHERE search_values(s.fields) LIKE %s '
+    assert sql.endswith('AND "id" IN (SELECT s.record_id FROM search_texts s WHERE s.texts LIKE %s '
                         "ESCAPE '\\' "
                         "AND s.table_name = %s AND s.organization_id = %s AND (s.fields::json ->> %s) LIKE %s ESCAPE '\\')")
     assert values == ['org_1', True, '%50\\%\\_off%', 'contacts', 'org_1', 'status', '50\\%\\_off%']
