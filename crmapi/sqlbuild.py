@@ -466,12 +466,21 @@ def _search_rows(d, info, org_id, lq):
     return Criterion.all(parts + [_row_match(d, f) for f in lq.filters])
 
 
+def pages_in_rows(info, lq):
+    """Whether build_list pages in the search rows (`_row_page`): its rows then end with the list's total."""
+    return not lq.sorts and searches_only(info, lq)
+
+
 def _row_page(d, info, org_id, lq):
     """A page of a `searches_only` list without a sort: its ids ranked (or in id order) and paged in the
-    search rows, then their records."""
+    search rows, then their records, each row ending with the number of matches.
+
+    NOTE: the total is counted in the same pass over the matches that ranks them (a window over all of
+    them, before the LIMIT): a broad q reads its matches once, not once more for Content-Range.
+    """
     columns = ', '.join(f't.{quote(n)}' for n in output_columns(info))
-    return Sql(f'SELECT {columns} FROM (SELECT s.record_id, {{0}} AS score FROM search_texts s WHERE {{1}} '
-               'ORDER BY score DESC, s.record_id LIMIT {2} OFFSET {3}) hits '
+    return Sql(f'SELECT {columns}, hits.total FROM (SELECT s.record_id, {{0}} AS score, COUNT(*) OVER () AS total '
+               'FROM search_texts s WHERE {1} ORDER BY score DESC, s.record_id LIMIT {2} OFFSET {3}) hits '
                f'JOIN {quote(info.spec.table)} t ON t.id = hits.record_id AND t.organization_id = {{4}} '
                'ORDER BY hits.score DESC, hits.record_id',
                _score(d, lq) if lq.ranked else Sql('0'), _search_rows(d, info, org_id, lq), Bound(int(lq.size)),
@@ -786,7 +795,7 @@ def _paging(d, lq):
 
 def build_list(d, info, org_id, lq):
     table = Table(info.spec.table)
-    if not lq.sorts and searches_only(info, lq):
+    if pages_in_rows(info, lq):
         return _shaped(d, ('row_page', list_shape(info, lq)), lambda: _row_page(d, info, org_id, lq),
                        lambda: _row_page(d, info, org_id, lq), [])
     paging, extra = _paging(d, lq)

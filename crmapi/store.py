@@ -269,11 +269,15 @@ class Store:
         d = self.db.dialect
         read = self.reader(info)
         with self.db.transaction() as tx:
-            rows = [read(r) for r in tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq))]
+            raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq))
+            counted = raw[0][-1] if raw and sqlbuild.pages_in_rows(info, lq) else None
+            rows = [read(r[:-1] if counted is not None else r) for r in raw]
             if count == 'none':
                 total = None
             elif lq.start == 0 and lq.after is None and len(rows) < lq.size:
                 total = len(rows)
+            elif counted is not None and count == 'exact':
+                total = counted
             else:
                 total = self._total(tx, info, principal, lq, count)
         return rows, total
