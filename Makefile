@@ -1,6 +1,6 @@
 # crmapi: `make run` serves a demo on 127.0.0.1:8000 (and delivers its webhooks); `make test` runs the whole suite
-# on SQLite and on a throwaway PostgreSQL: the fast tier, then the slow tier (`make test-fast` and
-# `make test-slow` run one). All of them install what they need from scratch.
+# on SQLite and on a throwaway PostgreSQL: the linter, the fast tier, then the slow tier (`make lint`,
+# `make test-fast` and `make test-slow` run one). All of them install what they need from scratch.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 FAST_WORKERS ?= 2
 SLOW_WORKERS ?= 2
 
-.PHONY: run test test-fast test-slow bench install install-test system-packages clean
+.PHONY: run lint test test-fast test-slow bench install install-test system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,12 +81,18 @@ TIER = || { status=$$?; [ $$status = 5 ] || exit $$status; }
 FAST_TIER = echo '== fast tier'; $(BIN)/pytest -m 'not slow' -n $(FAST_WORKERS) $(PYTEST_ARGS) $(TIER)
 SLOW_TIER = echo '== slow tier'; $(BIN)/pytest -m slow -n $(SLOW_WORKERS) --dist loadfile $(PYTEST_ARGS) $(TIER)
 
-# The fast tier first, so a failure shows early; the slow tier runs only if the fast one passed.
+# ruff's rules (pyproject.toml): unused imports and variables, undefined names, syntax. In a second.
+LINT = echo '== lint'; $(BIN)/ruff check .
+
+lint: $(VENV)/.installed-test
+	@$(LINT)
+
+# The linter, then the fast tier, so a failure shows early; the slow tier runs only if the fast one passed.
 test: $(VENV)/.installed-test system-packages tests/js/node_modules/.package-lock.json
-	@$(START_POSTGRES); $(FAST_TIER); $(SLOW_TIER)
+	@set -e; $(LINT); $(START_POSTGRES); $(FAST_TIER); $(SLOW_TIER)
 
 test-fast: $(VENV)/.installed-test system-packages
-	@$(START_POSTGRES); $(FAST_TIER)
+	@set -e; $(LINT); $(START_POSTGRES); $(FAST_TIER)
 
 test-slow: $(VENV)/.installed-test system-packages tests/js/node_modules/.package-lock.json
 	@$(START_POSTGRES); $(SLOW_TIER)

@@ -118,6 +118,37 @@ CREATE INDEX IF NOT EXISTS deals_org_company ON deals (organization_id, company_
 CREATE INDEX IF NOT EXISTS deals_org_status ON deals (organization_id, status);
 CREATE INDEX IF NOT EXISTS deals_org_created ON deals (organization_id, created_at, id) WHERE archived_at IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS deals_org_external_id ON deals (organization_id, external_id) WHERE external_id IS NOT NULL;
+-- The contacts of each deal (contact_ids), indexed by contact, for a contact's deals (migration 0018).
+-- NOTE: a statement whose comment starts `-- sqlite only` or `-- postgresql only` is that database's alone:
+-- SQLite cannot index a JSON array's elements, so it keeps the pairs in a side table its triggers maintain.
+-- sqlite only
+CREATE TABLE IF NOT EXISTS deal_contacts (
+    organization_id TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    deal_id TEXT NOT NULL,
+    PRIMARY KEY (organization_id, contact_id, deal_id)
+) WITHOUT ROWID;
+-- sqlite only
+CREATE INDEX IF NOT EXISTS deal_contacts_deal ON deal_contacts (deal_id);
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS deal_contacts_insert AFTER INSERT ON deals BEGIN
+    INSERT OR IGNORE INTO deal_contacts (organization_id, contact_id, deal_id)
+        SELECT NEW.organization_id, value, NEW.id
+        FROM json_each(CASE WHEN json_valid(NEW.contact_ids) THEN NEW.contact_ids ELSE '[]' END) WHERE type = 'text';
+END;
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS deal_contacts_update AFTER UPDATE OF id, organization_id, contact_ids ON deals BEGIN
+    DELETE FROM deal_contacts WHERE deal_id = OLD.id;
+    INSERT OR IGNORE INTO deal_contacts (organization_id, contact_id, deal_id)
+        SELECT NEW.organization_id, value, NEW.id
+        FROM json_each(CASE WHEN json_valid(NEW.contact_ids) THEN NEW.contact_ids ELSE '[]' END) WHERE type = 'text';
+END;
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS deal_contacts_delete AFTER DELETE ON deals BEGIN
+    DELETE FROM deal_contacts WHERE deal_id = OLD.id;
+END;
+-- postgresql only
+CREATE INDEX IF NOT EXISTS deals_contact_ids ON deals USING GIN (contact_ids jsonb_path_ops);
 
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
@@ -375,13 +406,14 @@ CREATE TABLE IF NOT EXISTS webhook_cursors (
     seq BIGINT NOT NULL
 );
 
--- The outbox: one row per (webhook, change). payload: the JSON body sent (the same on every attempt);
+-- The outbox: one row per (webhook, change), or per webhook action of an automation rule's run (webhook_id
+-- NULL; rule_id and url say whose and where). payload: the JSON body sent (the same on every attempt);
 -- locked_until: the lease of the worker sending it; attempts: in the current round (redeliver starts one);
 -- attempt_log: every attempt [{at, status_code, duration_ms, error}].
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
     id TEXT PRIMARY KEY,
     organization_id TEXT NOT NULL REFERENCES organizations (id),
-    webhook_id TEXT NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    webhook_id TEXT REFERENCES webhooks (id) ON DELETE CASCADE,
     change_id TEXT NOT NULL,
     seq BIGINT NOT NULL,
     event_type TEXT NOT NULL,
@@ -397,17 +429,39 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     delivered_at TIMESTAMPTZ,
     created_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL,
+    rule_id TEXT,
+    url TEXT,
     UNIQUE (webhook_id, change_id)
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS webhook_deliveries_org ON webhook_deliveries (organization_id, id);
 
--- Search: one row per record beside the records (crmapi/search.py folds its text; the store keeps it in
--- the transaction of every write): its organization and archived state, `words` (q), `names` (ranking)
--- and `fields` (its text columns folded, a JSON object: the text operators; `texts`, the same values for
--- the trigram index). The two databases index it differently (migration 0008's twins): the lines
--- between `-- dialect: NAME` and `-- dialect: end` belong to that database only.
--- dialect: sqlite
+-- Automation rules that run (issue 12): the rules' own cursor over the change feed (apart from the webhooks'
+-- fan-out cursor, so that neither holds the other up), and each rule's secret for its webhook actions (apart
+-- from the rule, so no read of automation_rules can carry it).
+CREATE TABLE IF NOT EXISTS automation_cursors (
+    organization_id TEXT PRIMARY KEY REFERENCES organizations (id),
+    seq BIGINT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS automation_rule_secrets (
+    rule_id TEXT PRIMARY KEY REFERENCES automation_rules (id) ON DELETE CASCADE,
+    secret TEXT NOT NULL
+);
+
+-- Cached tokens (crmapi/authcache.py): a number that every revocation of a token and every change to a CRM
+-- user increments in its own transaction; each process forgets the tokens it verified when it has moved.
+CREATE TABLE IF NOT EXISTS auth_generation (
+    id INTEGER PRIMARY KEY,
+    generation BIGINT NOT NULL
+);
+
+-- Search (issue 10): one row per record beside the records (crmapi/search.py folds its text; the store keeps it
+-- in the transaction of every write): its organization and archived state, `words` (q), `names` (ranking),
+-- `fields` (its text columns folded, a JSON object: the text operators) and `texts` (the same values, one a
+-- line: what the trigram indexes read). SQLite: an FTS5 trigram table kept by triggers; PostgreSQL: pg_trgm
+-- and a tsvector GIN index (migration 0019's twins).
+-- sqlite only
 CREATE TABLE search_texts (
     id INTEGER PRIMARY KEY,
     table_name TEXT NOT NULL,
@@ -420,23 +474,28 @@ CREATE TABLE search_texts (
     texts TEXT NOT NULL,
     UNIQUE (table_name, organization_id, record_id)
 );
+-- sqlite only
 CREATE VIRTUAL TABLE search_texts_trigrams USING fts5(
     words, texts, content='search_texts', content_rowid='id', tokenize='trigram case_sensitive 1', columnsize=0);
+-- sqlite only
 CREATE TRIGGER search_texts_inserted AFTER INSERT ON search_texts BEGIN
     INSERT INTO search_texts_trigrams (rowid, words, texts) VALUES (new.id, new.words, new.texts);
 END;
+-- sqlite only
 CREATE TRIGGER search_texts_deleted AFTER DELETE ON search_texts BEGIN
     INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, words, texts)
     VALUES ('delete', old.id, old.words, old.texts);
 END;
+-- sqlite only
 CREATE TRIGGER search_texts_updated AFTER UPDATE OF words, texts ON search_texts
 WHEN old.words <> new.words OR old.texts <> new.texts BEGIN
     INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, words, texts)
     VALUES ('delete', old.id, old.words, old.texts);
     INSERT INTO search_texts_trigrams (rowid, words, texts) VALUES (new.id, new.words, new.texts);
 END;
--- dialect: postgresql
+-- postgresql only
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
+-- postgresql only
 CREATE TABLE search_texts (
     table_name TEXT NOT NULL,
     organization_id TEXT NOT NULL,
@@ -448,12 +507,13 @@ CREATE TABLE search_texts (
     texts TEXT NOT NULL,
     PRIMARY KEY (table_name, organization_id, record_id)
 );
+-- postgresql only
 CREATE INDEX search_texts_trigrams ON search_texts USING gin (texts gin_trgm_ops);
+-- postgresql only
 CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(words, ' '), '  ')));
--- dialect: end
 
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (12);
+INSERT INTO schema_version (version) VALUES (19);

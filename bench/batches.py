@@ -11,6 +11,12 @@ with a batch of `--size` contacts: POST (create), POST ?on_conflict=external_id 
 updates), PATCH, DELETE (archive). Prints the median wall time of a request and the rows per second.
 The targets of issue 9: a batch of 1,000 contacts well under 100 ms on SQLite, >= 20,000 rows/s on
 SQLite and >= 10,000 rows/s on PostgreSQL. Nothing is asserted: this is a measurement, not a test.
+
+`--compare-history` measures the cost of the change history (issue 12's target: >= 0.8x of without), for the
+four batch kinds and for `single` (one-contact POSTs, the single-create path): two
+databases side by side, one app recording changes and one whose writes record none (History.record made a
+no-op in that app's store only), their rounds alternating so both see the same machine load; it prints both
+and their ratio. (The webhook outbox adds nothing to a write: the worker fans changes out later.)
 """
 import argparse
 import json
@@ -52,40 +58,13 @@ def timed(action, rounds):
     return statistics.median(times)
 
 
-def timed_both(action, rounds):
-    """(median with search upkeep, median without): rounds alternate, so a busy machine weighs on both alike.
-    Round n with upkeep and round n + rounds without write different records (`action(n)`)."""
-    from crmapi.store import Store
-    index, unindex = Store.index, Store.unindex
-    on, off = [], []
-    for n in range(rounds):
-        for mode, times in (('on', on), ('off', off)):
-            if mode == 'off':
-                Store.index = Store.unindex = lambda *a, **k: None
-            try:
-                started = time.perf_counter()
-                action(n if mode == 'on' else n + rounds)
-                times.append(time.perf_counter() - started)
-            finally:
-                Store.index, Store.unindex = index, unindex
-    return statistics.median(on), statistics.median(off)
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument('--database', help='a PostgreSQL URL (default: a new SQLite file)')
-    p.add_argument('--size', type=int, default=1000)
-    p.add_argument('--rounds', type=int, default=10)
-    p.add_argument('--search-off', action='store_true',
-                   help='also time each kind with the search upkeep off (the before figure), round by round')
-    a = p.parse_args(argv)
+def fresh(url, history=True):
+    """A new crmapi database at `url`, an organization, an administrator's token and the app: (db, app, token)."""
     from crmapi import create_app
     from crmapi.accounts import Accounts
     from crmapi.cli import init_db
     from crmapi.config import Settings
     from crmapi.db import connect
-    url = a.database or 'sqlite:///' + os.path.join(tempfile.mkdtemp(), 'batches.db')
     db = connect(url)
     if db.name == 'postgresql':
         with db.transaction(write=True) as tx:
@@ -96,32 +75,130 @@ def main(argv=None):
     org = accounts.create_org('Bench')
     token = accounts.create_token(org, 'bench@bench.invalid', admin=True)
     app = create_app(Settings(database_url='injected', access_log=False), db=db)
-    size, rounds = a.size, a.rounds
-    created = []
+    if not history:
+        from crmapi.history import History
+        record = History.record
+        # NOTE: the writes to this database only record nothing; the other app's still do
+        History.record = lambda self, tx, principal, changes: (None if self.db is db else
+                                                                record(self, tx, principal, changes))
+    return db, app, token
 
-    def create(n):
-        created.append(request(app, 'POST', '/api/contacts', token, contacts(size, n * size, 'c')))
 
-    def upsert(n):
+class Kinds:
+    """The timed requests of one app: create, upsert, patch and delete batches of `size` contacts."""
+
+    def __init__(self, app, token, size):
+        self.app, self.token, self.size, self.created = app, token, size, []
+
+    def create(self, n):
+        body = contacts(self.size, n * self.size, 'c')
+        self.created.append(request(self.app, 'POST', '/api/contacts', self.token, body))
+
+    def upsert(self, n):
+        size = self.size
         body = contacts(size // 2, n * size, 'c') + contacts(size - size // 2, n * size, f'u{n}')
-        request(app, 'POST', '/api/contacts', token, body, 'on_conflict=external_id')
+        request(self.app, 'POST', '/api/contacts', self.token, body, 'on_conflict=external_id')
 
-    def patch(n):
-        request(app, 'PATCH', '/api/contacts', token, [{'id': r['id'], 'title': f'Title {n}'} for r in created[n]])
+    def patch(self, n):
+        request(self.app, 'PATCH', '/api/contacts', self.token,
+                [{'id': r['id'], 'title': f'Title {n}'} for r in self.created[n]])
 
-    def delete(n):
-        ids = json.dumps({'id': [r['id'] for r in created[n]]})
-        request(app, 'DELETE', '/api/contacts', token, query='filter=' + ids)
+    def delete(self, n):
+        ids = json.dumps({'id': [r['id'] for r in self.created[n]]})
+        request(self.app, 'DELETE', '/api/contacts', self.token, query='filter=' + ids)
 
-    print(f'{db.name}: batches of {size} contacts, median of {rounds} requests')
-    for name, action in (('create', create), ('upsert', upsert), ('patch', patch), ('delete', delete)):
-        if not a.search_off:
-            seconds = timed(action, rounds)
-            print(f'  {name:7} {seconds * 1000:8.1f} ms  {size / seconds:10,.0f} rows/s')
-            continue
-        on, off = timed_both(action, rounds)
-        print(f'  {name:7} {on * 1000:8.1f} ms  {size / on:10,.0f} rows/s   search off: {off * 1000:8.1f} ms '
-              f'{size / off:10,.0f} rows/s   ratio {off / on:.2f}')
+    def single(self, n):
+        """SINGLES requests that each create one contact (a POST of an object, not a batch)."""
+        for body in contacts(SINGLES, n * SINGLES, 's'):
+            request(self.app, 'POST', '/api/contacts', self.token, body)
+
+
+KINDS = ('create', 'upsert', 'patch', 'delete')
+SINGLES = 100
+
+
+def compare(urls, size, rounds):
+    """Each kind's median with and without history, rounds alternating between the two apps."""
+    (db, app, token), (bare_db, bare_app, bare_token) = fresh(urls[0]), fresh(urls[1], history=False)
+    apps = {'with': Kinds(app, token, size), 'without': Kinds(bare_app, bare_token, size)}
+    print(f'{db.name}: batches of {size} contacts (single: {SINGLES} one-contact POSTs), median of {rounds} rounds, '
+          'with and without history (alternating)')
+    for name in (*KINDS, 'single'):
+        rows = SINGLES if name == 'single' else size
+        times = {'with': [], 'without': []}
+        cpu = {'with': [], 'without': []}
+        for n in range(rounds):
+            for mode in (('with', 'without') if n % 2 else ('without', 'with')):
+                started, used = time.perf_counter(), time.process_time()
+                getattr(apps[mode], name)(n)
+                times[mode].append(time.perf_counter() - started)
+                cpu[mode].append(time.process_time() - used)
+        w, wo = statistics.median(times['with']), statistics.median(times['without'])
+        cw, cwo = statistics.median(cpu['with']), statistics.median(cpu['without'])
+        # NOTE: on SQLite the database works in this process, so its CPU time is the cost, whatever else
+        # loads the machine; on PostgreSQL the server's share is not in it (wall time is the figure there)
+        print(f'  {name:7} with {w * 1000:8.1f} ms {rows / w:10,.0f} rows/s | without {wo * 1000:8.1f} ms '
+              f'{rows / wo:10,.0f} rows/s | ratio {wo / w:.2f} | CPU {cw * 1000:.1f} vs {cwo * 1000:.1f} ms, '
+              f'ratio {cwo / cw:.2f}')
+    db.close()
+    bare_db.close()
+
+
+def compare_search(url, size, rounds):
+    """Each kind's median with the search upkeep and with it off (Store.index/unindex do nothing: the figure
+    before issue 10), rounds alternating on one database."""
+    from crmapi.store import Store
+    db, app, token = fresh(url)
+    kinds, upkeep = Kinds(app, token, size), (Store.index, Store.unindex)
+    print(f'{db.name}: batches of {size} contacts (single: {SINGLES} one-contact POSTs), median of {rounds} rounds, '
+          'with and without the search upkeep (alternating)')
+    for name in (*KINDS, 'single'):
+        rows = SINGLES if name == 'single' else size
+        times, cpu = {'with': [], 'without': []}, {'with': [], 'without': []}
+        for n in range(rounds):
+            for mode in (('with', 'without') if n % 2 else ('without', 'with')):
+                if mode == 'without':
+                    Store.index = Store.unindex = lambda *args, **kwargs: None
+                started, used = time.perf_counter(), time.process_time()
+                try:
+                    # NOTE: each mode writes its own records (n and n + rounds), so neither finds the other's
+                    getattr(kinds, name)(n if mode == 'with' else n + rounds)
+                finally:
+                    Store.index, Store.unindex = upkeep
+                times[mode].append(time.perf_counter() - started)
+                cpu[mode].append(time.process_time() - used)
+        w, wo = statistics.median(times['with']), statistics.median(times['without'])
+        cw, cwo = statistics.median(cpu['with']), statistics.median(cpu['without'])
+        print(f'  {name:7} with {w * 1000:8.1f} ms {rows / w:10,.0f} rows/s | without {wo * 1000:8.1f} ms '
+              f'{rows / wo:10,.0f} rows/s | ratio {wo / w:.2f} | CPU {cw * 1000:.1f} vs {cwo * 1000:.1f} ms, '
+              f'ratio {cwo / cw:.2f}')
+    db.close()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument('--database', help='a PostgreSQL URL (default: a new SQLite file)')
+    p.add_argument('--baseline-database', help='with --compare-history on PostgreSQL: a second database URL')
+    p.add_argument('--size', type=int, default=1000)
+    p.add_argument('--rounds', type=int, default=10)
+    p.add_argument('--compare-history', action='store_true', help='with and without the change history')
+    p.add_argument('--compare-search', action='store_true', help='with and without the search upkeep (issue 10)')
+    a = p.parse_args(argv)
+    url = a.database or 'sqlite:///' + os.path.join(tempfile.mkdtemp(), 'batches.db')
+    if a.compare_search:
+        return compare_search(url, a.size, a.rounds)
+    if a.compare_history:
+        if a.database and not a.baseline_database:
+            p.error('--compare-history on PostgreSQL needs --baseline-database (a second, scratch database)')
+        baseline = a.baseline_database or 'sqlite:///' + os.path.join(tempfile.mkdtemp(), 'bare.db')
+        return compare((url, baseline), a.size, a.rounds)
+    db, app, token = fresh(url)
+    kinds = Kinds(app, token, a.size)
+    print(f'{db.name}: batches of {a.size} contacts, median of {a.rounds} requests')
+    for name in KINDS:
+        seconds = timed(getattr(kinds, name), a.rounds)
+        print(f'  {name:7} {seconds * 1000:8.1f} ms  {a.size / seconds:10,.0f} rows/s')
     db.close()
 
 

@@ -42,7 +42,7 @@ import webtest  # noqa: E402
 
 from crmapi import create_app  # noqa: E402
 from crmapi.accounts import Accounts  # noqa: E402
-from crmapi.app import build_services  # noqa: E402
+from crmapi.services import build_services  # noqa: E402
 from crmapi.cli import init_db  # noqa: E402
 from crmapi.config import Settings  # noqa: E402
 from crmapi.db import PostgresDatabase  # noqa: E402
@@ -235,7 +235,7 @@ def main(argv=None):
         try:
             init_db(db)
             app = create_app(Settings(database_url='injected', access_log=False, statement_timeout_ms=0), db=db)
-            store = build_services(db).custom.store
+            store = build_services(db).store
             accounts = Accounts(db)
             org, other = accounts.create_org('Dups Bench'), accounts.create_org('Other Org')
             client = webtest.TestApp(app)

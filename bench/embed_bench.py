@@ -4,6 +4,7 @@
     .venv/bin/python bench/embed_bench.py                        # 100k contacts, SQLite
     .venv/bin/python bench/embed_bench.py --pg postgresql://postgres@127.0.0.1:55439/postgres
     .venv/bin/python bench/embed_bench.py --contacts 1000000 --requests 20
+    .venv/bin/python bench/embed_bench.py --resource companies --sort name --embed '["contacts","deals"]'
 
 Loads (once, into BENCH_DIR, default /tmp/crmapi-bench) the data set bench/run.py uses: the big
 organization's N contacts, 90 % of them at a company, 0-2 tags each, N/5 contact notes. Builds crmapi's
@@ -11,7 +12,9 @@ WSGI app in-process and calls it directly (no server, no sockets): `GET /api/con
 &sort=last_name`, plain and with each `--embed` set, --warmup times then --requests times each,
 interleaved so that a slower moment of the machine weighs on every variant alike. Prints the median
 and mean milliseconds of each and the ratio of the medians to the plain page's; the aim is at most 2x
-for two embeds. Nothing is asserted: it measures.
+for two embeds. Also the median CPU time of this process (on SQLite: the whole request, the database
+included; on PostgreSQL: the app's share), which other processes on the machine disturb less than
+the wall time. --resource/--sort: another page (companies, deals). Nothing is asserted: it measures.
 """
 import argparse
 import io
@@ -27,7 +30,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))
 import run  # noqa: E402  (the data sets: loaded once, reused)
 
-DEFAULT_EMBEDS = ('["company","tags"]', '["company","notes"]')
+DEFAULT_EMBEDS = ('["company","tags"]', '["company","notes"]', '["deals","notes"]')   # contacts' relations
 
 
 def main(argv=None):
@@ -38,6 +41,8 @@ def main(argv=None):
     p.add_argument('--embed', action='append', help=f'an embed value to time (default: {", ".join(DEFAULT_EMBEDS)})')
     p.add_argument('--requests', type=int, default=30)
     p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--resource', default='contacts', help='the resource listed (default: contacts)')
+    p.add_argument('--sort', default='last_name', help='its sort field (default: last_name)')
     a = p.parse_args(argv)
     data = dataset(a)
     from falcon.testing import create_environ
@@ -46,21 +51,23 @@ def main(argv=None):
     from crmapi.config import Settings
     app = create_app(Settings(database_url=data['url'], access_log=False))
     variants = {'plain': None, **{embed: embed for embed in a.embed or DEFAULT_EMBEDS}}
-    calls = {name: request(app, create_environ, data['token'], embed) for name, embed in variants.items()}
+    calls = {name: request(app, create_environ, data['token'], embed, a.resource, a.sort)
+             for name, embed in variants.items()}
     times = {name: [] for name in variants}
     for round_ in range(a.warmup + a.requests):
         for name, call in calls.items():
             took = call()
             if round_ >= a.warmup:
                 times[name].append(took)
-    plain = statistics.median(times['plain'])
-    print(f"# GET /api/contacts?range=[0,999]&sort=last_name, {a.contacts} contacts, {data['url'].split('://')[0]}, "
-          f'{a.requests} requests each')
+    plain = statistics.median(wall for wall, _ in times['plain'])
+    plain_cpu = statistics.median(cpu for _, cpu in times['plain'])
+    print(f"# GET /api/{a.resource}?range=[0,999]&sort={a.sort}, {a.contacts} contacts, "
+          f"{data['url'].split('://')[0]}, {a.requests} requests each, load average {os.getloadavg()[0]:.1f}")
     for name, took in times.items():
-        median = statistics.median(took)
+        median, cpu = statistics.median(w for w, _ in took), statistics.median(c for _, c in took)
         label = 'plain' if name == 'plain' else f'embed={name}'
-        print(f'{label:32} median {median * 1000:8.1f} ms   mean {statistics.mean(took) * 1000:8.1f} ms   '
-              f'x{median / plain:.2f}')
+        print(f'{label:32} median {median * 1000:8.1f} ms   mean {statistics.mean(w for w, _ in took) * 1000:8.1f} ms'
+              f'   x{median / plain:.2f}   cpu {cpu * 1000:7.1f} ms   x{cpu / plain_cpu:.2f}')
     return 0
 
 
@@ -72,10 +79,11 @@ def dataset(a):
     return run.ensure_pg(settings, a.pg) if a.pg else run.ensure_sqlite(settings)
 
 
-def request(app, create_environ, token, embed):
-    """A function that makes the request once and answers its wall time (checking it is a full page)."""
-    query = 'range=[0,999]&sort=last_name' + ('' if embed is None else '&embed=' + embed)
-    environ = create_environ(path='/api/contacts', query_string=query, headers={'Authorization': f'Bearer {token}'})
+def request(app, create_environ, token, embed, resource='contacts', sort='last_name'):
+    """A function that makes the request once and answers its wall and CPU time (checking it is a full page)."""
+    query = f'range=[0,999]&sort={sort}' + ('' if embed is None else '&embed=' + embed)
+    environ = create_environ(path=f'/api/{resource}', query_string=query,
+                             headers={'Authorization': f'Bearer {token}'})
     status = {}
 
     def start_response(line, headers, exc_info=None):
@@ -83,9 +91,9 @@ def request(app, create_environ, token, embed):
 
     def call():
         env = dict(environ, **{'wsgi.input': io.BytesIO(b'')})
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         body = b''.join(app(env, start_response))
-        took = time.perf_counter() - started
+        took = time.perf_counter() - started, time.process_time() - cpu
         if not status['line'].startswith('200') or len(json.loads(body)) != 1000:
             raise SystemExit(f'{query}: {status["line"]} {body[:300]!r}')
         return took

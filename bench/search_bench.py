@@ -109,9 +109,9 @@ def any_column(words):
 
 
 def queries(db, org_id, repeat):
-    catalog = build_services(db)
-    store, principal = catalog.custom.store, Principal(org_id, None, True)
-    info = catalog.resolve('contacts')
+    services = build_services(db)
+    store, principal = services.store, Principal(org_id, None, True)
+    info = services.catalog.resolve('contacts')
     cases = [
         ('q "jo smi" ranked', {'filter': {'q': 'jo smi'}}, any_column(['jo', 'smi']), 'id'),
         ('q "jo smi" by last_name', {'filter': {'q': 'jo smi'}, 'sort': ['last_name', 'ASC']},
@@ -167,10 +167,10 @@ def writes(db, org_id, n, rounds=5):
     """Contacts a second: single creates, single updates (a searchable field), 100-contact batches; with
     search upkeep and with the hook off (`before`). The two alternate, `rounds` times, so that a machine
     busy with other work weighs on both alike."""
-    catalog = build_services(db)
-    store, principal = catalog.custom.store, Principal(org_id, None, True)
-    info = catalog.resolve('contacts')
-    companies = catalog.resolve('companies')
+    services = build_services(db)
+    store, principal = services.store, Principal(org_id, None, True)
+    info = services.catalog.resolve('contacts')
+    companies = services.catalog.resolve('companies')
     company = store.list(companies, principal, parse_list({'range': '[0,0]'}, companies))[0][0]['id']
 
     def body(i, tag):

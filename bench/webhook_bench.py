@@ -22,7 +22,7 @@ import time
 
 from crmapi.accounts import Accounts
 from crmapi.accounts import Principal
-from crmapi.app import build_services
+from crmapi.services import build_services
 from crmapi.cli import init_db
 from crmapi.config import Settings
 from crmapi.db import connect
@@ -73,7 +73,7 @@ def main():
     url = args.database or f'sqlite:///{tempfile.mkdtemp()}/bench.db'
     db = connect(url)
     init_db(db)
-    store = build_services(db).custom.store
+    store = build_services(db).store
     org = Accounts(db).create_org('webhook bench')
     principal = Principal.system(org)
     receiver = Receiver()

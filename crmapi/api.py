@@ -1,6 +1,10 @@
 """Falcon resources: parse the request, call the store, render the answer. Nothing else."""
 import re
 
+import falcon
+import orjson
+from falcon.media import BaseHandler
+
 from . import export as exports
 from . import imports
 from . import history
@@ -9,7 +13,11 @@ from . import sqlbuild
 from . import values
 from .config import Settings
 from .relations import Relations
+from .errors import Forbidden
+from .errors import InvalidBody
 from .errors import InvalidParam
+from .errors import PayloadTooLarge
+from .errors import UnsupportedMediaType
 from .export import CsvFormat
 from .export import NdjsonFormat
 from .idempotency import fingerprint
@@ -22,6 +30,7 @@ FORMATS = {extension: media for media, (_, _, extension) in EXPORTS.items()}
 EXPORT_PARAMS = frozenset({'format'})
 COUNTS = ('exact', 'estimated', 'none')
 HANDLINGS = ('strict', 'lenient')
+JSON = 'application/json'
 
 
 def export_format(req):
@@ -62,11 +71,6 @@ def lenient_handling(req, resp):
     return handling == 'lenient'
 
 
-from .errors import InvalidBody
-from .errors import PayloadTooLarge
-from .errors import UnsupportedMediaType
-
-
 def content_range(resource, start, count, total):
     """`contacts 0-24/142`; an empty page is `contacts */142`; an uncounted total is `*`."""
     total = '*' if total is None else total
@@ -97,35 +101,66 @@ def media_type(req):
     return (req.content_type or '').split(';')[0].strip().lower()
 
 
+class Request(falcon.Request):
+    """Falcon's request, whose bounded_stream also reads a chunked body its server has ended."""
+
+    @property
+    def bounded_stream(self):
+        # NOTE: a chunked body has no Content-Length, so Falcon's bounded_stream reads nothing. A server that
+        # ends the stream at the end of the body says so with wsgi.input_terminated (gunicorn does, after
+        # decoding the chunks); from any other, reading a stream without a length could block, so only the
+        # declared length is read.
+        if self.content_length is None and self.env.get('wsgi.input_terminated'):
+            return self.stream
+        return super().bounded_stream
+
+
 def body_stream(req, max_bytes, too_large=None):
     """The request body's stream, or a 413 (`too_large`) when its declared length is over `max_bytes`."""
     length = req.content_length
     if length is not None and length > max_bytes:
         raise too_large or PayloadTooLarge(f'The body is larger than {max_bytes} bytes')
-    # NOTE: a chunked body has no Content-Length, so bounded_stream reads nothing. A server that ends the stream
-    # at the end of the body says so with wsgi.input_terminated (gunicorn does, after decoding the chunks); from
-    # any other, reading a stream without a length could block, so only the declared length is read.
-    terminated = length is None and req.env.get('wsgi.input_terminated')
-    return req.stream if terminated else req.bounded_stream
+    return req.bounded_stream
+
+
+class StrictJSON(BaseHandler):
+    """JSON through Falcon's media handlers: request bodies parsed as strictly as the API accepts JSON
+    (values.loads_strict), at most `max_bytes` of them, every failure a 4xx; answers written by orjson."""
+
+    def __init__(self, max_bytes=Settings.max_body_bytes):
+        super().__init__()
+        self.max_bytes = max_bytes
+
+    def serialize(self, media, content_type=None):
+        return orjson.dumps(media)
+
+    def deserialize(self, stream, content_type, content_length, max_bytes=None):
+        max_bytes = self.max_bytes if max_bytes is None else max_bytes
+        if content_length is not None and content_length > max_bytes:
+            raise PayloadTooLarge(f'The body is larger than {max_bytes} bytes')
+        try:
+            raw = stream.read(max_bytes + 1)
+        except Exception:  # NOTE: servers raise their own types for a malformed chunk or a client gone mid-body
+            raise InvalidBody('The body could not be read: the chunked encoding is malformed or the body is cut '
+                              'short') from None
+        if len(raw) > max_bytes:
+            raise PayloadTooLarge(f'The body is larger than {max_bytes} bytes')
+        try:
+            return values.loads_strict(raw.decode('utf-8'))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidBody(f'The body is not valid JSON: {exc}', field=getattr(exc, 'field', None)) from None
 
 
 def read_json(req, max_bytes):
-    """The JSON a write sends, strictly parsed, or a 4xx naming what is wrong."""
+    """The JSON a write sends, through the app's JSON media handler (StrictJSON), or a 4xx naming what is wrong.
+
+    NOTE: the handler is looked up by `application/json` for every `+json` type too, which Falcon would
+    otherwise refuse as unregistered.
+    """
     if media_type(req) != 'application/json' and not media_type(req).endswith('+json'):
         raise UnsupportedMediaType('Send the body as JSON with Content-Type: application/json')
-    stream = body_stream(req, max_bytes)
-    try:
-        raw = stream.read(max_bytes + 1)
-    except Exception:  # NOTE: servers raise their own types for a malformed chunk or a client gone mid-body
-        raise InvalidBody('The body could not be read: the chunked encoding is malformed or the body is cut '
-                          'short') from None
-    if len(raw) > max_bytes:
-        raise PayloadTooLarge(f'The body is larger than {max_bytes} bytes')
-    try:
-        body = values.loads_strict(raw.decode('utf-8'))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidBody(f'The body is not valid JSON: {exc}', field=getattr(exc, 'field', None)) from None
-    return body
+    handler = req.options.media_handlers[JSON]
+    return handler.deserialize(req.bounded_stream, req.content_type, req.content_length, max_bytes)
 
 
 def read_body(req, max_bytes):
@@ -421,9 +456,9 @@ class Me:
 class Schema:
     """`GET /api/schema` (the resources) and `GET /api/schema/{table}` (one resource's columns and relations)."""
 
-    def __init__(self, catalog):
-        self.catalog = catalog
-        self.relations = Relations(catalog.custom.store)
+    def __init__(self, store):
+        self.catalog = store.catalog
+        self.relations = Relations(store)
 
     def on_get(self, req, resp):
         principal = req.context.principal
@@ -507,6 +542,8 @@ class History:
         info = self.store.catalog.resolve(resource, principal)
         # NOTE: a summary's records are its table's: their history is that resource's
         slug = info.spec.counted_as if info.spec.read_only else info.slug
+        if not self.store.catalog.readable(slug, principal):
+            raise Forbidden(f'Only administrators may read the history of {slug}')
         self._page(req, resp, slug, id, lambda: self.store.get(info, principal, id))
 
     def on_get_definition(self, req, resp, slug):
@@ -536,7 +573,11 @@ class Changes:
     def on_get(self, req, resp):
         principal = req.context.principal
         after, limit, resource = history.parse_feed(req.params, self._known(principal))
-        rows = self.store.history.feed(principal.org_id, after, limit, resource)
+        # NOTE: a user reads the changes of the resources it may read, by the routes' own rule
+        hidden = self.store.catalog.unreadable(principal)
+        if resource in hidden:
+            raise Forbidden(f'Only administrators may read the changes of {resource}')
+        rows = self.store.history.feed(principal.org_id, after, limit, resource, hidden)
         resp.media = rows
         resp.set_header('X-Next-After', str(rows[-1]['seq'] if rows else after))
 

@@ -1,5 +1,4 @@
 """The WSGI application: routes, middleware and the one place errors become HTTP answers."""
-import json
 import logging
 import re
 import secrets
@@ -11,15 +10,13 @@ import uuid
 
 import falcon
 import orjson
-from falcon import media
 
 from . import api
 from . import duplicates
 from . import sqlbuild
+from . import values
 from . import openapi
-from .accounts import Accounts
 from .config import Settings
-from .custom import CustomObjects
 from .db import connect
 from .db import parse_read_after
 from .errors import CrmError
@@ -32,8 +29,7 @@ from .idempotency import Idempotency
 from .query import Limits
 from .ratelimit import TokenBuckets
 from .ratelimit import TooManyRequests
-from .schema import Catalog
-from .store import Store
+from .services import build_services
 from .webhooks import Webhooks
 
 log = logging.getLogger('crmapi')
@@ -98,9 +94,8 @@ class AuthMiddleware:
 
     def admin_only(self, req, slug):
         """403 for a non-administrator on a resource only administrators may see (webhooks: URLs are secrets)."""
-        info = self.store.catalog.tables.get(slug) if isinstance(slug, str) else None
         principal = req.context.principal
-        if info is not None and info.spec.admin_only and principal is not None and not principal.is_admin:
+        if isinstance(slug, str) and principal is not None and not self.store.catalog.readable(slug, principal):
             raise Forbidden(f'Only administrators may use {slug}')
 
     def admit(self, req, access):
@@ -198,7 +193,8 @@ class RequestLog:
         if access_log.isEnabledFor(logging.INFO):
             principal = getattr(req.context, 'principal', None)
             started = getattr(req.context, 'started', time.perf_counter())
-            access_log.info(json.dumps({
+            # NOTE: ascii_json: the path may hold a lone surrogate, which orjson refuses.
+            access_log.info(values.ascii_json({
                 'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                 'method': req.method, 'path': req.path, 'status': resp.status_code,
                 'duration_ms': round((time.perf_counter() - started) * 1000, 2),
@@ -282,14 +278,6 @@ def serialize_http_error(req, resp, exc):
     _render(resp, exc.status_code, problem(exc.status_code, exc.title, exc.description or exc.title))
 
 
-def build_services(db):
-    """The catalog, the store and the custom objects over one database (the app and the CLI share it)."""
-    catalog = Catalog.load(db)
-    store = Store(db, catalog)
-    catalog.custom = CustomObjects(db, catalog, store)
-    return catalog
-
-
 def server_secret(settings, db):
     """The secret that signs cursors: CRMAPI_SECRET_KEY, else the database's own random one.
 
@@ -333,13 +321,7 @@ def create_app(settings=None, db=None):
     """Build the WSGI callable. Pass `db` (a crmapi.db.Database) to share or inject one in tests."""
     settings = settings or Settings.from_env()
     db = db or connect(settings.database_url, settings.database_read_urls, settings.pgbouncer)
-    if hasattr(db, 'synchronous'):
-        db.synchronous = settings.sqlite_synchronous
-    if hasattr(db, 'pool_args'):
-        db.pool_args.update(max_size=settings.pool_max_size, timeout=settings.pool_timeout_s)
-    db.statement_timeout_ms = settings.statement_timeout_ms
-    if hasattr(db, 'max_lag_ms'):
-        db.max_lag_ms = settings.replica_max_lag_ms
+    db.configure(settings)
     try:
         return build_app(settings, db)
     except Unavailable:
@@ -347,18 +329,21 @@ def create_app(settings=None, db=None):
 
 
 def build_app(settings, db):
-    catalog = build_services(db)
-    store = catalog.custom.store
+    services = build_services(db, settings)
+    catalog, store = services.catalog, services.store
+    store.webhook_allow_private = settings.webhook_allow_private
     limits = Limits(settings.max_page, settings.max_filters, settings.max_value_length)
 
     if settings.access_log:
         enable_access_log()
     limiter = TokenBuckets(*settings.rate_limit) if settings.rate_limit else None
-    auth = AuthMiddleware(Accounts(db), store, limiter)
+    auth = AuthMiddleware(services.accounts, store, limiter)
     middleware = [RequestLog(), CorsMiddleware(settings.cors_origins), auth, ReadRouting(db)]
-    app = App(middleware=middleware)
-    json_handler = media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)
-    app.resp_options.media_handlers.update({'application/json': json_handler, PROBLEM_JSON: json_handler})
+    app = App(middleware=middleware, request_type=api.Request)
+    # NOTE: one handler both ways: request bodies strictly parsed (api.read_json), answers by orjson.
+    json_handler = api.StrictJSON(settings.max_body_bytes)
+    app.req_options.media_handlers[api.JSON] = json_handler
+    app.resp_options.media_handlers.update({api.JSON: json_handler, PROBLEM_JSON: json_handler})
     app.req_options.strip_url_path_trailing_slash = True
 
     idempotency = Idempotency(db, catalog, store.clock)
@@ -368,8 +353,8 @@ def build_app(settings, db):
     app.add_route('/healthz', health)
     app.add_route('/health', health)
     app.add_route('/readyz', health, suffix='ready')
-    schema = api.Schema(catalog)
-    definitions = api.CustomObjectDefinitions(catalog.custom, settings.max_body_bytes)
+    schema = api.Schema(store)
+    definitions = api.CustomObjectDefinitions(services.custom, settings.max_body_bytes)
     app.add_route('/api/custom_objects', definitions)
     app.add_route('/api/custom_objects/{slug}', definitions, suffix='item')
     app.add_route('/api/custom_objects/{slug}/restore', definitions, suffix='restore')
@@ -394,7 +379,7 @@ def build_app(settings, db):
         app.add_route(f'/api/{slug}/{{id}}/duplicates', finder, suffix='record')
     app.add_route('/api/schema', schema)
     app.add_route('/api/schema/{table}', schema, suffix='table')
-    app.add_route('/api/openapi.json', openapi.OpenAPI(catalog, limits))
+    app.add_route('/api/openapi.json', openapi.OpenAPI(catalog, limits, store))
     docs = openapi.Docs()
     app.add_route('/api/docs', docs)
     # The page's own scripts and styles (public like the page, see ACCESS).

@@ -17,6 +17,7 @@ import traceback
 from . import imports
 from . import migrations
 from .accounts import Accounts
+from .config import Settings
 from .db import connect
 from .errors import Conflict
 from .errors import CrmError
@@ -31,6 +32,21 @@ EMAIL = re.compile(r'[^@\s]+@[^@\s.][^@\s]*\Z')
 
 class CliError(CrmError):
     """A command refused: bad input or a bad environment. main() prints its detail on one line."""
+
+
+def settings():
+    """Settings.from_env(), the app's own; a bad CRMAPI_* variable is one line naming it."""
+    from .config import Settings
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def services(db):
+    """The app's services over `db` (crmapi.services), with the environment's settings."""
+    from .services import build_services
+    return build_services(db, settings())
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -154,10 +170,9 @@ def issue_token(db, org_id, email, admin, expires_at):
     """A new token (Accounts.create_token), in a transaction that records, as `system`, the user it creates
     or makes an administrator."""
     from .accounts import Principal
-    from .app import build_services
     from .history import created
     from .history import updated
-    store = build_services(db).custom.store
+    store = services(db).store
     users = store.catalog.resolve('crm_users')
     principal = Principal.system(org_id)
 
@@ -188,10 +203,9 @@ def cmd_revoke_token(db, args):
 def cmd_recount(db, args):
     """Rebuild the live-row counters (needed only after rows were written around the API)."""
     from .accounts import Principal
-    from .app import build_services
     if args.org:
         require_org(db, args.org)
-    store = build_services(db).custom.store
+    store = services(db).store
     orgs = [args.org] if args.org else [org_id for org_id, _ in Accounts(db).list_orgs()]
     for org_id in orgs:
         store.recount(Principal(org_id, None))
@@ -209,25 +223,25 @@ def cmd_reindex(db, args):
 
 def cmd_define_object(db, args):
     """Define (or, if the slug exists, extend) a custom object from a JSON file."""
-    import json
+    import orjson
     from .accounts import Principal
-    from .app import build_services
+    from .values import loads_strict
     try:
-        with open(args.file) as f:
-            body = json.load(f)
+        with open(args.file, encoding='utf-8') as f:
+            body = loads_strict(f.read())   # as strictly as the API reads the same body
     except (OSError, ValueError) as exc:
         raise CliError(f'cannot read {args.file}: {exc}') from None
     if not isinstance(body, dict):
         raise CliError(f'{args.file} must hold one JSON object: {{"slug": …, "fields": [...]}}')
     require_org(db, args.org)
-    custom = build_services(db).custom
+    custom = services(db).custom
     principal = Principal.system(args.org)
     definition = existing_definition(custom, args.org, body)
     if definition is None:
         definition = custom.define(principal, body)
     elif not unchanged(definition, body):
         definition = custom.redefine(principal, body['slug'], body)
-    print(json.dumps(definition, indent=2))
+    print(orjson.dumps(definition, option=orjson.OPT_INDENT_2).decode())
 
 
 def existing_definition(custom, org_id, body):
@@ -250,17 +264,16 @@ def unchanged(definition, body):
 
 
 def cmd_prune(db, args):
-    """Delete the changes older than --days (default CRMAPI_HISTORY_DAYS), a thousand per transaction."""
-    from .config import Settings
+    """Delete the changes, their automation runs and the sent webhook deliveries older than --days (default
+    CRMAPI_HISTORY_DAYS), a thousand per transaction; never a change or a delivery the worker still has to send."""
     from .history import History
     from .store import new_ids
     from .store import utc_now
-    try:
-        days = args.days or Settings.from_env().history_days
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    pruned = History(db, utc_now, new_ids).prune(days)
-    print(f'pruned {pruned} change(s) older than {days} days', file=sys.stderr)
+    days = args.days or settings().history_days
+    pruned = History(db, utc_now, new_ids).retention(days)
+    print(f"pruned {pruned['changes']} change(s) older than {days} days", file=sys.stderr)
+    print(f"pruned {pruned['webhook_deliveries']} delivered or failed webhook delivery(ies) and "
+          f"{pruned['automation_runs']} automation run(s) older than {days} days", file=sys.stderr)
 
 
 def cmd_backup(db, args):
@@ -408,9 +421,8 @@ class ErrorsFile:
 def cmd_import(db, args):
     """Stream a CSV file into a resource, `--batch` rows a transaction, through the API's store path."""
     from .accounts import Principal
-    from .app import build_services
     require_org(db, args.org)
-    store = build_services(db).custom.store
+    store = services(db).store
     principal = Principal(args.org, SYSTEM_USER, is_admin=True)
     info = store.catalog.resolve(args.resource, principal)
     store._check_writable(info, principal)
@@ -478,21 +490,20 @@ def cmd_demo(db, args):
 
 
 def cmd_worker(db, args):
-    """Deliver webhooks until SIGTERM (the deliveries in flight finish first), or with --once until none is due."""
-    from .config import Settings
+    """Deliver webhooks and run automation rules until SIGTERM (the deliveries in flight finish first), or with
+    --once until nothing is due."""
     from .worker import Worker
-    try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
-    Worker(db, settings).run(once=args.once)
+    Worker(db, settings()).run(once=args.once)
 
 
 def cmd_serve(db, args):
-    argv = [sys.executable, '-m', 'gunicorn', '--bind', args.bind, '--workers', str(args.workers),
+    """gunicorn with the options given, else CRMAPI_BIND, CRMAPI_WORKERS and CRMAPI_THREADS (Settings)."""
+    env = settings()
+    argv = [sys.executable, '-m', 'gunicorn', '--bind', args.bind or env.bind,
+            '--workers', str(args.workers or env.workers),
             # NOTE: gthread, plus refused bodies drained and gunicorn's own errors as problem+json.
-            '--threads', str(args.threads), '--worker-class', 'crmapi.serving.ThreadWorker',
+            '--threads', str(args.threads or env.threads), '--worker-class', 'crmapi.serving.ThreadWorker',
             # NOTE: long filter URLs must reach the app, which answers them with a JSON 400.
             '--limit-request-line', '0', 'crmapi:create_app()']
     os.environ['CRMAPI_DATABASE_URL'] = args.database
@@ -542,7 +553,8 @@ def parser():
     s.add_argument('--org', required=True, metavar='ORG_ID', help='the organization (from list-orgs)')
     s.add_argument('--file', required=True, help='a JSON definition: {"slug": …, "label": …, "fields": [...]}')
     s.set_defaults(func=cmd_define_object, needs='schema')
-    s = sub.add_parser('prune', help='delete the change history older than --days, 1000 changes per transaction')
+    s = sub.add_parser('prune', help='delete the change history and sent webhook deliveries older than --days, '
+                                     '1000 per transaction')
     s.add_argument('--days', type=history_days, metavar='DAYS',
                    help='keep this many days of changes (default: CRMAPI_HISTORY_DAYS, else 365)')
     s.set_defaults(func=cmd_prune, needs='schema')
@@ -561,21 +573,28 @@ def parser():
     s.set_defaults(func=cmd_import, needs='schema')
     sub.add_parser('demo', help='fill a new organization with demo records; prints a token').set_defaults(
         func=cmd_demo, needs=None)
-    s = sub.add_parser('worker', help='deliver webhooks (run beside the server; any number, on any host)')
+    s = sub.add_parser('worker', help='deliver webhooks and run automation rules (beside the server; any number, '
+                                      'on any host)')
     s.add_argument('--once', action='store_true', help='deliver what is due now, then exit')
     s.set_defaults(func=cmd_worker, needs='schema')
     s = sub.add_parser('serve', help='serve the API with gunicorn')
-    s.add_argument('--bind', default='127.0.0.1:8000', help='address:port to listen on')
-    s.add_argument('--workers', type=int, default=2, help='worker processes')
-    s.add_argument('--threads', type=int, default=4, help='threads per worker')
+    s.add_argument('--bind', help='address:port to listen on (default: CRMAPI_BIND, else 127.0.0.1:8000)')
+    s.add_argument('--workers', type=int, help='worker processes (default: CRMAPI_WORKERS, else 2 x CPUs + 1, '
+                                               'at most 8)')
+    s.add_argument('--threads', type=int, help='threads per worker (default: CRMAPI_THREADS, else '
+                                               'CRMAPI_POOL_MAX_SIZE, 4)')
     s.set_defaults(func=cmd_serve)
     return p
 
 
 def open_url(url):
-    """The Database for a URL, or a CliError saying what is wrong with the URL."""
+    """The Database for a URL, or a CliError saying what is wrong with the URL or the settings.
+
+    NOTE: with the server's settings (CRMAPI_PGBOUNCER above all): a worker or a migration going through
+    PgBouncer must not keep prepared statements, exactly as the app's connections do not.
+    """
     try:
-        return connect(url)
+        return connect(url, pgbouncer=Settings.from_env().pgbouncer)
     except ValueError as exc:
         raise CliError(f'bad database URL: {exc}') from None
 

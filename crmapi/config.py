@@ -7,11 +7,6 @@ from dataclasses import field
 from .ratelimit import parse_rate
 
 
-def _env(name, default, cast=str):
-    raw = os.environ.get(name)
-    return default if raw in (None, '') else cast(raw)
-
-
 def _synchronous(raw):
     value = raw.strip().upper()
     if value not in ('FULL', 'NORMAL', 'EXTRA'):
@@ -80,6 +75,11 @@ def _milliseconds(name):
     return parse
 
 
+def _workers():
+    """gunicorn's worker processes by default: 2 x CPUs + 1, at most 8 (bounded database connections)."""
+    return min(2 * (os.cpu_count() or 1) + 1, 8)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = 'sqlite:///crm.db'
@@ -106,41 +106,67 @@ class Settings:
     webhook_timeout_s: float = 10.0
     webhook_concurrency: int = 16   # deliveries one worker has in flight
     webhook_poll_s: float = 0.1     # how often an idle worker looks for new changes
-    extra: dict = field(default_factory=dict, repr=False)
+    # gunicorn's, read by deploy/gunicorn.conf.py and `crmapi serve`:
+    bind: str = '127.0.0.1:8000'
+    workers: int = field(default_factory=_workers)
+    threads: int = None             # per worker; None: pool_max_size (one thread per pooled connection)
+    proxy_ips: str = '127.0.0.1'    # peers whose X-Forwarded-* and SCRIPT_NAME headers are believed
+
+    def __post_init__(self):
+        if self.threads is None:
+            object.__setattr__(self, 'threads', self.pool_max_size)
 
     def __repr__(self):
         # NOTE: the URL may carry a password; never print it.
         return f'Settings(database={self.database_url.split("://")[0]}://…, cors_origins={self.cors_origins})'
 
     @classmethod
-    def from_env(cls, **overrides):
-        values = dict(
-            database_url=_env('CRMAPI_DATABASE_URL', cls.database_url),
-            cors_origins=_env('CRMAPI_CORS_ORIGINS', cls.cors_origins, _origins),
-            max_body_bytes=_env('CRMAPI_MAX_BODY_BYTES', cls.max_body_bytes, int),
-            max_import_bytes=_env('CRMAPI_MAX_IMPORT_BYTES', cls.max_import_bytes, int),
-            max_page=_env('CRMAPI_MAX_PAGE', cls.max_page, int),
-            max_filters=_env('CRMAPI_MAX_FILTERS', cls.max_filters, int),
-            max_value_length=_env('CRMAPI_MAX_VALUE_LENGTH', cls.max_value_length, int),
-            statement_timeout_ms=_env('CRMAPI_STATEMENT_TIMEOUT_MS', cls.statement_timeout_ms, int),
-            pool_max_size=_env('CRMAPI_POOL_MAX_SIZE', cls.pool_max_size, int),
-            pool_timeout_s=_env('CRMAPI_POOL_TIMEOUT_S', cls.pool_timeout_s, float),
-            access_log=_env('CRMAPI_ACCESS_LOG', cls.access_log, lambda v: v.lower() not in ('0', 'false', 'no')),
-            sqlite_synchronous=_env('CRMAPI_SQLITE_SYNCHRONOUS', cls.sqlite_synchronous, _synchronous),
-            secret_key=_env('CRMAPI_SECRET_KEY', cls.secret_key, _secret),
-            rate_limit=_env('CRMAPI_RATE_LIMIT', cls.rate_limit, parse_rate),
-            database_read_urls=_env('CRMAPI_DATABASE_READ_URLS', cls.database_read_urls, _read_urls),
-            replica_max_lag_ms=_env('CRMAPI_REPLICA_MAX_LAG_MS', cls.replica_max_lag_ms,
-                                    _milliseconds('CRMAPI_REPLICA_MAX_LAG_MS')),
-            pgbouncer=_env('CRMAPI_PGBOUNCER', cls.pgbouncer, _flag('CRMAPI_PGBOUNCER')),
-            history_days=_env('CRMAPI_HISTORY_DAYS', cls.history_days, _days),
-            webhook_allow_private=_env('CRMAPI_WEBHOOK_ALLOW_PRIVATE', cls.webhook_allow_private,
-                                        _flag('CRMAPI_WEBHOOK_ALLOW_PRIVATE')),
-            webhook_retry_schedule=_env('CRMAPI_WEBHOOK_RETRY_SCHEDULE', cls.webhook_retry_schedule, _schedule),
-            webhook_disable_after_s=_env('CRMAPI_WEBHOOK_DISABLE_AFTER_S', cls.webhook_disable_after_s, float),
-            webhook_timeout_s=_env('CRMAPI_WEBHOOK_TIMEOUT_S', cls.webhook_timeout_s, float),
-            webhook_concurrency=_env('CRMAPI_WEBHOOK_CONCURRENCY', cls.webhook_concurrency, int),
-            webhook_poll_s=_env('CRMAPI_WEBHOOK_POLL_S', cls.webhook_poll_s, float),
-        )
+    def from_env(cls, environ=None, **overrides):
+        """The settings of `environ` (default: os.environ), then `overrides` that are not None; an empty
+        variable is an unset one. A bad value is a ValueError naming its variable."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for name, variable, parse in ENVIRONMENT:
+            raw = environ.get(variable)
+            if raw in (None, ''):
+                continue
+            try:
+                values[name] = parse(raw)
+            except ValueError as exc:
+                raise ValueError(str(exc) if variable in str(exc) else f'{variable}: {exc}') from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+# (Settings field, environment variable, parser): every setting and where it comes from (the README's
+# Configuration table lists them all; tests/test_config.py checks that).
+ENVIRONMENT = (
+    ('database_url', 'CRMAPI_DATABASE_URL', str),
+    ('cors_origins', 'CRMAPI_CORS_ORIGINS', _origins),
+    ('max_body_bytes', 'CRMAPI_MAX_BODY_BYTES', int),
+    ('max_import_bytes', 'CRMAPI_MAX_IMPORT_BYTES', int),
+    ('max_page', 'CRMAPI_MAX_PAGE', int),
+    ('max_filters', 'CRMAPI_MAX_FILTERS', int),
+    ('max_value_length', 'CRMAPI_MAX_VALUE_LENGTH', int),
+    ('statement_timeout_ms', 'CRMAPI_STATEMENT_TIMEOUT_MS', int),
+    ('pool_max_size', 'CRMAPI_POOL_MAX_SIZE', int),
+    ('pool_timeout_s', 'CRMAPI_POOL_TIMEOUT_S', float),
+    ('access_log', 'CRMAPI_ACCESS_LOG', _flag('CRMAPI_ACCESS_LOG')),
+    ('sqlite_synchronous', 'CRMAPI_SQLITE_SYNCHRONOUS', _synchronous),
+    ('secret_key', 'CRMAPI_SECRET_KEY', _secret),
+    ('rate_limit', 'CRMAPI_RATE_LIMIT', parse_rate),
+    ('database_read_urls', 'CRMAPI_DATABASE_READ_URLS', _read_urls),
+    ('replica_max_lag_ms', 'CRMAPI_REPLICA_MAX_LAG_MS', _milliseconds('CRMAPI_REPLICA_MAX_LAG_MS')),
+    ('pgbouncer', 'CRMAPI_PGBOUNCER', _flag('CRMAPI_PGBOUNCER')),
+    ('history_days', 'CRMAPI_HISTORY_DAYS', _days),
+    ('webhook_allow_private', 'CRMAPI_WEBHOOK_ALLOW_PRIVATE', _flag('CRMAPI_WEBHOOK_ALLOW_PRIVATE')),
+    ('webhook_retry_schedule', 'CRMAPI_WEBHOOK_RETRY_SCHEDULE', _schedule),
+    ('webhook_disable_after_s', 'CRMAPI_WEBHOOK_DISABLE_AFTER_S', float),
+    ('webhook_timeout_s', 'CRMAPI_WEBHOOK_TIMEOUT_S', float),
+    ('webhook_concurrency', 'CRMAPI_WEBHOOK_CONCURRENCY', int),
+    ('webhook_poll_s', 'CRMAPI_WEBHOOK_POLL_S', float),
+    ('bind', 'CRMAPI_BIND', str),
+    ('workers', 'CRMAPI_WORKERS', int),
+    ('threads', 'CRMAPI_THREADS', int),
+    ('proxy_ips', 'CRMAPI_PROXY_IPS', str),
+)

@@ -26,6 +26,7 @@ from .schema import BUILTIN
 from .schema import SERVER_MANAGED
 from .schema import ResourceSpec
 from .schema import table_info
+from .store import Store
 from .store import new_id
 
 FIELD_TYPES = {
@@ -167,13 +168,20 @@ def load_fields(stored):
 
 
 class CustomObjects:
-    """Definitions (the write path) and per-organization resolution of custom slugs (the read path)."""
+    """Definitions (the write path) and per-organization resolution of custom slugs (the read path).
 
-    def __init__(self, db, catalog, store):
+    Made before the store and the full catalog (crmapi.services), so it needs only the database, the
+    `custom_objects` table's info, the change history its writes are recorded in, and the clock.
+    """
+
+    def __init__(self, db, info, changes, clock):
         self.db = db
-        self.catalog = catalog
-        self.store = store
-        self.info = catalog.internal['custom_objects']
+        self.info = info
+        self.history = changes
+        self.clock = clock
+        names = sqlbuild.output_columns(info)
+        convert = db.reader([info.columns[n].kind for n in names])
+        self.read = lambda row: dict(zip(names, convert(row)))
         self._tables = {}
 
     # -- reading definitions -----------------------------------------------------------------------
@@ -181,8 +189,7 @@ class CustomObjects:
     def _query(self, tx, org_id, slug=None, include_archived=True):
         equals = () if slug is None else (Filter(self.info.columns['slug'], 'eq', slug),)
         lq = ListQuery(0, 9999, equals, include_archived=include_archived)
-        read = self.store.reader(self.info)
-        return [read(r) for r in tx.rows(*sqlbuild.build_list(self.db.dialect, self.info, org_id, lq))]
+        return [self.read(r) for r in tx.rows(*sqlbuild.build_list(self.db.dialect, self.info, org_id, lq))]
 
     def definitions(self, org_id, include_archived=True):
         """Every definition of `org_id` (inside a caller's transaction, that same transaction)."""
@@ -207,7 +214,7 @@ class CustomObjects:
         """
         found = self._definition(tx, org_id, slug)
         row = tx.one(*sqlbuild.build_get(self.db.dialect, self.info, org_id, found['id'], for_update=True))
-        return self.store.reader(self.info)(row)
+        return self.read(row)
 
     def table_for(self, org_id, slug, include_archived=False):
         """The TableInfo of `org_id`'s custom object `slug`, or None. One indexed lookup a call."""
@@ -318,11 +325,11 @@ class CustomObjects:
         fields = parse_fields(body.get('fields', []))
         definition_id = new_id('obj_')
         table = 'co_' + definition_id[len('obj_'):]
-        now = self.store.clock()
-        row = {'id': definition_id, 'organization_id': principal.org_id, 'slug': slug, 'label': label,
+        now = self.clock()
+        row = {'id': definition_id, 'slug': slug, 'label': label,
                'table_name': table, 'fields': [f.to_json() for f in fields], 'version': 1,
                'created_at': now, 'updated_at': now}
-        with self.store.history.recorded(principal) as tx:
+        with self.history.recorded(principal) as tx:
             # NOTE: the organization's definitions are counted under its lock, so two concurrent
             # definitions cannot both take the last place.
             tx.execute(*sqlbuild.build_lock_organization(self.db.dialect, principal.org_id))
@@ -332,16 +339,16 @@ class CustomObjects:
             self._check_targets(tx, principal, slug, fields)
             tx.execute(sqlbuild.build_create_table(table, []))
             self._columns_ddl(tx, table, fields)
-            created = self.to_json(self.store.reader(self.info)(
-                tx.one(*sqlbuild.build_insert(self.db.dialect, self.info, row))))
+            created = self.to_json(self.read(
+                tx.one(*sqlbuild.build_insert(self.db.dialect, self.info, principal.org_id, row))))
             tx.changes.append(history.created(history.RESOURCE, created))
         return created
 
     def _save(self, tx, org_id, definition, operation='updated', **changes):
         """Store `changes` of a definition (a new version), and record what changed."""
-        changes = {**changes, 'version': definition['version'] + 1, 'updated_at': self.store.clock()}
+        changes = {**changes, 'version': definition['version'] + 1, 'updated_at': self.clock()}
         row = tx.one(*sqlbuild.build_update(self.db.dialect, self.info, org_id, definition['id'], changes))
-        saved = self.to_json(self.store.reader(self.info)(row))
+        saved = self.to_json(self.read(row))
         tx.changes.append(history.updated(history.RESOURCE, self.to_json(definition), saved, operation=operation))
         return saved
 
@@ -351,7 +358,7 @@ class CustomObjects:
         check_body(body)
         if 'slug' in body and body['slug'] != slug:
             raise InvalidValue('A custom object keeps its slug; define a new one instead', field='slug')
-        with self.store.history.recorded(principal) as tx:
+        with self.history.recorded(principal) as tx:
             definition = self._locked(tx, principal.org_id, slug)
             label = self._label(body, definition['label'])
             current = {f.name: f for f in load_fields(definition['fields'])}
@@ -398,22 +405,23 @@ class CustomObjects:
         """
         if any(f.type == 'text' for f in changed):
             info = self.table_for(principal.org_id, slug, include_archived=True)
-            self.store.reindex_table(tx, info, principal.org_id)
+            # NOTE: a store of this table alone: a custom object's rows take no other record's words
+            Store(self.db, None, self.clock, self.history).reindex_table(tx, info, principal.org_id)
 
     def set_archived(self, principal, slug, archived):
         """DELETE archives a definition (its records are kept); restore brings it back."""
         self._require_admin(principal)
-        with self.store.history.recorded(principal) as tx:
+        with self.history.recorded(principal) as tx:
             definition = self._locked(tx, principal.org_id, slug)
             if (definition['archived_at'] is None) != archived:
                 return self.to_json(definition)
             return self._save(tx, principal.org_id, definition, 'archived' if archived else 'restored',
-                              archived_at=self.store.clock() if archived else None)
+                              archived_at=self.clock() if archived else None)
 
     def drop_field(self, principal, slug, name):
         """Remove one field and its column; answer with what was dropped."""
         self._require_admin(principal)
-        with self.store.history.recorded(principal) as tx:
+        with self.history.recorded(principal) as tx:
             definition = self._locked(tx, principal.org_id, slug)
             fields = load_fields(definition['fields'])
             dropped = next((f for f in fields if f.name == name), None)

@@ -41,25 +41,35 @@ def formula_like(text):
     return text.lstrip("'").startswith(FORMULA_STARTS)
 
 
-def _cell(value, kind):
+def _plain_cell(value):
     """One CSV cell, as the import reads it back. Text a spreadsheet would run as a formula gets a leading
     `'` (OWASP CSV injection), and so does such text behind a `'` already (see formula_like).
 
-    NOTE: only text is prefixed: numbers (-5) stay numbers; JSON fields are compact JSON text (a string
-    in quotes), which starts with `{`, `[`, `"`, a digit, `-` of a number, or true/false/null, never a
-    formula; array fields are `;`-separated ids.
+    NOTE: only text is prefixed: numbers (-5) stay numbers. The first character is looked at first: most
+    text cannot be a formula, and this runs for every cell of an export.
     """
     if value is None:
         return ''
-    if kind == 'json':
-        return orjson.dumps(value).decode()
-    if kind == 'array':
-        return ';'.join(value)
+    if isinstance(value, str):
+        return "'" + value if value[:1] in RISKY_FIRST and formula_like(value) else value
     if isinstance(value, bool):
         return 'true' if value else 'false'
-    if isinstance(value, str) and formula_like(value):
-        return "'" + value
     return value
+
+
+def _json_cell(value):
+    """Compact JSON text (a string in quotes), which starts with `{`, `[`, `"`, a digit, `-` of a number, or
+    true/false/null: never a formula."""
+    return '' if value is None else orjson.dumps(value).decode()
+
+
+def _array_cell(value):
+    """`;`-separated ids."""
+    return '' if value is None else ';'.join(value)
+
+
+CELLS = {'json': _json_cell, 'array': _array_cell}
+RISKY_FIRST = frozenset(FORMULA_STARTS) | {"'"}
 
 
 def _csv_line(cells):
@@ -91,15 +101,15 @@ class CsvFormat(NdjsonFormat):
         from .sqlbuild import output_columns
         super().__init__(info)
         self.names = output_columns(info)
-        self.kinds = [(name, info.columns[name].kind) for name in self.names]
+        self.cells = [(name, CELLS.get(info.columns[name].kind, _plain_cell)) for name in self.names]
 
     def header(self):
         return _csv_line(self.names)
 
     def encode(self, batch):
         buffer = io.StringIO()
-        kinds = self.kinds
-        csv.writer(buffer, lineterminator='\r\n').writerows([[_cell(row[n], k) for n, k in kinds] for row in batch])
+        cells = self.cells
+        csv.writer(buffer, lineterminator='\r\n').writerows([[cell(row[n]) for n, cell in cells] for row in batch])
         return buffer.getvalue().encode()
 
     def trailer(self, body):

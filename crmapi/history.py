@@ -16,6 +16,7 @@ import datetime as dt
 
 import orjson
 
+from . import authcache
 from . import sqlbuild
 from . import values
 from .errors import InvalidParam
@@ -26,6 +27,7 @@ CHANGE_PREFIX = 'chg_'
 UNTRACKED = frozenset({'updated_at'})   # a field every update changes: the change's own time says it
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 PRUNE_BATCH = 1000
+AUTH_RESOURCES = frozenset({'crm_users'})   # a change to one of these (but a create) may withdraw a token
 # NOTE: from this many changes of one write on, PostgreSQL gets them by COPY: a 1,000-row INSERT spends most of
 # its time binding 11,000 parameters, COPY a fifth of that; below, one INSERT also takes the numbers (one round
 # trip where COPY needs three).
@@ -133,7 +135,13 @@ class History:
         with self.db.transaction(write=True) as tx:
             tx.changes = []
             yield tx
-            self.record(tx, principal, [c for c in tx.changes if c is not None])
+            changes = [c for c in tx.changes if c is not None]
+            self.record(tx, principal, changes)
+            withdraws = any(c[0] in AUTH_RESOURCES and c[2] != 'created' for c in changes)
+            if withdraws:
+                tx.execute(*sqlbuild.build_auth_changed())
+        if withdraws:
+            authcache.changed_here()
 
     def record(self, tx, principal, changes):
         """Number `changes` from the organization's counter and store them.
@@ -180,35 +188,62 @@ class History:
                 total = tx.one(*sqlbuild.build_record_changes_count(d, org_id, resource, record_id))[0]
         return [self._wire(r) for r in rows], total
 
-    def feed(self, org_id, after, limit, resource=None):
-        """The organization's changes after `seq` `after`, in `seq` order."""
+    def feed(self, org_id, after, limit, resource=None, hidden=()):
+        """The organization's changes after `seq` `after`, in `seq` order, but none of the resources `hidden`."""
         with self.db.transaction() as tx:
-            rows = tx.rows(*sqlbuild.build_change_feed(self.db.dialect, org_id, after, limit, resource))
+            rows = tx.rows(*sqlbuild.build_change_feed(self.db.dialect, org_id, after, limit, resource, hidden))
         return [self._wire(r) for r in rows]
 
     # -- retention ---------------------------------------------------------------------------------
 
     def prune(self, days, batch=PRUNE_BATCH):
-        """Delete the changes older than `days` days, `batch` at a time per transaction, oldest first:
-        how many were deleted. The counters stay, so a `seq` is never given out twice.
+        """Delete the changes older than `days` days: how many (see `retention`)."""
+        return self.retention(days, batch)['changes']
 
-        NOTE: each organization is walked in `seq` order from its oldest change and stops at the first batch
-        that holds a newer one, so a run reads little more than what it deletes.
+    def retention(self, days, batch=PRUNE_BATCH):
+        """Delete what is older than `days` days, `batch` rows at a time per transaction: the changes, the
+        automation runs of those changes, and the webhook deliveries no longer pending; {table: rows deleted}.
+        The counters stay, so a `seq` is never given out twice.
+
+        NOTE: a change the worker has not handed on yet (numbered after the organization's webhook fan-out or
+        automation rules cursor) is kept whatever its age, and so is a pending delivery: the outbox loses nothing it still has to send.
+        An automation run goes before its change (a reference to the change never dangles).
         """
         cutoff = values.format_timestamp(self.clock() - dt.timedelta(days=days))
-        d, deleted_count = self.db.dialect, 0
+        d, deleted = self.db.dialect, dict.fromkeys(('changes', 'automation_runs', 'webhook_deliveries'), 0)
         with self.db.transaction() as tx:
             orgs = [org for (org,) in tx.rows(*sqlbuild.build_change_organizations(d))]
         for org in orgs:
-            while True:
-                with self.db.transaction(write=True) as tx:
-                    rows = tx.rows(*sqlbuild.build_oldest_changes(d, org, batch))
-                    old = [seq for seq, at in rows if _instant(at) < cutoff]
-                    if old:
-                        deleted_count += tx.execute(*sqlbuild.build_delete_changes(d, org, old[-1], cutoff))
-                if len(old) < batch:
-                    break
-        return deleted_count
+            with self.db.transaction() as tx:
+                (cursor,) = tx.one(*sqlbuild.build_outbox_cursor_read(d, org))
+            kept_after = values.INT64_MAX if cursor is None else cursor
+            deleted['automation_runs'] += self._batches(batch, sqlbuild.build_prune_runs, d, org, cutoff, kept_after)
+            deleted['changes'] += self._prune_changes(org, cutoff, kept_after, batch)
+            deleted['webhook_deliveries'] += self._batches(batch, sqlbuild.build_prune_deliveries, d, org, cutoff)
+        return deleted
+
+    def _batches(self, batch, build, *args):
+        """Run a DELETE of at most `batch` rows, one transaction each, until one deletes fewer: how many in all."""
+        total = 0
+        while True:
+            with self.db.transaction(write=True) as tx:
+                count = tx.execute(*build(*args, batch))
+            total += count
+            if count < batch:
+                return total
+
+    def _prune_changes(self, org, cutoff, kept_after, batch):
+        """NOTE: the organization is walked in `seq` order from its oldest change and stops at the first batch
+        that holds a newer one (or one after `kept_after`), so a run reads little more than what it deletes."""
+        d, deleted_count = self.db.dialect, 0
+        while True:
+            with self.db.transaction(write=True) as tx:
+                rows = tx.rows(*sqlbuild.build_oldest_changes(d, org, batch))
+                old = [seq for seq, at in rows if _instant(at) < cutoff and seq <= kept_after]
+                if old:
+                    deleted_count += tx.execute(*sqlbuild.build_delete_changes(d, org, old[-1], cutoff))
+            if len(old) < batch:
+                return deleted_count
 
 
 def _instant(value):

@@ -10,10 +10,12 @@ Authorization runs before a keyed write reaches here (crmapi.app.AuthMiddleware)
 refused exactly as the write would be.
 """
 import hashlib
-import json
 import re
 
+import orjson
+
 from . import sqlbuild
+from . import values
 from .errors import InvalidParam
 from .errors import KeyReused
 
@@ -21,7 +23,7 @@ _KEY = re.compile(r'[\x21-\x7e]{1,200}\Z')
 
 
 def fingerprint(method, path, body):
-    canonical = json.dumps(body, sort_keys=True, separators=(',', ':'), default=str)
+    canonical = values.ascii_json(body, sort_keys=True, separators=(',', ':'), default=str)
     return hashlib.sha256(f'{method} {path}\n{canonical}'.encode()).hexdigest()
 
 
@@ -38,15 +40,15 @@ class Idempotency:
         d, org = self.db.dialect, principal.org_id
         # NOTE: user ids have a fixed shape without '/', so '<user>/<key>' cannot collide across users.
         key = f'{principal.user_id}/{key}'
-        row = {'id': key, 'organization_id': org, 'fingerprint': fp, 'created_at': self.clock()}
+        row = {'id': key, 'fingerprint': fp, 'created_at': self.clock()}
         with self.db.transaction(write=True) as tx:
-            if tx.one(*sqlbuild.build_insert(d, self.info, row, if_absent=True)) is None:
+            if tx.one(*sqlbuild.build_insert(d, self.info, org, row, if_absent=True)) is None:
                 stored = dict(zip(sqlbuild.output_columns(self.info),
                                   tx.one(*sqlbuild.build_get(d, self.info, org, key))))
                 if stored['fingerprint'] != fp:
                     raise KeyReused('This Idempotency-Key was used for a different request',
                                     param='Idempotency-Key')
-                response, headers = (json.loads(v) if isinstance(v, str) else v
+                response, headers = (orjson.loads(v) if isinstance(v, str) else v
                                      for v in (stored['response'], stored['headers']))
                 location = {'Location': stored['location']} if stored['location'] else {}
                 return (stored['status'], response, {**(headers or {}), **location}), True

@@ -8,9 +8,10 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
 from dataclasses import replace
+
+import orjson
 
 from . import search as searching
 from . import values
@@ -18,6 +19,7 @@ from .errors import InvalidParam
 from .errors import InvalidValue
 from .errors import UnknownField
 from .schema import Column
+from .sqlbuild import SCOPE
 
 LIST_PARAMS = frozenset({'range', 'filter', 'filters', 'sort', 'order', 'sorts', 'cursor', 'embed', 'embed_limit'})
 TEXT_OPS = frozenset({'contains', 'not_contains', 'starts_with', 'ends_with'})
@@ -147,7 +149,7 @@ def parse_search(value, param):
 
 
 def column_for(info, name, param):
-    if not isinstance(name, str) or name not in info.columns or name == 'organization_id':
+    if not isinstance(name, str) or name not in info.columns or name == SCOPE:
         shown = name if isinstance(name, str) else repr(name)
         raise UnknownField(f"Resource '{info.slug}' has no field '{shown}'", param=param, field=shown)
     return info.columns[name]
@@ -164,7 +166,7 @@ def field_for(info, name, param, relations=None):
         single = ', '.join(r.name for r in relations.values() if not r.reverse and r.column.kind != 'array')
         raise UnknownField(f"Resource '{info.slug}' has no field '{name}': a dotted field crosses one forward "
                            f"reference to a single record ({single or 'none here'})", param=param, field=name)
-    if rest not in relation.target.columns or rest == 'organization_id':
+    if rest not in relation.target.columns or rest == SCOPE:
         raise UnknownField(f"Resource '{info.slug}' has no field '{name}' ({relation.target.slug} has no field "
                            f"'{rest}')", param=param, field=name)
     return relation.target.columns[rest], relation
@@ -357,7 +359,7 @@ def cursor_key(secret, org_id):
 def query_digest(info, params):
     """Which list a cursor belongs to: the resource and its filter and sort parameters."""
     shape = [info.slug] + [params.get(name) for name in ('filter', 'filters', 'sort', 'order', 'sorts')]
-    return hashlib.sha256(json.dumps(shape).encode()).digest()
+    return hashlib.sha256(values.ascii_json(shape).encode()).digest()
 
 
 def _tag(key, info, params, body):
@@ -393,8 +395,7 @@ def make_cursor(lq, info, params, last_row, key):
     (or a sort crosses a reference), or when the list is ranked by relevance (no keyset: page on with `range`)."""
     if across_references(lq) or lq.ranked:
         return None
-    body = json.dumps({'v': [last_row[n] for n in keyset_columns(lq, info)], 'i': lq.start + lq.size},
-                      separators=(',', ':'), ensure_ascii=False).encode()
+    body = orjson.dumps({'v': [last_row[n] for n in keyset_columns(lq, info)], 'i': lq.start + lq.size})
     cursor = sign_cursor(key, info, params, body)
     return cursor if len(cursor) <= MAX_CURSOR_LENGTH else None
 

@@ -2,30 +2,42 @@
 
 A rule is `trigger` {"resource", "on": [operations], "fields": [names]}, `conditions` (a `filters` array of
 the list query language over the trigger's resource) and `actions` (update, create_task, add_tag, webhook).
-`check_rule` is the store's hook for rule writes (a 400 naming the member that does not fit);
-`run_for_change` is what `crmapi worker` calls for each change of the feed.
+`check_rule` is the store's hook for rule writes (a 400 naming the member that does not fit), `written` the one
+after them (the rules cursor, a rule's secret); `run_for_change` is what `crmapi worker` calls for each change of
+the feed (see crmapi/worker.py for the cursor and the depth a change carries).
+
+A rule's webhook actions are signed like webhooks (Standard Webhooks, crmapi.webhooks) with ONE secret per rule:
+made by the server when the rule first has a webhook action, in the answer of that write only, kept for the rule's
+life (deleting the rule deletes it). NOTE: per rule, not per action: a receiver verifies whatever the rule sends
+with one key, and editing an action's URL (or adding one) does not hand out new secrets.
 
 NOTE: `matches`/`holds` are THE Python evaluator of the list query language: rule conditions use it, and
 tests/test_properties.py checks it against the SQL that lists run, on both databases.
 """
 import dataclasses
 import datetime as dt
+import logging
 from urllib.parse import urlsplit
 
 import orjson
 
 from . import query
 from . import search
+from . import sqlbuild
 from . import values
+from . import webhooks
 from .accounts import Principal
 from .errors import BadRequest
 from .errors import CrmError
 from .errors import InvalidValue
 from .errors import RecordNotFound
+from .errors import Unavailable
 from .errors import UnknownResource
 from .query import Filter
 from .query import ListQuery
+from .sqlbuild import SCOPE
 
+log = logging.getLogger('crmapi.rules')
 RULES, RUNS, TASKS = 'automation_rules', 'automation_runs', 'tasks'
 OPERATIONS = ('created', 'updated', 'archived', 'restored', 'deleted')
 TRIGGER_KEYS = ('resource', 'on', 'fields')
@@ -112,12 +124,23 @@ def _bad(field, detail):
     return InvalidValue(detail, field=field)
 
 
-def check_rule(store, principal, rule):
+def check_rule(store, principal, rule, stored=None):
     """The store's hook for a rule write: `rule` as the write leaves it fits the shape, or a 400 naming the
-    member that does not (`trigger.on`, `conditions`, `actions[1].set.amount`)."""
+    member that does not (`trigger.on`, `conditions`, `actions[1].set.amount`). `stored`: the rule before.
+
+    NOTE: a webhook action's URL is resolved and checked (SSRF) when it is new to the rule only, so a rule
+    whose host does not resolve today can still be edited or disabled; each delivery checks it again anyway.
+    """
     info = trigger_resource(store, principal, rule.get('trigger'))
     parse_conditions(info, rule.get('conditions'))
     check_actions(store, principal, info, rule.get('actions'))
+    known = {a.get('url') for a in (stored or {}).get('actions') or () if isinstance(a, dict)}
+    for index, action in enumerate(rule['actions']):
+        if action['type'] == 'webhook' and action['url'] not in known:
+            try:
+                webhooks.target(action['url'], store.webhook_allow_private)
+            except webhooks.Refused as exc:
+                raise _bad(f'actions[{index}].url', f'The webhook url {exc}') from None
 
 
 def trigger_resource(store, principal, trigger):
@@ -145,7 +168,7 @@ def trigger_resource(store, principal, trigger):
     if fields is not None:
         if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
             raise _bad('trigger.fields', "Trigger 'fields' is a non-empty array of field names")
-        missing = next((f for f in fields if f not in info.columns or f == 'organization_id'), None)
+        missing = next((f for f in fields if f not in info.columns or f == SCOPE), None)
         if missing is not None:
             raise _bad('trigger.fields', f"Resource '{info.slug}' has no field '{missing}'")
     return info
@@ -234,6 +257,24 @@ def _check_exists(store, principal, slug, record_id, field):
 CHECKS = {'update': _check_update, 'create_task': _check_task, 'add_tag': _check_tag, 'webhook': _check_webhook}
 
 
+def written(store, tx, principal, records):
+    """The store's hook after rules are written, in the write's transaction: the organization's rules cursor
+    (at the changes committed so far, if it has none: its first rule starts with the changes after it), a secret for
+    each rule that has a webhook action and none yet: the records, with `secret` in the ones that got one (their
+    answer is the only one that shows it)."""
+    d, out = store.db.dialect, []
+    counter = tx.one(*sqlbuild.build_change_counter_read(d, principal.org_id))
+    tx.execute(*sqlbuild.build_webhook_cursor_init(d, principal.org_id, counter[0] if counter else 0,
+                                                   'automation_cursors'))
+    for record in records:
+        if any(isinstance(a, dict) and a.get('type') == 'webhook' for a in record.get('actions') or ()):
+            secret = webhooks.new_secret()
+            if tx.execute(*sqlbuild.build_rule_secret_insert(d, record['id'], secret)):
+                record = {**record, 'secret': secret}
+        out.append(record)
+    return out
+
+
 # -- the runner ----------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -243,24 +284,30 @@ class RulePrincipal(Principal):
     actor: str = 'system'
     depth: int = 0
 
+    @property
+    def rule_id(self):
+        return self.actor.removeprefix('rule:')
+
 
 def rule_principal(org_id, rule_id, depth):
     return RulePrincipal(org_id, None, True, None, True, f'rule:{rule_id}', depth)
 
 
-def run_for_change(store, change, depth, org_id=None):
+def run_for_change(store, change, depth, org_id=None, enabled=None, record=None):
     """Run every enabled rule of the organization that `change` (as the feed gives it) triggers and whose
     conditions the record passes: the automation_runs rows this call wrote.
 
     `depth`: how many rules led to the change (0: a user's; a change carries it as `depth`). A (rule, change)
     acts at most once, however often this is called. `org_id`: the change's organization (the feed's).
+    `enabled`: the organization's enabled rules, if the caller has read them; `record`: the record as the change
+    left it, if the caller knows it (the worker replays it from the history), else the record as it is now.
     """
-    org_id = org_id or change['organization_id']
+    org_id = org_id or change[SCOPE]
     system = Principal.system(org_id)
     runs = []
-    for rule in enabled_rules(store, system):
+    for rule in enabled_rules(store, system) if enabled is None else enabled:
         if triggers(rule['trigger'], change):
-            run = run_rule(store, system, rule, change, depth)
+            run = run_rule(store, system, rule, change, depth, record)
             if run is not None:
                 runs.append(run)
     return runs
@@ -292,30 +339,41 @@ def triggers(trigger, change):
     return any(f in (change.get('changes') or {}) for f in fields)
 
 
-def run_rule(store, principal, rule, change, depth):
-    """One rule for one change: the run row written, or None (conditions not met, or run before)."""
+def run_rule(store, principal, rule, change, depth, record=None):
+    """One rule for one change: the run row written, or None (conditions not met, or run before).
+
+    NOTE: the actions and the run row commit together, and UNIQUE (rule_id, change_id) lets one run in: a crash
+    before the commit leaves nothing (the change is handed over again), and of two workers running the same
+    (rule, change) the second's run fails and takes its actions down with it.
+    """
     runs = store.catalog.resolve(RUNS)
     if _run_of(store, principal, runs, rule['id'], change['id']) is not None:
         return None
-    row = {'organization_id': principal.org_id, 'rule_id': rule['id'], 'change_id': change['id'],
+    row = {'rule_id': rule['id'], 'change_id': change['id'],
            'resource': change['resource'], 'record_id': change['record_id'], 'depth': depth}
     try:
         info = store.catalog.resolve(change['resource'], principal)
-        record = _record_after(store, principal, info, change)
+        record = record or _record_after(store, principal, info, change)
         if record is None or not holds(parse_conditions(info, rule['conditions']), canonical(info, record)):
             return None
         if depth >= MAX_DEPTH:
-            return _write_run(store, runs, {**row, 'status': 'stopped', 'error': (
+            return _write_run(store, principal, runs, {**row, 'status': 'stopped', 'error': (
                 f'Not run: the change was made at depth {depth} (by a chain of {depth} rules); changes made at '
                 f'depth {MAX_DEPTH} trigger no rule')})
         acting = rule_principal(principal.org_id, rule['id'], depth + 1)
         with store.db.transaction(write=True):
-            results = [ACTIONS_RUN[a['type']](store, acting, info, record, a) for a in rule['actions']]
-            return _write_run(store, runs, {**row, 'status': 'applied', 'results': results})
+            results = [ACTIONS_RUN[a['type']](store, acting, info, record, a, change) for a in rule['actions']]
+            return _write_run(store, principal, runs, {**row, 'status': 'applied', 'results': results})
+    except Unavailable:
+        raise       # NOTE: the database, not the rule: the worker hands the change over again later
     except CrmError as exc:
-        if _run_of(store, principal, runs, rule['id'], change['id']) is not None:
-            return None   # NOTE: another worker ran it first: its run stands, ours was rolled back
-        return _write_run(store, runs, {**row, 'status': 'failed', 'error': exc.detail}, quiet=True)
+        error = exc.detail
+    except Exception as exc:    # NOTE: a bug must not stop every later change: logged, and the run says so
+        log.exception('rule %s failed on change %s', rule['id'], change['id'])
+        error = f'Internal error ({type(exc).__name__}); the worker logged it'
+    if _run_of(store, principal, runs, rule['id'], change['id']) is not None:
+        return None   # NOTE: another worker ran it first: its run stands, ours was rolled back
+    return _write_run(store, principal, runs, {**row, 'status': 'failed', 'error': error}, quiet=True)
 
 
 def _record_after(store, principal, info, change):
@@ -335,26 +393,25 @@ def _run_of(store, principal, runs, rule_id, change_id):
     return found[0] if found else None
 
 
-def _write_run(store, runs, row, quiet=False):
-    """Insert one run; UNIQUE (rule_id, change_id) makes a second run of the same (rule, change) fail (and,
+def _write_run(store, principal, runs, row, quiet=False):
+    """Insert one run of the principal's organization; UNIQUE (rule_id, change_id) makes a second run of the same (rule, change) fail (and,
     inside the actions' transaction, roll them back). `quiet`: a run already there is not an error."""
     row = {'id': store.history.new_ids(runs.spec.id_prefix, 1)[0], 'results': None, 'error': None, **row,
            'created_at': store.clock()}
     try:
-        with store.db.transaction(write=True) as tx:
-            return store._insert(tx, runs, [row])[0][0]
+        return store.insert_managed(runs, principal.org_id, [row])[0]
     except CrmError:
         if quiet:
             return None
         raise
 
 
-def _do_update(store, principal, info, record, action):
+def _do_update(store, principal, info, record, action, change):
     store.update(info, principal, record['id'], action['set'])
     return {'type': 'update', 'record_id': record['id']}
 
 
-def _do_create_task(store, principal, info, record, action):
+def _do_create_task(store, principal, info, record, action, change):
     body = {'text': action['text']}
     if action.get('due_in_days') is not None:
         body['due_date'] = (store.clock().date() + dt.timedelta(days=action['due_in_days'])).isoformat()
@@ -366,16 +423,21 @@ def _do_create_task(store, principal, info, record, action):
     return {'type': 'create_task', 'task_id': task['id']}
 
 
-def _do_add_tag(store, principal, info, record, action):
+def _do_add_tag(store, principal, info, record, action, change):
     tags = store.get(info, principal, record['id'])['tags'] or []
     if action['tag_id'] not in tags:
         store.update(info, principal, record['id'], {'tags': [*tags, action['tag_id']]})
     return {'type': 'add_tag', 'record_id': record['id'], 'tag_id': action['tag_id']}
 
 
-def _do_webhook(store, principal, info, record, action):
-    """NOTE: stored only: signing and delivering is the webhooks module's, from this run's results."""
-    return {'type': 'webhook', 'url': action['url'], 'status': 'pending'}
+def _do_webhook(store, principal, info, record, action, change):
+    """Queue a delivery of the change (a webhook event's body) to the URL, in the run's transaction: the worker
+    sends it signed with the rule's secret, on the webhooks' retry schedule; webhook_deliveries shows it."""
+    kind = webhooks.event_type(change['resource'], change['operation'])
+    row = webhooks.delivery_row(principal.org_id, change, kind, webhooks.event_body(kind, change, record),
+                                values.format_timestamp(store.clock()), rule_id=principal.rule_id, url=action['url'])
+    webhooks.queue(store.db, [row])
+    return {'type': 'webhook', 'url': action['url'], 'delivery_id': row[0]}
 
 
 ACTIONS_RUN = {'update': _do_update, 'create_task': _do_create_task, 'add_tag': _do_add_tag,

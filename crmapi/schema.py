@@ -12,8 +12,9 @@ from dataclasses import field as dc_field
 
 from . import values
 from .errors import UnknownResource
+from .sqlbuild import SCOPE
 
-SERVER_MANAGED = frozenset({'id', 'organization_id', 'created_at', 'updated_at', 'archived_at'})
+SERVER_MANAGED = frozenset({'id', SCOPE, 'created_at', 'updated_at', 'archived_at'})
 SEARCHABLE_KINDS = ('text',)
 
 # NOTE: PostgreSQL refuses a btree entry over 2,704 bytes (ProgramLimitExceeded); SQLite has no such
@@ -103,8 +104,8 @@ BUILTIN = {spec.slug: spec for spec in [
     ResourceSpec('webhooks', 'wh_', admin_writes=True, admin_only=True,
                  managed=frozenset({'disabled_reason', 'failing_since', 'since_seq'}), search=UNINDEXED),
     ResourceSpec('webhook_deliveries', 'whd_', read_only=True, admin_only=True,
-                 references={'webhook_id': 'webhooks'}, hidden=frozenset({'payload', 'locked_until'}),
-                 search=UNINDEXED),
+                 references={'webhook_id': 'webhooks', 'rule_id': 'automation_rules'},
+                 hidden=frozenset({'payload', 'locked_until'}), search=UNINDEXED),
     ResourceSpec('companies_summary', 'comp_', read_only=True, delete='archive', counted_as='companies',
                  references={'company_id': 'companies'},
                  computed={'nb_contacts': 'integer', 'nb_deals': 'integer'}, search=COMPANY_SEARCH),
@@ -196,7 +197,7 @@ class TableInfo:
             'delete': self.spec.delete,
             'restorable': self.spec.delete in ('archive', 'disable') and not self.spec.read_only,
             'columns': [c.describe(self.declared[c.name]) for c in self.columns.values()
-                        if c.name != 'organization_id'],
+                        if c.name != SCOPE],
         }
         if relations is not None:
             described['relations'] = [r.describe() for r in relations]
@@ -260,12 +261,13 @@ INTERNAL = {spec.slug: spec for spec in [
 
 class Catalog:
     """Resources by slug, with their whitelists: built-ins loaded once from the database, custom
-    objects resolved per organization through `custom` (a crmapi.custom.CustomObjects)."""
+    objects resolved per organization through `custom`, given at construction (crmapi.services makes
+    it: a crmapi.custom.CustomObjects); without it, the built-ins only."""
 
-    def __init__(self, tables, internal=None):
+    def __init__(self, tables, internal=None, custom=None):
         self.tables = tables
         self.internal = internal or {}
-        self.custom = None
+        self.custom = custom
 
     @classmethod
     def load(cls, db, specs=BUILTIN):
@@ -291,6 +293,17 @@ class Catalog:
         if info is None:
             raise UnknownResource(f"No resource named '{slug}'", param='resource')
         return info
+
+    def readable(self, slug, principal):
+        """Whether `principal` may read the resource `slug`: its records, their history and their changes in the
+        feed. Administrators read everything; other users every resource but the admin-only ones (webhooks and
+        their deliveries: URLs and payloads are secrets). The one rule for the routes and the change feed."""
+        info = self.tables.get(slug)
+        return info is None or not info.spec.admin_only or (principal is not None and principal.is_admin)
+
+    def unreadable(self, principal):
+        """The resources whose records and changes `principal` may not read (see `readable`)."""
+        return frozenset(slug for slug in self.tables if not self.readable(slug, principal))
 
     def visible(self, principal=None):
         """Every slug `principal` may use: the built-ins, then their active custom objects."""

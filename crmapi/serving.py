@@ -8,13 +8,13 @@
 
 deploy/gunicorn.conf.py and `crmapi serve` use it: worker_class = 'crmapi.serving.ThreadWorker'.
 """
-import json
 import time
 
 from gunicorn import util
 from gunicorn.http.errors import ParseException
 from gunicorn.workers import gthread
 
+from . import values
 from .errors import problem
 
 PROBLEM_JSON = 'application/problem+json'
@@ -95,8 +95,8 @@ def problem_response(status, reason, message):
         detail = INTERNAL_DETAIL  # NOTE: a bug or a misconfiguration: the details are in gunicorn's log only
     else:
         detail = ' '.join((message or '').split())[:DETAIL_MAX_CHARS] or reason
-    # NOTE: json, not orjson: the echoed request line may hold any code point, lone surrogates included.
-    body = json.dumps(problem(status, sentence_case(reason), detail)).encode()
+    # NOTE: not orjson: the echoed request line may hold any code point, lone surrogates included.
+    body = values.ascii_json(problem(status, sentence_case(reason), detail)).encode()
     head = (f'HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_JSON}\r\n'
             f'Content-Length: {len(body)}\r\n\r\n')
     return head.encode('latin-1') + body

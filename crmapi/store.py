@@ -52,9 +52,19 @@ def new_id(prefix):
 
 
 def new_ids(prefix, count):
-    """`count` ids as new_id makes them, in order, taken at once (a batch's)."""
+    """`count` ids as new_id makes them, in order, taken at once (a batch's).
+
+    NOTE: consecutive numbers share all but their last digits: the first 22 digits (the bits above the lowest
+    20) are spelt once per run of numbers that share them, and only the last four per id.
+    """
     first = _reserve(count)
-    return [prefix + crockford(first + k) for k in range(count)]
+    ids, n, end = [], first, first + count
+    while n < end:
+        stop = min(end, ((n >> 20) + 1) << 20)
+        head = prefix + crockford(n)[:22]
+        ids += [head + _DIGIT_PAIRS[(m >> 10) & 1023] + _DIGIT_PAIRS[m & 1023] for m in range(n, stop)]
+        n = stop
+    return ids
 
 
 def _reserve(count):
@@ -237,13 +247,14 @@ def merge_request(slug, body, lenient=False):
 
 
 class Store:
-    def __init__(self, db, catalog, clock=utc_now):
+    def __init__(self, db, catalog, clock=utc_now, changes=None):
         self.db = db
         self.catalog = catalog
         self.clock = clock
         self._readers = {}
         self._uniques = {}
-        self.history = history.History(db, lambda: self.clock(), new_ids)
+        self.history = changes or history.History(db, lambda: self.clock(), new_ids)
+        self.webhook_allow_private = False     # the app's CRMAPI_WEBHOOK_ALLOW_PRIVATE: rules' webhook actions
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -254,8 +265,7 @@ class Store:
             if len(self._readers) > 1000:  # custom objects make new shapes; keep this bounded
                 self._readers.clear()
             names = sqlbuild.output_columns(info)
-            convert = self.db.reader([info.columns[n].kind for n in names])
-            read = self._readers[info.shape_key] = lambda row: dict(zip(names, convert(row)))
+            read = self._readers[info.shape_key] = self.db.record_reader(names, [info.columns[n].kind for n in names])
         return read
 
     def _fetch(self, tx, info, principal, record_id, for_update=False):
@@ -418,19 +428,26 @@ class Store:
             check_batch(bodies)
         rows = self._prepare_items(info, bodies, True, batch, lenient=lenient)
         stamps = self._stamp(info, {}, 'created_at', 'updated_at')
-        rows = [{'id': record_id, 'organization_id': principal.org_id, **row, **stamps}
+        rows = [{'id': record_id, **row, **stamps}
                 for record_id, row in zip(new_ids(info.spec.id_prefix, len(rows)), rows)]
         with self.history.recorded(principal) as tx:
             self._check_shapes(info, principal, [{}] * len(rows), rows, batch)
             self._check_references(tx, info, principal, rows, batch)
-            created = {record['id']: record for record, _ in self._insert(tx, info, rows)}
+            created = {record['id']: record for record, _ in self._insert(tx, info, principal.org_id, rows)}
             self._count(tx, info, principal, len(rows))
             records = [created[row['id']] for row in rows]
             tx.changes += [history.created(info.slug, record) for record in records]
+            records = self._shaped_written(tx, info, principal, records)
         return records
 
-    def _insert(self, tx, info, rows, conflict=None, updates=None):
-        """INSERT `rows`, one statement per chunk of rows with the same columns: [(record, inserted)].
+    def insert_managed(self, info, org_id, rows):
+        """Insert rows of `org_id` only the server writes (a read-only resource's, such as automation_runs): no
+        checks, no history, no counter: the records."""
+        with self.db.transaction(write=True) as tx:
+            return [record for record, _ in self._insert(tx, info, org_id, rows)]
+
+    def _insert(self, tx, info, org_id, rows, conflict=None, updates=None):
+        """INSERT `rows` of `org_id`, one statement per chunk of rows with the same columns: [(record, inserted)].
 
         With `conflict` = (column, partial), an upsert: row i updates the columns `updates[i]` of the
         record that holds its key. `inserted` says which rows were new on PostgreSQL (None elsewhere).
@@ -441,10 +458,11 @@ class Store:
         read, width, out = self.reader(info), len(sqlbuild.output_columns(info)), []
         for (names, sets), group in groups.items():
             for part in sqlbuild.chunks(group, len(names)):
-                for raw in tx.rows(*sqlbuild.build_insert_many(self.db.dialect, info, names, part, conflict, sets)):
+                statement = sqlbuild.build_insert_many(self.db.dialect, info, org_id, names, part, conflict, sets)
+                for raw in tx.rows(*statement):
                     out.append((read(raw), raw[width] if len(raw) > width else None))
         if rows:
-            self.index(tx, info, rows[0]['organization_id'], [record for record, _ in out], fresh=conflict is None)
+            self.index(tx, info, org_id, [record for record, _ in out], fresh=conflict is None)
         return out
 
     def update(self, info, principal, record_id, body, lenient=False):
@@ -472,6 +490,7 @@ class Store:
             tx.changes += [history.updated(info.slug, records[i], written[i], c) for i, c in zip(ids, changes)
                            if i in written]
             records.update(written)
+            records.update((r['id'], r) for r in self._shaped_written(tx, info, principal, list(written.values())))
         return [records[i] for i in ids]
 
     def _check_shapes(self, info, principal, records, changes, batch):
@@ -483,12 +502,20 @@ class Store:
         failures = []
         for index, (record, change) in enumerate(zip(records, changes)):
             try:
-                rules.check_rule(self, principal, {**record, **change})
+                rules.check_rule(self, principal, {**record, **change}, record)
             except BadRequest as exc:
                 failures.append((index, exc))
         raise_items(failures, batch)
         return [{**change, 'problem': None} if record.get('problem') else change
                 for record, change in zip(records, changes)]
+
+    def _shaped_written(self, tx, info, principal, records):
+        """A resource with a shape (SHAPED) after a write, in its transaction (after its history: what the hook
+        adds to the records, a rule's new secret, is in the answer only)."""
+        if info.slug not in SHAPED or not records:
+            return records
+        from . import rules
+        return rules.written(self, tx, principal, records)
 
     @staticmethod
     def _effective(info, record, change):
@@ -756,10 +783,10 @@ class Store:
                 if key in existing and not self._effective(info, existing[key], change):
                     stored[key] = existing[key]   # it holds every value sent already: not written
                     continue
-                rows.append({'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id,
+                rows.append({'id': new_id(info.spec.id_prefix),
                              **self._kept_required(info, existing.get(key), change), **change, **stamps})
                 updates.append(tuple(n for n in change if n != column) + touched or (column,))
-            for record, inserted in self._insert(tx, info, rows, conflict, updates):
+            for record, inserted in self._insert(tx, info, principal.org_id, rows, conflict, updates):
                 key = values.check(key_column, record[column])
                 is_new = key not in existing if inserted is None else inserted
                 created += is_new
@@ -880,7 +907,8 @@ class Store:
 
     def duplicate_groups(self, info, principal):
         """Every group of probable duplicates among the organization's live records, best first."""
-        return duplicates.groups(self._filed(info, principal))
+        with duplicates.collector_paused():
+            return duplicates.groups(self._filed(info, principal))
 
     def duplicate_candidates(self, info, principal, record_id=None, body=None, lenient=False):
         """The probable duplicates of the record `record_id`, or of an unsaved `body` (checked like an update;
@@ -892,8 +920,9 @@ class Store:
             probe = self.prepare(info, body, creating=False, lenient=lenient)
             record_id = body.get('id') if isinstance(body.get('id'), str) else None
         extra = (record_id, *(probe.get(name) for name in matcher.columns))
-        found = self._filed(info, principal, extra, leave_out=record_id)
-        return duplicates.candidates(found, len(found.ids) - 1)
+        with duplicates.collector_paused():
+            found = self._filed(info, principal, extra, leave_out=record_id)
+            return duplicates.candidates(found, len(found.ids) - 1)
 
     def records(self, info, principal, ids):
         """{id: record} of the organization's records among `ids` (archived ones too)."""
@@ -984,10 +1013,10 @@ def reindex_database(db, org_ids=None, log=None):
     migration that adds search data, or rows written around the API."""
     from .accounts import Accounts
     from .accounts import Principal
-    from .app import build_services
+    from .services import build_services
     org_ids = [o for o, _ in Accounts(db).list_orgs()] if org_ids is None else org_ids
     if org_ids:
-        store = build_services(db).custom.store
+        store = build_services(db).store
         for org_id in org_ids:
             store.reindex(Principal(org_id, None), log)
         with db.transaction(write=True) as tx:

@@ -40,8 +40,15 @@ def kind_of(declared):
 
 
 def format_timestamp(value):
-    """The one spelling of an instant on the wire and in SQLite: UTC, microseconds, `Z`."""
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec='microseconds') + 'Z'
+    """The one spelling of an instant on the wire and in SQLite: UTC, microseconds, `Z`.
+
+    NOTE: this runs for every timestamp of every record read: PostgreSQL's sessions are in UTC, so its
+    instants need no conversion, and formatting the fields directly is 3-4x faster than isoformat().
+    """
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return '%04d-%02d-%02dT%02d:%02d:%02d.%06dZ' % (value.year, value.month, value.day, value.hour, value.minute,
+                                                   value.second, value.microsecond)
 
 
 def _fail(column, expected, value):
@@ -259,9 +266,18 @@ def _check_tree(value):
             raise JsonError('a string holds a lone surrogate, which is not valid Unicode', top)
 
 
+def ascii_json(value, **options):
+    """JSON text escaped to ASCII, for values orjson (the JSON library everywhere else) refuses: a lone
+    surrogate (an echoed request line or path) or an integer past 64 bits (a client's body before it is
+    checked). `options` are json.dumps's. Byte for byte what earlier releases hashed and signed."""
+    return json.dumps(value, **options)
+
+
 def loads_strict(text):
     """Parse JSON as the API accepts it: no NaN or Infinity, no repeated keys, no overflowing floats,
     at most 64 levels deep, no lone surrogates.
+
+    NOTE: the standard library's parser, for its hooks: orjson cannot report a repeated key.
 
     Raises ValueError with a readable message.
     """

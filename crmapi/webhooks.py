@@ -18,6 +18,8 @@ import ssl
 import time
 from urllib.parse import urlsplit
 
+import orjson
+
 from . import history
 from . import sqlbuild
 from . import values
@@ -94,6 +96,32 @@ def check_events(events, known):
         if m.group(1) != '*' and not known(m.group(1)):
             raise InvalidValue(f"Field 'events': no resource '{m.group(1)}' records changes", field='events')
     return list(dict.fromkeys(events))
+
+
+def event_body(kind, change, record):
+    """The JSON body of an event: `{type, timestamp, data}`, data the change with the record after it."""
+    event = {'type': kind, 'timestamp': change['changed_at'], 'data': {**change, 'record': record}}
+    return orjson.dumps(event).decode()
+
+
+def delivery_row(org_id, change, kind, body, now, webhook_id=None, rule_id=None, url=None):
+    """A pending delivery (sqlbuild.DELIVERY_COLUMNS) of `change` to a webhook, or to a rule's webhook action
+    (`rule_id`, `url`)."""
+    return (new_id('whd_'), org_id, webhook_id, change['id'], change['seq'], kind, body, 'pending', 0, now, now, now,
+            rule_id, url)
+
+
+def message_id(delivery):
+    """A delivery's `webhook-id`, the same on every attempt: a webhook's is the change's id (one message per change
+    and endpoint); a rule action's is its own, as several rules (or actions) may send one change to one URL."""
+    return delivery['change_id'] if delivery['rule_id'] is None else delivery['id']
+
+
+def queue(db, rows):
+    """Insert delivery rows, in the caller's transaction (or one of their own)."""
+    with db.transaction(write=True) as tx:
+        for part in sqlbuild.chunks(rows, len(sqlbuild.DELIVERY_COLUMNS)):
+            tx.execute(*sqlbuild.build_insert_deliveries(db.dialect, part))
 
 
 # -- SSRF ----------------------------------------------------------------------------------------
@@ -261,9 +289,9 @@ class Webhooks:
         with store.history.recorded(principal) as tx:
             counter = tx.one(*sqlbuild.build_change_counter_read(d, principal.org_id))
             since = counter[0] if counter else 0
-            row = {'id': new_id(info.spec.id_prefix), 'organization_id': principal.org_id, **row,
+            row = {'id': new_id(info.spec.id_prefix), **row,
                    'since_seq': since, **store._stamp(info, {}, 'created_at', 'updated_at')}
-            record = store._insert(tx, info, [row])[0][0]
+            record = store._insert(tx, info, principal.org_id, [row])[0][0]
             store._count(tx, info, principal, 1)
             tx.execute(*sqlbuild.build_webhook_secret_insert(d, record['id'], secret))
             tx.execute(*sqlbuild.build_webhook_cursor_init(d, principal.org_id, since))

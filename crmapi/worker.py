@@ -1,4 +1,4 @@
-"""`crmapi worker`: delivers webhooks from the change history, a transactional outbox.
+"""`crmapi worker`: delivers webhooks and runs automation rules from the change history, a transactional outbox.
 
 A write's changes commit with the write (crmapi/history.py). The worker then, for each organization whose
 changes are ahead of its fan-out cursor:
@@ -11,6 +11,13 @@ changes are ahead of its fan-out cursor:
    from a small thread pool, and records each attempt: success, or the next try on the retry schedule, or
    failed. A worker killed mid-send leaves its lease to expire; another then sends the same message again
    (same webhook-id): at least once, never two workers at once.
+3. rules: hands each change after the organization's rules cursor to its enabled automation rules
+   (crmapi.rules.run_for_change; a rule's webhook actions queue deliveries sent as in 2).
+
+NOTE: rules have a cursor of their own (automation_cursors), not the fan-out's: fan-out is one short transaction
+per batch that only inserts rows, while a rule's actions are writes of their own that may fail, wait on locks or
+be slow; on one cursor a stuck rule would hold every webhook event up (and a fan-out retry would hand changes to
+rules again). Each cursor moves at its own pace; an organization without rules has no rules cursor at all.
 
 Any number of workers may run, on any number of hosts. SIGTERM: the deliveries in flight finish and are
 recorded, then the worker exits.
@@ -24,18 +31,21 @@ import threading
 
 import orjson
 
+from . import rules
 from . import sqlbuild
 from . import values
 from . import webhooks
 from .accounts import Principal
 from .errors import CrmError
-from .store import new_id
+from .errors import Unavailable
 from .store import utc_now
 
 log = logging.getLogger('crmapi.worker')
 FANOUT_BATCH = 1000         # changes one fan-out transaction reads
+RULES_BATCH = 100           # changes read at once for the rules
 MAX_LOG = 50                # attempts kept in a delivery's attempt_log
 JITTER = 0.1                # each retry's delay is the schedule's, give or take this fraction
+OUTAGE_WAITS = (0.5, 10.0)  # first and longest wait before trying a database that was unavailable again
 EVENT_RECORD = frozenset({'created', 'deleted', 'merged_into'})   # changes that carry the record itself
 
 
@@ -50,19 +60,19 @@ def apply(record, change):
 
 
 class Worker:
-    def __init__(self, db, settings, catalog=None, clock=utc_now):
-        from .app import build_services
+    def __init__(self, db, settings, clock=utc_now):
+        from .services import build_services
         self.db = db
         self.settings = settings
-        self.catalog = catalog or build_services(db)
-        self.store = self.catalog.custom.store
+        services = build_services(db, settings)
+        self.catalog, self.store = services.catalog, services.store
         self.clock = clock
         self.lease = dt.timedelta(seconds=settings.webhook_timeout_s * 2 + 1)   # a send, with room to record it
         self.stopping = threading.Event()
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, settings.webhook_concurrency),
                                                           thread_name_prefix='webhook')
         self.read_hook = db.reader(['text', 'json', 'integer'])
-        self.read_claim = db.reader(['text', 'text', 'text', 'text', 'text', 'integer', 'json'])
+        self.read_claim = db.reader(['text', 'text', 'text', 'text', 'text', 'integer', 'json', 'text', 'text'])
 
     def now(self):
         return values.format_timestamp(self.clock())
@@ -74,9 +84,21 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
             signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        wait = OUTAGE_WAITS[0]
         try:
             while not self.stopping.is_set():
-                busy = self.step()
+                try:
+                    busy = self.step()
+                except Unavailable as exc:
+                    if once:
+                        raise
+                    # NOTE: a database restart, failover or full pool is not the worker's end: what is due stays
+                    # due in the database, so waiting and trying again loses nothing.
+                    log.warning('database unavailable (%s); trying again in %.1f s', exc.detail, wait)
+                    self.stopping.wait(wait)
+                    wait = min(wait * 2, OUTAGE_WAITS[1])
+                    continue
+                wait = OUTAGE_WAITS[0]
                 if once and not busy:
                     break
                 if not busy:
@@ -85,10 +107,11 @@ class Worker:
             self.pool.shutdown(wait=True)
 
     def step(self):
-        """One round: fan out what is new, send what is due. Whether there was anything to do."""
+        """One round: fan out what is new, run the rules on it, send what is due. Whether there was anything to do."""
         fanned = self.fan_out()
+        ran = self.run_rules()
         sent = self.deliver_due()
-        return bool(fanned or sent)
+        return bool(fanned or ran or sent)
 
     # -- fan-out -----------------------------------------------------------------------------------
 
@@ -111,8 +134,7 @@ class Worker:
             locked = tx.one(*sqlbuild.build_fanout_lock(d, org))
             if locked is None or locked[0] != cursor:
                 return 0    # another worker is at it, or was: its rows are in
-            for part in sqlbuild.chunks(rows, len(sqlbuild.DELIVERY_COLUMNS)):
-                tx.execute(*sqlbuild.build_insert_deliveries(d, part))
+            webhooks.queue(self.db, rows)
             tx.execute(*sqlbuild.build_fanout_advance(d, org, changes[-1]['seq']))
         return len(changes)
 
@@ -128,10 +150,8 @@ class Worker:
             record = self.record_after(org, change, states)
             if not wanted:
                 continue
-            body = orjson.dumps({'type': kind, 'timestamp': change['changed_at'],
-                                 'data': {**change, 'record': record}}).decode()
-            rows += [(new_id('whd_'), org, hook_id, change['id'], change['seq'], kind, body, 'pending', 0, now, now,
-                      now) for hook_id in wanted]
+            body = webhooks.event_body(kind, change, record)
+            rows += [webhooks.delivery_row(org, change, kind, body, now, webhook_id=hook_id) for hook_id in wanted]
         return rows
 
     def record_after(self, org, change, states):
@@ -170,10 +190,48 @@ class Worker:
         except CrmError:
             return None
 
+    # -- rules -------------------------------------------------------------------------------------
+
+    def run_rules(self):
+        """Hand every organization's changes past its rules cursor to its rules: how many changes were read."""
+        with self.db.transaction() as tx:
+            due = tx.rows(*sqlbuild.build_fanout_due(self.db.dialect, 'automation_cursors'))
+        read = 0
+        for org, cursor in due:
+            try:
+                read += self.run_rules_org(org, cursor)
+            except Exception:   # NOTE: nor webhooks nor other organizations wait on it: logged, tried next round
+                log.exception('automation rules of organization %s failed after change %s', org, cursor)
+        return read
+
+    def run_rules_org(self, org, cursor):
+        """Run the rules on a batch of the organization's changes after `cursor`, then move the cursor past them.
+
+        NOTE: several workers may read the same batch: each (rule, change) acts at most once whatever the
+        number of hands (crmapi.rules), and the cursor only moves from where this batch began (a worker that
+        finds it moved leaves it). A crash before the cursor moves hands the batch over again, as harmlessly.
+        """
+        changes = self.store.history.feed(org, cursor, RULES_BATCH)
+        enabled = rules.enabled_rules(self.store, Principal.system(org))
+        watched, states = {r['trigger']['resource'] for r in enabled}, {}
+        for change in changes:
+            if change['resource'] in watched:
+                record = self.record_after(org, change, states)
+                for run in rules.run_for_change(self.store, change, rules.depth_of(change), org, enabled, record):
+                    if run['status'] != 'applied':
+                        log.info('rule %s on change %s: %s: %s', run['rule_id'], change['id'], run['status'],
+                                 run['error'])
+        if not changes:
+            return 0
+        with self.db.transaction(write=True) as tx:
+            tx.execute(*sqlbuild.build_rules_advance(self.db.dialect, org, cursor, changes[-1]['seq']))
+        return len(changes)
+
     # -- delivery ----------------------------------------------------------------------------------
 
     def claim(self, limit):
-        """Lease up to `limit` due deliveries: [(delivery, url, secret)]."""
+        """Lease up to `limit` due deliveries: [(delivery, url, secret)]; the secret is None for a rule action's
+        whose rule was deleted (its secret with it)."""
         d, now = self.db.dialect, self.clock()
         with self.db.transaction() as tx:
             if not tx.rows(*sqlbuild.build_due_deliveries(d, values.format_timestamp(now), 1)):
@@ -185,41 +243,48 @@ class Worker:
             if not claimed:
                 return []
             targets = {hook_id: (url, secret) for hook_id, url, secret in tx.rows(
-                *sqlbuild.build_delivery_targets(d, {c['webhook_id'] for c in claimed}))}
-        return [(c, *targets[c['webhook_id']]) for c in claimed if c['webhook_id'] in targets]
+                *sqlbuild.build_delivery_targets(d, {c['webhook_id'] for c in claimed if c['webhook_id']}))}
+            rule_ids = {c['rule_id'] for c in claimed if c['rule_id']}
+            keys = dict(tx.rows(*sqlbuild.build_rule_secrets(d, rule_ids))) if rule_ids else {}
+        out = [(c, *targets[c['webhook_id']]) for c in claimed if c['webhook_id'] in targets]
+        return out + [(c, c['url'], keys.get(c['rule_id'])) for c in claimed if c['rule_id']]
 
     def deliver_due(self):
         """Send a batch of due deliveries, several at once, and record the attempts: how many were sent."""
         claimed = self.claim(max(1, self.settings.webhook_concurrency) * 4)
         if not claimed:
             return 0
-        s = self.settings
-        futures = [self.pool.submit(webhooks.send, url, delivery['change_id'], delivery['payload'].encode(), secret,
-                                    s.webhook_timeout_s, s.webhook_allow_private)
+        s, gone = self.settings, (None, 0, 'not sent: its automation rule was deleted')
+        futures = [self.pool.submit(webhooks.send, url, webhooks.message_id(delivery), delivery['payload'].encode(),
+                                    secret, s.webhook_timeout_s, s.webhook_allow_private) if secret else None
                    for delivery, url, secret in claimed]
-        results = [f.result() for f in futures]
-        self.record([(delivery, *result) for (delivery, _, _), result in zip(claimed, results)])
+        results = [f.result() if f else gone for f in futures]
+        self.record([(delivery, *result, secret is None) for (delivery, _, secret), result in zip(claimed, results)])
         return len(claimed)
 
     def record(self, attempts):
-        """Record each attempt [(delivery, code, duration_ms, error)], and what it says of its webhook."""
+        """Record each attempt [(delivery, code, duration_ms, error, last)], and what it says of its webhook
+        (`last`: no retry can succeed)."""
         d, at = self.db.dialect, self.clock()
         now, schedule = values.format_timestamp(at), self.settings.webhook_retry_schedule
         window = values.format_timestamp(at - dt.timedelta(seconds=self.settings.webhook_disable_after_s))
         with self.db.transaction(write=True) as tx:
-            for delivery, code, duration, error in attempts:
+            for delivery, code, duration, error, last in attempts:
                 tries = delivery['attempts'] + 1
                 entry = {'at': now, 'status_code': code, 'duration_ms': duration, 'error': error}
                 attempt_log = orjson.dumps([*(delivery['attempt_log'] or [])[-(MAX_LOG - 1):], entry]).decode()
+                hook = delivery['webhook_id']     # NOTE: None for a rule's action: no webhook to mark or disable
                 if error is None:
                     state, due, delivered = 'succeeded', now, now
-                    tx.execute(*sqlbuild.build_webhook_healthy(d, delivery['webhook_id']))
+                    if hook:
+                        tx.execute(*sqlbuild.build_webhook_healthy(d, hook))
                 else:
                     delivered = None
-                    state = 'failed' if tries > len(schedule) else 'pending'
+                    state = 'failed' if last or tries > len(schedule) else 'pending'
                     delay = schedule[tries - 1] * random.uniform(1 - JITTER, 1 + JITTER) if state == 'pending' else 0
                     due = values.format_timestamp(at + dt.timedelta(seconds=delay))
-                    self.failing(tx, delivery['webhook_id'], now, window, error)
+                    if hook:
+                        self.failing(tx, hook, now, window, error)
                 tx.execute(*sqlbuild.build_delivery_attempted(d, delivery['id'], state, tries, due, code, duration,
                                                               error, attempt_log, now, delivered))
 

@@ -2,10 +2,10 @@
 
     gunicorn --config deploy/gunicorn.conf.py 'crmapi:create_app()'
 
-Read from the environment (the app reads the same CRMAPI_* variables, so the two cannot disagree):
-CRMAPI_BIND (127.0.0.1:8000), CRMAPI_WORKERS (2 x CPUs + 1, at most 8), CRMAPI_THREADS (= the
+Read through crmapi's own Settings.from_env, as the app and the CLI read them, so the three cannot
+disagree: CRMAPI_BIND (127.0.0.1:8000), CRMAPI_WORKERS (2 x CPUs + 1, at most 8), CRMAPI_THREADS (= the
 PostgreSQL pool size, CRMAPI_POOL_MAX_SIZE, default 4), CRMAPI_STATEMENT_TIMEOUT_MS (15000),
-CRMAPI_POOL_TIMEOUT_S (10), CRMAPI_PROXY_IPS (127.0.0.1).
+CRMAPI_POOL_TIMEOUT_S (10), CRMAPI_PROXY_IPS (127.0.0.1). A bad value stops gunicorn before it forks.
 
 CRMAPI_ENV_FILE names a file of KEY=VALUE lines (# comments) read at start and again on every SIGHUP:
 its values win over the environment and reach the app's new workers. A failover is then an edit of
@@ -14,6 +14,8 @@ start, and a HUP keeps the master's environment).
 """
 import math
 import os
+
+from crmapi.config import Settings
 
 
 def _env_file(path):
@@ -38,17 +40,14 @@ _file = _env_file(os.environ.get('CRMAPI_ENV_FILE'))
 raw_env = [f'{key}={value}' for key, value in _file.items()]
 
 
-def _env(name, default, cast=str):
-    raw = _file.get(name, os.environ.get(name))
-    return default if raw in (None, '') else cast(raw)
-
+settings = Settings.from_env({**os.environ, **_file})
 
 # Loopback only: nginx is the one listener the world sees; gunicorn is never exposed directly.
-bind = _env('CRMAPI_BIND', '127.0.0.1:8000')
+bind = settings.bind
 
 # Processes give CPU parallelism (Python runs one thread at a time per process); the cap keeps
 # SQLite writers and PostgreSQL connections (workers x pool size) bounded on big machines.
-workers = _env('CRMAPI_WORKERS', min(2 * (os.cpu_count() or 1) + 1, 8), int)
+workers = settings.workers
 
 # Threads overlap the time a request waits on the database. One thread per pooled connection:
 # more threads than connections would only queue inside the pool.
@@ -57,14 +56,12 @@ workers = _env('CRMAPI_WORKERS', min(2 * (os.cpu_count() or 1) + 1, 8), int)
 # so the client gets the answer instead of a connection reset; and gunicorn's own refusals of
 # malformed requests (400, 431, 501, ...) are problem+json like the app's errors, not HTML.
 worker_class = 'crmapi.serving.ThreadWorker'
-threads = _env('CRMAPI_THREADS', _env('CRMAPI_POOL_MAX_SIZE', 4, int), int)
+threads = settings.threads
 
 # The longest a legitimate request can take: wait for a pooled connection, then a statement that
 # PostgreSQL cancels at statement_timeout (the app answers 503 for both), plus a margin to
 # write the answer. Default: 10 s + 15 s + 5 s = 30 s.
-_statement_s = _env('CRMAPI_STATEMENT_TIMEOUT_MS', 15_000, int) / 1000
-_pool_wait_s = _env('CRMAPI_POOL_TIMEOUT_S', 10.0, float)
-_longest_request_s = math.ceil(_pool_wait_s + _statement_s) + 5
+_longest_request_s = math.ceil(settings.pool_timeout_s + settings.statement_timeout_ms / 1000) + 5
 
 # A worker silent for longer than this is killed and replaced. It must exceed both database
 # timeouts, so that the database gives up first and the client gets the app's 503, never a dead
@@ -87,7 +84,7 @@ limit_request_line = 0
 
 # X-Forwarded-* and the SCRIPT_NAME header are believed only from these peers: the proxy on
 # loopback. From any other address gunicorn ignores them (scheme) or drops them (SCRIPT_NAME).
-forwarded_allow_ips = _env('CRMAPI_PROXY_IPS', '127.0.0.1')
+forwarded_allow_ips = settings.proxy_ips
 
 # nginx sets exactly X-Forwarded-Proto. gunicorn's default also believes X-Forwarded-Ssl and
 # X-Forwarded-Protocol, which nginx passes through from the client untouched: a forged

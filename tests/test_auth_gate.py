@@ -118,8 +118,8 @@ def test_public_paths_answer_without_a_token_under_a_mount_prefix(mounted, path)
 
 def test_the_openapi_document_narrows_to_the_callers_organization_with_a_token(api, anonymous):
     api.post('/api/custom_objects', {'slug': 'gadgets', 'fields': [{'name': 'title', 'type': 'text'}]})
-    assert '/api/gadgets' in api.get('/api/openapi.json').json['paths']
-    assert '/api/gadgets' not in anonymous.get('/api/openapi.json').json['paths']
+    assert '/gadgets' in api.get('/api/openapi.json').json['paths']
+    assert '/gadgets' not in anonymous.get('/api/openapi.json').json['paths']
 
 
 def test_a_bad_token_on_the_optional_auth_document_is_401(wsgi_app):

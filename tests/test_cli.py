@@ -199,6 +199,18 @@ def test_the_database_url_comes_from_the_environment_when_there_is_no_option(tmp
     assert_refused(run_cli('init-db', cwd=tmp_path, CRMAPI_DATABASE_URL='crm.db'), "'crm.db' has no scheme")
 
 
+def test_commands_connect_the_way_the_server_does_through_pgbouncer(monkeypatch):
+    monkeypatch.setenv('CRMAPI_PGBOUNCER', '1')
+    assert cli.open_url('postgresql://crm@db.invalid/crm').pgbouncer
+    monkeypatch.setenv('CRMAPI_PGBOUNCER', '0')
+    assert not cli.open_url('postgresql://crm@db.invalid/crm').pgbouncer
+
+
+def test_a_bad_setting_is_one_line_for_every_command(tmp_path):
+    assert_refused(run_cli('--database', f'sqlite:///{tmp_path}/crm.db', 'init-db', CRMAPI_PGBOUNCER='maybe'),
+                   'CRMAPI_PGBOUNCER')
+
+
 @pytest.mark.parametrize('command', ['init-db', 'list-orgs', 'demo', 'serve'])
 def test_a_sqlite_path_in_a_missing_directory_is_refused(command, tmp_path):
     result = run_cli('--database', f'sqlite:///{tmp_path}/missing/crm.db', command)

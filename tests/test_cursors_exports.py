@@ -24,7 +24,7 @@ from crmapi import create_app
 from crmapi import migrations
 from crmapi import query
 from crmapi.accounts import Accounts
-from crmapi.app import build_services
+from crmapi.services import build_services
 from crmapi.app import server_secret
 from crmapi.config import Settings
 from crmapi.db import PostgresDatabase
@@ -55,7 +55,7 @@ def signed(database, org_id, params, body):
     """A contacts cursor whose body is `body` (bytes), signed with the server's own key: a forgery by
     someone who knows the key, to show the body is still parsed strictly."""
     key = query.cursor_key(server_secret(Settings(database_url='injected'), database), org_id)
-    return query.sign_cursor(key, build_services(database).resolve('contacts', None), params, body)
+    return query.sign_cursor(key, build_services(database).catalog.resolve('contacts', None), params, body)
 
 
 def assert_cursor_refused(client, params, cursor):

@@ -151,7 +151,7 @@ def test_a_reader_authorizes_once_then_lists_with_a_filter_and_creates_a_contact
     page.wait_for_selector('#operations-tag-projects')
 
     listing = open_operation(page, 'contacts', 'list_contacts')
-    listing.locator('tr[data-param-name="filter"] textarea').fill('{"last_name": "Lovelace"}')
+    listing.locator('tr[data-param-name="filter"] input').fill('{"last_name": "Lovelace"}')
     status, headers, body = execute(page, listing)
     assert status == '200'
     assert 'content-range: contacts 0-0/1' in headers
@@ -159,7 +159,7 @@ def test_a_reader_authorizes_once_then_lists_with_a_filter_and_creates_a_contact
     curl = listing.locator('.curl-command').inner_text()
     assert f"{MOUNT}/api/contacts?filter=" in curl and 'Authorization: Bearer ' in curl
     # A full page (react-admin's Range header, one row) carries the cursor to the next one.
-    listing.locator('tr[data-param-name="filter"] textarea').fill('{}')
+    listing.locator('tr[data-param-name="filter"] input').fill('{}')
     listing.locator('tr[data-param-name="Range"] input').fill('contacts=0-0')
     status, headers, _ = execute(page, listing)
     assert status == '200' and 'content-range: contacts 0-0/2' in headers

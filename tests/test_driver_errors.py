@@ -19,7 +19,7 @@ import pytest
 from conftest import assert_problem
 from conftest import postgres_url
 
-from crmapi.app import build_services
+from crmapi.services import build_services
 from crmapi.db import PostgresDatabase
 from crmapi.db import translate_errors
 from crmapi.errors import CrmError
@@ -463,7 +463,7 @@ def test_every_index_of_every_resource_fits_a_btree_entry_at_the_length_limit(ap
     api.post('/api/custom_objects', {'slug': 'links', 'fields': [
         {'name': 'contact', 'type': 'reference', 'target': 'contacts'},
         {'name': 'deal', 'type': 'reference', 'target': 'deals'}]})
-    catalog = build_services(database)
+    catalog = build_services(database).catalog
     tables = [*catalog.tables.values(), *catalog.internal.values(), catalog.custom.table_for(api.org_id, 'links')]
     checked = 0
     for info in tables:

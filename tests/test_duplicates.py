@@ -4,6 +4,7 @@ POST /api/contacts/duplicates (one record's candidates), and the same for compan
 The normalisation rules are checked on their own first (pure Python), then through the API on SQLite
 and PostgreSQL (see conftest.py).
 """
+import gc
 import random
 import unicodedata
 
@@ -404,3 +405,28 @@ def test_archived_companies_are_left_out(api):
     assert group_of(api, [a, b], COMPANY_GROUPS)
     api.delete(f'/api/companies/{b}')
     assert groups(api, COMPANY_GROUPS) == []
+
+
+# -- the garbage collector's pause -------------------------------------------------------------------
+
+def test_finding_duplicates_leaves_the_garbage_collector_as_it_found_it(api):
+    """The collector is off while records are filed (see duplicates.collector_paused), then as it was."""
+    api.create('contacts', first_name='Ada', last_name='Lovelace', email='ada@example.com')
+    twin = api.create('contacts', first_name='ADA', last_name='Lovelace', email='Ada@Example.com')
+    assert len(api.get(GROUPS).json) == 1 and gc.isenabled()
+    gc.disable()
+    try:
+        api.get(f"/api/contacts/{twin['id']}/duplicates")
+        assert not gc.isenabled(), 'a collector someone else turned off stays off'
+    finally:
+        gc.enable()
+
+
+def test_concurrent_pauses_turn_the_collector_back_on_when_the_last_ends():
+    first, second = duplicates.collector_paused(), duplicates.collector_paused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled(), 'the second is still filing'
+    second.__exit__(None, None, None)
+    assert gc.isenabled()

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import assert_problem
 
+from crmapi import sqlbuild
+from crmapi.app import build_services
 from crmapi.db import Tx
 
 CRM_USER_FIELDS = {'id', 'first_name', 'last_name', 'email', 'administrator', 'disabled', 'created_at', 'updated_at'}
@@ -197,6 +199,62 @@ def test_summaries_embed_like_the_table_they_show(api, crm):
     assert row['company']['name'] == 'Acme' and row['notes']['total'] == 1
 
 
+
+# -- the index of deals.contact_ids (migration 0018) --------------------------------------------------
+
+def deals_of_each(database, org_id, contact_ids, indexed):
+    """The rows the contacts -> deals embed reads, through the index of contact_ids or by the scan of every deal."""
+    deals = build_services(database).catalog.tables["deals"]
+    with database.transaction() as tx:
+        return tx.rows(*sqlbuild.build_children(database.dialect, deals, deals.columns['contact_ids'], org_id,
+                                                contact_ids, 10, indexed=indexed))
+
+
+def test_a_contacts_deals_through_the_index_are_those_a_scan_of_every_deal_finds(api, other_api, database, crm):
+    """Whatever writes contact_ids (create, update, archive, merge, an operator's SQL), the index agrees."""
+    ada, bob = crm['ada']['id'], crm['bob']['id']
+    cy = api.create('contacts', last_name='Cyan')['id']
+    moved = api.create('deals', name='Moved', contact_ids=[ada])
+    api.put(f"/api/deals/{moved['id']}", {'contact_ids': [bob, cy]})
+    archived = api.create('deals', name='Archived', contact_ids=[ada, bob])
+    api.delete(f"/api/deals/{archived['id']}")
+    for i in range(12):
+        api.create('deals', name=f'Many {i}', contact_ids=[cy])
+    api.post('/api/merge_contacts', {'source_ids': [bob], 'target_id': ada}, status=200)
+    sneaked = api.create('deals', name='Sneaked')
+    write_around_the_api(database, 'deals', 'contact_ids', sneaked['id'], json.dumps([cy, ada]))
+    theirs = other_api.create('deals', name='Theirs')
+    write_around_the_api(database, 'deals', 'contact_ids', theirs['id'], json.dumps([ada]))
+    ids = [ada, bob, cy]
+    indexed = deals_of_each(database, api.org_id, ids, indexed=True)
+    assert indexed == deals_of_each(database, api.org_id, ids, indexed=False)
+    totals = {parent: total for parent, total, *_ in indexed}
+    assert totals == {ada: 3, cy: 14}, 'Big and Moved (merged from bob), Sneaked; the archived and theirs left out'
+    deals = build_services(database).catalog.tables["deals"]
+    with database.transaction() as tx:
+        referrers = [sorted(tx.rows(*sqlbuild.build_referrers(database.dialect, deals, api.org_id,
+                                                               deals.columns['contact_ids'], ids, indexed=indexed)))
+                     for indexed in (True, False)]
+    assert referrers[0] == referrers[1] and len(referrers[0]) == 16, 'what a merge rewrites: archived deals too'
+    contacts = by_id(embedded(api, 'contacts', 'deals', range=[0, 9]))
+    assert contacts[ada]['deals']['total'] == 3 and [d['name'] for d in contacts[ada]['deals']['items']] == [
+        'Sneaked', 'Moved', 'Big']
+    assert contacts[cy]['deals']['total'] == 14 and len(contacts[cy]['deals']['items']) == 10
+
+
+def test_a_custom_object_and_archived_children_embed_alike_beside_the_index(api, crm):
+    """A page embedding a custom object's reverse relation and the indexed deals: each relation its own answer."""
+    api.post('/api/custom_objects', {'slug': 'meetings', 'label': 'Meetings', 'fields': [
+        {'name': 'title', 'type': 'text'}, {'name': 'contact', 'type': 'reference', 'target': 'contacts'}]})
+    ada = crm['ada']['id']
+    api.create('meetings', title='Kick-off', contact=ada)
+    gone = api.create('deals', name='Gone', contact_ids=[ada])
+    api.delete(f"/api/deals/{gone['id']}")
+    contact = embedded(api, 'contacts', ['deals', 'meetings'], ada)
+    assert [d['name'] for d in contact['deals']['items']] == ['Big'] and contact['deals']['total'] == 1
+    assert [m['title'] for m in contact['meetings']['items']] == ['Kick-off']
+
+
 # -- no N+1 ----------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -292,17 +350,17 @@ def test_openapi_documents_embed_per_resource_and_the_embedded_answer(api, crm):
     from jsonschema import Draft202012Validator
     api.post('/api/custom_objects', PROJECTS)
     doc = api.get('/api/openapi.json').json
-    for path, names in (('/api/contacts', {'company', 'tags', 'notes', 'tasks', 'deals'}),
-                        ('/api/contacts/{id}', {'company', 'tags', 'notes', 'tasks', 'deals'}),
-                        ('/api/projects', {'company', 'owner'})):
+    for path, names in (('/contacts', {'company', 'tags', 'notes', 'tasks', 'deals'}),
+                        ('/contacts/{id}', {'company', 'tags', 'notes', 'tasks', 'deals'}),
+                        ('/projects', {'company', 'owner'})):
         params = {p['name']: p for p in doc['paths'][path]['get']['parameters']}
-        assert set(params['embed']['content']['application/json']['schema']['items']['enum']) == names, path
+        assert set(params['embed']['schema']['contentSchema']['items']['enum']) == names, path
         assert params['embed_limit']['schema']['maximum'] == 100
-    assert 'projects' in doc['paths']['/api/companies']['get']['parameters'][-2]['content'][
-        'application/json']['schema']['items']['enum']
+    assert 'projects' in doc['paths']['/companies']['get']['parameters'][-2]['schema']['contentSchema'][
+        'items']['enum']
     api.create('contact_notes', contact_id=crm['ada']['id'], text='n')
     answer = embedded(api, 'contacts', ['company', 'tags', 'notes', 'tasks', 'deals'])
-    schema = {**doc['paths']['/api/contacts']['get']['responses']['200']['content']['application/json']['schema'],
+    schema = {**doc['paths']['/contacts']['get']['responses']['200']['content']['application/json']['schema'],
               'components': doc['components']}
     Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER).validate(answer)
 

@@ -322,9 +322,46 @@ def test_changes_is_a_read_only_resource_of_the_schema_and_a_reserved_name(api):
     assert_problem(api.post('/api/changes', {}, status=405), 405)
     assert_problem(api.post('/api/custom_objects', {'slug': 'changes'}, status=400), 400, field='slug')
     doc = api.get('/api/openapi.json').json
-    assert {'/api/changes', '/api/{resource}/{id}/history', '/api/custom_objects/{slug}/history'} <= set(doc['paths'])
-    assert 'contacts' in doc['paths']['/api/{resource}/{id}/history']['parameters'][0]['schema']['enum']
+    assert {'/changes', '/{resource}/{id}/history', '/custom_objects/{slug}/history'} <= set(doc['paths'])
+    assert 'contacts' in doc['paths']['/{resource}/{id}/history']['parameters'][0]['schema']['enum']
     assert set(doc['components']['schemas']['changes']['properties']) == CHANGE_FIELDS
+
+
+def test_a_user_reads_only_the_changes_of_resources_it_may_read(api, user_api):
+    """Webhooks are for administrators only (their URLs are secrets): so are their changes, in the feed and in
+    a history, as the records themselves."""
+    mark = last_seq(api)
+    hook = api.post('/api/webhooks', {'url': 'https://8.8.8.8/secret-path', 'events': ['*']}).json
+    api.put(f'/api/webhooks/{hook["id"]}', {'description': 'sync'})
+    contact = api.create('contacts', first_name='Ada')
+    seen = feed(user_api, after=mark)
+    assert summary(seen) == [('created', 'contacts', contact['id'])] and 'secret-path' not in json.dumps(seen)
+    assert [(c['resource'], c['operation']) for c in feed(api, after=mark)] == [
+        ('webhooks', 'created'), ('webhooks', 'updated'), ('contacts', 'created')]
+    page, after = feed_page(user_api, after=mark, limit=1)
+    assert summary(page) == [('created', 'contacts', contact['id'])] and after == mark + 3, 'hidden ones are passed'
+    assert_problem(user_api.get('/api/changes', {'resource': 'webhooks'}, status=403), 403)
+    assert [c['operation'] for c in feed(api, resource='webhooks')] == ['created', 'updated']
+    assert_problem(history(user_api, 'webhooks', hook['id'], status=403), 403)
+    assert [c['operation'] for c in history(api, 'webhooks', hook['id']).json] == ['updated', 'created']
+
+
+def test_no_change_ever_holds_a_secret_or_a_token_hash(api, user_api, database):
+    hook = api.post('/api/webhooks', {'url': 'https://8.8.8.8/hook', 'events': ['*']}).json
+    rotated = api.post(f'/api/webhooks/{hook["id"]}/rotate_secret', status=200).json
+    api.put(f'/api/webhooks/{hook["id"]}', {'enabled': False})
+    user = api.create('crm_users', email='bob@example.com')
+    token = Accounts(database).create_token(api.org_id, 'bob@example.com')
+    api.put(f'/api/crm_users/{user["id"]}', {'first_name': 'Bob'})
+    api.delete(f'/api/webhooks/{hook["id"]}')
+    with database.transaction() as tx:
+        stored = str(tx.rows(sql(database, 'SELECT * FROM changes WHERE organization_id = ?'), [api.org_id]))
+        hashes = [h for (h,) in tx.rows(sql(database, 'SELECT token_hash FROM api_tokens WHERE organization_id = ?'),
+                                        [api.org_id])]
+    assert 'webhooks' in stored and 'crm_users' in stored
+    secrets = [hook['secret'], rotated['secret'], token, user_api.token, *hashes]
+    assert len(hashes) == 3 and not any(s in stored for s in secrets)
+    assert 'secret' not in stored and 'token_hash' not in stored
 
 
 def test_a_write_that_fails_records_nothing_and_takes_no_number(api):
@@ -334,6 +371,14 @@ def test_a_write_that_fails_records_nothing_and_takes_no_number(api):
     assert changes == [] and [t['name'] for t in api.list('tags')] == ['vip']
     api.create('tags', name='next')
     assert [c['seq'] for c in feed(api, after=mark)] == [mark + 1, mark + 2], 'no number taken'
+
+
+@pytest.mark.parametrize('first', [0, (1 << 20) - 3, (7 << 60) + (1 << 40) - 2])
+def test_a_batch_of_ids_is_the_ids_made_one_by_one_counting_up_across_a_carry(monkeypatch, first):
+    from crmapi import store
+    monkeypatch.setattr(store, '_reserve', lambda count: first)
+    ids = new_ids('chg_', 6)
+    assert ids == [f'chg_{store.crockford(first + k)}' for k in range(6)] and ids == sorted(set(ids))
 
 
 # -- the feed never skips a change -------------------------------------------------------------------

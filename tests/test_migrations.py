@@ -18,14 +18,10 @@ SCHEMA_SQL = pathlib.Path(__file__).parent.parent / 'schema.sql'
 
 
 def schema_sql(dialect):
-    """schema.sql as `dialect` runs it: lines between `-- dialect: NAME` and `-- dialect: end` only on NAME."""
-    kept, current = [], None
-    for line in SCHEMA_SQL.read_text().splitlines():
-        if line.startswith('-- dialect: '):
-            current = None if line == '-- dialect: end' else line[len('-- dialect: '):]
-        elif current in (None, dialect):
-            kept.append(line)
-    return '\n'.join(kept) + '\n'
+    """schema.sql as `dialect` runs it: without the statements marked `-- <the other database> only`."""
+    other = {'sqlite': 'postgresql', 'postgresql': 'sqlite'}[dialect]
+    return '\n'.join(statement for statement in SQLiteDatabase.statements(SCHEMA_SQL.read_text())
+                     if f'-- {other} only' not in statement.splitlines())
 
 
 @pytest.fixture

@@ -18,10 +18,8 @@ from crmapi import rules
 from crmapi.accounts import Accounts
 from crmapi.accounts import Principal
 from crmapi.config import Settings
-from crmapi.custom import CustomObjects
 from crmapi.query import parse_list
-from crmapi.schema import Catalog
-from crmapi.store import Store
+from crmapi.services import build_services
 
 RULE = {
     'name': 'Invoice won deals',
@@ -41,10 +39,7 @@ def trigger(**members):
 
 @pytest.fixture(scope='module')
 def store(database):
-    catalog = Catalog.load(database)
-    s = Store(database, catalog)
-    catalog.custom = CustomObjects(database, catalog, s)
-    return s
+    return build_services(database, Settings()).store
 
 
 def run_feed(store, api, after=0):
@@ -342,7 +337,7 @@ def test_a_rule_that_triggers_itself_stops_at_depth_3_with_the_reason(api, store
 def test_runs_show_each_actions_result_and_errors(api, store):
     api.create('automation_rules', **rule(
         trigger=trigger(on=['created'], fields=None), conditions=None,
-        actions=[{'type': 'create_task', 'text': 'Follow up'}, {'type': 'webhook', 'url': 'https://example.com/h'}]))
+        actions=[{'type': 'create_task', 'text': 'Follow up'}, {'type': 'webhook', 'url': 'https://93.184.215.14/h'}]))
     failing = api.create('automation_rules', **rule(
         trigger=trigger(on=['created'], fields=None), conditions=None,
         actions=[{'type': 'update', 'set': {'company_id': 'comp_gone'}}]))
@@ -350,9 +345,10 @@ def test_runs_show_each_actions_result_and_errors(api, store):
     run_feed(store, api)
     by_status = {r['status']: r for r in runs(api)}
     (task,) = api.list('tasks')
+    (delivery,) = api.list('webhook_deliveries')
     assert by_status['applied']['results'] == [{'type': 'create_task', 'task_id': task['id']},
-                                               {'type': 'webhook', 'url': 'https://example.com/h',
-                                                'status': 'pending'}]
+                                               {'type': 'webhook', 'url': 'https://93.184.215.14/h',
+                                                'delivery_id': delivery['id']}]
     assert by_status['failed']['rule_id'] == failing['id'] and 'comp_gone' in by_status['failed']['error']
     assert api.get(f"/api/deals/{deal['id']}").json['company_id'] is None     # nothing of a failed run applied
     assert api.get('/api/schema/automation_runs').json['read_only'] is True

@@ -78,14 +78,14 @@ def fuzz_orgs(database, wsgi_app):
 
 
 def strategy_for(operation, mode, ids, other_ids):
-    """Generated cases, plus (for `/api/<resource>/{id}...`) cases aimed at records that exist."""
+    """Generated cases, plus (for `/<resource>/{id}...`) cases aimed at records that exist."""
     strategy = operation.as_strategy(generation_mode=mode)
     parts = operation.path.split('/')
-    if mode is GenerationMode.POSITIVE and len(parts) > 3 and parts[3] == '{id}':
+    if mode is GenerationMode.POSITIVE and len(parts) > 2 and parts[2] == '{id}':
         for known in (ids, other_ids):
-            if parts[2] in known:
+            if parts[1] in known:
                 strategy = strategy | operation.as_strategy(generation_mode=mode,
-                                                            path_parameters={'id': known[parts[2]]})
+                                                            path_parameters={'id': known[parts[1]]})
     return strategy
 
 
@@ -104,7 +104,9 @@ def fuzz(operation, app, headers, ids, other_ids):
         @seed(SEED)
         @given(case=strategy_for(operation, mode, ids, other_ids))
         def run(case):
-            response = case.call(app=app, headers=headers)
+            # NOTE: the operation's own server (the health checks sit beside /api, not under it); in-process
+            # calls otherwise take the document's first server for every path.
+            response = case.call(app=app, headers=headers, base_url=case.operation.base_url)
             try:
                 case.validate_response(response, checks=CHECKS, headers=headers)
             except Exception as exc:  # noqa: BLE001 -- collected, reported together below
@@ -127,10 +129,28 @@ def share(operations, which):
     """Each organization takes every other built-in operation, and all of its own custom object's."""
     mine = []
     for index, operation in enumerate(sorted(operations, key=lambda op: op.label)):
-        custom = operation.path.startswith('/api/') and operation.path.split('/')[2] in CUSTOM.values()
+        custom = operation.path.split('/')[1] in CUSTOM.values()
         if custom or index % 2 == list(CUSTOM).index(which):
             mine.append(operation)
     return mine
+
+
+def with_json_content(doc):
+    """The document with each JSON query parameter (a string whose `contentSchema` is its JSON's schema) spelt
+    as `content`, the same contract in the form Schemathesis generates JSON for.
+
+    NOTE: from a plain string schema it would send any text, which every list refuses with a 400 before it
+    reads anything: the filters, sorts and embeds would go unfuzzed.
+    """
+    for item in doc['paths'].values():
+        for operation in [item, *item.values()]:
+            for param in operation.get('parameters', []) if isinstance(operation, dict) else []:
+                shape = param.get('schema', {}).get('contentSchema')
+                if shape is not None:
+                    del param['schema']
+                    param.pop('example', None)
+                    param['content'] = {'application/json': {'schema': shape}}
+    return doc
 
 
 @pytest.mark.parametrize('which', list(CUSTOM))
@@ -138,11 +158,11 @@ def test_generated_requests_conform_to_the_document(fuzz_orgs, wsgi_app, which):
     other = 'second' if which == 'first' else 'first'
     (org, ids), (_, other_ids) = fuzz_orgs[which], fuzz_orgs[other]
     headers = {'Authorization': f'Bearer {org.token}'}
-    schema = schemathesis.openapi.from_wsgi('/api/openapi.json', wsgi_app, headers=headers)
+    schema = schemathesis.openapi.from_dict(with_json_content(org.get('/api/openapi.json').json))
     operations = [result.ok() for result in schema.get_all_operations()]
     labels = {op.label for op in operations}
-    assert f'GET /api/{CUSTOM[which]}' in labels
-    assert not any(f'/api/{CUSTOM[other]}' in label for label in labels)
+    assert f'GET /{CUSTOM[which]}' in labels
+    assert not any(f'/{CUSTOM[other]}' in label for label in labels)
     failures = []
     for operation in share(operations, which):
         failures += fuzz(operation, wsgi_app, headers, ids, other_ids)

@@ -155,11 +155,11 @@ def test_injection_in_values_stays_a_parameter():
 
 
 def test_insert_update_and_delete_return_the_record():
-    row = {'id': 'c_1', 'organization_id': 'org_1', 'first_name': 'Ada', 'tags': ['t'], 'vip': False}
-    sql, values = sqlbuild.build_insert(SQLITE, CONTACTS, row)
-    assert sql.startswith('INSERT INTO "contacts" ("id","organization_id","first_name","tags","vip") '
+    row = {'id': 'c_1', 'first_name': 'Ada', 'tags': ['t'], 'vip': False}
+    sql, values = sqlbuild.build_insert(SQLITE, CONTACTS, 'org_1', row)
+    assert sql.startswith('INSERT INTO "contacts" ("organization_id","id","first_name","tags","vip") '
                           'VALUES (?,?,?,?,?) RETURNING "id","first_name"')
-    assert values == ['c_1', 'org_1', 'Ada', '["t"]', 0]
+    assert values == ['org_1', 'c_1', 'Ada', '["t"]', 0]
     sql, values = sqlbuild.build_update(POSTGRES, CONTACTS, 'org_1', 'c_1', {'first_name': 'Bo'})
     assert sql.startswith('UPDATE "contacts" SET "first_name"=%s WHERE "organization_id"=%s AND "id"=%s RETURNING')
     assert values == ['Bo', 'org_1', 'c_1']

@@ -2,6 +2,8 @@
 Webhooks), retried on a schedule, from the change history as an outbox; targets are checked against SSRF. Both
 databases, against a real HTTP receiver on 127.0.0.1."""
 import base64
+import dataclasses
+import datetime as dt
 import hashlib
 import hmac
 import http.server
@@ -15,11 +17,17 @@ import time
 
 import pytest
 
+from crmapi import cli
 from crmapi import create_app
 from crmapi import webhooks
 from crmapi.config import Settings
+from crmapi.errors import Unavailable
+from crmapi.history import History
+from crmapi.store import new_ids
+from crmapi.store import utc_now
 from crmapi.worker import Worker
 
+from conftest import RULE_SHAPE
 from conftest import NoLeaks
 from conftest import assert_problem
 from conftest import new_org
@@ -30,7 +38,7 @@ SHORT = (0.2, 0.2)
 class Receiver:
     """An HTTP endpoint that records each request and answers the next status of `statuses` (then 204)."""
 
-    def __init__(self):
+    def __init__(self, host='127.0.0.1'):
         self.got, self.statuses, self.lock = [], [], threading.Lock()
         receiver = self
 
@@ -50,10 +58,10 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f'http://127.0.0.1:{self.server.server_port}/hook?x=1'
+        self.url = f'http://{host}:{self.server.server_port}/hook?x=1'
 
     def events(self):
         return [json.loads(body) for _, body, _ in self.got]
@@ -88,6 +96,28 @@ def admin(database, private_app):
 def deliver(database, **overrides):
     """A worker's pass: fan out, send what is due, until nothing is."""
     Worker(database, settings(**overrides)).run(once=True)
+
+
+def test_a_worker_outlives_a_database_outage_and_then_delivers(database, admin, receiver, monkeypatch):
+    hook(admin, receiver.url, ['contacts.created'])
+    created = admin.post('/api/contacts', {'first_name': 'Outage'}).json
+    worker = Worker(database, settings())
+    step, outages = worker.step, []
+
+    def flaky_step():
+        if len(outages) < 2:
+            outages.append(1)
+            raise Unavailable('The database is unavailable; retry shortly')
+        if receiver.got:
+            worker.stopping.set()
+        return step()
+    monkeypatch.setattr(worker, 'step', flaky_step)
+    monkeypatch.setattr('crmapi.worker.OUTAGE_WAITS', (0.01, 0.02))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive() and len(outages) == 2
+    assert [e['data']['record_id'] for e in receiver.events()] == [created['id']]
 
 
 def hook(admin, url, events=('*',), **fields):
@@ -312,6 +342,61 @@ def test_a_worker_killed_again_and_again_loses_no_acknowledged_change(admin, rec
     for headers, body, _ in receiver.got:
         by_id.setdefault(headers['webhook-id'], set()).add(body)
     assert all(len(bodies) == 1 for bodies in by_id.values())     # a duplicate is the same message
+
+
+def run(database, text, params=()):
+    """One statement with `?` placeholders, in the database's own style: its rows, if it answers any."""
+    with database.transaction(write=True) as tx:
+        text = text if database.name == 'sqlite' else text.replace('?', '%s')
+        return tx.rows(text, list(params)) if text.startswith('SELECT') else tx.execute(text, list(params))
+
+
+def test_prune_deletes_old_sent_deliveries_and_runs_never_what_the_worker_still_has_to_send(
+        admin, receiver, database, capsys, monkeypatch):
+    hook(admin, receiver.url, ['tags.created'])
+    sent = [admin.create('tags', name=f'sent {i}') for i in range(3)]
+    deliver(database)
+    receiver.statuses = [500]
+    retrying = admin.create('tags', name='retrying')
+    Worker(database, dataclasses.replace(settings(), webhook_retry_schedule=(3600,))).run(once=True)   # retries in 1 h
+    unfanned = admin.create('tags', name='not fanned out yet')  # after the fan-out cursor
+    changes = {record_id: change_id for change_id, record_id in run(
+        database, 'SELECT id, record_id FROM changes WHERE organization_id = ?', [admin.org_id])}
+    old = (utc_now() - dt.timedelta(days=400)).isoformat()
+    for record in (sent[0], unfanned):
+        run(database, 'INSERT INTO automation_runs (id, organization_id, rule_id, change_id, resource, record_id, '
+            "depth, status, created_at) VALUES (?, ?, 'rule_x', ?, 'tags', ?, 0, 'succeeded', ?)",
+            [f'run_{record["id"]}', admin.org_id, changes[record['id']], record['id'], old])
+    run(database, 'UPDATE changes SET changed_at = ? WHERE organization_id = ?', [old, admin.org_id])
+    run(database, 'UPDATE webhook_deliveries SET created_at = ?, updated_at = ? WHERE organization_id = ?',
+        [old, old, admin.org_id])
+    capsys.readouterr()
+    monkeypatch.setenv('CRMAPI_HISTORY_DAYS', '365')
+    assert History(database, utc_now, new_ids).retention(365, batch=1) == {
+        'changes': 5, 'automation_runs': 1, 'webhook_deliveries': 3}, 'the webhook, the sent tags, the retrying tag'
+    cli.main(['--database', database_url(database), 'prune'])
+    assert 'pruned 0 delivered or failed webhook delivery(ies) and 0 automation run(s)' in capsys.readouterr().err
+    assert [c['record_id'] for c in admin.get('/api/changes').json] == [unfanned['id']]
+    assert [(d['change_id'], d['status']) for d in admin.list('webhook_deliveries')] == [
+        (changes[retrying['id']], 'pending')]
+    assert [r for (r,) in run(database, 'SELECT record_id FROM automation_runs WHERE organization_id = ?',
+                              [admin.org_id])] == [unfanned['id']]
+    deliver(database)
+    assert sorted(e['data']['record']['name'] for e in receiver.events()) == sorted(
+        [*(t['name'] for t in sent), 'retrying', 'not fanned out yet'])
+    History(database, utc_now, new_ids).retention(365)   # NOTE: leaves no old change for other tests' prunes
+
+
+def test_prune_keeps_the_changes_automation_rules_have_not_run_on_yet(admin, database):
+    admin.create('automation_rules', name='greet', **RULE_SHAPE)
+    contact = admin.create('contacts', first_name='Waits', last_name='For its rule')
+    old = (utc_now() - dt.timedelta(days=400)).isoformat()
+    run(database, 'UPDATE changes SET changed_at = ? WHERE organization_id = ?', [old, admin.org_id])
+    History(database, utc_now, new_ids).retention(365)
+    deliver(database)   # the worker's rules run on the change prune left
+    assert [(t['text'], t['contact_id']) for t in admin.list('tasks')] == [('Welcome them', contact['id'])]
+    History(database, utc_now, new_ids).retention(365)
+    assert contact['id'] not in [c['record_id'] for c in admin.get('/api/changes').json], 'handed on: now it goes'
 
 
 @pytest.mark.parametrize('raw, allowed', [('1', True), ('0', False), ('no', False)])

@@ -8,7 +8,8 @@ databases spell differently; the twin for the running database replaces the port
 import re
 from importlib import resources
 
-VERSION_TABLE = 'CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)'
+from .. import sqlbuild
+
 _FILE = re.compile(r'(\d{4})_([a-z0-9_]+?)(?:\.(sqlite|postgresql))?\.sql\Z')
 
 
@@ -31,7 +32,7 @@ def latest(dialect):
 
 
 def current_version(tx):
-    row = tx.one('SELECT MAX(version) FROM schema_version')
+    row = tx.one(sqlbuild.VERSION_READ)
     return row[0] or 0
 
 
@@ -49,12 +50,12 @@ def migrate(db, target=None, log=lambda message: None):
             break
         with db.transaction(write=True) as tx:
             db.lock_for_migration(tx)
-            tx.execute(VERSION_TABLE)
+            tx.execute(sqlbuild.VERSION_TABLE)
             if version <= current_version(tx):
                 continue  # another process got here first
             db.run_script(tx, sql)
-            tx.execute('DELETE FROM schema_version')
-            tx.execute(f'INSERT INTO schema_version (version) VALUES ({int(version)})')
+            for statement in sqlbuild.build_version_set(version):
+                tx.execute(statement)
         applied.append(version)
         log(f'applied {version:04d}_{name}')
     backfill(db, applied, log)
@@ -62,7 +63,7 @@ def migrate(db, target=None, log=lambda message: None):
 
 
 # Steps whose data SQL cannot make (text folded in Python): filled in once the schema is at its newest.
-BACKFILLS = {8: 'search rows'}
+BACKFILLS = {19: 'search rows'}
 
 
 def backfill(db, applied, log):

@@ -81,6 +81,7 @@
 
   function scalarExample(name, schema) {
     var type = typeOf(schema);
+    if (schema.example !== undefined) { return schema.example; }
     if (schema.enum) { return schema.enum[0]; }
     if (type === 'boolean') { return false; }
     if (type === 'integer' || type === 'number') {
@@ -110,9 +111,10 @@
     return merged;
   }
 
-  // A value the API accepts for `schema`: required fields always (a reference as a visible placeholder
-  // to replace), optional ones only where a made-up value is valid (a scalar that refers to nothing and
-  // is not unique), and only at the top level (`nested`: required fields only). undefined: leave it out.
+  // A value the API accepts for `schema`: its own example if it has one; else required fields always (a
+  // reference as a visible placeholder to replace), optional ones only where a made-up value is valid (a
+  // scalar that refers to nothing and is not unique), and only at the top level (`nested`: required
+  // fields only); never a read-only field (the server sets it). undefined: leave it out.
   function example(doc, name, schema, required, uniques, nested) {
     schema = flatten(doc, schema);
     var type = typeOf(schema);
@@ -122,6 +124,7 @@
       var simple = type && type !== 'array' && !isReference(name, schema);
       return simple ? scalarExample(name, schema) : undefined;
     }
+    if (schema.example !== undefined) { return schema.example; }
     if (isReference(name, schema) || (items && isReference(name, items))) {
       var placeholder = '<' + (schema.description || 'id').replace(/^ids of (.*) records$/, 'id of a $1 record') + '>';
       return items ? [placeholder] : placeholder;
@@ -137,6 +140,7 @@
     var value = {};
     var required = schema.required || [];
     Object.keys(schema.properties || {}).forEach(function (field) {
+      if (resolve(doc, schema.properties[field]).readOnly) { return; }
       var must = required.indexOf(field) >= 0;
       if (!must && (nested || uniques.indexOf(field) >= 0)) { return; }
       var one = example(doc, field, schema.properties[field], must, uniques, true);
@@ -153,23 +157,18 @@
     return (onConflict && onConflict.schema && onConflict.schema.enum) || [];
   }
 
-  // NOTE: an optional object or list-of-objects parameter (filter, filters, sorts) starts empty; a
-  // required one (a batch DELETE's ids) from its example. Scalars and lists of scalars start blank.
+  // NOTE: a parameter's `example` would be filled in by Try it out, and sent: every optional one would then
+  // apply at once (a filter, a cursor of no list, sort and sorts together: a 400). Optional parameters start
+  // blank (their description shows the example); a required one (a batch DELETE's ids) from its example.
   function addExamples(doc) {
     Object.keys(doc.paths || {}).forEach(function (path) {
       var uniques = uniqueColumns(doc, path);
       Object.keys(doc.paths[path]).forEach(function (method) {
         var op = doc.paths[path][method];
         ((op && op.parameters) || []).forEach(function (param) {
-          var media = param.content && param.content['application/json'];
-          if (!media || media.example !== undefined) { return; }
-          var schema = flatten(doc, media.schema);
-          var list = typeOf(schema) === 'array';
-          if (param.required) {
-            media.example = example(doc, param.name, schema, true, [], false);
-          } else if (typeOf(list ? flatten(doc, schema.items) : schema) === 'object') {
-            media.example = list ? [] : {};
-          }
+          if (!param.required) { delete param.example; }
+          // NOTE: Swagger UI takes any string with a contentMediaType for a file to upload; these hold JSON text.
+          if (param.schema) { delete param.schema.contentMediaType; }
         });
         var content = op && op.requestBody && op.requestBody.content;
         var body = content && content['application/json'];

@@ -1,4 +1,5 @@
--- Search (issue 10): one row per record beside the records (crmapi/search.py folds its text in Python, the
+-- Search (issue 10; numbered after 0018: a database already past a lower number would skip it): one row per
+-- record beside the records (crmapi/search.py folds its text in Python, the
 -- same function for what is stored and what is asked), kept by the store in the transaction of every
 -- write; `crmapi migrate` then fills it in for the records already there (or run `crmapi reindex`).
 -- search_texts, per record: its organization and archived state (a q's count and first page come from
