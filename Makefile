@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # pytest-xdist workers per tier (0: in the pytest process itself, e.g. for --pdb). Each worker has
 # a PostgreSQL database of its own (tests/conftest.py). Measured on 2 cores: 2 workers help both
 # tiers; the slow tier (tests marked `slow`: real servers, load, fuzzing) is spread by whole file,
-# so each file's gunicorn and nginx start once.
+# so each file's app servers and nginx start once.
 FAST_WORKERS ?= 2
 SLOW_WORKERS ?= 2
 
@@ -50,8 +50,8 @@ system-packages:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# NOTE: set -e: a database that init-db cannot reach stops make here, before gunicorn starts.
-# The webhook worker runs in the background beside gunicorn and stops with it (the trap).
+# NOTE: set -e: a database that init-db cannot reach stops make here, before the server starts.
+# The webhook worker runs in the background beside the server (granian) and stops with it (the trap).
 run: $(VENV)/.installed
 	@set -e; if [ "$(DB_URL)" = "sqlite:///crm.db" ] && [ ! -f crm.db ]; then \
 	  token=$$($(BIN)/crmapi --database '$(DB_URL)' demo); \

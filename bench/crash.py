@@ -236,18 +236,23 @@ def check_crash(reader, ledger):
 
 
 def crash_run(database_url, workdir, app='crmapi:create_app()', clients=6, seconds=6.0, kill_every=0.4,
-              workers=4, threads=2, seed=1, pythonpath=None, env=None):
-    """Prepare, serve, load while killing workers, stop, check: (ledger, problems, summary line)."""
+              workers=4, threads=2, seed=1, pythonpath=None, env=None, server='gunicorn'):
+    """Prepare, serve (`server`: gunicorn or granian), load while killing workers, stop, check: (ledger, problems,
+    summary line)."""
     _, token = prepare_database(database_url, 'Crash test')
-    server = Gunicorn(app, database_url, Path(workdir) / 'gunicorn.log', workers=workers, threads=threads,
-                      pythonpath=pythonpath, env=env)
+    server = Gunicorn(app, database_url, Path(workdir) / f'{server}.log', workers=workers, threads=threads,
+                      pythonpath=pythonpath, env=env, server=server)
     with server:
         ledger = run_crash(server, token, clients, seconds, kill_every, seed)
+        exited = server.proc.poll()
     reader = Reader(database_url)
     try:
         problems = check_crash(reader, ledger)
     finally:
         reader.close()
+    if exited is not None:
+        # NOTE: killed workers are replaced; a master that gave up on them (granian's crash-loop check) is a failure.
+        problems.append(f'the {server.server} master exited ({exited}) under the kills:\n{server.log_tail(10)}')
     if ledger.hung:
         problems.append(f'clients still running after the deadline: {ledger.hung}')
     merges = collections.Counter(g.merge for g in ledger.groups)

@@ -30,7 +30,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))
 import run  # noqa: E402  (the data sets: loaded once, reused)
 
-DEFAULT_EMBEDS = ('["company","tags"]', '["company","notes"]', '["deals","notes"]')   # contacts' relations
+DEFAULT_EMBEDS = ('["company","tags"]', '["company","notes"]', '["deals","notes"]',   # contacts' relations
+                  '["company","tasks"]')
 
 
 def main(argv=None):

@@ -89,14 +89,16 @@ def children_of(pid, min_age=0.0):
 
 
 class Gunicorn:
-    """One gunicorn master on a free loopback port, its own process group, its log in a file.
+    """One app server master on a free loopback port, its own process group, its log in a file: gunicorn, or
+    granian through `crmapi serve --server granian` (server='granian'; worker_class and timeout are gunicorn's).
 
     Use it as a context manager: leaving the block stops it (SIGTERM, then SIGKILL to the whole
     group after `stop_timeout`), so no test leaves a server behind.
     """
 
     def __init__(self, app, database_url, log_path, workers=4, threads=4, worker_class='gthread',
-                 timeout=30, env=None, pythonpath=None):
+                 timeout=30, env=None, pythonpath=None, server='gunicorn'):
+        self.server = server
         self.app = app
         self.database_url = database_url
         self.log_path = Path(log_path)
@@ -109,6 +111,9 @@ class Gunicorn:
         self.log_offset = 0
 
     def argv(self):
+        if self.server == 'granian':
+            return [sys.executable, '-m', 'crmapi', 'serve', '--server', 'granian', '--bind', f'{LOOPBACK}:{self.port}',
+                    '--workers', str(self.workers), '--threads', str(self.threads), '--app', self.app]
         argv = [sys.executable, '-m', 'gunicorn', '--bind', f'{LOOPBACK}:{self.port}',
                 '--workers', str(self.workers), '--worker-class', self.worker_class,
                 '--threads', str(self.threads), '--timeout', str(self.timeout), '--graceful-timeout', '10',
@@ -118,6 +123,8 @@ class Gunicorn:
         return argv + [self.app]
 
     READY = 'crmapi-bench: worker ready'
+    # NOTE: granian logs it once a worker has loaded its app and serves.
+    GRANIAN_READY = 'Started worker-'
 
     @property
     def conf_path(self):
@@ -132,17 +139,20 @@ class Gunicorn:
         self.conf_path.write_text('def post_worker_init(worker):\n'
                                   f'    worker.log.info({self.READY!r} + " %s", worker.pid)\n')
         env = {**os.environ, 'CRMAPI_DATABASE_URL': self.database_url, **self.env}
+        if self.server == 'granian' and self.pythonpath:
+            env['PYTHONPATH'] = os.pathsep.join(p for p in (str(self.pythonpath), env.get('PYTHONPATH')) if p)
         with open(self.log_path, 'ab') as log:
             self.proc = subprocess.Popen(self.argv(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + ready_timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f'gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}')
+                raise RuntimeError(f'{self.server} exited with {self.proc.returncode}:\n{self.log_tail()}')
             if time.monotonic() > deadline:
                 self.kill()
-                raise RuntimeError(f'gunicorn did not answer within {ready_timeout}s:\n{self.log_tail()}')
-            if self.log_text().count(self.READY) >= self.workers and self._answers():
+                raise RuntimeError(f'{self.server} did not answer within {ready_timeout}s:\n{self.log_tail()}')
+            ready = self.GRANIAN_READY if self.server == 'granian' else self.READY
+            if self.log_text().count(ready) >= self.workers and self._answers():
                 return self
             time.sleep(0.1)
 
@@ -565,11 +575,12 @@ def log_problems(log_text):
 
 
 def load_run(database_url, workdir, clients=8, seconds=5.0, max_requests=10**9, workers=4, threads=4,
-             worker_class='gthread', seed=1, race_merges=0, env=None):
-    """Prepare the database, serve it, load it, stop, check: (ledger, problems, gunicorn log text)."""
+             worker_class='gthread', seed=1, race_merges=0, env=None, server='gunicorn'):
+    """Prepare the database, serve it (`server`: gunicorn or granian), load it, stop, check: (ledger, problems,
+    server log text)."""
     org_id, token = prepare_database(database_url)
-    server = Gunicorn('crmapi:create_app()', database_url, Path(workdir) / 'gunicorn.log',
-                      workers=workers, threads=threads, worker_class=worker_class, env=env)
+    server = Gunicorn('crmapi:create_app()', database_url, Path(workdir) / f'{server}.log',
+                      workers=workers, threads=threads, worker_class=worker_class, env=env, server=server)
     with server:
         ledger = run_load(server.port, token, clients, seconds, max_requests, seed, race_merges)
     log = server.log_text()

@@ -4,10 +4,12 @@
     .venv/bin/python bench/run.py                                   # 100k contacts, both databases
     .venv/bin/python bench/run.py --contacts 1000000 --duration 20s --db postgresql
     .venv/bin/python bench/run.py --workloads list,get,mixed --db sqlite --duration 5s
+    .venv/bin/python bench/run.py --workloads get,list --db sqlite --app-servers granian,gunicorn --rounds 3
 
 For each database it (1) loads the data set with bench/load_data.py unless a matching one is
 already under --data-dir (PostgreSQL: bench/pg.sh's own server, or --pg-url), (2) starts three
-gunicorn servers with the SAME settings (--workers 2, -k gthread, --threads 4, --keep-alive 5,
+servers with the SAME settings, under each of --app-servers in turn (granian as `crmapi serve` runs it:
+--workers 2 --blocking-threads 4; gunicorn: --workers 2, -k gthread, --threads 4, --keep-alive 5;
 127.0.0.1 only): crmapi, floors/floor_sql.py (the hand-written SQL) and floors/floor_static.py
 (a fixed 25-record list, only driven by the `list` workload), (3) drives each workload on each
 server with `wrk -t2 -c32` for --duration after --warmup, (4) reads VmHWM (peak RSS) of every
@@ -435,6 +437,21 @@ def peer_available(a):
         os.path.exists(os.path.join(a.peer_node, 'node'))
 
 
+APP_SERVERS = ('granian', 'gunicorn')
+
+
+def granian_argv(a, port, app, chdir=None):
+    """granian with crmapi's server class (crmapi.serving_granian), as `crmapi serve` runs it; `app()`: a factory."""
+    argv = [sys.executable, '-m', 'crmapi.serving_granian', '--interface', 'wsgi', '--http', '1', '--host', '127.0.0.1',
+            '--port', str(port), '--workers', str(a.workers), '--blocking-threads', str(a.threads_per_worker),
+            '--respawn-failed-workers', '--no-access-log', '--log-level', 'warning']
+    if chdir:
+        argv += ['--working-dir', chdir]
+    if app.endswith('()'):
+        argv += ['--factory']
+    return argv + [app.removesuffix('()')]
+
+
 def gunicorn_argv(a, port, app, chdir=None):
     argv = [sys.executable, '-m', 'gunicorn', '--bind', f'127.0.0.1:{port}', '--workers', str(a.workers),
             '--worker-class', 'gthread', '--threads', str(a.threads_per_worker), '--keep-alive', '5',
@@ -444,9 +461,10 @@ def gunicorn_argv(a, port, app, chdir=None):
     return argv + [app]
 
 
-def start_servers(a, db, data, port_base, names):
+def start_servers(a, db, data, port_base, names, app_server='gunicorn'):
     env = dict(os.environ)
     env.pop('PYTHONPATH', None)
+    server_argv = granian_argv if app_server == 'granian' else gunicorn_argv
     servers = {}
     specs = {
         'crmapi': ('crmapi:create_app()', None, {'CRMAPI_DATABASE_URL': data['url']}),
@@ -458,12 +476,12 @@ def start_servers(a, db, data, port_base, names):
         port = port_base + 10 * k
         if not free_port(port):
             raise SystemExit(f'port {port} is busy; use --port-base')
-        logfile = os.path.join(a.data_dir, 'logs', f'{name}-{db}-{a.contacts}.log')
+        logfile = os.path.join(a.data_dir, 'logs', f'{name}-{app_server}-{db}-{a.contacts}.log')
         if name == 'peer':
             servers[name] = PeerServer(a, port, data['url'], logfile)
             continue
         app, chdir, extra = specs[name]
-        servers[name] = Server(name, port, gunicorn_argv(a, port, app, chdir), {**env, **extra}, logfile)
+        servers[name] = Server(name, port, server_argv(a, port, app, chdir), {**env, **extra}, logfile)
     deadline = time.time() + 90
     for s in list(servers.values()):
         while True:
@@ -557,10 +575,18 @@ def drain(server, path, method, body, token, baseline_s, limit_s=60):
 
 
 def bench_db(a, db, data, results, memory):
+    # NOTE: each round reverses the order of the app servers, so load that drifts over the run (other processes
+    # on the machine) does not always favour the same one; the report takes each cell's median.
+    for k in range(a.rounds):
+        for app_server in a.app_servers if k % 2 == 0 else a.app_servers[::-1]:
+            bench_db_on(a, db, data, results, memory, app_server)
+
+
+def bench_db_on(a, db, data, results, memory, app_server):
     ids = sample_ids(data)
-    log(f'{db}: {len(ids)} sample ids; starting servers')
+    log(f'{db}: {len(ids)} sample ids; starting servers under {app_server}')
     names = [s for s in a.servers if s in SERVERS]
-    servers = start_servers(a, db, data, a.port_base + (0 if db == 'sqlite' else 100), names)
+    servers = start_servers(a, db, data, a.port_base + (0 if db == 'sqlite' else 100), names, app_server)
     runid = dt.datetime.now().strftime('%H%M%S')
     org = data['org_id']
     try:
@@ -603,7 +629,8 @@ def bench_db(a, db, data, results, memory):
                     drain(server, probe, 'GET', None, data['token'], idle)
                 finally:
                     os.unlink(script)
-                r.update(db=db, server=sname, workload=wname, contacts=a.contacts, preflight_status=st,
+                r.update(db=db, server=sname, app_server=app_server, workload=wname, contacts=a.contacts,
+                         preflight_status=st,
                          preflight_content_range=cr, preflight_bytes=nbytes, preflight_ms=round(secs * 1000, 2),
                          workers=a.workers, threads_per_worker=a.threads_per_worker,
                          when=dt.datetime.now().isoformat(timespec='seconds'))
@@ -612,12 +639,14 @@ def bench_db(a, db, data, results, memory):
                     with open(a.out_jsonl, 'a') as f:
                         f.write(json.dumps(r) + '\n')
                 errs = r['err_status'] + r['err_connect'] + r['err_read'] + r['err_write'] + r['err_timeout']
-                log(f'{db:10} {wname:11} {sname:12} {r["rps"]:8.0f} req/s  p50 {r["p50_us"] / 1000:7.2f} ms  '
+                log(f'{db:10} {app_server:8} {wname:11} {sname:12} {r["rps"]:8.0f} req/s  '
+                    f'p50 {r["p50_us"] / 1000:7.2f} ms  '
                     f'p99 {r["p99_us"] / 1000:7.2f} ms  load {r["loadavg_1m"][0]:.1f}->{r["loadavg_1m"][1]:.1f}'
                     + (f'  ERRORS {errs}' if errs else ''))
                 time.sleep(a.pause)
         for sname, server in servers.items():
-            memory.append({'db': db, 'server': sname, 'contacts': a.contacts, 'workers': server.memory()})
+            memory.append({'db': db, 'server': sname, 'app_server': app_server, 'contacts': a.contacts,
+                           'workers': server.memory()})
     finally:
         for server in servers.values():
             server.stop()
@@ -645,9 +674,10 @@ def machine():
 
 def versions(dbs, pg_url):
     import falcon
+    import granian
     import gunicorn
-    out = [f'Python {platform.python_version()}', f'falcon {falcon.__version__}', f'gunicorn {gunicorn.__version__}',
-           f'SQLite {sqlite3.sqlite_version}']
+    out = [f'Python {platform.python_version()}', f'falcon {falcon.__version__}', f'granian {granian.__version__}',
+           f'gunicorn {gunicorn.__version__}', f'SQLite {sqlite3.sqlite_version}']
     if 'postgresql' in dbs and pg_url:
         try:
             import psycopg
@@ -664,51 +694,63 @@ def versions(dbs, pg_url):
 
 
 def report(a, results, memory, loads, pg_url, started):
-    by = {(r['db'], r['workload'], r['server']): r for r in results}
+    # NOTE: cells recorded before --app-servers existed ran under gunicorn. Over --rounds, the median cell.
+    cells = {}
+    for r in results:
+        cells.setdefault((r['db'], r['workload'], r['server'], r.get('app_server', 'gunicorn')), []).append(r)
+    by = {key: sorted(rs, key=lambda r: r['rps'])[len(rs) // 2] for key, rs in cells.items()}
     lines = [f'## crmapi benchmark: {a.contacts:,} contacts', '',
              f'- date: {started:%Y-%m-%d %H:%M} (local time), run took {time.time() - started.timestamp():.0f} s',
              f'- machine: {machine()}',
              f'- software: {versions(a.db, pg_url)}',
              f'- command: `{" ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])}`',
-             f'- load: wrk -t{a.wrk_threads} -c{a.connections}, {a.warmup}s warm-up + {a.duration} per cell, '
-             f'loopback; servers: gunicorn --workers {a.workers} -k gthread --threads {a.threads_per_worker} '
-             f'--keep-alive 5 (all three; the peer: wattpm, runtime workers = --workers)',
+             f'- load: wrk -t{a.wrk_threads} -c{a.connections}, {a.warmup}s warm-up + {a.duration} per cell'
+             + (f' (the median of {a.rounds} rounds, the app servers in alternating order)' if a.rounds > 1 else '')
+             + ', '
+             f'loopback; servers (all three alike, under each app server): granian --workers {a.workers} '
+             f'--blocking-threads {a.threads_per_worker} (crmapi.serving_granian) and/or gunicorn --workers '
+             f'{a.workers} -k gthread --threads {a.threads_per_worker} --keep-alive 5 (the peer: wattpm, runtime '
+             f'workers = --workers)',
              '- data set preparation (bench/load_data.py and/or crmapi init-db, when over 5 s): ' +
              (', '.join(f'{db} {s:.0f} s' for db, s in loads.items()) or 'reused an existing data set'),
              '', 'req/s, latency p50/p99 in ms; ratio = crmapi req/s ÷ floor-sql req/s; static = fixed 25-record '
              'page, no database (framework + server ceiling). errors = non-2xx + socket errors.', '',
-             '| db | workload | crmapi req/s | p50 | p99 | floor-sql req/s | p50 | p99 | ratio | static req/s '
-             '| peer req/s | p50 | p99 | crmapi ÷ peer | errors | load avg |',
-             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
-    for db in a.db:
-        for w in a.workloads:
-            c, f, s = by.get((db, w, 'crmapi')), by.get((db, w, 'floor-sql')), by.get((db, w, 'floor-static'))
-            pr = by.get((db, w, 'peer'))
-            if not (c or f or pr):
-                continue
+             '| db | app server | workload | crmapi req/s | p50 | p99 | floor-sql req/s | p50 | p99 | ratio '
+             '| static req/s | peer req/s | p50 | p99 | crmapi ÷ peer | errors | load avg |',
+             '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+    for db, app_server, w in [(db, s, w) for db in a.db for s in a.app_servers for w in a.workloads]:
+        c, f, s = (by.get((db, w, name, app_server)) for name in ('crmapi', 'floor-sql', 'floor-static'))
+        pr = by.get((db, w, 'peer', app_server))
+        if not (c or f or pr):
+            continue
 
-            def cells(r):
-                return ['—'] * 3 if r is None else [f'{r["rps"]:,.0f}' if r['rps'] >= 10 else f'{r["rps"]:.1f}',
-                                                     f'{r["p50_us"] / 1000:.1f}',
-                                                     f'{r["p99_us"] / 1000:.1f}']
-            ratio = f'{c["rps"] / f["rps"]:.2f}' if c and f and f['rps'] else '—'
-            errs = sum(r['err_status'] + r['err_connect'] + r['err_read'] + r['err_write'] + r['err_timeout']
-                       for r in (c, f, s, pr) if r)
-            vs_peer = f'{c["rps"] / pr["rps"]:.2f}' if c and pr and pr['rps'] else '—'
-            loads = [x for r in (c, f, s, pr) if r for x in r.get('loadavg_1m', [])]
-            lines.append('| ' + ' | '.join([db, w] + cells(c) + cells(f) + [ratio, f'{s["rps"]:,.0f}' if s else '']
-                                           + cells(pr) + [vs_peer, str(errs),
-                                                          f'{min(loads):.1f}–{max(loads):.1f}' if loads else '']) + ' |')
+        def cells(r):
+            return ['—'] * 3 if r is None else [f'{r["rps"]:,.0f}' if r['rps'] >= 10 else f'{r["rps"]:.1f}',
+                                                 f'{r["p50_us"] / 1000:.1f}',
+                                                 f'{r["p99_us"] / 1000:.1f}']
+        ratio = f'{c["rps"] / f["rps"]:.2f}' if c and f and f['rps'] else '—'
+        errs = sum(r['err_status'] + r['err_connect'] + r['err_read'] + r['err_write'] + r['err_timeout']
+                   for r in (c, f, s, pr) if r)
+        vs_peer = f'{c["rps"] / pr["rps"]:.2f}' if c and pr and pr['rps'] else '—'
+        loads = [x for r in (c, f, s, pr) if r for x in r.get('loadavg_1m', [])]
+        lines.append('| ' + ' | '.join([db, app_server, w] + cells(c) + cells(f)
+                                       + [ratio, f'{s["rps"]:,.0f}' if s else ''] + cells(pr)
+                                       + [vs_peer, str(errs), f'{min(loads):.1f}–{max(loads):.1f}' if loads else ''])
+                     + ' |')
     lines += ['', 'peer = Platformatic DB (wattpm, runtime workers = --workers, worker threads in one Node process), '
               'same data, same scope (organization + live rows), `totalCount=true`; load avg = 1-minute load '
               'average before/after the cells of that row (min–max).']
-    lines += ['', 'Memory per gunicorn worker, MB, read from /proc/<pid>/status after the last workload: peak RSS '
+    lines += ['', 'Memory per worker (of granian or gunicorn), MB, read from /proc/<pid>/status after the last '
+              'workload: '
+              'peak RSS '
               '(VmHWM, over the whole run of that server) and, at the end, RssAnon (heap; RSS minus mapped '
               'files such as SQLite\'s mmap).', '',
-              '| db | server | peak RSS (VmHWM) per worker | RssAnon at end per worker |', '|---|---|---|---|']
+              '| db | app server | server | peak RSS (VmHWM) per worker | RssAnon at end per worker |',
+              '|---|---|---|---|---|']
     for m in memory:
         w = m['workers'].values()
-        lines.append(f'| {m["db"]} | {m["server"]} | ' + ', '.join(f'{v[0]:.1f}' for v in w) + ' | ' +
+        lines.append(f'| {m["db"]} | {m.get("app_server", "gunicorn")} | {m["server"]} | '
+                     + ', '.join(f'{v[0]:.1f}' for v in w) + ' | ' +
                      ', '.join(f'{v[2]:.1f}' for v in w) + ' |')
     return '\n'.join(lines) + '\n'
 
@@ -730,6 +772,10 @@ def main(argv=None):
                    help='directory of the node (>= 22.19) binary the peer runs on')
     p.add_argument('--data-dir', default=os.environ.get('BENCH_DIR', '/tmp/crmapi-bench'))
     p.add_argument('--pg-url', help='an existing PostgreSQL server (superuser URL); default: bench/pg.sh')
+    p.add_argument('--app-servers', default='granian', help='comma list of ' + ','.join(APP_SERVERS) +
+                   ': every server runs under each in turn (default: granian, what `crmapi serve` runs)')
+    p.add_argument('--rounds', type=int, default=1, help='run every cell this many times (the report shows '
+                   'the median), the app servers in alternating order')
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--threads-per-worker', type=int, default=4)
     p.add_argument('--wrk-threads', type=int, default=2)
@@ -743,6 +789,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     a.db = ['sqlite', 'postgresql'] if a.db == 'both' else [a.db]
     a.workloads = [w for w in a.workloads.split(',') if w]
+    a.app_servers = [s for s in a.app_servers.split(',') if s]
+    if set(a.app_servers) - set(APP_SERVERS) or not a.app_servers:
+        p.error(f'--app-servers: a comma list of {", ".join(APP_SERVERS)}')
     if a.servers is None:
         a.servers = [s for s in SERVERS if s != 'peer' or peer_available(a)]
     else:

@@ -7,6 +7,7 @@ never a traceback: exit 1 for a refusal, 2 for a malformed command line, 70 for 
 import argparse
 import csv
 import logging
+import math
 import os
 import re
 import signal
@@ -422,6 +423,7 @@ def cmd_import(db, args):
     """Stream a CSV file into a resource, `--batch` rows a transaction, through the API's store path."""
     from .accounts import Principal
     require_org(db, args.org)
+    db.for_bulk_writes()
     store = services(db).store
     principal = Principal(args.org, SYSTEM_USER, is_admin=True)
     info = store.catalog.resolve(args.resource, principal)
@@ -497,17 +499,54 @@ def cmd_worker(db, args):
     Worker(db, settings()).run(once=args.once)
 
 
+SERVERS = ('granian', 'gunicorn')
+
+
+def longest_request_s(settings):
+    """The longest a legitimate request takes: a pooled connection's wait, then a statement at statement_timeout
+    (the app answers 503 for both), plus a margin to write the answer (deploy/gunicorn.conf.py's timeout too)."""
+    return math.ceil(settings.pool_timeout_s + settings.statement_timeout_ms / 1000) + 5
+
+
+def serve_argv(args, settings):
+    """The server's command line: gunicorn with crmapi's worker class, or granian with crmapi's server class; the
+    options given, else the settings' bind, workers and threads."""
+    app = args.app.removesuffix('()')
+    bind, workers, threads = args.bind or settings.bind, args.workers or settings.workers, args.threads or settings.threads
+    if args.server == 'gunicorn':
+        return [sys.executable, '-m', 'gunicorn', '--bind', bind, '--workers', str(workers),
+                # NOTE: gthread, plus refused bodies drained and gunicorn's own errors as problem+json.
+                '--threads', str(threads), '--worker-class', 'crmapi.serving.ThreadWorker',
+                # NOTE: long filter URLs must reach the app, which answers them with a JSON 400.
+                '--limit-request-line', '0', f'{app}()']
+    host, _, port = bind.rpartition(':')
+    return [sys.executable, '-m', 'crmapi.serving_granian', '--interface', 'wsgi', '--factory', '--http', '1',
+            '--host', host.strip('[]'), '--port', port, '--workers', str(workers),
+            '--blocking-threads', str(threads),
+            # NOTE: a killed worker is replaced (crmapi.serving_granian.Server: also when killed soon after a
+            # respawn); on SIGTERM a worker gets as long as the longest legitimate request before it is killed.
+            '--respawn-failed-workers', '--workers-kill-timeout', str(longest_request_s(settings)),
+            # NOTE: granian closes a kept-alive connection idle for this long (the default is 30 s): longer than the
+            # 50 s deploy/nginx.conf keeps its idle upstream connections, or nginx may reuse one being closed (a 502).
+            '--http1-header-read-timeout', '60000',
+            # NOTE: the app writes the access log (CRMAPI_ACCESS_LOG), as under gunicorn.
+            '--no-access-log', app]
+
+
 def cmd_serve(db, args):
-    """gunicorn with the options given, else CRMAPI_BIND, CRMAPI_WORKERS and CRMAPI_THREADS (Settings)."""
-    env = settings()
-    argv = [sys.executable, '-m', 'gunicorn', '--bind', args.bind or env.bind,
-            '--workers', str(args.workers or env.workers),
-            # NOTE: gthread, plus refused bodies drained and gunicorn's own errors as problem+json.
-            '--threads', str(args.threads or env.threads), '--worker-class', 'crmapi.serving.ThreadWorker',
-            # NOTE: long filter URLs must reach the app, which answers them with a JSON 400.
-            '--limit-request-line', '0', 'crmapi:create_app()']
+    """granian (the default) or gunicorn, with the options given, else CRMAPI_SERVER, CRMAPI_BIND, CRMAPI_WORKERS and
+    CRMAPI_THREADS (Settings)."""
+    if args.server not in SERVERS:  # NOTE: argparse checks `choices` on the command line only, not on a default
+        raise CliError(f"CRMAPI_SERVER must be one of {', '.join(SERVERS)}, not '{args.server}'")
     os.environ['CRMAPI_DATABASE_URL'] = args.database
-    os.execv(sys.executable, argv)
+    os.execv(sys.executable, serve_argv(args, settings()))
+
+
+def positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a whole number of at least 1, got {text}')
+    return value
 
 
 def parser():
@@ -577,12 +616,16 @@ def parser():
                                       'on any host)')
     s.add_argument('--once', action='store_true', help='deliver what is due now, then exit')
     s.set_defaults(func=cmd_worker, needs='schema')
-    s = sub.add_parser('serve', help='serve the API with gunicorn')
+    s = sub.add_parser('serve', help='serve the API with granian (default) or gunicorn')
+    s.add_argument('--server', choices=SERVERS, default=os.environ.get('CRMAPI_SERVER') or 'granian',
+                   help='the HTTP server (default: CRMAPI_SERVER, else granian)')
     s.add_argument('--bind', help='address:port to listen on (default: CRMAPI_BIND, else 127.0.0.1:8000)')
-    s.add_argument('--workers', type=int, help='worker processes (default: CRMAPI_WORKERS, else 2 x CPUs + 1, '
-                                               'at most 8)')
-    s.add_argument('--threads', type=int, help='threads per worker (default: CRMAPI_THREADS, else '
-                                               'CRMAPI_POOL_MAX_SIZE, 4)')
+    s.add_argument('--workers', type=positive, help='worker processes (default: CRMAPI_WORKERS, else 2 x CPUs + 1, '
+                                                    'at most 8)')
+    s.add_argument('--threads', type=positive, help='threads per worker, gunicorn threads or granian blocking threads '
+                                                    '(default: CRMAPI_THREADS, else CRMAPI_POOL_MAX_SIZE, 4)')
+    s.add_argument('--app', default='crmapi:create_app', metavar='MODULE:FACTORY',
+                   help='the WSGI app factory, called once per worker (default: crmapi:create_app)')
     s.set_defaults(func=cmd_serve)
     return p
 

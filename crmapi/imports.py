@@ -29,6 +29,7 @@ from .errors import PayloadTooLarge
 from .db import translate_errors
 from .export import formula_like
 from .schema import snake_case
+from .store import named_items
 from .store import raise_all
 from .store import unknown_field
 
@@ -243,13 +244,15 @@ class BadRows(Exception):
 
 def _call(write_batch, rows):
     """write_batch over at most BATCH rows: (created, updated). A refusal that names its items (`index`)
-    becomes BadRows; any other error is raised as a CrmError (a driver's too, here rather than where the
-    transaction ends, so that the import can say where it was)."""
+    becomes BadRows, the items its details name called by their lines (the one place that maps them); any
+    other error is raised as a CrmError (a driver's too, here rather than where the transaction ends, so
+    that the import can say where it was)."""
     try:
         with translate_errors():
             return write_batch([row.record for row in rows])
     except BadRequest as exc:
-        named = [(rows[p['index']], {'field': p.get('field'), 'detail': p['detail']})
+        named = [(rows[p['index']], {'field': p.get('field'),
+                                     'detail': named_items(p, lambda index: rows[index].line, 'Lines')})
                  for p in exc.members.get('errors') or () if 'index' in p]
         if not named:
             raise

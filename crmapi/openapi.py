@@ -59,6 +59,9 @@ PROBLEM_NAMES = {400: 'BadRequest', 401: 'Unauthorized', 403: 'Forbidden', 404: 
                  409: 'Conflict', 413: 'PayloadTooLarge', 415: 'UnsupportedMediaType', 422: 'KeyReused',
                  429: 'TooManyRequests', 503: 'Unavailable'}
 
+ITEMS_NAMED = {'type': 'array', 'items': {'type': 'integer', 'minimum': 0},
+               'description': 'in a batch, the items a problem is about together (a unique value sent twice)'}
+
 PROBLEM_SCHEMA = {
     'type': 'object',
     'description': 'RFC 9457 problem details; `message` repeats `detail` for react-admin.',
@@ -72,11 +75,12 @@ PROBLEM_SCHEMA = {
         'param': {'type': 'string', 'description': 'the query parameter at fault'},
         'field': {'type': 'string', 'description': 'the field at fault'},
         'index': {'type': 'integer', 'minimum': 0, 'description': 'in a batch, the item at fault (the first one)'},
+        'items': ITEMS_NAMED,
         'errors': {
             'type': 'array', 'description': 'every problem of the body (`field` and `detail` are the first one\'s); in a batch each names its item (`index`)',
             'items': {'type': 'object', 'required': ['detail'], 'properties': {
                 'index': {'type': 'integer', 'minimum': 0}, 'line': {'type': 'integer', 'minimum': 1},
-                'field': {'type': 'string'}, 'detail': {'type': 'string'}}},
+                'field': {'type': 'string'}, 'detail': {'type': 'string'}, 'items': ITEMS_NAMED}},
         },
         'limit': {'type': 'integer', 'description': 'the most records one batch may hold'},
         'line': {'type': 'integer', 'minimum': 1, 'description': 'in a CSV import, the line at fault'},

@@ -8,10 +8,13 @@ column of every table the organization sees (custom objects included) makes its 
 
 Embedding runs one statement per relation for a whole page, whatever its size (no N+1).
 """
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 
 from . import sqlbuild
+from .duplicates import collector_paused
 from .errors import UnknownResource
 
 
@@ -169,7 +172,7 @@ class Relations:
         """Add each relation to each record, in place: one statement per relation for all the records."""
         if not relations or not records:
             return records
-        with self.db.transaction() as tx:
+        with self.db.transaction() as tx, collector_paused():
             for relation in relations:
                 if relation.reverse:
                     self._children(tx, principal, records, relation, limit)
@@ -185,15 +188,17 @@ class Relations:
         """
         name, column = relation.name, relation.column.name
         many = relation.column.kind == 'array'
-        ids = dict.fromkeys(i for r in records for i in (r[column] or [] if many else [r[column]]) if i is not None)
+        values = list(map(itemgetter(column), records))
+        ids = dict.fromkeys(itertools.chain.from_iterable(filter(None, values)) if many else values)
+        ids.pop(None, None)
         found = {}
         if ids:
             read = self.store.reader(relation.target)
             found = {record['id']: record for record in map(read, tx.rows(*sqlbuild.build_referenced(
                 self.db.dialect, relation.target, principal.org_id, list(ids))))}
-        for record in records:
-            value = record[column]
-            record[name] = [found.get(i) for i in value or []] if many else found.get(value)
+        get = found.get
+        for record, value in zip(records, values):
+            record[name] = [get(i) for i in value or ()] if many else get(value)
 
     def _children(self, tx, principal, records, relation, limit):
         """Reverse: {"total", "items"} per record, the newest `limit` live children first."""

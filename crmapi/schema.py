@@ -159,6 +159,11 @@ class TableInfo:
         return self.spec.slug
 
     @functools.cached_property
+    def required_columns(self):
+        """The names of the columns a created record must have a value for (Column.required)."""
+        return tuple(name for name, column in self.columns.items() if column.required)
+
+    @functools.cached_property
     def shape_key(self):
         """What a statement over this table depends on besides its values (see sqlbuild)."""
         return (self.spec.table, tuple((c.name, c.kind, c.nullable) for c in self.columns.values()))

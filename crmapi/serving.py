@@ -39,8 +39,9 @@ def declared_length(value):
 def discard_body(body, sock, length=None, max_bytes=DRAIN_MAX_BYTES, timeout=DRAIN_TIMEOUT_S):
     """Read what is left of a request body and drop it; True when all of it was read.
 
-    `body` is gunicorn's wsgi.input, `sock` the client's socket (its timeout bounds each read), `length` the
-    declared Content-Length (None for a chunked body).
+    `body` is the server's wsgi.input, `sock` the client's socket (its timeout bounds each read; None under a
+    server that does not expose it, granian: the deadline is then checked between reads), `length` the declared
+    Content-Length (None for a chunked body).
     """
     if getattr(body, 'failed', False):
         # NOTE: reading it already raised (a malformed chunk): where it ends is unknown, and reading on would
@@ -49,14 +50,15 @@ def discard_body(body, sock, length=None, max_bytes=DRAIN_MAX_BYTES, timeout=DRA
     if length is not None and length > max_bytes:
         return False
     deadline = time.monotonic() + timeout
-    previous = sock.gettimeout()
+    previous = sock.gettimeout() if sock else None
     drained = 0
     try:
         while drained <= max_bytes:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            sock.settimeout(remaining)
+            if sock:
+                sock.settimeout(remaining)
             data = body.read(_DRAIN_STEP)
             if not data:
                 return True
@@ -65,7 +67,8 @@ def discard_body(body, sock, length=None, max_bytes=DRAIN_MAX_BYTES, timeout=DRA
     except (OSError, ParseException):  # a timeout, a reset, a malformed chunk: gunicorn closes the connection
         return False
     finally:
-        sock.settimeout(previous)
+        if sock:
+            sock.settimeout(previous)
 
 
 def drain_before_answering(app):
@@ -77,7 +80,7 @@ def drain_before_answering(app):
     def wrapped(environ, start_response):
         def start(status, headers, exc_info=None):
             length = declared_length(environ.get('CONTENT_LENGTH'))
-            discard_body(environ['wsgi.input'], environ['gunicorn.socket'], length)
+            discard_body(environ['wsgi.input'], environ.get('gunicorn.socket'), length)
             return start_response(status, headers, exc_info)
         return app(environ, start)
     return wrapped

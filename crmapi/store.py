@@ -146,9 +146,33 @@ def check_batch(items, param=None):
                     limit=MAX_BATCH)
 
 
+def repeated(first, index, field, says):
+    """Item `index` repeats what item `first` holds (an id, a unique value): a problem that names both.
+
+    Its `items` lists them, so that whoever numbers the items otherwise (a CSV, by line) names them its
+    way with named_items rather than by parsing the detail.
+    """
+    return InvalidValue(f'{items_phrase((first, index))} {says}', field=field, items=[first, index])
+
+
+def items_phrase(numbers, noun='Items'):
+    """'Items 0 and 1': how a problem's detail starts when it names several items."""
+    return f"{noun} {', '.join(str(n) for n in numbers[:-1])} and {numbers[-1]}"
+
+
+def named_items(problem, number, noun):
+    """The detail of a batch problem ({'detail', 'items'}) with the items it names given by
+    `number(index)` (a CSV's line) and `noun` ('Lines') instead of by index."""
+    items = problem.get('items')
+    if not items:
+        return problem['detail']
+    return items_phrase([number(i) for i in items], noun) + problem['detail'][len(items_phrase(items)):]
+
+
 def item_problems(index, exc):
     """What one bad item adds to a batch's error: each of its problems, with the item's index."""
-    listed = exc.members.get('errors') or [{'field': exc.members.get('field'), 'detail': exc.detail}]
+    listed = exc.members.get('errors') or [{'field': exc.members.get('field'), 'detail': exc.detail,
+                                            'items': exc.members.get('items')}]
     return [{'index': index, **{k: v for k, v in problem.items() if v is not None}} for problem in listed]
 
 
@@ -173,9 +197,8 @@ def item_ids(items):
         if not isinstance(record_id, str) or not record_id:
             failures.append((index, InvalidValue("Each item needs the 'id' of the record it changes", field='id')))
         elif record_id in seen:
-            failures.append((index, InvalidValue(
-                f"Items {seen[record_id]} and {index} both change '{record_id}': send each record once",
-                field='id')))
+            failures.append((index, repeated(seen[record_id], index, 'id',
+                                             f"both change '{record_id}': send each record once")))
         else:
             seen[record_id] = index
     raise_items(failures)
@@ -191,9 +214,8 @@ def upsert_keys(changes, column, batch):
             failures.append((index, InvalidValue(
                 f"Field '{column}' is required: it is the on_conflict column that finds the record", field=column)))
         elif key in seen:
-            failures.append((index, InvalidValue(
-                f"Items {seen[key]} and {index} have the same '{column}' ({key}): send each key once",
-                field=column)))
+            failures.append((index, repeated(seen[key], index, column,
+                                             f"have the same '{column}' ({key}): send each key once")))
         else:
             seen[key] = index
     raise_items(failures, batch)
@@ -360,9 +382,8 @@ class Store:
             except InvalidValue as exc:
                 problems.append(exc)
         reported = {p.members.get('field') for p in problems}
-        for name, column in info.columns.items():
-            if (column.required and (name in changes or creating) and changes.get(name) is None
-                    and name not in reported):
+        for name in info.required_columns:
+            if (name in changes or creating) and changes.get(name) is None and name not in reported:
                 problems.append(InvalidValue(f"Field '{name}' is required", field=name))
         raise_all(problems)
         return changes
@@ -427,6 +448,7 @@ class Store:
         if batch:
             check_batch(bodies)
         rows = self._prepare_items(info, bodies, True, batch, lenient=lenient)
+        self._unique_once(info, rows)
         stamps = self._stamp(info, {}, 'created_at', 'updated_at')
         rows = [{'id': record_id, **row, **stamps}
                 for record_id, row in zip(new_ids(info.spec.id_prefix, len(rows)), rows)]
@@ -478,6 +500,7 @@ class Store:
     def _update_items(self, info, principal, ids, bodies, batch, lenient=False):
         """Update the records `ids`, each with its body's fields, in one transaction: the records, in order."""
         changes = self._prepare_items(info, bodies, False, batch, lenient=lenient)
+        self._unique_once(info, changes)
         stamp = self._stamp(info, {}, 'updated_at')
         with self.history.recorded(principal) as tx:
             # NOTE: the administrator rule locks the organization's admins (in id order) before the records are.
@@ -742,6 +765,25 @@ class Store:
             cached = self._uniques[id(info)] = (info, keys)
         return cached[1]
 
+    def _unique_once(self, info, rows, key=None):
+        """A batch may hold a value of a unique column (other than the upsert's `key`) once: a 400 naming
+        both items and the field, where the database would refuse the second with a 409 naming neither."""
+        if len(rows) < 2:
+            return
+        failures = []
+        for name in [n for n in self.unique_columns(info) if n != key]:
+            seen = {}
+            for index, row in enumerate(rows):
+                value = row.get(name)
+                if value is None:
+                    continue
+                if value in seen:
+                    failures.append((index, repeated(seen[value], index, name, (
+                        f"have the same '{name}' ({value}), which is unique: send each value once"))))
+                else:
+                    seen[value] = index
+        raise_items(sorted(failures, key=lambda failure: failure[0]))
+
     def _arbiter(self, info, column):
         """(column, partial) of the unique column an upsert matches records on, or a 400 naming on_conflict."""
         keys = self.unique_columns(info)
@@ -764,6 +806,7 @@ class Store:
         key_column = info.columns[column]
         changes = self._prepare_items(info, bodies, False, batch, lenient=lenient)
         keys = upsert_keys(changes, column, batch)
+        self._unique_once(info, changes, column)
         stamps = self._stamp(info, {}, 'created_at', 'updated_at')
         with self.history.recorded(principal) as tx:
             # NOTE: read (and on PostgreSQL lock) the records holding the keys: those that exist stay so

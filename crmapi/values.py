@@ -82,6 +82,8 @@ def _lone_surrogate(text):
 
 
 def _text(column, value):
+    if type(value) is str and value.isascii() and '\x00' not in value:
+        return value    # NOTE: the common case, checked at once: an import checks millions of cells
     if not isinstance(value, str):
         _fail(column, 'a string', value)
     reason = unstorable(value)

@@ -73,7 +73,7 @@ timeout = _longest_request_s
 # requests before they are killed: as long as the longest legitimate request.
 graceful_timeout = _longest_request_s
 
-# nginx keeps idle connections to us open (upstream keepalive, its keepalive_timeout 60 s).
+# nginx keeps idle connections to us open (upstream keepalive, its keepalive_timeout 50 s).
 # gunicorn must hold them longer than nginx does, or nginx may send a request on a connection
 # gunicorn is closing at that moment (a 502 for a POST, which nginx may not retry).
 keepalive = 75

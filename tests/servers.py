@@ -1,8 +1,9 @@
-"""Real server processes for tests: gunicorn with deploy/gunicorn.conf.py, nginx with deploy/nginx.conf.
+"""Real server processes for tests: gunicorn with deploy/gunicorn.conf.py or granian through `crmapi serve`, nginx
+with deploy/nginx.conf.
 
 Everything listens on a free 127.0.0.1 port, writes its logs and state into a temp directory, and is
 stopped by the caller (`with server:` or `server.stop()` in a fixture teardown). Every wait is
-bounded. `probe_app()` is the only test code that runs inside gunicorn; it stays out of crmapi/.
+bounded. `probe_app()` is the only test code that runs inside the servers; it stays out of crmapi/.
 """
 import contextlib
 import http.client
@@ -20,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / 'deploy' / 'gunicorn.conf.py'
 NGINX_CONF = ROOT / 'deploy' / 'nginx.conf'
+GRANIAN_ENV = ROOT / 'deploy' / 'granian.env'
 LOOPBACK = '127.0.0.1'
 
 
@@ -66,8 +68,8 @@ def read_logs(paths):
 class Server:
     """A started process: its port, its log files, and a bounded stop (also on leaving a `with`)."""
 
-    def __init__(self, proc, port, logs, files):
-        self.proc, self.port, self.logs, self._files = proc, port, logs, files
+    def __init__(self, proc, port, logs, files, name=None):
+        self.proc, self.port, self.logs, self._files, self.name = proc, port, logs, files, name
 
     @property
     def pid(self):
@@ -117,23 +119,52 @@ def _spawn(argv, directory, env, name):
     return proc, files, [out, err]
 
 
-def start_gunicorn(directory, env=None, app='crmapi:create_app()', config=GUNICORN_CONF, timeout=30):
-    """gunicorn with `config` on a free loopback port (passed as CRMAPI_BIND), ready to answer."""
+SERVERS = ('gunicorn', 'granian')
+
+
+def env_file(path):
+    """{KEY: VALUE} of a KEY=VALUE file (# comments), as systemd's EnvironmentFile reads deploy/granian.env."""
+    lines = (line.strip() for line in Path(path).read_text().splitlines())
+    return dict(line.split('=', 1) for line in lines if line and not line.startswith('#'))
+
+
+def server_argv(server, app, serve):
+    """Each server as deployed: gunicorn with deploy/gunicorn.conf.py, or `crmapi serve --server <server>` (granian's
+    only deployment; deploy/granian.env holds its settings). `app` is a factory, `module:name` (`()` optional)."""
+    app = app.removesuffix('()')
+    if server == 'gunicorn' and not serve:
+        return [sys.executable, '-m', 'gunicorn', '--config', str(GUNICORN_CONF), f'{app}()']
+    return [sys.executable, '-m', 'crmapi', 'serve', '--server', server, '--app', app]
+
+
+def start_server(directory, server='gunicorn', env=None, app='crmapi:create_app', serve=False, timeout=30):
+    """`server` (gunicorn or granian) on a free loopback port (passed as CRMAPI_BIND), ready to answer.
+
+    The other settings come from the environment, as in deployment: deploy/granian.env under granian, then `env`.
+    """
+    if server not in SERVERS:
+        raise ValueError(f'unknown server {server!r}: one of {SERVERS}')
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = {**os.environ, 'CRMAPI_BIND': f'{LOOPBACK}:{port}', **(env or {})}
-    argv = [sys.executable, '-m', 'gunicorn', '--config', str(config),
-            # NOTE: tests/ is on the path so `servers:probe_app()` can be loaded; crmapi comes from the venv.
-            '--pythonpath', str(ROOT / 'tests'), app]
-    proc, files, logs = _spawn(argv, directory, env, 'gunicorn')
-    server = Server(proc, port, logs, files)
+    # NOTE: tests/ is on the path so `servers:probe_app()` can be loaded; crmapi comes from the venv.
+    path = os.pathsep.join(p for p in (str(ROOT / 'tests'), os.environ.get('PYTHONPATH')) if p)
+    shipped = env_file(GRANIAN_ENV) if server == 'granian' and not serve else {}
+    env = {**os.environ, **shipped, 'CRMAPI_BIND': f'{LOOPBACK}:{port}', 'PYTHONPATH': path, **(env or {})}
+    name = f'{server}-serve' if serve else server
+    proc, files, logs = _spawn(server_argv(server, app, serve), directory, env, name)
+    started = Server(proc, port, logs, files, server)
     try:
-        _wait_for(proc, port, logs, timeout, 'gunicorn')
+        _wait_for(proc, port, logs, timeout, name)
     except BaseException:
-        server.stop(timeout=5)
+        started.stop(timeout=5)
         raise
-    return server
+    return started
+
+
+def start_gunicorn(directory, env=None, app='crmapi:create_app()', timeout=30):
+    """gunicorn with deploy/gunicorn.conf.py (start_server for the tests that only run it)."""
+    return start_server(directory, 'gunicorn', env, app, timeout=timeout)
 
 
 def nginx_binary():
@@ -190,7 +221,7 @@ http {{
 
 
 def start_nginx(directory, upstream_port, timeout=15, site=NGINX_CONF):
-    """nginx in the foreground on a free loopback port, proxying to gunicorn on `upstream_port`.
+    """nginx in the foreground on a free loopback port, proxying to the app server on `upstream_port`.
 
     `site` replaces deploy/nginx.conf, e.g. a copy with shorter timeouts.
     """
@@ -214,21 +245,29 @@ def start_nginx(directory, upstream_port, timeout=15, site=NGINX_CONF):
     return server
 
 
-def start_crmapi_serve(directory, env=None, timeout=30):
-    """`crmapi serve` (its own gunicorn flags, not deploy/gunicorn.conf.py) on a free loopback port."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    argv = [sys.executable, '-m', 'crmapi', 'serve', '--bind', f'{LOOPBACK}:{port}', '--workers', '1',
-            '--threads', '2']
-    proc, files, logs = _spawn(argv, directory, {**os.environ, **(env or {})}, 'serve')
-    server = Server(proc, port, logs, files)
-    try:
-        _wait_for(proc, port, logs, timeout, 'crmapi serve')
-    except BaseException:
-        server.stop(timeout=5)
-        raise
-    return server
+def start_crmapi_serve(directory, env=None, server='gunicorn', timeout=30):
+    """`crmapi serve --server <server>` (its own flags, not deploy/gunicorn.conf.py), 1 worker x 2 threads."""
+    env = {'CRMAPI_WORKERS': '1', 'CRMAPI_THREADS': '2', **(env or {})}
+    return start_server(directory, server, env, serve=True, timeout=timeout)
+
+
+def workers_of(pid):
+    """The pids whose parent is `pid` (a master's workers), from /proc."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir('/proc')):
+        with contextlib.suppress(OSError):
+            stat = Path(f'/proc/{entry}/stat').read_text()
+            fields = stat[stat.rindex(')') + 2:].split()
+            if int(fields[1]) == pid and fields[0] != 'Z':
+                found.append(int(entry))
+    return found
+
+
+def established(port):
+    """How many TCP connections to 127.0.0.1:`port` are open (from /proc/net/tcp): connections kept alive."""
+    local = f'0100007F:{port:04X}'
+    with open('/proc/net/tcp') as table:
+        return sum(1 for line in table.readlines()[1:] if line.split()[1] == local and line.split()[3] == '01')
 
 
 def raw_request(port, data, timeout=15, piece=64 * 1024, pause=0.001):
@@ -258,7 +297,7 @@ def chunked_request(port, method, path, chunks, headers=None, timeout=15):
         conn.close()
 
 
-# --- runs inside gunicorn ------------------------------------------------------------------------
+# --- runs inside the server ---------------------------------------------------------------------------
 
 ENVIRON_KEYS = ('SCRIPT_NAME', 'PATH_INFO', 'QUERY_STRING', 'REMOTE_ADDR', 'REMOTE_PORT', 'wsgi.url_scheme',
                 'HTTP_HOST', 'HTTP_X_FORWARDED_FOR', 'HTTP_X_FORWARDED_PROTO', 'HTTP_X_FORWARDED_HOST', 'HTTP_FORWARDED',
@@ -272,8 +311,10 @@ def probe_app():
       answered under any prefix, so a prefix that was not stripped shows in PATH_INFO.
     - `/_probe/slow/<path>`: touches `$CRMAPI_PROBE_DIR/started`, sleeps `$CRMAPI_PROBE_SLEEP_S`, then
       serves `<path>` with the real app: an in-flight request to interrupt with SIGTERM.
+    - `$CRMAPI_PROBE_BOOT_S`: seconds each worker takes to load the app (a worker to stop while it boots).
     """
     from crmapi import create_app
+    time.sleep(float(os.environ.get('CRMAPI_PROBE_BOOT_S', '0')))
     api = create_app()
     directory = Path(os.environ.get('CRMAPI_PROBE_DIR', '.'))
     sleep_s = float(os.environ.get('CRMAPI_PROBE_SLEEP_S', '2'))
@@ -294,7 +335,7 @@ def probe_app():
 
 
 def failing_app():
-    """A WSGI app that always raises, with a message that must never reach a client: gunicorn's own 500."""
+    """A WSGI app that always raises, with a message that must never reach a client: the server's own 500."""
     def app(environ, start_response):
         raise RuntimeError('secret: /etc/crmapi/internal.conf line 3')
     return app

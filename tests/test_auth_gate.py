@@ -2,7 +2,7 @@
 no more than "invalid", keyed writes are authorized like any write, an organization keeps an admin.
 
 Runs on SQLite and PostgreSQL; the path table also runs under werkzeug's DispatcherMiddleware, and
-through the shipped gunicorn and nginx (slow).
+through the shipped app servers (gunicorn, granian) and nginx (slow).
 """
 import datetime as dt
 import json
@@ -322,25 +322,26 @@ def test_two_admins_demoting_each_other_at_once_leave_one(api, database, wsgi_ap
     assert len(api.list('crm_users', filter={'administrator': True, 'disabled': False})) == 1
 
 
-# -- behind the shipped gunicorn and nginx ---------------------------------------------------------
+# -- behind the shipped app server (gunicorn or granian) and nginx ---------------------------------
 
-@pytest.fixture(scope='module')
-def stack(backend, database, tmp_path_factory):
-    directory = tmp_path_factory.mktemp(f'gate-{backend}')
+@pytest.fixture(scope='module', params=servers.SERVERS)
+def stack(request, backend, database, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(f'gate-{backend}-{request.param}')
     url = f'sqlite:///{database.path}' if backend == 'sqlite' else database.url
-    gunicorn = servers.start_gunicorn(directory / 'gunicorn', env={'CRMAPI_DATABASE_URL': url, 'CRMAPI_WORKERS': '1'})
+    app_server = servers.start_server(directory / request.param, request.param,
+                                      env={'CRMAPI_DATABASE_URL': url, 'CRMAPI_WORKERS': '1'})
     try:
-        nginx = servers.start_nginx(directory / 'nginx', upstream_port=gunicorn.port)
+        nginx = servers.start_nginx(directory / 'nginx', upstream_port=app_server.port)
         try:
-            yield nginx, gunicorn
+            yield nginx, app_server
         finally:
             nginx.stop()
     finally:
-        gunicorn.stop()
-    assert 'Traceback' not in gunicorn.log_text(), gunicorn.log_text()
+        app_server.stop()
+    assert 'Traceback' not in app_server.log_text(), app_server.log_text()
 
 
-# What clients can put on the wire (curl --path-as-is): nginx and gunicorn decode and normalise some.
+# What clients can put on the wire (curl --path-as-is): nginx and the app servers decode and normalise some.
 WIRE = ['//api/contacts', '/api//contacts', '/api/./contacts', '/api/../api/contacts', '/./api/contacts',
         '/api/%2E/contacts', '/%61pi/contacts', '/api%2Fcontacts', '/api%2fcontacts', '/api/contacts%2F',
         '/api/contacts;x', '/api;x/contacts', '/API/contacts', '/api/contacts.', '/api/contacts/',
@@ -358,11 +359,11 @@ def wire_record(server, prefix, database):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('through', ['nginx', 'gunicorn'])
+@pytest.mark.parametrize('through', ['nginx', 'direct'])
 def test_no_spelling_on_the_wire_answers_without_a_token(stack, database, through):
     """401, or 400/404 where the path is refused or unrouted with a valid token too."""
-    nginx, gunicorn = stack
-    server, prefix = (nginx, '/crm') if through == 'nginx' else (gunicorn, '')
+    nginx, app_server = stack
+    server, prefix = (nginx, '/crm') if through == 'nginx' else (app_server, '')
     record_id, token = wire_record(server, prefix, database)
     for spelling in WIRE:
         for method in ('GET', 'POST', 'DELETE'):

@@ -187,6 +187,18 @@ def test_patch_items_each_need_an_id_and_name_a_record_once(api):
     assert 'Items 0 and 1' in problem['detail']
 
 
+@pytest.mark.parametrize('write', ['post', 'patch'])
+def test_a_unique_value_twice_in_a_batch_is_a_400_naming_both_items_and_the_field(api, write):
+    tags = api.post('/api/tags', [{'name': 'a'}, {'name': 'b'}, {'name': 'c'}]).json
+    items = [{'name': 'x'}, {'name': 'y'}, {'name': 'x'}]
+    if write == 'patch':
+        items = [{**item, 'id': tag['id']} for item, tag in zip(items, tags)]
+    resp = patch(api, 'tags', items, status=400) if write == 'patch' else api.post('/api/tags', items, status=400)
+    problem = assert_problem(resp, 400, index=2, field='name', items=[0, 2])
+    assert problem['detail'] == "Items 0 and 2 have the same 'name' (x), which is unique: send each value once"
+    assert sorted(t['name'] for t in api.list('tags')) == ['a', 'b', 'c']
+
+
 def test_patch_validates_every_item_and_reports_them_all(api):
     created = api.post('/api/deals', [{'name': 'A'}, {'name': 'B'}]).json
     items = [{'id': created[0]['id'], 'amount': 'much'}, {'id': created[1]['id'], 'name': None}]

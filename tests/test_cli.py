@@ -260,11 +260,42 @@ def test_make_run_stops_before_gunicorn_when_the_database_is_unreachable():
         output, _ = make.communicate(timeout=30)
     finally:
         if make.poll() is None:
-            os.killpg(make.pid, signal.SIGKILL)  # gunicorn was started: the test fails below
+            os.killpg(make.pid, signal.SIGKILL)  # the server was started: the test fails below
             make.wait()
     assert make.returncode not in (0, None), output
     assert 'crmapi: cannot connect to PostgreSQL' in output
-    assert 'Traceback' not in output and ' serve --bind' not in output and 'Starting gunicorn' not in output
+    # 'Starting g': granian's first line, or gunicorn's
+    assert 'Traceback' not in output and ' serve --bind' not in output and 'Starting g' not in output
+
+
+@pytest.mark.parametrize('choice, server', [([], 'granian'), (['--server', 'gunicorn'], 'gunicorn'),
+                                            ({'CRMAPI_SERVER': 'gunicorn'}, 'gunicorn')])
+def test_serve_runs_granian_unless_told_otherwise_with_the_same_workers_and_threads(monkeypatch, choice, server):
+    for name, value in {'CRMAPI_WORKERS': '3', 'CRMAPI_THREADS': '5', 'CRMAPI_BIND': '127.0.0.1:9001'}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv('CRMAPI_SERVER', raising=False)
+    if isinstance(choice, dict):
+        monkeypatch.setenv('CRMAPI_SERVER', choice['CRMAPI_SERVER'])
+    argv = cli.serve_argv(cli.parser().parse_args(['serve', *(choice if isinstance(choice, list) else [])]),
+                          Settings.from_env())
+
+    def option(name):
+        return argv[argv.index(name) + 1]
+    if server == 'granian':
+        assert argv[1:3] == ['-m', 'crmapi.serving_granian'] and argv[-1] == 'crmapi:create_app'
+        assert (option('--workers'), option('--blocking-threads'), option('--host'), option('--port')) == \
+            ('3', '5', '127.0.0.1', '9001')
+        assert option('--interface') == 'wsgi' and '--respawn-failed-workers' in argv
+    else:
+        assert argv[1:3] == ['-m', 'gunicorn'] and argv[-1] == 'crmapi:create_app()'
+        assert (option('--workers'), option('--threads'), option('--bind')) == ('3', '5', '127.0.0.1:9001')
+        assert option('--worker-class') == 'crmapi.serving.ThreadWorker'
+
+
+def test_serve_refuses_an_unknown_server_named_in_the_environment(tmp_path):
+    assert_refused(run_cli('serve', cwd=tmp_path, CRMAPI_SERVER='uwsgi'),
+                   "CRMAPI_SERVER must be one of granian, gunicorn, not 'uwsgi'")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_create_org_refuses_an_existing_name_unless_allowed(database_url):

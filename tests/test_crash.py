@@ -72,9 +72,10 @@ def assert_the_run_meant_something(ledger):
     assert sum(g.merge == 'acked' for g in ledger.groups) >= 1, 'no acknowledged merge to check'
 
 
+@pytest.mark.parametrize('server', ['gunicorn', 'granian'])
 @pytest.mark.parametrize('backend', ['sqlite', 'postgresql'])
-def test_killed_workers_lose_no_acknowledged_write_and_leave_no_half_merge(backend, tmp_path):
-    run = dict(clients=CLIENTS, seconds=SECONDS, kill_every=KILL_EVERY, workers=4, threads=2)
+def test_killed_workers_lose_no_acknowledged_write_and_leave_no_half_merge(backend, server, tmp_path):
+    run = dict(clients=CLIENTS, seconds=SECONDS, kill_every=KILL_EVERY, workers=4, threads=2, server=server)
     if backend == 'sqlite':
         ledger, problems, line = crash.crash_run(f'sqlite:///{tmp_path}/crm.db', tmp_path, **run)
     else:

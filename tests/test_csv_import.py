@@ -6,7 +6,9 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import webtest
@@ -20,6 +22,7 @@ from crmapi import cli
 from crmapi import create_app
 from crmapi import imports
 from crmapi.config import Settings
+from test_cli import cli_env
 from test_deploy import database_url as deployed_url
 
 SERVER_MANAGED = ('id', 'created_at', 'updated_at', 'archived_at')
@@ -289,10 +292,28 @@ def test_a_line_that_is_not_csv_or_too_long_is_a_400_naming_it(api, body, detail
     assert records(api, 'contacts') == []
 
 
-def test_a_unique_value_twice_is_a_conflict_that_says_where(api):
-    resp = post_csv(api, 'tags', 'name\nvip\nvip\n', status=409)
-    assert 'lines 2 to 3' in assert_problem(resp, 409)['detail']
+def test_a_unique_value_twice_is_a_400_naming_both_lines_and_the_field(api):
+    resp = post_csv(api, 'tags', 'name\nvip\nother\nvip\n', status=400)
+    problem = assert_problem(resp, 400, line=4, field='name', error_count=1)
+    assert problem['errors'] == [{'line': 4, 'field': 'name', 'detail': (
+        "Lines 2 and 4 have the same 'name' (vip), which is unique: send each value once")}]
     assert records(api, 'tags') == []
+
+
+def test_a_key_twice_in_an_upsert_import_is_a_400_naming_both_lines_and_the_field(api):
+    body = 'external_id,first_name\nx-1,Ada\nx-2,Bob\nx-1,Cy\n'
+    problem = assert_problem(post_csv(api, 'contacts', body, status=400, query='?on_conflict=external_id'), 400,
+                             line=4, field='external_id', error_count=1)
+    assert problem['detail'] == ("Line 4: Lines 2 and 4 have the same 'external_id' (x-1): send each key once; "
+                                 'nothing was imported')
+    assert records(api, 'contacts') == []
+
+
+def test_a_value_in_a_conflict_with_a_stored_record_is_a_conflict_that_says_where(api):
+    api.create('tags', name='vip')
+    resp = post_csv(api, 'tags', 'name\nnew\nvip\n', status=409)
+    assert 'lines 2 to 3' in assert_problem(resp, 409)['detail']
+    assert [r['name'] for r in records(api, 'tags')] == ['vip']
 
 
 def test_a_csv_import_takes_no_idempotency_key(api):
@@ -339,12 +360,12 @@ def test_a_csv_body_may_be_larger_than_the_json_body_limit(database, api):
     assert post_csv(Client(app, api.token), 'tags', body).json == {'created': 40, 'updated': 0}
 
 
-@pytest.fixture(scope='module')
-def gunicorn(backend, database, tmp_path_factory):
-    """crmapi under gunicorn as shipped, with CRMAPI_MAX_IMPORT_BYTES at 2 MiB."""
+@pytest.fixture(scope='module', params=servers.SERVERS)
+def app_server(request, backend, database, tmp_path_factory):
+    """crmapi under gunicorn or granian as shipped, with CRMAPI_MAX_IMPORT_BYTES at 2 MiB."""
     env = {'CRMAPI_DATABASE_URL': deployed_url(backend, database), 'CRMAPI_WORKERS': '1',
            'CRMAPI_MAX_IMPORT_BYTES': str(2 * MIB)}
-    server = servers.start_gunicorn(tmp_path_factory.mktemp(f'csv-{backend}'), env=env)
+    server = servers.start_server(tmp_path_factory.mktemp(f'csv-{backend}-{request.param}'), request.param, env=env)
     yield server
     assert server.stop() == 0, server.log_text()
     assert 'Traceback' not in server.log_text(), server.log_text()
@@ -355,20 +376,21 @@ def tag_lines(count, width=60):
 
 
 @pytest.mark.slow
-def test_through_gunicorn_a_csv_over_the_json_limit_imports_with_a_length_or_chunked(api, gunicorn):
+def test_through_the_server_a_csv_over_the_json_limit_imports_with_a_length_or_chunked(api, app_server):
     lines = tag_lines(25_000)   # 1.5 MiB: over CRMAPI_MAX_BODY_BYTES, under CRMAPI_MAX_IMPORT_BYTES
     headers = {'Authorization': f'Bearer {api.token}', 'Content-Type': 'text/csv'}
-    status, _, raw = gunicorn.request('POST', '/api/tags', body=b'name\n' + b''.join(lines[:12_500]), headers=headers)
+    status, _, raw = app_server.request('POST', '/api/tags', body=b'name\n' + b''.join(lines[:12_500]), headers=headers)
     assert (status, json.loads(raw)) == (201, {'created': 12_500, 'updated': 0})
-    status, _, raw = servers.chunked_request(gunicorn.port, 'POST', '/api/tags', [b'name\n', *lines[12_500:]], headers)
+    status, _, raw = servers.chunked_request(app_server.port, 'POST', '/api/tags', [b'name\n', *lines[12_500:]],
+                                             headers)
     assert (status, json.loads(raw)) == (201, {'created': 12_500, 'updated': 0})
 
 
 @pytest.mark.slow
-def test_through_gunicorn_a_chunked_csv_over_max_import_bytes_is_a_413_and_nothing_is_written(api, gunicorn):
+def test_through_the_server_a_chunked_csv_over_max_import_bytes_is_a_413_and_nothing_is_written(api, app_server):
     lines = tag_lines(40_000)   # 2.4 MiB
     headers = {'Authorization': f'Bearer {api.token}', 'Content-Type': 'text/csv'}
-    status, answer_headers, raw = servers.chunked_request(gunicorn.port, 'POST', '/api/tags', [b'name\n', *lines],
+    status, answer_headers, raw = servers.chunked_request(app_server.port, 'POST', '/api/tags', [b'name\n', *lines],
                                                           headers)
     assert (status, answer_headers['content-type']) == (413, 'application/problem+json')
     assert json.loads(raw)['limit'] == 2 * MIB
@@ -490,6 +512,17 @@ def test_cli_import_writes_the_bad_lines_to_an_errors_file_and_exits_1(api, data
         'line 7: Field \'amount\' expects a number, got "1,5"']
 
 
+@pytest.mark.parametrize('on_conflict', [(), ('--on-conflict', 'external_id')])
+def test_cli_import_names_both_lines_of_a_key_repeated_within_a_batch(api, database_url, tmp_path, on_conflict):
+    path = write(tmp_path / 'contacts.csv', 'external_id,first_name\nx-1,Ada\nx-2,Bob\nx-1,Cy\n')
+    assert run_cli(database_url, 'import', '--org', api.org_id, 'contacts', path, *on_conflict) == 1
+    assert sorted(r['first_name'] for r in records(api, 'contacts')) == ['Ada', 'Bob']
+    with open(tmp_path / 'contacts.errors.csv', newline='', encoding='utf-8') as f:
+        refused = list(csv.reader(f))[1:]
+    unique = ', which is unique: send each value once' if not on_conflict else ': send each key once'
+    assert refused == [['x-1', 'Cy', f"line 4: Lines 2 and 4 have the same 'external_id' (x-1){unique}"]]
+
+
 def test_cli_import_refuses_an_unknown_column_before_writing(api, database_url, tmp_path, capsys):
     path = write(tmp_path / 'contacts.csv', 'first_name,shoe_size\nAda,42\n')
     assert run_cli(database_url, 'import', '--org', api.org_id, 'contacts', path) == 1
@@ -546,6 +579,37 @@ def test_cli_import_interrupted_within_a_batch_keeps_the_batches_before_it(
     assert sorted(r['name'] for r in records(api, 'tags')) == ['tag 0', 'tag 1', 'tag 2']
     assert ('crmapi: interrupted after line 4; run the same command with --on-conflict name to resume without '
             'duplicates') in capsys.readouterr().err
+
+
+def contacts_landed(client):
+    return int(client.get('/api/contacts', {'range': [0, 0]}).headers['Content-Range'].rpartition('/')[2])
+
+
+@pytest.mark.slow
+def test_cli_import_killed_mid_file_resumes_with_on_conflict_and_no_row_is_lost_or_doubled(
+        api, database_url, tmp_path, capsys):
+    rows, batch = 10_000, 250
+    ids = [f'ext-{n:05d}' for n in range(rows)]
+    path = write(tmp_path / 'contacts.csv', 'external_id,first_name\n' + ''.join(f'{i},Contact {i}\n' for i in ids))
+    child = subprocess.Popen([sys.executable, '-m', 'crmapi', '--database', database_url, 'import', '--org',
+                              api.org_id, 'contacts', path, '--batch', str(batch)],
+                             env=cli_env(), stderr=subprocess.DEVNULL)
+    try:
+        while contacts_landed(api) < 2 * batch:
+            assert child.poll() is None, 'the import ended before the test could kill it'
+            time.sleep(0.01)
+    finally:
+        child.kill()    # SIGKILL: no handler runs, the batch in flight is never committed
+        child.wait()
+    landed = contacts_landed(api)
+    assert landed % batch == 0 and 2 * batch <= landed < rows   # whole batches, mid-file
+
+    assert run_cli(database_url, 'import', '--org', api.org_id, 'contacts', path, '--batch', str(batch),
+                   '--on-conflict', 'external_id') == 0
+    assert f'contacts: {rows:,} of {rows:,} rows imported ({rows - landed:,} created, {landed:,} updated)' \
+        in capsys.readouterr().err
+    stored = sorted(json.loads(line)['external_id'] for line in export(api, 'contacts', 'ndjson').splitlines())
+    assert stored == ids and contacts_landed(api) == rows
 
 
 def test_cli_import_progress_is_a_plain_line_when_stderr_is_not_a_terminal():

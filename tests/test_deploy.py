@@ -1,11 +1,13 @@
-"""The shipped deployment, for real: nginx (deploy/nginx.conf) in front of gunicorn (deploy/gunicorn.conf.py).
+"""The shipped deployment, for real: nginx (deploy/nginx.conf) in front of the app server, gunicorn
+(deploy/gunicorn.conf.py) or granian (`crmapi serve`, crmapi.serving_granian).
 
-Both run as processes on loopback, with the API mounted under /crm, once on SQLite and once on
-PostgreSQL. gunicorn serves `servers:probe_app()`: crmapi.create_app() untouched, plus
+Both run as processes on loopback, with the API mounted under /crm, on SQLite and on PostgreSQL, each with
+either app server. The app server serves `servers:probe_app()`: crmapi.create_app() untouched, plus
 `/_probe/environ` (what the app would see of the forwarded headers) and `/_probe/slow/...`.
 If nginx is not installed these tests fail; `make test` installs it.
 """
 import json
+import os
 import re
 import signal
 import threading
@@ -27,21 +29,21 @@ def database_url(backend, database):
     return f'sqlite:///{database.path}' if backend == 'sqlite' else database.url
 
 
-@pytest.fixture(scope='module')
-def stack(backend, database, tmp_path_factory):
-    """gunicorn (2 workers) and nginx in front of it; both stopped at the end, whatever happened."""
-    directory = tmp_path_factory.mktemp(f'deploy-{backend}')
+@pytest.fixture(scope='module', params=servers.SERVERS)
+def stack(request, backend, database, tmp_path_factory):
+    """The app server (2 workers) and nginx in front of it; both stopped at the end, whatever happened."""
+    directory = tmp_path_factory.mktemp(f'deploy-{backend}-{request.param}')
     env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '2'}
-    gunicorn = servers.start_gunicorn(directory / 'gunicorn', env=env, app='servers:probe_app()')
+    app_server = servers.start_server(directory / request.param, request.param, env=env, app='servers:probe_app')
     try:
-        nginx = servers.start_nginx(directory / 'nginx', upstream_port=gunicorn.port)
+        nginx = servers.start_nginx(directory / 'nginx', upstream_port=app_server.port)
         try:
-            yield nginx, gunicorn
+            yield nginx, app_server
         finally:
             nginx.stop()
     finally:
-        assert gunicorn.stop() == 0, gunicorn.log_text()
-    assert 'Traceback' not in gunicorn.log_text(), gunicorn.log_text()
+        assert app_server.stop() == 0, app_server.log_text()
+    assert 'Traceback' not in app_server.log_text(), app_server.log_text()
 
 
 @pytest.fixture
@@ -50,7 +52,7 @@ def nginx(stack):
 
 
 @pytest.fixture
-def gunicorn(stack):
+def app_server(stack):
     return stack[1]
 
 
@@ -149,14 +151,14 @@ def test_a_body_of_exactly_1_mib_is_accepted(nginx, token):
     assert created['first_name'] == 'Big'
 
 
-def test_a_body_over_1_mib_is_refused_at_the_edge(nginx, gunicorn, token):
+def test_a_body_over_1_mib_is_refused_at_the_edge(nginx, token):
     body = json.dumps({'first_name': 'Huge'}).encode()
     body += b' ' * (MIB + 1 - len(body))
     status, headers, problem = call(nginx, 'POST', f'{PREFIX}/api/contacts', token, body,
                                     {'Content-Type': 'application/json', 'X-Request-ID': 'big-1'})
     assert_problem(status, headers, problem, 413, detail='The body is over 1 MiB')
     assert headers['x-request-id'] == 'big-1'
-    # The refusal is nginx's own (the app's 413 reads differently), so the body never reached gunicorn.
+    # The refusal is nginx's own (the app's 413 reads differently), so the body never reached the app server.
     status, _, rows = call(nginx, 'GET', f'{PREFIX}/api/contacts?{query(filter={"first_name": "Huge"})}', token)
     assert status == 200 and rows == []
 
@@ -183,24 +185,24 @@ def test_nginx_replaces_forwarded_headers_a_client_forged(nginx):
     assert (environ['SCRIPT_NAME'], environ['PATH_INFO']) == (PREFIX, '/_probe/environ')
 
 
-def test_gunicorn_trusts_forwarded_headers_only_from_the_proxy_address(gunicorn):
+def test_the_app_server_trusts_forwarded_headers_only_from_the_proxy_address(app_server):
     # Positive control: from 127.0.0.1 (forwarded_allow_ips, where nginx connects from) they count.
-    trusted = probe(gunicorn, headers=FORGED | {'SCRIPT_NAME': PREFIX})
+    trusted = probe(app_server, headers=FORGED | {'SCRIPT_NAME': PREFIX})
     assert trusted['wsgi.url_scheme'] == 'https'
     assert (trusted['SCRIPT_NAME'], trusted['PATH_INFO']) == (PREFIX, '/_probe/environ')
     # The same request from another loopback address: scheme ignored, SCRIPT_NAME header dropped.
-    untrusted = probe(gunicorn, headers=FORGED | {'SCRIPT_NAME': PREFIX}, source='127.0.0.2')
+    untrusted = probe(app_server, headers=FORGED | {'SCRIPT_NAME': PREFIX}, source='127.0.0.2')
     assert untrusted['REMOTE_ADDR'] == '127.0.0.2'
     assert untrusted['wsgi.url_scheme'] == 'http'
     assert (untrusted['SCRIPT_NAME'], untrusted['PATH_INFO']) == ('', f'{PREFIX}/_probe/environ')
 
 
-def test_the_app_builds_locations_from_a_prefix_only_the_proxy_may_set(gunicorn, token):
+def test_the_app_builds_locations_from_a_prefix_only_the_proxy_may_set(app_server, token):
     path, headers = f'{PREFIX}/api/contacts', auth(token, SCRIPT_NAME=PREFIX)
-    status, resp_headers, created = call(gunicorn, 'POST', path, body={'first_name': 'Via proxy'}, headers=headers)
+    status, resp_headers, created = call(app_server, 'POST', path, body={'first_name': 'Via proxy'}, headers=headers)
     assert status == 201
     assert resp_headers['location'] == f'{PREFIX}/api/contacts/{created["id"]}'
-    status, resp_headers, body = call(gunicorn, 'POST', path, body={'first_name': 'Spoof'}, headers=headers,
+    status, resp_headers, body = call(app_server, 'POST', path, body={'first_name': 'Spoof'}, headers=headers,
                                       source='127.0.0.2')
     assert_problem(status, resp_headers, body, 404)
 
@@ -214,20 +216,23 @@ def test_the_request_id_passes_through_or_is_made_at_the_edge(nginx):
     assert re.fullmatch(r'[0-9a-f]{32}', replaced)
 
 
-def test_nginx_keeps_its_connections_to_gunicorn_alive(nginx):
+def test_nginx_keeps_its_connections_to_the_app_server_alive(nginx, app_server):
     first, second = probe(nginx), probe(nginx)
-    assert first['HTTP_CONNECTION'] is None        # no `Connection: close` towards gunicorn
+    assert first['HTTP_CONNECTION'] is None        # no `Connection: close` towards the app server
     assert (first['REMOTE_ADDR'], first['REMOTE_PORT']) == (second['REMOTE_ADDR'], second['REMOTE_PORT'])
+    # granian's environ has no REMOTE_PORT: the connections still open from nginx say it.
+    assert servers.established(app_server.port) >= 1
 
 
 # --- shutdown ------------------------------------------------------------------------------------
 
 
-def test_sigterm_lets_an_in_flight_request_finish(backend, database, wsgi_app, token, tmp_path):
+@pytest.mark.parametrize('name', servers.SERVERS)
+def test_sigterm_lets_an_in_flight_request_finish(backend, database, wsgi_app, token, tmp_path, name):
     env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1',
            'CRMAPI_PROBE_DIR': str(tmp_path), 'CRMAPI_PROBE_SLEEP_S': '2'}
     answers = []
-    with servers.start_gunicorn(tmp_path / 'gunicorn', env=env, app='servers:probe_app()') as server:
+    with servers.start_server(tmp_path / name, name, env=env, app='servers:probe_app') as server:
         client = threading.Thread(target=lambda: answers.append(call(
             server, 'POST', '/_probe/slow/api/contacts', token, {'first_name': 'In flight'}, timeout=30)))
         client.start()
@@ -246,3 +251,86 @@ def test_sigterm_lets_an_in_flight_request_finish(backend, database, wsgi_app, t
     with pytest.raises(ConnectionRefusedError):
         call(server, 'GET', '/api/contacts', token)
     assert 'Traceback' not in server.log_text(), server.log_text()
+
+
+@pytest.mark.parametrize('name', servers.SERVERS)
+def test_sigterm_while_a_worker_boots_stops_the_server_at_once(backend, database, tmp_path, name):
+    env = {**os.environ, 'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1',
+           'CRMAPI_BIND': f'{servers.LOOPBACK}:{servers.free_port()}', 'CRMAPI_PROBE_BOOT_S': '3',
+           'PYTHONPATH': os.pathsep.join(filter(None, (str(servers.ROOT / 'tests'), os.environ.get('PYTHONPATH'))))}
+    proc, files, logs = servers._spawn(servers.server_argv(name, 'servers:probe_app', serve=False), tmp_path, env,
+                                       name)
+    with servers.Server(proc, None, logs, files, name) as server:
+        deadline = time.monotonic() + 15
+        while not servers.workers_of(server.pid):  # a worker is loading the app (3 s)
+            assert time.monotonic() < deadline and server.proc.poll() is None, server.log_text()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGTERM)
+        # NOTE: well under the 30 s kill timeout: granian's worker used to miss a SIGTERM sent while it loaded the
+        # app and serve on until killed. (gunicorn lets the boot finish, then stops.)
+        assert server.wait(15) == 0, server.log_text()
+
+
+# --- the log, several masters, recycled workers ----------------------------------------------------
+
+
+def test_each_request_is_one_json_access_log_line_with_the_edge_request_id(nginx, app_server, token):
+    request_id = f'access-{token[-12:]}'
+    assert call(nginx, 'GET', f'{PREFIX}/api/contacts', token, headers={'X-Request-ID': request_id})[0] == 200
+    deadline = time.monotonic() + 5
+    while not (lines := [line for line in app_server.log_text().splitlines() if request_id in line]):
+        assert time.monotonic() < deadline, app_server.log_text()[-2000:]
+        time.sleep(0.05)
+    [line] = lines
+    entry = json.loads(line)
+    assert (entry['method'], entry['path'], entry['status'], entry['request_id']) == ('GET', '/api/contacts', 200,
+                                                                                       request_id)
+    assert entry['organization'].startswith('org_') and token not in app_server.log_text()
+
+
+def test_two_masters_on_one_database_see_each_others_writes_and_revoked_tokens(backend, database, app_server,
+                                                                               tmp_path):
+    accounts = Accounts(database)
+    org = accounts.create_org('Two masters')
+    token = accounts.create_token(org, 'both@example.com', admin=True)
+    env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1'}
+    with servers.start_server(tmp_path / app_server.name, app_server.name, env=env) as other:
+        status, _, created = call(app_server, 'POST', '/api/contacts', token, {'first_name': 'Shared'})
+        assert status == 201, created
+        assert call(other, 'GET', f'/api/contacts/{created["id"]}', token)[2] == created
+        [(token_id, *_)] = accounts.list_tokens(org)
+        assert accounts.revoke_token(token_id)
+        for server in (app_server, other):  # the next request on either master
+            status, headers, body = call(server, 'GET', '/api/contacts', token)
+            assert_problem(status, headers, body, 401)
+
+
+@pytest.mark.parametrize('name', servers.SERVERS)
+def test_sighup_replaces_every_worker_and_no_request_fails(backend, database, token, tmp_path, name):
+    # NOTE: no rate limit: the client sends as fast as it is answered.
+    env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1', 'CRMAPI_RATE_LIMIT': '0'}
+    answers, stop = [], threading.Event()
+
+    def client(port):
+        while not stop.is_set():
+            answers.append(servers.request(port, 'GET', '/api/contacts', headers=auth(token))[0])
+
+    with servers.start_server(tmp_path / name, name, env=env) as server:
+        before = set(servers.workers_of(server.pid))
+        worker = threading.Thread(target=client, args=(server.port,))
+        worker.start()
+        try:
+            server.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while not (set(servers.workers_of(server.pid)) - before and len(servers.workers_of(server.pid)) == 1):
+                assert time.monotonic() < deadline, server.log_text()[-2000:]
+                time.sleep(0.1)
+            count = len(answers)
+            while len(answers) < count + 5:  # the new worker answers too
+                assert time.monotonic() < deadline, server.log_text()[-2000:]
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            worker.join(30)
+    assert set(answers) == {200}, answers

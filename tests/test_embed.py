@@ -242,6 +242,36 @@ def test_a_contacts_deals_through_the_index_are_those_a_scan_of_every_deal_finds
     assert contacts[cy]['deals']['total'] == 14 and len(contacts[cy]['deals']['items']) == 10
 
 
+def children_of_each(database, info, column, org_id, parent_ids, limit, indexed):
+    with database.transaction() as tx:
+        return tx.rows(*sqlbuild.build_children(database.dialect, info, info.columns[column], org_id, parent_ids,
+                                                limit, indexed=indexed))
+
+
+def test_children_read_per_parent_are_those_one_window_over_the_page_finds(api, database, crm):
+    """A scalar reference (built-in or custom) read through its index, parent by parent on PostgreSQL, gives the
+    rows of the window partitioned over every parent: the same totals, ranks, newest first, archived left out."""
+    acme, ada, bob = crm['acme']['id'], crm['ada']['id'], crm['bob']['id']
+    for i in range(4):
+        api.create('contacts', last_name=f'Staff {i}', company_id=acme)
+    leaving = api.create('contacts', last_name='Leaving', company_id=acme)
+    api.delete(f"/api/contacts/{leaving['id']}")
+    api.post('/api/custom_objects', {'slug': 'meetings', 'label': 'Meetings', 'fields': [
+        {'name': 'title', 'type': 'text'}, {'name': 'contact', 'type': 'reference', 'target': 'contacts'}]})
+    for i in range(3):
+        api.create('meetings', title=f'M{i}', contact=ada)
+    services = build_services(database)
+    contacts = services.catalog.tables['contacts']
+    meetings = services.catalog.custom.table_for(api.org_id, 'meetings')
+    for info, column, parents in ((contacts, 'company_id', [acme, crm['globex']['id'], 'comp_none']),
+                                  (meetings, 'contact', [ada, bob])):
+        for limit in (1, 10):
+            rows = children_of_each(database, info, column, api.org_id, parents, limit, indexed=True)
+            assert rows == children_of_each(database, info, column, api.org_id, parents, limit, indexed=False)
+            assert {parent: total for parent, total, *_ in rows} == {parents[0]: 5 if info is contacts else 3}
+            assert [rank for _, _, rank, *_ in rows] == list(range(1, min(limit, rows[0][1]) + 1))
+
+
 def test_a_custom_object_and_archived_children_embed_alike_beside_the_index(api, crm):
     """A page embedding a custom object's reverse relation and the indexed deals: each relation its own answer."""
     api.post('/api/custom_objects', {'slug': 'meetings', 'label': 'Meetings', 'fields': [

@@ -198,7 +198,7 @@ def test_every_error_answer_is_problem_json(anonymous):
     doc = document(anonymous)
     problem = doc['components']['schemas']['Problem']
     assert set(problem['properties']) == {'type', 'title', 'status', 'detail', 'message', 'param', 'field', 'index',
-                                          'errors', 'limit', 'line', 'error_count'}
+                                          'items', 'errors', 'limit', 'line', 'error_count'}
     responses = doc['components']['responses']
     for name, response in responses.items():
         assert list(response['content']) == ['application/problem+json'], name

@@ -1,6 +1,6 @@
 """A request budget per API token (CRMAPI_RATE_LIMIT, a token bucket per process): 429 with
 Retry-After once it is spent, and draft-ietf-httpapi-ratelimit-headers-06 fields on every
-authenticated answer. Off unless configured; on in deploy/gunicorn.conf.py.
+authenticated answer. Off unless configured; on in deploy/gunicorn.conf.py and deploy/granian.env.
 """
 import threading
 
@@ -192,11 +192,11 @@ def test_without_a_limit_no_ratelimit_fields_are_sent(api):
     assert not any(name in resp.headers for name in FIELDS)
 
 
-# -- the shipped gunicorn configuration turns it on ------------------------------------------------
+# -- the shipped configurations (deploy/gunicorn.conf.py, deploy/granian.env) turn it on ----------
 
-def _serve(backend, database, directory, **env):
+def _serve(backend, database, directory, server='gunicorn', **env):
     url = f'sqlite:///{database.path}' if backend == 'sqlite' else database.url
-    return servers.start_gunicorn(directory, env={'CRMAPI_DATABASE_URL': url, 'CRMAPI_WORKERS': '1', **env})
+    return servers.start_server(directory, server, env={'CRMAPI_DATABASE_URL': url, 'CRMAPI_WORKERS': '1', **env})
 
 
 def _auth(database):
@@ -206,9 +206,10 @@ def _auth(database):
 
 
 @pytest.mark.slow
-def test_gunicorn_with_the_shipped_config_limits_600_a_minute_by_default(backend, database, tmp_path, monkeypatch):
+@pytest.mark.parametrize('name', servers.SERVERS)
+def test_the_shipped_config_limits_600_a_minute_by_default(backend, database, tmp_path, monkeypatch, name):
     monkeypatch.delenv('CRMAPI_RATE_LIMIT', raising=False)
-    with _serve(backend, database, tmp_path) as server:
+    with _serve(backend, database, tmp_path, name) as server:
         status, headers, _ = server.request('GET', '/api/contacts', headers=_auth(database))
     assert status == 200
     assert (headers['ratelimit-limit'], headers['ratelimit-policy']) == ('600', '600;w=60')

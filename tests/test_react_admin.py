@@ -1,4 +1,4 @@
-"""react-admin's `ra-data-simple-rest`, unmodified, under Node against a real gunicorn server.
+"""react-admin's `ra-data-simple-rest`, unmodified, under Node against a real server (`crmapi serve`: granian).
 
 The server is `python -m crmapi serve` on a free loopback port, over a temporary SQLite file or the
 test PostgreSQL database, with one allowed CORS origin. The Node side (tests/js) is installed from
@@ -70,7 +70,7 @@ def node_modules():
 
 @pytest.fixture(scope='module')
 def server(backend, database, tmp_path_factory):
-    """A gunicorn server over a fresh SQLite file or the test PostgreSQL; yields (api url, admin token)."""
+    """`crmapi serve` (granian) over a fresh SQLite file or the test PostgreSQL; yields (api url, admin token)."""
     if backend == 'sqlite':
         url = f"sqlite:///{tmp_path_factory.mktemp('react-admin') / 'crm.db'}"
     else:
@@ -94,7 +94,7 @@ def server(backend, database, tmp_path_factory):
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f'gunicorn did not start: {proc.stderr.read().decode(errors="replace")[-2000:]}')
+                pytest.fail(f'crmapi serve did not start: {proc.stderr.read().decode(errors="replace")[-2000:]}')
             time.sleep(0.2)
         yield base, token
     finally:

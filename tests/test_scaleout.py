@@ -26,6 +26,7 @@ from conftest import postgres_url
 from crmapi import create_app
 from crmapi import db as dbmod
 from crmapi import migrations
+from crmapi import authcache
 from crmapi.accounts import Accounts
 from crmapi.cli import init_db
 from crmapi.config import Settings
@@ -245,12 +246,16 @@ class ReplicaHost:
         wait_until(lambda: all(r['in_use'] for r in self.db.replica_status(wait=0.5)), what='replicas in use')
 
     def client(self):
-        """A client of its own (its own cookie jar)."""
-        return Client(webtest.TestApp(self.app), self.token, self.org_id)
+        """A client of its own (its own cookie jar), its token verified once (so `routed` sees one read for it)."""
+        client = Client(webtest.TestApp(self.app), self.token, self.org_id)
+        client.get('/api/me', status='*')   # NOTE: a lagging replica may not have the user yet: any answer will do
+        return client
 
     def routed(self, action):
-        """Where the reads of `action()` went, after the first (authentication)."""
+        """Where the reads of `action()` went, after the first (authentication: a cached token's check of the
+        auth generation, made at once here as after a change in this process)."""
         self.routes.clear()
+        authcache.changed_here()
         action()
         assert self.routes[0] == 'primary', 'authentication reads the primary'
         return set(self.routes[1:])

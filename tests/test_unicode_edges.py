@@ -156,16 +156,17 @@ def test_a_nul_in_a_filter_is_400(api, param, value, members):
     assert_problem(api.get('/api/contacts', {param: value}, status=400), 400, param=param, **members)
 
 
-# -- through gunicorn: its own text/html 500 never shows --------------------------------------------
+# -- through the app server (gunicorn, granian): its own 500 never shows -----------------------------
 
 @pytest.mark.slow
-def test_through_gunicorn_unencodable_and_unstorable_text_is_a_json_400(backend, database, tmp_path):
+@pytest.mark.parametrize('name', servers.SERVERS)
+def test_through_the_server_unencodable_and_unstorable_text_is_a_json_400(backend, database, tmp_path, name):
     url = f'sqlite:///{database.path}' if backend == 'sqlite' else database.url
     accounts = Accounts(database)
     token = accounts.create_token(accounts.create_org('Served'), 'ops@example.com', admin=True)
     headers = {'Authorization': f'Bearer {token}', 'Content-Type': 'application/json'}
     env = {'CRMAPI_DATABASE_URL': url, 'CRMAPI_WORKERS': '1'}
-    with servers.start_gunicorn(tmp_path / 'gunicorn', env=env) as server:
+    with servers.start_server(tmp_path / name, name, env=env) as server:
         answers = [
             server.request('POST', '/api/contacts', body=b'{"\\ud800": "a"}', headers=headers),
             server.request('POST', '/api/configuration', body=b'{"key": "k", "value": {"a": "\\u0000"}}',

@@ -174,7 +174,9 @@ def test_upserts_respect_roles_and_read_only_resources(api, user_api):
 def test_external_ids_are_unique_per_organization_for_plain_writes_too(api):
     api.create('contacts', external_id='one')
     assert_problem(api.post('/api/contacts', {'external_id': 'one'}, status=409), 409)
-    assert_problem(api.post('/api/contacts', [{'external_id': 'two'}, {'external_id': 'two'}], status=409), 409)
+    problem = assert_problem(api.post('/api/contacts', [{'external_id': 'two'}, {'external_id': 'two'}], status=400),
+                             400, index=1, field='external_id', items=[0, 1])
+    assert problem['detail'] == "Items 0 and 1 have the same 'external_id' (two), which is unique: send each value once"
     assert len(api.post('/api/contacts', [{'external_id': None}, {}]).json) == 2, 'many records have none'
     summary = api.get('/api/contacts_summary', {'filter': {'external_id': 'one'}}).json
     assert [s['external_id'] for s in summary] == ['one']
