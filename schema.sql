@@ -456,8 +456,64 @@ CREATE TABLE IF NOT EXISTS auth_generation (
     generation BIGINT NOT NULL
 );
 
+-- Search (issue 10): one row per record beside the records (crmapi/search.py folds its text; the store keeps it
+-- in the transaction of every write): its organization and archived state, `words` (q), `names` (ranking),
+-- `fields` (its text columns folded, a JSON object: the text operators) and `texts` (the same values, one a
+-- line: what the trigram indexes read). SQLite: an FTS5 trigram table kept by triggers; PostgreSQL: pg_trgm
+-- and a tsvector GIN index (migration 0019's twins).
+-- sqlite only
+CREATE TABLE search_texts (
+    id INTEGER PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    organization_id TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    archived BOOLEAN NOT NULL,
+    words TEXT NOT NULL,
+    names TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    texts TEXT NOT NULL,
+    UNIQUE (table_name, organization_id, record_id)
+);
+-- sqlite only
+CREATE VIRTUAL TABLE search_texts_trigrams USING fts5(
+    words, texts, content='search_texts', content_rowid='id', tokenize='trigram case_sensitive 1', columnsize=0);
+-- sqlite only
+CREATE TRIGGER search_texts_inserted AFTER INSERT ON search_texts BEGIN
+    INSERT INTO search_texts_trigrams (rowid, words, texts) VALUES (new.id, new.words, new.texts);
+END;
+-- sqlite only
+CREATE TRIGGER search_texts_deleted AFTER DELETE ON search_texts BEGIN
+    INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, words, texts)
+    VALUES ('delete', old.id, old.words, old.texts);
+END;
+-- sqlite only
+CREATE TRIGGER search_texts_updated AFTER UPDATE OF words, texts ON search_texts
+WHEN old.words <> new.words OR old.texts <> new.texts BEGIN
+    INSERT INTO search_texts_trigrams (search_texts_trigrams, rowid, words, texts)
+    VALUES ('delete', old.id, old.words, old.texts);
+    INSERT INTO search_texts_trigrams (rowid, words, texts) VALUES (new.id, new.words, new.texts);
+END;
+-- postgresql only
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+-- postgresql only
+CREATE TABLE search_texts (
+    table_name TEXT NOT NULL,
+    organization_id TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    archived BOOLEAN NOT NULL,
+    words TEXT NOT NULL,
+    names TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    texts TEXT NOT NULL,
+    PRIMARY KEY (table_name, organization_id, record_id)
+);
+-- postgresql only
+CREATE INDEX search_texts_trigrams ON search_texts USING gin (texts gin_trgm_ops);
+-- postgresql only
+CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(words, ' '), '  ')));
+
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (18);
+INSERT INTO schema_version (version) VALUES (19);

@@ -145,6 +145,37 @@ def compare(urls, size, rounds):
     bare_db.close()
 
 
+def compare_search(url, size, rounds):
+    """Each kind's median with the search upkeep and with it off (Store.index/unindex do nothing: the figure
+    before issue 10), rounds alternating on one database."""
+    from crmapi.store import Store
+    db, app, token = fresh(url)
+    kinds, upkeep = Kinds(app, token, size), (Store.index, Store.unindex)
+    print(f'{db.name}: batches of {size} contacts (single: {SINGLES} one-contact POSTs), median of {rounds} rounds, '
+          'with and without the search upkeep (alternating)')
+    for name in (*KINDS, 'single'):
+        rows = SINGLES if name == 'single' else size
+        times, cpu = {'with': [], 'without': []}, {'with': [], 'without': []}
+        for n in range(rounds):
+            for mode in (('with', 'without') if n % 2 else ('without', 'with')):
+                if mode == 'without':
+                    Store.index = Store.unindex = lambda *args, **kwargs: None
+                started, used = time.perf_counter(), time.process_time()
+                try:
+                    # NOTE: each mode writes its own records (n and n + rounds), so neither finds the other's
+                    getattr(kinds, name)(n if mode == 'with' else n + rounds)
+                finally:
+                    Store.index, Store.unindex = upkeep
+                times[mode].append(time.perf_counter() - started)
+                cpu[mode].append(time.process_time() - used)
+        w, wo = statistics.median(times['with']), statistics.median(times['without'])
+        cw, cwo = statistics.median(cpu['with']), statistics.median(cpu['without'])
+        print(f'  {name:7} with {w * 1000:8.1f} ms {rows / w:10,.0f} rows/s | without {wo * 1000:8.1f} ms '
+              f'{rows / wo:10,.0f} rows/s | ratio {wo / w:.2f} | CPU {cw * 1000:.1f} vs {cwo * 1000:.1f} ms, '
+              f'ratio {cwo / cw:.2f}')
+    db.close()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -153,8 +184,11 @@ def main(argv=None):
     p.add_argument('--size', type=int, default=1000)
     p.add_argument('--rounds', type=int, default=10)
     p.add_argument('--compare-history', action='store_true', help='with and without the change history')
+    p.add_argument('--compare-search', action='store_true', help='with and without the search upkeep (issue 10)')
     a = p.parse_args(argv)
     url = a.database or 'sqlite:///' + os.path.join(tempfile.mkdtemp(), 'batches.db')
+    if a.compare_search:
+        return compare_search(url, a.size, a.rounds)
     if a.compare_history:
         if a.database and not a.baseline_database:
             p.error('--compare-history on PostgreSQL needs --baseline-database (a second, scratch database)')

@@ -13,6 +13,9 @@ from . import authcache
 from . import sqlbuild
 from .errors import Conflict
 from .errors import Unauthorized
+from .schema import BUILTIN
+from .schema import Catalog
+from .store import Store
 from .store import new_id
 from .store import utc_now
 from .values import format_timestamp
@@ -49,6 +52,7 @@ class Accounts:
     def __init__(self, db, clock=utc_now):
         self.db = db
         self.clock = clock
+        self._users = None     # the crm_users whitelist, loaded when a user is first created
         self.cache = authcache.TokenCache(self._read_generation)
 
     def create_org(self, name, unique=False):
@@ -85,7 +89,19 @@ class Accounts:
         now = self.clock()
         tx.execute(*sqlbuild.build_user_insert(d, org_id, {'id': user_id, 'email': email, 'administrator': admin,
                                                            'created_at': now, 'updated_at': now}))
+        self._index_user(tx, org_id, {'id': user_id, 'email': email})
         return user_id
+
+    def _index_user(self, tx, org_id, record):
+        """The new user's search rows, written as the store writes every record's.
+
+        NOTE: a schema older than the search rows (migration 0019) has none; migrating to it fills them in.
+        """
+        if self._users is None:
+            if not self.db.table_exists('search_texts'):
+                return
+            self._users = Catalog.load(self.db, {'crm_users': BUILTIN['crm_users']})
+        Store(self.db, self._users).index(tx, self._users.tables['crm_users'], org_id, [record], fresh=True)
 
     def create_token(self, org_id, email, admin=False, expires_at=None):
         """A new secret token for the user `email` of `org_id` (created if needed); returns the token."""

@@ -213,6 +213,15 @@ def cmd_recount(db, args):
     print(f'recounted {len(orgs)} organization(s)', file=sys.stderr)
 
 
+def cmd_reindex(db, args):
+    """Rebuild the search rows (needed only after rows were written around the API)."""
+    from .store import reindex_database
+    if args.org:
+        require_org(db, args.org)
+    done = reindex_database(db, [args.org] if args.org else None, log=lambda line: print(line, file=sys.stderr))
+    print(f'reindexed {done} organization(s)', file=sys.stderr)
+
+
 def cmd_define_object(db, args):
     """Define (or, if the slug exists, extend) a custom object from a JSON file."""
     import orjson
@@ -576,6 +585,9 @@ def parser():
     s = sub.add_parser('recount', help='rebuild the live-row counters behind list totals')
     s.add_argument('--org', metavar='ORG_ID', help='one organization (default: all)')
     s.set_defaults(func=cmd_recount, needs='schema')
+    s = sub.add_parser('reindex', help='rebuild the search rows behind q and the text operators')
+    s.add_argument('--org', metavar='ORG_ID', help='one organization (default: all)')
+    s.set_defaults(func=cmd_reindex, needs='schema')
     s = sub.add_parser('define-object', help='define or extend a custom object from a JSON file')
     s.add_argument('--org', required=True, metavar='ORG_ID', help='the organization (from list-orgs)')
     s.add_argument('--file', required=True, help='a JSON definition: {"slug": …, "label": …, "fields": [...]}')

@@ -26,6 +26,7 @@ from .schema import BUILTIN
 from .schema import SERVER_MANAGED
 from .schema import ResourceSpec
 from .schema import table_info
+from .store import Store
 from .store import new_id
 
 FIELD_TYPES = {
@@ -374,7 +375,9 @@ class CustomObjects:
             merged = [f.to_json() for f in [*current.values(), *added]]
             if label == definition['label'] and merged == definition['fields']:
                 return self.to_json(definition)  # nothing changes: the version stays, nothing is recorded
-            return self._save(tx, principal.org_id, definition, label=label, fields=merged)
+            saved = self._save(tx, principal.org_id, definition, label=label, fields=merged)
+            self._reindex(tx, principal, slug, added)
+            return saved
 
     @staticmethod
     def _merge(current, fields):
@@ -393,6 +396,17 @@ class CustomObjects:
             else:
                 current[f.name] = f
         return added
+
+    def _reindex(self, tx, principal, slug, changed):
+        """Search rows again when text fields come or go (a column taken over may hold text already).
+
+        NOTE: the ALTER TABLE before this holds the table's lock until the transaction ends, so no record
+        write runs meanwhile (a column taken over needs no ALTER: a concurrent write may then make this a 409).
+        """
+        if any(f.type == 'text' for f in changed):
+            info = self.table_for(principal.org_id, slug, include_archived=True)
+            # NOTE: a store of this table alone: a custom object's rows take no other record's words
+            Store(self.db, None, self.clock, self.history).reindex_table(tx, info, principal.org_id)
 
     def set_archived(self, principal, slug, archived):
         """DELETE archives a definition (its records are kept); restore brings it back."""
@@ -420,4 +434,5 @@ class CustomObjects:
                 tx.execute(sqlbuild.build_drop_index(dropped.unique_index_name(table)))
             tx.execute(sqlbuild.build_drop_column(table, name))
             saved = self._save(tx, principal.org_id, definition, fields=[f.to_json() for f in fields if f is not dropped])
+            self._reindex(tx, principal, slug, [dropped])
         return {'dropped': dropped.to_json(), 'custom_object': saved}

@@ -13,10 +13,12 @@ from dataclasses import replace
 
 import orjson
 
+from . import search as searching
 from . import values
 from .errors import InvalidParam
 from .errors import InvalidValue
 from .errors import UnknownField
+from .schema import Column
 from .sqlbuild import SCOPE
 
 LIST_PARAMS = frozenset({'range', 'filter', 'filters', 'sort', 'order', 'sorts', 'cursor', 'embed', 'embed_limit'})
@@ -71,7 +73,7 @@ class ListQuery:
     end: int = 24
     equals: tuple = ()          # from `filter`: ANDed
     filters: tuple = ()         # from `filters`: folded left to right
-    search: str = None
+    search: searching.Terms = None  # `filter`'s q; `filters` may hold more (column SEARCH)
     include_archived: bool = False
     sorts: tuple = ()
     after: tuple = None         # keyset: the sort values (then id) of the row before this page
@@ -81,6 +83,21 @@ class ListQuery:
     @property
     def size(self):
         return self.end - self.start + 1
+
+    @property
+    def searches(self):
+        """Every q of the query: `filter`'s, then those in `filters`."""
+        found = [] if self.search is None else [self.search]
+        return found + [f.value for f in self.filters if f.column is SEARCH]
+
+    @property
+    def ranked(self):
+        """A search without a sort lists best first (see sqlbuild._ranking); such a list has no cursor."""
+        return not self.sorts and any(t.words for t in self.searches)
+
+    @property
+    def rank_words(self):
+        return tuple(dict.fromkeys(w for t in self.searches for w in t.words))
 
 
 def param_json(params, name, default=None):
@@ -115,6 +132,20 @@ def parse_range(params, limits):
     if start > MAX_OFFSET:
         raise InvalidParam(f"Parameter 'range' starts beyond {MAX_OFFSET}", param='range')
     return start, end
+
+
+# `{"field": "q", "op": "eq", "value": "…"}` in `filters`: a search, like `filter`'s q.
+SEARCH = Column('q', 'search', True, None, False)
+
+
+def parse_search(value, param):
+    """A q's Terms, or a 400 naming it: a string of at most MAX_QUERY_WORDS words."""
+    if not isinstance(value, str) or '\x00' in value:
+        raise InvalidParam("Filter 'q' must be a string", param=param, field='q')
+    try:
+        return searching.parse(value)
+    except ValueError as exc:
+        raise InvalidParam(f"Filter 'q' {exc}", param=param, field='q') from None
 
 
 def column_for(info, name, param):
@@ -191,9 +222,10 @@ def parse_filter(params, info, limits, relations=None):
     search, include_archived, equals = None, False, []
     for key, value in obj.items():
         if key == 'q':
-            if not isinstance(value, str) or '\x00' in value or len(value) > limits.max_value_length:
-                raise InvalidParam("Filter 'q' must be a string", param='filter', field='q')
-            search = value
+            if isinstance(value, str) and len(value) > limits.max_value_length:
+                raise InvalidParam(f"Filter 'q' is longer than {limits.max_value_length} characters",
+                                   param='filter', field='q')
+            search = parse_search(value, 'filter')
         elif key == 'include_archived':
             if not isinstance(value, bool):
                 raise InvalidParam("Filter 'include_archived' must be true or false",
@@ -204,6 +236,17 @@ def parse_filter(params, info, limits, relations=None):
             op = 'in' if isinstance(value, list) else 'eq'
             equals.append(make_filter(column, op, value, 'and', 'filter', limits, via))
     return search, include_archived, equals
+
+
+def search_filter(item, logical, limits):
+    """`q` in `filters`: `eq` only, its value searched as `filter`'s q is."""
+    if item['op'] != 'eq':
+        raise InvalidParam(f"Filter 'q' takes the operator 'eq' only, not {item['op']!r}", param='filters', field='q')
+    value = item.get('value')
+    if isinstance(value, str) and len(value) > limits.max_value_length:
+        raise InvalidParam(f"Filter 'q' is longer than {limits.max_value_length} characters",
+                           param='filters', field='q')
+    return Filter(SEARCH, 'eq', parse_search(value, 'filters'), logical)
 
 
 def parse_filters(params, info, limits, relations=None):
@@ -223,6 +266,9 @@ def parse_filters(params, info, limits, relations=None):
         logical = item.get('logicalOp', 'and')
         if logical not in ('and', 'or', 'AND', 'OR'):
             raise InvalidParam(f"logicalOp must be 'and' or 'or', not {logical!r}", param='filters')
+        if item['field'] == 'q':
+            parsed.append(search_filter(item, logical.lower(), limits))
+            continue
         column, via = field_for(info, item['field'], 'filters', relations)
         parsed.append(make_filter(column, item['op'], item.get('value'), logical.lower(), 'filters', limits, via))
     return parsed
@@ -346,8 +392,8 @@ def across_references(lq):
 
 def make_cursor(lq, info, params, last_row, key):
     """The next page's cursor, or None when the last row's sort values would make it too long to accept
-    (or a sort crosses a reference)."""
-    if across_references(lq):
+    (or a sort crosses a reference), or when the list is ranked by relevance (no keyset: page on with `range`)."""
+    if across_references(lq) or lq.ranked:
         return None
     body = orjson.dumps({'v': [last_row[n] for n in keyset_columns(lq, info)], 'i': lq.start + lq.size})
     cursor = sign_cursor(key, info, params, body)
@@ -391,6 +437,9 @@ def apply_cursor(lq, info, params, limits, key=None):
     except ValueError as exc:
         raise InvalidParam(f"Parameter 'cursor' is {exc}; send back the X-Next-Cursor of the same list",
                            param='cursor') from None
+    if lq.ranked:
+        raise InvalidParam("Parameter 'cursor' does not fit a list ranked by relevance (a q without a sort); "
+                           "page on with 'range'", param='cursor')
     names = keyset_columns(lq, info)
     keys, index = (body.get('v'), body.get('i')) if isinstance(body, dict) else (None, None)
     if (not isinstance(keys, list) or len(keys) != len(names)

@@ -17,12 +17,12 @@ tests/test_properties.py checks it against the SQL that lists run, on both datab
 import dataclasses
 import datetime as dt
 import logging
-import string
 from urllib.parse import urlsplit
 
 import orjson
 
 from . import query
+from . import search
 from . import sqlbuild
 from . import values
 from . import webhooks
@@ -56,14 +56,13 @@ MAX_DEPTH = 3           # a change made at this depth (a user's is 0) triggers n
 
 # -- the evaluator: the list query language in Python -------------------------------------------------
 
-ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 NEGATED = {'neq': 'eq', 'not_in': 'in', 'not_contains': 'contains'}
 ORDER = {'gt': lambda v, x: v > x, 'gte': lambda v, x: v >= x, 'lt': lambda v, x: v < x, 'lte': lambda v, x: v <= x}
 
 
 def fold(text):
-    """Case folding as both databases promise it: ASCII letters only."""
-    return text.translate(ASCII_LOWER)
+    """Case and accents folded as lists fold them (crmapi.search.fold: the text operators' SQL compares its output)."""
+    return search.fold(text)
 
 
 def matches(kind, v, op, x):

@@ -27,6 +27,26 @@ MAX_INDEXED_TEXT = 255
 
 
 @dataclass(frozen=True)
+class SearchPolicy:
+    """What `q` reads in a resource's records (see crmapi/search.py). Text operators compare every text column.
+
+    Empty `words` and `names` mean every text column, and the required ones (custom objects: their
+    required text fields).
+    """
+
+    words: tuple = ()       # columns whose words q finds
+    names: tuple = ()       # columns whose matches rank first (also searched)
+    phones: tuple = ()      # columns q reads as one number: their digits
+    emails: tuple = ()      # columns q reads as words, plus the local part as one word
+    related: tuple = ()     # (reference column, target table, its only name column): q finds the target's words
+    via: dict = dc_field(default_factory=dict)  # view column -> (reference column, target table, target column)
+    indexed: bool = True    # False: rows written around the store (the worker's); no search rows, text operators scan
+
+
+UNINDEXED = SearchPolicy(indexed=False)
+
+
+@dataclass(frozen=True)
 class ResourceSpec:
     """Policy for one resource: what the database cannot tell us."""
 
@@ -43,6 +63,7 @@ class ResourceSpec:
     admin_only: bool = False        # only administrators may read it too (webhooks: their URLs are secrets)
     managed: frozenset = frozenset()    # columns only the server writes, besides SERVER_MANAGED
     hidden: frozenset = frozenset()     # columns the API never reads nor writes (a delivery's lease)
+    search: SearchPolicy = SearchPolicy()  # what q reads; search rows are kept per `counted_as` table
 
     def __post_init__(self):
         if not self.table:
@@ -51,34 +72,47 @@ class ResourceSpec:
             object.__setattr__(self, 'counted_as', self.table)
 
 
+COMPANY_NAME = ('company_id', 'companies', 'name')
+CONTACT_SEARCH = SearchPolicy(words=('title', 'city'), names=('first_name', 'last_name'), phones=('phone',),
+                              emails=('email',), related=(COMPANY_NAME,))
+COMPANY_SEARCH = SearchPolicy(words=('domain', 'website', 'city', 'country', 'description'), names=('name',))
+NOTE_SEARCH = SearchPolicy(names=('title', 'text'))
+
 BUILTIN = {spec.slug: spec for spec in [
     ResourceSpec('contacts', 'c_', delete='archive',
-                 references={'company_id': 'companies', 'tags': 'tags'}, arrays=frozenset({'tags'})),
-    ResourceSpec('companies', 'comp_', delete='archive'),
+                 references={'company_id': 'companies', 'tags': 'tags'}, arrays=frozenset({'tags'}),
+                 search=CONTACT_SEARCH),
+    ResourceSpec('companies', 'comp_', delete='archive', search=COMPANY_SEARCH),
     ResourceSpec('deals', 'd_', delete='archive',
                  references={'company_id': 'companies', 'contact_ids': 'contacts'},
-                 arrays=frozenset({'contact_ids'})),
+                 arrays=frozenset({'contact_ids'}),
+                 search=SearchPolicy(words=('description', 'category'), names=('name',), related=(COMPANY_NAME,))),
     ResourceSpec('tasks', 't_', references={
-        'contact_id': 'contacts', 'company_id': 'companies', 'deal_id': 'deals', 'assignee_id': 'crm_users'}),
-    ResourceSpec('contact_notes', 'cn_', references={'contact_id': 'contacts'}),
-    ResourceSpec('deal_notes', 'dn_', references={'deal_id': 'deals'}),
-    ResourceSpec('company_notes', 'mn_', references={'company_id': 'companies'}),
-    ResourceSpec('tags', 'tag_'),
-    ResourceSpec('configuration', 'cfg_', admin_writes=True),
-    ResourceSpec('automation_rules', 'rule_', admin_writes=True, managed=frozenset({'problem'})),
-    ResourceSpec('automation_runs', 'run_', read_only=True, references={'rule_id': 'automation_rules'}),
-    ResourceSpec('crm_users', 'u_', delete='disable', admin_writes=True),
+        'contact_id': 'contacts', 'company_id': 'companies', 'deal_id': 'deals', 'assignee_id': 'crm_users'},
+        search=SearchPolicy(words=('type',), names=('text',))),
+    ResourceSpec('contact_notes', 'cn_', references={'contact_id': 'contacts'}, search=NOTE_SEARCH),
+    ResourceSpec('deal_notes', 'dn_', references={'deal_id': 'deals'}, search=NOTE_SEARCH),
+    ResourceSpec('company_notes', 'mn_', references={'company_id': 'companies'}, search=NOTE_SEARCH),
+    ResourceSpec('tags', 'tag_', search=SearchPolicy(names=('name',))),
+    ResourceSpec('configuration', 'cfg_', admin_writes=True, search=SearchPolicy(names=('key',))),
+    ResourceSpec('automation_rules', 'rule_', admin_writes=True, managed=frozenset({'problem'}),
+                 search=SearchPolicy(names=('name',))),
+    ResourceSpec('automation_runs', 'run_', read_only=True, references={'rule_id': 'automation_rules'},
+                 search=UNINDEXED),
+    ResourceSpec('crm_users', 'u_', delete='disable', admin_writes=True,
+                 search=SearchPolicy(names=('first_name', 'last_name'), emails=('email',))),
     ResourceSpec('webhooks', 'wh_', admin_writes=True, admin_only=True,
-                 managed=frozenset({'disabled_reason', 'failing_since', 'since_seq'})),
+                 managed=frozenset({'disabled_reason', 'failing_since', 'since_seq'}), search=UNINDEXED),
     ResourceSpec('webhook_deliveries', 'whd_', read_only=True, admin_only=True,
                  references={'webhook_id': 'webhooks', 'rule_id': 'automation_rules'},
-                 hidden=frozenset({'payload', 'locked_until'})),
+                 hidden=frozenset({'payload', 'locked_until'}), search=UNINDEXED),
     ResourceSpec('companies_summary', 'comp_', read_only=True, delete='archive', counted_as='companies',
                  references={'company_id': 'companies'},
-                 computed={'nb_contacts': 'integer', 'nb_deals': 'integer'}),
+                 computed={'nb_contacts': 'integer', 'nb_deals': 'integer'}, search=COMPANY_SEARCH),
     ResourceSpec('contacts_summary', 'c_', read_only=True, delete='archive', counted_as='contacts',
                  references={'company_id': 'companies', 'tags': 'tags'}, arrays=frozenset({'tags'}),
-                 computed={'company_name': 'text', 'nb_tasks': 'integer'}),
+                 computed={'company_name': 'text', 'nb_tasks': 'integer'},
+                 search=dataclasses.replace(CONTACT_SEARCH, via={'company_name': COMPANY_NAME})),
 ]}
 
 
@@ -150,10 +184,15 @@ class TableInfo:
     def archivable(self):
         return 'archived_at' in self.columns
 
-    @property
+    @functools.cached_property
     def search_columns(self):
+        """The text columns whose folded values are kept in search rows: text operators and q read them."""
         return [c for c in self.columns.values()
                 if c.kind in SEARCHABLE_KINDS and not c.references and c.name not in SERVER_MANAGED]
+
+    @functools.cached_property
+    def searched(self):
+        return frozenset(c.name for c in self.search_columns)
 
     def describe(self, relations=None):
         """The resource, its columns and, given its `relations` (crmapi.relations), what it can embed."""
@@ -220,8 +259,8 @@ def with_view_columns(infos):
 
 
 INTERNAL = {spec.slug: spec for spec in [
-    ResourceSpec('custom_objects', 'obj_', delete='archive'),
-    ResourceSpec('idempotency_keys', ''),
+    ResourceSpec('custom_objects', 'obj_', delete='archive', search=UNINDEXED),
+    ResourceSpec('idempotency_keys', '', search=UNINDEXED),
 ]}
 
 

@@ -6,6 +6,7 @@ True into 'true' and None into 'null'). The organization scope is added here, by
 builder, so no caller can forget it.
 """
 import contextlib
+import functools
 import re
 import threading
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from pypika.terms import FormatParameter
 from pypika.terms import QmarkParameter
 from pypika.terms import Term
 from pypika.terms import Tuple
+
+from . import search as searching
 
 
 _recorder = threading.local()
@@ -162,10 +165,6 @@ def like_pattern(value, prefix='%', suffix='%'):
     return prefix + escaped + suffix
 
 
-def _like(d, field, pattern):
-    return Sql("{0} %s {1} ESCAPE '\\'" % d.like, field, Bound(pattern))
-
-
 def _eq(d, field, column, value):
     if value is None:
         return field.isnull()
@@ -220,10 +219,6 @@ OPERATORS = {
     'gte': lambda d, f, c, v: f >= d.bind(c, v),
     'lt': lambda d, f, c, v: f < d.bind(c, v),
     'lte': lambda d, f, c, v: f <= d.bind(c, v),
-    'contains': lambda d, f, c, v: _like(d, f, like_pattern(v)),
-    'not_contains': lambda d, f, c, v: _negate(f, _like(d, f, like_pattern(v))),
-    'starts_with': lambda d, f, c, v: _like(d, f, like_pattern(v, prefix='')),
-    'ends_with': lambda d, f, c, v: _like(d, f, like_pattern(v, suffix='')),
     'in': _in,
     'not_in': _not_in,
     'is_empty': lambda d, f, c, v: _is_empty(d, f, c),
@@ -231,18 +226,22 @@ OPERATORS = {
 }
 
 
-def criterion(d, table, flt, org_id=None):
+def criterion(d, table, info, flt, org_id=None):
     """One parsed filter as a PyPika criterion (across a reference: see `across`, scoped by `org_id`)."""
     if flt.via is not None:
         return across(d, table, flt, org_id)
+    if flt.column.kind == SEARCH_KIND:
+        return search(d, table, info, flt.value, org_id)
+    if flt.op in TEXT_OPERATORS:
+        return TEXT_OPERATORS[flt.op](d, table, info, flt.column, flt.value, org_id)
     return OPERATORS[flt.op](d, table.field(flt.column.name), flt.column, flt.value)
 
 
-def fold(d, table, filters, org_id=None):
+def fold(d, table, info, filters, org_id=None):
     """`a or b and c` means `(a OR b) AND c`: each logicalOp joins a filter to the next one."""
     result = None
     for previous, flt in zip((None,) + tuple(filters), filters):
-        term = criterion(d, table, flt, org_id)
+        term = criterion(d, table, info, flt, org_id)
         if result is None:
             result = term
         elif previous.logical == 'or':
@@ -252,13 +251,257 @@ def fold(d, table, filters, org_id=None):
     return result
 
 
-def search(d, table, info, text):
-    """`q`: any of the resource's text columns contains `text`, case-insensitively."""
-    pattern = like_pattern(text)
-    columns = info.search_columns
-    if not columns:
-        return FALSE
-    return Criterion.any([_like(d, table.field(c.name), pattern) for c in columns])
+# -- search ----------------------------------------------------------------------------------------
+# Folded text lives beside the records in `search_texts`, one row per record (crmapi/search.py folds it,
+# store.py keeps it in the writing transaction), keyed by (table_name, organization_id, record_id): the
+# record's archived state, `words` (its words, each after a space: q), `names` (its name columns' words:
+# ranking) and `fields` (its text columns folded, one JSON object: the text operators). The database
+# only compares folded text exactly. Indexes: SQLite one FTS5 `trigram` table over words and fields
+# (kept by triggers); PostgreSQL a GIN tsvector of words and pg_trgm GIN on fields.
+# A search condition is `<key> IN (candidates)`; too short for an index, a correlated EXISTS. A list that
+# only searches counts (and, ranked, pages) in the search rows alone: see `searches_only`.
+
+SEARCH_KIND = 'search'   # the kind of the pseudo-column `q` in `filters`
+
+
+class Qualified(Term):
+    """A column named with its table (`"contacts"."id"`), for correlated sub-queries."""
+
+    def __init__(self, field):
+        super().__init__()
+        self.field = field
+
+    def get_sql(self, **kwargs):
+        return self.field.get_sql(**{**kwargs, 'with_namespace': True})
+
+
+def search_table(info):
+    """The table whose search rows serve `info`: a summary view uses its base table's."""
+    return info.spec.counted_as
+
+
+def _scope(target, org_id):
+    """The search rows of one table of one organization (the leading columns of their key)."""
+    return Sql('s.table_name = {0} AND s.organization_id = {1}', Bound(target), Bound(org_id))
+
+
+def _text_class(value):
+    """What a text operator's SQL looks like: 'empty' (any value), 'short' (scanned), 'indexed' (found by
+    the index alone) or 'long' (the index finds candidates, the rows are compared)."""
+    n = len(searching.fold(value))
+    if n == 0:
+        return 'empty'
+    return 'short' if n < searching.TRIGRAM else 'indexed' if n <= FTS_PHRASE else 'long'
+
+
+def _exact(d, op, folded, column):
+    """`column` holds `folded` as `op` says, compared exactly (case-sensitively, character by character)."""
+    if d.name == 'postgresql':
+        pattern = like_pattern(folded, prefix='' if op == 'starts_with' else '%',
+                               suffix='' if op == 'ends_with' else '%')
+        return Sql("{0} LIKE {1} ESCAPE '\\'", column, Bound(pattern))
+    if op == 'contains':
+        return Sql('instr({0}, {1}) > 0', column, Bound(folded))
+    if op == 'starts_with':
+        return Sql('instr({0}, {1}) = 1', column, Bound(folded))
+    return Sql('substr({0}, -length({1})) = {2}', column, Bound(folded), Bound(folded))
+
+
+def _field(d, name):
+    """A text column's folded value in the search row `s` (NULL when the column is)."""
+    if d.name == 'postgresql':
+        return Sql('(s.fields::json ->> {0})', Bound(name))
+    return Sql('json_extract(s.fields, {0})', Bound('$."' + name + '"'))
+
+
+FTS_PHRASE = 12   # characters of a value the trigram index looks up; the exact comparison checks the rest
+
+
+def _fts_phrase(text):
+    """An FTS5 string matched literally (a trigram phrase is a substring): the start of `text`, whose
+    matches include every match of `text`.
+
+    NOTE: a phrase of n characters is n - 2 trigrams whose positions must line up; a long one (a
+    repeated letter above all) costs far more than the few rows it rules out.
+    """
+    return '"' + text[:FTS_PHRASE].replace('"', '""') + '"'
+
+
+def _in_fields(d, op, folded):
+    """Candidates from the index: search rows whose `texts` hold `folded` (for ends_with, its end; else its
+    start: a phrase is at most FTS_PHRASE characters), in any column: `_exact` decides on `fields`."""
+    if d.name == 'postgresql':
+        return Sql("s.texts LIKE {0} ESCAPE '\\'", Bound(like_pattern(folded)))
+    phrase = _fts_phrase(folded[-FTS_PHRASE:] if op == 'ends_with' else folded)
+    return Sql('s.id IN (SELECT rowid FROM search_texts_trigrams WHERE search_texts_trigrams MATCH {0})',
+               Bound('texts : ' + phrase))
+
+
+def _text_match(d, table, info, column, op, value, org_id):
+    """`column` contains (starts with, ends with) `value`, folded: candidates from the trigram index,
+    then the exact comparison. A view column computed from a reference (`company_name`) is matched in
+    the referenced record's row."""
+    folded = searching.fold(value)
+    field = table.field(column.name)
+    if not folded:
+        return field.notnull()
+    key, target, target_column = table.id, search_table(info), column.name
+    if column.name in info.spec.search.via:
+        ref, target, target_column = info.spec.search.via[column.name]
+        key = table.field(ref)
+    elif not info.spec.search.indexed:
+        return _like(d, field, like_pattern(value, prefix='' if op == 'starts_with' else '%',
+                                            suffix='' if op == 'ends_with' else '%'))
+    elif column.name not in info.searched:
+        # NOTE: ids and references (server-made: lowercase ASCII, their own folding) are compared as stored.
+        return _exact(d, op, folded, field)
+    if len(folded) < searching.TRIGRAM:
+        return Sql('EXISTS (SELECT 1 FROM search_texts s WHERE {0} AND s.record_id = {1} AND {2})',
+                   _scope(target, org_id), Qualified(key), _exact(d, op, folded, _field(d, target_column)))
+    return Sql('{0} IN (SELECT s.record_id FROM search_texts s WHERE {1} AND {2} AND {3})', key,
+               _in_fields(d, op, folded), _scope(target, org_id), _exact(d, op, folded, _field(d, target_column)))
+
+
+def _like(d, field, pattern):
+    """The scan of a resource without search rows (written around the store): case-insensitive LIKE."""
+    return Sql("{0} %s {1} ESCAPE '\\'" % d.like, field, Bound(pattern))
+
+
+TEXT_OPERATORS = {
+    'contains': lambda d, t, i, c, v, o: _text_match(d, t, i, c, 'contains', v, o),
+    'not_contains': lambda d, t, i, c, v, o: _negate(t.field(c.name), _text_match(d, t, i, c, 'contains', v, o)),
+    'starts_with': lambda d, t, i, c, v, o: _text_match(d, t, i, c, 'starts_with', v, o),
+    'ends_with': lambda d, t, i, c, v, o: _text_match(d, t, i, c, 'ends_with', v, o),
+}
+
+
+def _word_starts(d, words):
+    """Every word of `words` starts a word of the search row's `words` (stored as ' w1 w2 …')."""
+    find = 'strpos({0}, {1}) > 0' if d.name == 'postgresql' else 'instr({0}, {1}) > 0'
+    return Criterion.all([Sql(find, Sql('s.words'), Bound(searching.WORD_START + w)) for w in words])
+
+
+TSVECTOR = "array_to_tsvector(string_to_array(ltrim(s.words, ' '), '  '))"   # PostgreSQL: a search row's words
+
+
+def _tsquery(terms):
+    """PostgreSQL: each alternative's words as prefixes, ANDed; the alternatives ORed."""
+    def lexeme(w):
+        return "'" + w.replace('\\', '\\\\').replace("'", "''") + "':*"
+    return ' | '.join('(' + ' & '.join(lexeme(w) for w in alternative) + ')' for alternative in terms.alternatives)
+
+
+def _word_class(word):
+    """SQLite: WORD_START + `word` is found by the trigram index exactly, or only its start is."""
+    return 'exact' if len(searching.WORD_START + word) <= FTS_PHRASE else 'long'
+
+
+def _words_match(d, terms):
+    """The search row `s` holds, for one of the alternatives of `terms`, each word at a word start."""
+    if d.name == 'postgresql':
+        return Sql(f'{TSVECTOR} @@ CAST({{0}} AS tsquery)', Bound(_tsquery(terms)))
+    match = ' OR '.join('(' + ' AND '.join(_fts_phrase(searching.WORD_START + w) for w in alternative) + ')'
+                        for alternative in terms.alternatives)
+    exact = all(_word_class(w) == 'exact' for alternative in terms.alternatives for w in alternative)
+    return Sql('s.id IN (SELECT rowid FROM search_texts_trigrams WHERE search_texts_trigrams MATCH {0}) AND {1}',
+               Bound('words : (' + match + ')'),
+               TRUE if exact else Criterion.any([_word_starts(d, a) for a in terms.alternatives]))
+
+
+def search(d, table, info, terms, org_id):
+    """`q`: for one of the alternatives, each word starts a word of the record's searchable text."""
+    if not all(terms.alternatives):
+        return TRUE
+    if not info.spec.search.indexed:
+        columns = [table.field(c.name) for c in info.search_columns]
+        return Criterion.any([Criterion.all([Criterion.any([_like(d, f, like_pattern(w)) for f in columns])
+                                             for w in a]) for a in terms.alternatives]) if columns else FALSE
+    return Sql('{0} IN (SELECT s.record_id FROM search_texts s WHERE {1} AND {2})', table.id,
+               _scope(search_table(info), org_id), _words_match(d, terms))
+
+
+def _score(d, lq):
+    """How many of the words asked for start a word of the search row's name columns."""
+    find = 'strpos' if d.name == 'postgresql' else 'instr'
+    return Sql(' + '.join(f'(CASE WHEN {find}(s.names, {{{i}}}) > 0 THEN 1 ELSE 0 END)'
+                          for i in range(len(lq.rank_words))), *[Bound(' ' + w) for w in lq.rank_words])
+
+
+def _ranking(d, table, info, org_id, lq):
+    """Best first when a list searches without a sort: how many of the words asked for start a word of the
+    record's name columns (more first); `_order` then adds the id tie-break."""
+    if not lq.ranked:
+        return []
+    rank = Sql('COALESCE((SELECT {0} FROM search_texts s WHERE {1} AND s.record_id = {2}), 0)',
+               _score(d, lq), _scope(search_table(info), org_id), Qualified(table.id))
+    return [(rank, Order.desc)]
+
+
+ROW_OPERATORS = ('contains', 'starts_with', 'ends_with')   # text operators a search row alone decides
+
+
+def _on_row(info, flt):
+    """Whether a filter of `filters` is decided by the search row alone: a q, or a text operator on a text
+    column of the resource's own (not a view's computed one, nor across a reference)."""
+    if flt.column.kind == SEARCH_KIND:
+        return all(flt.value.alternatives)
+    return (flt.op in ROW_OPERATORS and flt.via is None and flt.column.name in info.searched
+            and flt.column.name not in info.spec.search.via)
+
+
+def searches_only(info, lq):
+    """Whether a list's matches are exactly the search rows its q's and text operators find (no other filter,
+    no keyset): then its count, and its page when ranked or in id order, come from the search rows alone,
+    never joining each match to its record (a q as broad as "a" matches most of them)."""
+    if lq.search is not None and not all(lq.search.alternatives):
+        return False
+    return (bool(lq.filters or lq.search is not None) and info.spec.search.indexed and not lq.equals
+            and lq.after is None and all(_on_row(info, f) for f in lq.filters)
+            and all(f.logical == 'and' for f in lq.filters[:-1]))
+
+
+def _row_match(d, flt):
+    """A filter `_on_row` as a condition on the search row `s`."""
+    if flt.column.kind == SEARCH_KIND:
+        return _words_match(d, flt.value)
+    folded, field = searching.fold(flt.value), _field(d, flt.column.name)
+    if not folded:
+        return Sql('{0} IS NOT NULL', field)
+    if len(folded) < searching.TRIGRAM:
+        return _exact(d, flt.op, folded, field)
+    return Sql('{0} AND {1}', _in_fields(d, flt.op, folded), _exact(d, flt.op, folded, field))
+
+
+def _search_rows(d, info, org_id, lq):
+    """The search rows a `searches_only` list matches: its table's and organization's, live unless it
+    includes the archived, passing its q and every filter."""
+    parts = [_scope(search_table(info), org_id)]
+    if info.archivable and not lq.include_archived:
+        parts.append(Sql('s.archived = FALSE'))
+    if lq.search is not None:
+        parts.append(_words_match(d, lq.search))
+    return Criterion.all(parts + [_row_match(d, f) for f in lq.filters])
+
+
+def pages_in_rows(info, lq):
+    """Whether build_list pages in the search rows (`_row_page`): its rows then end with the list's total."""
+    return not lq.sorts and searches_only(info, lq)
+
+
+def _row_page(d, info, org_id, lq):
+    """A page of a `searches_only` list without a sort: its ids ranked (or in id order) and paged in the
+    search rows, then their records, each row ending with the number of matches.
+
+    NOTE: the total is counted in the same pass over the matches that ranks them (a window over all of
+    them, before the LIMIT): a broad q reads its matches once, not once more for Content-Range.
+    """
+    columns = ', '.join(f't.{quote(n)}' for n in output_columns(info))
+    return Sql(f'SELECT {columns}, hits.total FROM (SELECT s.record_id, {{0}} AS score, COUNT(*) OVER () AS total '
+               'FROM search_texts s WHERE {1} ORDER BY score DESC, s.record_id LIMIT {2} OFFSET {3}) hits '
+               f'JOIN {quote(info.spec.table)} t ON t.id = hits.record_id AND t.organization_id = {{4}} '
+               'ORDER BY hits.score DESC, hits.record_id',
+               _score(d, lq) if lq.ranked else Sql('0'), _search_rows(d, info, org_id, lq), Bound(int(lq.size)),
+               Bound(int(lq.start)), Bound(org_id))
 
 
 def where(d, table, info, org_id, lq):
@@ -266,11 +509,11 @@ def where(d, table, info, org_id, lq):
     parts = [table.organization_id == Bound(org_id)]
     if info.archivable and not lq.include_archived:
         parts.append(table.archived_at.isnull())
-    parts += [criterion(d, table, f, org_id) for f in lq.equals]
+    parts += [criterion(d, table, info, f, org_id) for f in lq.equals]
     if lq.filters:
-        parts.append(fold(d, table, lq.filters, org_id))
+        parts.append(fold(d, table, info, lq.filters, org_id))
     if lq.search is not None:
-        parts.append(search(d, table, info, lq.search))
+        parts.append(search(d, table, info, lq.search, org_id))
     return Criterion.all(parts)
 
 
@@ -304,10 +547,10 @@ def across(d, table, flt, org_id):
     scope = target.organization_id == Bound(org_id)
     local = replace(flt, via=None)
     if not holds_for_null(flt):
-        return ref.isin(d.query.from_(target).select(target.id).where(scope & criterion(d, target, local)))
+        return ref.isin(d.query.from_(target).select(target.id).where(scope & criterion(d, target, via.target, local, org_id)))
     linked = Sql('{0} = ' + f'{quote(table.get_table_name())}.{quote(via.column.name)}', target.id)
     subquery = d.query.from_(target).select(Sql('1')).where(scope & linked & Sql('NOT ({0})',
-                                                                               criterion(d, target, local)))
+                                                                               criterion(d, target, via.target, local, org_id)))
     return Sql('NOT EXISTS {0}', Subquery(subquery))
 
 
@@ -332,6 +575,69 @@ def _sort_joins(d, table, org_id, sorts):
             on = (target.organization_id == Bound(org_id)) & (target.id == table.field(s.via.column.name))
             joins[s.via.name] = (target, on)
     return joins
+
+
+# -- search rows (kept by store.py in the writing transaction) ---------------------------------------
+
+SEARCH_ROW = ('table_name', 'organization_id', 'record_id', 'archived', 'words', 'names', 'fields', 'texts')
+
+
+def _search_upsert(d, n):
+    """n search rows written, each replacing the record's row only when it changed (an unchanged row is
+    left alone: no index work)."""
+    changed = ' OR '.join(f'search_texts.{c} <> excluded.{c}' for c in SEARCH_ROW[3:])
+    return (f'INSERT INTO search_texts ({", ".join(SEARCH_ROW)}) {_values(d, n, len(SEARCH_ROW))} '
+            'ON CONFLICT (table_name, organization_id, record_id) DO UPDATE SET '
+            + ', '.join(f'{c} = excluded.{c}' for c in SEARCH_ROW[3:]) + f' WHERE {changed}')
+
+
+def build_search_rows(d, rows):
+    """The statements that write search `rows` (tuples of SEARCH_ROW): one per chunk (a thousand rows is one)."""
+    return [(_statement(d, ('search_rows', len(part)), functools.partial(_search_upsert, d, len(part))),
+             [v for row in part for v in row]) for part in chunks(rows, len(SEARCH_ROW))]
+
+
+def _search_keys(d, texts, table_name, org_id, ids):
+    return (texts.table_name == Bound(table_name)) & (texts.organization_id == Bound(org_id)) & d.one_of(
+        texts.record_id, 'text', ids)
+
+
+def build_search_archived(d, table_name, org_id, ids, archived):
+    """Set the archived state of the search rows of `ids` (an archive or restore changes no text)."""
+    texts = Table('search_texts')
+    return d.render(d.query.update(texts).set(texts.archived, Bound(archived)).where(
+        _search_keys(d, texts, table_name, org_id, ids)))
+
+
+def build_search_names(d, table_name, org_id, ids):
+    """(record_id, names) of the search rows of `ids`: the name words other records' rows take (a company's)."""
+    texts = Table('search_texts')
+    return d.render(d.from_(texts).select(texts.record_id, texts.names).where(
+        _search_keys(d, texts, table_name, org_id, ids)))
+
+
+def build_search_forget(d, table_name, org_id, ids):
+    """Remove the search rows of the records `ids` of `table_name` (deleted for good)."""
+    texts = Table('search_texts')
+    return d.render(d.from_(texts).delete().where(_search_keys(d, texts, table_name, org_id, ids)))
+
+
+def build_search_forget_organization(d, info, org_id):
+    """Remove the search rows of every record of `org_id` in `info`'s table (before a rebuild)."""
+    texts = Table('search_texts')
+    return d.render(d.from_(texts).delete().where(
+        (texts.table_name == Bound(info.spec.table)) & (texts.organization_id == Bound(org_id))))
+
+
+def build_search_analyze(d):
+    """Fresh planner statistics for the search rows (after a rebuild).
+
+    NOTE: statistics taken while SQLite's FTS5 table was nearly empty make the planner scan its whole
+    `_data` table for FTS5's own `id BETWEEN` deletes: every merge then reads the index again.
+    """
+    if d.name == 'postgresql':
+        return ['ANALYZE search_texts']
+    return [f'ANALYZE {t}' for t in ('search_texts', 'search_texts_trigrams_data', 'search_texts_trigrams_idx')]
 
 
 # -- statements ------------------------------------------------------------------------------------
@@ -420,7 +726,7 @@ def _select(d, info, org_id, lq, columns=None):
         query = query.left_join(target).on(on)
     query = query.select(*[table.field(n) for n in columns or output_columns(info)]).where(
         _condition(d, table, info, org_id, lq))
-    for term, order in _order(d, table, lq.sorts, joins):
+    for term, order in _ranking(d, table, info, org_id, lq) + _order(d, table, lq.sorts, joins):
         query = query.orderby(term, order=order)
     return query
 
@@ -445,8 +751,14 @@ def _value_shape(value):
     return True
 
 
-def _filter_shape(value):
-    """A list's SQL says only whether it holds values and whether it holds null, whatever its length."""
+def _filter_shape(value, op=None):
+    """A list's SQL says only whether it holds values and whether it holds null, whatever its length;
+    a search's, how many words each alternative has and which are long enough for an index; a text
+    operator's, whether its value is empty, short or long enough for an index."""
+    if isinstance(value, searching.Terms):
+        return tuple(tuple(_word_class(w) for w in a) for a in value.alternatives)
+    if op in TEXT_OPERATORS:
+        return _text_class(value)
     if isinstance(value, (list, tuple)):
         return any(v is not None for v in value), None in value
     return _value_shape(value)
@@ -460,9 +772,9 @@ def _path(item):
 
 
 def list_shape(info, lq):
-    filters = tuple((_path(f), f.op, f.logical, _filter_shape(f.value)) for f in (*lq.equals, *lq.filters))
-    return (info.shape_key, len(lq.equals), filters, lq.search is None, lq.include_archived,
-            tuple((_path(s), s.descending) for s in lq.sorts),
+    filters = tuple((_path(f), f.op, f.logical, _filter_shape(f.value, f.op)) for f in (*lq.equals, *lq.filters))
+    return (info.shape_key, len(lq.equals), filters, _filter_shape(lq.search), lq.include_archived,
+            tuple((_path(s), s.descending) for s in lq.sorts), len(lq.rank_words) if lq.ranked else None,
             None if lq.after is None else _value_shape(lq.after))
 
 
@@ -509,11 +821,15 @@ def _deferred(d, lq):
 
 def build_list(d, info, org_id, lq):
     table = Table(info.spec.table)
+    if pages_in_rows(info, lq):
+        return _shaped(d, ('row_page', list_shape(info, lq)), lambda: _row_page(d, info, org_id, lq),
+                       lambda: _row_page(d, info, org_id, lq), [])
     paging, extra = _paging(d, lq)
     if _deferred(d, lq):
         return _deferred_page(d, info, org_id, lq, table, paging, extra)
     sql, params = _shaped(d, ('list', list_shape(info, lq)), lambda: _select(d, info, org_id, lq),
-                          lambda: _select_values(d, table, info, org_id, lq), extra)
+                          lambda: (_select_values(d, table, info, org_id, lq),
+                                   _ranking(d, table, info, org_id, lq)), extra)
     return sql + paging, params
 
 
@@ -543,6 +859,10 @@ def build_export(d, info, org_id, lq):
 
 def build_count(d, info, org_id, lq):
     table = Table(info.spec.table)
+    if searches_only(info, lq):
+        return _shaped(d, ('search_count', list_shape(info, lq)),
+                       lambda: Sql('SELECT COUNT(*) FROM search_texts s WHERE {0}', _search_rows(d, info, org_id, lq)),
+                       lambda: _search_rows(d, info, org_id, lq), [])
     return _shaped(d, ('count', list_shape(info, lq)),
                    lambda: d.from_(table).select(fn.Count('*')).where(where(d, table, info, org_id, lq)),
                    lambda: where(d, table, info, org_id, lq), [])
@@ -554,9 +874,15 @@ def build_estimate(d, info, org_id, lq):
     NOTE: the rows themselves, not their COUNT: a COUNT's plan is one aggregate row.
     """
     table = Table(info.spec.table)
-    sql, params = _shaped(d, ('matches', list_shape(info, lq)),
-                          lambda: d.from_(table).select(table.id).where(where(d, table, info, org_id, lq)),
-                          lambda: where(d, table, info, org_id, lq), [])
+    if searches_only(info, lq):
+        sql, params = _shaped(d, ('search_matches', list_shape(info, lq)),
+                              lambda: Sql('SELECT s.record_id FROM search_texts s WHERE {0}',
+                                          _search_rows(d, info, org_id, lq)),
+                              lambda: _search_rows(d, info, org_id, lq), [])
+    else:
+        sql, params = _shaped(d, ('matches', list_shape(info, lq)),
+                              lambda: d.from_(table).select(table.id).where(where(d, table, info, org_id, lq)),
+                              lambda: where(d, table, info, org_id, lq), [])
     return 'EXPLAIN (FORMAT JSON) ' + sql, params
 
 

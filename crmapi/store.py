@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from . import duplicates
 from . import history
+from . import search
 from . import sqlbuild
 from . import values
 from .errors import BadRequest
@@ -300,11 +301,15 @@ class Store:
         d = self.db.dialect
         read = self.reader(info)
         with self.db.transaction() as tx:
-            rows = [read(r) for r in tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq))]
+            raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq))
+            counted = raw[0][-1] if raw and sqlbuild.pages_in_rows(info, lq) else None
+            rows = [read(r[:-1] if counted is not None else r) for r in raw]
             if count == 'none':
                 total = None
             elif lq.start == 0 and lq.after is None and len(rows) < lq.size:
                 total = len(rows)
+            elif counted is not None and count == 'exact':
+                total = counted
             else:
                 total = self._total(tx, info, principal, lq, count)
         return rows, total
@@ -478,6 +483,8 @@ class Store:
                 statement = sqlbuild.build_insert_many(self.db.dialect, info, org_id, names, part, conflict, sets)
                 for raw in tx.rows(*statement):
                     out.append((read(raw), raw[width] if len(raw) > width else None))
+        if rows:
+            self.index(tx, info, org_id, [record for record, _ in out], fresh=conflict is None)
         return out
 
     def update(self, info, principal, record_id, body, lenient=False):
@@ -567,11 +574,14 @@ class Store:
             groups.setdefault(tuple(change), []).append({'id': record_id, **change})
         read, out = self.reader(info), {}
         for names, group in groups.items():
+            written = []
             for part in sqlbuild.chunks(group, len(names) + 1):
                 for raw in tx.rows(*sqlbuild.build_update_many(
                         self.db.dialect, info, principal.org_id, names, part)):
                     record = read(raw)
                     out[record['id']] = record
+                    written.append(record)
+            self.index(tx, info, principal.org_id, written, columns=names)
         return out
 
     def _update(self, tx, info, principal, record_id, changes):
@@ -601,6 +611,7 @@ class Store:
             self.detach_references(tx, info, principal, ids)
             for part in sqlbuild.chunks(ids):
                 tx.execute(*sqlbuild.build_delete(self.db.dialect, info, principal.org_id, part))
+            self.unindex(tx, info, principal.org_id, ids)
             self._count(tx, info, principal, -len(ids))
             tx.changes += [history.deleted(info.slug, records[i]) for i in ids]
             return [records[i] for i in ids]
@@ -633,6 +644,110 @@ class Store:
     def _flagged(record, name, value):
         """Whether `record` is already as `name` = `value` would leave it (any archived_at is archived)."""
         return (record[name] is None) == (value is None) if name == 'archived_at' else record[name] == value
+
+    # -- search rows -------------------------------------------------------------------------------
+    # What q and the text operators read (crmapi/search.py; sqlbuild's search section): one row per
+    # record, written in the transaction of every write that changes it (a record is findable once its
+    # write is acknowledged, and a rolled-back write leaves nothing behind), in one statement per batch.
+
+    def index(self, tx, info, org_id, records, columns=None, fresh=False):
+        """Write the search rows of `records` (as stored). `columns`: the columns a write changed (None: all
+        of them); `fresh`: the records are new (no other record's row holds their words yet).
+
+        NOTE: a write that changes no searchable column costs nothing here; an archive or restore only
+        flips the rows' archived state.
+        """
+        if info.spec.read_only or not info.spec.search.indexed or not records:
+            return
+        if columns is not None and self._search_columns(info).isdisjoint(columns):
+            if 'archived_at' in columns and info.archivable:
+                self._index_archived(tx, info, org_id, records)
+            return
+        table, plan, rows = sqlbuild.search_table(info), search.plan(info), []
+        related, refs = self._related_words(tx, info, org_id, records), info.spec.search.related
+        for r in records:
+            row = plan.row(r, [w for ref, target, _ in refs for w in related.get((target, r.get(ref)), ())])
+            rows.append((table, org_id, r['id'], r.get('archived_at') is not None, row.words, row.names, row.fields,
+                         row.texts))
+        for statement in sqlbuild.build_search_rows(self.db.dialect, rows):
+            tx.execute(*statement)
+        if not fresh:
+            self._index_referrers(tx, info, org_id, [r['id'] for r in records], columns or info.columns)
+
+    def _index_archived(self, tx, info, org_id, records):
+        groups = {}
+        for r in records:
+            groups.setdefault(r.get('archived_at') is not None, []).append(r['id'])
+        for archived, ids in groups.items():
+            for part in sqlbuild.chunks(ids):
+                tx.execute(*sqlbuild.build_search_archived(self.db.dialect, sqlbuild.search_table(info), org_id,
+                                                           part, archived))
+
+    def unindex(self, tx, info, org_id, ids):
+        """Remove the search rows of records deleted for good."""
+        if info.spec.read_only or not info.spec.search.indexed:
+            return
+        for part in sqlbuild.chunks(ids):
+            tx.execute(*sqlbuild.build_search_forget(self.db.dialect, sqlbuild.search_table(info), org_id, part))
+
+    @staticmethod
+    def _search_columns(info):
+        """The columns whose values a search row holds: its text columns and the references whose words it takes."""
+        return {*info.searched, *(ref for ref, _, _ in info.spec.search.related)}
+
+    def _related_words(self, tx, info, org_id, records):
+        """{(target table, id): [words]} of the records `records` refer to whose name words they take.
+
+        NOTE: a related column is the target's only name column (schema.SearchPolicy), so the target row's
+        `names` are exactly that column's words.
+        """
+        found = {}
+        for ref, target, _ in info.spec.search.related:
+            ids = sorted({r[ref] for r in records if r.get(ref) is not None})
+            for part in sqlbuild.chunks(ids):
+                for record_id, names in tx.rows(*sqlbuild.build_search_names(self.db.dialect, target, org_id, part)):
+                    found[(target, record_id)] = names.split()
+        return found
+
+    def _index_referrers(self, tx, info, org_id, ids, columns):
+        """A change of a text other records' words include (a company renamed): their rows again.
+
+        NOTE: the referring records are locked (FOR UPDATE, in id order) before they are read, so a
+        concurrent write of one of them is either seen here or sees this change.
+        """
+        for referrer in self.catalog.tables.values():
+            for ref, target, column in referrer.spec.search.related:
+                if target != info.spec.table or column not in columns or referrer.spec.read_only:
+                    continue
+                read = self.reader(referrer)
+                for part in sqlbuild.chunks(ids):
+                    found = [read(raw) for raw in tx.rows(*sqlbuild.build_get_by(
+                        self.db.dialect, referrer, org_id, referrer.columns[ref], part, for_update=True))]
+                    self.index(tx, referrer, org_id, found, fresh=True)
+
+    def reindex(self, principal, log=None):
+        """Rebuild the search rows of every record of an organization, one transaction per table."""
+        for info in self.catalog.all_tables(principal):
+            if not info.spec.read_only:
+                with self.db.transaction(write=True) as tx:
+                    self.reindex_table(tx, info, principal.org_id, log)
+
+    def reindex_table(self, tx, info, org_id, log=None, batch=1000):
+        """Rebuild the search rows of `org_id`'s records of `info` inside `tx` (custom fields added or dropped)."""
+        d = self.db.dialect
+        tx.execute(*sqlbuild.build_search_forget_organization(d, info, org_id))
+        read, done, after = self.reader(info), 0, None
+        while True:
+            lq = ListQuery(0, batch - 1, include_archived=True, after=after)
+            records = [read(raw) for raw in tx.rows(*sqlbuild.build_list(d, info, org_id, lq))]
+            self.index(tx, info, org_id, records, fresh=True)
+            done += len(records)
+            finished = len(records) < batch
+            if log is not None and done and (finished or done % (50 * batch) == 0):
+                log(f'reindexed {done} {info.slug} of {org_id}' + ('' if finished else ' so far'))
+            if finished:
+                return done
+            after = (records[-1]['id'],)
 
     # -- upserts -----------------------------------------------------------------------------------
 
@@ -893,6 +1008,7 @@ class Store:
                 return target
             self._rewrite_references(tx, principal, slug, ids, target['id'])
             tx.execute(*sqlbuild.build_delete(self.db.dialect, info, principal.org_id, ids))
+            self.unindex(tx, info, principal.org_id, ids)
             self._count(tx, info, principal, -sum(1 for s in sources if s['archived_at'] is None))
             stored = {n: v if info.columns[n].kind == 'array' else values.check(info.columns[n], v)
                       for n, v in changes.items()}
@@ -933,3 +1049,20 @@ class Store:
                 if value is not None:
                     changes[name] = value
         return changes
+
+
+def reindex_database(db, org_ids=None, log=None):
+    """Rebuild the search rows of every record of `org_ids` (default: every organization): after a
+    migration that adds search data, or rows written around the API."""
+    from .accounts import Accounts
+    from .accounts import Principal
+    from .services import build_services
+    org_ids = [o for o, _ in Accounts(db).list_orgs()] if org_ids is None else org_ids
+    if org_ids:
+        store = build_services(db).store
+        for org_id in org_ids:
+            store.reindex(Principal(org_id, None), log)
+        with db.transaction(write=True) as tx:
+            for statement in sqlbuild.build_search_analyze(db.dialect):
+                tx.execute(statement)
+    return len(org_ids)

@@ -13,6 +13,9 @@ from urllib.parse import quote
 
 import pytest
 from conftest import RULE_SHAPE
+
+from crmapi import search
+from crmapi.schema import BUILTIN
 from conftest import Client
 from conftest import assert_problem
 from conftest import new_org
@@ -240,20 +243,22 @@ def test_hostile_ordering_comparisons_are_plain_values(world, op):
         assert any(r['first_name'] == evil for r in resp.json) == op.endswith('e')   # gte/lte keep the equal one
 
 
-def search_columns(client, resource):
-    """The columns `q` searches: text, not a reference, not server-managed."""
-    return [c['name'] for c in columns(client, resource)
-            if c['kind'] == 'text' and c['references'] is None and c['name'] not in SERVER_MANAGED]
+def q_finds(evil, texts):
+    """q (README): every word of `evil` starts a word of one of `texts`, folded (crmapi.search)."""
+    found = [w for text in texts if text for w in search.words(text)]
+    return all(any(f.startswith(w) for f in found) for w in search.words(evil))
 
 
 @pytest.mark.parametrize('resource', ['contacts', 'contacts_summary', 'companies'])
 def test_hostile_search_text_matches_literally(world, resource):
     rows = everything(world.api, resource)
-    names = search_columns(world.api, resource)
+    policy = BUILTIN[resource].search
+    names = [*policy.names, *policy.words, *policy.emails, *policy.phones]
+    company = {c['id']: c['name'] for c in everything(world.api, 'companies')}   # q finds a contact's company
     for evil in INJECTIONS:
         resp = get(world.api, resource, {'filter': {'q': evil, 'include_archived': True}, 'range': [0, 999]},
                    status=200)
-        wanted = {r['id'] for r in rows if any(lower(evil) in (lower(r[n]) or '') for n in names)}
+        wanted = {r['id'] for r in rows if q_finds(evil, [*(r[n] for n in names), company.get(r.get('company_id'))])}
         assert {r['id'] for r in resp.json} == wanted, evil[:40]
 
 

@@ -86,7 +86,8 @@ def test_migrating_from_empty_builds_exactly_schema_sql(empty_db, backend, tmp_p
     # PostgreSQL: run schema.sql in a scratch schema of the same database and compare the two.
     with empty_db.transaction(write=True) as tx:
         tx.execute('CREATE SCHEMA reference')
-        tx.execute('SET LOCAL search_path TO reference')
+        # NOTE: public stays on the path: the pg_trgm extension (and its operator classes) lives there.
+        tx.execute('SET LOCAL search_path TO reference, public')
         empty_db.run_script(tx, schema_sql('postgresql'))
         reference = structure_in(tx, 'reference')
     assert structure(empty_db) == reference

@@ -50,7 +50,7 @@ def test_filter_object_gives_equalities_in_lists_and_nulls():
                        'include_archived': True})
     assert [(f.column.name, f.op, f.value) for f in lq.equals] == [
         ('status', 'eq', 'hot'), ('first_name', 'in', ('Ada', 'Alan')), ('company_id', 'eq', None)]
-    assert lq.search == 'lo' and lq.include_archived
+    assert lq.search.text == 'lo' and lq.search.alternatives == (('lo',),) and lq.include_archived
 
 
 def test_a_filter_on_archived_at_includes_archived_rows():

@@ -27,6 +27,7 @@ from crmapi.db import PostgresDatabase
 from crmapi.db import SQLiteDatabase
 from crmapi.query import Limits
 from crmapi.query import parse_list
+from crmapi.store import reindex_database
 from test_query import CONTACTS
 from test_sqlbuild import POSTGRES
 from test_sqlbuild import SQLITE
@@ -64,10 +65,18 @@ def insert_contacts(database, org_id, n, hot=0, first_name=None, tags=()):
 @pytest.fixture
 def bulk(database, api):
     """bulk(n, hot=0, first_name=None, tags=()): contacts of `api`'s organization (insert_contacts),
-    deleted after the test, so the shared database stays small."""
-    yield lambda n, **kwargs: insert_contacts(database, api.org_id, n, **kwargs)
+    deleted after the test, so the shared database stays small. With a first name they get their search
+    rows too (`crmapi reindex`), so text operators scan them."""
+    def insert(n, **kwargs):
+        insert_contacts(database, api.org_id, n, **kwargs)
+        if kwargs.get('first_name'):
+            reindex_database(database, [api.org_id])
+    yield insert
     p = '?' if database.name == 'sqlite' else '%s'
     with database.transaction(write=True) as tx:
+        for table in ('search_texts',):
+            tx.execute(f"DELETE FROM {table} WHERE table_name = 'contacts' AND record_id IN "
+                       f'(SELECT id FROM contacts WHERE organization_id = {p})', (api.org_id,))
         tx.execute(f'DELETE FROM contacts WHERE organization_id = {p}', (api.org_id,))
 
 

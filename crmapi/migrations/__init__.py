@@ -58,4 +58,22 @@ def migrate(db, target=None, log=lambda message: None):
                 tx.execute(statement)
         applied.append(version)
         log(f'applied {version:04d}_{name}')
+    backfill(db, applied, log)
     return applied
+
+
+# Steps whose data SQL cannot make (text folded in Python): filled in once the schema is at its newest.
+BACKFILLS = {19: 'search rows'}
+
+
+def backfill(db, applied, log):
+    """Fill in what the steps just `applied` added for the records already there (in Python)."""
+    if not any(v in BACKFILLS for v in applied):
+        return
+    with db.transaction() as tx:
+        newest = current_version(tx) == latest(db.name)
+    if not newest:
+        log('run `crmapi reindex` once the schema is at its newest version (search rows)')
+        return
+    from ..store import reindex_database
+    reindex_database(db, log=log)
