@@ -139,15 +139,16 @@ class History:
             self.record(tx, principal, changes)
             withdraws = any(c[0] in AUTH_RESOURCES and c[2] != 'created' for c in changes)
             if withdraws:
-                tx.execute(*sqlbuild.build_auth_changed())
+                tx.later(*sqlbuild.build_auth_changed())
         if withdraws:
             authcache.changed_here()
 
     def record(self, tx, principal, changes):
         """Number `changes` from the organization's counter and store them.
 
-        NOTE: on PostgreSQL one statement takes the numbers and inserts a few changes (one round trip); more
-        go by COPY after the counter's statement. On SQLite (no round trips): the counter, then INSERTs.
+        NOTE: on PostgreSQL one statement takes the numbers and inserts a few changes, sent with COMMIT (one round
+        trip, so the counter row is locked for no longer); more go by COPY after the counter's statement. On
+        SQLite (no round trips): the counter, then INSERTs.
         """
         if not changes:
             return
@@ -159,7 +160,7 @@ class History:
                  for change_id, (resource, record_id, operation, data) in zip(self.new_ids(CHANGE_PREFIX, count),
                                                                               changes)]
         if d.name == 'postgresql' and count < COPY_ROWS:
-            tx.execute(*sqlbuild.build_numbered_changes(d, org, who, items))
+            tx.later(*sqlbuild.build_numbered_changes(d, org, who, items))   # NOTE: sent with COMMIT
             return
         (last,) = tx.one(*sqlbuild.build_change_numbers(d, org, count))
         rows = [(change_id, org, last - count + n, resource, record_id, operation, *who, data)
