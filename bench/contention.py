@@ -13,6 +13,7 @@ organization takes its change counter (the gap-free feed): this measures how lon
 import argparse
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,8 @@ def serve(tree, url, port):
             'gthread', '--threads', '4', '--keep-alive', '5', '--chdir', tree, 'crmapi:create_app()']
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
+        if proc.poll() is not None:
+            raise SystemExit(f'gunicorn for {tree} exited (port {port} taken?)')
         try:
             urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=1)
             return proc
@@ -74,9 +77,13 @@ def main(argv=None):
     p.add_argument('--clients', type=int, default=16)
     p.add_argument('--duration', default='10s')
     p.add_argument('--rounds', type=int, default=2)
-    p.add_argument('--port', type=int, default=18700)
+    p.add_argument('--port', type=int, help='default: a free one')
     a = p.parse_args(argv)
     trees = a.tree or [os.path.dirname(HERE)]
+    if a.port is None:
+        with socket.socket() as probe:
+            probe.bind(('127.0.0.1', 0))
+            a.port = probe.getsockname()[1]
     for round_ in range(a.rounds):
         for tree in trees:
             proc = serve(tree, a.url, a.port)
