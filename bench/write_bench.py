@@ -89,9 +89,10 @@ def main(argv=None):
     p.add_argument('--warmup', type=int, default=50)
     p.add_argument('--profile', action='store_true')
     p.add_argument('--top', type=int, default=25)
+    p.add_argument('--synchronous', default='FULL', help="SQLite's synchronous: FULL (crmapi's default) or NORMAL")
     a = p.parse_args(argv)
     db = connect(a.url)
-    app = create_app(Settings(database_url=a.url, access_log=False), db=db)
+    app = create_app(Settings(database_url=a.url, access_log=False, sqlite_synchronous=a.synchronous), db=db)
     trips = Trips()
     if db.name == 'postgresql':
         trips.install()
