@@ -8,7 +8,8 @@ For each --tree (a crmapi checkout: its code is what gunicorn imports; default: 
 `wrk -t2 -c<clients>` of `POST /api/contacts` (or `--kind update`: `PUT /api/contacts/{id}` over 200
 contacts) of the token's organization for --duration after a 2 s warm-up. Prints requests/s, p50 and p99
 (ms), non-2xx answers and the load average, one line per cell. On PostgreSQL every write of an
-organization takes its change counter (the gap-free feed): this measures how long that serializes them.
+organization takes its change counter (the gap-free feed): this measures how long that serializes them
+(--other-token: the same creates spread over two organizations, for comparison).
 """
 import argparse
 import os
@@ -27,12 +28,14 @@ request = function()
   n = n + 1
   local id = ids[(n %% #ids) + 1]
   if "%(kind)s" == "create" then
-    return wrk.format("POST", "/api/contacts", nil,
+    return wrk.format("POST", "/api/contacts", {["Authorization"] = "Bearer " .. tokens[(n %% #tokens) + 1],
+      ["Content-Type"] = "application/json"},
       '{"first_name":"Bench","last_name":"User' .. n .. '","email":"bench-' .. n .. '@bench.invalid","city":"London","status":"warm","title":"Engineer"}')
   end
   return wrk.format("PUT", "/api/contacts/" .. id, nil, '{"title":"Bench ' .. n .. '","status":"hot"}')
 end
 wrk.headers["Authorization"] = "Bearer %(token)s"
+tokens = {%(tokens)s}
 wrk.headers["Content-Type"] = "application/json"
 ids = {%(ids)s}
 done = function(summary, latency, requests)
@@ -75,6 +78,7 @@ def main(argv=None):
     p.add_argument('--tree', action='append')
     p.add_argument('--kind', default='create', choices=['create', 'update'])
     p.add_argument('--clients', type=int, default=16)
+    p.add_argument('--other-token', help="creates alternate between TOKEN's organization and this token's")
     p.add_argument('--duration', default='10s')
     p.add_argument('--rounds', type=int, default=2)
     p.add_argument('--port', type=int, help='default: a free one')
@@ -90,7 +94,8 @@ def main(argv=None):
             try:
                 ids = sample_ids(a.url, a.token, a.port)
                 with tempfile.NamedTemporaryFile('w', suffix='.lua', delete=False) as script:
-                    script.write(LUA % {'kind': a.kind, 'token': a.token, 'ids': ','.join(f'"{i}"' for i in ids)})
+                    script.write(LUA % {'kind': a.kind, 'token': a.token, 'tokens': ','.join(
+                        f'"{t}"' for t in filter(None, (a.token, a.other_token))), 'ids': ','.join(f'"{i}"' for i in ids)})
                 target = f'http://127.0.0.1:{a.port}'
                 subprocess.run(['wrk', '-t2', f'-c{a.clients}', '-d2s', '-s', script.name, target],
                                capture_output=True, check=True)

@@ -6,7 +6,7 @@
 Calls crmapi's WSGI app directly: `POST /api/contacts` (a contact linked to a company, with two tags) and
 `PUT /api/contacts/{id}` (title + status), --warmup times each, then --requests times each. Prints, per
 kind: requests per second of wall time and of this process's CPU, and on PostgreSQL the statements and
-round trips of one request (psycopg's waits on the server: a pipeline's sync counts once) with the
+round trips of one request with the
 statements themselves. --profile adds the top functions of a cProfile run, by own time.
 The creates stay (use a throwaway copy of the data set).
 """
@@ -121,8 +121,8 @@ def main(argv=None):
             trips.on, trips.trips, trips.statements = True, 0, []
             run()
             trips.on = False
-            print(f'{kind}: {len([s for s in trips.statements if "COMMIT" not in s and "BEGIN" not in s])} statements '
-                  f'+ BEGIN/COMMIT, {trips.trips} round trips (| : sent in one pipeline)')
+            print(f'{kind}: {sum(s.count("; ") + 1 for s in trips.statements)} statements (BEGIN and COMMIT included), '
+                  f'{trips.trips} round trips (one line each; several statements on a line go in one query string)')
             for s in trips.statements:
                 print('   ', s.replace('\n', ' '))
         profile = cProfile.Profile() if a.profile else None
