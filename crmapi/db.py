@@ -58,10 +58,6 @@ class Tx:
             self.cursor.fetchall()  # run a RETURNING statement to completion
         return self.cursor.rowcount
 
-    def later(self, sql, params=()):
-        """Run a statement whose answer nobody reads: PostgreSQL's write transaction sends it with the next one."""
-        self.execute(sql, params)
-
     def copy(self, sql, rows):
         """Send `rows` (tuples) to a `COPY … FROM STDIN` statement: PostgreSQL's bulk load."""
         with self.cursor.copy(sql) as copy:
@@ -571,86 +567,6 @@ class _ReadTx(Tx):
         self.begin()
 
 
-class _WriteTx(Tx):
-    """A PostgreSQL write transaction in as few round trips as its statements allow.
-
-    NOTE: BEGIN travels with the first statement, and a statement whose answer nobody reads (`later`: the
-    row counter, the history) with the next statement or with COMMIT, as one query string of several
-    statements (their values bound by psycopg's client-side binding, ClientCursor): a create is two or three
-    round trips instead of five to seven. The history's counter rows are therefore locked only by the
-    transaction's last round trip (its statements and COMMIT): one organization's writes queue on them for that
-    long only. Statements still run in the order they are given. psycopg's pipeline mode, the other way to send
-    several statements at once, polls the socket while it waits (it measured slower under load).
-    """
-
-    writing = True
-
-    def __init__(self, db, conn):
-        super().__init__(conn.cursor())
-        self.conn, self.replica = conn, None
-        self.server = self.cursor           # statements sent alone: bound by the server, prepared when repeated
-        self.client = None
-        self.pending = [('BEGIN', None)]
-        if db.needs_local_timeout(conn):
-            self.pending.append((SET_LOCAL_TIMEOUT, (str(int(db.statement_timeout_ms)),)))
-        self.opening = len(self.pending)   # what a transaction that ran nothing need not send
-        self.begun = False
-
-    def _send(self, sql=None, params=()):
-        """Run the pending statements, then `sql` (its rows are then on self.cursor), in one round trip."""
-        pending, self.pending = self.pending, []
-        self.begun = True
-        if not pending:
-            self.cursor = self.server
-            self.cursor.execute(sql, params)
-            return
-        if self.client is None:
-            from psycopg import ClientCursor
-            self.client = ClientCursor(self.conn)
-        client = self.client
-        if sql is not None:
-            pending.append((sql, params))
-        client.execute('; '.join(text if values_ is None else client.mogrify(text, values_)
-                                 for text, values_ in pending))
-        while client.nextset():
-            pass   # NOTE: the last statement's result is the one read
-        self.cursor = client
-
-    def rows(self, sql, params=()):
-        self._send(sql, params)
-        return self.cursor.fetchall()
-
-    def one(self, sql, params=()):
-        rows = self.rows(sql, params)
-        return rows[0] if rows else None
-
-    def execute(self, sql, params=()):
-        self._send(sql, params)
-        if self.cursor.description is not None:
-            self.cursor.fetchall()
-        return self.cursor.rowcount
-
-    def later(self, sql, params=()):
-        self.pending.append((sql, params))
-
-    def copy(self, sql, rows):
-        if self.pending:
-            self._send()     # NOTE: COPY goes alone
-        self.cursor = self.server
-        super().copy(sql, rows)
-
-    def commit(self):
-        if self.begun or len(self.pending) > self.opening:
-            self.pending.append(('COMMIT', None))
-            self._send()
-
-    def rollback(self):
-        self.pending = []
-        if self.begun and not self.conn.closed and self.conn.info.transaction_status != IDLE:
-            with contextlib.suppress(Exception):   # NOTE: a broken connection: the pool drops it, the error stands
-                self.conn.execute('ROLLBACK')
-
-
 class PostgresDatabase(Database):
     """The production engine: a psycopg 3 pool per process, connections checked before use.
 
@@ -827,7 +743,7 @@ class PostgresDatabase(Database):
         local = self._local
         current = getattr(local, 'tx', None)
         if current is not None and not (write and getattr(current, 'replica', None) is not None):
-            if write and not getattr(current, 'writing', False) and current.conn.info.transaction_status == IDLE:
+            if write and current.conn.info.transaction_status == IDLE:
                 with self._transaction_block(current.conn):
                     yield current
             else:
@@ -840,12 +756,8 @@ class PostgresDatabase(Database):
             local.tx = tx
             try:
                 if write:
-                    try:
+                    with self._transaction_block(tx.conn):
                         yield tx
-                    except BaseException:
-                        tx.rollback()
-                        raise
-                    tx.commit()
                     self._wrote()
                 else:
                     try:
@@ -879,7 +791,9 @@ class PostgresDatabase(Database):
                 return tx
         conn = stack.enter_context(self.pool().connection())
         if write:
-            return _WriteTx(self, conn)
+            tx = Tx(conn.cursor())
+            tx.conn, tx.replica = conn, None
+            return tx
         tx = _ReadTx(self, stack, conn, None)
         tx.begin()
         return tx

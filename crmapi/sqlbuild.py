@@ -1043,10 +1043,13 @@ def build_count_read(d, org_id, table_name):
 
 def build_count_add(d, org_id, table_name, delta):
     """Add `delta` to a counter, creating it (an organization's first row) if needed."""
-    sql = d.memo('count_add', lambda: d.into(COUNTS).columns(COUNTS.organization_id, COUNTS.table_name, COUNTS.n)
-                 .insert(Bound(None), Bound(None), Bound(None)))
-    return (sql + ' ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + excluded.n',
-            [org_id, table_name, int(delta)])
+    sql = _statement(d, 'count_add', lambda: _count_add(d.parameter().get_sql()))
+    return sql, [org_id, table_name, int(delta)]
+
+
+def _count_add(p):
+    return (f'INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, {p}, {p}) '
+            'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + excluded.n')
 
 
 def build_recount(d, org_id, info):
@@ -1076,22 +1079,31 @@ def build_change_numbers(d, org_id, count):
     return _statement(d, 'change_numbers', lambda: _numbers(d.parameter().get_sql())), [org_id, int(count)]
 
 
-def build_numbered_changes(d, org_id, who, items):
-    """PostgreSQL: take the numbers of `items` and insert them in one statement (one round trip).
+def build_numbered_changes(d, org_id, who, items, counts=()):
+    """PostgreSQL: add `counts` ([(table, delta)]) to the organization's live-row counters, take the numbers of
+    `items` and insert them, in one statement (one round trip).
 
     `who` is (actor, user_id, token_id, changed_at as text), shared by every change; each item is (id, resource,
     record_id, operation, data as JSON text), numbered in order. NOTE: VALUES in FROM types its columns as
-    text, so the time and the JSON are cast.
+    text, so the time and the JSON are cast. The change counter's INSERT reads the row counters' (`k0`…): they
+    are taken first, the order every writer takes them in (no deadlock between two).
     """
     def write():
         p = d.parameter().get_sql()
-        return (f'WITH c AS ({_numbers(p)}) INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) '
+        kept = [f'k{i} AS ({_count_add(p)} RETURNING 1 AS one)' for i in range(len(counts))]
+        after = ' + '.join(f'(SELECT COUNT(*) FROM k{i})' for i in range(len(counts)))
+        numbers = (_numbers(p) if not counts else
+                   f'INSERT INTO change_counters (organization_id, n) SELECT CAST({p} AS TEXT), CAST({p} AS BIGINT) '
+                   f'WHERE {after} >= 0 ON CONFLICT (organization_id) DO UPDATE SET n = change_counters.n + excluded.n '
+                   'RETURNING n')
+        return (f'WITH {"".join(k + ", " for k in kept)}c AS ({numbers}) INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) '
                 f'SELECT v.id, {p}, c.n - {p} + v.k, v.resource, v.record_id, v.operation, {p}, {p}, {p}, '
                 f'CAST({p} AS TIMESTAMPTZ), CAST(v.data AS JSON) FROM c, ({_values(d, len(items), 6)}) '
                 'AS v (id, k, resource, record_id, operation, data)')
-    sql = _statement(d, ('numbered_changes', len(items)), write)
+    sql = _statement(d, ('numbered_changes', len(items), len(counts)), write)
     flat = [value for k, (change_id, *rest) in enumerate(items, 1) for value in (change_id, k, *rest)]
-    return sql, [org_id, len(items), org_id, len(items), *who, *flat]
+    added = [value for table, delta in counts for value in (org_id, table, int(delta))]
+    return sql, [*added, org_id, len(items), org_id, len(items), *who, *flat]
 
 
 def _numbers(p):

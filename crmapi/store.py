@@ -306,10 +306,13 @@ class Store:
         for row in self.db.stream(*sqlbuild.build_export(self.db.dialect, info, principal.org_id, lq)):
             yield read(row)
 
-    def _count(self, tx, info, principal, delta):
-        """Keep the live-row counter in the same transaction as the write that changes it."""
+    @staticmethod
+    def _count(tx, info, principal, delta):
+        """Keep the live-row counter in the same transaction as the write that changes it: History.record adds
+        `tx.counts` to the counters with the write's last statements (on PostgreSQL in the very statement that
+        numbers its changes), so the counter row is locked only from there to COMMIT."""
         if delta:
-            tx.later(*sqlbuild.build_count_add(self.db.dialect, principal.org_id, info.spec.counted_as, delta))
+            tx.counts[info.spec.counted_as] = tx.counts.get(info.spec.counted_as, 0) + delta
 
     def recount(self, principal):
         """Rebuild every counter of an organization from its rows (after writes made outside the API)."""
