@@ -385,8 +385,8 @@ class Store:
         return rows
 
     def _check_references(self, tx, info, principal, rows, batch=False):
-        """Every reference in `rows` names a record of the organization, checked with one query per
-        reference column (not per row). Another organization's id is exactly as unknown as a missing one."""
+        """Every reference in `rows` names a record of the organization, checked with one query for all the
+        reference columns (not per row). Another organization's id is exactly as unknown as a missing one."""
         wanted = {}
         for name, column in info.columns.items():
             ids = column.references and dict.fromkeys(i for row in rows for i in reference_ids(row.get(name)))
