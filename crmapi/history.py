@@ -133,25 +133,32 @@ class History:
         block: the counter row is then held a little longer, and commits stay in `seq` order.
         """
         with self.db.transaction(write=True) as tx:
-            tx.changes = []
+            tx.changes, tx.counts = [], {}
             yield tx
             changes = [c for c in tx.changes if c is not None]
-            self.record(tx, principal, changes)
+            self.record(tx, principal, changes, {table: n for table, n in tx.counts.items() if n})
             withdraws = any(c[0] in AUTH_RESOURCES and c[2] != 'created' for c in changes)
             if withdraws:
                 tx.execute(*sqlbuild.build_auth_changed())
         if withdraws:
             authcache.changed_here()
 
-    def record(self, tx, principal, changes):
-        """Number `changes` from the organization's counter and store them.
+    def record(self, tx, principal, changes, counts=None):
+        """Number `changes` from the organization's counter and store them; add `counts` ({table: delta}) to the
+        organization's live-row counters (store.Store._count).
 
-        NOTE: on PostgreSQL one statement takes the numbers and inserts a few changes (one round trip); more
-        go by COPY after the counter's statement. On SQLite (no round trips): the counter, then INSERTs.
+        NOTE: on PostgreSQL one statement adds the counts, takes the numbers and inserts a few changes (one round
+        trip, and the organization's counter rows are locked from it to COMMIT only); more go by COPY after the
+        counters' statement. On SQLite (no round trips): the counters, then INSERTs.
         """
+        d, org, count = self.db.dialect, principal.org_id, len(changes)
+        counts = sorted((counts or {}).items())   # NOTE: one order of the counter rows for every writer
+        if counts and not (changes and d.name == 'postgresql' and count < COPY_ROWS):
+            for table, delta in counts:
+                tx.execute(*sqlbuild.build_count_add(d, org, table, delta))
+            counts = []
         if not changes:
             return
-        d, org, count = self.db.dialect, principal.org_id, len(changes)
         who = (*actor(principal), values.format_timestamp(self.clock()))
         depth = getattr(principal, 'depth', None)   # a rule's changes say how deep in a chain of rules they are
         items = [(change_id, resource, record_id, operation,
@@ -159,7 +166,7 @@ class History:
                  for change_id, (resource, record_id, operation, data) in zip(self.new_ids(CHANGE_PREFIX, count),
                                                                               changes)]
         if d.name == 'postgresql' and count < COPY_ROWS:
-            tx.execute(*sqlbuild.build_numbered_changes(d, org, who, items))
+            tx.execute(*sqlbuild.build_numbered_changes(d, org, who, items, counts))
             return
         (last,) = tx.one(*sqlbuild.build_change_numbers(d, org, count))
         rows = [(change_id, org, last - count + n, resource, record_id, operation, *who, data)

@@ -100,15 +100,19 @@ class Dialect:
         NOTE: the whole list is ONE parameter, so every length is the same SQL text: one cached
         statement (here and in the driver), no parameter-count limit, no nesting to recurse through.
         """
-        # NOTE: text (ids) goes as it is: both adapters return it unchanged, one call per id of a 1,000-row page.
-        items = list(values) if kind in ('text', 'array') else [self.adapt(kind, v) for v in values]
+        elements = Bound(self.one_of_value(kind, values))
         if self.name == 'sqlite':
-            elements = Bound(orjson.dumps(items).decode())
             if kind == 'array':
                 return Sql('EXISTS (SELECT 1 FROM json_each({0}) WHERE json_each.value IN '
                            '(SELECT value FROM json_each({1})))', field, elements)
             return Sql('{0} IN (SELECT value FROM json_each({1}))', field, elements)
-        return Sql('{0} ?| {1}' if kind == 'array' else '{0} = ANY({1})', field, Bound(items))
+        return Sql('{0} ?| {1}' if kind == 'array' else '{0} = ANY({1})', field, elements)
+
+    def one_of_value(self, kind, values):
+        """The one parameter of one_of's list: a JSON array on SQLite, an array on PostgreSQL."""
+        # NOTE: text (ids) goes as it is: both adapters return it unchanged, one call per id of a 1,000-row page.
+        items = list(values) if kind in ('text', 'array') else [self.adapt(kind, v) for v in values]
+        return orjson.dumps(items).decode() if self.name == 'sqlite' else items
 
     def one_of_ids(self, field, ids, kind='text'):
         """one_of for a page of record ids (`field` an id, or with kind 'array' a JSON array of ids): on
@@ -910,10 +914,22 @@ def build_get(d, info, org_id, ids, for_update=False):
     return sql, params
 
 
-def build_exists(d, info, org_id, ids):
-    """The ids among `ids` that name a record of `org_id` in `info`."""
-    table = Table(info.spec.table)
-    return d.render(d.from_(table).select(table.id).where(_by_ids(d, table, org_id, ids)))
+def build_exists(d, infos, org_id, id_lists):
+    """(k, id) of the ids among `id_lists[k]` that name a record of `org_id` in `infos[k]`, for every k at once.
+
+    NOTE: one statement whatever the number of lists and ids (each list is one parameter), its SQL written
+    once per tuple of tables: a create's reference checks are one round trip, and no query building.
+    """
+    def write():
+        parts = []
+        for k, info in enumerate(infos):
+            table = Table(info.spec.table)
+            query = d.from_(table).select(Sql(str(k)), table.id).where(
+                (table.organization_id == Bound(None)) & d.one_of(table.id, 'text', ['']))
+            parts.append(d.render(query)[0])
+        return ' UNION ALL '.join(parts)
+    sql = _statement(d, ('exists', tuple(info.spec.table for info in infos)), write)
+    return sql, [value for ids in id_lists for value in (org_id, d.one_of_value('text', ids))]
 
 
 def scoped(org_id, rows):
@@ -1408,9 +1424,13 @@ def build_count_read(d, org_id, table_name):
 
 def build_count_add(d, org_id, table_name, delta):
     """Add `delta` to a counter, creating it (an organization's first row) if needed."""
-    sql, params = d.render(d.into(COUNTS).columns(COUNTS.organization_id, COUNTS.table_name, COUNTS.n)
-                           .insert(Bound(org_id), Bound(table_name), Bound(int(delta))))
-    return sql + ' ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + excluded.n', params
+    sql = _statement(d, 'count_add', lambda: _count_add(d.parameter().get_sql()))
+    return sql, [org_id, table_name, int(delta)]
+
+
+def _count_add(p):
+    return (f'INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, {p}, {p}) '
+            'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + excluded.n')
 
 
 def build_recount(d, org_id, info):
@@ -1440,22 +1460,31 @@ def build_change_numbers(d, org_id, count):
     return _statement(d, 'change_numbers', lambda: _numbers(d.parameter().get_sql())), [org_id, int(count)]
 
 
-def build_numbered_changes(d, org_id, who, items):
-    """PostgreSQL: take the numbers of `items` and insert them in one statement (one round trip).
+def build_numbered_changes(d, org_id, who, items, counts=()):
+    """PostgreSQL: add `counts` ([(table, delta)]) to the organization's live-row counters, take the numbers of
+    `items` and insert them, in one statement (one round trip).
 
     `who` is (actor, user_id, token_id, changed_at as text), shared by every change; each item is (id, resource,
     record_id, operation, data as JSON text), numbered in order. NOTE: VALUES in FROM types its columns as
-    text, so the time and the JSON are cast.
+    text, so the time and the JSON are cast. The change counter's INSERT reads the row counters' (`k0`…): they
+    are taken first, the order every writer takes them in (no deadlock between two).
     """
     def write():
         p = d.parameter().get_sql()
-        return (f'WITH c AS ({_numbers(p)}) INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) '
+        kept = [f'k{i} AS ({_count_add(p)} RETURNING 1 AS one)' for i in range(len(counts))]
+        after = ' + '.join(f'(SELECT COUNT(*) FROM k{i})' for i in range(len(counts)))
+        numbers = (_numbers(p) if not counts else
+                   f'INSERT INTO change_counters (organization_id, n) SELECT CAST({p} AS TEXT), CAST({p} AS BIGINT) '
+                   f'WHERE {after} >= 0 ON CONFLICT (organization_id) DO UPDATE SET n = change_counters.n + excluded.n '
+                   'RETURNING n')
+        return (f'WITH {"".join(k + ", " for k in kept)}c AS ({numbers}) INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) '
                 f'SELECT v.id, {p}, c.n - {p} + v.k, v.resource, v.record_id, v.operation, {p}, {p}, {p}, '
                 f'CAST({p} AS TIMESTAMPTZ), CAST(v.data AS JSON) FROM c, ({_values(d, len(items), 6)}) '
                 'AS v (id, k, resource, record_id, operation, data)')
-    sql = _statement(d, ('numbered_changes', len(items)), write)
+    sql = _statement(d, ('numbered_changes', len(items), len(counts)), write)
     flat = [value for k, (change_id, *rest) in enumerate(items, 1) for value in (change_id, k, *rest)]
-    return sql, [org_id, len(items), org_id, len(items), *who, *flat]
+    added = [value for table, delta in counts for value in (org_id, table, int(delta))]
+    return sql, [*added, org_id, len(items), org_id, len(items), *who, *flat]
 
 
 def _numbers(p):

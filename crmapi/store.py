@@ -333,10 +333,13 @@ class Store:
         for row in self.db.stream(*sqlbuild.build_export(self.db.dialect, info, principal.org_id, lq)):
             yield read(row)
 
-    def _count(self, tx, info, principal, delta):
-        """Keep the live-row counter in the same transaction as the write that changes it."""
+    @staticmethod
+    def _count(tx, info, principal, delta):
+        """Keep the live-row counter in the same transaction as the write that changes it: History.record adds
+        `tx.counts` to the counters with the write's last statements (on PostgreSQL in the very statement that
+        numbers its changes), so the counter row is locked only from there to COMMIT."""
         if delta:
-            tx.execute(*sqlbuild.build_count_add(self.db.dialect, principal.org_id, info.spec.counted_as, delta))
+            tx.counts[info.spec.counted_as] = tx.counts.get(info.spec.counted_as, 0) + delta
 
     def recount(self, principal):
         """Rebuild every counter of an organization from its rows (after writes made outside the API)."""
@@ -408,28 +411,35 @@ class Store:
         return rows
 
     def _check_references(self, tx, info, principal, rows, batch=False):
-        """Every reference in `rows` names a record of the organization, checked with one query per
-        reference column (not per row). Another organization's id is exactly as unknown as a missing one."""
-        failures = []
+        """Every reference in `rows` names a record of the organization, checked with one query for all the
+        reference columns (not per row). Another organization's id is exactly as unknown as a missing one."""
+        wanted = {}
         for name, column in info.columns.items():
-            wanted = column.references and dict.fromkeys(i for row in rows for i in reference_ids(row.get(name)))
-            if not wanted:
-                continue
-            found = self._existing(tx, self.catalog.resolve(column.references, principal), principal, wanted)
+            ids = column.references and dict.fromkeys(i for row in rows for i in reference_ids(row.get(name)))
+            if ids:
+                wanted[name] = ids
+        if not wanted:
+            return
+        found = self._existing(tx, principal, [
+            (self.catalog.resolve(info.columns[name].references, principal), ids) for name, ids in wanted.items()])
+        failures = []
+        for name, present in zip(wanted, found):
             for index, row in enumerate(rows):
-                missing = next((i for i in reference_ids(row.get(name)) if i not in found), None)
+                missing = next((i for i in reference_ids(row.get(name)) if i not in present), None)
                 if missing is not None:
                     failures.append((index, InvalidValue(
-                        f"Field '{name}' refers to {column.references} '{missing}', which does not exist",
+                        f"Field '{name}' refers to {info.columns[name].references} '{missing}', which does not exist",
                         field=name)))
         raise_items(sorted(failures, key=lambda failure: failure[0]), batch)
 
-    def _existing(self, tx, info, principal, ids):
-        """The ids among `ids` that name records of the organization in `info`."""
-        found = set()
-        for part in sqlbuild.chunks(ids):
-            found.update(row[0] for row in tx.rows(*sqlbuild.build_exists(
-                self.db.dialect, info, principal.org_id, part)))
+    def _existing(self, tx, principal, wanted):
+        """For each (info, ids) of `wanted`, the ids that name records of the organization in `info`: one
+        statement for them all (each list is one parameter)."""
+        found = [set() for _ in wanted]
+        tables = [info for info, _ in wanted]
+        for k, record_id in tx.rows(*sqlbuild.build_exists(self.db.dialect, tables, principal.org_id,
+                                                            [ids for _, ids in wanted])):
+            found[k].add(record_id)
         return found
 
     def _stamp(self, info, changes, *names):

@@ -689,3 +689,12 @@ def test_schema_of_required_and_read_only_columns(api):
 
 def test_schema_of_an_unknown_table_is_404(api):
     assert_problem(api.get('/api/schema/unicorns', status=404), 404)
+
+
+def test_a_record_with_several_dangling_references_names_each_field(api):
+    contact = api.create('contacts', first_name='Ada')
+    body = assert_problem(api.post('/api/deals', {'name': 'Deal', 'company_id': 'comp_missing',
+                                                  'contact_ids': [contact['id'], 'c_missing']}, status=400),
+                          400, field='company_id')
+    assert [e['field'] for e in body['errors']] == ['company_id', 'contact_ids']
+    assert api.create('deals', name='Deal', contact_ids=[contact['id']])['contact_ids'] == [contact['id']]

@@ -480,3 +480,18 @@ def test_prune_refuses_a_retention_that_is_not_a_number_of_days(database, capsys
     with pytest.raises(SystemExit) as exit_:
         cli.main(['--database', database_url(database), 'prune'])
     assert 'CRMAPI_HISTORY_DAYS' in str(exit_.value.code)
+
+
+def test_the_unfiltered_total_stays_exact_while_eight_clients_write(api, database, wsgi_app, backend):
+    dbs, apps = app_instances(database, wsgi_app, backend)
+    try:
+        acknowledged, errors = write_concurrently(apps, api.token, threading.Event())
+    finally:
+        for db in dbs:
+            db.close()
+    assert errors == [] and acknowledged
+    with database.transaction() as tx:
+        (live,) = tx.one(sql(database, 'SELECT COUNT(*) FROM contacts WHERE organization_id = ? '
+                                       'AND archived_at IS NULL'), [api.org_id])
+    total = api.get('/api/contacts', {'range': [0, 0]}).headers['Content-Range'].rsplit('/', 1)[1]
+    assert int(total) == live
