@@ -82,7 +82,7 @@ FAST_TIER = echo '== fast tier'; $(BIN)/pytest -m 'not slow' -n $(FAST_WORKERS) 
 SLOW_TIER = echo '== slow tier'; $(BIN)/pytest -m slow -n $(SLOW_WORKERS) --dist loadfile $(PYTEST_ARGS) $(TIER)
 
 # ruff's rules (pyproject.toml): unused imports and variables, undefined names, syntax. In a second.
-LINT = echo '== lint'; $(BIN)/ruff check .
+LINT = echo '== lint'; $(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 lint: $(VENV)/.installed-test
 	@$(LINT)

@@ -19,6 +19,7 @@ databases side by side, one app recording changes and one whose writes record no
 no-op in that app's store only), their rounds alternating so both see the same machine load; it prints both
 and their ratio. (The webhook outbox adds nothing to a write: the worker fans changes out later.)
 """
+
 import argparse
 import json
 import os
@@ -32,13 +33,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def request(app, method, path, token, body=None, query=''):
     from falcon.testing import create_environ
+
     data = b'' if body is None else json.dumps(body).encode()
-    environ = create_environ(path, query_string=query, method=method, body=data,
-                             headers={'Authorization': f'Bearer {token}', 'Content-Type': 'application/json'})
+    environ = create_environ(
+        path,
+        query_string=query,
+        method=method,
+        body=data,
+        headers={'Authorization': f'Bearer {token}', 'Content-Type': 'application/json'},
+    )
     out = {}
 
     def start_response(status, headers, exc_info=None):
         out['status'] = int(status[:3])
+
     body = b''.join(app(environ, start_response))
     if out['status'] >= 400:
         raise RuntimeError(f'{method} {path}?{query}: {out["status"]} {body[:300]!r}')
@@ -46,8 +54,17 @@ def request(app, method, path, token, body=None, query=''):
 
 
 def contacts(size, offset, prefix):
-    return [{'first_name': f'First {i}', 'last_name': f'Last {i}', 'email': f'c{i}@bench.invalid',
-             'city': 'London', 'status': 'hot', 'external_id': f'{prefix}-{i}'} for i in range(offset, offset + size)]
+    return [
+        {
+            'first_name': f'First {i}',
+            'last_name': f'Last {i}',
+            'email': f'c{i}@bench.invalid',
+            'city': 'London',
+            'status': 'hot',
+            'external_id': f'{prefix}-{i}',
+        }
+        for i in range(offset, offset + size)
+    ]
 
 
 def timed(action, rounds):
@@ -66,6 +83,7 @@ def fresh(url, history=True):
     from crmapi.cli import init_db
     from crmapi.config import Settings
     from crmapi.db import connect
+
     db = connect(url)
     if db.name == 'postgresql':
         with db.transaction(write=True) as tx:
@@ -78,10 +96,12 @@ def fresh(url, history=True):
     app = create_app(Settings(database_url='injected', access_log=False), db=db)
     if not history:
         from crmapi.history import History
+
         record = History.record
         # NOTE: the writes to this database only record nothing; the other app's still do
-        History.record = lambda self, tx, principal, changes: (None if self.db is db else
-                                                                record(self, tx, principal, changes))
+        History.record = lambda self, tx, principal, changes: (
+            None if self.db is db else record(self, tx, principal, changes)
+        )
     return db, app, token
 
 
@@ -101,8 +121,13 @@ class Kinds:
         request(self.app, 'POST', '/api/contacts', self.token, body, 'on_conflict=external_id')
 
     def patch(self, n):
-        request(self.app, 'PATCH', '/api/contacts', self.token,
-                [{'id': r['id'], 'title': f'Title {n}'} for r in self.created[n]])
+        request(
+            self.app,
+            'PATCH',
+            '/api/contacts',
+            self.token,
+            [{'id': r['id'], 'title': f'Title {n}'} for r in self.created[n]],
+        )
 
     def delete(self, n):
         ids = json.dumps({'id': [r['id'] for r in self.created[n]]})
@@ -122,14 +147,16 @@ def compare(urls, size, rounds):
     """Each kind's median with and without history, rounds alternating between the two apps."""
     (db, app, token), (bare_db, bare_app, bare_token) = fresh(urls[0]), fresh(urls[1], history=False)
     apps = {'with': Kinds(app, token, size), 'without': Kinds(bare_app, bare_token, size)}
-    print(f'{db.name}: batches of {size} contacts (single: {SINGLES} one-contact POSTs), median of {rounds} rounds, '
-          'with and without history (alternating)')
+    print(
+        f'{db.name}: batches of {size} contacts (single: {SINGLES} one-contact POSTs), median of {rounds} rounds, '
+        'with and without history (alternating)'
+    )
     for name in (*KINDS, 'single'):
         rows = SINGLES if name == 'single' else size
         times = {'with': [], 'without': []}
         cpu = {'with': [], 'without': []}
         for n in range(rounds):
-            for mode in (('with', 'without') if n % 2 else ('without', 'with')):
+            for mode in ('with', 'without') if n % 2 else ('without', 'with'):
                 started, used = time.perf_counter(), time.process_time()
                 getattr(apps[mode], name)(n)
                 times[mode].append(time.perf_counter() - started)
@@ -138,9 +165,11 @@ def compare(urls, size, rounds):
         cw, cwo = statistics.median(cpu['with']), statistics.median(cpu['without'])
         # NOTE: on SQLite the database works in this process, so its CPU time is the cost, whatever else
         # loads the machine; on PostgreSQL the server's share is not in it (wall time is the figure there)
-        print(f'  {name:7} with {w * 1000:8.1f} ms {rows / w:10,.0f} rows/s | without {wo * 1000:8.1f} ms '
-              f'{rows / wo:10,.0f} rows/s | ratio {wo / w:.2f} | CPU {cw * 1000:.1f} vs {cwo * 1000:.1f} ms, '
-              f'ratio {cwo / cw:.2f}')
+        print(
+            f'  {name:7} with {w * 1000:8.1f} ms {rows / w:10,.0f} rows/s | without {wo * 1000:8.1f} ms '
+            f'{rows / wo:10,.0f} rows/s | ratio {wo / w:.2f} | CPU {cw * 1000:.1f} vs {cwo * 1000:.1f} ms, '
+            f'ratio {cwo / cw:.2f}'
+        )
     db.close()
     bare_db.close()
 
@@ -149,15 +178,18 @@ def compare_search(url, size, rounds):
     """Each kind's median with the search upkeep and with it off (Store.index/unindex do nothing: the figure
     before issue 10), rounds alternating on one database."""
     from crmapi.store import Store
+
     db, app, token = fresh(url)
     kinds, upkeep = Kinds(app, token, size), (Store.index, Store.unindex)
-    print(f'{db.name}: batches of {size} contacts (single: {SINGLES} one-contact POSTs), median of {rounds} rounds, '
-          'with and without the search upkeep (alternating)')
+    print(
+        f'{db.name}: batches of {size} contacts (single: {SINGLES} one-contact POSTs), median of {rounds} rounds, '
+        'with and without the search upkeep (alternating)'
+    )
     for name in (*KINDS, 'single'):
         rows = SINGLES if name == 'single' else size
         times, cpu = {'with': [], 'without': []}, {'with': [], 'without': []}
         for n in range(rounds):
-            for mode in (('with', 'without') if n % 2 else ('without', 'with')):
+            for mode in ('with', 'without') if n % 2 else ('without', 'with'):
                 if mode == 'without':
                     Store.index = Store.unindex = lambda *args, **kwargs: None
                 started, used = time.perf_counter(), time.process_time()
@@ -170,15 +202,18 @@ def compare_search(url, size, rounds):
                 cpu[mode].append(time.process_time() - used)
         w, wo = statistics.median(times['with']), statistics.median(times['without'])
         cw, cwo = statistics.median(cpu['with']), statistics.median(cpu['without'])
-        print(f'  {name:7} with {w * 1000:8.1f} ms {rows / w:10,.0f} rows/s | without {wo * 1000:8.1f} ms '
-              f'{rows / wo:10,.0f} rows/s | ratio {wo / w:.2f} | CPU {cw * 1000:.1f} vs {cwo * 1000:.1f} ms, '
-              f'ratio {cwo / cw:.2f}')
+        print(
+            f'  {name:7} with {w * 1000:8.1f} ms {rows / w:10,.0f} rows/s | without {wo * 1000:8.1f} ms '
+            f'{rows / wo:10,.0f} rows/s | ratio {wo / w:.2f} | CPU {cw * 1000:.1f} vs {cwo * 1000:.1f} ms, '
+            f'ratio {cwo / cw:.2f}'
+        )
     db.close()
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument('--database', help='a PostgreSQL URL (default: a new SQLite file)')
     p.add_argument('--baseline-database', help='with --compare-history on PostgreSQL: a second database URL')
     p.add_argument('--size', type=int, default=1000)

@@ -10,6 +10,7 @@ on lb), loads bench/load_data.py's data set into the primary, and drives wrk fro
 capacity only where one host leaves cores idle: the figures show what the topology costs, not what more
 machines would gain. Root is needed (ip netns). Prints a markdown table.
 """
+
 import argparse
 import json
 import os
@@ -34,14 +35,26 @@ from test_cluster import wait_until  # noqa: E402
 
 
 def log(message):
-    print(f"[cluster-bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    print(f'[cluster-bench {time.strftime("%H:%M:%S")}] {message}', file=sys.stderr, flush=True)
 
 
 def load(cluster, contacts, directory):
     """bench/load_data.py into the primary: (org id, token, sample ids)."""
     meta = Path(directory) / 'meta.json'
-    subprocess.run([sys.executable, str(ROOT / 'bench' / 'load_data.py'), '--contacts', str(contacts),
-                    '--pg', cluster.admin_url, '--meta', str(meta)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / 'bench' / 'load_data.py'),
+            '--contacts',
+            str(contacts),
+            '--pg',
+            cluster.admin_url,
+            '--meta',
+            str(meta),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     target = json.loads(meta.read_text())['targets']['postgresql']
     data = {'url': cluster.admin_url, 'org_id': target['org_id']}
     return target['token'], bench.sample_ids(data)
@@ -60,7 +73,7 @@ def upstreams(cluster, apps):
     conf = (site / 'crmapi.conf').read_text()
     lines = [line for line in conf.splitlines() if not line.strip().startswith(f'server {cluster.net}.')]
     at = next(i for i, line in enumerate(lines) if line.strip().startswith('upstream '))
-    lines[at + 1:at + 1] = [f'        server {cluster.ip(app)}:{APP_PORT};' for app in apps]
+    lines[at + 1 : at + 1] = [f'        server {cluster.ip(app)}:{APP_PORT};' for app in apps]
     (site / 'crmapi.conf').write_text('\n'.join(lines) + '\n')
     main = (site / 'nginx.conf').read_text().replace('worker_connections 64;', 'worker_connections 1024;')
     (site / 'nginx.conf').write_text(main)
@@ -77,7 +90,8 @@ def replicas(cluster, app, names):
         with urllib.request.urlopen(f'http://{cluster.ip(app)}:{APP_PORT}/readyz', timeout=3) as resp:
             ready = json.loads(resp.read())
         return bool(ready.get('replicas')) == bool(names)
-    time.sleep(3)   # NOTE: the old workers finish first; /readyz may still come from one of them until then
+
+    time.sleep(3)  # NOTE: the old workers finish first; /readyz may still come from one of them until then
     wait_until(settled, 30, f'{app} reading from {names or "the primary"}')
 
 
@@ -94,8 +108,10 @@ def cell(a, base, prefix, workload, token, ids):
 
 def row(label, workload, r):
     errors = r['err_status'] + r['err_timeout'] + r['err_connect'] + r['err_read']
-    return (f"| {label} | {workload} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.1f} | {r['p99_us'] / 1000:.1f} | "
-            f"{errors} | {r['load']} |")
+    return (
+        f'| {label} | {workload} | {r["rps"]:,.0f} | {r["p50_us"] / 1000:.1f} | {r["p99_us"] / 1000:.1f} | '
+        f'{errors} | {r["load"]} |'
+    )
 
 
 def main(argv=None):
@@ -110,7 +126,7 @@ def main(argv=None):
     if refusal:
         sys.exit(f'cluster_bench: network namespaces are not permitted here: {refusal}')
     a.dir = tempfile.mkdtemp(prefix='crmapi-cluster-bench-', dir='/tmp')
-    os.chmod(a.dir, 0o755)   # NOTE: postgres must reach its directories in here
+    os.chmod(a.dir, 0o755)  # NOTE: postgres must reach its directories in here
     cluster = Cluster(a.dir)
     rows = []
     try:
@@ -134,8 +150,10 @@ def main(argv=None):
     finally:
         cluster.close()
         subprocess.run(['rm', '-rf', a.dir])
-    print(f'\n{a.contacts:,} contacts; wrk -t{a.wrk_threads} -c{a.connections} -d{a.duration} after a {a.warmup} '
-          'warm-up, from the root namespace\n')
+    print(
+        f'\n{a.contacts:,} contacts; wrk -t{a.wrk_threads} -c{a.connections} -d{a.duration} after a {a.warmup} '
+        'warm-up, from the root namespace\n'
+    )
     print('| path | workload | req/s | p50 ms | p99 ms | errors | load avg |')
     print('|---|---|---:|---:|---:|---:|---|')
     print('\n'.join(rows))

@@ -11,6 +11,7 @@ contacts) of the token's organization for --duration after a 2 s warm-up. Prints
 organization takes its change counter (the gap-free feed): this measures how long that serializes them
 (--other-token: the same creates spread over two organizations, for comparison).
 """
+
 import argparse
 import os
 import re
@@ -22,7 +23,7 @@ import time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LUA = r'''
+LUA = r"""
 local n = 0
 request = function()
   n = n + 1
@@ -43,21 +44,39 @@ done = function(summary, latency, requests)
   io.write(string.format("RESULT %%.1f %%.2f %%.2f %%d\n", summary.requests / (summary.duration / 1e6),
     latency:percentile(50) / 1000, latency:percentile(99) / 1000, bad))
 end
-'''
+"""
 
 
 def sample_ids(url, token, port):
-    request = urllib.request.Request(f'http://127.0.0.1:{port}/api/contacts?range=[0,199]',
-                                     headers={'Authorization': 'Bearer ' + token})
+    request = urllib.request.Request(
+        f'http://127.0.0.1:{port}/api/contacts?range=[0,199]', headers={'Authorization': 'Bearer ' + token}
+    )
     import json
+
     with urllib.request.urlopen(request) as answer:
         return [r['id'] for r in json.load(answer)]
 
 
 def serve(tree, url, port):
     env = {**os.environ, 'PYTHONPATH': tree, 'CRMAPI_DATABASE_URL': url, 'CRMAPI_ACCESS_LOG': 'false'}
-    argv = [sys.executable, '-m', 'gunicorn', '--bind', f'127.0.0.1:{port}', '--workers', '2', '--worker-class',
-            'gthread', '--threads', '4', '--keep-alive', '5', '--chdir', tree, 'crmapi:create_app()']
+    argv = [
+        sys.executable,
+        '-m',
+        'gunicorn',
+        '--bind',
+        f'127.0.0.1:{port}',
+        '--workers',
+        '2',
+        '--worker-class',
+        'gthread',
+        '--threads',
+        '4',
+        '--keep-alive',
+        '5',
+        '--chdir',
+        tree,
+        'crmapi:create_app()',
+    ]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
         if proc.poll() is not None:
@@ -94,17 +113,32 @@ def main(argv=None):
             try:
                 ids = sample_ids(a.url, a.token, a.port)
                 with tempfile.NamedTemporaryFile('w', suffix='.lua', delete=False) as script:
-                    script.write(LUA % {'kind': a.kind, 'token': a.token, 'tokens': ','.join(
-                        f'"{t}"' for t in filter(None, (a.token, a.other_token))), 'ids': ','.join(f'"{i}"' for i in ids)})
+                    script.write(
+                        LUA
+                        % {
+                            'kind': a.kind,
+                            'token': a.token,
+                            'tokens': ','.join(f'"{t}"' for t in filter(None, (a.token, a.other_token))),
+                            'ids': ','.join(f'"{i}"' for i in ids),
+                        }
+                    )
                 target = f'http://127.0.0.1:{a.port}'
-                subprocess.run(['wrk', '-t2', f'-c{a.clients}', '-d2s', '-s', script.name, target],
-                               capture_output=True, check=True)
+                subprocess.run(
+                    ['wrk', '-t2', f'-c{a.clients}', '-d2s', '-s', script.name, target], capture_output=True, check=True
+                )
                 load = os.getloadavg()[0]
-                out = subprocess.run(['wrk', '-t2', f'-c{a.clients}', f'-d{a.duration}', '-s', script.name, target],
-                                     capture_output=True, text=True, check=True).stdout
+                out = subprocess.run(
+                    ['wrk', '-t2', f'-c{a.clients}', f'-d{a.duration}', '-s', script.name, target],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
                 rate, p50, p99, bad = re.search(r'RESULT (\S+) (\S+) (\S+) (\d+)', out).groups()
-                print(f'round {round_ + 1} {tree}: {a.kind} {float(rate):.0f}/s p50 {p50} ms p99 {p99} ms '
-                      f'non-2xx/errors {bad} load {load:.1f}-{os.getloadavg()[0]:.1f}', flush=True)
+                print(
+                    f'round {round_ + 1} {tree}: {a.kind} {float(rate):.0f}/s p50 {p50} ms p99 {p99} ms '
+                    f'non-2xx/errors {bad} load {load:.1f}-{os.getloadavg()[0]:.1f}',
+                    flush=True,
+                )
                 os.unlink(script.name)
             finally:
                 proc.terminate()

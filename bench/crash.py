@@ -17,6 +17,7 @@ this checker must catch). The long form runs by hand and prints its figures:
     .venv/bin/python bench/crash.py --seconds 60 --clients 8 --kill-every 0.5
     .venv/bin/python bench/crash.py --database postgresql://postgres@127.0.0.1:5432/postgres --seconds 60
 """
+
 import argparse
 import collections
 import os
@@ -46,10 +47,10 @@ class Group:
 
     target: str = None
     sources: list = field(default_factory=list)
-    emails: dict = field(default_factory=dict)     # source id -> its email
-    tasks: dict = field(default_factory=dict)      # acknowledged task id -> contact it was created on
-    notes: dict = field(default_factory=dict)      # acknowledged note id -> contact it was created on
-    merge: str = 'none'   # 'none' (not sent), 'acked' (2xx), 'unknown' (no answer or a 5xx), 'refused' (4xx)
+    emails: dict = field(default_factory=dict)  # source id -> its email
+    tasks: dict = field(default_factory=dict)  # acknowledged task id -> contact it was created on
+    notes: dict = field(default_factory=dict)  # acknowledged note id -> contact it was created on
+    merge: str = 'none'  # 'none' (not sent), 'acked' (2xx), 'unknown' (no answer or a 5xx), 'refused' (4xx)
 
     @property
     def contacts(self):
@@ -123,7 +124,7 @@ class CrashClient(threading.Thread):
                     return
                 acked[child] = cid
         a = self.call('POST', '/api/merge_contacts', {'target_id': group.target, 'source_ids': group.sources})
-        group.merge = ('acked' if a.ok else 'unknown' if a.status is None or a.status >= 500 else 'refused')
+        group.merge = 'acked' if a.ok else 'unknown' if a.status is None or a.status >= 500 else 'refused'
 
     def run(self):
         try:
@@ -154,8 +155,9 @@ def run_crash(server, token, clients=6, seconds=6.0, kill_every=0.4, seed=1):
     ledger = CrashLedger()
     stop_clients, stop_killer = threading.Event(), threading.Event()
     threads = [CrashClient(n, server.port, token, ledger, stop_clients) for n in range(clients)]
-    kill_thread = threading.Thread(target=killer, args=(server, stop_killer, kill_every, random.Random(seed),
-                                                         ledger.kills), daemon=True)
+    kill_thread = threading.Thread(
+        target=killer, args=(server, stop_killer, kill_every, random.Random(seed), ledger.kills), daemon=True
+    )
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -188,10 +190,16 @@ def check_crash(reader, ledger):
         for table, acked in (('tasks', g.tasks), ('contact_notes', g.notes)):
             if acked:
                 m = ','.join('?' * len(acked))
-                children.update({(table, i): c for i, c in reader.rows(
-                    f'SELECT id, contact_id FROM {table} WHERE id IN ({m})', list(acked))})
-        acked_children = {**{('tasks', i): c for i, c in g.tasks.items()},
-                          **{('contact_notes', i): c for i, c in g.notes.items()}}
+                children.update(
+                    {
+                        (table, i): c
+                        for i, c in reader.rows(f'SELECT id, contact_id FROM {table} WHERE id IN ({m})', list(acked))
+                    }
+                )
+        acked_children = {
+            **{('tasks', i): c for i, c in g.tasks.items()},
+            **{('contact_notes', i): c for i, c in g.notes.items()},
+        }
         lost = [k for k in acked_children if k not in children]
         if lost:
             problems.append(f'lost acknowledged creates: {lost[:3]}')
@@ -229,19 +237,41 @@ def check_crash(reader, ledger):
             not_applied, applied = state_problems(applied=False), state_problems(applied=True)
             ledger.verdicts['not applied' if not not_applied else 'applied' if not applied else 'half'] += 1
             if not_applied and applied:
-                problems.append(f'half-applied merge into {g.target}: {not_applied if len(not_applied) < len(applied) else applied}')
+                problems.append(
+                    f'half-applied merge into {g.target}: {not_applied if len(not_applied) < len(applied) else applied}'
+                )
     problems += reader.integrity()
     problems += reader.dangling()
     return problems
 
 
-def crash_run(database_url, workdir, app='crmapi:create_app()', clients=6, seconds=6.0, kill_every=0.4,
-              workers=4, threads=2, seed=1, pythonpath=None, env=None, server='gunicorn'):
+def crash_run(
+    database_url,
+    workdir,
+    app='crmapi:create_app()',
+    clients=6,
+    seconds=6.0,
+    kill_every=0.4,
+    workers=4,
+    threads=2,
+    seed=1,
+    pythonpath=None,
+    env=None,
+    server='gunicorn',
+):
     """Prepare, serve (`server`: gunicorn or granian), load while killing workers, stop, check: (ledger, problems,
     summary line)."""
     _, token = prepare_database(database_url, 'Crash test')
-    server = Gunicorn(app, database_url, Path(workdir) / f'{server}.log', workers=workers, threads=threads,
-                      pythonpath=pythonpath, env=env, server=server)
+    server = Gunicorn(
+        app,
+        database_url,
+        Path(workdir) / f'{server}.log',
+        workers=workers,
+        threads=threads,
+        pythonpath=pythonpath,
+        env=env,
+        server=server,
+    )
     with server:
         ledger = run_crash(server, token, clients, seconds, kill_every, seed)
         exited = server.proc.poll()
@@ -256,30 +286,43 @@ def crash_run(database_url, workdir, app='crmapi:create_app()', clients=6, secon
     if ledger.hung:
         problems.append(f'clients still running after the deadline: {ledger.hung}')
     merges = collections.Counter(g.merge for g in ledger.groups)
-    line = (f'{sum(ledger.counts.values())} requests in {ledger.elapsed:.1f}s, {len(ledger.kills)} workers SIGKILLed; '
-            f'{len(ledger.groups)} groups, merges acknowledged {merges["acked"]}, unanswered {merges["unknown"]} '
-            f'(applied {ledger.verdicts["applied"]}, not applied {ledger.verdicts["not applied"]}, '
-            f'half-applied {ledger.verdicts["half"]}), refused {merges["refused"]}, '
-            f'not sent {merges["none"]}; no answer {ledger.no_answer}, 5xx answers {len(ledger.answered_5xx)}, '
-            f'4xx answers {len(ledger.answered_4xx)}')
+    line = (
+        f'{sum(ledger.counts.values())} requests in {ledger.elapsed:.1f}s, {len(ledger.kills)} workers SIGKILLed; '
+        f'{len(ledger.groups)} groups, merges acknowledged {merges["acked"]}, unanswered {merges["unknown"]} '
+        f'(applied {ledger.verdicts["applied"]}, not applied {ledger.verdicts["not applied"]}, '
+        f'half-applied {ledger.verdicts["half"]}), refused {merges["refused"]}, '
+        f'not sent {merges["none"]}; no answer {ledger.no_answer}, 5xx answers {len(ledger.answered_5xx)}, '
+        f'4xx answers {len(ledger.answered_4xx)}'
+    )
     return ledger, problems, line
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--database', default='sqlite',
-                   help="'sqlite' (a temp crm.db) or a PostgreSQL URL (a fresh database is made beside it)")
+    p.add_argument(
+        '--database',
+        default='sqlite',
+        help="'sqlite' (a temp crm.db) or a PostgreSQL URL (a fresh database is made beside it)",
+    )
     p.add_argument('--seconds', type=float, default=60)
     p.add_argument('--clients', type=int, default=8)
     p.add_argument('--kill-every', type=float, default=0.5, help='mean seconds between two SIGKILLs')
     p.add_argument('--workers', type=int, default=4)
     p.add_argument('--threads', type=int, default=2)
-    p.add_argument('--app', default='crmapi:create_app()', help="gunicorn app spec (e.g. a negative control)")
+    p.add_argument('--app', default='crmapi:create_app()', help='gunicorn app spec (e.g. a negative control)')
     p.add_argument('--pythonpath', help='extra import path for --app (gunicorn --pythonpath)')
     p.add_argument('--seed', type=int, default=1)
     args = p.parse_args(argv)
-    run = dict(app=args.app, clients=args.clients, seconds=args.seconds, kill_every=args.kill_every,
-               workers=args.workers, threads=args.threads, seed=args.seed, pythonpath=args.pythonpath)
+    run = dict(
+        app=args.app,
+        clients=args.clients,
+        seconds=args.seconds,
+        kill_every=args.kill_every,
+        workers=args.workers,
+        threads=args.threads,
+        seed=args.seed,
+        pythonpath=args.pythonpath,
+    )
     with tempfile.TemporaryDirectory(prefix='crmapi-crash-') as workdir:
         if args.database == 'sqlite':
             label = 'sqlite'
@@ -288,8 +331,10 @@ def main(argv=None):
             label = 'postgresql'
             with PostgresScratch(args.database, 'crm_crash') as scratch:
                 ledger, problems, line = crash_run(scratch.url, workdir, **run)
-    print(f'{label}: {args.workers} gthread workers x {args.threads} threads, {args.clients} clients, '
-          f'a SIGKILL every ~{args.kill_every}s')
+    print(
+        f'{label}: {args.workers} gthread workers x {args.threads} threads, {args.clients} clients, '
+        f'a SIGKILL every ~{args.kill_every}s'
+    )
     print(line)
     for text in ledger.answered_5xx[:5]:
         print('  5xx: ' + text)

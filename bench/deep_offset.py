@@ -1,8 +1,9 @@
 """The PostgreSQL deep OFFSET page (offset 50,000, sorted by last name), timed in-process, and its SQL.
 
-    .venv/bin/python bench/load_data.py --contacts 100000 --pg URL --meta /tmp/deep.json
-    .venv/bin/python bench/deep_offset.py /tmp/deep.json
+.venv/bin/python bench/load_data.py --contacts 100000 --pg URL --meta /tmp/deep.json
+.venv/bin/python bench/deep_offset.py /tmp/deep.json
 """
+
 import json
 import sys
 import time

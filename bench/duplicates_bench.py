@@ -22,6 +22,7 @@ By default names are drawn from large pools (distinct names, as a planted set ne
 the name rules. PostgreSQL: --pg names a server (any database on it); a database of the bench's own is
 created and dropped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,17 +49,21 @@ from crmapi.config import Settings  # noqa: E402
 from crmapi.db import PostgresDatabase  # noqa: E402
 from crmapi.db import SQLiteDatabase  # noqa: E402
 
-FIRST = ('Ada Alan Alice Amelia Ana Andrea Anna Arjun Ben Carla Carlos Charlotte Chen Chloe Clara Daniel David '
-         'Diego Elena Emma Eric Eva Fatima Felix Grace Hannah Hugo Ines Isabel Ivan Jack James Jan Jana Javier '
-         'John Jonas Jose Julia Karen Kenji Laura Lea Leila Leo Li Lina Lucas Lucia Luis Maria Mark Marta Mateo '
-         'Mei Mia Michael Mohamed Nadia Noah Nora Olga Olivia Omar Oscar Paul Pedro Peter Priya Rachel Raj Rosa '
-         'Sam Sara Sofia Sophie Tom Tomas Valeria Victor Wei Yuki Yusuf Zoe').split()
-COMMON_LAST = ('Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez '
-               'Gonzalez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris '
-               'Sanchez Clark Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill '
-               'Muller Schmidt Schneider Fischer Weber Meyer Wagner Becker Dubois Durand Lefebvre Moreau Rossi '
-               'Russo Ferrari Silva Santos Oliveira Kowalski Nowak Jensen Nielsen Hansen Sato Suzuki Tanaka '
-               'Wang Zhang Liu Kim Park Patel Shah Singh Kumar Khan Ali Cohen Ivanov Petrov').split()
+FIRST = (
+    'Ada Alan Alice Amelia Ana Andrea Anna Arjun Ben Carla Carlos Charlotte Chen Chloe Clara Daniel David '
+    'Diego Elena Emma Eric Eva Fatima Felix Grace Hannah Hugo Ines Isabel Ivan Jack James Jan Jana Javier '
+    'John Jonas Jose Julia Karen Kenji Laura Lea Leila Leo Li Lina Lucas Lucia Luis Maria Mark Marta Mateo '
+    'Mei Mia Michael Mohamed Nadia Noah Nora Olga Olivia Omar Oscar Paul Pedro Peter Priya Rachel Raj Rosa '
+    'Sam Sara Sofia Sophie Tom Tomas Valeria Victor Wei Yuki Yusuf Zoe'
+).split()
+COMMON_LAST = (
+    'Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez '
+    'Gonzalez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris '
+    'Sanchez Clark Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill '
+    'Muller Schmidt Schneider Fischer Weber Meyer Wagner Becker Dubois Durand Lefebvre Moreau Rossi '
+    'Russo Ferrari Silva Santos Oliveira Kowalski Nowak Jensen Nielsen Hansen Sato Suzuki Tanaka '
+    'Wang Zhang Liu Kim Park Patel Shah Singh Kumar Khan Ali Cohen Ivanov Petrov'
+).split()
 ONSETS = 'b br c ch d dr f g gr h j k kl l m n p pr r s sh st t th tr v w z'.split()
 VOWELS = 'a e i o u ai ea ie ou y'.split()
 CODAS = ['', 'n', 'r', 'l', 's', 'm', 'k', 'nd', 'rt', 'st']
@@ -80,8 +85,9 @@ class Population:
 
     def word(self, lo, hi):
         syllables = self.rng.randint(lo, hi)
-        return ''.join(self.rng.choice(ONSETS) + self.rng.choice(VOWELS) + self.rng.choice(CODAS)
-                       for _ in range(syllables)).capitalize()
+        return ''.join(
+            self.rng.choice(ONSETS) + self.rng.choice(VOWELS) + self.rng.choice(CODAS) for _ in range(syllables)
+        ).capitalize()
 
     def zipf(self, items):
         """An item with probability ~ 1/rank."""
@@ -95,21 +101,35 @@ class Population:
 
     def company(self):
         name = f'{self.word(2, 3)} {self.word(1, 2)}'
-        host = f"{name.lower().replace(' ', '')}.{self.rng.choice(TLDS)}"
-        return {'name': f'{name} {self.rng.choice(SUFFIXES)}', 'domain': host,
-                'website': f'https://www.{host}/' if self.rng.random() < 0.5 else None}
+        host = f'{name.lower().replace(" ", "")}.{self.rng.choice(TLDS)}'
+        return {
+            'name': f'{name} {self.rng.choice(SUFFIXES)}',
+            'domain': host,
+            'website': f'https://www.{host}/' if self.rng.random() < 0.5 else None,
+        }
 
     def contact(self, companies):
         first, last = self.names()
         self.serial += 1
         company = self.rng.choice(companies) if self.rng.random() < 0.9 else None
-        domain = company['domain'] if company and self.rng.random() < 0.7 else self.rng.choice(
-            ['gmail.com', 'yahoo.com', 'outlook.com'])
+        domain = (
+            company['domain']
+            if company and self.rng.random() < 0.7
+            else self.rng.choice(['gmail.com', 'yahoo.com', 'outlook.com'])
+        )
         email = f'{first}.{last}{self.serial}@{domain}'.lower() if self.rng.random() < 0.8 else None
-        phone = (f'+{self.rng.randint(1, 99)} {self.rng.randint(100, 999)} {self.rng.randint(1000000, 9999999)}'
-                 if self.rng.random() < 0.6 else None)
-        return {'first_name': first, 'last_name': last, 'email': email, 'phone': phone,
-                'company_id': company['id'] if company else None}
+        phone = (
+            f'+{self.rng.randint(1, 99)} {self.rng.randint(100, 999)} {self.rng.randint(1000000, 9999999)}'
+            if self.rng.random() < 0.6
+            else None
+        )
+        return {
+            'first_name': first,
+            'last_name': last,
+            'email': email,
+            'phone': phone,
+            'company_id': company['id'] if company else None,
+        }
 
     # -- planted variants: each keeps one thing the rules recognise ---------------------------------
 
@@ -123,7 +143,7 @@ class Population:
         elif kind == 1:
             email = f'{local}+crm{self.rng.randint(1, 99)}@{domain}'
         elif domain == 'gmail.com':
-            email = f"{local.replace('.', '')}@{'googlemail.com' if kind == 3 else 'gmail.com'}"
+            email = f'{local.replace(".", "")}@{"googlemail.com" if kind == 3 else "gmail.com"}'
         else:
             email = f'{local.capitalize()}@{domain.upper()}'
         return {**c, 'email': email, 'phone': None, 'last_name': c['last_name'].upper()}
@@ -132,14 +152,23 @@ class Population:
         if not c['phone']:
             return None
         digits = c['phone'].lstrip('+').split()
-        phone = (f"00{''.join(digits)}" if self.rng.random() < 0.5 else f"+{digits[0]} ({digits[1]}) "
-                 f'{digits[2][:3]}-{digits[2][3:]}')
+        phone = (
+            f'00{"".join(digits)}'
+            if self.rng.random() < 0.5
+            else f'+{digits[0]} ({digits[1]}) {digits[2][:3]}-{digits[2][3:]}'
+        )
         return {**c, 'phone': phone, 'email': None, 'first_name': c['first_name'].lower()}
 
     def name_variant(self, c):
         loose = c['company_id'] is None or self.rng.random() < 0.3
-        return {**c, 'email': None, 'phone': None, 'first_name': c['first_name'].upper(),
-                'last_name': c['last_name'].translate(ACCENTS), 'company_id': None if loose else c['company_id']}
+        return {
+            **c,
+            'email': None,
+            'phone': None,
+            'first_name': c['first_name'].upper(),
+            'last_name': c['last_name'].translate(ACCENTS),
+            'company_id': None if loose else c['company_id'],
+        }
 
     def typo_variant(self, c):
         if c['company_id'] is None or len(c['last_name']) < 4:
@@ -160,6 +189,7 @@ def database(args, tmp):
     if not args.pg:
         return SQLiteDatabase(str(tmp / 'dups.db')), None
     import psycopg
+
     name = 'dups_bench_' + uuid.uuid4().hex[:8]
     with psycopg.connect(args.pg, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE {name}')
@@ -168,6 +198,7 @@ def database(args, tmp):
 
 def drop(args, name):
     import psycopg
+
     with psycopg.connect(args.pg, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE {name} WITH (FORCE)')
 
@@ -177,8 +208,8 @@ def load(store, principal, population, planted, log):
     info = store.catalog.resolve('companies', principal)
     companies = [population.company() for _ in range(max(1, population.n // 10))]
     for part in range(0, len(companies), 1000):
-        made = store.create_many(info, principal, companies[part:part + 1000])
-        for company, record in zip(companies[part:part + 1000], made):
+        made = store.create_many(info, principal, companies[part : part + 1000])
+        for company, record in zip(companies[part : part + 1000], made):
             company['id'] = record['id']
     originals = [population.contact(companies) for _ in range(population.n - planted)]
     chosen = population.rng.sample(range(len(originals)), planted)
@@ -187,10 +218,10 @@ def load(store, principal, population, planted, log):
     ids = []
     started = time.perf_counter()
     for part in range(0, len(bodies), 1000):
-        ids += [r['id'] for r in store.create_many(info, principal, bodies[part:part + 1000])]
+        ids += [r['id'] for r in store.create_many(info, principal, bodies[part : part + 1000])]
     log(f'loaded {len(bodies)} contacts in {time.perf_counter() - started:.1f}s')
     pairs = {frozenset((ids[i], ids[len(originals) + k])) for k, i in enumerate(chosen)}
-    return pairs, bodies[len(originals):]
+    return pairs, bodies[len(originals) :]
 
 
 def first_page(client, repeat):
@@ -239,37 +270,48 @@ def main(argv=None):
             accounts = Accounts(db)
             org, other = accounts.create_org('Dups Bench'), accounts.create_org('Other Org')
             client = webtest.TestApp(app)
-            client.auth = {'Authorization': f"Bearer {accounts.create_token(org, 'bench@dups.invalid', True)}"}
+            client.auth = {'Authorization': f'Bearer {accounts.create_token(org, "bench@dups.invalid", True)}'}
             population = Population(args.contacts, args.seed, args.common_names)
             planted = round(args.contacts * args.planted)
-            pairs, copies = load(store, accounts.authenticate(client.auth['Authorization'][7:]), population,
-                                 planted, log)
+            pairs, copies = load(
+                store, accounts.authenticate(client.auth['Authorization'][7:]), population, planted, log
+            )
             # the other organization: some of the same people, which must never show up
             other_token = accounts.create_token(other, 'other@dups.invalid', True)
             other_client = webtest.TestApp(app)
             for body in copies[:100]:
-                other_client.post_json('/api/contacts', {**body, 'company_id': None},
-                                       headers={'Authorization': f'Bearer {other_token}'})
+                other_client.post_json(
+                    '/api/contacts', {**body, 'company_id': None}, headers={'Authorization': f'Bearer {other_token}'}
+                )
             times, resp = first_page(client, args.repeat)
             groups = every_group(client)
             started = time.perf_counter()
-            client.get(f"/api/contacts/{groups[-1]['ids'][0]}/duplicates", headers=client.auth)
+            client.get(f'/api/contacts/{groups[-1]["ids"][0]}/duplicates', headers=client.auth)
             one_record = time.perf_counter() - started
         finally:
             db.close()
             if pg_name:
                 drop(args, pg_name)
     found = {frozenset(p) for g in groups for p in pairs if p <= set(g['ids'])}
-    false = [g for g in groups if not any(frozenset((a, b)) in pairs for i, a in enumerate(g['ids'])
-                                          for b in g['ids'][i + 1:])]
+    false = [
+        g
+        for g in groups
+        if not any(frozenset((a, b)) in pairs for i, a in enumerate(g['ids']) for b in g['ids'][i + 1 :])
+    ]
     result = {
-        'database': 'postgresql' if args.pg else 'sqlite', 'contacts': args.contacts, 'planted_pairs': len(pairs),
+        'database': 'postgresql' if args.pg else 'sqlite',
+        'contacts': args.contacts,
+        'planted_pairs': len(pairs),
         'names': 'common' if args.common_names else 'diverse',
         'first_page_s': round(min(w for w, _ in times), 3),
         'first_page_median_s': round(statistics.median(w for w, _ in times), 3),
-        'first_page_cpu_s': round(min(c for _, c in times), 3), 'load_average': round(os.getloadavg()[0], 1),
-        'one_record_s': round(one_record, 3), 'groups': len(groups), 'content_range': resp.headers['Content-Range'],
-        'recall': round(len(found) / len(pairs), 4), 'false_groups': len(false),
+        'first_page_cpu_s': round(min(c for _, c in times), 3),
+        'load_average': round(os.getloadavg()[0], 1),
+        'one_record_s': round(one_record, 3),
+        'groups': len(groups),
+        'content_range': resp.headers['Content-Range'],
+        'recall': round(len(found) / len(pairs), 4),
+        'false_groups': len(false),
         'false_group_rate': round(len(false) / max(1, len(groups)), 4),
     }
     print(json.dumps(result))

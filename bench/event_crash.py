@@ -20,6 +20,7 @@ the database and the receiver:
     .venv/bin/python bench/event_crash.py --seconds 60
     .venv/bin/python bench/event_crash.py --database postgresql://postgres@127.0.0.1:5432/postgres --seconds 60
 """
+
 import argparse
 import collections
 import http.server
@@ -47,10 +48,17 @@ from bench.load import Reader  # noqa: E402
 from bench.load import prepare_database  # noqa: E402
 
 # NOTE: a lease is 2 x timeout + 1 s: a killed worker's claims are sent again within seconds.
-WORKER_ENV = {'CRMAPI_WEBHOOK_ALLOW_PRIVATE': '1', 'CRMAPI_WEBHOOK_TIMEOUT_S': '2', 'CRMAPI_WEBHOOK_POLL_S': '0.05',
-              'CRMAPI_WEBHOOK_RETRY_SCHEDULE': '0.2,0.5,1,1,1,1,1,1,1,1,1,1'}
-RULE = {'name': 'call every new contact', 'trigger': {'resource': 'contacts', 'on': ['created']},
-        'actions': [{'type': 'create_task', 'text': 'Call them', 'due_in_days': 1}]}
+WORKER_ENV = {
+    'CRMAPI_WEBHOOK_ALLOW_PRIVATE': '1',
+    'CRMAPI_WEBHOOK_TIMEOUT_S': '2',
+    'CRMAPI_WEBHOOK_POLL_S': '0.05',
+    'CRMAPI_WEBHOOK_RETRY_SCHEDULE': '0.2,0.5,1,1,1,1,1,1,1,1,1,1',
+}
+RULE = {
+    'name': 'call every new contact',
+    'trigger': {'resource': 'contacts', 'on': ['created']},
+    'actions': [{'type': 'create_task', 'text': 'Call them', 'due_in_days': 1}],
+}
 
 
 class Receiver:
@@ -64,7 +72,7 @@ class Receiver:
             def do_POST(self):
                 length = int(self.headers['Content-Length'])
                 body = self.rfile.read(length)
-                if len(body) < length:   # NOTE: a sender killed mid-request never got an answer: it sends again
+                if len(body) < length:  # NOTE: a sender killed mid-request never got an answer: it sends again
                     return
                 with receiver.lock:
                     receiver.got.append((self.headers['webhook-id'], body))
@@ -98,10 +106,17 @@ class Workers:
 
     def start_one(self):
         with open(self.log_path, 'ab') as log:
-            self.procs.append(subprocess.Popen(
-                [sys.executable, '-m', 'crmapi', '--database', self.database_url, 'worker'], cwd=ROOT,
-                env={**os.environ, **WORKER_ENV}, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, '-m', 'crmapi', '--database', self.database_url, 'worker'],
+                    cwd=ROOT,
+                    env={**os.environ, **WORKER_ENV},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
 
     def fill(self):
         self.procs = [p for p in self.procs if p.poll() is None]
@@ -131,11 +146,11 @@ class Workers:
 @dataclass
 class EventLedger:
     lock: threading.Lock = field(default_factory=threading.Lock)
-    created: set = field(default_factory=set)          # acknowledged creates: contact ids
-    updated: set = field(default_factory=set)          # acknowledged PATCHes: (contact id, the city written)
+    created: set = field(default_factory=set)  # acknowledged creates: contact ids
+    updated: set = field(default_factory=set)  # acknowledged PATCHes: (contact id, the city written)
     sent: int = 0
     no_answer: int = 0
-    refused: list = field(default_factory=list)        # answers other than 2xx (never expected)
+    refused: list = field(default_factory=list)  # answers other than 2xx (never expected)
     gunicorn_kills: int = 0
     worker_kills: int = 0
     elapsed: float = 0.0
@@ -201,8 +216,9 @@ def committed_changes(reader, org_id):
     """{change id: (record id, operation, city written or None)} of the organization's contacts changes."""
     found = {}
     for change_id, record_id, operation, data in reader.rows(
-            "SELECT id, record_id, operation, data FROM changes WHERE organization_id = ? AND resource = 'contacts'",
-            [org_id]):
+        "SELECT id, record_id, operation, data FROM changes WHERE organization_id = ? AND resource = 'contacts'",
+        [org_id],
+    ):
         data = json.loads(data) if isinstance(data, str) else data
         city = ((data or {}).get('changes') or {}).get('city', [None, None])[1]
         found[change_id] = (record_id, operation, city)
@@ -216,16 +232,20 @@ def check_events(ledger, received, committed, tasks_per_contact):
         event = json.loads(body)
         bodies[webhook_id].add(body)
         if event['data']['id'] != webhook_id:
-            problems.append(f"a delivery of change {event['data']['id']} carries webhook-id {webhook_id}")
+            problems.append(f'a delivery of change {event["data"]["id"]} carries webhook-id {webhook_id}')
     changed = [i for i, b in bodies.items() if len(b) > 1]
     if changed:
         problems.append(f'{len(changed)} changes delivered with different bodies, e.g. {changed[0]}')
     delivered = set(bodies)
     if delivered != set(committed):
-        problems.append(f'delivered but not committed: {sorted(delivered - set(committed))[:3]}; '
-                        f'committed but never delivered: {sorted(set(committed) - delivered)[:3]}')
-    keys = {(record_id, 'created' if city is None else city) for record_id, operation, city in
-            (committed[i] for i in delivered & set(committed))}
+        problems.append(
+            f'delivered but not committed: {sorted(delivered - set(committed))[:3]}; '
+            f'committed but never delivered: {sorted(set(committed) - delivered)[:3]}'
+        )
+    keys = {
+        (record_id, 'created' if city is None else city)
+        for record_id, operation, city in (committed[i] for i in delivered & set(committed))
+    }
     acknowledged = {(c, 'created') for c in ledger.created} | ledger.updated
     lost = acknowledged - keys
     if lost:
@@ -235,16 +255,27 @@ def check_events(ledger, received, committed, tasks_per_contact):
         problems.append(f'{unacknowledged} changes no write asked for (only {ledger.no_answer} went unanswered)')
     twice = {c: n for c, n in tasks_per_contact.items() if n > 1}
     if twice:
-        problems.append(f'a rule action applied twice: {len(twice)} contacts with more than one task, '
-                        f'e.g. {next(iter(twice.items()))}')
+        problems.append(
+            f'a rule action applied twice: {len(twice)} contacts with more than one task, '
+            f'e.g. {next(iter(twice.items()))}'
+        )
     if ledger.refused:
         problems.append(f'{len(ledger.refused)} writes refused, e.g. {ledger.refused[0]}')
-    figures = {'writes acknowledged': len(acknowledged), 'creates': len(ledger.created),
-               'patches': len(ledger.updated), 'requests': ledger.sent, 'unanswered': ledger.no_answer,
-               'committed unacknowledged': unacknowledged, 'changes committed': len(committed),
-               'deliveries received': len(received), 'distinct events': len(delivered),
-               'duplicates': len(received) - len(delivered), 'gunicorn kills': ledger.gunicorn_kills,
-               'worker kills': ledger.worker_kills, 'tasks by rules': sum(tasks_per_contact.values())}
+    figures = {
+        'writes acknowledged': len(acknowledged),
+        'creates': len(ledger.created),
+        'patches': len(ledger.updated),
+        'requests': ledger.sent,
+        'unanswered': ledger.no_answer,
+        'committed unacknowledged': unacknowledged,
+        'changes committed': len(committed),
+        'deliveries received': len(received),
+        'distinct events': len(delivered),
+        'duplicates': len(received) - len(delivered),
+        'gunicorn kills': ledger.gunicorn_kills,
+        'worker kills': ledger.worker_kills,
+        'tasks by rules': sum(tasks_per_contact.values()),
+    }
     return problems, figures
 
 
@@ -264,21 +295,26 @@ def event_crash_run(database_url, workdir, seconds=12.0, writers=4, pause=0.05, 
     org_id, token = prepare_database(database_url, 'Events crash test')
     receiver, ledger = Receiver(), EventLedger()
     workers = Workers(database_url, workdir / 'workers.log', 2)
-    server = Gunicorn('crmapi:create_app()', database_url, workdir / 'gunicorn.log', workers=2, threads=2,
-                      env=WORKER_ENV)
+    server = Gunicorn(
+        'crmapi:create_app()', database_url, workdir / 'gunicorn.log', workers=2, threads=2, env=WORKER_ENV
+    )
     try:
         with server:
             admin = Api(server.port, token)
-            for path, body in (('/api/webhooks', {'url': receiver.url, 'events': ['contacts.*']}),
-                               ('/api/automation_rules', RULE)):
+            for path, body in (
+                ('/api/webhooks', {'url': receiver.url, 'events': ['contacts.*']}),
+                ('/api/automation_rules', RULE),
+            ):
                 answer = admin.call('POST', path, body)
                 if not answer.ok:
                     raise RuntimeError(f'POST {path}: {answer.describe()}')
             admin.close()
             workers.fill()
             stop_writers, stop_killer = threading.Event(), threading.Event()
-            threads = [Writer(n, server.port, token, ledger, stop_writers, random.Random(seed * 100 + n), pause)
-                       for n in range(writers)]
+            threads = [
+                Writer(n, server.port, token, ledger, stop_writers, random.Random(seed * 100 + n), pause)
+                for n in range(writers)
+            ]
             kill = threading.Thread(target=killer, args=(server, workers, stop_killer, ledger, rng), daemon=True)
             started = time.monotonic()
             for t in [*threads, kill]:
@@ -299,8 +335,12 @@ def event_crash_run(database_url, workdir, seconds=12.0, writers=4, pause=0.05, 
             committed = drain(receiver, reader, org_id, drain_timeout)
             drained = time.monotonic() - drained
             workers.stop()
-            tasks = collections.Counter(c for (c,) in reader.rows(
-                'SELECT contact_id FROM tasks WHERE organization_id = ? AND contact_id IS NOT NULL', [org_id]))
+            tasks = collections.Counter(
+                c
+                for (c,) in reader.rows(
+                    'SELECT contact_id FROM tasks WHERE organization_id = ? AND contact_id IS NOT NULL', [org_id]
+                )
+            )
             problems = reader.integrity()
         finally:
             reader.close()
@@ -313,8 +353,11 @@ def event_crash_run(database_url, workdir, seconds=12.0, writers=4, pause=0.05, 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--database', default='sqlite',
-                   help="'sqlite' (a temp crm.db, WAL) or a PostgreSQL URL (a fresh database is made beside it)")
+    p.add_argument(
+        '--database',
+        default='sqlite',
+        help="'sqlite' (a temp crm.db, WAL) or a PostgreSQL URL (a fresh database is made beside it)",
+    )
     p.add_argument('--seconds', type=float, default=60)
     p.add_argument('--writers', type=int, default=4)
     p.add_argument('--pause', type=float, default=0.05, help="seconds between two of a writer's writes")
@@ -327,8 +370,10 @@ def main(argv=None):
         else:
             with PostgresScratch(args.database, 'crm_event_crash') as scratch:
                 problems, figures = event_crash_run(scratch.url, workdir, **run)
-    print(f"{'sqlite' if args.database == 'sqlite' else 'postgresql'}: " + ', '.join(
-        f'{name} {value}' for name, value in figures.items()))
+    print(
+        f'{"sqlite" if args.database == "sqlite" else "postgresql"}: '
+        + ', '.join(f'{name} {value}' for name, value in figures.items())
+    )
     print('checks: ' + ('OK' if not problems else f'{len(problems)} PROBLEMS'))
     for text in problems[:30]:
         print('  ' + text)

@@ -7,6 +7,7 @@ the whole body read, rows per second of wall time and of this process's CPU time
 CPU time counts the app's work (and SQLite's, which runs in this process; not PostgreSQL's, which runs
 in its own). On a loaded machine wall time includes waiting for a core; CPU time does not.
 """
+
 import io
 import sys
 import time
@@ -20,9 +21,18 @@ ACCEPT = {'ndjson': 'application/x-ndjson', 'csv': 'text/csv'}
 
 def export(app, token, fmt, query=''):
     """(status, lines, bytes) of one whole export."""
-    env = {'REQUEST_METHOD': 'GET', 'PATH_INFO': '/api/contacts', 'QUERY_STRING': query, 'SERVER_NAME': 'bench',
-           'SERVER_PORT': '80', 'wsgi.url_scheme': 'http', 'wsgi.input': io.BytesIO(), 'wsgi.errors': sys.stderr,
-           'HTTP_AUTHORIZATION': f'Bearer {token}', 'HTTP_ACCEPT': ACCEPT[fmt]}
+    env = {
+        'REQUEST_METHOD': 'GET',
+        'PATH_INFO': '/api/contacts',
+        'QUERY_STRING': query,
+        'SERVER_NAME': 'bench',
+        'SERVER_PORT': '80',
+        'wsgi.url_scheme': 'http',
+        'wsgi.input': io.BytesIO(),
+        'wsgi.errors': sys.stderr,
+        'HTTP_AUTHORIZATION': f'Bearer {token}',
+        'HTTP_ACCEPT': ACCEPT[fmt],
+    }
     status = []
     body = app(env, lambda s, headers, exc_info=None: status.append(s))
     lines = size = 0
@@ -38,8 +48,10 @@ def main(url, token, fmt='ndjson', query=''):
     cpu, wall = time.process_time(), time.perf_counter()
     status, lines, size = export(app, token, fmt, query)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    print(f'{fmt} {status}: {lines:,} lines, {size:,} bytes in {wall:.2f} s wall ({lines / wall:,.0f} rows/s), '
-          f'{cpu:.2f} s CPU ({lines / cpu:,.0f} rows per CPU second)')
+    print(
+        f'{fmt} {status}: {lines:,} lines, {size:,} bytes in {wall:.2f} s wall ({lines / wall:,.0f} rows/s), '
+        f'{cpu:.2f} s CPU ({lines / cpu:,.0f} rows per CPU second)'
+    )
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@ per second of this process's CPU (the app's work, and SQLite's; PostgreSQL's run
 
     .venv/bin/python bench/get_bench.py sqlite:////tmp/crmapi-bench/crm-100000.db TOKEN
 """
+
 import io
 import sys
 import time
@@ -18,9 +19,17 @@ WARM_UP = 100
 
 def get(app, token, record_id):
     """The status of one GET of a contact."""
-    env = {'REQUEST_METHOD': 'GET', 'PATH_INFO': f'/api/contacts/{record_id}', 'QUERY_STRING': '',
-           'SERVER_NAME': 'bench', 'SERVER_PORT': '80', 'wsgi.url_scheme': 'http', 'wsgi.input': io.BytesIO(),
-           'wsgi.errors': sys.stderr, 'HTTP_AUTHORIZATION': f'Bearer {token}'}
+    env = {
+        'REQUEST_METHOD': 'GET',
+        'PATH_INFO': f'/api/contacts/{record_id}',
+        'QUERY_STRING': '',
+        'SERVER_NAME': 'bench',
+        'SERVER_PORT': '80',
+        'wsgi.url_scheme': 'http',
+        'wsgi.input': io.BytesIO(),
+        'wsgi.errors': sys.stderr,
+        'HTTP_AUTHORIZATION': f'Bearer {token}',
+    }
     status = []
     b''.join(app(env, lambda s, headers, exc_info=None: status.append(s)))
     return status[0]
@@ -31,15 +40,23 @@ def main(url, token):
     app = create_app(Settings(database_url=url, access_log=False), db=db)
     org_id = Accounts(db).authenticate(token).org_id
     with db.transaction() as tx:
-        ids = [row[0] for row in tx.rows(f'SELECT id FROM contacts WHERE organization_id = {db.dialect.parameter().get_sql()} '
-                                         f'ORDER BY id LIMIT {GETS}', [org_id])]
+        ids = [
+            row[0]
+            for row in tx.rows(
+                f'SELECT id FROM contacts WHERE organization_id = {db.dialect.parameter().get_sql()} '
+                f'ORDER BY id LIMIT {GETS}',
+                [org_id],
+            )
+        ]
     for record_id in ids[:WARM_UP]:
         get(app, token, record_id)
     cpu, wall = time.process_time(), time.perf_counter()
     statuses = {get(app, token, record_id) for record_id in ids}
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    print(f'{len(ids)} gets {statuses}: {len(ids) / wall:,.0f}/s wall ({wall / len(ids) * 1e6:,.0f} µs each), '
-          f'{len(ids) / cpu:,.0f} per CPU second')
+    print(
+        f'{len(ids)} gets {statuses}: {len(ids) / wall:,.0f}/s wall ({wall / len(ids) * 1e6:,.0f} µs each), '
+        f'{len(ids) / cpu:,.0f} per CPU second'
+    )
 
 
 if __name__ == '__main__':

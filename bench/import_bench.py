@@ -21,6 +21,7 @@ sorted external ids against the file's.
 
 Timings vary with the machine and its load: nothing here is a pass/fail threshold.
 """
+
 import argparse
 import csv
 import hashlib
@@ -55,19 +56,30 @@ def generate(path, rows, seed):
         out.writerow(FIELDS)
         for n in range(rows):
             first, last = rnd.choice(FIRST), rnd.choice(LAST)
-            out.writerow([external_id(n), first, last, f'{first.lower()}.{n}@bench.invalid', f'+44 20 {n % 10_000:04d} {n % 997:04d}',
-                          rnd.choice(TITLES), rnd.choice(STATUSES), rnd.choice(CITIES),
-                          '' if n % 3 else f'Met at conference {n % 50},\nfollow up in Q{n % 4 + 1}'])
+            out.writerow(
+                [
+                    external_id(n),
+                    first,
+                    last,
+                    f'{first.lower()}.{n}@bench.invalid',
+                    f'+44 20 {n % 10_000:04d} {n % 997:04d}',
+                    rnd.choice(TITLES),
+                    rnd.choice(STATUSES),
+                    rnd.choice(CITIES),
+                    '' if n % 3 else f'Met at conference {n % 50},\nfollow up in Q{n % 4 + 1}',
+                ]
+            )
 
 
 def external_id(n):
-    return f'ext-{n:08d}'    # NOTE: zero-padded, so that sorting them as text sorts them by number
+    return f'ext-{n:08d}'  # NOTE: zero-padded, so that sorting them as text sorts them by number
 
 
 def crmapi(url, *args, capture=True):
     env = {**os.environ, 'CRMAPI_DATABASE_URL': url, 'PYTHONPATH': ROOT}
-    result = subprocess.run([sys.executable, '-m', 'crmapi', *args], env=env, text=True,
-                            capture_output=capture, check=False)
+    result = subprocess.run(
+        [sys.executable, '-m', 'crmapi', *args], env=env, text=True, capture_output=capture, check=False
+    )
     if result.returncode != 0:
         sys.exit(f'crmapi {" ".join(args)} failed:\n{result.stderr}')
     return result.stdout.strip()
@@ -83,6 +95,7 @@ def fresh_database(db, directory, pg_url):
         url = f'sqlite:///{path}'
     else:
         import psycopg
+
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute('DROP DATABASE IF EXISTS crmapi_import_bench WITH (FORCE)')
             conn.execute('CREATE DATABASE crmapi_import_bench')
@@ -99,8 +112,11 @@ def organization(url, name):
 
 def start_import(url, org, path, batch, *more):
     env = {**os.environ, 'CRMAPI_DATABASE_URL': url, 'PYTHONPATH': ROOT}
-    return subprocess.Popen([sys.executable, '-m', 'crmapi', 'import', '--org', org, 'contacts', path,
-                             '--batch', str(batch), *more], env=env, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, '-m', 'crmapi', 'import', '--org', org, 'contacts', path, '--batch', str(batch), *more],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
 
 
 def finished(child, started, expect=0):
@@ -111,7 +127,7 @@ def finished(child, started, expect=0):
     err = child.stderr.read().decode()
     if child.returncode != expect:
         sys.exit(f'crmapi import exited {child.returncode}:\n{err}')
-    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime   # Linux: KiB
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # Linux: KiB
 
 
 def timed_cli_import(url, org, path, batch, *more):
@@ -123,8 +139,10 @@ def timed_cli_import(url, org, path, batch, *more):
 def connect(url):
     if url.startswith('sqlite:///'):
         import sqlite3
-        return sqlite3.connect(url[len('sqlite:///'):]), '?'
+
+        return sqlite3.connect(url[len('sqlite:///') :]), '?'
     import psycopg
+
     return psycopg.connect(url, autocommit=True), '%s'
 
 
@@ -133,12 +151,14 @@ def landed(url, org):
     conn, mark = connect(url)
     try:
         digest, count = hashlib.md5(), 0
-        ids = conn.execute(f'SELECT external_id FROM contacts WHERE organization_id = {mark} ORDER BY external_id',
-                           (org,))
+        ids = conn.execute(
+            f'SELECT external_id FROM contacts WHERE organization_id = {mark} ORDER BY external_id', (org,)
+        )
         for count, (value,) in enumerate(ids, 1):
             digest.update(f'{value}\n'.encode())
-        (distinct,) = conn.execute(f'SELECT count(DISTINCT external_id) FROM contacts WHERE organization_id = {mark}',
-                                   (org,)).fetchone()
+        (distinct,) = conn.execute(
+            f'SELECT count(DISTINCT external_id) FROM contacts WHERE organization_id = {mark}', (org,)
+        ).fetchone()
         return count, digest.hexdigest(), distinct
     finally:
         conn.close()
@@ -157,8 +177,10 @@ def interrupted_and_resumed(url, org, path, args):
     started = time.perf_counter()
     child = start_import(url, org, path, args.batch)
     try:
-        while conn.execute(f'SELECT count(*) FROM contacts WHERE organization_id = {mark}',
-                           (org,)).fetchone()[0] < args.at_rows:
+        while (
+            conn.execute(f'SELECT count(*) FROM contacts WHERE organization_id = {mark}', (org,)).fetchone()[0]
+            < args.at_rows
+        ):
             if child.poll() is not None:
                 sys.exit('the import ended before it could be interrupted: raise --rows or lower --at-rows')
             time.sleep(0.05)
@@ -169,10 +191,13 @@ def interrupted_and_resumed(url, org, path, args):
     before = landed(url, org)
     again = timed_cli_import(url, org, path, args.batch, '--on-conflict', 'external_id')
     after, wanted = landed(url, org), expected(args.rows)
-    print(f'interrupted ({args.interrupt}) after {first[0]:.1f} s with {before[0]:,} contacts landed; resumed in '
-          f'{again[0]:.1f} s (CPU {again[2]:.1f} s, peak RSS {again[1]:.0f} MiB): {after[0]:,} contacts, '
-          f'{after[2]:,} distinct external ids, MD5 {after[1]}; the file: {wanted[0]:,}, MD5 {wanted[1]} -> '
-          f'{"SAME" if after == wanted else "DIFFERENT"}', file=sys.stderr)
+    print(
+        f'interrupted ({args.interrupt}) after {first[0]:.1f} s with {before[0]:,} contacts landed; resumed in '
+        f'{again[0]:.1f} s (CPU {again[2]:.1f} s, peak RSS {again[1]:.0f} MiB): {after[0]:,} contacts, '
+        f'{after[2]:,} distinct external ids, MD5 {after[1]}; the file: {wanted[0]:,}, MD5 {wanted[1]} -> '
+        f'{"SAME" if after == wanted else "DIFFERENT"}',
+        file=sys.stderr,
+    )
     return after == wanted
 
 
@@ -182,16 +207,27 @@ class Wsgi:
     def __init__(self, url, token):
         from crmapi import create_app
         from crmapi.config import Settings
+
         self.app = create_app(Settings(database_url=url, access_log=False, max_import_bytes=1 << 40))
         self.token = token
 
     def post(self, path, body, content_type):
         environ = {
-            'REQUEST_METHOD': 'POST', 'PATH_INFO': path, 'QUERY_STRING': '', 'SERVER_NAME': 'bench',
-            'SERVER_PORT': '80', 'SERVER_PROTOCOL': 'HTTP/1.1', 'wsgi.url_scheme': 'http',
-            'wsgi.input': io.BytesIO(body), 'wsgi.errors': sys.stderr, 'wsgi.version': (1, 0),
-            'wsgi.multithread': False, 'wsgi.multiprocess': False, 'wsgi.run_once': False,
-            'CONTENT_TYPE': content_type, 'CONTENT_LENGTH': str(len(body)),
+            'REQUEST_METHOD': 'POST',
+            'PATH_INFO': path,
+            'QUERY_STRING': '',
+            'SERVER_NAME': 'bench',
+            'SERVER_PORT': '80',
+            'SERVER_PROTOCOL': 'HTTP/1.1',
+            'wsgi.url_scheme': 'http',
+            'wsgi.input': io.BytesIO(body),
+            'wsgi.errors': sys.stderr,
+            'wsgi.version': (1, 0),
+            'wsgi.multithread': False,
+            'wsgi.multiprocess': False,
+            'wsgi.run_once': False,
+            'CONTENT_TYPE': content_type,
+            'CONTENT_LENGTH': str(len(body)),
             'HTTP_AUTHORIZATION': f'Bearer {self.token}',
         }
         seen = {}
@@ -205,9 +241,18 @@ def single_posts(wsgi, count):
     """Records a second, one `POST /api/contacts` (one transaction) each."""
     started = time.perf_counter()
     for n in range(count):
-        wsgi.post('/api/contacts', json.dumps({'first_name': 'Single', 'last_name': f'Post {n}',
-                                               'email': f'single.{n}@bench.invalid', 'city': 'London'}).encode(),
-                  'application/json')
+        wsgi.post(
+            '/api/contacts',
+            json.dumps(
+                {
+                    'first_name': 'Single',
+                    'last_name': f'Post {n}',
+                    'email': f'single.{n}@bench.invalid',
+                    'city': 'London',
+                }
+            ).encode(),
+            'application/json',
+        )
     return count / (time.perf_counter() - started)
 
 
@@ -234,8 +279,11 @@ def main():
     p.add_argument('--single', type=int, default=1000, help='single-record POSTs timed for comparison')
     p.add_argument('--api-rows', type=int, default=10_000, help='rows of the CSV posted to the API in one request')
     p.add_argument('--db', default=None, help='sqlite, postgresql or both (default: both if a PostgreSQL URL is set)')
-    p.add_argument('--pg-url', default=os.environ.get('CRMAPI_BENCH_PG_URL'),
-                   help='a PostgreSQL server (any database on it; default: $CRMAPI_BENCH_PG_URL)')
+    p.add_argument(
+        '--pg-url',
+        default=os.environ.get('CRMAPI_BENCH_PG_URL'),
+        help='a PostgreSQL server (any database on it; default: $CRMAPI_BENCH_PG_URL)',
+    )
     p.add_argument('--dir', default='/tmp/crmapi-import-bench', help='where the CSV and the SQLite database go')
     p.add_argument('--seed', type=int, default=9)
     p.add_argument('--interrupt', choices=('kill', 'int'), help='interrupt the import (SIGKILL or SIGINT), resume it')
@@ -253,21 +301,25 @@ def main():
     print(f'{args.rows:,} contacts, {size:.1f} MiB: {path}\n', file=sys.stderr)
 
     if args.interrupt:
-        same = [interrupted_and_resumed(*fresh_database(db, args.dir, args.pg_url)[:2], path, args)
-                for db in databases]
+        same = [interrupted_and_resumed(*fresh_database(db, args.dir, args.pg_url)[:2], path, args) for db in databases]
         sys.exit(0 if all(same) else 1)
-    lines = ['| database | rows | crmapi import s | rows/s | CPU s | peak RSS MiB | API CSV POST rows/s | '
-             'single POST rows/s | load avg |', '|---|---:|---:|---:|---:|---:|---:|---:|---|']
+    lines = [
+        '| database | rows | crmapi import s | rows/s | CPU s | peak RSS MiB | API CSV POST rows/s | '
+        'single POST rows/s | load avg |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---|',
+    ]
     for db in databases:
         url, org, _ = fresh_database(db, args.dir, args.pg_url)
         load = os.getloadavg()[0]
         seconds, rss, cpu = timed_cli_import(url, org, path, args.batch)
         load = f'{load:.1f}–{os.getloadavg()[0]:.1f}'
-        wsgi = Wsgi(url, organization(url, 'Import Bench API')[1])   # NOTE: the same external ids, another org
+        wsgi = Wsgi(url, organization(url, 'Import Bench API')[1])  # NOTE: the same external ids, another org
         csv_rate = api_csv_post(wsgi, path, min(args.api_rows, args.rows))
         single_rate = single_posts(wsgi, args.single)
-        lines.append(f'| {db} | {args.rows:,} | {seconds:.1f} | {args.rows / seconds:,.0f} | {cpu:.1f} | {rss:.0f} | '
-                     f'{csv_rate:,.0f} | {single_rate:,.0f} | {load} |')
+        lines.append(
+            f'| {db} | {args.rows:,} | {seconds:.1f} | {args.rows / seconds:,.0f} | {cpu:.1f} | {rss:.0f} | '
+            f'{csv_rate:,.0f} | {single_rate:,.0f} | {load} |'
+        )
         print(lines[-1], file=sys.stderr)
     print('\n'.join(lines))
 

@@ -13,6 +13,7 @@ The process helpers here (gunicorn, the CLI, an HTTP client, a direct database r
 with `bench/crash.py` and the tests; they depend on nothing but the standard library and crmapi's
 own dependencies.
 """
+
 import argparse
 import collections
 import http.client
@@ -42,6 +43,7 @@ LOCKED_MARKERS = ('database is locked', 'database is busy')
 
 # -- processes -------------------------------------------------------------------------------------
 
+
 def free_port():
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
@@ -50,8 +52,13 @@ def free_port():
 
 def crmapi_cli(url, *args, timeout=60):
     """Run `python -m crmapi --database URL ARGS…`; its stdout, stripped."""
-    done = subprocess.run([sys.executable, '-m', 'crmapi', '--database', url, *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, '-m', 'crmapi', '--database', url, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if done.returncode != 0:
         raise RuntimeError(f'crmapi {" ".join(args)} failed ({done.returncode}): {done.stderr.strip()}')
     return done.stdout.strip()
@@ -82,7 +89,7 @@ def children_of(pid, min_age=0.0):
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(')') + 2:].split()
+        fields = stat[stat.rindex(')') + 2 :].split()
         if int(fields[1]) == pid and fields[0] != 'Z' and uptime - int(fields[19]) / ticks >= min_age:
             found.append(int(entry))
     return found
@@ -96,8 +103,19 @@ class Gunicorn:
     group after `stop_timeout`), so no test leaves a server behind.
     """
 
-    def __init__(self, app, database_url, log_path, workers=4, threads=4, worker_class='gthread',
-                 timeout=30, env=None, pythonpath=None, server='gunicorn'):
+    def __init__(
+        self,
+        app,
+        database_url,
+        log_path,
+        workers=4,
+        threads=4,
+        worker_class='gthread',
+        timeout=30,
+        env=None,
+        pythonpath=None,
+        server='gunicorn',
+    ):
         self.server = server
         self.app = app
         self.database_url = database_url
@@ -112,12 +130,43 @@ class Gunicorn:
 
     def argv(self):
         if self.server == 'granian':
-            return [sys.executable, '-m', 'crmapi', 'serve', '--server', 'granian', '--bind', f'{LOOPBACK}:{self.port}',
-                    '--workers', str(self.workers), '--threads', str(self.threads), '--app', self.app]
-        argv = [sys.executable, '-m', 'gunicorn', '--bind', f'{LOOPBACK}:{self.port}',
-                '--workers', str(self.workers), '--worker-class', self.worker_class,
-                '--threads', str(self.threads), '--timeout', str(self.timeout), '--graceful-timeout', '10',
-                '--limit-request-line', '0', '--config', str(self.conf_path)]
+            return [
+                sys.executable,
+                '-m',
+                'crmapi',
+                'serve',
+                '--server',
+                'granian',
+                '--bind',
+                f'{LOOPBACK}:{self.port}',
+                '--workers',
+                str(self.workers),
+                '--threads',
+                str(self.threads),
+                '--app',
+                self.app,
+            ]
+        argv = [
+            sys.executable,
+            '-m',
+            'gunicorn',
+            '--bind',
+            f'{LOOPBACK}:{self.port}',
+            '--workers',
+            str(self.workers),
+            '--worker-class',
+            self.worker_class,
+            '--threads',
+            str(self.threads),
+            '--timeout',
+            str(self.timeout),
+            '--graceful-timeout',
+            '10',
+            '--limit-request-line',
+            '0',
+            '--config',
+            str(self.conf_path),
+        ]
         if self.pythonpath:
             argv += ['--pythonpath', str(self.pythonpath)]
         return argv + [self.app]
@@ -136,14 +185,22 @@ class Gunicorn:
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         # NOTE: post_worker_init runs after a worker has loaded the app; a pid that answered HTTP
         # says nothing about the others, which may still be opening the database.
-        self.conf_path.write_text('def post_worker_init(worker):\n'
-                                  f'    worker.log.info({self.READY!r} + " %s", worker.pid)\n')
+        self.conf_path.write_text(
+            f'def post_worker_init(worker):\n    worker.log.info({self.READY!r} + " %s", worker.pid)\n'
+        )
         env = {**os.environ, 'CRMAPI_DATABASE_URL': self.database_url, **self.env}
         if self.server == 'granian' and self.pythonpath:
             env['PYTHONPATH'] = os.pathsep.join(p for p in (str(self.pythonpath), env.get('PYTHONPATH')) if p)
         with open(self.log_path, 'ab') as log:
-            self.proc = subprocess.Popen(self.argv(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv(),
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + ready_timeout
         while True:
             if self.proc.poll() is not None:
@@ -213,9 +270,10 @@ class Gunicorn:
 
 # -- HTTP ------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Answer:
-    status: int          # None when no HTTP answer came back (connection refused, reset, timeout)
+    status: int  # None when no HTTP answer came back (connection refused, reset, timeout)
     headers: dict
     text: str
     error: str
@@ -276,6 +334,7 @@ class Api:
 
 # -- direct database access (for the checks) -------------------------------------------------------
 
+
 def sqlite_path(url):
     parsed = urlparse(url)
     return unquote(parsed.path)[1:]
@@ -289,6 +348,7 @@ class Reader:
         self.is_pg = not url.startswith('sqlite')
         if self.is_pg:
             import psycopg
+
             self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
         else:
             self.conn = sqlite3.connect(sqlite_path(url), timeout=10)
@@ -315,8 +375,10 @@ class Reader:
         """Tasks and notes whose contact does not exist, checked with plain SQL on both engines."""
         problems = []
         for table, nullable in (('tasks', True), ('contact_notes', False)):
-            rows = self.rows(f'SELECT t.id, t.contact_id FROM {table} t LEFT JOIN contacts c ON c.id = t.contact_id '
-                             'WHERE t.contact_id IS NOT NULL AND c.id IS NULL')
+            rows = self.rows(
+                f'SELECT t.id, t.contact_id FROM {table} t LEFT JOIN contacts c ON c.id = t.contact_id '
+                'WHERE t.contact_id IS NOT NULL AND c.id IS NULL'
+            )
             if rows:
                 problems.append(f'{len(rows)} {table} point at a missing contact, e.g. {rows[0]}')
         return problems
@@ -340,6 +402,7 @@ class PostgresScratch:
 
     def _admin(self, sql):
         import psycopg
+
         with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql)
 
@@ -357,8 +420,18 @@ class PostgresScratch:
 # `race_merge` (off unless asked for) merges any two contacts, so even a client's own contacts may
 # vanish under it: then every 404 (or 400/409 for a task or note on a vanished contact) is accepted
 # if, in the end, one of the contacts involved was indeed merged away.
-MIX = {'create': 24, 'task': 10, 'note': 8, 'update': 14, 'race_update': 8, 'archive': 6,
-       'race_archive': 4, 'merge': 10, 'list': 10, 'get': 6}
+MIX = {
+    'create': 24,
+    'task': 10,
+    'note': 8,
+    'update': 14,
+    'race_update': 8,
+    'archive': 6,
+    'race_archive': 4,
+    'merge': 10,
+    'list': 10,
+    'get': 6,
+}
 GONE_STATUSES = {404: 'all', 400: ('task', 'note'), 409: ('task', 'note')}
 
 
@@ -368,16 +441,16 @@ class Ledger:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     contacts: set = field(default_factory=set)
-    tasks: dict = field(default_factory=dict)      # task id -> contact it was created on
-    notes: dict = field(default_factory=dict)      # note id -> contact it was created on
+    tasks: dict = field(default_factory=dict)  # task id -> contact it was created on
+    notes: dict = field(default_factory=dict)  # note id -> contact it was created on
     merged_into: dict = field(default_factory=dict)  # source -> target, from acknowledged merges
     archived: set = field(default_factory=set)
-    titles: dict = field(default_factory=dict)     # contact -> last title its owner set and had acknowledged
+    titles: dict = field(default_factory=dict)  # contact -> last title its owner set and had acknowledged
     not_found: list = field(default_factory=list)  # (op, contact ids, status): a race lost on purpose
-    errors: list = field(default_factory=list)     # (op, description)
+    errors: list = field(default_factory=list)  # (op, description)
     counts: collections.Counter = field(default_factory=collections.Counter)
     latencies: list = field(default_factory=list)
-    locked: list = field(default_factory=list)     # answers that mention a locked database
+    locked: list = field(default_factory=list)  # answers that mention a locked database
 
     def resolve(self, contact_id):
         while contact_id in self.merged_into:
@@ -394,7 +467,7 @@ class LoadClient(threading.Thread):
         self.deadline = deadline
         self.max_requests = max_requests
         self.rng = random.Random(seed)
-        self.mine = []          # own contacts still alive (not merged away)
+        self.mine = []  # own contacts still alive (not merged away)
         self.seq = 0
         self.mix = {**MIX, 'race_merge': race_merges}
 
@@ -433,9 +506,18 @@ class LoadClient(threading.Thread):
         racing = self.mix['race_merge'] > 0
         self.seq += 1
         if op == 'create':
-            a = self.call(op, 'POST', '/api/contacts', {
-                'first_name': f'C{self.n}', 'last_name': f'L{self.seq}', 'title': 'v0',
-                'email': f'c{self.n}.{self.seq}@example.com', 'tags': []})
+            a = self.call(
+                op,
+                'POST',
+                '/api/contacts',
+                {
+                    'first_name': f'C{self.n}',
+                    'last_name': f'L{self.seq}',
+                    'title': 'v0',
+                    'email': f'c{self.n}.{self.seq}@example.com',
+                    'tags': [],
+                },
+            )
             if a:
                 cid = a.body['id']
                 self.mine.append(cid)
@@ -445,8 +527,13 @@ class LoadClient(threading.Thread):
         elif op in ('task', 'note'):
             cid = rng.choice(self.mine)
             path = '/api/tasks' if op == 'task' else '/api/contact_notes'
-            a = self.call(op, 'POST', path, {'contact_id': cid, 'text': f'{op} {self.n}.{self.seq}'},
-                          gone=[cid] if racing else None)
+            a = self.call(
+                op,
+                'POST',
+                path,
+                {'contact_id': cid, 'text': f'{op} {self.n}.{self.seq}'},
+                gone=[cid] if racing else None,
+            )
             if a:
                 with ledger.lock:
                     (ledger.tasks if op == 'task' else ledger.notes)[a.body['id']] = cid
@@ -465,8 +552,13 @@ class LoadClient(threading.Thread):
                     ledger.archived.add(cid)
         elif op == 'merge':
             target, *sources = rng.sample(self.mine, rng.randint(2, min(3, len(self.mine))))
-            if self.call(op, 'POST', '/api/merge_contacts', {'target_id': target, 'source_ids': sources},
-                         gone=[target, *sources] if racing else None):
+            if self.call(
+                op,
+                'POST',
+                '/api/merge_contacts',
+                {'target_id': target, 'source_ids': sources},
+                gone=[target, *sources] if racing else None,
+            ):
                 self.mine = [c for c in self.mine if c not in sources]
                 with ledger.lock:
                     for s in sources:
@@ -476,8 +568,13 @@ class LoadClient(threading.Thread):
                 alive = tuple(ledger.contacts - set(ledger.merged_into))
             if len(alive) >= 2:
                 target, source = rng.sample(alive, 2)
-                if self.call(op, 'POST', '/api/merge_contacts', {'target_id': target, 'source_ids': [source]},
-                             gone=[target, source]):
+                if self.call(
+                    op,
+                    'POST',
+                    '/api/merge_contacts',
+                    {'target_id': target, 'source_ids': [source]},
+                    gone=[target, source],
+                ):
                     self.mine = [c for c in self.mine if c != source]
                     with ledger.lock:
                         ledger.merged_into[source] = target
@@ -504,8 +601,9 @@ class LoadClient(threading.Thread):
 def run_load(port, token, clients=8, seconds=5.0, max_requests=10**9, seed=1, race_merges=0):
     ledger = Ledger()
     deadline = time.monotonic() + seconds
-    threads = [LoadClient(n, port, token, ledger, deadline, max_requests, seed * 1000 + n, race_merges)
-               for n in range(clients)]
+    threads = [
+        LoadClient(n, port, token, ledger, deadline, max_requests, seed * 1000 + n, race_merges) for n in range(clients)
+    ]
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -523,14 +621,17 @@ def check_load(reader, org_id, ledger):
     stray = [entry for entry in ledger.not_found if not merged_away & set(entry[1])]
     if stray:
         problems.append(f'{len(stray)} lost races for contacts that were never merged away, e.g. {stray[:3]}')
-    rows = {r[0]: r for r in reader.rows(
-        'SELECT id, title, archived_at FROM contacts WHERE organization_id = ?', (org_id,))}
+    rows = {
+        r[0]: r for r in reader.rows('SELECT id, title, archived_at FROM contacts WHERE organization_id = ?', (org_id,))
+    }
     expected = ledger.contacts - merged_away
     if set(rows) != expected:
         missing, extra = expected - set(rows), set(rows) - expected
-        problems.append(f'contacts: {len(rows)} stored, {len(expected)} expected '
-                        f'({len(ledger.contacts)} created - {len(merged_away)} merged away); '
-                        f'missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}')
+        problems.append(
+            f'contacts: {len(rows)} stored, {len(expected)} expected '
+            f'({len(ledger.contacts)} created - {len(merged_away)} merged away); '
+            f'missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}'
+        )
     for cid in expected & set(rows):
         if rows[cid][1] != ledger.titles.get(cid):
             problems.append(f'contact {cid}: title {rows[cid][1]!r}, last acknowledged {ledger.titles.get(cid)!r}')
@@ -558,14 +659,16 @@ def percentile(values, p):
 def summary(ledger):
     total = sum(ledger.counts.values())
     lat = ledger.latencies
-    return (f'{total} requests in {ledger.elapsed:.1f}s = {total / max(ledger.elapsed, 1e-9):.0f} req/s; '
-            f'latency p50 {percentile(lat, 50) * 1000:.1f} ms, p95 {percentile(lat, 95) * 1000:.1f} ms, '
-            f'p99 {percentile(lat, 99) * 1000:.1f} ms, max {max(lat, default=0) * 1000:.1f} ms; '
-            f'errors {len(ledger.errors)}, "locked" answers {len(ledger.locked)}, '
-            f'races lost on purpose (404) {len(ledger.not_found)}; '
-            f'acknowledged: {len(ledger.contacts)} contacts, {len(ledger.merged_into)} merged away, '
-            f'{len(ledger.tasks)} tasks, {len(ledger.notes)} notes, {len(ledger.archived)} archived; '
-            f'ops {dict(sorted(ledger.counts.items()))}')
+    return (
+        f'{total} requests in {ledger.elapsed:.1f}s = {total / max(ledger.elapsed, 1e-9):.0f} req/s; '
+        f'latency p50 {percentile(lat, 50) * 1000:.1f} ms, p95 {percentile(lat, 95) * 1000:.1f} ms, '
+        f'p99 {percentile(lat, 99) * 1000:.1f} ms, max {max(lat, default=0) * 1000:.1f} ms; '
+        f'errors {len(ledger.errors)}, "locked" answers {len(ledger.locked)}, '
+        f'races lost on purpose (404) {len(ledger.not_found)}; '
+        f'acknowledged: {len(ledger.contacts)} contacts, {len(ledger.merged_into)} merged away, '
+        f'{len(ledger.tasks)} tasks, {len(ledger.notes)} notes, {len(ledger.archived)} archived; '
+        f'ops {dict(sorted(ledger.counts.items()))}'
+    )
 
 
 def log_problems(log_text):
@@ -574,13 +677,33 @@ def log_problems(log_text):
     return [line for line in log_text.splitlines() if any(b in line for b in bad)]
 
 
-def load_run(database_url, workdir, clients=8, seconds=5.0, max_requests=10**9, workers=4, threads=4,
-             worker_class='gthread', seed=1, race_merges=0, env=None, server='gunicorn'):
+def load_run(
+    database_url,
+    workdir,
+    clients=8,
+    seconds=5.0,
+    max_requests=10**9,
+    workers=4,
+    threads=4,
+    worker_class='gthread',
+    seed=1,
+    race_merges=0,
+    env=None,
+    server='gunicorn',
+):
     """Prepare the database, serve it (`server`: gunicorn or granian), load it, stop, check: (ledger, problems,
     server log text)."""
     org_id, token = prepare_database(database_url)
-    server = Gunicorn('crmapi:create_app()', database_url, Path(workdir) / f'{server}.log',
-                      workers=workers, threads=threads, worker_class=worker_class, env=env, server=server)
+    server = Gunicorn(
+        'crmapi:create_app()',
+        database_url,
+        Path(workdir) / f'{server}.log',
+        workers=workers,
+        threads=threads,
+        worker_class=worker_class,
+        env=env,
+        server=server,
+    )
     with server:
         ledger = run_load(server.port, token, clients, seconds, max_requests, seed, race_merges)
     log = server.log_text()
@@ -601,8 +724,11 @@ def load_run(database_url, workdir, clients=8, seconds=5.0, max_requests=10**9, 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--database', default='sqlite',
-                   help="'sqlite' (a temp crm.db) or a PostgreSQL URL (a fresh database is made beside it)")
+    p.add_argument(
+        '--database',
+        default='sqlite',
+        help="'sqlite' (a temp crm.db) or a PostgreSQL URL (a fresh database is made beside it)",
+    )
     p.add_argument('--seconds', type=float, default=30)
     p.add_argument('--clients', type=int, default=16)
     p.add_argument('--workers', type=int, default=4)
@@ -610,13 +736,25 @@ def main(argv=None):
     p.add_argument('--worker-class', default='gthread', choices=['gthread', 'sync'])
     p.add_argument('--max-requests', type=int, default=10**9)
     p.add_argument('--seed', type=int, default=1)
-    p.add_argument('--race-merges', type=int, default=0, metavar='WEIGHT',
-                   help='also merge any two contacts (weight in the op mix; the others sum to 100)')
+    p.add_argument(
+        '--race-merges',
+        type=int,
+        default=0,
+        metavar='WEIGHT',
+        help='also merge any two contacts (weight in the op mix; the others sum to 100)',
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix='crmapi-load-') as workdir:
-        run = dict(clients=args.clients, seconds=args.seconds, max_requests=args.max_requests,
-                   workers=args.workers, threads=args.threads, worker_class=args.worker_class, seed=args.seed,
-                   race_merges=args.race_merges)
+        run = dict(
+            clients=args.clients,
+            seconds=args.seconds,
+            max_requests=args.max_requests,
+            workers=args.workers,
+            threads=args.threads,
+            worker_class=args.worker_class,
+            seed=args.seed,
+            race_merges=args.race_merges,
+        )
         if args.database == 'sqlite':
             label = 'sqlite'
             ledger, problems, _ = load_run(f'sqlite:///{workdir}/crm.db', workdir, **run)

@@ -30,6 +30,7 @@ NOTE: rows are written directly, not through the API, so derived data the schema
 per-organization `row_counts` of migration 0003) is recomputed here, in `derived()`; a new kind
 of derived data needs a line there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,70 +60,202 @@ EPOCH = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
 SPAN_MS = 6 * 365 * 86400 * 1000
 END_MS = SPAN_MS + 30 * 86400 * 1000
 
-FIRST = ('Ada Alan Alice Amelia Ana Andrea Anna Arjun Ben Carla Carlos Charlotte Chen Chloe Clara '
-         'Daniel David Diego Elena Emma Eric Eva Fatima Felix Grace Hannah Hugo Ines Isabel Ivan '
-         'Jack James Jan Jana Javier John Jonas Jose Julia Karen Kenji Laura Lea Leila Leo Li Lina '
-         'Lucas Lucia Luis Maria Mark Marta Mateo Mei Mia Michael Mohamed Nadia Noah Nora Olga '
-         'Olivia Omar Oscar Paul Pedro Peter Priya Rachel Raj Rosa Sam Sara Sofia Sophie Tom Tomas '
-         'Valeria Victor Wei Yuki Yusuf Zoe').split()
-LAST = ('Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez '
-        'Gonzalez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris '
-        'Sanchez Clark Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill '
-        'Flores Green Adams Nelson Baker Hall Rivera Campbell Mitchell Carter Roberts Muller Schmidt '
-        'Schneider Fischer Weber Meyer Wagner Becker Schulz Hoffmann Dubois Durand Lefebvre Moreau '
-        'Laurent Simon Michel Leroy Roux David Bertrand Morel Fournier Girard Bonnet Rossi Russo '
-        'Ferrari Esposito Bianchi Romano Colombo Ricci Marino Greco Bruno Gallo Conti Costa Silva '
-        'Santos Oliveira Souza Pereira Ferreira Alves Lima Carvalho Gomes Ribeiro Rocha Almeida '
-        'Kowalski Nowak Wisniewski Novak Svoboda Dvorak Horvat Kovacs Nagy Szabo Toth Papadopoulos '
-        'Jensen Nielsen Hansen Pedersen Andersen Larsen Johansson Karlsson Nilsson Eriksson Olsen '
-        'Virtanen Korhonen Murphy Kelly Byrne Walsh Ryan OBrien Sato Suzuki Takahashi Tanaka '
-        'Watanabe Ito Yamamoto Nakamura Kobayashi Kato Wang Zhang Liu Yang Huang Zhao Wu Zhou Xu '
-        'Sun Ma Zhu Hu Guo Kim Park Choi Jung Kang Cho Yoon Jang Patel Shah Singh Kumar Sharma '
-        'Gupta Mehta Iyer Reddy Rao Khan Ali Hussain Ahmed Hassan Ibrahim Mahmoud Cohen Levi '
-        'Mizrahi Friedman Ivanov Smirnov Kuznetsov Popov Sokolov Lebedev Kozlov Novikov Morozov '
-        'Petrov Volkov Lovelace Hopper Turing Dijkstra Liskov Knuth Hamilton Torvalds Ritchie '
-        'Kernighan Stroustrup Berners-Lee OConnor De-la-Cruz Van-der-Berg').split()
-CITIES = [('London', 'GB', 60), ('New York', 'US', 55), ('Paris', 'FR', 45), ('Berlin', 'DE', 40),
-          ('San Francisco', 'US', 35), ('Toronto', 'CA', 30), ('Sydney', 'AU', 28), ('Madrid', 'ES', 26),
-          ('Amsterdam', 'NL', 25), ('Tokyo', 'JP', 25), ('Chicago', 'US', 24), ('Boston', 'US', 20),
-          ('Seattle', 'US', 20), ('Dublin', 'IE', 18), ('Munich', 'DE', 16), ('Barcelona', 'ES', 16),
-          ('Milan', 'IT', 15), ('Stockholm', 'SE', 14), ('Copenhagen', 'DK', 12), ('Zurich', 'CH', 12),
-          ('Vienna', 'AT', 12), ('Lisbon', 'PT', 12), ('Singapore', 'SG', 12), ('Bangalore', 'IN', 12),
-          ('Sao Paulo', 'BR', 12), ('Mexico City', 'MX', 11), ('Manchester', 'GB', 10), ('Lyon', 'FR', 8),
-          ('Hamburg', 'DE', 8), ('Brussels', 'BE', 8), ('Oslo', 'NO', 7), ('Helsinki', 'FI', 7),
-          ('Warsaw', 'PL', 7), ('Prague', 'CZ', 6), ('Montreal', 'CA', 6), ('Melbourne', 'AU', 6),
-          ('Denver', 'US', 6), ('Miami', 'US', 6), ('Tel Aviv', 'IL', 5), ('Dubai', 'AE', 5),
-          ('Cape Town', 'ZA', 4), ('Nairobi', 'KE', 3), ('Reykjavik', 'IS', 1), ('Valletta', 'MT', 1)]
+FIRST = (
+    'Ada Alan Alice Amelia Ana Andrea Anna Arjun Ben Carla Carlos Charlotte Chen Chloe Clara '
+    'Daniel David Diego Elena Emma Eric Eva Fatima Felix Grace Hannah Hugo Ines Isabel Ivan '
+    'Jack James Jan Jana Javier John Jonas Jose Julia Karen Kenji Laura Lea Leila Leo Li Lina '
+    'Lucas Lucia Luis Maria Mark Marta Mateo Mei Mia Michael Mohamed Nadia Noah Nora Olga '
+    'Olivia Omar Oscar Paul Pedro Peter Priya Rachel Raj Rosa Sam Sara Sofia Sophie Tom Tomas '
+    'Valeria Victor Wei Yuki Yusuf Zoe'
+).split()
+LAST = (
+    'Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez '
+    'Gonzalez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris '
+    'Sanchez Clark Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill '
+    'Flores Green Adams Nelson Baker Hall Rivera Campbell Mitchell Carter Roberts Muller Schmidt '
+    'Schneider Fischer Weber Meyer Wagner Becker Schulz Hoffmann Dubois Durand Lefebvre Moreau '
+    'Laurent Simon Michel Leroy Roux David Bertrand Morel Fournier Girard Bonnet Rossi Russo '
+    'Ferrari Esposito Bianchi Romano Colombo Ricci Marino Greco Bruno Gallo Conti Costa Silva '
+    'Santos Oliveira Souza Pereira Ferreira Alves Lima Carvalho Gomes Ribeiro Rocha Almeida '
+    'Kowalski Nowak Wisniewski Novak Svoboda Dvorak Horvat Kovacs Nagy Szabo Toth Papadopoulos '
+    'Jensen Nielsen Hansen Pedersen Andersen Larsen Johansson Karlsson Nilsson Eriksson Olsen '
+    'Virtanen Korhonen Murphy Kelly Byrne Walsh Ryan OBrien Sato Suzuki Takahashi Tanaka '
+    'Watanabe Ito Yamamoto Nakamura Kobayashi Kato Wang Zhang Liu Yang Huang Zhao Wu Zhou Xu '
+    'Sun Ma Zhu Hu Guo Kim Park Choi Jung Kang Cho Yoon Jang Patel Shah Singh Kumar Sharma '
+    'Gupta Mehta Iyer Reddy Rao Khan Ali Hussain Ahmed Hassan Ibrahim Mahmoud Cohen Levi '
+    'Mizrahi Friedman Ivanov Smirnov Kuznetsov Popov Sokolov Lebedev Kozlov Novikov Morozov '
+    'Petrov Volkov Lovelace Hopper Turing Dijkstra Liskov Knuth Hamilton Torvalds Ritchie '
+    'Kernighan Stroustrup Berners-Lee OConnor De-la-Cruz Van-der-Berg'
+).split()
+CITIES = [
+    ('London', 'GB', 60),
+    ('New York', 'US', 55),
+    ('Paris', 'FR', 45),
+    ('Berlin', 'DE', 40),
+    ('San Francisco', 'US', 35),
+    ('Toronto', 'CA', 30),
+    ('Sydney', 'AU', 28),
+    ('Madrid', 'ES', 26),
+    ('Amsterdam', 'NL', 25),
+    ('Tokyo', 'JP', 25),
+    ('Chicago', 'US', 24),
+    ('Boston', 'US', 20),
+    ('Seattle', 'US', 20),
+    ('Dublin', 'IE', 18),
+    ('Munich', 'DE', 16),
+    ('Barcelona', 'ES', 16),
+    ('Milan', 'IT', 15),
+    ('Stockholm', 'SE', 14),
+    ('Copenhagen', 'DK', 12),
+    ('Zurich', 'CH', 12),
+    ('Vienna', 'AT', 12),
+    ('Lisbon', 'PT', 12),
+    ('Singapore', 'SG', 12),
+    ('Bangalore', 'IN', 12),
+    ('Sao Paulo', 'BR', 12),
+    ('Mexico City', 'MX', 11),
+    ('Manchester', 'GB', 10),
+    ('Lyon', 'FR', 8),
+    ('Hamburg', 'DE', 8),
+    ('Brussels', 'BE', 8),
+    ('Oslo', 'NO', 7),
+    ('Helsinki', 'FI', 7),
+    ('Warsaw', 'PL', 7),
+    ('Prague', 'CZ', 6),
+    ('Montreal', 'CA', 6),
+    ('Melbourne', 'AU', 6),
+    ('Denver', 'US', 6),
+    ('Miami', 'US', 6),
+    ('Tel Aviv', 'IL', 5),
+    ('Dubai', 'AE', 5),
+    ('Cape Town', 'ZA', 4),
+    ('Nairobi', 'KE', 3),
+    ('Reykjavik', 'IS', 1),
+    ('Valletta', 'MT', 1),
+]
 CONTACT_STATUSES = [('cold', 40), ('warm', 30), ('hot', 15), ('in-contract', 15)]
-DEAL_STAGES = [('opportunity', 30), ('proposal-sent', 20), ('in-negotiation', 15), ('won', 15),
-               ('lost', 15), ('delayed', 5)]
-SECTORS = ['Software', 'Finance', 'Healthcare', 'Retail', 'Manufacturing', 'Education', 'Media',
-           'Energy', 'Logistics', 'Real Estate', 'Consulting', 'Telecom']
+DEAL_STAGES = [
+    ('opportunity', 30),
+    ('proposal-sent', 20),
+    ('in-negotiation', 15),
+    ('won', 15),
+    ('lost', 15),
+    ('delayed', 5),
+]
+SECTORS = [
+    'Software',
+    'Finance',
+    'Healthcare',
+    'Retail',
+    'Manufacturing',
+    'Education',
+    'Media',
+    'Energy',
+    'Logistics',
+    'Real Estate',
+    'Consulting',
+    'Telecom',
+]
 DEAL_CATEGORIES = ['new business', 'renewal', 'upsell', 'pilot', 'services']
-TITLES = ['CEO', 'CTO', 'CFO', 'VP Sales', 'Head of Marketing', 'Engineer', 'Product Manager',
-          'Account Executive', 'Designer', 'Data Analyst', 'Operations Manager', 'Buyer', None]
+TITLES = [
+    'CEO',
+    'CTO',
+    'CFO',
+    'VP Sales',
+    'Head of Marketing',
+    'Engineer',
+    'Product Manager',
+    'Account Executive',
+    'Designer',
+    'Data Analyst',
+    'Operations Manager',
+    'Buyer',
+    None,
+]
 TASK_TYPES = ['call', 'email', 'meeting', 'demo', 'follow-up', 'lunch']
 NOTE_STATUSES = ['cold', 'warm', 'hot', 'in-contract']
-TAG_NAMES = ['customer', 'partner', 'vip', 'prospect', 'churn-risk', 'newsletter', 'event-2024',
-             'event-2025', 'referral', 'enterprise', 'smb', 'startup', 'investor', 'press', 'supplier',
-             'reseller', 'trial', 'beta', 'champion', 'decision-maker']
+TAG_NAMES = [
+    'customer',
+    'partner',
+    'vip',
+    'prospect',
+    'churn-risk',
+    'newsletter',
+    'event-2024',
+    'event-2025',
+    'referral',
+    'enterprise',
+    'smb',
+    'startup',
+    'investor',
+    'press',
+    'supplier',
+    'reseller',
+    'trial',
+    'beta',
+    'champion',
+    'decision-maker',
+]
 COLORS = ['#3b82f6', '#10b981', '#f59e0b', '#ef4444', '#8b5cf6', '#ec4899', '#14b8a6', '#64748b']
-WORDS = ('call back next week pricing renewal contract budget approved demo scheduled follow up '
-         'proposal discount quarter pipeline champion blocker security review legal signed onboarding '
-         'kickoff integration migration roadmap feedback invoice support escalation meeting intro '
-         'requirements timeline stakeholder procurement').split()
-COMPANY_A = ['Acme', 'Globex', 'Initech', 'Umbrella', 'Stark', 'Wayne', 'Hooli', 'Vandelay', 'Tyrell',
-             'Cyberdyne', 'Aperture', 'Oceanic', 'Nakatomi', 'Monarch', 'Blue', 'North', 'Bright',
-             'Silver', 'Quantum', 'Nimbus', 'Vertex', 'Apex', 'Summit', 'Atlas', 'Orion']
-COMPANY_B = ['Labs', 'Systems', 'Industries', 'Corp', 'Holdings', 'Partners', 'Analytics', 'Logistics',
-             'Media', 'Health', 'Energy', 'Foods', 'Capital', 'Works', 'Digital', 'Networks', 'Group']
+WORDS = (
+    'call back next week pricing renewal contract budget approved demo scheduled follow up '
+    'proposal discount quarter pipeline champion blocker security review legal signed onboarding '
+    'kickoff integration migration roadmap feedback invoice support escalation meeting intro '
+    'requirements timeline stakeholder procurement'
+).split()
+COMPANY_A = [
+    'Acme',
+    'Globex',
+    'Initech',
+    'Umbrella',
+    'Stark',
+    'Wayne',
+    'Hooli',
+    'Vandelay',
+    'Tyrell',
+    'Cyberdyne',
+    'Aperture',
+    'Oceanic',
+    'Nakatomi',
+    'Monarch',
+    'Blue',
+    'North',
+    'Bright',
+    'Silver',
+    'Quantum',
+    'Nimbus',
+    'Vertex',
+    'Apex',
+    'Summit',
+    'Atlas',
+    'Orion',
+]
+COMPANY_B = [
+    'Labs',
+    'Systems',
+    'Industries',
+    'Corp',
+    'Holdings',
+    'Partners',
+    'Analytics',
+    'Logistics',
+    'Media',
+    'Health',
+    'Energy',
+    'Foods',
+    'Capital',
+    'Works',
+    'Digital',
+    'Networks',
+    'Group',
+]
 
 ORGS = [('Big Bench Corp', 'bigbench.example', 1), ('Small Bench Ltd', 'smallbench.example', 20)]
 BENCH_EMAIL = 'bench@bench.invalid'
 
 
 def log(msg):
-    print(f"[load_data {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    print(f'[load_data {time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr, flush=True)
 
 
 class Gen:
@@ -168,19 +301,93 @@ def spread(i, n, rng):
 
 COLUMNS = {
     'organizations': ['id', 'name', 'created_at'],
-    'crm_users': ['id', 'organization_id', 'first_name', 'last_name', 'email', 'administrator', 'disabled',
-                  'created_at', 'updated_at'],
+    'crm_users': [
+        'id',
+        'organization_id',
+        'first_name',
+        'last_name',
+        'email',
+        'administrator',
+        'disabled',
+        'created_at',
+        'updated_at',
+    ],
     'tags': ['id', 'organization_id', 'name', 'color', 'created_at', 'updated_at'],
-    'companies': ['id', 'organization_id', 'name', 'domain', 'website', 'category', 'size', 'phone', 'address',
-                  'city', 'country', 'description', 'created_at', 'updated_at', 'archived_at'],
-    'contacts': ['id', 'organization_id', 'first_name', 'last_name', 'email', 'phone', 'title', 'status', 'city',
-                 'company_id', 'linkedin_url', 'background', 'tags', 'created_at', 'updated_at', 'archived_at'],
-    'deals': ['id', 'organization_id', 'name', 'company_id', 'contact_ids', 'status', 'amount', 'category',
-              'description', 'expected_closing_date', 'created_at', 'updated_at', 'archived_at'],
-    'tasks': ['id', 'organization_id', 'text', 'type', 'due_date', 'done_date', 'contact_id', 'company_id',
-              'deal_id', 'assignee_id', 'created_at', 'updated_at'],
-    'contact_notes': ['id', 'organization_id', 'contact_id', 'title', 'text', 'date', 'status', 'created_at',
-                      'updated_at'],
+    'companies': [
+        'id',
+        'organization_id',
+        'name',
+        'domain',
+        'website',
+        'category',
+        'size',
+        'phone',
+        'address',
+        'city',
+        'country',
+        'description',
+        'created_at',
+        'updated_at',
+        'archived_at',
+    ],
+    'contacts': [
+        'id',
+        'organization_id',
+        'first_name',
+        'last_name',
+        'email',
+        'phone',
+        'title',
+        'status',
+        'city',
+        'company_id',
+        'linkedin_url',
+        'background',
+        'tags',
+        'created_at',
+        'updated_at',
+        'archived_at',
+    ],
+    'deals': [
+        'id',
+        'organization_id',
+        'name',
+        'company_id',
+        'contact_ids',
+        'status',
+        'amount',
+        'category',
+        'description',
+        'expected_closing_date',
+        'created_at',
+        'updated_at',
+        'archived_at',
+    ],
+    'tasks': [
+        'id',
+        'organization_id',
+        'text',
+        'type',
+        'due_date',
+        'done_date',
+        'contact_id',
+        'company_id',
+        'deal_id',
+        'assignee_id',
+        'created_at',
+        'updated_at',
+    ],
+    'contact_notes': [
+        'id',
+        'organization_id',
+        'contact_id',
+        'title',
+        'text',
+        'date',
+        'status',
+        'created_at',
+        'updated_at',
+    ],
 }
 TABLES = list(COLUMNS)
 
@@ -190,9 +397,21 @@ def plan(contacts):
     out = []
     for name, domain, divisor in ORGS:
         n = max(1, contacts // divisor)
-        out.append((name, domain, {'contacts': n, 'companies': max(1, n // 10), 'deals': max(1, n // 20),
-                                   'tasks': max(1, n // 5), 'contact_notes': max(1, n // 5), 'tags': 20,
-                                   'crm_users': 10}))
+        out.append(
+            (
+                name,
+                domain,
+                {
+                    'contacts': n,
+                    'companies': max(1, n // 10),
+                    'deals': max(1, n // 20),
+                    'tasks': max(1, n // 5),
+                    'contact_notes': max(1, n // 5),
+                    'tags': 20,
+                    'crm_users': 10,
+                },
+            )
+        )
     return out
 
 
@@ -236,8 +455,14 @@ class Dataset:
             ms = spread(i, n, g.rng) // 20
             tid = g.id('tag_', ms)
             ids.append(tid)
-            yield (tid, org, TAG_NAMES[i % len(TAG_NAMES)] + ('' if i < len(TAG_NAMES) else f'-{i}'),
-                   COLORS[i % len(COLORS)], ts(ms), ts(ms))
+            yield (
+                tid,
+                org,
+                TAG_NAMES[i % len(TAG_NAMES)] + ('' if i < len(TAG_NAMES) else f'-{i}'),
+                COLORS[i % len(COLORS)],
+                ts(ms),
+                ts(ms),
+            )
         self._keep(k, 'tags', ids)
 
     def gen_companies(self, g, k, org, n, domain):
@@ -250,11 +475,23 @@ class Dataset:
             name = f'{rng.choice(COMPANY_A)} {rng.choice(COMPANY_B)}' + (f' {i}' if i >= 300 else '')
             slug = re.sub('[^a-z0-9]', '', name.lower())
             c, country = city()
-            yield (cid, org, name, f'{slug}.example.com', f'https://{slug}.example.com', rng.choice(SECTORS),
-                   rng.choice([5, 10, 50, 250, 1000, 5000]), f'+1-555-{rng.randrange(10000):04d}',
-                   f'{rng.randint(1, 999)} {rng.choice(LAST)} Street', c, country,
-                   g.sentence(5, 20) if rng.random() < 0.5 else None,
-                   ts(ms), ts(min(END_MS, ms + rng.randrange(400 * 86400_000))), None)
+            yield (
+                cid,
+                org,
+                name,
+                f'{slug}.example.com',
+                f'https://{slug}.example.com',
+                rng.choice(SECTORS),
+                rng.choice([5, 10, 50, 250, 1000, 5000]),
+                f'+1-555-{rng.randrange(10000):04d}',
+                f'{rng.randint(1, 999)} {rng.choice(LAST)} Street',
+                c,
+                country,
+                g.sentence(5, 20) if rng.random() < 0.5 else None,
+                ts(ms),
+                ts(min(END_MS, ms + rng.randrange(400 * 86400_000))),
+                None,
+            )
         self._keep(k, 'companies', ids)
 
     def gen_contacts(self, g, k, org, n, domain):
@@ -274,14 +511,24 @@ class Dataset:
             r = rng.random()
             tag_list = [] if r < 0.6 else rng.sample(tags, 1 if r < 0.9 else 2)
             archived = ts(min(END_MS, ms + rng.randrange(200 * 86400_000))) if rng.random() < 0.01 else None
-            yield (cid, org, first, ln, f'{first}.{ln}{i}@{domain}'.lower(),
-                   f'+1-555-{rng.randrange(10000):04d}' if rng.random() < 0.8 else None,
-                   rng.choice(TITLES), status(), c,
-                   rng.choice(companies) if rng.random() < 0.9 else None,
-                   f'https://www.linkedin.com/in/{first}-{ln}-{i}'.lower() if rng.random() < 0.3 else None,
-                   g.sentence(6, 30) if rng.random() < 0.2 else None,
-                   json.dumps(tag_list, separators=(',', ':')),
-                   ts(ms), ts(min(END_MS, ms + rng.randrange(400 * 86400_000))), archived)
+            yield (
+                cid,
+                org,
+                first,
+                ln,
+                f'{first}.{ln}{i}@{domain}'.lower(),
+                f'+1-555-{rng.randrange(10000):04d}' if rng.random() < 0.8 else None,
+                rng.choice(TITLES),
+                status(),
+                c,
+                rng.choice(companies) if rng.random() < 0.9 else None,
+                f'https://www.linkedin.com/in/{first}-{ln}-{i}'.lower() if rng.random() < 0.3 else None,
+                g.sentence(6, 30) if rng.random() < 0.2 else None,
+                json.dumps(tag_list, separators=(',', ':')),
+                ts(ms),
+                ts(min(END_MS, ms + rng.randrange(400 * 86400_000))),
+                archived,
+            )
         self._keep(k, 'contacts', ids)
 
     def gen_deals(self, g, k, org, n, domain):
@@ -293,12 +540,21 @@ class Dataset:
             did = g.id('d_', ms)
             ids.append(did)
             amount = f'{rng.randrange(500, 250000)}.{rng.choice([0, 0, 0, 50, 99]):02d}'
-            yield (did, org, f'{rng.choice(COMPANY_A)} {rng.choice(DEAL_CATEGORIES)} #{i + 1}',
-                   rng.choice(companies), json.dumps(rng.sample(contacts, min(len(contacts), rng.randint(1, 3))),
-                                                     separators=(',', ':')),
-                   stage(), amount, rng.choice(DEAL_CATEGORIES), g.sentence(4, 16) if rng.random() < 0.4 else None,
-                   day(ms + rng.randrange(180 * 86400_000)), ts(ms),
-                   ts(min(END_MS, ms + rng.randrange(300 * 86400_000))), None)
+            yield (
+                did,
+                org,
+                f'{rng.choice(COMPANY_A)} {rng.choice(DEAL_CATEGORIES)} #{i + 1}',
+                rng.choice(companies),
+                json.dumps(rng.sample(contacts, min(len(contacts), rng.randint(1, 3))), separators=(',', ':')),
+                stage(),
+                amount,
+                rng.choice(DEAL_CATEGORIES),
+                g.sentence(4, 16) if rng.random() < 0.4 else None,
+                day(ms + rng.randrange(180 * 86400_000)),
+                ts(ms),
+                ts(min(END_MS, ms + rng.randrange(300 * 86400_000))),
+                None,
+            )
         self._keep(k, 'deals', ids)
 
     def gen_tasks(self, g, k, org, n, domain):
@@ -309,21 +565,37 @@ class Dataset:
             ms = spread(i, n, rng)
             due = ms + rng.randrange(30 * 86400_000)
             r = rng.random()
-            yield (g.id('t_', ms), org, g.sentence(3, 10), rng.choice(TASK_TYPES), day(due),
-                   day(due + rng.randrange(5 * 86400_000)) if rng.random() < 0.6 else None,
-                   rng.choice(contacts) if r < 0.8 else None,
-                   rng.choice(companies) if 0.6 < r < 0.9 else None,
-                   rng.choice(deals) if r > 0.85 else None,
-                   rng.choice(users), ts(ms), ts(ms))
+            yield (
+                g.id('t_', ms),
+                org,
+                g.sentence(3, 10),
+                rng.choice(TASK_TYPES),
+                day(due),
+                day(due + rng.randrange(5 * 86400_000)) if rng.random() < 0.6 else None,
+                rng.choice(contacts) if r < 0.8 else None,
+                rng.choice(companies) if 0.6 < r < 0.9 else None,
+                rng.choice(deals) if r > 0.85 else None,
+                rng.choice(users),
+                ts(ms),
+                ts(ms),
+            )
 
     def gen_contact_notes(self, g, k, org, n, domain):
         rng = g.rng
         contacts = self.ids[(k, 'contacts')]
         for i in range(n):
             ms = spread(i, n, rng)
-            yield (g.id('cn_', ms), org, rng.choice(contacts),
-                   g.sentence(2, 6) if rng.random() < 0.5 else None, g.sentence(8, 40), ts(ms),
-                   rng.choice(NOTE_STATUSES), ts(ms), ts(ms))
+            yield (
+                g.id('cn_', ms),
+                org,
+                rng.choice(contacts),
+                g.sentence(2, 6) if rng.random() < 0.5 else None,
+                g.sentence(8, 40),
+                ts(ms),
+                rng.choice(NOTE_STATUSES),
+                ts(ms),
+                ts(ms),
+            )
 
 
 def derived(execute, has_table):
@@ -337,14 +609,17 @@ def derived(execute, has_table):
     execute('DELETE FROM row_counts')
     for table in TABLES[1:]:
         live = ' WHERE archived_at IS NULL' if 'archived_at' in COLUMNS[table] else ''
-        execute(f"INSERT INTO row_counts (organization_id, table_name, n) SELECT organization_id, '{table}', "
-                f'COUNT(*) FROM {table}{live} GROUP BY organization_id')
+        execute(
+            f"INSERT INTO row_counts (organization_id, table_name, n) SELECT organization_id, '{table}', "
+            f'COUNT(*) FROM {table}{live} GROUP BY organization_id'
+        )
 
 
 def init_db(url):
     """`crmapi init-db`, exactly as an operator runs it."""
-    subprocess.run([sys.executable, '-m', 'crmapi', '--database', url, 'init-db'], check=True,
-                   cwd=os.path.dirname(HERE))
+    subprocess.run(
+        [sys.executable, '-m', 'crmapi', '--database', url, 'init-db'], check=True, cwd=os.path.dirname(HERE)
+    )
 
 
 def sqlite_indexes(con):
@@ -354,9 +629,10 @@ def sqlite_indexes(con):
 
 def pg_indexes(con):
     return con.execute(
-        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND NOT EXISTS "
+        'SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND NOT EXISTS '
         "(SELECT 1 FROM pg_constraint c WHERE c.conindid = (quote_ident(schemaname) || '.' || "
-        "quote_ident(indexname))::regclass)").fetchall()
+        'quote_ident(indexname))::regclass)'
+    ).fetchall()
 
 
 def batched(iterable, n):
@@ -371,6 +647,7 @@ def batched(iterable, n):
 
 
 # -- SQLite ----------------------------------------------------------------------------------------
+
 
 def load_sqlite(path, data, replace):
     if replace:
@@ -404,8 +681,12 @@ def load_sqlite(path, data, replace):
             n += len(batch)
         timings[table] = round(time.time() - t0, 2)
         log(f'sqlite {table}: {n} rows in {timings[table]}s')
-    derived(con.execute, lambda t: con.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (t,)).fetchone() is not None)
+    derived(
+        con.execute,
+        lambda t: (
+            con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (t,)).fetchone() is not None
+        ),
+    )
     con.execute('COMMIT')
     t0 = time.time()
     for name, sql in indexes:
@@ -420,10 +701,12 @@ def load_sqlite(path, data, replace):
 
 # -- PostgreSQL ------------------------------------------------------------------------------------
 
+
 def create_database(url):
     """CREATE DATABASE for the URL's database when it is missing (through the `postgres` database)."""
     import psycopg
     from urllib.parse import urlsplit, urlunsplit
+
     parts = urlsplit(url)
     name = parts.path.lstrip('/')
     if not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', name or '-'):
@@ -436,6 +719,7 @@ def create_database(url):
 
 def load_pg(url, data, replace):
     import psycopg
+
     create_database(url)
     if replace:
         with psycopg.connect(url, autocommit=True) as con:
@@ -485,6 +769,7 @@ def search_rows(url):
     """The search rows of every loaded record (crmapi reindex: rows written around the API have none, and `q`
     and the text operators read them): seconds taken."""
     from crmapi.store import reindex_database
+
     t0 = time.time()
     db = connect(url)
     try:
@@ -504,8 +789,9 @@ def make_token(url, org_id):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument('--contacts', type=int, default=100_000, help='contacts of the big organization')
     p.add_argument('--seed', type=int, default=42)
     p.add_argument('--sqlite', metavar='PATH', help='SQLite file to create')
@@ -515,23 +801,38 @@ def main(argv=None):
     a = p.parse_args(argv)
     if not (a.sqlite or a.pg):
         p.error('give --sqlite PATH and/or --pg URL')
-    targets = ([('sqlite', 'sqlite:///' + os.path.abspath(a.sqlite))] if a.sqlite else []) + \
-              ([('postgresql', a.pg)] if a.pg else [])
-    meta = {'loader_version': LOADER_VERSION, 'contacts': a.contacts, 'seed': a.seed,
-            'plan': [{'name': n, 'rows': c} for n, _, c in plan(a.contacts)], 'targets': {}}
+    targets = ([('sqlite', 'sqlite:///' + os.path.abspath(a.sqlite))] if a.sqlite else []) + (
+        [('postgresql', a.pg)] if a.pg else []
+    )
+    meta = {
+        'loader_version': LOADER_VERSION,
+        'contacts': a.contacts,
+        'seed': a.seed,
+        'plan': [{'name': n, 'rows': c} for n, _, c in plan(a.contacts)],
+        'targets': {},
+    }
     for engine, url in targets:
         data = Dataset(a.contacts, a.seed)
         log(f'{engine}: loading {a.contacts} contacts (+{plan(a.contacts)[1][2]["contacts"]} in the small org)')
         t0 = time.time()
-        timings = load_sqlite(url[len('sqlite:///'):], data, a.replace) if engine == 'sqlite' \
+        timings = (
+            load_sqlite(url[len('sqlite:///') :], data, a.replace)
+            if engine == 'sqlite'
             else load_pg(url, data, a.replace)
+        )
         timings['search rows'] = search_rows(url)
         total = round(time.time() - t0, 1)
         big_org = data.orgs[0][0]
         token = make_token(url, big_org)
         log(f'{engine}: done in {total}s')
-        meta['targets'][engine] = {'url': url, 'org_id': big_org, 'small_org_id': data.orgs[1][0],
-                                   'token': token, 'seconds': total, 'timings': timings}
+        meta['targets'][engine] = {
+            'url': url,
+            'org_id': big_org,
+            'small_org_id': data.orgs[1][0],
+            'token': token,
+            'seconds': total,
+            'timings': timings,
+        }
         print(token)
     if a.meta:
         with open(a.meta, 'w') as f:

@@ -12,6 +12,7 @@ directly with a WSGI environ (no server, no sockets) --warmup times, then --requ
 cProfile, and prints the mean wall time per request plus the top functions by cumulative and by
 own time. --out FILE also saves the raw stats (snakeviz/pstats).
 """
+
 import argparse
 import cProfile
 import io
@@ -28,8 +29,9 @@ import run  # noqa: E402  (the workload definitions)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument('--contacts', type=int, default=100_000)
     p.add_argument('--database', help='crmapi database URL (default: the bench SQLite file)')
     p.add_argument('--token', help='API token (default: from the bench data set .json)')
@@ -50,10 +52,12 @@ def main(argv=None):
 
     from falcon.testing import create_environ
     from crmapi import create_app
+
     app = create_app()
     raw = run.WORKLOADS[a.workload][0][2][0]
     if '{id}' in raw:
         import sqlite3
+
         con = sqlite3.connect(path)
         raw = raw.replace('{id}', con.execute('SELECT id FROM contacts ORDER BY id LIMIT 1 OFFSET 5000').fetchone()[0])
     target = run.encode(raw)
@@ -82,8 +86,10 @@ def main(argv=None):
     for _ in range(a.requests):
         one()
     prof.disable()
-    print(f'# {a.workload}: GET {target}\n# {url}; {a.requests} requests; statuses {statuses}; '
-          f'{plain * 1000:.2f} ms/request without the profiler ({1 / plain:.0f} req/s on one thread)\n')
+    print(
+        f'# {a.workload}: GET {target}\n# {url}; {a.requests} requests; statuses {statuses}; '
+        f'{plain * 1000:.2f} ms/request without the profiler ({1 / plain:.0f} req/s on one thread)\n'
+    )
     for key in ('cumulative', 'tottime'):
         out = io.StringIO()
         pstats.Stats(prof, stream=out).strip_dirs().sort_stats(key).print_stats(a.top)

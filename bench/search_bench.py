@@ -18,6 +18,7 @@ What it does, in process (the store and the SQL the API runs, no HTTP):
      100-contact batch creates, with search upkeep and without it (the hook off: the before figure).
 Prints one table per part; --json FILE writes every figure.
 """
+
 import argparse
 import json
 import os
@@ -37,8 +38,8 @@ from crmapi.query import parse_list  # noqa: E402
 from crmapi.store import Store  # noqa: E402
 from crmapi.store import reindex_database  # noqa: E402
 
-SEARCH_TABLES = ('search_texts', 'search_texts_trigrams', 'search_texts_words')   # the rows, then indexes
-TEXT_COLUMNS = ('first_name', 'last_name', 'email', 'phone', 'title', 'city')   # what q read before
+SEARCH_TABLES = ('search_texts', 'search_texts_trigrams', 'search_texts_words')  # the rows, then indexes
+TEXT_COLUMNS = ('first_name', 'last_name', 'email', 'phone', 'title', 'city')  # what q read before
 
 
 def log(message):
@@ -48,6 +49,7 @@ def log(message):
 def load(args):
     """Load the data (unless --reuse), build the search rows; the big organization's id and the timings."""
     import load_data
+
     meta_path = args.sqlite + '.meta.json' if args.sqlite else '/tmp/search_bench_pg.meta.json'
     timings = {}
     if not args.reuse:
@@ -91,14 +93,17 @@ def scan_query(db, org_id, where_sql, values, order):
     p = '?' if db.name == 'sqlite' else '%s'
     like = 'LIKE' if db.name == 'sqlite' else 'ILIKE'
     where = where_sql.replace('LIKE', like).replace('?', p)
-    page = (f'SELECT id FROM contacts WHERE organization_id = {p} AND archived_at IS NULL AND {where} '
-            f'ORDER BY {order} LIMIT 25')
+    page = (
+        f'SELECT id FROM contacts WHERE organization_id = {p} AND archived_at IS NULL AND {where} '
+        f'ORDER BY {order} LIMIT 25'
+    )
     count = f'SELECT COUNT(*) FROM contacts WHERE organization_id = {p} AND archived_at IS NULL AND {where}'
 
     def run():
         with db.transaction() as tx:
             tx.rows(page, [org_id, *values])
             return tx.one(count, [org_id, *values])[0]
+
     return run
 
 
@@ -114,17 +119,32 @@ def queries(db, org_id, repeat):
     info = services.catalog.resolve('contacts')
     cases = [
         ('q "jo smi" ranked', {'filter': {'q': 'jo smi'}}, any_column(['jo', 'smi']), 'id'),
-        ('q "jo smi" by last_name', {'filter': {'q': 'jo smi'}, 'sort': ['last_name', 'ASC']},
-         any_column(['jo', 'smi']), 'last_name, id'),
+        (
+            'q "jo smi" by last_name',
+            {'filter': {'q': 'jo smi'}, 'sort': ['last_name', 'ASC']},
+            any_column(['jo', 'smi']),
+            'last_name, id',
+        ),
         ('q "mar" ranked', {'filter': {'q': 'mar'}}, any_column(['mar']), 'id'),
-        ('q "mar" by last_name', {'filter': {'q': 'mar'}, 'sort': ['last_name', 'ASC']}, any_column(['mar']),
-         'last_name, id'),
+        (
+            'q "mar" by last_name',
+            {'filter': {'q': 'mar'}, 'sort': ['last_name', 'ASC']},
+            any_column(['mar']),
+            'last_name, id',
+        ),
         ('q "a" ranked', {'filter': {'q': 'a'}}, any_column(['a']), 'id'),
-        ('contains "mith" (id order)', {'filters': [{'field': 'last_name', 'op': 'contains', 'value': 'mith'}]},
-         ("last_name LIKE ? ESCAPE '\\'", ['%mith%']), 'id'),
-        ('contains "mith" by last_name', {'filters': [{'field': 'last_name', 'op': 'contains', 'value': 'mith'}],
-                                          'sort': ['last_name', 'ASC']},
-         ("last_name LIKE ? ESCAPE '\\'", ['%mith%']), 'last_name, id'),
+        (
+            'contains "mith" (id order)',
+            {'filters': [{'field': 'last_name', 'op': 'contains', 'value': 'mith'}]},
+            ("last_name LIKE ? ESCAPE '\\'", ['%mith%']),
+            'id',
+        ),
+        (
+            'contains "mith" by last_name',
+            {'filters': [{'field': 'last_name', 'op': 'contains', 'value': 'mith'}], 'sort': ['last_name', 'ASC']},
+            ("last_name LIKE ? ESCAPE '\\'", ['%mith%']),
+            'last_name, id',
+        ),
     ]
     results = []
     for label, params, (where, values), order in cases:
@@ -133,8 +153,17 @@ def queries(db, org_id, repeat):
         indexed = timed(run, repeat)
         scan = scan_query(db, org_id, where, values, order)
         scanned = timed(scan, max(5, repeat // 5))
-        results.append({'query': label, 'total': total, 'p50_ms': indexed[0], 'p99_ms': indexed[1],
-                        'scan_total': scan(), 'scan_p50_ms': scanned[0], 'scan_p99_ms': scanned[1]})
+        results.append(
+            {
+                'query': label,
+                'total': total,
+                'p50_ms': indexed[0],
+                'p99_ms': indexed[1],
+                'scan_total': scan(),
+                'scan_p50_ms': scanned[0],
+                'scan_p99_ms': scanned[1],
+            }
+        )
         log(f'{label}: {indexed} ms (scan {scanned} ms), {total} matches')
     return results
 
@@ -150,17 +179,27 @@ def sizes(db):
                 group = 'search_texts_trigrams' if table.startswith('search_texts_trigrams') else table
                 per[group] = per.get(group, 0) + size
         else:
-            per = dict(tx.rows("SELECT relname, pg_total_relation_size(c.oid) FROM pg_class c "
-                               "WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace"))
+            per = dict(
+                tx.rows(
+                    'SELECT relname, pg_total_relation_size(c.oid) FROM pg_class c '
+                    "WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace"
+                )
+            )
             for index in ('search_texts_trigrams', 'search_texts_words'):
                 per[index] = tx.one('SELECT pg_relation_size(%s::regclass)', (index,))[0]
             per['search_texts'] -= per['search_texts_trigrams'] + per['search_texts_words']
     search = {t: per.get(t, 0) for t in SEARCH_TABLES}
-    records = {t: per.get(t, 0) for t in ('contacts', 'companies', 'deals', 'tasks', 'contact_notes', 'crm_users',
-                                          'tags')}
-    mb = 2 ** 20
-    return {'search': search, 'records': records, 'search_mb': round(sum(search.values()) / mb, 1),
-            'records_mb': round(sum(records.values()) / mb, 1), 'contacts_mb': round(records['contacts'] / mb, 1)}
+    records = {
+        t: per.get(t, 0) for t in ('contacts', 'companies', 'deals', 'tasks', 'contact_notes', 'crm_users', 'tags')
+    }
+    mb = 2**20
+    return {
+        'search': search,
+        'records': records,
+        'search_mb': round(sum(search.values()) / mb, 1),
+        'records_mb': round(sum(records.values()) / mb, 1),
+        'contacts_mb': round(records['contacts'] / mb, 1),
+    }
 
 
 def writes(db, org_id, n, rounds=5):
@@ -174,8 +213,15 @@ def writes(db, org_id, n, rounds=5):
     company = store.list(companies, principal, parse_list({'range': '[0,0]'}, companies))[0][0]['id']
 
     def body(i, tag):
-        return {'first_name': f'Bench{tag}{i}', 'last_name': 'Writer', 'email': f'bench.{tag}{i}@example.com',
-                'phone': '+1 555 0100', 'title': 'Buyer', 'city': 'Lisbon', 'company_id': company}
+        return {
+            'first_name': f'Bench{tag}{i}',
+            'last_name': 'Writer',
+            'email': f'bench.{tag}{i}@example.com',
+            'phone': '+1 555 0100',
+            'title': 'Buyer',
+            'city': 'Lisbon',
+            'company_id': company,
+        }
 
     def measure(tag, count):
         t0 = time.perf_counter()
@@ -208,8 +254,9 @@ def writes(db, org_id, n, rounds=5):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument('--contacts', type=int, default=100_000)
     p.add_argument('--sqlite', metavar='PATH')
     p.add_argument('--pg', metavar='URL')

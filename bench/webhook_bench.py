@@ -8,6 +8,7 @@
    the receiver (target p50 < 200 ms).
 The database defaults to a fresh SQLite file in a temporary directory.
 """
+
 import argparse
 import http.server
 import json
@@ -34,7 +35,7 @@ class Receiver(http.server.ThreadingHTTPServer):
     request_queue_size = 256
 
     def __init__(self):
-        self.received = {}      # record id -> time of receipt
+        self.received = {}  # record id -> time of receipt
         self.lock = threading.Lock()
         server = self
 
@@ -84,16 +85,22 @@ def main():
     env = {**os.environ, 'CRMAPI_WEBHOOK_ALLOW_PRIVATE': '1', 'CRMAPI_WEBHOOK_POLL_S': '0.02'}
     command = [sys.executable, '-m', 'crmapi', '--database', url, 'worker']
 
-    ids = [r['id'] for start in range(0, args.events, 1000)
-           for r in store.create_many(tags, principal, [{'name': f'tag {i}'} for i in range(
-               start, min(args.events, start + 1000))])]
+    ids = [
+        r['id']
+        for start in range(0, args.events, 1000)
+        for r in store.create_many(
+            tags, principal, [{'name': f'tag {i}'} for i in range(start, min(args.events, start + 1000))]
+        )
+    ]
     started = time.perf_counter()
     worker = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
     try:
         wait_for(receiver, ids)
         elapsed = max(receiver.received.values()) - started
-        print(f'{db.name}: throughput {len(ids) / elapsed:.0f} events/s ({len(ids)} events in {elapsed:.2f} s, '
-              'one worker, from its start)')
+        print(
+            f'{db.name}: throughput {len(ids) / elapsed:.0f} events/s ({len(ids)} events in {elapsed:.2f} s, '
+            'one worker, from its start)'
+        )
         latencies = []
         for i in range(args.samples):
             (record,) = store.create_many(tags, principal, [{'name': f'sample {i}'}], batch=False)
@@ -101,8 +108,10 @@ def main():
             wait_for(receiver, [record['id']])
             latencies.append((receiver.received[record['id']] - committed) * 1000)
         q = statistics.quantiles(latencies, n=100)
-        print(f'{db.name}: commit-to-receipt latency p50 {statistics.median(latencies):.1f} ms, '
-              f'p95 {q[94]:.1f} ms ({len(latencies)} writes one at a time, poll 20 ms)')
+        print(
+            f'{db.name}: commit-to-receipt latency p50 {statistics.median(latencies):.1f} ms, '
+            f'p95 {q[94]:.1f} ms ({len(latencies)} writes one at a time, poll 20 ms)'
+        )
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)

@@ -10,6 +10,7 @@ round trips of one request with the
 statements themselves. --profile adds the top functions of a cProfile run, by own time.
 The creates stay (use a throwaway copy of the data set).
 """
+
 import argparse
 import cProfile
 import io
@@ -25,7 +26,7 @@ from crmapi.config import Settings
 from crmapi.db import connect
 
 COUNTER = itertools.count()
-START = time.time()   # every run's titles are new: an update that changes nothing writes nothing
+START = time.time()  # every run's titles are new: an update that changes nothing writes nothing
 
 
 class Trips:
@@ -40,6 +41,7 @@ class Trips:
         a whole pipeline (its statements go together, and their answers come back together)."""
         import contextlib
         import psycopg
+
         me, piped = self, [0]
 
         def wrap(owner, name):
@@ -50,9 +52,14 @@ class Trips:
                     me.statements.append(('  | ' if piped[0] else '') + str(args[0])[:150])
                     me.trips += not piped[0]
                 return original(obj, *args, **kwargs)
+
             setattr(owner, name, counted)
-        for owner, name in ((psycopg.Cursor, 'execute'), (psycopg.Cursor, 'copy'),
-                            (psycopg.Connection, '_exec_command')):
+
+        for owner, name in (
+            (psycopg.Cursor, 'execute'),
+            (psycopg.Cursor, 'copy'),
+            (psycopg.Connection, '_exec_command'),
+        ):
             wrap(owner, name)
         pipeline = psycopg.Connection.pipeline
 
@@ -66,14 +73,25 @@ class Trips:
                     yield p
             finally:
                 piped[0] -= 1
+
         psycopg.Connection.pipeline = counted_pipeline
 
 
 def call(app, method, path, token, body=None):
     data = orjson.dumps(body) if body is not None else b''
-    env = {'REQUEST_METHOD': method, 'PATH_INFO': path, 'QUERY_STRING': '', 'SERVER_NAME': 'x', 'SERVER_PORT': '80',
-           'wsgi.url_scheme': 'http', 'wsgi.input': io.BytesIO(data), 'wsgi.errors': sys.stderr,
-           'CONTENT_TYPE': 'application/json', 'CONTENT_LENGTH': str(len(data)), 'HTTP_AUTHORIZATION': 'Bearer ' + token}
+    env = {
+        'REQUEST_METHOD': method,
+        'PATH_INFO': path,
+        'QUERY_STRING': '',
+        'SERVER_NAME': 'x',
+        'SERVER_PORT': '80',
+        'wsgi.url_scheme': 'http',
+        'wsgi.input': io.BytesIO(data),
+        'wsgi.errors': sys.stderr,
+        'CONTENT_TYPE': 'application/json',
+        'CONTENT_LENGTH': str(len(data)),
+        'HTTP_AUTHORIZATION': 'Bearer ' + token,
+    }
     status = []
     out = b''.join(app(env, lambda s, h, e=None: status.append(s)))
     if not status[0].startswith('2'):
@@ -100,19 +118,36 @@ def main(argv=None):
     with db.transaction() as tx:
         # the token's organization: the one with the most contacts in the bench data set
         (org,) = tx.one("SELECT organization_id FROM row_counts WHERE table_name = 'contacts' ORDER BY n DESC LIMIT 1")
-        companies, ids, tags = ([r[0] for r in tx.rows(f'SELECT id FROM {table} WHERE organization_id = {mark} '
-                                                       f'ORDER BY id LIMIT 1000', [org])]
-                                for table in ('companies', 'contacts', 'tags'))
+        companies, ids, tags = (
+            [
+                r[0]
+                for r in tx.rows(f'SELECT id FROM {table} WHERE organization_id = {mark} ORDER BY id LIMIT 1000', [org])
+            ]
+            for table in ('companies', 'contacts', 'tags')
+        )
 
     def create():
         n = next(COUNTER)
-        call(app, 'POST', '/api/contacts', a.token, {
-            'first_name': 'Bench', 'last_name': f'Writer {n}', 'email': f'bench-{n}@bench.invalid',
-            'company_id': companies[n % len(companies)], 'tags': tags[n % 10:n % 10 + 2], 'status': 'cold'})
+        call(
+            app,
+            'POST',
+            '/api/contacts',
+            a.token,
+            {
+                'first_name': 'Bench',
+                'last_name': f'Writer {n}',
+                'email': f'bench-{n}@bench.invalid',
+                'company_id': companies[n % len(companies)],
+                'tags': tags[n % 10 : n % 10 + 2],
+                'status': 'cold',
+            },
+        )
 
     def update():
         n = next(COUNTER)
-        call(app, 'PUT', f'/api/contacts/{ids[n % len(ids)]}', a.token, {'title': f'Title {n} {START}', 'status': 'hot'})
+        call(
+            app, 'PUT', f'/api/contacts/{ids[n % len(ids)]}', a.token, {'title': f'Title {n} {START}', 'status': 'hot'}
+        )
 
     for kind, run in (('create', create), ('update', update)):
         for _ in range(a.warmup):
@@ -121,8 +156,10 @@ def main(argv=None):
             trips.on, trips.trips, trips.statements = True, 0, []
             run()
             trips.on = False
-            print(f'{kind}: {sum(s.count("; ") + 1 for s in trips.statements)} statements (BEGIN and COMMIT included), '
-                  f'{trips.trips} round trips (one line each; several statements on a line go in one query string)')
+            print(
+                f'{kind}: {sum(s.count("; ") + 1 for s in trips.statements)} statements (BEGIN and COMMIT included), '
+                f'{trips.trips} round trips (one line each; several statements on a line go in one query string)'
+            )
             for s in trips.statements:
                 print('   ', s.replace('\n', ' '))
         profile = cProfile.Profile() if a.profile else None
@@ -134,8 +171,10 @@ def main(argv=None):
         if profile:
             profile.disable()
         wall, cpu = time.perf_counter() - t, time.process_time() - c
-        print(f'{kind}: {a.requests} in {wall:.2f}s: {a.requests / wall:.0f}/s wall, {a.requests / cpu:.0f}/s CPU, '
-              f'{wall / a.requests * 1e6:.0f} us each')
+        print(
+            f'{kind}: {a.requests} in {wall:.2f}s: {a.requests / wall:.0f}/s wall, {a.requests / cpu:.0f}/s CPU, '
+            f'{wall / a.requests * 1e6:.0f} us each'
+        )
         if profile:
             pstats.Stats(profile).sort_stats('tottime').print_stats(a.top)
 

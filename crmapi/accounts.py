@@ -3,6 +3,7 @@
 A token is `bos_crm_<secret>`; only its SHA-256 digest is stored, so a database dump holds no
 usable credential. Lookups compare digests through a unique index.
 """
+
 import datetime
 import hashlib
 import logging
@@ -36,7 +37,7 @@ class Principal:
     user_id: str
     is_admin: bool = False
     token_id: str = None
-    is_system: bool = False     # the server itself (the CLI, automation), not a user: recorded as `system`
+    is_system: bool = False  # the server itself (the CLI, automation), not a user: recorded as `system`
 
     @classmethod
     def system(cls, org_id):
@@ -52,7 +53,7 @@ class Accounts:
     def __init__(self, db, clock=utc_now):
         self.db = db
         self.clock = clock
-        self._users = None     # the crm_users whitelist, loaded when a user is first created
+        self._users = None  # the crm_users whitelist, loaded when a user is first created
         self.cache = authcache.TokenCache(self._read_generation)
 
     def create_org(self, name, unique=False):
@@ -81,14 +82,17 @@ class Accounts:
         if found:
             if admin and not found[1]:
                 tx.execute(*sqlbuild.build_user_make_admin(d, org_id, found[0]))
-                tx.execute(*sqlbuild.build_auth_changed())   # NOTE: its cached tokens say "not an administrator"
+                tx.execute(*sqlbuild.build_auth_changed())  # NOTE: its cached tokens say "not an administrator"
             return found[0]
         if tx.one(*sqlbuild.build_organization(d, org_id)) is None:
             raise LookupError(f'no organization {org_id}')
         user_id = new_id('u_')
         now = self.clock()
-        tx.execute(*sqlbuild.build_user_insert(d, org_id, {'id': user_id, 'email': email, 'administrator': admin,
-                                                           'created_at': now, 'updated_at': now}))
+        tx.execute(
+            *sqlbuild.build_user_insert(
+                d, org_id, {'id': user_id, 'email': email, 'administrator': admin, 'created_at': now, 'updated_at': now}
+            )
+        )
         self._index_user(tx, org_id, {'id': user_id, 'email': email})
         return user_id
 
@@ -108,11 +112,21 @@ class Accounts:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.db.transaction(write=True) as tx:
             user_id = self.ensure_user(tx, org_id, email, admin)
-            tx.execute(*sqlbuild.build_token_insert(self.db.dialect, org_id, {
-                'id': new_id('tok_'), 'user_id': user_id,
-                'token_hash': token_digest(token), 'created_at': self.clock(), 'expires_at': expires_at}))
+            tx.execute(
+                *sqlbuild.build_token_insert(
+                    self.db.dialect,
+                    org_id,
+                    {
+                        'id': new_id('tok_'),
+                        'user_id': user_id,
+                        'token_hash': token_digest(token),
+                        'created_at': self.clock(),
+                        'expires_at': expires_at,
+                    },
+                )
+            )
         if admin:
-            authcache.changed_here()   # the user may have been made an administrator (ensure_user)
+            authcache.changed_here()  # the user may have been made an administrator (ensure_user)
         return token
 
     def authenticate(self, token):
@@ -145,8 +159,9 @@ class Accounts:
             raise _refuse('revoked token', token_id)
         if disabled:
             raise _refuse('token of a disabled user', token_id)
-        verified = authcache.Verified(Principal(org_id, user_id, bool(admin), token_id), expires_at, last_used_at,
-                                      generation)
+        verified = authcache.Verified(
+            Principal(org_id, user_id, bool(admin), token_id), expires_at, last_used_at, generation
+        )
         self.cache.put(digest, verified)
         return verified
 
@@ -166,8 +181,10 @@ class Accounts:
     def list_tokens(self, org_id):
         """(id, email, created, last used, expires, revoked) per token of `org_id`; never a secret."""
         with self.db.transaction() as tx:
-            return [tuple(v if v is None or isinstance(v, str) else _as_text(v) for v in row)
-                    for row in tx.rows(*sqlbuild.build_token_list(self.db.dialect, org_id))]
+            return [
+                tuple(v if v is None or isinstance(v, str) else _as_text(v) for v in row)
+                for row in tx.rows(*sqlbuild.build_token_list(self.db.dialect, org_id))
+            ]
 
     def revoke_token(self, token_id):
         """Revoke a token by id: refused within a second everywhere (authcache). False if there is no such token."""

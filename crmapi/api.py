@@ -1,4 +1,5 @@
 """Falcon resources: parse the request, call the store, render the answer. Nothing else."""
+
 import re
 
 import falcon
@@ -52,7 +53,7 @@ def preference(req, name, choices):
         if key.strip().lower() == name:
             value = value.strip().strip('"').lower()
             if value not in choices:
-                raise InvalidParam(f"Prefer: {name}= takes {', '.join(choices)}", param='Prefer')
+                raise InvalidParam(f'Prefer: {name}= takes {", ".join(choices)}', param='Prefer')
             return value
     return None
 
@@ -141,8 +142,9 @@ class StrictJSON(BaseHandler):
         try:
             raw = stream.read(max_bytes + 1)
         except Exception:  # NOTE: servers raise their own types for a malformed chunk or a client gone mid-body
-            raise InvalidBody('The body could not be read: the chunked encoding is malformed or the body is cut '
-                              'short') from None
+            raise InvalidBody(
+                'The body could not be read: the chunked encoding is malformed or the body is cut short'
+            ) from None
         if len(raw) > max_bytes:
             raise PayloadTooLarge(f'The body is larger than {max_bytes} bytes')
         try:
@@ -176,23 +178,24 @@ def read_records(req, max_bytes, allow_object=True):
     body = read_json(req, max_bytes)
     if isinstance(body, list) or (allow_object and isinstance(body, dict)):
         return body
-    raise InvalidBody('The request body must be a JSON array of objects'
-                      + (' (or one object)' if allow_object else ''))
+    raise InvalidBody('The request body must be a JSON array of objects' + (' (or one object)' if allow_object else ''))
 
 
 def delete_ids(params):
     """The ids a DELETE on a collection names: `filter={"id":[...]}` and nothing else."""
     unknown = sorted(set(params) - {'filter'})
     if unknown:
-        raise InvalidParam(f"DELETE on a collection takes only filter={{\"id\":[...]}}, not '{unknown[0]}'",
-                           param=unknown[0])
+        raise InvalidParam(
+            f'DELETE on a collection takes only filter={{"id":[...]}}, not \'{unknown[0]}\'', param=unknown[0]
+        )
     flt = query.param_json(params, 'filter')
     ids = flt.get('id') if isinstance(flt, dict) and set(flt) == {'id'} else None
     if isinstance(ids, str):
         ids = [ids]
     if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
-        raise InvalidParam('DELETE on a collection needs filter={"id":[...]}, the ids of the records to delete',
-                           param='filter')
+        raise InvalidParam(
+            'DELETE on a collection needs filter={"id":[...]}, the ids of the records to delete', param='filter'
+        )
     return ids
 
 
@@ -227,7 +230,7 @@ class Records:
         self.max_body_bytes = max_body_bytes
         self.max_import_bytes = max_import_bytes
         self.idempotency = idempotency
-        self.secret = secret        # the server's secret; cursors are signed with a key per organization
+        self.secret = secret  # the server's secret; cursors are signed with a key per organization
         self.relations = Relations(store)
 
     def _table(self, req, resource):
@@ -238,13 +241,17 @@ class Records:
         params = list_params(req, resource)
         principal = req.context.principal
         key = query.cursor_key(self.secret, principal.org_id)
-        lq = query.parse_list(params, info, self.limits, extra=EXPORT_PARAMS, cursor_key=key,
-                              relations=self.relations.of(info, principal))
+        lq = query.parse_list(
+            params, info, self.limits, extra=EXPORT_PARAMS, cursor_key=key, relations=self.relations.of(info, principal)
+        )
         export = export_format(req)
         if export:
             if lq.embeds:
-                raise InvalidParam('Exports do not embed related records: export each resource on its own, '
-                                   'or page through the list with embed', param='embed')
+                raise InvalidParam(
+                    'Exports do not embed related records: export each resource on its own, '
+                    'or page through the list with embed',
+                    param='embed',
+                )
             content_type, fmt, extension = EXPORTS[export]
             # NOTE: exports.stream runs the query to its first batch here, so an early failure is
             # still an ordinary error answer rather than a 200 cut short.
@@ -284,10 +291,15 @@ class Records:
             return 201, records if batch else records[0], location(records)
 
         def upsert():
-            records, created, updated = self.store.upsert(info, principal, body if batch else [body], on_conflict,
-                                                          batch, lenient)
-            return (200 if updated else 201, records if batch else records[0],
-                    {**upsert_result(created, updated), **({} if updated else location(records))})
+            records, created, updated = self.store.upsert(
+                info, principal, body if batch else [body], on_conflict, batch, lenient
+            )
+            return (
+                200 if updated else 201,
+                records if batch else records[0],
+                {**upsert_result(created, updated), **({} if updated else location(records))},
+            )
+
         if on_conflict is None:
             respond_once(req, resp, self.idempotency, body, create)
         else:
@@ -297,8 +309,9 @@ class Records:
         """Update a batch: an array of objects, each with the `id` of its record."""
         info = self._table(req, resource)
         lenient = lenient_handling(req, resp)
-        resp.media = self.store.update_many(info, req.context.principal,
-                                            read_records(req, self.max_body_bytes, allow_object=False), lenient)
+        resp.media = self.store.update_many(
+            info, req.context.principal, read_records(req, self.max_body_bytes, allow_object=False), lenient
+        )
 
     def on_delete(self, req, resp, resource):
         """Delete (archive, disable) the records of `filter={"id":[...]}`."""
@@ -308,18 +321,23 @@ class Records:
     def _import_csv(self, req, resp, info):
         """A CSV body: every line a record, in one transaction, or none of them (crmapi.imports)."""
         if req.get_header('Idempotency-Key') is not None:
-            raise InvalidParam('A CSV import takes no Idempotency-Key: it is all or nothing, and with on_conflict '
-                               'sending it again changes nothing more', param='Idempotency-Key')
+            raise InvalidParam(
+                'A CSV import takes no Idempotency-Key: it is all or nothing, and with on_conflict '
+                'sending it again changes nothing more',
+                param='Idempotency-Key',
+            )
         charset = _CHARSET.search(req.content_type or '')
         if charset and charset.group(1).lower() not in ('utf-8', 'utf8', 'us-ascii'):
-            raise UnsupportedMediaType(f"Send the CSV as UTF-8 (Content-Type: text/csv; charset=utf-8), not "
-                                       f"{charset.group(1)}")
+            raise UnsupportedMediaType(
+                f'Send the CSV as UTF-8 (Content-Type: text/csv; charset=utf-8), not {charset.group(1)}'
+            )
         on_conflict = query.single(req.params, 'on_conflict')
         lenient = lenient_handling(req, resp)
         limit = self.max_import_bytes
         with imports.spooled(body_stream(req, limit, imports.too_large(limit)), limit) as body:
-            created, updated = imports.import_csv(self.store, info, req.context.principal, body, on_conflict,
-                                                  lenient=lenient)
+            created, updated = imports.import_csv(
+                self.store, info, req.context.principal, body, on_conflict, lenient=lenient
+            )
         resp.status = 200 if updated else 201
         resp.media = {'created': created, 'updated': updated}
         if on_conflict is not None:
@@ -365,6 +383,7 @@ class MergeContacts:
 
         def merge():
             return 200, self.store.merge(self.slug, req.context.principal, body, lenient), {}
+
         if body.get('dry_run') is True:
             # NOTE: a dry run writes nothing, an Idempotency-Key neither: the same key may then go with the merge.
             resp.media = merge()[1]
@@ -394,7 +413,7 @@ class Duplicates:
         if unknown:
             raise InvalidParam(f"Unknown parameter '{unknown[0]}': duplicates take only range", param=unknown[0])
         start, end = query.parse_range(req.params, self.limits)
-        page = items[start:end + 1]
+        page = items[start : end + 1]
         resp.set_header('Content-Range', content_range('duplicates', start, len(page), len(items)))
         return page
 
@@ -402,8 +421,11 @@ class Duplicates:
         page = self._page(req, resp, found)
         records = self.store.records(info, req.context.principal, [record_id for record_id, _, _ in page])
         # NOTE: a candidate merged away between the two reads is left out of the page rather than shown empty.
-        resp.media = [{'record': records[record_id], 'score': score, 'reasons': reasons}
-                      for record_id, score, reasons in page if record_id in records]
+        resp.media = [
+            {'record': records[record_id], 'score': score, 'reasons': reasons}
+            for record_id, score, reasons in page
+            if record_id in records
+        ]
 
     def on_get(self, req, resp):
         info = self.store.catalog.resolve(self.slug, req.context.principal)
@@ -418,8 +440,9 @@ class Duplicates:
         info = self.store.catalog.resolve(self.slug, req.context.principal)
         lenient = lenient_handling(req, resp)
         body = read_body(req, self.max_body_bytes)
-        self._candidates(req, resp, info, self.store.duplicate_candidates(
-            info, req.context.principal, body=body, lenient=lenient))
+        self._candidates(
+            req, resp, info, self.store.duplicate_candidates(info, req.context.principal, body=body, lenient=lenient)
+        )
 
 
 class Health:
@@ -561,6 +584,7 @@ class Changes:
     def _known(self, principal):
         """Whether a name is a resource whose changes are recorded: a writable one, custom_objects, or any of
         the organization's custom objects (archived ones too: their history stays)."""
+
         def known(name):
             if name == history.RESOURCE:
                 return True
@@ -568,6 +592,7 @@ class Changes:
             if info is not None:
                 return not info.spec.read_only
             return any(d['slug'] == name for d in self.store.catalog.custom.definitions(principal.org_id))
+
         return known
 
     def on_get(self, req, resp):
@@ -603,9 +628,9 @@ class Webhooks:
 
     def on_patch(self, req, resp):
         lenient = lenient_handling(req, resp)
-        resp.media = self.hooks.update_many(req.context.principal,
-                                            read_records(req, self.records.max_body_bytes, allow_object=False),
-                                            lenient)
+        resp.media = self.hooks.update_many(
+            req.context.principal, read_records(req, self.records.max_body_bytes, allow_object=False), lenient
+        )
 
     def on_delete(self, req, resp):
         self.records.on_delete(req, resp, 'webhooks')
@@ -615,8 +640,7 @@ class Webhooks:
 
     def on_put_item(self, req, resp, id):
         lenient = lenient_handling(req, resp)
-        resp.media = self.hooks.update(req.context.principal, id, read_body(req, self.records.max_body_bytes),
-                                       lenient)
+        resp.media = self.hooks.update(req.context.principal, id, read_body(req, self.records.max_body_bytes), lenient)
 
     on_patch_item = on_put_item
 

@@ -1,4 +1,5 @@
 """The WSGI application: routes, middleware and the one place errors become HTTP answers."""
+
 import logging
 import re
 import secrets
@@ -34,9 +35,11 @@ from .webhooks import Webhooks
 
 log = logging.getLogger('crmapi')
 PROBLEM_JSON = 'application/problem+json'
-EXPOSED_HEADERS = ('Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied, Retry-After, '
-                   'Content-Disposition, X-Upsert-Result, X-Read-After, X-Next-After, '
-                   'RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy')
+EXPOSED_HEADERS = (
+    'Content-Range, Location, X-Request-ID, X-Next-Cursor, Preference-Applied, Retry-After, '
+    'Content-Disposition, X-Upsert-Result, X-Read-After, X-Next-After, '
+    'RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy'
+)
 ALLOWED_HEADERS = 'Authorization, Content-Type, Range, Prefer, Idempotency-Key, X-Request-ID, X-Read-After'
 READ_AFTER_COOKIE = 'crmapi_read_after'
 SAFE_METHODS = frozenset({'GET', 'HEAD'})
@@ -58,9 +61,12 @@ PUBLIC, OPTIONAL, PRIVATE = 'public', 'optional', 'private'
 # Every resource not named here, and every unrouted /api path, is PRIVATE: refuse by default.
 ACCESS = {api.Health: PUBLIC, Health: PUBLIC, openapi.Docs: PUBLIC, openapi.OpenAPI: OPTIONAL}
 # The resource each write lands in, so that it is authorized before the handler runs.
-WRITES_TO = {api.Records: lambda params: params['resource'], api.MergeContacts: lambda params: 'contacts',
-             api.MergeCompanies: lambda params: 'companies',
-             api.Webhooks: lambda params: 'webhooks'}
+WRITES_TO = {
+    api.Records: lambda params: params['resource'],
+    api.MergeContacts: lambda params: 'contacts',
+    api.MergeCompanies: lambda params: 'companies',
+    api.Webhooks: lambda params: 'webhooks',
+}
 # The resource a route reads or acts on besides the generic `{resource}`: for resources only administrators see.
 READS_FROM = {api.Webhooks: 'webhooks', api.WebhookDeliveries: 'webhook_deliveries'}
 WRITE_METHODS = frozenset({'POST', 'PUT', 'PATCH', 'DELETE'})
@@ -118,8 +124,11 @@ class AuthMiddleware:
         """One request of the token's budget (kept for the answer's RateLimit fields), or 429."""
         decision = req.context.rate_limit = self.limiter.take(req.context.principal.token_id)
         if not decision.allowed:
-            raise TooManyRequests(f'This token may make {decision.limit} requests every {decision.window:g} '
-                                  f'seconds; retry after {decision.retry_after} seconds', decision.headers())
+            raise TooManyRequests(
+                f'This token may make {decision.limit} requests every {decision.window:g} '
+                f'seconds; retry after {decision.retry_after} seconds',
+                decision.headers(),
+            )
 
     def process_response(self, req, resp, resource, req_succeeded):
         decision = getattr(req.context, 'rate_limit', None)
@@ -156,8 +165,9 @@ class ReadRouting:
         token = self.db.end_request(token=req.method in WRITE_METHODS)
         if token is not None:
             resp.set_header('X-Read-After', token)
-            resp.set_cookie(READ_AFTER_COOKIE, token, path='/', http_only=True, same_site='Lax',
-                            secure=req.scheme == 'https')
+            resp.set_cookie(
+                READ_AFTER_COOKIE, token, path='/', http_only=True, same_site='Lax', secure=req.scheme == 'https'
+            )
 
 
 class NoRoute:
@@ -194,13 +204,19 @@ class RequestLog:
             principal = getattr(req.context, 'principal', None)
             started = getattr(req.context, 'started', time.perf_counter())
             # NOTE: ascii_json: the path may hold a lone surrogate, which orjson refuses.
-            access_log.info(values.ascii_json({
-                'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-                'method': req.method, 'path': req.path, 'status': resp.status_code,
-                'duration_ms': round((time.perf_counter() - started) * 1000, 2),
-                'organization': principal.org_id if principal else None,
-                'request_id': request_id,
-            }))
+            access_log.info(
+                values.ascii_json(
+                    {
+                        'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+                        'method': req.method,
+                        'path': req.path,
+                        'status': resp.status_code,
+                        'duration_ms': round((time.perf_counter() - started) * 1000, 2),
+                        'organization': principal.org_id if principal else None,
+                        'request_id': request_id,
+                    }
+                )
+            )
 
 
 def enable_access_log(stream=None):
@@ -247,7 +263,7 @@ class App(falcon.App):
     def add_route(self, uri_template, resource, **kwargs):
         for name in dir(resource):
             if name == 'on_get' or name.startswith('on_get_'):
-                head = 'on_head' + name[len('on_get'):]
+                head = 'on_head' + name[len('on_get') :]
                 if not hasattr(resource, head):
                     setattr(resource, head, getattr(resource, name))
         super().add_route(uri_template, resource, **kwargs)
@@ -311,8 +327,10 @@ class DeferredApp:
                     self.app = self.app or self.build()
                 except Unavailable as exc:
                     body = orjson.dumps(exc.to_problem())
-                    start_response('503 Service Unavailable', [
-                        ('Content-Type', PROBLEM_JSON), ('Retry-After', '1'), ('Content-Length', str(len(body)))])
+                    start_response(
+                        '503 Service Unavailable',
+                        [('Content-Type', PROBLEM_JSON), ('Retry-After', '1'), ('Content-Length', str(len(body)))],
+                    )
                     return [body]
         return self.app(environ, start_response)
 
@@ -347,8 +365,9 @@ def build_app(settings, db):
     app.req_options.strip_url_path_trailing_slash = True
 
     idempotency = Idempotency(db, catalog, store.clock)
-    records = api.Records(store, limits, settings.max_body_bytes, idempotency, server_secret(settings, db),
-                          settings.max_import_bytes)
+    records = api.Records(
+        store, limits, settings.max_body_bytes, idempotency, server_secret(settings, db), settings.max_import_bytes
+    )
     health = Health(db)
     app.add_route('/healthz', health)
     app.add_route('/health', health)

@@ -8,13 +8,14 @@ number at most once a second, and at once after a change made by the process its
 cached token when it has moved: a revoked token or a disabled user is refused by every worker and host
 within one second of the commit (the next request, in the process that made the change).
 """
+
 import threading
 import time
 from dataclasses import dataclass
 
-RECHECK_S = 1.0          # the bound: how old the generation a cached answer is trusted under may be
-MAX_TOKENS = 10_000      # cached per process; past it the cache starts again (an attacker's tokens are never cached)
-_changes_here = [0]      # changes this process committed: the next request reads the generation at once
+RECHECK_S = 1.0  # the bound: how old the generation a cached answer is trusted under may be
+MAX_TOKENS = 10_000  # cached per process; past it the cache starts again (an attacker's tokens are never cached)
+_changes_here = [0]  # changes this process committed: the next request reads the generation at once
 
 
 def changed_here():

@@ -4,6 +4,7 @@ Bad input or a bad environment ends in one line on stderr (`crmapi: …`) and a 
 never a traceback: exit 1 for a refusal, 2 for a malformed command line, 70 for a bug
 (CRMAPI_DEBUG=1 then prints the traceback too).
 """
+
 import argparse
 import csv
 import logging
@@ -38,6 +39,7 @@ class CliError(CrmError):
 def settings():
     """Settings.from_env(), the app's own; a bad CRMAPI_* variable is one line naming it."""
     from .config import Settings
+
     try:
         return Settings.from_env()
     except ValueError as exc:
@@ -47,6 +49,7 @@ def settings():
 def services(db):
     """The app's services over `db` (crmapi.services), with the environment's settings."""
     from .services import build_services
+
     return build_services(db, settings())
 
 
@@ -77,8 +80,9 @@ def expiry_days(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of days") from None
     if not 1 <= days <= MAX_EXPIRY_DAYS:
-        raise argparse.ArgumentTypeError(f'{days} days: use 1 to {MAX_EXPIRY_DAYS}, or omit the option for a '
-                                         'token that never expires')
+        raise argparse.ArgumentTypeError(
+            f'{days} days: use 1 to {MAX_EXPIRY_DAYS}, or omit the option for a token that never expires'
+        )
     return days
 
 
@@ -113,8 +117,7 @@ def init_db(db):
 
 def cmd_init_db(db, args):
     applied = init_db(db)
-    print(f'schema at version {migrations.latest(db.name)}' + ('' if applied else ' (nothing to do)'),
-          file=sys.stderr)
+    print(f'schema at version {migrations.latest(db.name)}' + ('' if applied else ' (nothing to do)'), file=sys.stderr)
 
 
 def cmd_migrate(db, args):
@@ -160,6 +163,7 @@ def cmd_create_token(db, args):
     if args.expires_in is not None:
         import datetime as dt
         from .store import utc_now
+
         expires_at = utc_now() + dt.timedelta(days=args.expires_in)
     try:
         print(issue_token(db, args.org, args.email, args.admin, expires_at))
@@ -173,6 +177,7 @@ def issue_token(db, org_id, email, admin, expires_at):
     from .accounts import Principal
     from .history import created
     from .history import updated
+
     store = services(db).store
     users = store.catalog.resolve('crm_users')
     principal = Principal.system(org_id)
@@ -180,6 +185,7 @@ def issue_token(db, org_id, email, admin, expires_at):
     def user(tx):
         found = store._by_key(tx, users, principal, users.columns['email'], [email])
         return found[0] if found else None
+
     with store.history.recorded(principal) as tx:
         before = user(tx)
         token = Accounts(db).create_token(org_id, email, admin=admin, expires_at=expires_at)
@@ -204,6 +210,7 @@ def cmd_revoke_token(db, args):
 def cmd_recount(db, args):
     """Rebuild the live-row counters (needed only after rows were written around the API)."""
     from .accounts import Principal
+
     if args.org:
         require_org(db, args.org)
     store = services(db).store
@@ -216,6 +223,7 @@ def cmd_recount(db, args):
 def cmd_reindex(db, args):
     """Rebuild the search rows (needed only after rows were written around the API)."""
     from .store import reindex_database
+
     if args.org:
         require_org(db, args.org)
     done = reindex_database(db, [args.org] if args.org else None, log=lambda line: print(line, file=sys.stderr))
@@ -227,9 +235,10 @@ def cmd_define_object(db, args):
     import orjson
     from .accounts import Principal
     from .values import loads_strict
+
     try:
         with open(args.file, encoding='utf-8') as f:
-            body = loads_strict(f.read())   # as strictly as the API reads the same body
+            body = loads_strict(f.read())  # as strictly as the API reads the same body
     except (OSError, ValueError) as exc:
         raise CliError(f'cannot read {args.file}: {exc}') from None
     if not isinstance(body, dict):
@@ -259,9 +268,11 @@ def existing_definition(custom, org_id, body):
 def unchanged(definition, body):
     """True when redefining `definition` with `body` would change nothing, so its version stays."""
     from .custom import parse_fields
+
     current = {f.name: f for f in parse_fields(definition['fields'])}
-    return (body.get('label', definition['label']) == definition['label']
-            and all(current.get(f.name) == f for f in parse_fields(body.get('fields', []))))
+    return body.get('label', definition['label']) == definition['label'] and all(
+        current.get(f.name) == f for f in parse_fields(body.get('fields', []))
+    )
 
 
 def cmd_prune(db, args):
@@ -270,16 +281,21 @@ def cmd_prune(db, args):
     from .history import History
     from .store import new_ids
     from .store import utc_now
+
     days = args.days or settings().history_days
     pruned = History(db, utc_now, new_ids).retention(days)
-    print(f"pruned {pruned['changes']} change(s) older than {days} days", file=sys.stderr)
-    print(f"pruned {pruned['webhook_deliveries']} delivered or failed webhook delivery(ies) and "
-          f"{pruned['automation_runs']} automation run(s) older than {days} days", file=sys.stderr)
+    print(f'pruned {pruned["changes"]} change(s) older than {days} days', file=sys.stderr)
+    print(
+        f'pruned {pruned["webhook_deliveries"]} delivered or failed webhook delivery(ies) and '
+        f'{pruned["automation_runs"]} automation run(s) older than {days} days',
+        file=sys.stderr,
+    )
 
 
 def cmd_backup(db, args):
     """An online copy of a SQLite database (safe while the API serves it), written whole or not at all."""
     import tempfile
+
     if db.name != 'sqlite':
         raise CliError('backup copies SQLite databases; for PostgreSQL use pg_dump (see the README)')
     target = os.path.abspath(args.path)
@@ -328,7 +344,7 @@ def batch_size(text):
     return size
 
 
-SYSTEM_USER = 'system'      # who the CLI's writes are made by: not a CRM user, an administrator of --org
+SYSTEM_USER = 'system'  # who the CLI's writes are made by: not a CRM user, an administrator of --org
 
 
 class ImportProgress:
@@ -359,8 +375,13 @@ class ImportProgress:
         done = min(bytes_read / self.total, 1.0)
         eta = (now - self.started) * (1 - done) / done if done else 0
         bar = '#' * int(done * self.WIDTH)
-        print(f'\r[{bar:<{self.WIDTH}}] {done:4.0%} {rows:,} rows, {rate:,.0f} rows/s, '
-              f'ETA {int(eta) // 60}:{int(eta) % 60:02d} ', end='', file=self.stream, flush=True)
+        print(
+            f'\r[{bar:<{self.WIDTH}}] {done:4.0%} {rows:,} rows, {rate:,.0f} rows/s, '
+            f'ETA {int(eta) // 60}:{int(eta) % 60:02d} ',
+            end='',
+            file=self.stream,
+            flush=True,
+        )
 
     def finish(self):
         if self.tty:
@@ -422,6 +443,7 @@ class ErrorsFile:
 def cmd_import(db, args):
     """Stream a CSV file into a resource, `--batch` rows a transaction, through the API's store path."""
     from .accounts import Principal
+
     require_org(db, args.org)
     db.for_bulk_writes()
     store = services(db).store
@@ -446,7 +468,7 @@ def cmd_import(db, args):
 def run_import(store, write_batch, records, counted, errors, args):
     progress = ImportProgress(sys.stderr, os.path.getsize(args.file))
     rows = created = updated = 0
-    last_line = 1   # the header
+    last_line = 1  # the header
     stopped = None
     with StopAfterBatch() as stop:
         try:
@@ -463,8 +485,9 @@ def run_import(store, write_batch, records, counted, errors, args):
             stopped = 'interrupted'
         except CrmError as exc:
             progress.finish()
-            raise CliError(f'{first_line(exc.detail)}; stopped there, the batches up to line {last_line} '
-                           'landed') from None
+            raise CliError(
+                f'{first_line(exc.detail)}; stopped there, the batches up to line {last_line} landed'
+            ) from None
     progress.finish()
     summarize(args, progress, rows, created, updated, errors, stopped, last_line)
 
@@ -472,20 +495,26 @@ def run_import(store, write_batch, records, counted, errors, args):
 def summarize(args, progress, rows, created, updated, errors, stopped, last_line):
     """The last word of an import; exit status 1 unless every row landed."""
     landed = rows - errors.count
-    print(f'{args.resource}: {landed:,} of {rows:,} rows imported ({created:,} created, {updated:,} updated), '
-          f'{progress.rate(landed):,.0f} rows/s', file=sys.stderr)
+    print(
+        f'{args.resource}: {landed:,} of {rows:,} rows imported ({created:,} created, {updated:,} updated), '
+        f'{progress.rate(landed):,.0f} rows/s',
+        file=sys.stderr,
+    )
     if errors.count:
         print(f'{errors.count:,} lines refused: see {errors.path}', file=sys.stderr)
     if stopped:
         again = f'--on-conflict {args.on_conflict}' if args.on_conflict else '--on-conflict <a unique column>'
-        print(f'crmapi: {stopped} after line {last_line}; run the same command with {again} to resume without '
-              'duplicates', file=sys.stderr)
+        print(
+            f'crmapi: {stopped} after line {last_line}; run the same command with {again} to resume without duplicates',
+            file=sys.stderr,
+        )
     if stopped or errors.count:
         sys.exit(1)
 
 
 def cmd_demo(db, args):
     from .demo import fill
+
     init_db(db)
     token = fill(db)
     print(token)
@@ -495,6 +524,7 @@ def cmd_worker(db, args):
     """Deliver webhooks and run automation rules until SIGTERM (the deliveries in flight finish first), or with
     --once until nothing is due."""
     from .worker import Worker
+
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
     Worker(db, settings()).run(once=args.once)
 
@@ -512,25 +542,61 @@ def serve_argv(args, settings):
     """The server's command line: gunicorn with crmapi's worker class, or granian with crmapi's server class; the
     options given, else the settings' bind, workers and threads."""
     app = args.app.removesuffix('()')
-    bind, workers, threads = args.bind or settings.bind, args.workers or settings.workers, args.threads or settings.threads
+    bind, workers, threads = (
+        args.bind or settings.bind,
+        args.workers or settings.workers,
+        args.threads or settings.threads,
+    )
     if args.server == 'gunicorn':
-        return [sys.executable, '-m', 'gunicorn', '--bind', bind, '--workers', str(workers),
-                # NOTE: gthread, plus refused bodies drained and gunicorn's own errors as problem+json.
-                '--threads', str(threads), '--worker-class', 'crmapi.serving.ThreadWorker',
-                # NOTE: long filter URLs must reach the app, which answers them with a JSON 400.
-                '--limit-request-line', '0', f'{app}()']
+        return [
+            sys.executable,
+            '-m',
+            'gunicorn',
+            '--bind',
+            bind,
+            '--workers',
+            str(workers),
+            # NOTE: gthread, plus refused bodies drained and gunicorn's own errors as problem+json.
+            '--threads',
+            str(threads),
+            '--worker-class',
+            'crmapi.serving.ThreadWorker',
+            # NOTE: long filter URLs must reach the app, which answers them with a JSON 400.
+            '--limit-request-line',
+            '0',
+            f'{app}()',
+        ]
     host, _, port = bind.rpartition(':')
-    return [sys.executable, '-m', 'crmapi.serving_granian', '--interface', 'wsgi', '--factory', '--http', '1',
-            '--host', host.strip('[]'), '--port', port, '--workers', str(workers),
-            '--blocking-threads', str(threads),
-            # NOTE: a killed worker is replaced (crmapi.serving_granian.Server: also when killed soon after a
-            # respawn); on SIGTERM a worker gets as long as the longest legitimate request before it is killed.
-            '--respawn-failed-workers', '--workers-kill-timeout', str(longest_request_s(settings)),
-            # NOTE: granian closes a kept-alive connection idle for this long (the default is 30 s): longer than the
-            # 50 s deploy/nginx.conf keeps its idle upstream connections, or nginx may reuse one being closed (a 502).
-            '--http1-header-read-timeout', '60000',
-            # NOTE: the app writes the access log (CRMAPI_ACCESS_LOG), as under gunicorn.
-            '--no-access-log', app]
+    return [
+        sys.executable,
+        '-m',
+        'crmapi.serving_granian',
+        '--interface',
+        'wsgi',
+        '--factory',
+        '--http',
+        '1',
+        '--host',
+        host.strip('[]'),
+        '--port',
+        port,
+        '--workers',
+        str(workers),
+        '--blocking-threads',
+        str(threads),
+        # NOTE: a killed worker is replaced (crmapi.serving_granian.Server: also when killed soon after a
+        # respawn); on SIGTERM a worker gets as long as the longest legitimate request before it is killed.
+        '--respawn-failed-workers',
+        '--workers-kill-timeout',
+        str(longest_request_s(settings)),
+        # NOTE: granian closes a kept-alive connection idle for this long (the default is 30 s): longer than the
+        # 50 s deploy/nginx.conf keeps its idle upstream connections, or nginx may reuse one being closed (a 502).
+        '--http1-header-read-timeout',
+        '60000',
+        # NOTE: the app writes the access log (CRMAPI_ACCESS_LOG), as under gunicorn.
+        '--no-access-log',
+        app,
+    ]
 
 
 def cmd_serve(db, args):
@@ -552,9 +618,12 @@ def positive(text):
 def parser():
     p = Parser(prog='crmapi', description='A small, fast CRM REST API.')
     # NOTE: no default here: --help must not print a CRMAPI_DATABASE_URL that carries a password.
-    p.add_argument('--database', metavar='URL',
-                   help='sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pass@host:port/dbname '
-                        f'(default: CRMAPI_DATABASE_URL, else {DEFAULT_URL})')
+    p.add_argument(
+        '--database',
+        metavar='URL',
+        help='sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pass@host:port/dbname '
+        f'(default: CRMAPI_DATABASE_URL, else {DEFAULT_URL})',
+    )
     sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
     # `needs`: what must exist before the command runs ('schema': a migrated database; 'file': the
     # database itself; None: nothing, the command creates it).
@@ -562,19 +631,28 @@ def parser():
     s = sub.add_parser('migrate', help='apply pending schema migrations, one transaction per step')
     s.add_argument('--to', type=int, metavar='VERSION', help='stop at this version (default: the newest)')
     s.set_defaults(func=cmd_migrate, needs=None)
-    s = sub.add_parser('create-org', help="create an organization; prints its id")
-    s.add_argument('name', metavar='NAME', type=org_name,
-                   help="the organization's name; refused if one of that name exists (ignoring case)")
+    s = sub.add_parser('create-org', help='create an organization; prints its id')
+    s.add_argument(
+        'name',
+        metavar='NAME',
+        type=org_name,
+        help="the organization's name; refused if one of that name exists (ignoring case)",
+    )
     s.add_argument('--allow-duplicate', action='store_true', help='create it even if the name is taken')
     s.set_defaults(func=cmd_create_org, needs='schema')
     sub.add_parser('list-orgs', help='print each organization: id, tab, name').set_defaults(
-        func=cmd_list_orgs, needs='schema')
+        func=cmd_list_orgs, needs='schema'
+    )
     s = sub.add_parser('create-token', help='create an API token (and the user if needed); prints it')
     s.add_argument('--org', required=True, metavar='ORG_ID', help='the organization (from list-orgs)')
     s.add_argument('--email', required=True, type=email_address, help="the user's email address")
     s.add_argument('--admin', action='store_true', help='make the user an administrator')
-    s.add_argument('--expires-in', type=expiry_days, metavar='DAYS',
-                   help=f'days until the token expires, 1 to {MAX_EXPIRY_DAYS} (default: never)')
+    s.add_argument(
+        '--expires-in',
+        type=expiry_days,
+        metavar='DAYS',
+        help=f'days until the token expires, 1 to {MAX_EXPIRY_DAYS} (default: never)',
+    )
     s.set_defaults(func=cmd_create_token, needs='schema')
     s = sub.add_parser('list-tokens', help="list an organization's tokens (never their secrets)")
     s.add_argument('--org', required=True, metavar='ORG_ID', help='the organization (from list-orgs)')
@@ -592,10 +670,15 @@ def parser():
     s.add_argument('--org', required=True, metavar='ORG_ID', help='the organization (from list-orgs)')
     s.add_argument('--file', required=True, help='a JSON definition: {"slug": …, "label": …, "fields": [...]}')
     s.set_defaults(func=cmd_define_object, needs='schema')
-    s = sub.add_parser('prune', help='delete the change history and sent webhook deliveries older than --days, '
-                                     '1000 per transaction')
-    s.add_argument('--days', type=history_days, metavar='DAYS',
-                   help='keep this many days of changes (default: CRMAPI_HISTORY_DAYS, else 365)')
+    s = sub.add_parser(
+        'prune', help='delete the change history and sent webhook deliveries older than --days, 1000 per transaction'
+    )
+    s.add_argument(
+        '--days',
+        type=history_days,
+        metavar='DAYS',
+        help='keep this many days of changes (default: CRMAPI_HISTORY_DAYS, else 365)',
+    )
     s.set_defaults(func=cmd_prune, needs='schema')
     s = sub.add_parser('backup', help='copy a live SQLite database to PATH (online backup API)')
     s.add_argument('path', metavar='PATH', help='the backup file, in an existing directory')
@@ -605,27 +688,45 @@ def parser():
     s.add_argument('--org', required=True, metavar='ORG_ID', help='the organization (from list-orgs)')
     s.add_argument('resource', metavar='RESOURCE', help='contacts, companies, … or a custom object')
     s.add_argument('file', metavar='FILE.csv', help='a header row of field names, then one record a line')
-    s.add_argument('--on-conflict', metavar='COLUMN',
-                   help='update the record holding the same value of this unique column instead (resumes an '
-                        'interrupted import without duplicates)')
+    s.add_argument(
+        '--on-conflict',
+        metavar='COLUMN',
+        help='update the record holding the same value of this unique column instead (resumes an '
+        'interrupted import without duplicates)',
+    )
     s.add_argument('--batch', type=batch_size, default=1000, help='rows per transaction')
     s.set_defaults(func=cmd_import, needs='schema')
     sub.add_parser('demo', help='fill a new organization with demo records; prints a token').set_defaults(
-        func=cmd_demo, needs=None)
-    s = sub.add_parser('worker', help='deliver webhooks and run automation rules (beside the server; any number, '
-                                      'on any host)')
+        func=cmd_demo, needs=None
+    )
+    s = sub.add_parser(
+        'worker', help='deliver webhooks and run automation rules (beside the server; any number, on any host)'
+    )
     s.add_argument('--once', action='store_true', help='deliver what is due now, then exit')
     s.set_defaults(func=cmd_worker, needs='schema')
     s = sub.add_parser('serve', help='serve the API with granian (default) or gunicorn')
-    s.add_argument('--server', choices=SERVERS, default=os.environ.get('CRMAPI_SERVER') or 'granian',
-                   help='the HTTP server (default: CRMAPI_SERVER, else granian)')
+    s.add_argument(
+        '--server',
+        choices=SERVERS,
+        default=os.environ.get('CRMAPI_SERVER') or 'granian',
+        help='the HTTP server (default: CRMAPI_SERVER, else granian)',
+    )
     s.add_argument('--bind', help='address:port to listen on (default: CRMAPI_BIND, else 127.0.0.1:8000)')
-    s.add_argument('--workers', type=positive, help='worker processes (default: CRMAPI_WORKERS, else 2 x CPUs + 1, '
-                                                    'at most 8)')
-    s.add_argument('--threads', type=positive, help='threads per worker, gunicorn threads or granian blocking threads '
-                                                    '(default: CRMAPI_THREADS, else CRMAPI_POOL_MAX_SIZE, 4)')
-    s.add_argument('--app', default='crmapi:create_app', metavar='MODULE:FACTORY',
-                   help='the WSGI app factory, called once per worker (default: crmapi:create_app)')
+    s.add_argument(
+        '--workers', type=positive, help='worker processes (default: CRMAPI_WORKERS, else 2 x CPUs + 1, at most 8)'
+    )
+    s.add_argument(
+        '--threads',
+        type=positive,
+        help='threads per worker, gunicorn threads or granian blocking threads '
+        '(default: CRMAPI_THREADS, else CRMAPI_POOL_MAX_SIZE, 4)',
+    )
+    s.add_argument(
+        '--app',
+        default='crmapi:create_app',
+        metavar='MODULE:FACTORY',
+        help='the WSGI app factory, called once per worker (default: crmapi:create_app)',
+    )
     s.set_defaults(func=cmd_serve)
     return p
 
@@ -672,6 +773,7 @@ def check_postgres(db):
     """One direct connection with a short timeout: an unreachable server is one line after seconds,
     not the pool's retries logged for the length of its timeout."""
     import psycopg
+
     logging.getLogger('psycopg.pool').setLevel(logging.CRITICAL)
     db.pool_args.update(timeout=CONNECT_TIMEOUT_S)
     try:
@@ -727,8 +829,10 @@ def main(argv=None):
     except Exception as exc:  # noqa: BLE001 - the last guard: a bug still gets one line, not a traceback
         if os.environ.get('CRMAPI_DEBUG') == '1':
             traceback.print_exc()
-        print(f'crmapi: unexpected {type(exc).__name__}: {first_line(exc)} '
-              '(a bug: CRMAPI_DEBUG=1 shows the traceback)', file=sys.stderr)
+        print(
+            f'crmapi: unexpected {type(exc).__name__}: {first_line(exc)} (a bug: CRMAPI_DEBUG=1 shows the traceback)',
+            file=sys.stderr,
+        )
         sys.exit(EX_SOFTWARE)
 
 

@@ -1,4 +1,5 @@
 """Settings from CRMAPI_* environment variables, in one frozen value."""
+
 import os
 import re
 from dataclasses import dataclass
@@ -36,8 +37,10 @@ def _schedule(raw):
     except ValueError:
         steps = ()
     if not steps or any(not 0 <= step <= 7 * 86_400 for step in steps):
-        raise ValueError(f'CRMAPI_WEBHOOK_RETRY_SCHEDULE is seconds between attempts, comma-separated (each at most '
-                         f'a week), not {raw!r}')
+        raise ValueError(
+            f'CRMAPI_WEBHOOK_RETRY_SCHEDULE is seconds between attempts, comma-separated (each at most '
+            f'a week), not {raw!r}'
+        )
     return steps
 
 
@@ -64,6 +67,7 @@ def _flag(name):
         if value not in ('1', 'true', 'yes', '0', 'false', 'no'):
             raise ValueError(f'{name} is 1 or 0, not {raw!r}')
         return value in ('1', 'true', 'yes')
+
     return parse
 
 
@@ -72,6 +76,7 @@ def _milliseconds(name):
         if not raw.strip().isdigit():
             raise ValueError(f'{name} is a whole number of milliseconds, not {raw!r}')
         return int(raw)
+
     return parse
 
 
@@ -85,7 +90,7 @@ class Settings:
     database_url: str = 'sqlite:///crm.db'
     cors_origins: tuple = ('*',)
     max_body_bytes: int = 1024 * 1024
-    max_import_bytes: int = 50 * 1024 * 1024     # a CSV import's body (POST with Content-Type: text/csv)
+    max_import_bytes: int = 50 * 1024 * 1024  # a CSV import's body (POST with Content-Type: text/csv)
     max_page: int = 1000
     max_filters: int = 50
     max_value_length: int = 10_000
@@ -94,23 +99,23 @@ class Settings:
     pool_timeout_s: float = 10.0
     access_log: bool = True
     sqlite_synchronous: str = 'FULL'
-    secret_key: str = ''        # signs cursors; empty: a random key kept in the database (server_secrets)
-    rate_limit: tuple = None        # (requests, seconds) per API token and process; None: no limit
+    secret_key: str = ''  # signs cursors; empty: a random key kept in the database (server_secrets)
+    rate_limit: tuple = None  # (requests, seconds) per API token and process; None: no limit
     database_read_urls: tuple = ()  # read replicas of database_url (PostgreSQL streaming replicas)
     replica_max_lag_ms: int = 2000  # a replica further behind the primary than this is not read from
-    pgbouncer: bool = False         # connections go through PgBouncer in transaction pooling mode
-    history_days: int = 365         # `crmapi prune` deletes changes older than this
-    webhook_allow_private: bool = False     # webhooks may target loopback and private addresses (never link-local)
-    webhook_retry_schedule: tuple = (5, 300, 1800, 7200, 18000, 36000)   # seconds before each retry
-    webhook_disable_after_s: float = 5 * 86_400     # a webhook failing this long is disabled
+    pgbouncer: bool = False  # connections go through PgBouncer in transaction pooling mode
+    history_days: int = 365  # `crmapi prune` deletes changes older than this
+    webhook_allow_private: bool = False  # webhooks may target loopback and private addresses (never link-local)
+    webhook_retry_schedule: tuple = (5, 300, 1800, 7200, 18000, 36000)  # seconds before each retry
+    webhook_disable_after_s: float = 5 * 86_400  # a webhook failing this long is disabled
     webhook_timeout_s: float = 10.0
-    webhook_concurrency: int = 16   # deliveries one worker has in flight
-    webhook_poll_s: float = 0.1     # how often an idle worker looks for new changes
+    webhook_concurrency: int = 16  # deliveries one worker has in flight
+    webhook_poll_s: float = 0.1  # how often an idle worker looks for new changes
     # gunicorn's, read by deploy/gunicorn.conf.py and `crmapi serve`:
     bind: str = '127.0.0.1:8000'
     workers: int = field(default_factory=_workers)
-    threads: int = None             # per worker; None: pool_max_size (one thread per pooled connection)
-    proxy_ips: str = '127.0.0.1'    # peers whose X-Forwarded-* and SCRIPT_NAME headers are believed
+    threads: int = None  # per worker; None: pool_max_size (one thread per pooled connection)
+    proxy_ips: str = '127.0.0.1'  # peers whose X-Forwarded-* and SCRIPT_NAME headers are believed
 
     def __post_init__(self):
         if self.threads is None:

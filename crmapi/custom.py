@@ -6,6 +6,7 @@ half-made table nor a definition without its table. Every request resolves a cus
 the definition's `version`, so a change made by one worker is the whitelist of the next request
 on any other, with no restart.
 """
+
 import dataclasses
 import hashlib
 import re
@@ -30,23 +31,33 @@ from .store import Store
 from .store import new_id
 
 FIELD_TYPES = {
-    'text': 'TEXT', 'integer': 'BIGINT', 'number': 'NUMERIC', 'boolean': 'BOOLEAN', 'date': 'DATE',
-    'datetime': 'TIMESTAMPTZ', 'json': 'JSONB', 'reference': 'TEXT',
+    'text': 'TEXT',
+    'integer': 'BIGINT',
+    'number': 'NUMERIC',
+    'boolean': 'BOOLEAN',
+    'date': 'DATE',
+    'datetime': 'TIMESTAMPTZ',
+    'json': 'JSONB',
+    'reference': 'TEXT',
 }
-ROUTE_NAMES = frozenset({'schema', 'merge_contacts', 'merge_companies', 'custom_objects', 'openapi', 'docs',
-                         'me', 'changes'})
+ROUTE_NAMES = frozenset(
+    {'schema', 'merge_contacts', 'merge_companies', 'custom_objects', 'openapi', 'docs', 'me', 'changes'}
+)
 NAME = re.compile(r'[a-z][a-z0-9_]{0,62}\Z')
 RECORD_PREFIX = 'rec_'
-MAX_FIELDS = 200     # fields of one definition
-MAX_OBJECTS = 100    # definitions of one organization, archived ones included (their tables exist)
+MAX_FIELDS = 200  # fields of one definition
+MAX_OBJECTS = 100  # definitions of one organization, archived ones included (their tables exist)
 # NOTE: PostgreSQL's system columns (and `oid`, one before version 12) cannot be column names there;
 # SQLite's rowid aliases can, but then shadow the row id. A field name must work on both databases.
 SYSTEM_COLUMNS = frozenset({'xmin', 'xmax', 'cmin', 'cmax', 'ctid', 'tableoid', 'oid', 'rowid', '_rowid_'})
 FILTER_WORDS = frozenset({'q', 'include_archived'})  # `filter` keys that mean search and archive
 # Each member of a field object: the JSON types it may have, and how a detail names them.
 FIELD_MEMBERS = {
-    'name': ((str,), 'a string'), 'type': ((str,), 'a string'), 'required': ((bool,), 'true or false'),
-    'target': ((str, type(None)), 'a string'), 'label': ((str, type(None)), 'a string or null'),
+    'name': ((str,), 'a string'),
+    'type': ((str,), 'a string'),
+    'required': ((bool,), 'true or false'),
+    'target': ((str, type(None)), 'a string'),
+    'label': ((str, type(None)), 'a string or null'),
     'unique': ((bool,), 'true or false'),
 }
 BODY_MEMBERS = frozenset({'slug', 'label', 'fields'})
@@ -61,7 +72,7 @@ class Field:
     required: bool = False
     target: str = None
     label: str = None
-    unique: bool = False   # one record per value in an organization (an upsert's on_conflict column)
+    unique: bool = False  # one record per value in an organization (an upsert's on_conflict column)
 
     def to_json(self):
         out = {'name': self.name, 'type': self.type, 'required': self.required}
@@ -90,8 +101,9 @@ def check_name(name, what, field):
     if name in SERVER_MANAGED:
         raise InvalidValue(f"{what} '{name}' is a column the server manages; choose another name", field=field)
     if field == 'fields' and name in SYSTEM_COLUMNS | FILTER_WORDS:
-        raise InvalidValue(f"{what} '{name}' is reserved by a database or by the list query language; "
-                           'choose another name', field=field)
+        raise InvalidValue(
+            f"{what} '{name}' is reserved by a database or by the list query language; choose another name", field=field
+        )
     if field == 'slug' and (name in BUILTIN or name in ROUTE_NAMES):
         raise InvalidValue(f"Slug '{name}' is taken by a built-in resource or route", field=field)
     return name
@@ -103,8 +115,9 @@ def check_body(body):
         raise InvalidBody('The request body must be a JSON object')
     unknown = sorted(set(body) - BODY_MEMBERS - READ_ONLY_MEMBERS)
     if unknown:
-        raise InvalidValue(f"A custom object has no member '{unknown[0]}'; send 'slug', 'label' and 'fields'",
-                           field=unknown[0])
+        raise InvalidValue(
+            f"A custom object has no member '{unknown[0]}'; send 'slug', 'label' and 'fields'", field=unknown[0]
+        )
     return body
 
 
@@ -117,8 +130,7 @@ def _check_field_shape(item, index):
         where += f" ('{item['name']}')"
     for key, value in item.items():
         if key not in FIELD_MEMBERS:
-            raise InvalidValue(f"{where} has no member '{key}'; a field has {', '.join(FIELD_MEMBERS)}",
-                               field='fields')
+            raise InvalidValue(f"{where} has no member '{key}'; a field has {', '.join(FIELD_MEMBERS)}", field='fields')
         types, described = FIELD_MEMBERS[key]
         if not isinstance(value, types):
             raise InvalidValue(f"{where}: '{key}' must be {described}", field='fields')
@@ -163,8 +175,10 @@ def load_fields(stored):
     NOTE: never re-validated: a rule or limit made stricter later (or a definition an older server
     let grow past one) must not turn every request that reads the definition into a 400.
     """
-    return [Field(f['name'], f['type'], f.get('required', False), f.get('target'), f.get('label'),
-                  f.get('unique', False)) for f in stored]
+    return [
+        Field(f['name'], f['type'], f.get('required', False), f.get('target'), f.get('label'), f.get('unique', False))
+        for f in stored
+    ]
 
 
 class CustomObjects:
@@ -236,9 +250,13 @@ class CustomObjects:
             if len(self._tables) > 1000:
                 self._tables.clear()
             fields = load_fields(definition['fields'])
-            spec = ResourceSpec(definition['slug'], RECORD_PREFIX, table=definition['table_name'],
-                                delete='archive',
-                                references={f.name: f.target for f in fields if f.type == 'reference'})
+            spec = ResourceSpec(
+                definition['slug'],
+                RECORD_PREFIX,
+                table=definition['table_name'],
+                delete='archive',
+                references={f.name: f.target for f in fields if f.type == 'reference'},
+            )
             required = {f.name for f in fields if f.required}
             rows = self.db.introspect([spec.table])[spec.table]
             info = table_info(spec, [(n, t, nullable and n not in required, d) for n, t, nullable, d in rows])
@@ -247,8 +265,10 @@ class CustomObjects:
 
     @staticmethod
     def to_json(definition):
-        return {k: definition[k] for k in ('id', 'slug', 'label', 'fields', 'version', 'created_at',
-                                           'updated_at', 'archived_at')}
+        return {
+            k: definition[k]
+            for k in ('id', 'slug', 'label', 'fields', 'version', 'created_at', 'updated_at', 'archived_at')
+        }
 
     # -- changing definitions ----------------------------------------------------------------------
 
@@ -264,8 +284,11 @@ class CustomObjects:
                 continue
             builtin = BUILTIN.get(f.target)
             if (builtin is None or builtin.read_only) and f.target not in known:
-                raise InvalidValue(f"Reference field '{f.name}' targets '{f.target}', which is neither a "
-                                   'built-in resource nor one of your custom objects', field='fields')
+                raise InvalidValue(
+                    f"Reference field '{f.name}' targets '{f.target}', which is neither a "
+                    'built-in resource nor one of your custom objects',
+                    field='fields',
+                )
 
     def _columns_ddl(self, tx, table, fields):
         """Add each field's column, and a reference's index.
@@ -280,8 +303,11 @@ class CustomObjects:
             if kind is None:
                 tx.execute(sqlbuild.build_add_column(table, f.name, FIELD_TYPES[f.type]))
             elif kind != values.kind_of(FIELD_TYPES[f.type])[0]:
-                raise Conflict(f"The table already has a {kind} column '{f.name}' outside the definition; add "
-                               f"'{f.name}' with that type to take it over (and drop it if unwanted)", field='fields')
+                raise Conflict(
+                    f"The table already has a {kind} column '{f.name}' outside the definition; add "
+                    f"'{f.name}' with that type to take it over (and drop it if unwanted)",
+                    field='fields',
+                )
             if f.type == 'reference':
                 tx.execute(sqlbuild.build_create_index(table, f.index_name(table), f.name))
             if f.unique:
@@ -298,8 +324,11 @@ class CustomObjects:
         if duplicate is not None:
             shown = str(duplicate[0])
             shown = shown if len(shown) <= 60 else shown[:57] + '...'
-            raise Conflict(f"Field '{field.name}' cannot be unique: more than one record has the value '{shown}'; "
-                           'change or remove the duplicates first', field='fields')
+            raise Conflict(
+                f"Field '{field.name}' cannot be unique: more than one record has the value '{shown}'; "
+                'change or remove the duplicates first',
+                field='fields',
+            )
         tx.execute(sqlbuild.build_create_unique_index(table, index, field.name))
 
     def _label(self, body, default):
@@ -313,8 +342,10 @@ class CustomObjects:
         lq = ListQuery(0, 0, include_archived=True)
         (count,) = tx.one(*sqlbuild.build_count(self.db.dialect, self.info, org_id, lq))
         if count >= MAX_OBJECTS:
-            raise Conflict(f'The organization has {count} custom objects, archived ones included, and may have '
-                           f'at most {MAX_OBJECTS}; extend an existing one instead')
+            raise Conflict(
+                f'The organization has {count} custom objects, archived ones included, and may have '
+                f'at most {MAX_OBJECTS}; extend an existing one instead'
+            )
 
     def define(self, principal, body):
         """Create a definition and its table in one transaction."""
@@ -324,11 +355,18 @@ class CustomObjects:
         label = self._label(body, slug)
         fields = parse_fields(body.get('fields', []))
         definition_id = new_id('obj_')
-        table = 'co_' + definition_id[len('obj_'):]
+        table = 'co_' + definition_id[len('obj_') :]
         now = self.clock()
-        row = {'id': definition_id, 'slug': slug, 'label': label,
-               'table_name': table, 'fields': [f.to_json() for f in fields], 'version': 1,
-               'created_at': now, 'updated_at': now}
+        row = {
+            'id': definition_id,
+            'slug': slug,
+            'label': label,
+            'table_name': table,
+            'fields': [f.to_json() for f in fields],
+            'version': 1,
+            'created_at': now,
+            'updated_at': now,
+        }
         with self.history.recorded(principal) as tx:
             # NOTE: the organization's definitions are counted under its lock, so two concurrent
             # definitions cannot both take the last place.
@@ -339,8 +377,9 @@ class CustomObjects:
             self._check_targets(tx, principal, slug, fields)
             tx.execute(sqlbuild.build_create_table(table, []))
             self._columns_ddl(tx, table, fields)
-            created = self.to_json(self.read(
-                tx.one(*sqlbuild.build_insert(self.db.dialect, self.info, principal.org_id, row))))
+            created = self.to_json(
+                self.read(tx.one(*sqlbuild.build_insert(self.db.dialect, self.info, principal.org_id, row)))
+            )
             tx.changes.append(history.created(history.RESOURCE, created))
         return created
 
@@ -365,8 +404,11 @@ class CustomObjects:
             was_unique = {name: f.unique for name, f in current.items()}
             added = self._merge(current, parse_fields(body.get('fields', []), known=current.keys()))
             if added and len(current) + len(added) > MAX_FIELDS:
-                raise InvalidValue(f"Custom object '{slug}' would have {len(current) + len(added)} fields; at most "
-                                   f'{MAX_FIELDS} are allowed (drop some first)', field='fields')
+                raise InvalidValue(
+                    f"Custom object '{slug}' would have {len(current) + len(added)} fields; at most "
+                    f'{MAX_FIELDS} are allowed (drop some first)',
+                    field='fields',
+                )
             self._check_targets(tx, principal, slug, added)
             self._columns_ddl(tx, definition['table_name'], added)
             for f in current.values():
@@ -390,9 +432,11 @@ class CustomObjects:
             if old is None:
                 added.append(f)
             elif (old.type, old.target, old.required) != (f.type, f.target, f.required):
-                raise Conflict(f"Field '{f.name}' is {old.type}{' required' if old.required else ''}; "
-                               'a field keeps its type, target and requiredness (drop it and add a new one)',
-                               field='fields')
+                raise Conflict(
+                    f"Field '{f.name}' is {old.type}{' required' if old.required else ''}; "
+                    'a field keeps its type, target and requiredness (drop it and add a new one)',
+                    field='fields',
+                )
             else:
                 current[f.name] = f
         return added
@@ -415,8 +459,13 @@ class CustomObjects:
             definition = self._locked(tx, principal.org_id, slug)
             if (definition['archived_at'] is None) != archived:
                 return self.to_json(definition)
-            return self._save(tx, principal.org_id, definition, 'archived' if archived else 'restored',
-                              archived_at=self.clock() if archived else None)
+            return self._save(
+                tx,
+                principal.org_id,
+                definition,
+                'archived' if archived else 'restored',
+                archived_at=self.clock() if archived else None,
+            )
 
     def drop_field(self, principal, slug, name):
         """Remove one field and its column; answer with what was dropped."""
@@ -433,6 +482,8 @@ class CustomObjects:
             if dropped.unique:
                 tx.execute(sqlbuild.build_drop_index(dropped.unique_index_name(table)))
             tx.execute(sqlbuild.build_drop_column(table, name))
-            saved = self._save(tx, principal.org_id, definition, fields=[f.to_json() for f in fields if f is not dropped])
+            saved = self._save(
+                tx, principal.org_id, definition, fields=[f.to_json() for f in fields if f is not dropped]
+            )
             self._reindex(tx, principal, slug, [dropped])
         return {'dropped': dropped.to_json(), 'custom_object': saved}

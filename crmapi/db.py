@@ -8,6 +8,7 @@ PostgreSQL may have read replicas: a read outside any write transaction, in a re
 (`begin_request` / `allow_replica_reads`), goes to a replica caught up enough; everything else goes to
 the primary. With `pgbouncer`, no session state is kept (PgBouncer's transaction pooling).
 """
+
 import collections
 import contextlib
 import datetime as dt
@@ -83,6 +84,7 @@ class _PostgresTx(Tx):
             return self.cursor, sql
         if self.raw is None:
             import psycopg
+
             self.raw = psycopg.RawCursor(self.conn)
         return self.raw, _numbered(sql)
 
@@ -103,7 +105,7 @@ class _PostgresTx(Tx):
         return cursor.rowcount
 
 
-LONG_STATEMENT = 4096   # psycopg's MAX_CACHED_STATEMENT_LENGTH
+LONG_STATEMENT = 4096  # psycopg's MAX_CACHED_STATEMENT_LENGTH
 
 
 @functools.lru_cache(maxsize=128)
@@ -137,6 +139,7 @@ class Database:
                 if row[i] is not None:
                     row[i] = f(row[i])
             return row
+
         return read
 
     def record_reader(self, names, kinds):
@@ -175,6 +178,7 @@ class Database:
 
 
 # -- SQLite ----------------------------------------------------------------------------------------
+
 
 def _sqlite_adapt(kind, value):
     if value is None:
@@ -263,7 +267,7 @@ class SQLiteDatabase(Database):
         self.synchronous = synchronous
         self.statement_timeout_ms = statement_timeout_ms
         self.dialect = sqlbuild.sqlite_dialect(_sqlite_adapt)
-        self.cache_kib = None       # the page cache of each connection; None: SQLite's default (2 MiB)
+        self.cache_kib = None  # the page cache of each connection; None: SQLite's default (2 MiB)
         self._local = threading.local()
         # NOTE: SQLite's busy handler polls rather than queues; with many threads per process one
         # writer can starve. Writers of one process take turns here, so only one per process polls.
@@ -274,8 +278,13 @@ class SQLiteDatabase(Database):
         self.synchronous = settings.sqlite_synchronous
 
     def _connect(self):
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=self.busy_timeout_ms / 1000, factory=_Connection)
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self.busy_timeout_ms / 1000,
+            factory=_Connection,
+        )
         conn.deadline = _Deadline(self)
         conn.set_progress_handler(conn.deadline.passed, PROGRESS_STEPS)
         conn.execute(f'PRAGMA busy_timeout = {int(self.busy_timeout_ms)}')
@@ -334,7 +343,9 @@ class SQLiteDatabase(Database):
             if sqlite3.complete_statement(pending):
                 yield pending.strip()
                 pending = ''
-        if pending.strip() and not all(line.strip().startswith('--') or not line.strip() for line in pending.splitlines()):
+        if pending.strip() and not all(
+            line.strip().startswith('--') or not line.strip() for line in pending.splitlines()
+        ):
             raise ValueError('incomplete SQL statement at the end of a script')
 
     def stream(self, sql, params, batch=500):
@@ -355,7 +366,7 @@ class SQLiteDatabase(Database):
 
     def table_exists(self, name):
         with self.transaction() as tx:
-            return tx.one("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)) is not None
+            return tx.one('SELECT 1 FROM sqlite_master WHERE name = ?', (name,)) is not None
 
     def ping(self):
         try:
@@ -369,17 +380,21 @@ class SQLiteDatabase(Database):
         found = {}
         with self.transaction() as tx:
             for table in tables:
-                rows = tx.rows('SELECT name, type, "notnull", dflt_value, pk, hidden '
-                               'FROM pragma_table_xinfo(?)', (table,))
+                rows = tx.rows(
+                    'SELECT name, type, "notnull", dflt_value, pk, hidden FROM pragma_table_xinfo(?)', (table,)
+                )
                 if rows:
-                    found[table] = [(n, t, not nn and not pk, d) for n, t, nn, d, pk, hidden in rows
-                                    if hidden in (0, 2, 3)]
+                    found[table] = [
+                        (n, t, not nn and not pk, d) for n, t, nn, d, pk, hidden in rows if hidden in (0, 2, 3)
+                    ]
         return found
 
     def indexed_columns(self, tables):
         """{table: {column}} of every column some index stores (UNIQUE constraints included)."""
-        sql = ('SELECT DISTINCT info.name FROM pragma_index_list(?) AS list, pragma_index_info(list.name) AS info '
-               'WHERE info.name IS NOT NULL')
+        sql = (
+            'SELECT DISTINCT info.name FROM pragma_index_list(?) AS list, pragma_index_info(list.name) AS info '
+            'WHERE info.name IS NOT NULL'
+        )
         with self.transaction() as tx:
             return {table: {name for (name,) in tx.rows(sql, (table,))} for table in tables}
 
@@ -393,11 +408,13 @@ class SQLiteDatabase(Database):
 
 # -- PostgreSQL ------------------------------------------------------------------------------------
 
+
 def _pg_adapt(kind, value):
     if value is None:
         return None
     if kind in ('json', 'array'):
         from psycopg.types.json import Jsonb
+
         return Jsonb(value)
     return value
 
@@ -409,13 +426,13 @@ PRIMARY_LSN = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
 REPLICA_LSN = "SELECT pg_is_in_recovery(), pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint"
 SET_LOCAL_TIMEOUT = "SELECT set_config('statement_timeout', %s, true)"
 SERVER_TIMEOUT = "SELECT setting::int FROM pg_settings WHERE name = 'statement_timeout'"
-MONITOR_INTERVAL_S = 0.5    # how often each process looks at the primary's and each replica's position
-MONITOR_STALE_S = 2.0       # a replica not seen for this long (hung, unreachable) is not read from
-REPLICA_RETRY_S = 5.0       # a replica that failed a read is skipped for this long
-REPLICA_WAIT_S = 1.0        # the longest a read waits for a replica's pooled connection before the primary
+MONITOR_INTERVAL_S = 0.5  # how often each process looks at the primary's and each replica's position
+MONITOR_STALE_S = 2.0  # a replica not seen for this long (hung, unreachable) is not read from
+REPLICA_RETRY_S = 5.0  # a replica that failed a read is skipped for this long
+REPLICA_WAIT_S = 1.0  # the longest a read waits for a replica's pooled connection before the primary
 MONITOR_CONNECT_TIMEOUT_S = 2
 _TOKEN = re.compile(r'[0-9a-f]{1,16}\Z')
-_NOT_YET = object()         # a request's replica, not chosen yet
+_NOT_YET = object()  # a request's replica, not chosen yet
 
 
 def read_after_token(lsn):
@@ -441,8 +458,8 @@ class _Request:
 
     def __init__(self, read_after=None):
         self.read_after = read_after
-        self.replica_ok = False     # set once the caller is authenticated, for requests that only read
-        self.replica = _NOT_YET     # chosen at the first read, then kept: one request, one server
+        self.replica_ok = False  # set once the caller is authenticated, for requests that only read
+        self.replica = _NOT_YET  # chosen at the first read, then kept: one request, one server
         self.wrote = False
 
 
@@ -451,7 +468,7 @@ class Replica:
 
     def __init__(self, name, url):
         self.name, self.url = name, url
-        self.seen_at = None         # monotonic time of the last successful look
+        self.seen_at = None  # monotonic time of the last successful look
         self.replay_lsn = None
         self.lag_ms = None
         self.in_recovery = None
@@ -502,21 +519,26 @@ class _Monitor:
         self.samples = collections.deque(maxlen=int(120 / MONITOR_INTERVAL_S))
         self.first = threading.Event()
         targets = [('primary', db.url, self._primary, lambda exc: None)]
-        targets += [(r.name, r.url, functools.partial(self._replica, r), lambda exc, r=r: r.unreachable())
-                    for r in db.replicas]
-        self.threads = [threading.Thread(target=self._watch, args=target[1:], name=f'crmapi-monitor-{target[0]}',
-                                         daemon=True) for target in targets]
+        targets += [
+            (r.name, r.url, functools.partial(self._replica, r), lambda exc, r=r: r.unreachable()) for r in db.replicas
+        ]
+        self.threads = [
+            threading.Thread(target=self._watch, args=target[1:], name=f'crmapi-monitor-{target[0]}', daemon=True)
+            for target in targets
+        ]
         for thread in self.threads:
             thread.start()
 
     def _watch(self, url, observe, fail):
         import psycopg
+
         conn = None
         while not self.stop.is_set():
             try:
                 if conn is None:
-                    conn = psycopg.connect(url, autocommit=True, connect_timeout=MONITOR_CONNECT_TIMEOUT_S,
-                                           **self.db.connect_kwargs())
+                    conn = psycopg.connect(
+                        url, autocommit=True, connect_timeout=MONITOR_CONNECT_TIMEOUT_S, **self.db.connect_kwargs()
+                    )
                 observe(conn)
             except Exception:  # noqa: BLE001 - any failure means: not usable until the next good look
                 fail(None)
@@ -566,6 +588,7 @@ def _replica_fault(exc):
     """
     import psycopg
     from psycopg_pool import PoolTimeout
+
     if isinstance(exc, PoolTimeout):
         return False, True
     if not isinstance(exc, psycopg.Error):
@@ -649,8 +672,17 @@ class PostgresDatabase(Database):
         'timestamp': values.format_timestamp,
     }
 
-    def __init__(self, url, min_size=1, max_size=4, timeout=10.0, statement_timeout_ms=15_000, read_urls=(),
-                 max_lag_ms=2000, pgbouncer=False):
+    def __init__(
+        self,
+        url,
+        min_size=1,
+        max_size=4,
+        timeout=10.0,
+        statement_timeout_ms=15_000,
+        read_urls=(),
+        max_lag_ms=2000,
+        pgbouncer=False,
+    ):
         self.url = url
         self.pool_args = dict(min_size=min_size, max_size=max_size, timeout=timeout)
         self.statement_timeout_ms = statement_timeout_ms
@@ -679,6 +711,7 @@ class PostgresDatabase(Database):
 
     def _configure(self, conn):
         from psycopg.types.json import set_json_loads
+
         set_json_loads(orjson.loads, conn)
         # NOTE: reads run statement by statement (no BEGIN/COMMIT round trips); every write
         # opens a real transaction in transaction() below.
@@ -713,6 +746,7 @@ class PostgresDatabase(Database):
         last = self._last_used.get(conn)
         if last is None or time.monotonic() - last > 1.0:
             from psycopg_pool import ConnectionPool
+
             ConnectionPool.check_connection(conn)
 
     def _pool_of(self, url):
@@ -727,9 +761,15 @@ class PostgresDatabase(Database):
                 pool = self._pools.get(url)
                 if pool is None:
                     from psycopg_pool import ConnectionPool
+
                     pool = self._pools[url] = ConnectionPool(
-                        url, configure=self._configure, check=self._check, kwargs=self.connect_kwargs(), open=True,
-                        **self.pool_args)
+                        url,
+                        configure=self._configure,
+                        check=self._check,
+                        kwargs=self.connect_kwargs(),
+                        open=True,
+                        **self.pool_args,
+                    )
         return pool
 
     def pool(self):
@@ -797,8 +837,14 @@ class PostgresDatabase(Database):
         report = []
         for replica in self.replicas:
             problem = replica.unusable(now, self.max_lag_ms)
-            report.append({'name': replica.name, 'lag_ms': None if replica.seen_at is None else replica.lag_ms,
-                           'in_use': problem is None, **({'problem': problem} if problem else {})})
+            report.append(
+                {
+                    'name': replica.name,
+                    'lag_ms': None if replica.seen_at is None else replica.lag_ms,
+                    'in_use': problem is None,
+                    **({'problem': problem} if problem else {}),
+                }
+            )
         return report
 
     # -- transactions --------------------------------------------------------------------------------
@@ -926,13 +972,15 @@ class PostgresDatabase(Database):
             conn.execute('SELECT 1 FROM schema_version')
 
     def introspect(self, tables):
-        sql = ('SELECT table_name, column_name, '
-               "CASE WHEN data_type = 'numeric' AND numeric_precision IS NOT NULL "
-               "THEN 'numeric(' || numeric_precision || ',' || numeric_scale || ')' ELSE data_type END, "
-               "is_nullable = 'YES', column_default "
-               'FROM information_schema.columns '
-               'WHERE table_schema = current_schema() AND table_name = ANY(%s) '
-               'ORDER BY table_name, ordinal_position')
+        sql = (
+            'SELECT table_name, column_name, '
+            "CASE WHEN data_type = 'numeric' AND numeric_precision IS NOT NULL "
+            "THEN 'numeric(' || numeric_precision || ',' || numeric_scale || ')' ELSE data_type END, "
+            "is_nullable = 'YES', column_default "
+            'FROM information_schema.columns '
+            'WHERE table_schema = current_schema() AND table_name = ANY(%s) '
+            'ORDER BY table_name, ordinal_position'
+        )
         found = {}
         with self.transaction() as tx:
             for table, name, declared, nullable, default in tx.rows(sql, (list(tables),)):
@@ -941,10 +989,12 @@ class PostgresDatabase(Database):
 
     def indexed_columns(self, tables):
         """{table: {column}} of every column some index stores (key and INCLUDE columns)."""
-        sql = ('SELECT DISTINCT t.relname, a.attname FROM pg_index i '
-               'JOIN pg_class t ON t.oid = i.indrelid '
-               'JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) '
-               'WHERE t.relnamespace = current_schema()::regnamespace AND t.relname = ANY(%s)')
+        sql = (
+            'SELECT DISTINCT t.relname, a.attname FROM pg_index i '
+            'JOIN pg_class t ON t.oid = i.indrelid '
+            'JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) '
+            'WHERE t.relnamespace = current_schema()::regnamespace AND t.relname = ANY(%s)'
+        )
         found = {table: set() for table in tables}
         with self.transaction() as tx:
             for table, name in tx.rows(sql, (list(tables),)):
@@ -1023,19 +1073,26 @@ def _too_complex():
 
 # SQLSTATE (exact code first, then its two-character class) -> the error a client sees. An
 # integrity violation takes the column PostgreSQL names, when it names one.
-_PG_INTEGRITY = {'23505': _unique, '23503': _foreign_key, '23502': _not_null, '23514': _refused_value,
-                 '22': _refused_value, '23': _other_integrity, '40002': _other_integrity}
+_PG_INTEGRITY = {
+    '23505': _unique,
+    '23503': _foreign_key,
+    '23502': _not_null,
+    '23514': _refused_value,
+    '22': _refused_value,
+    '23': _other_integrity,
+    '40002': _other_integrity,
+}
 _PG_CONDITIONS = {
-    '54000': _too_large,      # program_limit_exceeded: an index row or a value over a size limit
-    '54': _too_complex,       # too many columns, arguments or nesting levels
-    '40': _lost_race,         # serialization failure, deadlock: the transaction may simply be retried
-    '57014': _too_slow,       # query_canceled: statement_timeout
-    '57': _down,              # admin or crash shutdown, cannot connect now
-    '08': _down,              # connection exception
-    '53': _down,              # insufficient resources: disk full, out of memory, too many connections
-    '55P03': _busy,           # lock_not_available
-    '25006': _down,           # read_only_sql_transaction: a standby during a failover
-    '72000': _lost_race,      # snapshot_too_old
+    '54000': _too_large,  # program_limit_exceeded: an index row or a value over a size limit
+    '54': _too_complex,  # too many columns, arguments or nesting levels
+    '40': _lost_race,  # serialization failure, deadlock: the transaction may simply be retried
+    '57014': _too_slow,  # query_canceled: statement_timeout
+    '57': _down,  # admin or crash shutdown, cannot connect now
+    '08': _down,  # connection exception
+    '53': _down,  # insufficient resources: disk full, out of memory, too many connections
+    '55P03': _busy,  # lock_not_available
+    '25006': _down,  # read_only_sql_transaction: a standby during a failover
+    '72000': _lost_race,  # snapshot_too_old
 }
 
 
@@ -1071,21 +1128,36 @@ def _map_psycopg(exc):
 
 SQLITE_CONSTRAINT_DATATYPE = 3091  # a STRICT table's type check; sqlite3 has no constant for it
 _SQLITE_INTEGRITY = {  # extended result code -> error, for IntegrityError
-    sqlite3.SQLITE_CONSTRAINT_UNIQUE: _unique, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY: _unique,
-    sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY: _foreign_key, sqlite3.SQLITE_CONSTRAINT_NOTNULL: _not_null,
-    sqlite3.SQLITE_CONSTRAINT_CHECK: _refused_value, SQLITE_CONSTRAINT_DATATYPE: _refused_value,
+    sqlite3.SQLITE_CONSTRAINT_UNIQUE: _unique,
+    sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY: _unique,
+    sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY: _foreign_key,
+    sqlite3.SQLITE_CONSTRAINT_NOTNULL: _not_null,
+    sqlite3.SQLITE_CONSTRAINT_CHECK: _refused_value,
+    SQLITE_CONSTRAINT_DATATYPE: _refused_value,
     sqlite3.SQLITE_MISMATCH: _refused_value,
 }
 _SQLITE_CONDITIONS = {  # primary result code -> error
-    sqlite3.SQLITE_BUSY: _busy, sqlite3.SQLITE_LOCKED: _busy,
+    sqlite3.SQLITE_BUSY: _busy,
+    sqlite3.SQLITE_LOCKED: _busy,
     sqlite3.SQLITE_INTERRUPT: _too_slow,  # the progress handler's time limit, like statement_timeout
-    sqlite3.SQLITE_FULL: _down, sqlite3.SQLITE_IOERR: _down, sqlite3.SQLITE_NOMEM: _down,
-    sqlite3.SQLITE_CANTOPEN: _down, sqlite3.SQLITE_READONLY: _down, sqlite3.SQLITE_PROTOCOL: _down,
+    sqlite3.SQLITE_FULL: _down,
+    sqlite3.SQLITE_IOERR: _down,
+    sqlite3.SQLITE_NOMEM: _down,
+    sqlite3.SQLITE_CANTOPEN: _down,
+    sqlite3.SQLITE_READONLY: _down,
+    sqlite3.SQLITE_PROTOCOL: _down,
     sqlite3.SQLITE_TOOBIG: _too_large,
 }
 # NOTE: SQLite reports its limits on statements as a plain SQLITE_ERROR: only the text tells.
-_SQLITE_LIMIT_TEXTS = ('too many SQL variables', 'too many terms', 'too many columns', 'too many arguments',
-                       'Expression tree is too large', 'pattern too complex', 'parser stack overflow')
+_SQLITE_LIMIT_TEXTS = (
+    'too many SQL variables',
+    'too many terms',
+    'too many columns',
+    'too many arguments',
+    'Expression tree is too large',
+    'pattern too complex',
+    'parser stack overflow',
+)
 
 
 def _map_sqlite(exc):
@@ -1145,8 +1217,10 @@ def _sqlite_path(url, parsed):
     if (parsed.netloc, parsed.path) in (('', ''), (':memory:', ''), ('', '/:memory:')):
         return ':memory:'
     if parsed.netloc:
-        raise ValueError(f"'{url}' names a host ('{parsed.netloc}'); a SQLite URL has none: "
-                         f'write sqlite:///{parsed.netloc}{parsed.path} for a relative path')
+        raise ValueError(
+            f"'{url}' names a host ('{parsed.netloc}'); a SQLite URL has none: "
+            f'write sqlite:///{parsed.netloc}{parsed.path} for a relative path'
+        )
     if parsed.params or parsed.query or parsed.fragment:
         raise ValueError(f"'{url}': a SQLite URL takes no parameters")
     path = unquote(parsed.path)[1:]
@@ -1159,6 +1233,7 @@ def _check_postgres_url(url):
     """libpq's own parse of the URL, reported without its text (which may quote the password)."""
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
+
     try:
         params = conninfo_to_dict(url)
     except psycopg.Error as exc:

@@ -12,6 +12,7 @@ Scores: each reason has a weight (the chance it alone means a duplicate); a pair
 higher and no score reaches 1. A group (records linked by pairs, transitively) scores its weakest
 member's best link: every record of the group is at least that likely a duplicate of another one.
 """
+
 import collections
 import contextlib
 import gc
@@ -21,8 +22,8 @@ import threading
 import unicodedata
 from dataclasses import dataclass
 
-GMAIL = ('@gmail.com', '@googlemail.com')     # one mailbox, whichever domain and dots it is spelt with
-MIN_PHONE_DIGITS = 7         # fewer digits is an extension or junk ('0', '112'), not a person's number
+GMAIL = ('@gmail.com', '@googlemail.com')  # one mailbox, whichever domain and dots it is spelt with
+MIN_PHONE_DIGITS = 7  # fewer digits is an extension or junk ('0', '112'), not a person's number
 # NOTE: a key shared by more records than this (a switchboard number, info@, a very common name without
 # a company) says nothing about who is who: its block is left out, or it would glue strangers together.
 MAX_BLOCK = 50
@@ -31,24 +32,27 @@ MAX_SIMILAR_BLOCK = 200
 MAX_EDITS = 2
 LEGAL_SUFFIXES = frozenset(
     'ab ag aps as bv co company corp corporation gmbh inc incorporated kg kk limited llc llp lp ltd mbh nv '
-    'oy oyj plc pte pty sa sarl sas spa srl'.split())
+    'oy oyj plc pte pty sa sarl sas spa srl'.split()
+)
 # NOTE: hosts that many unrelated companies put in their `website` (a page on a social network) or
 # `domain` (a mailbox provider): sharing one of them is no sign of being the same company.
 SHARED_HOSTS = frozenset(
     'facebook.com linkedin.com twitter.com x.com instagram.com youtube.com google.com sites.google.com '
     'gmail.com googlemail.com yahoo.com hotmail.com outlook.com live.com icloud.com aol.com '
-    'wixsite.com wordpress.com blogspot.com github.com'.split())
+    'wixsite.com wordpress.com blogspot.com github.com'.split()
+)
 
 # -- normalisation ---------------------------------------------------------------------------------
 
 # Letters NFKD does not decompose into a base letter and an accent.
-_LETTERS = str.maketrans({'ø': 'o', 'đ': 'd', 'ł': 'l', 'ħ': 'h', 'ŧ': 't', 'ı': 'i', 'æ': 'ae', 'œ': 'oe',
-                          'ð': 'd', 'þ': 'th'})
+_LETTERS = str.maketrans(
+    {'ø': 'o', 'đ': 'd', 'ł': 'l', 'ħ': 'h', 'ŧ': 't', 'ı': 'i', 'æ': 'ae', 'œ': 'oe', 'ð': 'd', 'þ': 'th'}
+)
 _ASCII_DROPPED = str.maketrans('', '', ''.join(c for c in map(chr, range(128)) if not c.isalnum() and c != '\n'))
 _ASCII_NOT_DIGIT = str.maketrans('', '', ''.join(c for c in map(chr, range(128)) if c not in '0123456789\n'))
-_DROPPED = re.compile(r'[^\w]|_')     # \w is what str.isalnum() accepts, and '_'
+_DROPPED = re.compile(r'[^\w]|_')  # \w is what str.isalnum() accepts, and '_'
 _NOT_DIGIT = re.compile(r'[^0-9\n]+')
-_ASCII_SPACES = ' \t\r\x0b\x0c\x1c\x1d\x1e\x1f'     # what str.strip() strips, besides line breaks
+_ASCII_SPACES = ' \t\r\x0b\x0c\x1c\x1d\x1e\x1f'  # what str.strip() strips, besides line breaks
 _PLUS_TAG = re.compile(r'\+[^\n]*(?=@[^@\n]*$)', re.MULTILINE)
 _SCHEME = re.compile(r'^[a-z][a-z0-9+.-]*://')
 _HOST_END = re.compile(r'[/?#\\]')
@@ -80,8 +84,9 @@ def fold_all(texts):
         return joined.lower().translate(_ASCII_DROPPED).split('\n')
     # NOTE: str.translate is fast on ASCII text only: the other texts are left out of the column's pass
     others = {i: t for i, t in enumerate(texts) if not t.isascii()}
-    folded = '\n'.join(['' if i in others else t for i, t in enumerate(texts)]).lower().translate(
-        _ASCII_DROPPED).split('\n')
+    folded = (
+        '\n'.join(['' if i in others else t for i, t in enumerate(texts)]).lower().translate(_ASCII_DROPPED).split('\n')
+    )
     for i, text in others.items():
         folded[i] = _DROPPED.sub('', unicodedata.normalize('NFKD', text.casefold()).translate(_LETTERS))
     return folded
@@ -102,8 +107,10 @@ def email_keys(emails):
     joined = _joined(emails)[1].casefold()
     if not joined.isascii() or any(space in joined for space in _ASCII_SPACES):
         joined = '\n'.join([line.strip() for line in joined.split('\n')])
-    return [_gmail(e) if e.endswith(GMAIL) else e if '@' in e and e[0] != '@' and e[-1] != '@' else None
-            for e in _PLUS_TAG.sub('', joined).split('\n')]
+    return [
+        _gmail(e) if e.endswith(GMAIL) else e if '@' in e and e[0] != '@' and e[-1] != '@' else None
+        for e in _PLUS_TAG.sub('', joined).split('\n')
+    ]
 
 
 def email_key(email):
@@ -160,7 +167,7 @@ def within_edits(a, b, limit=MAX_EDITS):
     end = 0
     while end < len(a) - start and end < len(b) - start and a[-1 - end] == b[-1 - end]:
         end += 1
-    a, b = a[start:len(a) - end], b[start:len(b) - end]
+    a, b = a[start : len(a) - end], b[start : len(b) - end]
     if not a or not b:
         return max(len(a), len(b))
     beyond = limit + 1
@@ -185,8 +192,9 @@ def within_edits(a, b, limit=MAX_EDITS):
 
 # -- matchers --------------------------------------------------------------------------------------
 
+
 def all_pairs(members):
-    return [(a, b) for i, a in enumerate(members) for b in members[i + 1:]]
+    return [(a, b) for i, a in enumerate(members) for b in members[i + 1 :]]
 
 
 class Matcher:
@@ -221,8 +229,13 @@ class ContactMatcher(Matcher):
     reasons = (('same email', 0.9), ('same phone', 0.8), ('same name', 0.7), ('similar name', 0.5))
     # NOTE: similar last names are looked for among the company's contacts with the same first initial whose
     # last names begin, or end, with the same letter: a typo at both ends is missed, a search stays small.
-    blocks = (('same email', 'email'), ('same phone', 'phone'), ('same name', 'name'),
-              ('similar name', 'similar_start'), ('similar name', 'similar_end'))
+    blocks = (
+        ('same email', 'email'),
+        ('same phone', 'phone'),
+        ('same name', 'name'),
+        ('similar name', 'similar_start'),
+        ('similar name', 'similar_end'),
+    )
 
     def derive(self, columns):
         """The keys (email, phone, name, similar-name blocks), and what pairs compare (company, last name)."""
@@ -230,8 +243,10 @@ class ContactMatcher(Matcher):
         lasts = fold_all(last_names)
         # a name needs its last name
         firsts = [first if last else '' for first, last in zip(fold_all(first_names), lasts)]
-        similar = [company and first and last and f'{company}\x1f{first[0]}'
-                   for company, first, last in zip(companies, firsts, lasts)]
+        similar = [
+            company and first and last and f'{company}\x1f{first[0]}'
+            for company, first, last in zip(companies, firsts, lasts)
+        ]
         return {
             'email': email_keys(emails),
             'phone': phone_keys(phones),
@@ -274,8 +289,14 @@ class ContactMatcher(Matcher):
         for m in members:
             by_last.setdefault(lasts[m], []).append(m)
         names = list(by_last)
-        return [(a, b) for i, x in enumerate(names) for y in names[i + 1:] if within_edits(x, y)
-                for a in by_last[x] for b in by_last[y]]
+        return [
+            (a, b)
+            for i, x in enumerate(names)
+            for y in names[i + 1 :]
+            if within_edits(x, y)
+            for a in by_last[x]
+            for b in by_last[y]
+        ]
 
 
 class CompanyMatcher(Matcher):
@@ -365,8 +386,9 @@ def file(matcher, rows, extra=None):
         for i in [i for i, key in enumerate(keys) if key in shared] if shared else ():
             blocks.setdefault((reason, keys[i]), []).append(i % count)
     # a record is in a block once, whichever of its columns put it there
-    blocks = {key: members for key, members in ((k, list(dict.fromkeys(m))) for k, m in blocks.items())
-              if len(members) > 1}
+    blocks = {
+        key: members for key, members in ((k, list(dict.fromkeys(m))) for k, m in blocks.items()) if len(members) > 1
+    }
     return Found(matcher, ids, derived, blocks)
 
 
@@ -425,11 +447,14 @@ def groups(found):
         members.setdefault(root(i), []).append(i)
     for (a, _), reasons in links.items():
         reasons_of.setdefault(root(a), set()).update(reasons)
-    out = [(-min(best[i] for i in indexes), sorted(found.ids[i] for i in indexes), reasons_of[r])
-           for r, indexes in members.items()]
+    out = [
+        (-min(best[i] for i in indexes), sorted(found.ids[i] for i in indexes), reasons_of[r])
+        for r, indexes in members.items()
+    ]
     out.sort(key=lambda g: (g[0], g[1][0]))
-    return [{'ids': ids, 'score': round(-neg, 2), 'reasons': ordered(found.matcher, reasons)}
-            for neg, ids, reasons in out]
+    return [
+        {'ids': ids, 'score': round(-neg, 2), 'reasons': ordered(found.matcher, reasons)} for neg, ids, reasons in out
+    ]
 
 
 def candidates(found, index):

@@ -3,6 +3,7 @@
 Nothing here imports Falcon, so the parser and the store raise these in plain unit tests;
 `app.py` maps the hierarchy to HTTP in one place.
 """
+
 from http import HTTPStatus
 
 

@@ -9,6 +9,7 @@ the body then ends, properly, with one trailer line carrying the problem (and th
 NDJSON `{"error": {<problem>}}`, CSV a record whose first cell is `#error` and whose second is the
 problem as JSON. Records never produce either (ids do not start with `#`, records have no `error` key).
 """
+
 import csv
 import io
 import itertools
@@ -99,6 +100,7 @@ class CsvFormat(NdjsonFormat):
 
     def __init__(self, info):
         from .sqlbuild import output_columns
+
         super().__init__(info)
         self.names = output_columns(info)
         self.cells = [(name, CELLS.get(info.columns[name].kind, _plain_cell)) for name in self.names]

@@ -11,6 +11,7 @@ statements before COMMIT. The row stays locked until the commit, so within an or
 transactions that record changes commit in `seq` order, and a rolled-back write gives its numbers
 back. (A database sequence would not do: a lower number can commit after a higher one is read.)
 """
+
 import contextlib
 import datetime as dt
 
@@ -21,19 +22,18 @@ from . import sqlbuild
 from . import values
 from .errors import InvalidParam
 
-RESOURCE = 'custom_objects'   # the resource name of custom object definitions in the history
-FEED = 'changes'              # the read-only resource of the organization's changes
+RESOURCE = 'custom_objects'  # the resource name of custom object definitions in the history
+FEED = 'changes'  # the read-only resource of the organization's changes
 CHANGE_PREFIX = 'chg_'
-UNTRACKED = frozenset({'updated_at'})   # a field every update changes: the change's own time says it
+UNTRACKED = frozenset({'updated_at'})  # a field every update changes: the change's own time says it
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 PRUNE_BATCH = 1000
-AUTH_RESOURCES = frozenset({'crm_users'})   # a change to one of these (but a create) may withdraw a token
+AUTH_RESOURCES = frozenset({'crm_users'})  # a change to one of these (but a create) may withdraw a token
 # NOTE: from this many changes of one write on, PostgreSQL gets them by COPY: a 1,000-row INSERT spends most of
 # its time binding 11,000 parameters, COPY a fifth of that; below, one INSERT also takes the numbers (one round
 # trip where COPY needs three).
 COPY_ROWS = 20
-OPERATIONS = ('created', 'updated', 'archived', 'restored', 'deleted', 'disabled', 'enabled', 'merged',
-              'merged_into')
+OPERATIONS = ('created', 'updated', 'archived', 'restored', 'deleted', 'disabled', 'enabled', 'merged', 'merged_into')
 # The fields of a change on the wire, always present: (name, kind, declared type, nullable, meaning).
 FIELDS = (
     ('id', 'text', 'TEXT', False, 'the change id (chg_ + 26 characters), stable'),
@@ -51,9 +51,13 @@ FIELDS = (
     ('source_ids', 'json', 'JSON', True, 'merged: the contacts merged into this one'),
     ('depth', 'integer', 'INTEGER', True, 'made by an automation rule: how many rules led to it (null: by a user)'),
 )
-DATA_FIELDS = dict.fromkeys(('changes', 'record', 'target_id', 'source_ids', 'depth'))   # what `data` holds
-FLAG_OPERATIONS = {('archived_at', True): 'archived', ('archived_at', False): 'restored',
-                   ('disabled', True): 'disabled', ('disabled', False): 'enabled'}
+DATA_FIELDS = dict.fromkeys(('changes', 'record', 'target_id', 'source_ids', 'depth'))  # what `data` holds
+FLAG_OPERATIONS = {
+    ('archived_at', True): 'archived',
+    ('archived_at', False): 'restored',
+    ('disabled', True): 'disabled',
+    ('disabled', False): 'enabled',
+}
 
 
 def same(a, b):
@@ -73,11 +77,15 @@ def same(a, b):
 def diff(old, new, names=None):
     """{field: [old, new]} of the fields (among `names`, by default all) whose value differs between two
     readings of a record."""
-    return {name: [old.get(name), new[name]] for name in (new if names is None else names)
-            if name not in UNTRACKED and not same(old.get(name), new[name])}
+    return {
+        name: [old.get(name), new[name]]
+        for name in (new if names is None else names)
+        if name not in UNTRACKED and not same(old.get(name), new[name])
+    }
 
 
 # -- the changes a write makes: (resource, record id, operation, data) ------------------------------
+
 
 def created(resource, record):
     return resource, record['id'], 'created', {'record': record}
@@ -121,7 +129,7 @@ class History:
     def __init__(self, db, clock, new_ids):
         self.db = db
         self.clock = clock
-        self.new_ids = new_ids      # store.new_ids: time-ordered, so change ids sort as they were made
+        self.new_ids = new_ids  # store.new_ids: time-ordered, so change ids sort as they were made
         self.read_change = db.reader([sqlbuild.CHANGE_KINDS.get(n, 'text') for n in sqlbuild.CHANGE_OUTPUT])
 
     @contextlib.contextmanager
@@ -152,7 +160,7 @@ class History:
         counters' statement. On SQLite (no round trips): the counters, then INSERTs.
         """
         d, org, count = self.db.dialect, principal.org_id, len(changes)
-        counts = sorted((counts or {}).items())   # NOTE: one order of the counter rows for every writer
+        counts = sorted((counts or {}).items())  # NOTE: one order of the counter rows for every writer
         if counts and not (changes and d.name == 'postgresql' and count < COPY_ROWS):
             for table, delta in counts:
                 tx.execute(*sqlbuild.build_count_add(d, org, table, delta))
@@ -160,17 +168,25 @@ class History:
         if not changes:
             return
         who = (*actor(principal), values.format_timestamp(self.clock()))
-        depth = getattr(principal, 'depth', None)   # a rule's changes say how deep in a chain of rules they are
-        items = [(change_id, resource, record_id, operation,
-                  orjson.dumps(data if depth is None else {**data, 'depth': depth}).decode())
-                 for change_id, (resource, record_id, operation, data) in zip(self.new_ids(CHANGE_PREFIX, count),
-                                                                              changes)]
+        depth = getattr(principal, 'depth', None)  # a rule's changes say how deep in a chain of rules they are
+        items = [
+            (
+                change_id,
+                resource,
+                record_id,
+                operation,
+                orjson.dumps(data if depth is None else {**data, 'depth': depth}).decode(),
+            )
+            for change_id, (resource, record_id, operation, data) in zip(self.new_ids(CHANGE_PREFIX, count), changes)
+        ]
         if d.name == 'postgresql' and count < COPY_ROWS:
             tx.execute(*sqlbuild.build_numbered_changes(d, org, who, items, counts))
             return
         (last,) = tx.one(*sqlbuild.build_change_numbers(d, org, count))
-        rows = [(change_id, org, last - count + n, resource, record_id, operation, *who, data)
-                for n, (change_id, resource, record_id, operation, data) in enumerate(items, 1)]
+        rows = [
+            (change_id, org, last - count + n, resource, record_id, operation, *who, data)
+            for n, (change_id, resource, record_id, operation, data) in enumerate(items, 1)
+        ]
         if d.name == 'postgresql':
             tx.copy(sqlbuild.build_copy_changes(d), rows)
             return
@@ -259,27 +275,48 @@ def _instant(value):
 
 def describe():
     """`GET /api/schema/changes`: a change's fields, in the shape of a resource's description."""
-    return {'resource': FEED, 'read_only': True, 'delete': 'hard', 'restorable': False, 'columns': [
-        {'name': name, 'type': declared, 'kind': kind, 'nullable': nullable, 'default': None, 'writable': False,
-         'required': False, 'filterable': name in ('seq', 'resource'), 'sortable': False, 'references': None,
-         'max_length': None, 'description': meaning}
-        for name, kind, declared, nullable, meaning in FIELDS]}
+    return {
+        'resource': FEED,
+        'read_only': True,
+        'delete': 'hard',
+        'restorable': False,
+        'columns': [
+            {
+                'name': name,
+                'type': declared,
+                'kind': kind,
+                'nullable': nullable,
+                'default': None,
+                'writable': False,
+                'required': False,
+                'filterable': name in ('seq', 'resource'),
+                'sortable': False,
+                'references': None,
+                'max_length': None,
+                'description': meaning,
+            }
+            for name, kind, declared, nullable, meaning in FIELDS
+        ],
+    }
 
 
 def parse_feed(params, known):
     """`after` (a seq, default 0), `limit` (1 to MAX_LIMIT, default DEFAULT_LIMIT), `resource` (`known(name)`)."""
     unknown = sorted(set(params) - {'after', 'limit', 'resource'})
     if unknown:
-        raise InvalidParam(f"Unknown parameter '{unknown[0]}': the feed takes after, limit and resource",
-                           param=unknown[0])
+        raise InvalidParam(
+            f"Unknown parameter '{unknown[0]}': the feed takes after, limit and resource", param=unknown[0]
+        )
     after = _whole(params, 'after', 0, 0, values.INT64_MAX)
     limit = _whole(params, 'limit', DEFAULT_LIMIT, 1, MAX_LIMIT)
     resource = params.get('resource')
     if isinstance(resource, list):
         raise InvalidParam("Parameter 'resource' is given more than once", param='resource')
     if resource is not None and not known(resource):
-        raise InvalidParam(f"Parameter 'resource': '{resource}' is not a resource of this organization that "
-                           'records changes', param='resource')
+        raise InvalidParam(
+            f"Parameter 'resource': '{resource}' is not a resource of this organization that records changes",
+            param='resource',
+        )
     return after, limit, resource
 
 

@@ -9,6 +9,7 @@ row's id is `<user id>/<key>`), so a replay never hands one user an answer made 
 Authorization runs before a keyed write reaches here (crmapi.app.AuthMiddleware), so a replay is
 refused exactly as the write would be.
 """
+
 import hashlib
 import re
 
@@ -43,17 +44,30 @@ class Idempotency:
         row = {'id': key, 'fingerprint': fp, 'created_at': self.clock()}
         with self.db.transaction(write=True) as tx:
             if tx.one(*sqlbuild.build_insert(d, self.info, org, row, if_absent=True)) is None:
-                stored = dict(zip(sqlbuild.output_columns(self.info),
-                                  tx.one(*sqlbuild.build_get(d, self.info, org, key))))
+                stored = dict(
+                    zip(sqlbuild.output_columns(self.info), tx.one(*sqlbuild.build_get(d, self.info, org, key)))
+                )
                 if stored['fingerprint'] != fp:
-                    raise KeyReused('This Idempotency-Key was used for a different request',
-                                    param='Idempotency-Key')
-                response, headers = (orjson.loads(v) if isinstance(v, str) else v
-                                     for v in (stored['response'], stored['headers']))
+                    raise KeyReused('This Idempotency-Key was used for a different request', param='Idempotency-Key')
+                response, headers = (
+                    orjson.loads(v) if isinstance(v, str) else v for v in (stored['response'], stored['headers'])
+                )
                 location = {'Location': stored['location']} if stored['location'] else {}
                 return (stored['status'], response, {**(headers or {}), **location}), True
             status, body, headers = action()
             others = {name: value for name, value in headers.items() if name != 'Location'}
-            tx.execute(*sqlbuild.build_update(d, self.info, org, key, {
-                'status': status, 'response': body, 'location': headers.get('Location'), 'headers': others or None}))
+            tx.execute(
+                *sqlbuild.build_update(
+                    d,
+                    self.info,
+                    org,
+                    key,
+                    {
+                        'status': status,
+                        'response': body,
+                        'location': headers.get('Location'),
+                        'headers': others or None,
+                    },
+                )
+            )
             return (status, body, headers), False

@@ -11,6 +11,7 @@ MAX_LISTED of them in full), never as the rows around it.
 A body is read whole before its transaction starts (`spooled`: to disk past SPOOL_MEMORY), so that a
 slow client never holds the database's write lock.
 """
+
 import csv
 import itertools
 import re
@@ -33,10 +34,10 @@ from .store import named_items
 from .store import raise_all
 from .store import unknown_field
 
-BATCH = 1000                 # records a call of the store's batch path takes at most
-MAX_LISTED = 100             # problems a refused import lists; `error_count` counts them all
+BATCH = 1000  # records a call of the store's batch path takes at most
+MAX_LISTED = 100  # problems a refused import lists; `error_count` counts them all
 MAX_LINE_BYTES = 1024 * 1024  # one physical line, as much as a JSON body may hold
-SPOOL_MEMORY = 1024 * 1024   # of a CSV body; the rest of it waits on disk
+SPOOL_MEMORY = 1024 * 1024  # of a CSV body; the rest of it waits on disk
 SPOOL_CHUNK = 64 * 1024
 # NOTE: bounded, so that int() and Decimal arithmetic never meet a number beyond their limits (a 500): a
 # longer one stays text, and the store's check refuses it.
@@ -47,7 +48,7 @@ _BOOLEANS = {'true': True, 'false': False}
 _CSV_ERRORS = {
     'unexpected end of data': 'a quoted cell is never closed',
     'new-line character seen in unquoted field': 'a line break (CR) inside a cell that is not quoted; '
-                                                 'save the file with LF or CRLF line ends',
+    'save the file with LF or CRLF line ends',
     "',' expected after '\"'": 'a quoted cell goes on after its closing quote',
     'field larger than field limit': f'a cell is longer than {csv.field_size_limit()} characters',
 }
@@ -73,8 +74,9 @@ class CountingReader:
         try:
             data = read(size)
         except Exception:  # NOTE: servers raise their own types for a malformed chunk or a client gone mid-body
-            raise InvalidBody('The CSV could not be read to its end: the chunked encoding is malformed or the '
-                              'body is cut short') from None
+            raise InvalidBody(
+                'The CSV could not be read to its end: the chunked encoding is malformed or the body is cut short'
+            ) from None
         self.count += len(data)
         if self.limit is not None and self.count > self.limit:
             raise too_large(self.limit)
@@ -82,8 +84,10 @@ class CountingReader:
 
 
 def too_large(limit):
-    return PayloadTooLarge(f'The CSV is larger than {limit} bytes (CRMAPI_MAX_IMPORT_BYTES): split it, or import '
-                           'it with `crmapi import`', limit=limit)
+    return PayloadTooLarge(
+        f'The CSV is larger than {limit} bytes (CRMAPI_MAX_IMPORT_BYTES): split it, or import it with `crmapi import`',
+        limit=limit,
+    )
 
 
 def spooled(stream, limit):
@@ -114,8 +118,10 @@ def text_lines(stream):
         try:
             text = line.decode('utf-8')
         except UnicodeDecodeError as exc:
-            raise InvalidBody(f'Line {number} is not UTF-8 text (byte {exc.start + 1} of the line): '
-                              'save the file as UTF-8', line=number) from None
+            raise InvalidBody(
+                f'Line {number} is not UTF-8 text (byte {exc.start + 1} of the line): save the file as UTF-8',
+                line=number,
+            ) from None
         yield text[1:] if number == 1 and text.startswith('\ufeff') else text
 
 
@@ -126,7 +132,7 @@ class Row:
     line: int
     cells: list
     record: dict = None
-    problems: list = field(default_factory=list)    # [{'field', 'detail'}]: why it cannot be written
+    problems: list = field(default_factory=list)  # [{'field', 'detail'}]: why it cannot be written
 
 
 class CsvRecords:
@@ -163,8 +169,16 @@ class CsvRecords:
 
     def _row(self, line, cells):
         if len(cells) != len(self.columns):
-            return Row(line, cells, problems=[{'field': None, 'detail': (
-                f'Line {line} has {len(cells)} cells and the header {len(self.columns)}')}])
+            return Row(
+                line,
+                cells,
+                problems=[
+                    {
+                        'field': None,
+                        'detail': (f'Line {line} has {len(cells)} cells and the header {len(self.columns)}'),
+                    }
+                ],
+            )
         record, problems = {}, []
         for column, cell in zip(self.columns, cells):
             if column is not None:
@@ -190,8 +204,9 @@ def header_columns(info, names, lenient=False):
         elif column is None and name not in info.read_only_fields and not lenient:
             problems.append(unknown_field(info.slug, key, name, info.writable))
         elif name in seen:
-            problems.append(InvalidBody(f"The header names '{name}' twice (columns {seen[name]} and {position})",
-                                        field=key))
+            problems.append(
+                InvalidBody(f"The header names '{name}' twice (columns {seen[name]} and {position})", field=key)
+            )
         seen.setdefault(name, position)
         columns.append(column if column is not None and column.writable else None)
     raise_all(problems)
@@ -207,8 +222,9 @@ def _json(column, cell):
     try:
         return values.loads_strict(cell)
     except ValueError as exc:
-        raise InvalidValue(f"Field '{column.name}' expects JSON text, got {cell[:40]!r}: {exc}",
-                           field=column.name) from None
+        raise InvalidValue(
+            f"Field '{column.name}' expects JSON text, got {cell[:40]!r}: {exc}", field=column.name
+        ) from None
 
 
 # NOTE: a cell that does not parse stays a string, so the store's own check (values.check) refuses it in
@@ -251,9 +267,14 @@ def _call(write_batch, rows):
         with translate_errors():
             return write_batch([row.record for row in rows])
     except BadRequest as exc:
-        named = [(rows[p['index']], {'field': p.get('field'),
-                                     'detail': named_items(p, lambda index: rows[index].line, 'Lines')})
-                 for p in exc.members.get('errors') or () if 'index' in p]
+        named = [
+            (
+                rows[p['index']],
+                {'field': p.get('field'), 'detail': named_items(p, lambda index: rows[index].line, 'Lines')},
+            )
+            for p in exc.members.get('errors') or ()
+            if 'index' in p
+        ]
         if not named:
             raise
         raise BadRows(named) from None
@@ -296,9 +317,14 @@ class Problems:
     def raise_any(self):
         if self.count:
             first, more = self.listed[0], self.count - 1
-            more = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ''
-            raise InvalidBody(f"Line {first['line']}: {first['detail']}{more}; nothing was imported",
-                              line=first['line'], field=first['field'], errors=self.listed, error_count=self.count)
+            more = f' (and {more} more problem{"s" if more > 1 else ""})' if more else ''
+            raise InvalidBody(
+                f'Line {first["line"]}: {first["detail"]}{more}; nothing was imported',
+                line=first['line'],
+                field=first['field'],
+                errors=self.listed,
+                error_count=self.count,
+            )
 
 
 def located(exc, rows):
@@ -320,7 +346,7 @@ def import_csv(store, info, principal, stream, on_conflict=None, write_batch=Non
             try:
                 done_created, done_updated, refused = write_valid(write_batch, rows)
             except BadRequest:
-                raise   # about the request itself (on_conflict), not one of its records
+                raise  # about the request itself (on_conflict), not one of its records
             except CrmError as exc:
                 problems.raise_any()
                 raise located(exc, rows)
@@ -345,7 +371,7 @@ def land(store, write_batch, rows):
                 created, updated, refused = created + done_created, updated + done_updated, refused + done_refused
     except (BadRequest, Conflict) as exc:
         if 'param' in exc.members:
-            raise   # about the command itself (on_conflict), not one of its records
+            raise  # about the command itself (on_conflict), not one of its records
         return _one_by_one(store, write_batch, rows)
     return created, updated, by_row(refused)
 

@@ -4,6 +4,7 @@
 ListQuery whose fields are Columns from the whitelist and whose values are already checked
 against those columns, or raises InvalidParam / UnknownField (400) naming the parameter.
 """
+
 import base64
 import binascii
 import hashlib
@@ -26,14 +27,28 @@ TEXT_OPS = frozenset({'contains', 'not_contains', 'starts_with', 'ends_with'})
 ORDER_OPS = frozenset({'gt', 'gte', 'lt', 'lte'})
 LIST_OPS = frozenset({'in', 'not_in'})
 EMPTY_OPS = frozenset({'is_empty', 'is_not_empty'})
-OPERATORS = ('eq', 'neq', 'gt', 'gte', 'lt', 'lte', 'contains', 'not_contains', 'starts_with',
-             'ends_with', 'in', 'not_in', 'is_empty', 'is_not_empty')
+OPERATORS = (
+    'eq',
+    'neq',
+    'gt',
+    'gte',
+    'lt',
+    'lte',
+    'contains',
+    'not_contains',
+    'starts_with',
+    'ends_with',
+    'in',
+    'not_in',
+    'is_empty',
+    'is_not_empty',
+)
 # Other clients' spellings of operators, taken as the operator they name.
 ALIASES = {'like': 'contains', 'nlike': 'not_contains', 'blank': 'is_empty', 'notblank': 'is_not_empty'}
 ORDERABLE_KINDS = frozenset({'text', 'integer', 'number', 'date', 'timestamp'})
-EMBED_LIMIT = 10            # children embedded per parent and reverse relation, unless `embed_limit` says
+EMBED_LIMIT = 10  # children embedded per parent and reverse relation, unless `embed_limit` says
 MAX_EMBED_LIMIT = 100
-MAX_OFFSET = 2 ** 53
+MAX_OFFSET = 2**53
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,7 @@ class Limits:
     max_page: int = 1000
     max_filters: int = 50
     max_value_length: int = 10_000
-    max_list_length: int = 1000     # values of one `in`/`not_in` (and `filter` array, getMany's ids)
+    max_list_length: int = 1000  # values of one `in`/`not_in` (and `filter` array, getMany's ids)
 
 
 @dataclass(frozen=True)
@@ -52,7 +67,7 @@ class Filter:
     op: str
     value: object = None
     logical: str = 'and'
-    via: object = None          # a forward relation (crmapi.relations.Relation): `column` is its target's
+    via: object = None  # a forward relation (crmapi.relations.Relation): `column` is its target's
 
 
 @dataclass(frozen=True)
@@ -71,13 +86,13 @@ def field_name(item):
 class ListQuery:
     start: int = 0
     end: int = 24
-    equals: tuple = ()          # from `filter`: ANDed
-    filters: tuple = ()         # from `filters`: folded left to right
+    equals: tuple = ()  # from `filter`: ANDed
+    filters: tuple = ()  # from `filters`: folded left to right
     search: searching.Terms = None  # `filter`'s q; `filters` may hold more (column SEARCH)
     include_archived: bool = False
     sorts: tuple = ()
-    after: tuple = None         # keyset: the sort values (then id) of the row before this page
-    embeds: tuple = ()          # relations (crmapi.relations.Relation) to embed in each record
+    after: tuple = None  # keyset: the sort values (then id) of the row before this page
+    embeds: tuple = ()  # relations (crmapi.relations.Relation) to embed in each record
     embed_limit: int = EMBED_LIMIT
 
     @property
@@ -120,15 +135,19 @@ def single(params, name):
 
 def parse_range(params, limits):
     rng = param_json(params, 'range', [0, 24])
-    if (not isinstance(rng, list) or len(rng) != 2
-            or not all(isinstance(i, int) and not isinstance(i, bool) for i in rng)):
+    if (
+        not isinstance(rng, list)
+        or len(rng) != 2
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in rng)
+    ):
         raise InvalidParam("Parameter 'range' must be a JSON array of two integers, like [0,24]", param='range')
     start, end = rng
     if start < 0 or end < start:
         raise InvalidParam("Parameter 'range' needs 0 <= start <= end", param='range')
     if end - start + 1 > limits.max_page:
-        raise InvalidParam(f"Parameter 'range' asks for {end - start + 1} rows; a page holds at most "
-                           f'{limits.max_page}', param='range')
+        raise InvalidParam(
+            f"Parameter 'range' asks for {end - start + 1} rows; a page holds at most {limits.max_page}", param='range'
+        )
     if start > MAX_OFFSET:
         raise InvalidParam(f"Parameter 'range' starts beyond {MAX_OFFSET}", param='range')
     return start, end
@@ -164,11 +183,18 @@ def field_for(info, name, param, relations=None):
     relation = relations.get(prefix) if prefix else None
     if relation is None or relation.reverse or relation.column.kind == 'array':
         single = ', '.join(r.name for r in relations.values() if not r.reverse and r.column.kind != 'array')
-        raise UnknownField(f"Resource '{info.slug}' has no field '{name}': a dotted field crosses one forward "
-                           f"reference to a single record ({single or 'none here'})", param=param, field=name)
+        raise UnknownField(
+            f"Resource '{info.slug}' has no field '{name}': a dotted field crosses one forward "
+            f'reference to a single record ({single or "none here"})',
+            param=param,
+            field=name,
+        )
     if rest not in relation.target.columns or rest == SCOPE:
-        raise UnknownField(f"Resource '{info.slug}' has no field '{name}' ({relation.target.slug} has no field "
-                           f"'{rest}')", param=param, field=name)
+        raise UnknownField(
+            f"Resource '{info.slug}' has no field '{name}' ({relation.target.slug} has no field '{rest}')",
+            param=param,
+            field=name,
+        )
     return relation.target.columns[rest], relation
 
 
@@ -176,8 +202,9 @@ def check_value(column, value, param, limits, field=None):
     """values.check for a filter value; array columns compare one element (an id) at a time."""
     field = field or column.name
     if isinstance(value, str) and len(value) > limits.max_value_length:
-        raise InvalidParam(f"A value for '{field}' is longer than {limits.max_value_length} characters",
-                           param=param, field=field)
+        raise InvalidParam(
+            f"A value for '{field}' is longer than {limits.max_value_length} characters", param=param, field=field
+        )
     target = replace(column, kind='text') if column.kind == 'array' else column
     try:
         return values.check(target, value)
@@ -195,8 +222,9 @@ def make_filter(column, op, value, logical, param, limits, via=None):
     if op in EMPTY_OPS:
         return Filter(column, op, None, logical, via)
     if column.kind == 'json' and not (op in ('eq', 'neq') and value is None):
-        raise InvalidParam(f"Field '{name}' holds JSON: filter it with is_empty or is_not_empty",
-                           param=param, field=name)
+        raise InvalidParam(
+            f"Field '{name}' holds JSON: filter it with is_empty or is_not_empty", param=param, field=name
+        )
     if op in TEXT_OPS and (column.kind != 'text' or not isinstance(value, str)):
         raise InvalidParam(f"Operator '{op}' needs a text field and a string value", param=param, field=name)
     if op in ORDER_OPS and (column.kind not in ORDERABLE_KINDS or value is None):
@@ -205,8 +233,11 @@ def make_filter(column, op, value, logical, param, limits, via=None):
         if not isinstance(value, list):
             raise InvalidParam(f"Operator '{op}' needs an array value", param=param, field=name)
         if len(value) > limits.max_list_length:
-            raise InvalidParam(f"A list for '{name}' holds {len(value)} values; at most {limits.max_list_length} "
-                               'are allowed', param=param, field=name)
+            raise InvalidParam(
+                f"A list for '{name}' holds {len(value)} values; at most {limits.max_list_length} are allowed",
+                param=param,
+                field=name,
+            )
         checked = tuple(check_value(column, v, param, limits, name) for v in value)
         return Filter(column, op, checked, logical, via)
     if isinstance(value, (list, dict)):
@@ -223,13 +254,15 @@ def parse_filter(params, info, limits, relations=None):
     for key, value in obj.items():
         if key == 'q':
             if isinstance(value, str) and len(value) > limits.max_value_length:
-                raise InvalidParam(f"Filter 'q' is longer than {limits.max_value_length} characters",
-                                   param='filter', field='q')
+                raise InvalidParam(
+                    f"Filter 'q' is longer than {limits.max_value_length} characters", param='filter', field='q'
+                )
             search = parse_search(value, 'filter')
         elif key == 'include_archived':
             if not isinstance(value, bool):
-                raise InvalidParam("Filter 'include_archived' must be true or false",
-                                   param='filter', field='include_archived')
+                raise InvalidParam(
+                    "Filter 'include_archived' must be true or false", param='filter', field='include_archived'
+                )
             include_archived = value
         else:
             column, via = field_for(info, key, 'filter', relations)
@@ -244,8 +277,9 @@ def search_filter(item, logical, limits):
         raise InvalidParam(f"Filter 'q' takes the operator 'eq' only, not {item['op']!r}", param='filters', field='q')
     value = item.get('value')
     if isinstance(value, str) and len(value) > limits.max_value_length:
-        raise InvalidParam(f"Filter 'q' is longer than {limits.max_value_length} characters",
-                           param='filters', field='q')
+        raise InvalidParam(
+            f"Filter 'q' is longer than {limits.max_value_length} characters", param='filters', field='q'
+        )
     return Filter(SEARCH, 'eq', parse_search(value, 'filters'), logical)
 
 
@@ -254,12 +288,13 @@ def parse_filters(params, info, limits, relations=None):
     if not isinstance(items, list):
         raise InvalidParam("Parameter 'filters' must be a JSON array of filter objects", param='filters')
     if len(items) > limits.max_filters:
-        raise InvalidParam(f"At most {limits.max_filters} filters are allowed", param='filters')
+        raise InvalidParam(f'At most {limits.max_filters} filters are allowed', param='filters')
     parsed = []
     for item in items:
         if not isinstance(item, dict) or 'field' not in item or 'op' not in item:
-            raise InvalidParam('Each filter is an object with "field", "op" and, for most operators, "value"',
-                               param='filters')
+            raise InvalidParam(
+                'Each filter is an object with "field", "op" and, for most operators, "value"', param='filters'
+            )
         extra = set(item) - {'field', 'op', 'value', 'logicalOp'}
         if extra:
             raise InvalidParam(f"Unknown filter key '{sorted(extra)[0]}'", param='filters')
@@ -279,7 +314,7 @@ def make_sort(info, name, order, param, order_param=None, relations=None):
     if not column.sortable:
         raise InvalidParam(f"Cannot sort {info.slug} by '{name}' (a JSON field)", param=param, field=name)
     if not isinstance(order, str) or order.upper() not in ('ASC', 'DESC'):
-        raise InvalidParam(f"Sort order must be ASC or DESC, not {order!r}", param=order_param or param, field=name)
+        raise InvalidParam(f'Sort order must be ASC or DESC, not {order!r}', param=order_param or param, field=name)
     return Sort(column, order.upper() == 'DESC', via)
 
 
@@ -291,8 +326,7 @@ def parse_sorts(params, info, limits, relations=None):
             raise InvalidParam("Use either 'sorts' or 'sort'/'order', not both", param='sorts')
         items = param_json(params, 'sorts')
         if not isinstance(items, list) or not all(isinstance(i, dict) and 'field' in i for i in items):
-            raise InvalidParam('Parameter \'sorts\' must be a JSON array of {"field", "order"} objects',
-                               param='sorts')
+            raise InvalidParam('Parameter \'sorts\' must be a JSON array of {"field", "order"} objects', param='sorts')
         if len(items) > limits.max_filters:
             raise InvalidParam(f'At most {limits.max_filters} sorts are allowed', param='sorts')
         for item in items:
@@ -317,16 +351,18 @@ def parse_embed(params, relations):
     raw = single(params, 'embed')
     limit = embed_limit(params)
     if raw is None:
-        return (), EMBED_LIMIT      # NOTE: a limit alone is checked, then ignored (OpenAPI cannot tie it to embed)
+        return (), EMBED_LIMIT  # NOTE: a limit alone is checked, then ignored (OpenAPI cannot tie it to embed)
     names = param_json(params, 'embed') if raw.lstrip().startswith('[') else [raw]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise InvalidParam('Parameter \'embed\' is a relation name or a JSON array of them, like ["company","tags"]',
-                           param='embed')
+        raise InvalidParam(
+            'Parameter \'embed\' is a relation name or a JSON array of them, like ["company","tags"]', param='embed'
+        )
     unknown = next((n for n in names if n not in relations), None)
     if unknown is not None:
         valid = ', '.join(relations) or 'none'
-        raise InvalidParam(f"Unknown relation '{unknown}'; this resource can embed: {valid}", param='embed',
-                           field=unknown)
+        raise InvalidParam(
+            f"Unknown relation '{unknown}'; this resource can embed: {valid}", param='embed', field=unknown
+        )
     return tuple(relations[n] for n in dict.fromkeys(names)), EMBED_LIMIT if limit is None else limit
 
 
@@ -430,20 +466,29 @@ def apply_cursor(lq, info, params, limits, key=None):
     if raw is None:
         return lq
     if across_references(lq):
-        raise InvalidParam("Parameter 'cursor' does not apply to a sort across a reference; page with 'range'",
-                           param='cursor')
+        raise InvalidParam(
+            "Parameter 'cursor' does not apply to a sort across a reference; page with 'range'", param='cursor'
+        )
     try:
         body = _cursor_body(raw, info, params, key)
     except ValueError as exc:
-        raise InvalidParam(f"Parameter 'cursor' is {exc}; send back the X-Next-Cursor of the same list",
-                           param='cursor') from None
+        raise InvalidParam(
+            f"Parameter 'cursor' is {exc}; send back the X-Next-Cursor of the same list", param='cursor'
+        ) from None
     if lq.ranked:
-        raise InvalidParam("Parameter 'cursor' does not fit a list ranked by relevance (a q without a sort); "
-                           "page on with 'range'", param='cursor')
+        raise InvalidParam(
+            "Parameter 'cursor' does not fit a list ranked by relevance (a q without a sort); page on with 'range'",
+            param='cursor',
+        )
     names = keyset_columns(lq, info)
     keys, index = (body.get('v'), body.get('i')) if isinstance(body, dict) else (None, None)
-    if (not isinstance(keys, list) or len(keys) != len(names)
-            or not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_OFFSET):
+    if (
+        not isinstance(keys, list)
+        or len(keys) != len(names)
+        or not isinstance(index, int)
+        or isinstance(index, bool)
+        or not 0 <= index <= MAX_OFFSET
+    ):
         raise InvalidParam("Parameter 'cursor' does not fit this list; send back its X-Next-Cursor", param='cursor')
     after = tuple(check_value(info.columns[n], v, 'cursor', limits) for n, v in zip(names, keys))
     return replace(lq, start=index, end=index + lq.size - 1, after=after)
@@ -456,8 +501,10 @@ def parse_list(params, info, limits=Limits(), extra=frozenset(), cursor_key=None
     """
     unknown = sorted(set(params) - LIST_PARAMS - extra)
     if unknown:
-        raise InvalidParam(f"Unknown query parameter '{unknown[0]}'; list parameters are "
-                           f"{', '.join(sorted(LIST_PARAMS))}", param=unknown[0])
+        raise InvalidParam(
+            f"Unknown query parameter '{unknown[0]}'; list parameters are {', '.join(sorted(LIST_PARAMS))}",
+            param=unknown[0],
+        )
     start, end = parse_range(params, limits)
     search, include_archived, equals = parse_filter(params, info, limits, relations)
     ids = next((f.value for f in equals if f.via is None and f.column.name == 'id' and f.op == 'in'), None)
@@ -469,6 +516,15 @@ def parse_list(params, info, limits=Limits(), extra=frozenset(), cursor_key=None
         include_archived = True
     sorts = parse_sorts(params, info, limits, relations)
     embeds, embed_limit = parse_embed(params, {} if relations is None else relations)
-    lq = ListQuery(start, end, tuple(equals), tuple(filters), search, include_archived, tuple(sorts),
-                   embeds=embeds, embed_limit=embed_limit)
+    lq = ListQuery(
+        start,
+        end,
+        tuple(equals),
+        tuple(filters),
+        search,
+        include_archived,
+        tuple(sorts),
+        embeds=embeds,
+        embed_limit=embed_limit,
+    )
     return apply_cursor(lq, info, params, limits, cursor_key)

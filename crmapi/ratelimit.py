@@ -7,6 +7,7 @@ the workers); a cluster multiplies that by its hosts. The answer headers follow
 draft-ietf-httpapi-ratelimit-headers-06: `RateLimit-Limit`, `RateLimit-Remaining`,
 `RateLimit-Reset` (seconds until the bucket is full again) and `RateLimit-Policy` (`600;w=60`).
 """
+
 import math
 import threading
 import time
@@ -50,8 +51,8 @@ class Decision:
     limit: int
     window: float
     remaining: int
-    reset: int            # whole seconds until the bucket is full again
-    retry_after: int      # whole seconds until one more request fits (0 when allowed)
+    reset: int  # whole seconds until the bucket is full again
+    retry_after: int  # whole seconds until one more request fits (0 when allowed)
 
     def headers(self):
         fields = {
@@ -77,7 +78,7 @@ class TokenBuckets:
         self.limit, self.window = limit, window
         self.rate = limit / window
         self.clock = clock
-        self.buckets = OrderedDict()     # key -> (tokens left, time of the last refill)
+        self.buckets = OrderedDict()  # key -> (tokens left, time of the last refill)
         self.lock = threading.Lock()
 
     def take(self, key):
@@ -91,9 +92,14 @@ class TokenBuckets:
             if allowed:
                 tokens -= 1
             self.buckets[key] = (tokens, now)
-        return Decision(allowed, self.limit, self.window, int(tokens),
-                        math.ceil((self.limit - tokens) / self.rate),
-                        0 if allowed else max(1, math.ceil((1 - tokens) / self.rate)))
+        return Decision(
+            allowed,
+            self.limit,
+            self.window,
+            int(tokens),
+            math.ceil((self.limit - tokens) / self.rate),
+            0 if allowed else max(1, math.ceil((1 - tokens) / self.rate)),
+        )
 
     def _forget_idle(self, now):
         while self.buckets:

@@ -8,6 +8,7 @@ column of every table the organization sees (custom objects included) makes its 
 
 Embedding runs one statement per relation for a whole page, whatever its size (no N+1).
 """
+
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ from .errors import UnknownResource
 class Relation:
     name: str
     reverse: bool
-    column: object      # forward: the record's reference column; reverse: the child's column naming the record
-    target: object      # the TableInfo embedded: the referenced resource, or the children's
+    column: object  # forward: the record's reference column; reverse: the child's column naming the record
+    target: object  # the TableInfo embedded: the referenced resource, or the children's
 
     @property
     def many(self):
@@ -35,8 +36,13 @@ class Relation:
         return not self.reverse and self.name == self.column.name
 
     def describe(self):
-        return {'name': self.name, 'kind': 'reverse' if self.reverse else 'forward',
-                'resource': self.target.slug, 'field': self.column.name, 'many': self.many}
+        return {
+            'name': self.name,
+            'kind': 'reverse' if self.reverse else 'forward',
+            'resource': self.target.slug,
+            'field': self.column.name,
+            'many': self.many,
+        }
 
 
 def _plural(word):
@@ -49,7 +55,7 @@ def stem(column):
     """The reference's name without its id suffix: `company_id` -> `company`, `contact_ids` -> `contact`."""
     suffix = '_ids' if column.kind == 'array' else '_id'
     name = column.name
-    return name[:-len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
+    return name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
 
 
 def forward_name(column):
@@ -95,8 +101,14 @@ def reverse_relations(info, tables, taken):
             if column.references != parent:
                 continue
             short = child.slug.removeprefix(stem(column) + '_')
-            name = next((n for n in (short, child.slug, f'{child.slug}_by_{column.name}')
-                         if n and n not in taken and n not in relations), None)
+            name = next(
+                (
+                    n
+                    for n in (short, child.slug, f'{child.slug}_by_{column.name}')
+                    if n and n not in taken and n not in relations
+                ),
+                None,
+            )
             if name is not None:
                 relations[name] = Relation(name, True, column, child)
     return relations
@@ -194,8 +206,13 @@ class Relations:
         found = {}
         if ids:
             read = self.store.reader(relation.target)
-            found = {record['id']: record for record in map(read, tx.rows(*sqlbuild.build_referenced(
-                self.db.dialect, relation.target, principal.org_id, list(ids))))}
+            found = {
+                record['id']: record
+                for record in map(
+                    read,
+                    tx.rows(*sqlbuild.build_referenced(self.db.dialect, relation.target, principal.org_id, list(ids))),
+                )
+            }
         get = found.get
         for record, value in zip(records, values):
             record[name] = [get(i) for i in value or ()] if many else get(value)
@@ -205,8 +222,11 @@ class Relations:
         read = self.store.reader(relation.target)
         groups = {record['id']: {'total': 0, 'items': []} for record in records}
         # NOTE: at least one row per parent comes back even for a limit of 0, to carry the total.
-        for parent, total, rank, *row in tx.rows(*sqlbuild.build_children(
-                self.db.dialect, relation.target, relation.column, principal.org_id, list(groups), max(limit, 1))):
+        for parent, total, rank, *row in tx.rows(
+            *sqlbuild.build_children(
+                self.db.dialect, relation.target, relation.column, principal.org_id, list(groups), max(limit, 1)
+            )
+        ):
             group = groups[parent]
             group['total'] = total
             if rank <= limit:

@@ -14,6 +14,7 @@ with one key, and editing an action's URL (or adding one) does not hand out new 
 NOTE: `matches`/`holds` are THE Python evaluator of the list query language: rule conditions use it, and
 tests/test_properties.py checks it against the SQL that lists run, on both databases.
 """
+
 import dataclasses
 import datetime as dt
 import logging
@@ -51,7 +52,7 @@ TASK_LINKS = {'deals': 'deal_id', 'contacts': 'contact_id', 'companies': 'compan
 MAX_ACTIONS = 20
 MAX_DUE_DAYS = 3650
 MAX_URL = 2048
-MAX_DEPTH = 3           # a change made at this depth (a user's is 0) triggers no rule
+MAX_DEPTH = 3  # a change made at this depth (a user's is 0) triggers no rule
 
 
 # -- the evaluator: the list query language in Python -------------------------------------------------
@@ -99,8 +100,10 @@ def holds(filters, record):
     filter's logicalOp joins the next one to what came before (no precedence), as in lists."""
     if not filters:
         return True
+
     def test(f):
         return matches(f.column.kind, record[f.column.name], f.op, f.value)
+
     result = test(filters[0])
     for previous, f in zip(filters, filters[1:]):
         result = (result or test(f)) if previous.logical == 'or' else (result and test(f))
@@ -119,6 +122,7 @@ def canonical(info, record):
 
 
 # -- the shape -----------------------------------------------------------------------------------------
+
 
 def _bad(field, detail):
     return InvalidValue(detail, field=field)
@@ -157,13 +161,20 @@ def trigger_resource(store, principal, trigger):
         except UnknownResource:
             pass
     if info is None or info.spec.read_only:
-        raise _bad('trigger.resource', f'Trigger resource {slug!r} is not a resource of this organization with '
-                                       'writable records')
+        raise _bad(
+            'trigger.resource',
+            f'Trigger resource {slug!r} is not a resource of this organization with writable records',
+        )
     on = trigger.get('on')
-    if (not isinstance(on, list) or not on or not all(isinstance(o, str) and o in OPERATIONS for o in on)
-            or len(set(on)) != len(on)):
-        raise _bad('trigger.on', f"Trigger 'on' is a non-empty array of distinct operations among "
-                                 f"{', '.join(OPERATIONS)}")
+    if (
+        not isinstance(on, list)
+        or not on
+        or not all(isinstance(o, str) and o in OPERATIONS for o in on)
+        or len(set(on)) != len(on)
+    ):
+        raise _bad(
+            'trigger.on', f"Trigger 'on' is a non-empty array of distinct operations among {', '.join(OPERATIONS)}"
+        )
     fields = trigger.get('fields')
     if fields is not None:
         if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
@@ -181,8 +192,10 @@ def parse_conditions(info, conditions):
     try:
         return tuple(query.parse_filters({'filters': orjson.dumps(conditions).decode()}, info, query.Limits()))
     except BadRequest as exc:
-        raise _bad('conditions', f"Field 'conditions' is a filters array of the list query language over "
-                                 f"'{info.slug}': {exc.detail}") from None
+        raise _bad(
+            'conditions',
+            f"Field 'conditions' is a filters array of the list query language over '{info.slug}': {exc.detail}",
+        ) from None
 
 
 def check_actions(store, principal, info, actions):
@@ -191,12 +204,15 @@ def check_actions(store, principal, info, actions):
     for index, action in enumerate(actions):
         where = f'actions[{index}]'
         if not isinstance(action, dict) or action.get('type') not in ACTIONS:
-            raise _bad(f'{where}.type', f"Each action is an object whose type is one of {', '.join(ACTIONS)}")
+            raise _bad(f'{where}.type', f'Each action is an object whose type is one of {", ".join(ACTIONS)}')
         required, optional = ACTIONS[action['type']]
         extra = sorted(set(action) - {'type', *required, *optional})
         if extra:
-            raise _bad(f'{where}.{extra[0]}', f"An action of type '{action['type']}' has no member '{extra[0]}'; "
-                                              f"it takes {', '.join((*required, *optional))}")
+            raise _bad(
+                f'{where}.{extra[0]}',
+                f"An action of type '{action['type']}' has no member '{extra[0]}'; "
+                f'it takes {", ".join((*required, *optional))}',
+            )
         missing = next((m for m in required if action.get(m) is None), None)
         if missing is not None:
             raise _bad(f'{where}.{missing}', f"An action of type '{action['type']}' needs '{missing}'")
@@ -213,7 +229,7 @@ def _check_update(store, principal, info, action, where):
     try:
         store.prepare(info, changes, creating=False)
     except BadRequest as exc:
-        raise _bad(f"{where}.set.{exc.members.get('field')}", exc.detail) from None
+        raise _bad(f'{where}.set.{exc.members.get("field")}', exc.detail) from None
 
 
 def _check_task(store, principal, info, action, where):
@@ -251,7 +267,7 @@ def _check_exists(store, principal, slug, record_id, field):
             raise RecordNotFound('not an id')
         store.get(store.catalog.resolve(slug), principal, record_id)
     except RecordNotFound:
-        raise _bad(field, f"{field} refers to {slug} {record_id!r}, which does not exist") from None
+        raise _bad(field, f'{field} refers to {slug} {record_id!r}, which does not exist') from None
 
 
 CHECKS = {'update': _check_update, 'create_task': _check_task, 'add_tag': _check_tag, 'webhook': _check_webhook}
@@ -264,8 +280,9 @@ def written(store, tx, principal, records):
     answer is the only one that shows it)."""
     d, out = store.db.dialect, []
     counter = tx.one(*sqlbuild.build_change_counter_read(d, principal.org_id))
-    tx.execute(*sqlbuild.build_webhook_cursor_init(d, principal.org_id, counter[0] if counter else 0,
-                                                   'automation_cursors'))
+    tx.execute(
+        *sqlbuild.build_webhook_cursor_init(d, principal.org_id, counter[0] if counter else 0, 'automation_cursors')
+    )
     for record in records:
         if any(isinstance(a, dict) and a.get('type') == 'webhook' for a in record.get('actions') or ()):
             secret = webhooks.new_secret()
@@ -276,6 +293,7 @@ def written(store, tx, principal, records):
 
 
 # -- the runner ----------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class RulePrincipal(Principal):
@@ -320,8 +338,10 @@ def depth_of(change):
 
 def enabled_rules(store, principal):
     info = store.catalog.resolve(RULES)
-    lq = ListQuery(equals=(Filter(info.columns['enabled'], 'eq', True), Filter(info.columns['problem'], 'eq')),
-                   sorts=(query.Sort(info.columns['id']),))
+    lq = ListQuery(
+        equals=(Filter(info.columns['enabled'], 'eq', True), Filter(info.columns['problem'], 'eq')),
+        sorts=(query.Sort(info.columns['id']),),
+    )
     return list(store.export(info, principal, lq))
 
 
@@ -349,30 +369,45 @@ def run_rule(store, principal, rule, change, depth, record=None):
     runs = store.catalog.resolve(RUNS)
     if _run_of(store, principal, runs, rule['id'], change['id']) is not None:
         return None
-    row = {'rule_id': rule['id'], 'change_id': change['id'],
-           'resource': change['resource'], 'record_id': change['record_id'], 'depth': depth}
+    row = {
+        'rule_id': rule['id'],
+        'change_id': change['id'],
+        'resource': change['resource'],
+        'record_id': change['record_id'],
+        'depth': depth,
+    }
     try:
         info = store.catalog.resolve(change['resource'], principal)
         record = record or _record_after(store, principal, info, change)
         if record is None or not holds(parse_conditions(info, rule['conditions']), canonical(info, record)):
             return None
         if depth >= MAX_DEPTH:
-            return _write_run(store, principal, runs, {**row, 'status': 'stopped', 'error': (
-                f'Not run: the change was made at depth {depth} (by a chain of {depth} rules); changes made at '
-                f'depth {MAX_DEPTH} trigger no rule')})
+            return _write_run(
+                store,
+                principal,
+                runs,
+                {
+                    **row,
+                    'status': 'stopped',
+                    'error': (
+                        f'Not run: the change was made at depth {depth} (by a chain of {depth} rules); changes made at '
+                        f'depth {MAX_DEPTH} trigger no rule'
+                    ),
+                },
+            )
         acting = rule_principal(principal.org_id, rule['id'], depth + 1)
         with store.db.transaction(write=True):
             results = [ACTIONS_RUN[a['type']](store, acting, info, record, a, change) for a in rule['actions']]
             return _write_run(store, principal, runs, {**row, 'status': 'applied', 'results': results})
     except Unavailable:
-        raise       # NOTE: the database, not the rule: the worker hands the change over again later
+        raise  # NOTE: the database, not the rule: the worker hands the change over again later
     except CrmError as exc:
         error = exc.detail
-    except Exception as exc:    # NOTE: a bug must not stop every later change: logged, and the run says so
+    except Exception as exc:  # NOTE: a bug must not stop every later change: logged, and the run says so
         log.exception('rule %s failed on change %s', rule['id'], change['id'])
         error = f'Internal error ({type(exc).__name__}); the worker logged it'
     if _run_of(store, principal, runs, rule['id'], change['id']) is not None:
-        return None   # NOTE: another worker ran it first: its run stands, ours was rolled back
+        return None  # NOTE: another worker ran it first: its run stands, ours was rolled back
     return _write_run(store, principal, runs, {**row, 'status': 'failed', 'error': error}, quiet=True)
 
 
@@ -387,8 +422,10 @@ def _record_after(store, principal, info, change):
 
 
 def _run_of(store, principal, runs, rule_id, change_id):
-    lq = ListQuery(end=0, equals=(Filter(runs.columns['rule_id'], 'eq', rule_id),
-                                  Filter(runs.columns['change_id'], 'eq', change_id)))
+    lq = ListQuery(
+        end=0,
+        equals=(Filter(runs.columns['rule_id'], 'eq', rule_id), Filter(runs.columns['change_id'], 'eq', change_id)),
+    )
     found = store.list(runs, principal, lq, count='none')[0]
     return found[0] if found else None
 
@@ -396,8 +433,13 @@ def _run_of(store, principal, runs, rule_id, change_id):
 def _write_run(store, principal, runs, row, quiet=False):
     """Insert one run of the principal's organization; UNIQUE (rule_id, change_id) makes a second run of the same (rule, change) fail (and,
     inside the actions' transaction, roll them back). `quiet`: a run already there is not an error."""
-    row = {'id': store.history.new_ids(runs.spec.id_prefix, 1)[0], 'results': None, 'error': None, **row,
-           'created_at': store.clock()}
+    row = {
+        'id': store.history.new_ids(runs.spec.id_prefix, 1)[0],
+        'results': None,
+        'error': None,
+        **row,
+        'created_at': store.clock(),
+    }
     try:
         return store.insert_managed(runs, principal.org_id, [row])[0]
     except CrmError:
@@ -434,11 +476,17 @@ def _do_webhook(store, principal, info, record, action, change):
     """Queue a delivery of the change (a webhook event's body) to the URL, in the run's transaction: the worker
     sends it signed with the rule's secret, on the webhooks' retry schedule; webhook_deliveries shows it."""
     kind = webhooks.event_type(change['resource'], change['operation'])
-    row = webhooks.delivery_row(principal.org_id, change, kind, webhooks.event_body(kind, change, record),
-                                values.format_timestamp(store.clock()), rule_id=principal.rule_id, url=action['url'])
+    row = webhooks.delivery_row(
+        principal.org_id,
+        change,
+        kind,
+        webhooks.event_body(kind, change, record),
+        values.format_timestamp(store.clock()),
+        rule_id=principal.rule_id,
+        url=action['url'],
+    )
     webhooks.queue(store.db, [row])
     return {'type': 'webhook', 'url': action['url'], 'delivery_id': row[0]}
 
 
-ACTIONS_RUN = {'update': _do_update, 'create_task': _do_create_task, 'add_tag': _do_add_tag,
-               'webhook': _do_webhook}
+ACTIONS_RUN = {'update': _do_update, 'create_task': _do_create_task, 'add_tag': _do_add_tag, 'webhook': _do_webhook}

@@ -4,6 +4,7 @@ Python holds only policy: which tables are resources, their id prefixes, how a d
 which columns the server manages and where references point. Every column name, type,
 nullability and default comes from `information_schema` or `PRAGMA table_xinfo`, once at start-up.
 """
+
 import dataclasses
 import functools
 import re
@@ -34,13 +35,13 @@ class SearchPolicy:
     required text fields).
     """
 
-    words: tuple = ()       # columns whose words q finds
-    names: tuple = ()       # columns whose matches rank first (also searched)
-    phones: tuple = ()      # columns q reads as one number: their digits
-    emails: tuple = ()      # columns q reads as words, plus the local part as one word
-    related: tuple = ()     # (reference column, target table, its only name column): q finds the target's words
+    words: tuple = ()  # columns whose words q finds
+    names: tuple = ()  # columns whose matches rank first (also searched)
+    phones: tuple = ()  # columns q reads as one number: their digits
+    emails: tuple = ()  # columns q reads as words, plus the local part as one word
+    related: tuple = ()  # (reference column, target table, its only name column): q finds the target's words
     via: dict = dc_field(default_factory=dict)  # view column -> (reference column, target table, target column)
-    indexed: bool = True    # False: rows written around the store (the worker's); no search rows, text operators scan
+    indexed: bool = True  # False: rows written around the store (the worker's); no search rows, text operators scan
 
 
 UNINDEXED = SearchPolicy(indexed=False)
@@ -53,16 +54,16 @@ class ResourceSpec:
     slug: str
     id_prefix: str
     table: str = ''
-    delete: str = 'hard'            # 'archive' (restorable), 'disable' (crm_users) or 'hard'
+    delete: str = 'hard'  # 'archive' (restorable), 'disable' (crm_users) or 'hard'
     read_only: bool = False
-    admin_writes: bool = False      # only administrators may write
-    references: dict = dc_field(default_factory=dict)   # column -> target slug (array columns too)
+    admin_writes: bool = False  # only administrators may write
+    references: dict = dc_field(default_factory=dict)  # column -> target slug (array columns too)
     arrays: frozenset = frozenset()  # JSON columns holding a list of ids
-    computed: dict = dc_field(default_factory=dict)     # view columns the database leaves untyped
-    counted_as: str = ''            # the table whose live-row counter gives this resource's total
-    admin_only: bool = False        # only administrators may read it too (webhooks: their URLs are secrets)
-    managed: frozenset = frozenset()    # columns only the server writes, besides SERVER_MANAGED
-    hidden: frozenset = frozenset()     # columns the API never reads nor writes (a delivery's lease)
+    computed: dict = dc_field(default_factory=dict)  # view columns the database leaves untyped
+    counted_as: str = ''  # the table whose live-row counter gives this resource's total
+    admin_only: bool = False  # only administrators may read it too (webhooks: their URLs are secrets)
+    managed: frozenset = frozenset()  # columns only the server writes, besides SERVER_MANAGED
+    hidden: frozenset = frozenset()  # columns the API never reads nor writes (a delivery's lease)
     search: SearchPolicy = SearchPolicy()  # what q reads; search rows are kept per `counted_as` table
 
     def __post_init__(self):
@@ -73,47 +74,109 @@ class ResourceSpec:
 
 
 COMPANY_NAME = ('company_id', 'companies', 'name')
-CONTACT_SEARCH = SearchPolicy(words=('title', 'city'), names=('first_name', 'last_name'), phones=('phone',),
-                              emails=('email',), related=(COMPANY_NAME,))
+CONTACT_SEARCH = SearchPolicy(
+    words=('title', 'city'),
+    names=('first_name', 'last_name'),
+    phones=('phone',),
+    emails=('email',),
+    related=(COMPANY_NAME,),
+)
 COMPANY_SEARCH = SearchPolicy(words=('domain', 'website', 'city', 'country', 'description'), names=('name',))
 NOTE_SEARCH = SearchPolicy(names=('title', 'text'))
 
-BUILTIN = {spec.slug: spec for spec in [
-    ResourceSpec('contacts', 'c_', delete='archive',
-                 references={'company_id': 'companies', 'tags': 'tags'}, arrays=frozenset({'tags'}),
-                 search=CONTACT_SEARCH),
-    ResourceSpec('companies', 'comp_', delete='archive', search=COMPANY_SEARCH),
-    ResourceSpec('deals', 'd_', delete='archive',
-                 references={'company_id': 'companies', 'contact_ids': 'contacts'},
-                 arrays=frozenset({'contact_ids'}),
-                 search=SearchPolicy(words=('description', 'category'), names=('name',), related=(COMPANY_NAME,))),
-    ResourceSpec('tasks', 't_', references={
-        'contact_id': 'contacts', 'company_id': 'companies', 'deal_id': 'deals', 'assignee_id': 'crm_users'},
-        search=SearchPolicy(words=('type',), names=('text',))),
-    ResourceSpec('contact_notes', 'cn_', references={'contact_id': 'contacts'}, search=NOTE_SEARCH),
-    ResourceSpec('deal_notes', 'dn_', references={'deal_id': 'deals'}, search=NOTE_SEARCH),
-    ResourceSpec('company_notes', 'mn_', references={'company_id': 'companies'}, search=NOTE_SEARCH),
-    ResourceSpec('tags', 'tag_', search=SearchPolicy(names=('name',))),
-    ResourceSpec('configuration', 'cfg_', admin_writes=True, search=SearchPolicy(names=('key',))),
-    ResourceSpec('automation_rules', 'rule_', admin_writes=True, managed=frozenset({'problem'}),
-                 search=SearchPolicy(names=('name',))),
-    ResourceSpec('automation_runs', 'run_', read_only=True, references={'rule_id': 'automation_rules'},
-                 search=UNINDEXED),
-    ResourceSpec('crm_users', 'u_', delete='disable', admin_writes=True,
-                 search=SearchPolicy(names=('first_name', 'last_name'), emails=('email',))),
-    ResourceSpec('webhooks', 'wh_', admin_writes=True, admin_only=True,
-                 managed=frozenset({'disabled_reason', 'failing_since', 'since_seq'}), search=UNINDEXED),
-    ResourceSpec('webhook_deliveries', 'whd_', read_only=True, admin_only=True,
-                 references={'webhook_id': 'webhooks', 'rule_id': 'automation_rules'},
-                 hidden=frozenset({'payload', 'locked_until'}), search=UNINDEXED),
-    ResourceSpec('companies_summary', 'comp_', read_only=True, delete='archive', counted_as='companies',
-                 references={'company_id': 'companies'},
-                 computed={'nb_contacts': 'integer', 'nb_deals': 'integer'}, search=COMPANY_SEARCH),
-    ResourceSpec('contacts_summary', 'c_', read_only=True, delete='archive', counted_as='contacts',
-                 references={'company_id': 'companies', 'tags': 'tags'}, arrays=frozenset({'tags'}),
-                 computed={'company_name': 'text', 'nb_tasks': 'integer'},
-                 search=dataclasses.replace(CONTACT_SEARCH, via={'company_name': COMPANY_NAME})),
-]}
+BUILTIN = {
+    spec.slug: spec
+    for spec in [
+        ResourceSpec(
+            'contacts',
+            'c_',
+            delete='archive',
+            references={'company_id': 'companies', 'tags': 'tags'},
+            arrays=frozenset({'tags'}),
+            search=CONTACT_SEARCH,
+        ),
+        ResourceSpec('companies', 'comp_', delete='archive', search=COMPANY_SEARCH),
+        ResourceSpec(
+            'deals',
+            'd_',
+            delete='archive',
+            references={'company_id': 'companies', 'contact_ids': 'contacts'},
+            arrays=frozenset({'contact_ids'}),
+            search=SearchPolicy(words=('description', 'category'), names=('name',), related=(COMPANY_NAME,)),
+        ),
+        ResourceSpec(
+            'tasks',
+            't_',
+            references={
+                'contact_id': 'contacts',
+                'company_id': 'companies',
+                'deal_id': 'deals',
+                'assignee_id': 'crm_users',
+            },
+            search=SearchPolicy(words=('type',), names=('text',)),
+        ),
+        ResourceSpec('contact_notes', 'cn_', references={'contact_id': 'contacts'}, search=NOTE_SEARCH),
+        ResourceSpec('deal_notes', 'dn_', references={'deal_id': 'deals'}, search=NOTE_SEARCH),
+        ResourceSpec('company_notes', 'mn_', references={'company_id': 'companies'}, search=NOTE_SEARCH),
+        ResourceSpec('tags', 'tag_', search=SearchPolicy(names=('name',))),
+        ResourceSpec('configuration', 'cfg_', admin_writes=True, search=SearchPolicy(names=('key',))),
+        ResourceSpec(
+            'automation_rules',
+            'rule_',
+            admin_writes=True,
+            managed=frozenset({'problem'}),
+            search=SearchPolicy(names=('name',)),
+        ),
+        ResourceSpec(
+            'automation_runs', 'run_', read_only=True, references={'rule_id': 'automation_rules'}, search=UNINDEXED
+        ),
+        ResourceSpec(
+            'crm_users',
+            'u_',
+            delete='disable',
+            admin_writes=True,
+            search=SearchPolicy(names=('first_name', 'last_name'), emails=('email',)),
+        ),
+        ResourceSpec(
+            'webhooks',
+            'wh_',
+            admin_writes=True,
+            admin_only=True,
+            managed=frozenset({'disabled_reason', 'failing_since', 'since_seq'}),
+            search=UNINDEXED,
+        ),
+        ResourceSpec(
+            'webhook_deliveries',
+            'whd_',
+            read_only=True,
+            admin_only=True,
+            references={'webhook_id': 'webhooks', 'rule_id': 'automation_rules'},
+            hidden=frozenset({'payload', 'locked_until'}),
+            search=UNINDEXED,
+        ),
+        ResourceSpec(
+            'companies_summary',
+            'comp_',
+            read_only=True,
+            delete='archive',
+            counted_as='companies',
+            references={'company_id': 'companies'},
+            computed={'nb_contacts': 'integer', 'nb_deals': 'integer'},
+            search=COMPANY_SEARCH,
+        ),
+        ResourceSpec(
+            'contacts_summary',
+            'c_',
+            read_only=True,
+            delete='archive',
+            counted_as='contacts',
+            references={'company_id': 'companies', 'tags': 'tags'},
+            arrays=frozenset({'tags'}),
+            computed={'company_name': 'text', 'nb_tasks': 'integer'},
+            search=dataclasses.replace(CONTACT_SEARCH, via={'company_name': COMPANY_NAME}),
+        ),
+    ]
+}
 
 
 @dataclass(frozen=True)
@@ -125,7 +188,7 @@ class Column:
     writable: bool
     precision: tuple = None
     references: str = None
-    max_length: int = None      # characters; set on writable text columns that sit in an index
+    max_length: int = None  # characters; set on writable text columns that sit in an index
 
     @property
     def required(self):
@@ -138,9 +201,16 @@ class Column:
 
     def describe(self, declared):
         return {
-            'name': self.name, 'type': declared, 'kind': self.kind, 'nullable': self.nullable,
-            'default': self.default, 'writable': self.writable, 'required': self.required,
-            'filterable': True, 'sortable': self.sortable, 'references': self.references,
+            'name': self.name,
+            'type': declared,
+            'kind': self.kind,
+            'nullable': self.nullable,
+            'default': self.default,
+            'writable': self.writable,
+            'required': self.required,
+            'filterable': True,
+            'sortable': self.sortable,
+            'references': self.references,
             'max_length': self.max_length,
         }
 
@@ -150,8 +220,8 @@ class TableInfo:
     """A resource with its whitelist: the only source of identifiers for SQL."""
 
     spec: ResourceSpec
-    columns: dict                       # name -> Column, in table order
-    declared: dict                      # name -> declared SQL type, for introspection
+    columns: dict  # name -> Column, in table order
+    declared: dict  # name -> declared SQL type, for introspection
     view_columns: frozenset = frozenset()  # what read-only views over this table add (`nb_tasks`)
 
     @property
@@ -187,8 +257,11 @@ class TableInfo:
     @functools.cached_property
     def search_columns(self):
         """The text columns whose folded values are kept in search rows: text operators and q read them."""
-        return [c for c in self.columns.values()
-                if c.kind in SEARCHABLE_KINDS and not c.references and c.name not in SERVER_MANAGED]
+        return [
+            c
+            for c in self.columns.values()
+            if c.kind in SEARCHABLE_KINDS and not c.references and c.name not in SERVER_MANAGED
+        ]
 
     @functools.cached_property
     def searched(self):
@@ -201,8 +274,7 @@ class TableInfo:
             'read_only': self.spec.read_only,
             'delete': self.spec.delete,
             'restorable': self.spec.delete in ('archive', 'disable') and not self.spec.read_only,
-            'columns': [c.describe(self.declared[c.name]) for c in self.columns.values()
-                        if c.name != SCOPE],
+            'columns': [c.describe(self.declared[c.name]) for c in self.columns.values() if c.name != SCOPE],
         }
         if relations is not None:
             described['relations'] = [r.describe() for r in relations]
@@ -254,14 +326,19 @@ def with_view_columns(infos):
         base = infos.get(info.spec.counted_as)
         if info.spec.read_only and base is not None and base is not info:
             added.setdefault(base.slug, set()).update(set(info.columns) - set(base.columns))
-    return {slug: dataclasses.replace(info, view_columns=frozenset(added[slug])) if slug in added else info
-            for slug, info in infos.items()}
+    return {
+        slug: dataclasses.replace(info, view_columns=frozenset(added[slug])) if slug in added else info
+        for slug, info in infos.items()
+    }
 
 
-INTERNAL = {spec.slug: spec for spec in [
-    ResourceSpec('custom_objects', 'obj_', delete='archive', search=UNINDEXED),
-    ResourceSpec('idempotency_keys', '', search=UNINDEXED),
-]}
+INTERNAL = {
+    spec.slug: spec
+    for spec in [
+        ResourceSpec('custom_objects', 'obj_', delete='archive', search=UNINDEXED),
+        ResourceSpec('idempotency_keys', '', search=UNINDEXED),
+    ]
+}
 
 
 class Catalog:
@@ -280,10 +357,13 @@ class Catalog:
         found = db.introspect([s.table for s in wanted.values()])
         missing = [s.table for s in wanted.values() if s.table not in found]
         if missing:
-            raise RuntimeError(f"database has no table {', '.join(missing)}: run 'crmapi migrate' ('crmapi init-db' for a new one)")
+            raise RuntimeError(
+                f"database has no table {', '.join(missing)}: run 'crmapi migrate' ('crmapi init-db' for a new one)"
+            )
         indexed = db.indexed_columns(found)
-        infos = {slug: table_info(spec, found[spec.table], indexed.get(spec.table, ()))
-                 for slug, spec in wanted.items()}
+        infos = {
+            slug: table_info(spec, found[spec.table], indexed.get(spec.table, ())) for slug, spec in wanted.items()
+        }
         infos = with_view_columns(infos)
         return cls({s: infos[s] for s in specs}, {s: infos[s] for s in INTERNAL})
 
@@ -312,8 +392,11 @@ class Catalog:
 
     def visible(self, principal=None):
         """Every slug `principal` may use: the built-ins, then their active custom objects."""
-        custom = [] if principal is None or self.custom is None else [
-            d['slug'] for d in self.custom.definitions(principal.org_id, include_archived=False)]
+        custom = (
+            []
+            if principal is None or self.custom is None
+            else [d['slug'] for d in self.custom.definitions(principal.org_id, include_archived=False)]
+        )
         return [*self.tables, *custom]
 
     def all_tables(self, principal):

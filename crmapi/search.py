@@ -7,18 +7,19 @@ compares folded text exactly, and SQLite and PostgreSQL give the same answers:
 - `contains`, `starts_with`, `ends_with` compare the folded filter value with the folded column;
 - `q` looks for each of its words at the start of a word of the record's searchable text.
 """
+
 import re
 import unicodedata
 from dataclasses import dataclass
 
 import orjson
 
-MAX_WORD = 100          # characters of a word kept, in the index and in a query alike
+MAX_WORD = 100  # characters of a word kept, in the index and in a query alike
 MAX_DOCUMENT = 200_000  # characters of words a record's document keeps (PostgreSQL: a tsvector holds < 1 MiB)
-MAX_QUERY_WORDS = 32    # words of one `q`: each is a term of the statement
-TRIGRAM = 3             # the shortest folded value a trigram index can serve
+MAX_QUERY_WORDS = 32  # words of one `q`: each is a term of the statement
+TRIGRAM = 3  # the shortest folded value a trigram index can serve
 
-_WORD = re.compile(r'[^\W_]+')           # runs of letters and digits (str.isalnum)
+_WORD = re.compile(r'[^\W_]+')  # runs of letters and digits (str.isalnum)
 _PHONE = re.compile(r'[\d\s+()-]*\d[\d\s+()-]*')
 _DIGITS = re.compile(r'\D+')
 
@@ -45,7 +46,7 @@ def digits(text):
     return _DIGITS.sub('', fold(text))[:MAX_WORD]
 
 
-WORD_START = '  '   # what comes before each word of a record's `words`
+WORD_START = '  '  # what comes before each word of a record's `words`
 
 
 def joined(found, start=' '):
@@ -76,18 +77,18 @@ class Row:
     words: str
     names: str
     fields: str
-    texts: str      # the values of `fields`, one a line: what the trigram index reads
+    texts: str  # the values of `fields`, one a line: what the trigram index reads
 
 
 @dataclass(frozen=True)
 class Plan:
     """Which columns of a resource its search rows read, and how (worked out once per write, not per record)."""
 
-    texts: tuple    # every searchable text column: folded into `fields`
-    names: tuple    # read as words, ranked first
-    words: tuple    # read as words
-    phones: tuple   # read as one number: its digits
-    emails: tuple   # read as words, plus the local part as one word
+    texts: tuple  # every searchable text column: folded into `fields`
+    names: tuple  # read as words, ranked first
+    words: tuple  # read as words
+    phones: tuple  # read as one number: its digits
+    emails: tuple  # read as words, plus the local part as one word
 
     def row(self, record, related=()):
         """The Row of `record` (its values as stored); `related`: the words of the records it refers to that q
@@ -108,8 +109,12 @@ class Plan:
         kept.pop('', None)
         if sum(map(len, kept)) + len(kept) > MAX_DOCUMENT:
             kept = _bounded(kept)
-        return Row(joined(kept, WORD_START), joined(dict.fromkeys(name_words)), orjson.dumps(folded).decode(),
-                   '\n'.join(folded.values()))
+        return Row(
+            joined(kept, WORD_START),
+            joined(dict.fromkeys(name_words)),
+            orjson.dumps(folded).decode(),
+            '\n'.join(folded.values()),
+        )
 
 
 def _bounded(kept):
@@ -128,9 +133,13 @@ def plan(info):
     policy = info.spec.search
     names = tuple(name_columns(info))
     special = {*names, *policy.phones, *policy.emails}
-    return Plan(tuple(c.name for c in info.search_columns), names,
-                tuple(n for n in word_columns(info) if n not in special),
-                tuple(n for n in policy.phones if n in info.columns), tuple(n for n in policy.emails if n in info.columns))
+    return Plan(
+        tuple(c.name for c in info.search_columns),
+        names,
+        tuple(n for n in word_columns(info) if n not in special),
+        tuple(n for n in policy.phones if n in info.columns),
+        tuple(n for n in policy.emails if n in info.columns),
+    )
 
 
 @dataclass(frozen=True)

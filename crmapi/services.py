@@ -5,6 +5,7 @@ object after it is made. The order breaks the one cycle (the catalog resolves cu
 the custom objects, whose definitions the store writes): the built-in catalog is loaded first, the
 custom objects are made from its internal table, and the full catalog is then made with them.
 """
+
 from dataclasses import dataclass
 
 from .accounts import Accounts
@@ -22,10 +23,10 @@ from .store import utc_now
 class Services:
     db: Database
     settings: Settings
-    catalog: Catalog        # resources by slug: the built-ins, and each organization's custom objects
-    store: Store            # record operations and their transactions
-    custom: CustomObjects   # custom object definitions
-    accounts: Accounts      # organizations, users, tokens
+    catalog: Catalog  # resources by slug: the built-ins, and each organization's custom objects
+    store: Store  # record operations and their transactions
+    custom: CustomObjects  # custom object definitions
+    accounts: Accounts  # organizations, users, tokens
 
 
 def build_services(db, settings=None, clock=utc_now):

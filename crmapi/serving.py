@@ -8,6 +8,7 @@
 
 deploy/gunicorn.conf.py and `crmapi serve` use it: worker_class = 'crmapi.serving.ThreadWorker'.
 """
+
 import time
 
 from gunicorn import util
@@ -77,12 +78,15 @@ def drain_before_answering(app):
     The answer is then sent on a connection with nothing left to read, so the client gets it whatever it was
     refused for, and the connection can serve the next request.
     """
+
     def wrapped(environ, start_response):
         def start(status, headers, exc_info=None):
             length = declared_length(environ.get('CONTENT_LENGTH'))
             discard_body(environ['wsgi.input'], environ.get('gunicorn.socket'), length)
             return start_response(status, headers, exc_info)
+
         return app(environ, start)
+
     return wrapped
 
 
@@ -100,8 +104,10 @@ def problem_response(status, reason, message):
         detail = ' '.join((message or '').split())[:DETAIL_MAX_CHARS] or reason
     # NOTE: not orjson: the echoed request line may hold any code point, lone surrogates included.
     body = values.ascii_json(problem(status, sentence_case(reason), detail)).encode()
-    head = (f'HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_JSON}\r\n'
-            f'Content-Length: {len(body)}\r\n\r\n')
+    head = (
+        f'HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {PROBLEM_JSON}\r\n'
+        f'Content-Length: {len(body)}\r\n\r\n'
+    )
     return head.encode('latin-1') + body
 
 

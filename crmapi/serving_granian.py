@@ -21,6 +21,7 @@ command line, with its server class swapped for `Server` below and every worker'
   offers no hook for them. deploy/nginx.conf in front refuses such requests first, with problem+json, but for one:
   over 100 header fields (nginx has no such limit; granian's bare 431 passes through it).
 """
+
 import functools
 import ipaddress
 import multiprocessing
@@ -57,6 +58,7 @@ def trusted_peers(spec):
         except ValueError:
             return False
         return any(ip in network for network in networks)
+
     return trusted
 
 
@@ -66,11 +68,12 @@ def mount(environ, prefix):
     path = environ.get('PATH_INFO', '')
     if prefix != '/' and (path == prefix or path.startswith(prefix + '/')):
         environ['SCRIPT_NAME'] = environ.get('SCRIPT_NAME', '') + prefix
-        environ['PATH_INFO'] = path[len(prefix):]
+        environ['PATH_INFO'] = path[len(prefix) :]
 
 
 def behind_proxy(app, trusted):
     """WSGI middleware: the mount point and the scheme from a trusted proxy's headers, from no one else's."""
+
     def wrapped(environ, start_response):
         prefix = environ.pop('HTTP_SCRIPT_NAME', None)
         if trusted(environ.get('REMOTE_ADDR')):
@@ -79,11 +82,13 @@ def behind_proxy(app, trusted):
             if prefix:
                 mount(environ, prefix)
         return app(environ, start_response)
+
     return wrapped
 
 
 def close_when_unread(app):
     """WSGI middleware: an answer to a body too big to drain says `Connection: close` (granian then closes)."""
+
     def wrapped(environ, start_response):
         length = declared_length(environ.get('CONTENT_LENGTH'))
         if length is None or length <= DRAIN_MAX_BYTES:
@@ -91,22 +96,29 @@ def close_when_unread(app):
 
         def start(status, headers, exc_info=None):
             return start_response(status, [*headers, ('Connection', 'close')], exc_info)
+
         return app(environ, start)
+
     return wrapped
 
 
 def last_resort(app):
     """WSGI middleware: an error that escapes the app is a bare problem+json 500 (granian would send an empty 500),
     its traceback on stderr only. crmapi's own app answers whatever it raises; this is for a broken deployment."""
+
     def wrapped(environ, start_response):
         try:
             return app(environ, start_response)
         except Exception:
             traceback.print_exc()
             body = orjson.dumps(problem(500, 'Internal error', INTERNAL_DETAIL))
-            start_response('500 Internal Server Error', [('Content-Type', PROBLEM_JSON),
-                                                         ('Content-Length', str(len(body)))], sys.exc_info())
+            start_response(
+                '500 Internal Server Error',
+                [('Content-Type', PROBLEM_JSON), ('Content-Length', str(len(body)))],
+                sys.exc_info(),
+            )
             return [body]
+
     return wrapped
 
 
@@ -166,6 +178,7 @@ class Server(MPServer):
 def main(argv=None):
     """granian's command line (same options), serving with `Server`."""
     import granian.cli
+
     granian.cli.Server = Server
     sys.argv[1:] = argv if argv is not None else sys.argv[1:]
     granian.cli.entrypoint()

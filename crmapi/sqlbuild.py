@@ -5,6 +5,7 @@ bound parameter through `Bound`, never through PyPika's own literal quoting (whi
 True into 'true' and None into 'null'). The organization scope is added here, by every
 builder, so no caller can forget it.
 """
+
 import contextlib
 import functools
 import re
@@ -80,11 +81,11 @@ class Dialect:
     name: str
     query: type
     parameter: type
-    adapt: object               # (kind, canonical value) -> driver value
-    like: str                   # case-insensitive LIKE
-    distinct: str               # null-safe inequality
+    adapt: object  # (kind, canonical value) -> driver value
+    like: str  # case-insensitive LIKE
+    distinct: str  # null-safe inequality
     array_length: str
-    nulls_sql: bool             # whether ORDER BY must spell out SQLite's null order
+    nulls_sql: bool  # whether ORDER BY must spell out SQLite's null order
 
     def bind(self, column, value):
         return Bound(self.adapt(column.kind, value))
@@ -103,8 +104,11 @@ class Dialect:
         elements = Bound(self.one_of_value(kind, values))
         if self.name == 'sqlite':
             if kind == 'array':
-                return Sql('EXISTS (SELECT 1 FROM json_each({0}) WHERE json_each.value IN '
-                           '(SELECT value FROM json_each({1})))', field, elements)
+                return Sql(
+                    'EXISTS (SELECT 1 FROM json_each({0}) WHERE json_each.value IN (SELECT value FROM json_each({1})))',
+                    field,
+                    elements,
+                )
             return Sql('{0} IN (SELECT value FROM json_each({1}))', field, elements)
         return Sql('{0} ?| {1}' if kind == 'array' else '{0} = ANY({1})', field, elements)
 
@@ -124,8 +128,11 @@ class Dialect:
         """
         if self.name == 'sqlite':
             return self.one_of(field, kind, ids)
-        return Sql('{0} ?| {1}' if kind == 'array' else '{0} = ANY({1})', field, Sql(
-            'ARRAY(SELECT json_array_elements_text({0}::json))', Bound(_json_ids(ids))))
+        return Sql(
+            '{0} ?| {1}' if kind == 'array' else '{0} = ANY({1})',
+            field,
+            Sql('ARRAY(SELECT json_array_elements_text({0}::json))', Bound(_json_ids(ids))),
+        )
 
     def render(self, query):
         parameter = self.parameter()
@@ -157,11 +164,13 @@ def sqlite_dialect(adapt):
 
 
 def postgres_dialect(adapt):
-    return Dialect('postgresql', PostgreSQLQuery, FormatParameter, adapt, 'ILIKE', 'IS DISTINCT FROM',
-                   'jsonb_array_length', True)
+    return Dialect(
+        'postgresql', PostgreSQLQuery, FormatParameter, adapt, 'ILIKE', 'IS DISTINCT FROM', 'jsonb_array_length', True
+    )
 
 
 # -- filters ---------------------------------------------------------------------------------------
+
 
 def like_pattern(value, prefix='%', suffix='%'):
     """`%`, `_` and the escape character itself are matched literally."""
@@ -265,7 +274,7 @@ def fold(d, table, info, filters, org_id=None):
 # A search condition is `<key> IN (candidates)`; too short for an index, a correlated EXISTS. A list that
 # only searches counts (and, ranked, pages) in the search rows alone: see `searches_only`.
 
-SEARCH_KIND = 'search'   # the kind of the pseudo-column `q` in `filters`
+SEARCH_KIND = 'search'  # the kind of the pseudo-column `q` in `filters`
 
 
 class Qualified(Term):
@@ -301,8 +310,9 @@ def _text_class(value):
 def _exact(d, op, folded, column):
     """`column` holds `folded` as `op` says, compared exactly (case-sensitively, character by character)."""
     if d.name == 'postgresql':
-        pattern = like_pattern(folded, prefix='' if op == 'starts_with' else '%',
-                               suffix='' if op == 'ends_with' else '%')
+        pattern = like_pattern(
+            folded, prefix='' if op == 'starts_with' else '%', suffix='' if op == 'ends_with' else '%'
+        )
         return Sql("{0} LIKE {1} ESCAPE '\\'", column, Bound(pattern))
     if op == 'contains':
         return Sql('instr({0}, {1}) > 0', column, Bound(folded))
@@ -318,7 +328,7 @@ def _field(d, name):
     return Sql('json_extract(s.fields, {0})', Bound('$."' + name + '"'))
 
 
-FTS_PHRASE = 12   # characters of a value the trigram index looks up; the exact comparison checks the rest
+FTS_PHRASE = 12  # characters of a value the trigram index looks up; the exact comparison checks the rest
 
 
 def _fts_phrase(text):
@@ -337,8 +347,10 @@ def _in_fields(d, op, folded):
     if d.name == 'postgresql':
         return Sql("s.texts LIKE {0} ESCAPE '\\'", Bound(like_pattern(folded)))
     phrase = _fts_phrase(folded[-FTS_PHRASE:] if op == 'ends_with' else folded)
-    return Sql('s.id IN (SELECT rowid FROM search_texts_trigrams WHERE search_texts_trigrams MATCH {0})',
-               Bound('texts : ' + phrase))
+    return Sql(
+        's.id IN (SELECT rowid FROM search_texts_trigrams WHERE search_texts_trigrams MATCH {0})',
+        Bound('texts : ' + phrase),
+    )
 
 
 def _text_match(d, table, info, column, op, value, org_id):
@@ -354,16 +366,28 @@ def _text_match(d, table, info, column, op, value, org_id):
         ref, target, target_column = info.spec.search.via[column.name]
         key = table.field(ref)
     elif not info.spec.search.indexed:
-        return _like(d, field, like_pattern(value, prefix='' if op == 'starts_with' else '%',
-                                            suffix='' if op == 'ends_with' else '%'))
+        return _like(
+            d,
+            field,
+            like_pattern(value, prefix='' if op == 'starts_with' else '%', suffix='' if op == 'ends_with' else '%'),
+        )
     elif column.name not in info.searched:
         # NOTE: ids and references (server-made: lowercase ASCII, their own folding) are compared as stored.
         return _exact(d, op, folded, field)
     if len(folded) < searching.TRIGRAM:
-        return Sql('EXISTS (SELECT 1 FROM search_texts s WHERE {0} AND s.record_id = {1} AND {2})',
-                   _scope(target, org_id), Qualified(key), _exact(d, op, folded, _field(d, target_column)))
-    return Sql('{0} IN (SELECT s.record_id FROM search_texts s WHERE {1} AND {2} AND {3})', key,
-               _in_fields(d, op, folded), _scope(target, org_id), _exact(d, op, folded, _field(d, target_column)))
+        return Sql(
+            'EXISTS (SELECT 1 FROM search_texts s WHERE {0} AND s.record_id = {1} AND {2})',
+            _scope(target, org_id),
+            Qualified(key),
+            _exact(d, op, folded, _field(d, target_column)),
+        )
+    return Sql(
+        '{0} IN (SELECT s.record_id FROM search_texts s WHERE {1} AND {2} AND {3})',
+        key,
+        _in_fields(d, op, folded),
+        _scope(target, org_id),
+        _exact(d, op, folded, _field(d, target_column)),
+    )
 
 
 def _like(d, field, pattern):
@@ -385,13 +409,15 @@ def _word_starts(d, words):
     return Criterion.all([Sql(find, Sql('s.words'), Bound(searching.WORD_START + w)) for w in words])
 
 
-TSVECTOR = "array_to_tsvector(string_to_array(ltrim(s.words, ' '), '  '))"   # PostgreSQL: a search row's words
+TSVECTOR = "array_to_tsvector(string_to_array(ltrim(s.words, ' '), '  '))"  # PostgreSQL: a search row's words
 
 
 def _tsquery(terms):
     """PostgreSQL: each alternative's words as prefixes, ANDed; the alternatives ORed."""
+
     def lexeme(w):
         return "'" + w.replace('\\', '\\\\').replace("'", "''") + "':*"
+
     return ' | '.join('(' + ' & '.join(lexeme(w) for w in alternative) + ')' for alternative in terms.alternatives)
 
 
@@ -404,12 +430,16 @@ def _words_match(d, terms):
     """The search row `s` holds, for one of the alternatives of `terms`, each word at a word start."""
     if d.name == 'postgresql':
         return Sql(f'{TSVECTOR} @@ CAST({{0}} AS tsquery)', Bound(_tsquery(terms)))
-    match = ' OR '.join('(' + ' AND '.join(_fts_phrase(searching.WORD_START + w) for w in alternative) + ')'
-                        for alternative in terms.alternatives)
+    match = ' OR '.join(
+        '(' + ' AND '.join(_fts_phrase(searching.WORD_START + w) for w in alternative) + ')'
+        for alternative in terms.alternatives
+    )
     exact = all(_word_class(w) == 'exact' for alternative in terms.alternatives for w in alternative)
-    return Sql('s.id IN (SELECT rowid FROM search_texts_trigrams WHERE search_texts_trigrams MATCH {0}) AND {1}',
-               Bound('words : (' + match + ')'),
-               TRUE if exact else Criterion.any([_word_starts(d, a) for a in terms.alternatives]))
+    return Sql(
+        's.id IN (SELECT rowid FROM search_texts_trigrams WHERE search_texts_trigrams MATCH {0}) AND {1}',
+        Bound('words : (' + match + ')'),
+        TRUE if exact else Criterion.any([_word_starts(d, a) for a in terms.alternatives]),
+    )
 
 
 def search(d, table, info, terms, org_id):
@@ -418,17 +448,31 @@ def search(d, table, info, terms, org_id):
         return TRUE
     if not info.spec.search.indexed:
         columns = [table.field(c.name) for c in info.search_columns]
-        return Criterion.any([Criterion.all([Criterion.any([_like(d, f, like_pattern(w)) for f in columns])
-                                             for w in a]) for a in terms.alternatives]) if columns else FALSE
-    return Sql('{0} IN (SELECT s.record_id FROM search_texts s WHERE {1} AND {2})', table.id,
-               _scope(search_table(info), org_id), _words_match(d, terms))
+        return (
+            Criterion.any(
+                [
+                    Criterion.all([Criterion.any([_like(d, f, like_pattern(w)) for f in columns]) for w in a])
+                    for a in terms.alternatives
+                ]
+            )
+            if columns
+            else FALSE
+        )
+    return Sql(
+        '{0} IN (SELECT s.record_id FROM search_texts s WHERE {1} AND {2})',
+        table.id,
+        _scope(search_table(info), org_id),
+        _words_match(d, terms),
+    )
 
 
 def _score(d, lq):
     """How many of the words asked for start a word of the search row's name columns."""
     find = 'strpos' if d.name == 'postgresql' else 'instr'
-    return Sql(' + '.join(f'(CASE WHEN {find}(s.names, {{{i}}}) > 0 THEN 1 ELSE 0 END)'
-                          for i in range(len(lq.rank_words))), *[Bound(' ' + w) for w in lq.rank_words])
+    return Sql(
+        ' + '.join(f'(CASE WHEN {find}(s.names, {{{i}}}) > 0 THEN 1 ELSE 0 END)' for i in range(len(lq.rank_words))),
+        *[Bound(' ' + w) for w in lq.rank_words],
+    )
 
 
 def _ranking(d, table, info, org_id, lq):
@@ -436,12 +480,16 @@ def _ranking(d, table, info, org_id, lq):
     record's name columns (more first); `_order` then adds the id tie-break."""
     if not lq.ranked:
         return []
-    rank = Sql('COALESCE((SELECT {0} FROM search_texts s WHERE {1} AND s.record_id = {2}), 0)',
-               _score(d, lq), _scope(search_table(info), org_id), Qualified(table.id))
+    rank = Sql(
+        'COALESCE((SELECT {0} FROM search_texts s WHERE {1} AND s.record_id = {2}), 0)',
+        _score(d, lq),
+        _scope(search_table(info), org_id),
+        Qualified(table.id),
+    )
     return [(rank, Order.desc)]
 
 
-ROW_OPERATORS = ('contains', 'starts_with', 'ends_with')   # text operators a search row alone decides
+ROW_OPERATORS = ('contains', 'starts_with', 'ends_with')  # text operators a search row alone decides
 
 
 def _on_row(info, flt):
@@ -449,8 +497,12 @@ def _on_row(info, flt):
     column of the resource's own (not a view's computed one, nor across a reference)."""
     if flt.column.kind == SEARCH_KIND:
         return all(flt.value.alternatives)
-    return (flt.op in ROW_OPERATORS and flt.via is None and flt.column.name in info.searched
-            and flt.column.name not in info.spec.search.via)
+    return (
+        flt.op in ROW_OPERATORS
+        and flt.via is None
+        and flt.column.name in info.searched
+        and flt.column.name not in info.spec.search.via
+    )
 
 
 def searches_only(info, lq):
@@ -459,9 +511,14 @@ def searches_only(info, lq):
     never joining each match to its record (a q as broad as "a" matches most of them)."""
     if lq.search is not None and not all(lq.search.alternatives):
         return False
-    return (bool(lq.filters or lq.search is not None) and info.spec.search.indexed and not lq.equals
-            and lq.after is None and all(_on_row(info, f) for f in lq.filters)
-            and all(f.logical == 'and' for f in lq.filters[:-1]))
+    return (
+        bool(lq.filters or lq.search is not None)
+        and info.spec.search.indexed
+        and not lq.equals
+        and lq.after is None
+        and all(_on_row(info, f) for f in lq.filters)
+        and all(f.logical == 'and' for f in lq.filters[:-1])
+    )
 
 
 def _row_match(d, flt):
@@ -500,12 +557,17 @@ def _row_page(d, info, org_id, lq):
     them, before the LIMIT): a broad q reads its matches once, not once more for Content-Range.
     """
     columns = ', '.join(f't.{quote(n)}' for n in output_columns(info))
-    return Sql(f'SELECT {columns}, hits.total FROM (SELECT s.record_id, {{0}} AS score, COUNT(*) OVER () AS total '
-               'FROM search_texts s WHERE {1} ORDER BY score DESC, s.record_id LIMIT {2} OFFSET {3}) hits '
-               f'JOIN {quote(info.spec.table)} t ON t.id = hits.record_id AND t.organization_id = {{4}} '
-               'ORDER BY hits.score DESC, hits.record_id',
-               _score(d, lq) if lq.ranked else Sql('0'), _search_rows(d, info, org_id, lq), Bound(int(lq.size)),
-               Bound(int(lq.start)), Bound(org_id))
+    return Sql(
+        f'SELECT {columns}, hits.total FROM (SELECT s.record_id, {{0}} AS score, COUNT(*) OVER () AS total '
+        'FROM search_texts s WHERE {1} ORDER BY score DESC, s.record_id LIMIT {2} OFFSET {3}) hits '
+        f'JOIN {quote(info.spec.table)} t ON t.id = hits.record_id AND t.organization_id = {{4}} '
+        'ORDER BY hits.score DESC, hits.record_id',
+        _score(d, lq) if lq.ranked else Sql('0'),
+        _search_rows(d, info, org_id, lq),
+        Bound(int(lq.size)),
+        Bound(int(lq.start)),
+        Bound(org_id),
+    )
 
 
 def where(d, table, info, org_id, lq):
@@ -525,6 +587,7 @@ def where(d, table, info, org_id, lq):
 # `company.name` filters contacts by a field of the company their `company_id` points at, as a
 # semi-join on the target's (organization_id, id) key; a record without a reference (or whose
 # reference names no record of the organization) is filtered as if every field of its target were null.
+
 
 def holds_for_null(flt):
     """Whether `flt` keeps a row whose field is NULL (negations do; so do `eq null` and `is_empty`)."""
@@ -551,10 +614,15 @@ def across(d, table, flt, org_id):
     scope = target.organization_id == Bound(org_id)
     local = replace(flt, via=None)
     if not holds_for_null(flt):
-        return ref.isin(d.query.from_(target).select(target.id).where(scope & criterion(d, target, via.target, local, org_id)))
+        return ref.isin(
+            d.query.from_(target).select(target.id).where(scope & criterion(d, target, via.target, local, org_id))
+        )
     linked = Sql('{0} = ' + f'{quote(table.get_table_name())}.{quote(via.column.name)}', target.id)
-    subquery = d.query.from_(target).select(Sql('1')).where(scope & linked & Sql('NOT ({0})',
-                                                                               criterion(d, target, via.target, local, org_id)))
+    subquery = (
+        d.query.from_(target)
+        .select(Sql('1'))
+        .where(scope & linked & Sql('NOT ({0})', criterion(d, target, via.target, local, org_id)))
+    )
     return Sql('NOT EXISTS {0}', Subquery(subquery))
 
 
@@ -590,34 +658,49 @@ def _search_upsert(d, n):
     """n search rows written, each replacing the record's row only when it changed (an unchanged row is
     left alone: no index work)."""
     changed = ' OR '.join(f'search_texts.{c} <> excluded.{c}' for c in SEARCH_ROW[3:])
-    return (f'INSERT INTO search_texts ({", ".join(SEARCH_ROW)}) {_values(d, n, len(SEARCH_ROW))} '
-            'ON CONFLICT (table_name, organization_id, record_id) DO UPDATE SET '
-            + ', '.join(f'{c} = excluded.{c}' for c in SEARCH_ROW[3:]) + f' WHERE {changed}')
+    return (
+        f'INSERT INTO search_texts ({", ".join(SEARCH_ROW)}) {_values(d, n, len(SEARCH_ROW))} '
+        'ON CONFLICT (table_name, organization_id, record_id) DO UPDATE SET '
+        + ', '.join(f'{c} = excluded.{c}' for c in SEARCH_ROW[3:])
+        + f' WHERE {changed}'
+    )
 
 
 def build_search_rows(d, rows):
     """The statements that write search `rows` (tuples of SEARCH_ROW): one per chunk (a thousand rows is one)."""
-    return [(_statement(d, ('search_rows', len(part)), functools.partial(_search_upsert, d, len(part))),
-             [v for row in part for v in row]) for part in chunks(rows, len(SEARCH_ROW))]
+    return [
+        (
+            _statement(d, ('search_rows', len(part)), functools.partial(_search_upsert, d, len(part))),
+            [v for row in part for v in row],
+        )
+        for part in chunks(rows, len(SEARCH_ROW))
+    ]
 
 
 def _search_keys(d, texts, table_name, org_id, ids):
-    return (texts.table_name == Bound(table_name)) & (texts.organization_id == Bound(org_id)) & d.one_of(
-        texts.record_id, 'text', ids)
+    return (
+        (texts.table_name == Bound(table_name))
+        & (texts.organization_id == Bound(org_id))
+        & d.one_of(texts.record_id, 'text', ids)
+    )
 
 
 def build_search_archived(d, table_name, org_id, ids, archived):
     """Set the archived state of the search rows of `ids` (an archive or restore changes no text)."""
     texts = Table('search_texts')
-    return d.render(d.query.update(texts).set(texts.archived, Bound(archived)).where(
-        _search_keys(d, texts, table_name, org_id, ids)))
+    return d.render(
+        d.query.update(texts)
+        .set(texts.archived, Bound(archived))
+        .where(_search_keys(d, texts, table_name, org_id, ids))
+    )
 
 
 def build_search_names(d, table_name, org_id, ids):
     """(record_id, names) of the search rows of `ids`: the name words other records' rows take (a company's)."""
     texts = Table('search_texts')
-    return d.render(d.from_(texts).select(texts.record_id, texts.names).where(
-        _search_keys(d, texts, table_name, org_id, ids)))
+    return d.render(
+        d.from_(texts).select(texts.record_id, texts.names).where(_search_keys(d, texts, table_name, org_id, ids))
+    )
 
 
 def build_search_forget(d, table_name, org_id, ids):
@@ -629,8 +712,11 @@ def build_search_forget(d, table_name, org_id, ids):
 def build_search_forget_organization(d, info, org_id):
     """Remove the search rows of every record of `org_id` in `info`'s table (before a rebuild)."""
     texts = Table('search_texts')
-    return d.render(d.from_(texts).delete().where(
-        (texts.table_name == Bound(info.spec.table)) & (texts.organization_id == Bound(org_id))))
+    return d.render(
+        d.from_(texts)
+        .delete()
+        .where((texts.table_name == Bound(info.spec.table)) & (texts.organization_id == Bound(org_id)))
+    )
 
 
 def build_search_analyze(d):
@@ -645,6 +731,7 @@ def build_search_analyze(d):
 
 
 # -- statements ------------------------------------------------------------------------------------
+
 
 def output_columns(info):
     """What a record looks like on the wire: every column but the organization."""
@@ -729,7 +816,8 @@ def _select(d, info, org_id, lq, columns=None):
     for target, on in joins.values():
         query = query.left_join(target).on(on)
     query = query.select(*[table.field(n) for n in columns or output_columns(info)]).where(
-        _condition(d, table, info, org_id, lq))
+        _condition(d, table, info, org_id, lq)
+    )
     for term, order in _ranking(d, table, info, org_id, lq) + _order(d, table, lq.sorts, joins):
         query = query.orderby(term, order=order)
     return query
@@ -746,6 +834,7 @@ def _select_values(d, table, info, org_id, lq):
 # lists of what length), never on the values themselves, which are all bound. The SQL of a shape
 # is rendered once; later requests of that shape only build their WHERE terms again to collect the
 # values, in the order the SQL binds them (checked when the shape is first rendered).
+
 
 def _value_shape(value):
     if value is None:
@@ -777,9 +866,16 @@ def _path(item):
 
 def list_shape(info, lq):
     filters = tuple((_path(f), f.op, f.logical, _filter_shape(f.value, f.op)) for f in (*lq.equals, *lq.filters))
-    return (info.shape_key, len(lq.equals), filters, _filter_shape(lq.search), lq.include_archived,
-            tuple((_path(s), s.descending) for s in lq.sorts), len(lq.rank_words) if lq.ranked else None,
-            None if lq.after is None else _value_shape(lq.after))
+    return (
+        info.shape_key,
+        len(lq.equals),
+        filters,
+        _filter_shape(lq.search),
+        lq.include_archived,
+        tuple((_path(s), s.descending) for s in lq.sorts),
+        len(lq.rank_words) if lq.ranked else None,
+        None if lq.after is None else _value_shape(lq.after),
+    )
 
 
 @contextlib.contextmanager
@@ -814,26 +910,40 @@ def _paging(d, lq):
     return f' LIMIT {p} OFFSET {p}', [int(lq.size), int(lq.start)]
 
 
-DEFERRED_FROM = 1000   # an OFFSET from which PostgreSQL pages are read by a deferred join
+DEFERRED_FROM = 1000  # an OFFSET from which PostgreSQL pages are read by a deferred join
 
 
 def _deferred(d, lq):
     """Whether a page is read ids first: a deep OFFSET on PostgreSQL, sorted on the record's own columns."""
-    return (d.name == 'postgresql' and lq.after is None and lq.start >= DEFERRED_FROM and lq.search is None
-            and all(s.via is None for s in lq.sorts))
+    return (
+        d.name == 'postgresql'
+        and lq.after is None
+        and lq.start >= DEFERRED_FROM
+        and lq.search is None
+        and all(s.via is None for s in lq.sorts)
+    )
 
 
 def build_list(d, info, org_id, lq):
     table = Table(info.spec.table)
     if pages_in_rows(info, lq):
-        return _shaped(d, ('row_page', list_shape(info, lq)), lambda: _row_page(d, info, org_id, lq),
-                       lambda: _row_page(d, info, org_id, lq), [])
+        return _shaped(
+            d,
+            ('row_page', list_shape(info, lq)),
+            lambda: _row_page(d, info, org_id, lq),
+            lambda: _row_page(d, info, org_id, lq),
+            [],
+        )
     paging, extra = _paging(d, lq)
     if _deferred(d, lq):
         return _deferred_page(d, info, org_id, lq, table, paging, extra)
-    sql, params = _shaped(d, ('list', list_shape(info, lq)), lambda: _select(d, info, org_id, lq),
-                          lambda: (_select_values(d, table, info, org_id, lq),
-                                   _ranking(d, table, info, org_id, lq)), extra)
+    sql, params = _shaped(
+        d,
+        ('list', list_shape(info, lq)),
+        lambda: _select(d, info, org_id, lq),
+        lambda: (_select_values(d, table, info, org_id, lq), _ranking(d, table, info, org_id, lq)),
+        extra,
+    )
     return sql + paging, params
 
 
@@ -845,12 +955,18 @@ def _deferred_page(d, info, org_id, lq, table, paging, extra):
     OFFSET (at offset 50,000 of 100k contacts: 282 ms against 21 ms this way, EXPLAIN ANALYZE). The sort
     is on the record's own columns (_deferred), so the ids query's ORDER BY applies as it is outside.
     """
-    ids, params = _shaped(d, ('list_ids', list_shape(info, lq)), lambda: _select(d, info, org_id, lq, ['id']),
-                          lambda: _select_values(d, table, info, org_id, lq), [])
+    ids, params = _shaped(
+        d,
+        ('list_ids', list_shape(info, lq)),
+        lambda: _select(d, info, org_id, lq, ['id']),
+        lambda: _select_values(d, table, info, org_id, lq),
+        [],
+    )
     order = ids.rpartition(' ORDER BY ')[2]
     columns = output_columns(info)
-    rows = d.memo(('rows', info.spec.table, tuple(columns)),
-                  lambda: d.from_(table).select(*[table.field(n) for n in columns]))
+    rows = d.memo(
+        ('rows', info.spec.table, tuple(columns)), lambda: d.from_(table).select(*[table.field(n) for n in columns])
+    )
     p = d.parameter().get_sql()
     sql = f'{rows} WHERE "organization_id"={p} AND "id" IN ({ids}{paging}) ORDER BY {order}'
     return sql, [org_id, *params, *extra]
@@ -864,12 +980,20 @@ def build_export(d, info, org_id, lq):
 def build_count(d, info, org_id, lq):
     table = Table(info.spec.table)
     if searches_only(info, lq):
-        return _shaped(d, ('search_count', list_shape(info, lq)),
-                       lambda: Sql('SELECT COUNT(*) FROM search_texts s WHERE {0}', _search_rows(d, info, org_id, lq)),
-                       lambda: _search_rows(d, info, org_id, lq), [])
-    return _shaped(d, ('count', list_shape(info, lq)),
-                   lambda: d.from_(table).select(fn.Count('*')).where(where(d, table, info, org_id, lq)),
-                   lambda: where(d, table, info, org_id, lq), [])
+        return _shaped(
+            d,
+            ('search_count', list_shape(info, lq)),
+            lambda: Sql('SELECT COUNT(*) FROM search_texts s WHERE {0}', _search_rows(d, info, org_id, lq)),
+            lambda: _search_rows(d, info, org_id, lq),
+            [],
+        )
+    return _shaped(
+        d,
+        ('count', list_shape(info, lq)),
+        lambda: d.from_(table).select(fn.Count('*')).where(where(d, table, info, org_id, lq)),
+        lambda: where(d, table, info, org_id, lq),
+        [],
+    )
 
 
 def build_estimate(d, info, org_id, lq):
@@ -879,14 +1003,21 @@ def build_estimate(d, info, org_id, lq):
     """
     table = Table(info.spec.table)
     if searches_only(info, lq):
-        sql, params = _shaped(d, ('search_matches', list_shape(info, lq)),
-                              lambda: Sql('SELECT s.record_id FROM search_texts s WHERE {0}',
-                                          _search_rows(d, info, org_id, lq)),
-                              lambda: _search_rows(d, info, org_id, lq), [])
+        sql, params = _shaped(
+            d,
+            ('search_matches', list_shape(info, lq)),
+            lambda: Sql('SELECT s.record_id FROM search_texts s WHERE {0}', _search_rows(d, info, org_id, lq)),
+            lambda: _search_rows(d, info, org_id, lq),
+            [],
+        )
     else:
-        sql, params = _shaped(d, ('matches', list_shape(info, lq)),
-                              lambda: d.from_(table).select(table.id).where(where(d, table, info, org_id, lq)),
-                              lambda: where(d, table, info, org_id, lq), [])
+        sql, params = _shaped(
+            d,
+            ('matches', list_shape(info, lq)),
+            lambda: d.from_(table).select(table.id).where(where(d, table, info, org_id, lq)),
+            lambda: where(d, table, info, org_id, lq),
+            [],
+        )
     return 'EXPLAIN (FORMAT JSON) ' + sql, params
 
 
@@ -903,6 +1034,7 @@ def build_get(d, info, org_id, ids, for_update=False):
 
     def build():
         return d.from_(table).select(*[table.field(n) for n in columns]).where(_by_ids(d, table, org_id, ids))
+
     if isinstance(ids, str):
         sql, params = d.memo(('get', info.spec.table, tuple(columns)), build), [org_id, ids]
     else:
@@ -920,14 +1052,19 @@ def build_exists(d, infos, org_id, id_lists):
     NOTE: one statement whatever the number of lists and ids (each list is one parameter), its SQL written
     once per tuple of tables: a create's reference checks are one round trip, and no query building.
     """
+
     def write():
         parts = []
         for k, info in enumerate(infos):
             table = Table(info.spec.table)
-            query = d.from_(table).select(Sql(str(k)), table.id).where(
-                (table.organization_id == Bound(None)) & d.one_of(table.id, 'text', ['']))
+            query = (
+                d.from_(table)
+                .select(Sql(str(k)), table.id)
+                .where((table.organization_id == Bound(None)) & d.one_of(table.id, 'text', ['']))
+            )
             parts.append(d.render(query)[0])
         return ' UNION ALL '.join(parts)
+
     sql = _statement(d, ('exists', tuple(info.spec.table for info in infos)), write)
     return sql, [value for ids in id_lists for value in (org_id, d.one_of_value('text', ids))]
 
@@ -944,8 +1081,11 @@ def build_insert(d, info, org_id, row, if_absent=False):
     table = Table(info.spec.table)
     [row] = scoped(org_id, [row])
     names = list(row)
-    query = d.into(table).columns(*[table.field(n) for n in names]).insert(
-        *[d.bind(info.columns[n], row[n]) for n in names])
+    query = (
+        d.into(table)
+        .columns(*[table.field(n) for n in names])
+        .insert(*[d.bind(info.columns[n], row[n]) for n in names])
+    )
     sql, params = d.render(query)
     return sql + (' ON CONFLICT DO NOTHING' if if_absent else '') + _returning(info), params
 
@@ -970,7 +1110,7 @@ def build_delete(d, info, org_id, ids):
 # VALUES) per chunk, whose SQL depends only on the columns and the number of rows, so it is written
 # once per shape and its values are bound in one flat list.
 
-MAX_PARAMS = 30_000   # values bound by one statement: below SQLite's 32,766 and PostgreSQL's 65,535
+MAX_PARAMS = 30_000  # values bound by one statement: below SQLite's 32,766 and PostgreSQL's 65,535
 
 
 def chunks(items, width=1, size=None):
@@ -978,7 +1118,7 @@ def chunks(items, width=1, size=None):
     stays under MAX_PARAMS."""
     items = list(items)
     size = size or max(1, MAX_PARAMS // max(1, width))
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _statement(d, key, write):
@@ -1013,8 +1153,9 @@ def build_insert_many(d, info, org_id, names, rows, conflict=None, updates=()):
     names, updates, rows = (SCOPE, *names), tuple(updates), scoped(org_id, rows)
 
     def write():
-        sql = (f'INSERT INTO {quote(info.spec.table)} ({",".join(quote(n) for n in names)}) '
-               + _values(d, len(rows), len(names)))
+        sql = f'INSERT INTO {quote(info.spec.table)} ({",".join(quote(n) for n in names)}) ' + _values(
+            d, len(rows), len(names)
+        )
         if conflict is not None:
             column, partial = conflict
             target = f'(organization_id, {quote(column)})'
@@ -1024,6 +1165,7 @@ def build_insert_many(d, info, org_id, names, rows, conflict=None, updates=()):
             sql += f' ON CONFLICT {target} DO UPDATE SET {sets}'
         sql += _returning(info)
         return sql + (', (xmax = 0)' if conflict is not None and d.name == 'postgresql' else '')
+
     sql = _statement(d, ('insert_many', info.shape_key, names, len(rows), conflict, updates), write)
     return sql, _flat(d, info, names, rows)
 
@@ -1044,9 +1186,12 @@ def build_update_many(d, info, org_id, names, rows):
     def write():
         p = d.parameter().get_sql()
         sets = ', '.join(f'{quote(n)} = {value(a, n)}' for a, n in zip(aliases, names))
-        return (f'WITH v (v_id, {", ".join(aliases)}) AS ({_values(d, len(rows), len(names) + 1)}) '
-                f'UPDATE {table} SET {sets} FROM v WHERE {table}.organization_id = {p} AND {table}.id = v.v_id'
-                + _returning(info))
+        return (
+            f'WITH v (v_id, {", ".join(aliases)}) AS ({_values(d, len(rows), len(names) + 1)}) '
+            f'UPDATE {table} SET {sets} FROM v WHERE {table}.organization_id = {p} AND {table}.id = v.v_id'
+            + _returning(info)
+        )
+
     sql = _statement(d, ('update_many', info.shape_key, names, len(rows)), write)
     return sql, [*_flat(d, info, ('id', *names), rows), org_id]
 
@@ -1059,8 +1204,11 @@ def build_get_by(d, info, org_id, column, keys, for_update=False):
     """
     table = Table(info.spec.table)
     field = table.field(column.name)
-    query = d.from_(table).select(*[table.field(n) for n in output_columns(info)]).where(
-        (table.organization_id == Bound(org_id)) & field.isin([d.bind(column, k) for k in keys]))
+    query = (
+        d.from_(table)
+        .select(*[table.field(n) for n in output_columns(info)])
+        .where((table.organization_id == Bound(org_id)) & field.isin([d.bind(column, k) for k in keys]))
+    )
     locking = for_update and d.name == 'postgresql'
     sql, params = d.render(query.orderby(table.id) if locking else query)
     return (sql + ' FOR UPDATE' if locking else sql), params
@@ -1072,16 +1220,20 @@ def build_unique_keys(d, table):
     Each row is one key column; read_unique_keys keeps those on (organization_id, column).
     """
     if d.name == 'postgresql':
-        return ('SELECT i.indexrelid::regclass::text, k.n, a.attname, i.indpred IS NOT NULL, '
-                'pg_get_expr(i.indpred, i.indrelid) '
-                'FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k (attnum, n) '
-                'JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum '
-                'WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indexprs IS NULL '
-                'AND k.n <= i.indnkeyatts'), [quote(table)]
-    return ('SELECT il.name, ii.seqno, ii.name, il.partial, m.sql '
-            'FROM pragma_index_list(?) AS il JOIN pragma_index_info(il.name) AS ii '
-            "LEFT JOIN sqlite_master AS m ON m.type = 'index' AND m.name = il.name "
-            'WHERE il."unique" = 1'), [table]
+        return (
+            'SELECT i.indexrelid::regclass::text, k.n, a.attname, i.indpred IS NOT NULL, '
+            'pg_get_expr(i.indpred, i.indrelid) '
+            'FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k (attnum, n) '
+            'JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum '
+            'WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indexprs IS NULL '
+            'AND k.n <= i.indnkeyatts'
+        ), [quote(table)]
+    return (
+        'SELECT il.name, ii.seqno, ii.name, il.partial, m.sql '
+        'FROM pragma_index_list(?) AS il JOIN pragma_index_info(il.name) AS ii '
+        "LEFT JOIN sqlite_master AS m ON m.type = 'index' AND m.name = il.name "
+        'WHERE il."unique" = 1'
+    ), [table]
 
 
 def read_unique_keys(rows):
@@ -1110,8 +1262,10 @@ def _not_null_predicate(column, predicate):
 
 def build_duplicate(d, table, column):
     """One value of `column` that two records of one organization share, if any (before a unique index)."""
-    return (f'SELECT {quote(column)} FROM {quote(table)} WHERE {quote(column)} IS NOT NULL '
-            f'GROUP BY organization_id, {quote(column)} HAVING COUNT(*) > 1 LIMIT 1'), []
+    return (
+        f'SELECT {quote(column)} FROM {quote(table)} WHERE {quote(column)} IS NOT NULL '
+        f'GROUP BY organization_id, {quote(column)} HAVING COUNT(*) > 1 LIMIT 1'
+    ), []
 
 
 # NOTE: arrays of ids whose elements are indexed (migration 0009): SQLite keeps the (organization, element, record)
@@ -1130,8 +1284,12 @@ def build_referrers(d, info, org_id, column, ids, indexed=True):
         match = FALSE
     elif side and d.name == 'sqlite':
         pairs, element, record = map(quote, side)
-        match = Sql(f'{{0}} IN (SELECT {record} FROM {pairs} WHERE organization_id = {{1}} AND {{2}})', table.id,
-                    Bound(org_id), d.one_of(Sql(element), 'text', ids))
+        match = Sql(
+            f'{{0}} IN (SELECT {record} FROM {pairs} WHERE organization_id = {{1}} AND {{2}})',
+            table.id,
+            Bound(org_id),
+            d.one_of(Sql(element), 'text', ids),
+        )
     elif side:
         # NOTE: `?|` (what one_of asks of an array) cannot use a jsonb_path_ops index; `@>` can.
         match = Sql('{0} @> ANY({1}::jsonb[])', field, Bound([orjson.dumps([i]).decode() for i in ids]))
@@ -1142,6 +1300,7 @@ def build_referrers(d, info, org_id, column, ids, indexed=True):
 
 
 # -- embedding -------------------------------------------------------------------------------------
+
 
 def _term_sql(d, term):
     """(sql, params) of one criterion on its own, for a statement written as text."""
@@ -1159,8 +1318,14 @@ def build_referenced(d, info, org_id, ids):
 
     def where():
         return (table.organization_id == Bound(org_id)) & d.one_of_ids(table.id, ids)
-    return _shaped(d, ('referenced', info.shape_key),
-                   lambda: d.from_(table).select(*[table.field(n) for n in columns]).where(where()), where, [])
+
+    return _shaped(
+        d,
+        ('referenced', info.shape_key),
+        lambda: d.from_(table).select(*[table.field(n) for n in columns]).where(where()),
+        where,
+        [],
+    )
 
 
 def _children_source(d, info, column, org_id, parent_ids, indexed):
@@ -1174,27 +1339,44 @@ def _children_source(d, info, column, org_id, parent_ids, indexed):
     if column.kind != 'array':
         parent = Sql(f'c.{name}')
         if indexed and d.name == 'sqlite':
-            return (f'{table} AS c JOIN json_each({p}) AS ids ON c.{name} = ids.value', [_json_ids(parent_ids)],
-                    parent, [])
+            return (
+                f'{table} AS c JOIN json_each({p}) AS ids ON c.{name} = ids.value',
+                [_json_ids(parent_ids)],
+                parent,
+                [],
+            )
         return f'{table} AS c', [], parent, [d.one_of_ids(parent, parent_ids)]
     side = ELEMENT_INDEXES.get((info.spec.table, column.name)) if indexed else None
     parent = Sql('j.value')
     if side and d.name == 'sqlite':
         pairs, element, record = map(quote, side)
         parent = Sql(f'j.{element}')
-        return (f'{table} AS c JOIN {pairs} AS j ON j.{record} = c.id JOIN json_each({p}) AS ids '
-                f'ON j.{element} = ids.value', [_json_ids(parent_ids)], parent,
-                [Sql('j.organization_id = {0}', Bound(org_id))])
+        return (
+            f'{table} AS c JOIN {pairs} AS j ON j.{record} = c.id JOIN json_each({p}) AS ids '
+            f'ON j.{element} = ids.value',
+            [_json_ids(parent_ids)],
+            parent,
+            [Sql('j.organization_id = {0}', Bound(org_id))],
+        )
     if side:
         # NOTE: one index search per parent id (a nested loop): `@> ANY(<page>)` uses the index too but takes
         # ~50 ms to plan, and `?|` cannot use a jsonb_path_ops index.
-        return (f'{table} AS c JOIN json_array_elements_text({p}::json) AS j (value) '
-                f'ON c.{name} @> jsonb_build_array(j.value)', [_json_ids(parent_ids)], parent, [])
+        return (
+            f'{table} AS c JOIN json_array_elements_text({p}::json) AS j (value) '
+            f'ON c.{name} @> jsonb_build_array(j.value)',
+            [_json_ids(parent_ids)],
+            parent,
+            [],
+        )
     if d.name == 'sqlite':
         return f'{table} AS c, json_each(c.{name}) AS j', [], parent, [d.one_of_ids(parent, parent_ids)]
     # NOTE: `?|` first skips the records that name none of the parents
-    return (f'{table} AS c CROSS JOIN LATERAL jsonb_array_elements_text(c.{name}) AS j (value)', [], parent,
-            [d.one_of_ids(Sql(f'c.{name}'), parent_ids, 'array'), d.one_of_ids(parent, parent_ids)])
+    return (
+        f'{table} AS c CROSS JOIN LATERAL jsonb_array_elements_text(c.{name}) AS j (value)',
+        [],
+        parent,
+        [d.one_of_ids(Sql(f'c.{name}'), parent_ids, 'array'), d.one_of_ids(parent, parent_ids)],
+    )
 
 
 def build_children(d, info, column, org_id, parent_ids, limit, indexed=True):
@@ -1212,9 +1394,11 @@ def build_children(d, info, column, org_id, parent_ids, limit, indexed=True):
     where, where_params = _term_sql(d, Criterion.all([*live, *matches]))
     key, p = parent.template, d.parameter().get_sql()
     # NOTE: `_parent`, `_total`, `_rank`: no field can be so named (custom field names start with a letter).
-    sql = (f'SELECT * FROM (SELECT {key} AS _parent, COUNT(*) OVER (PARTITION BY {key}) AS _total, '
-           f'ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {newest}) AS _rank, {columns} '
-           f'FROM {source} WHERE {where}) AS w WHERE w._rank <= {p} ORDER BY w._parent, w._rank')
+    sql = (
+        f'SELECT * FROM (SELECT {key} AS _parent, COUNT(*) OVER (PARTITION BY {key}) AS _total, '
+        f'ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {newest}) AS _rank, {columns} '
+        f'FROM {source} WHERE {where}) AS w WHERE w._rank <= {p} ORDER BY w._parent, w._rank'
+    )
     return sql, [*params, *where_params, int(limit)]
 
 
@@ -1239,9 +1423,11 @@ def _children_per_parent(d, info, column, org_id, parent_ids, limit):
     live, newest, columns = _children_parts(info, org_id)
     p = d.parameter().get_sql()
     where, where_params = _term_sql(d, Criterion.all([*live, Sql(f'c.{quote(column.name)} = j.value')]))
-    sql = (f'SELECT j.value AS _parent, w.* FROM json_array_elements_text({p}::json) AS j (value) CROSS JOIN LATERAL '
-           f'(SELECT COUNT(*) OVER () AS _total, ROW_NUMBER() OVER (ORDER BY {newest}) AS _rank, {columns} '
-           f'FROM {quote(info.spec.table)} AS c WHERE {where}) AS w WHERE w._rank <= {p} ORDER BY j.value, w._rank')
+    sql = (
+        f'SELECT j.value AS _parent, w.* FROM json_array_elements_text({p}::json) AS j (value) CROSS JOIN LATERAL '
+        f'(SELECT COUNT(*) OVER () AS _total, ROW_NUMBER() OVER (ORDER BY {newest}) AS _rank, {columns} '
+        f'FROM {quote(info.spec.table)} AS c WHERE {where}) AS w WHERE w._rank <= {p} ORDER BY j.value, w._rank'
+    )
     return sql, [_json_ids(parent_ids), *where_params, int(limit)]
 
 
@@ -1259,13 +1445,18 @@ def build_organization(d, org_id):
 # -- organizations, users and tokens (crmapi.accounts) ---------------------------------------------
 
 ORGS, USERS, TOKENS = Table('organizations'), Table('crm_users'), Table('api_tokens')
-_ACCOUNT_KINDS = {'created_at': 'timestamp', 'updated_at': 'timestamp', 'expires_at': 'timestamp',
-                  'administrator': 'boolean'}
+_ACCOUNT_KINDS = {
+    'created_at': 'timestamp',
+    'updated_at': 'timestamp',
+    'expires_at': 'timestamp',
+    'administrator': 'boolean',
+}
 
 
 def _account_insert(d, table, row):
-    return d.render(d.into(table).columns(*row).insert(
-        *[Bound(d.adapt(_ACCOUNT_KINDS.get(k, 'text'), v)) for k, v in row.items()]))
+    return d.render(
+        d.into(table).columns(*row).insert(*[Bound(d.adapt(_ACCOUNT_KINDS.get(k, 'text'), v)) for k, v in row.items()])
+    )
 
 
 def build_org_insert(d, org_id, name, created_at):
@@ -1279,13 +1470,19 @@ def build_org_names(d):
 
 def build_user_find(d, org_id, email):
     """(id, administrator) of the user `email` of `org_id`."""
-    return d.render(d.from_(USERS).select(USERS.id, USERS.administrator).where(
-        (USERS.organization_id == Bound(org_id)) & (USERS.email == Bound(email))))
+    return d.render(
+        d.from_(USERS)
+        .select(USERS.id, USERS.administrator)
+        .where((USERS.organization_id == Bound(org_id)) & (USERS.email == Bound(email)))
+    )
 
 
 def build_user_make_admin(d, org_id, user_id):
-    return d.render(d.update(USERS).set(USERS.administrator, Bound(d.adapt('boolean', True))).where(
-        (USERS.organization_id == Bound(org_id)) & (USERS.id == Bound(user_id))))
+    return d.render(
+        d.update(USERS)
+        .set(USERS.administrator, Bound(d.adapt('boolean', True)))
+        .where((USERS.organization_id == Bound(org_id)) & (USERS.id == Bound(user_id)))
+    )
 
 
 def build_user_insert(d, org_id, row):
@@ -1300,32 +1497,55 @@ def build_token_insert(d, org_id, row):
 
 def build_authenticate(d):
     """The SQL finding a token by its digest (the one parameter), with its user's state."""
-    return d.memo('authenticate', lambda: d.from_(TOKENS).join(USERS).on(
-        (USERS.organization_id == TOKENS.organization_id) & (USERS.id == TOKENS.user_id))
-        .select(TOKENS.id, TOKENS.organization_id, TOKENS.user_id, USERS.administrator,
-                USERS.disabled, TOKENS.revoked_at, TOKENS.expires_at, TOKENS.last_used_at)
-        .where(TOKENS.token_hash == Bound(None)))
+    return d.memo(
+        'authenticate',
+        lambda: (
+            d.from_(TOKENS)
+            .join(USERS)
+            .on((USERS.organization_id == TOKENS.organization_id) & (USERS.id == TOKENS.user_id))
+            .select(
+                TOKENS.id,
+                TOKENS.organization_id,
+                TOKENS.user_id,
+                USERS.administrator,
+                USERS.disabled,
+                TOKENS.revoked_at,
+                TOKENS.expires_at,
+                TOKENS.last_used_at,
+            )
+            .where(TOKENS.token_hash == Bound(None))
+        ),
+    )
 
 
 def build_token_touch(d, token_id, now, stale):
     """Set a token's last use to `now` unless it was used after `stale`."""
     ts = lambda value: Bound(d.adapt('timestamp', value))  # noqa: E731
-    return d.render(d.update(TOKENS).set(TOKENS.last_used_at, ts(now)).where(
-        (TOKENS.id == Bound(token_id)) & (TOKENS.last_used_at.isnull() | (TOKENS.last_used_at < ts(stale)))))
+    return d.render(
+        d.update(TOKENS)
+        .set(TOKENS.last_used_at, ts(now))
+        .where((TOKENS.id == Bound(token_id)) & (TOKENS.last_used_at.isnull() | (TOKENS.last_used_at < ts(stale))))
+    )
 
 
 def build_token_list(d, org_id):
     """(id, email, created, last used, expires, revoked) per token of `org_id`, oldest first."""
-    return d.render(d.from_(TOKENS).join(USERS).on(
-        (USERS.organization_id == TOKENS.organization_id) & (USERS.id == TOKENS.user_id))
-        .select(TOKENS.id, USERS.email, TOKENS.created_at, TOKENS.last_used_at, TOKENS.expires_at,
-                TOKENS.revoked_at)
-        .where(TOKENS.organization_id == Bound(org_id)).orderby(TOKENS.created_at))
+    return d.render(
+        d.from_(TOKENS)
+        .join(USERS)
+        .on((USERS.organization_id == TOKENS.organization_id) & (USERS.id == TOKENS.user_id))
+        .select(TOKENS.id, USERS.email, TOKENS.created_at, TOKENS.last_used_at, TOKENS.expires_at, TOKENS.revoked_at)
+        .where(TOKENS.organization_id == Bound(org_id))
+        .orderby(TOKENS.created_at)
+    )
 
 
 def build_token_revoke(d, token_id, now):
-    return d.render(d.update(TOKENS).set(TOKENS.revoked_at, Bound(d.adapt('timestamp', now)))
-                    .where((TOKENS.id == Bound(token_id)) & TOKENS.revoked_at.isnull()))
+    return d.render(
+        d.update(TOKENS)
+        .set(TOKENS.revoked_at, Bound(d.adapt('timestamp', now)))
+        .where((TOKENS.id == Bound(token_id)) & TOKENS.revoked_at.isnull())
+    )
 
 
 def build_token_exists(d, token_id):
@@ -1358,6 +1578,7 @@ def build_duplicate_rows(d, info, org_id, columns, leave_out=None):
 # -- custom object tables (DDL) --------------------------------------------------------------------
 # Names reaching these builders passed custom.NAME (lowercase letters, digits, `_`) and are never
 # SQL keywords; they are still quoted, and table names are made by the server.
+
 
 def quote(name):
     return '"%s"' % name.replace('"', '""')
@@ -1392,8 +1613,10 @@ def build_create_index(table, index, column):
 
 def build_create_unique_index(table, index, column):
     """Unique per organization among the records that have a value: the arbiter of an upsert on `column`."""
-    return (f'CREATE UNIQUE INDEX {quote(index)} ON {quote(table)} (organization_id, {quote(column)}) '
-            f'WHERE {quote(column)} IS NOT NULL')
+    return (
+        f'CREATE UNIQUE INDEX {quote(index)} ON {quote(table)} (organization_id, {quote(column)}) '
+        f'WHERE {quote(column)} IS NOT NULL'
+    )
 
 
 def build_drop_index(index):
@@ -1417,8 +1640,14 @@ COUNTS = Table('row_counts')
 
 
 def build_count_read(d, org_id, table_name):
-    sql = d.memo('count_read', lambda: d.from_(COUNTS).select(COUNTS.n).where(
-        (COUNTS.organization_id == Bound(org_id)) & (COUNTS.table_name == Bound(table_name))))
+    sql = d.memo(
+        'count_read',
+        lambda: (
+            d.from_(COUNTS)
+            .select(COUNTS.n)
+            .where((COUNTS.organization_id == Bound(org_id)) & (COUNTS.table_name == Bound(table_name)))
+        ),
+    )
     return sql, [org_id, table_name]
 
 
@@ -1429,8 +1658,10 @@ def build_count_add(d, org_id, table_name, delta):
 
 
 def _count_add(p):
-    return (f'INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, {p}, {p}) '
-            'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + excluded.n')
+    return (
+        f'INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, {p}, {p}) '
+        'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + excluded.n'
+    )
 
 
 def build_recount(d, org_id, info):
@@ -1441,15 +1672,28 @@ def build_recount(d, org_id, info):
         live &= table.archived_at.isnull()
     count_sql, params = d.render(d.from_(table).select(fn.Count('*')).where(live))
     p = d.parameter().get_sql()
-    return (f'INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, {p}, ({count_sql})) '
-            'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = excluded.n'), [org_id, info.spec.table, *params]
+    return (
+        f'INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, {p}, ({count_sql})) '
+        'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = excluded.n'
+    ), [org_id, info.spec.table, *params]
 
 
 # -- change history --------------------------------------------------------------------------------
 
 CHANGES = Table('changes')
-CHANGE_COLUMNS = ('id', 'organization_id', 'seq', 'resource', 'record_id', 'operation', 'actor', 'user_id',
-                  'token_id', 'changed_at', 'data')
+CHANGE_COLUMNS = (
+    'id',
+    'organization_id',
+    'seq',
+    'resource',
+    'record_id',
+    'operation',
+    'actor',
+    'user_id',
+    'token_id',
+    'changed_at',
+    'data',
+)
 CHANGE_OUTPUT = tuple(n for n in CHANGE_COLUMNS if n != 'organization_id')
 CHANGE_KINDS = {'seq': 'integer', 'changed_at': 'timestamp', 'data': 'json'}
 
@@ -1469,18 +1713,25 @@ def build_numbered_changes(d, org_id, who, items, counts=()):
     text, so the time and the JSON are cast. The change counter's INSERT reads the row counters' (`k0`…): they
     are taken first, the order every writer takes them in (no deadlock between two).
     """
+
     def write():
         p = d.parameter().get_sql()
         kept = [f'k{i} AS ({_count_add(p)} RETURNING 1 AS one)' for i in range(len(counts))]
         after = ' + '.join(f'(SELECT COUNT(*) FROM k{i})' for i in range(len(counts)))
-        numbers = (_numbers(p) if not counts else
-                   f'INSERT INTO change_counters (organization_id, n) SELECT CAST({p} AS TEXT), CAST({p} AS BIGINT) '
-                   f'WHERE {after} >= 0 ON CONFLICT (organization_id) DO UPDATE SET n = change_counters.n + excluded.n '
-                   'RETURNING n')
-        return (f'WITH {"".join(k + ", " for k in kept)}c AS ({numbers}) INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) '
-                f'SELECT v.id, {p}, c.n - {p} + v.k, v.resource, v.record_id, v.operation, {p}, {p}, {p}, '
-                f'CAST({p} AS TIMESTAMPTZ), CAST(v.data AS JSON) FROM c, ({_values(d, len(items), 6)}) '
-                'AS v (id, k, resource, record_id, operation, data)')
+        numbers = (
+            _numbers(p)
+            if not counts
+            else f'INSERT INTO change_counters (organization_id, n) SELECT CAST({p} AS TEXT), CAST({p} AS BIGINT) '
+            f'WHERE {after} >= 0 ON CONFLICT (organization_id) DO UPDATE SET n = change_counters.n + excluded.n '
+            'RETURNING n'
+        )
+        return (
+            f'WITH {"".join(k + ", " for k in kept)}c AS ({numbers}) INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) '
+            f'SELECT v.id, {p}, c.n - {p} + v.k, v.resource, v.record_id, v.operation, {p}, {p}, {p}, '
+            f'CAST({p} AS TIMESTAMPTZ), CAST(v.data AS JSON) FROM c, ({_values(d, len(items), 6)}) '
+            'AS v (id, k, resource, record_id, operation, data)'
+        )
+
     sql = _statement(d, ('numbered_changes', len(items), len(counts)), write)
     flat = [value for k, (change_id, *rest) in enumerate(items, 1) for value in (change_id, k, *rest)]
     added = [value for table, delta in counts for value in (org_id, table, int(delta))]
@@ -1488,8 +1739,10 @@ def build_numbered_changes(d, org_id, who, items, counts=()):
 
 
 def _numbers(p):
-    return (f'INSERT INTO change_counters (organization_id, n) VALUES ({p}, {p}) ON CONFLICT (organization_id) '
-            'DO UPDATE SET n = change_counters.n + excluded.n RETURNING n')
+    return (
+        f'INSERT INTO change_counters (organization_id, n) VALUES ({p}, {p}) ON CONFLICT (organization_id) '
+        'DO UPDATE SET n = change_counters.n + excluded.n RETURNING n'
+    )
 
 
 def build_insert_changes(d, rows):
@@ -1498,8 +1751,11 @@ def build_insert_changes(d, rows):
     NOTE: no RETURNING, and text for the timestamp and JSON: INSERT … VALUES gives each value its column's
     type on PostgreSQL, and JSON made by orjson is the fastest there is.
     """
-    sql = _statement(d, ('insert_changes', len(rows)), lambda: (
-        f'INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) ' + _values(d, len(rows), len(CHANGE_COLUMNS))))
+    sql = _statement(
+        d,
+        ('insert_changes', len(rows)),
+        lambda: f'INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) ' + _values(d, len(rows), len(CHANGE_COLUMNS)),
+    )
     return sql, [value for row in rows for value in row]
 
 
@@ -1514,25 +1770,43 @@ def _change_select(d):
 
 def build_record_changes(d, org_id, resource, record_id, start, size):
     """One page of a record's changes, newest first."""
+
     def build():
-        return (_change_select(d).where((CHANGES.organization_id == Bound(None)) & (CHANGES.resource == Bound(None))
-                                        & (CHANGES.record_id == Bound(None)))
-                .orderby(CHANGES.seq, order=Order.desc))
+        return (
+            _change_select(d)
+            .where(
+                (CHANGES.organization_id == Bound(None))
+                & (CHANGES.resource == Bound(None))
+                & (CHANGES.record_id == Bound(None))
+            )
+            .orderby(CHANGES.seq, order=Order.desc)
+        )
+
     p = d.parameter().get_sql()
     sql = d.memo('record_changes', build) + f' LIMIT {p} OFFSET {p}'
     return sql, [org_id, resource, record_id, int(size), int(start)]
 
 
 def build_record_changes_count(d, org_id, resource, record_id):
-    sql = d.memo('record_changes_count', lambda: d.from_(CHANGES).select(fn.Count('*')).where(
-        (CHANGES.organization_id == Bound(None)) & (CHANGES.resource == Bound(None))
-        & (CHANGES.record_id == Bound(None))))
+    sql = d.memo(
+        'record_changes_count',
+        lambda: (
+            d.from_(CHANGES)
+            .select(fn.Count('*'))
+            .where(
+                (CHANGES.organization_id == Bound(None))
+                & (CHANGES.resource == Bound(None))
+                & (CHANGES.record_id == Bound(None))
+            )
+        ),
+    )
     return sql, [org_id, resource, record_id]
 
 
 def build_change_feed(d, org_id, after, limit, resource=None, hidden=()):
     """The organization's changes numbered above `after`, in number order; of one resource if given; none of
     the resources `hidden` (those the reader may not read)."""
+
     def build():
         condition = (CHANGES.organization_id == Bound(None)) & (CHANGES.seq > Bound(None))
         if resource is not None:
@@ -1540,10 +1814,16 @@ def build_change_feed(d, org_id, after, limit, resource=None, hidden=()):
         if hidden:
             condition &= Sql('NOT ({0})', d.one_of(CHANGES.resource, 'text', ['']))
         return _change_select(d).where(condition).orderby(CHANGES.seq)
+
     p = d.parameter().get_sql()
     sql = d.memo(('change_feed', resource is None, bool(hidden)), build) + f' LIMIT {p}'
-    return sql, [org_id, int(after), *([] if resource is None else [resource]),
-                 *([_ids(d, sorted(hidden))] if hidden else []), int(limit)]
+    return sql, [
+        org_id,
+        int(after),
+        *([] if resource is None else [resource]),
+        *([_ids(d, sorted(hidden))] if hidden else []),
+        int(limit),
+    ]
 
 
 def build_change_organizations(d):
@@ -1554,32 +1834,40 @@ def build_change_organizations(d):
 def build_oldest_changes(d, org_id, limit):
     """(seq, changed_at) of an organization's `limit` oldest changes, by number."""
     p = d.parameter().get_sql()
-    return (f'SELECT seq, changed_at FROM changes WHERE organization_id = {p} ORDER BY seq LIMIT {p}',
-            [org_id, int(limit)])
+    return (
+        f'SELECT seq, changed_at FROM changes WHERE organization_id = {p} ORDER BY seq LIMIT {p}',
+        [org_id, int(limit)],
+    )
 
 
 def build_delete_changes(d, org_id, up_to, cutoff):
     """Delete an organization's changes numbered at most `up_to` and made before `cutoff` (text)."""
     p = d.parameter().get_sql()
-    return (f'DELETE FROM changes WHERE organization_id = {p} AND seq <= {p} AND changed_at < {p}',
-            [org_id, int(up_to), cutoff])
+    return (
+        f'DELETE FROM changes WHERE organization_id = {p} AND seq <= {p} AND changed_at < {p}',
+        [org_id, int(up_to), cutoff],
+    )
 
 
 def build_outbox_cursor_read(d, org_id):
     """The lowest of the organization's worker cursors (webhook fan-out, automation rules): its changes numbered
     above it are not all handed on yet (NULL: no cursor, nothing waits)."""
     p = d.parameter().get_sql()
-    return (f'SELECT MIN(seq) FROM (SELECT seq FROM webhook_cursors WHERE organization_id = {p} '
-            f'UNION ALL SELECT seq FROM automation_cursors WHERE organization_id = {p}) AS cursors'), [org_id, org_id]
+    return (
+        f'SELECT MIN(seq) FROM (SELECT seq FROM webhook_cursors WHERE organization_id = {p} '
+        f'UNION ALL SELECT seq FROM automation_cursors WHERE organization_id = {p}) AS cursors'
+    ), [org_id, org_id]
 
 
 def build_prune_runs(d, org_id, cutoff, kept_after, limit):
     """Delete up to `limit` of an organization's automation runs made before `cutoff` whose change is gone or
     is pruned next (made before `cutoff` too, and numbered at most `kept_after`)."""
     p = d.parameter().get_sql()
-    sql = (f'DELETE FROM automation_runs WHERE id IN (SELECT r.id FROM automation_runs r WHERE r.organization_id = {p} '
-           f'AND r.created_at < {p} AND NOT EXISTS (SELECT 1 FROM changes c WHERE c.id = r.change_id '
-           f'AND (c.seq > {p} OR c.changed_at >= {p})) ORDER BY r.created_at LIMIT {p})')
+    sql = (
+        f'DELETE FROM automation_runs WHERE id IN (SELECT r.id FROM automation_runs r WHERE r.organization_id = {p} '
+        f'AND r.created_at < {p} AND NOT EXISTS (SELECT 1 FROM changes c WHERE c.id = r.change_id '
+        f'AND (c.seq > {p} OR c.changed_at >= {p})) ORDER BY r.created_at LIMIT {p})'
+    )
     return sql, [org_id, cutoff, int(kept_after), cutoff, int(limit)]
 
 
@@ -1587,8 +1875,10 @@ def build_prune_deliveries(d, org_id, cutoff, limit):
     """Delete up to `limit` of an organization's webhook deliveries no longer pending (succeeded or failed)
     whose last attempt was before `cutoff`. NOTE: a pending one (due, retrying, or being sent) always stays."""
     p = d.parameter().get_sql()
-    sql = (f'DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries WHERE organization_id = {p} '
-           f"AND status <> 'pending' AND updated_at < {p} ORDER BY id LIMIT {p})")
+    sql = (
+        f'DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries WHERE organization_id = {p} '
+        f"AND status <> 'pending' AND updated_at < {p} ORDER BY id LIMIT {p})"
+    )
     return sql, [org_id, cutoff, int(limit)]
 
 
@@ -1600,8 +1890,9 @@ SECRETS = Table('server_secrets')
 def build_secret_init(d, name, value):
     """Store `value` as the secret `name` unless one is there: the first process to start wins, and
     every other process then reads that one back (build_secret_read), whichever host it runs on."""
-    sql, params = d.render(d.into(SECRETS).columns(SECRETS.field('name'), SECRETS.field('value'))
-                           .insert(Bound(name), Bound(value)))
+    sql, params = d.render(
+        d.into(SECRETS).columns(SECRETS.field('name'), SECRETS.field('value')).insert(Bound(name), Bound(value))
+    )
     return sql + ' ON CONFLICT (name) DO NOTHING', params
 
 
@@ -1613,8 +1904,22 @@ def build_secret_read(d, name):
 # NOTE: timestamps are bound as text (format_timestamp): SQLite compares that spelling, PostgreSQL gives an
 # untyped parameter its column's type. The worker's statements are few and fixed, so they are written here whole.
 
-DELIVERY_COLUMNS = ('id', 'organization_id', 'webhook_id', 'change_id', 'seq', 'event_type', 'payload', 'status',
-                    'attempts', 'next_attempt_at', 'created_at', 'updated_at', 'rule_id', 'url')
+DELIVERY_COLUMNS = (
+    'id',
+    'organization_id',
+    'webhook_id',
+    'change_id',
+    'seq',
+    'event_type',
+    'payload',
+    'status',
+    'attempts',
+    'next_attempt_at',
+    'created_at',
+    'updated_at',
+    'rule_id',
+    'url',
+)
 CLAIMED = ('id', 'organization_id', 'webhook_id', 'change_id', 'payload', 'attempts', 'attempt_log', 'rule_id', 'url')
 # The cursors over the change feed: the webhooks' fan-out, and the automation rules' (crmapi.worker).
 CURSOR_TABLES = ('webhook_cursors', 'automation_cursors')
@@ -1638,8 +1943,10 @@ def build_webhook_secret_insert(d, webhook_id, secret):
 def build_webhook_secret_set(d, org_id, webhook_id, secret):
     """Replace the secret of the organization's webhook `webhook_id` (0 rows: not one of its webhooks)."""
     p = d.parameter().get_sql()
-    sql = (f'UPDATE webhook_secrets SET secret = {p} WHERE webhook_id = '
-           f'(SELECT id FROM webhooks WHERE organization_id = {p} AND id = {p})')
+    sql = (
+        f'UPDATE webhook_secrets SET secret = {p} WHERE webhook_id = '
+        f'(SELECT id FROM webhooks WHERE organization_id = {p} AND id = {p})'
+    )
     return sql, [secret, org_id, webhook_id]
 
 
@@ -1660,8 +1967,10 @@ def build_webhook_cursor_init(d, org_id, seq, table='webhook_cursors'):
 def build_fanout_due(d, table='webhook_cursors'):
     """(organization, cursor) of every organization with changes its cursor (of CURSOR_TABLES) has not reached."""
     assert table in CURSOR_TABLES
-    sql = (f'SELECT k.organization_id, k.seq FROM {table} k JOIN change_counters c '
-           'ON c.organization_id = k.organization_id WHERE c.n > k.seq ORDER BY k.organization_id')
+    sql = (
+        f'SELECT k.organization_id, k.seq FROM {table} k JOIN change_counters c '
+        'ON c.organization_id = k.organization_id WHERE c.n > k.seq ORDER BY k.organization_id'
+    )
     return sql, []
 
 
@@ -1705,9 +2014,15 @@ def build_enabled_webhooks(d, org_id):
 
 def build_insert_deliveries(d, rows):
     """One INSERT of delivery rows (tuples in DELIVERY_COLUMNS order); a (webhook, change) already there stays."""
-    sql = _statement(d, ('insert_deliveries', len(rows)), lambda: (
-        f'INSERT INTO webhook_deliveries ({",".join(DELIVERY_COLUMNS)}) ' + _values(d, len(rows), len(DELIVERY_COLUMNS))
-        + ' ON CONFLICT (webhook_id, change_id) DO NOTHING'))
+    sql = _statement(
+        d,
+        ('insert_deliveries', len(rows)),
+        lambda: (
+            f'INSERT INTO webhook_deliveries ({",".join(DELIVERY_COLUMNS)}) '
+            + _values(d, len(rows), len(DELIVERY_COLUMNS))
+            + ' ON CONFLICT (webhook_id, change_id) DO NOTHING'
+        ),
+    )
     return sql, [value for row in rows for value in row]
 
 
@@ -1721,8 +2036,7 @@ def build_claim_deliveries(d, now, until, limit):
     p = d.parameter().get_sql()
     lock = ' FOR UPDATE SKIP LOCKED' if d.name == 'postgresql' else ''
     due, params = build_due_deliveries(d, now, limit)
-    sql = (f'UPDATE webhook_deliveries SET locked_until = {p} WHERE id IN ({due}{lock}) '
-           f'RETURNING {", ".join(CLAIMED)}')
+    sql = f'UPDATE webhook_deliveries SET locked_until = {p} WHERE id IN ({due}{lock}) RETURNING {", ".join(CLAIMED)}'
     return sql, [until, *params]
 
 
@@ -1733,26 +2047,33 @@ def build_due_deliveries(d, now, limit):
     NOTE: an idle worker asks this (a read) before it claims (a write: on SQLite, the database's write lock).
     """
     p = d.parameter().get_sql()
-    sql = (f"SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= {p} "
-           f'AND (locked_until IS NULL OR locked_until <= {p}) AND (webhook_id IS NULL OR webhook_id IN (SELECT id '
-           f'FROM webhooks WHERE enabled)) ORDER BY next_attempt_at, seq LIMIT {p}')
+    sql = (
+        f"SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= {p} "
+        f'AND (locked_until IS NULL OR locked_until <= {p}) AND (webhook_id IS NULL OR webhook_id IN (SELECT id '
+        f'FROM webhooks WHERE enabled)) ORDER BY next_attempt_at, seq LIMIT {p}'
+    )
     return sql, [now, now, int(limit)]
 
 
 def build_delivery_targets(d, webhook_ids):
     """(id, url, secret) of the webhooks `webhook_ids`."""
-    sql = (f'SELECT w.id, w.url, s.secret FROM webhooks w JOIN webhook_secrets s ON s.webhook_id = w.id '
-           f'WHERE {_ids_in(d, "w.id")}')
+    sql = (
+        f'SELECT w.id, w.url, s.secret FROM webhooks w JOIN webhook_secrets s ON s.webhook_id = w.id '
+        f'WHERE {_ids_in(d, "w.id")}'
+    )
     return sql, [_ids(d, webhook_ids)]
 
 
-def build_delivery_attempted(d, delivery_id, status, attempts, next_attempt_at, code, duration_ms, error, log, now,
-                             delivered_at):
+def build_delivery_attempted(
+    d, delivery_id, status, attempts, next_attempt_at, code, duration_ms, error, log, now, delivered_at
+):
     """Record one attempt and release the lease."""
     p = d.parameter().get_sql()
-    sql = (f'UPDATE webhook_deliveries SET status = {p}, attempts = {p}, next_attempt_at = {p}, locked_until = NULL, '
-           f'last_status_code = {p}, last_duration_ms = {p}, last_error = {p}, attempt_log = {p}, updated_at = {p}, '
-           f'delivered_at = COALESCE({p}, delivered_at) WHERE id = {p}')
+    sql = (
+        f'UPDATE webhook_deliveries SET status = {p}, attempts = {p}, next_attempt_at = {p}, locked_until = NULL, '
+        f'last_status_code = {p}, last_duration_ms = {p}, last_error = {p}, attempt_log = {p}, updated_at = {p}, '
+        f'delivered_at = COALESCE({p}, delivered_at) WHERE id = {p}'
+    )
     return sql, [status, attempts, next_attempt_at, code, duration_ms, error, log, now, delivered_at, delivery_id]
 
 
@@ -1770,28 +2091,32 @@ def build_webhook_failing(d, webhook_id, now):
 def build_webhook_disable(d, webhook_id, failing_before, reason, now):
     """Disable the webhook if it has been failing since before `failing_before`: 1 row if it was."""
     p = d.parameter().get_sql()
-    sql = (f'UPDATE webhooks SET enabled = FALSE, disabled_reason = {p}, updated_at = {p} '
-           f'WHERE id = {p} AND enabled AND failing_since <= {p}')
+    sql = (
+        f'UPDATE webhooks SET enabled = FALSE, disabled_reason = {p}, updated_at = {p} '
+        f'WHERE id = {p} AND enabled AND failing_since <= {p}'
+    )
     return sql, [reason, now, webhook_id, failing_before]
 
 
 def build_webhook_enabled_again(d, org_id, webhook_id):
     """A webhook an administrator enables starts afresh: no reason to show, no failures counted."""
     p = d.parameter().get_sql()
-    sql = (f'UPDATE webhooks SET disabled_reason = NULL, failing_since = NULL '
-           f'WHERE organization_id = {p} AND id = {p}')
+    sql = f'UPDATE webhooks SET disabled_reason = NULL, failing_since = NULL WHERE organization_id = {p} AND id = {p}'
     return sql, [org_id, webhook_id]
 
 
 def build_redeliver(d, org_id, delivery_id, now):
     """Make the organization's delivery due now, a new round of attempts; 0 rows when it is in flight."""
     p = d.parameter().get_sql()
-    sql = (f"UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = {p}, updated_at = {p} "
-           f'WHERE organization_id = {p} AND id = {p} AND (locked_until IS NULL OR locked_until <= {p})')
+    sql = (
+        f"UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = {p}, updated_at = {p} "
+        f'WHERE organization_id = {p} AND id = {p} AND (locked_until IS NULL OR locked_until <= {p})'
+    )
     return sql, [now, now, org_id, delivery_id, now]
 
 
 # -- cached tokens (crmapi/authcache.py) ---------------------------------------------------------------
+
 
 def build_auth_generation():
     """The number every change that can withdraw a token increments (none yet: 0)."""
@@ -1800,5 +2125,7 @@ def build_auth_generation():
 
 def build_auth_changed():
     """Increment it, in the transaction of the change (the row is made by the first one)."""
-    return ('INSERT INTO auth_generation (id, generation) VALUES (1, 1) '
-            'ON CONFLICT (id) DO UPDATE SET generation = auth_generation.generation + 1'), []
+    return (
+        'INSERT INTO auth_generation (id, generation) VALUES (1, 1) '
+        'ON CONFLICT (id) DO UPDATE SET generation = auth_generation.generation + 1'
+    ), []

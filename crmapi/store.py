@@ -4,6 +4,7 @@ The store receives parsed, validated input (a ListQuery, a body dict) and a Prin
 them into statements through `sqlbuild` and runs every multi-statement operation in one
 transaction, so a failure leaves nothing half-written.
 """
+
 import datetime as dt
 import difflib
 import functools
@@ -34,9 +35,9 @@ from .schema import snake_case
 _CROCKFORD = '0123456789abcdefghjkmnpqrstvwxyz'
 MAX_MERGE_SOURCES = 100
 MERGE_FIELDS = ('source_ids', 'target_id', 'dry_run', 'loserId', 'winnerId')
-ATOMIC_MERGE_FIELDS = ('loserId', 'winnerId')     # Atomic CRM's merge: one loser into one winner
-MAX_BATCH = 1000           # records one batch request may write
-SHAPED = frozenset({'automation_rules'})   # resources whose records have a shape beyond their columns (crmapi.rules)
+ATOMIC_MERGE_FIELDS = ('loserId', 'winnerId')  # Atomic CRM's merge: one loser into one winner
+MAX_BATCH = 1000  # records one batch request may write
+SHAPED = frozenset({'automation_rules'})  # resources whose records have a shape beyond their columns (crmapi.rules)
 
 
 _last_id = [0, 0]
@@ -142,8 +143,10 @@ def check_batch(items, param=None):
     if not isinstance(items, list) or not items:
         raise error(f'A batch is a JSON array of 1 to {MAX_BATCH} records')
     if len(items) > MAX_BATCH:
-        raise error(f'A batch holds at most {MAX_BATCH} records and this one has {len(items)}: send it in parts',
-                    limit=MAX_BATCH)
+        raise error(
+            f'A batch holds at most {MAX_BATCH} records and this one has {len(items)}: send it in parts',
+            limit=MAX_BATCH,
+        )
 
 
 def repeated(first, index, field, says):
@@ -157,7 +160,7 @@ def repeated(first, index, field, says):
 
 def items_phrase(numbers, noun='Items'):
     """'Items 0 and 1': how a problem's detail starts when it names several items."""
-    return f"{noun} {', '.join(str(n) for n in numbers[:-1])} and {numbers[-1]}"
+    return f'{noun} {", ".join(str(n) for n in numbers[:-1])} and {numbers[-1]}'
 
 
 def named_items(problem, number, noun):
@@ -166,13 +169,14 @@ def named_items(problem, number, noun):
     items = problem.get('items')
     if not items:
         return problem['detail']
-    return items_phrase([number(i) for i in items], noun) + problem['detail'][len(items_phrase(items)):]
+    return items_phrase([number(i) for i in items], noun) + problem['detail'][len(items_phrase(items)) :]
 
 
 def item_problems(index, exc):
     """What one bad item adds to a batch's error: each of its problems, with the item's index."""
-    listed = exc.members.get('errors') or [{'field': exc.members.get('field'), 'detail': exc.detail,
-                                            'items': exc.members.get('items')}]
+    listed = exc.members.get('errors') or [
+        {'field': exc.members.get('field'), 'detail': exc.detail, 'items': exc.members.get('items')}
+    ]
     return [{'index': index, **{k: v for k, v in problem.items() if v is not None}} for problem in listed]
 
 
@@ -197,8 +201,9 @@ def item_ids(items):
         if not isinstance(record_id, str) or not record_id:
             failures.append((index, InvalidValue("Each item needs the 'id' of the record it changes", field='id')))
         elif record_id in seen:
-            failures.append((index, repeated(seen[record_id], index, 'id',
-                                             f"both change '{record_id}': send each record once")))
+            failures.append(
+                (index, repeated(seen[record_id], index, 'id', f"both change '{record_id}': send each record once"))
+            )
         else:
             seen[record_id] = index
     raise_items(failures)
@@ -211,11 +216,19 @@ def upsert_keys(changes, column, batch):
     for index, change in enumerate(changes):
         key = change.get(column)
         if key is None:
-            failures.append((index, InvalidValue(
-                f"Field '{column}' is required: it is the on_conflict column that finds the record", field=column)))
+            failures.append(
+                (
+                    index,
+                    InvalidValue(
+                        f"Field '{column}' is required: it is the on_conflict column that finds the record",
+                        field=column,
+                    ),
+                )
+            )
         elif key in seen:
-            failures.append((index, repeated(seen[key], index, column,
-                                             f"have the same '{column}' ({key}): send each key once")))
+            failures.append(
+                (index, repeated(seen[key], index, column, f"have the same '{column}' ({key}): send each key once"))
+            )
         else:
             seen[key] = index
     raise_items(failures, batch)
@@ -227,7 +240,7 @@ class MergeRequest:
     source_ids: list
     target_id: str
     dry_run: bool
-    sources_field: str      # the body fields that named them, for the errors
+    sources_field: str  # the body fields that named them, for the errors
     target_field: str
 
 
@@ -239,16 +252,23 @@ def merge_request(slug, body, lenient=False):
     if not isinstance(body, dict):
         raise InvalidBody('The request body must be a JSON object')
     if not lenient:
-        raise_all([unknown_field(f'merge_{slug}', key, snake_case(key), MERGE_FIELDS)
-                   for key in body if key not in MERGE_FIELDS])
+        raise_all(
+            [
+                unknown_field(f'merge_{slug}', key, snake_case(key), MERGE_FIELDS)
+                for key in body
+                if key not in MERGE_FIELDS
+            ]
+        )
     noun = 'company' if slug == 'companies' else slug.rstrip('s')
     dry_run = body.get('dry_run', False)
     if not isinstance(dry_run, bool):
         raise InvalidValue("Field 'dry_run' must be true or false", field='dry_run')
     if any(key in body for key in ATOMIC_MERGE_FIELDS):
         if 'source_ids' in body or 'target_id' in body:
-            raise InvalidValue('Send source_ids and target_id, or loserId and winnerId, not both',
-                               field='source_ids' if 'source_ids' in body else 'target_id')
+            raise InvalidValue(
+                'Send source_ids and target_id, or loserId and winnerId, not both',
+                field='source_ids' if 'source_ids' in body else 'target_id',
+            )
         sources_field, target_field = ATOMIC_MERGE_FIELDS
         loser = body.get(sources_field)
         sources = [loser] if isinstance(loser, str) and loser else None
@@ -276,7 +296,7 @@ class Store:
         self._readers = {}
         self._uniques = {}
         self.history = changes or history.History(db, lambda: self.clock(), new_ids)
-        self.webhook_allow_private = False     # the app's CRMAPI_WEBHOOK_ALLOW_PRIVATE: rules' webhook actions
+        self.webhook_allow_private = False  # the app's CRMAPI_WEBHOOK_ALLOW_PRIVATE: rules' webhook actions
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -358,7 +378,7 @@ class Store:
         if info.spec.read_only:
             raise MethodNotAllowed(f"Resource '{info.slug}' is read-only", allow=['GET', 'HEAD'])
         if info.spec.admin_writes and not principal.is_admin:
-            raise Forbidden(f"Only administrators may change {info.slug}")
+            raise Forbidden(f'Only administrators may change {info.slug}')
 
     def prepare(self, info, body, creating, lenient=False):
         """The writable fields of `body`, checked against their columns; every bad field is reported.
@@ -420,16 +440,25 @@ class Store:
                 wanted[name] = ids
         if not wanted:
             return
-        found = self._existing(tx, principal, [
-            (self.catalog.resolve(info.columns[name].references, principal), ids) for name, ids in wanted.items()])
+        found = self._existing(
+            tx,
+            principal,
+            [(self.catalog.resolve(info.columns[name].references, principal), ids) for name, ids in wanted.items()],
+        )
         failures = []
         for name, present in zip(wanted, found):
             for index, row in enumerate(rows):
                 missing = next((i for i in reference_ids(row.get(name)) if i not in present), None)
                 if missing is not None:
-                    failures.append((index, InvalidValue(
-                        f"Field '{name}' refers to {info.columns[name].references} '{missing}', which does not exist",
-                        field=name)))
+                    failures.append(
+                        (
+                            index,
+                            InvalidValue(
+                                f"Field '{name}' refers to {info.columns[name].references} '{missing}', which does not exist",
+                                field=name,
+                            ),
+                        )
+                    )
         raise_items(sorted(failures, key=lambda failure: failure[0]), batch)
 
     def _existing(self, tx, principal, wanted):
@@ -437,8 +466,9 @@ class Store:
         statement for them all (each list is one parameter)."""
         found = [set() for _ in wanted]
         tables = [info for info, _ in wanted]
-        for k, record_id in tx.rows(*sqlbuild.build_exists(self.db.dialect, tables, principal.org_id,
-                                                            [ids for _, ids in wanted])):
+        for k, record_id in tx.rows(
+            *sqlbuild.build_exists(self.db.dialect, tables, principal.org_id, [ids for _, ids in wanted])
+        ):
             found[k].add(record_id)
         return found
 
@@ -460,8 +490,9 @@ class Store:
         rows = self._prepare_items(info, bodies, True, batch, lenient=lenient)
         self._unique_once(info, rows)
         stamps = self._stamp(info, {}, 'created_at', 'updated_at')
-        rows = [{'id': record_id, **row, **stamps}
-                for record_id, row in zip(new_ids(info.spec.id_prefix, len(rows)), rows)]
+        rows = [
+            {'id': record_id, **row, **stamps} for record_id, row in zip(new_ids(info.spec.id_prefix, len(rows)), rows)
+        ]
         with self.history.recorded(principal) as tx:
             self._check_shapes(info, principal, [{}] * len(rows), rows, batch)
             self._check_references(tx, info, principal, rows, batch)
@@ -520,8 +551,9 @@ class Store:
             changes = self._check_shapes(info, principal, [records[i] for i in ids], changes, batch)
             changes = [self._effective(info, records[i], change) for i, change in zip(ids, changes)]
             written = self._write(tx, info, principal, {i: {**c, **stamp} for i, c in zip(ids, changes) if c})
-            tx.changes += [history.updated(info.slug, records[i], written[i], c) for i, c in zip(ids, changes)
-                           if i in written]
+            tx.changes += [
+                history.updated(info.slug, records[i], written[i], c) for i, c in zip(ids, changes) if i in written
+            ]
             records.update(written)
             records.update((r['id'], r) for r in self._shaped_written(tx, info, principal, list(written.values())))
         return [records[i] for i in ids]
@@ -531,7 +563,8 @@ class Store:
         a record that passes loses its `problem`."""
         if info.slug not in SHAPED:
             return changes
-        from . import rules   # NOTE: here, not at the top: rules -> accounts -> store is an import cycle
+        from . import rules  # NOTE: here, not at the top: rules -> accounts -> store is an import cycle
+
         failures = []
         for index, (record, change) in enumerate(zip(records, changes)):
             try:
@@ -539,8 +572,9 @@ class Store:
             except BadRequest as exc:
                 failures.append((index, exc))
         raise_items(failures, batch)
-        return [{**change, 'problem': None} if record.get('problem') else change
-                for record, change in zip(records, changes)]
+        return [
+            {**change, 'problem': None} if record.get('problem') else change for record, change in zip(records, changes)
+        ]
 
     def _shaped_written(self, tx, info, principal, records):
         """A resource with a shape (SHAPED) after a write, in its transaction (after its history: what the hook
@@ -548,6 +582,7 @@ class Store:
         if info.slug not in SHAPED or not records:
             return records
         from . import rules
+
         return rules.written(self, tx, principal, records)
 
     @staticmethod
@@ -565,15 +600,18 @@ class Store:
         read, found = self.reader(info), {}
         for part in sqlbuild.chunks(sorted(set(ids))):
             wanted = part[0] if len(part) == 1 else part
-            for raw in tx.rows(*sqlbuild.build_get(self.db.dialect, info, principal.org_id, wanted,
-                                                   for_update=True)):
+            for raw in tx.rows(*sqlbuild.build_get(self.db.dialect, info, principal.org_id, wanted, for_update=True)):
                 record = read(raw)
                 found[record['id']] = record
         missing = [(index, record_id) for index, record_id in enumerate(ids) if record_id not in found]
         if missing and not batch:
             raise RecordNotFound(f"No {info.slug} record with id '{missing[0][1]}'", param='id')
-        raise_items([(index, RecordNotFound(f"No {info.slug} record with id '{record_id}'", field='id'))
-                     for index, record_id in missing])
+        raise_items(
+            [
+                (index, RecordNotFound(f"No {info.slug} record with id '{record_id}'", field='id'))
+                for index, record_id in missing
+            ]
+        )
         return found
 
     def _write(self, tx, info, principal, changes):
@@ -586,8 +624,7 @@ class Store:
         for names, group in groups.items():
             written = []
             for part in sqlbuild.chunks(group, len(names) + 1):
-                for raw in tx.rows(*sqlbuild.build_update_many(
-                        self.db.dialect, info, principal.org_id, names, part)):
+                for raw in tx.rows(*sqlbuild.build_update_many(self.db.dialect, info, principal.org_id, names, part)):
                     record = read(raw)
                     out[record['id']] = record
                     written.append(record)
@@ -677,8 +714,9 @@ class Store:
         related, refs = self._related_words(tx, info, org_id, records), info.spec.search.related
         for r in records:
             row = plan.row(r, [w for ref, target, _ in refs for w in related.get((target, r.get(ref)), ())])
-            rows.append((table, org_id, r['id'], r.get('archived_at') is not None, row.words, row.names, row.fields,
-                         row.texts))
+            rows.append(
+                (table, org_id, r['id'], r.get('archived_at') is not None, row.words, row.names, row.fields, row.texts)
+            )
         for statement in sqlbuild.build_search_rows(self.db.dialect, rows):
             tx.execute(*statement)
         if not fresh:
@@ -690,8 +728,11 @@ class Store:
             groups.setdefault(r.get('archived_at') is not None, []).append(r['id'])
         for archived, ids in groups.items():
             for part in sqlbuild.chunks(ids):
-                tx.execute(*sqlbuild.build_search_archived(self.db.dialect, sqlbuild.search_table(info), org_id,
-                                                           part, archived))
+                tx.execute(
+                    *sqlbuild.build_search_archived(
+                        self.db.dialect, sqlbuild.search_table(info), org_id, part, archived
+                    )
+                )
 
     def unindex(self, tx, info, org_id, ids):
         """Remove the search rows of records deleted for good."""
@@ -731,8 +772,14 @@ class Store:
                     continue
                 read = self.reader(referrer)
                 for part in sqlbuild.chunks(ids):
-                    found = [read(raw) for raw in tx.rows(*sqlbuild.build_get_by(
-                        self.db.dialect, referrer, org_id, referrer.columns[ref], part, for_update=True))]
+                    found = [
+                        read(raw)
+                        for raw in tx.rows(
+                            *sqlbuild.build_get_by(
+                                self.db.dialect, referrer, org_id, referrer.columns[ref], part, for_update=True
+                            )
+                        )
+                    ]
                     self.index(tx, referrer, org_id, found, fresh=True)
 
     def reindex(self, principal, log=None):
@@ -768,8 +815,11 @@ class Store:
         if cached is None or cached[0] is not info:
             with self.db.transaction() as tx:
                 rows = tx.rows(*sqlbuild.build_unique_keys(self.db.dialect, info.spec.table))
-            keys = {name: partial for name, partial in sqlbuild.read_unique_keys(rows).items()
-                    if name in info.columns and info.columns[name].writable}
+            keys = {
+                name: partial
+                for name, partial in sqlbuild.read_unique_keys(rows).items()
+                if name in info.columns and info.columns[name].writable
+            }
             if len(self._uniques) > 1000:
                 self._uniques.clear()
             cached = self._uniques[id(info)] = (info, keys)
@@ -788,8 +838,17 @@ class Store:
                 if value is None:
                     continue
                 if value in seen:
-                    failures.append((index, repeated(seen[value], index, name, (
-                        f"have the same '{name}' ({value}), which is unique: send each value once"))))
+                    failures.append(
+                        (
+                            index,
+                            repeated(
+                                seen[value],
+                                index,
+                                name,
+                                (f"have the same '{name}' ({value}), which is unique: send each value once"),
+                            ),
+                        )
+                    )
                 else:
                     seen[value] = index
         raise_items(sorted(failures, key=lambda failure: failure[0]))
@@ -799,8 +858,10 @@ class Store:
         keys = self.unique_columns(info)
         if column not in keys:
             known = ', '.join(sorted(keys)) or 'none'
-            raise InvalidParam(f"on_conflict must name a unique column of '{info.slug}' ({known}); "
-                               f"'{column}' is not one", param='on_conflict')
+            raise InvalidParam(
+                f"on_conflict must name a unique column of '{info.slug}' ({known}); '{column}' is not one",
+                param='on_conflict',
+            )
         return column, keys[column]
 
     def upsert(self, info, principal, bodies, column, batch=True, lenient=False):
@@ -821,23 +882,35 @@ class Store:
         with self.history.recorded(principal) as tx:
             # NOTE: read (and on PostgreSQL lock) the records holding the keys: those that exist stay so
             # until the end, and on SQLite, under the write lock, this is also what tells created from updated.
-            existing = {values.check(key_column, record[column]): record
-                        for record in self._by_key(tx, info, principal, key_column, keys)}
+            existing = {
+                values.check(key_column, record[column]): record
+                for record in self._by_key(tx, info, principal, key_column, keys)
+            }
             new = [index for index, key in enumerate(keys) if key not in existing]
             # a record to create needs every required field
             self._prepare_items(info, [bodies[i] for i in new], True, batch, new, lenient)
             self._check_references(tx, info, principal, changes, batch)
-            self._keep_an_administrator(tx, info, principal, {
-                existing[key]['id']: change for key, change in zip(keys, changes) if key in existing})
+            self._keep_an_administrator(
+                tx,
+                info,
+                principal,
+                {existing[key]['id']: change for key, change in zip(keys, changes) if key in existing},
+            )
             rows, updates, touched = [], [], tuple(n for n in stamps if n == 'updated_at')
             stored, created, recorded, sent = {}, 0, {}, dict(zip(keys, changes))
             # NOTE: rows go in key order, so two upserts inserting the same new keys queue up instead of deadlocking.
             for key, change in sorted(sent.items(), key=lambda pair: pair[0]):
                 if key in existing and not self._effective(info, existing[key], change):
-                    stored[key] = existing[key]   # it holds every value sent already: not written
+                    stored[key] = existing[key]  # it holds every value sent already: not written
                     continue
-                rows.append({'id': new_id(info.spec.id_prefix),
-                             **self._kept_required(info, existing.get(key), change), **change, **stamps})
+                rows.append(
+                    {
+                        'id': new_id(info.spec.id_prefix),
+                        **self._kept_required(info, existing.get(key), change),
+                        **change,
+                        **stamps,
+                    }
+                )
                 updates.append(tuple(n for n in change if n != column) + touched or (column,))
             for record, inserted in self._insert(tx, info, principal.org_id, rows, conflict, updates):
                 key = values.check(key_column, record[column])
@@ -864,8 +937,13 @@ class Store:
 
     def _by_key(self, tx, info, principal, column, keys):
         read = self.reader(info)
-        return [read(raw) for part in sqlbuild.chunks(keys) for raw in tx.rows(*sqlbuild.build_get_by(
-            self.db.dialect, info, principal.org_id, column, part, for_update=True))]
+        return [
+            read(raw)
+            for part in sqlbuild.chunks(keys)
+            for raw in tx.rows(
+                *sqlbuild.build_get_by(self.db.dialect, info, principal.org_id, column, part, for_update=True)
+            )
+        ]
 
     @staticmethod
     def _kept_required(info, current, change):
@@ -885,14 +963,17 @@ class Store:
         (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers). Two administrators
         demoting each other at once queue on the locks, and the second sees the first's demotion.
         """
-        leaving = {i: 'administrator' if c.get('administrator') is False else 'disabled'
-                   for i, c in changes.items() if info.slug == 'crm_users'
-                   and (c.get('administrator') is False or c.get('disabled') is True)}
+        leaving = {
+            i: 'administrator' if c.get('administrator') is False else 'disabled'
+            for i, c in changes.items()
+            if info.slug == 'crm_users' and (c.get('administrator') is False or c.get('disabled') is True)
+        }
         if not leaving:
             return
         columns = info.columns
-        admins = ListQuery(equals=(Filter(columns['administrator'], 'eq', True),
-                                   Filter(columns['disabled'], 'eq', False)))
+        admins = ListQuery(
+            equals=(Filter(columns['administrator'], 'eq', True), Filter(columns['disabled'], 'eq', False))
+        )
         d, org, read = self.db.dialect, principal.org_id, self.reader(info)
         ids = [read(row)['id'] for row in tx.rows(*sqlbuild.build_export(d, info, org, admins))]
         if not leaving.keys() & set(ids):
@@ -900,15 +981,22 @@ class Store:
         locked = [read(row) for row in tx.rows(*sqlbuild.build_get(d, info, org, ids, for_update=True))]
         active = {u['id'] for u in locked if u['administrator'] and not u['disabled']}
         if active and active <= leaving.keys():
-            raise Conflict('An organization keeps at least one active administrator: make another user an '
-                           'administrator first', field=leaving[min(active)])
+            raise Conflict(
+                'An organization keeps at least one active administrator: make another user an administrator first',
+                field=leaving[min(active)],
+            )
 
     # -- references between records ----------------------------------------------------------------
 
     def referrers(self, principal, slug):
         """Every (table, column) of the organization whose reference points at resource `slug`."""
-        return [(info, column) for info in self.catalog.all_tables(principal) if not info.spec.read_only
-                for column in info.columns.values() if column.references == slug]
+        return [
+            (info, column)
+            for info in self.catalog.all_tables(principal)
+            if not info.spec.read_only
+            for column in info.columns.values()
+            if column.references == slug
+        ]
 
     def _rewrite_references(self, tx, principal, slug, ids, replacement, write=True):
         """Point every reference to `ids` at `replacement` (None: drop the link), in one UPDATE per chunk
@@ -921,15 +1009,16 @@ class Store:
         for info, column in self.referrers(principal, slug):
             changes, old = {}, {}
             for part in sqlbuild.chunks(ids, size=100):
-                for record_id, current in tx.rows(*sqlbuild.build_referrers(
-                        d, info, principal.org_id, column, part)):
+                for record_id, current in tx.rows(*sqlbuild.build_referrers(d, info, principal.org_id, column, part)):
                     if column.kind == 'array':
                         current = self.db.reader(['array'])([current])[0]
                         new = [replacement if v in gone else v for v in current]
                         new = [v for v in dict.fromkeys(new) if v is not None]
                     elif replacement is None and not column.nullable:
-                        raise Conflict(f"{info.slug} '{record_id}' still refers to this record through "
-                                       f"'{column.name}'", field=column.name)
+                        raise Conflict(
+                            f"{info.slug} '{record_id}' still refers to this record through '{column.name}'",
+                            field=column.name,
+                        )
                     else:
                         new = replacement
                     changes[record_id], old[record_id] = {column.name: new}, current
@@ -937,8 +1026,10 @@ class Store:
             if changes and write:
                 stamp = self._stamp(info, {}, 'updated_at')
                 written = self._write(tx, info, principal, {i: {**change, **stamp} for i, change in changes.items()})
-                tx.changes += [history.updated(info.slug, {column.name: old[i]}, record, (column.name,))
-                               for i, record in written.items()]
+                tx.changes += [
+                    history.updated(info.slug, {column.name: old[i]}, record, (column.name,))
+                    for i, record in written.items()
+                ]
         return {resource: len(records) for resource, records in moved.items()}
 
     def detach_references(self, tx, info, principal, ids):
@@ -954,8 +1045,10 @@ class Store:
         to go stale when a record changes, whichever worker or host changed it.
         """
         matcher = duplicates.MATCHERS[info.slug]
-        rows = self.db.stream(*sqlbuild.build_duplicate_rows(self.db.dialect, info, principal.org_id,
-                                                             matcher.columns, leave_out), batch=5000)
+        rows = self.db.stream(
+            *sqlbuild.build_duplicate_rows(self.db.dialect, info, principal.org_id, matcher.columns, leave_out),
+            batch=5000,
+        )
         return duplicates.file(matcher, rows, extra)
 
     def duplicate_groups(self, info, principal):
@@ -1020,10 +1113,15 @@ class Store:
             tx.execute(*sqlbuild.build_delete(self.db.dialect, info, principal.org_id, ids))
             self.unindex(tx, info, principal.org_id, ids)
             self._count(tx, info, principal, -sum(1 for s in sources if s['archived_at'] is None))
-            stored = {n: v if info.columns[n].kind == 'array' else values.check(info.columns[n], v)
-                      for n, v in changes.items()}
-            merged = (self._update(tx, info, principal, target['id'], self._stamp(info, stored, 'updated_at'))
-                      if stored else self._fetch(tx, info, principal, target['id']))
+            stored = {
+                n: v if info.columns[n].kind == 'array' else values.check(info.columns[n], v)
+                for n, v in changes.items()
+            }
+            merged = (
+                self._update(tx, info, principal, target['id'], self._stamp(info, stored, 'updated_at'))
+                if stored
+                else self._fetch(tx, info, principal, target['id'])
+            )
             tx.changes += [history.merged_into(info.slug, s, target['id']) for s in sources]
             tx.changes.append(history.merged(info.slug, target, merged, stored, ids))
             return merged
@@ -1035,8 +1133,17 @@ class Store:
         two merges of the same records in opposite directions queue up instead of deadlocking.
         """
         target_id, sources = request.target_id, request.source_ids
-        found = {r['id']: r for r in map(self.reader(info), tx.rows(*sqlbuild.build_get(
-            self.db.dialect, info, principal.org_id, [target_id, *sources], for_update=not request.dry_run)))}
+        found = {
+            r['id']: r
+            for r in map(
+                self.reader(info),
+                tx.rows(
+                    *sqlbuild.build_get(
+                        self.db.dialect, info, principal.org_id, [target_id, *sources], for_update=not request.dry_run
+                    )
+                ),
+            )
+        }
         if target_id not in found:
             raise RecordNotFound(f"No {info.slug} record with id '{target_id}'", field=request.target_field)
         missing = [s for s in sources if s not in found]
@@ -1067,6 +1174,7 @@ def reindex_database(db, org_ids=None, log=None):
     from .accounts import Accounts
     from .accounts import Principal
     from .services import build_services
+
     org_ids = [o for o, _ in Accounts(db).list_orgs()] if org_ids is None else org_ids
     if org_ids:
         store = build_services(db).store

@@ -3,6 +3,7 @@
 One `check()` serves writes and filters alike, so a value that may be stored may also be
 compared, and a value that would make one database fail and the other guess is refused on both.
 """
+
 import datetime as dt
 import json
 import math
@@ -13,7 +14,7 @@ from decimal import InvalidOperation
 from .errors import InvalidValue
 
 KINDS = ('text', 'integer', 'number', 'boolean', 'date', 'timestamp', 'json', 'array')
-INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UTC = dt.timezone.utc
 _DATE = re.compile(r'\d{4}-\d{2}-\d{2}\Z')
 
@@ -47,8 +48,15 @@ def format_timestamp(value):
     """
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-    return '%04d-%02d-%02dT%02d:%02d:%02d.%06dZ' % (value.year, value.month, value.day, value.hour, value.minute,
-                                                   value.second, value.microsecond)
+    return '%04d-%02d-%02dT%02d:%02d:%02d.%06dZ' % (
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
 
 
 def _fail(column, expected, value):
@@ -83,7 +91,7 @@ def _lone_surrogate(text):
 
 def _text(column, value):
     if type(value) is str and value.isascii() and '\x00' not in value:
-        return value    # NOTE: the common case, checked at once: an import checks millions of cells
+        return value  # NOTE: the common case, checked at once: an import checks millions of cells
     if not isinstance(value, str):
         _fail(column, 'a string', value)
     reason = unstorable(value)
@@ -175,8 +183,9 @@ def _json(column, value):
             _fail(column, 'JSON whose integers fit in 64 bits', value)
         reason = isinstance(leaf, str) and unstorable(leaf)
         if reason:
-            raise InvalidValue(f"Field '{column.name}' may not contain {reason} in a key or a string",
-                               field=column.name)
+            raise InvalidValue(
+                f"Field '{column.name}' may not contain {reason} in a key or a string", field=column.name
+            )
     return value
 
 
@@ -187,8 +196,14 @@ def _array(column, value):
 
 
 _CHECKS = {
-    'text': _text, 'integer': _integer, 'number': _number, 'boolean': _boolean,
-    'date': _date, 'timestamp': _timestamp, 'json': _json, 'array': _array,
+    'text': _text,
+    'integer': _integer,
+    'number': _number,
+    'boolean': _boolean,
+    'date': _date,
+    'timestamp': _timestamp,
+    'json': _json,
+    'array': _array,
 }
 
 
@@ -206,8 +221,10 @@ def check_stored(column, value):
     """
     value = check(column, value)
     if column.max_length is not None and isinstance(value, str) and len(value) > column.max_length:
-        raise InvalidValue(f"Field '{column.name}' is indexed and holds at most {column.max_length} characters, "
-                           f'got {len(value)}', field=column.name)
+        raise InvalidValue(
+            f"Field '{column.name}' is indexed and holds at most {column.max_length} characters, got {len(value)}",
+            field=column.name,
+        )
     return value
 
 
@@ -215,7 +232,7 @@ def number_out(value):
     """Exact decimals leave as JSON numbers, integral ones without a fraction, alike on both databases."""
     if isinstance(value, Decimal):
         value = float(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value
 
@@ -284,8 +301,7 @@ def loads_strict(text):
     Raises ValueError with a readable message.
     """
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
-                           parse_float=finite_float)
+        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=finite_float)
     except RecursionError:
         raise JsonError(f'nested more than {MAX_JSON_DEPTH} levels deep') from None
     _check_tree(value)

@@ -6,6 +6,7 @@ webhook was made is POSTed to it as `{type, timestamp, data}` with the Standard 
 `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, keyed by the decoded `whsec_` secret.
 The worker (crmapi/worker.py) fans changes out into `webhook_deliveries` and sends them.
 """
+
 import base64
 import hashlib
 import hmac
@@ -33,19 +34,28 @@ SECRET_PREFIX = 'whsec_'
 SECRET_BYTES = 32
 MAX_URL = 2000
 MAX_EVENTS = 100
-MAX_RESPONSE = 64 * 1024        # what is read of an answer (and thrown away)
+MAX_RESPONSE = 64 * 1024  # what is read of an answer (and thrown away)
 ACTIONS = ('created', 'updated', 'archived', 'restored', 'deleted', 'merged')
 # History operations -> event actions. NOTE: a contact merged into another is gone: `deleted` (its data says
 # merged_into and names the target); a user disabled or enabled is archived or restored.
-EVENT_OF = {'created': 'created', 'updated': 'updated', 'archived': 'archived', 'restored': 'restored',
-            'deleted': 'deleted', 'merged': 'merged', 'merged_into': 'deleted', 'disabled': 'archived',
-            'enabled': 'restored'}
-NOT_EVENTS = frozenset({RESOURCE, DELIVERIES})    # webhook edits themselves are not events
+EVENT_OF = {
+    'created': 'created',
+    'updated': 'updated',
+    'archived': 'archived',
+    'restored': 'restored',
+    'deleted': 'deleted',
+    'merged': 'merged',
+    'merged_into': 'deleted',
+    'disabled': 'archived',
+    'enabled': 'restored',
+}
+NOT_EVENTS = frozenset({RESOURCE, DELIVERIES})  # webhook edits themselves are not events
 _PATTERN = re.compile(r'(\*|[a-z][a-z0-9_]{0,62})\.(\*|[a-z_]+)\Z')
 # NOTE: cloud metadata services: the link-local 169.254.169.254 (refused with all of 169.254.0.0/16 and
 # fe80::/10), AWS's IPv6 fd00:ec2::254 and Alibaba's 100.100.100.200 (private-looking, but never allowed).
-METADATA = tuple(ipaddress.ip_network(n) for n in ('169.254.0.0/16', 'fe80::/10', 'fd00:ec2::254/128',
-                                                     '100.100.100.200/32'))
+METADATA = tuple(
+    ipaddress.ip_network(n) for n in ('169.254.0.0/16', 'fe80::/10', 'fd00:ec2::254/128', '100.100.100.200/32')
+)
 
 
 class Refused(Exception):
@@ -53,6 +63,7 @@ class Refused(Exception):
 
 
 # -- secrets and signatures ----------------------------------------------------------------------
+
 
 def new_secret():
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
@@ -71,6 +82,7 @@ def sign(secret, msg_id, timestamp, body):
 
 # -- events --------------------------------------------------------------------------------------
 
+
 def event_type(resource, operation):
     return f'{resource}.{EVENT_OF.get(operation, operation)}'
 
@@ -84,15 +96,21 @@ def matches(patterns, event):
 def check_events(events, known):
     """`events`: a non-empty array of patterns naming resources `known(name)` says exist, and ACTIONS."""
     if not isinstance(events, list) or not events or len(events) > MAX_EVENTS:
-        raise InvalidValue(f"Field 'events' is an array of 1 to {MAX_EVENTS} event types such as "
-                           '"contacts.created", "deals.*" or "*"', field='events')
+        raise InvalidValue(
+            f"Field 'events' is an array of 1 to {MAX_EVENTS} event types such as "
+            '"contacts.created", "deals.*" or "*"',
+            field='events',
+        )
     for pattern in events:
         m = _PATTERN.match(pattern) if isinstance(pattern, str) else None
         if pattern == '*':
             continue
         if m is None or (m.group(2) != '*' and m.group(2) not in ACTIONS):
-            raise InvalidValue(f"Field 'events': {str(pattern)[:80]!r} is not an event type: <resource>.<action> "
-                               f"(action: {', '.join(ACTIONS)} or *), or *", field='events')
+            raise InvalidValue(
+                f"Field 'events': {str(pattern)[:80]!r} is not an event type: <resource>.<action> "
+                f'(action: {", ".join(ACTIONS)} or *), or *',
+                field='events',
+            )
         if m.group(1) != '*' and not known(m.group(1)):
             raise InvalidValue(f"Field 'events': no resource '{m.group(1)}' records changes", field='events')
     return list(dict.fromkeys(events))
@@ -107,8 +125,22 @@ def event_body(kind, change, record):
 def delivery_row(org_id, change, kind, body, now, webhook_id=None, rule_id=None, url=None):
     """A pending delivery (sqlbuild.DELIVERY_COLUMNS) of `change` to a webhook, or to a rule's webhook action
     (`rule_id`, `url`)."""
-    return (new_id('whd_'), org_id, webhook_id, change['id'], change['seq'], kind, body, 'pending', 0, now, now, now,
-            rule_id, url)
+    return (
+        new_id('whd_'),
+        org_id,
+        webhook_id,
+        change['id'],
+        change['seq'],
+        kind,
+        body,
+        'pending',
+        0,
+        now,
+        now,
+        now,
+        rule_id,
+        url,
+    )
 
 
 def message_id(delivery):
@@ -125,6 +157,7 @@ def queue(db, rows):
 
 
 # -- SSRF ----------------------------------------------------------------------------------------
+
 
 def address_refusal(address, allow_private):
     """Why a webhook may not connect to `address` (an IP address string), or None."""
@@ -191,6 +224,7 @@ def check_url(url, allow_private):
 
 # -- one delivery --------------------------------------------------------------------------------
 
+
 class _Pinned(http.client.HTTPConnection):
     """HTTP to the address that was checked, whatever the name resolves to by now."""
 
@@ -221,13 +255,21 @@ def send(url, msg_id, body, secret, timeout, allow_private, now=time.time):
     """POST one message: (status code or None, duration in ms, error or None). Redirects are not followed."""
     started = time.perf_counter()
     timestamp = str(int(now()))
-    headers = {'content-type': 'application/json', 'user-agent': 'crmapi-webhooks', 'webhook-id': msg_id,
-               'webhook-timestamp': timestamp, 'webhook-signature': sign(secret, msg_id, timestamp, body)}
+    headers = {
+        'content-type': 'application/json',
+        'user-agent': 'crmapi-webhooks',
+        'webhook-id': msg_id,
+        'webhook-timestamp': timestamp,
+        'webhook-signature': sign(secret, msg_id, timestamp, body),
+    }
     conn = None
     try:
         scheme, host, port, path, address = target(url, allow_private)
-        conn = (_PinnedTLS(host, port, address, timeout, _TLS) if scheme == 'https'
-                else _Pinned(host, port, address, timeout))
+        conn = (
+            _PinnedTLS(host, port, address, timeout, _TLS)
+            if scheme == 'https'
+            else _Pinned(host, port, address, timeout)
+        )
         conn.request('POST', path, body=body, headers=headers)
         response = conn.getresponse()
         response.read(MAX_RESPONSE)
@@ -248,6 +290,7 @@ def send(url, msg_id, body, secret, timeout, allow_private, now=time.time):
 
 # -- the resource --------------------------------------------------------------------------------
 
+
 class Webhooks:
     """Creating, changing and re-keying webhooks; redelivering a delivery. Reads go the generic way."""
 
@@ -264,6 +307,7 @@ class Webhooks:
 
     def known(self, principal):
         """Whether a name is a resource whose changes are events (custom objects of the organization too)."""
+
         def known(name):
             if name == history.RESOURCE:
                 return True
@@ -271,6 +315,7 @@ class Webhooks:
             if info is not None:
                 return not info.spec.read_only and name not in NOT_EVENTS
             return any(d['slug'] == name for d in self.store.catalog.custom.definitions(principal.org_id))
+
         return known
 
     def _checked(self, principal, changes):
@@ -289,8 +334,12 @@ class Webhooks:
         with store.history.recorded(principal) as tx:
             counter = tx.one(*sqlbuild.build_change_counter_read(d, principal.org_id))
             since = counter[0] if counter else 0
-            row = {'id': new_id(info.spec.id_prefix), **row,
-                   'since_seq': since, **store._stamp(info, {}, 'created_at', 'updated_at')}
+            row = {
+                'id': new_id(info.spec.id_prefix),
+                **row,
+                'since_seq': since,
+                **store._stamp(info, {}, 'created_at', 'updated_at'),
+            }
             record = store._insert(tx, info, principal.org_id, [row])[0][0]
             store._count(tx, info, principal, 1)
             tx.execute(*sqlbuild.build_webhook_secret_insert(d, record['id'], secret))
@@ -308,8 +357,10 @@ class Webhooks:
     def update_many(self, principal, items, lenient=False):
         info = self.info(principal)
         self.store._check_writable(info, principal)
-        checked = [self._checked(principal, self.store.prepare(info, item, False, lenient))
-                   if isinstance(item, dict) else {} for item in items]
+        checked = [
+            self._checked(principal, self.store.prepare(info, item, False, lenient)) if isinstance(item, dict) else {}
+            for item in items
+        ]
         items = [{**item, **changes} if isinstance(item, dict) else item for item, changes in zip(items, checked)]
         records = self.store.update_many(info, principal, items, lenient)
         return [self._reenabled(principal, r, c) for r, c in zip(records, checked)]
@@ -328,18 +379,18 @@ class Webhooks:
         self.store._check_writable(info, principal)
         secret = new_secret()
         with self.db.transaction(write=True) as tx:
-            if not tx.execute(*sqlbuild.build_webhook_secret_set(self.db.dialect, principal.org_id, record_id,
-                                                                 secret)):
+            if not tx.execute(*sqlbuild.build_webhook_secret_set(self.db.dialect, principal.org_id, record_id, secret)):
                 raise RecordNotFound(f"No webhooks record with id '{record_id}'", param='id')
         return {**self.store.get(info, principal, record_id), 'secret': secret}
 
     def redeliver(self, principal, delivery_id):
         """Send a delivery again, now, with a fresh round of retries (the same webhook-id and body)."""
         info = self.info(principal, DELIVERIES)
-        self.store.get(info, principal, delivery_id)    # 404 for another organization's, or none
+        self.store.get(info, principal, delivery_id)  # 404 for another organization's, or none
         now = values.format_timestamp(self.store.clock())
         with self.db.transaction(write=True) as tx:
             if not tx.execute(*sqlbuild.build_redeliver(self.db.dialect, principal.org_id, delivery_id, now)):
-                raise Conflict('This delivery is being sent right now: redeliver it once the attempt is over',
-                               param='id')
+                raise Conflict(
+                    'This delivery is being sent right now: redeliver it once the attempt is over', param='id'
+                )
         return self.store.get(info, principal, delivery_id)

@@ -22,6 +22,7 @@ rules again). Each cursor moves at its own pace; an organization without rules h
 Any number of workers may run, on any number of hosts. SIGTERM: the deliveries in flight finish and are
 recorded, then the worker exits.
 """
+
 import concurrent.futures
 import datetime as dt
 import logging
@@ -41,12 +42,12 @@ from .errors import Unavailable
 from .store import utc_now
 
 log = logging.getLogger('crmapi.worker')
-FANOUT_BATCH = 1000         # changes one fan-out transaction reads
-RULES_BATCH = 100           # changes read at once for the rules
-MAX_LOG = 50                # attempts kept in a delivery's attempt_log
-JITTER = 0.1                # each retry's delay is the schedule's, give or take this fraction
+FANOUT_BATCH = 1000  # changes one fan-out transaction reads
+RULES_BATCH = 100  # changes read at once for the rules
+MAX_LOG = 50  # attempts kept in a delivery's attempt_log
+JITTER = 0.1  # each retry's delay is the schedule's, give or take this fraction
 OUTAGE_WAITS = (0.5, 10.0)  # first and longest wait before trying a database that was unavailable again
-EVENT_RECORD = frozenset({'created', 'deleted', 'merged_into'})   # changes that carry the record itself
+EVENT_RECORD = frozenset({'created', 'deleted', 'merged_into'})  # changes that carry the record itself
 
 
 def apply(record, change):
@@ -62,15 +63,17 @@ def apply(record, change):
 class Worker:
     def __init__(self, db, settings, clock=utc_now):
         from .services import build_services
+
         self.db = db
         self.settings = settings
         services = build_services(db, settings)
         self.catalog, self.store = services.catalog, services.store
         self.clock = clock
-        self.lease = dt.timedelta(seconds=settings.webhook_timeout_s * 2 + 1)   # a send, with room to record it
+        self.lease = dt.timedelta(seconds=settings.webhook_timeout_s * 2 + 1)  # a send, with room to record it
         self.stopping = threading.Event()
-        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, settings.webhook_concurrency),
-                                                          thread_name_prefix='webhook')
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max(1, settings.webhook_concurrency), thread_name_prefix='webhook'
+        )
         self.read_hook = db.reader(['text', 'json', 'integer'])
         self.read_claim = db.reader(['text', 'text', 'text', 'text', 'text', 'integer', 'json', 'text', 'text'])
 
@@ -124,8 +127,9 @@ class Worker:
     def fan_out_org(self, org, cursor):
         d = self.db.dialect
         with self.db.transaction() as tx:
-            changes = [self.store.history._wire(r)
-                       for r in tx.rows(*sqlbuild.build_change_feed(d, org, cursor, FANOUT_BATCH))]
+            changes = [
+                self.store.history._wire(r) for r in tx.rows(*sqlbuild.build_change_feed(d, org, cursor, FANOUT_BATCH))
+            ]
             hooks = [self.read_hook(r) for r in tx.rows(*sqlbuild.build_enabled_webhooks(d, org))]
         if not changes:
             return 0
@@ -133,7 +137,7 @@ class Worker:
         with self.db.transaction(write=True) as tx:
             locked = tx.one(*sqlbuild.build_fanout_lock(d, org))
             if locked is None or locked[0] != cursor:
-                return 0    # another worker is at it, or was: its rows are in
+                return 0  # another worker is at it, or was: its rows are in
             webhooks.queue(self.db, rows)
             tx.execute(*sqlbuild.build_fanout_advance(d, org, changes[-1]['seq']))
         return len(changes)
@@ -145,8 +149,11 @@ class Worker:
             if change['resource'] in webhooks.NOT_EVENTS:
                 continue
             kind = webhooks.event_type(change['resource'], change['operation'])
-            wanted = [hook_id for hook_id, events, since in hooks
-                      if change['seq'] > since and webhooks.matches(events or [], kind)]
+            wanted = [
+                hook_id
+                for hook_id, events, since in hooks
+                if change['seq'] > since and webhooks.matches(events or [], kind)
+            ]
             record = self.record_after(org, change, states)
             if not wanted:
                 continue
@@ -178,7 +185,7 @@ class Worker:
         if start is None:
             return self.current(org, change)
         state = older[start]['record']
-        for later in older[start + 1:]:
+        for later in older[start + 1 :]:
             state = apply(state, later)
         return state
 
@@ -200,7 +207,7 @@ class Worker:
         for org, cursor in due:
             try:
                 read += self.run_rules_org(org, cursor)
-            except Exception:   # NOTE: nor webhooks nor other organizations wait on it: logged, tried next round
+            except Exception:  # NOTE: nor webhooks nor other organizations wait on it: logged, tried next round
                 log.exception('automation rules of organization %s failed after change %s', org, cursor)
         return read
 
@@ -219,8 +226,9 @@ class Worker:
                 record = self.record_after(org, change, states)
                 for run in rules.run_for_change(self.store, change, rules.depth_of(change), org, enabled, record):
                     if run['status'] != 'applied':
-                        log.info('rule %s on change %s: %s: %s', run['rule_id'], change['id'], run['status'],
-                                 run['error'])
+                        log.info(
+                            'rule %s on change %s: %s: %s', run['rule_id'], change['id'], run['status'], run['error']
+                        )
         if not changes:
             return 0
         with self.db.transaction(write=True) as tx:
@@ -237,13 +245,22 @@ class Worker:
             if not tx.rows(*sqlbuild.build_due_deliveries(d, values.format_timestamp(now), 1)):
                 return []
         with self.db.transaction(write=True) as tx:
-            claimed = [dict(zip(sqlbuild.CLAIMED, self.read_claim(r))) for r in tx.rows(
-                *sqlbuild.build_claim_deliveries(d, values.format_timestamp(now),
-                                                 values.format_timestamp(now + self.lease), limit))]
+            claimed = [
+                dict(zip(sqlbuild.CLAIMED, self.read_claim(r)))
+                for r in tx.rows(
+                    *sqlbuild.build_claim_deliveries(
+                        d, values.format_timestamp(now), values.format_timestamp(now + self.lease), limit
+                    )
+                )
+            ]
             if not claimed:
                 return []
-            targets = {hook_id: (url, secret) for hook_id, url, secret in tx.rows(
-                *sqlbuild.build_delivery_targets(d, {c['webhook_id'] for c in claimed if c['webhook_id']}))}
+            targets = {
+                hook_id: (url, secret)
+                for hook_id, url, secret in tx.rows(
+                    *sqlbuild.build_delivery_targets(d, {c['webhook_id'] for c in claimed if c['webhook_id']})
+                )
+            }
             rule_ids = {c['rule_id'] for c in claimed if c['rule_id']}
             keys = dict(tx.rows(*sqlbuild.build_rule_secrets(d, rule_ids))) if rule_ids else {}
         out = [(c, *targets[c['webhook_id']]) for c in claimed if c['webhook_id'] in targets]
@@ -255,9 +272,20 @@ class Worker:
         if not claimed:
             return 0
         s, gone = self.settings, (None, 0, 'not sent: its automation rule was deleted')
-        futures = [self.pool.submit(webhooks.send, url, webhooks.message_id(delivery), delivery['payload'].encode(),
-                                    secret, s.webhook_timeout_s, s.webhook_allow_private) if secret else None
-                   for delivery, url, secret in claimed]
+        futures = [
+            self.pool.submit(
+                webhooks.send,
+                url,
+                webhooks.message_id(delivery),
+                delivery['payload'].encode(),
+                secret,
+                s.webhook_timeout_s,
+                s.webhook_allow_private,
+            )
+            if secret
+            else None
+            for delivery, url, secret in claimed
+        ]
         results = [f.result() if f else gone for f in futures]
         self.record([(delivery, *result, secret is None) for (delivery, _, secret), result in zip(claimed, results)])
         return len(claimed)
@@ -272,8 +300,8 @@ class Worker:
             for delivery, code, duration, error, last in attempts:
                 tries = delivery['attempts'] + 1
                 entry = {'at': now, 'status_code': code, 'duration_ms': duration, 'error': error}
-                attempt_log = orjson.dumps([*(delivery['attempt_log'] or [])[-(MAX_LOG - 1):], entry]).decode()
-                hook = delivery['webhook_id']     # NOTE: None for a rule's action: no webhook to mark or disable
+                attempt_log = orjson.dumps([*(delivery['attempt_log'] or [])[-(MAX_LOG - 1) :], entry]).decode()
+                hook = delivery['webhook_id']  # NOTE: None for a rule's action: no webhook to mark or disable
                 if error is None:
                     state, due, delivered = 'succeeded', now, now
                     if hook:
@@ -285,14 +313,19 @@ class Worker:
                     due = values.format_timestamp(at + dt.timedelta(seconds=delay))
                     if hook:
                         self.failing(tx, hook, now, window, error)
-                tx.execute(*sqlbuild.build_delivery_attempted(d, delivery['id'], state, tries, due, code, duration,
-                                                              error, attempt_log, now, delivered))
+                tx.execute(
+                    *sqlbuild.build_delivery_attempted(
+                        d, delivery['id'], state, tries, due, code, duration, error, attempt_log, now, delivered
+                    )
+                )
 
     def failing(self, tx, webhook_id, now, window, error):
         """Count the webhook failing from now (unless it already is); disable it once that is over the window."""
         d = self.db.dialect
         tx.execute(*sqlbuild.build_webhook_failing(d, webhook_id, now))
-        reason = (f'Disabled at {now}: every delivery failed for {self.settings.webhook_disable_after_s:g} seconds; '
-                  f'the last error: {error}')[:1000]
+        reason = (
+            f'Disabled at {now}: every delivery failed for {self.settings.webhook_disable_after_s:g} seconds; '
+            f'the last error: {error}'
+        )[:1000]
         if tx.execute(*sqlbuild.build_webhook_disable(d, webhook_id, window, reason, now)):
             log.warning('webhook %s disabled: %s', webhook_id, reason)

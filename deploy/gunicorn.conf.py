@@ -12,6 +12,7 @@ its values win over the environment and reach the app's new workers. A failover 
 CRMAPI_DATABASE_URL there and `kill -HUP <master>` (a service manager's EnvironmentFile is read only at
 start, and a HUP keeps the master's environment).
 """
+
 import math
 import os
 

@@ -3,6 +3,7 @@
 Each test gets its own organization (and so its own data) in one shared database per backend;
 organization isolation is what keeps the tests apart, which also exercises it on every test.
 """
+
 import io
 import json
 import os
@@ -30,8 +31,10 @@ def base_postgres_url():
     """CRMAPI_TEST_POSTGRES_URL: the database of a serial run, and where a worker's own one is made."""
     url = os.environ.get('CRMAPI_TEST_POSTGRES_URL')
     if not url:
-        pytest.fail('CRMAPI_TEST_POSTGRES_URL is not set: run the suite with `make test`, '
-                    'which starts a throwaway PostgreSQL server')
+        pytest.fail(
+            'CRMAPI_TEST_POSTGRES_URL is not set: run the suite with `make test`, '
+            'which starts a throwaway PostgreSQL server'
+        )
     return url
 
 
@@ -94,8 +97,17 @@ def database(backend, tmp_path_factory):
     db.close()
 
 
-LEAK_MARKERS = ('Traceback (most recent call last)', 'File "/', 'psycopg.', 'sqlite3.', 'OperationalError',
-                'IntegrityError', 'ProgrammingError', 'UniqueViolation', 'ForeignKeyViolation')
+LEAK_MARKERS = (
+    'Traceback (most recent call last)',
+    'File "/',
+    'psycopg.',
+    'sqlite3.',
+    'OperationalError',
+    'IntegrityError',
+    'ProgrammingError',
+    'UniqueViolation',
+    'ForeignKeyViolation',
+)
 
 
 class NoLeaks:
@@ -112,13 +124,17 @@ class NoLeaks:
         length = int(environ.get('CONTENT_LENGTH') or 0)
         request_body = environ['wsgi.input'].read(length) if length else b''
         environ['wsgi.input'] = io.BytesIO(request_body)
-        sent = unquote(environ.get('PATH_INFO', '') + '?' + environ.get('QUERY_STRING', '')) + \
-            request_body.decode('utf-8', 'replace') + json.dumps(request_body.decode('utf-8', 'replace'))
+        sent = (
+            unquote(environ.get('PATH_INFO', '') + '?' + environ.get('QUERY_STRING', ''))
+            + request_body.decode('utf-8', 'replace')
+            + json.dumps(request_body.decode('utf-8', 'replace'))
+        )
         seen = {}
 
         def remember(status, headers, exc_info=None):
             seen['status'] = status
             return start_response(status, headers, exc_info)
+
         result = self.app(environ, remember)
         try:
             body = b''.join(result)
@@ -156,8 +172,7 @@ class Client:
         return self.app.get(path, self.encode(params), headers=self._headers(headers), status=status)
 
     def post(self, path, body=None, status=201, headers=None):
-        return self.app.post_json(path, body if body is not None else {}, headers=self._headers(headers),
-                                  status=status)
+        return self.app.post_json(path, body if body is not None else {}, headers=self._headers(headers), status=status)
 
     def put(self, path, body, status=200, headers=None):
         return self.app.put_json(path, body, headers=self._headers(headers), status=status)
@@ -205,8 +220,10 @@ def anonymous(wsgi_app):
 
 # Any valid automation rule's trigger and actions (crmapi.rules), for tests that need a rule, not a particular one.
 # NOTE: no webhook action: its URL would be resolved when the rule is written, and its answer carry a secret.
-RULE_SHAPE = {'trigger': {'resource': 'contacts', 'on': ['created']},
-              'actions': [{'type': 'create_task', 'text': 'Welcome them'}]}
+RULE_SHAPE = {
+    'trigger': {'resource': 'contacts', 'on': ['created']},
+    'actions': [{'type': 'create_task', 'text': 'Welcome them'}],
+}
 
 
 def assert_problem(resp, status, **members):

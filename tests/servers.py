@@ -5,6 +5,7 @@ Everything listens on a free 127.0.0.1 port, writes its logs and state into a te
 stopped by the caller (`with server:` or `server.stop()` in a fixture teardown). Every wait is
 bounded. `probe_app()` is the only test code that runs inside the servers; it stays out of crmapi/.
 """
+
 import contextlib
 import http.client
 import json
@@ -37,8 +38,7 @@ def request(port, method, path, body=None, headers=None, source=None, timeout=15
 
     `source` is the client's own address, e.g. '127.0.0.2' to come from an address gunicorn does not trust.
     """
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout,
-                                      source_address=(source, 0) if source else None)
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout, source_address=(source, 0) if source else None)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -114,8 +114,9 @@ def _spawn(argv, directory, env, name):
     files = [open(out, 'wb'), open(err, 'wb')]
     # NOTE: a session of its own, so a hung server's workers can be killed as a group, and ^C on pytest
     # does not reach them before the fixture's teardown does.
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=files[0],
-                            stderr=files[1], start_new_session=True)
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=files[0], stderr=files[1], start_new_session=True
+    )
     return proc, files, [out, err]
 
 
@@ -170,8 +171,10 @@ def start_gunicorn(directory, env=None, app='crmapi:create_app()', timeout=30):
 def nginx_binary():
     path = shutil.which('nginx') or next((p for p in ('/usr/sbin/nginx', '/sbin/nginx') if os.path.exists(p)), None)
     if path is None:
-        raise RuntimeError('nginx is not installed: run `make test` (it installs the Debian package '
-                           'nginx-light), or apt-get install nginx-light')
+        raise RuntimeError(
+            'nginx is not installed: run `make test` (it installs the Debian package '
+            'nginx-light), or apt-get install nginx-light'
+        )
     return path
 
 
@@ -257,7 +260,7 @@ def workers_of(pid):
     for entry in filter(str.isdigit, os.listdir('/proc')):
         with contextlib.suppress(OSError):
             stat = Path(f'/proc/{entry}/stat').read_text()
-            fields = stat[stat.rindex(')') + 2:].split()
+            fields = stat[stat.rindex(')') + 2 :].split()
             if int(fields[1]) == pid and fields[0] != 'Z':
                 found.append(int(entry))
     return found
@@ -279,7 +282,7 @@ def raw_request(port, data, timeout=15, piece=64 * 1024, pause=0.001):
     """
     with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
         for start in range(0, len(data), piece):
-            sock.sendall(data[start:start + piece])
+            sock.sendall(data[start : start + piece])
             time.sleep(pause)
         resp = http.client.HTTPResponse(sock)
         resp.begin()
@@ -299,9 +302,22 @@ def chunked_request(port, method, path, chunks, headers=None, timeout=15):
 
 # --- runs inside the server ---------------------------------------------------------------------------
 
-ENVIRON_KEYS = ('SCRIPT_NAME', 'PATH_INFO', 'QUERY_STRING', 'REMOTE_ADDR', 'REMOTE_PORT', 'wsgi.url_scheme',
-                'HTTP_HOST', 'HTTP_X_FORWARDED_FOR', 'HTTP_X_FORWARDED_PROTO', 'HTTP_X_FORWARDED_HOST', 'HTTP_FORWARDED',
-                'HTTP_X_FORWARDED_SSL', 'HTTP_X_REQUEST_ID', 'HTTP_CONNECTION')
+ENVIRON_KEYS = (
+    'SCRIPT_NAME',
+    'PATH_INFO',
+    'QUERY_STRING',
+    'REMOTE_ADDR',
+    'REMOTE_PORT',
+    'wsgi.url_scheme',
+    'HTTP_HOST',
+    'HTTP_X_FORWARDED_FOR',
+    'HTTP_X_FORWARDED_PROTO',
+    'HTTP_X_FORWARDED_HOST',
+    'HTTP_FORWARDED',
+    'HTTP_X_FORWARDED_SSL',
+    'HTTP_X_REQUEST_ID',
+    'HTTP_CONNECTION',
+)
 
 
 def probe_app():
@@ -314,6 +330,7 @@ def probe_app():
     - `$CRMAPI_PROBE_BOOT_S`: seconds each worker takes to load the app (a worker to stop while it boots).
     """
     from crmapi import create_app
+
     time.sleep(float(os.environ.get('CRMAPI_PROBE_BOOT_S', '0')))
     api = create_app()
     directory = Path(os.environ.get('CRMAPI_PROBE_DIR', '.'))
@@ -328,7 +345,7 @@ def probe_app():
         if path.startswith('/_probe/slow/'):
             (directory / 'started').write_text(str(os.getpid()))
             time.sleep(sleep_s)
-            environ = {**environ, 'PATH_INFO': path[len('/_probe/slow'):]}
+            environ = {**environ, 'PATH_INFO': path[len('/_probe/slow') :]}
         return api(environ, start_response)
 
     return app
@@ -336,6 +353,8 @@ def probe_app():
 
 def failing_app():
     """A WSGI app that always raises, with a message that must never reach a client: the server's own 500."""
+
     def app(environ, start_response):
         raise RuntimeError('secret: /etc/crmapi/internal.conf line 3')
+
     return app

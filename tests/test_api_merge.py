@@ -2,6 +2,7 @@
 
 Every test runs on SQLite and on PostgreSQL (see conftest.py).
 """
+
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +17,7 @@ EVERYTHING = {'range': [0, 999], 'filter': {'include_archived': True}}
 
 # -- helpers ---------------------------------------------------------------------------------------
 
+
 def merge(api, source_ids, target_id, status=200):
     return api.post(MERGE, {'source_ids': source_ids, 'target_id': target_id}, status=status)
 
@@ -29,14 +31,21 @@ def duplicates(api):
     vip, hot, cold = (api.create('tags', name=n)['id'] for n in ('vip', 'hot', 'cold'))
     company = api.create('companies', name='Analytical Engines')['id']
     target = api.create('contacts', first_name='Ada', last_name='Lovelace', city='London', tags=[vip])
-    first = api.create('contacts', first_name='Augusta', email='ada@one.example', title='Countess',
-                       city='Paris', tags=[hot, vip])
-    second = api.create('contacts', email='ada@two.example', phone='+44 20 7946 0000', company_id=company,
-                        tags=[cold])
+    first = api.create(
+        'contacts', first_name='Augusta', email='ada@one.example', title='Countess', city='Paris', tags=[hot, vip]
+    )
+    second = api.create('contacts', email='ada@two.example', phone='+44 20 7946 0000', company_id=company, tags=[cold])
     bystander = api.create('contacts', first_name='Charles', last_name='Babbage')
     t, s1, s2, other = target['id'], first['id'], second['id'], bystander['id']
     return SimpleNamespace(
-        target=target, first=first, second=second, t=t, s1=s1, s2=s2, other=other, company=company,
+        target=target,
+        first=first,
+        second=second,
+        t=t,
+        s1=s1,
+        s2=s2,
+        other=other,
+        company=company,
         tags=[vip, hot, cold],
         tasks=[api.create('tasks', text=f'Task of {c}', contact_id=c)['id'] for c in (t, s1, s2)],
         notes=[api.create('contact_notes', contact_id=c, text=f'Note on {c}')['id'] for c in (s1, s2)],
@@ -48,8 +57,10 @@ def duplicates(api):
 
 def snapshot(api):
     """Every record a merge may touch, to prove that a failed one changed nothing."""
-    return {resource: api.list(resource, **EVERYTHING)
-            for resource in ('contacts', 'tasks', 'contact_notes', 'deals', 'tags')}
+    return {
+        resource: api.list(resource, **EVERYTHING)
+        for resource in ('contacts', 'tasks', 'contact_notes', 'deals', 'tags')
+    }
 
 
 def get(api, resource, record_id, status=200):
@@ -64,6 +75,7 @@ def assert_unchanged(api, before, w):
 
 
 # -- merging ---------------------------------------------------------------------------------------
+
 
 def test_merge_moves_everything_to_the_target_and_deletes_the_sources(api):
     w = duplicates(api)
@@ -138,24 +150,44 @@ def test_merge_leaves_other_organizations_alone(api, other_api):
 
 # -- errors change nothing -------------------------------------------------------------------------
 
-@pytest.mark.parametrize('body, status, member', [
-    (lambda w: {'source_ids': [w.s1, 'c_doesnotexist'], 'target_id': w.t}, 404, {}),
-    (lambda w: {'source_ids': [w.s1, w.foreign], 'target_id': w.t}, 404, {}),
-    (lambda w: {'source_ids': [w.s1], 'target_id': 'c_doesnotexist'}, 404, {}),
-    (lambda w: {'source_ids': [w.s1], 'target_id': w.foreign}, 404, {}),
-    (lambda w: {'source_ids': [], 'target_id': w.t}, 400, {'field': 'source_ids'}),
-    (lambda w: {'source_ids': w.s1, 'target_id': w.t}, 400, {'field': 'source_ids'}),
-    (lambda w: {'source_ids': [w.s1, 42], 'target_id': w.t}, 400, {'field': 'source_ids'}),
-    (lambda w: {'source_ids': [w.s1, None], 'target_id': w.t}, 400, {'field': 'source_ids'}),
-    (lambda w: {'target_id': w.t}, 400, {'field': 'source_ids'}),
-    (lambda w: {'source_ids': [w.s1]}, 400, {'field': 'target_id'}),
-    (lambda w: {'source_ids': [w.s1], 'target_id': None}, 400, {'field': 'target_id'}),
-    (lambda w: {'source_ids': [w.s1], 'target_id': [w.t]}, 400, {'field': 'target_id'}),
-    (lambda w: {'source_ids': [w.s1] + [f'c_{i}' for i in range(100)], 'target_id': w.t}, 400,
-     {'field': 'source_ids'}),
-], ids=['unknown-source', 'foreign-source', 'unknown-target', 'foreign-target', 'empty-sources',
-        'sources-not-array', 'source-not-string', 'source-null', 'missing-sources', 'missing-target',
-        'null-target', 'target-not-string', 'over-100-sources'])
+
+@pytest.mark.parametrize(
+    'body, status, member',
+    [
+        (lambda w: {'source_ids': [w.s1, 'c_doesnotexist'], 'target_id': w.t}, 404, {}),
+        (lambda w: {'source_ids': [w.s1, w.foreign], 'target_id': w.t}, 404, {}),
+        (lambda w: {'source_ids': [w.s1], 'target_id': 'c_doesnotexist'}, 404, {}),
+        (lambda w: {'source_ids': [w.s1], 'target_id': w.foreign}, 404, {}),
+        (lambda w: {'source_ids': [], 'target_id': w.t}, 400, {'field': 'source_ids'}),
+        (lambda w: {'source_ids': w.s1, 'target_id': w.t}, 400, {'field': 'source_ids'}),
+        (lambda w: {'source_ids': [w.s1, 42], 'target_id': w.t}, 400, {'field': 'source_ids'}),
+        (lambda w: {'source_ids': [w.s1, None], 'target_id': w.t}, 400, {'field': 'source_ids'}),
+        (lambda w: {'target_id': w.t}, 400, {'field': 'source_ids'}),
+        (lambda w: {'source_ids': [w.s1]}, 400, {'field': 'target_id'}),
+        (lambda w: {'source_ids': [w.s1], 'target_id': None}, 400, {'field': 'target_id'}),
+        (lambda w: {'source_ids': [w.s1], 'target_id': [w.t]}, 400, {'field': 'target_id'}),
+        (
+            lambda w: {'source_ids': [w.s1] + [f'c_{i}' for i in range(100)], 'target_id': w.t},
+            400,
+            {'field': 'source_ids'},
+        ),
+    ],
+    ids=[
+        'unknown-source',
+        'foreign-source',
+        'unknown-target',
+        'foreign-target',
+        'empty-sources',
+        'sources-not-array',
+        'source-not-string',
+        'source-null',
+        'missing-sources',
+        'missing-target',
+        'null-target',
+        'target-not-string',
+        'over-100-sources',
+    ],
+)
 def test_a_bad_merge_is_refused_and_changes_nothing(api, other_api, body, status, member):
     w = duplicates(api)
     w.foreign = other_api.create('contacts', first_name='Spy', email='spy@other.example')['id']
@@ -195,6 +227,7 @@ def test_merge_answers_only_post(api):
 
 # -- atomicity -------------------------------------------------------------------------------------
 
+
 class InjectedFailure(RuntimeError):
     """Raised by a patched store step to break a merge halfway."""
 
@@ -207,13 +240,16 @@ def fail_updating_contacts(monkeypatch):
         if info.slug == 'contacts':
             raise InjectedFailure('disk on fire')
         return original(self, tx, info, principal, record_id, changes)
+
     monkeypatch.setattr(Store, '_update', _update)
 
 
 def fail_deleting(monkeypatch):
     """Break the merge when it deletes the sources, after references have moved."""
+
     def build_delete(*args, **kwargs):
         raise InjectedFailure('disk on fire')
+
     monkeypatch.setattr(sqlbuild, 'build_delete', build_delete)
 
 

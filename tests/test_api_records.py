@@ -3,6 +3,7 @@
 Each test runs on SQLite and on PostgreSQL (see conftest.py); a value written on one reads back
 exactly as it does on the other.
 """
+
 import datetime as dt
 import json
 import time
@@ -13,24 +14,42 @@ import pytest
 from conftest import RULE_SHAPE
 from conftest import assert_problem
 
-WRITABLE = ['contacts', 'companies', 'deals', 'tasks', 'contact_notes', 'deal_notes', 'company_notes',
-            'tags', 'configuration', 'automation_rules', 'crm_users']
+WRITABLE = [
+    'contacts',
+    'companies',
+    'deals',
+    'tasks',
+    'contact_notes',
+    'deal_notes',
+    'company_notes',
+    'tags',
+    'configuration',
+    'automation_rules',
+    'crm_users',
+]
 SUMMARIES = ['companies_summary', 'contacts_summary']
 PREFIXES = {
-    'contacts': 'c_', 'companies': 'comp_', 'deals': 'd_', 'tasks': 't_', 'contact_notes': 'cn_',
-    'deal_notes': 'dn_', 'company_notes': 'mn_', 'tags': 'tag_', 'configuration': 'cfg_',
-    'automation_rules': 'rule_', 'crm_users': 'u_',
+    'contacts': 'c_',
+    'companies': 'comp_',
+    'deals': 'd_',
+    'tasks': 't_',
+    'contact_notes': 'cn_',
+    'deal_notes': 'dn_',
+    'company_notes': 'mn_',
+    'tags': 'tag_',
+    'configuration': 'cfg_',
+    'automation_rules': 'rule_',
+    'crm_users': 'u_',
 }
 ARCHIVED = ['contacts', 'companies', 'deals']
-HARD_DELETED = ['tasks', 'contact_notes', 'deal_notes', 'company_notes', 'tags', 'configuration',
-                'automation_rules']
+HARD_DELETED = ['tasks', 'contact_notes', 'deal_notes', 'company_notes', 'tags', 'configuration', 'automation_rules']
 ADMIN_ONLY = ['crm_users', 'configuration', 'automation_rules']
 SERVER_MANAGED = {'id', 'created_at', 'updated_at', 'archived_at'}
 
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-_serial = iter(range(10 ** 9))
+_serial = iter(range(10**9))
 
 
 def unique(text):
@@ -74,8 +93,7 @@ def restore(api, resource, record_id, status=200):
 
 def post_raw(api, resource, text, status):
     """POST a body as given, not JSON-encoded by the client."""
-    return api.app.post(url(resource), text, headers=api.headers, content_type='application/json',
-                        status=status)
+    return api.app.post(url(resource), text, headers=api.headers, content_type='application/json', status=status)
 
 
 def user_id(api, email):
@@ -98,6 +116,7 @@ def ids(records):
 
 
 # -- create ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize('resource', WRITABLE)
 def test_create_answers_201_with_the_record_and_a_location(api, resource):
@@ -128,9 +147,14 @@ def test_ids_are_unique_and_time_ordered(api):
 
 
 def test_create_ignores_server_managed_fields(api, other_api):
-    body = {'id': 'c_chosen_by_client', 'organization_id': other_api.org_id,
-            'created_at': '2000-01-01T00:00:00Z', 'updated_at': '2000-01-01T00:00:00Z',
-            'archived_at': '2000-01-01T00:00:00Z', 'last_name': 'Hopper'}
+    body = {
+        'id': 'c_chosen_by_client',
+        'organization_id': other_api.org_id,
+        'created_at': '2000-01-01T00:00:00Z',
+        'updated_at': '2000-01-01T00:00:00Z',
+        'archived_at': '2000-01-01T00:00:00Z',
+        'last_name': 'Hopper',
+    }
     record = api.create('contacts', **body)
     assert record['id'] != 'c_chosen_by_client' and record['id'].startswith('c_')
     assert not record['created_at'].startswith('2000')
@@ -142,16 +166,22 @@ def test_create_ignores_server_managed_fields(api, other_api):
 
 
 def test_create_ignores_unknown_fields_when_lenient(api):
-    record = api.post('/api/companies', {'name': 'Acme', 'favourite_colour': 'blue', 'nb_contacts': 12},
-                      headers={'Prefer': 'handling=lenient'}).json
+    record = api.post(
+        '/api/companies',
+        {'name': 'Acme', 'favourite_colour': 'blue', 'nb_contacts': 12},
+        headers={'Prefer': 'handling=lenient'},
+    ).json
     assert record['name'] == 'Acme'
     assert 'favourite_colour' not in record and 'nb_contacts' not in record
 
 
 def test_camel_case_names_are_mapped_to_columns(api):
     contact = api.create('contacts', firstName='Ada', lastName='Lovelace', linkedinUrl='https://l.example/ada')
-    assert (contact['first_name'], contact['last_name'], contact['linkedin_url']) == \
-        ('Ada', 'Lovelace', 'https://l.example/ada')
+    assert (contact['first_name'], contact['last_name'], contact['linkedin_url']) == (
+        'Ada',
+        'Lovelace',
+        'https://l.example/ada',
+    )
     assert 'firstName' not in contact
     deal = api.create('deals', name='Engine', expectedClosingDate='2025-06-30', companyId=None)
     assert deal['expected_closing_date'] == '2025-06-30'
@@ -167,9 +197,16 @@ def test_snake_case_wins_over_its_camel_case_twin(api):
 def test_organization_id_never_appears_in_a_response(api):
     contact = api.create('contacts', last_name='Lovelace')
     path = url('contacts', contact['id'])
-    answers = [contact, api.get(path).json, api.put(path, {'city': 'London'}).json,
-               *api.list('contacts'), api.delete(path).json, restore(api, 'contacts', contact['id']).json,
-               *api.list('contacts_summary'), *api.list('crm_users')]
+    answers = [
+        contact,
+        api.get(path).json,
+        api.put(path, {'city': 'London'}).json,
+        *api.list('contacts'),
+        api.delete(path).json,
+        restore(api, 'contacts', contact['id']).json,
+        *api.list('contacts_summary'),
+        *api.list('crm_users'),
+    ]
     assert all('organization_id' not in a for a in answers)
 
 
@@ -179,6 +216,7 @@ def test_crm_users_carry_no_token_material(api):
 
 
 # -- types -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize('amount', [12.5, 100, 0.1, 1234567.89, 0, -42.25, 999999999999.99])
 def test_deal_amounts_are_exact_decimals(api, amount):
@@ -222,32 +260,39 @@ def test_booleans_read_back_as_json_booleans(api):
     assert (user['administrator'], user['disabled']) == (True, False)
 
 
-@pytest.mark.parametrize('value', [
-    {'theme': {'dark': True, 'accent': '#123456'}, 'columns': ['name', 'email']},
-    [1, 'two', None, {'three': 3.5}],
-    'a plain string',
-    '42',
-    '',
-    42,
-    1.5,
-    -7,
-    True,
-    False,
-    None,
-    {},
-    [],
-])
+@pytest.mark.parametrize(
+    'value',
+    [
+        {'theme': {'dark': True, 'accent': '#123456'}, 'columns': ['name', 'email']},
+        [1, 'two', None, {'three': 3.5}],
+        'a plain string',
+        '42',
+        '',
+        42,
+        1.5,
+        -7,
+        True,
+        False,
+        None,
+        {},
+        [],
+    ],
+)
 def test_json_values_read_back_unchanged(api, value):
     entry = api.create('configuration', key='setting', value=value)
     assert same_json(entry['value'], value)
     assert same_json(api.get(url('configuration', entry['id'])).json['value'], value)
 
 
-@pytest.mark.parametrize('value', [2 ** 63, 2 ** 64, -2 ** 63 - 1, 12345678901234567890, {'n': 2 ** 64}, [-2 ** 64]],
-                         ids=['2^63', '2^64', '-2^63-1', '20-digits', 'nested-2^64', 'nested--2^64'])
+@pytest.mark.parametrize(
+    'value',
+    [2**63, 2**64, -(2**63) - 1, 12345678901234567890, {'n': 2**64}, [-(2**64)]],
+    ids=['2^63', '2^64', '-2^63-1', '20-digits', 'nested-2^64', 'nested--2^64'],
+)
 def test_a_json_integer_beyond_64_bits_reads_back_exactly_or_is_refused(api, value):
-    resp = api.app.post_json(url('configuration'), {'key': 'big', 'value': value}, headers=api.headers,
-                             status=[201, 400])
+    resp = api.app.post_json(
+        url('configuration'), {'key': 'big', 'value': value}, headers=api.headers, status=[201, 400]
+    )
     if resp.status_int == 400:
         assert_problem(resp, 400, field='value')
         assert api.list('configuration') == []
@@ -257,9 +302,13 @@ def test_a_json_integer_beyond_64_bits_reads_back_exactly_or_is_refused(api, val
 
 
 def test_json_columns_of_automation_rules(api):
-    rule = api.create('automation_rules', name='Big deals', trigger={'resource': 'deals', 'on': ['created']},
-                      conditions=[{'field': 'amount', 'op': 'gt', 'value': 1000}],
-                      actions=[{'type': 'update', 'set': {'category': 'big'}}])
+    rule = api.create(
+        'automation_rules',
+        name='Big deals',
+        trigger={'resource': 'deals', 'on': ['created']},
+        conditions=[{'field': 'amount', 'op': 'gt', 'value': 1000}],
+        actions=[{'type': 'update', 'set': {'category': 'big'}}],
+    )
     got = api.get(url('automation_rules', rule['id'])).json
     assert got['conditions'] == [{'field': 'amount', 'op': 'gt', 'value': 1000}]
     assert got['actions'] == [{'type': 'update', 'set': {'category': 'big'}}]
@@ -281,34 +330,38 @@ def test_arrays_default_to_empty(api):
 
 # -- validation ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('resource, fields, field', [
-    ('deals', {'name': 'Engine', 'amount': '12.5'}, 'amount'),
-    ('deals', {'name': 'Engine', 'amount': 1.234}, 'amount'),
-    ('deals', {'name': 'Engine', 'amount': 10 ** 12}, 'amount'),
-    ('deals', {'name': 'Engine', 'amount': -10 ** 12}, 'amount'),
-    ('deals', {'name': 'Engine', 'amount': True}, 'amount'),
-    ('deals', {'name': 'Engine', 'expected_closing_date': '2024-02-30'}, 'expected_closing_date'),
-    ('deals', {'name': 'Engine', 'expected_closing_date': '30/06/2024'}, 'expected_closing_date'),
-    ('deals', {'name': 'Engine', 'expected_closing_date': '2024-06-30T10:00:00Z'}, 'expected_closing_date'),
-    ('deals', {'name': 'Engine', 'contact_ids': 'c_1'}, 'contact_ids'),
-    ('deals', {'name': 42}, 'name'),
-    ('companies', {'name': 'Acme', 'size': 'big'}, 'size'),
-    ('companies', {'name': 'Acme', 'size': 2.5}, 'size'),
-    ('contacts', {'first_name': 42}, 'first_name'),
-    ('contacts', {'first_name': ['Ada']}, 'first_name'),
-    ('contacts', {'first_name': 'Ada\x00Lovelace'}, 'first_name'),
-    ('contacts', {'email': {'work': 'ada@example.com'}}, 'email'),
-    ('contacts', {'tags': 'tag_1'}, 'tags'),
-    ('contacts', {'tags': {'id': 'tag_1'}}, 'tags'),
-    ('contacts', {'tags': [1, 2]}, 'tags'),
-    ('contacts', {'tags': None}, 'tags'),
-    ('tasks', {'due_date': 'tomorrow'}, 'due_date'),
-    ('tasks', {'due_date': 20240101}, 'due_date'),
-    ('automation_rules', {'name': 'Welcome', 'enabled': 'true'}, 'enabled'),
-    ('automation_rules', {'name': 'Welcome', 'enabled': 1}, 'enabled'),
-    ('automation_rules', {'name': 'Welcome', 'enabled': None}, 'enabled'),
-    ('crm_users', {'email': 'x@example.com', 'administrator': 'yes'}, 'administrator'),
-])
+
+@pytest.mark.parametrize(
+    'resource, fields, field',
+    [
+        ('deals', {'name': 'Engine', 'amount': '12.5'}, 'amount'),
+        ('deals', {'name': 'Engine', 'amount': 1.234}, 'amount'),
+        ('deals', {'name': 'Engine', 'amount': 10**12}, 'amount'),
+        ('deals', {'name': 'Engine', 'amount': -(10**12)}, 'amount'),
+        ('deals', {'name': 'Engine', 'amount': True}, 'amount'),
+        ('deals', {'name': 'Engine', 'expected_closing_date': '2024-02-30'}, 'expected_closing_date'),
+        ('deals', {'name': 'Engine', 'expected_closing_date': '30/06/2024'}, 'expected_closing_date'),
+        ('deals', {'name': 'Engine', 'expected_closing_date': '2024-06-30T10:00:00Z'}, 'expected_closing_date'),
+        ('deals', {'name': 'Engine', 'contact_ids': 'c_1'}, 'contact_ids'),
+        ('deals', {'name': 42}, 'name'),
+        ('companies', {'name': 'Acme', 'size': 'big'}, 'size'),
+        ('companies', {'name': 'Acme', 'size': 2.5}, 'size'),
+        ('contacts', {'first_name': 42}, 'first_name'),
+        ('contacts', {'first_name': ['Ada']}, 'first_name'),
+        ('contacts', {'first_name': 'Ada\x00Lovelace'}, 'first_name'),
+        ('contacts', {'email': {'work': 'ada@example.com'}}, 'email'),
+        ('contacts', {'tags': 'tag_1'}, 'tags'),
+        ('contacts', {'tags': {'id': 'tag_1'}}, 'tags'),
+        ('contacts', {'tags': [1, 2]}, 'tags'),
+        ('contacts', {'tags': None}, 'tags'),
+        ('tasks', {'due_date': 'tomorrow'}, 'due_date'),
+        ('tasks', {'due_date': 20240101}, 'due_date'),
+        ('automation_rules', {'name': 'Welcome', 'enabled': 'true'}, 'enabled'),
+        ('automation_rules', {'name': 'Welcome', 'enabled': 1}, 'enabled'),
+        ('automation_rules', {'name': 'Welcome', 'enabled': None}, 'enabled'),
+        ('crm_users', {'email': 'x@example.com', 'administrator': 'yes'}, 'administrator'),
+    ],
+)
 def test_a_wrong_value_is_400_naming_the_field(api, resource, fields, field):
     before = api.list(resource)
     resp = api.post(url(resource), fields, status=400)
@@ -324,17 +377,20 @@ def test_a_bad_timestamp_is_400_naming_the_field(api, date):
     assert_problem(resp, 400, field='date')
 
 
-@pytest.mark.parametrize('resource, fields, field', [
-    ('deals', {'amount': 'lots'}, 'amount'),
-    ('deals', {'amount': 0.001}, 'amount'),
-    ('deals', {'expected_closing_date': 'soon'}, 'expected_closing_date'),
-    ('deals', {'name': None}, 'name'),
-    ('companies', {'name': None}, 'name'),
-    ('contacts', {'tags': None}, 'tags'),
-    ('contacts', {'last_name': 'Nul\x00'}, 'last_name'),
-    ('deals', {'contact_ids': None}, 'contact_ids'),
-    ('crm_users', {'administrator': None}, 'administrator'),
-])
+@pytest.mark.parametrize(
+    'resource, fields, field',
+    [
+        ('deals', {'amount': 'lots'}, 'amount'),
+        ('deals', {'amount': 0.001}, 'amount'),
+        ('deals', {'expected_closing_date': 'soon'}, 'expected_closing_date'),
+        ('deals', {'name': None}, 'name'),
+        ('companies', {'name': None}, 'name'),
+        ('contacts', {'tags': None}, 'tags'),
+        ('contacts', {'last_name': 'Nul\x00'}, 'last_name'),
+        ('deals', {'contact_ids': None}, 'contact_ids'),
+        ('crm_users', {'administrator': None}, 'administrator'),
+    ],
+)
 def test_a_wrong_value_on_update_is_400_and_changes_nothing(api, resource, fields, field):
     record = create(api, resource)
     resp = api.put(url(resource, record['id']), fields, status=400)
@@ -342,33 +398,39 @@ def test_a_wrong_value_on_update_is_400_and_changes_nothing(api, resource, field
     assert api.get(url(resource, record['id'])).json == record
 
 
-@pytest.mark.parametrize('resource, field', [
-    ('companies', 'name'),
-    ('deals', 'name'),
-    ('contact_notes', 'contact_id'),
-    ('deal_notes', 'deal_id'),
-    ('company_notes', 'company_id'),
-    ('tags', 'name'),
-    ('configuration', 'key'),
-    ('automation_rules', 'name'),
-    ('crm_users', 'email'),
-])
+@pytest.mark.parametrize(
+    'resource, field',
+    [
+        ('companies', 'name'),
+        ('deals', 'name'),
+        ('contact_notes', 'contact_id'),
+        ('deal_notes', 'deal_id'),
+        ('company_notes', 'company_id'),
+        ('tags', 'name'),
+        ('configuration', 'key'),
+        ('automation_rules', 'name'),
+        ('crm_users', 'email'),
+    ],
+)
 def test_required_fields_are_enforced_on_create(api, resource, field):
     body = {k: v for k, v in sample(api, resource).items() if k != field}
     assert_problem(api.post(url(resource), body, status=400), 400, field=field)
     assert_problem(api.post(url(resource), {**body, field: None}, status=400), 400, field=field)
 
 
-@pytest.mark.parametrize('resource, field', [
-    ('contacts', 'company_id'),
-    ('deals', 'company_id'),
-    ('tasks', 'company_id'),
-    ('tasks', 'contact_id'),
-    ('tasks', 'deal_id'),
-    ('company_notes', 'company_id'),
-    ('contact_notes', 'contact_id'),
-    ('deal_notes', 'deal_id'),
-])
+@pytest.mark.parametrize(
+    'resource, field',
+    [
+        ('contacts', 'company_id'),
+        ('deals', 'company_id'),
+        ('tasks', 'company_id'),
+        ('tasks', 'contact_id'),
+        ('tasks', 'deal_id'),
+        ('company_notes', 'company_id'),
+        ('contact_notes', 'contact_id'),
+        ('deal_notes', 'deal_id'),
+    ],
+)
 def test_a_reference_must_point_at_a_record_of_the_same_organization(api, other_api, resource, field):
     target = {'company_id': 'companies', 'contact_id': 'contacts', 'deal_id': 'deals'}[field]
     foreign = create(other_api, target)['id']
@@ -403,8 +465,20 @@ def test_task_assignee_must_be_a_user_of_the_same_organization(api, other_api):
     assert api.create('tasks', text='Call', assignee_id=own)['assignee_id'] == own
 
 
-@pytest.mark.parametrize('text', ['[1, 2]', '"a contact"', '42', 'null', 'true', '{"first_name": ', 'not json',
-                                  '{"first_name": "Ada", "first_name": "Bob"}', ''])
+@pytest.mark.parametrize(
+    'text',
+    [
+        '[1, 2]',
+        '"a contact"',
+        '42',
+        'null',
+        'true',
+        '{"first_name": ',
+        'not json',
+        '{"first_name": "Ada", "first_name": "Bob"}',
+        '',
+    ],
+)
 def test_a_body_that_is_not_a_json_object_is_400(api, text):
     assert_problem(post_raw(api, 'contacts', text, status=400), 400)
     assert api.list('contacts') == []
@@ -428,10 +502,12 @@ def test_a_duplicate_unique_value_is_409(api, other_api, resource, field):
 
 # -- update ----------------------------------------------------------------------------------------
 
+
 def test_put_is_a_partial_update(api):
     company = api.create('companies', name='Acme')
-    contact = api.create('contacts', first_name='Ada', last_name='Lovelace', email='ada@example.com',
-                         company_id=company['id'])
+    contact = api.create(
+        'contacts', first_name='Ada', last_name='Lovelace', email='ada@example.com', company_id=company['id']
+    )
     time.sleep(0.002)
     resp = api.put(url('contacts', contact['id']), {'email': 'ada.new@example.com'})
     updated = resp.json
@@ -451,8 +527,15 @@ def test_put_can_clear_a_field_with_null(api):
 
 def test_put_of_a_whole_record_ignores_server_managed_and_unknown_fields(api, other_api):
     contact = api.create('contacts', last_name='Lovelace')
-    body = {**contact, 'id': 'c_other', 'organization_id': other_api.org_id, 'created_at': '2000-01-01T00:00:00Z',
-            'archived_at': '2000-01-01T00:00:00Z', 'company_name': 'ignored', 'last_name': 'Byron'}
+    body = {
+        **contact,
+        'id': 'c_other',
+        'organization_id': other_api.org_id,
+        'created_at': '2000-01-01T00:00:00Z',
+        'archived_at': '2000-01-01T00:00:00Z',
+        'company_name': 'ignored',
+        'last_name': 'Byron',
+    }
     updated = api.put(url('contacts', contact['id']), body).json
     assert (updated['id'], updated['last_name']) == (contact['id'], 'Byron')
     assert updated['created_at'] == contact['created_at']
@@ -475,14 +558,16 @@ def test_get_of_an_unknown_id_is_404(api, resource):
 
 # -- delete and restore ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('resource', ARCHIVED)
 def test_delete_archives_and_restore_brings_back(api, resource):
     record, kept = create(api, resource), create(api, resource)
     archived = api.delete(url(resource, record['id'])).json
     assert archived['archived_at'] is not None
     parse_instant(archived['archived_at'])
-    assert {k: v for k, v in archived.items() if k not in ('archived_at', 'updated_at')} == \
-        {k: v for k, v in record.items() if k not in ('archived_at', 'updated_at')}
+    assert {k: v for k, v in archived.items() if k not in ('archived_at', 'updated_at')} == {
+        k: v for k, v in record.items() if k not in ('archived_at', 'updated_at')
+    }
     assert ids(api.list(resource)) == [kept['id']]
     assert set(ids(api.list(resource, filter={'include_archived': True}))) == {record['id'], kept['id']}
     assert api.get(url(resource, record['id'])).json == archived
@@ -574,16 +659,22 @@ def test_delete_of_an_unknown_resource_is_404(api):
 
 # -- read-only summaries ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('resource', SUMMARIES)
 def test_summaries_are_read_only(api, resource):
     company = api.create('companies', name='Acme')
-    record_id = api.create('contacts', last_name='Lovelace', company_id=company['id'])['id'] \
-        if resource == 'contacts_summary' else company['id']
+    record_id = (
+        api.create('contacts', last_name='Lovelace', company_id=company['id'])['id']
+        if resource == 'contacts_summary'
+        else company['id']
+    )
     before = api.get(url(resource, record_id)).json
-    answers = [api.post(url(resource), {'name': 'New'}, status=405),
-               api.put(url(resource, record_id), {'name': 'Changed', 'last_name': 'Changed'}, status=405),
-               api.delete(url(resource, record_id), status=405),
-               restore(api, resource, record_id, status=405)]
+    answers = [
+        api.post(url(resource), {'name': 'New'}, status=405),
+        api.put(url(resource, record_id), {'name': 'Changed', 'last_name': 'Changed'}, status=405),
+        api.delete(url(resource, record_id), status=405),
+        restore(api, resource, record_id, status=405),
+    ]
     for resp in answers:
         assert_problem(resp, 405)
         assert 'Allow' in resp.headers
@@ -621,13 +712,16 @@ def test_contacts_summary_has_company_name_and_open_tasks(api):
 
 # -- administrators ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('resource', ADMIN_ONLY)
 def test_only_administrators_may_write_admin_resources(api, user_api, resource):
     record = create(api, resource)
     path = url(resource, record['id'])
-    for resp in (user_api.post(url(resource), sample(api, resource), status=403),
-                 user_api.put(path, {'first_name': 'X', 'name': 'X', 'value': 1}, status=403),
-                 user_api.delete(path, status=403)):
+    for resp in (
+        user_api.post(url(resource), sample(api, resource), status=403),
+        user_api.put(path, {'first_name': 'X', 'name': 'X', 'value': 1}, status=403),
+        user_api.delete(path, status=403),
+    ):
         assert_problem(resp, 403)
     if resource == 'crm_users':
         assert_problem(restore(user_api, resource, record['id'], status=403), 403)
@@ -654,6 +748,7 @@ def test_a_non_administrator_uses_contacts_fully(user_api):
 
 # -- schema ----------------------------------------------------------------------------------------
 
+
 def test_schema_lists_the_resources(api):
     resources = {r['resource']: r for r in api.get('/api/schema').json}
     assert set(WRITABLE + SUMMARIES) <= set(resources)
@@ -665,8 +760,17 @@ def test_schema_describes_each_column(api):
     described = api.get('/api/schema/contacts').json
     columns = {c['name']: c for c in described['columns']}
     assert 'organization_id' not in columns
-    assert {'id', 'first_name', 'last_name', 'email', 'company_id', 'tags', 'created_at', 'updated_at',
-            'archived_at'} <= set(columns)
+    assert {
+        'id',
+        'first_name',
+        'last_name',
+        'email',
+        'company_id',
+        'tags',
+        'created_at',
+        'updated_at',
+        'archived_at',
+    } <= set(columns)
     for column in columns.values():
         assert {'name', 'type', 'nullable', 'default', 'writable', 'filterable', 'sortable'} <= set(column)
     first_name = columns['first_name']
@@ -693,8 +797,14 @@ def test_schema_of_an_unknown_table_is_404(api):
 
 def test_a_record_with_several_dangling_references_names_each_field(api):
     contact = api.create('contacts', first_name='Ada')
-    body = assert_problem(api.post('/api/deals', {'name': 'Deal', 'company_id': 'comp_missing',
-                                                  'contact_ids': [contact['id'], 'c_missing']}, status=400),
-                          400, field='company_id')
+    body = assert_problem(
+        api.post(
+            '/api/deals',
+            {'name': 'Deal', 'company_id': 'comp_missing', 'contact_ids': [contact['id'], 'c_missing']},
+            status=400,
+        ),
+        400,
+        field='company_id',
+    )
     assert [e['field'] for e in body['errors']] == ['company_id', 'contact_ids']
     assert api.create('deals', name='Deal', contact_ids=[contact['id']])['contact_ids'] == [contact['id']]

@@ -1,4 +1,5 @@
 """Authentication: a Bearer token on every /api request, stored only as a SHA-256 digest; CORS."""
+
 import datetime as dt
 import hashlib
 
@@ -65,6 +66,7 @@ def sql(database, text):
 
 # -- the header is required and must be a valid bearer token ---------------------------------------
 
+
 @pytest.mark.parametrize(('method', 'path'), ROUTES, ids=ROUTE_IDS)
 def test_every_api_route_without_authorization_is_401(anonymous, method, path):
     assert_unauthorized(call(anonymous, method, path))
@@ -76,19 +78,33 @@ def test_every_api_route_with_an_unknown_token_is_401(wsgi_app, method, path):
     assert_unauthorized(call(client, method, path))
 
 
-@pytest.mark.parametrize('header', [
-    '',
-    'Bearer',
-    'Bearer ',
-    'Basic dXNlcjpwYXNz',
-    'Token bos_crm_abc',
-    'bos_crm_abc',
-    'Bearer bos_crm_',
-    'Bearer not_a_crm_token',
-    'Bearer ' + 'bos_crm_' + 'a' * 500,
-    "Bearer bos_crm_' OR '1'='1",
-], ids=['empty', 'scheme-only', 'scheme-and-space', 'basic', 'token-scheme', 'no-scheme', 'prefix-only',
-        'no-prefix', 'too-long', 'injection'])
+@pytest.mark.parametrize(
+    'header',
+    [
+        '',
+        'Bearer',
+        'Bearer ',
+        'Basic dXNlcjpwYXNz',
+        'Token bos_crm_abc',
+        'bos_crm_abc',
+        'Bearer bos_crm_',
+        'Bearer not_a_crm_token',
+        'Bearer ' + 'bos_crm_' + 'a' * 500,
+        "Bearer bos_crm_' OR '1'='1",
+    ],
+    ids=[
+        'empty',
+        'scheme-only',
+        'scheme-and-space',
+        'basic',
+        'token-scheme',
+        'no-scheme',
+        'prefix-only',
+        'no-prefix',
+        'too-long',
+        'injection',
+    ],
+)
 def test_malformed_or_unknown_authorization_is_401(wsgi_app, header):
     assert_unauthorized(with_auth(wsgi_app, header).get('/api/contacts', status=401))
 
@@ -108,10 +124,12 @@ def test_a_valid_token_answers_200(api):
 
 
 def test_a_token_without_the_prefix_is_401_even_when_its_digest_is_stored(api, database, wsgi_app):
-    secret = api.token[len('bos_crm_'):]
+    secret = api.token[len('bos_crm_') :]
     with database.transaction(write=True) as tx:
-        tx.execute(sql(database, 'UPDATE api_tokens SET token_hash = ? WHERE token_hash = ?'),
-                   (hashlib.sha256(secret.encode()).hexdigest(), hashlib.sha256(api.token.encode()).hexdigest()))
+        tx.execute(
+            sql(database, 'UPDATE api_tokens SET token_hash = ? WHERE token_hash = ?'),
+            (hashlib.sha256(secret.encode()).hexdigest(), hashlib.sha256(api.token.encode()).hexdigest()),
+        )
     assert_unauthorized(with_auth(wsgi_app, f'Bearer {secret}').get('/api/contacts', status=401))
 
 
@@ -121,6 +139,7 @@ def test_a_token_with_one_character_changed_is_401(api, wsgi_app):
 
 
 # -- disabled users and expired tokens -------------------------------------------------------------
+
 
 def test_a_disabled_users_token_is_401_and_works_again_once_restored(api, user_api):
     user_api.get('/api/contacts', status=200)
@@ -153,6 +172,7 @@ def test_a_token_expiring_in_the_future_works(api, database, wsgi_app):
 
 # -- never in the URL ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('name', ['token', 'access_token'])
 @pytest.mark.parametrize('with_header', [False, True], ids=['alone', 'with-valid-header'])
 def test_a_token_in_the_query_string_is_400(api, anonymous, name, with_header):
@@ -163,13 +183,17 @@ def test_a_token_in_the_query_string_is_400(api, anonymous, name, with_header):
     assert api.token not in resp.text
 
 
-@pytest.mark.parametrize(('method', 'path'), [('POST', '/api/contacts'), ('GET', '/api/contacts/c_x'),
-                                              ('DELETE', '/api/contacts/c_x')], ids=['post', 'get-item', 'delete'])
+@pytest.mark.parametrize(
+    ('method', 'path'),
+    [('POST', '/api/contacts'), ('GET', '/api/contacts/c_x'), ('DELETE', '/api/contacts/c_x')],
+    ids=['post', 'get-item', 'delete'],
+)
 def test_a_token_in_the_query_string_is_400_on_every_method(api, method, path):
     assert_problem(call(api, method, f'{path}?access_token={api.token}'), 400)
 
 
 # -- storage ---------------------------------------------------------------------------------------
+
 
 def test_only_the_sha256_of_a_token_is_stored(api, database):
     token = Accounts(database).create_token(api.org_id, 'stored@example.com')
@@ -180,7 +204,7 @@ def test_only_the_sha256_of_a_token_is_stored(api, database):
     mine = [dict(zip(names, row)) for row in rows if digest in map(str, row)]
     assert len(mine) == 1
     assert mine[0]['token_hash'] == digest
-    secret = token[len('bos_crm_'):]
+    secret = token[len('bos_crm_') :]
     for row in rows:
         for value in row:
             assert token not in str(value) and secret not in str(value)
@@ -202,12 +226,20 @@ def test_every_token_is_distinct(api, database):
 
 # -- CORS ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('path', ['/api/contacts', '/api/contacts/c_x', '/api/contacts/c_x/restore',
-                                  '/api/merge_contacts'])
+
+@pytest.mark.parametrize(
+    'path', ['/api/contacts', '/api/contacts/c_x', '/api/contacts/c_x/restore', '/api/merge_contacts']
+)
 def test_cors_preflight_needs_no_token(anonymous, path):
-    resp = anonymous.app.options(path, headers={
-        'Origin': 'https://crm.example.com', 'Access-Control-Request-Method': 'PUT',
-        'Access-Control-Request-Headers': 'Authorization, Content-Type'}, status='*')
+    resp = anonymous.app.options(
+        path,
+        headers={
+            'Origin': 'https://crm.example.com',
+            'Access-Control-Request-Method': 'PUT',
+            'Access-Control-Request-Headers': 'Authorization, Content-Type',
+        },
+        status='*',
+    )
     assert resp.status_int in (200, 204)
     assert resp.headers['Access-Control-Allow-Origin'] in ('*', 'https://crm.example.com')
     assert 'PUT' in resp.headers['Access-Control-Allow-Methods']
@@ -219,14 +251,18 @@ def exposed(resp):
     return {h.strip().lower() for h in resp.headers.get('Access-Control-Expose-Headers', '').split(',')}
 
 
-@pytest.mark.parametrize(('method', 'path', 'status'), [
-    ('GET', '/api/contacts', 200),
-    ('GET', '/api/contacts?range=[5,1]', 400),
-    ('GET', '/api/no_such_resource', 404),
-    ('GET', '/api/contacts/c_missing', 404),
-    ('GET', '/api/merge_contacts', 405),
-    ('POST', '/api/contacts_summary', 405),
-], ids=['list', 'bad-param', 'unknown-resource', 'unknown-record', 'falcon-405', 'read-only-405'])
+@pytest.mark.parametrize(
+    ('method', 'path', 'status'),
+    [
+        ('GET', '/api/contacts', 200),
+        ('GET', '/api/contacts?range=[5,1]', 400),
+        ('GET', '/api/no_such_resource', 404),
+        ('GET', '/api/contacts/c_missing', 404),
+        ('GET', '/api/merge_contacts', 405),
+        ('POST', '/api/contacts_summary', 405),
+    ],
+    ids=['list', 'bad-param', 'unknown-resource', 'unknown-record', 'falcon-405', 'read-only-405'],
+)
 def test_content_range_is_exposed_on_answers_and_errors(api, method, path, status):
     resp = call(api, method, path, headers={'Origin': 'https://crm.example.com'})
     assert resp.status_int == status

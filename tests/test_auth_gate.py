@@ -4,6 +4,7 @@ no more than "invalid", keyed writes are authorized like any write, an organizat
 Runs on SQLite and PostgreSQL; the path table also runs under werkzeug's DispatcherMiddleware, and
 through the shipped app servers (gunicorn, granian) and nginx (slow).
 """
+
 import datetime as dt
 import json
 import logging
@@ -25,16 +26,53 @@ from crmapi.accounts import token_digest
 # trailing dots and slashes, case, `;` parameters, backslashes and percent-encodings a server may
 # leave undecoded. Each is a PATH_INFO as the WSGI server hands it over (after its own decoding).
 SPELLINGS = [
-    '//api/contacts', '///api/contacts', '//api//contacts', '/api//contacts', '/api/contacts//',
-    '/api/contacts/', '//api/contacts/', '/api/./contacts', '/./api/contacts', '/api/../api/contacts',
-    '/x/../api/contacts', '/api/contacts/.', '/api/contacts.', '/api./contacts', '/API/contacts',
-    '/Api/Contacts', '/api/CONTACTS', '/api;x/contacts', '/api/contacts;x', '/api/contacts;/', '/api%2Fcontacts',
-    '/api%2fcontacts', '/%61pi/contacts', '/api\\contacts', '/api/contacts%00', '/api/contacts\x00',
-    '//api/schema', '//api/schema/contacts', '//api/schema/contacts/', '/api//schema/contacts',
-    '//api/crm_users', '//api/configuration', '//api/companies_summary', '//api/custom_objects',
-    '//api/contacts/{id}', '//api/contacts/{id}/', '/api//contacts/{id}', '/api/contacts//{id}',
-    '//api/contacts/{id}/restore', '//api/merge_contacts', '//api/merge_contacts/', '/api//merge_contacts',
-    '//api/custom_objects/projects', '//api/projects', '//api/no_such_resource', '//nothing/here', '/',
+    '//api/contacts',
+    '///api/contacts',
+    '//api//contacts',
+    '/api//contacts',
+    '/api/contacts//',
+    '/api/contacts/',
+    '//api/contacts/',
+    '/api/./contacts',
+    '/./api/contacts',
+    '/api/../api/contacts',
+    '/x/../api/contacts',
+    '/api/contacts/.',
+    '/api/contacts.',
+    '/api./contacts',
+    '/API/contacts',
+    '/Api/Contacts',
+    '/api/CONTACTS',
+    '/api;x/contacts',
+    '/api/contacts;x',
+    '/api/contacts;/',
+    '/api%2Fcontacts',
+    '/api%2fcontacts',
+    '/%61pi/contacts',
+    '/api\\contacts',
+    '/api/contacts%00',
+    '/api/contacts\x00',
+    '//api/schema',
+    '//api/schema/contacts',
+    '//api/schema/contacts/',
+    '/api//schema/contacts',
+    '//api/crm_users',
+    '//api/configuration',
+    '//api/companies_summary',
+    '//api/custom_objects',
+    '//api/contacts/{id}',
+    '//api/contacts/{id}/',
+    '/api//contacts/{id}',
+    '/api/contacts//{id}',
+    '//api/contacts/{id}/restore',
+    '//api/merge_contacts',
+    '//api/merge_contacts/',
+    '/api//merge_contacts',
+    '//api/custom_objects/projects',
+    '//api/projects',
+    '//api/no_such_resource',
+    '//nothing/here',
+    '/',
 ]
 METHODS = ['GET', 'POST', 'PUT', 'DELETE']
 PUBLIC = ['/healthz', '/readyz', '/api/docs', '/api/openapi.json', '//api/docs', '/api/docs/', '//healthz']
@@ -73,8 +111,9 @@ def assert_refused(resp, with_token, *secrets):
 @pytest.mark.parametrize('spelling', SPELLINGS)
 def test_no_spelling_of_a_private_path_answers_without_a_token(api, wsgi_app, secret_record, spelling, method):
     path = spelling.format(id=secret_record['id'])
-    assert_refused(raw(wsgi_app, method, path), raw(wsgi_app, method, path, token=api.token),
-                   secret_record['id'], 'Confidential')
+    assert_refused(
+        raw(wsgi_app, method, path), raw(wsgi_app, method, path, token=api.token), secret_record['id'], 'Confidential'
+    )
 
 
 @pytest.mark.parametrize('spelling', SPELLINGS)
@@ -91,9 +130,11 @@ def test_a_doubled_slash_reaches_the_resource_with_its_principal(api, wsgi_app, 
 @pytest.fixture(scope='module')
 def mounted(wsgi_app):
     """The app mounted at /crm in a host application whose own paths answer 200 to anyone."""
+
     def host(environ, start_response):
         start_response('200 OK', [('Content-Type', 'text/plain')])
         return [b'host']
+
     return DispatcherMiddleware(host, {'/crm': wsgi_app})
 
 
@@ -101,8 +142,9 @@ def mounted(wsgi_app):
 @pytest.mark.parametrize('spelling', SPELLINGS)
 def test_under_a_mount_prefix_no_spelling_answers_without_a_token(api, mounted, secret_record, spelling, method):
     path = '/crm' + spelling.format(id=secret_record['id'])
-    assert_refused(raw(mounted, method, path), raw(mounted, method, path, token=api.token),
-                   secret_record['id'], 'Confidential')
+    assert_refused(
+        raw(mounted, method, path), raw(mounted, method, path, token=api.token), secret_record['id'], 'Confidential'
+    )
 
 
 @pytest.mark.parametrize('path', PUBLIC)
@@ -128,6 +170,7 @@ def test_a_bad_token_on_the_optional_auth_document_is_401(wsgi_app):
 
 
 # -- one 401 for every reason a token fails; the reason goes to the server's log ---------------------
+
 
 def _expired(api, database):
     past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
@@ -157,13 +200,19 @@ def _malformed(api, database):
     return 'not-a-crm-token'
 
 
-FAILING_TOKENS = {'expired': _expired, 'revoked': _revoked, 'disabled': _disabled, 'unknown': _unknown,
-                  'malformed': _malformed}
+FAILING_TOKENS = {
+    'expired': _expired,
+    'revoked': _revoked,
+    'disabled': _disabled,
+    'unknown': _unknown,
+    'malformed': _malformed,
+}
 
 
 @pytest.mark.parametrize('why', FAILING_TOKENS)
 def test_every_failing_token_gets_the_same_401_and_the_reason_is_logged_without_the_token(
-        api, database, wsgi_app, caplog, why):
+    api, database, wsgi_app, caplog, why
+):
     token = FAILING_TOKENS[why](api, database)
     with caplog.at_level(logging.INFO, logger='crmapi'):
         resp = Client(wsgi_app, token).get('/api/contacts', status=401)
@@ -178,6 +227,7 @@ def test_every_failing_token_gets_the_same_401_and_the_reason_is_logged_without_
 
 # -- Idempotency-Key: a key belongs to its user; a replay is authorized like the write it replays -----
 
+
 def me(client, email='admin@example.com'):
     """The id of the CRM user `email` (the `api` fixture's administrator by default)."""
     return client.list('crm_users', filter={'email': email})[0]['id']
@@ -185,12 +235,15 @@ def me(client, email='admin@example.com'):
 
 def second_admin(api, database, wsgi_app):
     """Another administrator of `api`'s organization."""
-    return Client(wsgi_app, Accounts(database).create_token(api.org_id, 'other-admin@example.com', admin=True),
-                  api.org_id)
+    return Client(
+        wsgi_app, Accounts(database).create_token(api.org_id, 'other-admin@example.com', admin=True), api.org_id
+    )
 
 
-ADMIN_WRITES = [('configuration', {'key': 'theme', 'value': {'dark': True}}),
-                ('automation_rules', {'name': 'Welcome', **RULE_SHAPE})]
+ADMIN_WRITES = [
+    ('configuration', {'key': 'theme', 'value': {'dark': True}}),
+    ('automation_rules', {'name': 'Welcome', **RULE_SHAPE}),
+]
 
 
 @pytest.mark.parametrize(('resource', 'body'), ADMIN_WRITES, ids=[r for r, _ in ADMIN_WRITES])
@@ -251,13 +304,16 @@ def test_another_users_merge_key_is_not_replayed_to_them(api, user_api):
 
 # -- an organization always keeps one active administrator -----------------------------------------
 
+
 @pytest.mark.parametrize('change', ['demote', 'disable', 'disable-by-put'])
 def test_the_last_administrator_cannot_demote_or_disable_themselves(api, change):
     uid = me(api)
     path = f'/api/crm_users/{uid}'
-    resp = {'demote': lambda: api.put(path, {'administrator': False}, status=409),
-            'disable': lambda: api.delete(path, status=409),
-            'disable-by-put': lambda: api.put(path, {'disabled': True}, status=409)}[change]()
+    resp = {
+        'demote': lambda: api.put(path, {'administrator': False}, status=409),
+        'disable': lambda: api.delete(path, status=409),
+        'disable-by-put': lambda: api.put(path, {'disabled': True}, status=409),
+    }[change]()
     assert_problem(resp, 409)
     user = api.get(path).json
     assert (user['administrator'], user['disabled']) == (True, False)
@@ -265,7 +321,7 @@ def test_the_last_administrator_cannot_demote_or_disable_themselves(api, change)
 
 def test_an_admin_cannot_demote_or_disable_the_last_other_active_admin(api, database, wsgi_app):
     boss = second_admin(api, database, wsgi_app)
-    api.delete(f'/api/crm_users/{me(api)}', status=200)       # two admins: one may go
+    api.delete(f'/api/crm_users/{me(api)}', status=200)  # two admins: one may go
     other = me(boss, 'other-admin@example.com')
     assert_problem(boss.put(f'/api/crm_users/{other}', {'administrator': False}, status=409), 409)
     assert_problem(boss.delete(f'/api/crm_users/{other}', status=409), 409)
@@ -274,8 +330,9 @@ def test_an_admin_cannot_demote_or_disable_the_last_other_active_admin(api, data
 def test_a_disabled_administrator_does_not_count(api, database, wsgi_app):
     boss = second_admin(api, database, wsgi_app)
     boss.delete(f'/api/crm_users/{me(api)}')
-    assert_problem(boss.put(f'/api/crm_users/{me(boss, "other-admin@example.com")}', {'administrator': False},
-                            status=409), 409)
+    assert_problem(
+        boss.put(f'/api/crm_users/{me(boss, "other-admin@example.com")}', {'administrator': False}, status=409), 409
+    )
 
 
 def test_with_two_administrators_one_may_step_down_and_non_admins_change_freely(api, user_api, database, wsgi_app):
@@ -305,6 +362,7 @@ def test_two_admins_demoting_each_other_at_once_leave_one(api, database, wsgi_ap
 
     def demote(client, target):
         answers.append(client.put(f'/api/crm_users/{target}', {'administrator': False}, status='*').status_int)
+
     threads = [threading.Thread(target=demote, args=(api, b)), threading.Thread(target=demote, args=(boss, a))]
     with database.transaction(write=True) as tx:
         if database.name == 'postgresql':
@@ -324,12 +382,14 @@ def test_two_admins_demoting_each_other_at_once_leave_one(api, database, wsgi_ap
 
 # -- behind the shipped app server (gunicorn or granian) and nginx ---------------------------------
 
+
 @pytest.fixture(scope='module', params=servers.SERVERS)
 def stack(request, backend, database, tmp_path_factory):
     directory = tmp_path_factory.mktemp(f'gate-{backend}-{request.param}')
     url = f'sqlite:///{database.path}' if backend == 'sqlite' else database.url
-    app_server = servers.start_server(directory / request.param, request.param,
-                                      env={'CRMAPI_DATABASE_URL': url, 'CRMAPI_WORKERS': '1'})
+    app_server = servers.start_server(
+        directory / request.param, request.param, env={'CRMAPI_DATABASE_URL': url, 'CRMAPI_WORKERS': '1'}
+    )
     try:
         nginx = servers.start_nginx(directory / 'nginx', upstream_port=app_server.port)
         try:
@@ -342,18 +402,39 @@ def stack(request, backend, database, tmp_path_factory):
 
 
 # What clients can put on the wire (curl --path-as-is): nginx and the app servers decode and normalise some.
-WIRE = ['//api/contacts', '/api//contacts', '/api/./contacts', '/api/../api/contacts', '/./api/contacts',
-        '/api/%2E/contacts', '/%61pi/contacts', '/api%2Fcontacts', '/api%2fcontacts', '/api/contacts%2F',
-        '/api/contacts;x', '/api;x/contacts', '/API/contacts', '/api/contacts.', '/api/contacts/',
-        '//api/schema/contacts', '//api/contacts/{id}', '/api/%63ontacts/{id}', '//api/merge_contacts']
+WIRE = [
+    '//api/contacts',
+    '/api//contacts',
+    '/api/./contacts',
+    '/api/../api/contacts',
+    '/./api/contacts',
+    '/api/%2E/contacts',
+    '/%61pi/contacts',
+    '/api%2Fcontacts',
+    '/api%2fcontacts',
+    '/api/contacts%2F',
+    '/api/contacts;x',
+    '/api;x/contacts',
+    '/API/contacts',
+    '/api/contacts.',
+    '/api/contacts/',
+    '//api/schema/contacts',
+    '//api/contacts/{id}',
+    '/api/%63ontacts/{id}',
+    '//api/merge_contacts',
+]
 
 
 def wire_record(server, prefix, database):
     """A contact made through `server` by a new organization's admin: (its id, the admin's token)."""
     accounts = Accounts(database)
     token = accounts.create_token(accounts.create_org('Wire'), 'wire@example.com', admin=True)
-    status, _, body = server.request('POST', prefix + '/api/contacts', body=b'{"first_name": "Confidential"}',
-                                     headers={'Authorization': f'Bearer {token}', 'Content-Type': 'application/json'})
+    status, _, body = server.request(
+        'POST',
+        prefix + '/api/contacts',
+        body=b'{"first_name": "Confidential"}',
+        headers={'Authorization': f'Bearer {token}', 'Content-Type': 'application/json'},
+    )
     assert status == 201, body
     return json.loads(body)['id'], token
 
@@ -373,5 +454,9 @@ def test_no_spelling_on_the_wire_answers_without_a_token(stack, database, throug
             assert record_id.encode() not in body and b'Confidential' not in body, (spelling, body[:200])
             if status != 401:
                 send['headers']['Authorization'] = f'Bearer {token}'
-                assert status in (400, 404) and server.request(method, path, **send)[0] == status, \
-                    (spelling, method, status, body[:200])
+                assert status in (400, 404) and server.request(method, path, **send)[0] == status, (
+                    spelling,
+                    method,
+                    status,
+                    body[:200],
+                )

@@ -3,6 +3,7 @@ every item (each carries its `id`), `DELETE /api/:resource?filter={"id":[...]}` 
 disables every listed record. Each is one transaction of at most 1,000 records: all of it or nothing,
 with every bad item listed by its index. The single-record routes are the same code path with one item.
 """
+
 import json
 from urllib.parse import urlencode
 
@@ -14,6 +15,7 @@ MAX_BATCH = 1000
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
 
 def patch(api, resource, items, status=200, headers=None):
     return api.app.patch_json(f'/api/{resource}', items, headers={**api.headers, **(headers or {})}, status=status)
@@ -35,6 +37,7 @@ def people(n, start=0):
 
 
 # -- POST an array ---------------------------------------------------------------------------------
+
 
 def test_a_batch_creates_every_record_and_answers_them_in_order(api):
     resp = api.post('/api/contacts', people(3) + [{'lastName': 'Camel'}])
@@ -61,8 +64,13 @@ def test_a_bad_item_at_the_end_of_a_thousand_leaves_nothing_written(api):
 
 
 def test_every_bad_item_is_listed_with_its_index_and_the_first_leads(api):
-    body = [{'name': 'Fine'}, {'name': 'Bad size', 'size': 'big'}, {'name': 'Fine too'}, 'not an object',
-            {'city': 'Oslo'}]
+    body = [
+        {'name': 'Fine'},
+        {'name': 'Bad size', 'size': 'big'},
+        {'name': 'Fine too'},
+        'not an object',
+        {'city': 'Oslo'},
+    ]
     problem = assert_problem(api.post('/api/companies', body, status=400), 400, index=1, field='size')
     errors = problem['errors']
     assert [(e['index'], e.get('field')) for e in errors] == [(1, 'size'), (3, None), (4, 'name')]
@@ -79,8 +87,9 @@ def test_more_than_a_thousand_items_is_a_400_naming_the_limit(api):
 
 @pytest.mark.parametrize('body', [[], 42, 'text', None])
 def test_an_empty_array_or_a_body_that_is_neither_object_nor_array_is_a_400(api, body):
-    resp = api.app.post('/api/contacts', json.dumps(body), headers=api.headers, content_type='application/json',
-                        status=400)
+    resp = api.app.post(
+        '/api/contacts', json.dumps(body), headers=api.headers, content_type='application/json', status=400
+    )
     assert_problem(resp, 400)
 
 
@@ -102,8 +111,11 @@ def test_read_only_resources_refuse_batches_with_405(api, resource):
 def test_a_foreign_reference_in_a_batch_is_refused_exactly_like_a_missing_one(api, other_api):
     mine = api.create('companies', name='Mine')
     theirs = other_api.create('companies', name='Theirs')
-    body = [{'last_name': 'A', 'company_id': mine['id']}, {'last_name': 'B', 'company_id': theirs['id']},
-            {'last_name': 'C', 'company_id': 'comp_00000000000000000000000000'}]
+    body = [
+        {'last_name': 'A', 'company_id': mine['id']},
+        {'last_name': 'B', 'company_id': theirs['id']},
+        {'last_name': 'C', 'company_id': 'comp_00000000000000000000000000'},
+    ]
     problem = assert_problem(api.post('/api/contacts', body, status=400), 400, index=1, field='company_id')
     foreign, missing = problem['errors']
     assert missing['index'] == 2
@@ -134,9 +146,17 @@ def test_an_idempotency_key_replays_a_batch_instead_of_writing_it_twice(api):
 
 
 def test_a_batch_of_a_custom_object_checks_its_fields_and_references(api, other_api):
-    api.post('/api/custom_objects', {'slug': 'projects', 'fields': [
-        {'name': 'title', 'type': 'text', 'required': True}, {'name': 'budget', 'type': 'number'},
-        {'name': 'company', 'type': 'reference', 'target': 'companies'}]})
+    api.post(
+        '/api/custom_objects',
+        {
+            'slug': 'projects',
+            'fields': [
+                {'name': 'title', 'type': 'text', 'required': True},
+                {'name': 'budget', 'type': 'number'},
+                {'name': 'company', 'type': 'reference', 'target': 'companies'},
+            ],
+        },
+    )
     company = api.create('companies', name='Initech')
     foreign = other_api.create('companies', name='Elsewhere')
     body = [{'title': 'A', 'company': company['id']}, {'budget': 'lots'}, {'title': 'C', 'company': foreign['id']}]
@@ -152,6 +172,7 @@ def test_a_batch_of_a_custom_object_checks_its_fields_and_references(api, other_
 
 
 # -- PATCH an array --------------------------------------------------------------------------------
+
 
 def test_patch_on_a_collection_updates_every_item_and_keeps_fields_not_sent(api):
     created = api.post('/api/contacts', people(3)).json
@@ -179,11 +200,19 @@ def test_patch_with_an_unknown_or_foreign_id_is_a_404_naming_it_and_writes_nothi
 
 def test_patch_items_each_need_an_id_and_name_a_record_once(api):
     contact = api.create('contacts', last_name='Once')
-    problem = assert_problem(patch(api, 'contacts', [{'city': 'Oslo'}, {'id': contact['id']}, {'id': 7}],
-                                   status=400), 400, index=0, field='id')
+    problem = assert_problem(
+        patch(api, 'contacts', [{'city': 'Oslo'}, {'id': contact['id']}, {'id': 7}], status=400),
+        400,
+        index=0,
+        field='id',
+    )
     assert [e['index'] for e in problem['errors']] == [0, 2]
-    problem = assert_problem(patch(api, 'contacts', [{'id': contact['id']}, {'id': contact['id'], 'city': 'x'}],
-                                   status=400), 400, index=1, field='id')
+    problem = assert_problem(
+        patch(api, 'contacts', [{'id': contact['id']}, {'id': contact['id'], 'city': 'x'}], status=400),
+        400,
+        index=1,
+        field='id',
+    )
     assert 'Items 0 and 1' in problem['detail']
 
 
@@ -215,6 +244,7 @@ def test_patch_needs_an_array(api):
 
 # -- DELETE with an id filter ----------------------------------------------------------------------
 
+
 def test_delete_on_a_collection_archives_contacts_and_answers_them(api):
     created = api.post('/api/contacts', people(4)).json
     gone = [created[3]['id'], created[1]['id']]
@@ -230,8 +260,10 @@ def test_delete_on_a_collection_archives_contacts_and_answers_them(api):
 
 def test_delete_on_a_collection_of_tags_deletes_them_and_detaches_them_from_contacts(api):
     tags = api.post('/api/tags', [{'name': 'a'}, {'name': 'b'}, {'name': 'c'}]).json
-    contacts = api.post('/api/contacts', [{'last_name': 'X', 'tags': [t['id'] for t in tags]},
-                                          {'last_name': 'Y', 'tags': [tags[0]['id']]}]).json
+    contacts = api.post(
+        '/api/contacts',
+        [{'last_name': 'X', 'tags': [t['id'] for t in tags]}, {'last_name': 'Y', 'tags': [tags[0]['id']]}],
+    ).json
     deleted = delete(api, 'tags', [tags[0]['id'], tags[2]['id']]).json
     assert [t['name'] for t in deleted] == ['a', 'c']
     assert [t['name'] for t in api.list('tags')] == ['b'] and total(api, 'tags') == 1
@@ -250,6 +282,7 @@ def test_deleting_a_thousand_tags_detaches_them_all(api):
 
 def test_delete_on_a_collection_of_crm_users_disables_them(api, database):
     from crmapi.accounts import Accounts
+
     for email in ('a@example.com', 'b@example.com'):
         Accounts(database).create_token(api.org_id, email)
     users = [u for u in api.list('crm_users') if u['email'] in ('a@example.com', 'b@example.com')]
@@ -258,8 +291,10 @@ def test_delete_on_a_collection_of_crm_users_disables_them(api, database):
 
 
 def test_hard_deletes_of_a_still_referenced_record_are_refused_and_change_nothing(api):
-    api.post('/api/custom_objects', {'slug': 'pins', 'fields': [
-        {'name': 'task', 'type': 'reference', 'target': 'tasks', 'required': True}]})
+    api.post(
+        '/api/custom_objects',
+        {'slug': 'pins', 'fields': [{'name': 'task', 'type': 'reference', 'target': 'tasks', 'required': True}]},
+    )
     tasks = api.post('/api/tasks', [{'text': 'a'}, {'text': 'b'}]).json
     api.create('pins', task=tasks[1]['id'])
     assert_problem(delete(api, 'tasks', [t['id'] for t in tasks], status=409), 409, field='task')
@@ -270,18 +305,28 @@ def test_hard_deletes_of_a_still_referenced_record_are_refused_and_change_nothin
 def test_delete_with_an_unknown_or_foreign_id_is_a_404_and_changes_nothing(api, other_api, whose):
     mine = api.post('/api/tags', [{'name': 'a'}, {'name': 'b'}]).json
     stranger = other_api.create('tags', name='theirs')['id'] if whose == 'foreign' else 'tag_nobody'
-    problem = assert_problem(delete(api, 'tags', [mine[0]['id'], stranger, mine[1]['id']], status=404), 404,
-                             index=1, field='id')
+    problem = assert_problem(
+        delete(api, 'tags', [mine[0]['id'], stranger, mine[1]['id']], status=404), 404, index=1, field='id'
+    )
     assert problem['detail'] == f"No tags record with id '{stranger}'"
     assert total(api, 'tags') == 2
     if whose == 'foreign':
         other_api.get(f'/api/tags/{stranger}')
 
 
-@pytest.mark.parametrize('params', [
-    {}, {'filter': '{}'}, {'filter': '{"id":[]}'}, {'filter': '{"name":"a"}'}, {'filter': '{"id":["x"],"name":"a"}'},
-    {'filter': '{"id":[1]}'}, {'filter': 'not json'}, {'filter': '{"id":["x"]}', 'range': '[0,9]'},
-])
+@pytest.mark.parametrize(
+    'params',
+    [
+        {},
+        {'filter': '{}'},
+        {'filter': '{"id":[]}'},
+        {'filter': '{"name":"a"}'},
+        {'filter': '{"id":["x"],"name":"a"}'},
+        {'filter': '{"id":[1]}'},
+        {'filter': 'not json'},
+        {'filter': '{"id":["x"]}', 'range': '[0,9]'},
+    ],
+)
 def test_delete_on_a_collection_without_exactly_an_id_filter_is_a_400(api, params):
     api.create('contacts', last_name='Kept')
     resp = api.app.delete('/api/contacts?' + urlencode(params), headers=api.headers, status=400)
@@ -290,11 +335,16 @@ def test_delete_on_a_collection_without_exactly_an_id_filter_is_a_400(api, param
 
 
 def test_delete_of_more_than_a_thousand_ids_is_a_400(api):
-    assert_problem(delete(api, 'contacts', [f'c_{i}' for i in range(MAX_BATCH + 1)], status=400), 400,
-                   limit=MAX_BATCH, param='filter')
+    assert_problem(
+        delete(api, 'contacts', [f'c_{i}' for i in range(MAX_BATCH + 1)], status=400),
+        400,
+        limit=MAX_BATCH,
+        param='filter',
+    )
 
 
 # -- counters ---------------------------------------------------------------------------------------
+
 
 def test_content_range_totals_stay_right_through_batches(api):
     created = api.post('/api/contacts', people(10)).json

@@ -1,4 +1,5 @@
 """The `crmapi` command line, run as a real process against a fresh database of each kind."""
+
 import argparse
 import json
 import os
@@ -48,8 +49,19 @@ def crmapi(url, *args, check=True):
 def schema_dump(url):
     db = connect(url)
     try:
-        return db.introspect(['contacts', 'companies', 'deals', 'tasks', 'crm_users', 'api_tokens',
-                              'companies_summary', 'contacts_summary', 'schema_version'])
+        return db.introspect(
+            [
+                'contacts',
+                'companies',
+                'deals',
+                'tasks',
+                'crm_users',
+                'api_tokens',
+                'companies_summary',
+                'contacts_summary',
+                'schema_version',
+            ]
+        )
     finally:
         db.close()
 
@@ -66,8 +78,7 @@ def test_create_org_and_token_print_one_line_each_and_the_token_works(database_u
     crmapi(database_url, 'init-db')
     org = crmapi(database_url, 'create-org', 'Acme Ltd').stdout
     assert org.count('\n') == 1 and org.startswith('org_')
-    token = crmapi(database_url, 'create-token', '--org', org.strip(), '--email', 'ann@acme.example',
-                   '--admin').stdout
+    token = crmapi(database_url, 'create-token', '--org', org.strip(), '--email', 'ann@acme.example', '--admin').stdout
     assert token.count('\n') == 1 and token.startswith('bos_crm_')
     db = connect(database_url)
     try:
@@ -101,9 +112,12 @@ def test_demo_fills_an_organization_and_prints_a_working_token(database_url):
 
 def test_database_option_overrides_the_environment(tmp_path):
     url = f'sqlite:///{tmp_path}/opt.db'
-    result = subprocess.run([sys.executable, '-m', 'crmapi', '--database', url, 'init-db'],
-                            capture_output=True, text=True,
-                            env={**os.environ, 'CRMAPI_DATABASE_URL': 'sqlite:////nonexistent/dir/x.db'})
+    result = subprocess.run(
+        [sys.executable, '-m', 'crmapi', '--database', url, 'init-db'],
+        capture_output=True,
+        text=True,
+        env={**os.environ, 'CRMAPI_DATABASE_URL': 'sqlite:////nonexistent/dir/x.db'},
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / 'opt.db').exists()
 
@@ -121,8 +135,14 @@ def cli_env(**extra):
 
 
 def run_cli(*args, cwd=None, timeout=60, **env):
-    return subprocess.run([sys.executable, '-m', 'crmapi', *args], capture_output=True, text=True, cwd=cwd,
-                          env=cli_env(**env), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, '-m', 'crmapi', *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=cli_env(**env),
+        timeout=timeout,
+    )
 
 
 def assert_refused(result, message, status=1):
@@ -165,8 +185,10 @@ def test_commands_before_init_db_say_run_init_db_first(database_url, tmp_path):
 
 def test_an_empty_sqlite_file_says_run_init_db_first(tmp_path):
     (tmp_path / 'empty.db').touch()
-    assert_refused(run_cli('--database', f'sqlite:///{tmp_path}/empty.db', 'create-org', 'Acme'),
-                   'no crmapi schema: run crmapi init-db first')
+    assert_refused(
+        run_cli('--database', f'sqlite:///{tmp_path}/empty.db', 'create-org', 'Acme'),
+        'no crmapi schema: run crmapi init-db first',
+    )
 
 
 def test_an_old_schema_says_run_migrate_first(tmp_path):
@@ -175,18 +197,21 @@ def test_an_old_schema_says_run_migrate_first(tmp_path):
     assert_refused(run_cli('--database', url, 'list-orgs'), 'run crmapi migrate first')
 
 
-@pytest.mark.parametrize('url, message', [
-    ('mysql://crm:s3cret@db/crm', "unsupported database URL scheme 'mysql'"),
-    ('crm.db', "'crm.db' has no scheme: for a SQLite file write sqlite:///crm.db"),
-    ('sqlite:/crm.db', "'sqlite:/crm.db' is not a SQLite URL"),
-    ('sqlite:crm.db', "'sqlite:crm.db' is not a SQLite URL"),
-    ('sqlite://crm.db', "'sqlite://crm.db' names a host ('crm.db'); a SQLite URL has none: write sqlite:///crm.db"),
-    ('sqlite:///crm.db?mode=ro', "'sqlite:///crm.db?mode=ro': a SQLite URL takes no parameters"),
-    ('sqlite:///', "'sqlite:///' names no file"),
-    ('postgresql://crm@db:abc/crm', "the PostgreSQL URL's port 'abc' is not a number"),
-    ('postgresql://crm:s3cret%zz@db/crm', 'the PostgreSQL URL does not parse (invalid percent-encoded token)'),
-    ('postgresql://db/crm?nosuchoption=1', 'the PostgreSQL URL does not parse (invalid URI query parameter)'),
-])
+@pytest.mark.parametrize(
+    'url, message',
+    [
+        ('mysql://crm:s3cret@db/crm', "unsupported database URL scheme 'mysql'"),
+        ('crm.db', "'crm.db' has no scheme: for a SQLite file write sqlite:///crm.db"),
+        ('sqlite:/crm.db', "'sqlite:/crm.db' is not a SQLite URL"),
+        ('sqlite:crm.db', "'sqlite:crm.db' is not a SQLite URL"),
+        ('sqlite://crm.db', "'sqlite://crm.db' names a host ('crm.db'); a SQLite URL has none: write sqlite:///crm.db"),
+        ('sqlite:///crm.db?mode=ro', "'sqlite:///crm.db?mode=ro': a SQLite URL takes no parameters"),
+        ('sqlite:///', "'sqlite:///' names no file"),
+        ('postgresql://crm@db:abc/crm', "the PostgreSQL URL's port 'abc' is not a number"),
+        ('postgresql://crm:s3cret%zz@db/crm', 'the PostgreSQL URL does not parse (invalid percent-encoded token)'),
+        ('postgresql://db/crm?nosuchoption=1', 'the PostgreSQL URL does not parse (invalid URI query parameter)'),
+    ],
+)
 def test_a_malformed_database_url_is_refused_without_creating_anything(url, message, tmp_path):
     for command in ('init-db', 'serve'):
         result = run_cli('--database', url, command, cwd=tmp_path)
@@ -207,8 +232,9 @@ def test_commands_connect_the_way_the_server_does_through_pgbouncer(monkeypatch)
 
 
 def test_a_bad_setting_is_one_line_for_every_command(tmp_path):
-    assert_refused(run_cli('--database', f'sqlite:///{tmp_path}/crm.db', 'init-db', CRMAPI_PGBOUNCER='maybe'),
-                   'CRMAPI_PGBOUNCER')
+    assert_refused(
+        run_cli('--database', f'sqlite:///{tmp_path}/crm.db', 'init-db', CRMAPI_PGBOUNCER='maybe'), 'CRMAPI_PGBOUNCER'
+    )
 
 
 @pytest.mark.parametrize('command', ['init-db', 'list-orgs', 'demo', 'serve'])
@@ -220,8 +246,10 @@ def test_a_sqlite_path_in_a_missing_directory_is_refused(command, tmp_path):
 
 def test_a_file_that_is_not_a_sqlite_database_is_refused(tmp_path):
     (tmp_path / 'notes.txt').write_text('not a database, but long enough to have a header' * 4)
-    assert_refused(run_cli('--database', f'sqlite:///{tmp_path}/notes.txt', 'init-db'),
-                   f'cannot open the SQLite database {tmp_path}/notes.txt')
+    assert_refused(
+        run_cli('--database', f'sqlite:///{tmp_path}/notes.txt', 'init-db'),
+        f'cannot open the SQLite database {tmp_path}/notes.txt',
+    )
 
 
 @pytest.mark.parametrize('command', [['init-db'], ['list-orgs'], ['create-org', 'Acme']])
@@ -252,10 +280,24 @@ def test_a_missing_postgresql_database_is_named():
 
 def test_make_run_stops_before_gunicorn_when_the_database_is_unreachable():
     venv = sys.prefix  # the virtualenv running these tests; -o: never (re)install into it from here
-    make = subprocess.Popen(['make', '--no-print-directory', '-o', f'{venv}/.installed', 'run', f'VENV={venv}',
-                             f'DB_URL={DEAD_POSTGRES}', 'BIND=127.0.0.1:1'],
-                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    make = subprocess.Popen(
+        [
+            'make',
+            '--no-print-directory',
+            '-o',
+            f'{venv}/.installed',
+            'run',
+            f'VENV={venv}',
+            f'DB_URL={DEAD_POSTGRES}',
+            'BIND=127.0.0.1:1',
+        ],
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = make.communicate(timeout=30)
     finally:
@@ -268,23 +310,31 @@ def test_make_run_stops_before_gunicorn_when_the_database_is_unreachable():
     assert 'Traceback' not in output and ' serve --bind' not in output and 'Starting g' not in output
 
 
-@pytest.mark.parametrize('choice, server', [([], 'granian'), (['--server', 'gunicorn'], 'gunicorn'),
-                                            ({'CRMAPI_SERVER': 'gunicorn'}, 'gunicorn')])
+@pytest.mark.parametrize(
+    'choice, server',
+    [([], 'granian'), (['--server', 'gunicorn'], 'gunicorn'), ({'CRMAPI_SERVER': 'gunicorn'}, 'gunicorn')],
+)
 def test_serve_runs_granian_unless_told_otherwise_with_the_same_workers_and_threads(monkeypatch, choice, server):
     for name, value in {'CRMAPI_WORKERS': '3', 'CRMAPI_THREADS': '5', 'CRMAPI_BIND': '127.0.0.1:9001'}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv('CRMAPI_SERVER', raising=False)
     if isinstance(choice, dict):
         monkeypatch.setenv('CRMAPI_SERVER', choice['CRMAPI_SERVER'])
-    argv = cli.serve_argv(cli.parser().parse_args(['serve', *(choice if isinstance(choice, list) else [])]),
-                          Settings.from_env())
+    argv = cli.serve_argv(
+        cli.parser().parse_args(['serve', *(choice if isinstance(choice, list) else [])]), Settings.from_env()
+    )
 
     def option(name):
         return argv[argv.index(name) + 1]
+
     if server == 'granian':
         assert argv[1:3] == ['-m', 'crmapi.serving_granian'] and argv[-1] == 'crmapi:create_app'
-        assert (option('--workers'), option('--blocking-threads'), option('--host'), option('--port')) == \
-            ('3', '5', '127.0.0.1', '9001')
+        assert (option('--workers'), option('--blocking-threads'), option('--host'), option('--port')) == (
+            '3',
+            '5',
+            '127.0.0.1',
+            '9001',
+        )
         assert option('--interface') == 'wsgi' and '--respawn-failed-workers' in argv
     else:
         assert argv[1:3] == ['-m', 'gunicorn'] and argv[-1] == 'crmapi:create_app()'
@@ -293,8 +343,10 @@ def test_serve_runs_granian_unless_told_otherwise_with_the_same_workers_and_thre
 
 
 def test_serve_refuses_an_unknown_server_named_in_the_environment(tmp_path):
-    assert_refused(run_cli('serve', cwd=tmp_path, CRMAPI_SERVER='uwsgi'),
-                   "CRMAPI_SERVER must be one of granian, gunicorn, not 'uwsgi'")
+    assert_refused(
+        run_cli('serve', cwd=tmp_path, CRMAPI_SERVER='uwsgi'),
+        "CRMAPI_SERVER must be one of granian, gunicorn, not 'uwsgi'",
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -313,34 +365,49 @@ def test_create_org_refuses_a_blank_or_unprintable_name(name, capsys, sqlite_url
     refused_in_process(capsys, ['--database', sqlite_url, 'create-org', name], 'is not an organization name', 2)
 
 
-@pytest.mark.parametrize('option, value, message', [
-    ('--email', 'notanemail', "'notanemail' is not an email address"),
-    ('--email', 'two@at@signs.example', "'two@at@signs.example' is not an email address"),
-    ('--email', 'ann @acme.example', "'ann @acme.example' is not an email address"),
-    ('--expires-in', '-5', '-5 days: use 1 to 36500'),
-    ('--expires-in', '0', '0 days: use 1 to 36500'),
-    ('--expires-in', '99999999', '99999999 days: use 1 to 36500'),
-    ('--expires-in', 'soon', "'soon' is not a whole number of days"),
-])
+@pytest.mark.parametrize(
+    'option, value, message',
+    [
+        ('--email', 'notanemail', "'notanemail' is not an email address"),
+        ('--email', 'two@at@signs.example', "'two@at@signs.example' is not an email address"),
+        ('--email', 'ann @acme.example', "'ann @acme.example' is not an email address"),
+        ('--expires-in', '-5', '-5 days: use 1 to 36500'),
+        ('--expires-in', '0', '0 days: use 1 to 36500'),
+        ('--expires-in', '99999999', '99999999 days: use 1 to 36500'),
+        ('--expires-in', 'soon', "'soon' is not a whole number of days"),
+    ],
+)
 def test_create_token_refuses_bad_options_before_touching_the_database(option, value, message, capsys, tmp_path):
     args = {'--email': 'ann@acme.example', '--expires-in': '7', option: value}
     argv = ['--database', f'sqlite:///{tmp_path}/crm.db', 'create-token', '--org', 'org_x']
-    text = refused_in_process(capsys, argv + [arg for pair in args.items() for arg in pair],
-                              f'argument {option}: {message}', 2)
+    text = refused_in_process(
+        capsys, argv + [arg for pair in args.items() for arg in pair], f'argument {option}: {message}', 2
+    )
     assert text.endswith('(see crmapi create-token --help)\n')
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize('command', [['list-tokens', '--org', 'org_nope'], ['recount', '--org', 'org_nope'],
-                                     ['create-token', '--org', 'org_nope', '--email', 'a@b.example']])
+@pytest.mark.parametrize(
+    'command',
+    [
+        ['list-tokens', '--org', 'org_nope'],
+        ['recount', '--org', 'org_nope'],
+        ['create-token', '--org', 'org_nope', '--email', 'a@b.example'],
+    ],
+)
 def test_commands_on_an_unknown_organization_are_refused(command, database_url):
     crmapi(database_url, 'init-db')
     assert_refused(crmapi(database_url, *command, check=False), 'no organization org_nope')
 
 
-@pytest.mark.parametrize('to, message', [(0, 'no schema version 0: versions run from 1 to'),
-                                         (999, 'no schema version 999'),
-                                         (1, 'the schema is at version')])
+@pytest.mark.parametrize(
+    'to, message',
+    [
+        (0, 'no schema version 0: versions run from 1 to'),
+        (999, 'no schema version 999'),
+        (1, 'the schema is at version'),
+    ],
+)
 def test_migrate_goes_only_forward_to_a_version_that_exists(to, message, capsys, sqlite_url):
     refused_in_process(capsys, ['--database', sqlite_url, 'migrate', '--to', str(to)], message)
 
@@ -355,8 +422,9 @@ def test_backup_replaces_an_existing_file_only_with_force(capsys, sqlite_url, tm
     cli.main(['--database', sqlite_url, 'create-org', 'Acme'])
     target = tmp_path / 'copy.db'
     target.write_text('yesterday')
-    refused_in_process(capsys, ['--database', sqlite_url, 'backup', str(target)],
-                       f'{target} exists; pass --force to replace it')
+    refused_in_process(
+        capsys, ['--database', sqlite_url, 'backup', str(target)], f'{target} exists; pass --force to replace it'
+    )
     assert target.read_text() == 'yesterday'
     cli.main(['--database', sqlite_url, 'backup', str(target), '--force'])
     capsys.readouterr()
@@ -365,11 +433,14 @@ def test_backup_replaces_an_existing_file_only_with_force(capsys, sqlite_url, tm
     assert not [p for p in tmp_path.iterdir() if p.name.startswith('.crmapi-backup-')]
 
 
-@pytest.mark.parametrize('target, message', [
-    ('missing/copy.db', 'no directory {tmp}/missing for the backup'),
-    ('.', '{tmp} is a directory: name the backup file'),
-    ('crm.db', '{tmp}/crm.db is the database itself'),
-])
+@pytest.mark.parametrize(
+    'target, message',
+    [
+        ('missing/copy.db', 'no directory {tmp}/missing for the backup'),
+        ('.', '{tmp} is a directory: name the backup file'),
+        ('crm.db', '{tmp}/crm.db is the database itself'),
+    ],
+)
 def test_backup_refuses_a_target_it_cannot_or_must_not_write(target, message, capsys, sqlite_url, tmp_path):
     argv = ['--database', sqlite_url, 'backup', str(tmp_path / target), '--force']
     refused_in_process(capsys, argv, message.format(tmp=tmp_path))
@@ -392,27 +463,31 @@ def test_define_object_with_an_unchanged_file_keeps_the_version(database_url, tm
     def define(body):
         definition.write_text(json.dumps(body))
         return json.loads(crmapi(database_url, 'define-object', '--org', org, '--file', str(definition)).stdout)
+
     body = {'slug': 'projects', 'label': 'Projects', 'fields': [{'name': 'budget', 'type': 'number'}]}
     assert define(body)['version'] == 1
     assert define(body)['version'] == 1
     assert define({'slug': 'projects'})['version'] == 1  # fields left out are kept, not changed
     assert define({**body, 'label': 'Projects (all)'})['version'] == 2
     assert define({**body, 'label': 'Projects (all)'})['version'] == 2
-    assert define({'slug': 'projects', 'fields': [{'name': 'budget', 'type': 'number', 'label': 'B'}]})[
-        'version'] == 3
+    assert define({'slug': 'projects', 'fields': [{'name': 'budget', 'type': 'number', 'label': 'B'}]})['version'] == 3
 
 
-@pytest.mark.parametrize('content, message', [
-    ('[1, 2]', 'must hold one JSON object'),
-    ('{"slug": ', 'cannot read'),
-    ('{"slug": "x", "fields": "budget"}', "'fields' must be an array"),
-])
+@pytest.mark.parametrize(
+    'content, message',
+    [
+        ('[1, 2]', 'must hold one JSON object'),
+        ('{"slug": ', 'cannot read'),
+        ('{"slug": "x", "fields": "budget"}', "'fields' must be an array"),
+    ],
+)
 def test_define_object_refuses_a_file_that_is_not_a_definition(content, message, capsys, sqlite_url, tmp_path):
     cli.main(['--database', sqlite_url, 'create-org', 'Acme'])
     org = capsys.readouterr().out.strip()
     (tmp_path / 'def.json').write_text(content)
-    refused_in_process(capsys, ['--database', sqlite_url, 'define-object', '--org', org,
-                                '--file', str(tmp_path / 'def.json')], message)
+    refused_in_process(
+        capsys, ['--database', sqlite_url, 'define-object', '--org', org, '--file', str(tmp_path / 'def.json')], message
+    )
 
 
 def test_every_option_of_every_command_is_described_with_its_default(capsys):
@@ -442,6 +517,7 @@ def test_help_never_prints_the_database_url_of_the_environment(monkeypatch, caps
 def test_a_crm_error_is_one_line_and_status_1(monkeypatch, capsys, sqlite_url):
     def refuse(db, args):
         raise Conflict('first line\nsecond line')
+
     monkeypatch.setattr(cli, 'cmd_list_orgs', refuse)
     refused_in_process(capsys, ['--database', sqlite_url, 'list-orgs'], 'crmapi: first line')
 
@@ -449,6 +525,7 @@ def test_a_crm_error_is_one_line_and_status_1(monkeypatch, capsys, sqlite_url):
 def test_an_unexpected_error_is_one_line_and_status_70(monkeypatch, capsys, sqlite_url):
     def crash(db, args):
         raise KeyError('boom')
+
     monkeypatch.setattr(cli, 'cmd_list_orgs', crash)
     monkeypatch.delenv('CRMAPI_DEBUG', raising=False)
     refused_in_process(capsys, ['--database', sqlite_url, 'list-orgs'], "crmapi: unexpected KeyError: 'boom'", 70)
@@ -462,8 +539,13 @@ def test_an_unexpected_error_is_one_line_and_status_70(monkeypatch, capsys, sqli
 def test_a_reader_that_stops_early_gets_no_complaint(sqlite_url):
     for i in range(3):
         cli.main(['--database', sqlite_url, 'create-org', f'Org {i}'])
-    reader = subprocess.Popen([sys.executable, '-m', 'crmapi', '--database', sqlite_url, 'list-orgs'],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), text=True)
+    reader = subprocess.Popen(
+        [sys.executable, '-m', 'crmapi', '--database', sqlite_url, 'list-orgs'],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        text=True,
+    )
     reader.stdout.close()  # like `| head -0`: gone before the first line is written
     err = reader.stderr.read()
     reader.wait(timeout=60)

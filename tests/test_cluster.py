@@ -12,6 +12,7 @@ deploy/ files, and torn down by the module fixture's finalizer whatever happens.
 network namespaces may not be made (the reason is in the skip). The figures (requests per host, 5xx per
 fault, lost writes) are printed.
 """
+
 import contextlib
 import http.client
 import json
@@ -59,8 +60,12 @@ def call(address, method, path, body=None, headers=None, timeout=10):
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         data = None if body is None else json.dumps(body)
-        conn.request(method, path, body=data, headers={**({'Content-Type': 'application/json'} if data else {}),
-                                                      **(headers or {})})
+        conn.request(
+            method,
+            path,
+            body=data,
+            headers={**({'Content-Type': 'application/json'} if data else {}), **(headers or {})},
+        )
         resp = conn.getresponse()
         raw = resp.read()
         try:
@@ -107,8 +112,13 @@ class Cluster:
         return f'{self.prefix}-{host}'
 
     def run(self, host, *argv, timeout=90):
-        result = subprocess.run(['ip', 'netns', 'exec', self.ns(host), *map(str, argv)], capture_output=True,
-                                text=True, timeout=timeout, cwd=ROOT)
+        result = subprocess.run(
+            ['ip', 'netns', 'exec', self.ns(host), *map(str, argv)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
         if result.returncode != 0:
             raise RuntimeError(f'{host}: {argv}: {result.stderr}')
         return result.stdout.strip()
@@ -116,8 +126,15 @@ class Cluster:
     def spawn(self, host, name, argv, env):
         out = open(self.dir / f'{name}.stdout', 'ab')
         err = open(self.dir / f'{name}.stderr', 'ab')
-        proc = subprocess.Popen(['ip', 'netns', 'exec', self.ns(host), *argv], cwd=ROOT, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            ['ip', 'netns', 'exec', self.ns(host), *argv],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
         out.close()
         err.close()
         return proc, self.dir / f'{name}.stderr'
@@ -125,8 +142,12 @@ class Cluster:
     # -- building it ---------------------------------------------------------------------------------
 
     def up(self):
-        subprocess.run([str(SCRIPTS / 'netns.sh'), 'up', self.prefix, self.net,
-                        *(f'{h}={n}' for h, n in HOSTS.items())], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [str(SCRIPTS / 'netns.sh'), 'up', self.prefix, self.net, *(f'{h}={n}' for h, n in HOSTS.items())],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         self.primary('db1')
         self.migrate_from_both_app_hosts()
         self.replica('db2', 'db1')
@@ -154,26 +175,47 @@ class Cluster:
     def migrate_from_both_app_hosts(self):
         """Two `crmapi migrate` at once on the fresh database, as two hosts deploying together."""
         env = {'PATH': os.environ['PATH'], 'PYTHONPATH': str(ROOT)}
-        procs = [self.spawn(app, f'{app}-migrate', [sys.executable, '-m', 'crmapi', '--database',
-                                                    self.pg_url('db1'), 'migrate'], env) for app in APPS]
+        procs = [
+            self.spawn(
+                app,
+                f'{app}-migrate',
+                [sys.executable, '-m', 'crmapi', '--database', self.pg_url('db1'), 'migrate'],
+                env,
+            )
+            for app in APPS
+        ]
         for proc, log in procs:
             assert proc.wait(60) == 0, log.read_text()
 
     def bouncer(self, app):
         self.bouncers.append(app)
-        self.run(app, SCRIPTS / 'pgbouncer.sh', 'start', self.dir / f'{app}-pgbouncer', '127.0.0.1', BOUNCER_PORT,
-                 *(f'crm{n}=host={self.ip(f"db{n}")} port={PG_PORT} dbname=crm' for n in (1, 2)))
+        self.run(
+            app,
+            SCRIPTS / 'pgbouncer.sh',
+            'start',
+            self.dir / f'{app}-pgbouncer',
+            '127.0.0.1',
+            BOUNCER_PORT,
+            *(f'crm{n}=host={self.ip(f"db{n}")} port={PG_PORT} dbname=crm' for n in (1, 2)),
+        )
 
     def write_env(self, app, primary, replicas=''):
         """The app host's CRMAPI_ENV_FILE (deploy/gunicorn.conf.py reads it at start and on SIGHUP)."""
         bouncer = f'postgresql://postgres@127.0.0.1:{BOUNCER_PORT}'
         settings = {
-            'CRMAPI_BIND': f'{self.ip(app)}:{APP_PORT}', 'CRMAPI_PROXY_IPS': self.ip('lb'),
-            'CRMAPI_WORKERS': 2, 'CRMAPI_THREADS': 4, 'CRMAPI_POOL_MAX_SIZE': 4, 'CRMAPI_POOL_TIMEOUT_S': 3,
-            'CRMAPI_STATEMENT_TIMEOUT_MS': 5000, 'CRMAPI_RATE_LIMIT': 0, 'CRMAPI_PGBOUNCER': 1,
+            'CRMAPI_BIND': f'{self.ip(app)}:{APP_PORT}',
+            'CRMAPI_PROXY_IPS': self.ip('lb'),
+            'CRMAPI_WORKERS': 2,
+            'CRMAPI_THREADS': 4,
+            'CRMAPI_POOL_MAX_SIZE': 4,
+            'CRMAPI_POOL_TIMEOUT_S': 3,
+            'CRMAPI_STATEMENT_TIMEOUT_MS': 5000,
+            'CRMAPI_RATE_LIMIT': 0,
+            'CRMAPI_PGBOUNCER': 1,
             'CRMAPI_DATABASE_URL': f'{bouncer}/{primary}',
             'CRMAPI_DATABASE_READ_URLS': f'{bouncer}/{replicas}' if replicas else '',
-            'CRMAPI_REPLICA_MAX_LAG_MS': 5000, 'CRMAPI_WEBHOOK_ALLOW_PRIVATE': 1,
+            'CRMAPI_REPLICA_MAX_LAG_MS': 5000,
+            'CRMAPI_WEBHOOK_ALLOW_PRIVATE': 1,
         }
         self.settings[app] = settings
         path = self.dir / f'{app}.env'
@@ -184,19 +226,35 @@ class Cluster:
         run = self.dir / f'{app}-run'
         run.mkdir(exist_ok=True)
         # NOTE: gunicorn's control socket goes to $XDG_RUNTIME_DIR: one per host, not one shared ~/.gunicorn.
-        env = {'PATH': os.environ['PATH'], 'PYTHONPATH': str(ROOT), 'CRMAPI_ENV_FILE': str(self.dir / f'{app}.env'),
-               'HOME': str(run), 'XDG_RUNTIME_DIR': str(run)}
-        argv = [sys.executable, '-m', 'gunicorn', '--config', str(ROOT / 'deploy' / 'gunicorn.conf.py'),
-                'crmapi:create_app()']
+        env = {
+            'PATH': os.environ['PATH'],
+            'PYTHONPATH': str(ROOT),
+            'CRMAPI_ENV_FILE': str(self.dir / f'{app}.env'),
+            'HOME': str(run),
+            'XDG_RUNTIME_DIR': str(run),
+        }
+        argv = [
+            sys.executable,
+            '-m',
+            'gunicorn',
+            '--config',
+            str(ROOT / 'deploy' / 'gunicorn.conf.py'),
+            'crmapi:create_app()',
+        ]
         self.gunicorn[app], log = self.spawn(app, f'{app}-gunicorn-{len(self.logs[app]) + 1}', argv, env)
         self.logs[app].append(log)
 
     def start_worker(self, app):
         """The host's `crmapi worker`, with the host's settings (a service manager would give it the same file)."""
-        env = {'PATH': os.environ['PATH'], 'PYTHONPATH': str(ROOT), 'CRMAPI_WEBHOOK_POLL_S': '0.05',
-               **{key: str(value) for key, value in self.settings[app].items()}}
-        self.workers[app], self.worker_logs[app] = self.spawn(app, f'{app}-worker',
-                                                             [sys.executable, '-m', 'crmapi', 'worker'], env)
+        env = {
+            'PATH': os.environ['PATH'],
+            'PYTHONPATH': str(ROOT),
+            'CRMAPI_WEBHOOK_POLL_S': '0.05',
+            **{key: str(value) for key, value in self.settings[app].items()},
+        }
+        self.workers[app], self.worker_logs[app] = self.spawn(
+            app, f'{app}-worker', [sys.executable, '-m', 'crmapi', 'worker'], env
+        )
 
     def app_address(self, app):
         return self.ip(app), APP_PORT
@@ -207,6 +265,7 @@ class Cluster:
         def ready():
             assert proc.poll() is None, f'{app} gunicorn exited:\n{self.logs[app][-1].read_text()}'
             return call(self.app_address(app), 'GET', '/readyz', timeout=2)[0] == 200
+
         wait_until(ready, timeout, f'{app} ready')
 
     def start_nginx(self):
@@ -215,8 +274,11 @@ class Cluster:
         servers.render_nginx_conf(site, LB_PORT, APP_PORT)
         conf = (site / 'crmapi.conf').read_text()
         conf = servers._replace_once(r'^(\s*)listen\s+[^;]+;', rf'\g<1>listen {self.ip("lb")}:{LB_PORT};', conf)
-        conf = servers._replace_once(r'^(\s*)server\s+127\.0\.0\.1:\d+;', ''.join(
-            rf'\g<1>server {self.ip(app)}:{APP_PORT};' for app in APPS), conf)
+        conf = servers._replace_once(
+            r'^(\s*)server\s+127\.0\.0\.1:\d+;',
+            ''.join(rf'\g<1>server {self.ip(app)}:{APP_PORT};' for app in APPS),
+            conf,
+        )
         (site / 'crmapi.conf').write_text(conf)
         argv = [servers.nginx_binary(), '-p', str(site), '-e', str(site / 'error.log'), '-c', str(site / 'nginx.conf')]
         self.nginx, _ = self.spawn('lb', 'nginx', argv, {'PATH': os.environ['PATH']})
@@ -229,8 +291,9 @@ class Cluster:
     # -- faults --------------------------------------------------------------------------------------
 
     def signal_namespace(self, host, sig):
-        for pid in subprocess.run(['ip', 'netns', 'pids', self.ns(host)], capture_output=True, text=True,
-                                  check=True).stdout.split():
+        for pid in subprocess.run(
+            ['ip', 'netns', 'pids', self.ns(host)], capture_output=True, text=True, check=True
+        ).stdout.split():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), sig)
 
@@ -260,11 +323,24 @@ class Cluster:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(10)
         for app in self.bouncers:
-            subprocess.run(['ip', 'netns', 'exec', self.ns(app), str(SCRIPTS / 'pgbouncer.sh'), 'stop',
-                            str(self.dir / f'{app}-pgbouncer'), 'KILL'], capture_output=True, timeout=30)
+            subprocess.run(
+                [
+                    'ip',
+                    'netns',
+                    'exec',
+                    self.ns(app),
+                    str(SCRIPTS / 'pgbouncer.sh'),
+                    'stop',
+                    str(self.dir / f'{app}-pgbouncer'),
+                    'KILL',
+                ],
+                capture_output=True,
+                timeout=30,
+            )
         for host in self.nodes:
-            subprocess.run([str(SCRIPTS / 'pgnode.sh'), 'remove', str(self.dir / host)], capture_output=True,
-                           timeout=60)
+            subprocess.run(
+                [str(SCRIPTS / 'pgnode.sh'), 'remove', str(self.dir / host)], capture_output=True, timeout=60
+            )
         subprocess.run([str(SCRIPTS / 'netns.sh'), 'down', self.prefix], capture_output=True, timeout=60)
 
 
@@ -300,8 +376,9 @@ class Api:
         self.token = token or cluster.token
 
     def __call__(self, method, path, body=None, headers=None):
-        return call(self.address, method, self.prefix + path, body,
-                    {'Authorization': f'Bearer {self.token}', **(headers or {})})
+        return call(
+            self.address, method, self.prefix + path, body, {'Authorization': f'Bearer {self.token}', **(headers or {})}
+        )
 
 
 def test_through_the_balancer_every_host_sees_every_change_at_once(cluster):
@@ -323,8 +400,9 @@ def test_through_the_balancer_every_host_sees_every_change_at_once(cluster):
         assert lb('GET', '/api/contacts', headers=after)[1]['content-range'] == 'contacts 0-2/3'
 
     # a definition made through one host is in force on the other at once
-    status, headers, _ = hosts['app1']('POST', '/api/custom_objects',
-                                       {'slug': 'sites', 'fields': [{'name': 'city', 'type': 'text'}]})
+    status, headers, _ = hosts['app1'](
+        'POST', '/api/custom_objects', {'slug': 'sites', 'fields': [{'name': 'city', 'type': 'text'}]}
+    )
     assert status == 201
     assert hosts['app2']('POST', '/api/sites', {'city': 'Oslo'})[0] == 201
     assert hosts['app1']('PUT', '/api/custom_objects/sites', {'fields': [{'name': 'zip', 'type': 'text'}]})[0] == 200
@@ -344,7 +422,7 @@ def test_through_the_balancer_every_host_sees_every_change_at_once(cluster):
         revoked = time.monotonic()
     finally:
         db.close()
-    time.sleep(max(0.0, authcache.RECHECK_S - (time.monotonic() - revoked)))   # the bound for other hosts
+    time.sleep(max(0.0, authcache.RECHECK_S - (time.monotonic() - revoked)))  # the bound for other hosts
     for app in APPS:
         assert Api(cluster, cluster.app_address(app), doomed)('GET', '/api/contacts')[0] == 401
 
@@ -358,8 +436,9 @@ def test_through_the_balancer_every_host_sees_every_change_at_once(cluster):
             status, headers, record = lb('POST', '/api/contacts', {'first_name': 'RYW', 'last_name': str(i)})
             assert status == 201
             stale += lb('GET', f'/api/contacts/{record["id"]}')[0] == 404
-            status, _, seen = lb('GET', f'/api/contacts/{record["id"]}',
-                                 headers={'X-Read-After': headers['x-read-after']})
+            status, _, seen = lb(
+                'GET', f'/api/contacts/{record["id"]}', headers={'X-Read-After': headers['x-read-after']}
+            )
             assert (status, seen) == (200, record), 'a read presenting the token sees the write'
             cookie = headers['set-cookie'].split(';')[0]
             assert lb('GET', f'/api/contacts/{record["id"]}', headers={'Cookie': cookie})[0] == 200
@@ -373,15 +452,16 @@ def test_through_the_balancer_every_host_sees_every_change_at_once(cluster):
 
 
 def test_the_workers_of_both_hosts_deliver_each_event_once(cluster):
-    receiver = Receiver(host=f'{cluster.net}.254')   # NOTE: the bridge: reachable from every namespace
+    receiver = Receiver(host=f'{cluster.net}.254')  # NOTE: the bridge: reachable from every namespace
     try:
         lb = Api(cluster)
         hook = {'url': receiver.url, 'events': ['contacts.*']}
         assert lb('POST', '/api/webhooks', hook)[0] == 201
         expected = set()
         for batch in range(4):
-            status, _, created = lb('POST', '/api/contacts', [{'first_name': 'Hook', 'last_name': f'{batch}-{i}'}
-                                                            for i in range(10)])
+            status, _, created = lb(
+                'POST', '/api/contacts', [{'first_name': 'Hook', 'last_name': f'{batch}-{i}'} for i in range(10)]
+            )
             assert status == 201, created
             expected |= {('contacts.created', c['id']) for c in created}
             status, _, updated = lb('PATCH', f'/api/contacts/{created[0]["id"]}', {'title': 'Lead'})
@@ -392,8 +472,9 @@ def test_the_workers_of_both_hosts_deliver_each_event_once(cluster):
             for app in APPS:
                 assert cluster.workers[app].poll() is None, cluster.worker_logs[app].read_text()
             return len(receiver.got) >= len(expected)
+
         wait_until(delivered, 30, 'every event delivered')
-        time.sleep(1)   # NOTE: time for a second delivery of an event, were one to be sent
+        time.sleep(1)  # NOTE: time for a second delivery of an event, were one to be sent
         got = [(event['type'], event['data']['record_id']) for event in receiver.events()]
         assert set(got) == expected
         assert len(receiver.ids()) == len(set(receiver.ids())) == len(expected), 'no event sent twice'
@@ -409,7 +490,7 @@ class Load:
 
     def __init__(self, cluster):
         self.api = Api(cluster)
-        self.events = []     # (monotonic time, 'write' | 'read', status or None, Retry-After)
+        self.events = []  # (monotonic time, 'write' | 'read', status or None, Retry-After)
         self.ledger = []
         self.stale_reads = 0
         self.stop = threading.Event()
@@ -438,8 +519,11 @@ class Load:
                 self.record('write', status, headers)
                 if status == 201:
                     self.ledger.append(record['id'])
-                    status, rheaders, _ = self.api('GET', f'/api/contacts/{record["id"]}',
-                                                   headers={'X-Read-After': headers.get('x-read-after', '')})
+                    status, rheaders, _ = self.api(
+                        'GET',
+                        f'/api/contacts/{record["id"]}',
+                        headers={'X-Read-After': headers.get('x-read-after', '')},
+                    )
                     self.record('read', status, rheaders)
                     self.stale_reads += status == 404
                     break
@@ -497,27 +581,33 @@ def test_faults_under_write_load_lose_no_acknowledged_write(cluster, capsys):
             def writing_again():
                 done = [e for e in load.window(switched, time.monotonic()) if e[1] == 'write']
                 return len(done) >= 10 and all(e[2] == 201 for e in done[-10:])
+
             wait_until(writing_again, 30, 'writes on the new primary')
         time.sleep(2)
     finally:
         load.finish()
 
     with psycopg.connect(cluster.pg_url('db2')) as conn:
-        stored = {row[0] for row in conn.execute('SELECT id FROM contacts WHERE organization_id = %s',
-                                                 (cluster.org_id,))}
+        stored = {
+            row[0] for row in conn.execute('SELECT id FROM contacts WHERE organization_id = %s', (cluster.org_id,))
+        }
     lost = [i for i in load.ledger if i not in stored]
 
     with capsys.disabled():
-        print(f'\ncluster: {len(load.ledger)} acknowledged writes, {len(load.events)} requests through nginx, '
-              f'lost writes: {len(lost)}, stale reads with a token: {load.stale_reads}')
+        print(
+            f'\ncluster: {len(load.ledger)} acknowledged writes, {len(load.events)} requests through nginx, '
+            f'lost writes: {len(lost)}, stale reads with a token: {load.stale_reads}'
+        )
         print('  served per host: ' + ', '.join(f'{app} {cluster.served(app)}' for app in APPS))
         for name, start, end in phases:
             events = load.window(start, end)
             errors = [e for e in events if e[2] is None or e[2] >= 500]
             codes = sorted({str(e[2]) for e in errors})
             stale = sum(1 for e in events if e[1] == 'read' and e[2] == 404)
-            print(f'  {name:<30} {end - start:5.1f} s  {len(events):5} requests  {len(errors):4} failed '
-                  f'({", ".join(codes) or "none"}) stale {stale}')
+            print(
+                f'  {name:<30} {end - start:5.1f} s  {len(events):5} requests  {len(errors):4} failed '
+                f'({", ".join(codes) or "none"}) stale {stale}'
+            )
 
     assert lost == []
     assert load.stale_reads == 0

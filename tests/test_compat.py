@@ -2,6 +2,7 @@
 
 Every test runs on SQLite and on PostgreSQL (see conftest.py).
 """
+
 import json
 
 import pytest
@@ -22,7 +23,7 @@ def test_me_answers_the_user_the_organization_and_the_role(api, user_api, databa
     assert set(me['user']) == CRM_USER_FIELDS, 'a crm_user record, never token material'
     assert me['user']['email'] == 'admin@example.com' and me['administrator'] is True
     assert me['organization'] == {'id': api.org_id, 'name': 'Acme'}
-    assert me['user'] == api.get(f"/api/crm_users/{me['user']['id']}").json
+    assert me['user'] == api.get(f'/api/crm_users/{me["user"]["id"]}').json
     assert api.token not in json.dumps(me)
     them = user_api.get('/api/me').json
     assert them['user']['email'] == 'user@example.com' and them['administrator'] is False
@@ -38,10 +39,15 @@ def test_me_is_a_route_no_custom_object_may_take(api):
     assert_problem(resp, 400, field='slug')
 
 
-@pytest.mark.parametrize('alias, operator, value', [
-    ('like', 'contains', 'ov'), ('nlike', 'not_contains', 'ov'), ('blank', 'is_empty', None),
-    ('notblank', 'is_not_empty', None),
-])
+@pytest.mark.parametrize(
+    'alias, operator, value',
+    [
+        ('like', 'contains', 'ov'),
+        ('nlike', 'not_contains', 'ov'),
+        ('blank', 'is_empty', None),
+        ('notblank', 'is_not_empty', None),
+    ],
+)
 def test_operator_aliases_mean_their_operators(api, alias, operator, value):
     for name, city in (('Lovelace', 'London'), ('Hopper', None), ('Turing', ''), ('Moore', 'Hove')):
         api.create('contacts', last_name=name, city=city)
@@ -50,6 +56,7 @@ def test_operator_aliases_mean_their_operators(api, alias, operator, value):
         resp = api.get('/api/contacts', {'filters': [{'field': 'city', 'op': op, 'value': value}], 'range': [0, 0]})
         rows = api.list('contacts', filters=[{'field': 'city', 'op': op, 'value': value}], range=[0, 9])
         return {c['last_name'] for c in rows}, resp.headers['Content-Range'].rsplit('/', 1)[1]
+
     assert names(alias) == names(operator)
     assert names(alias)[0], 'the filter selects something'
 
@@ -68,5 +75,7 @@ def test_openapi_lists_the_aliases_me_and_health(anonymous, api):
     assert doc['paths']['/health']['get']['security'] == [{}, {'bearerAuth': []}]
     me = doc['paths']['/me']['get']['responses']['200']['content']['application/json']['schema']
     from jsonschema import Draft202012Validator
-    Draft202012Validator({**me, 'components': doc['components']},
-                         format_checker=Draft202012Validator.FORMAT_CHECKER).validate(api.get('/api/me').json)
+
+    Draft202012Validator(
+        {**me, 'components': doc['components']}, format_checker=Draft202012Validator.FORMAT_CHECKER
+    ).validate(api.get('/api/me').json)

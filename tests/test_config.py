@@ -1,4 +1,5 @@
 """Settings in one place: one table of CRMAPI_* variables, read alike by the app, the CLI and gunicorn."""
+
 import pathlib
 import runpy
 
@@ -14,7 +15,7 @@ def configuration_table():
     """The README's Configuration table, as text."""
     text = (ROOT / 'README.md').read_text()
     start = text.index('## Configuration')
-    return text[start:text.index('\n## ', start + 1)]
+    return text[start : text.index('\n## ', start + 1)]
 
 
 def test_every_setting_is_in_the_readme_configuration_table():
@@ -28,17 +29,34 @@ def test_every_settings_field_has_its_variable():
 
 
 def test_from_env_reads_each_variable_and_treats_empty_as_unset():
-    settings = Settings.from_env({'CRMAPI_BIND': '0.0.0.0:9000', 'CRMAPI_WORKERS': '3', 'CRMAPI_POOL_MAX_SIZE': '6',
-                                  'CRMAPI_MAX_PAGE': '', 'CRMAPI_ACCESS_LOG': 'no'})
+    settings = Settings.from_env(
+        {
+            'CRMAPI_BIND': '0.0.0.0:9000',
+            'CRMAPI_WORKERS': '3',
+            'CRMAPI_POOL_MAX_SIZE': '6',
+            'CRMAPI_MAX_PAGE': '',
+            'CRMAPI_ACCESS_LOG': 'no',
+        }
+    )
     assert (settings.bind, settings.workers, settings.threads, settings.max_page, settings.access_log) == (
-        '0.0.0.0:9000', 3, 6, Settings.max_page, False)
+        '0.0.0.0:9000',
+        3,
+        6,
+        Settings.max_page,
+        False,
+    )
     assert Settings.from_env({'CRMAPI_THREADS': '2', 'CRMAPI_POOL_MAX_SIZE': '6'}).threads == 2
 
 
-@pytest.mark.parametrize('variable, raw', [
-    ('CRMAPI_WORKERS', 'many'), ('CRMAPI_POOL_TIMEOUT_S', 'soon'), ('CRMAPI_ACCESS_LOG', 'off'),
-    ('CRMAPI_HISTORY_DAYS', '0'),
-])
+@pytest.mark.parametrize(
+    'variable, raw',
+    [
+        ('CRMAPI_WORKERS', 'many'),
+        ('CRMAPI_POOL_TIMEOUT_S', 'soon'),
+        ('CRMAPI_ACCESS_LOG', 'off'),
+        ('CRMAPI_HISTORY_DAYS', '0'),
+    ],
+)
 def test_a_bad_value_names_its_variable(variable, raw):
     with pytest.raises(ValueError, match=variable):
         Settings.from_env({variable: raw})

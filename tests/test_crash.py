@@ -4,6 +4,7 @@ no merge half-applied; a non-transactional merge under the same harness is caugh
 The harness and the checker live in `bench/crash.py` (its long form runs by hand); this is the short,
 bounded form. `naive_merge_app()` below is the only code that runs inside gunicorn besides crmapi.
 """
+
 import json
 import os
 import sqlite3
@@ -21,8 +22,8 @@ from bench import crash  # noqa: E402
 from bench.load import PostgresScratch  # noqa: E402
 from bench.load import sqlite_path  # noqa: E402
 
-SECONDS = 8.0         # of load, per run
-KILL_EVERY = 0.6      # mean seconds between two SIGKILLs
+SECONDS = 8.0  # of load, per run
+KILL_EVERY = 0.6  # mean seconds between two SIGKILLs
 CLIENTS = 6
 
 pytestmark = pytest.mark.slow
@@ -35,6 +36,7 @@ def naive_merge_app():
     gunicorn loads it as `test_crash:naive_merge_app()` (with `--pythonpath tests`).
     """
     from crmapi import create_app
+
     inner = create_app()
     path = sqlite_path(os.environ['CRMAPI_DATABASE_URL'])
     pause = float(os.environ.get('NAIVE_MERGE_PAUSE', '0.3'))
@@ -51,8 +53,11 @@ def naive_merge_app():
             for sql, params in [
                 (f'UPDATE tasks SET contact_id = ? WHERE contact_id IN ({marks})', [target, *sources]),
                 (f'UPDATE contact_notes SET contact_id = ? WHERE contact_id IN ({marks})', [target, *sources]),
-                ('UPDATE contacts SET email = (SELECT email FROM contacts WHERE id = ?) '
-                 'WHERE id = ? AND email IS NULL', [sources[0], target]),
+                (
+                    'UPDATE contacts SET email = (SELECT email FROM contacts WHERE id = ?) '
+                    'WHERE id = ? AND email IS NULL',
+                    [sources[0], target],
+                ),
                 (f'DELETE FROM contacts WHERE id IN ({marks})', sources),
             ]:
                 conn.execute(sql, params)
@@ -80,6 +85,7 @@ def test_killed_workers_lose_no_acknowledged_write_and_leave_no_half_merge(backe
         ledger, problems, line = crash.crash_run(f'sqlite:///{tmp_path}/crm.db', tmp_path, **run)
     else:
         from conftest import postgres_url
+
         with PostgresScratch(postgres_url(), 'crm_crash') as scratch:
             ledger, problems, line = crash.crash_run(scratch.url, tmp_path, **run)
     print(line)
@@ -92,9 +98,17 @@ def test_killed_workers_lose_no_acknowledged_write_and_leave_no_half_merge(backe
 
 def test_the_checker_catches_a_non_transactional_merge(tmp_path):
     ledger, problems, line = crash.crash_run(
-        f'sqlite:///{tmp_path}/crm.db', tmp_path, app='test_crash:naive_merge_app()',
-        pythonpath=Path(__file__).parent, env={'NAIVE_MERGE_PAUSE': '0.3'},
-        clients=CLIENTS, seconds=SECONDS, kill_every=KILL_EVERY, workers=4, threads=2)
+        f'sqlite:///{tmp_path}/crm.db',
+        tmp_path,
+        app='test_crash:naive_merge_app()',
+        pythonpath=Path(__file__).parent,
+        env={'NAIVE_MERGE_PAUSE': '0.3'},
+        clients=CLIENTS,
+        seconds=SECONDS,
+        kill_every=KILL_EVERY,
+        workers=4,
+        threads=2,
+    )
     print(line)
     half = [p for p in problems if p.startswith('half-applied merge')]
     assert half, f'the checker missed the half-applied merges of a non-transactional merge: {problems}'

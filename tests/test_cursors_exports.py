@@ -1,6 +1,7 @@
 """Security of big lists (issue 16): signed keyset cursors, CSV cells a spreadsheet will not run, and
 exports whose failures are visible: before the status line a problem+json answer, after it a trailer line.
 """
+
 import base64
 import csv
 import hashlib
@@ -65,6 +66,7 @@ def assert_cursor_refused(client, params, cursor):
 
 # -- 7. cursors: bounded, strictly parsed, signed, bound to the organization and the query -----------
 
+
 def test_a_cursor_is_url_safe_and_pages_on(api, people):
     cursor = next_cursor(api, {'sort': 'last_name'})
     assert URL_SAFE.match(cursor)
@@ -73,15 +75,18 @@ def test_a_cursor_is_url_safe_and_pages_on(api, people):
     assert page.headers['Content-Range'] == 'contacts 3-5/7'
 
 
-@pytest.mark.parametrize('forged', [
-    b64(b'[' * 5000),
-    b64(json.dumps({'v': ['\ud800', 'c_x'], 'i': 3}).encode()),
-    b64(b'{"v":["' + '\ud800'.encode('utf-8', 'surrogatepass') + b'","c_x"],"i":3}'),
-    b64(b'\xff\xfe' * 40),
-    '',
-    '!!!!',
-    'A' * 5000,
-])
+@pytest.mark.parametrize(
+    'forged',
+    [
+        b64(b'[' * 5000),
+        b64(json.dumps({'v': ['\ud800', 'c_x'], 'i': 3}).encode()),
+        b64(b'{"v":["' + '\ud800'.encode('utf-8', 'surrogatepass') + b'","c_x"],"i":3}'),
+        b64(b'\xff\xfe' * 40),
+        '',
+        '!!!!',
+        'A' * 5000,
+    ],
+)
 def test_a_forged_cursor_is_400_naming_cursor(api, people, forged):
     assert_cursor_refused(api, {}, forged)
 
@@ -94,20 +99,23 @@ def test_the_cursors_the_probe_forged_are_400(api, people):
     assert_cursor_refused(api, {}, b64(b'[' * 5000))
 
 
-@pytest.mark.parametrize('body', [
-    b'[' * 5000,
-    b'{"v":["\\ud800"],"i":3}',
-    b'{"v":["c_\\u0000x"],"i":3}',
-    b'{"v":["c_x"],"i":3,"v":["c_y"]}',
-    b'{"v":[1e999],"i":3}',
-    b'{"v":["c_x"],"i":-1}',
-    b'{"v":["c_x"],"i":true}',
-    b'{"v":"c_x","i":3}',
-    b'{"v":[],"i":3}',
-    b'{"v":["' + b'x' * 20_000 + b'"],"i":3}',
-    b'["c_x",3]',
-    b'\xff',
-])
+@pytest.mark.parametrize(
+    'body',
+    [
+        b'[' * 5000,
+        b'{"v":["\\ud800"],"i":3}',
+        b'{"v":["c_\\u0000x"],"i":3}',
+        b'{"v":["c_x"],"i":3,"v":["c_y"]}',
+        b'{"v":[1e999],"i":3}',
+        b'{"v":["c_x"],"i":-1}',
+        b'{"v":["c_x"],"i":true}',
+        b'{"v":"c_x","i":3}',
+        b'{"v":[],"i":3}',
+        b'{"v":["' + b'x' * 20_000 + b'"],"i":3}',
+        b'["c_x",3]',
+        b'\xff',
+    ],
+)
 def test_even_a_validly_signed_cursor_is_parsed_strictly(api, people, database, body):
     assert_cursor_refused(api, {}, signed(database, api.org_id, {}, body))
 
@@ -141,10 +149,15 @@ def test_a_cursor_from_another_organization_is_400(api, other_api, people):
     assert_cursor_refused(api, {}, next_cursor(other_api, {}))
 
 
-@pytest.mark.parametrize('other', [
-    {'sort': 'first_name'}, {'sort': 'last_name', 'order': 'DESC'}, {'filter': {'last_name': 'n1'}},
-    {'filters': [{'field': 'last_name', 'op': 'neq', 'value': 'zz'}]},
-])
+@pytest.mark.parametrize(
+    'other',
+    [
+        {'sort': 'first_name'},
+        {'sort': 'last_name', 'order': 'DESC'},
+        {'filter': {'last_name': 'n1'}},
+        {'filters': [{'field': 'last_name', 'op': 'neq', 'value': 'zz'}]},
+    ],
+)
 def test_a_cursor_from_another_query_is_400(api, people, other):
     assert_cursor_refused(api, other, next_cursor(api, {'sort': 'last_name'}))
 
@@ -166,6 +179,7 @@ def test_the_generated_key_is_made_once_and_shared_by_every_worker(empty_db):  #
             keys.append(server_secret(Settings(database_url='injected'), empty_db))
         except Exception as exc:  # pragma: no cover - shown by the assertion below
             errors.append(exc)
+
     workers = [threading.Thread(target=start_worker) for _ in range(4)]
     for w in workers:
         w.start()
@@ -188,9 +202,8 @@ def test_crmapi_secret_key_signs_the_cursors_when_set(api, people, database, mon
     assert 's3cret' not in repr(settings)
     first, second = (Client(create_app(settings, db=database), api.token) for _ in range(2))
     cursor = next_cursor(first, {})
-    assert second.get('/api/contacts', {'range': [0, 2], 'cursor': cursor}).headers['Content-Range'] == \
-        'contacts 3-5/7'
-    assert_cursor_refused(api, {}, cursor)              # the database's own key is another key
+    assert second.get('/api/contacts', {'range': [0, 2], 'cursor': cursor}).headers['Content-Range'] == 'contacts 3-5/7'
+    assert_cursor_refused(api, {}, cursor)  # the database's own key is another key
     assert_cursor_refused(first, {}, next_cursor(api, {}))
 
 
@@ -202,10 +215,23 @@ def test_a_short_crmapi_secret_key_is_refused_at_start(monkeypatch):
 
 # -- 7, siblings: the Range header and the range parameter -----------------------------------------
 
-@pytest.mark.parametrize('header', [
-    'contacts=' + '9' * 19 + '-' + '9' * 19, 'contacts=5-2', 'contacts=0-5000', 'contacts=-1-2', 'contacts=0-',
-    'contacts=0-2,4-5', 'contacts=\u0660-\u0662', 'contacts=' + '[' * 5000, 'other=0-2', 'contacts 0-2', '',
-])
+
+@pytest.mark.parametrize(
+    'header',
+    [
+        'contacts=' + '9' * 19 + '-' + '9' * 19,
+        'contacts=5-2',
+        'contacts=0-5000',
+        'contacts=-1-2',
+        'contacts=0-',
+        'contacts=0-2,4-5',
+        'contacts=\u0660-\u0662',
+        'contacts=' + '[' * 5000,
+        'other=0-2',
+        'contacts 0-2',
+        '',
+    ],
+)
 def test_a_bad_range_header_is_400_naming_range(api, people, header):
     resp = api.app.get('/api/contacts', headers={**api.headers, 'Range': header}, status=400)
     assert_problem(resp, 400)
@@ -217,16 +243,24 @@ def test_a_range_header_with_leading_zeros_is_read_as_numbers(api, people):
     assert resp.headers['Content-Range'] == 'contacts 0-2/7'
 
 
-@pytest.mark.parametrize('raw', ['[' * 5000, '[0,"\\ud800"]', '[0,' + '9' * 5000 + ']', '[0,1e999]', '[0,24',
-                                 '[' + ','.join(['0'] * 5000) + ']'])
+@pytest.mark.parametrize(
+    'raw',
+    ['[' * 5000, '[0,"\\ud800"]', '[0,' + '9' * 5000 + ']', '[0,1e999]', '[0,24', '[' + ','.join(['0'] * 5000) + ']'],
+)
 def test_a_crash_shaped_range_parameter_is_400(api, people, raw):
     assert_problem(api.get('/api/contacts', {'range': raw}, status=400), 400, param='range')
 
 
 # -- 6. CSV cells a spreadsheet would run as formulas --------------------------------------------
 
-FORMULAS = ['=HYPERLINK("http://evil.example","x")', '+1+cmd|\' /C calc\'!A0', '-2+3', '@SUM(A1:A9)',
-            '\tlooks-blank', '\r=1+1']
+FORMULAS = [
+    '=HYPERLINK("http://evil.example","x")',
+    "+1+cmd|' /C calc'!A0",
+    '-2+3',
+    '@SUM(A1:A9)',
+    '\tlooks-blank',
+    '\r=1+1',
+]
 
 
 def csv_rows(client, resource, params=None):
@@ -240,19 +274,32 @@ def test_csv_export_prefixes_text_that_a_spreadsheet_would_run_with_a_quote(api)
     for i, text in enumerate(texts):
         api.create('contacts', first_name=text, last_name=f'k{i}')
     exported = {r['last_name']: r['first_name'] for r in csv_rows(api, 'contacts')}
-    assert [exported[f'k{i}'] for i in range(len(texts))] == \
-        ["'" + t for t in FORMULAS] + ['a=b', "'quoted already", 'Ada', '']
+    assert [exported[f'k{i}'] for i in range(len(texts))] == ["'" + t for t in FORMULAS] + [
+        'a=b',
+        "'quoted already",
+        'Ada',
+        '',
+    ]
 
 
 def test_csv_export_leaves_numbers_as_numbers(api):
     api.create('deals', name='refund', amount=-5)
     api.create('deals', name='fee', amount=-0.5)
     assert {r['name']: r['amount'] for r in csv_rows(api, 'deals')} == {'refund': '-5', 'fee': '-0.5'}
-    api.post('/api/custom_objects', {'slug': 'ledgers', 'label': 'Ledgers', 'fields': [
-        {'name': 'title', 'type': 'text'}, {'name': 'units', 'type': 'integer'},
-        {'name': 'balance', 'type': 'number'}]})
+    api.post(
+        '/api/custom_objects',
+        {
+            'slug': 'ledgers',
+            'label': 'Ledgers',
+            'fields': [
+                {'name': 'title', 'type': 'text'},
+                {'name': 'units', 'type': 'integer'},
+                {'name': 'balance', 'type': 'number'},
+            ],
+        },
+    )
     api.create('ledgers', title='-owed', units=-7, balance=-12.25)
-    row, = csv_rows(api, 'ledgers')
+    (row,) = csv_rows(api, 'ledgers')
     assert (row['title'], row['units'], row['balance']) == ("'-owed", '-7', '-12.25')
 
 
@@ -274,8 +321,13 @@ def test_ndjson_export_carries_text_exactly_as_stored(api):
 # -- 9. exports that fail ---------------------------------------------------------------------------
 
 TIMEOUT = 'The query took too long; retry or narrow it'
-TIMEOUT_PROBLEM = {'type': 'about:blank', 'title': 'Service unavailable', 'status': 503, 'detail': TIMEOUT,
-                   'message': TIMEOUT}
+TIMEOUT_PROBLEM = {
+    'type': 'about:blank',
+    'title': 'Service unavailable',
+    'status': 503,
+    'detail': TIMEOUT,
+    'message': TIMEOUT,
+}
 
 
 @pytest.fixture
@@ -289,11 +341,13 @@ def batch_and_more(api):
 
 def failing_stream(real, after, exc):
     """`real` (a database's stream) raising `exc` after `after` rows, as a statement timeout would."""
+
     def stream(sql, params, batch=500):
         for i, row in enumerate(real(sql, params, batch)):
             if i == after:
                 raise exc
             yield row
+
     return stream
 
 
@@ -316,8 +370,9 @@ def test_an_export_failing_with_a_bug_in_its_first_row_is_a_500_problem(api, peo
     assert 'driver text' not in resp.text
 
 
-def test_an_ndjson_export_failing_later_ends_with_an_error_line_and_a_log(api, batch_and_more, database,
-                                                                         monkeypatch, caplog):
+def test_an_ndjson_export_failing_later_ends_with_an_error_line_and_a_log(
+    api, batch_and_more, database, monkeypatch, caplog
+):
     fail_after(monkeypatch, database, BATCH + 5, Unavailable(TIMEOUT))
     with caplog.at_level(logging.ERROR, logger='crmapi'):
         resp = api.get('/api/lines', {'sort': 'n'}, headers={'Accept': 'application/x-ndjson'})
@@ -325,12 +380,13 @@ def test_an_ndjson_export_failing_later_ends_with_an_error_line_and_a_log(api, b
     lines = [json.loads(line) for line in resp.text.splitlines()]
     assert [r['n'] for r in lines[:-1]] == list(range(BATCH))
     assert lines[-1] == {'error': TIMEOUT_PROBLEM}
-    logged, = [r for r in caplog.records if r.name == 'crmapi']
+    (logged,) = [r for r in caplog.records if r.name == 'crmapi']
     assert 'lines' in logged.getMessage() and logged.exc_info
 
 
-def test_a_csv_export_failing_later_ends_with_an_error_record_and_a_log(api, batch_and_more, database,
-                                                                       monkeypatch, caplog):
+def test_a_csv_export_failing_later_ends_with_an_error_record_and_a_log(
+    api, batch_and_more, database, monkeypatch, caplog
+):
     fail_after(monkeypatch, database, BATCH + 5, RuntimeError('driver text that must not leak'))
     with caplog.at_level(logging.ERROR, logger='crmapi'):
         resp = api.get('/api/lines', {'sort': 'n'}, headers={'Accept': 'text/csv'})
@@ -342,8 +398,9 @@ def test_a_csv_export_failing_later_ends_with_an_error_record_and_a_log(api, bat
     assert [r.exc_info[1] for r in caplog.records if r.name == 'crmapi'][0].args == ('driver text that must not leak',)
 
 
-def test_an_export_the_client_leaves_ends_its_database_read_at_once(api, batch_and_more, database, wsgi_app,
-                                                                     monkeypatch):
+def test_an_export_the_client_leaves_ends_its_database_read_at_once(
+    api, batch_and_more, database, wsgi_app, monkeypatch
+):
     """A server closes the body when its client goes away: the database read (its transaction, its
     pooled connection) ends then, not after the rows nobody will receive."""
     ended = []
@@ -354,6 +411,7 @@ def test_an_export_the_client_leaves_ends_its_database_read_at_once(api, batch_a
             yield from real(sql, params, batch)
         finally:
             ended.append(True)
+
     monkeypatch.setattr(database, 'stream', stream)
     environ = webtest.TestRequest.blank('/api/lines', headers={**api.headers, 'Accept': 'text/csv'}).environ
     body = wsgi_app.app(environ, lambda status, headers, exc_info=None: None)
@@ -375,8 +433,11 @@ def pg_app_with_a_short_statement_timeout(tmp_path):
         migrations.migrate(db)
         accounts = Accounts(db)
         org = accounts.create_org('Slow')
-        client = Client(create_app(Settings(database_url='injected', access_log=False, statement_timeout_ms=300),
-                                   db=db), accounts.create_token(org, 'slow@example.com', admin=True), org)
+        client = Client(
+            create_app(Settings(database_url='injected', access_log=False, statement_timeout_ms=300), db=db),
+            accounts.create_token(org, 'slow@example.com', admin=True),
+            org,
+        )
         yield client, db.url
     finally:
         db.close()
@@ -386,7 +447,8 @@ def pg_app_with_a_short_statement_timeout(tmp_path):
 
 @pytest.mark.slow
 def test_a_postgresql_statement_timeout_before_the_first_row_is_a_503_not_a_cut_200(
-        pg_app_with_a_short_statement_timeout):
+    pg_app_with_a_short_statement_timeout,
+):
     """statement_timeout is PostgreSQL's: the export waits on a table another transaction holds."""
     client, url = pg_app_with_a_short_statement_timeout
     client.create('contacts', first_name='Ada')
@@ -408,20 +470,25 @@ def failing_export_app():
 
 @pytest.mark.slow
 # NOTE: the server's part (the chunked body ended after the app's last chunk) is the same for both formats.
-@pytest.mark.parametrize('accept, name', [('application/x-ndjson', 'gunicorn'), ('text/csv', 'gunicorn'),
-                                          ('application/x-ndjson', 'granian')])
-def test_through_the_server_an_export_failing_later_still_ends_its_chunked_body(api, batch_and_more, backend,
-                                                                               database, tmp_path, accept, name):
-    env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1',
-           'CRMAPI_FAIL_AFTER': str(BATCH + 5)}
+@pytest.mark.parametrize(
+    'accept, name',
+    [('application/x-ndjson', 'gunicorn'), ('text/csv', 'gunicorn'), ('application/x-ndjson', 'granian')],
+)
+def test_through_the_server_an_export_failing_later_still_ends_its_chunked_body(
+    api, batch_and_more, backend, database, tmp_path, accept, name
+):
+    env = {
+        'CRMAPI_DATABASE_URL': database_url(backend, database),
+        'CRMAPI_WORKERS': '1',
+        'CRMAPI_FAIL_AFTER': str(BATCH + 5),
+    }
     with servers.start_server(tmp_path, name, env=env, app='test_cursors_exports:failing_export_app') as server:
         # NOTE: http.client raises IncompleteRead if the connection ends before the last chunk.
         status, headers, body = server.request('GET', '/api/lines?sort=n', headers={**api.headers, 'Accept': accept})
         log = server.log_text()
     assert status == 200 and headers['transfer-encoding'] == 'chunked'
     last = body.decode().splitlines()[-1]
-    problem = json.loads(last)['error'] if accept == 'application/x-ndjson' else \
-        json.loads(next(csv.reader([last]))[1])
+    problem = json.loads(last)['error'] if accept == 'application/x-ndjson' else json.loads(next(csv.reader([last]))[1])
     assert problem == TIMEOUT_PROBLEM
     assert 'export of lines failed after its answer started' in log
 

@@ -3,6 +3,7 @@
 Limits are enforced on what a request asks for and on the definition it would result in; what is
 already stored is loaded as it is, so no stored definition can lock an organization out.
 """
+
 import threading
 
 import pytest
@@ -28,15 +29,18 @@ def define(api, slug='things', field_list=(), status=201):
 
 def table_of(definition):
     """A definition's table is `co_` + the id without its `obj_` prefix (see crmapi.custom)."""
-    return 'co_' + definition['id'][len('obj_'):]
+    return 'co_' + definition['id'][len('obj_') :]
 
 
 def write_around_the_api(database, api, slug, extra_fields, extra_columns):
     """Store fields and columns straight into the database, as an older, buggier server did."""
     definition = api.get(f'/api/custom_objects/{slug}').json
     info = Catalog.load(database).internal['custom_objects']
-    changes = {'fields': definition['fields'] + extra_fields, 'version': definition['version'] + 1,
-               'updated_at': utc_now()}
+    changes = {
+        'fields': definition['fields'] + extra_fields,
+        'version': definition['version'] + 1,
+        'updated_at': utc_now(),
+    }
     with database.transaction(write=True) as tx:
         for name in extra_columns:
             tx.execute(sqlbuild.build_add_column(table_of(definition), name, 'TEXT'))
@@ -53,10 +57,12 @@ def column_names(api, slug='things'):
 
 # -- 1. the field cap applies to the definition a change results in ----------------------------------
 
+
 def test_adding_a_field_to_a_full_definition_is_400_and_changes_nothing(api):
     define(api, field_list=fields(MAX_FIELDS))
-    body = assert_problem(api.put('/api/custom_objects/things', {'fields': fields(1, 'extra')}, status=400),
-                          400, field='fields')
+    body = assert_problem(
+        api.put('/api/custom_objects/things', {'fields': fields(1, 'extra')}, status=400), 400, field='fields'
+    )
     assert str(MAX_FIELDS) in body['detail']
     definition = api.get('/api/custom_objects/things').json
     assert len(definition['fields']) == MAX_FIELDS and definition['version'] == 1
@@ -92,8 +98,9 @@ def test_an_organization_whose_stored_definition_exceeds_the_cap_keeps_working(a
     assert api.get(f'/api/visits/{visit["id"]}').json['contact'] == keep['id']
 
     api.put('/api/custom_objects/things', {'label': 'Still editable'})
-    assert_problem(api.put('/api/custom_objects/things', {'fields': fields(1, 'more')}, status=400), 400,
-                   field='fields')
+    assert_problem(
+        api.put('/api/custom_objects/things', {'fields': fields(1, 'more')}, status=400), 400, field='fields'
+    )
     assert api.delete('/api/custom_objects/things/fields/f0').json['dropped']['name'] == 'f0'
     assert len(field_names(api)) == MAX_FIELDS
     assert 'f0' not in api.get(f'/api/things/{record["id"]}').json
@@ -101,19 +108,37 @@ def test_an_organization_whose_stored_definition_exceeds_the_cap_keeps_working(a
 
 # -- 10. names the databases reserve for themselves -------------------------------------------------
 
-RESERVED = ['xmin', 'xmax', 'cmin', 'cmax', 'ctid', 'tableoid', 'oid', 'rowid', '_rowid_',
-            'id', 'organization_id', 'created_at', 'updated_at', 'archived_at', 'q', 'include_archived']
+RESERVED = [
+    'xmin',
+    'xmax',
+    'cmin',
+    'cmax',
+    'ctid',
+    'tableoid',
+    'oid',
+    'rowid',
+    '_rowid_',
+    'id',
+    'organization_id',
+    'created_at',
+    'updated_at',
+    'archived_at',
+    'q',
+    'include_archived',
+]
 
 
 @pytest.mark.parametrize('name', RESERVED)
 def test_system_and_server_column_names_are_refused_as_field_names(api, name):
-    body = assert_problem(define(api, field_list=[{'name': name, 'type': 'text'}], status=400), 400,
-                          field='fields')
+    body = assert_problem(define(api, field_list=[{'name': name, 'type': 'text'}], status=400), 400, field='fields')
     assert name in body['detail']
     api.get('/api/things', status=404)
     define(api, field_list=fields(1))
-    body = assert_problem(api.put('/api/custom_objects/things', {'fields': [{'name': name, 'type': 'integer'}]},
-                                  status=400), 400, field='fields')
+    body = assert_problem(
+        api.put('/api/custom_objects/things', {'fields': [{'name': name, 'type': 'integer'}]}, status=400),
+        400,
+        field='fields',
+    )
     assert name in body['detail'] and name not in field_names(api)
 
 
@@ -127,21 +152,31 @@ def test_a_stored_field_whose_name_is_now_reserved_keeps_working_and_can_be_sent
     write_around_the_api(database, api, 'things', [{'name': 'q', 'type': 'text', 'required': False}], ['q'])
     assert api.create('things', q='kept')['q'] == 'kept'
     definition = api.get('/api/custom_objects/things').json
-    resent = api.put('/api/custom_objects/things', {**definition, 'fields': [*definition['fields'],
-                                                                           *fields(1, 'new')]}).json
+    resent = api.put(
+        '/api/custom_objects/things', {**definition, 'fields': [*definition['fields'], *fields(1, 'new')]}
+    ).json
     assert [f['name'] for f in resent['fields']] == ['f0', 'q', 'new0']
 
 
 # -- 14. every member of a definition has its JSON type --------------------------------------------
 
 BAD_FIELDS = [
-    ({'name': 'a', 'type': {}}, 'a'), ({'name': 'a', 'type': []}, 'a'), ({'name': 'a', 'type': 5}, 'a'),
-    ({'name': {}, 'type': 'text'}, 'fields[0]'), ({'name': ['a'], 'type': 'text'}, 'fields[0]'),
-    ({'name': 5, 'type': 'text'}, 'fields[0]'), ({'type': 'text'}, 'fields[0]'),
-    ({'name': 'a', 'type': 'text', 'label': {}}, 'a'), ({'name': 'a', 'type': 'text', 'label': []}, 'a'),
-    ({'name': 'a', 'type': 'reference', 'target': {}}, 'a'), ({'name': 'a', 'type': 'reference', 'target': []}, 'a'),
-    ({'name': 'a', 'type': 'text', 'required': 1}, 'a'), ({'name': 'a', 'type': 'text', 'required': None}, 'a'),
-    ({'name': 'a', 'type': 'text', 'colour': 'red'}, 'colour'), ([], 'fields[0]'), (None, 'fields[0]'),
+    ({'name': 'a', 'type': {}}, 'a'),
+    ({'name': 'a', 'type': []}, 'a'),
+    ({'name': 'a', 'type': 5}, 'a'),
+    ({'name': {}, 'type': 'text'}, 'fields[0]'),
+    ({'name': ['a'], 'type': 'text'}, 'fields[0]'),
+    ({'name': 5, 'type': 'text'}, 'fields[0]'),
+    ({'type': 'text'}, 'fields[0]'),
+    ({'name': 'a', 'type': 'text', 'label': {}}, 'a'),
+    ({'name': 'a', 'type': 'text', 'label': []}, 'a'),
+    ({'name': 'a', 'type': 'reference', 'target': {}}, 'a'),
+    ({'name': 'a', 'type': 'reference', 'target': []}, 'a'),
+    ({'name': 'a', 'type': 'text', 'required': 1}, 'a'),
+    ({'name': 'a', 'type': 'text', 'required': None}, 'a'),
+    ({'name': 'a', 'type': 'text', 'colour': 'red'}, 'colour'),
+    ([], 'fields[0]'),
+    (None, 'fields[0]'),
 ]
 
 
@@ -150,18 +185,24 @@ def test_a_field_member_of_the_wrong_json_type_is_400_naming_it(api, field, name
     body = assert_problem(define(api, field_list=[field], status=400), 400, field='fields')
     assert named in body['detail']
     define(api, field_list=fields(1))
-    body = assert_problem(api.put('/api/custom_objects/things', {'fields': [field]}, status=400), 400,
-                          field='fields')
+    body = assert_problem(api.put('/api/custom_objects/things', {'fields': [field]}, status=400), 400, field='fields')
     assert named in body['detail']
     assert field_names(api) == ['f0']
 
 
-@pytest.mark.parametrize('body, field', [
-    ({'slug': {}}, 'slug'), ({'slug': []}, 'slug'), ({'slug': 'things', 'label': {}}, 'label'),
-    ({'slug': 'things', 'label': []}, 'label'), ({'slug': 'things', 'fields': {}}, 'fields'),
-    ({'slug': 'things', 'fields': 'f0'}, 'fields'), ({'slug': 'things', 'fields': None}, 'fields'),
-    ({'slug': 'things', 'colour': 'red'}, 'colour'),
-])
+@pytest.mark.parametrize(
+    'body, field',
+    [
+        ({'slug': {}}, 'slug'),
+        ({'slug': []}, 'slug'),
+        ({'slug': 'things', 'label': {}}, 'label'),
+        ({'slug': 'things', 'label': []}, 'label'),
+        ({'slug': 'things', 'fields': {}}, 'fields'),
+        ({'slug': 'things', 'fields': 'f0'}, 'fields'),
+        ({'slug': 'things', 'fields': None}, 'fields'),
+        ({'slug': 'things', 'colour': 'red'}, 'colour'),
+    ],
+)
 def test_a_definition_member_of_the_wrong_json_type_or_unknown_is_400_naming_it(api, body, field):
     assert_problem(api.post('/api/custom_objects', body, status=400), 400, field=field)
     api.get('/api/things', status=404)
@@ -172,12 +213,14 @@ def test_a_definition_member_of_the_wrong_json_type_or_unknown_is_400_naming_it(
 
 def test_a_definition_read_back_can_be_sent_back_with_a_new_field(api):
     definition = define(api, field_list=fields(2)).json
-    changed = api.put('/api/custom_objects/things', {**definition, 'fields': [*definition['fields'],
-                                                                            *fields(1, 'new')]}).json
+    changed = api.put(
+        '/api/custom_objects/things', {**definition, 'fields': [*definition['fields'], *fields(1, 'new')]}
+    ).json
     assert [f['name'] for f in changed['fields']] == ['f0', 'f1', 'new0'] and changed['version'] == 2
 
 
 # -- a cap on custom objects per organization -------------------------------------------------------
+
 
 def test_an_organization_defines_at_most_max_objects_archived_ones_included(api, other_api):
     assert MAX_OBJECTS == 100
@@ -194,6 +237,7 @@ def test_an_organization_defines_at_most_max_objects_archived_ones_included(api,
 
 # -- 5. concurrent changes of one definition all land -----------------------------------------------
 
+
 def concurrently(*requests):
     """Run each request (a callable) in its own thread, all released at once; their answers in order."""
     barrier = threading.Barrier(len(requests))
@@ -202,6 +246,7 @@ def concurrently(*requests):
     def run(i, request):
         barrier.wait()
         answers[i] = request()
+
     threads = [threading.Thread(target=run, args=(i, r)) for i, r in enumerate(requests)]
     for t in threads:
         t.start()
@@ -229,11 +274,14 @@ def send(client, change):
 
 
 @pytest.mark.parametrize('attempt', range(3))
-@pytest.mark.parametrize('first, second, names, archived', [
-    (ADD_FA, ADD_FB, ['f0', 'fa', 'fb'], False),
-    (ADD_FA, DROP_F0, ['fa'], False),
-    (ADD_FA, ARCHIVE, ['f0', 'fa'], True),
-])
+@pytest.mark.parametrize(
+    'first, second, names, archived',
+    [
+        (ADD_FA, ADD_FB, ['f0', 'fa', 'fb'], False),
+        (ADD_FA, DROP_F0, ['fa'], False),
+        (ADD_FA, ARCHIVE, ['f0', 'fa'], True),
+    ],
+)
 def test_concurrent_changes_of_one_definition_all_land(api, attempt, first, second, names, archived):
     define(api, field_list=fields(1))
     a, b = own_client(api), own_client(api)
@@ -255,9 +303,14 @@ def test_concurrent_definitions_cannot_both_take_the_last_place(api, monkeypatch
     monkeypatch.setattr(custom, 'MAX_OBJECTS', 2)
     define(api, 'one')
     a, b = own_client(api), own_client(api)
-    answers = concurrently(*[lambda c=c, slug=slug: c.app.post_json('/api/custom_objects', {'slug': slug},
-                                                                     headers=c.headers, expect_errors=True)
-                             for c, slug in ((a, 'two'), (b, 'three'))])
+    answers = concurrently(
+        *[
+            lambda c=c, slug=slug: c.app.post_json(
+                '/api/custom_objects', {'slug': slug}, headers=c.headers, expect_errors=True
+            )
+            for c, slug in ((a, 'two'), (b, 'three'))
+        ]
+    )
     assert sorted(r.status_int for r in answers) == [201, 409], [r.text for r in answers]
     assert len(api.get('/api/custom_objects').json) == 2
 
@@ -275,9 +328,15 @@ def test_adding_a_field_whose_column_exists_outside_the_definition_adopts_it(api
 def test_a_field_whose_column_exists_with_another_type_is_409_and_changes_nothing(api, database):
     define(api, field_list=fields(1))
     write_around_the_api(database, api, 'things', [], ['orphan'])
-    body = assert_problem(api.put('/api/custom_objects/things', {'fields': [{'name': 'orphan', 'type': 'integer'},
-                                                                          *fields(1, 'new')]}, status=409),
-                          409, field='fields')
+    body = assert_problem(
+        api.put(
+            '/api/custom_objects/things',
+            {'fields': [{'name': 'orphan', 'type': 'integer'}, *fields(1, 'new')]},
+            status=409,
+        ),
+        409,
+        field='fields',
+    )
     assert 'orphan' in body['detail']
     assert field_names(api) == ['f0'] and 'new0' not in column_names(api)
     api.put('/api/custom_objects/things', {'fields': [{'name': 'orphan', 'type': 'text'}]})
@@ -291,8 +350,7 @@ def test_a_reference_field_whose_column_and_index_exist_is_adopted(api, database
     write_around_the_api(database, api, 'things', [], ['company'])
     with database.transaction(write=True) as tx:
         tx.execute(sqlbuild.build_create_index(table, index, 'company'))
-    api.put('/api/custom_objects/things', {'fields': [{'name': 'company', 'type': 'reference',
-                                                       'target': 'companies'}]})
+    api.put('/api/custom_objects/things', {'fields': [{'name': 'company', 'type': 'reference', 'target': 'companies'}]})
     company = api.create('companies', name='Acme')
     assert api.create('things', company=company['id'])['company'] == company['id']
     assert_problem(api.post('/api/things', {'company': 'comp_missing'}, status=400), 400, field='company')

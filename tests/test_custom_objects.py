@@ -1,4 +1,5 @@
 """Custom objects: an organization defines its own record types and uses them like contacts."""
+
 import json
 
 import pytest
@@ -12,7 +13,8 @@ from conftest import Client
 from conftest import assert_problem
 
 PROJECTS = {
-    'slug': 'projects', 'label': 'Projects',
+    'slug': 'projects',
+    'label': 'Projects',
     'fields': [
         {'name': 'title', 'type': 'text', 'required': True},
         {'name': 'budget', 'type': 'number'},
@@ -35,18 +37,31 @@ def test_define_create_list_update_archive_restore(api):
     assert created.headers['Location'].endswith('/api/custom_objects/projects')
     assert [f['name'] for f in created.json['fields']][:2] == ['title', 'budget']
     company = api.create('companies', name='Acme')
-    a = api.create('projects', title='Apollo', budget=1500.5, seats=3, active=True, due='2027-03-01',
-                   kickoff='2027-01-01T09:00:00+02:00', meta={'k': [1, 2]}, company=company['id'])
+    a = api.create(
+        'projects',
+        title='Apollo',
+        budget=1500.5,
+        seats=3,
+        active=True,
+        due='2027-03-01',
+        kickoff='2027-01-01T09:00:00+02:00',
+        meta={'k': [1, 2]},
+        company=company['id'],
+    )
     b = api.create('projects', title='Gemini', budget=99, seats=10, active=False)
     assert a['kickoff'] == '2027-01-01T07:00:00.000000Z' and a['meta'] == {'k': [1, 2]} and a['budget'] == 1500.5
 
-    resp = api.get('/api/projects', {'filters': [{'field': 'budget', 'op': 'gt', 'value': 100}],
-                                     'sort': 'seats', 'order': 'DESC'})
+    resp = api.get(
+        '/api/projects', {'filters': [{'field': 'budget', 'op': 'gt', 'value': 100}], 'sort': 'seats', 'order': 'DESC'}
+    )
     assert [r['id'] for r in resp.json] == [a['id']]
     assert resp.headers['Content-Range'] == 'projects 0-0/1'
     same_instant = api.list('projects', filters=[{'field': 'kickoff', 'op': 'eq', 'value': '2027-01-01T07:00:00Z'}])
     assert [r['id'] for r in same_instant] == [a['id']]
-    assert [r['title'] for r in api.list('projects', sorts=[{'field': 'title', 'order': 'DESC'}])] == ['Gemini', 'Apollo']
+    assert [r['title'] for r in api.list('projects', sorts=[{'field': 'title', 'order': 'DESC'}])] == [
+        'Gemini',
+        'Apollo',
+    ]
     assert [r['id'] for r in api.list('projects', filter={'q': 'gem'})] == [b['id']]
 
     updated = api.put(f'/api/projects/{b["id"]}', {'seats': 11}).json
@@ -66,10 +81,22 @@ def test_schema_introspects_a_custom_object(api):
     assert 'projects' in [r['resource'] for r in api.get('/api/schema').json]
 
 
-@pytest.mark.parametrize('field, value', [
-    ('title', 5), ('budget', 'much'), ('budget', 1e301), ('budget', 0.1234567890123456), ('seats', 1.5), ('seats', 2 ** 63), ('active', 'yes'),
-    ('due', '2027-02-30'), ('kickoff', 'tomorrow'), ('company', 'comp_missing'), ('title', None),
-])
+@pytest.mark.parametrize(
+    'field, value',
+    [
+        ('title', 5),
+        ('budget', 'much'),
+        ('budget', 1e301),
+        ('budget', 0.1234567890123456),
+        ('seats', 1.5),
+        ('seats', 2**63),
+        ('active', 'yes'),
+        ('due', '2027-02-30'),
+        ('kickoff', 'tomorrow'),
+        ('company', 'comp_missing'),
+        ('title', None),
+    ],
+)
 def test_values_of_the_wrong_type_are_rejected_per_field(api, field, value):
     define(api)
     body = {'title': 'x', field: value}
@@ -81,21 +108,49 @@ def test_required_fields_are_enforced(api):
     assert_problem(api.post('/api/projects', {'budget': 1}, status=400), 400, field='title')
 
 
-@pytest.mark.parametrize('slug', ['Projects', '1st', 'with-dash', 'x' * 64, '', 'contacts', 'schema', 'openapi',
-                                  'docs', 'custom_objects', 'merge_contacts', 'select', 'table', 'id',
-                                  'created_at', 'été', None, 5])
+@pytest.mark.parametrize(
+    'slug',
+    [
+        'Projects',
+        '1st',
+        'with-dash',
+        'x' * 64,
+        '',
+        'contacts',
+        'schema',
+        'openapi',
+        'docs',
+        'custom_objects',
+        'merge_contacts',
+        'select',
+        'table',
+        'id',
+        'created_at',
+        'été',
+        None,
+        5,
+    ],
+)
 def test_bad_slugs_are_400_and_say_what_is_allowed(api, slug):
     body = assert_problem(define(api, {**PROJECTS, 'slug': slug}, status=400), 400, field='slug')
     assert body['detail']
 
 
-@pytest.mark.parametrize('field', [
-    {'name': 'Budget', 'type': 'number'}, {'name': 'order', 'type': 'text'}, {'name': 'archived_at', 'type': 'text'},
-    {'name': 'x', 'type': 'money'}, {'name': 'x', 'type': 'reference'}, {'name': 'x', 'type': 'reference',
-                                                                            'target': 'nowhere'},
-    {'name': 'x', 'type': 'reference', 'target': 'companies_summary'}, {'name': 'x', 'type': 'text', 'target': 'tags'},
-    {'name': 'x', 'type': 'text', 'required': 'yes'}, 'not an object',
-])
+@pytest.mark.parametrize(
+    'field',
+    [
+        {'name': 'Budget', 'type': 'number'},
+        {'name': 'order', 'type': 'text'},
+        {'name': 'archived_at', 'type': 'text'},
+        {'name': 'x', 'type': 'money'},
+        {'name': 'x', 'type': 'reference'},
+        {'name': 'x', 'type': 'reference', 'target': 'nowhere'},
+        {'name': 'x', 'type': 'reference', 'target': 'companies_summary'},
+        {'name': 'x', 'type': 'text', 'target': 'tags'},
+        {'name': 'x', 'type': 'text', 'required': 'yes'},
+        'not an object',
+    ],
+)
 def test_bad_fields_are_400(api, field):
     assert_problem(define(api, {'slug': 'things', 'fields': [field]}, status=400), 400, field='fields')
     api.get('/api/things', status=404)
@@ -128,8 +183,9 @@ def test_another_organizations_slug_is_as_unknown_as_a_missing_one(api, other_ap
 def test_references_must_name_a_record_of_the_same_organization(api, other_api):
     define(api)
     foreign = other_api.create('companies', name='Theirs')
-    assert_problem(api.post('/api/projects', {'title': 'x', 'company': foreign['id']}, status=400), 400,
-                   field='company')
+    assert_problem(
+        api.post('/api/projects', {'title': 'x', 'company': foreign['id']}, status=400), 400, field='company'
+    )
 
 
 def test_references_to_another_custom_object(api):
@@ -144,8 +200,9 @@ def test_references_to_another_custom_object(api):
 def test_redefinition_adds_fields_changes_labels_and_keeps_data(api):
     define(api)
     record = api.create('projects', title='Apollo', seats=3)
-    redefined = api.put('/api/custom_objects/projects', {'label': 'Our projects',
-                                                           'fields': [{'name': 'owner', 'type': 'text'}]}).json
+    redefined = api.put(
+        '/api/custom_objects/projects', {'label': 'Our projects', 'fields': [{'name': 'owner', 'type': 'text'}]}
+    ).json
     assert redefined['label'] == 'Our projects'
     assert [f['name'] for f in redefined['fields']][-1] == 'owner' and len(redefined['fields']) == 9
     kept = api.get(f'/api/projects/{record["id"]}').json
@@ -156,8 +213,11 @@ def test_redefinition_adds_fields_changes_labels_and_keeps_data(api):
 
 def test_a_field_keeps_its_type(api):
     define(api)
-    assert_problem(api.put('/api/custom_objects/projects', {'fields': [{'name': 'seats', 'type': 'text'}]},
-                           status=409), 409, field='fields')
+    assert_problem(
+        api.put('/api/custom_objects/projects', {'fields': [{'name': 'seats', 'type': 'text'}]}, status=409),
+        409,
+        field='fields',
+    )
 
 
 def test_archiving_a_definition_hides_the_resource_until_restored(api):
@@ -218,6 +278,7 @@ def test_a_failed_definition_leaves_no_table_and_no_definition(api, database, mo
     def explode(self, tx, table, fields):
         attempted.append(table)  # the CREATE TABLE has run by now
         raise RuntimeError('disk on fire')
+
     monkeypatch.setattr(CustomObjects, '_columns_ddl', explode)
     assert_problem(define(api, status=500), 500)
     monkeypatch.undo()
@@ -233,9 +294,11 @@ def test_a_failed_field_addition_changes_nothing(api, monkeypatch):
     def add_then_fail(self, tx, table, fields):
         original(self, tx, table, fields)
         raise RuntimeError('after the ALTER TABLE')
+
     monkeypatch.setattr(CustomObjects, '_columns_ddl', add_then_fail)
-    assert_problem(api.put('/api/custom_objects/projects', {'fields': [{'name': 'owner', 'type': 'text'}]},
-                           status=500), 500)
+    assert_problem(
+        api.put('/api/custom_objects/projects', {'fields': [{'name': 'owner', 'type': 'text'}]}, status=500), 500
+    )
     monkeypatch.undo()
     assert 'owner' not in [f['name'] for f in api.get('/api/custom_objects/projects').json['fields']]
     assert 'owner' not in {c['name'] for c in api.get('/api/schema/projects').json['columns']}
@@ -261,14 +324,18 @@ def test_deleting_a_referenced_record_clears_the_custom_reference(api):
 def test_define_object_from_the_command_line(api, backend, database, tmp_path):
     import subprocess
     import sys
+
     if backend == 'sqlite':
         url = f'sqlite:///{database.path}'
     else:
         url = database.url
     path = tmp_path / 'definition.json'
     path.write_text(json.dumps(PROJECTS))
-    result = subprocess.run([sys.executable, '-m', 'crmapi', '--database', url, 'define-object', '--org',
-                             api.org_id, '--file', str(path)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, '-m', 'crmapi', '--database', url, 'define-object', '--org', api.org_id, '--file', str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)['slug'] == 'projects'
     assert api.create('projects', title='From the CLI')['title'] == 'From the CLI'

@@ -6,6 +6,7 @@ either app server. The app server serves `servers:probe_app()`: crmapi.create_ap
 `/_probe/environ` (what the app would see of the forwarded headers) and `/_probe/slow/...`.
 If nginx is not installed these tests fail; `make test` installs it.
 """
+
 import json
 import os
 import re
@@ -101,8 +102,9 @@ def probe(server, path=f'{PREFIX}/_probe/environ', **kwargs):
 
 
 def test_create_returns_a_location_under_the_prefix_that_reads_back_through_nginx(nginx, token):
-    status, headers, created = call(nginx, 'POST', f'{PREFIX}/api/contacts', token,
-                                    {'first_name': 'Ada', 'last_name': 'Lovelace'})
+    status, headers, created = call(
+        nginx, 'POST', f'{PREFIX}/api/contacts', token, {'first_name': 'Ada', 'last_name': 'Lovelace'}
+    )
     assert status == 201, created
     assert headers['location'] == f'{PREFIX}/api/contacts/{created["id"]}'
     status, _, fetched = call(nginx, 'GET', headers['location'], token)
@@ -113,8 +115,9 @@ def test_create_returns_a_location_under_the_prefix_that_reads_back_through_ngin
 def test_list_with_filters_keeps_content_range_through_nginx(nginx, token):
     for name in ('Ada', 'Grace', 'Alan'):
         assert call(nginx, 'POST', f'{PREFIX}/api/contacts', token, {'first_name': name})[0] == 201
-    q = query(filters=[{'field': 'first_name', 'op': 'starts_with', 'value': 'a'}],
-              sort=['first_name', 'ASC'], range=[0, 0])
+    q = query(
+        filters=[{'field': 'first_name', 'op': 'starts_with', 'value': 'a'}], sort=['first_name', 'ASC'], range=[0, 0]
+    )
     status, headers, rows = call(nginx, 'GET', f'{PREFIX}/api/contacts?{q}', token)
     assert status == 200, rows
     assert headers['content-range'] == 'contacts 0-0/2'
@@ -146,8 +149,9 @@ def test_a_request_line_over_64_kib_is_refused_by_nginx_as_problem_json(nginx, t
 def test_a_body_of_exactly_1_mib_is_accepted(nginx, token):
     body = json.dumps({'first_name': 'Big'}).encode()
     body += b' ' * (MIB - len(body))
-    status, _, created = call(nginx, 'POST', f'{PREFIX}/api/contacts', token, body,
-                              {'Content-Type': 'application/json'})
+    status, _, created = call(
+        nginx, 'POST', f'{PREFIX}/api/contacts', token, body, {'Content-Type': 'application/json'}
+    )
     assert status == 201, created
     assert created['first_name'] == 'Big'
 
@@ -155,8 +159,14 @@ def test_a_body_of_exactly_1_mib_is_accepted(nginx, token):
 def test_a_body_over_1_mib_is_refused_at_the_edge(nginx, token):
     body = json.dumps({'first_name': 'Huge'}).encode()
     body += b' ' * (MIB + 1 - len(body))
-    status, headers, problem = call(nginx, 'POST', f'{PREFIX}/api/contacts', token, body,
-                                    {'Content-Type': 'application/json', 'X-Request-ID': 'big-1'})
+    status, headers, problem = call(
+        nginx,
+        'POST',
+        f'{PREFIX}/api/contacts',
+        token,
+        body,
+        {'Content-Type': 'application/json', 'X-Request-ID': 'big-1'},
+    )
     assert_problem(status, headers, problem, 413, detail='The body is over 1 MiB')
     assert headers['x-request-id'] == 'big-1'
     # The refusal is nginx's own (the app's 413 reads differently), so the body never reached the app server.
@@ -203,8 +213,9 @@ def test_the_app_builds_locations_from_a_prefix_only_the_proxy_may_set(app_serve
     status, resp_headers, created = call(app_server, 'POST', path, body={'first_name': 'Via proxy'}, headers=headers)
     assert status == 201
     assert resp_headers['location'] == f'{PREFIX}/api/contacts/{created["id"]}'
-    status, resp_headers, body = call(app_server, 'POST', path, body={'first_name': 'Spoof'}, headers=headers,
-                                      source='127.0.0.2')
+    status, resp_headers, body = call(
+        app_server, 'POST', path, body={'first_name': 'Spoof'}, headers=headers, source='127.0.0.2'
+    )
     assert_problem(status, resp_headers, body, 404)
 
 
@@ -219,7 +230,7 @@ def test_the_request_id_passes_through_or_is_made_at_the_edge(nginx):
 
 def test_nginx_keeps_its_connections_to_the_app_server_alive(nginx, app_server):
     first, second = probe(nginx), probe(nginx)
-    assert first['HTTP_CONNECTION'] is None        # no `Connection: close` towards the app server
+    assert first['HTTP_CONNECTION'] is None  # no `Connection: close` towards the app server
     assert (first['REMOTE_ADDR'], first['REMOTE_PORT']) == (second['REMOTE_ADDR'], second['REMOTE_PORT'])
     # granian's environ has no REMOTE_PORT: the connections still open from nginx say it.
     assert servers.established(app_server.port) >= 1
@@ -230,12 +241,19 @@ def test_nginx_keeps_its_connections_to_the_app_server_alive(nginx, app_server):
 
 @pytest.mark.parametrize('name', servers.SERVERS)
 def test_sigterm_lets_an_in_flight_request_finish(backend, database, wsgi_app, token, tmp_path, name):
-    env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1',
-           'CRMAPI_PROBE_DIR': str(tmp_path), 'CRMAPI_PROBE_SLEEP_S': '2'}
+    env = {
+        'CRMAPI_DATABASE_URL': database_url(backend, database),
+        'CRMAPI_WORKERS': '1',
+        'CRMAPI_PROBE_DIR': str(tmp_path),
+        'CRMAPI_PROBE_SLEEP_S': '2',
+    }
     answers = []
     with servers.start_server(tmp_path / name, name, env=env, app='servers:probe_app') as server:
-        client = threading.Thread(target=lambda: answers.append(call(
-            server, 'POST', '/_probe/slow/api/contacts', token, {'first_name': 'In flight'}, timeout=30)))
+        client = threading.Thread(
+            target=lambda: answers.append(
+                call(server, 'POST', '/_probe/slow/api/contacts', token, {'first_name': 'In flight'}, timeout=30)
+            )
+        )
         client.start()
         deadline = time.monotonic() + 10
         while not (tmp_path / 'started').exists():
@@ -256,11 +274,15 @@ def test_sigterm_lets_an_in_flight_request_finish(backend, database, wsgi_app, t
 
 @pytest.mark.parametrize('name', servers.SERVERS)
 def test_sigterm_while_a_worker_boots_stops_the_server_at_once(backend, database, tmp_path, name):
-    env = {**os.environ, 'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1',
-           'CRMAPI_BIND': f'{servers.LOOPBACK}:{servers.free_port()}', 'CRMAPI_PROBE_BOOT_S': '3',
-           'PYTHONPATH': os.pathsep.join(filter(None, (str(servers.ROOT / 'tests'), os.environ.get('PYTHONPATH'))))}
-    proc, files, logs = servers._spawn(servers.server_argv(name, 'servers:probe_app', serve=False), tmp_path, env,
-                                       name)
+    env = {
+        **os.environ,
+        'CRMAPI_DATABASE_URL': database_url(backend, database),
+        'CRMAPI_WORKERS': '1',
+        'CRMAPI_BIND': f'{servers.LOOPBACK}:{servers.free_port()}',
+        'CRMAPI_PROBE_BOOT_S': '3',
+        'PYTHONPATH': os.pathsep.join(filter(None, (str(servers.ROOT / 'tests'), os.environ.get('PYTHONPATH')))),
+    }
+    proc, files, logs = servers._spawn(servers.server_argv(name, 'servers:probe_app', serve=False), tmp_path, env, name)
     with servers.Server(proc, None, logs, files, name) as server:
         deadline = time.monotonic() + 15
         while not servers.workers_of(server.pid):  # a worker is loading the app (3 s)
@@ -285,13 +307,16 @@ def test_each_request_is_one_json_access_log_line_with_the_edge_request_id(nginx
         time.sleep(0.05)
     [line] = lines
     entry = json.loads(line)
-    assert (entry['method'], entry['path'], entry['status'], entry['request_id']) == ('GET', '/api/contacts', 200,
-                                                                                       request_id)
+    assert (entry['method'], entry['path'], entry['status'], entry['request_id']) == (
+        'GET',
+        '/api/contacts',
+        200,
+        request_id,
+    )
     assert entry['organization'].startswith('org_') and token not in app_server.log_text()
 
 
-def test_two_masters_on_one_database_see_each_others_writes_and_revoked_tokens(backend, database, app_server,
-                                                                               tmp_path):
+def test_two_masters_on_one_database_see_each_others_writes_and_revoked_tokens(backend, database, app_server, tmp_path):
     accounts = Accounts(database)
     org = accounts.create_org('Two masters')
     token = accounts.create_token(org, 'both@example.com', admin=True)
@@ -303,7 +328,7 @@ def test_two_masters_on_one_database_see_each_others_writes_and_revoked_tokens(b
         [(token_id, *_)] = accounts.list_tokens(org)
         assert accounts.revoke_token(token_id)
         revoked = time.monotonic()
-        time.sleep(max(0.0, authcache.RECHECK_S - (time.monotonic() - revoked)))   # the bound for other processes
+        time.sleep(max(0.0, authcache.RECHECK_S - (time.monotonic() - revoked)))  # the bound for other processes
         for server in (app_server, other):
             status, headers, body = call(server, 'GET', '/api/contacts', token)
             assert_problem(status, headers, body, 401)

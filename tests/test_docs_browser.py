@@ -6,6 +6,7 @@ mounted under /crm as deploy/nginx.conf does, so the relative asset URLs and the
 are checked where they matter. Any console error (a CSP violation is one), uncaught exception, failed
 request, answer of 400 or more, or request leaving the server (the page must work offline) fails it.
 """
+
 import json
 import os
 import shutil
@@ -55,15 +56,21 @@ def site(sqlite_file, tmp_path_factory):
     """nginx (the API under /crm) in front of gunicorn: yields nginx's Server."""
     directory = tmp_path_factory.mktemp('docs-site')
     env = {'CRMAPI_DATABASE_URL': f'sqlite:///{sqlite_file.path}', 'CRMAPI_WORKERS': '1'}
-    with (servers.start_gunicorn(directory / 'gunicorn', env=env) as gunicorn,
-          servers.start_nginx(directory / 'nginx', upstream_port=gunicorn.port) as nginx):
+    with (
+        servers.start_gunicorn(directory / 'gunicorn', env=env) as gunicorn,
+        servers.start_nginx(directory / 'nginx', upstream_port=gunicorn.port) as nginx,
+    ):
         yield nginx
     assert 'Traceback' not in gunicorn.log_text(), gunicorn.log_text()
 
 
 def call(site, method, path, token, body=None):
-    status, _, data = site.request(method, MOUNT + path, body=json.dumps(body).encode() if body else None,
-                                   headers={'Authorization': f'Bearer {token}', 'Content-Type': 'application/json'})
+    status, _, data = site.request(
+        method,
+        MOUNT + path,
+        body=json.dumps(body).encode() if body else None,
+        headers={'Authorization': f'Bearer {token}', 'Content-Type': 'application/json'},
+    )
     assert status < 300, data
     return json.loads(data)
 
@@ -73,10 +80,20 @@ def organization(site, sqlite_file):
     """An administrator's token, a custom object `projects` and two contacts."""
     accounts = Accounts(sqlite_file)
     token = accounts.create_token(accounts.create_org('Docs'), 'docs@example.com', admin=True)
-    call(site, 'POST', '/api/custom_objects', token,
-         {'slug': 'projects', 'fields': [{'name': 'title', 'type': 'text', 'required': True}]})
-    call(site, 'POST', '/api/contacts', token,
-         [{'first_name': 'Ada', 'last_name': 'Lovelace'}, {'first_name': 'Grace', 'last_name': 'Hopper'}])
+    call(
+        site,
+        'POST',
+        '/api/custom_objects',
+        token,
+        {'slug': 'projects', 'fields': [{'name': 'title', 'type': 'text', 'required': True}]},
+    )
+    call(
+        site,
+        'POST',
+        '/api/contacts',
+        token,
+        [{'first_name': 'Ada', 'last_name': 'Lovelace'}, {'first_name': 'Grace', 'last_name': 'Hopper'}],
+    )
     return token
 
 
@@ -141,7 +158,7 @@ def execute(page, block):
 def test_a_reader_authorizes_once_then_lists_with_a_filter_and_creates_a_contact(page, organization, site):
     page.goto(page.origin + MOUNT + '/api/docs')
     page.wait_for_selector('#operations-tag-contacts')
-    assert page.locator('#operations-tag-projects').count() == 0    # anonymous: the built-ins only
+    assert page.locator('#operations-tag-projects').count() == 0  # anonymous: the built-ins only
 
     page.click('.auth-wrapper button.authorize')
     page.fill('#auth-bearer-value', organization)
@@ -157,7 +174,7 @@ def test_a_reader_authorizes_once_then_lists_with_a_filter_and_creates_a_contact
     assert 'content-range: contacts 0-0/1' in headers
     assert [c['first_name'] for c in json.loads(body)] == ['Ada']
     curl = listing.locator('.curl-command').inner_text()
-    assert f"{MOUNT}/api/contacts?filter=" in curl and 'Authorization: Bearer ' in curl
+    assert f'{MOUNT}/api/contacts?filter=' in curl and 'Authorization: Bearer ' in curl
     # A full page (react-admin's Range header, one row) carries the cursor to the next one.
     listing.locator('tr[data-param-name="filter"] input').fill('{}')
     listing.locator('tr[data-param-name="Range"] input').fill('contacts=0-0')
@@ -166,7 +183,7 @@ def test_a_reader_authorizes_once_then_lists_with_a_filter_and_creates_a_contact
     assert any(line.startswith('x-next-cursor: ') for line in headers), headers
 
     creating = open_operation(page, 'contacts', 'create_contacts')
-    status, headers, body = execute(page, creating)    # the example the body starts with, as is
+    status, headers, body = execute(page, creating)  # the example the body starts with, as is
     assert status == '201'
     created = json.loads(body)
     assert f'location: {MOUNT}/api/contacts/{created["id"]}' in headers

@@ -9,6 +9,7 @@ connection, a server out of resources) are raised by PostgreSQL itself with thei
 Indexed text columns hold at most MAX_INDEXED_TEXT characters on both databases: PostgreSQL's btree
 refuses an entry over 2,704 bytes, which used to surface as a 503 that no retry could fix.
 """
+
 import json
 import random
 import socket
@@ -131,27 +132,32 @@ def sqlite_too_deep(conn, tmp_path):
 def sqlite_statement(sql):
     def provoke(conn, tmp_path):
         conn.execute(sql)
+
     provoke.__name__ = sql
     return provoke
 
 
-@pytest.mark.parametrize(('provoke', 'status', 'members'), [
-    (sqlite_statement("INSERT INTO p (id, u) VALUES ('b', 'x')"), 409, {}),          # unique
-    (sqlite_statement("INSERT INTO p (id) VALUES ('a')"), 409, {}),                  # primary key
-    (sqlite_statement("INSERT INTO ch VALUES ('nowhere')"), 409, {}),                # foreign key
-    (sqlite_statement("INSERT INTO p (id, n) VALUES ('c', NULL)"), 400, {'field': 'n'}),  # not null
-    (sqlite_statement("INSERT INTO p (id, k) VALUES ('d', 0)"), 400, {}),            # check
-    (sqlite_statement("INSERT INTO s VALUES ('abc')"), 400, {}),                     # STRICT datatype
-    (sqlite_too_big, 413, {}),                  # SQLITE_TOOBIG (a DataError)
-    (sqlite_too_many_variables, 400, {}),       # statement limits
-    (sqlite_too_deep, 400, {}),
-    (sqlite_busy, 503, {}),                     # SQLITE_BUSY: another writer holds the lock
-    (sqlite_locked, 503, {}),                   # SQLITE_LOCKED
-    (sqlite_interrupted, 503, {}),              # SQLITE_INTERRUPT: the progress handler's time limit
-    (sqlite_full, 503, {}),                     # SQLITE_FULL
-    (sqlite_read_only, 503, {}),                # SQLITE_READONLY
-    (sqlite_cannot_open, 503, {}),              # SQLITE_CANTOPEN
-], ids=lambda p: getattr(p, '__name__', None))
+@pytest.mark.parametrize(
+    ('provoke', 'status', 'members'),
+    [
+        (sqlite_statement("INSERT INTO p (id, u) VALUES ('b', 'x')"), 409, {}),  # unique
+        (sqlite_statement("INSERT INTO p (id) VALUES ('a')"), 409, {}),  # primary key
+        (sqlite_statement("INSERT INTO ch VALUES ('nowhere')"), 409, {}),  # foreign key
+        (sqlite_statement("INSERT INTO p (id, n) VALUES ('c', NULL)"), 400, {'field': 'n'}),  # not null
+        (sqlite_statement("INSERT INTO p (id, k) VALUES ('d', 0)"), 400, {}),  # check
+        (sqlite_statement("INSERT INTO s VALUES ('abc')"), 400, {}),  # STRICT datatype
+        (sqlite_too_big, 413, {}),  # SQLITE_TOOBIG (a DataError)
+        (sqlite_too_many_variables, 400, {}),  # statement limits
+        (sqlite_too_deep, 400, {}),
+        (sqlite_busy, 503, {}),  # SQLITE_BUSY: another writer holds the lock
+        (sqlite_locked, 503, {}),  # SQLITE_LOCKED
+        (sqlite_interrupted, 503, {}),  # SQLITE_INTERRUPT: the progress handler's time limit
+        (sqlite_full, 503, {}),  # SQLITE_FULL
+        (sqlite_read_only, 503, {}),  # SQLITE_READONLY
+        (sqlite_cannot_open, 503, {}),  # SQLITE_CANTOPEN
+    ],
+    ids=lambda p: getattr(p, '__name__', None),
+)
 def test_sqlite_errors_become_the_right_answer(lite, tmp_path, provoke, status, members):
     assert_answer(translated(provoke, lite, tmp_path), status, **members)
 
@@ -194,6 +200,7 @@ def four_byte_text(n, seed=1):
 def pg_statement(sql, params=None):
     def provoke(conn):
         conn.execute(sql, params)
+
     provoke.__name__ = sql[:60]
     return provoke
 
@@ -266,40 +273,51 @@ def pg_pool_timeout(conn):
         db.close()
 
 
-@pytest.mark.parametrize(('provoke', 'status', 'members'), [
-    # 23: integrity
-    (pg_statement("INSERT INTO p (id, u) VALUES ('b', 'x')"), 409, {}),
-    (pg_statement("INSERT INTO ch VALUES ('nowhere')"), 409, {}),
-    (pg_statement("INSERT INTO p (id, n) VALUES ('c', NULL)"), 400, {'field': 'n'}),
-    (pg_statement("INSERT INTO p (id, k) VALUES ('d', 0)"), 400, {}),
-    # 22: data exceptions
-    (pg_statement("INSERT INTO p (id, v) VALUES ('e', 'abc')"), 400, {}),        # string too long
-    (pg_statement('SELECT 2147483648::int4'), 400, {}),                           # numeric out of range
-    (pg_statement("SELECT 'x'::int"), 400, {}),                                   # invalid text representation
-    (pg_statement('SELECT \'"\\u0000"\'::jsonb'), 400, {}),                       # untranslatable character
-    (pg_statement('SELECT %s::text', ('a\x00',)), 400, {}),                       # psycopg refuses NUL itself
-    # 54: program limits
-    (pg_statement('INSERT INTO ix VALUES (%s)', (four_byte_text(1000),)), 413, {}),  # index row size
-    (pg_statement('SELECT concat(' + ','.join(['1'] * 101) + ')'), 400, {}),     # too many arguments
-    # passing conditions: 503 with Retry-After
-    (pg_serialization_failure, 503, {}),        # 40001
-    (pg_raised('40P01'), 503, {}),              # deadlock detected
-    (pg_statement_timeout, 503, {}),            # 57014 query canceled
-    (pg_admin_shutdown, 503, {}),               # 57P01
-    (pg_raised('08006'), 503, {}),              # connection failure
-    (pg_unreachable, 503, {}),                  # no server at all: no SQLSTATE
-    (pg_raised('53100'), 503, {}),              # disk full
-    (pg_raised('53300'), 503, {}),              # too many connections
-    (pg_lock_timeout, 503, {}),                 # 55P03 lock not available
-    (pg_read_only, 503, {}),                    # 25006: a standby during a failover
-    (pg_pool_timeout, 503, {}),                 # psycopg_pool.PoolTimeout
-], ids=lambda p: getattr(p, '__name__', None))
+@pytest.mark.parametrize(
+    ('provoke', 'status', 'members'),
+    [
+        # 23: integrity
+        (pg_statement("INSERT INTO p (id, u) VALUES ('b', 'x')"), 409, {}),
+        (pg_statement("INSERT INTO ch VALUES ('nowhere')"), 409, {}),
+        (pg_statement("INSERT INTO p (id, n) VALUES ('c', NULL)"), 400, {'field': 'n'}),
+        (pg_statement("INSERT INTO p (id, k) VALUES ('d', 0)"), 400, {}),
+        # 22: data exceptions
+        (pg_statement("INSERT INTO p (id, v) VALUES ('e', 'abc')"), 400, {}),  # string too long
+        (pg_statement('SELECT 2147483648::int4'), 400, {}),  # numeric out of range
+        (pg_statement("SELECT 'x'::int"), 400, {}),  # invalid text representation
+        (pg_statement('SELECT \'"\\u0000"\'::jsonb'), 400, {}),  # untranslatable character
+        (pg_statement('SELECT %s::text', ('a\x00',)), 400, {}),  # psycopg refuses NUL itself
+        # 54: program limits
+        (pg_statement('INSERT INTO ix VALUES (%s)', (four_byte_text(1000),)), 413, {}),  # index row size
+        (pg_statement('SELECT concat(' + ','.join(['1'] * 101) + ')'), 400, {}),  # too many arguments
+        # passing conditions: 503 with Retry-After
+        (pg_serialization_failure, 503, {}),  # 40001
+        (pg_raised('40P01'), 503, {}),  # deadlock detected
+        (pg_statement_timeout, 503, {}),  # 57014 query canceled
+        (pg_admin_shutdown, 503, {}),  # 57P01
+        (pg_raised('08006'), 503, {}),  # connection failure
+        (pg_unreachable, 503, {}),  # no server at all: no SQLSTATE
+        (pg_raised('53100'), 503, {}),  # disk full
+        (pg_raised('53300'), 503, {}),  # too many connections
+        (pg_lock_timeout, 503, {}),  # 55P03 lock not available
+        (pg_read_only, 503, {}),  # 25006: a standby during a failover
+        (pg_pool_timeout, 503, {}),  # psycopg_pool.PoolTimeout
+    ],
+    ids=lambda p: getattr(p, '__name__', None),
+)
 def test_postgresql_errors_become_the_right_answer(pg, provoke, status, members):
     assert_answer(translated(provoke, pg), status, **members)
 
 
-@pytest.mark.parametrize('sql', ['SELECT * FROM no_such_table', 'SELECT no_such_function()', 'SELEC 1',
-                                 "DO $$ BEGIN RAISE EXCEPTION 'a bug'; END $$"])
+@pytest.mark.parametrize(
+    'sql',
+    [
+        'SELECT * FROM no_such_table',
+        'SELECT no_such_function()',
+        'SELEC 1',
+        "DO $$ BEGIN RAISE EXCEPTION 'a bug'; END $$",
+    ],
+)
 def test_a_postgresql_error_that_is_a_bug_stays_an_exception(pg, sql):
     with pytest.raises(psycopg.Error):
         with translate_errors():
@@ -314,12 +332,28 @@ def test_other_exceptions_pass_through_untouched():
 
 # -- indexed text: one documented length limit ----------------------------------------------------
 
-INDEXED = [('contacts', 'city'), ('contacts', 'last_name'), ('contacts', 'status'), ('contacts', 'email'),
-           ('contacts', 'company_id'), ('companies', 'name'), ('deals', 'status'), ('tags', 'name'),
-           ('configuration', 'key'), ('crm_users', 'email'), ('tasks', 'contact_id'),
-           ('contact_notes', 'contact_id')]
-NOT_INDEXED = [('contacts', 'first_name'), ('contacts', 'background'), ('contact_notes', 'text'),
-               ('deals', 'description'), ('tasks', 'text'), ('tags', 'color')]
+INDEXED = [
+    ('contacts', 'city'),
+    ('contacts', 'last_name'),
+    ('contacts', 'status'),
+    ('contacts', 'email'),
+    ('contacts', 'company_id'),
+    ('companies', 'name'),
+    ('deals', 'status'),
+    ('tags', 'name'),
+    ('configuration', 'key'),
+    ('crm_users', 'email'),
+    ('tasks', 'contact_id'),
+    ('contact_notes', 'contact_id'),
+]
+NOT_INDEXED = [
+    ('contacts', 'first_name'),
+    ('contacts', 'background'),
+    ('contact_notes', 'text'),
+    ('deals', 'description'),
+    ('tasks', 'text'),
+    ('tags', 'color'),
+]
 
 
 def columns_of(api, resource):
@@ -339,8 +373,13 @@ def test_text_outside_any_index_has_no_length_limit(api, resource, field):
 def required_fields(api, resource):
     if resource == 'contact_notes':
         return {'contact_id': api.create('contacts', last_name='Noted')['id']}
-    return {'companies': {'name': 'Acme'}, 'deals': {'name': 'Engine'}, 'tags': {'name': 'vip'},
-            'configuration': {'key': 'theme'}, 'crm_users': {'email': 'u@example.com'}}.get(resource, {})
+    return {
+        'companies': {'name': 'Acme'},
+        'deals': {'name': 'Engine'},
+        'tags': {'name': 'vip'},
+        'configuration': {'key': 'theme'},
+        'crm_users': {'email': 'u@example.com'},
+    }.get(resource, {})
 
 
 @pytest.mark.parametrize(('resource', 'field'), INDEXED)
@@ -383,17 +422,26 @@ def test_a_filter_longer_than_the_limit_just_finds_nothing(api):
 
 def test_text_outside_any_index_keeps_only_the_body_size_limit(api):
     contact = api.create('contacts', last_name='Noted', background=four_byte_text(20_000, 4))
-    text = four_byte_text(200_000, 5)     # 800,000 bytes of UTF-8
+    text = four_byte_text(200_000, 5)  # 800,000 bytes of UTF-8
     raw = json.dumps({'contact_id': contact['id'], 'text': text}, ensure_ascii=False).encode()
-    note = api.app.post('/api/contact_notes', raw, headers=api.headers, content_type='application/json',
-                        status=201).json
+    note = api.app.post(
+        '/api/contact_notes', raw, headers=api.headers, content_type='application/json', status=201
+    ).json
     assert api.get(f'/api/contact_notes/{note["id"]}').json['text'] == text
     assert api.get(f'/api/contacts/{contact["id"]}').json['background'] == contact['background']
 
 
 def test_custom_object_reference_fields_are_indexed_text_and_plain_text_fields_are_not(api):
-    api.post('/api/custom_objects', {'slug': 'projects', 'fields': [
-        {'name': 'owner', 'type': 'reference', 'target': 'contacts'}, {'name': 'summary', 'type': 'text'}]})
+    api.post(
+        '/api/custom_objects',
+        {
+            'slug': 'projects',
+            'fields': [
+                {'name': 'owner', 'type': 'reference', 'target': 'contacts'},
+                {'name': 'summary', 'type': 'text'},
+            ],
+        },
+    )
     columns = columns_of(api, 'projects')
     assert (columns['owner']['max_length'], columns['summary']['max_length']) == (MAX_INDEXED_TEXT, None)
     resp = api.post('/api/projects', {'owner': 'c_' + 'x' * MAX_INDEXED_TEXT}, status=400)
@@ -411,8 +459,10 @@ PROBE_TABLE = 'driver_errors_indexed_probe'
 def probe_table(database):
     """A table with an index, a unique constraint and unindexed text, dropped afterwards."""
     with database.transaction(write=True) as tx:
-        tx.execute(f'CREATE TABLE {PROBE_TABLE} (id TEXT PRIMARY KEY, organization_id TEXT NOT NULL, '
-                   'label TEXT, code TEXT UNIQUE, body TEXT, size BIGINT)')
+        tx.execute(
+            f'CREATE TABLE {PROBE_TABLE} (id TEXT PRIMARY KEY, organization_id TEXT NOT NULL, '
+            'label TEXT, code TEXT UNIQUE, body TEXT, size BIGINT)'
+        )
         tx.execute(f'CREATE INDEX {PROBE_TABLE}_label ON {PROBE_TABLE} (organization_id, label, size)')
     yield PROBE_TABLE
     with database.transaction(write=True) as tx:
@@ -422,8 +472,14 @@ def probe_table(database):
 def test_indexed_text_columns_are_read_from_the_catalog(database, probe_table):
     catalog = Catalog.load(database, {'probe': ResourceSpec('probe', 'p_', table=probe_table)})
     limits = {name: c.max_length for name, c in catalog.tables['probe'].columns.items()}
-    assert limits == {'id': None, 'organization_id': None, 'label': MAX_INDEXED_TEXT, 'code': MAX_INDEXED_TEXT,
-                      'body': None, 'size': None}
+    assert limits == {
+        'id': None,
+        'organization_id': None,
+        'label': MAX_INDEXED_TEXT,
+        'code': MAX_INDEXED_TEXT,
+        'body': None,
+        'size': None,
+    }
 
 
 def index_columns(database, table):
@@ -432,9 +488,12 @@ def index_columns(database, table):
         if database.name == 'sqlite':
             names = [r[0] for r in tx.rows('SELECT name FROM pragma_index_list(?)', (table,))]
             return {n: [r[0] for r in tx.rows('SELECT name FROM pragma_index_info(?)', (n,))] for n in names}
-        rows = tx.rows('SELECT i.indexrelid::regclass::text, a.attname FROM pg_index i '
-                       'JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) '
-                       'WHERE i.indrelid = %s::regclass', (table,))
+        rows = tx.rows(
+            'SELECT i.indexrelid::regclass::text, a.attname FROM pg_index i '
+            'JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) '
+            'WHERE i.indrelid = %s::regclass',
+            (table,),
+        )
     found = {}
     for index, column in rows:
         found.setdefault(index, []).append(column)
@@ -460,9 +519,16 @@ def worst_entry_bytes(info, columns):
 
 
 def test_every_index_of_every_resource_fits_a_btree_entry_at_the_length_limit(api, database):
-    api.post('/api/custom_objects', {'slug': 'links', 'fields': [
-        {'name': 'contact', 'type': 'reference', 'target': 'contacts'},
-        {'name': 'deal', 'type': 'reference', 'target': 'deals'}]})
+    api.post(
+        '/api/custom_objects',
+        {
+            'slug': 'links',
+            'fields': [
+                {'name': 'contact', 'type': 'reference', 'target': 'contacts'},
+                {'name': 'deal', 'type': 'reference', 'target': 'deals'},
+            ],
+        },
+    )
     catalog = build_services(database).catalog
     tables = [*catalog.tables.values(), *catalog.internal.values(), catalog.custom.table_for(api.org_id, 'links')]
     checked = 0

@@ -4,6 +4,7 @@ POST /api/contacts/duplicates (one record's candidates), and the same for compan
 The normalisation rules are checked on their own first (pure Python), then through the API on SQLite
 and PostgreSQL (see conftest.py).
 """
+
 import gc
 import random
 import unicodedata
@@ -20,10 +21,19 @@ COMPANY_GROUPS = '/api/companies/duplicates'
 
 # -- normalisation ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('variant', [
-    'ada.lovelace@gmail.com', 'Ada.Lovelace@Gmail.com', ' ADA.LOVELACE@GMAIL.COM ', 'adalovelace@gmail.com',
-    'a.d.a.lovelace@gmail.com', 'ada.lovelace+crm@gmail.com', 'adalovelace+a+b@googlemail.com',
-])
+
+@pytest.mark.parametrize(
+    'variant',
+    [
+        'ada.lovelace@gmail.com',
+        'Ada.Lovelace@Gmail.com',
+        ' ADA.LOVELACE@GMAIL.COM ',
+        'adalovelace@gmail.com',
+        'a.d.a.lovelace@gmail.com',
+        'ada.lovelace+crm@gmail.com',
+        'adalovelace+a+b@googlemail.com',
+    ],
+)
 def test_gmail_addresses_ignore_case_tags_dots_and_googlemail(variant):
     assert duplicates.email_key(variant) == 'adalovelace@gmail.com'
 
@@ -38,8 +48,9 @@ def test_what_is_no_address_has_no_email_key(junk):
     assert duplicates.email_key(junk) is None
 
 
-@pytest.mark.parametrize('variant', ['+44 20 7946 0000', '0044 20 7946 0000', '+44 (20) 7946-0000',
-                                     '44.20.7946.0000', '+44 20 7946 0000 '])
+@pytest.mark.parametrize(
+    'variant', ['+44 20 7946 0000', '0044 20 7946 0000', '+44 (20) 7946-0000', '44.20.7946.0000', '+44 20 7946 0000 ']
+)
 def test_phones_compare_by_digits_with_a_leading_00_read_as_plus(variant):
     assert duplicates.phone_key(variant) == '442079460000'
 
@@ -49,10 +60,19 @@ def test_short_phone_numbers_are_no_key(junk):
     assert duplicates.phone_key(junk) is None
 
 
-@pytest.mark.parametrize('text, folded', [
-    ('Zoë', 'zoe'), ("O'Brien-Lévy", 'obrienlevy'), ('ÅSE ØSTERGÅRD', 'aseostergard'), ('Straße', 'strasse'),
-    ('  jean luc ', 'jeanluc'), ('Łukasz', 'lukasz'), (None, ''), ('Ab_c\n1', 'abc1'),
-])
+@pytest.mark.parametrize(
+    'text, folded',
+    [
+        ('Zoë', 'zoe'),
+        ("O'Brien-Lévy", 'obrienlevy'),
+        ('ÅSE ØSTERGÅRD', 'aseostergard'),
+        ('Straße', 'strasse'),
+        ('  jean luc ', 'jeanluc'),
+        ('Łukasz', 'lukasz'),
+        (None, ''),
+        ('Ab_c\n1', 'abc1'),
+    ],
+)
 def test_names_fold_case_accents_and_punctuation(text, folded):
     assert duplicates.fold(text) == folded
 
@@ -65,15 +85,30 @@ def test_folding_a_column_is_folding_each_text():
     def one(text):
         text = unicodedata.normalize('NFKD', (text or '').casefold()).translate(duplicates._LETTERS)
         return ''.join(c for c in text if c.isalnum())
+
     assert duplicates.fold_all(texts) == [one(t) for t in texts]
     assert duplicates.phone_keys(['+1 555 0100 99', None, '1\n234567', '0000 1234 567', '٣٣٣ 1234567']) == [
-        '1555010099', None, '1234567', '001234567', '1234567']
-    assert duplicates.email_keys([' A@B.org', None, 'x@y.org\n', 'É@Ü.de ']) == ['a@b.org', None, 'x@y.org',
-                                                                                   'é@ü.de']
+        '1555010099',
+        None,
+        '1234567',
+        '001234567',
+        '1234567',
+    ]
+    assert duplicates.email_keys([' A@B.org', None, 'x@y.org\n', 'É@Ü.de ']) == ['a@b.org', None, 'x@y.org', 'é@ü.de']
 
 
-@pytest.mark.parametrize('value', ['acme.com', 'ACME.com', 'https://www.acme.com/about?x=1', 'http://acme.com:8080',
-                                   'www.acme.com', 'https://user@www.acme.com/', 'acme.com.'])
+@pytest.mark.parametrize(
+    'value',
+    [
+        'acme.com',
+        'ACME.com',
+        'https://www.acme.com/about?x=1',
+        'http://acme.com:8080',
+        'www.acme.com',
+        'https://user@www.acme.com/',
+        'acme.com.',
+    ],
+)
 def test_hosts_drop_scheme_www_path_port_and_case(value):
     assert duplicates.host_key(value) == 'acme.com'
 
@@ -83,8 +118,24 @@ def test_hosts_many_companies_share_are_no_key(junk):
     assert duplicates.host_key(junk) is None
 
 
-@pytest.mark.parametrize('name', ['Acme', 'ACME Inc.', 'Acme, Inc', 'Acme Ltd', 'Acme LLC', 'Acme GmbH', 'Acme SAS',
-                                  'Acme S.A.', 'Acme AG', 'Acme B.V.', 'Acme Corp', 'Acme Co., Ltd.', 'Ácme'])
+@pytest.mark.parametrize(
+    'name',
+    [
+        'Acme',
+        'ACME Inc.',
+        'Acme, Inc',
+        'Acme Ltd',
+        'Acme LLC',
+        'Acme GmbH',
+        'Acme SAS',
+        'Acme S.A.',
+        'Acme AG',
+        'Acme B.V.',
+        'Acme Corp',
+        'Acme Co., Ltd.',
+        'Ácme',
+    ],
+)
 def test_company_names_drop_legal_suffixes(name):
     assert duplicates.company_name_key(name) == 'acme'
 
@@ -94,10 +145,19 @@ def test_a_company_named_only_by_a_suffix_keeps_it():
     assert duplicates.company_name_key('Co Op Inc') == 'coop'
 
 
-@pytest.mark.parametrize('a, b, distance', [
-    ('smith', 'smith', 0), ('smith', 'smyth', 1), ('smith', 'smiht', 2), ('smith', 'smithers', None),
-    ('kowalski', 'kovalsky', 2), ('lee', 'li', 2), ('lovelace', 'lovelacx', 1), ('abc', 'xyz', None),
-])
+@pytest.mark.parametrize(
+    'a, b, distance',
+    [
+        ('smith', 'smith', 0),
+        ('smith', 'smyth', 1),
+        ('smith', 'smiht', 2),
+        ('smith', 'smithers', None),
+        ('kowalski', 'kovalsky', 2),
+        ('lee', 'li', 2),
+        ('lovelace', 'lovelacx', 1),
+        ('abc', 'xyz', None),
+    ],
+)
 def test_edit_distance_is_known_up_to_two(a, b, distance):
     assert duplicates.within_edits(a, b) == distance
     assert duplicates.within_edits(b, a) == distance
@@ -108,22 +168,34 @@ def test_a_records_candidates_are_exactly_its_pairs_in_the_organization_wide_lis
     same reasons, as in the whole organization's blocks: block limits included (some keys here are shared
     by more than MAX_BLOCK records)."""
     rng = random.Random(7)
-    rows = [(f'c_{i:04d}', rng.choice(['Ada', 'ada', 'Al', None]), rng.choice(['King', 'Kign', 'Kong', 'Lovelace']),
-             rng.choice([None, 'a@x.org', 'A+1@x.org', f'u{i}@x.org']), rng.choice([None, '+1 555 0100', f'+1 555 {i:04d}']),
-             rng.choice([None, 'comp_1', 'comp_2'])) for i in range(300)]
+    rows = [
+        (
+            f'c_{i:04d}',
+            rng.choice(['Ada', 'ada', 'Al', None]),
+            rng.choice(['King', 'Kign', 'Kong', 'Lovelace']),
+            rng.choice([None, 'a@x.org', 'A+1@x.org', f'u{i}@x.org']),
+            rng.choice([None, '+1 555 0100', f'+1 555 {i:04d}']),
+            rng.choice([None, 'comp_1', 'comp_2']),
+        )
+        for i in range(300)
+    ]
     matcher = duplicates.MATCHERS['contacts']
     whole = duplicates.file(matcher, rows)
     links = duplicates._links(whole, whole.blocks)
     assert any(len(m) > duplicates.MAX_BLOCK for m in whole.blocks.values())
     for i in range(0, len(rows), 7):
-        alone = duplicates.file(matcher, rows[:i] + rows[i + 1:], extra=rows[i])
-        expected = {(whole.ids[b if a == i else a], tuple(duplicates.ordered(matcher, reasons)))
-                    for (a, b), reasons in links.items() if i in (a, b)}
+        alone = duplicates.file(matcher, rows[:i] + rows[i + 1 :], extra=rows[i])
+        expected = {
+            (whole.ids[b if a == i else a], tuple(duplicates.ordered(matcher, reasons)))
+            for (a, b), reasons in links.items()
+            if i in (a, b)
+        }
         found = {(record_id, tuple(reasons)) for record_id, _, reasons in duplicates.candidates(alone, len(rows) - 1)}
         assert found == expected
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
 
 def contacts(api, *bodies):
     """Create contacts in one batch: their ids, in order."""
@@ -148,11 +220,15 @@ def candidates(api, record_id, path='/api/contacts'):
 
 # -- reasons ---------------------------------------------------------------------------------------
 
+
 def test_same_email_in_any_spelling_makes_a_group(api):
-    ids = contacts(api, {'last_name': 'A', 'email': 'Ada.Lovelace+crm@GoogleMail.com'},
-                   {'last_name': 'B', 'email': 'adalovelace@gmail.com'},
-                   {'last_name': 'C', 'email': 'ADA.LOVELACE@gmail.com'},
-                   {'last_name': 'D', 'email': 'ada.lovelace@example.org'})
+    ids = contacts(
+        api,
+        {'last_name': 'A', 'email': 'Ada.Lovelace+crm@GoogleMail.com'},
+        {'last_name': 'B', 'email': 'adalovelace@gmail.com'},
+        {'last_name': 'C', 'email': 'ADA.LOVELACE@gmail.com'},
+        {'last_name': 'D', 'email': 'ada.lovelace@example.org'},
+    )
     group = group_of(api, ids[:3])
     assert group['reasons'] == ['same email']
     assert group['score'] == 0.9
@@ -160,28 +236,38 @@ def test_same_email_in_any_spelling_makes_a_group(api):
 
 
 def test_same_phone_in_any_spelling_makes_a_group(api):
-    ids = contacts(api, {'last_name': 'A', 'phone': '+44 20 7946 0000'}, {'last_name': 'B', 'phone': '0044 (20) 7946-0000'},
-                   {'last_name': 'C', 'phone': '020 7946 0000'})
+    ids = contacts(
+        api,
+        {'last_name': 'A', 'phone': '+44 20 7946 0000'},
+        {'last_name': 'B', 'phone': '0044 (20) 7946-0000'},
+        {'last_name': 'C', 'phone': '020 7946 0000'},
+    )
     assert group_of(api, ids[:2])['reasons'] == ['same phone']
 
 
 def test_same_name_matches_within_one_company(api):
     acme, other = (api.create('companies', name=n)['id'] for n in ('Acme', 'Other'))
-    ids = contacts(api, {'first_name': 'Zoë', 'last_name': "O'Brien", 'company_id': acme},
-                   {'first_name': 'ZOE', 'last_name': 'obrien', 'company_id': acme},
-                   {'first_name': 'Zoe', 'last_name': "O'Brien", 'company_id': other})
+    ids = contacts(
+        api,
+        {'first_name': 'Zoë', 'last_name': "O'Brien", 'company_id': acme},
+        {'first_name': 'ZOE', 'last_name': 'obrien', 'company_id': acme},
+        {'first_name': 'Zoe', 'last_name': "O'Brien", 'company_id': other},
+    )
     assert group_of(api, ids[:2])['reasons'] == ['same name']
 
 
 def test_same_name_matches_when_either_has_no_company(api):
     acme, other = (api.create('companies', name=n)['id'] for n in ('Acme', 'Other'))
-    ids = contacts(api, {'first_name': 'Ada', 'last_name': 'Lovelace', 'company_id': acme},
-                   {'first_name': 'ada', 'last_name': 'LOVELACE'},
-                   {'first_name': 'Ada', 'last_name': 'Lovelace', 'company_id': other})
+    ids = contacts(
+        api,
+        {'first_name': 'Ada', 'last_name': 'Lovelace', 'company_id': acme},
+        {'first_name': 'ada', 'last_name': 'LOVELACE'},
+        {'first_name': 'Ada', 'last_name': 'Lovelace', 'company_id': other},
+    )
     group = group_of(api, ids)
     assert group['reasons'] == ['same name']
     pair = {c['record']['id']: c['reasons'] for c in candidates(api, ids[0])}
-    assert pair == {ids[1]: ['same name']}, 'the two companies\' contacts are not each other\'s candidates'
+    assert pair == {ids[1]: ['same name']}, "the two companies' contacts are not each other's candidates"
 
 
 def test_a_name_needs_its_last_name(api):
@@ -191,13 +277,16 @@ def test_a_name_needs_its_last_name(api):
 
 def test_similar_last_names_match_within_one_company_and_first_initial(api):
     acme, other = (api.create('companies', name=n)['id'] for n in ('Acme', 'Other'))
-    ids = contacts(api, {'first_name': 'Jon', 'last_name': 'Smith', 'company_id': acme},
-                   {'first_name': 'John', 'last_name': 'Smyth', 'company_id': acme},         # 1 edit
-                   {'first_name': 'Jane', 'last_name': 'Smiht', 'company_id': acme},         # 2 edits
-                   {'first_name': 'Mary', 'last_name': 'Smyth', 'company_id': acme},         # other initial
-                   {'first_name': 'John', 'last_name': 'Smith', 'company_id': other},        # other company
-                   {'first_name': 'Jon', 'last_name': 'Smithers', 'company_id': acme},       # 3 edits
-                   {'first_name': 'John', 'last_name': 'Smitt'})                             # no company
+    ids = contacts(
+        api,
+        {'first_name': 'Jon', 'last_name': 'Smith', 'company_id': acme},
+        {'first_name': 'John', 'last_name': 'Smyth', 'company_id': acme},  # 1 edit
+        {'first_name': 'Jane', 'last_name': 'Smiht', 'company_id': acme},  # 2 edits
+        {'first_name': 'Mary', 'last_name': 'Smyth', 'company_id': acme},  # other initial
+        {'first_name': 'John', 'last_name': 'Smith', 'company_id': other},  # other company
+        {'first_name': 'Jon', 'last_name': 'Smithers', 'company_id': acme},  # 3 edits
+        {'first_name': 'John', 'last_name': 'Smitt'},
+    )  # no company
     group = group_of(api, ids[:3])
     assert group['reasons'] == ['similar name'] and group['score'] == 0.5
 
@@ -208,10 +297,15 @@ def test_a_key_shared_by_very_many_contacts_means_nothing(api):
     acme = api.create('companies', name='Acme')['id']
     contacts(api, *[{'last_name': f'Staff {i}', 'phone': '+1 555 0100'} for i in range(duplicates.MAX_BLOCK + 1)])
     assert groups(api) == []
-    elsewhere = [c['id'] for c in api.post('/api/companies', [{'name': f'C{i}'} for i in range(duplicates.MAX_BLOCK)]).json]
+    elsewhere = [
+        c['id'] for c in api.post('/api/companies', [{'name': f'C{i}'} for i in range(duplicates.MAX_BLOCK)]).json
+    ]
     contacts(api, *[{'first_name': 'John', 'last_name': 'Smith', 'company_id': c} for c in elsewhere])
-    pair = contacts(api, {'first_name': 'John', 'last_name': 'Smith', 'company_id': acme},
-                    {'first_name': 'John', 'last_name': 'Smith', 'company_id': acme})
+    pair = contacts(
+        api,
+        {'first_name': 'John', 'last_name': 'Smith', 'company_id': acme},
+        {'first_name': 'John', 'last_name': 'Smith', 'company_id': acme},
+    )
     loose = contacts(api, {'first_name': 'John', 'last_name': 'Smith'})
     assert [g['ids'] for g in groups(api)] == [sorted(pair)]
     assert candidates(api, loose[0]) == []
@@ -219,15 +313,22 @@ def test_a_key_shared_by_very_many_contacts_means_nothing(api):
 
 # -- order, scores, paging -------------------------------------------------------------------------
 
+
 def test_groups_come_best_first_with_more_reasons_scoring_higher(api):
     acme = api.create('companies', name='Acme')['id']
-    similar = contacts(api, {'first_name': 'Al', 'last_name': 'Turing', 'company_id': acme},
-                       {'first_name': 'Al', 'last_name': 'Turnig', 'company_id': acme})
+    similar = contacts(
+        api,
+        {'first_name': 'Al', 'last_name': 'Turing', 'company_id': acme},
+        {'first_name': 'Al', 'last_name': 'Turnig', 'company_id': acme},
+    )
     name = contacts(api, {'first_name': 'Bo', 'last_name': 'Babbage'}, {'first_name': 'Bo', 'last_name': 'Babbage'})
     phone = contacts(api, {'last_name': 'X', 'phone': '+1 555 0101 11'}, {'last_name': 'Y', 'phone': '1 555 0101 11'})
     email = contacts(api, {'last_name': 'P', 'email': 'c@x.org'}, {'last_name': 'Q', 'email': 'C@X.org'})
-    both = contacts(api, {'first_name': 'Di', 'last_name': 'Hopper', 'email': 'd@x.org'},
-                    {'first_name': 'Di', 'last_name': 'Hopper', 'email': 'D@x.org'})
+    both = contacts(
+        api,
+        {'first_name': 'Di', 'last_name': 'Hopper', 'email': 'd@x.org'},
+        {'first_name': 'Di', 'last_name': 'Hopper', 'email': 'D@x.org'},
+    )
     found = groups(api)
     assert [g['ids'] for g in found] == [sorted(ids) for ids in (both, email, phone, name, similar)]
     assert [g['score'] for g in found] == [0.97, 0.9, 0.8, 0.7, 0.5]
@@ -236,9 +337,12 @@ def test_groups_come_best_first_with_more_reasons_scoring_higher(api):
 
 def test_a_group_scores_its_weakest_members_best_link(api):
     """A-B share an email and a name; C shares only a phone with B: the group holds all three, at C's score."""
-    a, b, c = contacts(api, {'first_name': 'Ada', 'last_name': 'King', 'email': 'ada@x.org'},
-                       {'first_name': 'Ada', 'last_name': 'King', 'email': 'ADA@x.org', 'phone': '+44 1234 5678'},
-                       {'last_name': 'Byron', 'phone': '0044 1234 5678'})
+    a, b, c = contacts(
+        api,
+        {'first_name': 'Ada', 'last_name': 'King', 'email': 'ada@x.org'},
+        {'first_name': 'Ada', 'last_name': 'King', 'email': 'ADA@x.org', 'phone': '+44 1234 5678'},
+        {'last_name': 'Byron', 'phone': '0044 1234 5678'},
+    )
     group = group_of(api, [a, b, c])
     assert group['score'] == 0.8
     assert group['reasons'] == ['same email', 'same phone', 'same name']
@@ -257,10 +361,16 @@ def test_groups_page_with_range_and_content_range_counts_groups(api):
     assert head.headers['Content-Range'] == 'duplicates 0-4/5' and head.body == b''
 
 
-@pytest.mark.parametrize('params, param', [
-    ({'range': [3, 1]}, 'range'), ({'range': 'nope'}, 'range'), ({'range': [0, 5000]}, 'range'),
-    ({'filter': {}}, 'filter'), ({'sort': 'id'}, 'sort'),
-])
+@pytest.mark.parametrize(
+    'params, param',
+    [
+        ({'range': [3, 1]}, 'range'),
+        ({'range': 'nope'}, 'range'),
+        ({'range': [0, 5000]}, 'range'),
+        ({'filter': {}}, 'filter'),
+        ({'sort': 'id'}, 'sort'),
+    ],
+)
 def test_bad_paging_is_a_400_naming_the_parameter(api, params, param):
     assert_problem(api.get(GROUPS, params, status=400), 400, param=param)
 
@@ -273,15 +383,21 @@ def test_no_duplicates_is_an_empty_page(api):
 
 # -- one record's candidates -----------------------------------------------------------------------
 
+
 def test_a_contacts_candidates_come_with_their_records_best_first(api):
-    me, email, phone, _ = contacts(api, {'first_name': 'Ada', 'last_name': 'King', 'email': 'ada@x.org',
-                                         'phone': '+1 555 0199 00'},
-                                   {'last_name': 'Other', 'email': 'ADA@x.org'},
-                                   {'last_name': 'Third', 'phone': '001 555 0199 00'}, {'last_name': 'Nobody'})
+    me, email, phone, _ = contacts(
+        api,
+        {'first_name': 'Ada', 'last_name': 'King', 'email': 'ada@x.org', 'phone': '+1 555 0199 00'},
+        {'last_name': 'Other', 'email': 'ADA@x.org'},
+        {'last_name': 'Third', 'phone': '001 555 0199 00'},
+        {'last_name': 'Nobody'},
+    )
     resp = api.get(f'/api/contacts/{me}/duplicates')
     assert resp.headers['Content-Range'] == 'duplicates 0-1/2'
     assert [(c['record']['id'], c['score'], c['reasons']) for c in resp.json] == [
-        (email, 0.9, ['same email']), (phone, 0.8, ['same phone'])]
+        (email, 0.9, ['same email']),
+        (phone, 0.8, ['same phone']),
+    ]
     assert resp.json[0]['record'] == api.get(f'/api/contacts/{email}').json
     assert candidates(api, phone)[0]['record']['id'] == me
 
@@ -294,8 +410,11 @@ def test_candidates_of_an_unknown_or_foreign_contact_are_404(api, other_api):
 
 def test_an_unsaved_contact_gets_its_candidates_and_nothing_is_written(api):
     acme = api.create('companies', name='Acme')['id']
-    ada, _ = contacts(api, {'first_name': 'Ada', 'last_name': 'Lovelace', 'company_id': acme, 'email': 'ada@x.org'},
-                      {'last_name': 'Else'})
+    ada, _ = contacts(
+        api,
+        {'first_name': 'Ada', 'last_name': 'Lovelace', 'company_id': acme, 'email': 'ada@x.org'},
+        {'last_name': 'Else'},
+    )
     before = api.get('/api/contacts').headers['Content-Range']
     resp = api.post(GROUPS, {'firstName': 'ADA', 'last_name': 'Lovelace', 'email': 'Ada@X.org'}, status=200)
     assert [(c['record']['id'], c['reasons']) for c in resp.json] == [(ada, ['same email', 'same name'])]
@@ -322,9 +441,14 @@ def test_a_non_administrator_may_look_for_duplicates(api, user_api):
 
 # -- what is left out ------------------------------------------------------------------------------
 
+
 def test_archived_contacts_are_left_out(api):
-    a, b, c = contacts(api, {'last_name': 'A', 'email': 'a@x.org'}, {'last_name': 'B', 'email': 'A@x.org'},
-                       {'last_name': 'C', 'email': 'a@X.org'})
+    a, b, c = contacts(
+        api,
+        {'last_name': 'A', 'email': 'a@x.org'},
+        {'last_name': 'B', 'email': 'A@x.org'},
+        {'last_name': 'C', 'email': 'a@X.org'},
+    )
     api.delete(f'/api/contacts/{c}')
     assert group_of(api, [a, b])
     api.delete(f'/api/contacts/{b}')
@@ -335,8 +459,11 @@ def test_archived_contacts_are_left_out(api):
 
 def test_another_organizations_contacts_never_appear(api, other_api):
     mine = contacts(api, {'first_name': 'Ada', 'last_name': 'King', 'email': 'ada@x.org'})
-    theirs = contacts(other_api, {'first_name': 'Ada', 'last_name': 'King', 'email': 'ada@x.org'},
-                      {'first_name': 'Ada', 'last_name': 'King', 'email': 'ADA@x.org'})
+    theirs = contacts(
+        other_api,
+        {'first_name': 'Ada', 'last_name': 'King', 'email': 'ada@x.org'},
+        {'first_name': 'Ada', 'last_name': 'King', 'email': 'ADA@x.org'},
+    )
     assert groups(api) == []
     assert candidates(api, mine[0]) == []
     assert [c['record']['id'] for c in api.post(GROUPS, {'email': 'ada@x.org'}, status=200).json] == mine
@@ -345,12 +472,14 @@ def test_another_organizations_contacts_never_appear(api, other_api):
 
 # -- routes ----------------------------------------------------------------------------------------
 
+
 def test_duplicates_is_never_taken_for_a_record_id(api):
     record = api.create('contacts', last_name='Real')
     assert api.get(f'/api/contacts/{record["id"]}').json == record
     for method in ('put_json', 'patch_json', 'delete'):
-        resp = getattr(api.app, method)(GROUPS, headers=api.headers, status=405, **(
-            {'params': {}} if method != 'delete' else {}))
+        resp = getattr(api.app, method)(
+            GROUPS, headers=api.headers, status=405, **({'params': {}} if method != 'delete' else {})
+        )
         assert_problem(resp, 405)
         assert 'GET' in resp.headers['Allow']
     assert_problem(api.get('/api/deals/duplicates', status=404), 404)
@@ -368,33 +497,43 @@ def test_duplicates_is_not_a_route_name_a_custom_object_could_take():
 
 # -- companies -------------------------------------------------------------------------------------
 
+
 def companies(api, *bodies):
     return [c['id'] for c in api.post('/api/companies', list(bodies)).json]
 
 
 def test_companies_with_the_same_domain_or_website_host_are_a_group(api):
-    ids = companies(api, {'name': 'Initech', 'domain': 'initech.com'},
-                    {'name': 'Initrode', 'website': 'https://www.Initech.com/about'},
-                    {'name': 'Initech Europe', 'website': 'http://initech.com:8080'},
-                    {'name': 'Page', 'website': 'https://www.linkedin.com/company/initech'},
-                    {'name': 'Page 2', 'website': 'https://www.linkedin.com/company/other'})
+    ids = companies(
+        api,
+        {'name': 'Initech', 'domain': 'initech.com'},
+        {'name': 'Initrode', 'website': 'https://www.Initech.com/about'},
+        {'name': 'Initech Europe', 'website': 'http://initech.com:8080'},
+        {'name': 'Page', 'website': 'https://www.linkedin.com/company/initech'},
+        {'name': 'Page 2', 'website': 'https://www.linkedin.com/company/other'},
+    )
     group = group_of(api, ids[:3], COMPANY_GROUPS)
     assert group['reasons'] == ['same domain'] and group['score'] == 0.9
 
 
 def test_companies_with_the_same_name_but_their_legal_suffix_are_a_group(api):
-    ids = companies(api, {'name': 'Globex Corporation'}, {'name': 'GLOBEX, Inc.'}, {'name': 'Globex GmbH'},
-                    {'name': 'Globex Labs'})
+    ids = companies(
+        api, {'name': 'Globex Corporation'}, {'name': 'GLOBEX, Inc.'}, {'name': 'Globex GmbH'}, {'name': 'Globex Labs'}
+    )
     group = group_of(api, ids[:3], COMPANY_GROUPS)
     assert group['reasons'] == ['same name'] and group['score'] == 0.7
 
 
 def test_a_companys_candidates_and_an_unsaved_companys(api, other_api):
-    acme, same, _ = companies(api, {'name': 'Acme Inc', 'domain': 'acme.com'},
-                              {'name': 'ACME Ltd', 'website': 'www.acme.com'}, {'name': 'Zenith'})
+    acme, same, _ = companies(
+        api,
+        {'name': 'Acme Inc', 'domain': 'acme.com'},
+        {'name': 'ACME Ltd', 'website': 'www.acme.com'},
+        {'name': 'Zenith'},
+    )
     other_api.create('companies', name='Acme', domain='acme.com')
     assert [(c['record']['id'], c['score'], c['reasons']) for c in candidates(api, acme, '/api/companies')] == [
-        (same, 0.97, ['same domain', 'same name'])]
+        (same, 0.97, ['same domain', 'same name'])
+    ]
     unsaved = api.post(COMPANY_GROUPS, {'name': 'acme s.a.'}, status=200).json
     assert [(c['record']['id'], c['reasons']) for c in unsaved] == [(acme, ['same name']), (same, ['same name'])]
     assert_problem(api.get('/api/companies/comp_nope/duplicates', status=404), 404)
@@ -409,6 +548,7 @@ def test_archived_companies_are_left_out(api):
 
 # -- the garbage collector's pause -------------------------------------------------------------------
 
+
 def test_finding_duplicates_leaves_the_garbage_collector_as_it_found_it(api):
     """The collector is off while records are filed (see duplicates.collector_paused), then as it was."""
     api.create('contacts', first_name='Ada', last_name='Lovelace', email='ada@example.com')
@@ -416,7 +556,7 @@ def test_finding_duplicates_leaves_the_garbage_collector_as_it_found_it(api):
     assert len(api.get(GROUPS).json) == 1 and gc.isenabled()
     gc.disable()
     try:
-        api.get(f"/api/contacts/{twin['id']}/duplicates")
+        api.get(f'/api/contacts/{twin["id"]}/duplicates')
         assert not gc.isenabled(), 'a collector someone else turned off stays off'
     finally:
         gc.enable()

@@ -5,6 +5,7 @@ their total; one statement per relation for a whole page. Dotted fields (`compan
 sort across one forward reference as if every field were null where there is none. Every test runs on
 SQLite and on PostgreSQL (see conftest.py).
 """
+
 import collections
 import csv
 import io
@@ -20,14 +21,19 @@ from crmapi.app import build_services
 from crmapi.db import Tx
 
 CRM_USER_FIELDS = {'id', 'first_name', 'last_name', 'email', 'administrator', 'disabled', 'created_at', 'updated_at'}
-PROJECTS = {'slug': 'projects', 'label': 'Projects', 'fields': [
-    {'name': 'title', 'type': 'text', 'required': True},
-    {'name': 'company', 'type': 'reference', 'target': 'companies'},
-    {'name': 'owner_id', 'type': 'reference', 'target': 'crm_users'},
-]}
+PROJECTS = {
+    'slug': 'projects',
+    'label': 'Projects',
+    'fields': [
+        {'name': 'title', 'type': 'text', 'required': True},
+        {'name': 'company', 'type': 'reference', 'target': 'companies'},
+        {'name': 'owner_id', 'type': 'reference', 'target': 'crm_users'},
+    ],
+}
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
 
 def embedded(api, resource, embed, record_id=None, **params):
     """A list (or one record) with `embed`; the JSON."""
@@ -41,7 +47,7 @@ def by_id(records):
 
 def custom_table(api, slug):
     """The table of a custom object (`co_` + its definition id without `obj_`)."""
-    return 'co_' + api.get(f'/api/custom_objects/{slug}').json['id'][len('obj_'):]
+    return 'co_' + api.get(f'/api/custom_objects/{slug}').json['id'][len('obj_') :]
 
 
 def write_around_the_api(database, table, column, record_id, value):
@@ -60,24 +66,25 @@ def crm(api):
     ada = api.create('contacts', last_name='Lovelace', company_id=acme['id'], tags=[vip['id'], new['id']])
     bob = api.create('contacts', last_name='Nobody')
     deal = api.create('deals', name='Big', company_id=acme['id'], contact_ids=[ada['id'], bob['id']])
-    api.delete(f"/api/companies/{globex['id']}")
+    api.delete(f'/api/companies/{globex["id"]}')
     return {'acme': acme, 'globex': globex, 'vip': vip, 'new': new, 'ada': ada, 'bob': bob, 'deal': deal}
 
 
 # -- forward relations -----------------------------------------------------------------------------
 
+
 def test_a_reference_embeds_its_record_beside_the_id(api, crm):
     contacts = by_id(embedded(api, 'contacts', 'company'))
     ada, bob = contacts[crm['ada']['id']], contacts[crm['bob']['id']]
     assert ada['company_id'] == crm['acme']['id']
-    assert ada['company'] == api.get(f"/api/companies/{crm['acme']['id']}").json
+    assert ada['company'] == api.get(f'/api/companies/{crm["acme"]["id"]}').json
     assert bob['company_id'] is None and bob['company'] is None
 
 
 def test_tags_embed_the_tag_records_in_place_of_their_ids(api, crm):
     ada = embedded(api, 'contacts', 'tags', crm['ada']['id'])
     assert [t['name'] for t in ada['tags']] == ['vip', 'new']
-    assert ada['tags'][0] == api.get(f"/api/tags/{crm['vip']['id']}").json
+    assert ada['tags'][0] == api.get(f'/api/tags/{crm["vip"]["id"]}').json
 
 
 def test_deal_contact_ids_embed_as_contacts_beside_the_ids(api, crm):
@@ -89,19 +96,31 @@ def test_deal_contact_ids_embed_as_contacts_beside_the_ids(api, crm):
 
 def test_tasks_embed_contact_company_deal_and_assignee_without_token_material(api, crm):
     me = api.get('/api/me').json['user']
-    task = api.create('tasks', text='call', contact_id=crm['ada']['id'], company_id=crm['acme']['id'],
-                      deal_id=crm['deal']['id'], assignee_id=me['id'])
+    task = api.create(
+        'tasks',
+        text='call',
+        contact_id=crm['ada']['id'],
+        company_id=crm['acme']['id'],
+        deal_id=crm['deal']['id'],
+        assignee_id=me['id'],
+    )
     got = embedded(api, 'tasks', ['contact', 'company', 'deal', 'assignee'], task['id'])
     assert (got['contact']['id'], got['company']['id'], got['deal']['id']) == (
-        crm['ada']['id'], crm['acme']['id'], crm['deal']['id'])
+        crm['ada']['id'],
+        crm['acme']['id'],
+        crm['deal']['id'],
+    )
     assert set(got['assignee']) == CRM_USER_FIELDS
     assert got['assignee']['email'] == 'admin@example.com'
     assert api.token not in json.dumps(got) and 'token' not in json.dumps(got['assignee'])
 
 
 def test_notes_embed_their_parent(api, crm):
-    parents = {'contact_notes': ('contact_id', 'contact', crm['ada']), 'deal_notes': ('deal_id', 'deal', crm['deal']),
-               'company_notes': ('company_id', 'company', crm['acme'])}
+    parents = {
+        'contact_notes': ('contact_id', 'contact', crm['ada']),
+        'deal_notes': ('deal_id', 'deal', crm['deal']),
+        'company_notes': ('company_id', 'company', crm['acme']),
+    }
     for resource, (field, relation, parent) in parents.items():
         note = api.create(resource, text='hello', **{field: parent['id']})
         assert embedded(api, resource, relation, note['id'])[relation]['id'] == parent['id'], resource
@@ -118,10 +137,10 @@ def test_a_custom_reference_embeds_under_its_field_name_in_place_of_the_id(api, 
     me = api.get('/api/me').json['user']
     project = api.create('projects', title='Apollo', company=crm['acme']['id'], owner_id=me['id'])
     got = embedded(api, 'projects', ['company', 'owner'], project['id'])
-    assert got['company']['name'] == 'Acme', 'the record takes the id\'s place under the field name'
+    assert got['company']['name'] == 'Acme', "the record takes the id's place under the field name"
     assert got['owner_id'] == me['id'] and got['owner']['email'] == me['email']
     assert set(got['owner']) == CRM_USER_FIELDS
-    plain = api.get(f"/api/projects/{project['id']}").json
+    plain = api.get(f'/api/projects/{project["id"]}').json
     assert plain['company'] == crm['acme']['id'], 'without embed the field holds the id'
     acme = embedded(api, 'companies', 'projects', crm['acme']['id'])
     assert acme['projects']['total'] == 1 and acme['projects']['items'][0]['title'] == 'Apollo'
@@ -150,6 +169,7 @@ def test_another_organizations_record_is_never_embedded_nor_matched(api, other_a
 
 
 # -- reverse relations -----------------------------------------------------------------------------
+
 
 def test_reverse_relations_embed_the_newest_children_and_their_total(api, crm):
     ada = crm['ada']['id']
@@ -188,7 +208,7 @@ def test_companies_and_deals_embed_their_children(api, crm):
 
 def test_archived_children_stay_out_of_reverse_relations(api, crm):
     leaving = api.create('contacts', last_name='Leaving', company_id=crm['acme']['id'])
-    api.delete(f"/api/contacts/{leaving['id']}")
+    api.delete(f'/api/contacts/{leaving["id"]}')
     acme = embedded(api, 'companies', 'contacts', crm['acme']['id'])
     assert acme['contacts']['total'] == 1 and [c['last_name'] for c in acme['contacts']['items']] == ['Lovelace']
 
@@ -199,15 +219,18 @@ def test_summaries_embed_like_the_table_they_show(api, crm):
     assert row['company']['name'] == 'Acme' and row['notes']['total'] == 1
 
 
-
 # -- the index of deals.contact_ids (migration 0018) --------------------------------------------------
+
 
 def deals_of_each(database, org_id, contact_ids, indexed):
     """The rows the contacts -> deals embed reads, through the index of contact_ids or by the scan of every deal."""
-    deals = build_services(database).catalog.tables["deals"]
+    deals = build_services(database).catalog.tables['deals']
     with database.transaction() as tx:
-        return tx.rows(*sqlbuild.build_children(database.dialect, deals, deals.columns['contact_ids'], org_id,
-                                                contact_ids, 10, indexed=indexed))
+        return tx.rows(
+            *sqlbuild.build_children(
+                database.dialect, deals, deals.columns['contact_ids'], org_id, contact_ids, 10, indexed=indexed
+            )
+        )
 
 
 def test_a_contacts_deals_through_the_index_are_those_a_scan_of_every_deal_finds(api, other_api, database, crm):
@@ -215,9 +238,9 @@ def test_a_contacts_deals_through_the_index_are_those_a_scan_of_every_deal_finds
     ada, bob = crm['ada']['id'], crm['bob']['id']
     cy = api.create('contacts', last_name='Cyan')['id']
     moved = api.create('deals', name='Moved', contact_ids=[ada])
-    api.put(f"/api/deals/{moved['id']}", {'contact_ids': [bob, cy]})
+    api.put(f'/api/deals/{moved["id"]}', {'contact_ids': [bob, cy]})
     archived = api.create('deals', name='Archived', contact_ids=[ada, bob])
-    api.delete(f"/api/deals/{archived['id']}")
+    api.delete(f'/api/deals/{archived["id"]}')
     for i in range(12):
         api.create('deals', name=f'Many {i}', contact_ids=[cy])
     api.post('/api/merge_contacts', {'source_ids': [bob], 'target_id': ada}, status=200)
@@ -230,22 +253,35 @@ def test_a_contacts_deals_through_the_index_are_those_a_scan_of_every_deal_finds
     assert indexed == deals_of_each(database, api.org_id, ids, indexed=False)
     totals = {parent: total for parent, total, *_ in indexed}
     assert totals == {ada: 3, cy: 14}, 'Big and Moved (merged from bob), Sneaked; the archived and theirs left out'
-    deals = build_services(database).catalog.tables["deals"]
+    deals = build_services(database).catalog.tables['deals']
     with database.transaction() as tx:
-        referrers = [sorted(tx.rows(*sqlbuild.build_referrers(database.dialect, deals, api.org_id,
-                                                               deals.columns['contact_ids'], ids, indexed=indexed)))
-                     for indexed in (True, False)]
+        referrers = [
+            sorted(
+                tx.rows(
+                    *sqlbuild.build_referrers(
+                        database.dialect, deals, api.org_id, deals.columns['contact_ids'], ids, indexed=indexed
+                    )
+                )
+            )
+            for indexed in (True, False)
+        ]
     assert referrers[0] == referrers[1] and len(referrers[0]) == 16, 'what a merge rewrites: archived deals too'
     contacts = by_id(embedded(api, 'contacts', 'deals', range=[0, 9]))
     assert contacts[ada]['deals']['total'] == 3 and [d['name'] for d in contacts[ada]['deals']['items']] == [
-        'Sneaked', 'Moved', 'Big']
+        'Sneaked',
+        'Moved',
+        'Big',
+    ]
     assert contacts[cy]['deals']['total'] == 14 and len(contacts[cy]['deals']['items']) == 10
 
 
 def children_of_each(database, info, column, org_id, parent_ids, limit, indexed):
     with database.transaction() as tx:
-        return tx.rows(*sqlbuild.build_children(database.dialect, info, info.columns[column], org_id, parent_ids,
-                                                limit, indexed=indexed))
+        return tx.rows(
+            *sqlbuild.build_children(
+                database.dialect, info, info.columns[column], org_id, parent_ids, limit, indexed=indexed
+            )
+        )
 
 
 def test_children_read_per_parent_are_those_one_window_over_the_page_finds(api, database, crm):
@@ -255,16 +291,27 @@ def test_children_read_per_parent_are_those_one_window_over_the_page_finds(api, 
     for i in range(4):
         api.create('contacts', last_name=f'Staff {i}', company_id=acme)
     leaving = api.create('contacts', last_name='Leaving', company_id=acme)
-    api.delete(f"/api/contacts/{leaving['id']}")
-    api.post('/api/custom_objects', {'slug': 'meetings', 'label': 'Meetings', 'fields': [
-        {'name': 'title', 'type': 'text'}, {'name': 'contact', 'type': 'reference', 'target': 'contacts'}]})
+    api.delete(f'/api/contacts/{leaving["id"]}')
+    api.post(
+        '/api/custom_objects',
+        {
+            'slug': 'meetings',
+            'label': 'Meetings',
+            'fields': [
+                {'name': 'title', 'type': 'text'},
+                {'name': 'contact', 'type': 'reference', 'target': 'contacts'},
+            ],
+        },
+    )
     for i in range(3):
         api.create('meetings', title=f'M{i}', contact=ada)
     services = build_services(database)
     contacts = services.catalog.tables['contacts']
     meetings = services.catalog.custom.table_for(api.org_id, 'meetings')
-    for info, column, parents in ((contacts, 'company_id', [acme, crm['globex']['id'], 'comp_none']),
-                                  (meetings, 'contact', [ada, bob])):
+    for info, column, parents in (
+        (contacts, 'company_id', [acme, crm['globex']['id'], 'comp_none']),
+        (meetings, 'contact', [ada, bob]),
+    ):
         for limit in (1, 10):
             rows = children_of_each(database, info, column, api.org_id, parents, limit, indexed=True)
             assert rows == children_of_each(database, info, column, api.org_id, parents, limit, indexed=False)
@@ -274,18 +321,28 @@ def test_children_read_per_parent_are_those_one_window_over_the_page_finds(api, 
 
 def test_a_custom_object_and_archived_children_embed_alike_beside_the_index(api, crm):
     """A page embedding a custom object's reverse relation and the indexed deals: each relation its own answer."""
-    api.post('/api/custom_objects', {'slug': 'meetings', 'label': 'Meetings', 'fields': [
-        {'name': 'title', 'type': 'text'}, {'name': 'contact', 'type': 'reference', 'target': 'contacts'}]})
+    api.post(
+        '/api/custom_objects',
+        {
+            'slug': 'meetings',
+            'label': 'Meetings',
+            'fields': [
+                {'name': 'title', 'type': 'text'},
+                {'name': 'contact', 'type': 'reference', 'target': 'contacts'},
+            ],
+        },
+    )
     ada = crm['ada']['id']
     api.create('meetings', title='Kick-off', contact=ada)
     gone = api.create('deals', name='Gone', contact_ids=[ada])
-    api.delete(f"/api/deals/{gone['id']}")
+    api.delete(f'/api/deals/{gone["id"]}')
     contact = embedded(api, 'contacts', ['deals', 'meetings'], ada)
     assert [d['name'] for d in contact['deals']['items']] == ['Big'] and contact['deals']['total'] == 1
     assert [m['title'] for m in contact['meetings']['items']] == ['Kick-off']
 
 
 # -- no N+1 ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def statements(monkeypatch):
@@ -296,7 +353,9 @@ def statements(monkeypatch):
         def counted(self, sql, params=()):
             seen.append(sql)
             return original(self, sql, params)
+
         return counted
+
     for name in ('rows', 'one', 'execute'):
         monkeypatch.setattr(Tx, name, counting(getattr(Tx, name)))
     return seen
@@ -313,7 +372,7 @@ def test_one_statement_per_relation_whatever_the_page_size(api, statements):
     relations = ['company', 'tags', 'notes', 'tasks', 'deals']
 
     def page(size):
-        api.get('/api/contacts', {'range': [0, 0]})    # the token's last use is recorded once a minute
+        api.get('/api/contacts', {'range': [0, 0]})  # the token's last use is recorded once a minute
         statements.clear()
         assert len(api.list('contacts', range=[0, size - 1], embed=relations)) == size
         return collections.Counter(re.search(r'FROM "(\w+)"', sql).group(1) for sql in statements)
@@ -326,26 +385,34 @@ def test_one_statement_per_relation_whatever_the_page_size(api, statements):
 
 # -- refusals --------------------------------------------------------------------------------------
 
+
 def test_an_unknown_relation_is_a_400_listing_the_valid_ones(api, crm):
     body = assert_problem(api.get('/api/contacts', {'embed': 'compny'}, status=400), 400, param='embed', field='compny')
     for name in ('company', 'tags', 'notes', 'tasks', 'deals'):
         assert name in body['detail']
-    assert_problem(api.get(f"/api/contacts/{crm['ada']['id']}", {'embed': '["company","nope"]'}, status=400), 400,
-                   param='embed', field='nope')
+    assert_problem(
+        api.get(f'/api/contacts/{crm["ada"]["id"]}', {'embed': '["company","nope"]'}, status=400),
+        400,
+        param='embed',
+        field='nope',
+    )
     assert_problem(api.get('/api/configuration', {'embed': 'company'}, status=400), 400, param='embed')
 
 
-@pytest.mark.parametrize('params, param', [
-    ({'embed': '{"company":1}'}, 'embed'),
-    ({'embed': '[1]'}, 'embed'),
-    ({'embed': '["company"'}, 'embed'),
-    ({'embed': ''}, 'embed'),
-    ({'embed': 'tasks', 'embed_limit': '101'}, 'embed_limit'),
-    ({'embed': 'tasks', 'embed_limit': '-1'}, 'embed_limit'),
-    ({'embed': 'tasks', 'embed_limit': 'ten'}, 'embed_limit'),
-    ({'embed': 'tasks', 'embed_limit': 'true'}, 'embed_limit'),
-    ({'embed_limit': '101'}, 'embed_limit'),
-])
+@pytest.mark.parametrize(
+    'params, param',
+    [
+        ({'embed': '{"company":1}'}, 'embed'),
+        ({'embed': '[1]'}, 'embed'),
+        ({'embed': '["company"'}, 'embed'),
+        ({'embed': ''}, 'embed'),
+        ({'embed': 'tasks', 'embed_limit': '101'}, 'embed_limit'),
+        ({'embed': 'tasks', 'embed_limit': '-1'}, 'embed_limit'),
+        ({'embed': 'tasks', 'embed_limit': 'ten'}, 'embed_limit'),
+        ({'embed': 'tasks', 'embed_limit': 'true'}, 'embed_limit'),
+        ({'embed_limit': '101'}, 'embed_limit'),
+    ],
+)
 def test_malformed_embed_parameters_are_a_400(api, params, param):
     assert_problem(api.get('/api/contacts', params, status=400), 400, param=param)
 
@@ -362,13 +429,24 @@ def test_exports_refuse_embed(api, crm):
 
 # -- described -------------------------------------------------------------------------------------
 
+
 def test_the_schema_lists_each_resources_relations(api):
     relations = {r['name']: r for r in api.get('/api/schema/contacts').json['relations']}
-    assert relations['company'] == {'name': 'company', 'kind': 'forward', 'resource': 'companies',
-                                    'field': 'company_id', 'many': False}
+    assert relations['company'] == {
+        'name': 'company',
+        'kind': 'forward',
+        'resource': 'companies',
+        'field': 'company_id',
+        'many': False,
+    }
     assert relations['tags']['many'] and relations['tags']['field'] == 'tags'
-    assert relations['notes'] == {'name': 'notes', 'kind': 'reverse', 'resource': 'contact_notes',
-                                  'field': 'contact_id', 'many': True}
+    assert relations['notes'] == {
+        'name': 'notes',
+        'kind': 'reverse',
+        'resource': 'contact_notes',
+        'field': 'contact_id',
+        'many': True,
+    }
     assert {'tasks', 'deals'} <= set(relations)
     tasks = {r['name'] for r in api.get('/api/schema/tasks').json['relations']}
     assert {'contact', 'company', 'deal', 'assignee'} <= tasks
@@ -378,24 +456,29 @@ def test_the_schema_lists_each_resources_relations(api):
 
 def test_openapi_documents_embed_per_resource_and_the_embedded_answer(api, crm):
     from jsonschema import Draft202012Validator
+
     api.post('/api/custom_objects', PROJECTS)
     doc = api.get('/api/openapi.json').json
-    for path, names in (('/contacts', {'company', 'tags', 'notes', 'tasks', 'deals'}),
-                        ('/contacts/{id}', {'company', 'tags', 'notes', 'tasks', 'deals'}),
-                        ('/projects', {'company', 'owner'})):
+    for path, names in (
+        ('/contacts', {'company', 'tags', 'notes', 'tasks', 'deals'}),
+        ('/contacts/{id}', {'company', 'tags', 'notes', 'tasks', 'deals'}),
+        ('/projects', {'company', 'owner'}),
+    ):
         params = {p['name']: p for p in doc['paths'][path]['get']['parameters']}
         assert set(params['embed']['schema']['contentSchema']['items']['enum']) == names, path
         assert params['embed_limit']['schema']['maximum'] == 100
-    assert 'projects' in doc['paths']['/companies']['get']['parameters'][-2]['schema']['contentSchema'][
-        'items']['enum']
+    assert 'projects' in doc['paths']['/companies']['get']['parameters'][-2]['schema']['contentSchema']['items']['enum']
     api.create('contact_notes', contact_id=crm['ada']['id'], text='n')
     answer = embedded(api, 'contacts', ['company', 'tags', 'notes', 'tasks', 'deals'])
-    schema = {**doc['paths']['/contacts']['get']['responses']['200']['content']['application/json']['schema'],
-              'components': doc['components']}
+    schema = {
+        **doc['paths']['/contacts']['get']['responses']['200']['content']['application/json']['schema'],
+        'components': doc['components'],
+    }
     Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER).validate(answer)
 
 
 # -- filtering and sorting across a reference ------------------------------------------------------
+
 
 @pytest.fixture
 def linked(api):
@@ -405,15 +488,18 @@ def linked(api):
     globex = api.create('companies', name='Globex', size=50)
     initech = api.create('companies', name='Initech', city='London')
     for name, company in (('a', acme), ('g', globex), ('i', initech), ('n', None)):
-        api.create('contacts', last_name=name, status='x' if name == 'n' else None,
-                   company_id=company and company['id'])
+        api.create(
+            'contacts', last_name=name, status='x' if name == 'n' else None, company_id=company and company['id']
+        )
     return api
 
 
 def matches(api, *filters, **params):
     """The last names a dotted query selects, checking that the total counts exactly those."""
-    resp = api.get('/api/contacts', {'filters': list(filters), 'range': [0, 1], **params} if filters else
-                   {'range': [0, 1], **params})
+    resp = api.get(
+        '/api/contacts',
+        {'filters': list(filters), 'range': [0, 1], **params} if filters else {'range': [0, 1], **params},
+    )
     total = int(resp.headers['Content-Range'].rsplit('/', 1)[1])
     everything = api.list('contacts', **({'filters': list(filters)} if filters else {}), range=[0, 99], **params)
     assert total == len(everything), 'the count is exact'
@@ -424,37 +510,43 @@ def f(field, op, value=None):
     return {'field': field, 'op': op, 'value': value}
 
 
-@pytest.mark.parametrize('flt, expected', [
-    (f('company.city', 'eq', 'Paris'), {'a'}),
-    (f('company.city', 'eq', None), {'g', 'n'}),
-    (f('company.city', 'neq', 'Paris'), {'g', 'i', 'n'}),
-    (f('company.city', 'neq', None), {'a', 'i'}),
-    (f('company.size', 'gt', 20), {'g'}),
-    (f('company.size', 'lte', 10), {'a'}),
-    (f('company.size', 'gte', 10), {'a', 'g'}),
-    (f('company.size', 'lt', 50), {'a'}),
-    (f('company.name', 'contains', 'GLOB'), {'g'}),
-    (f('company.city', 'not_contains', 'ari'), {'g', 'i', 'n'}),
-    (f('company.city', 'starts_with', 'Lon'), {'i'}),
-    (f('company.city', 'ends_with', 'is'), {'a'}),
-    (f('company.city', 'in', ['Paris', 'London']), {'a', 'i'}),
-    (f('company.city', 'in', ['Paris', None]), {'a', 'g', 'n'}),
-    (f('company.city', 'not_in', ['Paris']), {'g', 'i', 'n'}),
-    (f('company.city', 'not_in', ['Paris', None]), {'i'}),
-    (f('company.city', 'is_empty'), {'g', 'n'}),
-    (f('company.city', 'is_not_empty'), {'a', 'i'}),
-    (f('company.size', 'is_empty'), {'i', 'n'}),
-    (f('company.city', 'like', 'ari'), {'a'}),
-    (f('company.city', 'nlike', 'ari'), {'g', 'i', 'n'}),
-    (f('company.city', 'blank'), {'g', 'n'}),
-    (f('company.city', 'notblank'), {'a', 'i'}),
-])
+@pytest.mark.parametrize(
+    'flt, expected',
+    [
+        (f('company.city', 'eq', 'Paris'), {'a'}),
+        (f('company.city', 'eq', None), {'g', 'n'}),
+        (f('company.city', 'neq', 'Paris'), {'g', 'i', 'n'}),
+        (f('company.city', 'neq', None), {'a', 'i'}),
+        (f('company.size', 'gt', 20), {'g'}),
+        (f('company.size', 'lte', 10), {'a'}),
+        (f('company.size', 'gte', 10), {'a', 'g'}),
+        (f('company.size', 'lt', 50), {'a'}),
+        (f('company.name', 'contains', 'GLOB'), {'g'}),
+        (f('company.city', 'not_contains', 'ari'), {'g', 'i', 'n'}),
+        (f('company.city', 'starts_with', 'Lon'), {'i'}),
+        (f('company.city', 'ends_with', 'is'), {'a'}),
+        (f('company.city', 'in', ['Paris', 'London']), {'a', 'i'}),
+        (f('company.city', 'in', ['Paris', None]), {'a', 'g', 'n'}),
+        (f('company.city', 'not_in', ['Paris']), {'g', 'i', 'n'}),
+        (f('company.city', 'not_in', ['Paris', None]), {'i'}),
+        (f('company.city', 'is_empty'), {'g', 'n'}),
+        (f('company.city', 'is_not_empty'), {'a', 'i'}),
+        (f('company.size', 'is_empty'), {'i', 'n'}),
+        (f('company.city', 'like', 'ari'), {'a'}),
+        (f('company.city', 'nlike', 'ari'), {'g', 'i', 'n'}),
+        (f('company.city', 'blank'), {'g', 'n'}),
+        (f('company.city', 'notblank'), {'a', 'i'}),
+    ],
+)
 def test_dotted_filters_treat_a_missing_reference_as_all_null(linked, flt, expected):
     assert matches(linked, flt) == expected
 
 
 def test_dotted_filters_combine_with_local_ones_and_with_filter(linked):
-    assert matches(linked, {**f('company.city', 'eq', 'Paris'), 'logicalOp': 'or'}, f('status', 'eq', 'x')) == {'a', 'n'}
+    assert matches(linked, {**f('company.city', 'eq', 'Paris'), 'logicalOp': 'or'}, f('status', 'eq', 'x')) == {
+        'a',
+        'n',
+    }
     assert matches(linked, filter={'company.city': 'Paris'}) == {'a'}
     assert matches(linked, filter={'company.city': ['London', None]}) == {'g', 'i', 'n'}
     assert matches(linked, f('company.city', 'is_empty'), filter={'company.size': 50}) == {'g'}
@@ -463,6 +555,7 @@ def test_dotted_filters_combine_with_local_ones_and_with_filter(linked):
 def test_dotted_sorts_put_a_missing_reference_where_null_sorts(linked):
     def order(**params):
         return [c['last_name'] for c in linked.list('contacts', range=[0, 9], **params)]
+
     assert order(sort='company.city') == ['g', 'n', 'i', 'a'], 'NULLs first, ties by id'
     assert order(sort='["company.city","DESC"]') == ['a', 'i', 'n', 'g'], 'NULLs last, ties by id descending'
     assert order(sorts=[{'field': 'company.size', 'order': 'DESC'}, {'field': 'last_name'}]) == ['g', 'a', 'i', 'n']
@@ -506,8 +599,20 @@ def test_dotted_fields_of_a_custom_reference_and_of_a_task(api):
     assert [t['text'] for t in api.list('tasks', filter={'assignee.email': me['email']})] == ['mine']
 
 
-@pytest.mark.parametrize('field', ['tags.name', 'notes.text', 'company.nope', 'nope.name', 'company.organization_id',
-                                   'company.', '.name', 'company_id.name', 'company.name.x'])
+@pytest.mark.parametrize(
+    'field',
+    [
+        'tags.name',
+        'notes.text',
+        'company.nope',
+        'nope.name',
+        'company.organization_id',
+        'company.',
+        '.name',
+        'company_id.name',
+        'company.name.x',
+    ],
+)
 def test_dotted_fields_cross_one_forward_reference_to_a_single_record(api, field):
     for param, value in (('filters', [f(field, 'eq', 'x')]), ('filter', {field: 'x'}), ('sort', field)):
         assert_problem(api.get('/api/contacts', {param: value}, status=400), 400, param=param, field=field)
@@ -516,9 +621,11 @@ def test_dotted_fields_cross_one_forward_reference_to_a_single_record(api, field
 def test_a_dotted_filter_is_a_semi_join_scoped_by_organization(api, statements):
     api.get('/api/contacts', {'range': [0, 0]})
     statements.clear()
-    api.get('/api/contacts', {'filters': [f('company.name', 'contains', 'a')], 'sort': 'company.name',
-                              'range': [0, 0]})
+    api.get('/api/contacts', {'filters': [f('company.name', 'contains', 'a')], 'sort': 'company.name', 'range': [0, 0]})
     listed = next(sql for sql in statements if 'LIMIT' in sql)
-    assert re.search(r'"company_id" IN \(SELECT "?\w+"?\."id" FROM "companies" "ref_company_id" WHERE '
-                     r'"ref_company_id"\."organization_id"=', listed), listed
+    assert re.search(
+        r'"company_id" IN \(SELECT "?\w+"?\."id" FROM "companies" "ref_company_id" WHERE '
+        r'"ref_company_id"\."organization_id"=',
+        listed,
+    ), listed
     assert re.search(r'LEFT JOIN "companies" "sort_company_id" ON "sort_company_id"\."organization_id"=', listed)

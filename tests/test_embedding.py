@@ -4,6 +4,7 @@ The composite is real: werkzeug's DispatcherMiddleware routes `/crm` (and a deep
 to the API, with a sibling application on everything else, driven through WebTest (which lints
 every WSGI exchange). Runs on SQLite and PostgreSQL.
 """
+
 import json
 from typing import NamedTuple
 from urllib.parse import urlencode
@@ -21,8 +22,9 @@ REQUEST_ID = {'X-Request-ID': 'embedding-test'}
 
 def sibling(environ, start_response):
     """The host application: says where it was called, so a misrouted request shows."""
-    body = json.dumps({'app': 'sibling', 'script_name': environ['SCRIPT_NAME'],
-                       'path_info': environ['PATH_INFO']}).encode()
+    body = json.dumps(
+        {'app': 'sibling', 'script_name': environ['SCRIPT_NAME'], 'path_info': environ['PATH_INFO']}
+    ).encode()
     start_response('200 OK', [('Content-Type', 'application/json'), ('Content-Length', str(len(body)))])
     return [body]
 
@@ -42,8 +44,7 @@ def token(standalone):
     return standalone.token
 
 
-def exchange(app, method, path, token=None, body=None, content_type='application/json', headers=None,
-             prefix=''):
+def exchange(app, method, path, token=None, body=None, content_type='application/json', headers=None, prefix=''):
     """One request; (status, headers without Location, body, Location with `prefix` removed)."""
     headers = {**REQUEST_ID, **({'Authorization': f'Bearer {token}'} if token else {}), **(headers or {})}
     params = dict(method=method, headers=headers)
@@ -53,7 +54,7 @@ def exchange(app, method, path, token=None, body=None, content_type='application
     location = resp.headers.get('Location')
     if location is not None:
         assert location.startswith(prefix + '/api/'), location
-        location = location[len(prefix):]
+        location = location[len(prefix) :]
     others = sorted((k, v) for k, v in resp.headerlist if k.lower() != 'location')
     return resp.status_int, others, resp.body, location
 
@@ -61,11 +62,15 @@ def exchange(app, method, path, token=None, body=None, content_type='application
 def seed(api):
     """Records to read back, made through the standalone app."""
     company = api.create('companies', name='Analytical Engines')
-    rows = [api.create('contacts', first_name=first, last_name=last, status=status, city=city,
-                       company_id=company['id'])
-            for first, last, status, city in [('Ada', 'Lovelace', 'hot', 'London'), ('Grace', 'Hopper', 'cold', 'NYC'),
-                                              ('Alan', 'Turing', 'hot', 'Manchester'),
-                                              ('Mary', 'Somerville', 'warm', 'London')]]
+    rows = [
+        api.create('contacts', first_name=first, last_name=last, status=status, city=city, company_id=company['id'])
+        for first, last, status, city in [
+            ('Ada', 'Lovelace', 'hot', 'London'),
+            ('Grace', 'Hopper', 'cold', 'NYC'),
+            ('Alan', 'Turing', 'hot', 'Manchester'),
+            ('Mary', 'Somerville', 'warm', 'London'),
+        ]
+    ]
     return company, rows
 
 
@@ -78,14 +83,26 @@ class Call(NamedTuple):
     headers: dict = None
 
     def send(self, app, token, prefix=''):
-        return exchange(app, self.method, self.path, token if self.authenticated else None, self.body,
-                        self.content_type, self.headers, prefix)
+        return exchange(
+            app,
+            self.method,
+            self.path,
+            token if self.authenticated else None,
+            self.body,
+            self.content_type,
+            self.headers,
+            prefix,
+        )
 
 
 def scenario(contact_id):
     """Reads of every shape and every kind of error a client can cause."""
-    filters = json.dumps([{'field': 'status', 'op': 'eq', 'value': 'hot', 'logicalOp': 'or'},
-                          {'field': 'city', 'op': 'eq', 'value': 'London'}])
+    filters = json.dumps(
+        [
+            {'field': 'status', 'op': 'eq', 'value': 'hot', 'logicalOp': 'or'},
+            {'field': 'city', 'op': 'eq', 'value': 'London'},
+        ]
+    )
     sorts = json.dumps([{'field': 'last_name', 'order': 'ASC'}])
     missing = 'c_00000000000000000000000000'
     return [
@@ -105,8 +122,12 @@ def scenario(contact_id):
         Call('POST', '/api/contacts', b'first_name=Ada', content_type='application/x-www-form-urlencoded'),
         Call('POST', '/api/contacts', b'{"first_name": 12}'),
         Call('PUT', f'/api/contacts/{missing}', b'{"first_name": "X"}'),
-        Call('OPTIONS', '/api/contacts', authenticated=False,
-             headers={'Origin': 'https://admin.example', 'Access-Control-Request-Method': 'POST'}),
+        Call(
+            'OPTIONS',
+            '/api/contacts',
+            authenticated=False,
+            headers={'Origin': 'https://admin.example', 'Access-Control-Request-Method': 'POST'},
+        ),
     ]
 
 
@@ -124,11 +145,15 @@ def test_mounted_answers_exactly_as_standalone(site, standalone, prefix):
 @pytest.mark.parametrize('prefix', MOUNTS)
 def test_list_with_filters_and_content_range_under_the_prefix(site, standalone, prefix):
     seed(standalone)
-    filters = [{'field': 'status', 'op': 'eq', 'value': 'hot', 'logicalOp': 'or'},
-               {'field': 'city', 'op': 'eq', 'value': 'London'}]
-    resp = site.get(f'{prefix}/api/contacts', {'filters': json.dumps(filters), 'sort': '["last_name","ASC"]',
-                                               'range': '[0,1]'},
-                    headers={'Authorization': f'Bearer {standalone.token}'})
+    filters = [
+        {'field': 'status', 'op': 'eq', 'value': 'hot', 'logicalOp': 'or'},
+        {'field': 'city', 'op': 'eq', 'value': 'London'},
+    ]
+    resp = site.get(
+        f'{prefix}/api/contacts',
+        {'filters': json.dumps(filters), 'sort': '["last_name","ASC"]', 'range': '[0,1]'},
+        headers={'Authorization': f'Bearer {standalone.token}'},
+    )
     assert resp.headers['Content-Range'] == 'contacts 0-1/3'
     assert [c['last_name'] for c in resp.json] == ['Lovelace', 'Somerville']
 
@@ -144,21 +169,32 @@ def test_create_gives_a_location_under_the_prefix_that_reads_back(site, token, p
 def test_location_includes_the_host_applications_own_mount_point(wsgi_app, token):
     """The whole composite served under /outer (its SCRIPT_NAME): Locations carry both prefixes."""
     site = webtest.TestApp(DispatcherMiddleware(sibling, {'/crm': wsgi_app}), extra_environ={'SCRIPT_NAME': '/outer'})
-    resp = site.post_json('/crm/api/contacts', {'first_name': 'Ada'}, headers={'Authorization': f'Bearer {token}'},
-                          status=201)
+    resp = site.post_json(
+        '/crm/api/contacts', {'first_name': 'Ada'}, headers={'Authorization': f'Bearer {token}'}, status=201
+    )
     assert resp.headers['Location'] == f'/outer/crm/api/contacts/{resp.json["id"]}'
 
 
 def test_errors_under_the_prefix_are_problem_json(site, token):
     auth = {'Authorization': f'Bearer {token}'}
     assert_problem(site.get('/crm/api/contactz', headers=auth, status=404), 404)
-    assert_problem(site.get('/crm/api/contacts', {'filters': '[{"field":"emial","op":"eq","value":"x"}]'},
-                            headers=auth, status=400), 400, param='filters', field='emial')
+    assert_problem(
+        site.get(
+            '/crm/api/contacts', {'filters': '[{"field":"emial","op":"eq","value":"x"}]'}, headers=auth, status=400
+        ),
+        400,
+        param='filters',
+        field='emial',
+    )
     resp = site.get('/crm/api/contacts', status=401)
     assert_problem(resp, 401)
     assert resp.headers['WWW-Authenticate'].startswith('Bearer')
-    assert_problem(site.post('/crm/api/contacts', b'x' * (1024 * 1024 + 1), headers=auth,
-                             content_type='application/json', status=413), 413)
+    assert_problem(
+        site.post(
+            '/crm/api/contacts', b'x' * (1024 * 1024 + 1), headers=auth, content_type='application/json', status=413
+        ),
+        413,
+    )
     assert_problem(site.get('/crm', status=404), 404)
 
 

@@ -2,13 +2,25 @@
 
 The table below is the catalogue of error cases: each row is one request and the answer it must get.
 """
+
 import json
 
 import pytest
 from conftest import assert_problem
 
-LEAKS = ('Traceback', 'File "', 'sqlite', 'psycopg', 'SELECT', 'INSERT', 'UPDATE ', 'DELETE FROM',
-         'IntegrityError', 'constraint', 'organization_id')
+LEAKS = (
+    'Traceback',
+    'File "',
+    'sqlite',
+    'psycopg',
+    'SELECT',
+    'INSERT',
+    'UPDATE ',
+    'DELETE FROM',
+    'IntegrityError',
+    'constraint',
+    'organization_id',
+)
 MIB = 1024 * 1024
 
 
@@ -17,8 +29,9 @@ def send(client, method, path, raw=None, content_type='application/json', header
     all_headers = client._headers(headers)
     if raw is None:
         return client.app.request(path, method=method, headers=all_headers, expect_errors=True)
-    return client.app.request(path, method=method, body=raw, content_type=content_type, headers=all_headers,
-                              expect_errors=True)
+    return client.app.request(
+        path, method=method, body=raw, content_type=content_type, headers=all_headers, expect_errors=True
+    )
 
 
 def assert_clean_problem(resp, status, **members):
@@ -39,8 +52,14 @@ CASES = {
     'unknown-resource-item': ('GET', '/api/no_such_thing/x_1', None, None, 404, {'param': 'resource'}),
     'unknown-schema-table': ('GET', '/api/schema/no_such_thing', None, None, 404, {}),
     'unknown-record': ('GET', '/api/contacts/c_doesnotexist', None, None, 404, {'param': 'id'}),
-    'unknown-record-put': ('PUT', '/api/contacts/c_doesnotexist', b'{"first_name":"x"}', 'application/json', 404,
-                           {'param': 'id'}),
+    'unknown-record-put': (
+        'PUT',
+        '/api/contacts/c_doesnotexist',
+        b'{"first_name":"x"}',
+        'application/json',
+        404,
+        {'param': 'id'},
+    ),
     'unknown-record-delete': ('DELETE', '/api/tags/tag_doesnotexist', None, None, 404, {'param': 'id'}),
     'unknown-record-restore': ('POST', '/api/deals/d_doesnotexist/restore', None, None, 404, {'param': 'id'}),
     'unrouted-path': ('GET', '/api/contacts/x/y/z', None, None, 404, {}),
@@ -62,10 +81,15 @@ CASES = {
     'infinity': ('POST', '/api/deals', b'{"name": "d", "amount": Infinity}', 'application/json', 400, {}),
     'minus-infinity': ('POST', '/api/deals', b'{"name": "d", "amount": -Infinity}', 'application/json', 400, {}),
     'huge-float': ('POST', '/api/deals', b'{"name": "d", "amount": 1e400}', 'application/json', 400, {}),
-    'duplicate-keys': ('POST', '/api/contacts', b'{"first_name": "a", "first_name": "b"}', 'application/json',
-                       400, {}),
-    'nested-duplicate-keys': ('POST', '/api/configuration', b'{"key": "k", "value": {"a": 1, "a": 2}}',
-                              'application/json', 400, {}),
+    'duplicate-keys': ('POST', '/api/contacts', b'{"first_name": "a", "first_name": "b"}', 'application/json', 400, {}),
+    'nested-duplicate-keys': (
+        'POST',
+        '/api/configuration',
+        b'{"key": "k", "value": {"a": 1, "a": 2}}',
+        'application/json',
+        400,
+        {},
+    ),
     'array-put': ('PUT', '/api/contacts/c_1', b'[]', 'application/json', 400, {}),
     'merge-array': ('POST', '/api/merge_contacts', b'[]', 'application/json', 400, {}),
     'merge-malformed': ('POST', '/api/merge_contacts', b'{', 'application/json', 400, {}),
@@ -73,24 +97,66 @@ CASES = {
     'form': ('POST', '/api/contacts', b'first_name=x', 'application/x-www-form-urlencoded', 415, {}),
     'xml-put': ('PUT', '/api/contacts/c_1', b'<contact/>', 'application/xml', 415, {}),
     'merge-text': ('POST', '/api/merge_contacts', b'{}', 'text/plain', 415, {}),
-    'wrong-field-type': ('POST', '/api/companies', b'{"name": "c", "size": "big"}', 'application/json', 400,
-                         {'field': 'size'}),
-    'missing-required': ('POST', '/api/companies', b'{"domain": "x.example"}', 'application/json', 400,
-                         {'field': 'name'}),
-    'bad-reference': ('POST', '/api/contacts', b'{"company_id": "comp_nope"}', 'application/json', 400,
-                      {'field': 'company_id'}),
-    'merge-no-target': ('POST', '/api/merge_contacts', b'{"source_ids": ["c_1"]}', 'application/json', 400,
-                        {'field': 'target_id'}),
-    'merge-empty-sources': ('POST', '/api/merge_contacts', b'{"source_ids": [], "target_id": "c_1"}',
-                            'application/json', 400, {'field': 'source_ids'}),
+    'wrong-field-type': (
+        'POST',
+        '/api/companies',
+        b'{"name": "c", "size": "big"}',
+        'application/json',
+        400,
+        {'field': 'size'},
+    ),
+    'missing-required': (
+        'POST',
+        '/api/companies',
+        b'{"domain": "x.example"}',
+        'application/json',
+        400,
+        {'field': 'name'},
+    ),
+    'bad-reference': (
+        'POST',
+        '/api/contacts',
+        b'{"company_id": "comp_nope"}',
+        'application/json',
+        400,
+        {'field': 'company_id'},
+    ),
+    'merge-no-target': (
+        'POST',
+        '/api/merge_contacts',
+        b'{"source_ids": ["c_1"]}',
+        'application/json',
+        400,
+        {'field': 'target_id'},
+    ),
+    'merge-empty-sources': (
+        'POST',
+        '/api/merge_contacts',
+        b'{"source_ids": [], "target_id": "c_1"}',
+        'application/json',
+        400,
+        {'field': 'source_ids'},
+    ),
     'bad-range': ('GET', '/api/contacts?range=[5,1]', None, None, 400, {'param': 'range'}),
     'range-not-json': ('GET', '/api/contacts?range=[0,', None, None, 400, {'param': 'range'}),
     'page-too-big': ('GET', '/api/contacts?range=[0,5000]', None, None, 400, {'param': 'range'}),
     'unknown-param': ('GET', '/api/contacts?colour=red', None, None, 400, {'param': 'colour'}),
-    'unknown-filter-field': ('GET', '/api/contacts?filter={"emial":"x"}', None, None, 400,
-                             {'param': 'filter', 'field': 'emial'}),
-    'unknown-operator': ('GET', '/api/contacts?filters=[{"field":"city","op":"regex","value":"x"}]', None, None,
-                         400, {'param': 'filters'}),
+    'unknown-filter-field': (
+        'GET',
+        '/api/contacts?filter={"emial":"x"}',
+        None,
+        None,
+        400,
+        {'param': 'filter', 'field': 'emial'},
+    ),
+    'unknown-operator': (
+        'GET',
+        '/api/contacts?filters=[{"field":"city","op":"regex","value":"x"}]',
+        None,
+        None,
+        400,
+        {'param': 'filters'},
+    ),
     'unknown-sort': ('GET', '/api/contacts?sort=emial', None, None, 400, {'param': 'sort', 'field': 'emial'}),
     'bad-order': ('GET', '/api/contacts?sort=city&order=UP', None, None, 400, {'param': 'order'}),
     'text-vs-number': ('GET', '/api/companies?filter={"size":"ten"}', None, None, 400, {'param': 'filter'}),
@@ -105,12 +171,15 @@ def test_every_error_is_a_problem(api, case):
     assert_clean_problem(send(api, method, path, raw, content_type), status, **members)
 
 
-@pytest.mark.parametrize(('method', 'path', 'allowed', 'refused'), [
-    ('GET', '/api/merge_contacts', {'POST'}, {'GET', 'PUT', 'DELETE'}),
-    ('POST', '/api/contacts/c_1', {'GET', 'HEAD', 'PUT', 'PATCH', 'DELETE'}, {'POST'}),
-    ('PATCH', '/api/merge_contacts', {'POST'}, {'PATCH'}),
-    ('PUT', '/api/contacts/c_1/restore', {'POST'}, {'PUT'}),
-])
+@pytest.mark.parametrize(
+    ('method', 'path', 'allowed', 'refused'),
+    [
+        ('GET', '/api/merge_contacts', {'POST'}, {'GET', 'PUT', 'DELETE'}),
+        ('POST', '/api/contacts/c_1', {'GET', 'HEAD', 'PUT', 'PATCH', 'DELETE'}, {'POST'}),
+        ('PATCH', '/api/merge_contacts', {'POST'}, {'PATCH'}),
+        ('PUT', '/api/contacts/c_1/restore', {'POST'}, {'PUT'}),
+    ],
+)
 def test_a_wrong_method_is_405_with_an_allow_header(api, method, path, allowed, refused):
     resp = send(api, method, path, b'{}' if method in ('PATCH', 'PUT') else None)
     assert_clean_problem(resp, 405)
@@ -145,8 +214,10 @@ def test_an_unknown_resource_names_it(api):
 
 # -- body size -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(('method', 'path'), [('POST', '/api/contacts'), ('PUT', '/api/contacts/c_1'),
-                                              ('POST', '/api/merge_contacts')])
+
+@pytest.mark.parametrize(
+    ('method', 'path'), [('POST', '/api/contacts'), ('PUT', '/api/contacts/c_1'), ('POST', '/api/merge_contacts')]
+)
 def test_a_body_over_one_mib_is_413(api, method, path):
     raw = json.dumps({'first_name': 'x', 'background': 'y' * MIB}).encode()
     resp = send(api, method, path, raw)
@@ -170,11 +241,15 @@ def test_content_type_with_a_charset_is_accepted(api):
 
 # -- errors the database would raise ---------------------------------------------------------------
 
-@pytest.mark.parametrize(('resource', 'body'), [
-    ('tags', {'name': 'vip'}),
-    ('configuration', {'key': 'theme', 'value': 1}),
-    ('crm_users', {'email': 'dup@example.com'}),
-])
+
+@pytest.mark.parametrize(
+    ('resource', 'body'),
+    [
+        ('tags', {'name': 'vip'}),
+        ('configuration', {'key': 'theme', 'value': 1}),
+        ('crm_users', {'email': 'dup@example.com'}),
+    ],
+)
 def test_a_duplicate_unique_value_is_409_without_driver_text(api, resource, body):
     api.create(resource, **body)
     resp = api.post(f'/api/{resource}', body, status=409)
@@ -182,13 +257,16 @@ def test_a_duplicate_unique_value_is_409_without_driver_text(api, resource, body
     assert 'UNIQUE' not in resp.text and 'duplicate key' not in resp.text
 
 
-@pytest.mark.parametrize(('params', 'param'), [
-    ({'filter': {'size': 2 ** 70}}, 'filter'),
-    ({'filters': [{'field': 'created_at', 'op': 'gt', 'value': 'yesterday'}]}, 'filters'),
-    ({'filters': [{'field': 'size', 'op': 'gt', 'value': '10'}]}, 'filters'),
-    ({'filter': {'name': 'a\x00b'}}, 'filter'),
-    ({'range': [2 ** 62, 2 ** 62 + 1]}, 'range'),
-])
+@pytest.mark.parametrize(
+    ('params', 'param'),
+    [
+        ({'filter': {'size': 2**70}}, 'filter'),
+        ({'filters': [{'field': 'created_at', 'op': 'gt', 'value': 'yesterday'}]}, 'filters'),
+        ({'filters': [{'field': 'size', 'op': 'gt', 'value': '10'}]}, 'filters'),
+        ({'filter': {'name': 'a\x00b'}}, 'filter'),
+        ({'range': [2**62, 2**62 + 1]}, 'range'),
+    ],
+)
 def test_what_one_database_would_reject_is_a_400_on_both(api, params, param):
     assert_clean_problem(api.get('/api/companies', params, status='*'), 400, param=param)
 
@@ -209,17 +287,22 @@ def test_errors_carry_cors_headers(api):
 
 # -- hostile JSON shapes ---------------------------------------------------------------------------
 
+
 def nested(depth, leaf='x'):
     """`depth` arrays, one inside the other, as JSON text."""
     return '[' * depth + json.dumps(leaf) + ']' * depth
 
 
-@pytest.mark.parametrize(('method', 'path', 'raw'), [
-    ('POST', '/api/contacts', f'{{"first_name": {nested(100_000)}}}'),
-    ('POST', '/api/configuration', f'{{"key": "deep", "value": {nested(100_000)}}}'),
-    ('PUT', '/api/contacts/c_1', nested(100_000)),
-    ('POST', '/api/merge_contacts', f'{{"source_ids": {nested(100_000)}, "target_id": "c_1"}}'),
-], ids=['field', 'json-column', 'put-body', 'merge'])
+@pytest.mark.parametrize(
+    ('method', 'path', 'raw'),
+    [
+        ('POST', '/api/contacts', f'{{"first_name": {nested(100_000)}}}'),
+        ('POST', '/api/configuration', f'{{"key": "deep", "value": {nested(100_000)}}}'),
+        ('PUT', '/api/contacts/c_1', nested(100_000)),
+        ('POST', '/api/merge_contacts', f'{{"source_ids": {nested(100_000)}, "target_id": "c_1"}}'),
+    ],
+    ids=['field', 'json-column', 'put-body', 'merge'],
+)
 def test_a_body_nested_too_deep_to_parse_is_400(api, method, path, raw):
     assert_clean_problem(send(api, method, path, raw.encode()), 400)
 

@@ -4,6 +4,7 @@ acknowledged change's delivery, send every change under one webhook-id, and appl
 The harness and the checker live in `bench/event_crash.py` (its 60-second form runs by hand); this is the short
 form: CRMAPI_CRASH_SECONDS of load (12 by default; 60 is the issue's long run).
 """
+
 import json
 import os
 import sys
@@ -28,6 +29,7 @@ def test_killed_servers_and_workers_deliver_every_acknowledged_change_once_in_ef
         problems, figures = event_crash.event_crash_run(f'sqlite:///{tmp_path}/crm.db', tmp_path, seconds=SECONDS)
     else:
         from conftest import postgres_url
+
         with PostgresScratch(postgres_url(), 'crm_event_crash') as scratch:
             problems, figures = event_crash.event_crash_run(scratch.url, tmp_path, seconds=SECONDS)
     print(figures)

@@ -1,5 +1,6 @@
 """Change history: every write records one change per record it touched, in the write's own transaction;
 `GET /api/:resource/:id/history` and the feed `GET /api/changes?after=` read them back, on both databases."""
+
 import datetime as dt
 import json
 import threading
@@ -21,8 +22,22 @@ from crmapi.values import format_timestamp
 from conftest import Client
 from conftest import assert_problem
 
-CHANGE_FIELDS = {'id', 'seq', 'resource', 'record_id', 'operation', 'actor', 'user_id', 'token_id', 'changed_at',
-                 'changes', 'record', 'target_id', 'source_ids', 'depth'}
+CHANGE_FIELDS = {
+    'id',
+    'seq',
+    'resource',
+    'record_id',
+    'operation',
+    'actor',
+    'user_id',
+    'token_id',
+    'changed_at',
+    'changes',
+    'record',
+    'target_id',
+    'source_ids',
+    'depth',
+}
 
 
 def feed_page(api, **params):
@@ -71,6 +86,7 @@ def sql(database, text):
 
 # -- what each operation records ---------------------------------------------------------------------
 
+
 def test_a_create_records_the_new_record_by_the_user_and_token_that_made_it(api, database):
     mark = last_seq(api)
     contact, [change] = recorded(api, lambda: api.create('contacts', first_name='Ada', last_name='Lovelace'))
@@ -79,8 +95,7 @@ def test_a_create_records_the_new_record_by_the_user_and_token_that_made_it(api,
     assert change['seq'] == mark + 1 and change['id'].startswith('chg_') and len(change['id']) == 30
     assert (change['operation'], change['resource'], change['record_id']) == ('created', 'contacts', contact['id'])
     assert change['record'] == contact and change['changes'] is None
-    assert (change['actor'], change['user_id'], change['token_id']) == ('user', principal.user_id,
-                                                                          principal.token_id)
+    assert (change['actor'], change['user_id'], change['token_id']) == ('user', principal.user_id, principal.token_id)
     assert dt.datetime.fromisoformat(change['changed_at']) >= dt.datetime.fromisoformat(contact['created_at'])
 
 
@@ -116,12 +131,14 @@ def test_a_write_that_changes_nothing_records_nothing_and_leaves_the_record_as_i
         api.put(f'/api/contact_notes/{note["id"]}', {'date': '2026-01-01T11:00:00+01:00'})
         api.put(f'/api/configuration/{config["id"]}', {'value': {'size': 1, 'dark': True}})
         api.put('/api/custom_objects/projects', {'fields': [{'name': 'title', 'type': 'text'}]})
+
     _, changes = recorded(api, nothing)
     assert changes == []
     assert api.get(f'/api/contacts/{contact["id"]}').json == contact, 'updated_at kept'
     assert api.get('/api/custom_objects/projects').json['version'] == 1
-    _, [change] = recorded(api, lambda: api.put(f'/api/configuration/{config["id"]}',
-                                                {'value': {'dark': 1, 'size': 1}}))
+    _, [change] = recorded(
+        api, lambda: api.put(f'/api/configuration/{config["id"]}', {'value': {'dark': 1, 'size': 1}})
+    )
     assert change['changes'] == {'value': [{'dark': True, 'size': 1}, {'dark': 1, 'size': 1}]}, 'true is not 1'
 
 
@@ -160,8 +177,12 @@ def test_disabling_and_enabling_a_user_are_recorded_and_no_change_holds_a_token_
     assert (change['operation'], change['changes']) == ('enabled', {'disabled': [True, False]})
     with database.transaction() as tx:
         stored = str(tx.rows(sql(database, 'SELECT * FROM changes WHERE organization_id = ?'), [api.org_id]))
-        hashes = [h for (h,) in tx.rows(sql(database, 'SELECT token_hash FROM api_tokens WHERE organization_id = ?'),
-                                        [api.org_id])]
+        hashes = [
+            h
+            for (h,) in tx.rows(
+                sql(database, 'SELECT token_hash FROM api_tokens WHERE organization_id = ?'), [api.org_id]
+            )
+        ]
     assert len(hashes) == 2 and 'token_hash' not in stored and not any(h in stored for h in hashes)
 
 
@@ -170,10 +191,20 @@ def test_a_merge_records_merged_on_the_target_and_merged_into_on_each_source(api
     one = api.create('contacts', first_name='Ada', email='ada@one.example')
     two = api.create('contacts', last_name='Lovelace')
     task = api.create('tasks', text='Call', contact_id=one['id'])
-    merged, changes = recorded(api, lambda: api.post('/api/merge_contacts', {
-        'source_ids': [one['id'], two['id']], 'target_id': target['id']}, status=200).json)
-    assert summary(changes) == [('updated', 'tasks', task['id']), ('merged_into', 'contacts', one['id']),
-                                ('merged_into', 'contacts', two['id']), ('merged', 'contacts', target['id'])]
+    merged, changes = recorded(
+        api,
+        lambda: (
+            api.post(
+                '/api/merge_contacts', {'source_ids': [one['id'], two['id']], 'target_id': target['id']}, status=200
+            ).json
+        ),
+    )
+    assert summary(changes) == [
+        ('updated', 'tasks', task['id']),
+        ('merged_into', 'contacts', one['id']),
+        ('merged_into', 'contacts', two['id']),
+        ('merged', 'contacts', target['id']),
+    ]
     assert changes[0]['changes'] == {'contact_id': [one['id'], target['id']]}
     assert [(c['target_id'], c['record']) for c in changes[1:3]] == [(target['id'], one), (target['id'], two)]
     assert changes[3]['changes'] == {'email': [None, 'ada@one.example'], 'last_name': [None, 'Lovelace']}
@@ -184,8 +215,12 @@ def test_a_batch_records_one_change_per_record_in_consecutive_numbers(api):
     mark = last_seq(api)
     created, changes = recorded(api, lambda: api.post('/api/contacts', [{'first_name': n} for n in 'ABC']).json)
     assert summary(changes) == [('created', 'contacts', c['id']) for c in created]
-    _, patched = recorded(api, lambda: api.app.patch_json(
-        '/api/contacts', [{'id': c['id'], 'city': 'Oslo'} for c in created], headers=api.headers))
+    _, patched = recorded(
+        api,
+        lambda: api.app.patch_json(
+            '/api/contacts', [{'id': c['id'], 'city': 'Oslo'} for c in created], headers=api.headers
+        ),
+    )
     assert summary(patched) == [('updated', 'contacts', c['id']) for c in created]
     ids = json.dumps({'id': [c['id'] for c in created]})
     _, archived = recorded(api, lambda: api.app.delete(f'/api/contacts?filter={ids}', headers=api.headers))
@@ -195,25 +230,43 @@ def test_a_batch_records_one_change_per_record_in_consecutive_numbers(api):
 
 def test_a_large_batch_records_every_change_and_every_character(api):
     text = 'tab\there, line\nbreak, back\\slash, "quotes", \\N, é, 😀'
-    created, changes = recorded(api, lambda: api.post('/api/contacts', [
-        {'first_name': f'{i} {text}', 'background': text} for i in range(30)]).json)
+    created, changes = recorded(
+        api,
+        lambda: api.post('/api/contacts', [{'first_name': f'{i} {text}', 'background': text} for i in range(30)]).json,
+    )
     assert [c['record'] for c in changes] == created and created[7]['background'] == text
-    _, changes = recorded(api, lambda: api.app.patch_json(
-        '/api/contacts', [{'id': c['id'], 'background': None} for c in created], headers=api.headers))
+    _, changes = recorded(
+        api,
+        lambda: api.app.patch_json(
+            '/api/contacts', [{'id': c['id'], 'background': None} for c in created], headers=api.headers
+        ),
+    )
     assert [c['changes'] for c in changes] == [{'background': [text, None]}] * 30
 
 
 def test_an_upsert_records_created_and_updated(api):
     first = api.create('companies', name='Old A', external_id='a')
-    answer, changes = recorded(api, lambda: api.post('/api/companies?on_conflict=external_id', [
-        {'external_id': 'b', 'name': 'New B'}, {'external_id': 'a', 'name': 'Renamed A'}], status=200).json)
+    answer, changes = recorded(
+        api,
+        lambda: (
+            api.post(
+                '/api/companies?on_conflict=external_id',
+                [{'external_id': 'b', 'name': 'New B'}, {'external_id': 'a', 'name': 'Renamed A'}],
+                status=200,
+            ).json
+        ),
+    )
     assert summary(changes) == [('created', 'companies', answer[0]['id']), ('updated', 'companies', first['id'])]
     assert changes[0]['record'] == answer[0] and changes[1]['changes'] == {'name': ['Old A', 'Renamed A']}
 
 
 def test_custom_object_records_and_definition_changes_are_recorded(api):
-    definition, [change] = recorded(api, lambda: api.post('/api/custom_objects', {
-        'slug': 'projects', 'fields': [{'name': 'title', 'type': 'text'}]}).json)
+    definition, [change] = recorded(
+        api,
+        lambda: (
+            api.post('/api/custom_objects', {'slug': 'projects', 'fields': [{'name': 'title', 'type': 'text'}]}).json
+        ),
+    )
     assert (change['operation'], change['resource'], change['record']) == ('created', 'custom_objects', definition)
     project, [change] = recorded(api, lambda: api.create('projects', title='Apollo'))
     assert (change['operation'], change['resource'], change['record']) == ('created', 'projects', project)
@@ -239,10 +292,14 @@ def test_the_command_line_writes_as_system(api, database, tmp_path, capsys):
         cli.main(['--database', url, 'define-object', '--org', api.org_id, '--file', str(tmp_path / 'def.json')])
         cli.main(['--database', url, 'create-token', '--org', api.org_id, '--email', 'eve@example.com'])
         cli.main(['--database', url, 'create-token', '--org', api.org_id, '--email', 'eve@example.com', '--admin'])
+
     _, changes = recorded(api, run)
     eve = next(u for u in api.list('crm_users') if u['email'] == 'eve@example.com')
-    assert summary(changes) == [('created', 'custom_objects', api.get('/api/custom_objects/vehicles').json['id']),
-                                ('created', 'crm_users', eve['id']), ('updated', 'crm_users', eve['id'])]
+    assert summary(changes) == [
+        ('created', 'custom_objects', api.get('/api/custom_objects/vehicles').json['id']),
+        ('created', 'crm_users', eve['id']),
+        ('updated', 'crm_users', eve['id']),
+    ]
     assert changes[2]['changes'] == {'administrator': [False, True]}
     assert {(c['actor'], c['user_id'], c['token_id']) for c in changes} == {('system', None, None)}
 
@@ -255,6 +312,7 @@ def test_an_idempotent_replay_records_nothing_more(api):
 
 
 # -- reading a record's history ----------------------------------------------------------------------
+
 
 def test_a_history_pages_newest_first_with_content_range(api):
     contact = api.create('contacts', first_name='Ada')
@@ -282,13 +340,19 @@ def test_a_history_is_readable_by_every_user_of_the_organization_only(api, user_
 
 def test_a_record_written_around_the_api_has_an_empty_history(api, database):
     with database.transaction(write=True) as tx:
-        tx.execute(sql(database, 'INSERT INTO tags (id, organization_id, name, created_at, updated_at) '
-                                 "VALUES (?, ?, 'imported', ?, ?)"), ['tag_imported', api.org_id, *[utc_now()] * 2])
+        tx.execute(
+            sql(
+                database,
+                "INSERT INTO tags (id, organization_id, name, created_at, updated_at) VALUES (?, ?, 'imported', ?, ?)",
+            ),
+            ['tag_imported', api.org_id, *[utc_now()] * 2],
+        )
     resp = history(api, 'tags', 'tag_imported')
     assert resp.json == [] and resp.headers['Content-Range'] == 'history */0'
 
 
 # -- the organization's feed -------------------------------------------------------------------------
+
 
 def test_the_feed_answers_in_seq_order_after_a_number_up_to_a_limit_and_of_one_resource(api, user_api, other_api):
     mark = last_seq(api)
@@ -306,10 +370,18 @@ def test_the_feed_answers_in_seq_order_after_a_number_up_to_a_limit_and_of_one_r
     assert not {c['record_id'] for c in feed(other_api)} & {company['id'], *(c['id'] for c in contacts)}
 
 
-@pytest.mark.parametrize('params, param', [
-    ({'after': '-1'}, 'after'), ({'after': 'x'}, 'after'), ({'limit': '0'}, 'limit'), ({'limit': '1001'}, 'limit'),
-    ({'resource': 'unicorns'}, 'resource'), ({'resource': 'contacts_summary'}, 'resource'), ({'range': '[0,9]'}, 'range'),
-])
+@pytest.mark.parametrize(
+    'params, param',
+    [
+        ({'after': '-1'}, 'after'),
+        ({'after': 'x'}, 'after'),
+        ({'limit': '0'}, 'limit'),
+        ({'limit': '1001'}, 'limit'),
+        ({'resource': 'unicorns'}, 'resource'),
+        ({'resource': 'contacts_summary'}, 'resource'),
+        ({'range': '[0,9]'}, 'range'),
+    ],
+)
 def test_a_bad_feed_parameter_is_a_400_naming_it(api, params, param):
     assert_problem(api.get('/api/changes', params, status=400), 400, param=param)
 
@@ -337,7 +409,10 @@ def test_a_user_reads_only_the_changes_of_resources_it_may_read(api, user_api):
     seen = feed(user_api, after=mark)
     assert summary(seen) == [('created', 'contacts', contact['id'])] and 'secret-path' not in json.dumps(seen)
     assert [(c['resource'], c['operation']) for c in feed(api, after=mark)] == [
-        ('webhooks', 'created'), ('webhooks', 'updated'), ('contacts', 'created')]
+        ('webhooks', 'created'),
+        ('webhooks', 'updated'),
+        ('contacts', 'created'),
+    ]
     page, after = feed_page(user_api, after=mark, limit=1)
     assert summary(page) == [('created', 'contacts', contact['id'])] and after == mark + 3, 'hidden ones are passed'
     assert_problem(user_api.get('/api/changes', {'resource': 'webhooks'}, status=403), 403)
@@ -356,8 +431,12 @@ def test_no_change_ever_holds_a_secret_or_a_token_hash(api, user_api, database):
     api.delete(f'/api/webhooks/{hook["id"]}')
     with database.transaction() as tx:
         stored = str(tx.rows(sql(database, 'SELECT * FROM changes WHERE organization_id = ?'), [api.org_id]))
-        hashes = [h for (h,) in tx.rows(sql(database, 'SELECT token_hash FROM api_tokens WHERE organization_id = ?'),
-                                        [api.org_id])]
+        hashes = [
+            h
+            for (h,) in tx.rows(
+                sql(database, 'SELECT token_hash FROM api_tokens WHERE organization_id = ?'), [api.org_id]
+            )
+        ]
     assert 'webhooks' in stored and 'crm_users' in stored
     secrets = [hook['secret'], rotated['secret'], token, user_api.token, *hashes]
     assert len(hashes) == 3 and not any(s in stored for s in secrets)
@@ -376,6 +455,7 @@ def test_a_write_that_fails_records_nothing_and_takes_no_number(api):
 @pytest.mark.parametrize('first', [0, (1 << 20) - 3, (7 << 60) + (1 << 40) - 2])
 def test_a_batch_of_ids_is_the_ids_made_one_by_one_counting_up_across_a_carry(monkeypatch, first):
     from crmapi import store
+
     monkeypatch.setattr(store, '_reserve', lambda count: first)
     ids = new_ids('chg_', 6)
     assert ids == [f'chg_{store.crockford(first + k)}' for k in range(6)] and ids == sorted(set(ids))
@@ -411,6 +491,7 @@ def write_concurrently(apps, token, done):
                 acknowledged.append(('archived', batch[-1]['id']))
         except Exception as exc:  # noqa: BLE001 -- reported by the test
             errors.append(exc)
+
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
     for t in threads:
         t.start()
@@ -421,7 +502,8 @@ def write_concurrently(apps, token, done):
 
 
 def test_a_poller_sees_every_acknowledged_change_exactly_once_and_in_order_while_eight_clients_write(
-        api, database, wsgi_app, backend):
+    api, database, wsgi_app, backend
+):
     mark = last_seq(api)
     dbs, apps = app_instances(database, wsgi_app, backend)
     done, seen = threading.Event(), []
@@ -434,6 +516,7 @@ def test_a_poller_sees_every_acknowledged_change_exactly_once_and_in_order_while
             seen.extend(page)
             if finished and not page:
                 return
+
     poller = threading.Thread(target=poll)
     poller.start()
     try:
@@ -451,11 +534,14 @@ def test_a_poller_sees_every_acknowledged_change_exactly_once_and_in_order_while
 
 # -- retention ---------------------------------------------------------------------------------------
 
+
 def backdate(database, org_id, up_to, days):
     when = format_timestamp(utc_now() - dt.timedelta(days=days))
     with database.transaction(write=True) as tx:
-        tx.execute(sql(database, 'UPDATE changes SET changed_at = ? WHERE organization_id = ? AND seq <= ?'),
-                   [when, org_id, up_to])
+        tx.execute(
+            sql(database, 'UPDATE changes SET changed_at = ? WHERE organization_id = ? AND seq <= ?'),
+            [when, org_id, up_to],
+        )
 
 
 def test_prune_deletes_old_changes_a_batch_at_a_time_and_never_reuses_a_number(api, database, capsys, monkeypatch):
@@ -491,7 +577,9 @@ def test_the_unfiltered_total_stays_exact_while_eight_clients_write(api, databas
             db.close()
     assert errors == [] and acknowledged
     with database.transaction() as tx:
-        (live,) = tx.one(sql(database, 'SELECT COUNT(*) FROM contacts WHERE organization_id = ? '
-                                       'AND archived_at IS NULL'), [api.org_id])
+        (live,) = tx.one(
+            sql(database, 'SELECT COUNT(*) FROM contacts WHERE organization_id = ? AND archived_at IS NULL'),
+            [api.org_id],
+        )
     total = api.get('/api/contacts', {'range': [0, 0]}).headers['Content-Range'].rsplit('/', 1)[1]
     assert int(total) == live

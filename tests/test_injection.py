@@ -5,6 +5,7 @@ a 400/404; values are bound parameters, so they are stored verbatim and matched 
 test ends by counting every table's rows through the API, in the caller's organization and in a
 bystander's, and finds them as they were.
 """
+
 import json
 import uuid
 from dataclasses import dataclass
@@ -47,21 +48,49 @@ INJECTIONS = [
     'ü café 北京 😀 \u202e',
     'x' * 5000,
 ]
-RESOURCES = ['contacts', 'companies', 'deals', 'tasks', 'contact_notes', 'deal_notes', 'company_notes', 'tags',
-             'configuration', 'automation_rules', 'crm_users', 'companies_summary', 'contacts_summary']
+RESOURCES = [
+    'contacts',
+    'companies',
+    'deals',
+    'tasks',
+    'contact_notes',
+    'deal_notes',
+    'company_notes',
+    'tags',
+    'configuration',
+    'automation_rules',
+    'crm_users',
+    'companies_summary',
+    'contacts_summary',
+]
 WRITABLE = RESOURCES[:-2]
 SUMMARIES = {'contacts': 'contacts_summary', 'companies': 'companies_summary'}
 SERVER_MANAGED = {'id', 'organization_id', 'created_at', 'updated_at', 'archived_at'}
-TABLES = ['organizations', 'crm_users', 'api_tokens', 'companies', 'contacts', 'deals', 'tasks', 'contact_notes',
-          'deal_notes', 'company_notes', 'tags', 'configuration', 'automation_rules', 'schema_version',
-          'companies_summary', 'contacts_summary']
-PLAIN = ['Ada', 'ada', 'Grace', 'x', 'X_ray', '100%', None]       # ordinary first names around the hostile ones
+TABLES = [
+    'organizations',
+    'crm_users',
+    'api_tokens',
+    'companies',
+    'contacts',
+    'deals',
+    'tasks',
+    'contact_notes',
+    'deal_notes',
+    'company_notes',
+    'tags',
+    'configuration',
+    'automation_rules',
+    'schema_version',
+    'companies_summary',
+    'contacts_summary',
+]
+PLAIN = ['Ada', 'ada', 'Grace', 'x', 'X_ray', '100%', None]  # ordinary first names around the hostile ones
 
 
-
-CORE = [INJECTIONS[i] for i in (0, 1, 2, 8, 9, 11, 23, 24)]   # a cross-section, for the widest sweeps
+CORE = [INJECTIONS[i] for i in (0, 1, 2, 8, 9, 11, 23, 24)]  # a cross-section, for the widest sweeps
 
 # -- helpers ---------------------------------------------------------------------------------------
+
 
 def total(resp):
     return int(resp.headers['Content-Range'].rsplit('/', 1)[1])
@@ -69,8 +98,9 @@ def total(resp):
 
 def counts(client):
     """Rows of every resource, archived ones included, as the API counts them."""
-    return {r: total(client.get(f'/api/{r}', {'range': [0, 0], 'filter': {'include_archived': True}}))
-            for r in RESOURCES}
+    return {
+        r: total(client.get(f'/api/{r}', {'range': [0, 0], 'filter': {'include_archived': True}})) for r in RESOURCES
+    }
 
 
 def columns(client, resource):
@@ -86,10 +116,18 @@ def seed(client, label, hostile):
     company = client.create('companies', name=f'{label} Corp', size=10)
     tag = client.create('tags', name=f'{label}-tag')
     names = PLAIN + INJECTIONS if hostile else PLAIN[:1]
-    contacts = [client.create('contacts', first_name=name, last_name='Seed', company_id=company['id'],
-                              tags=[tag['id']]) for name in names]
-    deal = client.create('deals', name=f'{label} deal', company_id=company['id'], amount=12.5,
-                         contact_ids=[contacts[0]['id']], expected_closing_date='2030-01-31')
+    contacts = [
+        client.create('contacts', first_name=name, last_name='Seed', company_id=company['id'], tags=[tag['id']])
+        for name in names
+    ]
+    deal = client.create(
+        'deals',
+        name=f'{label} deal',
+        company_id=company['id'],
+        amount=12.5,
+        contact_ids=[contacts[0]['id']],
+        expected_closing_date='2030-01-31',
+    )
     client.create('tasks', text='Call', contact_id=contacts[0]['id'], deal_id=deal['id'], due_date='2030-01-01')
     client.create('contact_notes', contact_id=contacts[0]['id'], text='note', date='2030-01-01T10:00:00Z')
     client.create('deal_notes', deal_id=deal['id'], text='note')
@@ -131,7 +169,7 @@ def world(seeded, database):
     for table in TABLES:
         assert database.table_exists(table), table
     assert seeded.snapshot() == seeded.counts
-    seeded.api.get('/api/contacts', status=200)            # tokens still work
+    seeded.api.get('/api/contacts', status=200)  # tokens still work
 
 
 LEAKS = ('SELECT', 'INSERT', 'UPDATE', 'sqlite', 'psycopg', 'syntax error', 'Traceback')
@@ -159,10 +197,19 @@ IDENTIFIER_PARAMS = {
     'filter-raw': (lambda s: {'filter': s}, 'filter'),
     'filters-field': (lambda s: {'filters': [{'field': s, 'op': 'eq', 'value': 'x'}]}, 'filters'),
     'filters-op': (lambda s: {'filters': [{'field': 'first_name', 'op': s, 'value': 'x'}]}, 'filters'),
-    'filters-logicalOp': (lambda s: {'filters': [{'field': 'first_name', 'op': 'eq', 'value': 'x', 'logicalOp': s},
-                                                 {'field': 'last_name', 'op': 'eq', 'value': 'y'}]}, 'filters'),
-    'filters-extra-key': (lambda s: {'filters': [{'field': 'first_name', 'op': 'eq', 'value': 'x', s: 'y'}]},
-                          'filters'),
+    'filters-logicalOp': (
+        lambda s: {
+            'filters': [
+                {'field': 'first_name', 'op': 'eq', 'value': 'x', 'logicalOp': s},
+                {'field': 'last_name', 'op': 'eq', 'value': 'y'},
+            ]
+        },
+        'filters',
+    ),
+    'filters-extra-key': (
+        lambda s: {'filters': [{'field': 'first_name', 'op': 'eq', 'value': 'x', s: 'y'}]},
+        'filters',
+    ),
     'filters-raw': (lambda s: {'filters': s}, 'filters'),
     'sort': (lambda s: {'sort': s}, 'sort'),
     'order': (lambda s: {'sort': 'first_name', 'order': s}, 'order'),
@@ -194,6 +241,7 @@ def test_a_hostile_query_parameter_name_is_400(world):
 
 # -- values in list parameters ---------------------------------------------------------------------
 
+
 def lower(value):
     return value.lower() if isinstance(value, str) else None
 
@@ -217,8 +265,12 @@ def test_hostile_values_in_filters_match_literally(world, resource, op):
     rows = everything(world.api, resource)
     for evil in INJECTIONS:
         value = [evil, 'Ada'] if op in ('in', 'not_in') else evil
-        resp = get(world.api, resource, {'filters': [{'field': 'first_name', 'op': op, 'value': value}],
-                                         'range': [0, 999]}, status=200)
+        resp = get(
+            world.api,
+            resource,
+            {'filters': [{'field': 'first_name', 'op': op, 'value': value}], 'range': [0, 999]},
+            status=200,
+        )
         wanted = {r['id'] for r in rows if TEXT_OPS[op](r['first_name'], evil)}
         assert {r['id'] for r in resp.json} == wanted, (op, evil[:40])
         assert total(resp) == len(wanted)
@@ -236,11 +288,15 @@ def test_a_hostile_value_in_filter_matches_only_that_exact_value(world):
 def test_hostile_ordering_comparisons_are_plain_values(world, op):
     rows = [r for r in everything(world.api, 'contacts') if r['first_name'] is not None]
     for evil in INJECTIONS:
-        resp = get(world.api, 'contacts', {'filters': [{'field': 'first_name', 'op': op, 'value': evil}],
-                                           'range': [0, 999]}, status=200)
+        resp = get(
+            world.api,
+            'contacts',
+            {'filters': [{'field': 'first_name', 'op': op, 'value': evil}], 'range': [0, 999]},
+            status=200,
+        )
         got = {r['id'] for r in resp.json}
         assert got <= {r['id'] for r in rows}
-        assert any(r['first_name'] == evil for r in resp.json) == op.endswith('e')   # gte/lte keep the equal one
+        assert any(r['first_name'] == evil for r in resp.json) == op.endswith('e')  # gte/lte keep the equal one
 
 
 def q_finds(evil, texts):
@@ -254,10 +310,11 @@ def test_hostile_search_text_matches_literally(world, resource):
     rows = everything(world.api, resource)
     policy = BUILTIN[resource].search
     names = [*policy.names, *policy.words, *policy.emails, *policy.phones]
-    company = {c['id']: c['name'] for c in everything(world.api, 'companies')}   # q finds a contact's company
+    company = {c['id']: c['name'] for c in everything(world.api, 'companies')}  # q finds a contact's company
     for evil in INJECTIONS:
-        resp = get(world.api, resource, {'filter': {'q': evil, 'include_archived': True}, 'range': [0, 999]},
-                   status=200)
+        resp = get(
+            world.api, resource, {'filter': {'q': evil, 'include_archived': True}, 'range': [0, 999]}, status=200
+        )
         wanted = {r['id'] for r in rows if q_finds(evil, [*(r[n] for n in names), company.get(r.get('company_id'))])}
         assert {r['id'] for r in resp.json} == wanted, evil[:40]
 
@@ -277,28 +334,32 @@ def test_hostile_values_on_every_column_are_matched_or_refused(world, resource):
 
 
 def test_nul_bytes_in_values_are_400_not_500(world):
-    for params, param in [({'filter': {'first_name': 'a\x00b'}}, 'filter'),
-                          ({'filters': [{'field': 'first_name', 'op': 'contains', 'value': '\x00'}]}, 'filters'),
-                          ({'filter': {'q': "x\x00'; DROP TABLE contacts; --"}}, 'filter')]:
+    for params, param in [
+        ({'filter': {'first_name': 'a\x00b'}}, 'filter'),
+        ({'filters': [{'field': 'first_name', 'op': 'contains', 'value': '\x00'}]}, 'filters'),
+        ({'filter': {'q': "x\x00'; DROP TABLE contacts; --"}}, 'filter'),
+    ]:
         assert_rejected(get(world.api, 'contacts', params), 400, 'DROP TABLE', param=param)
 
 
 # -- path segments ---------------------------------------------------------------------------------
 
-PATH_SAFE = [s for s in INJECTIONS if '/' not in s]     # an encoded slash would still split the path
+PATH_SAFE = [s for s in INJECTIONS if '/' not in s]  # an encoded slash would still split the path
 
 
 def test_a_hostile_resource_name_in_the_path_is_404(world):
     app, headers = world.api.app, world.api.headers
     for evil in PATH_SAFE:
         segment = quote(evil, safe='')
-        for resp in (app.get(f'/api/{segment}', headers=headers, status='*'),
-                     app.get(f'/api/{segment}/c_1', headers=headers, status='*'),
-                     app.delete(f'/api/{segment}/c_1', headers=headers, status='*'),
-                     app.get(f'/api/schema/{segment}', headers=headers, status='*'),
-                     app.post_json(f'/api/{segment}', {'name': 'x'}, headers=headers, status='*'),
-                     app.put_json(f'/api/{segment}/c_1', {'name': 'x'}, headers=headers, status='*'),
-                     app.post_json(f'/api/{segment}/c_1/restore', {}, headers=headers, status='*')):
+        for resp in (
+            app.get(f'/api/{segment}', headers=headers, status='*'),
+            app.get(f'/api/{segment}/c_1', headers=headers, status='*'),
+            app.delete(f'/api/{segment}/c_1', headers=headers, status='*'),
+            app.get(f'/api/schema/{segment}', headers=headers, status='*'),
+            app.post_json(f'/api/{segment}', {'name': 'x'}, headers=headers, status='*'),
+            app.put_json(f'/api/{segment}/c_1', {'name': 'x'}, headers=headers, status='*'),
+            app.post_json(f'/api/{segment}/c_1/restore', {}, headers=headers, status='*'),
+        ):
             assert_rejected(resp, 404, evil)
 
 
@@ -308,20 +369,21 @@ def test_a_hostile_id_in_the_path_is_404(world, resource):
     change = {'deals': {'name': 'x'}, 'tags': {'name': 'x'}}.get(resource, {'first_name': 'x'})
     for evil in PATH_SAFE:
         path = f'/api/{resource}/{quote(evil, safe="")}'
-        for resp in (api.get(path, status='*'), api.put(path, change, status='*'),
-                     api.delete(path, status='*')):
+        for resp in (api.get(path, status='*'), api.put(path, change, status='*'), api.delete(path, status='*')):
             body = assert_rejected(resp, 404, evil)
             assert body.get('param') == 'id'
         restore = api.post(f'{path}/restore', status='*')
-        assert_rejected(restore, 405 if resource == 'tags' else 404, evil)    # tags are deleted for good
+        assert_rejected(restore, 405 if resource == 'tags' else 404, evil)  # tags are deleted for good
 
 
 def test_hostile_ids_in_a_merge_are_404_or_400(world):
     contact = world.ids['contact']
     for evil in INJECTIONS:
-        for body in ({'source_ids': [evil], 'target_id': contact},
-                     {'source_ids': [contact], 'target_id': evil},
-                     {'source_ids': [evil, contact], 'target_id': evil}):
+        for body in (
+            {'source_ids': [evil], 'target_id': contact},
+            {'source_ids': [contact], 'target_id': evil},
+            {'source_ids': [evil, contact], 'target_id': evil},
+        ):
             resp = world.api.post('/api/merge_contacts', body, status='*')
             assert resp.status_int in (400, 404), resp.text
             assert_rejected(resp, resp.status_int, evil)
@@ -336,6 +398,7 @@ def test_a_hostile_body_on_a_read_only_view_is_405(world):
 
 # -- body fields -----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def writer(api, world):
     """A fresh organization to write into, with the parents notes need; counts its rows before and after."""
@@ -349,11 +412,15 @@ def writer(api, world):
 
 def base_body(resource, parents):
     """What a create of `resource` needs besides the fields under test."""
-    return {'companies': {'name': 'Base'}, 'deals': {'name': 'Base'},
-            'automation_rules': {'name': 'Base', **RULE_SHAPE},
-            'contact_notes': {'contact_id': parents['contact']}, 'deal_notes': {'deal_id': parents['deal']},
-            'company_notes': {'company_id': parents['company']},
-            'crm_users': {'email': f'{uuid.uuid4().hex}@example.com'}}.get(resource, {})
+    return {
+        'companies': {'name': 'Base'},
+        'deals': {'name': 'Base'},
+        'automation_rules': {'name': 'Base', **RULE_SHAPE},
+        'contact_notes': {'contact_id': parents['contact']},
+        'deal_notes': {'deal_id': parents['deal']},
+        'company_notes': {'company_id': parents['company']},
+        'crm_users': {'email': f'{uuid.uuid4().hex}@example.com'},
+    }.get(resource, {})
 
 
 def count_created(created, resource):
@@ -363,7 +430,7 @@ def count_created(created, resource):
             created[name] = created.get(name, 0) + 1
 
 
-RULE_SHAPED = ('trigger', 'conditions', 'actions')   # JSON with a shape: hostile strings in it are in test_rules.py
+RULE_SHAPED = ('trigger', 'conditions', 'actions')  # JSON with a shape: hostile strings in it are in test_rules.py
 
 
 def fields_by_fate(client, resource):
@@ -391,8 +458,12 @@ def test_hostile_strings_in_every_body_field_are_stored_verbatim_or_refused(writ
         # NOTE: indexed text holds at most max_length characters: longer strings are refused below.
         stored = [n for n in all_stored if limits[n] is None or len('upd ' + evil) <= limits[n]]
         too_long = [n for n in all_stored if n not in stored]
-        body = {**base_body(resource, parents), **{n: f'{uuid.uuid4().hex}@example.com' for n in too_long},
-                **{n: evil for n in stored}, **{n: {evil: [evil, {'k': evil}]} for n in as_json}}
+        body = {
+            **base_body(resource, parents),
+            **{n: f'{uuid.uuid4().hex}@example.com' for n in too_long},
+            **{n: evil for n in stored},
+            **{n: {evil: [evil, {'k': evil}]} for n in as_json},
+        }
         created = api.post(f'/api/{resource}', body).json
         count_created(created_rows, resource)
         for name, value in body.items():
@@ -410,8 +481,9 @@ def test_hostile_strings_in_every_body_field_are_stored_verbatim_or_refused(writ
             resp = api.post(f'/api/{resource}', {**base_body(resource, parents), name: evil}, status='*')
             assert_rejected(resp, 400, evil, field=name)
         for name in refused:
-            resp = api.post(f'/api/{resource}', {**base_body(resource, parents), all_stored[0]: 'refused', name: evil},
-                            status='*')
+            resp = api.post(
+                f'/api/{resource}', {**base_body(resource, parents), all_stored[0]: 'refused', name: evil}, status='*'
+            )
             assert_rejected(resp, 400, evil, field=name)
             as_array = [evil] if name in ('tags', 'contact_ids') else evil
             resp = api.put(f'/api/{resource}/{created["id"]}', {name: as_array}, status='*')
@@ -425,8 +497,13 @@ def test_hostile_field_names_in_a_body_are_400_or_ignored_when_lenient(writer, r
     stored, _, _ = fields_by_fate(api, resource)
     lenient = {'Prefer': 'handling=lenient'}
     for i, evil in enumerate(INJECTIONS):
-        body = {**base_body(resource, parents), stored[0]: f'named {i}', evil: 'ignored',
-                f'{stored[0]}"; --': 'ignored', f'{stored[0]}, organization_id': 'ignored'}
+        body = {
+            **base_body(resource, parents),
+            stored[0]: f'named {i}',
+            evil: 'ignored',
+            f'{stored[0]}"; --': 'ignored',
+            f'{stored[0]}, organization_id': 'ignored',
+        }
         refused = assert_rejected(api.post(f'/api/{resource}', body, status='*'), 400, evil, field=evil)
         assert [e['field'] for e in refused['errors']] == list(body)[-3:]
         created = api.post(f'/api/{resource}', body, headers=lenient).json
@@ -450,31 +527,37 @@ SURROGATES = ['\\ud800', 'a\\udfffb', '\\udc00\\ud800']
 
 
 @pytest.mark.parametrize('text', SURROGATES)
-@pytest.mark.parametrize(('resource', 'field'), [('contacts', 'first_name'), ('configuration', 'value'),
-                                                 ('tags', 'name')])
+@pytest.mark.parametrize(
+    ('resource', 'field'), [('contacts', 'first_name'), ('configuration', 'value'), ('tags', 'name')]
+)
 def test_a_lone_surrogate_in_a_body_field_is_400(writer, resource, field, text):
     api, _, _ = writer
     others = json.dumps({k: v for k, v in {'key': 'k', 'name': 'n'}.items() if k != field})
     raw = f'{others[:-1]}, "{field}": "{text}"}}'.encode()
-    resp = api.app.post(f'/api/{resource}', raw, headers=api.headers, content_type='application/json',
-                        expect_errors=True)
+    resp = api.app.post(
+        f'/api/{resource}', raw, headers=api.headers, content_type='application/json', expect_errors=True
+    )
     assert_rejected(resp, 400, field=field)
 
 
 @pytest.mark.parametrize('text', SURROGATES)
-@pytest.mark.parametrize(('param', 'template'), [
-    ('filter', '{{"first_name": "{}"}}'),
-    ('filter', '{{"q": "{}"}}'),
-    ('filter', '{{"id": ["c_1", "{}"]}}'),
-    ('filters', '[{{"field": "first_name", "op": "contains", "value": "{}"}}]'),
-    ('filters', '[{{"field": "tags", "op": "eq", "value": "{}"}}]'),
-], ids=['filter-eq', 'filter-q', 'filter-in', 'filters-contains', 'filters-array'])
+@pytest.mark.parametrize(
+    ('param', 'template'),
+    [
+        ('filter', '{{"first_name": "{}"}}'),
+        ('filter', '{{"q": "{}"}}'),
+        ('filter', '{{"id": ["c_1", "{}"]}}'),
+        ('filters', '[{{"field": "first_name", "op": "contains", "value": "{}"}}]'),
+        ('filters', '[{{"field": "tags", "op": "eq", "value": "{}"}}]'),
+    ],
+    ids=['filter-eq', 'filter-q', 'filter-in', 'filters-contains', 'filters-array'],
+)
 def test_a_lone_surrogate_in_a_list_parameter_is_400(world, param, template, text):
     resp = get(world.api, 'contacts', {param: template.format(text)})
     assert_rejected(resp, 400, param=param)
 
 
 def test_a_lone_surrogate_in_a_path_id_is_404(world):
-    resp = world.api.get('/api/contacts/%ED%A0%80', status='*')    # the UTF-8-like bytes of U+D800
+    resp = world.api.get('/api/contacts/%ED%A0%80', status='*')  # the UTF-8-like bytes of U+D800
     assert resp.status_int in (400, 404)
     assert_rejected(resp, resp.status_int)

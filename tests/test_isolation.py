@@ -1,19 +1,39 @@
 """Organization isolation: A never sees nor touches B's records; B's ids look to A like ids that never existed."""
+
 import pytest
 from conftest import RULE_SHAPE
 from conftest import assert_problem
 
-WRITABLE = ['contacts', 'companies', 'deals', 'tasks', 'contact_notes', 'deal_notes', 'company_notes', 'tags',
-            'configuration', 'automation_rules', 'crm_users']
+WRITABLE = [
+    'contacts',
+    'companies',
+    'deals',
+    'tasks',
+    'contact_notes',
+    'deal_notes',
+    'company_notes',
+    'tags',
+    'configuration',
+    'automation_rules',
+    'crm_users',
+]
 VIEWS = ['companies_summary', 'contacts_summary']
 RESOURCES = WRITABLE + VIEWS
 # A change PUT may send to each resource (views answer 405 either way).
 UPDATES = {
-    'contacts': {'first_name': 'Hacked'}, 'companies': {'name': 'Hacked'}, 'deals': {'name': 'Hacked'},
-    'tasks': {'text': 'Hacked'}, 'contact_notes': {'text': 'Hacked'}, 'deal_notes': {'text': 'Hacked'},
-    'company_notes': {'text': 'Hacked'}, 'tags': {'name': 'Hacked'}, 'configuration': {'value': 'hacked'},
-    'automation_rules': {'name': 'Hacked'}, 'crm_users': {'first_name': 'Hacked'},
-    'companies_summary': {'name': 'Hacked'}, 'contacts_summary': {'first_name': 'Hacked'},
+    'contacts': {'first_name': 'Hacked'},
+    'companies': {'name': 'Hacked'},
+    'deals': {'name': 'Hacked'},
+    'tasks': {'text': 'Hacked'},
+    'contact_notes': {'text': 'Hacked'},
+    'deal_notes': {'text': 'Hacked'},
+    'company_notes': {'text': 'Hacked'},
+    'tags': {'name': 'Hacked'},
+    'configuration': {'value': 'hacked'},
+    'automation_rules': {'name': 'Hacked'},
+    'crm_users': {'first_name': 'Hacked'},
+    'companies_summary': {'name': 'Hacked'},
+    'contacts_summary': {'first_name': 'Hacked'},
 }
 
 
@@ -22,21 +42,36 @@ def make_records(client, label):
     ids = {}
     ids['companies'] = client.create('companies', name=f'{label} Industries', city=f'{label}ville')['id']
     ids['tags'] = client.create('tags', name=f'{label}-vip', color='red')['id']
-    ids['contacts'] = client.create('contacts', first_name=label, last_name='Smith', email=f'{label}@example.com',
-                                    company_id=ids['companies'], tags=[ids['tags']])['id']
-    ids['deals'] = client.create('deals', name=f'{label} deal', company_id=ids['companies'],
-                                 contact_ids=[ids['contacts']], amount=1000.5)['id']
-    ids['crm_users'] = client.create('crm_users', email=f'{label.lower()}.sales@example.com',
-                                     first_name=label)['id']
-    ids['tasks'] = client.create('tasks', text=f'Call {label}', contact_id=ids['contacts'],
-                                 company_id=ids['companies'], deal_id=ids['deals'],
-                                 assignee_id=ids['crm_users'])['id']
+    ids['contacts'] = client.create(
+        'contacts',
+        first_name=label,
+        last_name='Smith',
+        email=f'{label}@example.com',
+        company_id=ids['companies'],
+        tags=[ids['tags']],
+    )['id']
+    ids['deals'] = client.create(
+        'deals', name=f'{label} deal', company_id=ids['companies'], contact_ids=[ids['contacts']], amount=1000.5
+    )['id']
+    ids['crm_users'] = client.create('crm_users', email=f'{label.lower()}.sales@example.com', first_name=label)['id']
+    ids['tasks'] = client.create(
+        'tasks',
+        text=f'Call {label}',
+        contact_id=ids['contacts'],
+        company_id=ids['companies'],
+        deal_id=ids['deals'],
+        assignee_id=ids['crm_users'],
+    )['id']
     ids['contact_notes'] = client.create('contact_notes', contact_id=ids['contacts'], text=f'{label} note')['id']
     ids['deal_notes'] = client.create('deal_notes', deal_id=ids['deals'], text=f'{label} note')['id']
     ids['company_notes'] = client.create('company_notes', company_id=ids['companies'], text=f'{label} note')['id']
     ids['configuration'] = client.create('configuration', key='theme', value={'owner': label})['id']
-    ids['automation_rules'] = client.create('automation_rules', name=f'{label} rule', **RULE_SHAPE,
-                                            conditions=[{'field': 'status', 'op': 'eq', 'value': 'lead'}])['id']
+    ids['automation_rules'] = client.create(
+        'automation_rules',
+        name=f'{label} rule',
+        **RULE_SHAPE,
+        conditions=[{'field': 'status', 'op': 'eq', 'value': 'lead'}],
+    )['id']
     ids['companies_summary'] = ids['companies']
     ids['contacts_summary'] = ids['contacts']
     return ids
@@ -92,6 +127,7 @@ def assert_like_missing(client, method, resource, record_id, suffix=''):
 
 # -- reading and writing one record ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize('resource', RESOURCES)
 def test_get_of_another_organizations_record_is_404_like_a_missing_one(api, theirs, resource):
     body = assert_like_missing(api, 'GET', resource, theirs[resource])
@@ -137,13 +173,14 @@ def test_a_non_administrator_sees_no_foreign_record_either(user_api, theirs):
 
 # -- lists and counts ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('resource', RESOURCES)
 def test_lists_show_only_the_callers_rows(api, ours, theirs, resource):
     resp = api.get(f'/api/{resource}', {'range': [0, 999], 'filter': {'include_archived': True}})
     listed = {r['id'] for r in resp.json}
     assert theirs[resource] not in listed
     if resource == 'crm_users':
-        assert ours[resource] in listed and len(listed) == 2   # the admin and the one created
+        assert ours[resource] in listed and len(listed) == 2  # the admin and the one created
     else:
         assert listed == {ours[resource]}
     assert resp.headers['Content-Range'] == f'{resource} 0-{len(listed) - 1}/{len(listed)}'
@@ -151,17 +188,34 @@ def test_lists_show_only_the_callers_rows(api, ours, theirs, resource):
 
 @pytest.mark.parametrize('resource', RESOURCES)
 def test_a_filter_on_a_foreign_id_matches_nothing(api, ours, theirs, resource):
-    for params in ({'filter': {'id': theirs[resource]}},
-                   {'filter': {'id': [theirs[resource], ours[resource]]}},
-                   {'filters': [{'field': 'id', 'op': 'in', 'value': [theirs[resource]]}]},
-                   {'filters': [{'field': 'id', 'op': 'eq', 'value': theirs[resource]},
-                                {'field': 'id', 'op': 'neq', 'value': ours[resource], 'logicalOp': 'or'}]}):
+    for params in (
+        {'filter': {'id': theirs[resource]}},
+        {'filter': {'id': [theirs[resource], ours[resource]]}},
+        {'filters': [{'field': 'id', 'op': 'in', 'value': [theirs[resource]]}]},
+        {
+            'filters': [
+                {'field': 'id', 'op': 'eq', 'value': theirs[resource]},
+                {'field': 'id', 'op': 'neq', 'value': ours[resource], 'logicalOp': 'or'},
+            ]
+        },
+    ):
         resp = api.get(f'/api/{resource}', params)
         assert theirs[resource] not in {r['id'] for r in resp.json}
 
 
-@pytest.mark.parametrize('resource', ['contacts', 'companies', 'deals', 'tags', 'companies_summary',
-                                      'contacts_summary', 'contact_notes', 'automation_rules'])
+@pytest.mark.parametrize(
+    'resource',
+    [
+        'contacts',
+        'companies',
+        'deals',
+        'tags',
+        'companies_summary',
+        'contacts_summary',
+        'contact_notes',
+        'automation_rules',
+    ],
+)
 def test_search_never_finds_foreign_rows(api, ours, theirs, resource):
     resp = api.get(f'/api/{resource}', {'filter': {'q': 'Bravo', 'include_archived': True}})
     assert resp.json == []
@@ -210,10 +264,19 @@ REFERENCES = [
     ('company_notes', 'company_id', 'companies', False),
 ]
 REFERENCE_IDS = [f'{r}.{f}' for r, f, _, _ in REFERENCES]
-BASE = {'contacts': {'first_name': 'New'}, 'deals': {'name': 'New deal'}, 'tasks': {'text': 'New task'},
-        'contact_notes': {'text': 'n'}, 'deal_notes': {'text': 'n'}, 'company_notes': {'text': 'n'}}
-NOTE_PARENTS = {'contact_notes': ('contact_id', 'contacts'), 'deal_notes': ('deal_id', 'deals'),
-                'company_notes': ('company_id', 'companies')}
+BASE = {
+    'contacts': {'first_name': 'New'},
+    'deals': {'name': 'New deal'},
+    'tasks': {'text': 'New task'},
+    'contact_notes': {'text': 'n'},
+    'deal_notes': {'text': 'n'},
+    'company_notes': {'text': 'n'},
+}
+NOTE_PARENTS = {
+    'contact_notes': ('contact_id', 'contacts'),
+    'deal_notes': ('deal_id', 'deals'),
+    'company_notes': ('company_id', 'companies'),
+}
 
 
 def reference_body(resource, field, value, ours):
@@ -262,6 +325,7 @@ def test_organization_id_in_a_body_is_ignored(api, other_api, theirs):
 
 # -- merge -----------------------------------------------------------------------------------------
 
+
 def contacts_state(client):
     """Every contact (archived too) and every record that points at one, as `client` sees them."""
     state = {}
@@ -288,9 +352,15 @@ def test_merge_with_another_organizations_ids_is_404_and_changes_nothing(api, ot
 
 
 def test_merge_with_a_foreign_id_answers_like_a_missing_id(api, ours, theirs):
-    foreign = api.post('/api/merge_contacts', {'source_ids': [theirs['contacts']], 'target_id': ours['contacts']},
-                       status=404).json
-    never = api.post('/api/merge_contacts', {'source_ids': [missing_id(theirs['contacts'])],
-                                             'target_id': ours['contacts']}, status=404).json
-    assert foreign == {k: (v.replace(missing_id(theirs['contacts']), theirs['contacts']) if isinstance(v, str)
-                           else v) for k, v in never.items()}
+    foreign = api.post(
+        '/api/merge_contacts', {'source_ids': [theirs['contacts']], 'target_id': ours['contacts']}, status=404
+    ).json
+    never = api.post(
+        '/api/merge_contacts',
+        {'source_ids': [missing_id(theirs['contacts'])], 'target_id': ours['contacts']},
+        status=404,
+    ).json
+    assert foreign == {
+        k: (v.replace(missing_id(theirs['contacts']), theirs['contacts']) if isinstance(v, str) else v)
+        for k, v in never.items()
+    }

@@ -5,6 +5,7 @@ connection and nothing after, and a lost database answers 503 with Retry-After, 
 
 The load harness lives in `bench/load.py` (its long form runs by hand and prints figures).
 """
+
 import glob
 import os
 import signal
@@ -39,6 +40,7 @@ def test_four_workers_under_concurrent_writes_make_no_error_and_lose_nothing(bac
         ledger, problems, log = load.load_run(f'sqlite:///{tmp_path}/crm.db', tmp_path, **run)
     else:
         from conftest import postgres_url
+
         with load.PostgresScratch(postgres_url(), 'crm_load') as scratch:
             ledger, problems, log = load.load_run(scratch.url, tmp_path, **run)
     print(load.summary(ledger))
@@ -57,6 +59,7 @@ def test_two_opposite_merges_at_once_one_wins_and_the_other_is_404(backend, tmp_
     Never a 5xx: on PostgreSQL both transactions lock their target first and then their source, so
     without one lock order for both they deadlock, and the victim answers 503.
     """
+
     def run(url):
         _, token = load.prepare_database(url)
         with load.Gunicorn('crmapi:create_app()', url, tmp_path / 'gunicorn.log', workers=4, threads=2) as server:
@@ -69,9 +72,11 @@ def test_two_opposite_merges_at_once_one_wins_and_the_other_is_404(backend, tmp_
                 def merge(target, source):
                     client = load.Api(server.port, token)
                     barrier.wait()
-                    answers.append(client.call('POST', '/api/merge_contacts',
-                                               {'target_id': target, 'source_ids': [source]}))
+                    answers.append(
+                        client.call('POST', '/api/merge_contacts', {'target_id': target, 'source_ids': [source]})
+                    )
                     client.close()
+
                 threads = [threading.Thread(target=merge, args=pair, daemon=True) for pair in ((x, y), (y, x))]
                 for t in threads:
                     t.start()
@@ -87,6 +92,7 @@ def test_two_opposite_merges_at_once_one_wins_and_the_other_is_404(backend, tmp_
         outcomes, bad = run(f'sqlite:///{tmp_path}/crm.db')
     else:
         from conftest import postgres_url
+
         with load.PostgresScratch(postgres_url(), 'crm_race') as scratch:
             outcomes, bad = run(scratch.url)
     assert bad == [], f'after {len(outcomes)} pairs: {outcomes[-1]}'
@@ -116,12 +122,19 @@ class PrivatePostgres:
         return prefix + [str(a) for a in argv]
 
     def pg_ctl(self, *args, timeout=90):
-        subprocess.run(self.as_pg(self.bin / 'pg_ctl', '-D', self.dir / 'data', *args), check=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.run(
+            self.as_pg(self.bin / 'pg_ctl', '-D', self.dir / 'data', *args),
+            check=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     def start(self):
-        done = subprocess.run([ROOT / 'scripts' / 'pgtmp.sh', 'start', self.dir], capture_output=True, text=True,
-                              timeout=120, check=True)
+        done = subprocess.run(
+            [ROOT / 'scripts' / 'pgtmp.sh', 'start', self.dir], capture_output=True, text=True, timeout=120, check=True
+        )
         self.url = done.stdout.strip().splitlines()[-1]
         return self
 
@@ -134,8 +147,16 @@ class PrivatePostgres:
 
     def start_server(self):
         port = urlparse(self.url).port
-        self.pg_ctl('-l', self.dir / 'server.log', '-w', '-t', '60', '-o',
-                    f'-h 127.0.0.1 -p {port} -k {self.dir} -c fsync=off -c max_connections=100', 'start')
+        self.pg_ctl(
+            '-l',
+            self.dir / 'server.log',
+            '-w',
+            '-t',
+            '60',
+            '-o',
+            f'-h 127.0.0.1 -p {port} -k {self.dir} -c fsync=off -c max_connections=100',
+            'start',
+        )
 
     def remove(self):
         subprocess.run([ROOT / 'scripts' / 'pgtmp.sh', 'stop', self.dir], capture_output=True, timeout=120)
@@ -157,8 +178,15 @@ def served(request, private_postgres, tmp_path):
     name = getattr(request, 'param', 'gunicorn')
     _, token = load.prepare_database(private_postgres.url)
     env = {'CRMAPI_POOL_MAX_SIZE': str(POOL_MAX_SIZE), 'CRMAPI_POOL_TIMEOUT_S': str(POOL_TIMEOUT_S)}
-    server = load.Gunicorn('crmapi:create_app()', private_postgres.url, tmp_path / f'{name}.log',
-                           workers=WORKERS, threads=4, env=env, server=name)
+    server = load.Gunicorn(
+        'crmapi:create_app()',
+        private_postgres.url,
+        tmp_path / f'{name}.log',
+        workers=WORKERS,
+        threads=4,
+        env=env,
+        server=name,
+    )
     with server:
         yield server, token
 
@@ -180,8 +208,9 @@ def hammer(port, token, stop, answers, n):
 def test_a_postgres_restart_under_load_costs_at_most_one_request_per_pooled_connection(private_postgres, served):
     server, token = served
     stop, answers = threading.Event(), []
-    clients = [threading.Thread(target=hammer, args=(server.port, token, stop, answers, n), daemon=True)
-               for n in range(4)]
+    clients = [
+        threading.Thread(target=hammer, args=(server.port, token, stop, answers, n), daemon=True) for n in range(4)
+    ]
     for t in clients:
         t.start()
     try:
@@ -198,8 +227,10 @@ def test_a_postgres_restart_under_load_costs_at_most_one_request_per_pooled_conn
     failed = [a for a in answers if not a.ok]
     before = [a for a in answers if a.ok and a.ended < restart_began]
     after = [a for a in answers if a.started >= restarted]
-    print(f'{len(answers)} requests; restart took {restarted - restart_began:.2f}s; {len(failed)} failed: '
-          + ', '.join(f'{a.status} at +{a.started - restart_began:.2f}s' for a in failed))
+    print(
+        f'{len(answers)} requests; restart took {restarted - restart_began:.2f}s; {len(failed)} failed: '
+        + ', '.join(f'{a.status} at +{a.started - restart_began:.2f}s' for a in failed)
+    )
     assert len(before) >= 5 and len(after) >= 5
     assert all(a.status == 503 and a.headers.get('retry-after') for a in failed), [a.describe() for a in failed]
     assert len(failed) <= WORKERS * POOL_MAX_SIZE

@@ -3,6 +3,7 @@ merge would do, writing nothing) and Atomic CRM's {"loserId", "winnerId"}.
 
 Every test runs on SQLite and on PostgreSQL (see conftest.py).
 """
+
 from types import SimpleNamespace
 
 import pytest
@@ -40,7 +41,13 @@ def companies(api):
     bystander = api.create('companies', name='Initech')
     t, s1, s2, other = target['id'], first['id'], second['id'], bystander['id']
     return SimpleNamespace(
-        target=target, first=first, second=second, t=t, s1=s1, s2=s2, other=other,
+        target=target,
+        first=first,
+        second=second,
+        t=t,
+        s1=s1,
+        s2=s2,
+        other=other,
         contacts=[api.create('contacts', last_name=f'Of {c}', company_id=c)['id'] for c in (t, s1, s2, s2, other)],
         deals=[api.create('deals', name=f'Deal of {c}', company_id=c)['id'] for c in (s1, other)],
         tasks=[api.create('tasks', text=f'Task of {c}', company_id=c)['id'] for c in (t, s1, s2)],
@@ -53,6 +60,7 @@ def snapshot(api):
 
 
 # -- merging companies -----------------------------------------------------------------------------
+
 
 def test_merge_companies_moves_everything_to_the_target_and_deletes_the_sources(api):
     w = companies(api)
@@ -72,17 +80,24 @@ def test_merge_companies_fills_the_targets_empty_fields_in_source_order(api):
     merged = merge(api, [w.s1, w.s2], w.t).json
     assert (merged['name'], merged['domain']) == ('Acme Inc', 'acme.com')
     assert (merged['website'], merged['city'], merged['phone'], merged['size']) == (
-        'https://www.acme.com', 'Paris', '+49 30 1234567', 40)
+        'https://www.acme.com',
+        'Paris',
+        '+49 30 1234567',
+        40,
+    )
     assert merged['created_at'] == w.target['created_at'] and merged['updated_at'] > w.target['updated_at']
     assert merge(api, [w.other], w.t).json['city'] == 'Paris'
 
 
 def test_merge_companies_keeps_the_counters_right(api):
     w = companies(api)
-    api.delete(f'/api/companies/{w.s2}')           # an archived source is not counted twice
+    api.delete(f'/api/companies/{w.s2}')  # an archived source is not counted twice
     before = {r: total(api, r) for r in ('companies', 'contacts', 'deals')}
     merge(api, [w.s1, w.s2], w.t)
-    assert {r: total(api, r) for r in ('companies', 'contacts', 'deals')} == {**before, 'companies': before['companies'] - 1}
+    assert {r: total(api, r) for r in ('companies', 'contacts', 'deals')} == {
+        **before,
+        'companies': before['companies'] - 1,
+    }
     assert total(api, 'companies') == len(api.list('companies', range=[0, 999]))
     summary = get(api, 'companies_summary', w.t)
     assert (summary['nb_contacts'], summary['nb_deals']) == (4, 1)
@@ -104,24 +119,43 @@ def test_merge_companies_leaves_other_organizations_alone(api, other_api):
     assert other_api.get(f'/api/contacts/{their_contact["id"]}').json == their_contact
 
 
-@pytest.mark.parametrize('body, status, member', [
-    (lambda w: {'source_ids': [w.s1, 'comp_doesnotexist'], 'target_id': w.t}, 404, {'field': 'source_ids'}),
-    (lambda w: {'source_ids': [w.s1, w.foreign], 'target_id': w.t}, 404, {'field': 'source_ids'}),
-    (lambda w: {'source_ids': [w.s1], 'target_id': 'comp_doesnotexist'}, 404, {'field': 'target_id'}),
-    (lambda w: {'source_ids': [w.s1], 'target_id': w.foreign}, 404, {'field': 'target_id'}),
-    (lambda w: {'source_ids': [w.s1], 'target_id': w.contact}, 404, {'field': 'target_id'}),
-    (lambda w: {'source_ids': [], 'target_id': w.t}, 400, {'field': 'source_ids'}),
-    (lambda w: {'source_ids': w.s1, 'target_id': w.t}, 400, {'field': 'source_ids'}),
-    (lambda w: {'source_ids': [w.s1, 7], 'target_id': w.t}, 400, {'field': 'source_ids'}),
-    (lambda w: {'source_ids': [w.s1]}, 400, {'field': 'target_id'}),
-    (lambda w: {'source_ids': [w.s1], 'target_id': None}, 400, {'field': 'target_id'}),
-    (lambda w: {'source_ids': [w.s1] + [f'comp_{i}' for i in range(100)], 'target_id': w.t}, 400,
-     {'field': 'source_ids'}),
-    (lambda w: {'source_ids': [w.s1], 'target_id': w.t, 'sources': []}, 400, {'field': 'sources'}),
-    (lambda w: {'source_ids': [w.s1], 'target_id': w.t, 'dry_run': 'yes'}, 400, {'field': 'dry_run'}),
-], ids=['unknown-source', 'foreign-source', 'unknown-target', 'foreign-target', 'contact-as-target',
-        'empty-sources', 'sources-not-array', 'source-not-string', 'missing-target', 'null-target',
-        'over-100-sources', 'unknown-field', 'dry-run-not-boolean'])
+@pytest.mark.parametrize(
+    'body, status, member',
+    [
+        (lambda w: {'source_ids': [w.s1, 'comp_doesnotexist'], 'target_id': w.t}, 404, {'field': 'source_ids'}),
+        (lambda w: {'source_ids': [w.s1, w.foreign], 'target_id': w.t}, 404, {'field': 'source_ids'}),
+        (lambda w: {'source_ids': [w.s1], 'target_id': 'comp_doesnotexist'}, 404, {'field': 'target_id'}),
+        (lambda w: {'source_ids': [w.s1], 'target_id': w.foreign}, 404, {'field': 'target_id'}),
+        (lambda w: {'source_ids': [w.s1], 'target_id': w.contact}, 404, {'field': 'target_id'}),
+        (lambda w: {'source_ids': [], 'target_id': w.t}, 400, {'field': 'source_ids'}),
+        (lambda w: {'source_ids': w.s1, 'target_id': w.t}, 400, {'field': 'source_ids'}),
+        (lambda w: {'source_ids': [w.s1, 7], 'target_id': w.t}, 400, {'field': 'source_ids'}),
+        (lambda w: {'source_ids': [w.s1]}, 400, {'field': 'target_id'}),
+        (lambda w: {'source_ids': [w.s1], 'target_id': None}, 400, {'field': 'target_id'}),
+        (
+            lambda w: {'source_ids': [w.s1] + [f'comp_{i}' for i in range(100)], 'target_id': w.t},
+            400,
+            {'field': 'source_ids'},
+        ),
+        (lambda w: {'source_ids': [w.s1], 'target_id': w.t, 'sources': []}, 400, {'field': 'sources'}),
+        (lambda w: {'source_ids': [w.s1], 'target_id': w.t, 'dry_run': 'yes'}, 400, {'field': 'dry_run'}),
+    ],
+    ids=[
+        'unknown-source',
+        'foreign-source',
+        'unknown-target',
+        'foreign-target',
+        'contact-as-target',
+        'empty-sources',
+        'sources-not-array',
+        'source-not-string',
+        'missing-target',
+        'null-target',
+        'over-100-sources',
+        'unknown-field',
+        'dry-run-not-boolean',
+    ],
+)
 def test_a_bad_company_merge_is_refused_and_changes_nothing(api, other_api, body, status, member):
     w = companies(api)
     w.foreign = other_api.create('companies', name='Spy Corp')['id']
@@ -148,8 +182,9 @@ def test_merge_companies_honours_idempotency_keys(api):
     again = api.post(MERGE, body, headers=headers, status=200)
     assert again.headers['Idempotent-Replayed'] == 'true' and again.json == first.json
     assert total(api, 'companies') == 2
-    assert_problem(api.post(MERGE, {**body, 'source_ids': [w.other]}, headers=headers, status=422), 422,
-                   param='Idempotency-Key')
+    assert_problem(
+        api.post(MERGE, {**body, 'source_ids': [w.other]}, headers=headers, status=422), 422, param='Idempotency-Key'
+    )
     assert get(api, 'companies', w.other)['name'] == 'Initech'
 
 
@@ -170,6 +205,7 @@ def test_merge_companies_is_a_route_no_custom_object_may_take(api):
 
 # -- dry runs --------------------------------------------------------------------------------------
 
+
 def test_a_company_dry_run_answers_what_would_move_and_writes_nothing(api):
     w = companies(api)
     before = snapshot(api)
@@ -184,8 +220,10 @@ def test_a_company_dry_run_answers_what_would_move_and_writes_nothing(api):
 
 def contacts(api):
     """A target contact and two duplicates: notes, tasks and deal links on both sides."""
-    t, s1, s2 = (api.create('contacts', first_name=n, last_name='Lovelace', email=e)['id']
-                 for n, e in (('Ada', None), ('Augusta', 'ada@one.example'), (None, 'ada@two.example')))
+    t, s1, s2 = (
+        api.create('contacts', first_name=n, last_name='Lovelace', email=e)['id']
+        for n, e in (('Ada', None), ('Augusta', 'ada@one.example'), (None, 'ada@two.example'))
+    )
     for c in (s1, s1, s2):
         api.create('contact_notes', contact_id=c, text='note')
     for c in (t, s2):
@@ -212,8 +250,12 @@ def test_a_contact_dry_run_counts_notes_tasks_and_deal_links_and_writes_nothing(
 def test_a_dry_run_into_itself_moves_nothing(api):
     t, _, _ = contacts(api)
     preview = api.post(MERGE_CONTACTS, {'source_ids': [t], 'target_id': t, 'dry_run': True}, status=200).json
-    assert preview == {'dry_run': True, 'target': get(api, 'contacts', t), 'deleted': [],
-                       'moves': {'contact_notes': 0, 'tasks': 0, 'deals': 0}}
+    assert preview == {
+        'dry_run': True,
+        'target': get(api, 'contacts', t),
+        'deleted': [],
+        'moves': {'contact_notes': 0, 'tasks': 0, 'deals': 0},
+    }
 
 
 def test_a_dry_run_stores_no_idempotency_key(api):
@@ -229,6 +271,7 @@ def test_a_dry_run_stores_no_idempotency_key(api):
 
 # -- Atomic CRM's shape ----------------------------------------------------------------------------
 
+
 def test_loser_and_winner_merge_like_source_and_target(api):
     t, s1, _ = contacts(api)
     merged = api.post(MERGE_CONTACTS, {'loserId': s1, 'winnerId': t}, status=200).json
@@ -238,16 +281,27 @@ def test_loser_and_winner_merge_like_source_and_target(api):
     assert api.post(MERGE, {'loserId': w.s1, 'winnerId': w.t, 'dry_run': True}, status=200).json['deleted'] == [w.s1]
 
 
-@pytest.mark.parametrize('body, status, field', [
-    (lambda t, s: {'loserId': s, 'winnerId': 'c_nope'}, 404, 'winnerId'),
-    (lambda t, s: {'loserId': 'c_nope', 'winnerId': t}, 404, 'loserId'),
-    (lambda t, s: {'loserId': s}, 400, 'winnerId'),
-    (lambda t, s: {'winnerId': t}, 400, 'loserId'),
-    (lambda t, s: {'loserId': [s], 'winnerId': t}, 400, 'loserId'),
-    (lambda t, s: {'loserId': s, 'winnerId': t, 'target_id': t}, 400, 'target_id'),
-    (lambda t, s: {'loserId': s, 'winnerId': t, 'source_ids': [s]}, 400, 'source_ids'),
-], ids=['unknown-winner', 'unknown-loser', 'missing-winner', 'missing-loser', 'loser-not-string',
-        'mixed-target', 'mixed-sources'])
+@pytest.mark.parametrize(
+    'body, status, field',
+    [
+        (lambda t, s: {'loserId': s, 'winnerId': 'c_nope'}, 404, 'winnerId'),
+        (lambda t, s: {'loserId': 'c_nope', 'winnerId': t}, 404, 'loserId'),
+        (lambda t, s: {'loserId': s}, 400, 'winnerId'),
+        (lambda t, s: {'winnerId': t}, 400, 'loserId'),
+        (lambda t, s: {'loserId': [s], 'winnerId': t}, 400, 'loserId'),
+        (lambda t, s: {'loserId': s, 'winnerId': t, 'target_id': t}, 400, 'target_id'),
+        (lambda t, s: {'loserId': s, 'winnerId': t, 'source_ids': [s]}, 400, 'source_ids'),
+    ],
+    ids=[
+        'unknown-winner',
+        'unknown-loser',
+        'missing-winner',
+        'missing-loser',
+        'loser-not-string',
+        'mixed-target',
+        'mixed-sources',
+    ],
+)
 def test_a_bad_loser_winner_merge_names_the_field(api, body, status, field):
     t, s1, _ = contacts(api)
     before = snapshot(api)

@@ -1,4 +1,5 @@
 """Versioned migrations: from empty they build exactly schema.sql; from an old version they keep the data."""
+
 import pathlib
 import uuid
 
@@ -20,8 +21,11 @@ SCHEMA_SQL = pathlib.Path(__file__).parent.parent / 'schema.sql'
 def schema_sql(dialect):
     """schema.sql as `dialect` runs it: without the statements marked `-- <the other database> only`."""
     other = {'sqlite': 'postgresql', 'postgresql': 'sqlite'}[dialect]
-    return '\n'.join(statement for statement in SQLiteDatabase.statements(SCHEMA_SQL.read_text())
-                     if f'-- {other} only' not in statement.splitlines())
+    return '\n'.join(
+        statement
+        for statement in SQLiteDatabase.statements(SCHEMA_SQL.read_text())
+        if f'-- {other} only' not in statement.splitlines()
+    )
 
 
 @pytest.fixture
@@ -48,28 +52,44 @@ def structure(db):
     with db.transaction() as tx:
         if db.name == 'postgresql':
             return structure_in(tx, 'public')
-        objects = tx.rows("SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' "
-                          'ORDER BY type, name')
-        columns = {name: tx.rows('SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_xinfo(?)', (name,))
-                   for kind, name, _ in objects if kind in ('table', 'view')}
-        indexes = {name: tx.rows('SELECT name FROM pragma_index_info(?)', (name,))
-                   for kind, name, _ in objects if kind == 'index'}
+        objects = tx.rows(
+            "SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+        )
+        columns = {
+            name: tx.rows('SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_xinfo(?)', (name,))
+            for kind, name, _ in objects
+            if kind in ('table', 'view')
+        }
+        indexes = {
+            name: tx.rows('SELECT name FROM pragma_index_info(?)', (name,))
+            for kind, name, _ in objects
+            if kind == 'index'
+        }
         return objects, columns, indexes, tx.rows('SELECT version FROM schema_version')
 
 
 def structure_in(tx, schema):
-    tables = tx.rows('SELECT table_type, table_name FROM information_schema.tables WHERE table_schema = %s '
-                     'ORDER BY 1, 2', (schema,))
-    columns = tx.rows('SELECT table_name, column_name, data_type, is_nullable, column_default, numeric_precision, '
-                      'numeric_scale FROM information_schema.columns WHERE table_schema = %s '
-                      'ORDER BY table_name, ordinal_position', (schema,))
-    indexes = tx.rows('SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = %s ORDER BY 1, 2',
-                      (schema,))
+    tables = tx.rows(
+        'SELECT table_type, table_name FROM information_schema.tables WHERE table_schema = %s ORDER BY 1, 2', (schema,)
+    )
+    columns = tx.rows(
+        'SELECT table_name, column_name, data_type, is_nullable, column_default, numeric_precision, '
+        'numeric_scale FROM information_schema.columns WHERE table_schema = %s '
+        'ORDER BY table_name, ordinal_position',
+        (schema,),
+    )
+    indexes = tx.rows(
+        'SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = %s ORDER BY 1, 2', (schema,)
+    )
     version = tx.rows(f'SELECT version FROM {schema}.schema_version')
     # NOTE: PostgreSQL's migration twin indexes nullable sort columns NULLS FIRST (crmapi's list
     # order); schema.sql stays portable, so that spelling is the one difference allowed here.
-    return tables, columns, [(t, n, d.replace(f' {schema}.', ' ').replace(' NULLS FIRST', ''))
-                             for t, n, d in indexes], version
+    return (
+        tables,
+        columns,
+        [(t, n, d.replace(f' {schema}.', ' ').replace(' NULLS FIRST', '')) for t, n, d in indexes],
+        version,
+    )
 
 
 def test_migrating_from_empty_builds_exactly_schema_sql(empty_db, backend, tmp_path):
@@ -107,9 +127,11 @@ def test_data_written_under_the_first_version_survives(empty_db):
     token = accounts.create_token(org, 'old@example.com', admin=True)
     with empty_db.transaction(write=True) as tx:
         p = '?' if empty_db.name == 'sqlite' else '%s'
-        tx.execute(f'INSERT INTO contacts (id, organization_id, first_name, tags, created_at, updated_at) '
-                   f"VALUES ({p}, {p}, {p}, '[]', {p}, {p})",
-                   ('c_old', org, 'Ada', '2020-01-01T00:00:00.000000Z', '2020-01-01T00:00:00.000000Z'))
+        tx.execute(
+            f'INSERT INTO contacts (id, organization_id, first_name, tags, created_at, updated_at) '
+            f"VALUES ({p}, {p}, {p}, '[]', {p}, {p})",
+            ('c_old', org, 'Ada', '2020-01-01T00:00:00.000000Z', '2020-01-01T00:00:00.000000Z'),
+        )
     migrations.migrate(empty_db)
     client = webtest.TestApp(create_app(Settings(database_url='injected'), db=empty_db))
     contact = client.get('/api/contacts/c_old', headers={'Authorization': f'Bearer {token}'}).json

@@ -1,4 +1,5 @@
 """The OpenAPI document is valid 3.1, generated from the live schema, and scoped to the caller."""
+
 import configparser
 import fnmatch
 import hashlib
@@ -23,15 +24,30 @@ from crmapi.openapi import Docs
 from crmapi.api import Records
 from crmapi.schema import BUILTIN
 
-KIND_TYPES = {'text': 'string', 'integer': 'integer', 'number': 'number', 'boolean': 'boolean',
-              'date': 'string', 'timestamp': 'string', 'array': 'array'}
+KIND_TYPES = {
+    'text': 'string',
+    'integer': 'integer',
+    'number': 'number',
+    'boolean': 'boolean',
+    'date': 'string',
+    'timestamp': 'string',
+    'array': 'array',
+}
 KIND_FORMATS = {'date': 'date', 'timestamp': 'date-time'}
-PROJECT = {'slug': 'projects', 'label': 'Projects', 'fields': [
-    {'name': 'title', 'type': 'text', 'required': True}, {'name': 'budget', 'type': 'number'},
-    {'name': 'starts_on', 'type': 'date'}, {'name': 'seen_at', 'type': 'datetime'},
-    {'name': 'active', 'type': 'boolean'}, {'name': 'seats', 'type': 'integer'},
-    {'name': 'extra', 'type': 'json'}, {'name': 'company_id', 'type': 'reference', 'target': 'companies'},
-]}
+PROJECT = {
+    'slug': 'projects',
+    'label': 'Projects',
+    'fields': [
+        {'name': 'title', 'type': 'text', 'required': True},
+        {'name': 'budget', 'type': 'number'},
+        {'name': 'starts_on', 'type': 'date'},
+        {'name': 'seen_at', 'type': 'datetime'},
+        {'name': 'active', 'type': 'boolean'},
+        {'name': 'seats', 'type': 'integer'},
+        {'name': 'extra', 'type': 'json'},
+        {'name': 'company_id', 'type': 'reference', 'target': 'companies'},
+    ],
+}
 
 
 def document(client):
@@ -89,7 +105,7 @@ def test_every_builtin_resource_and_its_operations_are_listed(anonymous, slug):
     assert set(paths[collection]) == {'get', 'head', 'post', 'patch', 'delete'}
     assert set(paths[item]) - {'parameters'} == {'get', 'head', 'put', 'patch', 'delete'}
     assert (restore in paths) == (spec.delete in ('archive', 'disable'))
-    if slug != 'webhooks':    # one webhook a request
+    if slug != 'webhooks':  # one webhook a request
         assert 'required' not in paths[collection]['post']['responses']['201']['headers']['Location'], 'a batch: none'
     if spec.admin_writes:
         assert '403' in paths[collection]['post']['responses']
@@ -98,9 +114,16 @@ def test_every_builtin_resource_and_its_operations_are_listed(anonymous, slug):
 def test_the_other_routes_are_listed(anonymous):
     paths = document(anonymous)['paths']
     assert set(paths['/merge_contacts']) == {'post'}
-    assert {'/schema', '/schema/{table}', '/custom_objects', '/custom_objects/{slug}',
-            '/custom_objects/{slug}/restore', '/custom_objects/{slug}/fields/{name}',
-            '/openapi.json', '/docs'} <= set(paths)
+    assert {
+        '/schema',
+        '/schema/{table}',
+        '/custom_objects',
+        '/custom_objects/{slug}',
+        '/custom_objects/{slug}/restore',
+        '/custom_objects/{slug}/fields/{name}',
+        '/openapi.json',
+        '/docs',
+    } <= set(paths)
     assert set(paths['/custom_objects/{slug}']) - {'parameters'} == {'get', 'head', 'put', 'delete'}
 
 
@@ -115,6 +138,7 @@ def routed_operations(app):
                 if getattr(responder, '__self__', None) is node.resource:
                     found.append((node.uri_template, method.lower(), node.resource))
             walk(node.children)
+
     walk(app._router._roots)
     return found
 
@@ -131,17 +155,28 @@ def test_every_routed_path_and_method_is_in_the_document(api, wsgi_app):
         if isinstance(resource, Records):
             # NOTE: a read-only resource answers writes 405, a resource without archives restore 405: not operations.
             writes = method not in ('get', 'head')
-            expanded = [path.replace('{resource}', slug) for slug, spec in resources.items()
-                        if slug != 'changes' and not (spec and spec.read_only and writes)
-                        and not (path.endswith('/restore') and spec and spec.delete == 'hard')]
+            expanded = [
+                path.replace('{resource}', slug)
+                for slug, spec in resources.items()
+                if slug != 'changes'
+                and not (spec and spec.read_only and writes)
+                and not (path.endswith('/restore') and spec and spec.delete == 'hard')
+            ]
         for one in expanded:
             checked += 1
             if method not in doc['paths'].get(one, {}):
                 missing.append(f'{method.upper()} {one}')
     assert not missing, missing
     assert checked > 150
-    assert {'/projects/{id}/restore', '/webhooks/{id}/rotate_secret', '/webhook_deliveries/{id}/redeliver',
-            '/changes', '/me', '/readyz', '/docs/assets/{name}'} <= set(doc['paths'])
+    assert {
+        '/projects/{id}/restore',
+        '/webhooks/{id}/rotate_secret',
+        '/webhook_deliveries/{id}/redeliver',
+        '/changes',
+        '/me',
+        '/readyz',
+        '/docs/assets/{name}',
+    } <= set(doc['paths'])
 
 
 JSON_PARAMS = ('range', 'filter', 'filters', 'sorts', 'embed')
@@ -150,8 +185,20 @@ JSON_PARAMS = ('range', 'filter', 'filters', 'sorts', 'embed')
 def test_list_operations_document_the_query_language_and_content_range(anonymous):
     op = document(anonymous)['paths']['/contacts']['get']
     params = {p['name']: p for p in op['parameters']}
-    assert set(params) == {'range', 'filter', 'filters', 'sort', 'order', 'sorts', 'cursor', 'format', 'Range',
-                           'Prefer', 'embed', 'embed_limit'}
+    assert set(params) == {
+        'range',
+        'filter',
+        'filters',
+        'sort',
+        'order',
+        'sorts',
+        'cursor',
+        'format',
+        'Range',
+        'Prefer',
+        'embed',
+        'embed_limit',
+    }
     assert params['Range']['in'] == params['Prefer']['in'] == 'header'
     assert re.match(params['Range']['schema']['pattern'], 'contacts=0-24')
     assert params['Prefer']['schema']['enum'] == ['count=exact', 'count=estimated', 'count=none']
@@ -190,15 +237,35 @@ def test_the_parameter_examples_are_accepted(api):
         listing = {p['name']: p for p in doc['paths'][f'/{slug}']['get']['parameters']}
         for name in ('range', 'filter', 'filters', 'sort', 'sorts', 'embed'):
             api.get(f'/api/{slug}', {name: listing[name]['example']})
-        api.get(f'/api/{slug}', {'range': listing['range']['example'], 'filter': listing['filter']['example'],
-                                 'filters': listing['filters']['example'], 'sorts': listing['sorts']['example']})
+        api.get(
+            f'/api/{slug}',
+            {
+                'range': listing['range']['example'],
+                'filter': listing['filter']['example'],
+                'filters': listing['filters']['example'],
+                'sorts': listing['sorts']['example'],
+            },
+        )
 
 
 def test_every_error_answer_is_problem_json(anonymous):
     doc = document(anonymous)
     problem = doc['components']['schemas']['Problem']
-    assert set(problem['properties']) == {'type', 'title', 'status', 'detail', 'message', 'param', 'field', 'index',
-                                          'items', 'errors', 'limit', 'line', 'error_count'}
+    assert set(problem['properties']) == {
+        'type',
+        'title',
+        'status',
+        'detail',
+        'message',
+        'param',
+        'field',
+        'index',
+        'items',
+        'errors',
+        'limit',
+        'line',
+        'error_count',
+    }
     responses = doc['components']['responses']
     for name, response in responses.items():
         assert list(response['content']) == ['application/problem+json'], name
@@ -210,7 +277,7 @@ def test_every_error_answer_is_problem_json(anonymous):
             for code, response in op['responses'].items():
                 if int(code) < 400:
                     continue
-                if method == 'head':    # a HEAD answer has no body
+                if method == 'head':  # a HEAD answer has no body
                     assert 'content' not in response and '$ref' not in response, (path, code)
                 else:
                     assert response['$ref'] == '#/components/responses/' + PROBLEM_NAMES[int(code)], (path, code)
@@ -295,19 +362,24 @@ def test_request_bodies_point_at_the_record_schema(anonymous):
 
 def test_automation_rules_and_webhooks_have_their_shapes(anonymous):
     from jsonschema import Draft202012Validator
+
     doc = document(anonymous)
     rule = schema_of(doc, 'automation_rules')
     assert set(rule['required']) == {'name', 'trigger', 'actions'}
     actions = rule['properties']['actions']['anyOf'][0]['items']['anyOf']
-    assert [a['properties']['type']['enum'] for a in actions] == [['create_task'], ['update'], ['add_tag'],
-                                                                  ['webhook']]
+    assert [a['properties']['type']['enum'] for a in actions] == [['create_task'], ['update'], ['add_tag'], ['webhook']]
     trigger = rule['properties']['trigger']['anyOf'][0]
     assert 'contacts' in trigger['properties']['resource']['enum']
     assert 'contacts_summary' not in trigger['properties']['resource']['enum']
     validator = Draft202012Validator({**rule, 'components': doc['components']})
     validator.validate(conftest.RULE_SHAPE | {'name': 'r'})
-    assert not validator.is_valid({'name': 'r', 'trigger': {'resource': 'contacts', 'on': ['sent']},
-                                   'actions': [{'type': 'create_task', 'text': 'x'}]})
+    assert not validator.is_valid(
+        {
+            'name': 'r',
+            'trigger': {'resource': 'contacts', 'on': ['sent']},
+            'actions': [{'type': 'create_task', 'text': 'x'}],
+        }
+    )
     hook = schema_of(doc, 'webhooks')
     assert set(hook['required']) == {'url', 'events'} and 'secret' not in hook['properties']
     events = Draft202012Validator(hook['properties']['events'])
@@ -317,13 +389,15 @@ def test_automation_rules_and_webhooks_have_their_shapes(anonymous):
     assert secret['readOnly'] is True and 'in this answer only' in secret['description']
     paths = doc['paths']
     assert paths['/webhooks']['post']['responses']['201']['content']['application/json']['schema'] == {
-        '$ref': '#/components/schemas/webhooks_with_secret'}
+        '$ref': '#/components/schemas/webhooks_with_secret'
+    }
     assert {'/webhooks/{id}/rotate_secret', '/webhook_deliveries/{id}/redeliver'} <= set(paths)
 
 
 def test_a_created_record_matches_its_documented_schema(api):
     """The record schema is what the API really answers (formats, nullability, every column)."""
     from jsonschema import Draft202012Validator
+
     doc = document(api)
     company = api.create('companies', name='Initech', size=3)
     deal = api.create('deals', name='X', company_id=company['id'], amount=1.5, expected_closing_date='2026-01-02')
@@ -348,10 +422,10 @@ def test_a_client_that_follows_the_document_reaches_the_app_inside_another_wsgi_
     def host(environ, start_response):
         start_response('404 Not Found', [('Content-Type', 'text/plain')])
         return [b'the host app']
+
     app = webtest.TestApp(DispatcherMiddleware(host, {'/crm': wsgi_app}))
     doc = app.get('/crm/api/openapi.json').json
-    created = app.post_json(doc['servers'][0]['url'] + '/contacts', {'last_name': 'Lovelace'},
-                            headers=api.headers).json
+    created = app.post_json(doc['servers'][0]['url'] + '/contacts', {'last_name': 'Lovelace'}, headers=api.headers).json
     assert created['last_name'] == 'Lovelace'
     resp = app.get(doc['servers'][0]['url'] + '/contacts/' + created['id'], headers=api.headers)
     assert resp.json == created
@@ -383,11 +457,15 @@ def test_docs_page_fetches_nothing_from_the_internet(anonymous):
     assert not re.search(r'https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import', page, re.IGNORECASE), 'no external URL'
     # Relative to the page (`docs/assets/...` from /api/docs), so the app may be mounted under a prefix.
     assert {url.split('?')[0] for url in page_assets(page)} == {
-        'docs/assets/swagger-ui.css', 'docs/assets/swagger-ui-bundle.js', 'docs/assets/docs.js'}
+        'docs/assets/swagger-ui.css',
+        'docs/assets/swagger-ui-bundle.js',
+        'docs/assets/docs.js',
+    }
 
 
-@pytest.mark.parametrize('mount, path', [('', '/api/docs'), ('', '/api/docs/'), ('/crm', '/api/docs'),
-                                         ('/crm', '/api/docs/')])
+@pytest.mark.parametrize(
+    'mount, path', [('', '/api/docs'), ('', '/api/docs/'), ('/crm', '/api/docs'), ('/crm', '/api/docs/')]
+)
 def test_docs_assets_load_from_the_page_under_any_mount_point(wsgi_app, mount, path):
     app = webtest.TestApp(wsgi_app, extra_environ={'SCRIPT_NAME': mount})
     page_url = f'http://localhost{mount}{path}'
@@ -433,13 +511,18 @@ def test_the_vendored_viewer_is_shipped_in_the_package_with_its_license():
     config.read(Path(__file__).parent.parent / 'setup.cfg')
     patterns = [p.strip() for p in config['options.package_data']['crmapi'].split(',')]
     shipped = [path for path, _ in Docs.ASSETS.values()] + [
-        'docs.html', 'static/swagger-ui/LICENSE', 'static/swagger-ui/NOTICE', 'static/swagger-ui/VERSION',
-        'static/swagger-ui/swagger-ui-bundle.js.LICENSE.txt']
+        'docs.html',
+        'static/swagger-ui/LICENSE',
+        'static/swagger-ui/NOTICE',
+        'static/swagger-ui/VERSION',
+        'static/swagger-ui/swagger-ui-bundle.js.LICENSE.txt',
+    ]
     package = Path(crmapi.__file__).parent
     for path in shipped:
         assert (package / path).is_file(), path
         assert any(fnmatch.fnmatch(path, p) for p in patterns), path
     assert re.match(r'swagger-ui-dist \d+\.\d+\.\d+ ', (package / 'static/swagger-ui/VERSION').read_text())
+
 
 def docs_page_examples(doc):
     """The document as the docs page shows it: docs.js's addExamples run under Node."""
@@ -447,8 +530,10 @@ def docs_page_examples(doc):
     if node is None:
         pytest.fail('Node.js is needed to run the docs page script (it is on every machine make test runs on)')
     script = Path(crmapi.__file__).parent / 'static' / 'docs.js'
-    code = (f'const {{addExamples}} = require({json.dumps(str(script))});'
-            "process.stdout.write(JSON.stringify(addExamples(JSON.parse(require('fs').readFileSync(0, 'utf8')))))")
+    code = (
+        f'const {{addExamples}} = require({json.dumps(str(script))});'
+        "process.stdout.write(JSON.stringify(addExamples(JSON.parse(require('fs').readFileSync(0, 'utf8')))))"
+    )
     out = subprocess.run([node, '-e', code], input=json.dumps(doc), capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -466,6 +551,7 @@ def online_dns(monkeypatch):
 
     def getaddrinfo(host, port, *args, **kwargs):
         return real('93.184.215.14' if host == 'hooks.example.com' else host, port, *args, **kwargs)
+
     monkeypatch.setattr(webhooks.socket, 'getaddrinfo', getaddrinfo)
 
 
@@ -478,15 +564,22 @@ def test_docs_page_starts_every_create_and_update_from_an_example_the_api_accept
     for path, item in doc['paths'].items():
         if 'post' not in item or '{' in path or '<' in json.dumps(body_example(doc, path, 'post')):
             continue
-        if '201' not in item['post']['responses']:   # not a create: duplicates of an unsaved record, merges
+        if '201' not in item['post']['responses']:  # not a create: duplicates of an unsaved record, merges
             api.post(base + path, body_example(doc, path, 'post'), status=200)
             continue
         created = api.post(base + path, body_example(doc, path, 'post')).json
         tried.add(path)
         if f'{path}/{{id}}' in doc['paths'] and 'put' in doc['paths'][f'{path}/{{id}}']:
-            api.put(f"{base}{path}/{created['id']}", body_example(doc, f'{path}/{{id}}', 'put'))
-    assert {'/contacts', '/companies', '/deals', '/projects', '/custom_objects', '/automation_rules',
-            '/webhooks'} <= tried
+            api.put(f'{base}{path}/{created["id"]}', body_example(doc, f'{path}/{{id}}', 'put'))
+    assert {
+        '/contacts',
+        '/companies',
+        '/deals',
+        '/projects',
+        '/custom_objects',
+        '/automation_rules',
+        '/webhooks',
+    } <= tried
     listing = doc['paths']['/contacts']['get']['parameters']
     assert not [p['name'] for p in listing if 'example' in p], 'Try it out starts with no optional parameter set'
     api.get(base + '/contacts')

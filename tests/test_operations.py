@@ -1,4 +1,5 @@
 """What operators rely on: health probes, request ids, the access log, Idempotency-Key, backups."""
+
 import io
 import json
 import logging
@@ -23,6 +24,7 @@ def test_readyz_is_503_with_retry_after_when_the_database_is_gone(tmp_path):
     from crmapi.cli import init_db
     from crmapi.config import Settings
     from crmapi.db import SQLiteDatabase
+
     db = SQLiteDatabase(str(tmp_path / 'gone.db'))
     init_db(db)
     client = webtest.TestApp(create_app(Settings(database_url='injected', access_log=False), db=db))
@@ -52,7 +54,9 @@ def test_the_access_log_is_json_lines_without_tokens(api):
         crm_app.access_log.removeHandler(handler)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(entry['method'], entry['path'], entry['status']) for entry in lines] == [
-        ('GET', '/api/contacts', 200), ('GET', '/api/nope', 404)]
+        ('GET', '/api/contacts', 200),
+        ('GET', '/api/nope', 404),
+    ]
     assert lines[0]['organization'] == api.org_id and lines[0]['request_id'] == 'r1'
     assert lines[0]['duration_ms'] >= 0
     assert api.token not in stream.getvalue() and 'secret-search' not in stream.getvalue()
@@ -96,14 +100,19 @@ def test_a_retried_merge_with_the_same_key_replays_the_answer(api):
 
 @pytest.mark.parametrize('key', ['', 'x' * 201, 'with space'])
 def test_a_malformed_idempotency_key_is_400(api, key):
-    assert_problem(api.post('/api/tags', {'name': 't'}, headers={'Idempotency-Key': key}, status=400), 400,
-                   param='Idempotency-Key')
+    assert_problem(
+        api.post('/api/tags', {'name': 't'}, headers={'Idempotency-Key': key}, status=400), 400, param='Idempotency-Key'
+    )
 
 
 def test_backup_copies_a_live_sqlite_database(tmp_path):
     url = f'sqlite:///{tmp_path}/live.db'
-    run = lambda *args: subprocess.run([sys.executable, '-m', 'crmapi', '--database', url, *args],  # noqa: E731
-                                       capture_output=True, text=True, check=True)
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, '-m', 'crmapi', '--database', url, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     run('demo')
     live = sqlite3.connect(tmp_path / 'live.db')
     live.execute('BEGIN')
@@ -125,11 +134,14 @@ def test_a_database_too_slow_to_answer_is_503_with_retry_after(backend, database
     from crmapi.config import Settings
     from crmapi.db import PostgresDatabase
     from crmapi.db import SQLiteDatabase
+
     if backend == 'postgresql':
         with database.transaction(write=True) as tx:
-            tx.execute("INSERT INTO contacts (id, organization_id, last_name, tags, created_at, updated_at) "
-                       "SELECT 'c_slow' || g, %s, 'n' || g, '[]', now(), now() FROM generate_series(1, 200000) g",
-                       (api.org_id,))
+            tx.execute(
+                'INSERT INTO contacts (id, organization_id, last_name, tags, created_at, updated_at) '
+                "SELECT 'c_slow' || g, %s, 'n' || g, '[]', now(), now() FROM generate_series(1, 200000) g",
+                (api.org_id,),
+            )
         db = PostgresDatabase(database.url)
         settings = Settings(database_url='injected', access_log=False, statement_timeout_ms=1)
         blocker = None
@@ -141,8 +153,12 @@ def test_a_database_too_slow_to_answer_is_503_with_retry_after(backend, database
     try:
         app = webtest.TestApp(create_app(settings, db=db))
         if blocker is None:
-            resp = app.get('/api/contacts', {'filters': '[{"field":"last_name","op":"contains","value":"zz"}]'},
-                           headers=api.headers, status=503)
+            resp = app.get(
+                '/api/contacts',
+                {'filters': '[{"field":"last_name","op":"contains","value":"zz"}]'},
+                headers=api.headers,
+                status=503,
+            )
         else:
             resp = app.post_json('/api/tags', {'name': 'blocked'}, headers=api.headers, status=503)
         assert_problem(resp, 503)

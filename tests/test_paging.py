@@ -1,4 +1,5 @@
 """Big lists: counting preferences, keyset cursors for deep pages, and streamed exports."""
+
 import csv
 import io
 import json
@@ -13,10 +14,35 @@ from conftest import assert_problem
 @pytest.fixture
 def people(api):
     """23 contacts with repeated and missing last names and cities, so sorts have ties and NULLs."""
-    names = ['Ng', None, 'Abe', 'Ng', 'Zed', None, 'Abe', 'Moe', 'Ng', 'Li', 'Li', 'Abe',
-             'Ko', None, 'Zed', 'Ng', 'Ko', 'Moe', 'Li', 'Abe', None, 'Ng', 'Ko']
-    return [api.create('contacts', last_name=n, city=['Oslo', None, 'Rome'][i % 3], first_name=f'p{i}',
-                       tags=[])['id'] for i, n in enumerate(names)]
+    names = [
+        'Ng',
+        None,
+        'Abe',
+        'Ng',
+        'Zed',
+        None,
+        'Abe',
+        'Moe',
+        'Ng',
+        'Li',
+        'Li',
+        'Abe',
+        'Ko',
+        None,
+        'Zed',
+        'Ng',
+        'Ko',
+        'Moe',
+        'Li',
+        'Abe',
+        None,
+        'Ng',
+        'Ko',
+    ]
+    return [
+        api.create('contacts', last_name=n, city=['Oslo', None, 'Rome'][i % 3], first_name=f'p{i}', tags=[])['id']
+        for i, n in enumerate(names)
+    ]
 
 
 def walk(api, params, size):
@@ -33,12 +59,18 @@ def walk(api, params, size):
         params = {**params, 'cursor': cursor}
 
 
-@pytest.mark.parametrize('sort', [
-    {}, {'sort': 'last_name'}, {'sort': 'last_name', 'order': 'DESC'},
-    {'sorts': [{'field': 'city', 'order': 'ASC'}, {'field': 'last_name', 'order': 'DESC'}]},
-    {'sorts': [{'field': 'last_name', 'order': 'DESC'}, {'field': 'city', 'order': 'ASC'}]},
-    {'sort': ['created_at', 'DESC']}, {'sort': 'id', 'order': 'DESC'},
-])
+@pytest.mark.parametrize(
+    'sort',
+    [
+        {},
+        {'sort': 'last_name'},
+        {'sort': 'last_name', 'order': 'DESC'},
+        {'sorts': [{'field': 'city', 'order': 'ASC'}, {'field': 'last_name', 'order': 'DESC'}]},
+        {'sorts': [{'field': 'last_name', 'order': 'DESC'}, {'field': 'city', 'order': 'ASC'}]},
+        {'sort': ['created_at', 'DESC']},
+        {'sort': 'id', 'order': 'DESC'},
+    ],
+)
 def test_following_cursors_visits_every_row_once_in_the_offset_order(api, people, sort):
     everything = [r['id'] for r in api.list('contacts', range=[0, 99], **sort)]
     ids, ranges = walk(api, sort, size=4)
@@ -47,11 +79,17 @@ def test_following_cursors_visits_every_row_once_in_the_offset_order(api, people
     assert ranges[-1] in ('contacts 20-22/23', 'contacts */23')
 
 
-@pytest.mark.parametrize('sort', [
-    {}, {'sort': 'last_name'}, {'sort': 'last_name', 'order': 'DESC'},
-    {'sorts': [{'field': 'city', 'order': 'ASC'}, {'field': 'last_name', 'order': 'DESC'}]},
-    {'sort': ['created_at', 'DESC']}, {'sort': 'company.name'},
-])
+@pytest.mark.parametrize(
+    'sort',
+    [
+        {},
+        {'sort': 'last_name'},
+        {'sort': 'last_name', 'order': 'DESC'},
+        {'sorts': [{'field': 'city', 'order': 'ASC'}, {'field': 'last_name', 'order': 'DESC'}]},
+        {'sort': ['created_at', 'DESC']},
+        {'sort': 'company.name'},
+    ],
+)
 def test_deep_offset_pages_hold_the_same_rows_in_the_same_order_as_the_whole_list(api, people, sort, monkeypatch):
     """On PostgreSQL a page from offset DEFERRED_FROM on is read ids first (a deferred join): the same rows."""
     monkeypatch.setattr(sqlbuild, 'DEFERRED_FROM', 4)
@@ -59,7 +97,7 @@ def test_deep_offset_pages_hold_the_same_rows_in_the_same_order_as_the_whole_lis
     whole = [r['id'] for r in api.get('/api/contacts', {**sort, **filters, 'range': [0, 99]}).json]
     for start in (4, 9, 17):
         resp = api.get('/api/contacts', {**sort, **filters, 'range': [start, start + 4]})
-        assert [r['id'] for r in resp.json] == whole[start:start + 5]
+        assert [r['id'] for r in resp.json] == whole[start : start + 5]
         assert resp.headers['Content-Range'] == f'contacts {start}-{min(start + 4, 21)}/22'
 
 
@@ -71,11 +109,15 @@ def test_cursors_respect_filters(api, people):
 
 def test_a_cursor_from_another_query_or_forged_is_400(api, people):
     cursor = api.get('/api/contacts', {'range': [0, 3], 'sort': 'last_name'}).headers['X-Next-Cursor']
-    assert_problem(api.get('/api/contacts', {'range': [0, 3], 'sort': 'city', 'cursor': cursor}, status=400),
-                   400, param='cursor')
+    assert_problem(
+        api.get('/api/contacts', {'range': [0, 3], 'sort': 'city', 'cursor': cursor}, status=400), 400, param='cursor'
+    )
     for forged in ['nonsense', 'eyJ2IjpbXX0', cursor[:-3]]:
-        assert_problem(api.get('/api/contacts', {'range': [0, 3], 'sort': 'last_name', 'cursor': forged},
-                               status=400), 400, param='cursor')
+        assert_problem(
+            api.get('/api/contacts', {'range': [0, 3], 'sort': 'last_name', 'cursor': forged}, status=400),
+            400,
+            param='cursor',
+        )
 
 
 def test_prefer_count_none_leaves_the_total_out(api, people):
@@ -85,8 +127,9 @@ def test_prefer_count_none_leaves_the_total_out(api, people):
 
 
 def test_prefer_count_estimated_gives_a_number(api, people):
-    resp = api.get('/api/contacts', {'range': [0, 4], 'filter': {'city': 'Oslo'}},
-                   headers={'Prefer': 'count=estimated'})
+    resp = api.get(
+        '/api/contacts', {'range': [0, 4], 'filter': {'city': 'Oslo'}}, headers={'Prefer': 'count=estimated'}
+    )
     total = resp.headers['Content-Range'].split('/')[1]
     assert total.isdigit()
     assert resp.headers['Preference-Applied'] == 'count=estimated'
@@ -99,8 +142,9 @@ def test_an_unknown_count_preference_is_400(api):
 
 
 def test_ndjson_export_streams_the_whole_filtered_set_in_order(api, people):
-    resp = api.get('/api/contacts', {'filter': {'city': 'Rome'}, 'sort': 'last_name'},
-                   headers={'Accept': 'application/x-ndjson'})
+    resp = api.get(
+        '/api/contacts', {'filter': {'city': 'Rome'}, 'sort': 'last_name'}, headers={'Accept': 'application/x-ndjson'}
+    )
     assert resp.content_type == 'application/x-ndjson'
     rows = [json.loads(line) for line in resp.text.splitlines()]
     expected = api.list('contacts', range=[0, 99], filter={'city': 'Rome'}, sort='last_name')

@@ -6,6 +6,7 @@ recursion in the builder. Every statement, on SQLite too, stops at CRMAPI_STATEM
 a 503. `Prefer: count=estimated` reads the planner's row estimate of the filtered rows.
 Every test runs on SQLite and PostgreSQL.
 """
+
 import datetime as dt
 import json
 import time
@@ -46,16 +47,19 @@ def encode(params):
 
 # -- bulk rows -------------------------------------------------------------------------------------
 
+
 def insert_contacts(database, org_id, n, hot=0, first_name=None, tags=(), background=None):
     """`n` contacts of `org_id` in one INSERT ... SELECT (seconds instead of minutes of POSTs); the
     first `hot` have status 'hot', the rest 'cold'."""
     p = '?' if database.name == 'sqlite' else '%s'
     adapt = database.dialect.adapt
-    sql = (f'WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {p}) '
-           'INSERT INTO contacts (id, organization_id, last_name, first_name, status, tags, created_at, updated_at, '
-           'background) '
-           f"SELECT {p} || CAST(i AS TEXT), {p}, 'n' || CAST(i AS TEXT), {p}, "
-           f"CASE WHEN i <= {p} THEN 'hot' ELSE 'cold' END, {p}, {p}, {p}, {p} FROM n")
+    sql = (
+        f'WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {p}) '
+        'INSERT INTO contacts (id, organization_id, last_name, first_name, status, tags, created_at, updated_at, '
+        'background) '
+        f"SELECT {p} || CAST(i AS TEXT), {p}, 'n' || CAST(i AS TEXT), {p}, "
+        f"CASE WHEN i <= {p} THEN 'hot' ELSE 'cold' END, {p}, {p}, {p}, {p} FROM n"
+    )
     now = adapt('timestamp', dt.datetime.now(dt.timezone.utc))
     with database.transaction(write=True) as tx:
         tx.execute(sql, (n, f'c_{org_id}_', org_id, first_name, hot, adapt('json', list(tags)), now, now, background))
@@ -68,16 +72,21 @@ def bulk(database, api):
     """bulk(n, hot=0, first_name=None, tags=()): contacts of `api`'s organization (insert_contacts),
     deleted after the test, so the shared database stays small. With a first name or a background they get
     their search rows too (`crmapi reindex`), so text operators scan them."""
+
     def insert(n, **kwargs):
         insert_contacts(database, api.org_id, n, **kwargs)
         if kwargs.get('first_name') or kwargs.get('background'):
             reindex_database(database, [api.org_id])
+
     yield insert
     p = '?' if database.name == 'sqlite' else '%s'
     with database.transaction(write=True) as tx:
         for table in ('search_texts',):
-            tx.execute(f"DELETE FROM {table} WHERE table_name = 'contacts' AND record_id IN "
-                       f'(SELECT id FROM contacts WHERE organization_id = {p})', (api.org_id,))
+            tx.execute(
+                f"DELETE FROM {table} WHERE table_name = 'contacts' AND record_id IN "
+                f'(SELECT id FROM contacts WHERE organization_id = {p})',
+                (api.org_id,),
+            )
         tx.execute(f'DELETE FROM contacts WHERE organization_id = {p}', (api.org_id,))
 
 
@@ -103,8 +112,10 @@ def own_database(backend, tmp_path):
 
 # -- list lengths ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('field, op', [('tags', 'in'), ('tags', 'not_in'), ('company_id', 'in'),
-                                       ('company_id', 'not_in')])
+
+@pytest.mark.parametrize(
+    'field, op', [('tags', 'in'), ('tags', 'not_in'), ('company_id', 'in'), ('company_id', 'not_in')]
+)
 def test_a_list_of_the_maximum_length_filters_scalar_and_array_fields(api, field, op):
     tag = api.create('tags', name='vip')
     company = api.create('companies', name='Acme')
@@ -116,13 +127,16 @@ def test_a_list_of_the_maximum_length_filters_scalar_and_array_fields(api, field
     assert op == 'not_in' or found[0]['id'] == inside['id']
 
 
-@pytest.mark.parametrize('params, param, field', [
-    ({'filters': [{'field': 'tags', 'op': 'in', 'value': ids(MAX + 1)}]}, 'filters', 'tags'),
-    ({'filters': [{'field': 'city', 'op': 'not_in', 'value': ids(MAX + 1)}]}, 'filters', 'city'),
-    ({'filter': {'city': ids(MAX + 1)}}, 'filter', 'city'),
-    ({'filter': {'id': ids(MAX + 1)}}, 'filter', 'id'),         # react-admin's getMany
-    ({'filters': [{'field': 'company_id', 'op': 'in', 'value': ids(65_534)}]}, 'filters', 'company_id'),
-])
+@pytest.mark.parametrize(
+    'params, param, field',
+    [
+        ({'filters': [{'field': 'tags', 'op': 'in', 'value': ids(MAX + 1)}]}, 'filters', 'tags'),
+        ({'filters': [{'field': 'city', 'op': 'not_in', 'value': ids(MAX + 1)}]}, 'filters', 'city'),
+        ({'filter': {'city': ids(MAX + 1)}}, 'filter', 'city'),
+        ({'filter': {'id': ids(MAX + 1)}}, 'filter', 'id'),  # react-admin's getMany
+        ({'filters': [{'field': 'company_id', 'op': 'in', 'value': ids(65_534)}]}, 'filters', 'company_id'),
+    ],
+)
 def test_a_list_longer_than_the_limit_is_a_400_naming_param_and_field(api, params, param, field):
     resp = api.get('/api/contacts', params, status=400)
     body = assert_problem(resp, 400, param=param, field=field)
@@ -135,8 +149,10 @@ def test_a_null_among_many_values_keeps_the_documented_null_semantics(api):
     many = ids(MAX - 2)
 
     def names(op, values):
-        return sorted(r['last_name'] for r in api.list('contacts', filters=[{'field': 'status', 'op': op,
-                                                                              'value': values}]))
+        return sorted(
+            r['last_name'] for r in api.list('contacts', filters=[{'field': 'status', 'op': op, 'value': values}])
+        )
+
     assert names('in', many + ['hot']) == ['hot']
     assert names('in', many + [None]) == ['none']
     assert names('not_in', many) == ['hot', 'none'], 'a negation keeps the NULL rows'
@@ -156,8 +172,7 @@ def test_lists_of_every_length_are_one_statement(api, monkeypatch):
     the driver (20-30 MB of worker memory per long list on SQLite)."""
     monkeypatch.setattr(sqlbuild, '_STATEMENTS', {})
     for n in (1, 2, 3, 17, 200, MAX):
-        for params in ({'filters': [{'field': 'tags', 'op': 'in', 'value': ids(n)}]},
-                       {'filter': {'city': ids(n)}}):
+        for params in ({'filters': [{'field': 'tags', 'op': 'in', 'value': ids(n)}]}, {'filter': {'city': ids(n)}}):
             api.get('/api/contacts', {'range': [0, 0], **params})
     lists = [key for key in sqlbuild._STATEMENTS if key[1][0] == 'list']
     assert len(lists) == 2, lists
@@ -166,9 +181,19 @@ def test_lists_of_every_length_are_one_statement(api, monkeypatch):
 @pytest.mark.parametrize('d', [SQLITE, POSTGRES], ids=['sqlite', 'postgresql'])
 def test_the_sql_of_a_list_does_not_depend_on_its_length(d):
     def where(values):
-        lq = parse_list(encode({'filters': [{'field': 'tags', 'op': 'in', 'value': values},
-                                            {'field': 'status', 'op': 'not_in', 'value': values}]}), CONTACTS)
+        lq = parse_list(
+            encode(
+                {
+                    'filters': [
+                        {'field': 'tags', 'op': 'in', 'value': values},
+                        {'field': 'status', 'op': 'not_in', 'value': values},
+                    ]
+                }
+            ),
+            CONTACTS,
+        )
         return sqlbuild.build_count(d, CONTACTS, 'org_1', lq)
+
     short, long = where(ids(1)), where(ids(MAX))
     assert short[0] == long[0]
     assert len(short[1]) == len(long[1]) == 3, 'the organization, then each list as one parameter'
@@ -200,6 +225,7 @@ def test_a_contact_naming_thousands_of_missing_tags_is_a_400(api):
 
 # -- the statement time limit ----------------------------------------------------------------------
 
+
 @pytest.fixture
 def timed(database, api):
     """timed(ms): a client of `api`'s organization on an app of its own whose statements stop after
@@ -211,6 +237,7 @@ def timed(database, api):
         made.append(db)
         app = NoLeaks(create_app(Settings(database_url='injected', access_log=False, statement_timeout_ms=ms), db=db))
         return type(api)(app, api.token, api.org_id)
+
     yield build
     for db in made:
         db.close()
@@ -219,8 +246,9 @@ def timed(database, api):
 # NOTE: 50 scans per row of a 1,000-character text, none matching (seconds in all): a needle of 200 x before a digit
 # in a haystack of x compares 200 characters at every position, and no trigram index narrows it (every trigram of
 # the needle but the last is in every row).
-SLOW_FILTERS = [{'field': 'background', 'op': 'contains', 'value': 'x' * 200 + str(i), 'logicalOp': 'or'}
-                for i in range(50)]
+SLOW_FILTERS = [
+    {'field': 'background', 'op': 'contains', 'value': 'x' * 200 + str(i), 'logicalOp': 'or'} for i in range(50)
+]
 
 
 def test_a_statement_past_the_timeout_is_a_503_and_the_connection_recovers(bulk, timed):
@@ -252,18 +280,19 @@ def test_an_array_in_of_a_thousand_ids_over_many_contacts_is_cheap(bulk, timed):
     bulk(20_000, tags=['tag_a', 'tag_b', 'tag_c'])
     client = timed(3000)
     wanted = ids(MAX - 1) + ['tag_c']
-    resp = client.get('/api/contacts', {'filters': [{'field': 'tags', 'op': 'in', 'value': wanted}],
-                                        'range': [0, 0]})
+    resp = client.get('/api/contacts', {'filters': [{'field': 'tags', 'op': 'in', 'value': wanted}], 'range': [0, 0]})
     assert resp.headers['Content-Range'].endswith('/20000')
 
 
 # -- estimated totals ------------------------------------------------------------------------------
 
+
 def test_an_estimated_total_is_near_the_filtered_row_count(own_database, backend):
     api = new_org(own_database, create_app(Settings(database_url='injected', access_log=False), db=own_database))
     insert_contacts(own_database, api.org_id, 50_000, hot=33_333)
-    resp = api.get('/api/contacts', {'filter': {'status': 'hot'}, 'range': [0, 4]},
-                   headers={'Prefer': 'count=estimated'})
+    resp = api.get(
+        '/api/contacts', {'filter': {'status': 'hot'}, 'range': [0, 4]}, headers={'Prefer': 'count=estimated'}
+    )
     total = int(resp.headers['Content-Range'].split('/')[1])
     if backend == 'sqlite':
         assert total == 33_333, 'SQLite has no estimates: it counts exactly'

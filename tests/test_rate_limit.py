@@ -2,6 +2,7 @@
 Retry-After once it is spent, and draft-ietf-httpapi-ratelimit-headers-06 fields on every
 authenticated answer. Off unless configured; on in deploy/gunicorn.conf.py and deploy/granian.env.
 """
+
 import threading
 
 import pytest
@@ -30,9 +31,10 @@ class Clock:
 
 # -- the bucket ------------------------------------------------------------------------------------
 
+
 def test_a_token_gets_its_burst_then_waits_for_the_refill():
     clock = Clock()
-    buckets = TokenBuckets(10, 60, clock)       # 10 deep, one more every 6 s
+    buckets = TokenBuckets(10, 60, clock)  # 10 deep, one more every 6 s
     decisions = [buckets.take('tok_a') for _ in range(11)]
     assert [d.allowed for d in decisions] == [True] * 10 + [False]
     assert [d.remaining for d in decisions[:3]] == [9, 8, 7] and decisions[9].remaining == 0
@@ -60,8 +62,12 @@ def test_a_refill_never_exceeds_the_limit():
 
 def test_the_headers_of_an_allowed_and_a_refused_request():
     buckets = TokenBuckets(2, 60, Clock())
-    assert buckets.take('t').headers() == {'RateLimit-Limit': '2', 'RateLimit-Remaining': '1',
-                                           'RateLimit-Reset': '30', 'RateLimit-Policy': '2;w=60'}
+    assert buckets.take('t').headers() == {
+        'RateLimit-Limit': '2',
+        'RateLimit-Remaining': '1',
+        'RateLimit-Reset': '30',
+        'RateLimit-Policy': '2;w=60',
+    }
     buckets.take('t')
     refused = buckets.take('t').headers()
     assert refused['Retry-After'] == '30' and refused['RateLimit-Remaining'] == '0'
@@ -77,6 +83,7 @@ def test_concurrent_requests_never_spend_more_than_the_budget():
         mine = sum(buckets.take('tok_shared').allowed for _ in range(50))
         with lock:
             allowed.append(mine)
+
     threads = [threading.Thread(target=client) for _ in range(16)]
     for t in threads:
         t.start()
@@ -97,14 +104,17 @@ def test_buckets_idle_for_a_whole_window_are_forgotten():
 
 # -- configuration ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(('raw', 'parsed'), [('600/60', (600, 60.0)), (' 5/0.5 ', (5, 0.5)), ('0', None),
-                                             ('0/60', None)])
+
+@pytest.mark.parametrize(
+    ('raw', 'parsed'), [('600/60', (600, 60.0)), (' 5/0.5 ', (5, 0.5)), ('0', None), ('0/60', None)]
+)
 def test_the_rate_limit_setting(raw, parsed):
     assert parse_rate(raw) == parsed
 
 
-@pytest.mark.parametrize('raw', ['600', '600/', '/60', 'x/60', '600/x', '-1/60', '600/0', '600/-5', '1.5/60',
-                                 '600/inf', '600/nan'])
+@pytest.mark.parametrize(
+    'raw', ['600', '600/', '/60', 'x/60', '600/x', '-1/60', '600/0', '600/-5', '1.5/60', '600/inf', '600/nan']
+)
 def test_a_malformed_rate_limit_setting_is_refused_at_start(monkeypatch, raw):
     monkeypatch.setenv('CRMAPI_RATE_LIMIT', raw)
     with pytest.raises(ValueError, match='CRMAPI_RATE_LIMIT'):
@@ -121,11 +131,11 @@ def test_no_rate_limit_unless_configured(monkeypatch, raw):
 
 # -- through the app, on both databases ------------------------------------------------------------
 
+
 @pytest.fixture(scope='module')
 def limited_app(database):
     """3 requests per hour per token: nothing refills while a test runs."""
-    return NoLeaks(create_app(Settings(database_url='injected', access_log=False, rate_limit=(3, 3600)),
-                              db=database))
+    return NoLeaks(create_app(Settings(database_url='injected', access_log=False, rate_limit=(3, 3600)), db=database))
 
 
 @pytest.fixture
@@ -145,9 +155,11 @@ def test_the_request_over_the_budget_is_429_with_retry_after(limited):
 
 
 def test_every_authenticated_answer_carries_the_ratelimit_fields(limited):
-    answers = [limited.get('/api/contacts', {'range': [5, 1]}, status=400),
-               limited.get('/api/contacts/c_missing', status=404),
-               limited.post('/api/contacts', {'first_name': 'Ada'}, status=201)]
+    answers = [
+        limited.get('/api/contacts', {'range': [5, 1]}, status=400),
+        limited.get('/api/contacts/c_missing', status=404),
+        limited.post('/api/contacts', {'first_name': 'Ada'}, status=201),
+    ]
     for resp in answers:
         assert all(name in resp.headers for name in FIELDS), (resp.status, resp.headers)
     assert [r.headers['RateLimit-Remaining'] for r in answers] == ['2', '1', '0']
@@ -166,8 +178,9 @@ def test_one_tokens_budget_leaves_the_others_alone(database, limited_app, limite
         limited.get('/api/contacts')
     limited.get('/api/contacts', status=429)
     same_user = Accounts(database).create_token(limited.org_id, 'admin@example.com', admin=True)
-    assert webtest.TestApp(limited_app).get('/api/contacts', headers={'Authorization': f'Bearer {same_user}'},
-                                            status=200)
+    assert webtest.TestApp(limited_app).get(
+        '/api/contacts', headers={'Authorization': f'Bearer {same_user}'}, status=200
+    )
     other = new_org(database, limited_app, name='Elsewhere')
     other.get('/api/contacts', status=200)
 
@@ -194,6 +207,7 @@ def test_without_a_limit_no_ratelimit_fields_are_sent(api):
 
 # -- the shipped configurations (deploy/gunicorn.conf.py, deploy/granian.env) turn it on ----------
 
+
 def _serve(backend, database, directory, server='gunicorn', **env):
     url = f'sqlite:///{database.path}' if backend == 'sqlite' else database.url
     return servers.start_server(directory, server, env={'CRMAPI_DATABASE_URL': url, 'CRMAPI_WORKERS': '1', **env})
@@ -202,7 +216,7 @@ def _serve(backend, database, directory, server='gunicorn', **env):
 def _auth(database):
     """The Authorization header of a new organization's user."""
     accounts = Accounts(database)
-    return {'Authorization': f"Bearer {accounts.create_token(accounts.create_org('Served'), 'ops@example.com')}"}
+    return {'Authorization': f'Bearer {accounts.create_token(accounts.create_org("Served"), "ops@example.com")}'}
 
 
 @pytest.mark.slow

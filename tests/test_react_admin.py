@@ -4,6 +4,7 @@ The server is `python -m crmapi serve` on a free loopback port, over a temporary
 test PostgreSQL database, with one allowed CORS origin. The Node side (tests/js) is installed from
 its committed package-lock.json with `npm ci` (make test does it; so does this module if needed).
 """
+
 import json
 import os
 import shutil
@@ -29,8 +30,9 @@ pytestmark = pytest.mark.slow
 
 
 def cli(url, *args):
-    out = subprocess.run([sys.executable, '-m', 'crmapi', '--database', url, *args], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, '-m', 'crmapi', '--database', url, *args], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -62,8 +64,9 @@ def node_modules():
     installed = JS / 'node_modules' / '.package-lock.json'
     if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
         # NOTE: make test runs `npm ci --prefix tests/js` first; this covers a bare `pytest`.
-        out = subprocess.run([npm, 'ci', '--no-audit', '--no-fund'], cwd=JS, capture_output=True, text=True,
-                             timeout=600)
+        out = subprocess.run(
+            [npm, 'ci', '--no-audit', '--no-fund'], cwd=JS, capture_output=True, text=True, timeout=600
+        )
         assert out.returncode == 0, out.stdout + out.stderr
     return node
 
@@ -72,7 +75,7 @@ def node_modules():
 def server(backend, database, tmp_path_factory):
     """`crmapi serve` (granian) over a fresh SQLite file or the test PostgreSQL; yields (api url, admin token)."""
     if backend == 'sqlite':
-        url = f"sqlite:///{tmp_path_factory.mktemp('react-admin') / 'crm.db'}"
+        url = f'sqlite:///{tmp_path_factory.mktemp("react-admin") / "crm.db"}'
     else:
         url = postgres_url()
     cli(url, 'init-db')
@@ -80,9 +83,26 @@ def server(backend, database, tmp_path_factory):
     token = cli(url, 'create-token', '--org', org, '--email', 'ra@example.com', '--admin')
     port = free_port()
     env = {**os.environ, 'CRMAPI_CORS_ORIGINS': ORIGIN}
-    proc = subprocess.Popen([sys.executable, '-m', 'crmapi', '--database', url, 'serve',
-                             '--bind', f'127.0.0.1:{port}', '--workers', '1', '--threads', '4'],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            '-m',
+            'crmapi',
+            '--database',
+            url,
+            'serve',
+            '--bind',
+            f'127.0.0.1:{port}',
+            '--workers',
+            '1',
+            '--threads',
+            '4',
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     base = f'http://127.0.0.1:{port}/api'
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -110,17 +130,29 @@ def server(backend, database, tmp_path_factory):
 def test_ra_data_simple_rest_drives_the_api(node_modules, server):
     base, token = server
     env = {**os.environ, 'CRMAPI_URL': base, 'CRMAPI_TOKEN': token, 'CRMAPI_ORIGIN': ORIGIN}
-    out = subprocess.run([node_modules, '--test', '--test-reporter=spec', 'react_admin.test.mjs'], cwd=JS,
-                         env=env, capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
+    out = subprocess.run(
+        [node_modules, '--test', '--test-reporter=spec', 'react_admin.test.mjs'],
+        cwd=JS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT_S,
+    )
     assert out.returncode == 0, out.stdout[-8000:] + out.stderr[-4000:]
     assert '# fail 0' in out.stdout or 'fail 0' in out.stdout, out.stdout[-4000:]
 
 
 def test_preflight_is_answered_without_a_token(server):
     base, _ = server
-    status, headers, _ = fetch(f'{base}/deals/d_x', method='OPTIONS', headers={
-        'Origin': ORIGIN, 'Access-Control-Request-Method': 'PUT',
-        'Access-Control-Request-Headers': 'Authorization, Content-Type, Range'})
+    status, headers, _ = fetch(
+        f'{base}/deals/d_x',
+        method='OPTIONS',
+        headers={
+            'Origin': ORIGIN,
+            'Access-Control-Request-Method': 'PUT',
+            'Access-Control-Request-Headers': 'Authorization, Content-Type, Range',
+        },
+    )
     assert 200 <= status < 300
     assert headers['Access-Control-Allow-Origin'] == ORIGIN
     assert 'PUT' in headers['Access-Control-Allow-Methods']

@@ -1,6 +1,7 @@
 """Automation rules run by `crmapi worker` (issue 12): from the change feed, once per (rule, change) whatever the
 number of workers, crashes and retries; attributed to the rule; stopped at depth 3; webhook actions delivered
 signed like webhooks; a failing rule holds nothing up."""
+
 import collections
 import json
 import os
@@ -44,7 +45,7 @@ def patch(api, path, body):
 
 def won_deal(api):
     deal = api.create('deals', name='Acme renewal', status='open')
-    patch(api, f"/api/deals/{deal['id']}", {'status': 'won'})
+    patch(api, f'/api/deals/{deal["id"]}', {'status': 'won'})
     return deal
 
 
@@ -63,14 +64,17 @@ def test_a_won_deal_gets_its_task_when_the_worker_runs_and_only_one_however_ofte
     assert len(api.list('tasks')) == 1
     (run,) = runs(api)
     assert (run['rule_id'], run['status'], run['results']) == (
-        rule['id'], 'applied', [{'type': 'create_task', 'task_id': task['id']}])
+        rule['id'],
+        'applied',
+        [{'type': 'create_task', 'task_id': task['id']}],
+    )
 
 
 def test_a_worker_killed_before_it_moved_its_cursor_hands_the_changes_over_again_without_a_second_task(api, database):
     api.create('automation_rules', **WON)
     won_deal(api)
     deliver(database)
-    with database.transaction(write=True) as tx:       # as if killed after the run committed, before the cursor moved
+    with database.transaction(write=True) as tx:  # as if killed after the run committed, before the cursor moved
         tx.execute(*cursor_reset(database, api.org_id))
     deliver(database)
     assert len(api.list('tasks')) == 1 and len(runs(api)) == 1
@@ -82,13 +86,15 @@ def cursor_reset(database, org_id):
 
 
 def test_a_worker_killed_between_the_actions_and_the_run_row_leaves_nothing_and_a_retry_acts_once(
-        api, database, monkeypatch):
+    api, database, monkeypatch
+):
     api.create('automation_rules', **WON)
     won_deal(api)
     worker = Worker(database, settings())
 
     def killed(*args):
-        raise SystemExit('killed')    # NOTE: not an error a rule records: it ends the worker mid-transaction
+        raise SystemExit('killed')  # NOTE: not an error a rule records: it ends the worker mid-transaction
+
     monkeypatch.setattr(worker.store, 'insert_managed', killed)
     with pytest.raises(SystemExit):
         worker.run(once=True)
@@ -107,7 +113,8 @@ def test_two_workers_racing_over_the_same_changes_create_one_task_per_deal(api, 
     def race():
         worker = Worker(database, settings())
         start.wait()
-        worker.run_rules_org(api.org_id, cursor)       # both from the same cursor: every change twice
+        worker.run_rules_org(api.org_id, cursor)  # both from the same cursor: every change twice
+
     racers = [threading.Thread(target=race) for _ in range(2)]
     for r in racers:
         r.start()
@@ -119,27 +126,42 @@ def test_two_workers_racing_over_the_same_changes_create_one_task_per_deal(api, 
 
 def rules_due(database):
     from crmapi import sqlbuild
+
     with database.transaction() as tx:
         return tx.rows(*sqlbuild.build_fanout_due(database.dialect, 'automation_cursors'))
 
 
 def test_a_loop_of_rules_stops_at_depth_3_with_a_stopped_run_saying_why(api, database):
     flip = {'trigger': {'resource': 'deals', 'on': ['updated'], 'fields': ['category']}}
-    a = api.create('automation_rules', name='a to b', **flip, conditions=[{'field': 'category', 'op': 'eq',
-                   'value': 'a'}], actions=[{'type': 'update', 'set': {'category': 'b'}}])
-    b = api.create('automation_rules', name='b to a', **flip, conditions=[{'field': 'category', 'op': 'eq',
-                   'value': 'b'}], actions=[{'type': 'update', 'set': {'category': 'a'}}])
+    a = api.create(
+        'automation_rules',
+        name='a to b',
+        **flip,
+        conditions=[{'field': 'category', 'op': 'eq', 'value': 'a'}],
+        actions=[{'type': 'update', 'set': {'category': 'b'}}],
+    )
+    b = api.create(
+        'automation_rules',
+        name='b to a',
+        **flip,
+        conditions=[{'field': 'category', 'op': 'eq', 'value': 'b'}],
+        actions=[{'type': 'update', 'set': {'category': 'a'}}],
+    )
     deal = api.create('deals', name='Ping pong')
-    patch(api, f"/api/deals/{deal['id']}", {'category': 'a'})
+    patch(api, f'/api/deals/{deal["id"]}', {'category': 'a'})
     deliver(database)
     made = [(r['rule_id'], r['depth'], r['status']) for r in runs(api)]
     assert made == [(a['id'], 0, 'applied'), (b['id'], 1, 'applied'), (a['id'], 2, 'applied'), (b['id'], 3, 'stopped')]
     stopped = runs(api, status='stopped')[0]
     assert 'depth 3' in stopped['error'] and stopped['results'] is None
-    history = api.get(f"/api/deals/{deal['id']}/history").json
+    history = api.get(f'/api/deals/{deal["id"]}/history').json
     assert [(c['actor'], c['depth'], c['changes']['category'][1]) for c in history[:4]] == [
-        (f"rule:{a['id']}", 3, 'b'), (f"rule:{b['id']}", 2, 'a'), (f"rule:{a['id']}", 1, 'b'), ('user', None, 'a')]
-    assert api.get(f"/api/deals/{deal['id']}").json['category'] == 'b'
+        (f'rule:{a["id"]}', 3, 'b'),
+        (f'rule:{b["id"]}', 2, 'a'),
+        (f'rule:{a["id"]}', 1, 'b'),
+        ('user', None, 'a'),
+    ]
+    assert api.get(f'/api/deals/{deal["id"]}').json['category'] == 'b'
 
 
 def test_changes_made_by_a_rule_are_attributed_to_it_in_the_history_and_the_feed(api, database):
@@ -147,18 +169,24 @@ def test_changes_made_by_a_rule_are_attributed_to_it_in_the_history_and_the_feed
     won_deal(api)
     deliver(database)
     (task,) = api.list('tasks')
-    (made,) = api.get(f"/api/tasks/{task['id']}/history").json
-    assert (made['actor'], made['user_id'], made['token_id'], made['depth']) == (f"rule:{rule['id']}", None, None, 1)
+    (made,) = api.get(f'/api/tasks/{task["id"]}/history').json
+    assert (made['actor'], made['user_id'], made['token_id'], made['depth']) == (f'rule:{rule["id"]}', None, None, 1)
     feed = api.get('/api/changes', {'resource': 'tasks'}).json
-    assert [(c['record_id'], c['actor'], c['depth']) for c in feed] == [(task['id'], f"rule:{rule['id']}", 1)]
+    assert [(c['record_id'], c['actor'], c['depth']) for c in feed] == [(task['id'], f'rule:{rule["id"]}', 1)]
     users = api.get('/api/changes', {'resource': 'deals'}).json
     assert {(c['actor'], c['depth']) for c in users} == {('user', None)}
 
 
 def hook_rule(admin, url, **members):  # noqa: F811 -- the fixture's name
-    return admin.post('/api/automation_rules', {
-        'name': 'Tell the billing system', 'trigger': {'resource': 'deals', 'on': ['created']},
-        'actions': [{'type': 'webhook', 'url': url}], **members}).json
+    return admin.post(
+        '/api/automation_rules',
+        {
+            'name': 'Tell the billing system',
+            'trigger': {'resource': 'deals', 'on': ['created']},
+            'actions': [{'type': 'webhook', 'url': url}],
+            **members,
+        },
+    ).json
 
 
 def test_a_webhook_action_is_delivered_signed_with_the_rules_secret(admin, receiver, database):  # noqa: F811
@@ -174,33 +202,49 @@ def test_a_webhook_action_is_delivered_signed_with_the_rules_secret(admin, recei
     assert event['data']['record_id'] == deal['id']
     (run,) = admin.list('automation_runs')
     (result,) = run['results']
-    delivery = admin.get(f"/api/webhook_deliveries/{result['delivery_id']}").json
+    delivery = admin.get(f'/api/webhook_deliveries/{result["delivery_id"]}').json
     assert (delivery['status'], delivery['rule_id'], delivery['webhook_id'], delivery['url']) == (
-        'succeeded', rule['id'], None, receiver.url)
+        'succeeded',
+        rule['id'],
+        None,
+        receiver.url,
+    )
     assert headers['webhook-id'] == delivery['id']
 
 
 def test_a_rules_secret_is_shown_once_and_never_read_back(admin, receiver):  # noqa: F811
     rule = hook_rule(admin, receiver.url)
     secret = rule['secret']
-    renamed = admin.put(f"/api/automation_rules/{rule['id']}", {'name': 'Renamed'}).json
-    reads = [renamed, admin.get(f"/api/automation_rules/{rule['id']}").json, admin.list('automation_rules'),
-             admin.get(f"/api/automation_rules/{rule['id']}/history").json, admin.get('/api/changes').json]
+    renamed = admin.put(f'/api/automation_rules/{rule["id"]}', {'name': 'Renamed'}).json
+    reads = [
+        renamed,
+        admin.get(f'/api/automation_rules/{rule["id"]}').json,
+        admin.list('automation_rules'),
+        admin.get(f'/api/automation_rules/{rule["id"]}/history').json,
+        admin.get('/api/changes').json,
+    ]
     assert 'secret' not in renamed and all(secret not in json.dumps(r) for r in reads)
     plain = admin.create('automation_rules', **WON)
     assert 'secret' not in plain
-    added = admin.put(f"/api/automation_rules/{plain['id']}", {'actions': [
-        {'type': 'webhook', 'url': receiver.url}]}).json
+    added = admin.put(
+        f'/api/automation_rules/{plain["id"]}', {'actions': [{'type': 'webhook', 'url': receiver.url}]}
+    ).json
     assert added['secret'].startswith('whsec_') and added['secret'] != secret
 
 
 def test_a_webhook_url_is_checked_when_it_is_new_to_the_rule_so_a_rule_can_always_be_disabled(
-        admin, receiver, wsgi_app):  # noqa: F811
+    admin,  # noqa: F811
+    receiver,  # noqa: F811
+    wsgi_app,
+):
     rule = hook_rule(admin, receiver.url)
-    strict = Client(wsgi_app, admin.token, admin.org_id)     # an app that refuses private targets
-    assert strict.put(f"/api/automation_rules/{rule['id']}", {'enabled': False}).json['enabled'] is False
-    resp = strict.put(f"/api/automation_rules/{rule['id']}", {'actions': [
-        *rule['actions'], {'type': 'webhook', 'url': receiver.url + '&new'}]}, status=400)
+    strict = Client(wsgi_app, admin.token, admin.org_id)  # an app that refuses private targets
+    assert strict.put(f'/api/automation_rules/{rule["id"]}', {'enabled': False}).json['enabled'] is False
+    resp = strict.put(
+        f'/api/automation_rules/{rule["id"]}',
+        {'actions': [*rule['actions'], {'type': 'webhook', 'url': receiver.url + '&new'}]},
+        status=400,
+    )
     assert_problem(resp, 400, field='actions[1].url')
 
 
@@ -218,19 +262,33 @@ def test_a_webhook_action_is_retried_on_the_webhook_schedule_until_it_is_receive
 
 
 def test_a_webhook_action_to_a_private_address_is_refused_naming_it(api):
-    resp = api.post('/api/automation_rules', {**WON, 'actions': [
-        {'type': 'create_task', 'text': 'x'}, {'type': 'webhook', 'url': 'https://127.0.0.1:9/hook'}]}, status=400)
-    assert_problem(resp, 400, field='actions[1].url',
-                   detail='The webhook url resolves to a loopback address (127.0.0.1)')
+    resp = api.post(
+        '/api/automation_rules',
+        {
+            **WON,
+            'actions': [{'type': 'create_task', 'text': 'x'}, {'type': 'webhook', 'url': 'https://127.0.0.1:9/hook'}],
+        },
+        status=400,
+    )
+    assert_problem(
+        resp, 400, field='actions[1].url', detail='The webhook url resolves to a loopback address (127.0.0.1)'
+    )
 
 
-def test_a_failing_rule_records_its_error_and_holds_up_neither_later_changes_nor_webhooks(
-        admin, receiver, database):  # noqa: F811
+def test_a_failing_rule_records_its_error_and_holds_up_neither_later_changes_nor_webhooks(admin, receiver, database):  # noqa: F811
     admin.post('/api/webhooks', {'url': receiver.url, 'events': ['deals.created']})
-    failing = admin.create('automation_rules', name='Broken', trigger={'resource': 'deals', 'on': ['created']},
-                           actions=[{'type': 'update', 'set': {'company_id': 'comp_gone'}}])
-    tasks = admin.create('automation_rules', name='Task', trigger={'resource': 'deals', 'on': ['created']},
-                         actions=[{'type': 'create_task', 'text': 'Call'}])
+    failing = admin.create(
+        'automation_rules',
+        name='Broken',
+        trigger={'resource': 'deals', 'on': ['created']},
+        actions=[{'type': 'update', 'set': {'company_id': 'comp_gone'}}],
+    )
+    tasks = admin.create(
+        'automation_rules',
+        name='Task',
+        trigger={'resource': 'deals', 'on': ['created']},
+        actions=[{'type': 'create_task', 'text': 'Call'}],
+    )
     first = admin.create('deals', name='First')
     deliver(database)
     second = admin.create('deals', name='Second')
@@ -247,6 +305,7 @@ def test_a_rule_that_breaks_on_a_bug_is_a_failed_run_and_later_changes_still_run
 
     def bug(*args):
         raise ZeroDivisionError('division by zero')
+
     monkeypatch.setitem(rules.ACTIONS_RUN, 'create_task', bug)
     won_deal(api)
     deliver(database)
@@ -254,16 +313,17 @@ def test_a_rule_that_breaks_on_a_bug_is_a_failed_run_and_later_changes_still_run
     deal = won_deal(api)
     deliver(database)
     assert [(r['status'], r['error']) for r in runs(api)] == [
-        ('failed', 'Internal error (ZeroDivisionError); the worker logged it'), ('applied', None)]
+        ('failed', 'Internal error (ZeroDivisionError); the worker logged it'),
+        ('applied', None),
+    ]
     assert [t['deal_id'] for t in api.list('tasks')] == [deal['id']]
 
 
-def test_a_webhook_action_of_a_rule_deleted_before_it_was_sent_fails_without_sending(
-        admin, receiver, database):  # noqa: F811
+def test_a_webhook_action_of_a_rule_deleted_before_it_was_sent_fails_without_sending(admin, receiver, database):  # noqa: F811
     rule = hook_rule(admin, receiver.url)
     admin.create('deals', name='Orphan')
     Worker(database, settings()).run_rules()
-    admin.delete(f"/api/automation_rules/{rule['id']}")
+    admin.delete(f'/api/automation_rules/{rule["id"]}')
     deliver(database)
     (delivery,) = admin.list('webhook_deliveries')
     assert (delivery['status'], delivery['last_error']) == ('failed', 'not sent: its automation rule was deleted')
@@ -276,25 +336,38 @@ def test_rules_stored_before_the_worker_ran_rules_run_on_the_changes_after_the_m
     org = accounts.create_org('Early Co')
     p = '?' if empty_db.name == 'sqlite' else '%s'
     with empty_db.transaction(write=True) as tx:
-        tx.execute(f'INSERT INTO automation_rules (id, organization_id, name, enabled, trigger, conditions, actions, '
-                   f'created_at, updated_at) VALUES ({p}, {p}, {p}, TRUE, {p}, {p}, {p}, {p}, {p})',
-                   ('rule_early', org, WON['name'], json.dumps(WON['trigger']), json.dumps(WON['conditions']),
-                    json.dumps(WON['actions']), '2020-01-01T00:00:00Z', '2020-01-01T00:00:00Z'))
+        tx.execute(
+            f'INSERT INTO automation_rules (id, organization_id, name, enabled, trigger, conditions, actions, '
+            f'created_at, updated_at) VALUES ({p}, {p}, {p}, TRUE, {p}, {p}, {p}, {p}, {p})',
+            (
+                'rule_early',
+                org,
+                WON['name'],
+                json.dumps(WON['trigger']),
+                json.dumps(WON['conditions']),
+                json.dumps(WON['actions']),
+                '2020-01-01T00:00:00Z',
+                '2020-01-01T00:00:00Z',
+            ),
+        )
     migrations.migrate(empty_db)
-    api = Client(webtest.TestApp(create_app(settings(), db=empty_db)),
-                 accounts.create_token(org, 'early@example.com', admin=True), org)
+    api = Client(
+        webtest.TestApp(create_app(settings(), db=empty_db)),
+        accounts.create_token(org, 'early@example.com', admin=True),
+        org,
+    )
     deal = won_deal(api)
     deliver(empty_db)
     assert [t['deal_id'] for t in api.list('tasks')] == [deal['id']]
 
 
-def test_a_rules_pass_that_breaks_holds_up_neither_webhooks_nor_later_rounds(
-        admin, receiver, database, monkeypatch):  # noqa: F811
+def test_a_rules_pass_that_breaks_holds_up_neither_webhooks_nor_later_rounds(admin, receiver, database, monkeypatch):  # noqa: F811
     admin.post('/api/webhooks', {'url': receiver.url, 'events': ['deals.*']})
     admin.create('automation_rules', **WON)
 
     def broken(*args):
         raise RuntimeError('the rules table is on fire')
+
     monkeypatch.setattr(rules, 'enabled_rules', broken)
     deal = won_deal(admin)
     deliver(database)

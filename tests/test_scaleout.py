@@ -5,6 +5,7 @@ The in-process parts: two apps on one database stand for two hosts; a streaming 
 (scripts/pgnode.sh) and a PgBouncer from deploy/pgbouncer.ini (scripts/pgbouncer.sh) run on loopback.
 tests/test_cluster.py runs the whole topology, with its faults, in network namespaces.
 """
+
 import re
 import subprocess
 import sys
@@ -64,14 +65,19 @@ def sibling_url(url, name):
 
 # -- settings ------------------------------------------------------------------------------------------
 
+
 def test_read_urls_are_split_before_each_scheme_so_multi_host_urls_stay_whole(monkeypatch):
-    monkeypatch.setenv('CRMAPI_DATABASE_READ_URLS',
-                       'postgresql://u:p@r1:5432/crm, postgres://r2a:5432,r2b:5432/crm?target_session_attrs=any')
+    monkeypatch.setenv(
+        'CRMAPI_DATABASE_READ_URLS',
+        'postgresql://u:p@r1:5432/crm, postgres://r2a:5432,r2b:5432/crm?target_session_attrs=any',
+    )
     monkeypatch.setenv('CRMAPI_REPLICA_MAX_LAG_MS', '500')
     monkeypatch.setenv('CRMAPI_PGBOUNCER', '1')
     settings = Settings.from_env()
-    assert settings.database_read_urls == ('postgresql://u:p@r1:5432/crm',
-                                           'postgres://r2a:5432,r2b:5432/crm?target_session_attrs=any')
+    assert settings.database_read_urls == (
+        'postgresql://u:p@r1:5432/crm',
+        'postgres://r2a:5432,r2b:5432/crm?target_session_attrs=any',
+    )
     assert (settings.replica_max_lag_ms, settings.pgbouncer) == (500, True)
     assert 'p@r1' not in repr(settings)
 
@@ -81,11 +87,14 @@ def test_scale_out_defaults_are_one_database_no_pgbouncer_and_a_two_second_lag_l
     assert (settings.database_read_urls, settings.replica_max_lag_ms, settings.pgbouncer) == ((), 2000, False)
 
 
-@pytest.mark.parametrize('name, raw, message', [
-    ('CRMAPI_DATABASE_READ_URLS', 'mysql://secret@r1/crm', 'URL 1 is not a postgresql:// URL'),
-    ('CRMAPI_REPLICA_MAX_LAG_MS', '2s', 'whole number of milliseconds'),
-    ('CRMAPI_PGBOUNCER', 'maybe', 'is 1 or 0'),
-])
+@pytest.mark.parametrize(
+    'name, raw, message',
+    [
+        ('CRMAPI_DATABASE_READ_URLS', 'mysql://secret@r1/crm', 'URL 1 is not a postgresql:// URL'),
+        ('CRMAPI_REPLICA_MAX_LAG_MS', '2s', 'whole number of milliseconds'),
+        ('CRMAPI_PGBOUNCER', 'maybe', 'is 1 or 0'),
+    ],
+)
 def test_a_bad_scale_out_setting_is_named_without_echoing_a_password(monkeypatch, name, raw, message):
     monkeypatch.setenv(name, raw)
     with pytest.raises(ValueError, match=message) as raised:
@@ -108,21 +117,25 @@ def test_a_read_after_token_is_a_wal_position_and_a_damaged_one_means_the_primar
         assert parse_read_after(damaged) == float('inf')
 
 
-@pytest.mark.parametrize('error, usable, elsewhere', [
-    (psycopg.errors.UndefinedTable(), True, True),          # a schema change not replayed yet
-    (psycopg.errors.UndefinedColumn(), True, True),
-    (psycopg.errors.SerializationFailure(), True, True),    # a read cancelled by a conflict with recovery
-    (psycopg.errors.AdminShutdown(), False, True),          # the replica is going away
-    (psycopg.OperationalError('server closed the connection unexpectedly'), False, True),
-    (psycopg.errors.QueryCanceled(), True, False),          # statement timeout: not run twice
-    (psycopg.errors.UniqueViolation(), True, False),
-    (ValueError('a bug'), True, False),
-])
+@pytest.mark.parametrize(
+    'error, usable, elsewhere',
+    [
+        (psycopg.errors.UndefinedTable(), True, True),  # a schema change not replayed yet
+        (psycopg.errors.UndefinedColumn(), True, True),
+        (psycopg.errors.SerializationFailure(), True, True),  # a read cancelled by a conflict with recovery
+        (psycopg.errors.AdminShutdown(), False, True),  # the replica is going away
+        (psycopg.OperationalError('server closed the connection unexpectedly'), False, True),
+        (psycopg.errors.QueryCanceled(), True, False),  # statement timeout: not run twice
+        (psycopg.errors.UniqueViolation(), True, False),
+        (ValueError('a bug'), True, False),
+    ],
+)
 def test_which_replica_errors_send_a_read_to_the_primary(error, usable, elsewhere):
     assert dbmod._replica_fault(error) == (usable, elsewhere)
 
 
 # -- state shared by hosts: two apps on one database -------------------------------------------------
+
 
 @pytest.fixture(scope='session')
 def host_b(backend, database):
@@ -172,8 +185,12 @@ def test_rate_limits_are_per_process_so_each_host_grants_a_token_its_own_budget(
     """The documented bound: a token may make hosts x workers x CRMAPI_RATE_LIMIT requests."""
     other = SQLiteDatabase(database.path) if backend == 'sqlite' else PostgresDatabase(database.url)
     try:
-        hosts = [Client(create_app(Settings(database_url='injected', access_log=False, rate_limit=(2, 3600)), db=db),
-                     api.token) for db in (database, other)]
+        hosts = [
+            Client(
+                create_app(Settings(database_url='injected', access_log=False, rate_limit=(2, 3600)), db=db), api.token
+            )
+            for db in (database, other)
+        ]
         for host in hosts:
             host.get('/api/contacts')
             host.get('/api/contacts')
@@ -189,6 +206,7 @@ def test_without_replicas_a_write_carries_no_read_after_token(api):
 
 
 # -- a streaming replica on loopback ----------------------------------------------------------------
+
 
 @pytest.fixture(scope='module')
 def scaleout_url():
@@ -218,8 +236,7 @@ class Node:
 def replica(scaleout_url):
     directory = tempfile.mkdtemp(prefix='crmapi-replica-', dir='/tmp')
     try:
-        yield Node(directory, script('pgnode.sh', 'replica', directory, '127.0.0.1', servers.free_port(),
-                                     scaleout_url))
+        yield Node(directory, script('pgnode.sh', 'replica', directory, '127.0.0.1', servers.free_port(), scaleout_url))
     finally:
         script('pgnode.sh', 'remove', directory)
 
@@ -230,8 +247,9 @@ class ReplicaHost:
 
     def __init__(self, url, read_urls, max_lag_ms=60_000):
         self.db = PostgresDatabase(url, read_urls=read_urls)
-        self.app = NoLeaks(create_app(Settings(database_url='injected', access_log=False,
-                                               replica_max_lag_ms=max_lag_ms), db=self.db))
+        self.app = NoLeaks(
+            create_app(Settings(database_url='injected', access_log=False, replica_max_lag_ms=max_lag_ms), db=self.db)
+        )
         self.routes = []
         choose = self.db._read_replica
 
@@ -239,6 +257,7 @@ class ReplicaHost:
             replica = choose()
             self.routes.append(replica.name if replica else 'primary')
             return replica
+
         self.db._read_replica = recorded
         accounts = Accounts(self.db)
         self.org_id = accounts.create_org('Replicated')
@@ -248,7 +267,7 @@ class ReplicaHost:
     def client(self):
         """A client of its own (its own cookie jar), its token verified once (so `routed` sees one read for it)."""
         client = Client(webtest.TestApp(self.app), self.token, self.org_id)
-        client.get('/api/me', status='*')   # NOTE: a lagging replica may not have the user yet: any answer will do
+        client.get('/api/me', status='*')  # NOTE: a lagging replica may not have the user yet: any answer will do
         return client
 
     def routed(self, action):
@@ -302,11 +321,13 @@ def test_writes_and_every_read_of_a_writing_request_use_the_primary(replicated, 
     # NOTE: the replica is 2 s behind: the reference check would not find the company there.
     contact = api.create('contacts', first_name='Bo', last_name='Bright', company_id=company['id'])
     assert contact['company_id'] == company['id']
-    upserted = api.post('/api/contacts?on_conflict=external_id', {'external_id': 'x-1', 'first_name': 'Cy',
-                                                                 'last_name': 'Dee'})
+    upserted = api.post(
+        '/api/contacts?on_conflict=external_id', {'external_id': 'x-1', 'first_name': 'Cy', 'last_name': 'Dee'}
+    )
     assert upserted.headers['X-Upsert-Result'] == 'created=1, updated=0'
-    merged = api.post('/api/merge_contacts', {'target_id': contact['id'], 'source_ids': [upserted.json['id']]},
-                      status=200)
+    merged = api.post(
+        '/api/merge_contacts', {'target_id': contact['id'], 'source_ids': [upserted.json['id']]}, status=200
+    )
     assert merged.json['id'] == contact['id']
 
 
@@ -323,15 +344,17 @@ def test_a_write_answers_with_a_read_after_token_and_reads_presenting_it_see_the
     stranger = replicated.client()  # no token: the replica, 2 s behind, may serve a stale answer
     assert replicated.routed(lambda: stranger.get(f'/api/contacts/{record["id"]}', status=404)) == {'replica1'}
     # the header, then the cookie the browser kept: the primary until the replica has replayed the write
-    assert replicated.routed(lambda: stranger.get(f'/api/contacts/{record["id"]}',
-                                                  headers={'X-Read-After': token})) == {'primary'}
+    assert replicated.routed(
+        lambda: stranger.get(f'/api/contacts/{record["id"]}', headers={'X-Read-After': token})
+    ) == {'primary'}
     assert replicated.routed(lambda: api.get(f'/api/contacts/{record["id"]}')) == {'primary'}
     assert 'Set-Cookie' not in api.get('/api/contacts').headers, 'reads carry no token'
 
     wait_until(lambda: replicated.caught_up(token), what='the replica replaying the write')
     assert replicated.routed(lambda: api.get(f'/api/contacts/{record["id"]}')) == {'replica1'}
-    assert replicated.routed(lambda: stranger.get('/api/contacts', headers={'X-Read-After': 'not-a-token'})) \
-        == {'primary'}
+    assert replicated.routed(lambda: stranger.get('/api/contacts', headers={'X-Read-After': 'not-a-token'})) == {
+        'primary'
+    }
 
 
 def test_a_token_revoked_is_refused_at_once_though_the_replica_lags(replicated, delayed):
@@ -362,8 +385,7 @@ def test_a_replica_lagging_past_the_limit_is_not_read_and_readyz_says_so(scaleou
 
 def test_readyz_reports_each_replica_lag_but_never_its_address(replicated, replica):
     resp = webtest.TestApp(replicated.app).get('/readyz')
-    assert resp.json['replicas'] == [{'name': 'replica1', 'lag_ms': resp.json['replicas'][0]['lag_ms'],
-                                      'in_use': True}]
+    assert resp.json['replicas'] == [{'name': 'replica1', 'lag_ms': resp.json['replicas'][0]['lag_ms'], 'in_use': True}]
     assert isinstance(resp.json['replicas'][0]['lag_ms'], int)
     address = replica.url.split('@')[1].split('/')[0]
     assert address not in resp.text and 'postgres' not in resp.text.replace('"postgresql"', '')
@@ -394,6 +416,7 @@ def test_reads_take_turns_over_replicas_and_a_failed_one_is_skipped_then_used_ag
 
 # -- PgBouncer in transaction pooling mode ----------------------------------------------------------
 
+
 @pytest.fixture(scope='module')
 def bouncer(scaleout_url):
     """PgBouncer from deploy/pgbouncer.ini on loopback: `crm` is the scale-out database, `fixed` a database
@@ -403,11 +426,18 @@ def bouncer(scaleout_url):
         conn.execute(f'CREATE DATABASE {fixed}')
         conn.execute(f'ALTER DATABASE {fixed} SET statement_timeout = 300')
     info = psycopg.conninfo.conninfo_to_dict(scaleout_url)
-    server = f"host={info['host']} port={info['port']}"
+    server = f'host={info["host"]} port={info["port"]}'
     directory = tempfile.mkdtemp(prefix='crmapi-pgbouncer-', dir='/tmp')
     port = servers.free_port()
-    script('pgbouncer.sh', 'start', directory, '127.0.0.1', port, f"crm={server} dbname={info['dbname']}",
-           f'fixed={server} dbname={fixed}')
+    script(
+        'pgbouncer.sh',
+        'start',
+        directory,
+        '127.0.0.1',
+        port,
+        f'crm={server} dbname={info["dbname"]}',
+        f'fixed={server} dbname={fixed}',
+    )
     try:
         yield f'postgresql://postgres@127.0.0.1:{port}/crm'
     finally:
@@ -418,15 +448,17 @@ def bouncer(scaleout_url):
 def test_the_api_works_through_pgbouncer_in_transaction_pooling_mode(bouncer):
     db = PostgresDatabase(bouncer, pgbouncer=True)
     try:
-        api = Client(NoLeaks(create_app(Settings(database_url='injected', access_log=False, pgbouncer=True), db=db)),
-                     None)
+        api = Client(
+            NoLeaks(create_app(Settings(database_url='injected', access_log=False, pgbouncer=True), db=db)), None
+        )
         accounts = Accounts(db)
         org_id = accounts.create_org('Bounced')
         api = Client(api.app, accounts.create_token(org_id, 'admin@example.com', admin=True), org_id)
         api.post('/api/contacts', [{'first_name': 'A', 'last_name': str(i)} for i in range(5)])
         for _ in range(8):  # more than psycopg's prepare threshold (5)
-            assert api.get('/api/contacts', {'filter': {'first_name': 'A'}}).headers['Content-Range'] == \
-                'contacts 0-4/5'
+            assert (
+                api.get('/api/contacts', {'filter': {'first_name': 'A'}}).headers['Content-Range'] == 'contacts 0-4/5'
+            )
         assert api.get('/api/contacts', headers={'Accept': 'text/csv'}).text.count('\n') == 6
         api.post('/api/custom_objects', {'slug': 'boats', 'fields': [{'name': 'name', 'type': 'text'}]})
         api.post('/api/boats', {'name': 'Ketch'})
@@ -484,6 +516,7 @@ def test_a_server_side_default_timeout_spares_reads_the_transaction_around_them(
 
 # -- migrations from many hosts ---------------------------------------------------------------------
 
+
 @pytest.fixture
 def fresh_database():
     base = postgres_url()
@@ -513,6 +546,7 @@ def test_migrations_started_by_many_hosts_at_the_same_moment_all_succeed(fresh_d
             migrations.migrate(db)
         except Exception as exc:  # noqa: BLE001 - reported below
             failures.append(exc)
+
     threads = [threading.Thread(target=migrate, args=(db,)) for db in hosts]
     for thread in threads:
         thread.start()
@@ -526,8 +560,16 @@ def test_migrations_started_by_many_hosts_at_the_same_moment_all_succeed(fresh_d
 
 def test_two_crmapi_migrate_processes_at_once_on_a_fresh_database(fresh_database):
     env = {'PATH': '/usr/bin:/bin', 'PYTHONPATH': str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, '-m', 'crmapi', '--database', fresh_database, 'migrate'], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, '-m', 'crmapi', '--database', fresh_database, 'migrate'],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [(proc.wait(60), proc.stderr.read()) for proc in procs]
     assert [code for code, _ in results] == [0, 0], results
     logs = ''.join(err for _, err in results)

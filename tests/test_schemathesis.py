@@ -12,6 +12,7 @@ whole run, so one report lists every operation that breaks the contract. `CRMAPI
 (valid cases per operation, default 10; invalid ones are half as many) and `CRMAPI_FUZZ_SEED` run it
 longer or differently.
 """
+
 import os
 
 import pytest
@@ -35,8 +36,13 @@ from conftest import new_org
 
 MAX_EXAMPLES = int(os.environ.get('CRMAPI_FUZZ_EXAMPLES', '10'))
 SEED = int(os.environ.get('CRMAPI_FUZZ_SEED', '4242'))
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 MODES = {GenerationMode.POSITIVE: MAX_EXAMPLES, GenerationMode.NEGATIVE: max(1, MAX_EXAMPLES // 2)}
 CUSTOM = {'first': 'projects', 'second': 'vehicles'}
 
@@ -46,12 +52,23 @@ pytestmark = pytest.mark.slow
 def seed_org(database, app, which):
     """An organization with a custom object, a few records of each kind and a spare user."""
     org = new_org(database, app, name=f'Fuzz {which}', email=f'admin@{which}.example')
-    org.post('/api/custom_objects', {'slug': CUSTOM[which], 'label': CUSTOM[which].title(), 'fields': [
-        {'name': 'title', 'type': 'text', 'required': True}, {'name': 'budget', 'type': 'number'},
-        {'name': 'starts_on', 'type': 'date'}, {'name': 'seen_at', 'type': 'datetime'},
-        {'name': 'active', 'type': 'boolean'}, {'name': 'seats', 'type': 'integer'},
-        {'name': 'extra', 'type': 'json'}, {'name': 'company_id', 'type': 'reference', 'target': 'companies'},
-    ]})
+    org.post(
+        '/api/custom_objects',
+        {
+            'slug': CUSTOM[which],
+            'label': CUSTOM[which].title(),
+            'fields': [
+                {'name': 'title', 'type': 'text', 'required': True},
+                {'name': 'budget', 'type': 'number'},
+                {'name': 'starts_on', 'type': 'date'},
+                {'name': 'seen_at', 'type': 'datetime'},
+                {'name': 'active', 'type': 'boolean'},
+                {'name': 'seats', 'type': 'integer'},
+                {'name': 'extra', 'type': 'json'},
+                {'name': 'company_id', 'type': 'reference', 'target': 'companies'},
+            ],
+        },
+    )
     company = org.create('companies', name='Initech', size=50)
     tag = org.create('tags', name='vip')
     contact = org.create('contacts', first_name='Ada', company_id=company['id'], tags=[tag['id']])
@@ -60,8 +77,13 @@ def seed_org(database, app, which):
     Accounts(database).create_token(org.org_id, f'spare@{which}.example')
     spare = [u for u in org.list('crm_users') if u['email'].startswith('spare@')][0]
     ids = {
-        'companies': company['id'], 'tags': tag['id'], 'contacts': contact['id'], 'deals': deal['id'],
-        'crm_users': spare['id'], 'companies_summary': company['id'], 'contacts_summary': contact['id'],
+        'companies': company['id'],
+        'tags': tag['id'],
+        'contacts': contact['id'],
+        'deals': deal['id'],
+        'crm_users': spare['id'],
+        'companies_summary': company['id'],
+        'contacts_summary': contact['id'],
         'tasks': org.create('tasks', text='Call', contact_id=contact['id'])['id'],
         'contact_notes': org.create('contact_notes', contact_id=contact['id'], text='hi')['id'],
         'deal_notes': org.create('deal_notes', deal_id=deal['id'], text='hi')['id'],
@@ -84,8 +106,9 @@ def strategy_for(operation, mode, ids, other_ids):
     if mode is GenerationMode.POSITIVE and len(parts) > 2 and parts[2] == '{id}':
         for known in (ids, other_ids):
             if parts[1] in known:
-                strategy = strategy | operation.as_strategy(generation_mode=mode,
-                                                            path_parameters={'id': known[parts[1]]})
+                strategy = strategy | operation.as_strategy(
+                    generation_mode=mode, path_parameters={'id': known[parts[1]]}
+                )
     return strategy
 
 
@@ -99,8 +122,15 @@ def fuzz(operation, app, headers, ids, other_ids):
             failures.append(f'{operation.label} [{mode.value}]\n{text[:3000]}')
 
     for mode, examples in MODES.items():
-        @settings(max_examples=examples, deadline=None, database=None, print_blob=False,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            print_blob=False,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @seed(SEED)
         @given(case=strategy_for(operation, mode, ids, other_ids))
         def run(case):
@@ -114,9 +144,14 @@ def fuzz(operation, app, headers, ids, other_ids):
             # NOTE: a write may fail validation (400) before the lookup; that reveals nothing. A read
             # must be 404 and nothing may succeed.
             if (case.path_parameters or {}).get('id') in foreign and (
-                    200 <= response.status_code < 300 or (case.method == 'GET' and response.status_code != 404)):
-                report(mode, f"another organization's record answered {response.status_code}: "
-                             f'{case.as_curl_command(headers=headers)}')
+                200 <= response.status_code < 300 or (case.method == 'GET' and response.status_code != 404)
+            ):
+                report(
+                    mode,
+                    f"another organization's record answered {response.status_code}: "
+                    f'{case.as_curl_command(headers=headers)}',
+                )
+
         try:
             run()
         except Unsatisfiable:

@@ -5,6 +5,7 @@ word of one of its searchable columns; case and accents are ignored (crmapi/sear
 with one function). Without a sort the best matches come first. contains/starts_with/ends_with compare
 folded text too. Both read search rows the store keeps in the transaction of every write.
 """
+
 import argparse
 import contextlib
 import json
@@ -45,14 +46,35 @@ def found(api, q, resource='contacts', **params):
 
 @pytest.fixture
 def homer(api):
-    return api.create('contacts', first_name='Homer', last_name='Simpson', email='homer.simpson@springfield.com',
-                      phone='+44 20 7946 0000', title='Safety inspector', city='Springfield')
+    return api.create(
+        'contacts',
+        first_name='Homer',
+        last_name='Simpson',
+        email='homer.simpson@springfield.com',
+        phone='+44 20 7946 0000',
+        title='Safety inspector',
+        city='Springfield',
+    )
 
 
 # -- q: words -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('q', ['homer simpson', 'simpson homer', 'hom simp', 'HOMER', 'Simp', 'safety insp',
-                               'springfield homer', 'homer.simpson@springfield.com', 'homersimp', 'spring'])
+
+@pytest.mark.parametrize(
+    'q',
+    [
+        'homer simpson',
+        'simpson homer',
+        'hom simp',
+        'HOMER',
+        'Simp',
+        'safety insp',
+        'springfield homer',
+        'homer.simpson@springfield.com',
+        'homersimp',
+        'spring',
+    ],
+)
 def test_q_finds_each_word_at_the_start_of_a_word_in_any_order(api, homer, q):
     assert found(api, q) == [homer['id']]
 
@@ -62,27 +84,50 @@ def test_q_needs_every_word_at_a_word_start(api, homer, q):
     assert found(api, q) == []
 
 
-@pytest.mark.parametrize('q, hit', [
-    ('+44 20 7946', True), ('+44 (20) 7946-0000', True), ('4420', True), ('442079460000', True),
-    ('7946', False), ('+44 21', False),
-])
+@pytest.mark.parametrize(
+    'q, hit',
+    [
+        ('+44 20 7946', True),
+        ('+44 (20) 7946-0000', True),
+        ('4420', True),
+        ('442079460000', True),
+        ('7946', False),
+        ('+44 21', False),
+    ],
+)
 def test_a_phone_like_q_matches_phones_whose_digits_start_with_its_digits(api, homer, q, hit):
     assert found(api, q) == ([homer['id']] if hit else [])
 
 
 def test_punctuation_separates_words(api):
-    obrien = api.create('contacts', first_name="Conan", last_name="O'Brien", email='conan@www.acme.io')
+    obrien = api.create('contacts', first_name='Conan', last_name="O'Brien", email='conan@www.acme.io')
     assert found(api, 'brien') == found(api, 'o brien') == found(api, "o'bri") == [obrien['id']]
     assert found(api, 'acme.io') == found(api, 'www') == [obrien['id']]
     assert found(api, '%_') == [obrien['id']], 'a q without letters or digits matches every record'
 
 
-@pytest.mark.parametrize('stored, asked', [
-    ('Zoë', 'zoe'), ('Zoe', 'ZOË'), ('åsa', 'ÅSA'), ('Straße', 'strasse'), ('STRASSE', 'straße'),
-    ('Σωκράτης', 'σωκρα'), ('ΣΩΚΡΆΤΗΣ', 'Σωκράτης'), ('Пётр', 'петр'), ('ПЁТР', 'пётр'),
-    ('Ǆemal', 'dže'), ('ﬁnance', 'fin'), ('İstanbul', 'istan'), ('Ｔｏｋｙｏ', 'tokyo'),
-    ('北京大学', '北京大学'), ('北京大学', '北京'), ('東京 タワー', 'タワー'), ('서울', '서울'),
-])
+@pytest.mark.parametrize(
+    'stored, asked',
+    [
+        ('Zoë', 'zoe'),
+        ('Zoe', 'ZOË'),
+        ('åsa', 'ÅSA'),
+        ('Straße', 'strasse'),
+        ('STRASSE', 'straße'),
+        ('Σωκράτης', 'σωκρα'),
+        ('ΣΩΚΡΆΤΗΣ', 'Σωκράτης'),
+        ('Пётр', 'петр'),
+        ('ПЁТР', 'пётр'),
+        ('Ǆemal', 'dže'),
+        ('ﬁnance', 'fin'),
+        ('İstanbul', 'istan'),
+        ('Ｔｏｋｙｏ', 'tokyo'),
+        ('北京大学', '北京大学'),
+        ('北京大学', '北京'),
+        ('東京 タワー', 'タワー'),
+        ('서울', '서울'),
+    ],
+)
 def test_q_ignores_case_and_accents_across_scripts(api, stored, asked):
     record = api.create('contacts', last_name=stored)
     assert found(api, asked) == [record['id']]
@@ -121,13 +166,16 @@ def test_a_renamed_company_is_found_by_its_new_name_on_its_contacts_and_deals(ap
     assert found(api, 'initech') == [contact['id']] and found(api, 'umbrella') == []
 
 
-@pytest.mark.parametrize('resource, body, q', [
-    ('companies', {'name': 'Globex', 'website': 'https://globex.example', 'country': 'Österreich'}, 'osterr'),
-    ('deals', {'name': 'Big Deal', 'description': 'Renewal for 2027'}, 'renewal 2027'),
-    ('tasks', {'text': 'Call back Mr. Burns'}, 'burns call'),
-    ('tags', {'name': 'Very Important'}, 'important'),
-    ('crm_users', {'email': 'ned.flanders@example.com', 'first_name': 'Ned'}, 'flanders'),
-])
+@pytest.mark.parametrize(
+    'resource, body, q',
+    [
+        ('companies', {'name': 'Globex', 'website': 'https://globex.example', 'country': 'Österreich'}, 'osterr'),
+        ('deals', {'name': 'Big Deal', 'description': 'Renewal for 2027'}, 'renewal 2027'),
+        ('tasks', {'text': 'Call back Mr. Burns'}, 'burns call'),
+        ('tags', {'name': 'Very Important'}, 'important'),
+        ('crm_users', {'email': 'ned.flanders@example.com', 'first_name': 'Ned'}, 'flanders'),
+    ],
+)
 def test_q_finds_every_resource_by_its_words(api, resource, body, q):
     record = api.create(resource, **body)
     assert found(api, q, resource) == [record['id']]
@@ -139,6 +187,7 @@ def test_notes_are_found_by_title_and_text(api, homer):
 
 
 # -- ranking, paging, exports ---------------------------------------------------------------------------
+
 
 def test_without_a_sort_name_matches_come_first_then_by_id(api):
     city = api.create('contacts', last_name='Zed', city='Homerton')
@@ -167,6 +216,7 @@ def test_a_ranked_list_counts_exactly_and_pages_by_range_without_a_cursor(api):
 
 # -- q inside filters ----------------------------------------------------------------------------------
 
+
 def q_filter(value, logical=None):
     item = {'field': 'q', 'op': 'eq', 'value': value}
     return {**item, 'logicalOp': logical} if logical else item
@@ -178,20 +228,29 @@ def test_q_inside_filters_combines_by_logical_op(api, homer):
     status = {'field': 'status', 'op': 'eq', 'value': 'hot'}
     assert ids(api.list('contacts', filters=[q_filter('simpson'), status])) == [marge['id']]
     assert set(ids(api.list('contacts', filters=[q_filter('homer', 'or'), status]))) == {
-        homer['id'], marge['id'], ned['id']}
+        homer['id'],
+        marge['id'],
+        ned['id'],
+    }
     assert ids(api.list('contacts', filters=[q_filter('simpson'), q_filter('marge')])) == [marge['id']]
     assert ids(api.list('contacts', filter={'q': 'flanders'}, filters=[status])) == [ned['id']]
-    export = api.get('/api/contacts', {'filters': [q_filter('simpson')], 'sort': 'first_name'},
-                     headers={'Accept': 'application/x-ndjson'})
+    export = api.get(
+        '/api/contacts',
+        {'filters': [q_filter('simpson')], 'sort': 'first_name'},
+        headers={'Accept': 'application/x-ndjson'},
+    )
     assert [json.loads(line)['id'] for line in export.text.splitlines()] == [homer['id'], marge['id']]
 
 
-@pytest.mark.parametrize('item, detail', [
-    ({'field': 'q', 'op': 'contains', 'value': 'x'}, "operator 'eq' only"),
-    ({'field': 'q', 'op': 'eq', 'value': 5}, 'must be a string'),
-    ({'field': 'q', 'op': 'eq', 'value': 'a\x00'}, 'must be a string'),
-    ({'field': 'q', 'op': 'eq', 'value': ' '.join(f'w{i}' for i in range(33))}, 'more than 32 words'),
-])
+@pytest.mark.parametrize(
+    'item, detail',
+    [
+        ({'field': 'q', 'op': 'contains', 'value': 'x'}, "operator 'eq' only"),
+        ({'field': 'q', 'op': 'eq', 'value': 5}, 'must be a string'),
+        ({'field': 'q', 'op': 'eq', 'value': 'a\x00'}, 'must be a string'),
+        ({'field': 'q', 'op': 'eq', 'value': ' '.join(f'w{i}' for i in range(33))}, 'more than 32 words'),
+    ],
+)
 def test_a_bad_q_in_filters_is_a_400_naming_it(api, item, detail):
     body = assert_problem(api.get('/api/contacts', {'filters': [item]}, status=400), 400, param='filters', field='q')
     assert detail in body['detail']
@@ -204,20 +263,32 @@ def test_a_q_of_too_many_words_is_a_400(api):
 
 
 OTHER_FILTERS = [  # one filter per operator, on another field than q's words
-    {'field': 'status', 'op': 'eq', 'value': 'hot'}, {'field': 'status', 'op': 'neq', 'value': 'hot'},
-    {'field': 'city', 'op': 'gt', 'value': 'M'}, {'field': 'city', 'op': 'gte', 'value': 'Paris'},
-    {'field': 'city', 'op': 'lt', 'value': 'M'}, {'field': 'city', 'op': 'lte', 'value': 'London'},
-    {'field': 'city', 'op': 'contains', 'value': 'ari'}, {'field': 'city', 'op': 'not_contains', 'value': 'ari'},
-    {'field': 'city', 'op': 'starts_with', 'value': 'lo'}, {'field': 'city', 'op': 'ends_with', 'value': 'IS'},
-    {'field': 'status', 'op': 'in', 'value': ['hot', 'cold']}, {'field': 'status', 'op': 'not_in', 'value': ['hot']},
-    {'field': 'status', 'op': 'is_empty'}, {'field': 'status', 'op': 'is_not_empty'},
+    {'field': 'status', 'op': 'eq', 'value': 'hot'},
+    {'field': 'status', 'op': 'neq', 'value': 'hot'},
+    {'field': 'city', 'op': 'gt', 'value': 'M'},
+    {'field': 'city', 'op': 'gte', 'value': 'Paris'},
+    {'field': 'city', 'op': 'lt', 'value': 'M'},
+    {'field': 'city', 'op': 'lte', 'value': 'London'},
+    {'field': 'city', 'op': 'contains', 'value': 'ari'},
+    {'field': 'city', 'op': 'not_contains', 'value': 'ari'},
+    {'field': 'city', 'op': 'starts_with', 'value': 'lo'},
+    {'field': 'city', 'op': 'ends_with', 'value': 'IS'},
+    {'field': 'status', 'op': 'in', 'value': ['hot', 'cold']},
+    {'field': 'status', 'op': 'not_in', 'value': ['hot']},
+    {'field': 'status', 'op': 'is_empty'},
+    {'field': 'status', 'op': 'is_not_empty'},
 ]
 
 
 @pytest.mark.parametrize('other', OTHER_FILTERS, ids=lambda f: f['op'])
 def test_q_with_every_other_operator_is_the_intersection(api, other):
-    for first, city, status in [('Ann', 'London', 'hot'), ('Ann', 'Paris', None), ('Anna', 'Lyon', 'cold'),
-                                ('Bob', 'Paris', 'hot'), ('Annette', None, 'hot')]:
+    for first, city, status in [
+        ('Ann', 'London', 'hot'),
+        ('Ann', 'Paris', None),
+        ('Anna', 'Lyon', 'cold'),
+        ('Bob', 'Paris', 'hot'),
+        ('Annette', None, 'hot'),
+    ]:
         api.create('contacts', first_name=first, city=city, status=status)
     by_q = set(found(api, 'ann'))
     by_other = set(ids(api.list('contacts', filters=[other], range=[0, 99])))
@@ -228,10 +299,19 @@ def test_q_with_every_other_operator_is_the_intersection(api, other):
 
 # -- custom objects, archive, merge -------------------------------------------------------------------
 
+
 def test_custom_objects_are_searched_by_their_text_fields_and_ranked_by_required_ones(api):
-    api.post('/api/custom_objects', {'slug': 'projects', 'fields': [
-        {'name': 'title', 'type': 'text', 'required': True}, {'name': 'notes', 'type': 'text'},
-        {'name': 'budget', 'type': 'number'}]})
+    api.post(
+        '/api/custom_objects',
+        {
+            'slug': 'projects',
+            'fields': [
+                {'name': 'title', 'type': 'text', 'required': True},
+                {'name': 'notes', 'type': 'text'},
+                {'name': 'budget', 'type': 'number'},
+            ],
+        },
+    )
     noted = api.create('projects', title='Gemini', notes='Apollo follow-up')
     titled = api.create('projects', title='Apollo', budget=5)
     assert found(api, 'apollo', 'projects') == [titled['id'], noted['id']]
@@ -285,15 +365,28 @@ def test_every_write_path_keeps_the_search_rows_current(api, database):
     """Batches, upserts, a CSV import and a rule's action all write through the store's single paths."""
     made = api.post('/api/contacts', [{'first_name': 'Apu', 'external_id': 'k1'}, {'first_name': 'Moe'}]).json
     api.app.patch_json('/api/contacts', [{'id': made[1]['id'], 'last_name': 'Szyslak'}], headers=api.headers)
-    api.post('/api/contacts?on_conflict=external_id', [{'external_id': 'k1', 'last_name': 'Nahasapeemapetilon'},
-                                                        {'external_id': 'k2', 'first_name': 'Barney'}], status=200)
-    api.app.post('/api/contacts', b'first_name,last_name\nEdna,Krabappel\n', status=201,
-                 headers={**api.headers, 'Content-Type': 'text/csv'})
+    api.post(
+        '/api/contacts?on_conflict=external_id',
+        [{'external_id': 'k1', 'last_name': 'Nahasapeemapetilon'}, {'external_id': 'k2', 'first_name': 'Barney'}],
+        status=200,
+    )
+    api.app.post(
+        '/api/contacts',
+        b'first_name,last_name\nEdna,Krabappel\n',
+        status=201,
+        headers={**api.headers, 'Content-Type': 'text/csv'},
+    )
     assert found(api, 'apu nahas') == [made[0]['id']] and found(api, 'moe szys') == [made[1]['id']]
     assert len(found(api, 'barney')) == 1 and len(found(api, 'edna krab')) == 1
-    api.post('/api/automation_rules', {'name': 'Tag the bartender', 'trigger': {
-        'resource': 'contacts', 'on': ['updated'], 'fields': ['title']}, 'conditions': [],
-        'actions': [{'type': 'update', 'set': {'city': 'Springfield'}}]})
+    api.post(
+        '/api/automation_rules',
+        {
+            'name': 'Tag the bartender',
+            'trigger': {'resource': 'contacts', 'on': ['updated'], 'fields': ['title']},
+            'conditions': [],
+            'actions': [{'type': 'update', 'set': {'city': 'Springfield'}}],
+        },
+    )
     api.put(f'/api/contacts/{made[1]["id"]}', {'title': 'Bartender'})
     store = build_services(database).store
     after = 0
@@ -335,13 +428,21 @@ def search_rows(database, record_id):
 
 # -- text operators --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('op, value, expected', [
-    ('contains', 'ZOË', {'Zoë Ångström', 'zoe'}), ('contains', 'ANGSTR', {'Zoë Ångström'}),
-    ('starts_with', 'zo', {'Zoë Ångström', 'zoe'}), ('ends_with', 'STROM', {'Zoë Ångström'}),
-    ('not_contains', 'zoe', {'Straße', 'Σίσυφος', None}), ('contains', 'SS', {'Straße'}),
-    ('contains', 'ΣΊΣ', {'Σίσυφος'}), ('ends_with', 'ος', {'Σίσυφος'}),
-    ('contains', '', {'Zoë Ångström', 'zoe', 'Straße', 'Σίσυφος'}),
-])
+
+@pytest.mark.parametrize(
+    'op, value, expected',
+    [
+        ('contains', 'ZOË', {'Zoë Ångström', 'zoe'}),
+        ('contains', 'ANGSTR', {'Zoë Ångström'}),
+        ('starts_with', 'zo', {'Zoë Ångström', 'zoe'}),
+        ('ends_with', 'STROM', {'Zoë Ångström'}),
+        ('not_contains', 'zoe', {'Straße', 'Σίσυφος', None}),
+        ('contains', 'SS', {'Straße'}),
+        ('contains', 'ΣΊΣ', {'Σίσυφος'}),
+        ('ends_with', 'ος', {'Σίσυφος'}),
+        ('contains', '', {'Zoë Ångström', 'zoe', 'Straße', 'Σίσυφος'}),
+    ],
+)
 def test_text_operators_ignore_case_and_accents_for_all_of_unicode(api, op, value, expected):
     for name in ['Zoë Ångström', 'zoe', 'Straße', 'Σίσυφος', None]:
         api.create('contacts', last_name=name, first_name='x')
@@ -361,8 +462,13 @@ def test_text_operators_on_the_company_name_of_contacts_summary_read_the_company
 def test_substrings_of_three_characters_or_more_are_found_through_the_trigram_index(api, database):
     api.create('contacts', last_name='Smithers')
     info = build_services(database).catalog.resolve('contacts')
-    lq = parse_list({'filters': json.dumps([{'field': 'last_name', 'op': 'contains', 'value': 'mithe'}]),
-                     'filter': json.dumps({'q': 'smi'})}, info)
+    lq = parse_list(
+        {
+            'filters': json.dumps([{'field': 'last_name', 'op': 'contains', 'value': 'mithe'}]),
+            'filter': json.dumps({'q': 'smi'}),
+        },
+        info,
+    )
     sql, params = sqlbuild.build_count(database.dialect, info, api.org_id, lq)
     with database.transaction(write=True) as tx:
         if database.name == 'sqlite':
@@ -373,13 +479,14 @@ def test_substrings_of_three_characters_or_more_are_found_through_the_trigram_in
             # sqlbuild writes are the ones the GIN indexes serve (scans off: an index or nothing).
             tx.execute('SET LOCAL enable_seqscan = off')
             assert "s.texts LIKE %s ESCAPE '\\'" in sql and 'array_to_tsvector(' in sql
-            for condition, value, index in [("s.texts LIKE %s ESCAPE '\\'", '%mithe%',
-                                             'search_texts_trigrams'),
-                                            (f'{sqlbuild.TSVECTOR} @@ CAST(%s AS tsquery)', "('smi':*)",
-                                             'search_texts_words')]:
+            for condition, value, index in [
+                ("s.texts LIKE %s ESCAPE '\\'", '%mithe%', 'search_texts_trigrams'),
+                (f'{sqlbuild.TSVECTOR} @@ CAST(%s AS tsquery)', "('smi':*)", 'search_texts_words'),
+            ]:
                 assert value in params
-                plan = ' '.join(row[0] for row in tx.rows(f'EXPLAIN SELECT 1 FROM search_texts s WHERE {condition}',
-                                                          [value]))
+                plan = ' '.join(
+                    row[0] for row in tx.rows(f'EXPLAIN SELECT 1 FROM search_texts s WHERE {condition}', [value])
+                )
                 assert f'Bitmap Index Scan on {index}' in plan, plan
         assert tx.one(sql, params)[0] == 1
 
@@ -387,8 +494,9 @@ def test_substrings_of_three_characters_or_more_are_found_through_the_trigram_in
 # Random Unicode, with the characters folding is about weighing more: combining marks, cased
 # letters of several scripts, ligatures and compatibility forms, and text operators' own specials.
 SPECIAL = 'aAeE\u00e9\u00c9\u0301\u0308\u00df\u1e9eSs\u0130\u0131i\u03a3\u03c3\u03c2\u0401\u0451\ufb01\uff21%_\\ \u5b57'
-unicode_text = st.text(st.sampled_from(SPECIAL) | st.characters(blacklist_categories=('Cs',),
-                                                                 blacklist_characters='\x00'), max_size=8)
+unicode_text = st.text(
+    st.sampled_from(SPECIAL) | st.characters(blacklist_categories=('Cs',), blacklist_characters='\x00'), max_size=8
+)
 
 
 @pytest.fixture(scope='module')
@@ -419,10 +527,11 @@ def test_text_operators_agree_with_python_on_random_unicode(database, scratch, v
         for _ in range(4):
             source = data.draw(st.sampled_from([v for v in values if v] or ['x']))
             start = data.draw(st.integers(0, len(source)))
-            needle = data.draw(st.just(source[start:start + data.draw(st.integers(0, 5))]) | unicode_text)
+            needle = data.draw(st.just(source[start : start + data.draw(st.integers(0, 5))]) | unicode_text)
             for op in ('contains', 'not_contains', 'starts_with', 'ends_with'):
-                lq = parse_list({'filters': json.dumps([{'field': 'a', 'op': op, 'value': needle}]),
-                                 'range': '[0,99]'}, scratch)
+                lq = parse_list(
+                    {'filters': json.dumps([{'field': 'a', 'op': op, 'value': needle}]), 'range': '[0,99]'}, scratch
+                )
                 got = [row[0] for row in tx.rows(*sqlbuild.build_list(database.dialect, scratch, 'org_p', lq))]
                 assert got == [r['id'] for r in rows if reference(op, r['a'], needle)], (op, needle, values)
         raise RollBack
@@ -432,8 +541,12 @@ def reference(op, value, needle):
     if value is None:
         return op == 'not_contains'
     text, part = search.fold(value), search.fold(needle)
-    return {'contains': part in text, 'not_contains': part not in text, 'starts_with': text.startswith(part),
-            'ends_with': text.endswith(part)}[op]
+    return {
+        'contains': part in text,
+        'not_contains': part not in text,
+        'starts_with': text.startswith(part),
+        'ends_with': text.endswith(part),
+    }[op]
 
 
 def test_folding_is_what_the_readme_says():
@@ -446,6 +559,7 @@ def test_folding_is_what_the_readme_says():
 
 # -- upkeep under concurrent writes, rebuilding --------------------------------------------------------------
 
+
 def test_concurrent_writes_keep_every_live_record_findable_by_its_name(api, database, wsgi_app):
     """8 writers create, rename and delete for a few seconds while a searcher searches; then every live
     record is found by its own name and no deleted one is."""
@@ -456,13 +570,13 @@ def test_concurrent_writes_keep_every_live_record_findable_by_its_name(api, data
         rng = random.Random(n)
         try:
             while not stop.is_set():
-                name = f'w{n}x{rng.randrange(10 ** 9):09d}'
+                name = f'w{n}x{rng.randrange(10**9):09d}'
                 record = api.create('tags', name=name)
                 with lock:
                     names[record['id']] = name
                 action = rng.random()
                 if action < 0.3:
-                    renamed = f'r{n}y{rng.randrange(10 ** 9):09d}'
+                    renamed = f'r{n}y{rng.randrange(10**9):09d}'
                     api.put(f'/api/tags/{record["id"]}', {'name': renamed})
                     with lock:
                         names[record['id']] = renamed
@@ -492,15 +606,17 @@ def test_concurrent_writes_keep_every_live_record_findable_by_its_name(api, data
     gone = [i for i, n in names.items() if n is None]
     assert len(live) > 20 and gone
     items = sorted(live.items())
-    for start in range(0, len(items), 50):    # NOTE: names have one width: each is found by its own only
-        part = dict(items[start:start + 50])
+    for start in range(0, len(items), 50):  # NOTE: names have one width: each is found by its own only
+        part = dict(items[start : start + 50])
         by_name = [q_filter(name, 'or') for name in part.values()]
-        by_substring = [{'field': 'name', 'op': 'contains', 'value': name[1:].upper(), 'logicalOp': 'or'}
-                        for name in part.values()]
+        by_substring = [
+            {'field': 'name', 'op': 'contains', 'value': name[1:].upper(), 'logicalOp': 'or'} for name in part.values()
+        ]
         for filters in (by_name, by_substring):
             assert set(ids(api.list('tags', filters=filters, range=[0, 99]))) == set(part)
-    everything = {i for start in range(0, len(names), 1000)
-                  for i in ids(api.list('tags', sort='id', range=[start, start + 999]))}
+    everything = {
+        i for start in range(0, len(names), 1000) for i in ids(api.list('tags', sort='id', range=[start, start + 999]))
+    }
     assert everything == set(live) and not everything & set(gone)
     assert all(search_rows(database, i) == 0 for i in gone)
 
@@ -524,9 +640,11 @@ def test_migrating_to_the_search_rows_builds_them_for_the_records_already_there(
     org = Accounts(empty_db).create_org('Old Co')
     p = '?' if empty_db.name == 'sqlite' else '%s'
     with empty_db.transaction(write=True) as tx:
-        tx.execute(f"INSERT INTO contacts (id, organization_id, first_name, tags, created_at, updated_at) "
-                   f"VALUES ({p}, {p}, {p}, '[]', {p}, {p})",
-                   ('c_old', org, 'Zoë', '2020-01-01T00:00:00.000000Z', '2020-01-01T00:00:00.000000Z'))
+        tx.execute(
+            f'INSERT INTO contacts (id, organization_id, first_name, tags, created_at, updated_at) '
+            f"VALUES ({p}, {p}, {p}, '[]', {p}, {p})",
+            ('c_old', org, 'Zoë', '2020-01-01T00:00:00.000000Z', '2020-01-01T00:00:00.000000Z'),
+        )
     lines = []
     migrations.migrate(empty_db, log=lines.append)
     assert lines == ['applied 0019_search', f'reindexed 1 contacts of {org}']

@@ -6,6 +6,7 @@ gunicorn with deploy/gunicorn.conf.py (crmapi.serving.ThreadWorker) or granian t
 can get is problem+json, with the status it is sent with, and no traceback; except granian's own refusals of what it
 cannot parse (the status alone, see GRANIAN), which nginx in front refuses first but for one (NGINX_PASSES_ON).
 """
+
 import http.client
 import io
 import json
@@ -127,29 +128,46 @@ def environ_seen(environ):
     def app(env, start_response):
         seen.update(env)
         return []
+
     serving_granian.behind_proxy(app, serving_granian.trusted_peers('127.0.0.1, 10.0.0.0/8'))(environ, None)
     return seen['wsgi.url_scheme'], seen.get('SCRIPT_NAME', ''), seen['PATH_INFO'], 'HTTP_SCRIPT_NAME' in seen
 
 
-@pytest.mark.parametrize('peer, expected', [('127.0.0.1', ('https', '/crm', '/api/contacts', False)),
-                                            ('10.1.2.3', ('https', '/crm', '/api/contacts', False)),
-                                            ('127.0.0.2', ('http', '', '/crm/api/contacts', False)),
-                                            ('not an address', ('http', '', '/crm/api/contacts', False))])
+@pytest.mark.parametrize(
+    'peer, expected',
+    [
+        ('127.0.0.1', ('https', '/crm', '/api/contacts', False)),
+        ('10.1.2.3', ('https', '/crm', '/api/contacts', False)),
+        ('127.0.0.2', ('http', '', '/crm/api/contacts', False)),
+        ('not an address', ('http', '', '/crm/api/contacts', False)),
+    ],
+)
 def test_granian_believes_the_prefix_and_scheme_only_from_a_trusted_proxy(peer, expected):
-    environ = {'REMOTE_ADDR': peer, 'wsgi.url_scheme': 'http', 'SCRIPT_NAME': '', 'PATH_INFO': '/crm/api/contacts',
-               'HTTP_SCRIPT_NAME': '/crm', 'HTTP_X_FORWARDED_PROTO': 'https'}
+    environ = {
+        'REMOTE_ADDR': peer,
+        'wsgi.url_scheme': 'http',
+        'SCRIPT_NAME': '',
+        'PATH_INFO': '/crm/api/contacts',
+        'HTTP_SCRIPT_NAME': '/crm',
+        'HTTP_X_FORWARDED_PROTO': 'https',
+    }
     assert environ_seen(environ) == expected
 
 
 def test_granian_mounts_a_prefix_only_on_a_segment_boundary():
-    environ = {'REMOTE_ADDR': '127.0.0.1', 'wsgi.url_scheme': 'http', 'PATH_INFO': '/crmx/api',
-               'HTTP_SCRIPT_NAME': '/crm'}
+    environ = {
+        'REMOTE_ADDR': '127.0.0.1',
+        'wsgi.url_scheme': 'http',
+        'PATH_INFO': '/crmx/api',
+        'HTTP_SCRIPT_NAME': '/crm',
+    }
     assert environ_seen(environ) == ('http', '', '/crmx/api', False)
 
 
 def test_granian_answers_an_error_escaping_the_app_with_a_bare_problem_500(capsys):
     def app(environ, start_response):
         raise RuntimeError('secret: /etc/crmapi/internal.conf')
+
     answer = webtest.TestApp(serving_granian.last_resort(app)).get('/', status=500)
     assert problem_of(answer, 500)['detail'] == 'The server could not complete the request'
     assert 'secret' in capsys.readouterr().err
@@ -164,8 +182,12 @@ def stack(request, backend, database, tmp_path_factory):
     slow path (2 s) is there for nginx's 504."""
     name = request.param
     directory = tmp_path_factory.mktemp(f'edge-{backend}-{name}')
-    env = {'CRMAPI_DATABASE_URL': database_url(backend, database), 'CRMAPI_WORKERS': '1',
-           'CRMAPI_PROBE_DIR': str(directory), 'CRMAPI_PROBE_SLEEP_S': '2'}
+    env = {
+        'CRMAPI_DATABASE_URL': database_url(backend, database),
+        'CRMAPI_WORKERS': '1',
+        'CRMAPI_PROBE_DIR': str(directory),
+        'CRMAPI_PROBE_SLEEP_S': '2',
+    }
     app_server = servers.start_server(directory / name, name, env=env, app='servers:probe_app')
     try:
         nginx = servers.start_nginx(directory / 'nginx', upstream_port=app_server.port)
@@ -193,9 +215,13 @@ def fetch(server, prefix, path, token):
 @pytest.mark.slow
 def test_a_chunked_body_is_read_through_the_server(server, token):
     server, prefix = server
-    status, headers, raw = servers.chunked_request(server.port, 'POST', f'{prefix}/api/contacts',
-                                                   [b'{"first_name":', b' "Chunked",', b' "last_name": "Body"}'],
-                                                   auth(token))
+    status, headers, raw = servers.chunked_request(
+        server.port,
+        'POST',
+        f'{prefix}/api/contacts',
+        [b'{"first_name":', b' "Chunked",', b' "last_name": "Body"}'],
+        auth(token),
+    )
     assert status == 201, raw
     created = json.loads(raw)
     assert (created['first_name'], created['last_name']) == ('Chunked', 'Body')
@@ -244,7 +270,9 @@ def test_the_connection_serves_the_next_request_after_a_refused_body(stack):
     app_server, _ = stack['direct']
     conn = http.client.HTTPConnection(servers.LOOPBACK, app_server.port, timeout=15)
     try:
-        conn.request('POST', '/api/contacts', body=b'{}'.ljust(512 * 1024), headers={'Content-Type': 'application/json'})
+        conn.request(
+            'POST', '/api/contacts', body=b'{}'.ljust(512 * 1024), headers={'Content-Type': 'application/json'}
+        )
         refused = conn.getresponse()
         assert (refused.status, refused.read() and refused.will_close) == (401, False)
         first = conn.sock
@@ -259,8 +287,10 @@ def test_the_connection_serves_the_next_request_after_a_refused_body(stack):
 def test_a_body_over_the_drain_cap_is_not_read_and_the_connection_closes(stack, token):
     app_server, _ = stack['direct']
     length = DRAIN_MAX_BYTES + 1
-    request = (f'POST /api/contacts HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {token}\r\n'
-               f'Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n').encode()
+    request = (
+        f'POST /api/contacts HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {token}\r\n'
+        f'Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n'
+    ).encode()
     with socket.create_connection((servers.LOOPBACK, app_server.port), timeout=15) as sock:
         sock.sendall(request)  # and not a byte of the body: the answer comes at once, and then the close
         answer = http.client.HTTPResponse(sock)
@@ -278,8 +308,12 @@ def test_a_refused_body_through_nginx_gets_the_apps_answer_never_a_502(stack, to
     path, headers, expected = refusals(token)[refusal]
     body = b' ' * MIB
     with requests.Session() as session:
-        statuses = {session.post(f'http://{servers.LOOPBACK}:{nginx.port}{prefix}{path}', data=body, headers=headers,
-                                 timeout=15).status_code for _ in range(15)}
+        statuses = {
+            session.post(
+                f'http://{servers.LOOPBACK}:{nginx.port}{prefix}{path}', data=body, headers=headers, timeout=15
+            ).status_code
+            for _ in range(15)
+        }
     assert statuses == {expected}
 
 
@@ -288,21 +322,45 @@ def test_a_refused_body_through_nginx_gets_the_apps_answer_never_a_502(stack, to
 MALFORMED = {
     'invalid request line': (b'GARBAGE\r\n\r\n', 400, 400),
     'unsupported HTTP version': (b'GET {prefix}/api/contacts HTTP/3.0\r\nHost: edge\r\n\r\n', 400, 505),
-    'header line over 64 KiB': (b'GET {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nX-Big: ' + b'a' * 70_000
-                                + b'\r\n\r\n', 431, 431),
-    'over 100 header fields': (b'GET {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\n'
-                               + b''.join(b'X-Field-%d: x\r\n' % i for i in range(101)) + b'\r\n', 431, 431),
-    'negative Content-Length': (b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nContent-Length: -1\r\n\r\n',
-                                400, 400),
-    'two Content-Lengths': (b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nContent-Length: 2\r\n'
-                            b'Content-Length: 3\r\n\r\n{}', 400, 400),
-    'Content-Length and Transfer-Encoding': (b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nContent-Length: 5'
-                                             b'\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 400, 400),
-    'unknown Transfer-Encoding': (b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: foo\r\n'
-                                  b'\r\n', 501, 501),
-    'malformed chunk': (b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {token}\r\n'
-                        b'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n',
-                        400, 400),
+    'header line over 64 KiB': (
+        b'GET {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nX-Big: ' + b'a' * 70_000 + b'\r\n\r\n',
+        431,
+        431,
+    ),
+    'over 100 header fields': (
+        b'GET {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\n'
+        + b''.join(b'X-Field-%d: x\r\n' % i for i in range(101))
+        + b'\r\n',
+        431,
+        431,
+    ),
+    'negative Content-Length': (
+        b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nContent-Length: -1\r\n\r\n',
+        400,
+        400,
+    ),
+    'two Content-Lengths': (
+        b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}',
+        400,
+        400,
+    ),
+    'Content-Length and Transfer-Encoding': (
+        b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nContent-Length: 5'
+        b'\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
+        400,
+        400,
+    ),
+    'unknown Transfer-Encoding': (
+        b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: foo\r\n\r\n',
+        501,
+        501,
+    ),
+    'malformed chunk': (
+        b'POST {prefix}/api/contacts HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {token}\r\n'
+        b'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n',
+        400,
+        400,
+    ),
 }
 
 
@@ -354,8 +412,9 @@ def test_a_malformed_request_gets_problem_json_with_its_status(stack, token, nam
 @pytest.mark.parametrize('name', servers.SERVERS)
 def test_an_app_that_fails_inside_the_server_gets_a_bare_500(tmp_path, name):
     with servers.start_server(tmp_path, name, app='servers:failing_app') as app_server:
-        assert_problem(*app_server.request('GET', '/api/contacts'), 500,
-                       detail='The server could not complete the request')
+        assert_problem(
+            *app_server.request('GET', '/api/contacts'), 500, detail='The server could not complete the request'
+        )
     assert 'secret' in app_server.log_text()  # the operator sees what the client does not
 
 
@@ -385,8 +444,9 @@ def test_a_path_outside_the_api_is_a_problem_json_404_from_nginx(stack):
 @pytest.mark.slow
 def test_an_upstream_that_is_down_is_a_502_with_retry_after(tmp_path):
     with servers.start_nginx(tmp_path, upstream_port=servers.free_port()) as nginx:
-        status, headers, raw = nginx.request('POST', f'{PREFIX}/api/contacts', body=b'{}',
-                                             headers={'X-Request-ID': 'down-1'})
+        status, headers, raw = nginx.request(
+            'POST', f'{PREFIX}/api/contacts', body=b'{}', headers={'X-Request-ID': 'down-1'}
+        )
     assert_problem(status, headers, raw, 502)
     assert (headers['retry-after'], headers['x-request-id']) == ('5', 'down-1')
 
@@ -422,13 +482,20 @@ def test_every_error_page_of_nginx_has_a_title_and_a_detail():
 def test_crmapi_serve_drains_refused_bodies_and_answers_problem_json(backend, database, token, tmp_path, name):
     env = {'CRMAPI_DATABASE_URL': database_url(backend, database)}
     with servers.start_crmapi_serve(tmp_path, env=env, server=name) as serve:
-        assert_refused(servers.raw_request(serve.port, MALFORMED['invalid request line'][0]), name, 'direct',
-                       'invalid request line')
+        assert_refused(
+            servers.raw_request(serve.port, MALFORMED['invalid request line'][0]),
+            name,
+            'direct',
+            'invalid request line',
+        )
         body = b' ' * (MIB + 1)
-        request = (f'POST /api/contacts HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {token}\r\n'
-                   f'Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n').encode() + body
+        request = (
+            f'POST /api/contacts HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {token}\r\n'
+            f'Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n'
+        ).encode() + body
         assert_problem(*servers.raw_request(serve.port, request), 413)
-        status, _, raw = servers.chunked_request(serve.port, 'POST', '/api/contacts', [b'{"first_name": "Served"}'],
-                                                 auth(token))
+        status, _, raw = servers.chunked_request(
+            serve.port, 'POST', '/api/contacts', [b'{"first_name": "Served"}'], auth(token)
+        )
         assert status == 201, raw
     assert 'Traceback' not in serve.log_text(), serve.log_text()

@@ -1,5 +1,6 @@
 """One SQL boundary: crmapi.sqlbuild is the only module that imports PyPika, holds SQL or names the
 organization column, and its INSERT builders stamp the organization themselves."""
+
 import ast
 import pathlib
 import re
@@ -19,7 +20,9 @@ SQL_ALLOWED = {'sqlbuild.py', 'db.py'}
 LOOKS_LIKE_SQL = re.compile(
     r'\bselect\s.+?\sfrom\s|\binsert\s+into\s|\bupdate\s+\S+\s+set\s|\bdelete\s+from\s|\bexplain\s*\('
     r'|\b(create|alter|drop)\s+(unique\s+)?(table|index)\b'
-    r'|\bwhere\s+[\w."]+\s*(=|<|>|\bis\s+(not\s+)?null\b|\bin\s*\(|\blike\s)', re.I | re.S)
+    r'|\bwhere\s+[\w."]+\s*(=|<|>|\bis\s+(not\s+)?null\b|\bin\s*\(|\blike\s)',
+    re.I | re.S,
+)
 
 
 def modules():
@@ -28,8 +31,11 @@ def modules():
 
 def docstrings(tree):
     """The docstring nodes of `tree`: prose may speak of an UPDATE; code may not hold one."""
-    bodies = [n.body for n in ast.walk(tree)
-              if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    bodies = [
+        n.body
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
     return {id(b[0].value) for b in bodies if b and isinstance(b[0], ast.Expr) and isinstance(b[0].value, ast.Constant)}
 
 
@@ -57,8 +63,7 @@ def imported(tree):
 def crossings(path, name):
     """What the module `name` at `path` does that only sqlbuild may: ['name:line: what']."""
     tree = ast.parse(path.read_text())
-    found = [f'{name}:{line}: imports {module}' for line, module in imported(tree)
-             if module.split('.')[0] == 'pypika']
+    found = [f'{name}:{line}: imports {module}' for line, module in imported(tree) if module.split('.')[0] == 'pypika']
     for line, text in literals(tree):
         if sqlbuild.SCOPE in text:
             found.append(f'{name}:{line}: names {sqlbuild.SCOPE}: {text[:60]!r}')
@@ -68,40 +73,59 @@ def crossings(path, name):
 
 
 def test_only_sqlbuild_imports_pypika_writes_sql_or_names_the_organization_column():
-    found = [c for path in modules() if path.name != 'sqlbuild.py'
-             for c in crossings(path, path.relative_to(PACKAGE).as_posix())]
+    found = [
+        c
+        for path in modules()
+        if path.name != 'sqlbuild.py'
+        for c in crossings(path, path.relative_to(PACKAGE).as_posix())
+    ]
     assert found == []
 
 
 def test_the_boundary_check_sees_what_it_forbids(tmp_path):
     path = tmp_path / 'probe.py'
-    sample = ("from pypika import Table\n"
-              "ROW = {'organization_id': 1}\n"
-              "SQL = f'SELECT id FROM {TABLE} WHERE id = ?'\n"
-              "def f():\n    '''Docstrings may say SELECT x FROM y.'''\n"
-              "    return 'UPDATE contacts SET name = ?'\n")
+    sample = (
+        'from pypika import Table\n'
+        "ROW = {'organization_id': 1}\n"
+        "SQL = f'SELECT id FROM {TABLE} WHERE id = ?'\n"
+        "def f():\n    '''Docstrings may say SELECT x FROM y.'''\n"
+        "    return 'UPDATE contacts SET name = ?'\n"
+    )
     path.write_text(sample)
     found = crossings(path, 'probe.py')
     assert sorted(c.split(': ')[0] + ': ' + c.split(': ')[1] for c in found) == [
-        'probe.py:1: imports pypika', 'probe.py:2: names organization_id', 'probe.py:3: holds SQL',
-        'probe.py:6: holds SQL']
-    assert crossings(path, 'db.py') == ['db.py:1: imports pypika', 'db.py:2: names organization_id: ' + repr(
-        'organization_id')]
+        'probe.py:1: imports pypika',
+        'probe.py:2: names organization_id',
+        'probe.py:3: holds SQL',
+        'probe.py:6: holds SQL',
+    ]
+    assert crossings(path, 'db.py') == [
+        'db.py:1: imports pypika',
+        'db.py:2: names organization_id: ' + repr('organization_id'),
+    ]
 
 
-@pytest.mark.parametrize('build', [
-    lambda row: sqlbuild.build_insert(SQLITE, CONTACTS, 'org_1', row),
-    lambda row: sqlbuild.build_insert_many(SQLITE, CONTACTS, 'org_1', list(row), [row]),
-    lambda row: sqlbuild.build_user_insert(SQLITE, 'org_1', row),
-    lambda row: sqlbuild.build_token_insert(SQLITE, 'org_1', row),
-])
+@pytest.mark.parametrize(
+    'build',
+    [
+        lambda row: sqlbuild.build_insert(SQLITE, CONTACTS, 'org_1', row),
+        lambda row: sqlbuild.build_insert_many(SQLITE, CONTACTS, 'org_1', list(row), [row]),
+        lambda row: sqlbuild.build_user_insert(SQLITE, 'org_1', row),
+        lambda row: sqlbuild.build_token_insert(SQLITE, 'org_1', row),
+    ],
+)
 def test_an_insert_builder_refuses_a_row_that_names_its_own_organization(build):
     with pytest.raises(ValueError, match='organization_id'):
         build({'id': 'c_1', sqlbuild.SCOPE: 'org_2'})
 
 
 def test_insert_many_stamps_the_organization_on_every_row():
-    sql, values = sqlbuild.build_insert_many(SQLITE, CONTACTS, 'org_1', ['id', 'first_name'],
-                                             [{'id': 'c_1', 'first_name': 'Ada'}, {'id': 'c_2', 'first_name': 'Bo'}])
+    sql, values = sqlbuild.build_insert_many(
+        SQLITE,
+        CONTACTS,
+        'org_1',
+        ['id', 'first_name'],
+        [{'id': 'c_1', 'first_name': 'Ada'}, {'id': 'c_2', 'first_name': 'Bo'}],
+    )
     assert sql.startswith('INSERT INTO "contacts" ("organization_id","id","first_name") VALUES (?,?,?),(?,?,?)')
     assert values == ['org_1', 'c_1', 'Ada', 'org_1', 'c_2', 'Bo']

@@ -1,4 +1,5 @@
 """The query builder's SQL and parameters, per dialect: values always bound, identifiers whitelisted."""
+
 import json
 
 import pytest
@@ -11,8 +12,10 @@ from test_query import CONTACTS
 
 SQLITE = sqlbuild.sqlite_dialect(_sqlite_adapt)
 POSTGRES = sqlbuild.postgres_dialect(_pg_adapt)
-SELECT = ('SELECT "id","first_name","last_name","status","company_id","tags","size","amount","due","vip","extra",'
-          '"created_at","archived_at" FROM "contacts" ')
+SELECT = (
+    'SELECT "id","first_name","last_name","status","company_id","tags","size","amount","due","vip","extra",'
+    '"created_at","archived_at" FROM "contacts" '
+)
 
 
 def where_of(d, **params):
@@ -25,7 +28,8 @@ def test_list_scopes_to_the_organization_hides_archived_and_ends_with_id():
     lq = parse_list({'range': '[50,59]'}, CONTACTS)
     assert sqlbuild.build_list(SQLITE, CONTACTS, 'org_1', lq) == (
         SELECT + 'WHERE "organization_id"=? AND "archived_at" IS NULL ORDER BY "id" ASC LIMIT ? OFFSET ?',
-        ['org_1', 10, 50])
+        ['org_1', 10, 50],
+    )
 
 
 def test_postgres_spells_out_sqlites_null_order():
@@ -34,7 +38,9 @@ def test_postgres_spells_out_sqlites_null_order():
     assert sql.endswith('ORDER BY "last_name" DESC NULLS LAST,"id" DESC LIMIT %s OFFSET %s')
     lq = parse_list({'sort': 'created_at'}, CONTACTS)
     sql, _ = sqlbuild.build_list(POSTGRES, CONTACTS, 'org_1', lq)
-    assert sql.endswith('ORDER BY "created_at" ASC,"id" ASC LIMIT %s OFFSET %s'), 'NOT NULL columns need no NULLS clause'
+    assert sql.endswith('ORDER BY "created_at" ASC,"id" ASC LIMIT %s OFFSET %s'), (
+        'NOT NULL columns need no NULLS clause'
+    )
 
 
 def test_an_unnarrowed_total_reads_the_live_row_counter():
@@ -46,15 +52,21 @@ def test_an_unnarrowed_total_reads_the_live_row_counter():
     assert values == ['org_1', 'contacts', -2]
 
 
-@pytest.mark.parametrize('flt, sqlite_sql, value', [
-    ({'op': 'eq', 'value': 'a'}, '"status"=?', 'a'),
-    ({'op': 'neq', 'value': 'a'}, '"status" IS NOT ?', 'a'),
-    ({'op': 'eq', 'value': None}, '"status" IS NULL', None),
-    ({'op': 'in', 'value': ['a']}, '"status" IN (SELECT value FROM json_each(?))', '["a"]'),
-    ({'op': 'not_in', 'value': ['a']}, '("status" IS NULL OR NOT ("status" IN (SELECT value FROM json_each(?))))',
-     '["a"]'),
-    ({'op': 'is_empty'}, '("status" IS NULL OR "status" = \'\')', None),
-])
+@pytest.mark.parametrize(
+    'flt, sqlite_sql, value',
+    [
+        ({'op': 'eq', 'value': 'a'}, '"status"=?', 'a'),
+        ({'op': 'neq', 'value': 'a'}, '"status" IS NOT ?', 'a'),
+        ({'op': 'eq', 'value': None}, '"status" IS NULL', None),
+        ({'op': 'in', 'value': ['a']}, '"status" IN (SELECT value FROM json_each(?))', '["a"]'),
+        (
+            {'op': 'not_in', 'value': ['a']},
+            '("status" IS NULL OR NOT ("status" IN (SELECT value FROM json_each(?))))',
+            '["a"]',
+        ),
+        ({'op': 'is_empty'}, '("status" IS NULL OR "status" = \'\')', None),
+    ],
+)
 def test_operators_bind_their_values(flt, sqlite_sql, value):
     sql, values = where_of(SQLITE, filters=[{'field': 'status', **flt}])
     assert sql == '"organization_id"=? AND "archived_at" IS NULL AND ' + sqlite_sql
@@ -67,51 +79,80 @@ def test_empty_in_matches_nothing_and_empty_not_in_everything():
 
 
 def test_logical_operators_fold_left_to_right():
-    sql, values = where_of(SQLITE, filters=[
-        {'field': 'status', 'op': 'eq', 'value': 'a', 'logicalOp': 'or'},
-        {'field': 'status', 'op': 'eq', 'value': 'b'},
-        {'field': 'size', 'op': 'gt', 'value': 3}])
+    sql, values = where_of(
+        SQLITE,
+        filters=[
+            {'field': 'status', 'op': 'eq', 'value': 'a', 'logicalOp': 'or'},
+            {'field': 'status', 'op': 'eq', 'value': 'b'},
+            {'field': 'size', 'op': 'gt', 'value': 3},
+        ],
+    )
     assert sql.endswith('AND ("status"=? OR "status"=?) AND "size">?')
     assert values == ['org_1', 'a', 'b', 3]
 
 
 def test_array_columns_test_membership_per_dialect():
     flt = {'filters': [{'field': 'tags', 'op': 'eq', 'value': 'tag_1'}]}
-    assert where_of(SQLITE, **flt)[0].endswith(
-        'AND EXISTS (SELECT 1 FROM json_each("tags") WHERE json_each.value = ?)')
+    assert where_of(SQLITE, **flt)[0].endswith('AND EXISTS (SELECT 1 FROM json_each("tags") WHERE json_each.value = ?)')
     sql, values = where_of(POSTGRES, **flt)
     assert sql.endswith('AND "tags" @> %s') and values[-1].obj == ['tag_1']
 
 
 def test_values_reach_the_driver_in_its_own_types():
-    sql, values = where_of(SQLITE, filter={'vip': True, 'due': '2024-01-31'},
-                           filters=[{'field': 'created_at', 'op': 'gte', 'value': '2024-01-01T02:00:00+02:00'}])
+    sql, values = where_of(
+        SQLITE,
+        filter={'vip': True, 'due': '2024-01-31'},
+        filters=[{'field': 'created_at', 'op': 'gte', 'value': '2024-01-01T02:00:00+02:00'}],
+    )
     assert values == ['org_1', 1, '2024-01-31', '2024-01-01T00:00:00.000000Z']
     _, pg_values = where_of(POSTGRES, filter={'vip': True})
     assert pg_values == ['org_1', True]
 
 
 # NOTE: text operators and q compare folded text kept in search rows (issue 10): see tests/test_search.py.
-SHORT_CONTAINS = ('EXISTS (SELECT 1 FROM search_texts s WHERE s.table_name = ? AND s.organization_id = ? AND '
-                  's.record_id = "contacts"."id" AND instr(json_extract(s.fields, ?), ?) > 0)')
-TRIGRAMS = ('"id" IN (SELECT s.record_id FROM search_texts s WHERE s.id IN (SELECT rowid FROM search_texts_trigrams '
-            'WHERE search_texts_trigrams MATCH ?) AND s.table_name = ? AND s.organization_id = ? AND ')
+SHORT_CONTAINS = (
+    'EXISTS (SELECT 1 FROM search_texts s WHERE s.table_name = ? AND s.organization_id = ? AND '
+    's.record_id = "contacts"."id" AND instr(json_extract(s.fields, ?), ?) > 0)'
+)
+TRIGRAMS = (
+    '"id" IN (SELECT s.record_id FROM search_texts s WHERE s.id IN (SELECT rowid FROM search_texts_trigrams '
+    'WHERE search_texts_trigrams MATCH ?) AND s.table_name = ? AND s.organization_id = ? AND '
+)
 
 
-@pytest.mark.parametrize('flt, sqlite_sql, values', [
-    ({'op': 'contains', 'value': '50%_OFF\\'}, TRIGRAMS + 'instr(json_extract(s.fields, ?), ?) > 0)',
-     ['texts : "50%_off\\"', 'contacts', 'org_1', '$."status"', '50%_off\\']),   # a phrase: the value's text
-    ({'op': 'starts_with', 'value': 'Abc'}, TRIGRAMS + 'instr(json_extract(s.fields, ?), ?) = 1)',
-     ['texts : "abc"', 'contacts', 'org_1', '$."status"', 'abc']),
-    ({'op': 'starts_with', 'value': 'Ab'}, SHORT_CONTAINS.replace('> 0', '= 1'),
-     ['contacts', 'org_1', '$."status"', 'ab']),
-    ({'op': 'ends_with', 'value': 'ä'}, SHORT_CONTAINS.replace('instr(json_extract(s.fields, ?), ?) > 0',
-                                                               'substr(json_extract(s.fields, ?), -length(?)) = ?'),
-     ['contacts', 'org_1', '$."status"', 'a', 'a']),
-    ({'op': 'not_contains', 'value': 'a'}, f'("status" IS NULL OR NOT ({SHORT_CONTAINS}))',
-     ['contacts', 'org_1', '$."status"', 'a']),
-    ({'op': 'contains', 'value': '\u0301'}, 'NOT "status" IS NULL', []),   # folds to '': any value
-])
+@pytest.mark.parametrize(
+    'flt, sqlite_sql, values',
+    [
+        (
+            {'op': 'contains', 'value': '50%_OFF\\'},
+            TRIGRAMS + 'instr(json_extract(s.fields, ?), ?) > 0)',
+            ['texts : "50%_off\\"', 'contacts', 'org_1', '$."status"', '50%_off\\'],
+        ),  # a phrase: the value's text
+        (
+            {'op': 'starts_with', 'value': 'Abc'},
+            TRIGRAMS + 'instr(json_extract(s.fields, ?), ?) = 1)',
+            ['texts : "abc"', 'contacts', 'org_1', '$."status"', 'abc'],
+        ),
+        (
+            {'op': 'starts_with', 'value': 'Ab'},
+            SHORT_CONTAINS.replace('> 0', '= 1'),
+            ['contacts', 'org_1', '$."status"', 'ab'],
+        ),
+        (
+            {'op': 'ends_with', 'value': 'ä'},
+            SHORT_CONTAINS.replace(
+                'instr(json_extract(s.fields, ?), ?) > 0', 'substr(json_extract(s.fields, ?), -length(?)) = ?'
+            ),
+            ['contacts', 'org_1', '$."status"', 'a', 'a'],
+        ),
+        (
+            {'op': 'not_contains', 'value': 'a'},
+            f'("status" IS NULL OR NOT ({SHORT_CONTAINS}))',
+            ['contacts', 'org_1', '$."status"', 'a'],
+        ),
+        ({'op': 'contains', 'value': '\u0301'}, 'NOT "status" IS NULL', []),  # folds to '': any value
+    ],
+)
 def test_text_operators_compare_folded_values_in_the_search_rows(flt, sqlite_sql, values):
     sql, bound = where_of(SQLITE, filter={'vip': True}, filters=[{'field': 'status', **flt}])
     assert sql == '"organization_id"=? AND "archived_at" IS NULL AND "vip"=? AND ' + sqlite_sql
@@ -119,20 +160,30 @@ def test_text_operators_compare_folded_values_in_the_search_rows(flt, sqlite_sql
 
 
 def test_a_list_of_text_operators_only_is_counted_in_the_search_rows():
-    sql, bound = where_of(SQLITE, filters=[{'field': 'status', 'op': 'contains', 'value': 'Gold'},
-                                           {'field': 'last_name', 'op': 'starts_with', 'value': 'a'}])
-    assert sql == ('s.table_name = ? AND s.organization_id = ? AND s.archived = FALSE AND s.id IN (SELECT rowid FROM '
-                   'search_texts_trigrams WHERE search_texts_trigrams MATCH ?) AND instr(json_extract(s.fields, ?), ?) '
-                   '> 0 AND instr(json_extract(s.fields, ?), ?) = 1')
+    sql, bound = where_of(
+        SQLITE,
+        filters=[
+            {'field': 'status', 'op': 'contains', 'value': 'Gold'},
+            {'field': 'last_name', 'op': 'starts_with', 'value': 'a'},
+        ],
+    )
+    assert sql == (
+        's.table_name = ? AND s.organization_id = ? AND s.archived = FALSE AND s.id IN (SELECT rowid FROM '
+        'search_texts_trigrams WHERE search_texts_trigrams MATCH ?) AND instr(json_extract(s.fields, ?), ?) '
+        '> 0 AND instr(json_extract(s.fields, ?), ?) = 1'
+    )
     assert bound == ['contacts', 'org_1', 'texts : "gold"', '$."status"', 'gold', '$."last_name"', 'a']
 
 
 def test_postgres_text_operators_are_like_patterns_on_folded_values():
-    sql, values = where_of(POSTGRES, filter={'vip': True},
-                           filters=[{'field': 'status', 'op': 'starts_with', 'value': '50%_OFF'}])
-    assert sql.endswith('AND "id" IN (SELECT s.record_id FROM search_texts s WHERE s.texts LIKE %s '
-                        "ESCAPE '\\' "
-                        "AND s.table_name = %s AND s.organization_id = %s AND (s.fields::json ->> %s) LIKE %s ESCAPE '\\')")
+    sql, values = where_of(
+        POSTGRES, filter={'vip': True}, filters=[{'field': 'status', 'op': 'starts_with', 'value': '50%_OFF'}]
+    )
+    assert sql.endswith(
+        'AND "id" IN (SELECT s.record_id FROM search_texts s WHERE s.texts LIKE %s '
+        "ESCAPE '\\' "
+        "AND s.table_name = %s AND s.organization_id = %s AND (s.fields::json ->> %s) LIKE %s ESCAPE '\\')"
+    )
     assert values == ['org_1', True, '%50\\%\\_off%', 'contacts', 'org_1', 'status', '50\\%\\_off%']
 
 
@@ -141,7 +192,9 @@ def test_search_reads_the_records_words_not_their_columns():
     assert '"first_name"' not in sql and 's.table_name = %s AND s.organization_id = %s AND s.archived = FALSE' in sql
     assert values == ['contacts', 'org_1', "('ad':* & 'lo':*)"]
     sql, values = where_of(SQLITE, filter={'q': 'Ad Lo'})
-    assert values == ['contacts', 'org_1', 'words : (("  ad" AND "  lo"))'], 'the trigram phrases find word starts exactly'
+    assert values == ['contacts', 'org_1', 'words : (("  ad" AND "  lo"))'], (
+        'the trigram phrases find word starts exactly'
+    )
     sql, values = where_of(SQLITE, filter={'q': 'A Lo'})
     assert values == ['contacts', 'org_1', 'words : (("  a" AND "  lo"))'], 'two spaces: a one-letter word start too'
     sql, values = where_of(SQLITE, filter={'q': 'Lovelaceiana'})
@@ -157,31 +210,45 @@ def test_injection_in_values_stays_a_parameter():
 def test_insert_update_and_delete_return_the_record():
     row = {'id': 'c_1', 'first_name': 'Ada', 'tags': ['t'], 'vip': False}
     sql, values = sqlbuild.build_insert(SQLITE, CONTACTS, 'org_1', row)
-    assert sql.startswith('INSERT INTO "contacts" ("organization_id","id","first_name","tags","vip") '
-                          'VALUES (?,?,?,?,?) RETURNING "id","first_name"')
+    assert sql.startswith(
+        'INSERT INTO "contacts" ("organization_id","id","first_name","tags","vip") '
+        'VALUES (?,?,?,?,?) RETURNING "id","first_name"'
+    )
     assert values == ['org_1', 'c_1', 'Ada', '["t"]', 0]
     sql, values = sqlbuild.build_update(POSTGRES, CONTACTS, 'org_1', 'c_1', {'first_name': 'Bo'})
     assert sql.startswith('UPDATE "contacts" SET "first_name"=%s WHERE "organization_id"=%s AND "id"=%s RETURNING')
     assert values == ['Bo', 'org_1', 'c_1']
     sql, values = sqlbuild.build_delete(SQLITE, CONTACTS, 'org_1', ['c_1', 'c_2'])
-    assert sql.startswith('DELETE FROM "contacts" WHERE "organization_id"=? '
-                          'AND "id" IN (SELECT value FROM json_each(?)) RETURNING')
+    assert sql.startswith(
+        'DELETE FROM "contacts" WHERE "organization_id"=? AND "id" IN (SELECT value FROM json_each(?)) RETURNING'
+    )
     assert values == ['org_1', '["c_1","c_2"]']
 
 
-@pytest.mark.parametrize('params', [
-    {'filter': {'status': 'a', 'first_name': ['x', None]}, 'sort': 'last_name'},
-    {'filters': [{'field': 'tags', 'op': 'in', 'value': ['t1', 't2']},
-                 {'field': 'first_name', 'op': 'not_contains', 'value': '50%', 'logicalOp': 'or'},
-                 {'field': 'amount', 'op': 'gte', 'value': 1.5}], 'filter': {'q': 'x'}},
-    {'sorts': [{'field': 'last_name', 'order': 'DESC'}, {'field': 'due', 'order': 'ASC'}], 'range': [5, 9]},
-])
+@pytest.mark.parametrize(
+    'params',
+    [
+        {'filter': {'status': 'a', 'first_name': ['x', None]}, 'sort': 'last_name'},
+        {
+            'filters': [
+                {'field': 'tags', 'op': 'in', 'value': ['t1', 't2']},
+                {'field': 'first_name', 'op': 'not_contains', 'value': '50%', 'logicalOp': 'or'},
+                {'field': 'amount', 'op': 'gte', 'value': 1.5},
+            ],
+            'filter': {'q': 'x'},
+        },
+        {'sorts': [{'field': 'last_name', 'order': 'DESC'}, {'field': 'due', 'order': 'ASC'}], 'range': [5, 9]},
+    ],
+)
 def test_a_cached_shape_binds_new_values_exactly_as_a_fresh_render(params, monkeypatch):
     """The second request of a shape reuses its SQL; its parameters must be the ones a render gives."""
+
     def values_of(variant):
         encoded = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
-        return parse_list({k: v.replace('"a"', f'"{variant}"').replace('"x"', f'"{variant}"')
-                           for k, v in encoded.items()}, CONTACTS)
+        return parse_list(
+            {k: v.replace('"a"', f'"{variant}"').replace('"x"', f'"{variant}"') for k, v in encoded.items()}, CONTACTS
+        )
+
     for d in (SQLITE, POSTGRES):
         first = sqlbuild.build_list(d, CONTACTS, 'org_1', values_of('first'))
         cached = sqlbuild.build_list(d, CONTACTS, 'org_2', values_of('second'))

@@ -5,6 +5,7 @@ never written (`id`, timestamps, a summary's computed columns) are ignored, so a
 any resource, summaries included, can be changed and sent back whole. Every test runs on SQLite
 and on PostgreSQL (see conftest.py).
 """
+
 import falcon
 import falcon.testing
 import pytest
@@ -24,10 +25,15 @@ from crmapi.schema import table_info
 from crmapi.schema import with_view_columns
 
 LENIENT = {'Prefer': 'handling=lenient'}
-PROJECTS = {'slug': 'projects', 'label': 'Projects', 'fields': [
-    {'name': 'title', 'type': 'text', 'required': True}, {'name': 'budget', 'type': 'number'},
-    {'name': 'company', 'type': 'reference', 'target': 'companies'},
-]}
+PROJECTS = {
+    'slug': 'projects',
+    'label': 'Projects',
+    'fields': [
+        {'name': 'title', 'type': 'text', 'required': True},
+        {'name': 'budget', 'type': 'number'},
+        {'name': 'company', 'type': 'reference', 'target': 'companies'},
+    ],
+}
 
 
 def url(resource, record_id=None):
@@ -50,11 +56,13 @@ def records(api):
     api.post('/api/custom_objects', PROJECTS)
     company = api.create('companies', name='Initech', city='Austin')
     tag = api.create('tags', name='vip', color='#f00')
-    contact = api.create('contacts', first_name='Ada', last_name='Lovelace', company_id=company['id'],
-                         tags=[tag['id']])
+    contact = api.create('contacts', first_name='Ada', last_name='Lovelace', company_id=company['id'], tags=[tag['id']])
     deal = api.create('deals', name='Engine', company_id=company['id'], contact_ids=[contact['id']], amount=12.5)
     return {
-        'companies': company['id'], 'tags': tag['id'], 'contacts': contact['id'], 'deals': deal['id'],
+        'companies': company['id'],
+        'tags': tag['id'],
+        'contacts': contact['id'],
+        'deals': deal['id'],
         'tasks': api.create('tasks', text='Call', contact_id=contact['id'])['id'],
         'contact_notes': api.create('contact_notes', contact_id=contact['id'], text='hi')['id'],
         'deal_notes': api.create('deal_notes', deal_id=deal['id'], text='hi')['id'],
@@ -68,17 +76,29 @@ def records(api):
 
 # -- unknown fields --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(('resource', 'body', 'field', 'detail'), [
-    ('contacts', {'first_name': 'X', 'emial': 'x@y.z'}, 'emial',
-     "Resource 'contacts' has no field 'emial'; did you mean 'email'?"),
-    ('deals', {'name': 'Big', 'stage': 'won'}, 'stage', "Resource 'deals' has no field 'stage'"),
-    ('companies', {'name': 'Acme', 'sector': 'retail'}, 'sector', "Resource 'companies' has no field 'sector'"),
-    ('contacts', {'firstNmae': 'Ada'}, 'firstNmae', "Resource 'contacts' has no field 'firstNmae'; "
-                                                    "did you mean 'first_name'?"),
-], ids=['typo', 'deal-stage', 'company-sector', 'camel-case-typo'])
+
+@pytest.mark.parametrize(
+    ('resource', 'body', 'field', 'detail'),
+    [
+        (
+            'contacts',
+            {'first_name': 'X', 'emial': 'x@y.z'},
+            'emial',
+            "Resource 'contacts' has no field 'emial'; did you mean 'email'?",
+        ),
+        ('deals', {'name': 'Big', 'stage': 'won'}, 'stage', "Resource 'deals' has no field 'stage'"),
+        ('companies', {'name': 'Acme', 'sector': 'retail'}, 'sector', "Resource 'companies' has no field 'sector'"),
+        (
+            'contacts',
+            {'firstNmae': 'Ada'},
+            'firstNmae',
+            "Resource 'contacts' has no field 'firstNmae'; did you mean 'first_name'?",
+        ),
+    ],
+    ids=['typo', 'deal-stage', 'company-sector', 'camel-case-typo'],
+)
 def test_a_body_field_the_resource_does_not_have_is_400_and_nothing_is_written(api, resource, body, field, detail):
-    assert_problem(api.post(url(resource), body, status=400), 400, title='Unknown field', field=field,
-                   detail=detail)
+    assert_problem(api.post(url(resource), body, status=400), 400, title='Unknown field', field=field, detail=detail)
     assert api.list(resource) == []
     kept = api.create(resource, **{k: v for k, v in body.items() if k != field})
     assert_problem(api.put(url(resource, kept['id']), {**body, 'name': 'Changed'}, status=400), 400, field=field)
@@ -92,8 +112,9 @@ def test_did_you_mean_only_suggests_fields_a_client_may_write(api):
 
 def test_an_unknown_field_of_a_custom_object_is_400_with_a_suggestion(api):
     api.post('/api/custom_objects', PROJECTS)
-    problem = assert_problem(api.post('/api/projects', {'title': 'Apollo', 'budgte': 3}, status=400), 400,
-                             field='budgte')
+    problem = assert_problem(
+        api.post('/api/projects', {'title': 'Apollo', 'budgte': 3}, status=400), 400, field='budgte'
+    )
     assert problem['detail'].endswith("did you mean 'budget'?")
 
 
@@ -131,8 +152,9 @@ def without_updated_at(record):
 
 @pytest.mark.parametrize('method', ['PUT', 'PATCH'])
 @pytest.mark.parametrize(('source', 'target', 'field', 'value'), ROUND_TRIPS, ids=[r[0] for r in ROUND_TRIPS])
-def test_a_record_read_changed_and_sent_back_whole_writes_the_change(api, records, method, source, target, field,
-                                                                     value):
+def test_a_record_read_changed_and_sent_back_whole_writes_the_change(
+    api, records, method, source, target, field, value
+):
     record_id = records[target]
     before = api.get(url(target, record_id)).json
     whole = {**api.get(url(source, record_id)).json, field: value}
@@ -142,12 +164,13 @@ def test_a_record_read_changed_and_sent_back_whole_writes_the_change(api, record
 
 
 @pytest.mark.parametrize('method', ['PUT', 'PATCH'])
-@pytest.mark.parametrize(('source', 'target'), [('contacts_summary', 'contacts'), ('companies_summary', 'companies'),
-                                                ('projects', 'projects')])
+@pytest.mark.parametrize(
+    ('source', 'target'),
+    [('contacts_summary', 'contacts'), ('companies_summary', 'companies'), ('projects', 'projects')],
+)
 def test_a_whole_record_with_one_unknown_field_reports_only_that_field(api, records, method, source, target):
     whole = {**api.get(url(source, records[target])).json, 'colour': 'blue'}
-    problem = assert_problem(write(api, method, url(target, records[target]), whole, status=400), 400,
-                             field='colour')
+    problem = assert_problem(write(api, method, url(target, records[target]), whole, status=400), 400, field='colour')
     assert fields_in(problem) == ['colour']
 
 
@@ -156,41 +179,53 @@ def test_the_ignored_fields_are_the_server_managed_and_the_summaries_computed_co
     assert tables['contacts'].view_columns == {'company_name', 'nb_tasks'}
     assert tables['companies'].view_columns == {'nb_contacts', 'nb_deals'}
     assert tables['deals'].view_columns == frozenset()
-    assert tables['contacts'].read_only_fields == {'id', 'organization_id', 'created_at', 'updated_at',
-                                                   'archived_at', 'company_name', 'nb_tasks'}
+    assert tables['contacts'].read_only_fields == {
+        'id',
+        'organization_id',
+        'created_at',
+        'updated_at',
+        'archived_at',
+        'company_name',
+        'nb_tasks',
+    }
 
 
 def test_view_columns_are_read_from_the_views_not_listed_by_hand():
     base = ResourceSpec('widgets', 'w_')
     view = ResourceSpec('widgets_summary', 'w_', read_only=True, counted_as='widgets')
     row = ('id', 'TEXT', False, None), ('name', 'TEXT', True, None)
-    infos = with_view_columns({'widgets': table_info(base, row),
-                               'widgets_summary': table_info(view, [*row, ('score', 'BIGINT', True, None)])})
+    infos = with_view_columns(
+        {'widgets': table_info(base, row), 'widgets_summary': table_info(view, [*row, ('score', 'BIGINT', True, None)])}
+    )
     assert infos['widgets'].read_only_fields == {'id', 'score'}
     assert infos['widgets_summary'].view_columns == frozenset()
 
 
 # -- Prefer: handling ------------------------------------------------------------------------------
 
+
 def test_lenient_handling_ignores_unknown_fields_and_says_so(api, records):
     created = api.post('/api/contacts', {'first_name': 'X', 'emial': 'x@y.z'}, headers=LENIENT)
     assert created.headers['Preference-Applied'] == 'handling=lenient'
     assert created.json['email'] is None and 'emial' not in created.json
     for method in ('PUT', 'PATCH'):
-        resp = write(api, method, url('contacts', created.json['id']), {'city': 'Oslo', 'sector': 'x'},
-                     headers=LENIENT)
+        resp = write(api, method, url('contacts', created.json['id']), {'city': 'Oslo', 'sector': 'x'}, headers=LENIENT)
         assert resp.headers['Preference-Applied'] == 'handling=lenient'
         assert resp.json['city'] == 'Oslo'
 
 
 def test_lenient_handling_still_refuses_a_bad_value(api):
-    problem = assert_problem(api.post('/api/deals', {'name': 'X', 'amount': 'lots', 'stage': 'won'}, status=400,
-                                      headers=LENIENT), 400, field='amount')
+    problem = assert_problem(
+        api.post('/api/deals', {'name': 'X', 'amount': 'lots', 'stage': 'won'}, status=400, headers=LENIENT),
+        400,
+        field='amount',
+    )
     assert fields_in(problem) == ['amount']
 
 
-@pytest.mark.parametrize('prefer', ['handling=strict', 'HANDLING=Strict', 'count=none, handling="strict"',
-                                    'handling=strict; x=1'])
+@pytest.mark.parametrize(
+    'prefer', ['handling=strict', 'HANDLING=Strict', 'count=none, handling="strict"', 'handling=strict; x=1']
+)
 def test_strict_handling_is_the_default_and_may_be_sent(api, prefer):
     resp = api.post('/api/contacts', {'first_name': 'X', 'emial': 'x@y.z'}, status=400, headers={'Prefer': prefer})
     assert_problem(resp, 400, field='emial')
@@ -200,8 +235,9 @@ def test_strict_handling_is_the_default_and_may_be_sent(api, prefer):
 
 @pytest.mark.parametrize('prefer', ['handling=sloppy', 'handling', 'handling='])
 def test_an_unknown_handling_is_400_naming_prefer(api, prefer):
-    assert_problem(api.post('/api/contacts', {'first_name': 'X'}, status=400, headers={'Prefer': prefer}), 400,
-                   param='Prefer')
+    assert_problem(
+        api.post('/api/contacts', {'first_name': 'X'}, status=400, headers={'Prefer': prefer}), 400, param='Prefer'
+    )
     assert api.list('contacts') == []
 
 
@@ -225,21 +261,30 @@ def test_merge_refuses_unknown_fields_unless_lenient(api):
 
 # -- every invalid field reported -----------------------------------------------------------------
 
+
 def test_every_invalid_field_of_a_body_is_reported(api):
     body = {'name': None, 'stage': 'won', 'amount': 'lots'}
-    problem = assert_problem(api.post('/api/deals', body, status=400), 400, title='Invalid value', field='name',
-                             detail="Field 'name' may not be null")
+    problem = assert_problem(
+        api.post('/api/deals', body, status=400),
+        400,
+        title='Invalid value',
+        field='name',
+        detail="Field 'name' may not be null",
+    )
     assert fields_in(problem) == ['name', 'stage', 'amount']
     assert [e['detail'] for e in problem['errors']] == [
-        "Field 'name' may not be null", "Resource 'deals' has no field 'stage'",
-        "Field 'amount' expects a number, got \"lots\""]
+        "Field 'name' may not be null",
+        "Resource 'deals' has no field 'stage'",
+        'Field \'amount\' expects a number, got "lots"',
+    ]
     assert api.list('deals') == []
 
 
 def test_a_missing_required_field_is_reported_with_the_others(api):
     api.post('/api/custom_objects', PROJECTS)
-    problem = assert_problem(api.post('/api/projects', {'titel': 'Apollo', 'budget': 'cheap'}, status=400), 400,
-                             field='titel')
+    problem = assert_problem(
+        api.post('/api/projects', {'titel': 'Apollo', 'budget': 'cheap'}, status=400), 400, field='titel'
+    )
     assert fields_in(problem) == ['titel', 'budget', 'title']
     assert problem['errors'][0]['detail'].endswith("did you mean 'title'?")
     assert problem['errors'][2]['detail'] == "Field 'title' is required"
@@ -248,19 +293,24 @@ def test_a_missing_required_field_is_reported_with_the_others(api):
 @pytest.mark.parametrize('method', ['PUT', 'PATCH'])
 def test_a_required_field_set_to_null_is_reported_once(api, method):
     deal = api.create('deals', name='Engine')
-    problem = assert_problem(write(api, method, url('deals', deal['id']), {'name': None}, status=400), 400,
-                             field='name')
+    problem = assert_problem(
+        write(api, method, url('deals', deal['id']), {'name': None}, status=400), 400, field='name'
+    )
     assert fields_in(problem) == ['name']
 
 
 def test_every_missing_reference_is_reported(api):
-    problem = assert_problem(api.post('/api/contacts', {'company_id': 'comp_missing', 'tags': ['tag_missing']},
-                                      status=400), 400, field='company_id')
+    problem = assert_problem(
+        api.post('/api/contacts', {'company_id': 'comp_missing', 'tags': ['tag_missing']}, status=400),
+        400,
+        field='company_id',
+    )
     assert fields_in(problem) == ['company_id', 'tags']
     assert api.list('contacts') == []
 
 
 # -- PATCH ------------------------------------------------------------------------------------------
+
 
 def test_patch_is_a_partial_update(api):
     contact = api.create('contacts', first_name='Ada', last_name='Lovelace', city='London')
@@ -272,8 +322,7 @@ def test_patch_is_a_partial_update(api):
 def test_patch_of_an_unknown_or_foreign_record_is_404(api, other_api):
     foreign = other_api.create('contacts', last_name='Spy')
     for record_id in ('c_doesnotexist', foreign['id']):
-        assert_problem(write(api, 'PATCH', url('contacts', record_id), {'last_name': 'X'}, status=404), 404,
-                       param='id')
+        assert_problem(write(api, 'PATCH', url('contacts', record_id), {'last_name': 'X'}, status=404), 404, param='id')
     assert other_api.get(url('contacts', foreign['id'])).json == foreign
 
 
@@ -299,17 +348,30 @@ def test_a_wrong_method_on_a_record_allows_head_and_patch(api):
 
 @pytest.mark.parametrize('method', ['PATCH', 'HEAD'])
 def test_cors_preflights_allow_patch_and_head(api, method):
-    resp = api.app.options('/api/contacts/c_1', headers={'Origin': 'https://crm.example.com',
-                                                         'Access-Control-Request-Method': method})
+    resp = api.app.options(
+        '/api/contacts/c_1', headers={'Origin': 'https://crm.example.com', 'Access-Control-Request-Method': method}
+    )
     assert method in {m.strip() for m in resp.headers['Access-Control-Allow-Methods'].split(',')}
 
 
 # -- HEAD -------------------------------------------------------------------------------------------
 
-HEAD_PATHS = ['/api/contacts', '/api/contacts/{contacts}', '/api/contacts_summary?range=[0,0]',
-              '/api/contacts_summary/{contacts}', '/api/projects', '/api/projects/{projects}', '/api/schema',
-              '/api/schema/deals', '/api/custom_objects', '/api/custom_objects/projects', '/api/openapi.json',
-              '/api/docs', '/healthz', '/readyz']
+HEAD_PATHS = [
+    '/api/contacts',
+    '/api/contacts/{contacts}',
+    '/api/contacts_summary?range=[0,0]',
+    '/api/contacts_summary/{contacts}',
+    '/api/projects',
+    '/api/projects/{projects}',
+    '/api/schema',
+    '/api/schema/deals',
+    '/api/custom_objects',
+    '/api/custom_objects/projects',
+    '/api/openapi.json',
+    '/api/docs',
+    '/healthz',
+    '/readyz',
+]
 
 
 def same_headers(resp):
@@ -344,6 +406,7 @@ def test_head_errors_have_the_status_and_no_body(api, anonymous):
 
 # -- the document -----------------------------------------------------------------------------------
 
+
 def test_openapi_documents_patch_head_and_the_handling_preference(api):
     api.post('/api/custom_objects', PROJECTS)
     paths = api.get('/api/openapi.json').json['paths']
@@ -360,6 +423,7 @@ def test_openapi_documents_patch_head_and_the_handling_preference(api):
 
 # -- through the shipped servers --------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_head_and_patch_work_through_nginx_and_gunicorn(nginx, token):  # noqa: F811 -- the imported fixtures
     status, headers, created = call(nginx, 'POST', f'{PREFIX}/api/contacts', token, {'last_name': 'Lovelace'})
@@ -370,5 +434,5 @@ def test_head_and_patch_work_through_nginx_and_gunicorn(nginx, token):  # noqa: 
     assert (status, patched['city'], patched['last_name']) == (200, 'London', 'Lovelace')
     status, _, refused = call(nginx, 'PATCH', f'{PREFIX}/api/contacts/{created["id"]}', token, {'cty': 'Paris'})
     assert (status, refused['field']) == (400, 'cty')
-    status, _, listed = call(nginx, 'GET', f'{PREFIX}/api/contacts', token)   # the connection after HEAD is sound
+    status, _, listed = call(nginx, 'GET', f'{PREFIX}/api/contacts', token)  # the connection after HEAD is sound
     assert status == 200 and [c['city'] for c in listed] == ['London']

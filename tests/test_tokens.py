@@ -1,5 +1,6 @@
 """API tokens: listed without secrets, revoked and expired within a second everywhere (on the next request in the
 process that revoked), verified once per process, use recorded sparingly."""
+
 import datetime
 import os
 import subprocess
@@ -18,8 +19,12 @@ from conftest import assert_problem
 
 def cli(database, *args):
     url = f'sqlite:///{database.path}' if database.name == 'sqlite' else database.url
-    return subprocess.run([sys.executable, '-m', 'crmapi', '--database', url, *args], capture_output=True,
-                          text=True, env={**os.environ, 'CRMAPI_DATABASE_URL': ''})
+    return subprocess.run(
+        [sys.executable, '-m', 'crmapi', '--database', url, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, 'CRMAPI_DATABASE_URL': ''},
+    )
 
 
 def test_list_tokens_shows_one_line_per_token_and_never_the_secret(api, database):
@@ -28,7 +33,7 @@ def test_list_tokens_shows_one_line_per_token_and_never_the_secret(api, database
     header, *lines = result.stdout.splitlines()
     assert header.split('\t') == ['id', 'email', 'created', 'last_used', 'expires', 'revoked']
     assert len(lines) == 1 and lines[0].split('\t')[1] == 'admin@example.com'
-    assert api.token not in result.stdout and api.token[len('bos_crm_'):] not in result.stdout
+    assert api.token not in result.stdout and api.token[len('bos_crm_') :] not in result.stdout
 
 
 def test_a_token_revoked_by_another_process_fails_within_a_second(api, database):
@@ -57,8 +62,11 @@ def test_an_expired_token_fails_and_one_with_time_left_works(api, database, wsgi
 def test_create_token_expires_in_days(api, database):
     result = cli(database, 'create-token', '--org', api.org_id, '--email', 'temp@example.com', '--expires-in', '7')
     assert result.returncode == 0, result.stderr
-    line = [row for row in cli(database, 'list-tokens', '--org', api.org_id).stdout.splitlines()
-            if '\ttemp@example.com\t' in row][0]
+    line = [
+        row
+        for row in cli(database, 'list-tokens', '--org', api.org_id).stdout.splitlines()
+        if '\ttemp@example.com\t' in row
+    ][0]
     expires = datetime.datetime.fromisoformat(line.split('\t')[4])
     delta = expires - datetime.datetime.now(datetime.timezone.utc)
     assert datetime.timedelta(days=6, hours=23) < delta <= datetime.timedelta(days=7)
@@ -67,6 +75,7 @@ def test_create_token_expires_in_days(api, database):
 def test_last_used_is_written_at_most_once_a_minute(api, database):
     def last_used():
         return dict((row[0], row[3]) for row in Accounts(database).list_tokens(api.org_id))
+
     api.get('/api/contacts')
     first = last_used()
     assert list(first.values())[0] is not None
@@ -90,11 +99,14 @@ def test_a_change_made_elsewhere_is_seen_when_the_generation_is_read_again(api, 
     read of it (here held off), and at once after it."""
     api.get('/api/contacts')
     monkeypatch.setattr(authcache, 'RECHECK_S', 3600.0)
-    with database.transaction(write=True) as tx:   # NOTE: as another host does it: no signal to this process
-        tx.execute('UPDATE api_tokens SET revoked_at = created_at WHERE organization_id = ' +
-                   ('?' if database.name == 'sqlite' else '%s'), [api.org_id])
+    with database.transaction(write=True) as tx:  # NOTE: as another host does it: no signal to this process
+        tx.execute(
+            'UPDATE api_tokens SET revoked_at = created_at WHERE organization_id = '
+            + ('?' if database.name == 'sqlite' else '%s'),
+            [api.org_id],
+        )
         tx.execute(*sqlbuild.build_auth_changed())
-    api.get('/api/contacts')   # the cached answer: the generation was read less than RECHECK_S ago
+    api.get('/api/contacts')  # the cached answer: the generation was read less than RECHECK_S ago
     monkeypatch.setattr(authcache, 'RECHECK_S', 0.0)
     assert_problem(api.get('/api/contacts', status=401), 401)
 

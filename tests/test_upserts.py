@@ -4,6 +4,7 @@ with the fields sent. 201 when every row was created, 200 otherwise, and `X-Upse
 The column must be unique per organization: `external_id` (contacts, companies, deals), `tags.name`,
 `configuration.key`, `crm_users.email`, or a custom field defined `"unique": true`.
 """
+
 import subprocess
 import sys
 import threading
@@ -38,9 +39,14 @@ def total(api, resource):
 
 # -- create, update, both ---------------------------------------------------------------------------
 
+
 def test_an_upsert_of_new_keys_creates_them_201(api):
-    resp = upsert(api, 'contacts', [{'external_id': 'crm-1', 'last_name': 'Ada'},
-                                    {'external_id': 'crm-2', 'last_name': 'Grace'}], status=201)
+    resp = upsert(
+        api,
+        'contacts',
+        [{'external_id': 'crm-1', 'last_name': 'Ada'}, {'external_id': 'crm-2', 'last_name': 'Grace'}],
+        status=201,
+    )
     assert result(resp) == 'created=2, updated=0'
     assert [(c['external_id'], c['last_name']) for c in resp.json] == [('crm-1', 'Ada'), ('crm-2', 'Grace')]
     assert 'Location' not in resp.headers
@@ -53,22 +59,35 @@ def test_an_upsert_of_a_taken_key_updates_the_fields_sent_and_keeps_the_others(a
     assert result(resp) == 'created=0, updated=1'
     [stored] = resp.json
     assert stored['id'] == first['id'] and stored['created_at'] == first['created_at']
-    assert (stored['first_name'], stored['last_name'], stored['city'], stored['email']) == \
-        ('Ada', 'Lovelace', 'Paris', None)
+    assert (stored['first_name'], stored['last_name'], stored['city'], stored['email']) == (
+        'Ada',
+        'Lovelace',
+        'Paris',
+        None,
+    )
     assert stored['updated_at'] > first['updated_at']
     assert api.get(f'/api/contacts/{first["id"]}').json == stored, 'the answer is the stored row'
     assert total(api, 'contacts') == 1
 
 
 def test_a_mixed_upsert_is_200_counts_both_and_answers_in_the_order_sent(api):
-    old = api.post('/api/companies', [{'name': 'Old A', 'external_id': 'a'},
-                                      {'name': 'Old C', 'external_id': 'c'}]).json
-    body = [{'external_id': 'c', 'city': 'Oslo'}, {'external_id': 'b', 'name': 'New B'},
-            {'external_id': 'a', 'name': 'Renamed A'}, {'external_id': 'd', 'name': 'New D'}]
+    old = api.post(
+        '/api/companies', [{'name': 'Old A', 'external_id': 'a'}, {'name': 'Old C', 'external_id': 'c'}]
+    ).json
+    body = [
+        {'external_id': 'c', 'city': 'Oslo'},
+        {'external_id': 'b', 'name': 'New B'},
+        {'external_id': 'a', 'name': 'Renamed A'},
+        {'external_id': 'd', 'name': 'New D'},
+    ]
     resp = upsert(api, 'companies', body, status=200)
     assert result(resp) == 'created=2, updated=2'
-    assert [(c['external_id'], c['name']) for c in resp.json] == \
-        [('c', 'Old C'), ('b', 'New B'), ('a', 'Renamed A'), ('d', 'New D')]
+    assert [(c['external_id'], c['name']) for c in resp.json] == [
+        ('c', 'Old C'),
+        ('b', 'New B'),
+        ('a', 'Renamed A'),
+        ('d', 'New D'),
+    ]
     assert resp.json[0]['id'] == old[1]['id'] and resp.json[2]['id'] == old[0]['id']
     assert total(api, 'companies') == 4, 'only the created rows count'
 
@@ -84,8 +103,9 @@ def test_one_object_upserts_too_201_with_a_location_then_200(api):
 
 def test_an_update_may_leave_out_required_fields_but_a_new_record_may_not(api):
     api.create('companies', name='Acme', external_id='acme')
-    resp = upsert(api, 'companies', [{'external_id': 'acme', 'city': 'Oslo'}, {'external_id': 'new', 'city': 'Rome'}],
-                  status=400)
+    resp = upsert(
+        api, 'companies', [{'external_id': 'acme', 'city': 'Oslo'}, {'external_id': 'new', 'city': 'Rome'}], status=400
+    )
     problem = assert_problem(resp, 400, index=1, field='name')
     assert [e['index'] for e in problem['errors']] == [1]
     assert api.list('companies')[0]['city'] is None, 'nothing written'
@@ -121,13 +141,24 @@ def test_a_row_without_a_value_for_the_key_is_a_400(api, item):
     assert api.list('contacts') == []
 
 
-@pytest.mark.parametrize('resource, column', [
-    ('contacts', 'email'), ('contacts', 'id'), ('contacts', 'organization_id'), ('contacts', 'nope'),
-    ('tasks', 'text'), ('tags', 'color'), ('contacts', ''),
-])
+@pytest.mark.parametrize(
+    'resource, column',
+    [
+        ('contacts', 'email'),
+        ('contacts', 'id'),
+        ('contacts', 'organization_id'),
+        ('contacts', 'nope'),
+        ('tasks', 'text'),
+        ('tags', 'color'),
+        ('contacts', ''),
+    ],
+)
 def test_on_conflict_must_name_a_unique_column_of_the_resource(api, resource, column):
-    problem = assert_problem(upsert(api, resource, [{'text': 'x', 'email': 'a@b.c', 'color': 'red'}], column,
-                                    status=400), 400, param='on_conflict')
+    problem = assert_problem(
+        upsert(api, resource, [{'text': 'x', 'email': 'a@b.c', 'color': 'red'}], column, status=400),
+        400,
+        param='on_conflict',
+    )
     assert f"'{column}'" in problem['detail']
     assert total(api, resource) == 0
 
@@ -174,8 +205,13 @@ def test_upserts_respect_roles_and_read_only_resources(api, user_api):
 def test_external_ids_are_unique_per_organization_for_plain_writes_too(api):
     api.create('contacts', external_id='one')
     assert_problem(api.post('/api/contacts', {'external_id': 'one'}, status=409), 409)
-    problem = assert_problem(api.post('/api/contacts', [{'external_id': 'two'}, {'external_id': 'two'}], status=400),
-                             400, index=1, field='external_id', items=[0, 1])
+    problem = assert_problem(
+        api.post('/api/contacts', [{'external_id': 'two'}, {'external_id': 'two'}], status=400),
+        400,
+        index=1,
+        field='external_id',
+        items=[0, 1],
+    )
     assert problem['detail'] == "Items 0 and 1 have the same 'external_id' (two), which is unique: send each value once"
     assert len(api.post('/api/contacts', [{'external_id': None}, {}]).json) == 2, 'many records have none'
     summary = api.get('/api/contacts_summary', {'filter': {'external_id': 'one'}}).json
@@ -199,11 +235,22 @@ def test_an_idempotency_key_replays_an_upsert_with_its_result(api):
 
 # -- custom objects ---------------------------------------------------------------------------------
 
+
 def define_products(api, unique=True):
     sku = {'name': 'sku', 'type': 'text', **({'unique': True} if unique else {})}
-    return api.post('/api/custom_objects', {'slug': 'products', 'fields': [
-        sku, {'name': 'title', 'type': 'text', 'required': True}, {'name': 'price', 'type': 'number'},
-        {'name': 'serial', 'type': 'integer'}, {'name': 'meta', 'type': 'json'}]}).json
+    return api.post(
+        '/api/custom_objects',
+        {
+            'slug': 'products',
+            'fields': [
+                sku,
+                {'name': 'title', 'type': 'text', 'required': True},
+                {'name': 'price', 'type': 'number'},
+                {'name': 'serial', 'type': 'integer'},
+                {'name': 'meta', 'type': 'json'},
+            ],
+        },
+    ).json
 
 
 def test_a_custom_field_defined_unique_is_an_upsert_key(api):
@@ -220,10 +267,16 @@ def test_a_custom_field_defined_unique_is_an_upsert_key(api):
 
 def test_turning_unique_on_for_a_field_with_duplicates_is_a_409_naming_one(api):
     define_products(api, unique=False)
-    api.post('/api/products', [{'sku': 'dup', 'title': 'A'}, {'sku': 'dup', 'title': 'B'}, {'title': 'No sku'},
-                               {'title': 'No sku either'}])
-    problem = assert_problem(api.put('/api/custom_objects/products', {'fields': [
-        {'name': 'sku', 'type': 'text', 'unique': True}]}, status=409), 409)
+    api.post(
+        '/api/products',
+        [{'sku': 'dup', 'title': 'A'}, {'sku': 'dup', 'title': 'B'}, {'title': 'No sku'}, {'title': 'No sku either'}],
+    )
+    problem = assert_problem(
+        api.put(
+            '/api/custom_objects/products', {'fields': [{'name': 'sku', 'type': 'text', 'unique': True}]}, status=409
+        ),
+        409,
+    )
     assert "'dup'" in problem['detail']
     assert 'unique' not in api.get('/api/custom_objects/products').json['fields'][0]
     [second] = api.list('products', filter={'title': 'B'})
@@ -246,11 +299,21 @@ def test_a_unique_field_stays_unique_when_a_redefinition_leaves_the_member_out_a
 
 
 def test_unique_fields_are_checked_when_defined_and_can_be_dropped(api):
-    resp = api.post('/api/custom_objects', {'slug': 'things', 'fields': [
-        {'name': 'data', 'type': 'json', 'unique': True}]}, status=400)
+    resp = api.post(
+        '/api/custom_objects',
+        {'slug': 'things', 'fields': [{'name': 'data', 'type': 'json', 'unique': True}]},
+        status=400,
+    )
     assert_problem(resp, 400, field='fields')
-    assert_problem(api.post('/api/custom_objects', {'slug': 'things', 'fields': [
-        {'name': 'code', 'type': 'text', 'unique': 'yes'}]}, status=400), 400, field='fields')
+    assert_problem(
+        api.post(
+            '/api/custom_objects',
+            {'slug': 'things', 'fields': [{'name': 'code', 'type': 'text', 'unique': 'yes'}]},
+            status=400,
+        ),
+        400,
+        field='fields',
+    )
     define_products(api)
     api.create('products', sku='A', title='A')
     assert api.delete('/api/custom_objects/products/fields/sku').json['dropped']['unique'] is True
@@ -259,9 +322,17 @@ def test_unique_fields_are_checked_when_defined_and_can_be_dropped(api):
 
 
 def test_a_unique_integer_or_date_field_matches_by_value(api):
-    api.post('/api/custom_objects', {'slug': 'days', 'fields': [
-        {'name': 'day', 'type': 'date', 'unique': True}, {'name': 'n', 'type': 'integer', 'unique': True},
-        {'name': 'note', 'type': 'text'}]})
+    api.post(
+        '/api/custom_objects',
+        {
+            'slug': 'days',
+            'fields': [
+                {'name': 'day', 'type': 'date', 'unique': True},
+                {'name': 'n', 'type': 'integer', 'unique': True},
+                {'name': 'note', 'type': 'text'},
+            ],
+        },
+    )
     first = upsert(api, 'days', [{'day': '2026-01-02', 'n': 7, 'note': 'a'}], 'day', status=201).json[0]
     by_day = upsert(api, 'days', [{'day': '2026-01-02', 'note': 'b'}], 'day', status=200).json[0]
     by_n = upsert(api, 'days', [{'n': 7.0, 'note': 'c'}], 'n', status=200).json[0]
@@ -269,6 +340,7 @@ def test_a_unique_integer_or_date_field_matches_by_value(api):
 
 
 # -- concurrency -------------------------------------------------------------------------------------
+
 
 def second_app(backend, database):
     """Another app over the same database through its own connections, as another gunicorn worker."""
@@ -287,6 +359,7 @@ def race(clients, body, rounds=5):
                 results.append(result(upsert(client, 'contacts', body)))
         except Exception as exc:  # noqa: BLE001 -- reported below
             errors.append(exc)
+
     threads = [threading.Thread(target=run, args=(c,)) for c in clients]
     for t in threads:
         t.start()
@@ -309,7 +382,7 @@ def test_concurrent_upserts_of_one_key_end_with_one_record(api, wsgi_app, backen
     assert total(api, 'contacts') == 2
 
 
-RACER = '''
+RACER = """
 import json, sys, time
 import webtest
 from crmapi import create_app
@@ -321,14 +394,21 @@ for i in range(10):
     resp = app.post_json('/api/contacts?on_conflict=external_id', [{'external_id': 'proc', 'city': str(i)}],
                          headers={'Authorization': 'Bearer ' + token})
     print(resp.headers['X-Upsert-Result'])
-'''
+"""
 
 
 def test_concurrent_upserts_from_two_processes_end_with_one_record(api, backend, database):
     url = f'sqlite:///{database.path}' if backend == 'sqlite' else database.url  # an absolute path: sqlite:////tmp/...
     start = str(time.time() + 1.5)
-    racers = [subprocess.Popen([sys.executable, '-c', RACER, url, api.token, start], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, '-c', RACER, url, api.token, start],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [r.communicate(timeout=60) for r in racers]
     assert all(r.returncode == 0 for r in racers), [err[-2000:] for _, err in outputs]
     results = [line for out, _ in outputs for line in out.splitlines()]
@@ -337,28 +417,37 @@ def test_concurrent_upserts_from_two_processes_end_with_one_record(api, backend,
     assert total(api, 'contacts') == 1
 
 
-
 def test_a_key_committed_by_another_transaction_while_an_upsert_waits_is_updated_not_duplicated(api, backend, database):
     """Another writer inserts the key and holds its transaction open; the upsert waits for it (SQLite: the
     write lock; PostgreSQL: the unique index) and then updates that row, counting it as updated."""
     if backend == 'sqlite':
         import sqlite3
+
         conn = sqlite3.connect(database.path, isolation_level=None)
         conn.execute('BEGIN IMMEDIATE')
         p = '?'
     else:
         import psycopg
+
         conn = psycopg.connect(database.url)
         p = '%s'
     stamp = '2026-01-01T00:00:00.000000Z'
-    conn.execute(f"INSERT INTO contacts (id, organization_id, external_id, last_name, tags, created_at, updated_at) "
-                 f"VALUES ({p}, {p}, {p}, {p}, '[]', {p}, {p})",
-                 ('c_elsewhere', api.org_id, 'late', 'Raw', stamp, stamp))
-    conn.execute(f"INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, 'contacts', 1) "
-                 'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + 1', (api.org_id,))
+    conn.execute(
+        f'INSERT INTO contacts (id, organization_id, external_id, last_name, tags, created_at, updated_at) '
+        f"VALUES ({p}, {p}, {p}, {p}, '[]', {p}, {p})",
+        ('c_elsewhere', api.org_id, 'late', 'Raw', stamp, stamp),
+    )
+    conn.execute(
+        f"INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, 'contacts', 1) "
+        'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + 1',
+        (api.org_id,),
+    )
     answers = []
-    waiting = threading.Thread(target=lambda: answers.append(
-        upsert(api, 'contacts', [{'external_id': 'late', 'city': 'Oslo'}, {'external_id': 'fresh'}])))
+    waiting = threading.Thread(
+        target=lambda: answers.append(
+            upsert(api, 'contacts', [{'external_id': 'late', 'city': 'Oslo'}, {'external_id': 'fresh'}])
+        )
+    )
     waiting.start()
     time.sleep(0.5)
     conn.commit()

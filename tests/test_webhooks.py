@@ -1,6 +1,7 @@
 """Webhooks: administrators register endpoints; the worker delivers every matching change, signed (Standard
 Webhooks), retried on a schedule, from the change history as an outbox; targets are checked against SSRF. Both
 databases, against a real HTTP receiver on 127.0.0.1."""
+
 import base64
 import dataclasses
 import datetime as dt
@@ -46,7 +47,7 @@ class Receiver:
             def do_POST(self):
                 length = int(self.headers['Content-Length'])
                 body = self.rfile.read(length)
-                if len(body) < length:   # NOTE: a sender killed mid-request; it never got an answer, so it retries
+                if len(body) < length:  # NOTE: a sender killed mid-request; it never got an answer, so it retries
                     return
                 with receiver.lock:
                     receiver.got.append(({k.lower(): v for k, v in self.headers.items()}, body, time.time()))
@@ -78,8 +79,15 @@ def receiver():
 
 
 def settings(**overrides):
-    return Settings(database_url='injected', access_log=False, webhook_allow_private=True,
-                    webhook_retry_schedule=SHORT, webhook_timeout_s=2, webhook_concurrency=4, **overrides)
+    return Settings(
+        database_url='injected',
+        access_log=False,
+        webhook_allow_private=True,
+        webhook_retry_schedule=SHORT,
+        webhook_timeout_s=2,
+        webhook_concurrency=4,
+        **overrides,
+    )
 
 
 @pytest.fixture(scope='module')
@@ -111,6 +119,7 @@ def test_a_worker_outlives_a_database_outage_and_then_delivers(database, admin, 
         if receiver.got:
             worker.stopping.set()
         return step()
+
     monkeypatch.setattr(worker, 'step', flaky_step)
     monkeypatch.setattr('crmapi.worker.OUTAGE_WAITS', (0.01, 0.02))
     thread = threading.Thread(target=worker.run)
@@ -127,7 +136,7 @@ def hook(admin, url, events=('*',), **fields):
 def verify(secret, headers, body):
     """An independent Standard Webhooks check: HMAC-SHA256 of "id.timestamp.body" keyed by the secret's bytes."""
     key = base64.b64decode(secret.removeprefix('whsec_'))
-    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    signed = f'{headers["webhook-id"]}.{headers["webhook-timestamp"]}.'.encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
     return any(sig.partition(',')[2] == expected for sig in headers['webhook-signature'].split())
 
@@ -138,16 +147,21 @@ def test_the_signature_matches_the_standard_webhooks_test_vector():
     body = b'{"test": 2432232314}'
     expected = 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE='
     assert webhooks.sign(secret, msg_id, timestamp, body) == expected
-    assert verify(secret, {'webhook-id': msg_id, 'webhook-timestamp': str(timestamp),
-                           'webhook-signature': expected}, body)
+    assert verify(
+        secret, {'webhook-id': msg_id, 'webhook-timestamp': str(timestamp), 'webhook-signature': expected}, body
+    )
 
 
 def test_the_secret_is_shown_once_at_creation_and_at_rotation(admin, receiver):
     created = hook(admin, receiver.url, ['contacts.created'], description='CRM sync')
     assert created['secret'].startswith('whsec_') and len(base64.b64decode(created['secret'][6:])) == 32
     assert created['enabled'] is True and created['disabled_reason'] is None
-    shown = [admin.get(f'/api/webhooks/{created["id"]}').json, *admin.list('webhooks'),
-             *admin.get(f'/api/webhooks/{created["id"]}/history').json, *admin.get('/api/changes').json]
+    shown = [
+        admin.get(f'/api/webhooks/{created["id"]}').json,
+        *admin.list('webhooks'),
+        *admin.get(f'/api/webhooks/{created["id"]}/history').json,
+        *admin.get('/api/changes').json,
+    ]
     assert shown and all(created['secret'] not in json.dumps(x) and 'secret' not in x for x in shown)
     assert 'secret' not in json.dumps(admin.get('/api/schema/webhooks').json)
     rotated = admin.post(f'/api/webhooks/{created["id"]}/rotate_secret', status=200).json
@@ -164,25 +178,52 @@ def test_webhooks_are_for_administrators_only(api, user_api):
     assert_problem(user_api.post(f'/api/webhooks/{created["id"]}/rotate_secret', status=403), 403)
 
 
-@pytest.mark.parametrize('events, detail', [
-    ([], 'array'), ('*', 'array'), (['contacts.exploded'], 'not an event type'), (['nothing.created'], 'nothing'),
-    (['webhooks.created'], 'webhooks'), ([1], 'not an event type')])
+@pytest.mark.parametrize(
+    'events, detail',
+    [
+        ([], 'array'),
+        ('*', 'array'),
+        (['contacts.exploded'], 'not an event type'),
+        (['nothing.created'], 'nothing'),
+        (['webhooks.created'], 'webhooks'),
+        ([1], 'not an event type'),
+    ],
+)
 def test_bad_events_are_refused_naming_events(api, events, detail):
     resp = api.post('/api/webhooks', {'url': 'https://8.8.8.8/hook', 'events': events}, status=400)
     assert detail in assert_problem(resp, 400, field='events')['detail']
 
 
-@pytest.mark.parametrize('url', [
-    'http://example.com/hook', 'https://127.0.0.1/', 'https://[::1]/', 'https://2130706433/', 'https://0177.0.0.1/',
-    'https://localhost/', 'https://10.1.2.3/', 'https://192.168.0.1/', 'https://[::ffff:127.0.0.1]/',
-    'https://169.254.169.254/latest/meta-data', 'https://[fe80::1]/', 'https://0.0.0.0/', 'https://[::]/',
-    'https://224.0.0.1/', 'ftp://example.com/', 'https://user:pw@example.com/', 'not a url'])
+@pytest.mark.parametrize(
+    'url',
+    [
+        'http://example.com/hook',
+        'https://127.0.0.1/',
+        'https://[::1]/',
+        'https://2130706433/',
+        'https://0177.0.0.1/',
+        'https://localhost/',
+        'https://10.1.2.3/',
+        'https://192.168.0.1/',
+        'https://[::ffff:127.0.0.1]/',
+        'https://169.254.169.254/latest/meta-data',
+        'https://[fe80::1]/',
+        'https://0.0.0.0/',
+        'https://[::]/',
+        'https://224.0.0.1/',
+        'ftp://example.com/',
+        'https://user:pw@example.com/',
+        'not a url',
+    ],
+)
 def test_unsafe_targets_are_refused_at_creation(api, url):
     assert_problem(api.post('/api/webhooks', {'url': url, 'events': ['*']}, status=400), 400, field='url')
 
 
-@pytest.mark.parametrize('url', ['http://169.254.169.254/', 'http://[fe80::1]/', 'http://0.0.0.0/', 'http://[::]/',
-                                 'http://[fd00:ec2::254]/'])
+@pytest.mark.parametrize(
+    'url',
+    ['http://169.254.169.254/', 'http://[fe80::1]/', 'http://0.0.0.0/', 'http://[::]/', 'http://[fd00:ec2::254]/'],
+)
 def test_link_local_metadata_and_unspecified_targets_stay_refused_when_private_ones_are_allowed(admin, url):
     assert_problem(admin.post('/api/webhooks', {'url': url, 'events': ['*']}, status=400), 400, field='url')
 
@@ -195,8 +236,8 @@ def test_a_target_is_checked_again_at_delivery_time(receiver):
 def test_matching_changes_are_delivered_signed_with_the_record_after_the_change(admin, receiver, database):
     secret = hook(admin, receiver.url, ['contacts.created', 'deals.*'])['secret']
     contact = admin.create('contacts', first_name='Ann', last_name='Lee')
-    admin.put(f'/api/contacts/{contact["id"]}', {'city': 'Oslo'})          # contacts.updated: not wanted
-    admin.create('companies', name='Acme')                                 # not wanted
+    admin.put(f'/api/contacts/{contact["id"]}', {'city': 'Oslo'})  # contacts.updated: not wanted
+    admin.create('companies', name='Acme')  # not wanted
     deal = admin.create('deals', name='Big', status='open')
     admin.put(f'/api/deals/{deal["id"]}', {'status': 'won'})
     admin.delete(f'/api/deals/{deal["id"]}')
@@ -211,7 +252,8 @@ def test_matching_changes_are_delivered_signed_with_the_record_after_the_change(
         assert headers['webhook-id'] == event['data']['id'] and headers['webhook-id'] in changes
         assert abs(int(headers['webhook-timestamp']) - time.time()) < 60
         assert {k: v for k, v in event['data'].items() if k != 'record'} == {
-            k: v for k, v in changes[headers['webhook-id']].items() if k != 'record'}
+            k: v for k, v in changes[headers['webhook-id']].items() if k != 'record'
+        }
     assert events[0]['data']['record']['first_name'] == 'Ann'
     assert events[2]['data']['changes']['status'] == ['open', 'won'] and events[2]['data']['record']['status'] == 'won'
     assert events[2]['data']['record']['name'] == 'Big'
@@ -229,8 +271,9 @@ def test_changes_before_the_webhook_and_webhook_edits_are_not_delivered(admin, r
 
 
 def test_custom_object_records_are_events_too(admin, receiver, database):
-    admin.post('/api/custom_objects', {'slug': 'projects', 'label': 'Projects',
-                                       'fields': [{'name': 'title', 'type': 'text'}]})
+    admin.post(
+        '/api/custom_objects', {'slug': 'projects', 'label': 'Projects', 'fields': [{'name': 'title', 'type': 'text'}]}
+    )
     hook(admin, receiver.url, ['projects.*'])
     admin.create('projects', title='Launch')
     deliver(database)
@@ -245,7 +288,7 @@ def test_failed_deliveries_are_retried_and_the_deliveries_show_each_attempt(admi
     (delivery,) = admin.list('webhook_deliveries')
     assert (delivery['status'], delivery['attempts'], delivery['last_status_code']) == ('pending', 1, 500)
     time.sleep(0.3)
-    deliver(database)       # the 302 is a failure: redirects are not followed
+    deliver(database)  # the 302 is a failure: redirects are not followed
     time.sleep(0.3)
     deliver(database)
     (delivery,) = admin.list('webhook_deliveries')
@@ -280,7 +323,7 @@ def test_a_webhook_failing_past_the_window_is_disabled_and_says_why(admin, recei
     deliver(database, webhook_disable_after_s=0.3)
     webhook = admin.get(f'/api/webhooks/{created["id"]}').json
     assert webhook['enabled'] is False and 'HTTP 503' in webhook['disabled_reason']
-    admin.put(f'/api/webhooks/{created["id"]}', {'disabled_reason': 'mine'})   # read-only: ignored
+    admin.put(f'/api/webhooks/{created["id"]}', {'disabled_reason': 'mine'})  # read-only: ignored
     enabled = admin.put(f'/api/webhooks/{created["id"]}', {'enabled': True}).json
     assert enabled['enabled'] is True and enabled['disabled_reason'] is None
 
@@ -315,8 +358,13 @@ def database_url(database):
 def test_a_worker_killed_again_and_again_loses_no_acknowledged_change(admin, receiver, database):
     hook(admin, receiver.url, ['tags.created'])
     # NOTE: a lease of 2 x 1 + 1 s outlives a killed worker's claims soon; retries enough for a busy machine
-    env = {**os.environ, 'CRMAPI_WEBHOOK_ALLOW_PRIVATE': '1', 'CRMAPI_WEBHOOK_TIMEOUT_S': '1',
-           'CRMAPI_WEBHOOK_RETRY_SCHEDULE': '0.2,0.2,0.2,0.2,0.2', 'CRMAPI_WEBHOOK_POLL_S': '0.02'}
+    env = {
+        **os.environ,
+        'CRMAPI_WEBHOOK_ALLOW_PRIVATE': '1',
+        'CRMAPI_WEBHOOK_TIMEOUT_S': '1',
+        'CRMAPI_WEBHOOK_RETRY_SCHEDULE': '0.2,0.2,0.2,0.2,0.2',
+        'CRMAPI_WEBHOOK_POLL_S': '0.02',
+    }
     command = [sys.executable, '-m', 'crmapi', '--database', database_url(database), 'worker']
     acknowledged, deadline = [], time.time() + 8
     while time.time() < deadline:
@@ -341,7 +389,7 @@ def test_a_worker_killed_again_and_again_loses_no_acknowledged_change(admin, rec
     by_id = {}
     for headers, body, _ in receiver.got:
         by_id.setdefault(headers['webhook-id'], set()).add(body)
-    assert all(len(bodies) == 1 for bodies in by_id.values())     # a duplicate is the same message
+    assert all(len(bodies) == 1 for bodies in by_id.values())  # a duplicate is the same message
 
 
 def run(database, text, params=()):
@@ -352,39 +400,56 @@ def run(database, text, params=()):
 
 
 def test_prune_deletes_old_sent_deliveries_and_runs_never_what_the_worker_still_has_to_send(
-        admin, receiver, database, capsys, monkeypatch):
+    admin, receiver, database, capsys, monkeypatch
+):
     hook(admin, receiver.url, ['tags.created'])
     sent = [admin.create('tags', name=f'sent {i}') for i in range(3)]
     deliver(database)
     receiver.statuses = [500]
     retrying = admin.create('tags', name='retrying')
-    Worker(database, dataclasses.replace(settings(), webhook_retry_schedule=(3600,))).run(once=True)   # retries in 1 h
+    Worker(database, dataclasses.replace(settings(), webhook_retry_schedule=(3600,))).run(once=True)  # retries in 1 h
     unfanned = admin.create('tags', name='not fanned out yet')  # after the fan-out cursor
-    changes = {record_id: change_id for change_id, record_id in run(
-        database, 'SELECT id, record_id FROM changes WHERE organization_id = ?', [admin.org_id])}
+    changes = {
+        record_id: change_id
+        for change_id, record_id in run(
+            database, 'SELECT id, record_id FROM changes WHERE organization_id = ?', [admin.org_id]
+        )
+    }
     old = (utc_now() - dt.timedelta(days=400)).isoformat()
     for record in (sent[0], unfanned):
-        run(database, 'INSERT INTO automation_runs (id, organization_id, rule_id, change_id, resource, record_id, '
+        run(
+            database,
+            'INSERT INTO automation_runs (id, organization_id, rule_id, change_id, resource, record_id, '
             "depth, status, created_at) VALUES (?, ?, 'rule_x', ?, 'tags', ?, 0, 'succeeded', ?)",
-            [f'run_{record["id"]}', admin.org_id, changes[record['id']], record['id'], old])
+            [f'run_{record["id"]}', admin.org_id, changes[record['id']], record['id'], old],
+        )
     run(database, 'UPDATE changes SET changed_at = ? WHERE organization_id = ?', [old, admin.org_id])
-    run(database, 'UPDATE webhook_deliveries SET created_at = ?, updated_at = ? WHERE organization_id = ?',
-        [old, old, admin.org_id])
+    run(
+        database,
+        'UPDATE webhook_deliveries SET created_at = ?, updated_at = ? WHERE organization_id = ?',
+        [old, old, admin.org_id],
+    )
     capsys.readouterr()
     monkeypatch.setenv('CRMAPI_HISTORY_DAYS', '365')
     assert History(database, utc_now, new_ids).retention(365, batch=1) == {
-        'changes': 5, 'automation_runs': 1, 'webhook_deliveries': 3}, 'the webhook, the sent tags, the retrying tag'
+        'changes': 5,
+        'automation_runs': 1,
+        'webhook_deliveries': 3,
+    }, 'the webhook, the sent tags, the retrying tag'
     cli.main(['--database', database_url(database), 'prune'])
     assert 'pruned 0 delivered or failed webhook delivery(ies) and 0 automation run(s)' in capsys.readouterr().err
     assert [c['record_id'] for c in admin.get('/api/changes').json] == [unfanned['id']]
     assert [(d['change_id'], d['status']) for d in admin.list('webhook_deliveries')] == [
-        (changes[retrying['id']], 'pending')]
-    assert [r for (r,) in run(database, 'SELECT record_id FROM automation_runs WHERE organization_id = ?',
-                              [admin.org_id])] == [unfanned['id']]
+        (changes[retrying['id']], 'pending')
+    ]
+    assert [
+        r for (r,) in run(database, 'SELECT record_id FROM automation_runs WHERE organization_id = ?', [admin.org_id])
+    ] == [unfanned['id']]
     deliver(database)
     assert sorted(e['data']['record']['name'] for e in receiver.events()) == sorted(
-        [*(t['name'] for t in sent), 'retrying', 'not fanned out yet'])
-    History(database, utc_now, new_ids).retention(365)   # NOTE: leaves no old change for other tests' prunes
+        [*(t['name'] for t in sent), 'retrying', 'not fanned out yet']
+    )
+    History(database, utc_now, new_ids).retention(365)  # NOTE: leaves no old change for other tests' prunes
 
 
 def test_prune_keeps_the_changes_automation_rules_have_not_run_on_yet(admin, database):
@@ -393,7 +458,7 @@ def test_prune_keeps_the_changes_automation_rules_have_not_run_on_yet(admin, dat
     old = (utc_now() - dt.timedelta(days=400)).isoformat()
     run(database, 'UPDATE changes SET changed_at = ? WHERE organization_id = ?', [old, admin.org_id])
     History(database, utc_now, new_ids).retention(365)
-    deliver(database)   # the worker's rules run on the change prune left
+    deliver(database)  # the worker's rules run on the change prune left
     assert [(t['text'], t['contact_id']) for t in admin.list('tasks')] == [('Welcome them', contact['id'])]
     History(database, utc_now, new_ids).retention(365)
     assert contact['id'] not in [c['record_id'] for c in admin.get('/api/changes').json], 'handed on: now it goes'

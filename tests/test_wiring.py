@@ -1,5 +1,6 @@
 """One wiring: the services are built in one place and passed down; JSON comes in through the app's
 strict media handler and goes out through orjson."""
+
 import ast
 import io
 import pathlib
@@ -32,15 +33,23 @@ def test_request_bodies_are_read_by_the_apps_strict_json_media_handler(database)
     handler = app.req_options.media_handlers[resources.JSON]
     assert isinstance(handler, resources.StrictJSON) and app.resp_options.media_handlers[resources.JSON] is handler
     assert handler.deserialize(io.BytesIO(b'{"a": 1}'), resources.JSON, 8) == {'a': 1}
-    for body, problem in [(b'{"a": 1, "a": 2}', InvalidBody), (b'{"a": NaN}', InvalidBody),
-                          (b'[' * 70 + b']' * 70, InvalidBody), (b'"' + b'x' * 210 + b'"', PayloadTooLarge)]:
+    for body, problem in [
+        (b'{"a": 1, "a": 2}', InvalidBody),
+        (b'{"a": NaN}', InvalidBody),
+        (b'[' * 70 + b']' * 70, InvalidBody),
+        (b'"' + b'x' * 210 + b'"', PayloadTooLarge),
+    ]:
         with pytest.raises(problem):
             handler.deserialize(io.BytesIO(body), resources.JSON, None)
 
 
 def test_a_repeated_key_in_a_body_is_a_400_naming_it(api):
-    resp = api.app.post('/api/contacts', '{"first_name": "Ada", "first_name": "Bo"}', headers={
-        'Content-Type': 'application/json', **api.headers}, status='*')
+    resp = api.app.post(
+        '/api/contacts',
+        '{"first_name": "Ada", "first_name": "Bo"}',
+        headers={'Content-Type': 'application/json', **api.headers},
+        status='*',
+    )
     assert_problem(resp, 400)
     assert 'first_name' in resp.json['detail']
 

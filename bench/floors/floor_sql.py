@@ -22,6 +22,7 @@ JSON columns are passed through (orjson.Fragment) on SQLite, native on PostgreSQ
     FLOOR_DB=sqlite:////tmp/crmapi-bench/crm-100000.db FLOOR_ORG=org_... \
       gunicorn -w 2 -k gthread --threads 4 --keep-alive 5 -b 127.0.0.1:18010 --chdir bench/floors floor_sql:app
 """
+
 import base64
 import datetime as dt
 import os
@@ -36,15 +37,42 @@ DB = os.environ.get('FLOOR_DB', 'sqlite:////tmp/crmapi-bench/crm-100000.db')
 ORG = os.environ.get('FLOOR_ORG', '')
 IS_PG = DB.startswith('postgres')
 PH = '%s' if IS_PG else '?'
-PRAGMAS = os.environ.get('FLOOR_SQLITE_PRAGMAS', 'journal_mode=WAL;synchronous=NORMAL;cache_size=-65536;'
-                         'mmap_size=268435456;temp_store=MEMORY;busy_timeout=10000')
-COLS = ['id', 'first_name', 'last_name', 'email', 'phone', 'title', 'status', 'city', 'company_id',
-        'linkedin_url', 'background', 'tags', 'created_at', 'updated_at', 'archived_at']
+PRAGMAS = os.environ.get(
+    'FLOOR_SQLITE_PRAGMAS',
+    'journal_mode=WAL;synchronous=NORMAL;cache_size=-65536;mmap_size=268435456;temp_store=MEMORY;busy_timeout=10000',
+)
+COLS = [
+    'id',
+    'first_name',
+    'last_name',
+    'email',
+    'phone',
+    'title',
+    'status',
+    'city',
+    'company_id',
+    'linkedin_url',
+    'background',
+    'tags',
+    'created_at',
+    'updated_at',
+    'archived_at',
+]
 SEL = ', '.join(COLS)
 TAGS = COLS.index('tags')
 SORTABLE = set(COLS) - {'tags'}
-WRITABLE = {'first_name', 'last_name', 'email', 'phone', 'title', 'status', 'city', 'company_id',
-            'linkedin_url', 'background'}
+WRITABLE = {
+    'first_name',
+    'last_name',
+    'email',
+    'phone',
+    'title',
+    'status',
+    'city',
+    'company_id',
+    'linkedin_url',
+    'background',
+}
 _B32 = bytes.maketrans(b'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567', b'0123456789abcdefghjkmnpqrstvwxyz')
 _local = threading.local()
 
@@ -54,10 +82,12 @@ def conn():
     if c is None or getattr(_local, 'pid', None) != os.getpid():
         if IS_PG:
             import psycopg
+
             c = psycopg.connect(DB, autocommit=True)
         else:
             import sqlite3
-            c = sqlite3.connect(DB[len('sqlite:///'):], isolation_level=None, check_same_thread=False)
+
+            c = sqlite3.connect(DB[len('sqlite:///') :], isolation_level=None, check_same_thread=False)
             for p in filter(None, PRAGMAS.split(';')):
                 c.execute('PRAGMA ' + p)
         _local.conn, _local.pid = c, os.getpid()
@@ -113,10 +143,10 @@ class Contacts:
             if f['field'] not in SORTABLE:
                 raise falcon.HTTPBadRequest(description='unknown field')
             if f['op'] == 'eq':
-                where.append(f"{f['field']} = {PH}")
+                where.append(f'{f["field"]} = {PH}')
                 args.append(f['value'])
             elif f['op'] == 'contains':
-                where.append(f"{f['field']} {'ILIKE' if IS_PG else 'LIKE'} {PH}")
+                where.append(f'{f["field"]} {"ILIKE" if IS_PG else "LIKE"} {PH}')
                 args.append('%' + f['value'] + '%')
             else:
                 raise falcon.HTTPBadRequest(description='floor supports eq and contains')
@@ -129,15 +159,17 @@ class Contacts:
         # which is also what its NULLS FIRST list indexes serve). id is never NULL.
         nulls = (' NULLS FIRST' if order == 'ASC' else ' NULLS LAST') if IS_PG and sort != 'id' else ''
         order_by = f'{sort} {order}{nulls}' + (f', id {order}' if sort != 'id' else '')
-        rows = q(f'SELECT {SEL} FROM contacts WHERE {w} ORDER BY {order_by} LIMIT {PH} OFFSET {PH}',
-                 args + [limit, start])
+        rows = q(
+            f'SELECT {SEL} FROM contacts WHERE {w} ORDER BY {order_by} LIMIT {PH} OFFSET {PH}', args + [limit, start]
+        )
         if start == 0 and len(rows) < limit:
             total = len(rows)
         else:
             total = q(f'SELECT COUNT(*) FROM contacts WHERE {w}', args)[0][0]
         resp.media = [record(r) for r in rows]
-        resp.set_header('Content-Range', f'contacts {start}-{start + len(rows) - 1}/{total}' if rows
-                        else f'contacts */{total}')
+        resp.set_header(
+            'Content-Range', f'contacts {start}-{start + len(rows) - 1}/{total}' if rows else f'contacts */{total}'
+        )
 
     def on_post(self, req, resp):
         body = req.get_media() or {}
@@ -145,8 +177,10 @@ class Contacts:
         stamp = now()
         rec.update(id=new_id(), organization_id=ORG, created_at=stamp, updated_at=stamp)
         cols = list(rec)
-        rows = q(f'INSERT INTO contacts ({", ".join(cols)}) VALUES ({", ".join([PH] * len(cols))}) '
-                 f'RETURNING {SEL}', [rec[c] for c in cols])
+        rows = q(
+            f'INSERT INTO contacts ({", ".join(cols)}) VALUES ({", ".join([PH] * len(cols))}) RETURNING {SEL}',
+            [rec[c] for c in cols],
+        )
         resp.status = falcon.HTTP_201
         resp.media = record(rows[0])
 
@@ -163,8 +197,10 @@ class Contact:
         changes = {k: v for k, v in body.items() if k in WRITABLE}
         changes['updated_at'] = now()
         sets = ', '.join(f'{k} = {PH}' for k in changes)
-        rows = q(f'UPDATE contacts SET {sets} WHERE organization_id = {PH} AND id = {PH} RETURNING {SEL}',
-                 list(changes.values()) + [ORG, id])
+        rows = q(
+            f'UPDATE contacts SET {sets} WHERE organization_id = {PH} AND id = {PH} RETURNING {SEL}',
+            list(changes.values()) + [ORG, id],
+        )
         if not rows:
             raise falcon.HTTPNotFound()
         resp.media = record(rows[0])

@@ -5,6 +5,7 @@ is always at exactly one version. `init-db` is "migrate from empty". A file may 
 twins (`NNNN_name.sqlite.sql`, `NNNN_name.postgresql.sql`) for the rare statement the two
 databases spell differently; the twin for the running database replaces the portable file.
 """
+
 import re
 from importlib import resources
 
@@ -76,4 +77,5 @@ def backfill(db, applied, log):
         log('run `crmapi reindex` once the schema is at its newest version (search rows)')
         return
     from ..store import reindex_database
+
     reindex_database(db, log=log)
