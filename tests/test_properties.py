@@ -161,7 +161,10 @@ def scratch(database):
 # Unicode (crmapi/search.py, tests/test_search.py); the reference folds with the same function.
 
 TEXT_ALPHABET = 'aAbB%_\\ 1\u00e9\u00f8\u5b57'
-ID_ALPHABET = 'aAbB_%1\u00e9'
+# NOTE: ids are the server's (lowercase ASCII: crmapi.store.new_id; a client never sets one), and text operators
+# compare them as stored with the folded value (crmapi.sqlbuild._text_match): capitals or accents in an id are
+# outside the domain. '_' and '%' stay, for LIKE escaping.
+ID_ALPHABET = 'ab_%1'
 TAGS = ['t1', 'T1', 't2', 'x_%', '\u00e9']
 INTS = [-(2**63), -7, -1, 0, 1, 2, 3, 42, 2**63 - 1]
 DECIMALS = [
