@@ -98,9 +98,10 @@ def fresh(url, history=True):
         from crmapi.history import History
 
         record = History.record
-        # NOTE: the writes to this database only record nothing; the other app's still do
-        History.record = lambda self, tx, principal, changes: (
-            None if self.db is db else record(self, tx, principal, changes)
+        # NOTE: the writes to this database only record no change (their live-row counters, which the same
+        # statement keeps, are still kept); the other app's record theirs
+        History.record = lambda self, tx, principal, changes, counts=None: record(
+            self, tx, principal, [] if self.db is db else changes, counts
         )
     return db, app, token
 
