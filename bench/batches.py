@@ -21,6 +21,7 @@ and their ratio. (The webhook outbox adds nothing to a write: the worker fans ch
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -144,6 +145,27 @@ KINDS = ('create', 'upsert', 'patch', 'delete')
 SINGLES = 100
 
 
+def alternating(name, rows, rounds, run):
+    """Time `run(mode, n)` for the modes 'with' and 'without', `rounds` times each, alternating which goes first,
+    and print both medians (wall and CPU) and their ratios."""
+    times, cpu = {'with': [], 'without': []}, {'with': [], 'without': []}
+    for n in range(rounds):
+        for mode in ('with', 'without') if n % 2 else ('without', 'with'):
+            started, used = time.perf_counter(), time.process_time()
+            run(mode, n)
+            times[mode].append(time.perf_counter() - started)
+            cpu[mode].append(time.process_time() - used)
+    w, wo = statistics.median(times['with']), statistics.median(times['without'])
+    cw, cwo = statistics.median(cpu['with']), statistics.median(cpu['without'])
+    # NOTE: on SQLite the database works in this process, so its CPU time is the cost, whatever else
+    # loads the machine; on PostgreSQL the server's share is not in it (wall time is the figure there)
+    print(
+        f'  {name:7} with {w * 1000:8.1f} ms {rows / w:10,.0f} rows/s | without {wo * 1000:8.1f} ms '
+        f'{rows / wo:10,.0f} rows/s | ratio {wo / w:.2f} | CPU {cw * 1000:.1f} vs {cwo * 1000:.1f} ms, '
+        f'ratio {cwo / cw:.2f}'
+    )
+
+
 def compare(urls, size, rounds):
     """Each kind's median with and without history, rounds alternating between the two apps."""
     (db, app, token), (bare_db, bare_app, bare_token) = fresh(urls[0]), fresh(urls[1], history=False)
@@ -153,24 +175,7 @@ def compare(urls, size, rounds):
         'with and without history (alternating)'
     )
     for name in (*KINDS, 'single'):
-        rows = SINGLES if name == 'single' else size
-        times = {'with': [], 'without': []}
-        cpu = {'with': [], 'without': []}
-        for n in range(rounds):
-            for mode in ('with', 'without') if n % 2 else ('without', 'with'):
-                started, used = time.perf_counter(), time.process_time()
-                getattr(apps[mode], name)(n)
-                times[mode].append(time.perf_counter() - started)
-                cpu[mode].append(time.process_time() - used)
-        w, wo = statistics.median(times['with']), statistics.median(times['without'])
-        cw, cwo = statistics.median(cpu['with']), statistics.median(cpu['without'])
-        # NOTE: on SQLite the database works in this process, so its CPU time is the cost, whatever else
-        # loads the machine; on PostgreSQL the server's share is not in it (wall time is the figure there)
-        print(
-            f'  {name:7} with {w * 1000:8.1f} ms {rows / w:10,.0f} rows/s | without {wo * 1000:8.1f} ms '
-            f'{rows / wo:10,.0f} rows/s | ratio {wo / w:.2f} | CPU {cw * 1000:.1f} vs {cwo * 1000:.1f} ms, '
-            f'ratio {cwo / cw:.2f}'
-        )
+        alternating(name, SINGLES if name == 'single' else size, rounds, lambda mode, n: getattr(apps[mode], name)(n))
     db.close()
     bare_db.close()
 
@@ -186,28 +191,18 @@ def compare_search(url, size, rounds):
         f'{db.name}: batches of {size} contacts (single: {SINGLES} one-contact POSTs), median of {rounds} rounds, '
         'with and without the search upkeep (alternating)'
     )
+
+    def run(name, mode, n):
+        if mode == 'without':
+            Store.index = Store.unindex = lambda *args, **kwargs: None
+        try:
+            # NOTE: each mode writes its own records (n and n + rounds), so neither finds the other's
+            getattr(kinds, name)(n if mode == 'with' else n + rounds)
+        finally:
+            Store.index, Store.unindex = upkeep
+
     for name in (*KINDS, 'single'):
-        rows = SINGLES if name == 'single' else size
-        times, cpu = {'with': [], 'without': []}, {'with': [], 'without': []}
-        for n in range(rounds):
-            for mode in ('with', 'without') if n % 2 else ('without', 'with'):
-                if mode == 'without':
-                    Store.index = Store.unindex = lambda *args, **kwargs: None
-                started, used = time.perf_counter(), time.process_time()
-                try:
-                    # NOTE: each mode writes its own records (n and n + rounds), so neither finds the other's
-                    getattr(kinds, name)(n if mode == 'with' else n + rounds)
-                finally:
-                    Store.index, Store.unindex = upkeep
-                times[mode].append(time.perf_counter() - started)
-                cpu[mode].append(time.process_time() - used)
-        w, wo = statistics.median(times['with']), statistics.median(times['without'])
-        cw, cwo = statistics.median(cpu['with']), statistics.median(cpu['without'])
-        print(
-            f'  {name:7} with {w * 1000:8.1f} ms {rows / w:10,.0f} rows/s | without {wo * 1000:8.1f} ms '
-            f'{rows / wo:10,.0f} rows/s | ratio {wo / w:.2f} | CPU {cw * 1000:.1f} vs {cwo * 1000:.1f} ms, '
-            f'ratio {cwo / cw:.2f}'
-        )
+        alternating(name, SINGLES if name == 'single' else size, rounds, functools.partial(run, name))
     db.close()
 
 
