@@ -19,11 +19,12 @@ from crmapi.db import connect
 ACCEPT = {'ndjson': 'application/x-ndjson', 'csv': 'text/csv'}
 
 
-def export(app, token, fmt, query=''):
-    """(status, lines, bytes) of one whole export."""
-    env = {
+def environ(token, path, query='', **headers):
+    """A WSGI environ of a GET of `path` with `token` and extra `headers` (HTTP_* names): the app called directly,
+    no server, no socket (bench/get_bench.py uses it too)."""
+    return {
         'REQUEST_METHOD': 'GET',
-        'PATH_INFO': '/api/contacts',
+        'PATH_INFO': path,
         'QUERY_STRING': query,
         'SERVER_NAME': 'bench',
         'SERVER_PORT': '80',
@@ -31,8 +32,13 @@ def export(app, token, fmt, query=''):
         'wsgi.input': io.BytesIO(),
         'wsgi.errors': sys.stderr,
         'HTTP_AUTHORIZATION': f'Bearer {token}',
-        'HTTP_ACCEPT': ACCEPT[fmt],
+        **headers,
     }
+
+
+def export(app, token, fmt, query=''):
+    """(status, lines, bytes) of one whole export."""
+    env = environ(token, '/api/contacts', query, HTTP_ACCEPT=ACCEPT[fmt])
     status = []
     body = app(env, lambda s, headers, exc_info=None: status.append(s))
     lines = size = 0

@@ -4,7 +4,6 @@ per second of this process's CPU (the app's work, and SQLite's; PostgreSQL's run
     .venv/bin/python bench/get_bench.py sqlite:////tmp/crmapi-bench/crm-100000.db TOKEN
 """
 
-import io
 import sys
 import time
 
@@ -12,6 +11,7 @@ from crmapi import create_app
 from crmapi.accounts import Accounts
 from crmapi.config import Settings
 from crmapi.db import connect
+from export_bench import environ
 
 GETS = 2000
 WARM_UP = 100
@@ -19,17 +19,7 @@ WARM_UP = 100
 
 def get(app, token, record_id):
     """The status of one GET of a contact."""
-    env = {
-        'REQUEST_METHOD': 'GET',
-        'PATH_INFO': f'/api/contacts/{record_id}',
-        'QUERY_STRING': '',
-        'SERVER_NAME': 'bench',
-        'SERVER_PORT': '80',
-        'wsgi.url_scheme': 'http',
-        'wsgi.input': io.BytesIO(),
-        'wsgi.errors': sys.stderr,
-        'HTTP_AUTHORIZATION': f'Bearer {token}',
-    }
+    env = environ(token, f'/api/contacts/{record_id}')
     status = []
     b''.join(app(env, lambda s, headers, exc_info=None: status.append(s)))
     return status[0]
