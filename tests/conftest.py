@@ -12,10 +12,13 @@ from urllib.parse import urlsplit
 from urllib.parse import urlunsplit
 
 import psycopg
+import time
+
 import pytest
 import webtest
 from psycopg import sql
 
+from crmapi import authcache
 from crmapi import create_app
 from crmapi.accounts import Accounts
 from crmapi.cli import init_db
@@ -224,6 +227,12 @@ RULE_SHAPE = {
     'trigger': {'resource': 'contacts', 'on': ['created']},
     'actions': [{'type': 'create_task', 'text': 'Welcome them'}],
 }
+
+
+def wait_out_the_token_bound(since):
+    """Wait until crmapi.authcache.RECHECK_S has passed since `since` (time.monotonic() when a revocation or a user
+    change committed): from then on every other process and host refuses what it withdrew."""
+    time.sleep(max(0.0, authcache.RECHECK_S - (time.monotonic() - since)))
 
 
 def assert_problem(resp, status, **members):

@@ -31,7 +31,7 @@ import pytest
 
 import servers
 from test_webhooks import Receiver
-from crmapi import authcache
+from conftest import wait_out_the_token_bound
 from crmapi.accounts import Accounts
 from crmapi.db import PostgresDatabase
 
@@ -422,7 +422,7 @@ def test_through_the_balancer_every_host_sees_every_change_at_once(cluster):
         revoked = time.monotonic()
     finally:
         db.close()
-    time.sleep(max(0.0, authcache.RECHECK_S - (time.monotonic() - revoked)))  # the bound for other hosts
+    wait_out_the_token_bound(revoked)  # the bound for other hosts
     for app in APPS:
         assert Api(cluster, cluster.app_address(app), doomed)('GET', '/api/contacts')[0] == 401
 
