@@ -194,8 +194,7 @@ class CustomObjects:
         self.history = changes
         self.clock = clock
         names = sqlbuild.output_columns(info)
-        convert = db.reader([info.columns[n].kind for n in names])
-        self.read = lambda row: dict(zip(names, convert(row)))
+        self.read = db.record_reader(names, [info.columns[n].kind for n in names])
         self._tables = {}
 
     # -- reading definitions -----------------------------------------------------------------------

@@ -130,7 +130,9 @@ class History:
         self.db = db
         self.clock = clock
         self.new_ids = new_ids  # store.new_ids: time-ordered, so change ids sort as they were made
-        self.read_change = db.reader([sqlbuild.CHANGE_KINDS.get(n, 'text') for n in sqlbuild.CHANGE_OUTPUT])
+        self.read_change = db.record_reader(
+            sqlbuild.CHANGE_OUTPUT, [sqlbuild.CHANGE_KINDS.get(n, 'text') for n in sqlbuild.CHANGE_OUTPUT]
+        )
 
     @contextlib.contextmanager
     def recorded(self, principal):
@@ -196,7 +198,7 @@ class History:
     # -- reading -----------------------------------------------------------------------------------
 
     def _wire(self, row):
-        change = dict(zip(sqlbuild.CHANGE_OUTPUT, self.read_change(row)))
+        change = self.read_change(row)
         data = change.pop('data')
         return {**change, **DATA_FIELDS, **(data or {})}
 
