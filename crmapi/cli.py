@@ -19,7 +19,6 @@ import traceback
 from . import imports
 from . import migrations
 from .accounts import Accounts
-from .config import Settings
 from .db import connect
 from .errors import Conflict
 from .errors import CrmError
@@ -732,15 +731,19 @@ def parser():
 
 
 def open_url(url):
-    """The Database for a URL, or a CliError saying what is wrong with the URL or the settings.
+    """The Database for a URL, configured from the settings as the app's is, or a CliError saying what is wrong
+    with the URL or the settings.
 
-    NOTE: with the server's settings (CRMAPI_PGBOUNCER above all): a worker or a migration going through
-    PgBouncer must not keep prepared statements, exactly as the app's connections do not.
+    NOTE: the server's settings (CRMAPI_PGBOUNCER above all: a worker or a migration going through PgBouncer must
+    not keep prepared statements; the statement timeout, SQLite's synchronous) apply to every command too.
     """
+    env = settings()
     try:
-        return connect(url, pgbouncer=Settings.from_env().pgbouncer)
+        db = connect(url, pgbouncer=env.pgbouncer)
     except ValueError as exc:
         raise CliError(f'bad database URL: {exc}') from None
+    db.configure(env)
+    return db
 
 
 def check_sqlite_directory(db):
