@@ -13,14 +13,17 @@ organization takes its change counter (the gap-free feed): this measures how lon
 """
 
 import argparse
+import json
 import os
 import re
 import socket
 import subprocess
-import sys
 import tempfile
 import time
+import types
 import urllib.request
+
+from run import gunicorn_argv  # bench/run.py, beside this script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LUA = r"""
@@ -51,32 +54,14 @@ def sample_ids(url, token, port):
     request = urllib.request.Request(
         f'http://127.0.0.1:{port}/api/contacts?range=[0,199]', headers={'Authorization': 'Bearer ' + token}
     )
-    import json
-
     with urllib.request.urlopen(request) as answer:
         return [r['id'] for r in json.load(answer)]
 
 
 def serve(tree, url, port):
     env = {**os.environ, 'PYTHONPATH': tree, 'CRMAPI_DATABASE_URL': url, 'CRMAPI_ACCESS_LOG': 'false'}
-    argv = [
-        sys.executable,
-        '-m',
-        'gunicorn',
-        '--bind',
-        f'127.0.0.1:{port}',
-        '--workers',
-        '2',
-        '--worker-class',
-        'gthread',
-        '--threads',
-        '4',
-        '--keep-alive',
-        '5',
-        '--chdir',
-        tree,
-        'crmapi:create_app()',
-    ]
+    # NOTE: the servers bench/run.py runs: 2 gthread workers x 4 threads, keep-alive 5 s
+    argv = gunicorn_argv(types.SimpleNamespace(workers=2, threads_per_worker=4), port, 'crmapi:create_app()', tree)
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
         if proc.poll() is not None:
