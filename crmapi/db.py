@@ -59,6 +59,16 @@ class Tx:
             self.cursor.fetchall()  # run a RETURNING statement to completion
         return self.cursor.rowcount
 
+    def write_rows(self, sql, runs):
+        """Run a statement of sqlbuild.build_insert_rows (no RETURNING: the caller knows what it wrote) with each
+        parameter tuple of `runs`; to a COPY, each is a row."""
+        if sql.startswith('COPY '):
+            self.copy(sql, runs)
+        elif len(runs) == 1:
+            self.execute(sql, runs[0])
+        else:
+            self.cursor.executemany(sql, runs)
+
     def copy(self, sql, rows):
         """Send `rows` (tuples) to a `COPY … FROM STDIN` statement: PostgreSQL's bulk load."""
         with self.cursor.copy(sql) as copy:

@@ -32,7 +32,7 @@ AUTH_RESOURCES = frozenset({'crm_users'})  # a change to one of these (but a cre
 # NOTE: from this many changes of one write on, PostgreSQL gets them by COPY: a 1,000-row INSERT spends most of
 # its time binding 11,000 parameters, COPY a fifth of that; below, one INSERT also takes the numbers (one round
 # trip where COPY needs three).
-COPY_ROWS = 20
+COPY_ROWS = sqlbuild.COPY_ROWS
 OPERATIONS = ('created', 'updated', 'archived', 'restored', 'deleted', 'disabled', 'enabled', 'merged', 'merged_into')
 # The fields of a change on the wire, always present: (name, kind, declared type, nullable, meaning).
 FIELDS = (
@@ -189,11 +189,7 @@ class History:
             (change_id, org, last - count + n, resource, record_id, operation, *who, data)
             for n, (change_id, resource, record_id, operation, data) in enumerate(items, 1)
         ]
-        if d.name == 'postgresql':
-            tx.copy(sqlbuild.build_copy_changes(d), rows)
-            return
-        for part in sqlbuild.chunks(rows, len(sqlbuild.CHANGE_COLUMNS)):
-            tx.execute(*sqlbuild.build_insert_changes(d, part))
+        tx.write_rows(sqlbuild.build_write_changes(d), rows)
 
     # -- reading -----------------------------------------------------------------------------------
 

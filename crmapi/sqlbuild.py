@@ -1136,9 +1136,52 @@ def _values(d, n, width):
 
 def _flat(d, info, names, rows):
     """The values of `rows` (dicts holding `names`), row after row, adapted for the driver."""
-    kinds = [info.columns[n].kind for n in names]
-    adapt = d.adapt
-    return [adapt(k, row[n]) for row in rows for n, k in zip(names, kinds)]
+    return [value for row in _adapted_rows(d, info, names, rows) for value in row]
+
+
+# NOTE: kinds both adapters (crmapi.db) pass as they are: a batch's text is most of its cells.
+_AS_IS = frozenset({'text', 'integer'})
+
+
+def _adapted_rows(d, info, names, rows):
+    """The values of `rows` (dicts holding `names`) adapted for the driver: a tuple per row, made column by column
+    (a value that is the very object before it, a batch's shared timestamp, is adapted once)."""
+    columns = []
+    for name in names:
+        kind, column = info.columns[name].kind, [row[name] for row in rows]
+        if kind not in _AS_IS:
+            adapted, last, done = [], None, None
+            for value in column:
+                if value is not last:
+                    last, done = value, d.adapt(kind, value)
+                adapted.append(done)
+            column = adapted
+        columns.append(column)
+    return list(zip(*columns))
+
+
+# NOTE: from this many rows of one statement on, PostgreSQL gets them by COPY: a 1,000-row INSERT spends most of its
+# time binding the parameters, COPY a fraction of that; below, one INSERT is one round trip where COPY needs three.
+COPY_ROWS = 20
+
+
+def build_insert_rows(d, info, org_id, names, rows):
+    """New records `rows` of `org_id` (dicts holding `names`), without RETURNING, for Tx.write_rows: (statement,
+    the parameters of each run). SQLite: one INSERT of a row, run for each; PostgreSQL: COPY (a tuple per row), or
+    for fewer than COPY_ROWS one INSERT of them all."""
+    names = (SCOPE, *names)
+    copy = d.name == 'postgresql' and len(rows) >= COPY_ROWS
+    one = d.name == 'postgresql' and not copy
+
+    def write():
+        columns = f'{quote(info.spec.table)} ({",".join(quote(n) for n in names)})'
+        if copy:
+            return f'COPY {columns} FROM STDIN'
+        return f'INSERT INTO {columns} ' + _values(d, len(rows) if one else 1, len(names))
+
+    sql = _statement(d, ('insert_rows', info.shape_key, names, copy, len(rows) if one else 1), write)
+    runs = _adapted_rows(d, info, names, scoped(org_id, rows))
+    return sql, [tuple(value for run in runs for value in run)] if one else runs
 
 
 def build_insert_many(d, info, org_id, names, rows, conflict=None, updates=()):
@@ -1745,23 +1788,12 @@ def _numbers(p):
     )
 
 
-def build_insert_changes(d, rows):
-    """One INSERT of `rows`: tuples in CHANGE_COLUMNS order, `changed_at` as text, `data` as JSON text.
-
-    NOTE: no RETURNING, and text for the timestamp and JSON: INSERT … VALUES gives each value its column's
-    type on PostgreSQL, and JSON made by orjson is the fastest there is.
-    """
-    sql = _statement(
-        d,
-        ('insert_changes', len(rows)),
-        lambda: f'INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) ' + _values(d, len(rows), len(CHANGE_COLUMNS)),
-    )
-    return sql, [value for row in rows for value in row]
-
-
-def build_copy_changes(d):
-    """PostgreSQL's COPY of change rows (tuples in CHANGE_COLUMNS order, as for build_insert_changes)."""
-    return f'COPY changes ({",".join(CHANGE_COLUMNS)}) FROM STDIN'
+def build_write_changes(d):
+    """The statement Tx.write_rows stores change rows with (tuples in CHANGE_COLUMNS order, `changed_at` as text,
+    `data` as JSON text, as orjson makes it): PostgreSQL's COPY, SQLite's INSERT of one row (run for each)."""
+    if d.name == 'postgresql':
+        return f'COPY changes ({",".join(CHANGE_COLUMNS)}) FROM STDIN'
+    return f'INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) ' + _values(d, 1, len(CHANGE_COLUMNS))
 
 
 def _change_select(d):

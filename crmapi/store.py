@@ -13,6 +13,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import orjson
+
 from . import duplicates
 from . import history
 from . import search
@@ -89,6 +91,17 @@ _PAIR_SHIFTS = range(120, -1, -10)
 def crockford(n):
     """A number below 2**130 as 26 Crockford base32 digits."""
     return ''.join([_DIGIT_PAIRS[(n >> shift) & 1023] for shift in _PAIR_SHIFTS])
+
+
+def _converted(convert, column):
+    """`convert` applied to each value of `column` but None; a value that is the very object before it (a batch's
+    shared timestamp) is converted once."""
+    out, last, done = [], None, None
+    for value in column:
+        if value is not last:
+            last, done = value, None if value is None else convert(value)
+        out.append(done)
+    return out
 
 
 def utc_now():
@@ -496,9 +509,8 @@ class Store:
         with self.history.recorded(principal) as tx:
             self._check_shapes(info, principal, [{}] * len(rows), rows, batch)
             self._check_references(tx, info, principal, rows, batch)
-            created = {record['id']: record for record, _ in self._insert(tx, info, principal.org_id, rows)}
+            records = self._insert_new(tx, info, principal.org_id, rows)
             self._count(tx, info, principal, len(rows))
-            records = [created[row['id']] for row in rows]
             tx.changes += [history.created(info.slug, record) for record in records]
             records = self._shaped_written(tx, info, principal, records)
         return records
@@ -508,6 +520,59 @@ class Store:
         checks, no history, no counter: the records."""
         with self.db.transaction(write=True) as tx:
             return [record for record, _ in self._insert(tx, info, org_id, rows)]
+
+    def _insert_new(self, tx, info, org_id, rows):
+        """INSERT the new records `rows` (checked values with their ids and stamps): the records, in order.
+
+        NOTE: a new record is what was written plus its columns' defaults, so it is built here rather than read
+        back: one statement per shape of row sends the values (SQLite: one prepared INSERT run for each row;
+        PostgreSQL: COPY), which costs the database less than a multi-row INSERT … RETURNING. A table with a
+        default that is not a constant, or with a JSON column (SQLite reads a bare 1.0 back as 1, PostgreSQL's
+        jsonb orders keys its own way), is read back as before.
+        """
+        build = self._new_records(info)
+        if build is None:
+            created = {record['id']: record for record, _ in self._insert(tx, info, org_id, rows)}
+            return [created[row['id']] for row in rows]
+        groups = {}
+        for row in rows:
+            groups.setdefault(tuple(row), []).append(row)
+        for names, group in groups.items():
+            tx.write_rows(*sqlbuild.build_insert_rows(self.db.dialect, info, org_id, names, group))
+        records = build(rows, set().union(*groups))
+        self.index(tx, info, org_id, records, fresh=True)
+        return records
+
+    def _new_records(self, info):
+        """A function (rows, the names they hold) -> the records as a read of them would answer, or None when
+        the table's new records must be read back (see _insert_new); made once per table shape."""
+        key = ('new', info.shape_key, tuple(c.default for c in info.columns.values()))
+        if key in self._readers:
+            return self._readers[key]
+        names, plan = sqlbuild.output_columns(info), []
+        for name in names:
+            column = info.columns[name]
+            known, default = values.default_value(column.kind, column.default)
+            if not known or column.kind == 'json':
+                self._readers[key] = None
+                return None
+            plan.append((name, values.READ_BACK.get(column.kind), default, isinstance(default, (list, dict))))
+
+        def build(rows, present):
+            columns = []
+            for name, convert, default, mutable in plan:
+                if mutable:  # NOTE: each record its own [] (a caller may change one record's)
+                    text = orjson.dumps(default)
+                    column = [row[name] if name in row else orjson.loads(text) for row in rows]
+                elif name in present:
+                    column = [row.get(name, default) for row in rows]
+                else:
+                    column = [default] * len(rows)
+                columns.append(column if convert is None else _converted(convert, column))
+            return [dict(zip(names, record)) for record in zip(*columns)]
+
+        self._readers[key] = build
+        return build
 
     def _insert(self, tx, info, org_id, rows, conflict=None, updates=None):
         """INSERT `rows` of `org_id`, one statement per chunk of rows with the same columns: [(record, inserted)].
