@@ -363,8 +363,8 @@ def loads_strict(text):
         value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=finite_float)
     except RecursionError:
         raise JsonError(f'nested more than {MAX_JSON_DEPTH} levels deep') from None
-    if text.isascii() and '\\ud' not in text and '\\uD' not in text:
-        _check_depth(value)  # NOTE: no string can hold a surrogate: only a \uD800-\uDFFF escape makes one
-    else:
+    if '\\ud' in text or '\\uD' in text or _lone_surrogate(text):
         _check_tree(value)
+    else:
+        _check_depth(value)  # NOTE: no string can hold a surrogate: the text has none, nor a \uD800-\uDFFF escape
     return value
