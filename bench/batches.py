@@ -8,7 +8,8 @@
 Creates an empty crmapi database (SQLite: a new file; PostgreSQL: the schema of the database given,
 which it drops first), an organization and a token, then times `--rounds` requests of each kind, each
 with a batch of `--size` contacts: POST (create), POST ?on_conflict=external_id (upsert: half new, half
-updates), PATCH, DELETE (archive). Prints the median wall time of a request and the rows per second.
+updates), PATCH, DELETE (archive). Prints the median wall time of a request and the rows per second, and the
+mean CPU time of a request: this process's, plus a PostgreSQL server's when it runs on this machine (/proc).
 The targets of issue 9: a batch of 1,000 contacts well under 100 ms on SQLite, >= 20,000 rows/s on
 SQLite and >= 10,000 rows/s on PostgreSQL, and >= 20x the rate of single creates measured in the same
 run (`single`: one-contact POSTs). Nothing is asserted: this is a measurement, not a test.
