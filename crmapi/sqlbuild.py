@@ -1385,20 +1385,37 @@ def build_children(d, info, column, org_id, parent_ids, limit, indexed=True):
     newest first per parent. One statement for every parent: ROW_NUMBER() and COUNT(*) over a window
     partitioned by parent, on both databases. An array with an index of its elements (ELEMENT_INDEXES) is
     searched through it unless `indexed` is false (the scan of every record, which tests compare it with);
-    so is a scalar reference on PostgreSQL (_children_per_parent).
+    so is a scalar reference (on PostgreSQL parent by parent: _children_per_parent).
+
+    NOTE: on SQLite an indexed scalar reference is ranked and counted from its index alone, and only the ranks
+    kept are read from the table, by rowid: the built-in references' indexes (migration 0021) hold
+    (organization_id, reference[, archived_at], created_at, id), all the window needs, so a parent with
+    thousands of children costs an index range, not thousands of rows carried through two sorts to be thrown
+    away. `rowid` is never a field's name (custom.SYSTEM_COLUMNS).
     """
-    if indexed and column.kind != 'array' and d.name == 'postgresql':
+    by_index = indexed and column.kind != 'array'
+    if by_index and d.name == 'postgresql':
         return _children_per_parent(d, info, column, org_id, parent_ids, limit)
     source, params, parent, matches = _children_source(d, info, column, org_id, parent_ids, indexed)
     live, newest, columns = _children_parts(info, org_id)
     where, where_params = _term_sql(d, Criterion.all([*live, *matches]))
     key, p = parent.template, d.parameter().get_sql()
-    # NOTE: `_parent`, `_total`, `_rank`: no field can be so named (custom field names start with a letter).
-    sql = (
-        f'SELECT * FROM (SELECT {key} AS _parent, COUNT(*) OVER (PARTITION BY {key}) AS _total, '
-        f'ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {newest}) AS _rank, {columns} '
-        f'FROM {source} WHERE {where}) AS w WHERE w._rank <= {p} ORDER BY w._parent, w._rank'
+    # NOTE: `_parent`, `_total`, `_rank`, `_row`: no field can be so named (custom field names start with a letter).
+    window = (
+        f'{key} AS _parent, COUNT(*) OVER (PARTITION BY {key}) AS _total, '
+        f'ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {newest}) AS _rank'
     )
+    if by_index:
+        ranked = f'(SELECT {window}, c.rowid AS _row FROM {source} WHERE {where})'
+        sql = (
+            f'SELECT w._parent, w._total, w._rank, {columns} FROM {ranked} AS w '
+            f'JOIN {quote(info.spec.table)} AS c ON c.rowid = w._row WHERE w._rank <= {p} ORDER BY w._parent, w._rank'
+        )
+    else:
+        sql = (
+            f'SELECT * FROM (SELECT {window}, {columns} FROM {source} WHERE {where}) AS w '
+            f'WHERE w._rank <= {p} ORDER BY w._parent, w._rank'
+        )
     return sql, [*params, *where_params, int(limit)]
 
 
