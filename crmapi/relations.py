@@ -194,6 +194,17 @@ class Relations:
         self.store = store
         self.catalog = store.catalog
         self.db = store.db
+        self._readers = {}
+
+    def reader(self, info):
+        """Raw row -> record for the statements that embed `info` (their columns are of sqlbuild.embedded_kinds)."""
+        read = self._readers.get(info.shape_key)
+        if read is None:
+            if len(self._readers) > 1000:  # custom objects make new shapes; keep this bounded
+                self._readers.clear()
+            kinds = sqlbuild.embedded_kinds(self.db.dialect, info)
+            read = self._readers[info.shape_key] = self.db.record_reader(sqlbuild.output_columns(info), kinds)
+        return read
 
     def of(self, info, principal):
         return RelationMap(self, info, principal)
@@ -231,7 +242,7 @@ class Relations:
         ids.pop(None, None)
         found = {}
         if ids:
-            read = self.store.reader(relation.target)
+            read = self.reader(relation.target)
             statement = sqlbuild.build_referenced(self.db.dialect, relation.target, principal.org_id, in_order(ids))
             found = {record['id']: record for record in map(read, tx.rows(*statement))}
         get = found.get
@@ -240,7 +251,7 @@ class Relations:
 
     def _children(self, tx, principal, records, relation, limit):
         """Reverse: {"total", "items"} per record, the newest `limit` live children first."""
-        read = self.store.reader(relation.target)
+        read = self.reader(relation.target)
         groups = {record['id']: {'total': 0, 'items': []} for record in records}
         # NOTE: at least one row per parent comes back even for a limit of 0, to carry the total.
         for parent, total, rank, *row in tx.rows(
