@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 
+import orjson
+
 from . import sqlbuild
 from .duplicates import collector_paused
 from .errors import UnknownResource
@@ -174,6 +176,16 @@ class RelationMap(Mapping):
         return len(self.all())
 
 
+# NOTE: what a record without children embeds, shared: most of a page's records have none of a relation, and each
+# its own {"total": 0, "items": []} made two objects per record to write out the same bytes.
+NO_CHILDREN = orjson.Fragment(b'{"total":0,"items":[]}')
+
+
+def written(row):
+    """A record as the JSON text the database wrote (sqlbuild.embeds_as_json), which orjson writes out as it is."""
+    return orjson.Fragment(row[0])
+
+
 def in_order(ids):
     """A page's ids sorted, as the statement that reads their records takes them.
 
@@ -197,13 +209,18 @@ class Relations:
         self._readers = {}
 
     def reader(self, info):
-        """Raw row -> record for the statements that embed `info` (their columns are of sqlbuild.embedded_kinds)."""
+        """Raw row -> record, for the records the statements that embed `info` read (sqlbuild._embedded_columns):
+        the JSON text the database wrote, carried into the answer as it is, or a dict of the columns."""
         read = self._readers.get(info.shape_key)
         if read is None:
             if len(self._readers) > 1000:  # custom objects make new shapes; keep this bounded
                 self._readers.clear()
-            kinds = sqlbuild.embedded_kinds(self.db.dialect, info)
-            read = self._readers[info.shape_key] = self.db.record_reader(sqlbuild.output_columns(info), kinds)
+            if sqlbuild.embeds_as_json(info):
+                read = written
+            else:
+                kinds = sqlbuild.embedded_kinds(self.db.dialect, info)
+                read = self.db.record_reader(sqlbuild.output_columns(info), kinds)
+            self._readers[info.shape_key] = read
         return read
 
     def of(self, info, principal):
@@ -244,7 +261,7 @@ class Relations:
         if ids:
             read = self.reader(relation.target)
             statement = sqlbuild.build_referenced(self.db.dialect, relation.target, principal.org_id, in_order(ids))
-            found = {record['id']: record for record in map(read, tx.rows(*statement))}
+            found = {row[0]: read(row[1:]) for row in tx.rows(*statement)}
         get = found.get
         for record, value in zip(records, values):
             record[name] = [get(i) for i in value or ()] if many else get(value)
@@ -252,16 +269,19 @@ class Relations:
     def _children(self, tx, principal, records, relation, limit):
         """Reverse: {"total", "items"} per record, the newest `limit` live children first."""
         read = self.reader(relation.target)
-        groups = {record['id']: {'total': 0, 'items': []} for record in records}
+        ids = in_order({record['id']: None for record in records})
+        groups = {}
         # NOTE: at least one row per parent comes back even for a limit of 0, to carry the total.
         for parent, total, rank, *row in tx.rows(
             *sqlbuild.build_children(
-                self.db.dialect, relation.target, relation.column, principal.org_id, in_order(groups), max(limit, 1)
+                self.db.dialect, relation.target, relation.column, principal.org_id, ids, max(limit, 1)
             )
         ):
-            group = groups[parent]
-            group['total'] = total
+            group = groups.get(parent)
+            if group is None:
+                group = groups[parent] = {'total': total, 'items': []}
             if rank <= limit:
                 group['items'].append(read(row))
+        name, get = relation.name, groups.get
         for record in records:
-            record[relation.name] = groups[record['id']]
+            record[name] = get(record['id'], NO_CHILDREN)

@@ -1310,6 +1310,22 @@ def _term_sql(d, term):
 
 # NOTE: an instant as the wire spells it (values.format_timestamp: UTC, microseconds, `Z`), written by PostgreSQL.
 _WIRE_INSTANT = 'to_char({0} AT TIME ZONE \'UTC\', \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
+# NOTE: the kinds whose values both databases' JSON functions spell as the API does (numbers are not: SQLite
+# writes a REAL with 15 digits, PostgreSQL a NUMERIC with its scale; JSON values may be bare REALs on SQLite).
+JSON_KINDS = frozenset({'text', 'integer', 'timestamp', 'date', 'array'})
+_JSON_FIELDS = 50  # json_build_object takes at most 100 arguments
+
+
+def embeds_as_json(info):
+    """Whether build_referenced and build_children read `info`'s records as JSON that the database writes, one
+    text a record (which the answer then carries as it is), rather than as columns: when every column is of a
+    JSON_KINDS kind.
+
+    NOTE: an embed reads up to ten times the page's records; their columns made into Python values, then a dict,
+    then JSON again were most of an embed's time in the app (on SQLite as much as reading the records).
+    """
+    names = output_columns(info)
+    return len(names) <= _JSON_FIELDS and all(info.columns[n].kind in JSON_KINDS for n in names)
 
 
 def _spelt_by_server(d, info, name):
@@ -1317,23 +1333,40 @@ def _spelt_by_server(d, info, name):
 
 
 def embedded_kinds(d, info):
-    """The kinds of the output columns as build_referenced and build_children return them: on PostgreSQL their
-    instants come as text already spelt for the wire.
+    """The kinds of the output columns as build_referenced and build_children return them when not as JSON: on
+    PostgreSQL their instants come as text already spelt for the wire.
 
-    NOTE: an embed reads up to ten times the page's records; loading each instant as a datetime, then formatting
-    it in Python, was a third of a PostgreSQL embed's CPU in the app (1.5-3 ms for the ~900 companies of a page).
+    NOTE: loading each instant as a datetime, then formatting it in Python, was a third of a PostgreSQL embed's
+    CPU in the app (1.5-3 ms for the ~900 companies of a page).
     """
     return ['text' if _spelt_by_server(d, info, n) else info.columns[n].kind for n in output_columns(info)]
 
 
+def _json_record(d, info, field):
+    """A record of `info` as the JSON text of the API's object, written by the database (see embeds_as_json)."""
+    values = []
+    for name in output_columns(info):
+        value = field(name)
+        if _spelt_by_server(d, info, name):
+            value = Sql(_WIRE_INSTANT, value)
+        elif d.name == 'sqlite' and info.columns[name].kind == 'array':
+            value = Sql('json({0})', value)  # the array itself, not the text that holds it
+        values.append(value)
+    pairs = ', '.join(f"'{name}', {{{i}}}" for i, name in enumerate(output_columns(info)))
+    return Sql(f'json_object({pairs})' if d.name == 'sqlite' else f'json_build_object({pairs})::text', *values)
+
+
 def _embedded_columns(d, info, field):
-    """The output columns of `info` for an embed (see embedded_kinds); `field(name)` is one column's term."""
+    """The columns of `info`'s records for an embed: one, the JSON text (embeds_as_json), or each output column
+    (see embedded_kinds); `field(name)` is one column's term."""
+    if embeds_as_json(info):
+        return [_json_record(d, info, field)]
     return [Sql(_WIRE_INSTANT, field(n)) if _spelt_by_server(d, info, n) else field(n) for n in output_columns(info)]
 
 
 def build_referenced(d, info, org_id, ids):
-    """The records of `org_id` in `info` among `ids` (a non-empty list), archived ones too, in no order; their
-    columns of embedded_kinds.
+    """The records of `org_id` in `info` among `ids` (a non-empty list), archived ones too, in no order: rows of
+    (id, *the record's columns for an embed: _embedded_columns).
 
     NOTE: the ids travel as one parameter, so the SQL is the same for every page: rendered once per table.
     """
@@ -1345,7 +1378,7 @@ def build_referenced(d, info, org_id, ids):
     return _shaped(
         d,
         ('referenced', info.shape_key),
-        lambda: d.from_(table).select(*_embedded_columns(d, info, table.field)).where(where()),
+        lambda: d.from_(table).select(table.id, *_embedded_columns(d, info, table.field)).where(where()),
         where,
         [],
     )
@@ -1404,8 +1437,8 @@ def _children_source(d, info, column, org_id, parent_ids, indexed):
 
 def build_children(d, info, column, org_id, parent_ids, limit, indexed=True):
     """The newest `limit` live records of `info` whose reference `column` (a scalar or an array of ids)
-    points at each of `parent_ids`, and how many there are: rows of (parent, total, rank, *record), the record's
-    columns of embedded_kinds, newest first per parent. One statement for every parent: ROW_NUMBER() and COUNT(*) over a window
+    points at each of `parent_ids`, and how many there are: rows of (parent, total, rank, *the record's columns
+    for an embed: _embedded_columns), newest first per parent. One statement for every parent: ROW_NUMBER() and COUNT(*) over a window
     partitioned by parent, on both databases. An array with an index of its elements (ELEMENT_INDEXES) is
     searched through it unless `indexed` is false (the scan of every record, which tests compare it with);
     so is a scalar reference (on PostgreSQL parent by parent: _children_per_parent).
@@ -1443,7 +1476,7 @@ def build_children(d, info, column, org_id, parent_ids, limit, indexed=True):
 
 
 def _children_parts(d, info, org_id):
-    """(the conditions of a live child of `org_id`, its newest-first order, its columns of embedded_kinds) of
+    """(the conditions of a live child of `org_id`, its newest-first order, its columns for an embed) of
     build_children."""
     live = [Sql('c.organization_id = {0}', Bound(org_id))]
     if 'archived_at' in info.columns:
