@@ -1310,22 +1310,32 @@ def _term_sql(d, term):
 
 # NOTE: an instant as the wire spells it (values.format_timestamp: UTC, microseconds, `Z`), written by PostgreSQL.
 _WIRE_INSTANT = 'to_char({0} AT TIME ZONE \'UTC\', \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
-# NOTE: the kinds whose values both databases' JSON functions spell as the API does (numbers are not: SQLite
-# writes a REAL with 15 digits, PostgreSQL a NUMERIC with its scale; JSON values may be bare REALs on SQLite).
+# NOTE: the kinds whose values both databases' JSON functions spell as the API does, and numbers of at most 15
+# digits, 4 after the point (_json_number); not other numbers (SQLite writes a REAL with 15 significant digits, not
+# the shortest that reads back) nor JSON values (which may be bare REALs on SQLite).
 JSON_KINDS = frozenset({'text', 'integer', 'timestamp', 'date', 'array'})
 _JSON_FIELDS = 50  # json_build_object takes at most 100 arguments
+
+
+def _json_number(column):
+    """A NUMERIC(p, s) column whose values SQLite's %!.15g and PostgreSQL's float8 spell as values.number_out does:
+    every digit, no exponent, integral ones without a point (SQLite's NUMERIC affinity keeps them INTEGERs)."""
+    if column.kind != 'number' or column.precision is None:
+        return False
+    digits, scale = column.precision
+    return digits <= 15 and scale <= 4
 
 
 def embeds_as_json(info):
     """Whether build_referenced and build_children read `info`'s records as JSON that the database writes, one
     text a record (which the answer then carries as it is), rather than as columns: when every column is of a
-    JSON_KINDS kind.
+    JSON_KINDS kind or a _json_number.
 
     NOTE: an embed reads up to ten times the page's records; their columns made into Python values, then a dict,
     then JSON again were most of an embed's time in the app (on SQLite as much as reading the records).
     """
-    names = output_columns(info)
-    return len(names) <= _JSON_FIELDS and all(info.columns[n].kind in JSON_KINDS for n in names)
+    columns = [info.columns[n] for n in output_columns(info)]
+    return len(columns) <= _JSON_FIELDS and all(c.kind in JSON_KINDS or _json_number(c) for c in columns)
 
 
 def _spelt_by_server(d, info, name):
@@ -1351,6 +1361,8 @@ def _json_record(d, info, field):
             value = Sql(_WIRE_INSTANT, value)
         elif d.name == 'sqlite' and info.columns[name].kind == 'array':
             value = Sql('json({0})', value)  # the array itself, not the text that holds it
+        elif d.name == 'postgresql' and info.columns[name].kind == 'number':
+            value = Sql('{0}::float8', value)  # 1234.5 and 1000, not NUMERIC's 1234.50 and 1000.00
         values.append(value)
     pairs = ', '.join(f"'{name}', {{{i}}}" for i, name in enumerate(output_columns(info)))
     return Sql(f'json_object({pairs})' if d.name == 'sqlite' else f'json_build_object({pairs})::text', *values)

@@ -143,6 +143,7 @@ def test_an_embedded_record_is_the_record_as_read_on_its_own(api, crm):
     task = api.create('tasks', text='call', contact_id=ada, company_id=acme, due_date='2026-12-01')
     note = api.create('contact_notes', contact_id=ada, text='n', date='2026-11-30T10:11:12.345678Z')
     company_note = api.create('company_notes', company_id=acme, text='c')
+    whole = api.create('deals', name='Whole', company_id=acme, amount=1000, contact_ids=[ada])
 
     def read(resource, record_id):
         return api.get(f'/api/{resource}/{record_id}').json
@@ -152,12 +153,13 @@ def test_an_embedded_record_is_the_record_as_read_on_its_own(api, crm):
         assert contact['company'] == read('companies', acme)
         assert contact['notes']['items'] == [read('contact_notes', note['id'])]
         assert contact['tasks']['items'] == [read('tasks', task['id'])]
-        assert contact['deals']['items'] == [read('deals', crm['deal']['id'])]
+        assert contact['deals']['items'] == [read('deals', whole['id']), read('deals', crm['deal']['id'])]
     assert contacts[ada]['tags'] == [read('tags', crm['vip']['id']), read('tags', crm['new']['id'])]
     assert contacts[moved['id']]['company'] == read('companies', leaving['id'])
     company = embedded(api, 'companies', ['contacts', 'deals', 'tasks', 'notes'], acme)
     assert company['contacts']['items'] == [read('contacts', ada)]
-    assert company['deals']['items'] == [read('deals', crm['deal']['id'])]
+    assert company['deals']['items'] == [read('deals', whole['id']), read('deals', crm['deal']['id'])]
+    assert json.dumps(company['deals']['items'][0]['amount']) == '1000', 'an integral amount without a point'
     assert company['tasks']['items'] == [read('tasks', task['id'])]
     assert company['notes']['items'] == [read('company_notes', company_note['id'])]
     deal = embedded(api, 'deals', ['company', 'contacts', 'tasks'], crm['deal']['id'])
