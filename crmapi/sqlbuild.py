@@ -1382,6 +1382,8 @@ def build_referenced(d, info, org_id, ids):
 
     NOTE: the ids travel as one parameter, so the SQL is the same for every page: rendered once per table.
     """
+    if d.name == 'sqlite':
+        return _referenced_by_id(d, info, org_id, ids)
     table = Table(info.spec.table)
 
     def where():
@@ -1394,6 +1396,27 @@ def build_referenced(d, info, org_id, ids):
         where,
         [],
     )
+
+
+def _referenced_by_id(d, info, org_id, ids):
+    """build_referenced on SQLite: each id searched in the index of `id` alone, the organization checked on the row.
+
+    NOTE: the ids are unique across organizations; the (organization_id, id) index the planner would take is twice
+    the size (more pages to read, as the page just read took the cache) and compares the organization's 30
+    characters first at every step: 10-15 % of the statement for the ~900 companies of a page. `+` keeps the
+    planner off it; the condition itself stays.
+    """
+    key = (d.name, 'referenced', info.shape_key)
+    sql = _STATEMENTS.get(key)
+    if sql is None:
+        columns = [Sql('c.id'), *_embedded_columns(d, info, lambda name: Sql(f'c.{quote(name)}'))]
+        p = d.parameter().get_sql()
+        sql = _remember(
+            key,
+            f'SELECT {", ".join(c.get_sql() for c in columns)} FROM {quote(info.spec.table)} AS c '
+            f'JOIN json_each({p}) AS ids ON c.id = ids.value WHERE +c.organization_id = {p}',
+        )
+    return sql, [_json_ids(ids), org_id]
 
 
 def _children_source(d, info, column, org_id, parent_ids, indexed):
