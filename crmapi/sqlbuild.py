@@ -1422,21 +1422,19 @@ def _referenced_by_id(d, info, org_id, ids):
 def _children_source(d, info, column, org_id, parent_ids, indexed):
     """(FROM clause, its params, the parent key, the conditions that match the parents) of build_children.
 
-    NOTE: on SQLite an indexed read joins the page's (distinct) ids, `JOIN json_each(?) AS ids`, which the
-    planner reads first, one index search each: `IN (SELECT value FROM json_each(?))` filed them in a temporary
-    b-tree first, ~20 % of the statement.
+    NOTE: an indexed read joins the page's (distinct) ids, which the planner reads first, one index search each:
+    on SQLite `JOIN json_each(?) AS ids` (`IN (SELECT value FROM json_each(?))` filed them in a temporary b-tree
+    first, ~20 % of the statement); on PostgreSQL `JOIN json_array_elements_text(?)`, which the planner counts
+    as ~100 rows (`column = ANY(<page of ids>)` made it estimate each of the ~1,000 ids against the column's
+    statistics, 1-4 ms of planning, then scan the whole table).
     """
     table, name, p = quote(info.spec.table), quote(column.name), d.parameter().get_sql()
     if column.kind != 'array':
         parent = Sql(f'c.{name}')
-        if indexed and d.name == 'sqlite':
-            return (
-                f'{table} AS c JOIN json_each({p}) AS ids ON c.{name} = ids.value',
-                [_json_ids(parent_ids)],
-                parent,
-                [],
-            )
-        return f'{table} AS c', [], parent, [d.one_of_ids(parent, parent_ids)]
+        if not indexed:
+            return f'{table} AS c', [], parent, [d.one_of_ids(parent, parent_ids)]
+        ids = f'json_each({p}) AS ids' if d.name == 'sqlite' else f'json_array_elements_text({p}::json) AS ids (value)'
+        return f'{table} AS c JOIN {ids} ON c.{name} = ids.value', [_json_ids(parent_ids)], parent, []
     side = ELEMENT_INDEXES.get((info.spec.table, column.name)) if indexed else None
     parent = Sql('j.value')
     if side and d.name == 'sqlite':
@@ -1473,20 +1471,19 @@ def _children_source(d, info, column, org_id, parent_ids, indexed):
 def build_children(d, info, column, org_id, parent_ids, limit, indexed=True):
     """The newest `limit` live records of `info` whose reference `column` (a scalar or an array of ids)
     points at each of `parent_ids`, and how many there are: rows of (parent, total, rank, *the record's columns
-    for an embed: _embedded_columns), newest first per parent. One statement for every parent: ROW_NUMBER() and COUNT(*) over a window
-    partitioned by parent, on both databases. An array with an index of its elements (ELEMENT_INDEXES) is
+    for an embed: _embedded_columns), newest first per parent. One statement for every parent: ROW_NUMBER() and
+    COUNT(*) over a window partitioned by parent, on both databases. An array with an index of its elements (ELEMENT_INDEXES) is
     searched through it unless `indexed` is false (the scan of every record, which tests compare it with);
-    so is a scalar reference (on PostgreSQL parent by parent: _children_per_parent).
+    so is a scalar reference (_children_source).
 
     NOTE: on SQLite an indexed scalar reference is ranked and counted from its index alone, and only the ranks
-    kept are read from the table, by rowid: the built-in references' indexes (migration 0021) hold
+    kept are read from the table, by rowid (PostgreSQL's planner makes a hash join of that, so it reads the rows
+    with the window, from the same index): the built-in references' indexes (migration 0021) hold
     (organization_id, reference[, archived_at], created_at, id), all the window needs, so a parent with
     thousands of children costs an index range, not thousands of rows carried through two sorts to be thrown
     away. `rowid` is never a field's name (custom.SYSTEM_COLUMNS).
     """
-    by_index = indexed and column.kind != 'array'
-    if by_index and d.name == 'postgresql':
-        return _children_per_parent(d, info, column, org_id, parent_ids, limit)
+    ranked_first = indexed and column.kind != 'array' and d.name == 'sqlite'
     source, params, parent, matches = _children_source(d, info, column, org_id, parent_ids, indexed)
     live, newest, columns = _children_parts(d, info, org_id)
     where, where_params = _term_sql(d, Criterion.all([*live, *matches]))
@@ -1496,7 +1493,7 @@ def build_children(d, info, column, org_id, parent_ids, limit, indexed=True):
         f'{key} AS _parent, COUNT(*) OVER (PARTITION BY {key}) AS _total, '
         f'ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {newest}) AS _rank'
     )
-    if by_index:
+    if ranked_first:
         ranked = f'(SELECT {window}, c.rowid AS _row FROM {source} WHERE {where})'
         sql = (
             f'SELECT w._parent, w._total, w._rank, {columns} FROM {ranked} AS w '
@@ -1519,26 +1516,6 @@ def _children_parts(d, info, org_id):
     newest = 'c.created_at DESC, c.id DESC' if 'created_at' in info.columns else 'c.id DESC'
     columns = _embedded_columns(d, info, lambda name: Sql(f'c.{quote(name)}'))
     return live, newest, ', '.join(column.get_sql() for column in columns)
-
-
-def _children_per_parent(d, info, column, org_id, parent_ids, limit):
-    """build_children of a scalar reference on PostgreSQL: the window runs per parent, over its own children
-    read through the reference's (organization_id, column) index (every scalar reference has one: the
-    migrations', and each custom reference field's).
-
-    NOTE: `column = ANY(<page of ids>)` made the planner estimate each of the ~1,000 ids against the column's
-    statistics (1-4 ms of planning) and then scan the whole table (7-13 ms at 20,000 notes); a LATERAL
-    subquery per parent is a nested loop of index searches (~2.4 ms for the same page).
-    """
-    live, newest, columns = _children_parts(d, info, org_id)
-    p = d.parameter().get_sql()
-    where, where_params = _term_sql(d, Criterion.all([*live, Sql(f'c.{quote(column.name)} = j.value')]))
-    sql = (
-        f'SELECT j.value AS _parent, w.* FROM json_array_elements_text({p}::json) AS j (value) CROSS JOIN LATERAL '
-        f'(SELECT COUNT(*) OVER () AS _total, ROW_NUMBER() OVER (ORDER BY {newest}) AS _rank, {columns} '
-        f'FROM {quote(info.spec.table)} AS c WHERE {where}) AS w WHERE w._rank <= {p} ORDER BY j.value, w._rank'
-    )
-    return sql, [_json_ids(parent_ids), *where_params, int(limit)]
 
 
 def _json_ids(ids):
