@@ -1472,9 +1472,9 @@ def build_children(d, info, column, org_id, parent_ids, limit, indexed=True):
     """The newest `limit` live records of `info` whose reference `column` (a scalar or an array of ids)
     points at each of `parent_ids`, and how many there are: rows of (parent, total, rank, *the record's columns
     for an embed: _embedded_columns), newest first per parent. One statement for every parent: ROW_NUMBER() and
-    COUNT(*) over a window partitioned by parent, on both databases. An array with an index of its elements (ELEMENT_INDEXES) is
-    searched through it unless `indexed` is false (the scan of every record, which tests compare it with);
-    so is a scalar reference (_children_source).
+    COUNT(*) over a window partitioned by parent, on both databases. An array with an index of its elements
+    (ELEMENT_INDEXES) is searched through it unless `indexed` is false (the scan of every record, which tests
+    compare it with); so is a scalar reference (_children_source).
 
     NOTE: on SQLite an indexed scalar reference is ranked and counted from its index alone, and only the ranks
     kept are read from the table, by rowid (PostgreSQL's planner makes a hash join of that, so it reads the rows
