@@ -92,7 +92,7 @@ CREATE INDEX IF NOT EXISTS contacts_org_last_name ON contacts (organization_id, 
 CREATE INDEX IF NOT EXISTS contacts_org_city_last_name ON contacts (organization_id, city, last_name, id) WHERE archived_at IS NULL;
 CREATE INDEX IF NOT EXISTS contacts_org_status_last_name ON contacts (organization_id, status, last_name, id) WHERE archived_at IS NULL;
 CREATE INDEX IF NOT EXISTS contacts_org_created ON contacts (organization_id, created_at, id) WHERE archived_at IS NULL;
-CREATE INDEX IF NOT EXISTS contacts_org_company ON contacts (organization_id, company_id);
+CREATE INDEX IF NOT EXISTS contacts_org_company_newest ON contacts (organization_id, company_id, archived_at, created_at, id);
 CREATE INDEX IF NOT EXISTS contacts_org_email ON contacts (organization_id, email);
 CREATE UNIQUE INDEX IF NOT EXISTS contacts_org_external_id ON contacts (organization_id, external_id) WHERE external_id IS NOT NULL;
 
@@ -114,7 +114,7 @@ CREATE TABLE IF NOT EXISTS deals (
     UNIQUE (organization_id, id),
     FOREIGN KEY (organization_id, company_id) REFERENCES companies (organization_id, id)
 );
-CREATE INDEX IF NOT EXISTS deals_org_company ON deals (organization_id, company_id);
+CREATE INDEX IF NOT EXISTS deals_org_company_newest ON deals (organization_id, company_id, archived_at, created_at, id);
 CREATE INDEX IF NOT EXISTS deals_org_status ON deals (organization_id, status);
 CREATE INDEX IF NOT EXISTS deals_org_created ON deals (organization_id, created_at, id) WHERE archived_at IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS deals_org_external_id ON deals (organization_id, external_id) WHERE external_id IS NOT NULL;
@@ -169,9 +169,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     FOREIGN KEY (organization_id, deal_id) REFERENCES deals (organization_id, id),
     FOREIGN KEY (organization_id, assignee_id) REFERENCES crm_users (organization_id, id)
 );
-CREATE INDEX IF NOT EXISTS tasks_org_contact ON tasks (organization_id, contact_id);
-CREATE INDEX IF NOT EXISTS tasks_org_company ON tasks (organization_id, company_id);
-CREATE INDEX IF NOT EXISTS tasks_org_deal ON tasks (organization_id, deal_id);
+CREATE INDEX IF NOT EXISTS tasks_org_contact_newest ON tasks (organization_id, contact_id, created_at, id);
+CREATE INDEX IF NOT EXISTS tasks_org_company_newest ON tasks (organization_id, company_id, created_at, id);
+CREATE INDEX IF NOT EXISTS tasks_org_deal_newest ON tasks (organization_id, deal_id, created_at, id);
 CREATE INDEX IF NOT EXISTS tasks_org_assignee ON tasks (organization_id, assignee_id);
 
 CREATE TABLE IF NOT EXISTS contact_notes (
@@ -187,7 +187,7 @@ CREATE TABLE IF NOT EXISTS contact_notes (
     UNIQUE (organization_id, id),
     FOREIGN KEY (organization_id, contact_id) REFERENCES contacts (organization_id, id)
 );
-CREATE INDEX IF NOT EXISTS contact_notes_org_contact ON contact_notes (organization_id, contact_id);
+CREATE INDEX IF NOT EXISTS contact_notes_org_contact_newest ON contact_notes (organization_id, contact_id, created_at, id);
 
 CREATE TABLE IF NOT EXISTS deal_notes (
     id TEXT PRIMARY KEY,
@@ -202,7 +202,7 @@ CREATE TABLE IF NOT EXISTS deal_notes (
     UNIQUE (organization_id, id),
     FOREIGN KEY (organization_id, deal_id) REFERENCES deals (organization_id, id)
 );
-CREATE INDEX IF NOT EXISTS deal_notes_org_deal ON deal_notes (organization_id, deal_id);
+CREATE INDEX IF NOT EXISTS deal_notes_org_deal_newest ON deal_notes (organization_id, deal_id, created_at, id);
 
 CREATE TABLE IF NOT EXISTS company_notes (
     id TEXT PRIMARY KEY,
@@ -217,7 +217,7 @@ CREATE TABLE IF NOT EXISTS company_notes (
     UNIQUE (organization_id, id),
     FOREIGN KEY (organization_id, company_id) REFERENCES companies (organization_id, id)
 );
-CREATE INDEX IF NOT EXISTS company_notes_org_company ON company_notes (organization_id, company_id);
+CREATE INDEX IF NOT EXISTS company_notes_org_company_newest ON company_notes (organization_id, company_id, created_at, id);
 
 CREATE TABLE IF NOT EXISTS tags (
     id TEXT PRIMARY KEY,
@@ -516,4 +516,4 @@ CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(str
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (19);
+INSERT INTO schema_version (version) VALUES (21);

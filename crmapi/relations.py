@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 
+import orjson
+
 from . import sqlbuild
 from .duplicates import collector_paused
 from .errors import UnknownResource
@@ -125,14 +127,14 @@ def relations_of(info, tables, forward=None):
 class RelationMap(Mapping):
     """The relations of one resource for one caller, worked out when first asked for.
 
-    NOTE: forward relations need only the targets (no query for built-in ones); the reverse ones need
-    every table of the organization (one indexed read), so they are looked up only when a name is not
-    a forward relation, or all are listed.
+    NOTE: forward relations need only the targets (no query for built-in ones), and so do the reverse ones
+    among built-in resources; the others need every table of the organization (one indexed read), so they
+    are looked up only when a name is none of those, or all are listed.
     """
 
     def __init__(self, relations, info, principal):
         self._relations, self._info, self._principal = relations, info, principal
-        self._forward = self._all = None
+        self._forward = self._built_in = self._all = None
 
     def forward(self):
         if self._forward is None:
@@ -150,15 +152,51 @@ class RelationMap(Mapping):
             self._all = relations_of(self._info, self._relations.visible_tables(self._principal), self.forward())
         return self._all
 
+    def built_in(self):
+        """The relations among the built-in resources alone (no query).
+
+        NOTE: the built-in tables come first among the visible ones (visible_tables), so a reverse relation
+        they name is named so whatever custom objects the organization has: they can only add names.
+        """
+        if self._built_in is None:
+            self._built_in = relations_of(self._info, self._relations.catalog.tables, self.forward())
+        return self._built_in
+
     def __getitem__(self, name):
         forward = self.forward()
-        return forward[name] if name in forward else self.all()[name]
+        if name in forward:
+            return forward[name]
+        built_in = self.built_in()
+        return built_in[name] if name in built_in else self.all()[name]
 
     def __iter__(self):
         return iter(self.all())
 
     def __len__(self):
         return len(self.all())
+
+
+# NOTE: what a record without children embeds, shared: most of a page's records have none of a relation, and each
+# its own {"total": 0, "items": []} made two objects per record to write out the same bytes.
+NO_CHILDREN = orjson.Fragment(b'{"total":0,"items":[]}')
+
+
+def written(row):
+    """A record as the JSON text the database wrote (sqlbuild.embeds_as_json), which orjson writes out as it is."""
+    return orjson.Fragment(row[0])
+
+
+def in_order(ids):
+    """A page's ids sorted, as the statement that reads their records takes them.
+
+    NOTE: ids are time-ordered, so sorted they meet the index and the table in about the order both were
+    written: neighbouring searches share pages (-15 % for the 900 companies of a 1,000-contact page on
+    SQLite, -25 % on PostgreSQL). An id some row written around the API made a number sorts as its text.
+    """
+    try:
+        return sorted(ids)
+    except TypeError:
+        return sorted(ids, key=str)
 
 
 class Relations:
@@ -168,6 +206,22 @@ class Relations:
         self.store = store
         self.catalog = store.catalog
         self.db = store.db
+        self._readers = {}
+
+    def reader(self, info):
+        """Raw row -> record, for the records the statements that embed `info` read (sqlbuild._embedded_columns):
+        the JSON text the database wrote, carried into the answer as it is, or a dict of the columns."""
+        read = self._readers.get(info.shape_key)
+        if read is None:
+            if len(self._readers) > 1000:  # custom objects make new shapes; keep this bounded
+                self._readers.clear()
+            if sqlbuild.embeds_as_json(info):
+                read = written
+            else:
+                kinds = sqlbuild.embedded_kinds(self.db.dialect, info)
+                read = self.db.record_reader(sqlbuild.output_columns(info), kinds)
+            self._readers[info.shape_key] = read
+        return read
 
     def of(self, info, principal):
         return RelationMap(self, info, principal)
@@ -205,31 +259,29 @@ class Relations:
         ids.pop(None, None)
         found = {}
         if ids:
-            read = self.store.reader(relation.target)
-            found = {
-                record['id']: record
-                for record in map(
-                    read,
-                    tx.rows(*sqlbuild.build_referenced(self.db.dialect, relation.target, principal.org_id, list(ids))),
-                )
-            }
+            read = self.reader(relation.target)
+            statement = sqlbuild.build_referenced(self.db.dialect, relation.target, principal.org_id, in_order(ids))
+            found = {row[0]: read(row[1:]) for row in tx.rows(*statement)}
         get = found.get
         for record, value in zip(records, values):
             record[name] = [get(i) for i in value or ()] if many else get(value)
 
     def _children(self, tx, principal, records, relation, limit):
         """Reverse: {"total", "items"} per record, the newest `limit` live children first."""
-        read = self.store.reader(relation.target)
-        groups = {record['id']: {'total': 0, 'items': []} for record in records}
+        read = self.reader(relation.target)
+        ids = in_order({record['id']: None for record in records})
+        groups = {}
         # NOTE: at least one row per parent comes back even for a limit of 0, to carry the total.
         for parent, total, rank, *row in tx.rows(
             *sqlbuild.build_children(
-                self.db.dialect, relation.target, relation.column, principal.org_id, list(groups), max(limit, 1)
+                self.db.dialect, relation.target, relation.column, principal.org_id, ids, max(limit, 1)
             )
         ):
-            group = groups[parent]
-            group['total'] = total
+            group = groups.get(parent)
+            if group is None:
+                group = groups[parent] = {'total': total, 'items': []}
             if rank <= limit:
                 group['items'].append(read(row))
+        name, get = relation.name, groups.get
         for record in records:
-            record[relation.name] = groups[record['id']]
+            record[name] = get(record['id'], NO_CHILDREN)

@@ -132,6 +132,41 @@ def test_an_archived_referenced_record_is_embedded_with_its_archived_at(api, crm
     assert company['id'] == crm['globex']['id'] and company['archived_at'] is not None
 
 
+def test_an_embedded_record_is_the_record_as_read_on_its_own(api, crm):
+    """Forward and reverse embeds, in a list and in one record, give each record exactly as `GET` reads it: every
+    kind of column (instants to the microsecond, an archived record's archived_at, numbers, dates, arrays)."""
+    ada, acme = crm['ada']['id'], crm['acme']['id']
+    leaving = api.create('companies', name='Leaving', size=12)
+    api.delete(f'/api/companies/{leaving["id"]}')
+    moved = api.create('contacts', last_name='Moved', company_id=leaving['id'], tags=[crm['vip']['id']])
+    api.put(f'/api/deals/{crm["deal"]["id"]}', {'amount': 1234.5, 'expected_closing_date': '2026-12-31'})
+    task = api.create('tasks', text='call', contact_id=ada, company_id=acme, due_date='2026-12-01')
+    note = api.create('contact_notes', contact_id=ada, text='n', date='2026-11-30T10:11:12.345678Z')
+    company_note = api.create('company_notes', company_id=acme, text='c')
+    whole = api.create('deals', name='Whole', company_id=acme, amount=1000, contact_ids=[ada])
+
+    def read(resource, record_id):
+        return api.get(f'/api/{resource}/{record_id}').json
+
+    contacts = by_id(embedded(api, 'contacts', ['company', 'tags', 'notes', 'tasks', 'deals'], range=[0, 9]))
+    for contact in (contacts[ada], embedded(api, 'contacts', ['company', 'notes', 'tasks', 'deals'], ada)):
+        assert contact['company'] == read('companies', acme)
+        assert contact['notes']['items'] == [read('contact_notes', note['id'])]
+        assert contact['tasks']['items'] == [read('tasks', task['id'])]
+        assert contact['deals']['items'] == [read('deals', whole['id']), read('deals', crm['deal']['id'])]
+    assert contacts[ada]['tags'] == [read('tags', crm['vip']['id']), read('tags', crm['new']['id'])]
+    assert contacts[moved['id']]['company'] == read('companies', leaving['id'])
+    company = embedded(api, 'companies', ['contacts', 'deals', 'tasks', 'notes'], acme)
+    assert company['contacts']['items'] == [read('contacts', ada)]
+    assert company['deals']['items'] == [read('deals', whole['id']), read('deals', crm['deal']['id'])]
+    assert json.dumps(company['deals']['items'][0]['amount']) == '1000', 'an integral amount without a point'
+    assert company['tasks']['items'] == [read('tasks', task['id'])]
+    assert company['notes']['items'] == [read('company_notes', company_note['id'])]
+    deal = embedded(api, 'deals', ['company', 'contacts', 'tasks'], crm['deal']['id'])
+    assert deal['company'] == read('companies', acme)
+    assert deal['contacts'] == [read('contacts', ada), read('contacts', crm['bob']['id'])]
+
+
 def test_a_custom_reference_embeds_under_its_field_name_in_place_of_the_id(api, crm):
     api.post('/api/custom_objects', PROJECTS)
     me = api.get('/api/me').json['user']
