@@ -1,13 +1,13 @@
 """The WSGI application: routes, middleware and the one place errors become HTTP answers."""
 
 import logging
+import os
 import re
 import secrets
 import sys
 import threading
 import time
 import traceback
-import uuid
 
 import falcon
 import orjson
@@ -193,38 +193,78 @@ class RequestLog:
     """`X-Request-ID` echoed (or made), and one JSON line per request: never a token, never a query."""
 
     def process_request(self, req, resp):
-        given = req.get_header('X-Request-ID')
-        req.context.request_id = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+        given = req.env.get('HTTP_X_REQUEST_ID')
+        req.context.request_id = given if given and _REQUEST_ID.match(given) else new_request_id()
         req.context.started = time.perf_counter()
 
     def process_response(self, req, resp, resource, req_succeeded):
-        request_id = getattr(req.context, 'request_id', None) or uuid.uuid4().hex
+        request_id = getattr(req.context, 'request_id', None) or new_request_id()
         resp.set_header('X-Request-ID', request_id)
         if access_log.isEnabledFor(logging.INFO):
             principal = getattr(req.context, 'principal', None)
             started = getattr(req.context, 'started', time.perf_counter())
-            # NOTE: ascii_json: the path may hold a lone surrogate, which orjson refuses.
-            access_log.info(
-                values.ascii_json(
-                    {
-                        'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-                        'method': req.method,
-                        'path': req.path,
-                        'status': resp.status_code,
-                        'duration_ms': round((time.perf_counter() - started) * 1000, 2),
-                        'organization': principal.org_id if principal else None,
-                        'request_id': request_id,
-                    }
-                )
+            line = access_line(
+                {
+                    'time': utc_second(),
+                    'method': req.method,
+                    'path': req.path,
+                    'status': resp.status_code,
+                    'duration_ms': round((time.perf_counter() - started) * 1000, 2),
+                    'organization': principal.org_id if principal else None,
+                    'request_id': request_id,
+                }
             )
+            # NOTE: the record made here and handed to the logger's handlers, as Logger.info would, but without
+            # looking up the caller's file and line on the stack: the access log was a third of a get's time.
+            access_log.handle(logging.LogRecord(access_log.name, logging.INFO, __file__, 0, line, None, None))
+
+
+def new_request_id():
+    """32 random hex digits (uuid4().hex's length, at a sixth of its cost)."""
+    return os.urandom(16).hex()
+
+
+_second = [None, '']
+
+
+def utc_second():
+    """The current UTC second as the access log spells it, formatted once a second."""
+    now = int(time.time())
+    if _second[0] != now:
+        _second[:] = [now, time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))]
+    return _second[1]
+
+
+def access_line(entry):
+    """One access log line: compact JSON escaped to ASCII.
+
+    NOTE: orjson first (a tenth of the time); a path with a lone surrogate (which orjson refuses) or any other
+    non-ASCII character goes through values.ascii_json, so the line is ASCII whatever the path.
+    """
+    try:
+        line = orjson.dumps(entry)
+        if line.isascii():
+            return line.decode()
+    except TypeError:
+        pass
+    return values.ascii_json(entry, separators=(',', ':'))
+
+
+class AccessLogLines(logging.StreamHandler):
+    """The access log's handler: each record's message is the whole line, written as it is."""
+
+    def emit(self, record):
+        try:
+            self.stream.write(record.msg + self.terminator)
+            self.flush()
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: a broken stream must not fail requests
+            self.handleError(record)
 
 
 def enable_access_log(stream=None):
     """JSON lines on stderr (gunicorn collects them); once per process."""
     if not access_log.handlers:
-        handler = logging.StreamHandler(stream or sys.stderr)
-        handler.setFormatter(logging.Formatter('%(message)s'))
-        access_log.addHandler(handler)
+        access_log.addHandler(AccessLogLines(stream or sys.stderr))
         access_log.setLevel(logging.INFO)
         access_log.propagate = False
 
@@ -237,7 +277,7 @@ class CorsMiddleware:
 
     def process_response(self, req, resp, resource, req_succeeded):
         resp.set_header('Access-Control-Expose-Headers', EXPOSED_HEADERS)
-        origin = req.get_header('Origin')
+        origin = req.env.get('HTTP_ORIGIN')
         if origin is None:
             return
         if '*' in self.origins:
@@ -356,7 +396,10 @@ def build_app(settings, db):
         enable_access_log()
     limiter = TokenBuckets(*settings.rate_limit) if settings.rate_limit else None
     auth = AuthMiddleware(services.accounts, store, limiter)
-    middleware = [RequestLog(), CorsMiddleware(settings.cors_origins), auth, ReadRouting(db)]
+    middleware = [RequestLog(), CorsMiddleware(settings.cors_origins), auth]
+    if db.replicas:
+        # NOTE: without read replicas every read is the primary's, and a read-after token has nothing to wait for.
+        middleware.append(ReadRouting(db))
     app = App(middleware=middleware, request_type=api.Request)
     # NOTE: one handler both ways: request bodies strictly parsed (api.read_json), answers by orjson.
     json_handler = api.StrictJSON(settings.max_body_bytes)
