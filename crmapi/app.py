@@ -16,7 +16,6 @@ from . import api
 from . import duplicates
 from . import sqlbuild
 from . import values
-from . import openapi
 from .config import Settings
 from .db import connect
 from .db import parse_read_after
@@ -56,10 +55,49 @@ class Health(api.Health):
             resp.media['replicas'] = replicas
 
 
+class OpenAPIDocument:
+    """`GET /api/openapi.json`: crmapi.openapi.OpenAPI, that module imported at the first request for it.
+
+    NOTE: the document's generator (1,700 lines, ~1 MB of a worker's memory) is imported by the workers that
+    serve the document, not by every one.
+    """
+
+    def __init__(self, catalog, limits, store):
+        self.args = (catalog, limits, store)
+        self.resource = None
+
+    def on_get(self, req, resp):
+        if self.resource is None:
+            from . import openapi
+
+            self.resource = openapi.OpenAPI(*self.args)
+        self.resource.on_get(req, resp)
+
+
+class DocsPage:
+    """`GET /api/docs` and its assets: crmapi.openapi.Docs, imported at the first request (see OpenAPIDocument)."""
+
+    def __init__(self):
+        self.resource = None
+
+    def _docs(self):
+        if self.resource is None:
+            from . import openapi
+
+            self.resource = openapi.Docs()
+        return self.resource
+
+    def on_get(self, req, resp):
+        self._docs().on_get(req, resp)
+
+    def on_get_asset(self, req, resp, name):
+        self._docs().on_get_asset(req, resp, name)
+
+
 PUBLIC, OPTIONAL, PRIVATE = 'public', 'optional', 'private'
 # Who may call each resource: anyone (PUBLIC), anyone but a token narrows the answer (OPTIONAL).
 # Every resource not named here, and every unrouted /api path, is PRIVATE: refuse by default.
-ACCESS = {api.Health: PUBLIC, Health: PUBLIC, openapi.Docs: PUBLIC, openapi.OpenAPI: OPTIONAL}
+ACCESS = {api.Health: PUBLIC, Health: PUBLIC, DocsPage: PUBLIC, OpenAPIDocument: OPTIONAL}
 # The resource each write lands in, so that it is authorized before the handler runs.
 WRITES_TO = {
     api.Records: lambda params: params['resource'],
@@ -441,8 +479,8 @@ def build_app(settings, db):
         app.add_route(f'/api/{slug}/{{id}}/duplicates', finder, suffix='record')
     app.add_route('/api/schema', schema)
     app.add_route('/api/schema/{table}', schema, suffix='table')
-    app.add_route('/api/openapi.json', openapi.OpenAPI(catalog, limits, store))
-    docs = openapi.Docs()
+    app.add_route('/api/openapi.json', OpenAPIDocument(catalog, limits, store))
+    docs = DocsPage()
     app.add_route('/api/docs', docs)
     # The page's own scripts and styles (public like the page, see ACCESS).
     app.add_route('/api/docs/assets/{name}', docs, suffix='asset')

@@ -67,8 +67,13 @@ def drain_before_answering(app, errors=(OSError,)):
     """
 
     def wrapped(environ, start_response):
+        length = declared_length(environ.get('CONTENT_LENGTH'))
+        if not length and 'HTTP_TRANSFER_ENCODING' not in environ:
+            # NOTE: neither a length nor chunks: the request has no body (RFC 9112 6.3), there is nothing to drop. Most
+            # requests (every GET) answer without a look at the input stream.
+            return app(environ, start_response)
+
         def start(status, headers, exc_info=None):
-            length = declared_length(environ.get('CONTENT_LENGTH'))
             discard_body(environ['wsgi.input'], environ.get('gunicorn.socket'), length, errors=errors)
             return start_response(status, headers, exc_info)
 
