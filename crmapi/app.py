@@ -262,15 +262,16 @@ def new_request_id():
     return os.urandom(16).hex()
 
 
-_second = [None, '']
+_second = (None, '')  # (a second since the epoch, its text): one tuple, so threads read a matching pair
 
 
 def utc_second():
     """The current UTC second as the access log spells it, formatted once a second."""
-    now = int(time.time())
-    if _second[0] != now:
-        _second[:] = [now, time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))]
-    return _second[1]
+    global _second
+    now, known = int(time.time()), _second
+    if known[0] != now:
+        known = _second = (now, time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now)))
+    return known[1]
 
 
 def access_line(entry):
