@@ -90,7 +90,7 @@ WORKLOADS = {
     ],
 }
 WRITES = {'create', 'update', 'mixed'}
-SERVERS = ('crmapi', 'floor-sql', 'floor-static', 'peer')
+SERVERS = ('crmapi', 'crmapi-base', 'floor-sql', 'floor-static', 'peer')  # crmapi-base: --baseline-root
 STATIC_WORKLOADS = {'list'}  # the static floor answers any GET with the same page
 CRMAPI_ONLY = {'deep_cursor'}
 CURSOR_AFTER = 49999  # deep_cursor: the cursor the page ending at this row gives out (next row: 50,000)
@@ -291,11 +291,11 @@ def cleanup(data):
 
 
 class Server:
-    def __init__(self, name, port, argv, env, logfile):
+    def __init__(self, name, port, argv, env, logfile, cwd=ROOT):
         self.name, self.port, self.base = name, port, f'http://127.0.0.1:{port}'
         self.log = open(logfile, 'ab')
         self.proc = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def workers(self):
@@ -547,6 +547,9 @@ def start_servers(a, db, data, port_base, names, app_server='gunicorn'):
         ),
         'floor-static': ('floor_static:app', os.path.join(HERE, 'floors'), {}),
     }
+    # NOTE: crmapi-base is crmapi as checked out in --baseline-root (the code before a change), run from there so
+    # that its server module and app are that checkout's (the current directory comes first on sys.path).
+    specs['crmapi-base'] = specs['crmapi']
     for k, name in enumerate(names):
         port = port_base + 10 * k
         if not free_port(port):
@@ -556,7 +559,8 @@ def start_servers(a, db, data, port_base, names, app_server='gunicorn'):
             servers[name] = PeerServer(a, port, data['url'], logfile)
             continue
         app, chdir, extra = specs[name]
-        servers[name] = Server(name, port, server_argv(a, port, app, chdir), {**env, **extra}, logfile)
+        cwd = a.baseline_root if name == 'crmapi-base' else ROOT
+        servers[name] = Server(name, port, server_argv(a, port, app, chdir), {**env, **extra}, logfile, cwd)
     deadline = time.time() + 90
     for s in list(servers.values()):
         while True:
@@ -669,13 +673,15 @@ def bench_db(a, db, data, results, memory):
     # on the machine) does not always favour the same one; the report takes each cell's median.
     for k in range(a.rounds):
         for app_server in a.app_servers if k % 2 == 0 else a.app_servers[::-1]:
-            bench_db_on(a, db, data, results, memory, app_server)
+            bench_db_on(a, db, data, results, memory, app_server, reverse=k % 2 == 1)
 
 
-def bench_db_on(a, db, data, results, memory, app_server):
+def bench_db_on(a, db, data, results, memory, app_server, reverse=False):
     ids = sample_ids(data)
     log(f'{db}: {len(ids)} sample ids; starting servers under {app_server}')
     names = [s for s in a.servers if s in SERVERS]
+    # NOTE: every other round the servers take their turns in the opposite order (crmapi-base against crmapi).
+    names = names[::-1] if reverse else names
     servers = start_servers(a, db, data, a.port_base + (0 if db == 'sqlite' else 100), names, app_server)
     runid = dt.datetime.now().strftime('%H%M%S')
     org = data['org_id']
@@ -688,7 +694,7 @@ def bench_db_on(a, db, data, results, memory, app_server):
             for sname, server in servers.items():
                 if sname == 'floor-static' and wname not in STATIC_WORKLOADS:
                     continue
-                if sname != 'crmapi' and wname in CRMAPI_ONLY:
+                if not sname.startswith('crmapi') and wname in CRMAPI_ONLY:
                     continue
                 spec = translate(WORKLOADS[wname], sname, org)
                 if spec is None:
@@ -876,6 +882,7 @@ def report(a, results, memory, loads, pg_url, started):
             )
             + ' |'
         )
+    lines += before_after(a, by)
     lines += [
         '',
         'peer = Platformatic DB (wattpm, runtime workers = --workers, worker threads in one Node process), '
@@ -903,6 +910,35 @@ def report(a, results, memory, loads, pg_url, started):
             + ' |'
         )
     return '\n'.join(lines) + '\n'
+
+
+def before_after(a, by):
+    """Markdown lines: crmapi-base (--baseline-root) against crmapi, cell by cell, each against floor-sql."""
+    rows = []
+    for db, app_server, w in [(db, s, w) for db in a.db for s in a.app_servers for w in a.workloads]:
+        base, after, floor = (by.get((db, w, name, app_server)) for name in ('crmapi-base', 'crmapi', 'floor-sql'))
+        if not (base and after):
+            continue
+
+        def ratio(x, y):
+            return f'{x["rps"] / y["rps"]:.2f}' if x and y and y['rps'] else '—'
+
+        rows.append(
+            f'| {db} | {app_server} | {w} | {base["rps"]:,.0f} | {base["p50_us"] / 1000:.1f} | '
+            f'{base["p99_us"] / 1000:.1f} | {after["rps"]:,.0f} | {after["p50_us"] / 1000:.1f} | '
+            f'{after["p99_us"] / 1000:.1f} | {ratio(after, base)} | {ratio(base, floor)} | {ratio(after, floor)} |'
+        )
+    if not rows:
+        return []
+    return [
+        '',
+        f'Before (crmapi-base: {a.baseline_root}) and after (crmapi: this checkout), same run, same settings:',
+        '',
+        '| db | app server | workload | before req/s | p50 | p99 | after req/s | p50 | p99 | after ÷ before '
+        '| before ÷ floor-sql | after ÷ floor-sql |',
+        '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+        *rows,
+    ]
 
 
 def main(argv=None):
@@ -933,6 +969,11 @@ def main(argv=None):
         help='directory of the node (>= 22.19) binary the peer runs on',
     )
     p.add_argument('--data-dir', default=os.environ.get('BENCH_DIR', '/tmp/crmapi-bench'))
+    p.add_argument(
+        '--baseline-root',
+        help='a checkout of crmapi before a change (e.g. `git worktree add --detach /tmp/base main`): adds the server '
+        'crmapi-base, that code under the same settings, measured in the same run (see the before/after table)',
+    )
     p.add_argument('--pg-url', help='an existing PostgreSQL server (superuser URL); default: bench/pg.sh')
     p.add_argument(
         '--app-servers',
@@ -968,11 +1009,15 @@ def main(argv=None):
     if set(a.app_servers) - set(APP_SERVERS) or not a.app_servers:
         p.error(f'--app-servers: a comma list of {", ".join(APP_SERVERS)}')
     if a.servers is None:
-        a.servers = [s for s in SERVERS if s != 'peer' or peer_available(a)]
+        a.servers = [s for s in SERVERS if s != 'crmapi-base' and (s != 'peer' or peer_available(a))]
     else:
         a.servers = [s for s in a.servers.split(',') if s]
         if 'peer' in a.servers and not peer_available(a):
             p.error(f'peer: no wattpm under {a.peer_dir} or no node in {a.peer_node} (see PEERS.md (c))')
+    if a.baseline_root and 'crmapi-base' not in a.servers:
+        a.servers.append('crmapi-base')
+    if 'crmapi-base' in a.servers and not a.baseline_root:
+        p.error('crmapi-base needs --baseline-root')
     bad = (set(a.workloads) - set(WORKLOADS)) | (set(a.servers) - set(SERVERS))
     if bad:
         p.error(f'unknown workloads/servers: {sorted(bad)}')

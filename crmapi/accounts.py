@@ -159,6 +159,8 @@ class Accounts:
             raise _refuse('revoked token', token_id)
         if disabled:
             raise _refuse('token of a disabled user', token_id)
+        # NOTE: last use as an instant, so that the requests that follow compare it with theirs unformatted.
+        last_used_at = None if last_used_at is None else _as_instant(last_used_at)
         verified = authcache.Verified(
             Principal(org_id, user_id, bool(admin), token_id), expires_at, last_used_at, generation
         )
@@ -171,8 +173,7 @@ class Accounts:
 
     def _touch(self, token_id, last_used_at, now):
         """Record use at most once a minute per token, so reads stay reads: whether it was recorded now."""
-        stale = _as_text(now - TOUCH_INTERVAL)
-        if last_used_at is not None and _as_text(last_used_at) > stale:
+        if last_used_at is not None and _as_instant(last_used_at) > now - TOUCH_INTERVAL:
             return False
         with self.db.transaction(write=True) as tx:
             tx.execute(*sqlbuild.build_token_touch(self.db.dialect, token_id, now, now - TOUCH_INTERVAL))
@@ -208,3 +209,8 @@ def _refuse(reason, token_id=None):
 
 def _as_text(value):
     return value if isinstance(value, str) else format_timestamp(value)
+
+
+def _as_instant(value):
+    """A timestamp as SQLite stores it (format_timestamp's text) or PostgreSQL returns it, as an aware datetime."""
+    return datetime.datetime.fromisoformat(value) if isinstance(value, str) else value

@@ -347,6 +347,9 @@ class Records:
         """One record (archived ones too), with `embed` and `embed_limit` as a list takes them."""
         info, principal = self._table(req, resource), req.context.principal
         embeds, limit = query.parse_embed(req.params, self.relations.of(info, principal))
+        if not embeds:
+            resp.media = self.store.get(info, principal, id)
+            return
         with self.store.db.transaction():
             record = self.store.get(info, principal, id)
             self.relations.embed(principal, [record], embeds, limit)

@@ -134,6 +134,7 @@ class Database:
 
     name = ''
     readers = {}
+    replicas = ()
 
     def configure(self, settings):
         """Take the engine's part of a crmapi.config.Settings (before the first connection is opened)."""
@@ -168,6 +169,10 @@ class Database:
                 items.append(f'{name!r}: row[{i}]')
         exec(f'def read(row):\n    return {{{", ".join(items)}}}\n', scope)
         return scope['read']
+
+    def statement(self):
+        """Where one read statement runs: as `transaction()` unless the engine can do without one (SQLite)."""
+        return self.transaction()
 
     # NOTE: read replicas are PostgreSQL's (PostgresDatabase); elsewhere every read is the one database's.
     def begin_request(self, read_after=None):
@@ -215,6 +220,12 @@ def _sqlite_json(value):
 # GIL, which a busy Python thread may hold for up to 5 ms, so looking more often slows heavy queries.
 PROGRESS_STEPS = 100_000
 BULK_CACHE_KIB = 16 * 1024  # the page cache of a process that writes in bulk (SQLiteDatabase.for_bulk_writes)
+# NOTE: the page cache of every other connection. A server worker holds one connection per thread (granian's 4
+# blocking threads), and SQLite's default of 2 MiB each filled up under gets spread over the table: 8 MiB of a
+# worker's 60 MiB peak. A quarter of it costs nothing measurable (gets and 25-row pages took the same CPU time with
+# 512 KiB, 1 MiB and 2 MiB): in WAL mode every commit by another connection empties a connection's cache anyway,
+# and the pages it drops stay in the operating system's file cache.
+CACHE_KIB = 512
 
 
 class _Deadline:
@@ -277,7 +288,7 @@ class SQLiteDatabase(Database):
         self.synchronous = synchronous
         self.statement_timeout_ms = statement_timeout_ms
         self.dialect = sqlbuild.sqlite_dialect(_sqlite_adapt)
-        self.cache_kib = None  # the page cache of each connection; None: SQLite's default (2 MiB)
+        self.cache_kib = CACHE_KIB  # the page cache of each connection
         self._local = threading.local()
         # NOTE: SQLite's busy handler polls rather than queues; with many threads per process one
         # writer can starve. Writers of one process take turns here, so only one per process polls.
@@ -302,8 +313,7 @@ class SQLiteDatabase(Database):
             conn.execute('PRAGMA journal_mode = WAL')
         conn.execute(f'PRAGMA synchronous = {self.synchronous}')
         conn.execute('PRAGMA foreign_keys = ON')
-        if self.cache_kib:
-            conn.execute(f'PRAGMA cache_size = {-int(self.cache_kib)}')
+        conn.execute(f'PRAGMA cache_size = {-int(self.cache_kib)}')
         return conn
 
     def for_bulk_writes(self, cache_kib=BULK_CACHE_KIB):
@@ -343,6 +353,20 @@ class SQLiteDatabase(Database):
                     conn.rollback()
                     raise
                 conn.execute('COMMIT')
+
+    @contextlib.contextmanager
+    def statement(self):
+        """One read statement, in the transaction of this thread if there is one, else in its own.
+
+        NOTE: SQLite runs a statement outside BEGIN in a transaction of its own, as consistent as BEGIN's for that
+        one statement: a get by id was BEGIN, SELECT and COMMIT, three statements where one does.
+        """
+        conn = self.connection()
+        if conn.in_transaction:
+            yield Tx(conn.cursor())
+            return
+        with translate_errors():
+            yield Tx(conn.cursor())
 
     @staticmethod
     def statements(sql):

@@ -9,85 +9,22 @@
 deploy/gunicorn.conf.py and `crmapi serve` use it: worker_class = 'crmapi.serving.ThreadWorker'.
 """
 
-import time
-
 from gunicorn import util
 from gunicorn.http.errors import ParseException
 from gunicorn.workers import gthread
 
 from . import values
+from .draining import DRAIN_MAX_BYTES
+from .draining import INTERNAL_DETAIL
+from .draining import PROBLEM_JSON
+from .draining import declared_length
+from .draining import drain_before_answering
 from .errors import problem
-
-PROBLEM_JSON = 'application/problem+json'
-
-# A refused body is read and dropped up to this size (declared by Content-Length, or counted as a chunked body
-# arrives) and for at most this long. A bigger or slower one is not worth a thread: the answer is still sent,
-# then the connection is closed, and a client still sending may see a reset instead of the answer.
-DRAIN_MAX_BYTES = 4 * 1024 * 1024
-DRAIN_TIMEOUT_S = 5.0
-_DRAIN_STEP = 64 * 1024
 
 # gunicorn's message can echo the whole malformed request line: keep the answer small.
 DETAIL_MAX_CHARS = 300
-INTERNAL_DETAIL = 'The server could not complete the request'
-
-
-def declared_length(value):
-    """Content-Length as gunicorn passed it (digits only, or absent for a chunked body)."""
-    return int(value) if value else None
-
-
-def discard_body(body, sock, length=None, max_bytes=DRAIN_MAX_BYTES, timeout=DRAIN_TIMEOUT_S):
-    """Read what is left of a request body and drop it; True when all of it was read.
-
-    `body` is the server's wsgi.input, `sock` the client's socket (its timeout bounds each read; None under a
-    server that does not expose it, granian: the deadline is then checked between reads), `length` the declared
-    Content-Length (None for a chunked body).
-    """
-    if getattr(body, 'failed', False):
-        # NOTE: reading it already raised (a malformed chunk): where it ends is unknown, and reading on would
-        # report a clean end. gunicorn then closes the connection.
-        return False
-    if length is not None and length > max_bytes:
-        return False
-    deadline = time.monotonic() + timeout
-    previous = sock.gettimeout() if sock else None
-    drained = 0
-    try:
-        while drained <= max_bytes:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            if sock:
-                sock.settimeout(remaining)
-            data = body.read(_DRAIN_STEP)
-            if not data:
-                return True
-            drained += len(data)
-        return False
-    except (OSError, ParseException):  # a timeout, a reset, a malformed chunk: gunicorn closes the connection
-        return False
-    finally:
-        if sock:
-            sock.settimeout(previous)
-
-
-def drain_before_answering(app):
-    """WSGI middleware: when the app starts its answer, the unread rest of the request body is dropped first.
-
-    The answer is then sent on a connection with nothing left to read, so the client gets it whatever it was
-    refused for, and the connection can serve the next request.
-    """
-
-    def wrapped(environ, start_response):
-        def start(status, headers, exc_info=None):
-            length = declared_length(environ.get('CONTENT_LENGTH'))
-            discard_body(environ['wsgi.input'], environ.get('gunicorn.socket'), length)
-            return start_response(status, headers, exc_info)
-
-        return app(environ, start)
-
-    return wrapped
+# What reading a request body raises under gunicorn: a timeout, a reset, a malformed chunk.
+READ_ERRORS = (OSError, ParseException)
 
 
 def sentence_case(reason):
@@ -128,7 +65,7 @@ class ThreadWorker(gthread.ThreadWorker):
 
     def load_wsgi(self):
         super().load_wsgi()
-        self.wsgi = drain_before_answering(self.wsgi)
+        self.wsgi = drain_before_answering(self.wsgi, READ_ERRORS)
 
     def handle_request(self, req, conn):
         length = declared_length(next((value for name, value in req.headers if name == 'CONTENT-LENGTH'), None))

@@ -382,7 +382,7 @@ class Store:
                     tx.execute(*sqlbuild.build_recount(self.db.dialect, principal.org_id, info))
 
     def get(self, info, principal, record_id):
-        with self.db.transaction() as tx:
+        with self.db.statement() as tx:
             return self._fetch(tx, info, principal, record_id)
 
     # -- writing -----------------------------------------------------------------------------------

@@ -62,6 +62,39 @@ def test_the_access_log_is_json_lines_without_tokens(api):
     assert api.token not in stream.getvalue() and 'secret-search' not in stream.getvalue()
 
 
+def test_the_access_log_is_ascii_json_whatever_the_path(api):
+    """Each line is compact JSON escaped to ASCII: a path with accents or a lone surrogate (which orjson refuses)
+    is logged as it came, and the line is written as the app's handler writes it, the message alone."""
+    stream = io.StringIO()
+    handler = crm_app.AccessLogLines(stream)
+    crm_app.access_log.addHandler(handler)
+    crm_app.access_log.setLevel(logging.INFO)
+    try:
+        api.get('/api/caf%C3%A9s', status=404)
+        api.get('/api/%ED%A0%80', status=404)
+        api.get('/api/contacts')
+    finally:
+        crm_app.access_log.removeHandler(handler)
+    text = stream.getvalue()
+    assert text.isascii() and text.endswith('\n')
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [entry['status'] for entry in lines] == [404, 404, 200]
+    assert lines[0]['path'] == '/api/caf\u00e9s'
+    assert lines[2]['organization'] == api.org_id and len(lines[2]['request_id']) == 32
+    assert all(line.startswith('{"time":') and ', ' not in line for line in text.splitlines())
+
+
+def test_a_granian_worker_imports_neither_gunicorn_nor_the_openapi_generator():
+    """What a worker of `crmapi serve` loads: gunicorn is the other server's, and the OpenAPI document's
+    generator is imported at the first request for the document (each costs a worker ~1-3 MB of memory)."""
+    code = (
+        'import sys, crmapi.serving_granian, crmapi.app; '
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'gunicorn'}), 'crmapi.openapi' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ['[]', 'False']
+
+
 def test_a_retried_create_with_the_same_idempotency_key_writes_once(api):
     first = api.post('/api/contacts', {'first_name': 'Ada'}, headers={'Idempotency-Key': 'k-1'})
     again = api.post('/api/contacts', {'first_name': 'Ada'}, headers={'Idempotency-Key': 'k-1'})
