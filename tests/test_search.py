@@ -647,7 +647,9 @@ def test_migrating_to_the_search_rows_builds_them_for_the_records_already_there(
         )
     lines = []
     migrations.migrate(empty_db, log=lines.append)
-    assert lines == ['applied 0019_search', f'reindexed 1 contacts of {org}']
+    # NOTE: later migrations apply in the same run; the rows are built once, after the last of them.
+    assert lines[0] == 'applied 0019_search'
+    assert lines[-1] == f'reindexed 1 contacts of {org}'
     store = build_services(empty_db).store
     info = store.catalog.resolve('contacts')
     rows, total = store.list(info, Principal(org, None), parse_list({'filter': '{"q": "ZOE"}'}, info))
