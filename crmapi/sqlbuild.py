@@ -1027,8 +1027,9 @@ def build_estimate(d, info, org_id, lq):
 # counts exactly up to ESTIMATE_FROM matches (a LIMITed COUNT), and above that scales the organization's
 # live-row counter by the share of matches among the organization's rows in a fixed sample of the table:
 # SAMPLE_RUNS runs of SAMPLE_RUN consecutive rowids, spread evenly from the lowest rowid to the highest, read
-# by rowid (about 1.5 ms at any size, where an exact COUNT reads ~0.3 us per matching index entry: 25 ms for
-# 83,000 matches). The sample is the same for every request until rows are added, so totals do not jitter.
+# by rowid (~0.5 ms at any size, idle, where an exact COUNT reads every matching index entry: 83,871 for London
+# in 1M contacts, 4.5 ms on SQLite). The sample is the same for every request until rows are added, so totals do
+# not jitter.
 
 ESTIMATE_FROM = 1_000
 SAMPLE_RUNS, SAMPLE_RUN = 125, 16  # 2,000 rows
