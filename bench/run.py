@@ -19,6 +19,8 @@ servers, and prints/writes a markdown table (--out-md) and JSON lines (--out-jso
 Workloads (contacts of the big organization; sort by last_name then id, 25 rows, exact count):
   list      GET  /api/contacts?range=[0,24]&sort=last_name&order=ASC
   filter    GET  ... &filters=[{"field":"city","op":"eq","value":"London"}]   (indexed equality + sort)
+  filter_status  ... &filters=[{"field":"status","op":"eq","value":"hot"}]   (another indexed equality, ~15 %)
+  filter_estimated, filter_status_estimated   the same two with `Prefer: count=estimated` (crmapi only)
   contains  GET  ... &filters=[{"field":"last_name","op":"contains","value":"son"}]
   get       GET  /api/contacts/{id}          (1000 ids spread over the table, round robin)
   deep      GET  /api/contacts?range=[50000,50024]&sort=last_name&order=ASC
@@ -54,6 +56,7 @@ import load_data  # noqa: E402
 
 SORT = '&sort=last_name&order=ASC'
 CITY = '[{"field":"city","op":"eq","value":"%s"}]'
+STATUS = '[{"field":"status","op":"eq","value":"hot"}]'
 CONTAINS = '&filters=[{"field":"last_name","op":"contains","value":"son"}]'
 CREATE_BODY = (
     '{"first_name":"Bench","last_name":"User{n}","email":"bench-{n}@bench.invalid",'
@@ -71,6 +74,10 @@ def list_path(start=0, extra=''):
 WORKLOADS = {
     'list': [(1, 'GET', [list_path()], None)],
     'filter': [(1, 'GET', [list_path(extra='&filters=' + CITY % 'London')], None)],
+    'filter_status': [(1, 'GET', [list_path(extra='&filters=' + STATUS)], None)],
+    # the same pages with the total estimated (PostgreSQL: the planner; SQLite: see README "Big lists")
+    'filter_estimated': [(1, 'GET', [list_path(extra='&filters=' + CITY % 'London')], None)],
+    'filter_status_estimated': [(1, 'GET', [list_path(extra='&filters=' + STATUS)], None)],
     'contains': [(1, 'GET', [list_path(extra=CONTAINS)], None)],
     'get': [(1, 'GET', ['/api/contacts/{id}'], None)],
     'deep': [(1, 'GET', [list_path(50000)], None)],
@@ -89,10 +96,17 @@ WORKLOADS = {
         (5, 'POST', ['/api/contacts'], CREATE_BODY),
     ],
 }
+WORKLOAD_HEADERS = {  # request headers of a workload on top of the token's
+    'filter_estimated': {'Prefer': 'count=estimated'},
+    'filter_status_estimated': {'Prefer': 'count=estimated'},
+}
 WRITES = {'create', 'update', 'mixed'}
-SERVERS = ('crmapi', 'crmapi-base', 'floor-sql', 'floor-static', 'peer')  # crmapi-base: --baseline-root
+# crmapi-base: a before-change checkout (--baseline-root). crmapi-normal: crmapi on SQLite with
+# CRMAPI_SQLITE_SYNCHRONOUS=NORMAL (the durability the peer's better-sqlite3 runs a WAL database at: it is built with
+# SQLITE_DEFAULT_WAL_SYNCHRONOUS=1); write workloads on SQLite only
+SERVERS = ('crmapi', 'crmapi-base', 'crmapi-normal', 'floor-sql', 'floor-static', 'peer')
 STATIC_WORKLOADS = {'list'}  # the static floor answers any GET with the same page
-CRMAPI_ONLY = {'deep_cursor'}
+CRMAPI_ONLY = {'deep_cursor', 'filter_estimated', 'filter_status_estimated'}
 CURSOR_AFTER = 49999  # deep_cursor: the cursor the page ending at this row gives out (next row: 50,000)
 
 LUA = r"""
@@ -264,10 +278,18 @@ def sample_ids(data, n=1000):
 
 
 def cleanup(data):
-    """Delete what the write workloads created (updates are left: they only touch title/status), and
-    set the organization's `row_counts` contacts counter back to the live rows (the deletes bypass
+    """Delete what the write workloads created (updates are left: they only touch title/status) and the search
+    rows of crmapi's creates, and set the organization's `row_counts` contacts counter back to the live rows (the deletes bypass
     crmapi, and the peer's and floor's creates never counted)."""
     sql = 'DELETE FROM contacts WHERE organization_id = {0} AND email LIKE {0}'
+    # the search rows crmapi's creates added (migration 0019): left behind, they grow the search index run by run
+    # NOTE: NOT EXISTS, an anti-join on contacts' (organization_id, id) key: NOT IN over 1M ids is a nested loop on
+    # PostgreSQL once they pass work_mem (it ran for minutes)
+    orphans = (
+        "DELETE FROM search_texts WHERE organization_id = {0} AND table_name = 'contacts' AND NOT EXISTS "
+        '(SELECT 1 FROM contacts c WHERE c.organization_id = search_texts.organization_id AND c.id = '
+        'search_texts.record_id)'
+    )
     recount = (
         'UPDATE row_counts SET n = (SELECT COUNT(*) FROM contacts WHERE organization_id = {0} AND '
         "archived_at IS NULL) WHERE organization_id = {0} AND table_name = 'contacts'"
@@ -275,6 +297,7 @@ def cleanup(data):
     if data['url'].startswith('sqlite'):
         con = sqlite3.connect(data['url'][len('sqlite:///') :], timeout=30)
         n = con.execute(sql.format('?'), (data['org_id'], BENCH_EMAILS)).rowcount
+        con.execute(orphans.format('?'), (data['org_id'],))
         con.execute(recount.format('?'), (data['org_id'], data['org_id']))
         con.commit()
         con.close()
@@ -283,6 +306,7 @@ def cleanup(data):
 
         with psycopg.connect(data['url'], autocommit=True) as con:
             n = con.execute(sql.format('%s'), (data['org_id'], BENCH_EMAILS)).rowcount
+            con.execute(orphans.format('%s'), (data['org_id'],))
             con.execute(recount.format('%s'), (data['org_id'], data['org_id']))
     return n
 
@@ -350,6 +374,12 @@ class Server:
 # engines can use the same partial list indexes; it has no authentication and no per-org counters.
 
 
+# NOTE: the tables the workloads use and those their foreign keys name (it fails to start without them);
+# introspecting all of them fails on SQLite since migration 0019: the FTS5 shadow tables of the search rows
+# have untyped primary keys ("Invalid Primary Key type").
+PEER_TABLES = ('contacts', 'organizations', 'companies')
+
+
 def camel(name):
     head, *rest = name.split('_')
     return head + ''.join(w[:1].upper() + w[1:] for w in rest)
@@ -390,16 +420,14 @@ def peer_body(body, org):
         return None
     mark = '@@N@@'
     fields = {camel(k): v for k, v in json.loads(body.replace('{n}', mark)).items()}
-    if 'firstName' in fields:  # create: Platformatic needs every NOT NULL column without a default
-        now = dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
-        fields = {
-            'id': f'c_bench_{mark}',
-            'organizationId': org,
-            'createdAt': now,
-            'updatedAt': now,
-            'tags': {},
-            **fields,
-        }  # tags: its schema wants an object for crmapi's JSONB column
+    now = dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+    # Platformatic needs every NOT NULL column, defaults or not (create and PUT alike); tags: its schema wants an
+    # object for crmapi's JSONB column
+    required = {'organizationId': org, 'createdAt': now, 'updatedAt': now, 'tags': {}}
+    if 'firstName' in fields:  # create
+        fields = {'id': f'c_bench_{mark}', **required, **fields}
+    else:  # update (PUT /contacts/{id})
+        fields = {**required, **fields}
     return json.dumps(fields, separators=(',', ':')).replace(mark, '{n}')
 
 
@@ -409,15 +437,47 @@ def translate(spec, server, org):
         return spec
     out = []
     for weight, method, paths, body in spec:
-        if method == 'PUT':
-            # PUT /contacts/{id} validates the whole ContactInput (organizationId, tags required) and
-            # replaces tags: no partial update to compare with crmapi's, so no update / mixed cell
+        if method == 'PUT' and len(spec) > 1:
+            # NOTE: its PUT /contacts/{id} wants every NOT NULL column (organizationId, createdAt, updatedAt,
+            # tags) and writes them: the `update` cell sends them and restore_rows() puts the sample rows' tags
+            # and created_at back after it; mixed has no peer cell (its gets would read the peer's writes).
             return None
         mapped = [peer_path(p, org) for p in paths]
         if None in mapped:
             return None
         out.append((weight, method, mapped, peer_body(body, org)))
     return out
+
+
+def snapshot_rows(data, ids):
+    """(id, tags, created_at) of the sample rows, which the peer's update cell overwrites."""
+    sql = 'SELECT id, {tags}, created_at FROM contacts WHERE organization_id = {p} AND id IN ({ids})'
+    if data['url'].startswith('sqlite'):
+        con = sqlite3.connect(data['url'][len('sqlite:///') :])
+        rows = con.execute(sql.format(tags='tags', p='?', ids=','.join('?' * len(ids))), [data['org_id'], *ids])
+        rows = rows.fetchall()
+        con.close()
+        return rows
+    import psycopg
+
+    with psycopg.connect(data['url']) as con:
+        q = sql.format(tags='tags::text', p='%s', ids=','.join(['%s'] * len(ids)))
+        return con.execute(q, [data['org_id'], *ids]).fetchall()
+
+
+def restore_rows(data, rows):
+    sql = 'UPDATE contacts SET tags = {t}, created_at = {p} WHERE organization_id = {p} AND id = {p}'
+    params = [(tags, created, data['org_id'], rid) for rid, tags, created in rows]
+    if data['url'].startswith('sqlite'):
+        con = sqlite3.connect(data['url'][len('sqlite:///') :], timeout=30)
+        con.executemany(sql.format(t='?', p='?'), params)
+        con.commit()
+        con.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(data['url'], autocommit=True) as con:
+            con.cursor().executemany(sql.format(t='%s::jsonb', p='%s'), params)
 
 
 def server_path(server, path, org):
@@ -439,7 +499,12 @@ class PeerServer(Server):
                 {
                     '$schema': 'https://schemas.platformatic.dev/@platformatic/db/3.67.0.json',
                     'server': {'hostname': '127.0.0.1', 'port': port, 'logger': {'level': 'warn'}},
-                    'db': {'connectionString': conn, 'graphql': False, 'openapi': True},
+                    'db': {
+                        'connectionString': conn,
+                        'graphql': False,
+                        'openapi': True,
+                        'include': {t: True for t in PEER_TABLES},
+                    },
                     'runtime': {'workers': a.workers, 'logger': {'level': 'warn'}},
                 },
                 f,
@@ -540,6 +605,11 @@ def start_servers(a, db, data, port_base, names, app_server='gunicorn'):
     servers = {}
     specs = {
         'crmapi': ('crmapi:create_app()', None, {'CRMAPI_DATABASE_URL': data['url']}),
+        'crmapi-normal': (
+            'crmapi:create_app()',
+            None,
+            {'CRMAPI_DATABASE_URL': data['url'], 'CRMAPI_SQLITE_SYNCHRONOUS': 'NORMAL'},
+        ),
         'floor-sql': (
             'floor_sql:app',
             os.path.join(HERE, 'floors'),
@@ -597,8 +667,8 @@ def next_cursor(base, token, after=CURSOR_AFTER):
         return r.headers.get('X-Next-Cursor')
 
 
-def http(url, method, body, token, timeout=60):
-    headers = {'Authorization': f'Bearer {token}'}
+def http(url, method, body, token, timeout=60, extra_headers=None):
+    headers = {'Authorization': f'Bearer {token}', **(extra_headers or {})}
     data = None
     if body is not None:
         data = body.replace('{n}', f'pre{time.time_ns()}').encode()
@@ -616,7 +686,7 @@ def http(url, method, body, token, timeout=60):
 # -- wrk -------------------------------------------------------------------------------------------
 
 
-def lua_script(spec, ids, token, runid):
+def lua_script(spec, ids, token, runid, extra_headers=None):
     entries, acc = [], 0
     for weight, method, paths, body in spec:
         acc += weight
@@ -626,7 +696,7 @@ def lua_script(spec, ids, token, runid):
         entries.append(
             '{%d, %s, {%s}, %s}' % (acc, lua_str(method), ','.join(lua_str(p) for p in expanded), lua_str(body))
         )
-    headers = {'Authorization': f'Bearer {token}', 'Content-Type': 'application/json'}
+    headers = {'Authorization': f'Bearer {token}', 'Content-Type': 'application/json', **(extra_headers or {})}
     return LUA % {
         'entries': '{' + ',\n'.join(entries) + '}',
         'total': acc,
@@ -679,12 +749,15 @@ def bench_db(a, db, data, results, memory):
 def bench_db_on(a, db, data, results, memory, app_server, reverse=False):
     ids = sample_ids(data)
     log(f'{db}: {len(ids)} sample ids; starting servers under {app_server}')
-    names = [s for s in a.servers if s in SERVERS]
+    names = [s for s in a.servers if s in SERVERS and (s != 'crmapi-normal' or db == 'sqlite')]
+    if not WRITES & set(a.workloads):
+        names = [s for s in names if s != 'crmapi-normal']
     # NOTE: every other round the servers take their turns in the opposite order (crmapi-base against crmapi).
     names = names[::-1] if reverse else names
     servers = start_servers(a, db, data, a.port_base + (0 if db == 'sqlite' else 100), names, app_server)
     runid = dt.datetime.now().strftime('%H%M%S')
     org = data['org_id']
+    saved = snapshot_rows(data, ids) if 'peer' in servers and 'update' in a.workloads else []
     try:
         cursor = None
         if 'deep_cursor' in a.workloads and 'crmapi' in servers:
@@ -696,6 +769,8 @@ def bench_db_on(a, db, data, results, memory, app_server, reverse=False):
                     continue
                 if not sname.startswith('crmapi') and wname in CRMAPI_ONLY:
                     continue
+                if sname == 'crmapi-normal' and wname not in WRITES:
+                    continue  # synchronous only changes commits
                 spec = translate(WORKLOADS[wname], sname, org)
                 if spec is None:
                     continue
@@ -706,13 +781,16 @@ def bench_db_on(a, db, data, results, memory, app_server, reverse=False):
                     spec = [(w, m, [p.replace('{cursor}', cursor) for p in paths], b) for w, m, paths, b in spec]
                 first = spec[0]
                 path = encode(first[2][0].replace('{id}', ids[0]))
-                st, cr, nbytes, secs = http(server.base + path, first[1], first[3], data['token'])
+                headers = WORKLOAD_HEADERS.get(wname)
+                st, cr, nbytes, secs = http(
+                    server.base + path, first[1], first[3], data['token'], extra_headers=headers
+                )
                 if not 200 <= st < 300:
                     log(f'{db} {wname} {sname}: pre-flight HTTP {st} {cr!r}: skipped')
                     continue
                 fd, script = tempfile.mkstemp(prefix='crmapi_bench_', suffix='.lua')
                 with os.fdopen(fd, 'w') as f:
-                    f.write(lua_script(spec, ids, data['token'], f'{runid}{db[0]}{sname[0]}{wname}'))
+                    f.write(lua_script(spec, ids, data['token'], f'{runid}{db[0]}{sname[0]}{wname}', headers))
                 probe = encode(server_path(sname, f'/api/contacts/{ids[-1]}', org))  # cheap: is the queue empty?
                 idle = min(http(server.base + probe, 'GET', None, data['token'])[3] for _ in range(3))
                 try:
@@ -725,6 +803,8 @@ def bench_db_on(a, db, data, results, memory, app_server, reverse=False):
                     drain(server, probe, 'GET', None, data['token'], idle)
                 finally:
                     os.unlink(script)
+                    if sname == 'peer' and any(m == 'PUT' for _, m, _, _ in spec):
+                        restore_rows(data, saved)
                 r.update(
                     db=db,
                     server=sname,
@@ -842,12 +922,14 @@ def report(a, results, memory, loads, pg_url, started):
         'page, no database (framework + server ceiling). errors = non-2xx + socket errors.',
         '',
         '| db | app server | workload | crmapi req/s | p50 | p99 | floor-sql req/s | p50 | p99 | ratio '
-        '| static req/s | peer req/s | p50 | p99 | crmapi ÷ peer | errors | load avg |',
-        '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
+        '| static req/s | peer req/s | p50 | p99 | crmapi ÷ peer | crmapi NORMAL req/s | NORMAL ÷ peer | errors '
+        '| load avg |',
+        '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
     ]
     for db, app_server, w in [(db, s, w) for db in a.db for s in a.app_servers for w in a.workloads]:
         c, f, s = (by.get((db, w, name, app_server)) for name in ('crmapi', 'floor-sql', 'floor-static'))
         pr = by.get((db, w, 'peer', app_server))
+        n = by.get((db, w, 'crmapi-normal', app_server))
         if not (c or f or pr):
             continue
 
@@ -865,11 +947,12 @@ def report(a, results, memory, loads, pg_url, started):
         ratio = f'{c["rps"] / f["rps"]:.2f}' if c and f and f['rps'] else '—'
         errs = sum(
             r['err_status'] + r['err_connect'] + r['err_read'] + r['err_write'] + r['err_timeout']
-            for r in (c, f, s, pr)
+            for r in (c, f, s, pr, n)
             if r
         )
         vs_peer = f'{c["rps"] / pr["rps"]:.2f}' if c and pr and pr['rps'] else '—'
-        loads = [x for r in (c, f, s, pr) if r for x in r.get('loadavg_1m', [])]
+        loads = [x for r in (c, f, s, pr, n) if r for x in r.get('loadavg_1m', [])]
+        normal = [f'{n["rps"]:,.0f}', f'{n["rps"] / pr["rps"]:.2f}' if pr and pr['rps'] else '—'] if n else ['', '']
         lines.append(
             '| '
             + ' | '.join(
@@ -878,7 +961,7 @@ def report(a, results, memory, loads, pg_url, started):
                 + cells(f)
                 + [ratio, f'{s["rps"]:,.0f}' if s else '']
                 + cells(pr)
-                + [vs_peer, str(errs), f'{min(loads):.1f}–{max(loads):.1f}' if loads else '']
+                + [vs_peer, *normal, str(errs), f'{min(loads):.1f}–{max(loads):.1f}' if loads else '']
             )
             + ' |'
         )
@@ -887,7 +970,9 @@ def report(a, results, memory, loads, pg_url, started):
         '',
         'peer = Platformatic DB (wattpm, runtime workers = --workers, worker threads in one Node process), '
         'same data, same scope (organization + live rows), `totalCount=true`; load avg = 1-minute load '
-        'average before/after the cells of that row (min–max).',
+        'average before/after the cells of that row (min–max); crmapi NORMAL = crmapi with '
+        "`CRMAPI_SQLITE_SYNCHRONOUS=NORMAL` (SQLite writes only), the peer's durability (better-sqlite3 runs WAL "
+        'databases at synchronous=NORMAL); crmapi alone runs its default FULL.',
     ]
     lines += [
         '',

@@ -590,7 +590,8 @@ COUNT_PARAM = header_param(
     'Prefer',
     {'type': 'string', 'enum': [f'count={c}' for c in ('exact', 'estimated', 'none')]},
     'RFC 7240: how the total of `Content-Range` is counted: `count=exact` (the default), `count=estimated` '
-    "(PostgreSQL's planner estimate), `count=none` (`*`); a count other than exact is answered with "
+    "(PostgreSQL's planner estimate; SQLite: exact up to 1,000, else scaled from a sample of rows), `count=none` "
+    '(`*`); a count other than exact is answered with '
     '`Preference-Applied`',
 )
 HANDLING_PARAM = header_param(

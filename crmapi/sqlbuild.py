@@ -1023,6 +1023,95 @@ def build_estimate(d, info, org_id, lq):
     return 'EXPLAIN (FORMAT JSON) ' + sql, params
 
 
+# -- estimated totals on SQLite --------------------------------------------------------------------
+# SQLite keeps no per-value statistics (no STAT4 in the stock build; sqlite_stat1 holds only averages, which
+# are far off for a skewed column: London is 8 % of the contacts, the average city 2 %). So `count=estimated`
+# counts exactly up to ESTIMATE_FROM matches (a LIMITed COUNT), and above that scales the organization's
+# live-row counter by the share of matches among the organization's rows in a fixed sample of the table:
+# SAMPLE_RUNS runs of SAMPLE_RUN consecutive rowids, spread evenly from the lowest rowid to the highest, read
+# by rowid (~0.5 ms at any size, idle, where an exact COUNT reads every matching index entry: 83,871 for London
+# in 1M contacts, 4.5 ms on SQLite). The sample is the same for every request until rows are added, so totals do
+# not jitter.
+
+ESTIMATE_FROM = 1_000
+SAMPLE_RUNS, SAMPLE_RUN = 125, 16  # 2,000 rows
+
+
+def samples(info, lq):
+    """Whether a SQLite list's total may be estimated from a sample: the live rows of a table of its own (a view
+    has no rowids; the counter counts live rows) narrowed by plain filters only (a q, a text operator or a
+    filter across a reference would be a look-up for each sampled row)."""
+    return (
+        info.spec.table == info.spec.counted_as
+        and not lq.include_archived
+        and not lq.searches
+        and bool(lq.equals or lq.filters)
+        and all(
+            f.via is None and f.op not in TEXT_OPERATORS and f.column.kind != SEARCH_KIND
+            for f in (*lq.equals, *lq.filters)
+        )
+    )
+
+
+def sample_rowids(low, high, runs=SAMPLE_RUNS, run=SAMPLE_RUN):
+    """The rowids of the sample between `low` and `high` (all of them when there are no more than that)."""
+    if low is None:
+        return []
+    if high - low + 1 <= runs * run:
+        return list(range(low, high + 1))
+    step = (high - low + 1 - run) / (runs - 1)
+    return [int(low + k * step) + i for k in range(runs) for i in range(run)]
+
+
+def _narrowing(d, table, info, lq, org_id):
+    """The list's filters without its scope (organization, live rows)."""
+    parts = [criterion(d, table, info, f, org_id) for f in lq.equals]
+    if lq.filters:
+        parts.append(fold(d, table, info, lq.filters, org_id))
+    return Criterion.all(parts)
+
+
+def _live(table, info, org_id):
+    scope = table.organization_id == Bound(org_id)
+    return scope & table.archived_at.isnull() if info.archivable else scope
+
+
+def build_capped_count(d, info, org_id, lq, cap):
+    """The matches counted up to `cap`: exact for a small total, and never more work than `cap` of them."""
+    table = Table(info.spec.table)
+    p = d.parameter().get_sql()
+    return _shaped(
+        d,
+        ('capped_count', list_shape(info, lq)),
+        lambda: Sql(
+            f'SELECT COUNT(*) FROM (SELECT 1 FROM {quote(info.spec.table)} WHERE {{0}} LIMIT {p})',
+            where(d, table, info, org_id, lq),
+        ),
+        lambda: where(d, table, info, org_id, lq),
+        [int(cap)],
+    )
+
+
+def build_rowid_span(d, info):
+    """The lowest and the highest rowid of the list's table (each one seek)."""
+    table = quote(info.spec.table)
+    return f'SELECT (SELECT MIN(rowid) FROM {table}), (SELECT MAX(rowid) FROM {table})', []
+
+
+def build_sample_count(d, info, org_id, lq, rowids):
+    """Of the sampled rows (`rowids`), how many are the organization's live rows, and how many of those match."""
+    table = Table(info.spec.table)
+    sql = (
+        f'SELECT COUNT(*), COALESCE(SUM(CASE WHEN {{0}} THEN 1 ELSE 0 END), 0) FROM {quote(info.spec.table)} '
+        'WHERE rowid IN (SELECT value FROM json_each({1})) AND {2}'
+    )
+
+    def terms():  # in the order they are rendered, as _shaped records their values
+        return _narrowing(d, table, info, lq, org_id), Bound(orjson.dumps(rowids).decode()), _live(table, info, org_id)
+
+    return _shaped(d, ('sample_count', list_shape(info, lq)), lambda: Sql(sql, *terms()), terms, [])
+
+
 def _by_ids(d, table, org_id, ids):
     scope = table.organization_id == Bound(org_id)
     if isinstance(ids, str):

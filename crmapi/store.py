@@ -39,6 +39,8 @@ MAX_MERGE_SOURCES = 100
 MERGE_FIELDS = ('source_ids', 'target_id', 'dry_run', 'loserId', 'winnerId')
 ATOMIC_MERGE_FIELDS = ('loserId', 'winnerId')  # Atomic CRM's merge: one loser into one winner
 MAX_BATCH = 1000  # records one batch request may write
+ESTIMATE_SCOPE = 200  # count=estimated on SQLite: sampled rows of the organization needed (a tenth of the sample)
+ESTIMATE_MATCHES = 40  # ... and matches among them
 SHAPED = frozenset({'automation_rules'})  # resources whose records have a shape beyond their columns (crmapi.rules)
 
 
@@ -348,17 +350,44 @@ class Store:
         return rows, total
 
     def _total(self, tx, info, principal, lq, count='exact'):
-        """The live-row counter when nothing narrows the list; else an index-backed COUNT, or on
-        PostgreSQL with `count=estimated` the planner's estimate."""
+        """The live-row counter when nothing narrows the list; else an index-backed COUNT, or with
+        `count=estimated` an estimate (`_estimate`) where there is one."""
         d = self.db.dialect
         if not (lq.equals or lq.filters or lq.search is not None or lq.include_archived):
             counter = tx.one(*sqlbuild.build_count_read(d, principal.org_id, info.spec.counted_as))
             if counter is not None:
                 return counter[0]
-        if count == 'estimated' and d.name == 'postgresql':
-            plan = tx.one(*sqlbuild.build_estimate(d, info, principal.org_id, lq))[0]
-            return int(plan[0]['Plan']['Plan Rows'])
+        if count == 'estimated':
+            estimate = self._estimate(tx, info, principal.org_id, lq)
+            if estimate is not None:
+                return estimate
         return tx.one(*sqlbuild.build_count(d, info, principal.org_id, lq))[0]
+
+    def _estimate(self, tx, info, org_id, lq):
+        """PostgreSQL: the planner's estimate. SQLite: exact below sqlbuild.ESTIMATE_FROM matches, else the live-row
+        counter times the share of matches among the organization's rows of a fixed sample (see sqlbuild's
+        "estimated totals"). None where the sample cannot tell (the caller counts exactly).
+
+        NOTE: the sample needs ESTIMATE_SCOPE of the organization's rows (an organization with a small share of a
+        big table falls back) and ESTIMATE_MATCHES matches among them (relative error at least 1/sqrt(matches), more
+        as neighbouring rows are alike: +14 % measured at ~300 in 1M contacts); rarer filters are counted exactly,
+        at the cost of a count of a small share.
+        """
+        d = self.db.dialect
+        if d.name == 'postgresql':
+            plan = tx.one(*sqlbuild.build_estimate(d, info, org_id, lq))[0]
+            return int(plan[0]['Plan']['Plan Rows'])
+        if not sqlbuild.samples(info, lq):
+            return None
+        capped = tx.one(*sqlbuild.build_capped_count(d, info, org_id, lq, sqlbuild.ESTIMATE_FROM))[0]
+        if capped < sqlbuild.ESTIMATE_FROM:
+            return capped
+        counter = tx.one(*sqlbuild.build_count_read(d, org_id, info.spec.counted_as))
+        rowids = sqlbuild.sample_rowids(*tx.one(*sqlbuild.build_rowid_span(d, info)))
+        in_scope, matches = tx.one(*sqlbuild.build_sample_count(d, info, org_id, lq, rowids))
+        if counter is None or in_scope < ESTIMATE_SCOPE or matches < ESTIMATE_MATCHES:
+            return None
+        return max(capped, min(counter[0], round(counter[0] * matches / in_scope)))
 
     def export(self, info, principal, lq):
         """Every matching record, in order, read in batches: for CSV and NDJSON exports."""

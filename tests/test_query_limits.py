@@ -3,7 +3,8 @@
 Long `in` lists are capped (query.Limits.max_list_length) and travel as ONE bound parameter, so a
 list of any length is one statement shape (one cached SQL text, one prepared statement) and no
 recursion in the builder. Every statement, on SQLite too, stops at CRMAPI_STATEMENT_TIMEOUT_MS with
-a 503. `Prefer: count=estimated` reads the planner's row estimate of the filtered rows.
+a 503. `Prefer: count=estimated` reads the planner's row estimate of the filtered rows (PostgreSQL), or
+counts small totals exactly and scales the live-row counter by a sample of rows (SQLite).
 Every test runs on SQLite and PostgreSQL.
 """
 
@@ -28,6 +29,8 @@ from crmapi.db import PostgresDatabase
 from crmapi.db import SQLiteDatabase
 from crmapi.query import Limits
 from crmapi.query import parse_list
+from crmapi.accounts import Principal
+from crmapi.services import build_services
 from crmapi.store import reindex_database
 from test_query import CONTACTS
 from test_sqlbuild import POSTGRES
@@ -295,6 +298,57 @@ def test_an_estimated_total_is_near_the_filtered_row_count(own_database, backend
     )
     total = int(resp.headers['Content-Range'].split('/')[1])
     if backend == 'sqlite':
-        assert total == 33_333, 'SQLite has no estimates: it counts exactly'
+        assert total == 33_333, 'without live-row counters (rows written around the API) SQLite counts exactly'
     else:
         assert 33_333 / 3 <= total <= 33_333 * 3, total
+
+
+def estimated_total(api, **filter_):
+    resp = api.get('/api/contacts', {'filter': filter_, 'range': [0, 4]}, headers={'Prefer': 'count=estimated'})
+    assert resp.headers['Preference-Applied'] == 'count=estimated'
+    return int(resp.headers['Content-Range'].split('/')[1])
+
+
+def recount(database, *org_ids):
+    for org_id in org_ids:
+        build_services(database).store.recount(Principal(org_id, None))
+
+
+def test_an_estimated_total_counts_the_organizations_live_matches_only(own_database, backend, monkeypatch):
+    app = create_app(Settings(database_url='injected', access_log=False), db=own_database)
+    api, other = new_org(own_database, app), new_org(own_database, app, name='Other', email='o@example.com')
+    insert_contacts(own_database, api.org_id, 20_000, hot=9_000)
+    insert_contacts(own_database, other.org_id, 20_000, hot=20_000)  # every other row matches: must not count
+    p = '?' if backend == 'sqlite' else '%s'
+    with own_database.transaction(write=True) as tx:  # 3,000 of the hot ones archived: not listed, not counted
+        tx.execute(
+            'UPDATE contacts SET archived_at = updated_at WHERE organization_id = {0} AND status = {0} '
+            'AND CAST(SUBSTR(last_name, 2) AS INTEGER) <= 3000'.format(p),
+            (api.org_id, 'hot'),
+        )
+    recount(own_database, api.org_id, other.org_id)
+
+    def count_every_match(*args):
+        raise AssertionError('an estimate of a big total must not count every match')
+
+    monkeypatch.setattr(sqlbuild, 'build_count', count_every_match)
+    total = estimated_total(api, status='hot')
+    if backend == 'sqlite':
+        assert 6_000 * 0.85 <= total <= 6_000 * 1.15, total
+    else:
+        assert 6_000 / 3 <= total <= 6_000 * 3, total
+
+
+def test_a_small_estimated_total_is_exact_on_sqlite(own_database, backend):
+    app = create_app(Settings(database_url='injected', access_log=False), db=own_database)
+    api, other = new_org(own_database, app), new_org(own_database, app, name='Other', email='o@example.com')
+    insert_contacts(own_database, api.org_id, 20_000, hot=700)
+    insert_contacts(own_database, other.org_id, 40_000, hot=0)
+    small = new_org(own_database, app, name='Small', email='s@example.com')  # 2,000 of 62,000 rows: too few sampled
+    insert_contacts(own_database, small.org_id, 2_000, hot=1_500)
+    recount(own_database, api.org_id, other.org_id, small.org_id)
+    if backend == 'sqlite':
+        assert estimated_total(api, status='hot') == 700, 'under sqlbuild.ESTIMATE_FROM matches: counted'
+        assert estimated_total(small, status='hot') == 1_500, 'too small a share of the table to sample: counted'
+    else:
+        assert 700 / 3 <= estimated_total(api, status='hot') <= 700 * 3
