@@ -877,11 +877,16 @@ class Store:
                     self.index(tx, referrer, org_id, found, fresh=True)
 
     def reindex(self, principal, log=None):
-        """Rebuild the search rows of every record of an organization, one transaction per table."""
-        for info in self.catalog.all_tables(principal):
-            if not info.spec.read_only:
-                with self.db.transaction(write=True) as tx:
-                    self.reindex_table(tx, info, principal.org_id, log)
+        """Rebuild the search rows of every record of an organization, one transaction per table.
+
+        NOTE: the tables whose names other records' rows take (a contact's company) go first: those rows read
+        them from the target's own row, which a database migrated from before search rows does not hold yet.
+        """
+        tables = [info for info in self.catalog.all_tables(principal) if not info.spec.read_only]
+        named = {target for info in tables for _, target, _ in info.spec.search.related}
+        for info in sorted(tables, key=lambda info: info.spec.table not in named):
+            with self.db.transaction(write=True) as tx:
+                self.reindex_table(tx, info, principal.org_id, log)
 
     def reindex_table(self, tx, info, org_id, log=None, batch=1000):
         """Rebuild the search rows of `org_id`'s records of `info` inside `tx` (custom fields added or dropped)."""

@@ -639,21 +639,28 @@ def test_migrating_to_the_search_rows_builds_them_for_the_records_already_there(
     migrations.migrate(empty_db, target=18)
     org = Accounts(empty_db).create_org('Old Co')
     p = '?' if empty_db.name == 'sqlite' else '%s'
+    stamp = '2020-01-01T00:00:00.000000Z'
     with empty_db.transaction(write=True) as tx:
         tx.execute(
-            f'INSERT INTO contacts (id, organization_id, first_name, tags, created_at, updated_at) '
-            f"VALUES ({p}, {p}, {p}, '[]', {p}, {p})",
-            ('c_old', org, 'Zoë', '2020-01-01T00:00:00.000000Z', '2020-01-01T00:00:00.000000Z'),
+            f'INSERT INTO companies (id, organization_id, name, created_at, updated_at) VALUES ({p}, {p}, {p}, {p}, {p})',
+            ('co_old', org, 'Zenith Labs', stamp, stamp),
+        )
+        tx.execute(
+            f'INSERT INTO contacts (id, organization_id, first_name, company_id, tags, created_at, updated_at) '
+            f"VALUES ({p}, {p}, {p}, {p}, '[]', {p}, {p})",
+            ('c_old', org, 'Zoë', 'co_old', stamp, stamp),
         )
     lines = []
     migrations.migrate(empty_db, log=lines.append)
-    # NOTE: later migrations apply in the same run; the rows are built once, after the last of them.
+    # NOTE: later migrations apply in the same run; the rows are built once, after the last of them, companies
+    # first (a contact's row takes its company's name from the company's row).
     assert lines[0] == 'applied 0019_search'
-    assert lines[-1] == f'reindexed 1 contacts of {org}'
+    assert lines[-2:] == [f'reindexed 1 companies of {org}', f'reindexed 1 contacts of {org}']
     store = build_services(empty_db).store
     info = store.catalog.resolve('contacts')
-    rows, total = store.list(info, Principal(org, None), parse_list({'filter': '{"q": "ZOE"}'}, info))
-    assert ids(rows) == ['c_old'] and total == 1
+    for q in ('ZOE', 'zenith', 'zoe lab'):  # the company's name too: its row was built first
+        rows, total = store.list(info, Principal(org, None), parse_list({'filter': json.dumps({'q': q})}, info))
+        assert ids(rows) == ['c_old'] and total == 1, q
 
 
 def test_a_related_column_is_the_only_name_column_of_its_target():
