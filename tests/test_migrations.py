@@ -141,3 +141,31 @@ def test_data_written_under_the_first_version_survives(empty_db):
 def test_schema_sql_declares_the_newest_version():
     assert f'VALUES ({migrations.latest("sqlite")})' in SCHEMA_SQL.read_text()
     assert migrations.latest('sqlite') == migrations.latest('postgresql')
+
+
+def test_indexes_a_migration_adds_to_an_analyzed_sqlite_database_get_statistics_too(tmp_path):
+    """Without statistics of its own a new index looks near-unique to SQLite's planner: a contacts list
+    would sort every row of the organization through it instead of walking the last_name index."""
+    db = SQLiteDatabase(str(tmp_path / 'old.db'))
+    migrations.migrate(db, target=20)
+    org = Accounts(db).create_org('Old Co')
+    stamp = '2020-01-01T00:00:00.000000Z'
+    with db.transaction(write=True) as tx:
+        for i in range(400):
+            tx.execute(
+                'INSERT INTO contacts (id, organization_id, last_name, tags, created_at, updated_at) '
+                "VALUES (?, ?, ?, '[]', ?, ?)",
+                (f'c_{i:04d}', org, f'Name{i % 37}', stamp, stamp),
+            )
+        tx.execute('ANALYZE')
+    lines = []
+    migrations.migrate(db, log=lines.append)
+    with db.transaction() as tx:
+        plan = tx.rows(
+            'EXPLAIN QUERY PLAN SELECT id FROM contacts WHERE organization_id = ? AND archived_at IS NULL '
+            'ORDER BY last_name, id LIMIT 25',
+            (org,),
+        )
+    db.close()
+    assert 'analyzed contacts_org_company_newest' in lines
+    assert not any('TEMP B-TREE' in row[-1] for row in plan), plan

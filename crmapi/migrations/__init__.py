@@ -59,8 +59,21 @@ def migrate(db, target=None, log=lambda message: None):
                 tx.execute(statement)
         applied.append(version)
         log(f'applied {version:04d}_{name}')
+    if applied and db.name == 'sqlite':
+        analyze_new_indexes(db, log)
     backfill(db, applied, log)
     return applied
+
+
+def analyze_new_indexes(db, log):
+    """Statistics for the indexes the steps created on a SQLite database that has statistics (see
+    sqlbuild.UNANALYZED_INDEXES): without them the planner misjudges every new index."""
+    with db.transaction(write=True) as tx:
+        if tx.one(sqlbuild.HAS_STATISTICS) is None:
+            return
+        for (name,) in tx.rows(sqlbuild.UNANALYZED_INDEXES):
+            tx.execute(sqlbuild.build_analyze_index(name))
+            log(f'analyzed {name}')
 
 
 # Steps whose data SQL cannot make (text folded in Python): filled in once the schema is at its newest.
