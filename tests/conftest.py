@@ -27,6 +27,21 @@ from crmapi.db import PostgresDatabase
 from crmapi.db import SQLiteDatabase
 
 BACKENDS = ['sqlite', 'postgresql']
+# The built-in resources a client writes, and the read-only summaries: what the API-wide tests run over.
+WRITABLE = [
+    'contacts',
+    'companies',
+    'deals',
+    'tasks',
+    'contact_notes',
+    'deal_notes',
+    'company_notes',
+    'tags',
+    'configuration',
+    'automation_rules',
+    'crm_users',
+]
+SUMMARIES = ['companies_summary', 'contacts_summary']
 PROBLEM_KEYS = {'type', 'title', 'status', 'detail', 'message'}
 
 

@@ -12,22 +12,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import RULE_SHAPE
+from conftest import SUMMARIES
+from conftest import WRITABLE
 from conftest import assert_problem
 
-WRITABLE = [
-    'contacts',
-    'companies',
-    'deals',
-    'tasks',
-    'contact_notes',
-    'deal_notes',
-    'company_notes',
-    'tags',
-    'configuration',
-    'automation_rules',
-    'crm_users',
-]
-SUMMARIES = ['companies_summary', 'contacts_summary']
 PREFIXES = {
     'contacts': 'c_',
     'companies': 'comp_',

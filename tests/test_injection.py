@@ -14,6 +14,8 @@ from urllib.parse import quote
 
 import pytest
 from conftest import RULE_SHAPE
+from conftest import SUMMARIES as SUMMARY_VIEWS
+from conftest import WRITABLE
 
 from crmapi import search
 from crmapi.schema import BUILTIN
@@ -48,22 +50,7 @@ INJECTIONS = [
     'ü café 北京 😀 \u202e',
     'x' * 5000,
 ]
-RESOURCES = [
-    'contacts',
-    'companies',
-    'deals',
-    'tasks',
-    'contact_notes',
-    'deal_notes',
-    'company_notes',
-    'tags',
-    'configuration',
-    'automation_rules',
-    'crm_users',
-    'companies_summary',
-    'contacts_summary',
-]
-WRITABLE = RESOURCES[:-2]
+RESOURCES = WRITABLE + SUMMARY_VIEWS
 SUMMARIES = {'contacts': 'contacts_summary', 'companies': 'companies_summary'}
 SERVER_MANAGED = {'id', 'organization_id', 'created_at', 'updated_at', 'archived_at'}
 TABLES = [

@@ -2,23 +2,11 @@
 
 import pytest
 from conftest import RULE_SHAPE
+from conftest import SUMMARIES
+from conftest import WRITABLE
 from conftest import assert_problem
 
-WRITABLE = [
-    'contacts',
-    'companies',
-    'deals',
-    'tasks',
-    'contact_notes',
-    'deal_notes',
-    'company_notes',
-    'tags',
-    'configuration',
-    'automation_rules',
-    'crm_users',
-]
-VIEWS = ['companies_summary', 'contacts_summary']
-RESOURCES = WRITABLE + VIEWS
+RESOURCES = WRITABLE + SUMMARIES
 # A change PUT may send to each resource (views answer 405 either way).
 UPDATES = {
     'contacts': {'first_name': 'Hacked'},
@@ -138,13 +126,13 @@ def test_get_of_another_organizations_record_is_404_like_a_missing_one(api, thei
 @pytest.mark.parametrize('resource', RESOURCES)
 def test_put_on_another_organizations_record_is_like_a_missing_one(api, theirs, resource):
     body = assert_like_missing(api, 'PUT', resource, theirs[resource])
-    assert body['status'] == (405 if resource in VIEWS else 404)
+    assert body['status'] == (405 if resource in SUMMARIES else 404)
 
 
 @pytest.mark.parametrize('resource', RESOURCES)
 def test_delete_of_another_organizations_record_is_like_a_missing_one(api, theirs, resource):
     body = assert_like_missing(api, 'DELETE', resource, theirs[resource])
-    assert body['status'] == (405 if resource in VIEWS else 404)
+    assert body['status'] == (405 if resource in SUMMARIES else 404)
 
 
 RESTORABLE = ['contacts', 'companies', 'deals', 'crm_users']
