@@ -1459,37 +1459,14 @@ def health_paths(root_path):
             'replicas': {'type': 'array', 'description': "each read replica's lag", 'items': {'type': 'object'}},
         },
     }
+    health = (
+        ('/healthz', 'The process answers (no token needed)', 'Up', up),
+        ('/health', 'The process answers (as /healthz, as other clients spell it)', 'Up', up),
+        ('/readyz', 'The process and its database answer (503 otherwise)', 'Ready', ready),
+    )
     paths = {
-        '/healthz': {
-            'get': operation(
-                'healthz',
-                'The process answers (no token needed)',
-                'health',
-                {200: json_response('Up', up)},
-                set(),
-                public=True,
-            )
-        },
-        '/health': {
-            'get': operation(
-                'health',
-                'The process answers (as /healthz, as other clients spell it)',
-                'health',
-                {200: json_response('Up', up)},
-                set(),
-                public=True,
-            )
-        },
-        '/readyz': {
-            'get': operation(
-                'readyz',
-                'The process and its database answer (503 otherwise)',
-                'health',
-                {200: json_response('Ready', ready)},
-                set(),
-                public=True,
-            )
-        },
+        path: {'get': operation(path[1:], summary, 'health', {200: json_response(title, body)}, set(), public=True)}
+        for path, summary, title, body in health
     }
     for item in paths.values():
         item['head'] = head_operation(item['get'])
