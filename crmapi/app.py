@@ -55,43 +55,46 @@ class Health(api.Health):
             resp.media['replicas'] = replicas
 
 
-class OpenAPIDocument:
-    """`GET /api/openapi.json`: crmapi.openapi.OpenAPI, that module imported at the first request for it.
+class _Deferred:
+    """A resource of crmapi.openapi (its class named by NAME), that module imported at the first request for it.
 
     NOTE: the document's generator (1,700 lines, ~1 MB of a worker's memory) is imported by the workers that
-    serve the document, not by every one.
+    serve the document or the docs page, not by every one.
     """
 
-    def __init__(self, catalog, limits, store):
-        self.args = (catalog, limits, store)
+    NAME = ''
+
+    def __init__(self, *args):
+        self.args = args
         self.resource = None
 
-    def on_get(self, req, resp):
+    def _target(self):
         if self.resource is None:
             from . import openapi
 
-            self.resource = openapi.OpenAPI(*self.args)
-        self.resource.on_get(req, resp)
-
-
-class DocsPage:
-    """`GET /api/docs` and its assets: crmapi.openapi.Docs, imported at the first request (see OpenAPIDocument)."""
-
-    def __init__(self):
-        self.resource = None
-
-    def _docs(self):
-        if self.resource is None:
-            from . import openapi
-
-            self.resource = openapi.Docs()
+            self.resource = getattr(openapi, self.NAME)(*self.args)
         return self.resource
 
+
+class OpenAPIDocument(_Deferred):
+    """`GET /api/openapi.json`: crmapi.openapi.OpenAPI."""
+
+    NAME = 'OpenAPI'
+
     def on_get(self, req, resp):
-        self._docs().on_get(req, resp)
+        self._target().on_get(req, resp)
+
+
+class DocsPage(_Deferred):
+    """`GET /api/docs` and its assets: crmapi.openapi.Docs."""
+
+    NAME = 'Docs'
+
+    def on_get(self, req, resp):
+        self._target().on_get(req, resp)
 
     def on_get_asset(self, req, resp, name):
-        self._docs().on_get_asset(req, resp, name)
+        self._target().on_get_asset(req, resp, name)
 
 
 PUBLIC, OPTIONAL, PRIVATE = 'public', 'optional', 'private'
