@@ -172,8 +172,9 @@ class Accounts:
             return tx.one(*sqlbuild.build_auth_generation())[0]
 
     def _touch(self, token_id, last_used_at, now):
-        """Record use at most once a minute per token, so reads stay reads: whether it was recorded now."""
-        if last_used_at is not None and _as_instant(last_used_at) > now - TOUCH_INTERVAL:
+        """Record use at most once a minute per token, so reads stay reads: whether it was recorded now.
+        `last_used_at`: an instant (_verify reads the stored one as such), or None."""
+        if last_used_at is not None and last_used_at > now - TOUCH_INTERVAL:
             return False
         with self.db.transaction(write=True) as tx:
             tx.execute(*sqlbuild.build_token_touch(self.db.dialect, token_id, now, now - TOUCH_INTERVAL))
