@@ -19,6 +19,7 @@ import orjson
 from . import sqlbuild
 from .duplicates import collector_paused
 from .errors import UnknownResource
+from .store import per_shape
 
 
 @dataclass(frozen=True)
@@ -211,17 +212,13 @@ class Relations:
     def reader(self, info):
         """Raw row -> record, for the records the statements that embed `info` read (sqlbuild._embedded_columns):
         the JSON text the database wrote, carried into the answer as it is, or a dict of the columns."""
-        read = self._readers.get(info.shape_key)
-        if read is None:
-            if len(self._readers) > 1000:  # custom objects make new shapes; keep this bounded
-                self._readers.clear()
-            if sqlbuild.embeds_as_json(info):
-                read = written
-            else:
-                kinds = sqlbuild.embedded_kinds(self.db.dialect, info)
-                read = self.db.record_reader(sqlbuild.output_columns(info), kinds)
-            self._readers[info.shape_key] = read
-        return read
+        return per_shape(self._readers, info.shape_key, lambda: self._reader_of(info))
+
+    def _reader_of(self, info):
+        if sqlbuild.embeds_as_json(info):
+            return written
+        kinds = sqlbuild.embedded_kinds(self.db.dialect, info)
+        return self.db.record_reader(sqlbuild.output_columns(info), kinds)
 
     def of(self, info, principal):
         return RelationMap(self, info, principal)

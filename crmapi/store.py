@@ -106,6 +106,20 @@ def _converted(convert, column):
     return out
 
 
+MAX_SHAPES = 1000  # entries of a per_shape cache: custom objects make new table shapes, so it is bounded
+_MISSING = object()
+
+
+def per_shape(cache, key, make):
+    """cache[key], made by make() the first time (None is a value too); the cache is emptied when full."""
+    value = cache.get(key, _MISSING)
+    if value is _MISSING:
+        if len(cache) > MAX_SHAPES:
+            cache.clear()
+        value = cache[key] = make()
+    return value
+
+
 def utc_now():
     return dt.datetime.now(values.UTC)
 
@@ -317,13 +331,11 @@ class Store:
 
     def reader(self, info):
         """Raw row tuple -> record dict, compiled once per table shape."""
-        read = self._readers.get(info.shape_key)
-        if read is None:
-            if len(self._readers) > 1000:  # custom objects make new shapes; keep this bounded
-                self._readers.clear()
-            names = sqlbuild.output_columns(info)
-            read = self._readers[info.shape_key] = self.db.record_reader(names, [info.columns[n].kind for n in names])
-        return read
+        return per_shape(self._readers, info.shape_key, lambda: self._reader_of(info))
+
+    def _reader_of(self, info):
+        names = sqlbuild.output_columns(info)
+        return self.db.record_reader(names, [info.columns[n].kind for n in names])
 
     def _fetch(self, tx, info, principal, record_id, for_update=False):
         row = tx.one(*sqlbuild.build_get(self.db.dialect, info, principal.org_id, record_id, for_update))
@@ -576,14 +588,17 @@ class Store:
         """A function (rows, the names they hold) -> the records as a read of them would answer, or None when
         the table's new records must be read back (see _insert_new); made once per table shape."""
         key = ('new', info.shape_key, tuple(c.default for c in info.columns.values()))
-        if key in self._readers:
-            return self._readers[key]
+        return per_shape(self._readers, key, lambda: self._new_records_of(info))
+
+    @staticmethod
+    def _new_records_of(info):
+        """What _new_records answers for `info`: the builder, or None (a default that is not a constant, or a
+        JSON column)."""
         names, plan = sqlbuild.output_columns(info), []
         for name in names:
             column = info.columns[name]
             known, default = values.default_value(column.kind, column.default)
             if not known or column.kind == 'json':
-                self._readers[key] = None
                 return None
             plan.append((name, values.READ_BACK.get(column.kind), default, isinstance(default, (list, dict))))
 
@@ -600,7 +615,6 @@ class Store:
                 columns.append(column if convert is None else _converted(convert, column))
             return [dict(zip(names, record)) for record in zip(*columns)]
 
-        self._readers[key] = build
         return build
 
     def _insert(self, tx, info, org_id, rows, conflict=None, updates=None):
