@@ -95,17 +95,6 @@ def crockford(n):
     return ''.join([_DIGIT_PAIRS[(n >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
-def _converted(convert, column):
-    """`convert` applied to each value of `column` but None; a value that is the very object before it (a batch's
-    shared timestamp) is converted once."""
-    out, last, done = [], None, None
-    for value in column:
-        if value is not last:
-            last, done = value, None if value is None else convert(value)
-        out.append(done)
-    return out
-
-
 MAX_SHAPES = 1000  # entries of a per_shape cache: custom objects make new table shapes, so it is bounded
 _MISSING = object()
 
@@ -612,7 +601,7 @@ class Store:
                     column = [row.get(name, default) for row in rows]
                 else:
                     column = [default] * len(rows)
-                columns.append(column if convert is None else _converted(convert, column))
+                columns.append(column if convert is None else values.converted(convert, column))
             return [dict(zip(names, record)) for record in zip(*columns)]
 
         return build

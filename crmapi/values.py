@@ -238,6 +238,17 @@ def number_out(value):
     return value
 
 
+def converted(convert, column):
+    """`convert` applied to each value of `column` but None; a value that is the very object before it (a batch's
+    shared timestamp) is converted once."""
+    out, last, done = [], None, None
+    for value in column:
+        if value is not last:
+            last, done = value, None if value is None else convert(value)
+        out.append(done)
+    return out
+
+
 # NOTE: what a record read back holds for a value check() gave, kind by kind (the kinds not listed hold it as it
 # is): both databases' readers (crmapi.db) answer these, so a new record is known without reading it again.
 READ_BACK = {'timestamp': format_timestamp, 'date': dt.date.isoformat, 'number': number_out}
