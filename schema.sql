@@ -459,8 +459,8 @@ CREATE TABLE IF NOT EXISTS auth_generation (
 -- Search (issue 10): one row per record beside the records (crmapi/search.py folds its text; the store keeps it
 -- in the transaction of every write): its organization and archived state, `words` (q), `names` (ranking),
 -- `fields` (its text columns folded, a JSON object: the text operators) and `texts` (the same values, one a
--- line: what the trigram indexes read). SQLite: an FTS5 trigram table kept by triggers; PostgreSQL: pg_trgm
--- and a tsvector GIN index (migration 0019's twins).
+-- line: what the trigram indexes read). SQLite: an FTS5 trigram table kept by triggers, without positions
+-- (detail=none, migration 0022); PostgreSQL: pg_trgm and a tsvector GIN index (migration 0019's twins).
 -- sqlite only
 CREATE TABLE search_texts (
     id INTEGER PRIMARY KEY,
@@ -476,7 +476,8 @@ CREATE TABLE search_texts (
 );
 -- sqlite only
 CREATE VIRTUAL TABLE search_texts_trigrams USING fts5(
-    words, texts, content='search_texts', content_rowid='id', tokenize='trigram case_sensitive 1', columnsize=0);
+    words, texts, content='search_texts', content_rowid='id', tokenize='trigram case_sensitive 1', columnsize=0,
+    detail=none);
 -- sqlite only
 CREATE TRIGGER search_texts_inserted AFTER INSERT ON search_texts BEGIN
     INSERT INTO search_texts_trigrams (rowid, words, texts) VALUES (new.id, new.words, new.texts);
@@ -516,4 +517,4 @@ CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(str
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (21);
+INSERT INTO schema_version (version) VALUES (22);

@@ -16,7 +16,9 @@ What it does, in process (the store and the SQL the API runs, no HTTP):
   3. sizes on disk: the search structures vs the tables (and their indexes) they serve;
   4. writes: single-contact creates and updates (each its own transaction, the API's path) and
      100-contact batch creates, with search upkeep and without it (the hook off: the before figure).
-Prints one table per part; --json FILE writes every figure.
+Prints one table per part; --json FILE writes every figure. `--parts queries,sizes,writes` picks the parts;
+`--meta FILE` is load_data.py's meta file of a data set loaded before (with --reuse; --sqlite then names the file
+measured, e.g. a copy of that data set).
 """
 
 import argparse
@@ -50,7 +52,7 @@ def load(args):
     """Load the data (unless --reuse), build the search rows; the big organization's id and the timings."""
     import load_data
 
-    meta_path = args.sqlite + '.meta.json' if args.sqlite else '/tmp/search_bench_pg.meta.json'
+    meta_path = args.meta or (args.sqlite + '.meta.json' if args.sqlite else '/tmp/search_bench_pg.meta.json')
     timings = {}
     if not args.reuse:
         target = ['--sqlite', args.sqlite] if args.sqlite else ['--pg', args.pg]
@@ -60,7 +62,8 @@ def load(args):
     with open(meta_path) as f:
         meta = json.load(f)
     engine = 'sqlite' if args.sqlite else 'postgresql'
-    db = connect(meta['targets'][engine]['url'])
+    # NOTE: --sqlite names the file measured (a copy of a data set whose --meta names the original)
+    db = connect('sqlite:///' + os.path.abspath(args.sqlite) if args.sqlite else meta['targets'][engine]['url'])
     if not args.reuse:
         t0 = time.perf_counter()
         reindex_database(db, log=log)
@@ -264,14 +267,20 @@ def main(argv=None):
     p.add_argument('--repeat', type=int, default=50, help='timed runs of each query')
     p.add_argument('--writes', type=int, default=500, help='contacts each write measurement makes')
     p.add_argument('--json', metavar='FILE')
+    p.add_argument('--meta', metavar='FILE', help="load_data.py's --meta file (default: beside the data)")
+    p.add_argument('--parts', default='queries,sizes,writes', help='which parts to run (comma-separated)')
     a = p.parse_args(argv)
     if bool(a.sqlite) == bool(a.pg):
         p.error('give --sqlite PATH or --pg URL')
     db, org_id, timings = load(a)
     out = {'engine': db.name, 'contacts': a.contacts, 'timings': timings}
-    out['queries'] = queries(db, org_id, a.repeat)
-    out['sizes'] = sizes(db)
-    out['writes'] = writes(db, org_id, a.writes)
+    parts = a.parts.split(',')
+    if 'queries' in parts:
+        out['queries'] = queries(db, org_id, a.repeat)
+    if 'sizes' in parts:
+        out['sizes'] = sizes(db)
+    if 'writes' in parts:
+        out['writes'] = writes(db, org_id, a.writes)
     print(json.dumps(out, indent=1))
     if a.json:
         with open(a.json, 'w') as f:

@@ -11,6 +11,7 @@ compares folded text exactly, and SQLite and PostgreSQL give the same answers:
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -65,12 +66,14 @@ def _split(folded):
 
 
 def _email_words(folded):
-    local = _split(folded.rpartition('@')[0])
-    return _split(folded) + ([''.join(local)[:MAX_WORD]] if len(local) > 1 else [])
+    found, local = _split(folded), folded.rpartition('@')[0]
+    if local.isalnum():  # NOTE: one word (str.isalnum is what _WORD matches): the common case, nothing to add
+        return found
+    local = _split(local)
+    return found + [''.join(local)[:MAX_WORD]] if len(local) > 1 else found
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     """What a record's search row holds: its words (q), its name columns' words (ranking), and its text
     columns folded, as one JSON object (contains, starts_with, ends_with) and as lines (the trigram index)."""
 
@@ -92,29 +95,33 @@ class Plan:
 
     def row(self, record, related=()):
         """The Row of `record` (its values as stored); `related`: the words of the records it refers to that q
-        finds in it too (a contact's company name). Each value is folded once."""
+        finds in it too (a contact's company name). Each value is folded once.
+
+        NOTE: this runs for every record a write indexes (a thousand a batch): the values of the columns of one
+        kind are split as one text (joined by a newline, which no word holds), and ASCII is folded inline.
+        """
         folded = {}
         for name in self.texts:
             value = record.get(name)
             if value is not None:
-                folded[name] = fold(value)
-        name_words = [w for n in self.names if n in folded for w in _split(folded[n])]
-        found = name_words + [w for n in self.words if n in folded for w in _split(folded[n])]
-        found += [_DIGITS.sub('', folded[n])[:MAX_WORD] for n in self.phones if n in folded]
+                folded[name] = value.lower() if value.isascii() else fold(value)
+        get = folded.get
+        name_words = _split('\n'.join(filter(None, map(get, self.names))))
+        found = name_words + _split('\n'.join(filter(None, map(get, self.words))))
+        for n in self.phones:
+            if n in folded:
+                found.append(_DIGITS.sub('', folded[n])[:MAX_WORD])
         for n in self.emails:
             if n in folded:
                 found += _email_words(folded[n])
-        found += related
+        if related:
+            found += related
         kept = dict.fromkeys(found)
         kept.pop('', None)
-        if sum(map(len, kept)) + len(kept) > MAX_DOCUMENT:
-            kept = _bounded(kept)
-        return Row(
-            joined(kept, WORD_START),
-            joined(dict.fromkeys(name_words)),
-            orjson.dumps(folded).decode(),
-            '\n'.join(folded.values()),
-        )
+        words = joined(kept, WORD_START)
+        if len(words) - len(kept) > MAX_DOCUMENT:  # NOTE: its words' characters and one space each
+            words = joined(_bounded(kept), WORD_START)
+        return Row(words, joined(dict.fromkeys(name_words)), orjson.dumps(folded).decode(), '\n'.join(folded.values()))
 
 
 def _bounded(kept):

@@ -272,8 +272,9 @@ def fold(d, table, info, filters, org_id=None):
 # store.py keeps it in the writing transaction), keyed by (table_name, organization_id, record_id): the
 # record's archived state, `words` (its words, each after a space: q), `names` (its name columns' words:
 # ranking) and `fields` (its text columns folded, one JSON object: the text operators). The database
-# only compares folded text exactly. Indexes: SQLite one FTS5 `trigram` table over words and fields
-# (kept by triggers); PostgreSQL a GIN tsvector of words and pg_trgm GIN on fields.
+# only compares folded text exactly. Indexes: SQLite one FTS5 `trigram` table over words and texts
+# (kept by triggers; no positions: candidates the search row confirms); PostgreSQL a GIN tsvector of words
+# and pg_trgm GIN on texts.
 # A search condition is `<key> IN (candidates)`; too short for an index, a correlated EXISTS. A list that
 # only searches counts (and, ranked, pages) in the search rows alone: see `searches_only`.
 
@@ -302,8 +303,8 @@ def _scope(target, org_id):
 
 
 def _text_class(value):
-    """What a text operator's SQL looks like: 'empty' (any value), 'short' (scanned), 'indexed' (found by
-    the index alone) or 'long' (the index finds candidates, the rows are compared)."""
+    """What a text operator's SQL looks like: 'empty' (any value), 'short' (scanned), 'indexed' (the index
+    finds candidates by the whole value) or 'long' (by its start); the rows are compared."""
     n = len(searching.fold(value))
     if n == 0:
         return 'empty'
@@ -334,25 +335,26 @@ def _field(d, name):
 FTS_PHRASE = 12  # characters of a value the trigram index looks up; the exact comparison checks the rest
 
 
-def _fts_phrase(text):
-    """An FTS5 string matched literally (a trigram phrase is a substring): the start of `text`, whose
-    matches include every match of `text`.
+def _fts_terms(text):
+    """An FTS5 query for the rows whose indexed text holds every trigram of the start of `text` (at most
+    FTS_PHRASE characters): a superset of the rows that hold `text`, which the exact comparison then decides.
 
-    NOTE: a phrase of n characters is n - 2 trigrams whose positions must line up; a long one (a
-    repeated letter above all) costs far more than the few rows it rules out.
+    NOTE: the index keeps no positions or columns (detail=none, migration 0022: a write costs half the index
+    work), so it answers which rows hold each trigram, not where: each trigram is a term of its own.
     """
-    return '"' + text[:FTS_PHRASE].replace('"', '""') + '"'
+    text = text[:FTS_PHRASE]
+    grams = dict.fromkeys(text[i : i + searching.TRIGRAM] for i in range(len(text) - searching.TRIGRAM + 1))
+    return ' AND '.join('"' + gram.replace('"', '""') + '"' for gram in grams)
 
 
 def _in_fields(d, op, folded):
     """Candidates from the index: search rows whose `texts` hold `folded` (for ends_with, its end; else its
-    start: a phrase is at most FTS_PHRASE characters), in any column: `_exact` decides on `fields`."""
+    start: at most FTS_PHRASE characters), in any column: `_exact` decides on `fields`."""
     if d.name == 'postgresql':
         return Sql("s.texts LIKE {0} ESCAPE '\\'", Bound(like_pattern(folded)))
-    phrase = _fts_phrase(folded[-FTS_PHRASE:] if op == 'ends_with' else folded)
     return Sql(
         's.id IN (SELECT rowid FROM search_texts_trigrams WHERE search_texts_trigrams MATCH {0})',
-        Bound('texts : ' + phrase),
+        Bound(_fts_terms(folded[-FTS_PHRASE:] if op == 'ends_with' else folded)),
     )
 
 
@@ -425,7 +427,7 @@ def _tsquery(terms):
 
 
 def _word_class(word):
-    """SQLite: WORD_START + `word` is found by the trigram index exactly, or only its start is."""
+    """SQLite: WORD_START + `word` is looked up in the trigram index whole, or only its start is."""
     return 'exact' if len(searching.WORD_START + word) <= FTS_PHRASE else 'long'
 
 
@@ -434,14 +436,13 @@ def _words_match(d, terms):
     if d.name == 'postgresql':
         return Sql(f'{TSVECTOR} @@ CAST({{0}} AS tsquery)', Bound(_tsquery(terms)))
     match = ' OR '.join(
-        '(' + ' AND '.join(_fts_phrase(searching.WORD_START + w) for w in alternative) + ')'
+        '(' + ' AND '.join(_fts_terms(searching.WORD_START + w) for w in alternative) + ')'
         for alternative in terms.alternatives
     )
-    exact = all(_word_class(w) == 'exact' for alternative in terms.alternatives for w in alternative)
     return Sql(
         's.id IN (SELECT rowid FROM search_texts_trigrams WHERE search_texts_trigrams MATCH {0}) AND {1}',
-        Bound('words : (' + match + ')'),
-        TRUE if exact else Criterion.any([_word_starts(d, a) for a in terms.alternatives]),
+        Bound(match),
+        Criterion.any([_word_starts(d, a) for a in terms.alternatives]),
     )
 
 
@@ -678,6 +679,14 @@ def build_search_rows(d, rows):
         )
         for part in chunks(rows, len(SEARCH_ROW))
     ]
+
+
+def build_search_copy(d, rows):
+    """The search rows of new records (none of them has one yet), for Tx.write_rows: PostgreSQL copies at least
+    COPY_ROWS of them (COPY costs the server a fraction of a multi-row INSERT … ON CONFLICT); else None."""
+    if d.name != 'postgresql' or len(rows) < COPY_ROWS:
+        return None
+    return f'COPY search_texts ({", ".join(SEARCH_ROW)}) FROM STDIN', rows
 
 
 def _search_keys(d, texts, table_name, org_id, ids):

@@ -570,7 +570,7 @@ class Store:
         for names, group in groups.items():
             tx.write_rows(*sqlbuild.build_insert_rows(self.db.dialect, info, org_id, names, group))
         records = build(rows, set().union(*groups))
-        self.index(tx, info, org_id, records, fresh=True)
+        self.index(tx, info, org_id, records, fresh=True, new=True)
         return records
 
     def _new_records(self, info):
@@ -622,7 +622,7 @@ class Store:
                 for raw in tx.rows(*statement):
                     out.append((read(raw), raw[width] if len(raw) > width else None))
         if rows:
-            self.index(tx, info, org_id, [record for record, _ in out], fresh=conflict is None)
+            self.index(tx, info, org_id, [record for record, _ in out], fresh=conflict is None, new=conflict is None)
         return out
 
     def update(self, info, principal, record_id, body, lenient=False):
@@ -794,9 +794,10 @@ class Store:
     # record, written in the transaction of every write that changes it (a record is findable once its
     # write is acknowledged, and a rolled-back write leaves nothing behind), in one statement per batch.
 
-    def index(self, tx, info, org_id, records, columns=None, fresh=False):
+    def index(self, tx, info, org_id, records, columns=None, fresh=False, new=False):
         """Write the search rows of `records` (as stored). `columns`: the columns a write changed (None: all
-        of them); `fresh`: the records are new (no other record's row holds their words yet).
+        of them); `fresh`: the records are new (no other record's row holds their words yet); `new`: they were
+        inserted by this transaction, so no search row of theirs can be there yet.
 
         NOTE: a write that changes no searchable column costs nothing here; an archive or restore only
         flips the rows' archived state.
@@ -810,12 +811,16 @@ class Store:
         table, plan, rows = sqlbuild.search_table(info), search.plan(info), []
         related, refs = self._related_words(tx, info, org_id, records), info.spec.search.related
         for r in records:
-            row = plan.row(r, [w for ref, target, _ in refs for w in related.get((target, r.get(ref)), ())])
-            rows.append(
-                (table, org_id, r['id'], r.get('archived_at') is not None, row.words, row.names, row.fields, row.texts)
+            row = plan.row(
+                r, [w for ref, target, _ in refs for w in related.get((target, r.get(ref)), ())] if related else ()
             )
-        for statement in sqlbuild.build_search_rows(self.db.dialect, rows):
-            tx.execute(*statement)
+            rows.append((table, org_id, r['id'], r.get('archived_at') is not None, *row))
+        copy = new and sqlbuild.build_search_copy(self.db.dialect, rows)
+        if copy:
+            tx.write_rows(*copy)
+        else:
+            for statement in sqlbuild.build_search_rows(self.db.dialect, rows):
+                tx.execute(*statement)
         if not fresh:
             self._index_referrers(tx, info, org_id, [r['id'] for r in records], columns or info.columns)
 

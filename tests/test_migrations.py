@@ -169,3 +169,42 @@ def test_indexes_a_migration_adds_to_an_analyzed_sqlite_database_get_statistics_
     db.close()
     assert 'analyzed contacts_org_company_newest' in lines
     assert not any('TEMP B-TREE' in row[-1] for row in plan), plan
+
+
+def test_records_found_by_search_before_migration_22_are_found_the_same_after_it(empty_db):
+    """0022 rebuilds SQLite's trigram index without positions from the search rows already there: q (word starts)
+    and the text operators (substrings) answer what they answered before."""
+    migrations.migrate(empty_db, target=21)
+    accounts = Accounts(empty_db)
+    org = accounts.create_org('Old Co')
+    headers = {'Authorization': f'Bearer {accounts.create_token(org, "old@example.com", admin=True)}'}
+    client = webtest.TestApp(create_app(Settings(database_url='injected'), db=empty_db))
+    people = [('Ada', 'Lovelace'), ('Adam', 'Smith'), ('Lola', 'Adler'), ('Bob', 'Smithers')]
+    ids = {
+        first: client.post_json('/api/contacts', {'first_name': first, 'last_name': last}, headers=headers).json['id']
+        for first, last in people
+    }
+    questions = [
+        {'filter': '{"q": "ad"}'},  # a word start: Ada, Adam, Adler, not Lovelace's "ad" inside a word
+        {'filter': '{"q": "lo ad"}'},
+        {'filters': '[{"field": "last_name", "op": "contains", "value": "mith"}]'},
+        {'filters': '[{"field": "last_name", "op": "ends_with", "value": "ers"}]'},
+    ]
+
+    def answers():
+        return [sorted(r['id'] for r in client.get('/api/contacts', q, headers=headers).json) for q in questions]
+
+    before = answers()
+    migrations.migrate(empty_db)
+    assert (
+        answers()
+        == before
+        == [
+            sorted([ids['Ada'], ids['Adam'], ids['Lola']]),
+            sorted([ids['Ada'], ids['Lola']]),
+            sorted([ids['Adam'], ids['Bob']]),
+            [ids['Bob']],
+        ]
+    )
+    client.post_json('/api/contacts', {'first_name': 'Adele', 'last_name': 'Mithras'}, headers=headers)
+    assert [len(found) for found in answers()] == [4, 2, 3, 1], 'the rebuilt index keeps up with new writes'

@@ -397,6 +397,20 @@ def test_every_write_path_keeps_the_search_rows_current(api, database):
     assert found(api, 'springf bartend') == [made[1]['id']]
 
 
+def test_a_batch_of_new_records_is_findable_like_single_writes(api):
+    """A batch of at least sqlbuild.COPY_ROWS new records writes its search rows in one go (PostgreSQL: COPY):
+    each record is found by its words and substrings, and a later change of one rewrites its row."""
+    n = sqlbuild.COPY_ROWS + 5
+    made = api.post(
+        '/api/contacts',
+        [{'first_name': f'Batch{i:02d}', 'last_name': 'Gumble', 'email': f'b.{i}@moes.example'} for i in range(n)],
+    ).json
+    assert found(api, 'batch07') == [made[7]['id']] and len(found(api, 'gumb')) == n
+    assert len(api.list('contacts', filters=[{'field': 'email', 'op': 'contains', 'value': '@moes'}])) == n
+    api.app.patch_json('/api/contacts', [{'id': made[7]['id'], 'last_name': 'Simpson'}], headers=api.headers)
+    assert found(api, 'batch07 simps') == [made[7]['id']] and len(found(api, 'gumb')) == n - 1
+
+
 def test_a_write_that_changes_no_searchable_column_writes_no_search_row(api, homer, monkeypatch):
     written = []
     monkeypatch.setattr(sqlbuild, 'build_search_rows', lambda *a: written.append(a) or [])

@@ -126,12 +126,18 @@ TRIGRAMS = (
         (
             {'op': 'contains', 'value': '50%_OFF\\'},
             TRIGRAMS + 'instr(json_extract(s.fields, ?), ?) > 0)',
-            ['texts : "50%_off\\"', 'contacts', 'org_1', '$."status"', '50%_off\\'],
-        ),  # a phrase: the value's text
+            [
+                '"50%" AND "0%_" AND "%_o" AND "_of" AND "off" AND "ff\\"',
+                'contacts',
+                'org_1',
+                '$."status"',
+                '50%_off\\',
+            ],
+        ),  # each trigram of the value's text a term
         (
             {'op': 'starts_with', 'value': 'Abc'},
             TRIGRAMS + 'instr(json_extract(s.fields, ?), ?) = 1)',
-            ['texts : "abc"', 'contacts', 'org_1', '$."status"', 'abc'],
+            ['"abc"', 'contacts', 'org_1', '$."status"', 'abc'],
         ),
         (
             {'op': 'starts_with', 'value': 'Ab'},
@@ -172,7 +178,7 @@ def test_a_list_of_text_operators_only_is_counted_in_the_search_rows():
         'search_texts_trigrams WHERE search_texts_trigrams MATCH ?) AND instr(json_extract(s.fields, ?), ?) '
         '> 0 AND instr(json_extract(s.fields, ?), ?) = 1'
     )
-    assert bound == ['contacts', 'org_1', 'texts : "gold"', '$."status"', 'gold', '$."last_name"', 'a']
+    assert bound == ['contacts', 'org_1', '"gol" AND "old"', '$."status"', 'gold', '$."last_name"', 'a']
 
 
 def test_postgres_text_operators_are_like_patterns_on_folded_values():
@@ -192,13 +198,20 @@ def test_search_reads_the_records_words_not_their_columns():
     assert '"first_name"' not in sql and 's.table_name = %s AND s.organization_id = %s AND s.archived = FALSE' in sql
     assert values == ['contacts', 'org_1', "('ad':* & 'lo':*)"]
     sql, values = where_of(SQLITE, filter={'q': 'Ad Lo'})
-    assert values == ['contacts', 'org_1', 'words : (("  ad" AND "  lo"))'], (
-        'the trigram phrases find word starts exactly'
+    assert values == ['contacts', 'org_1', '("  a" AND " ad" AND "  l" AND " lo")', '  ad', '  lo'], (
+        'the trigrams of the word starts find candidates, the search row confirms each word start'
     )
     sql, values = where_of(SQLITE, filter={'q': 'A Lo'})
-    assert values == ['contacts', 'org_1', 'words : (("  a" AND "  lo"))'], 'two spaces: a one-letter word start too'
+    assert values == ['contacts', 'org_1', '("  a" AND "  l" AND " lo")', '  a', '  lo'], (
+        'two spaces: a one-letter word start too'
+    )
     sql, values = where_of(SQLITE, filter={'q': 'Lovelaceiana'})
-    assert values == ['contacts', 'org_1', 'words : (("  lovelaceia"))', '  lovelaceiana'], 'a long word is compared'
+    assert values == [
+        'contacts',
+        'org_1',
+        '("  l" AND " lo" AND "lov" AND "ove" AND "vel" AND "ela" AND "lac" AND "ace" AND "cei" AND "eia")',
+        '  lovelaceiana',
+    ], 'a long word: the trigrams of its start, then the whole word compared'
 
 
 def test_injection_in_values_stays_a_parameter():
