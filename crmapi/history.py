@@ -189,7 +189,8 @@ class History:
             (change_id, org, last - count + n, resource, record_id, operation, *who, data)
             for n, (change_id, resource, record_id, operation, data) in enumerate(items, 1)
         ]
-        tx.write_rows(sqlbuild.build_write_changes(d), rows)
+        for statement in sqlbuild.build_write_changes(d, rows):
+            tx.write_rows(*statement)
 
     # -- reading -----------------------------------------------------------------------------------
 

@@ -555,8 +555,8 @@ class Store:
         """INSERT the new records `rows` (checked values with their ids and stamps): the records, in order.
 
         NOTE: a new record is what was written plus its columns' defaults, so it is built here rather than read
-        back: one statement per shape of row sends the values (SQLite: one prepared INSERT run for each row;
-        PostgreSQL: COPY), which costs the database less than a multi-row INSERT … RETURNING. A table with a
+        back: one statement per shape of row sends the values (an INSERT of each chunk of rows; PostgreSQL: COPY),
+        which costs the database less than a multi-row INSERT … RETURNING. A table with a
         default that is not a constant, or with a JSON column (SQLite reads a bare 1.0 back as 1, PostgreSQL's
         jsonb orders keys its own way), is read back as before.
         """
@@ -568,7 +568,8 @@ class Store:
         for row in rows:
             groups.setdefault(tuple(row), []).append(row)
         for names, group in groups.items():
-            tx.write_rows(*sqlbuild.build_insert_rows(self.db.dialect, info, org_id, names, group))
+            for statement in sqlbuild.build_insert_rows(self.db.dialect, info, org_id, names, group):
+                tx.write_rows(*statement)
         records = build(rows, set().union(*groups))
         self.index(tx, info, org_id, records, fresh=True, new=True)
         return records
