@@ -697,28 +697,61 @@ def _search_keys(d, texts, table_name, org_id, ids):
     )
 
 
+def _search_by_ids(d, key, query, *values, ids):
+    """(sql, parameters) of a statement over the search rows of `ids`: `values`, its other parameters in order, then
+    the ids as one_of's one parameter. Its text is the same for any ids, so `query()` is rendered once per dialect.
+
+    NOTE: these run in every write's transaction (a contact's company name, an archive's flags): PyPika made each
+    one again, ~0.1 ms of a single write.
+    """
+    sql = _statement(d, ('search_by_ids', key), lambda: d.render(query())[0])
+    return sql, [*values, d.one_of_value('text', ids)]
+
+
 def build_search_archived(d, table_name, org_id, ids, archived):
     """Set the archived state of the search rows of `ids` (an archive or restore changes no text)."""
     texts = Table('search_texts')
-    return d.render(
-        d.query.update(texts)
-        .set(texts.archived, Bound(archived))
-        .where(_search_keys(d, texts, table_name, org_id, ids))
+    return _search_by_ids(
+        d,
+        'archived',
+        lambda: (
+            d.query.update(texts)
+            .set(texts.archived, Bound(archived))
+            .where(_search_keys(d, texts, table_name, org_id, ids))
+        ),
+        archived,
+        table_name,
+        org_id,
+        ids=ids,
     )
 
 
 def build_search_names(d, table_name, org_id, ids):
     """(record_id, names) of the search rows of `ids`: the name words other records' rows take (a company's)."""
     texts = Table('search_texts')
-    return d.render(
-        d.from_(texts).select(texts.record_id, texts.names).where(_search_keys(d, texts, table_name, org_id, ids))
+    return _search_by_ids(
+        d,
+        'names',
+        lambda: (
+            d.from_(texts).select(texts.record_id, texts.names).where(_search_keys(d, texts, table_name, org_id, ids))
+        ),
+        table_name,
+        org_id,
+        ids=ids,
     )
 
 
 def build_search_forget(d, table_name, org_id, ids):
     """Remove the search rows of the records `ids` of `table_name` (deleted for good)."""
     texts = Table('search_texts')
-    return d.render(d.from_(texts).delete().where(_search_keys(d, texts, table_name, org_id, ids)))
+    return _search_by_ids(
+        d,
+        'forget',
+        lambda: d.from_(texts).delete().where(_search_keys(d, texts, table_name, org_id, ids)),
+        table_name,
+        org_id,
+        ids=ids,
+    )
 
 
 def build_search_forget_organization(d, info, org_id):
