@@ -15,7 +15,8 @@ What it does, in process (the store and the SQL the API runs, no HTTP):
      same run, the plain scan the same questions cost before: `LIKE '%…%'` over the text columns;
   3. sizes on disk: the search structures vs the tables (and their indexes) they serve;
   4. writes: single-contact creates and updates (each its own transaction, the API's path) and
-     100-contact batch creates, with search upkeep and without it (the hook off: the before figure).
+     100-contact batch creates, with search upkeep and without it (the hook off: the before figure), the two
+     alternating; rates by wall time and by this process's CPU time (`cpu_ratio`: on SQLite the whole write's).
 Prints one table per part; --json FILE writes every figure. `--parts queries,sizes,writes` picks the parts;
 `--meta FILE` is load_data.py's meta file of a data set loaded before (with --reuse; --sqlite then names the file
 measured, e.g. a copy of that data set).
