@@ -1,6 +1,6 @@
 -- Search upkeep (issues 9 and 10): the FTS5 trigram index keeps which rows hold each trigram, not where
--- (detail=none: no positions, no columns). A write then costs the index about half the work and the
--- index about half the disk; sqlbuild looks each trigram of a value up as a term of its own and the
+-- (detail=none: no positions, no columns). A write then costs the index about half the work, and the
+-- index takes about a fifth of the disk; sqlbuild looks each trigram of a value up as a term of its own and the
 -- search row itself decides (instr on `words`, the exact comparison on `fields`), so q and the text
 -- operators answer exactly what they did. The index is rebuilt from the search rows already there.
 DROP TRIGGER search_texts_inserted;
