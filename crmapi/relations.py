@@ -215,7 +215,7 @@ class Relations:
         return per_shape(self._readers, info.shape_key, lambda: self._reader_of(info))
 
     def _reader_of(self, info):
-        if sqlbuild.embeds_as_json(info):
+        if sqlbuild.embeds_as_json(self.db.dialect, info):
             return written
         kinds = sqlbuild.embedded_kinds(self.db.dialect, info)
         return self.db.record_reader(sqlbuild.output_columns(info), kinds)
