@@ -1662,8 +1662,14 @@ def _children_parts(d, info, org_id):
     if 'archived_at' in info.columns:
         live.append(Sql('c.archived_at IS NULL'))
     newest = 'c.created_at DESC, c.id DESC' if 'created_at' in info.columns else 'c.id DESC'
-    columns = _embedded_columns(d, info, lambda name: Sql(f'c.{quote(name)}'))
-    return live, newest, ', '.join(column.get_sql() for column in columns)
+
+    def write():
+        return ', '.join(
+            column.get_sql() for column in _embedded_columns(d, info, lambda name: Sql(f'c.{quote(name)}'))
+        )
+
+    # NOTE: written once per shape: rendering a record's columns was three quarters of building the statement.
+    return live, newest, _statement(d, ('children_columns', info.shape_key), write)
 
 
 def _json_ids(ids):
