@@ -1509,30 +1509,35 @@ def _term_sql(d, term):
 
 # NOTE: an instant as the wire spells it (values.format_timestamp: UTC, microseconds, `Z`), written by PostgreSQL.
 _WIRE_INSTANT = 'to_char({0} AT TIME ZONE \'UTC\', \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
-# NOTE: the kinds whose values both databases' JSON functions spell as the API does, and numbers of at most 15
-# digits, 4 after the point (_json_number); not other numbers (SQLite writes a REAL with 15 significant digits, not
-# the shortest that reads back) nor JSON values (which may be bare REALs on SQLite).
+# NOTE: the kinds whose values SQLite's JSON functions spell as the API does, and numbers of at most 15 digits, 4
+# after the point (_json_number); not other numbers (SQLite writes a REAL with 15 significant digits, not the shortest
+# that reads back) nor JSON values (which may be bare REALs).
 JSON_KINDS = frozenset({'text', 'integer', 'timestamp', 'date', 'array'})
-_JSON_FIELDS = 50  # json_build_object takes at most 100 arguments
+_JSON_FIELDS = 50  # json_object takes at most 127 arguments on older SQLite builds
 
 
 def _json_number(column):
-    """A NUMERIC(p, s) column whose values SQLite's %!.15g and PostgreSQL's float8 spell as values.number_out does:
-    every digit, no exponent, integral ones without a point (SQLite's NUMERIC affinity keeps them INTEGERs)."""
+    """A NUMERIC(p, s) column whose values SQLite's %!.15g spells as values.number_out does: every digit, no
+    exponent, integral ones without a point (SQLite's NUMERIC affinity keeps them INTEGERs)."""
     if column.kind != 'number' or column.precision is None:
         return False
     digits, scale = column.precision
     return digits <= 15 and scale <= 4
 
 
-def embeds_as_json(info):
+def embeds_as_json(d, info):
     """Whether build_referenced and build_children read `info`'s records as JSON that the database writes, one
-    text a record (which the answer then carries as it is), rather than as columns: when every column is of a
-    JSON_KINDS kind or a _json_number.
+    text a record (which the answer then carries as it is), rather than as columns: on SQLite, when every column
+    is of a JSON_KINDS kind or a _json_number.
 
-    NOTE: an embed reads up to ten times the page's records; their columns made into Python values, then a dict,
-    then JSON again were most of an embed's time in the app (on SQLite as much as reading the records).
+    NOTE: an embed reads up to ten times the page's records; on SQLite their columns made into Python values, then
+    a dict, then JSON again cost more than json_object (~15 % more for the ~860 companies of a 1,000-contact page).
+    PostgreSQL's json_build_object looks up how to write each argument's type again for every row: 4.3 ms of
+    executor time for those companies against 1.4 ms for their columns with instants spelt by to_char
+    (embedded_kinds), which the app then reads into records faster than the difference (bench/RESULTS.md).
     """
+    if d.name != 'sqlite':
+        return False
     columns = [info.columns[n] for n in output_columns(info)]
     return len(columns) <= _JSON_FIELDS and all(c.kind in JSON_KINDS or _json_number(c) for c in columns)
 
@@ -1551,27 +1556,23 @@ def embedded_kinds(d, info):
     return ['text' if _spelt_by_server(d, info, n) else info.columns[n].kind for n in output_columns(info)]
 
 
-def _json_record(d, info, field):
-    """A record of `info` as the JSON text of the API's object, written by the database (see embeds_as_json)."""
+def _json_record(info, field):
+    """A record of `info` as the JSON text of the API's object, written by SQLite (see embeds_as_json)."""
     values = []
     for name in output_columns(info):
         value = field(name)
-        if _spelt_by_server(d, info, name):
-            value = Sql(_WIRE_INSTANT, value)
-        elif d.name == 'sqlite' and info.columns[name].kind == 'array':
+        if info.columns[name].kind == 'array':
             value = Sql('json({0})', value)  # the array itself, not the text that holds it
-        elif d.name == 'postgresql' and info.columns[name].kind == 'number':
-            value = Sql('{0}::float8', value)  # 1234.5 and 1000, not NUMERIC's 1234.50 and 1000.00
         values.append(value)
     pairs = ', '.join(f"'{name}', {{{i}}}" for i, name in enumerate(output_columns(info)))
-    return Sql(f'json_object({pairs})' if d.name == 'sqlite' else f'json_build_object({pairs})::text', *values)
+    return Sql(f'json_object({pairs})', *values)
 
 
 def _embedded_columns(d, info, field):
     """The columns of `info`'s records for an embed: one, the JSON text (embeds_as_json), or each output column
     (see embedded_kinds); `field(name)` is one column's term."""
-    if embeds_as_json(info):
-        return [_json_record(d, info, field)]
+    if embeds_as_json(d, info):
+        return [_json_record(info, field)]
     return [Sql(_WIRE_INSTANT, field(n)) if _spelt_by_server(d, info, n) else field(n) for n in output_columns(info)]
 
 
@@ -1712,8 +1713,14 @@ def _children_parts(d, info, org_id):
     if 'archived_at' in info.columns:
         live.append(Sql('c.archived_at IS NULL'))
     newest = 'c.created_at DESC, c.id DESC' if 'created_at' in info.columns else 'c.id DESC'
-    columns = _embedded_columns(d, info, lambda name: Sql(f'c.{quote(name)}'))
-    return live, newest, ', '.join(column.get_sql() for column in columns)
+
+    def write():
+        return ', '.join(
+            column.get_sql() for column in _embedded_columns(d, info, lambda name: Sql(f'c.{quote(name)}'))
+        )
+
+    # NOTE: written once per shape: rendering a record's columns was three quarters of building the statement.
+    return live, newest, _statement(d, ('children_columns', info.shape_key), write)
 
 
 def _json_ids(ids):
