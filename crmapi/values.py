@@ -319,37 +319,30 @@ class JsonError(ValueError):
         self.field = field
 
 
-def _check_tree(value):
-    """No deeper than MAX_JSON_DEPTH, and no lone surrogate (valid JSON, but not storable text)."""
-    stack = [(value, 1, None)]
+def _check_tree(value, strings=True):
+    """No deeper than MAX_JSON_DEPTH, and (with `strings`) no lone surrogate: valid JSON, but not storable text.
+
+    NOTE: without `strings` only containers are walked: a batch's strings are most of its values.
+    """
+    walked = (*_CONTAINERS, str) if strings else _CONTAINERS
+    stack = [(value, 1, None)] if type(value) in walked else []
     while stack:
         item, depth, top = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise JsonError(f'nested more than {MAX_JSON_DEPTH} levels deep', top)
-        if isinstance(item, dict):
-            for key, v in item.items():
-                under = key if depth == 1 else top
-                stack.extend(((key, depth + 1, under), (v, depth + 1, under)))
-        elif isinstance(item, list):
-            stack.extend((x, depth + 1, top) for x in item)
-        elif isinstance(item, str) and _lone_surrogate(item):
-            raise JsonError('a string holds a lone surrogate, which is not valid Unicode', top)
-
-
-def _check_depth(value):
-    """_check_tree's depth rule alone, walking containers only (a batch's strings are most of its values)."""
-    stack = [(value, 1, None)] if type(value) in _CONTAINERS else []
-    while stack:
-        item, depth, top = stack.pop()
-        children = item.values() if type(item) is dict else item
-        if depth >= MAX_JSON_DEPTH and children:
+        if type(item) is str:
+            if _lone_surrogate(item):
+                raise JsonError('a string holds a lone surrogate, which is not valid Unicode', top)
+            continue
+        if depth >= MAX_JSON_DEPTH and item:
             raise JsonError(f'nested more than {MAX_JSON_DEPTH} levels deep', top)
         if type(item) is dict:
             for key, v in item.items():
-                if type(v) in _CONTAINERS:
-                    stack.append((v, depth + 1, key if depth == 1 else top))
+                under = key if depth == 1 else top
+                if strings:
+                    stack.append((key, depth + 1, under))
+                if type(v) in walked:
+                    stack.append((v, depth + 1, under))
         else:
-            stack.extend((x, depth + 1, top) for x in item if type(x) in _CONTAINERS)
+            stack.extend((x, depth + 1, top) for x in item if type(x) in walked)
 
 
 _CONTAINERS = (dict, list)
@@ -374,8 +367,6 @@ def loads_strict(text):
         value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=finite_float)
     except RecursionError:
         raise JsonError(f'nested more than {MAX_JSON_DEPTH} levels deep') from None
-    if '\\ud' in text or '\\uD' in text or _lone_surrogate(text):
-        _check_tree(value)
-    else:
-        _check_depth(value)  # NOTE: no string can hold a surrogate: the text has none, nor a \uD800-\uDFFF escape
+    # NOTE: no string can hold a surrogate when the text has none, nor a \uD800-\uDFFF escape
+    _check_tree(value, strings='\\ud' in text or '\\uD' in text or _lone_surrogate(text))
     return value
