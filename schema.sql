@@ -333,12 +333,15 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
 
 -- The number of live (non-archived) rows per organization and table, kept in the same
--- transaction as every write: an unfiltered exact total is one indexed read, not a scan.
+-- transaction as every write: an unfiltered exact total is one indexed read, not a scan. It is the sum of
+-- the counter's slots: on PostgreSQL a write adds to its connection's slot (crmapi.sqlbuild.COUNT_SLOTS), so
+-- an organization's writes do not queue on one row; SQLite uses slot 0 only.
 CREATE TABLE IF NOT EXISTS row_counts (
     organization_id TEXT NOT NULL,
     table_name TEXT NOT NULL,
     n BIGINT NOT NULL,
-    PRIMARY KEY (organization_id, table_name)
+    slot INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (organization_id, table_name, slot)
 );
 
 -- Secrets the server makes for itself and every worker and host shares: the key that signs list
@@ -349,8 +352,11 @@ CREATE TABLE IF NOT EXISTS server_secrets (
 );
 
 -- Change history: one row per record a write touched, written in the write's own transaction. seq numbers
--- an organization's changes, taken from change_counters by the write's last statements (the counter row,
--- locked until COMMIT, makes an organization's changes commit in seq order). data: an update's changed
+-- an organization's changes in the order the feed shows them. SQLite: taken from change_counters by the
+-- write's last statements (the counter row, locked until COMMIT, makes an organization's changes commit in
+-- seq order). PostgreSQL: a write stores its changes unnumbered (seq NULL) with a tick from change_ticks, and
+-- the first reader numbers the committed ones in tick order under the change_counters row (crmapi.history):
+-- no organization-wide lock is held by a write. data: an update's changed
 -- fields {"field": [old, new]}, a create's new record, a delete's last one (JSON: stored as written, never
 -- queried into). No foreign key to organizations on changes: a write would check it once per change row.
 CREATE TABLE IF NOT EXISTS changes (
@@ -369,6 +375,14 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 CREATE INDEX IF NOT EXISTS changes_org_record ON changes (organization_id, resource, record_id, seq);
 CREATE INDEX IF NOT EXISTS changes_org_resource ON changes (organization_id, resource, seq);
+-- postgresql only
+ALTER TABLE changes ALTER COLUMN seq DROP NOT NULL;
+-- postgresql only
+ALTER TABLE changes ADD COLUMN tick BIGINT;
+-- postgresql only
+CREATE SEQUENCE IF NOT EXISTS change_ticks;
+-- postgresql only
+CREATE INDEX IF NOT EXISTS changes_unnumbered ON changes (organization_id, tick) WHERE seq IS NULL;
 
 CREATE TABLE IF NOT EXISTS change_counters (
     organization_id TEXT PRIMARY KEY REFERENCES organizations (id),
@@ -517,4 +531,4 @@ CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(str
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (22);
+INSERT INTO schema_version (version) VALUES (24);

@@ -6,10 +6,10 @@
 For each --tree (a crmapi checkout: its code is what gunicorn imports; default: this one), in turn and
 --rounds times: starts gunicorn as bench/run.py does (2 workers x 4 gthreads, loopback), then
 `wrk -t2 -c<clients>` of `POST /api/contacts` (or `--kind update`: `PUT /api/contacts/{id}` over 200
-contacts) of the token's organization for --duration after a 2 s warm-up. Prints requests/s, p50 and p99
-(ms), non-2xx answers and the load average, one line per cell. On PostgreSQL every write of an
+contacts) of the token's organization (or of both, with --other-token) for --duration after a 2 s warm-up. Prints requests/s, p50 and p99
+(ms), non-2xx answers, socket errors and the load average, one line per cell. On PostgreSQL every write of an
 organization takes its change counter (the gap-free feed): this measures how long that serializes them
-(--other-token: the same creates spread over two organizations, for comparison).
+(--other-token: the same writes spread over two organizations, for comparison).
 """
 
 import argparse
@@ -30,27 +30,28 @@ LUA = r"""
 local n = 0
 request = function()
   n = n + 1
-  local id = ids[(n %% #ids) + 1]
+  local k = (n %% #tokens) + 1
+  local auth = {["Authorization"] = "Bearer " .. tokens[k], ["Content-Type"] = "application/json"}
   if "%(kind)s" == "create" then
-    return wrk.format("POST", "/api/contacts", {["Authorization"] = "Bearer " .. tokens[(n %% #tokens) + 1],
-      ["Content-Type"] = "application/json"},
+    return wrk.format("POST", "/api/contacts", auth,
       '{"first_name":"Bench","last_name":"User' .. n .. '","email":"bench-' .. n .. '@bench.invalid","city":"London","status":"warm","title":"Engineer"}')
   end
-  return wrk.format("PUT", "/api/contacts/" .. id, nil, '{"title":"Bench ' .. n .. '","status":"hot"}')
+  local id = ids[k][(math.floor(n / #tokens) %% #ids[k]) + 1]
+  return wrk.format("PUT", "/api/contacts/" .. id, auth, '{"title":"Bench ' .. n .. '","status":"hot"}')
 end
 wrk.headers["Authorization"] = "Bearer %(token)s"
 tokens = {%(tokens)s}
 wrk.headers["Content-Type"] = "application/json"
 ids = {%(ids)s}
 done = function(summary, latency, requests)
-  local bad = summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
-  io.write(string.format("RESULT %%.1f %%.2f %%.2f %%d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, bad))
+  local e = summary.errors
+  io.write(string.format("RESULT %%.1f %%.2f %%.2f %%d %%d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, e.status, e.connect + e.read + e.write + e.timeout))
 end
 """
 
 
-def sample_ids(url, token, port):
+def sample_ids(token, port):
     request = urllib.request.Request(
         f'http://127.0.0.1:{port}/api/contacts?range=[0,199]', headers={'Authorization': 'Bearer ' + token}
     )
@@ -82,7 +83,7 @@ def main(argv=None):
     p.add_argument('--tree', action='append')
     p.add_argument('--kind', default='create', choices=['create', 'update'])
     p.add_argument('--clients', type=int, default=16)
-    p.add_argument('--other-token', help="creates alternate between TOKEN's organization and this token's")
+    p.add_argument('--other-token', help="writes alternate between TOKEN's organization and this token's")
     p.add_argument('--duration', default='10s')
     p.add_argument('--rounds', type=int, default=2)
     p.add_argument('--port', type=int, help='default: a free one')
@@ -96,15 +97,16 @@ def main(argv=None):
         for tree in trees:
             proc = serve(tree, a.url, a.port)
             try:
-                ids = sample_ids(a.url, a.token, a.port)
+                tokens = [t for t in (a.token, a.other_token) if t]
+                ids = [sample_ids(t, a.port) for t in tokens]
                 with tempfile.NamedTemporaryFile('w', suffix='.lua', delete=False) as script:
                     script.write(
                         LUA
                         % {
                             'kind': a.kind,
                             'token': a.token,
-                            'tokens': ','.join(f'"{t}"' for t in filter(None, (a.token, a.other_token))),
-                            'ids': ','.join(f'"{i}"' for i in ids),
+                            'tokens': ','.join(f'"{t}"' for t in tokens),
+                            'ids': ','.join('{' + ','.join(f'"{i}"' for i in each) + '}' for each in ids),
                         }
                     )
                 target = f'http://127.0.0.1:{a.port}'
@@ -118,10 +120,10 @@ def main(argv=None):
                     text=True,
                     check=True,
                 ).stdout
-                rate, p50, p99, bad = re.search(r'RESULT (\S+) (\S+) (\S+) (\d+)', out).groups()
+                rate, p50, p99, bad, broken = re.search(r'RESULT (\S+) (\S+) (\S+) (\d+) (\d+)', out).groups()
                 print(
                     f'round {round_ + 1} {tree}: {a.kind} {float(rate):.0f}/s p50 {p50} ms p99 {p99} ms '
-                    f'non-2xx/errors {bad} load {load:.1f}-{os.getloadavg()[0]:.1f}',
+                    f'non-2xx {bad} socket errors {broken} load {load:.1f}-{os.getloadavg()[0]:.1f}',
                     flush=True,
                 )
                 os.unlink(script.name)

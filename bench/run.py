@@ -290,14 +290,17 @@ def cleanup(data):
         '(SELECT 1 FROM contacts c WHERE c.organization_id = search_texts.organization_id AND c.id = '
         'search_texts.record_id)'
     )
+    # NOTE: the counter may be several rows (slots, migration 0024): all go, one row of the live count replaces them
+    uncount = "DELETE FROM row_counts WHERE organization_id = {0} AND table_name = 'contacts'"
     recount = (
-        'UPDATE row_counts SET n = (SELECT COUNT(*) FROM contacts WHERE organization_id = {0} AND '
-        "archived_at IS NULL) WHERE organization_id = {0} AND table_name = 'contacts'"
+        "INSERT INTO row_counts (organization_id, table_name, n) SELECT {0}, 'contacts', COUNT(*) FROM contacts "
+        'WHERE organization_id = {0} AND archived_at IS NULL'
     )
     if data['url'].startswith('sqlite'):
         con = sqlite3.connect(data['url'][len('sqlite:///') :], timeout=30)
         n = con.execute(sql.format('?'), (data['org_id'], BENCH_EMAILS)).rowcount
         con.execute(orphans.format('?'), (data['org_id'],))
+        con.execute(uncount.format('?'), (data['org_id'],))
         con.execute(recount.format('?'), (data['org_id'], data['org_id']))
         con.commit()
         con.close()
@@ -307,7 +310,9 @@ def cleanup(data):
         with psycopg.connect(data['url'], autocommit=True) as con:
             n = con.execute(sql.format('%s'), (data['org_id'], BENCH_EMAILS)).rowcount
             con.execute(orphans.format('%s'), (data['org_id'],))
-            con.execute(recount.format('%s'), (data['org_id'], data['org_id']))
+            with con.transaction():
+                con.execute(uncount.format('%s'), (data['org_id'],))
+                con.execute(recount.format('%s'), (data['org_id'], data['org_id']))
     return n
 
 

@@ -5,11 +5,19 @@ the actor, the time and what changed (updates: the changed fields as {field: [ol
 new record, deletes the last one). `GET /api/:resource/:id/history` reads one record's changes,
 `GET /api/changes?after=` the organization's feed in `seq` order.
 
-NOTE: the feed must never skip a change: a reader that has seen `seq` 7 must never later find a 6.
-`seq` is therefore taken from a per-organization counter row (`change_counters`) by the write's last
-statements before COMMIT. The row stays locked until the commit, so within an organization the
-transactions that record changes commit in `seq` order, and a rolled-back write gives its numbers
-back. (A database sequence would not do: a lower number can commit after a higher one is read.)
+NOTE: the feed must never skip a change: a reader that has seen `seq` 7 must never later find a 6. A database
+sequence would not do (a lower number can commit after a higher one is read), nor would a per-organization counter
+row taken by each write: locked until COMMIT, it makes an organization's writes commit one at a time.
+
+So on PostgreSQL a write stores its changes unnumbered (seq NULL) with a `tick` from a sequence, taken by its last
+statement, and locks nothing organization-wide; `number` numbers an organization's committed unnumbered changes, in
+tick order, under the organization's counter row (`change_counters`), before anything reads `seq`: the feed, a
+record's history, the worker's fan-out and rules, a new webhook's or rule's start, retention. One numbering
+statement sees every change committed before it started and numbers them all after the last number, so a change
+committed later gets a higher number than every one already read. A write that waited for another's row lock took
+its tick after that one committed, so the changes of one record are numbered in the order they were made. A
+rolled-back write leaves nothing. SQLite has one writer at a time: a write numbers its changes itself, from the
+counter row, with its last statements.
 """
 
 import contextlib
@@ -130,17 +138,18 @@ class History:
         self.db = db
         self.clock = clock
         self.new_ids = new_ids  # store.new_ids: time-ordered, so change ids sort as they were made
+        self.later = db.dialect.name == 'postgresql'  # changes are numbered after their write (the module's NOTE)
         self.read_change = db.record_reader(
             sqlbuild.CHANGE_OUTPUT, [sqlbuild.CHANGE_KINDS.get(n, 'text') for n in sqlbuild.CHANGE_OUTPUT]
         )
 
     @contextlib.contextmanager
     def recorded(self, principal):
-        """A write transaction: append each change the write makes to `tx.changes`; they are numbered and
-        stored as its last statements, and only when it is about to commit.
+        """A write transaction: append each change the write makes to `tx.changes`; they are stored as its last
+        statements, and only when it is about to commit.
 
         NOTE: inside another transaction (an Idempotency-Key's) the changes are stored at the end of this
-        block: the counter row is then held a little longer, and commits stay in `seq` order.
+        block: on SQLite the counter row is then held a little longer, and commits stay in `seq` order.
         """
         with self.db.transaction(write=True) as tx:
             tx.changes, tx.counts = [], {}
@@ -154,19 +163,18 @@ class History:
             authcache.changed_here()
 
     def record(self, tx, principal, changes, counts=None):
-        """Number `changes` from the organization's counter and store them; add `counts` ({table: delta}) to the
-        organization's live-row counters (store.Store._count).
+        """Store `changes` (numbered on SQLite, unnumbered on PostgreSQL: see the module's NOTE); add `counts`
+        ({table: delta}) to the organization's live-row counters (store.Store._count).
 
-        NOTE: on PostgreSQL one statement adds the counts, takes the numbers and inserts a few changes (one round
-        trip, and the organization's counter rows are locked from it to COMMIT only); more go by COPY after the
-        counters' statement. On SQLite (no round trips): the counters, then INSERTs.
+        NOTE: on PostgreSQL one statement adds the counts and inserts a few changes (one round trip); more go by COPY
+        after the counters' statement. On SQLite (no round trips): the counters, then INSERTs.
         """
         d, org, count = self.db.dialect, principal.org_id, len(changes)
         counts = sorted((counts or {}).items())  # NOTE: one order of the counter rows for every writer
-        if counts and not (changes and d.name == 'postgresql' and count < COPY_ROWS):
+        together = self.later and 0 < count < COPY_ROWS
+        if counts and not together:
             for table, delta in counts:
                 tx.execute(*sqlbuild.build_count_add(d, org, table, delta))
-            counts = []
         if not changes:
             return
         who = (*actor(principal), values.format_timestamp(self.clock()))
@@ -181,16 +189,66 @@ class History:
             )
             for change_id, (resource, record_id, operation, data) in zip(self.new_ids(CHANGE_PREFIX, count), changes)
         ]
-        if d.name == 'postgresql' and count < COPY_ROWS:
-            tx.execute(*sqlbuild.build_numbered_changes(d, org, who, items, counts))
+        if together:
+            tx.execute(*sqlbuild.build_pending_changes(d, org, who, items, counts))
             return
-        (last,) = tx.one(*sqlbuild.build_change_numbers(d, org, count))
-        rows = [
-            (change_id, org, last - count + n, resource, record_id, operation, *who, data)
-            for n, (change_id, resource, record_id, operation, data) in enumerate(items, 1)
-        ]
+        if self.later:
+            (tick,) = tx.one(*sqlbuild.build_change_tick(d))
+            rows = [(change_id, org, None, *rest, tick) for change_id, *rest in self._rows(who, items)]
+        else:
+            (last,) = tx.one(*sqlbuild.build_change_numbers(d, org, count))
+            rows = [
+                (change_id, org, last - count + n, *rest)
+                for n, (change_id, *rest) in enumerate(self._rows(who, items), 1)
+            ]
         for statement in sqlbuild.build_write_changes(d, rows):
             tx.write_rows(*statement)
+
+    @staticmethod
+    def _rows(who, items):
+        """(id, resource, record_id, operation, actor, user_id, token_id, changed_at, data) of each change."""
+        return [
+            (change_id, resource, record_id, operation, *who, data)
+            for change_id, resource, record_id, operation, data in items
+        ]
+
+    # -- numbering (PostgreSQL) --------------------------------------------------------------------
+
+    def number(self, tx, org_id):
+        """Number the organization's committed unnumbered changes, in `tx` (the counter row stays locked until it
+        ends): the organization's last change number (0: none yet)."""
+        d = self.db.dialect
+        if not self.later:
+            counter = tx.one(*sqlbuild.build_change_counter_read(d, org_id))
+            return counter[0] if counter else 0
+        (last,) = tx.one(*sqlbuild.build_numbering_lock(d, org_id))
+        return tx.one(*sqlbuild.build_number_changes(d, org_id, last))[0]
+
+    def number_all(self):
+        """Number the committed unnumbered changes of every organization, one transaction each (the worker and
+        retention, before they look at the counters)."""
+        if not self.later:
+            return
+        with self.db.transaction() as tx:
+            orgs = [org for (org,) in tx.rows(*sqlbuild.build_unnumbered_organizations(self.db.dialect))]
+        for org in orgs:
+            with self.db.transaction(write=True) as tx:
+                self.number(tx, org)
+
+    @contextlib.contextmanager
+    def numbered(self, org_id):
+        """A transaction to read the organization's changes in, after its committed changes are numbered.
+
+        NOTE: with nothing to number it is a read (a replica's, where the request may use one: replicas replay the
+        numbering whole, so they show a prefix of the feed); else a write on the primary that numbers, then reads.
+        """
+        with self.db.transaction() as tx:
+            if not (self.later and tx.one(*sqlbuild.build_unnumbered(self.db.dialect, org_id))):
+                yield tx
+                return
+        with self.db.transaction(write=True) as tx:
+            self.number(tx, org_id)
+            yield tx
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -202,7 +260,7 @@ class History:
     def of_record(self, org_id, resource, record_id, start, size):
         """One page of a record's changes, newest first, and how many it has."""
         d = self.db.dialect
-        with self.db.transaction() as tx:
+        with self.numbered(org_id) as tx:
             rows = tx.rows(*sqlbuild.build_record_changes(d, org_id, resource, record_id, start, size))
             if start == 0 and len(rows) < size:
                 total = len(rows)
@@ -212,7 +270,7 @@ class History:
 
     def feed(self, org_id, after, limit, resource=None, hidden=()):
         """The organization's changes after `seq` `after`, in `seq` order, but none of the resources `hidden`."""
-        with self.db.transaction() as tx:
+        with self.numbered(org_id) as tx:
             rows = tx.rows(*sqlbuild.build_change_feed(self.db.dialect, org_id, after, limit, resource, hidden))
         return [self._wire(r) for r in rows]
 
@@ -233,6 +291,7 @@ class History:
         """
         cutoff = values.format_timestamp(self.clock() - dt.timedelta(days=days))
         d, deleted = self.db.dialect, dict.fromkeys(('changes', 'automation_runs', 'webhook_deliveries'), 0)
+        self.number_all()  # NOTE: an organization's counter row (its place in the list below) comes with its numbers
         with self.db.transaction() as tx:
             orgs = [org for (org,) in tx.rows(*sqlbuild.build_change_organizations(d))]
         for org in orgs:

@@ -279,10 +279,8 @@ def written(store, tx, principal, records):
     each rule that has a webhook action and none yet: the records, with `secret` in the ones that got one (their
     answer is the only one that shows it)."""
     d, out = store.db.dialect, []
-    counter = tx.one(*sqlbuild.build_change_counter_read(d, principal.org_id))
-    tx.execute(
-        *sqlbuild.build_webhook_cursor_init(d, principal.org_id, counter[0] if counter else 0, 'automation_cursors')
-    )
+    since = store.history.number(tx, principal.org_id)
+    tx.execute(*sqlbuild.build_webhook_cursor_init(d, principal.org_id, since, 'automation_cursors'))
     for record in records:
         if any(isinstance(a, dict) and a.get('type') == 'webhook' for a in record.get('actions') or ()):
             secret = webhooks.new_secret()

@@ -1927,47 +1927,71 @@ def build_lock_organization(d, org_id):
 
 
 # -- live row counters -----------------------------------------------------------------------------
+# NOTE: on PostgreSQL an (organization, table) counter is up to COUNT_SLOTS rows, and a write adds to the first slot
+# no other open transaction is adding to (a transaction-level advisory lock per slot, tried without waiting), so the
+# writes of one organization never queue on a counter row until COMMIT; a read sums the slots (a few rows of one
+# index range). Only with every slot taken does a write wait (for the slot of its connection). SQLite has one writer
+# at a time: one slot, 0.
 
 COUNTS = Table('row_counts')
+COUNT_SLOTS = 32
 
 
 def build_count_read(d, org_id, table_name):
-    sql = d.memo(
-        'count_read',
-        lambda: (
-            d.from_(COUNTS)
-            .select(COUNTS.n)
-            .where((COUNTS.organization_id == Bound(org_id)) & (COUNTS.table_name == Bound(table_name)))
-        ),
-    )
-    return sql, [org_id, table_name]
+    """The counter's value (the sum of its slots): no row when the organization has none."""
+
+    def write():
+        p = d.parameter().get_sql()
+        return (
+            f'SELECT CAST(SUM(n) AS BIGINT) FROM row_counts WHERE organization_id = {p} AND table_name = {p} '
+            'HAVING COUNT(*) > 0'
+        )
+
+    return _statement(d, 'count_read', write), [org_id, table_name]
 
 
 def build_count_add(d, org_id, table_name, delta):
-    """Add `delta` to a counter, creating it (an organization's first row) if needed."""
-    sql = _statement(d, 'count_add', lambda: _count_add(d.parameter().get_sql()))
+    """Add `delta` to a counter (to a slot of it no other open transaction holds), creating it if needed."""
+    sql = _statement(d, 'count_add', lambda: _count_add(d, d.parameter().get_sql()))
     return sql, [org_id, table_name, int(delta)]
 
 
-def _count_add(p):
+def _count_add(d, p):
+    if d.name == 'postgresql':
+        row = (
+            'SELECT v.o, v.t, COALESCE((SELECT s FROM generate_series(0, %(last)d) AS s '
+            "WHERE pg_try_advisory_xact_lock(hashtext(v.o || '/' || v.t), s) LIMIT 1), "
+            'mod(pg_backend_pid(), %(slots)d)), v.n FROM (VALUES (CAST(%(p)s AS TEXT), CAST(%(p)s AS TEXT), '
+            'CAST(%(p)s AS BIGINT))) AS v (o, t, n)'
+        ) % {'last': COUNT_SLOTS - 1, 'slots': COUNT_SLOTS, 'p': p}
+    else:
+        row = f'VALUES ({p}, {p}, 0, {p})'
     return (
-        f'INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, {p}, {p}) '
-        'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + excluded.n'
+        f'INSERT INTO row_counts (organization_id, table_name, slot, n) {row} '
+        'ON CONFLICT (organization_id, table_name, slot) DO UPDATE SET n = row_counts.n + excluded.n'
     )
 
 
 def build_recount(d, org_id, info):
-    """Set the counter of `info`'s table for `org_id` to the live rows it really holds."""
+    """Set the counter of `info`'s table for `org_id` to the live rows it really holds: (clear its other slots,
+    set slot 0), two statements."""
     table = Table(info.spec.table)
     live = table.organization_id == Bound(org_id)
     if info.archivable:
         live &= table.archived_at.isnull()
     count_sql, params = d.render(d.from_(table).select(fn.Count('*')).where(live))
     p = d.parameter().get_sql()
-    return (
-        f'INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, {p}, ({count_sql})) '
-        'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = excluded.n'
-    ), [org_id, info.spec.table, *params]
+    return [
+        (
+            f'DELETE FROM row_counts WHERE organization_id = {p} AND table_name = {p} AND slot <> 0',
+            [org_id, info.spec.table],
+        ),
+        (
+            f'INSERT INTO row_counts (organization_id, table_name, slot, n) VALUES ({p}, {p}, 0, ({count_sql})) '
+            'ON CONFLICT (organization_id, table_name, slot) DO UPDATE SET n = excluded.n',
+            [org_id, info.spec.table, *params],
+        ),
+    ]
 
 
 # -- change history --------------------------------------------------------------------------------
@@ -1990,44 +2014,47 @@ CHANGE_OUTPUT = tuple(n for n in CHANGE_COLUMNS if n != 'organization_id')
 CHANGE_KINDS = {'seq': 'integer', 'changed_at': 'timestamp', 'data': 'json'}
 
 
+# NOTE: on PostgreSQL a write inserts its changes unnumbered (seq NULL) with a `tick` from the change_ticks
+# sequence, taken by its last statement (after every lock it waited for), and holds no organization-wide lock; the
+# first reader of the feed then numbers the committed unnumbered changes in tick order, under the organization's
+# change counter row (History.number). SQLite has one writer at a time: a write numbers its changes itself.
+PENDING_COLUMNS = (*CHANGE_COLUMNS, 'tick')
+
+
 def build_change_numbers(d, org_id, count):
-    """Take `count` change numbers of `org_id`: answers the last one. The counter row stays locked until
+    """SQLite: take `count` change numbers of `org_id`: answers the last one. The counter row stays locked until
     the transaction ends, so the organization's changes commit in number order."""
     return _statement(d, 'change_numbers', lambda: _numbers(d.parameter().get_sql())), [org_id, int(count)]
 
 
-def build_numbered_changes(d, org_id, who, items, counts=()):
-    """PostgreSQL: add `counts` ([(table, delta)]) to the organization's live-row counters, take the numbers of
-    `items` and insert them, in one statement (one round trip).
+def build_change_tick(d):
+    """PostgreSQL: the tick of a write's changes (see PENDING_COLUMNS)."""
+    return "SELECT nextval('change_ticks')", []
+
+
+def build_pending_changes(d, org_id, who, items, counts=()):
+    """PostgreSQL: add `counts` ([(table, delta)]) to the organization's live-row counters and insert `items`
+    unnumbered with one new tick, in one statement (one round trip).
 
     `who` is (actor, user_id, token_id, changed_at as text), shared by every change; each item is (id, resource,
-    record_id, operation, data as JSON text), numbered in order. NOTE: VALUES in FROM types its columns as
-    text, so the time and the JSON are cast. The change counter's INSERT reads the row counters' (`k0`…): they
-    are taken first, the order every writer takes them in (no deadlock between two).
+    record_id, operation, data as JSON text). NOTE: VALUES in FROM types its columns as text, so the time and the
+    JSON are cast; a CTE is evaluated once, so the write's changes share its tick.
     """
 
     def write():
         p = d.parameter().get_sql()
-        kept = [f'k{i} AS ({_count_add(p)} RETURNING 1 AS one)' for i in range(len(counts))]
-        after = ' + '.join(f'(SELECT COUNT(*) FROM k{i})' for i in range(len(counts)))
-        numbers = (
-            _numbers(p)
-            if not counts
-            else f'INSERT INTO change_counters (organization_id, n) SELECT CAST({p} AS TEXT), CAST({p} AS BIGINT) '
-            f'WHERE {after} >= 0 ON CONFLICT (organization_id) DO UPDATE SET n = change_counters.n + excluded.n '
-            'RETURNING n'
-        )
+        kept = ''.join(f'k{i} AS ({_count_add(d, p)}), ' for i in range(len(counts)))
         return (
-            f'WITH {"".join(k + ", " for k in kept)}c AS ({numbers}) INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) '
-            f'SELECT v.id, {p}, c.n - {p} + v.k, v.resource, v.record_id, v.operation, {p}, {p}, {p}, '
-            f'CAST({p} AS TIMESTAMPTZ), CAST(v.data AS JSON) FROM c, ({_values(d, len(items), 6)}) '
-            'AS v (id, k, resource, record_id, operation, data)'
+            f"WITH {kept}t AS MATERIALIZED (SELECT nextval('change_ticks') AS tick) "
+            f'INSERT INTO changes ({",".join(PENDING_COLUMNS)}) '
+            f'SELECT v.id, {p}, NULL, v.resource, v.record_id, v.operation, {p}, {p}, {p}, '
+            f'CAST({p} AS TIMESTAMPTZ), CAST(v.data AS JSON), t.tick FROM t, ({_values(d, len(items), 5)}) '
+            'AS v (id, resource, record_id, operation, data)'
         )
 
-    sql = _statement(d, ('numbered_changes', len(items), len(counts)), write)
-    flat = [value for k, (change_id, *rest) in enumerate(items, 1) for value in (change_id, k, *rest)]
+    sql = _statement(d, ('pending_changes', len(items), len(counts)), write)
     added = [value for table, delta in counts for value in (org_id, table, int(delta))]
-    return sql, [*added, org_id, len(items), org_id, len(items), *who, *flat]
+    return sql, [*added, org_id, *who, *[value for item in items for value in item]]
 
 
 def _numbers(p):
@@ -2037,11 +2064,49 @@ def _numbers(p):
     )
 
 
+def build_unnumbered(d, org_id):
+    """A row when the organization has committed changes not numbered yet (PostgreSQL)."""
+    p = d.parameter().get_sql()
+    return f'SELECT 1 FROM changes WHERE organization_id = {p} AND seq IS NULL LIMIT 1', [org_id]
+
+
+def build_unnumbered_organizations(d):
+    """The organizations that have committed changes not numbered yet (PostgreSQL)."""
+    return 'SELECT DISTINCT organization_id FROM changes WHERE seq IS NULL ORDER BY organization_id', []
+
+
+def build_numbering_lock(d, org_id):
+    """The organization's last change number, its counter row locked until the transaction ends (made if
+    missing). NOTE: a statement of its own: the numbering statement after it, under READ COMMITTED, sees every
+    change committed before the lock was granted, the previous numbering's included."""
+    p = d.parameter().get_sql()
+    return (
+        f'INSERT INTO change_counters (organization_id, n) VALUES ({p}, 0) ON CONFLICT (organization_id) '
+        'DO UPDATE SET n = change_counters.n RETURNING n'
+    ), [org_id]
+
+
+def build_number_changes(d, org_id, last):
+    """Number the organization's committed unnumbered changes after `last` in tick order (then id order: a write's
+    own), and move its counter past them: answers the new last number."""
+    p = d.parameter().get_sql()
+    sql = (
+        'WITH pending AS (SELECT id, row_number() OVER (ORDER BY tick, id) AS k FROM changes '
+        f'WHERE organization_id = {p} AND seq IS NULL), '
+        f'numbered AS (UPDATE changes c SET seq = CAST({p} AS BIGINT) + pending.k FROM pending '
+        f'WHERE c.organization_id = {p} AND c.seq IS NULL AND c.id = pending.id RETURNING 1) '
+        f'UPDATE change_counters SET n = CAST({p} AS BIGINT) + (SELECT COUNT(*) FROM numbered) '
+        f'WHERE organization_id = {p} RETURNING n'
+    )
+    return sql, [org_id, int(last), org_id, int(last), org_id]
+
+
 def build_write_changes(d, rows):
-    """The statements Tx.write_rows stores change `rows` with (tuples in CHANGE_COLUMNS order, `changed_at` as text,
-    `data` as JSON text, as orjson makes it): PostgreSQL's COPY, SQLite's INSERT of each chunk (`_inserts`)."""
+    """The statements Tx.write_rows stores change `rows` with (tuples in CHANGE_COLUMNS order, PENDING_COLUMNS on
+    PostgreSQL, `changed_at` as text, `data` as JSON text, as orjson makes it): PostgreSQL's COPY, SQLite's INSERT of
+    each chunk (`_inserts`)."""
     if d.name == 'postgresql':
-        return [(f'COPY changes ({",".join(CHANGE_COLUMNS)}) FROM STDIN', rows)]
+        return [(f'COPY changes ({",".join(PENDING_COLUMNS)}) FROM STDIN', rows)]
     return _inserts(d, ('write_changes',), f'INSERT INTO changes ({",".join(CHANGE_COLUMNS)}) ', rows)
 
 
@@ -2050,7 +2115,7 @@ def _change_select(d):
 
 
 def build_record_changes(d, org_id, resource, record_id, start, size):
-    """One page of a record's changes, newest first."""
+    """One page of a record's numbered changes, newest first."""
 
     def build():
         return (
@@ -2059,6 +2124,7 @@ def build_record_changes(d, org_id, resource, record_id, start, size):
                 (CHANGES.organization_id == Bound(None))
                 & (CHANGES.resource == Bound(None))
                 & (CHANGES.record_id == Bound(None))
+                & CHANGES.seq.notnull()
             )
             .orderby(CHANGES.seq, order=Order.desc)
         )
@@ -2078,6 +2144,7 @@ def build_record_changes_count(d, org_id, resource, record_id):
                 (CHANGES.organization_id == Bound(None))
                 & (CHANGES.resource == Bound(None))
                 & (CHANGES.record_id == Bound(None))
+                & CHANGES.seq.notnull()
             )
         ),
     )
@@ -2113,10 +2180,10 @@ def build_change_organizations(d):
 
 
 def build_oldest_changes(d, org_id, limit):
-    """(seq, changed_at) of an organization's `limit` oldest changes, by number."""
+    """(seq, changed_at) of an organization's `limit` oldest numbered changes, by number."""
     p = d.parameter().get_sql()
     return (
-        f'SELECT seq, changed_at FROM changes WHERE organization_id = {p} ORDER BY seq LIMIT {p}',
+        f'SELECT seq, changed_at FROM changes WHERE organization_id = {p} AND seq IS NOT NULL ORDER BY seq LIMIT {p}',
         [org_id, int(limit)],
     )
 

@@ -409,7 +409,8 @@ class Store:
         with self.db.transaction(write=True) as tx:
             for info in self.catalog.all_tables(principal):
                 if not info.spec.read_only:
-                    tx.execute(*sqlbuild.build_recount(self.db.dialect, principal.org_id, info))
+                    for statement in sqlbuild.build_recount(self.db.dialect, principal.org_id, info):
+                        tx.execute(*statement)
 
     def get(self, info, principal, record_id):
         with self.db.statement() as tx:

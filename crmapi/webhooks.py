@@ -332,8 +332,7 @@ class Webhooks:
         row = self._checked(principal, store.prepare(info, body, True, lenient))
         secret, d = new_secret(), self.db.dialect
         with store.history.recorded(principal) as tx:
-            counter = tx.one(*sqlbuild.build_change_counter_read(d, principal.org_id))
-            since = counter[0] if counter else 0
+            since = store.history.number(tx, principal.org_id)
             row = {
                 'id': new_id(info.spec.id_prefix),
                 **row,

@@ -4,9 +4,10 @@ A write's changes commit with the write (crmapi/history.py). The worker then, fo
 changes are ahead of its fan-out cursor:
 
 1. fan-out: reads the changes after the cursor, and in ONE transaction inserts a delivery row per (matching
-   enabled webhook, change) and moves the cursor past them. A change is never skipped (the feed commits in
-   `seq` order) and never fanned out twice (the cursor moves with the rows, and a worker that finds the cursor
-   moved under it drops its batch; (webhook, change) is unique besides).
+   enabled webhook, change) and moves the cursor past them. A change is never skipped (changes are numbered once
+   committed, in one go, after every number given: crmapi.history) and never fanned out twice (the cursor moves
+   with the rows, and a worker that finds the cursor moved under it drops its batch; (webhook, change) is unique
+   besides).
 2. delivery: claims due rows under a lease (`locked_until`; FOR UPDATE SKIP LOCKED on PostgreSQL), POSTs them
    from a small thread pool, and records each attempt: success, or the next try on the retry schedule, or
    failed. A worker killed mid-send leaves its lease to expire; another then sends the same message again
@@ -120,9 +121,14 @@ class Worker:
 
     def fan_out(self):
         """Fan out every organization whose changes are ahead of its cursor: how many changes were read."""
+        return sum(self.fan_out_org(org, cursor) for org, cursor in self.due('webhook_cursors'))
+
+    def due(self, cursors):
+        """(organization, cursor) of each organization whose numbered changes are ahead of its cursor (of
+        sqlbuild.CURSOR_TABLES), once what was committed is numbered (crmapi.history)."""
+        self.store.history.number_all()
         with self.db.transaction() as tx:
-            due = tx.rows(*sqlbuild.build_fanout_due(self.db.dialect))
-        return sum(self.fan_out_org(org, cursor) for org, cursor in due)
+            return tx.rows(*sqlbuild.build_fanout_due(self.db.dialect, cursors))
 
     def fan_out_org(self, org, cursor):
         d = self.db.dialect
@@ -201,10 +207,8 @@ class Worker:
 
     def run_rules(self):
         """Hand every organization's changes past its rules cursor to its rules: how many changes were read."""
-        with self.db.transaction() as tx:
-            due = tx.rows(*sqlbuild.build_fanout_due(self.db.dialect, 'automation_cursors'))
         read = 0
-        for org, cursor in due:
+        for org, cursor in self.due('automation_cursors'):
             try:
                 read += self.run_rules_org(org, cursor)
             except Exception:  # NOTE: nor webhooks nor other organizations wait on it: logged, tried next round

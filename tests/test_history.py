@@ -532,6 +532,89 @@ def test_a_poller_sees_every_acknowledged_change_exactly_once_and_in_order_while
     assert sorted((c['operation'], c['record_id']) for c in seen) == sorted(acknowledged)
 
 
+def test_the_changes_of_one_record_chain_up_in_feed_order_while_eight_clients_update_it(
+    api, database, wsgi_app, backend
+):
+    """Writes to one record take turns (its row lock): the feed numbers their changes in that order, so each
+    change's old value is the previous change's new one."""
+    shared = [api.create('contacts', first_name='Shared', title='0') for _ in range(2)]
+    mark = last_seq(api)
+    dbs, apps = app_instances(database, wsgi_app, backend)
+    errors = []
+
+    def writer(n):
+        client = Client(webtest.TestApp(apps[n % len(apps)]), api.token)
+        try:
+            for r in range(ROUNDS):
+                client.put(f'/api/contacts/{shared[r % 2]["id"]}', {'title': f'{n}-{r}'})
+        except Exception as exc:  # noqa: BLE001 -- reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for db in dbs:
+            db.close()
+    assert errors == []
+    changes = feed(api, after=mark)
+    assert [c['seq'] for c in changes] == list(range(mark + 1, mark + 1 + WRITERS * ROUNDS))
+    for contact in shared:
+        titles = [c['changes']['title'] for c in changes if c['record_id'] == contact['id']]
+        assert [old for old, _ in titles] == ['0'] + [new for _, new in titles[:-1]], 'each from the one before'
+        assert titles[-1][1] == api.get(f'/api/contacts/{contact["id"]}').json['title']
+
+
+def test_two_writes_of_one_organization_are_uncommitted_at_once_on_postgresql_and_the_feed_stays_gap_free(
+    api, database, backend
+):
+    """PostgreSQL: an organization's open write holds neither its change numbers nor its live-row counter, so a
+    second write goes through meanwhile, and a change is numbered once committed: a reader in between sees the
+    second write's change alone, and the first one's comes after it. SQLite has one writer at a time: the second
+    write waits for the first."""
+    from crmapi.accounts import Principal
+    from crmapi.services import build_services
+
+    mark, store, principal = last_seq(api), build_services(database).store, Principal.system(api.org_id)
+    info, made, errors = store.catalog.resolve('contacts', principal), {}, []
+    first_wrote, second_done = threading.Event(), threading.Event()
+
+    def first():
+        try:
+            with database.transaction(write=True):
+                made['first'] = store.create(info, principal, {'first_name': 'First'})['id']
+                first_wrote.set()
+                made['overlapped'] = second_done.wait(10 if backend == 'postgresql' else 1)
+        except Exception as exc:  # noqa: BLE001 -- reported by the test
+            errors.append(exc)
+
+    def second():
+        try:
+            first_wrote.wait(10)
+            made['second'] = store.create(info, principal, {'first_name': 'Second'})['id']
+            made['seen between'] = feed(api, after=mark)
+            second_done.set()
+        except Exception as exc:  # noqa: BLE001 -- reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert made['overlapped'] is (backend == 'postgresql'), 'both uncommitted at once on PostgreSQL only'
+    changes = feed(api, after=mark)
+    assert [c['seq'] for c in changes] == [mark + 1, mark + 2], 'none skipped'
+    assert changes[: len(made['seen between'])] == made['seen between'], 'what was read before stays first'
+    order = ['second', 'first'] if backend == 'postgresql' else ['first', 'second']
+    assert [c['record_id'] for c in changes] == [made[name] for name in order]
+    assert api.get('/api/contacts', {'range': [0, 0]}).headers['Content-Range'].endswith('/2'), 'exact total'
+
+
 # -- retention ---------------------------------------------------------------------------------------
 
 

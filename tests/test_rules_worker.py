@@ -125,10 +125,9 @@ def test_two_workers_racing_over_the_same_changes_create_one_task_per_deal(api, 
 
 
 def rules_due(database):
-    from crmapi import sqlbuild
-
-    with database.transaction() as tx:
-        return tx.rows(*sqlbuild.build_fanout_due(database.dialect, 'automation_cursors'))
+    """(organization, rules cursor) of the organizations whose changes are ahead of their cursor, as the worker
+    finds them (after numbering what was committed)."""
+    return Worker(database, settings()).due('automation_cursors')
 
 
 def test_a_loop_of_rules_stops_at_depth_3_with_a_stopped_run_saying_why(api, database):

@@ -47,10 +47,13 @@ def test_postgres_spells_out_sqlites_null_order():
 
 def test_an_unnarrowed_total_reads_the_live_row_counter():
     sql, values = sqlbuild.build_count_read(SQLITE, 'org_1', 'contacts')
-    assert sql == 'SELECT "n" FROM "row_counts" WHERE "organization_id"=? AND "table_name"=?'
+    assert sql == (
+        'SELECT CAST(SUM(n) AS BIGINT) FROM row_counts WHERE organization_id = ? AND table_name = ? HAVING COUNT(*) > 0'
+    ), 'the sum of its slots'
     assert values == ['org_1', 'contacts']
     sql, values = sqlbuild.build_count_add(POSTGRES, 'org_1', 'contacts', -2)
-    assert sql.endswith('ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + excluded.n')
+    assert 'pg_try_advisory_xact_lock' in sql, 'a slot no other open transaction is adding to'
+    assert sql.endswith('ON CONFLICT (organization_id, table_name, slot) DO UPDATE SET n = row_counts.n + excluded.n')
     assert values == ['org_1', 'contacts', -2]
 
 

@@ -439,7 +439,7 @@ def test_a_key_committed_by_another_transaction_while_an_upsert_waits_is_updated
     )
     conn.execute(
         f"INSERT INTO row_counts (organization_id, table_name, n) VALUES ({p}, 'contacts', 1) "
-        'ON CONFLICT (organization_id, table_name) DO UPDATE SET n = row_counts.n + 1',
+        'ON CONFLICT (organization_id, table_name, slot) DO UPDATE SET n = row_counts.n + 1',
         (api.org_id,),
     )
     answers = []
