@@ -6,10 +6,14 @@
 For each --tree (a crmapi checkout: its code is what gunicorn imports; default: this one), in turn and
 --rounds times: starts gunicorn as bench/run.py does (2 workers x 4 gthreads, loopback), then
 `wrk -t2 -c<clients>` of `POST /api/contacts` (or `--kind update`: `PUT /api/contacts/{id}` over 200
-contacts) of the token's organization (or of both, with --other-token) for --duration after a 2 s warm-up. Prints requests/s, p50 and p99
-(ms), non-2xx answers, socket errors and the load average, one line per cell. On PostgreSQL every write of an
-organization takes its change counter (the gap-free feed): this measures how long that serializes them
-(--other-token: the same writes spread over two organizations, for comparison).
+contacts) of the token's organization (or of both, with --other-token) for --duration after a 2 s warm-up.
+Prints requests/s, p50 and p99 (ms), non-2xx answers, socket errors and the load average, one line per cell.
+
+Before migration 0024 every write of an organization took its change counter row on PostgreSQL (the gap-free
+feed) and held it until COMMIT: this measures whether one organization's writes serialize (--other-token: the
+same writes spread over two organizations, for comparison). --poll: one more client reads TOKEN's organization's
+change feed meanwhile, as a sync client does (`GET /api/changes?after=`, 1,000 at a time, 50 ms apart when it is
+caught up), and reports how many changes it read and any gap in their `seq`.
 """
 
 import argparse
@@ -19,6 +23,7 @@ import re
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import types
 import urllib.request
@@ -59,11 +64,46 @@ def sample_ids(token, port):
         return [r['id'] for r in json.load(answer)]
 
 
+def call(port, token, method, path, body=None):
+    request = urllib.request.Request(
+        f'http://127.0.0.1:{port}{path}',
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'},
+    )
+    with urllib.request.urlopen(request) as answer:
+        return json.load(answer)
+
+
+class Poller(threading.Thread):
+    """Reads the organization's change feed until stopped, from a change made when it starts (a new contact's,
+    read back from its history): how many changes it read, and how many did not follow the one before."""
+
+    def __init__(self, token, port):
+        super().__init__(daemon=True)
+        self.token, self.port, self.stopped = token, port, threading.Event()
+        self.read = self.gaps = 0
+        mark = call(port, token, 'POST', '/api/contacts', {'first_name': 'Poller', 'last_name': 'Mark'})
+        (self.after,) = [c['seq'] for c in call(port, token, 'GET', f'/api/contacts/{mark["id"]}/history')]
+
+    def run(self):
+        while not self.stopped.is_set():
+            rows = call(self.port, self.token, 'GET', f'/api/changes?after={self.after}&limit=1000')
+            for row in rows:
+                self.gaps += row['seq'] != self.after + 1
+                self.after = row['seq']
+            self.read += len(rows)
+            if not rows:
+                time.sleep(0.05)
+
+
 def serve(tree, url, port):
     env = {**os.environ, 'PYTHONPATH': tree, 'CRMAPI_DATABASE_URL': url, 'CRMAPI_ACCESS_LOG': 'false'}
     # NOTE: the servers bench/run.py runs: 2 gthread workers x 4 threads, keep-alive 5 s
     argv = gunicorn_argv(types.SimpleNamespace(workers=2, threads_per_worker=4), port, 'crmapi:create_app()', tree)
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # NOTE: started in `tree`: `python -m gunicorn` puts its working directory first on sys.path, before PYTHONPATH,
+    # so started anywhere else it would serve that directory's crmapi, whatever the tree
+    proc = subprocess.Popen(argv, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
         if proc.poll() is not None:
             raise SystemExit(f'gunicorn for {tree} exited (port {port} taken?)')
@@ -87,6 +127,7 @@ def main(argv=None):
     p.add_argument('--duration', default='10s')
     p.add_argument('--rounds', type=int, default=2)
     p.add_argument('--port', type=int, help='default: a free one')
+    p.add_argument('--poll', action='store_true', help="read TOKEN's organization's change feed meanwhile")
     a = p.parse_args(argv)
     trees = a.tree or [os.path.dirname(HERE)]
     if a.port is None:
@@ -114,16 +155,23 @@ def main(argv=None):
                     ['wrk', '-t2', f'-c{a.clients}', '-d2s', '-s', script.name, target], capture_output=True, check=True
                 )
                 load = os.getloadavg()[0]
+                poller = Poller(a.token, a.port) if a.poll else None
+                if poller:
+                    poller.start()
                 out = subprocess.run(
                     ['wrk', '-t2', f'-c{a.clients}', f'-d{a.duration}', '-s', script.name, target],
                     capture_output=True,
                     text=True,
                     check=True,
                 ).stdout
+                if poller:
+                    poller.stopped.set()
+                    poller.join()
                 rate, p50, p99, bad, broken = re.search(r'RESULT (\S+) (\S+) (\S+) (\d+) (\d+)', out).groups()
+                feed = f' feed read {poller.read} gaps {poller.gaps}' if poller else ''
                 print(
                     f'round {round_ + 1} {tree}: {a.kind} {float(rate):.0f}/s p50 {p50} ms p99 {p99} ms '
-                    f'non-2xx {bad} socket errors {broken} load {load:.1f}-{os.getloadavg()[0]:.1f}',
+                    f'non-2xx {bad} socket errors {broken}{feed} load {load:.1f}-{os.getloadavg()[0]:.1f}',
                     flush=True,
                 )
                 os.unlink(script.name)

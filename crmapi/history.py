@@ -12,8 +12,8 @@ row taken by each write: locked until COMMIT, it makes an organization's writes 
 So on PostgreSQL a write stores its changes unnumbered (seq NULL) with a `tick` from a sequence, taken by its last
 statement, and locks nothing organization-wide; `number` numbers an organization's committed unnumbered changes, in
 tick order, under the organization's counter row (`change_counters`), before anything reads `seq`: the feed, a
-record's history, the worker's fan-out and rules, a new webhook's or rule's start, retention. One numbering
-statement sees every change committed before it started and numbers them all after the last number, so a change
+record's history, the worker's fan-out and rules, a new webhook's or rule's start, retention. Under that lock one
+statement lists every change committed before it started, and all get numbers after the last one, so a change
 committed later gets a higher number than every one already read. A write that waited for another's row lock took
 its tick after that one committed, so the changes of one record are numbered in the order they were made. A
 rolled-back write leaves nothing. SQLite has one writer at a time: a write numbers its changes itself, from the
@@ -222,7 +222,8 @@ class History:
             counter = tx.one(*sqlbuild.build_change_counter_read(d, org_id))
             return counter[0] if counter else 0
         (last,) = tx.one(*sqlbuild.build_numbering_lock(d, org_id))
-        return tx.one(*sqlbuild.build_number_changes(d, org_id, last))[0]
+        ids = [change_id for (change_id,) in tx.rows(*sqlbuild.build_unnumbered_ids(d, org_id))]
+        return tx.one(*sqlbuild.build_number_changes(d, org_id, last, ids))[0] if ids else last
 
     def number_all(self):
         """Number the committed unnumbered changes of every organization, one transaction each (the worker and
