@@ -666,3 +666,29 @@ def test_the_unfiltered_total_stays_exact_while_eight_clients_write(api, databas
         )
     total = api.get('/api/contacts', {'range': [0, 0]}).headers['Content-Range'].rsplit('/', 1)[1]
     assert int(total) == live
+
+
+def test_recount_gathers_a_counter_written_by_concurrent_clients_into_one_exact_slot(api, database, wsgi_app, backend):
+    from crmapi.accounts import Principal
+    from crmapi.services import build_services
+
+    dbs, apps = app_instances(database, wsgi_app, backend)
+    try:
+        acknowledged, errors = write_concurrently(apps, api.token, threading.Event())
+    finally:
+        for db in dbs:
+            db.close()
+    assert errors == [] and acknowledged
+    build_services(database).store.recount(Principal.system(api.org_id))
+    with database.transaction() as tx:
+        (live,) = tx.one(
+            sql(database, 'SELECT COUNT(*) FROM contacts WHERE organization_id = ? AND archived_at IS NULL'),
+            [api.org_id],
+        )
+        slots = tx.rows(
+            sql(database, "SELECT slot, n FROM row_counts WHERE organization_id = ? AND table_name = 'contacts'"),
+            [api.org_id],
+        )
+    assert slots == [(0, live)]
+    total = api.get('/api/contacts', {'range': [0, 0]}).headers['Content-Range'].rsplit('/', 1)[1]
+    assert int(total) == live
