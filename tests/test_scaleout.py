@@ -357,6 +357,24 @@ def test_a_write_answers_with_a_read_after_token_and_reads_presenting_it_see_the
     }
 
 
+def test_a_feed_read_that_numbers_changes_numbers_and_reads_them_on_the_primary(replicated, delayed):
+    """A change is numbered by the first read of the feed after it (crmapi.history): that read numbers and reads on
+    the primary, where the replica, 2 s behind, would still show the change unnumbered (and the feed without it)."""
+    api = replicated.client()
+    written = api.post('/api/contacts', {'first_name': 'Ada', 'last_name': 'Lovelace'})
+    wait_until(lambda: replicated.caught_up(written.headers['X-Read-After']), what='the replica replaying the write')
+    api.app.cookiejar.clear()
+    read = api.get('/api/changes')
+    assert read.json[-1]['record_id'] == written.json['id']
+    assert [c['seq'] for c in read.json] == list(range(1, len(read.json) + 1))
+    with replicated.db.transaction(write=True) as tx:
+        numbered = dbmod.read_after_token(tx.one(dbmod.PRIMARY_LSN)[0])
+    wait_until(lambda: replicated.caught_up(numbered), what='the replica replaying the numbering')
+    api.app.cookiejar.clear()
+    assert replicated.routed(lambda: api.get('/api/changes')) == {'replica1'}, 'nothing to number: the replica'
+    assert api.get('/api/changes').json == read.json
+
+
 def test_a_token_revoked_is_refused_at_once_though_the_replica_lags(replicated, delayed):
     accounts = Accounts(replicated.db)
     token = accounts.create_token(replicated.org_id, 'late@example.com')
