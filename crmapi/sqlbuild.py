@@ -1943,7 +1943,7 @@ def build_count_read(d, org_id, table_name):
     def write():
         p = d.parameter().get_sql()
         return (
-            f'SELECT CAST(SUM(n) AS BIGINT) FROM row_counts WHERE organization_id = {p} AND table_name = {p} '
+            f'SELECT CAST(SUM("n") AS BIGINT) FROM "row_counts" WHERE "organization_id" = {p} AND "table_name" = {p} '
             'HAVING COUNT(*) > 0'
         )
 

@@ -48,7 +48,8 @@ def test_postgres_spells_out_sqlites_null_order():
 def test_an_unnarrowed_total_reads_the_live_row_counter():
     sql, values = sqlbuild.build_count_read(SQLITE, 'org_1', 'contacts')
     assert sql == (
-        'SELECT CAST(SUM(n) AS BIGINT) FROM row_counts WHERE organization_id = ? AND table_name = ? HAVING COUNT(*) > 0'
+        'SELECT CAST(SUM("n") AS BIGINT) FROM "row_counts" WHERE "organization_id" = ? AND "table_name" = ? '
+        'HAVING COUNT(*) > 0'
     ), 'the sum of its slots'
     assert values == ['org_1', 'contacts']
     sql, values = sqlbuild.build_count_add(POSTGRES, 'org_1', 'contacts', -2)
