@@ -13,6 +13,7 @@ from crmapi.accounts import Accounts
 from crmapi.config import Settings
 from crmapi.db import PostgresDatabase
 from crmapi.db import SQLiteDatabase
+from crmapi.store import reindex_database
 from conftest import postgres_url
 
 SCHEMA_SQL = pathlib.Path(__file__).parent.parent / 'schema.sql'
@@ -180,10 +181,18 @@ def test_records_found_by_search_before_migration_22_are_found_the_same_after_it
     headers = {'Authorization': f'Bearer {accounts.create_token(org, "old@example.com", admin=True)}'}
     client = webtest.TestApp(create_app(Settings(database_url='injected'), db=empty_db))
     people = [('Ada', 'Lovelace'), ('Adam', 'Smith'), ('Lola', 'Adler'), ('Bob', 'Smithers')]
-    ids = {
-        first: client.post_json('/api/contacts', {'first_name': first, 'last_name': last}, headers=headers).json['id']
-        for first, last in people
-    }
+    # NOTE: written around the API and indexed by `reindex` (search rows as the API writes them): today's write path
+    # needs the counter slots and change ticks of migration 0024, which a database at 21 does not have yet
+    ids = {first: f'c_{first.lower()}' for first, _ in people}
+    with empty_db.transaction(write=True) as tx:
+        p = '?' if empty_db.name == 'sqlite' else '%s'
+        for first, last in people:
+            tx.execute(
+                f'INSERT INTO contacts (id, organization_id, first_name, last_name, tags, created_at, updated_at) '
+                f"VALUES ({p}, {p}, {p}, {p}, '[]', {p}, {p})",
+                (ids[first], org, first, last, '2020-01-01T00:00:00.000000Z', '2020-01-01T00:00:00.000000Z'),
+            )
+    reindex_database(empty_db, [org])
     questions = [
         {'filter': '{"q": "ad"}'},  # a word start: Ada, Adam, Adler, not Lovelace's "ad" inside a word
         {'filter': '{"q": "lo ad"}'},
