@@ -220,12 +220,14 @@ def _sqlite_json(value):
 # GIL, which a busy Python thread may hold for up to 5 ms, so looking more often slows heavy queries.
 PROGRESS_STEPS = 100_000
 BULK_CACHE_KIB = 16 * 1024  # the page cache of a process that writes in bulk (SQLiteDatabase.for_bulk_writes)
-# NOTE: the page cache of every other connection (SQLite's default size). A server worker holds one connection per
-# thread (granian's 4 blocking threads): 8 MiB at most. Gets and 25-row pages take the same CPU time with 512 KiB,
-# but the exact total of a filtered list walks the filter's index range on every request (8,310 contacts of one city
-# in 100k: 160 pages): a cache smaller than that range reads every page of it back from the operating system each
-# time, one system call a page, and the count took 30 % more CPU (485 µs against 370 µs) with 512 KiB.
-CACHE_KIB = 2048
+# NOTE: the page cache of every other connection. A server worker holds one connection per thread (granian's 4
+# blocking threads), and each cache fills up under gets spread over the table: SQLite's default of 2 MiB took a
+# worker's peak RSS from 51 to 58 MiB (issue 15's bound: 60). Gets and 25-row pages take the same CPU time with
+# 512 KiB, but the exact total of a filtered list walks the filter's index range on every request (the 8,310
+# contacts of one city in 100k: 160 pages), and a cache smaller than that range reads every page of it back from
+# the operating system each time, a system call a page: that count took 471 µs with 512 KiB, 368 µs with 1 MiB,
+# 363 µs with 2 MiB. A filter matching twice as many rows (15,636: 300 pages) needs 1.5 MiB.
+CACHE_KIB = 1024
 
 
 _process = [os.getpid()]  # this process's id, kept by os.register_at_fork: looking at it makes no system call
