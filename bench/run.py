@@ -360,6 +360,19 @@ class Server:
             )
         return out
 
+    def cpu_seconds(self):
+        """User + system CPU time so far of the server's processes (the main one and its workers; a PostgreSQL
+        server's own processes are not among them)."""
+        ticks = 0
+        for pid in {self.proc.pid, *self.workers()}:
+            try:
+                with open(f'/proc/{pid}/stat') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            except (OSError, ValueError, IndexError):
+                continue
+        return ticks / os.sysconf('SC_CLK_TCK')
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # gunicorn's master stops its workers
@@ -802,9 +815,12 @@ def bench_db_on(a, db, data, results, memory, app_server, reverse=False):
                     if a.warmup > 0:
                         run_wrk(a, server.base, script, f'{max(1, round(a.warmup))}s')
                         drain(server, probe, 'GET', None, data['token'], idle)
-                    load0 = os.getloadavg()[0]
+                    load0, cpu0 = os.getloadavg()[0], server.cpu_seconds()
                     r = run_wrk(a, server.base, script, a.duration)
                     r['loadavg_1m'] = [round(load0, 2), round(os.getloadavg()[0], 2)]  # before, after
+                    # NOTE: the server's CPU time per answered request: on a machine others load too, a rate
+                    # follows the CPU left over, the CPU a request costs much less so
+                    r['cpu_us'] = round((server.cpu_seconds() - cpu0) / max(1, r['requests']) * 1e6, 1)
                     drain(server, probe, 'GET', None, data['token'], idle)
                 finally:
                     os.unlink(script)
@@ -832,8 +848,8 @@ def bench_db_on(a, db, data, results, memory, app_server, reverse=False):
                 log(
                     f'{db:10} {app_server:8} {wname:11} {sname:12} {r["rps"]:8.0f} req/s  '
                     f'p50 {r["p50_us"] / 1000:7.2f} ms  '
-                    f'p99 {r["p99_us"] / 1000:7.2f} ms  load {r["loadavg_1m"][0]:.1f}->{r["loadavg_1m"][1]:.1f}'
-                    + (f'  ERRORS {errs}' if errs else '')
+                    f'p99 {r["p99_us"] / 1000:7.2f} ms  CPU {r["cpu_us"]:7.1f} µs/req  '
+                    f'load {r["loadavg_1m"][0]:.1f}->{r["loadavg_1m"][1]:.1f}' + (f'  ERRORS {errs}' if errs else '')
                 )
                 time.sleep(a.pause)
         for sname, server in servers.items():
@@ -971,6 +987,7 @@ def report(a, results, memory, loads, pg_url, started):
             + ' |'
         )
     lines += before_after(a, by)
+    lines += cpu_table(a, results)
     lines += [
         '',
         'peer = Platformatic DB (wattpm, runtime workers = --workers, worker threads in one Node process), '
@@ -1027,6 +1044,45 @@ def before_after(a, by):
         '| db | app server | workload | before req/s | p50 | p99 | after req/s | p50 | p99 | after ÷ before '
         '| before ÷ floor-sql | after ÷ floor-sql |',
         '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+        *rows,
+    ]
+
+
+def cpu_table(a, results):
+    """Markdown lines: each server's CPU time per request (the median over --rounds), and crmapi's against the
+    others' (their CPU ÷ crmapi's: above 1, crmapi spends less per request)."""
+    cpu = {}
+    for r in results:
+        if r.get('cpu_us') is not None:
+            cpu.setdefault((r['db'], r.get('app_server', 'gunicorn'), r['workload'], r['server']), []).append(
+                r['cpu_us']
+            )
+    names = ('crmapi-base', 'crmapi', 'floor-sql', 'peer')
+    rows = []
+    for db, app_server, w in [(db, s, w) for db in a.db for s in a.app_servers for w in a.workloads]:
+        med = {n: sorted(v)[len(v) // 2] for n in names if (v := cpu.get((db, app_server, w, n)))}
+        if 'crmapi' not in med:
+            continue
+
+        def vs(n):
+            return f'{med[n] / med["crmapi"]:.2f}' if n in med and med['crmapi'] else '—'
+
+        rows.append(
+            f'| {db} | {app_server} | {w} | '
+            + ' | '.join(f'{med[n]:,.1f}' if n in med else '—' for n in names)
+            + f' | {vs("crmapi-base")} | {vs("floor-sql")} | {vs("peer")} |'
+        )
+    if not rows:
+        return []
+    return [
+        '',
+        "Server CPU time per request (µs; user + system of the server's processes over the cell ÷ its requests; "
+        "on PostgreSQL without the database server's own), the median over the rounds; X ÷ crmapi above 1: crmapi "
+        'spends less:',
+        '',
+        '| db | app server | workload | crmapi-base | crmapi | floor-sql | peer | base ÷ crmapi | floor-sql ÷ crmapi '
+        '| peer ÷ crmapi |',
+        '|---|---|---|---:|---:|---:|---:|---:|---:|---:|',
         *rows,
     ]
 

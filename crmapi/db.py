@@ -221,11 +221,23 @@ def _sqlite_json(value):
 PROGRESS_STEPS = 100_000
 BULK_CACHE_KIB = 16 * 1024  # the page cache of a process that writes in bulk (SQLiteDatabase.for_bulk_writes)
 # NOTE: the page cache of every other connection. A server worker holds one connection per thread (granian's 4
-# blocking threads), and SQLite's default of 2 MiB each filled up under gets spread over the table: 8 MiB of a
-# worker's 60 MiB peak. A quarter of it costs nothing measurable (gets and 25-row pages took the same CPU time with
-# 512 KiB, 1 MiB and 2 MiB): in WAL mode every commit by another connection empties a connection's cache anyway,
-# and the pages it drops stay in the operating system's file cache.
-CACHE_KIB = 512
+# blocking threads), and each cache fills up under gets spread over the table: SQLite's default of 2 MiB took a
+# worker's peak RSS from 51 to 58 MiB (issue 15's bound: 60). Gets and 25-row pages take the same CPU time with
+# 512 KiB, but the exact total of a filtered list walks the filter's index range on every request (the 8,310
+# contacts of one city in 100k: 160 pages), and a cache smaller than that range reads every page of it back from
+# the operating system each time, a system call a page: that count took 471 µs with 512 KiB, 368 µs with 1 MiB,
+# 363 µs with 2 MiB. A filter matching twice as many rows (15,636: 300 pages) needs 1.5 MiB.
+CACHE_KIB = 1024
+
+
+_process = [os.getpid()]  # this process's id, kept by os.register_at_fork: looking at it makes no system call
+
+
+def _forked():
+    _process[0] = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class _Deadline:
@@ -326,13 +338,15 @@ class SQLiteDatabase(Database):
         """
         self.cache_kib = cache_kib
         conn = getattr(self._local, 'conn', None)
-        if conn is not None and getattr(self._local, 'pid', None) == os.getpid():
+        if conn is not None and getattr(self._local, 'pid', None) == _process[0]:
             conn.execute(f'PRAGMA cache_size = {-int(cache_kib)}')
 
     def connection(self):
+        # NOTE: a connection is never used across a fork (SQLite forbids it): one of another process is replaced.
+        # os.getpid() is a system call, and every statement asks for its connection.
         local = self._local
-        if getattr(local, 'pid', None) != os.getpid():
-            local.conn, local.pid = self._connect(), os.getpid()
+        if getattr(local, 'pid', None) != _process[0]:
+            local.conn, local.pid = self._connect(), _process[0]
         return local.conn
 
     @contextlib.contextmanager
@@ -354,7 +368,6 @@ class SQLiteDatabase(Database):
                     raise
                 conn.execute('COMMIT')
 
-    @contextlib.contextmanager
     def statement(self):
         """One read statement, in the transaction of this thread if there is one, else in its own.
 
@@ -362,11 +375,7 @@ class SQLiteDatabase(Database):
         one statement: a get by id was BEGIN, SELECT and COMMIT, three statements where one does.
         """
         conn = self.connection()
-        if conn.in_transaction:
-            yield Tx(conn.cursor())
-            return
-        with translate_errors():
-            yield Tx(conn.cursor())
+        return _Statement(Tx(conn.cursor()), not conn.in_transaction)
 
     @staticmethod
     def statements(sql):
@@ -784,11 +793,11 @@ class PostgresDatabase(Database):
             ConnectionPool.check_connection(conn)
 
     def _pool_of(self, url):
-        if self._pid != os.getpid():
+        if self._pid != _process[0]:
             with self._lock:
-                if self._pid != os.getpid():
+                if self._pid != _process[0]:
                     # NOTE: a forked child starts afresh: pools and monitor threads do not survive a fork.
-                    self._pools, self._monitor, self._pid = {}, None, os.getpid()
+                    self._pools, self._monitor, self._pid = {}, None, _process[0]
         pool = self._pools.get(url)
         if pool is None:
             with self._lock:
@@ -1036,7 +1045,7 @@ class PostgresDatabase(Database):
         return found
 
     def close(self):
-        if self._pid == os.getpid():
+        if self._pid == _process[0]:
             if self._monitor is not None:
                 self._monitor.close()
             for pool in self._pools.values():
@@ -1044,20 +1053,48 @@ class PostgresDatabase(Database):
         self._pools, self._pid, self._monitor = {}, None, None
 
 
-@contextlib.contextmanager
+class _Translated:
+    """translate_errors' context. NOTE: a class, not a generator (contextlib.contextmanager): it holds no state,
+    so one serves every `with`, and entering it costs no generator (a get by id enters one or two)."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, kind, exc, traceback):
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        mapped = _map_sqlite(exc) if isinstance(exc, sqlite3.Error) else _map_psycopg(exc)
+        if mapped is None:
+            return False
+        raise mapped from exc
+
+
+_TRANSLATED = _Translated()
+
+
 def translate_errors():
     """Driver exceptions become CrmErrors; the driver's text never reaches a client.
 
     Bad input is a 4xx, a passing condition (busy, timed out, unreachable, out of resources, a
     lost race) a 503 with Retry-After; anything else is a bug and stays an exception (a logged 500).
     """
-    try:
-        yield
-    except Exception as exc:
-        mapped = _map_sqlite(exc) if isinstance(exc, sqlite3.Error) else _map_psycopg(exc)
-        if mapped is None:
-            raise
-        raise mapped from exc
+    return _TRANSLATED
+
+
+class _Statement:
+    """SQLiteDatabase.statement's context: its Tx; driver errors translated unless it joined a transaction (whose
+    own `with` translates them)."""
+
+    __slots__ = ('tx', 'own')
+
+    def __init__(self, tx, own):
+        self.tx, self.own = tx, own
+
+    def __enter__(self):
+        return self.tx
+
+    def __exit__(self, kind, exc, traceback):
+        return self.own and _TRANSLATED.__exit__(kind, exc, traceback)
 
 
 def _busy():

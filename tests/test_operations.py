@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
@@ -40,6 +41,50 @@ def test_a_request_id_is_echoed_or_made(api):
     made = api.get('/api/tags').headers['X-Request-ID']
     assert len(made) == 32
     assert api.get('/api/tags', headers={'X-Request-ID': 'bad id\x7f'}).headers['X-Request-ID'] != 'bad id\x7f'
+
+
+def _in_a_forked_child(check):
+    """check() run in a forked child of this process: its answer (a short string)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            answer = str(check())
+        except BaseException as exc:  # noqa: BLE001 - any failure is the answer
+            answer = f'error: {exc!r}'
+        os.write(write, answer.encode()[:512])
+        os._exit(0)
+    os.close(write)
+    try:
+        return os.read(read, 512).decode()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+
+
+def test_made_request_ids_are_hex_and_differ_in_a_forked_worker_too(api):
+    """Made ids are 32 hex digits from a generator that a forked worker reseeds: never its parent's sequence."""
+    made = {api.get('/api/tags').headers['X-Request-ID'] for _ in range(3)}
+    assert len(made) == 3 and all(len(m) == 32 and int(m, 16) >= 0 for m in made)
+    child = _in_a_forked_child(crm_app.new_request_id)
+    assert len(child) == 32 and child != crm_app.new_request_id()
+
+
+def test_a_forked_worker_reads_through_connections_of_its_own(backend, database, api):
+    """A database connection never crosses a fork (SQLite forbids it; two processes on one PostgreSQL socket
+    would interleave): the child opens its own, and its reads work."""
+
+    def own():
+        return database.connection() if backend == 'sqlite' else database.pool()
+
+    api.get('/api/contacts')
+    parents = own()
+
+    def check():
+        return own() is not parents and api.get('/api/contacts').status_int == 200
+
+    assert _in_a_forked_child(check) == 'True'
+    assert own() is parents
 
 
 def test_the_access_log_is_json_lines_without_tokens(api):
