@@ -87,6 +87,39 @@ def test_a_forked_worker_reads_through_connections_of_its_own(backend, database,
     assert own() is parents
 
 
+def test_sqlite_writers_of_every_process_queue_on_one_lock_file(tmp_path):
+    """SQLite: a write waits while another process holds `<database>-writer`, and goes on the moment it is let go,
+    instead of polling SQLite's lock with back-off (which let one busy process starve another's writers)."""
+    import fcntl
+    import threading
+
+    from crmapi.db import SQLiteDatabase
+
+    db = SQLiteDatabase(str(tmp_path / 'crm.db'))
+    with db.transaction(write=True) as tx:
+        tx.execute('CREATE TABLE t (x INTEGER)', [])
+    other = os.open(f'{db.path}-writer', os.O_RDWR)  # an open file of its own, as another process has
+    fcntl.flock(other, fcntl.LOCK_EX)
+    done = threading.Event()
+
+    def write():
+        with db.transaction(write=True) as tx:
+            tx.execute('INSERT INTO t (x) VALUES (1)', [])
+        done.set()
+
+    writer = threading.Thread(target=write)
+    try:
+        writer.start()
+        assert not done.wait(0.3), 'the write waited for the other process'
+    finally:
+        fcntl.flock(other, fcntl.LOCK_UN)
+        os.close(other)
+    assert done.wait(5), 'and went on once it let go'
+    writer.join()
+    with db.transaction() as tx:
+        assert tx.one('SELECT COUNT(*) FROM t', []) == (1,)
+
+
 def test_the_access_log_is_json_lines_without_tokens(api):
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
