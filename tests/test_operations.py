@@ -250,7 +250,7 @@ def test_a_database_too_slow_to_answer_is_503_with_retry_after(backend, database
         with database.transaction(write=True) as tx:
             tx.execute(
                 'INSERT INTO contacts (id, organization_id, last_name, tags, created_at, updated_at) '
-                "SELECT 'c_slow' || g, %s, 'n' || g, '[]', now(), now() FROM generate_series(1, 200000) g",
+                "SELECT 'c_slow' || g, %s, 'n' || g, '[]', now(), now() FROM generate_series(1, 50000) g",
                 (api.org_id,),
             )
         db = PostgresDatabase(database.url)
