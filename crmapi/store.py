@@ -447,22 +447,20 @@ class Store:
                     continue
             if column is None or not column.writable:
                 continue
+            if value is None and not column.nullable:
+                problems.append(InvalidValue(f"Field '{column.name}' may not be null", field=column.name))
+                continue
             try:
-                changes[name] = self._value(column, value)
+                changes[name] = values.check_stored(column, value)
             except InvalidValue as exc:
                 problems.append(exc)
-        reported = {p.members.get('field') for p in problems}
-        for name in info.required_columns:
-            if (name in changes or creating) and changes.get(name) is None and name not in reported:
-                problems.append(InvalidValue(f"Field '{name}' is required", field=name))
+        if info.required_columns:
+            reported = {p.members.get('field') for p in problems}
+            for name in info.required_columns:
+                if (name in changes or creating) and changes.get(name) is None and name not in reported:
+                    problems.append(InvalidValue(f"Field '{name}' is required", field=name))
         raise_all(problems)
         return changes
-
-    @staticmethod
-    def _value(column, value):
-        if value is None and not column.nullable:
-            raise InvalidValue(f"Field '{column.name}' may not be null", field=column.name)
-        return values.check_stored(column, value)
 
     def _prepare_items(self, info, bodies, creating, batch, indexes=None, lenient=False):
         """prepare() each body; in a batch every bad item is reported, each with its index."""
@@ -482,7 +480,9 @@ class Store:
         reference columns (not per row). Another organization's id is exactly as unknown as a missing one."""
         wanted = {}
         for name, column in info.columns.items():
-            ids = column.references and dict.fromkeys(i for row in rows for i in reference_ids(row.get(name)))
+            ids = column.references and dict.fromkeys(
+                i for value in [row.get(name) for row in rows] if value is not None for i in reference_ids(value)
+            )
             if ids:
                 wanted[name] = ids
         if not wanted:
