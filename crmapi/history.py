@@ -197,9 +197,10 @@ class History:
             rows = [(change_id, org, None, *rest, tick) for change_id, *rest in self._rows(who, items)]
         else:
             (last,) = tx.one(*sqlbuild.build_change_numbers(d, org, count))
+            first = last - count  # NOTE: the rows made in one pass (a batch's thousand changes)
             rows = [
-                (change_id, org, last - count + n, *rest)
-                for n, (change_id, *rest) in enumerate(self._rows(who, items), 1)
+                (change_id, org, first + n, resource, record_id, operation, *who, data)
+                for n, (change_id, resource, record_id, operation, data) in enumerate(items, 1)
             ]
         for statement in sqlbuild.build_write_changes(d, rows):
             tx.write_rows(*statement)

@@ -8,6 +8,7 @@ builder, so no caller can forget it.
 
 import contextlib
 import functools
+import itertools
 import re
 import threading
 from dataclasses import dataclass
@@ -675,7 +676,7 @@ def build_search_rows(d, rows):
     return [
         (
             _statement(d, ('search_rows', len(part)), functools.partial(_search_upsert, d, len(part))),
-            [v for row in part for v in row],
+            [*itertools.chain.from_iterable(part)],
         )
         for part in chunks(rows, len(SEARCH_ROW))
     ]
@@ -1334,7 +1335,7 @@ def _inserts(d, key, head, runs):
     return [
         (
             _statement(d, (*key, len(part)), functools.partial(lambda n: head + _values(d, n, width), len(part))),
-            [tuple(value for run in part for value in run)],
+            [tuple(itertools.chain.from_iterable(part))],
         )
         for part in chunks(runs, width)
     ]

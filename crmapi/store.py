@@ -432,34 +432,35 @@ class Store:
         """
         if not isinstance(body, dict):
             raise InvalidBody('The request body must be a JSON object')
-        changes, problems = {}, []
+        columns, changes, problems = info.columns, {}, []
         for key, value in body.items():
-            name = key if key in info.columns else snake_case(key)
-            if name != key and name in body:
-                continue  # the snake_case spelling wins over its camelCase twin
-            column = info.columns.get(name)
-            if column is None and name not in info.read_only_fields:
-                if not lenient:
-                    problems.append(unknown_field(info.slug, key, name, info.writable))
-                continue
+            # NOTE: this runs for every field of every item of a batch: a known name is looked up once
+            name, column = key, columns.get(key)
+            if column is None:
+                name = snake_case(key)
+                if name != key and name in body:
+                    continue  # the snake_case spelling wins over its camelCase twin
+                column = columns.get(name)
+                if column is None and name not in info.read_only_fields:
+                    if not lenient:
+                        problems.append(unknown_field(info.slug, key, name, info.writable))
+                    continue
             if column is None or not column.writable:
                 continue
+            if value is None and not column.nullable:
+                problems.append(InvalidValue(f"Field '{column.name}' may not be null", field=column.name))
+                continue
             try:
-                changes[name] = self._value(column, value)
+                changes[name] = values.check_stored(column, value)
             except InvalidValue as exc:
                 problems.append(exc)
-        reported = {p.members.get('field') for p in problems}
-        for name in info.required_columns:
-            if (name in changes or creating) and changes.get(name) is None and name not in reported:
-                problems.append(InvalidValue(f"Field '{name}' is required", field=name))
+        if info.required_columns:
+            reported = {p.members.get('field') for p in problems}
+            for name in info.required_columns:
+                if (name in changes or creating) and changes.get(name) is None and name not in reported:
+                    problems.append(InvalidValue(f"Field '{name}' is required", field=name))
         raise_all(problems)
         return changes
-
-    @staticmethod
-    def _value(column, value):
-        if value is None and not column.nullable:
-            raise InvalidValue(f"Field '{column.name}' may not be null", field=column.name)
-        return values.check_stored(column, value)
 
     def _prepare_items(self, info, bodies, creating, batch, indexes=None, lenient=False):
         """prepare() each body; in a batch every bad item is reported, each with its index."""
@@ -479,7 +480,9 @@ class Store:
         reference columns (not per row). Another organization's id is exactly as unknown as a missing one."""
         wanted = {}
         for name, column in info.columns.items():
-            ids = column.references and dict.fromkeys(i for row in rows for i in reference_ids(row.get(name)))
+            ids = column.references and dict.fromkeys(
+                i for value in [row.get(name) for row in rows] if value is not None for i in reference_ids(value)
+            )
             if ids:
                 wanted[name] = ids
         if not wanted:
@@ -593,7 +596,12 @@ class Store:
                 return None
             plan.append((name, values.READ_BACK.get(column.kind), default, isinstance(default, (list, dict))))
 
+        template = {name: default for name, _, default, _ in plan}
+        fresh = [(name, orjson.dumps(default)) for name, _, default, mutable in plan if mutable]
+
         def build(rows, present):
+            if present.issubset(template):
+                return merged(rows, present)
             columns = []
             for name, convert, default, mutable in plan:
                 if mutable:  # NOTE: each record its own [] (a caller may change one record's)
@@ -605,6 +613,23 @@ class Store:
                     column = [default] * len(rows)
                 columns.append(column if convert is None else values.converted(convert, column))
             return [dict(zip(names, record)) for record in zip(*columns)]
+
+        def merged(rows, present):
+            """build() of rows that hold only output columns: each record the defaults updated with its row (the
+            defaults' dict gives the columns' order), then the present columns converted, column by column.
+
+            NOTE: a thousand dicts merged at C speed, where zipping a record out of every column cost ~1 µs more
+            a record."""
+            records = [{**template, **row} for row in rows]
+            for name, convert, _, _ in plan:
+                if convert is not None and name in present:
+                    for record, value in zip(records, values.converted(convert, [r[name] for r in records])):
+                        record[name] = value
+            for name, text in fresh:  # NOTE: each record its own [] (a caller may change one record's)
+                for record, row in zip(records, rows):
+                    if name not in row:
+                        record[name] = orjson.loads(text)
+            return records
 
         return build
 

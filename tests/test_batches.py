@@ -85,6 +85,17 @@ def test_more_than_a_thousand_items_is_a_400_naming_the_limit(api):
     assert api.list('contacts') == []
 
 
+def test_one_item_nested_past_the_depth_limit_among_flat_ones_is_a_400_and_nothing_is_written(api):
+    """Flat items are not walked for depth (values._shallow); one holding nested JSON still is."""
+    deep = json.loads('[' * 70 + '1' + ']' * 70)
+    body = [{'key': f'flat-{i}', 'value': i} for i in range(3)] + [{'key': 'deep', 'value': deep}]
+    resp = api.app.post(
+        '/api/configuration', json.dumps(body), headers=api.headers, content_type='application/json', status=400
+    )
+    assert 'nested more than 64 levels deep' in assert_problem(resp, 400)['detail']
+    assert not [r for r in api.list('configuration') if r['key'].startswith('flat-')]
+
+
 @pytest.mark.parametrize('body', [[], 42, 'text', None])
 def test_an_empty_array_or_a_body_that_is_neither_object_nor_array_is_a_400(api, body):
     resp = api.app.post(
