@@ -79,7 +79,9 @@ def behind_proxy(app, trusted):
 
     def wrapped(environ, start_response):
         prefix = environ.pop('HTTP_SCRIPT_NAME', None)
-        if trusted(environ.get('REMOTE_ADDR')):
+        # NOTE: the peer's address is judged only when a header asks for something: parsing it and matching the
+        # networks cost ~4 µs, on every request otherwise.
+        if (prefix or 'HTTP_X_FORWARDED_PROTO' in environ) and trusted(environ.get('REMOTE_ADDR')):
             if 'HTTP_X_FORWARDED_PROTO' in environ:
                 environ['wsgi.url_scheme'] = 'https' if environ['HTTP_X_FORWARDED_PROTO'] == 'https' else 'http'
             if prefix:

@@ -330,6 +330,59 @@ def test_other_exceptions_pass_through_untouched():
             raise KeyError('a bug')
 
 
+# -- a read statement straight on a pooled connection (PostgresDatabase.statement: a get by id) ---------------
+
+
+@pytest.fixture
+def one_connection():
+    """A PostgreSQL engine whose pool holds one connection: a statement that kept it would starve the next one."""
+    db = PostgresDatabase(postgres_url(), min_size=1, max_size=1, timeout=2.0, statement_timeout_ms=100)
+    yield db
+    db.close()
+
+
+def test_a_read_statement_returns_its_connection_to_the_pool(one_connection):
+    for _ in range(3):
+        with one_connection.statement() as tx:
+            assert tx.one('SELECT 1') == (1,)
+    assert one_connection.pool().get_stats()['pool_available'] == 1
+
+
+def test_a_read_statement_over_the_statement_timeout_is_503_and_the_connection_serves_the_next(one_connection):
+    with pytest.raises(CrmError) as caught:
+        with one_connection.statement() as tx:
+            tx.one('SELECT pg_sleep(1)')
+    assert caught.value.status == 503
+    with one_connection.statement() as tx:
+        assert tx.one('SELECT 1') == (1,)
+
+
+def test_a_read_statement_on_a_connection_the_server_ended_fails_once_then_reconnects(one_connection, pg):
+    with one_connection.statement() as tx:
+        pid = tx.one('SELECT pg_backend_pid()')[0]
+    pg.execute('SELECT pg_terminate_backend(%s, 5000)', (pid,))
+    answers = []
+    for _ in range(2):
+        try:
+            with one_connection.statement() as tx:
+                answers.append(tx.one('SELECT pg_backend_pid()')[0])
+        except CrmError as exc:
+            answers.append(exc.status)
+    assert answers[0] == 503 and answers[1] not in (pid, 503)
+
+
+def test_a_read_statement_inside_a_write_transaction_sees_its_writes(one_connection):
+    with pytest.raises(KeyError):
+        with one_connection.transaction(write=True) as tx:
+            tx.execute('CREATE TEMP TABLE seen_probe (id text)')
+            tx.execute("INSERT INTO seen_probe VALUES ('seen')")
+            with one_connection.statement() as read:
+                assert read.one('SELECT id FROM seen_probe') == ('seen',)
+            raise KeyError('roll back')
+    with one_connection.statement() as read:
+        assert read.one("SELECT to_regclass('pg_temp.seen_probe')") == (None,)
+
+
 # -- indexed text: one documented length limit ----------------------------------------------------
 
 INDEXED = [

@@ -164,6 +164,25 @@ def test_granian_mounts_a_prefix_only_on_a_segment_boundary():
     assert environ_seen(environ) == ('http', '', '/crmx/api', False)
 
 
+def test_granian_judges_the_peer_only_when_a_proxy_header_asks_for_something():
+    judged, seen = [], {}
+
+    def trusted(address):
+        judged.append(address)
+        return True
+
+    def app(env, start_response):
+        seen.update(env)
+        return []
+
+    edge = serving_granian.behind_proxy(app, trusted)
+    plain = {'REMOTE_ADDR': '127.0.0.1', 'wsgi.url_scheme': 'http', 'PATH_INFO': '/api/contacts'}
+    edge(dict(plain), None)
+    assert (judged, seen['wsgi.url_scheme']) == ([], 'http')
+    edge({**plain, 'HTTP_X_FORWARDED_PROTO': 'https'}, None)
+    assert (judged, seen['wsgi.url_scheme']) == (['127.0.0.1'], 'https')
+
+
 def test_granian_answers_an_error_escaping_the_app_with_a_bare_problem_500(capsys):
     def app(environ, start_response):
         raise RuntimeError('secret: /etc/crmapi/internal.conf')
