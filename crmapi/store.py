@@ -362,7 +362,7 @@ class Store:
             estimate = self._estimate(tx, info, principal.org_id, lq)
             if estimate is not None:
                 return estimate
-        return tx.one(*sqlbuild.build_count(d, info, principal.org_id, lq))[0]
+        return tx.count(*sqlbuild.build_count(d, info, principal.org_id, lq))
 
     def _estimate(self, tx, info, org_id, lq):
         """PostgreSQL: the planner's estimate. SQLite: exact below sqlbuild.ESTIMATE_FROM matches, else the live-row
