@@ -442,7 +442,11 @@ class SQLiteDatabase(Database):
                     conn.counts_version = None  # a rollback: see _SQLiteTx
                     conn.rollback()
                     raise
-                conn.execute('COMMIT')
+                try:
+                    conn.execute('COMMIT')
+                except BaseException:
+                    conn.counts_version = None  # NOTE: a COMMIT that fails (a full disk) may have rolled back
+                    raise
 
     def statement(self):
         """One read statement, in the transaction of this thread if there is one, else in its own.
