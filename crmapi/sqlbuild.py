@@ -678,7 +678,7 @@ def build_search_rows(d, rows):
             _statement(d, ('search_rows', len(part)), functools.partial(_search_upsert, d, len(part))),
             [*itertools.chain.from_iterable(part)],
         )
-        for part in chunks(rows, len(SEARCH_ROW))
+        for part in row_chunks(rows, len(SEARCH_ROW))
     ]
 
 
@@ -1275,6 +1275,23 @@ def chunks(items, width=1, size=None):
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def row_chunks(items, width):
+    """`chunks` for a statement with a row of `width` placeholders per item (VALUES …): each chunk split again into
+    slices whose lengths are powers of two, so that any number of items makes one of a few statement shapes.
+
+    NOTE: every shape is a statement each connection prepares and keeps (the driver's cache holds 128); batches
+    of each size from 1,000 down to 860 took one process from 49 to 230 MB. Split, a batch of 1,000 is six
+    statements (512 + 256 + 128 + 64 + 32 + 8), and every size shares the shapes of 1, 2, 4 … 1,024 rows.
+    """
+    out = []
+    for part in chunks(items, width):
+        while part:
+            n = 1 << (len(part).bit_length() - 1)
+            out.append(part[:n])
+            part = part[n:]
+    return out
+
+
 def _statement(d, key, write):
     """The SQL of a statement shape (its parameters follow from the shape alone), written by `write()` once."""
     sql = _STATEMENTS.get((d.name, key))
@@ -1337,7 +1354,7 @@ def _inserts(d, key, head, runs):
             _statement(d, (*key, len(part)), functools.partial(lambda n: head + _values(d, n, width), len(part))),
             [tuple(itertools.chain.from_iterable(part))],
         )
-        for part in chunks(runs, width)
+        for part in row_chunks(runs, width)
     ]
 
 

@@ -644,7 +644,7 @@ class Store:
             groups.setdefault((tuple(row), updates[i] if updates else ()), []).append(row)
         read, width, out = self.reader(info), len(sqlbuild.output_columns(info)), []
         for (names, sets), group in groups.items():
-            for part in sqlbuild.chunks(group, len(names)):
+            for part in sqlbuild.row_chunks(group, len(names)):
                 statement = sqlbuild.build_insert_many(self.db.dialect, info, org_id, names, part, conflict, sets)
                 for raw in tx.rows(*statement):
                     out.append((read(raw), raw[width] if len(raw) > width else None))
@@ -747,7 +747,7 @@ class Store:
         read, out = self.reader(info), {}
         for names, group in groups.items():
             written = []
-            for part in sqlbuild.chunks(group, len(names) + 1):
+            for part in sqlbuild.row_chunks(group, len(names) + 1):
                 for raw in tx.rows(*sqlbuild.build_update_many(self.db.dialect, info, principal.org_id, names, part)):
                     record = read(raw)
                     out[record['id']] = record

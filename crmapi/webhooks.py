@@ -152,7 +152,7 @@ def message_id(delivery):
 def queue(db, rows):
     """Insert delivery rows, in the caller's transaction (or one of their own)."""
     with db.transaction(write=True) as tx:
-        for part in sqlbuild.chunks(rows, len(sqlbuild.DELIVERY_COLUMNS)):
+        for part in sqlbuild.row_chunks(rows, len(sqlbuild.DELIVERY_COLUMNS)):
             tx.execute(*sqlbuild.build_insert_deliveries(db.dialect, part))
 
 

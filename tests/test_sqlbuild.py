@@ -305,3 +305,15 @@ def test_embedded_records_are_json_written_by_sqlite_and_columns_read_from_postg
         '\'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\') FROM "companies" '
     )
     assert 'json_build_object' not in sql and values == ['org_1', '["co_1","co_2"]']
+
+
+def test_rows_of_a_batch_of_any_size_go_in_one_of_a_few_statement_shapes():
+    """A statement holds a row of placeholders per item, and each shape is a statement every connection keeps:
+    batches of every size from 1 to 1,000 share ten shapes (powers of two), in order, nothing lost."""
+    lengths = set()
+    for n in range(1, 1001):
+        parts = sqlbuild.row_chunks(list(range(n)), width=20)
+        assert [i for part in parts for i in part] == list(range(n))
+        lengths.update(len(part) for part in parts)
+    assert lengths == {2**k for k in range(10)}
+    assert {len(p) for p in sqlbuild.row_chunks(range(5000), width=20)} <= {2**k for k in range(11)}
