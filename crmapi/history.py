@@ -194,7 +194,10 @@ class History:
             return
         if self.later:
             (tick,) = tx.one(*sqlbuild.build_change_tick(d))
-            rows = [(change_id, org, None, *rest, tick) for change_id, *rest in self._rows(who, items)]
+            rows = [
+                (change_id, org, None, resource, record_id, operation, *who, data, tick)
+                for change_id, resource, record_id, operation, data in items
+            ]
         else:
             (last,) = tx.one(*sqlbuild.build_change_numbers(d, org, count))
             first = last - count  # NOTE: the rows made in one pass (a batch's thousand changes)
@@ -204,14 +207,6 @@ class History:
             ]
         for statement in sqlbuild.build_write_changes(d, rows):
             tx.write_rows(*statement)
-
-    @staticmethod
-    def _rows(who, items):
-        """(id, resource, record_id, operation, actor, user_id, token_id, changed_at, data) of each change."""
-        return [
-            (change_id, resource, record_id, operation, *who, data)
-            for change_id, resource, record_id, operation, data in items
-        ]
 
     # -- numbering (PostgreSQL) --------------------------------------------------------------------
 
