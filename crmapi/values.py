@@ -349,7 +349,7 @@ def _check_tree(value, strings=True):
             stack.extend((x, depth + 1, top) for x in item if type(x) in walked)
 
 
-_CONTAINERS = (dict, list)
+_CONTAINERS = frozenset((dict, list))
 
 
 def _shallow(value):
@@ -365,10 +365,7 @@ def _shallow(value):
         objects = value if kinds == {dict} else [item for item in value if type(item) is dict]
     else:
         return True
-    return _CONTAINER_SET.isdisjoint(map(type, itertools.chain.from_iterable(map(dict.values, objects))))
-
-
-_CONTAINER_SET = frozenset(_CONTAINERS)
+    return _CONTAINERS.isdisjoint(map(type, itertools.chain.from_iterable(map(dict.values, objects))))
 
 
 def ascii_json(value, **options):
