@@ -163,47 +163,48 @@ LONG_STATEMENT = 4096  # psycopg's MAX_CACHED_STATEMENT_LENGTH
 
 def _copy_ending_later(tx):
     """A psycopg COPY writer that sends the end of the data without waiting for the outcome: `tx.settle()` reads it.
-
-    NOTE: built on psycopg's LibpqWriter (its `finish` sends the end and waits); psycopg is imported here, not at
-    the top, so SQLite users never load it. An aborted COPY (an error while writing) ends the usual way.
-    """
-    global _EndingLater
-    if _EndingLater is None:
-        from psycopg import errors
-        from psycopg.copy import LibpqWriter
-        from psycopg.generators import fetch_many
-        from psycopg.pq import ExecStatus
-        from psycopg.waiting import Wait
-
-        def end_sent(pgconn):
-            while pgconn.put_copy_end(None) == 0:
-                while not (yield Wait.W):
-                    continue
-            while True:
-                while not (yield Wait.W):
-                    continue
-                if pgconn.flush() == 0:
-                    return
-
-        class _EndingLater(LibpqWriter):
-            def finish(self, exc=None):
-                if exc is not None:
-                    return super().finish(exc)
-                self.connection.wait(end_sent(self._pgconn))
-                self.tx.pending = self
-
-            def outcome(self):
-                results = self.connection.wait(fetch_many(self._pgconn))
-                failed = [r for r in results if r.status != ExecStatus.COMMAND_OK]
-                if failed:
-                    raise errors.error_from_result(failed[0], encoding=self._pgconn._encoding)
-
-    writer = _EndingLater(tx.cursor)
+    An aborted COPY (an error while writing) ends the usual way."""
+    writer = _ending_later()(tx.cursor)
     writer.tx = tx
     return writer
 
 
-_EndingLater = None
+@functools.cache
+def _ending_later():
+    """The writer class of _copy_ending_later: psycopg's LibpqWriter, whose `finish` sends the end and waits.
+
+    NOTE: made on first use, so SQLite users never import psycopg.
+    """
+    from psycopg import errors
+    from psycopg.copy import LibpqWriter
+    from psycopg.generators import fetch_many
+    from psycopg.pq import ExecStatus
+    from psycopg.waiting import Wait
+
+    def end_sent(pgconn):
+        while pgconn.put_copy_end(None) == 0:
+            while not (yield Wait.W):
+                continue
+        while True:
+            while not (yield Wait.W):
+                continue
+            if pgconn.flush() == 0:
+                return
+
+    class EndingLater(LibpqWriter):
+        def finish(self, exc=None):
+            if exc is not None:
+                return super().finish(exc)
+            self.connection.wait(end_sent(self._pgconn))
+            self.tx.pending = self
+
+        def outcome(self):
+            results = self.connection.wait(fetch_many(self._pgconn))
+            failed = [r for r in results if r.status != ExecStatus.COMMAND_OK]
+            if failed:
+                raise errors.error_from_result(failed[0], encoding=self._pgconn._encoding)
+
+    return EndingLater
 
 
 @functools.lru_cache(maxsize=128)
