@@ -383,6 +383,19 @@ ALTER TABLE changes ADD COLUMN tick BIGINT;
 CREATE SEQUENCE IF NOT EXISTS change_ticks;
 -- postgresql only
 CREATE INDEX IF NOT EXISTS changes_unnumbered ON changes (organization_id, tick) WHERE seq IS NULL;
+-- PostgreSQL: the indexes on seq hold numbered changes only (nothing reads an unnumbered one through them).
+-- postgresql only
+DROP INDEX changes_org_record;
+-- postgresql only
+CREATE INDEX changes_org_record ON changes (organization_id, resource, record_id, seq) WHERE seq IS NOT NULL;
+-- postgresql only
+DROP INDEX changes_org_resource;
+-- postgresql only
+CREATE INDEX changes_org_resource ON changes (organization_id, resource, seq) WHERE seq IS NOT NULL;
+-- postgresql only
+ALTER TABLE changes DROP CONSTRAINT changes_organization_id_seq_key;
+-- postgresql only
+CREATE UNIQUE INDEX changes_org_seq ON changes (organization_id, seq) WHERE seq IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS change_counters (
     organization_id TEXT PRIMARY KEY REFERENCES organizations (id),
@@ -531,4 +544,4 @@ CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(str
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (24);
+INSERT INTO schema_version (version) VALUES (28);

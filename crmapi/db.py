@@ -80,6 +80,10 @@ class Tx:
             for row in rows:
                 copy.write_row(row)
 
+    def settled(self):
+        """A block after which every statement's outcome is known (see _PostgresTx: here, always)."""
+        return contextlib.nullcontext(self)
+
 
 class _PostgresTx(Tx):
     """A PostgreSQL write transaction: a long statement goes with numbered parameters ($1, $2, …).
@@ -87,14 +91,48 @@ class _PostgresTx(Tx):
     NOTE: psycopg parses the `%s` of a statement longer than 4,096 bytes again at every execution (it
     caches shorter ones): a 1,000-record INSERT has 10,000 and spent ~20 ms a batch there. Ours are the
     same few texts (sqlbuild caches them), so they are numbered once and sent through a RawCursor.
+
+    NOTE: a COPY's outcome is read only when the transaction next needs the connection (`settle`: its next
+    statement, or its end): the server inserts the rows and their index entries while this process builds
+    what comes next (a batch's search rows, its change rows), where it used to wait for them. Its error, if any, is
+    raised there, inside the same transaction, so it rolls back and is translated as before.
     """
 
     def __init__(self, conn):
         super().__init__(conn.cursor())
         self.conn = conn
         self.raw = None
+        self.pending = None  # the COPY whose end was sent and whose outcome is not read yet
+
+    def settle(self):
+        """Read the outcome of the COPY whose end was sent (see the class's NOTE): raise its error, if any."""
+        copy, self.pending = self.pending, None
+        if copy is not None:
+            copy.outcome()
+
+    @contextlib.contextmanager
+    def settled(self):
+        """A block after which no COPY's outcome is left unread (the connection can commit or roll back)."""
+        try:
+            yield self
+        except BaseException:
+            with contextlib.suppress(Exception):  # NOTE: the block's own error is the one that rolls back
+                self.settle()
+            raise
+        self.settle()
+
+    def write_rows(self, sql, runs):
+        self.settle()
+        super().write_rows(sql, runs)
+
+    def copy(self, sql, rows):
+        self.settle()
+        with self.cursor.copy(sql, writer=_copy_ending_later(self)) as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def _cursor(self, sql):
+        self.settle()
         if len(sql) <= LONG_STATEMENT:
             return self.cursor, sql
         if self.raw is None:
@@ -121,6 +159,52 @@ class _PostgresTx(Tx):
 
 
 LONG_STATEMENT = 4096  # psycopg's MAX_CACHED_STATEMENT_LENGTH
+
+
+def _copy_ending_later(tx):
+    """A psycopg COPY writer that sends the end of the data without waiting for the outcome: `tx.settle()` reads it.
+    An aborted COPY (an error while writing) ends the usual way."""
+    writer = _ending_later()(tx.cursor)
+    writer.tx = tx
+    return writer
+
+
+@functools.cache
+def _ending_later():
+    """The writer class of _copy_ending_later: psycopg's LibpqWriter, whose `finish` sends the end and waits.
+
+    NOTE: made on first use, so SQLite users never import psycopg.
+    """
+    from psycopg import errors
+    from psycopg.copy import LibpqWriter
+    from psycopg.generators import fetch_many
+    from psycopg.pq import ExecStatus
+    from psycopg.waiting import Wait
+
+    def end_sent(pgconn):
+        while pgconn.put_copy_end(None) == 0:
+            while not (yield Wait.W):
+                continue
+        while True:
+            while not (yield Wait.W):
+                continue
+            if pgconn.flush() == 0:
+                return
+
+    class EndingLater(LibpqWriter):
+        def finish(self, exc=None):
+            if exc is not None:
+                return super().finish(exc)
+            self.connection.wait(end_sent(self._pgconn))
+            self.tx.pending = self
+
+        def outcome(self):
+            results = self.connection.wait(fetch_many(self._pgconn))
+            failed = [r for r in results if r.status != ExecStatus.COMMAND_OK]
+            if failed:
+                raise errors.error_from_result(failed[0], encoding=self._pgconn._encoding)
+
+    return EndingLater
 
 
 @functools.lru_cache(maxsize=128)
@@ -993,10 +1077,11 @@ class PostgresDatabase(Database):
         current = getattr(local, 'tx', None)
         if current is not None and not (write and getattr(current, 'replica', None) is not None):
             if write and current.conn.info.transaction_status == IDLE:
-                with self._transaction_block(current.conn):
+                with self._transaction_block(current.conn), current.settled():
                     yield current
             else:
-                yield current
+                with current.settled():  # NOTE: a block's errors are raised in that block (imports locate them)
+                    yield current
             if write:
                 self._wrote()
             return
@@ -1005,7 +1090,7 @@ class PostgresDatabase(Database):
             local.tx = tx
             try:
                 if write:
-                    with self._transaction_block(tx.conn):
+                    with self._transaction_block(tx.conn), tx.settled():
                         yield tx
                     self._wrote()
                 else:

@@ -167,15 +167,15 @@ class History:
         ({table: delta}) to the organization's live-row counters (store.Store._count).
 
         NOTE: on PostgreSQL one statement adds the counts and inserts a few changes (one round trip); more go by COPY
-        after the counters' statement. On SQLite (no round trips): the counters, then INSERTs.
+        after the statement that adds the counts and takes their tick. On SQLite (no round trips): the counters, then
+        INSERTs. The changes' JSON is made before the first statement: on PostgreSQL, while the server still inserts
+        what the write copied before (see db._PostgresTx).
         """
         d, org, count = self.db.dialect, principal.org_id, len(changes)
         counts = sorted((counts or {}).items())  # NOTE: one order of the counter rows for every writer
-        together = self.later and 0 < count < COPY_ROWS
-        if counts and not together:
+        if not changes:
             for table, delta in counts:
                 tx.execute(*sqlbuild.build_count_add(d, org, table, delta))
-        if not changes:
             return
         who = (*actor(principal), values.format_timestamp(self.clock()))
         depth = getattr(principal, 'depth', None)  # a rule's changes say how deep in a chain of rules they are
@@ -189,16 +189,18 @@ class History:
             )
             for change_id, (resource, record_id, operation, data) in zip(self.new_ids(CHANGE_PREFIX, count), changes)
         ]
-        if together:
+        if self.later and count < COPY_ROWS:
             tx.execute(*sqlbuild.build_pending_changes(d, org, who, items, counts))
             return
         if self.later:
-            (tick,) = tx.one(*sqlbuild.build_change_tick(d))
+            (tick,) = tx.one(*sqlbuild.build_change_tick(d, org, counts))
             rows = [
                 (change_id, org, None, resource, record_id, operation, *who, data, tick)
                 for change_id, resource, record_id, operation, data in items
             ]
         else:
+            for table, delta in counts:
+                tx.execute(*sqlbuild.build_count_add(d, org, table, delta))
             (last,) = tx.one(*sqlbuild.build_change_numbers(d, org, count))
             first = last - count  # NOTE: the rows made in one pass (a batch's thousand changes)
             rows = [

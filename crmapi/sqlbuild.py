@@ -2045,9 +2045,24 @@ def build_change_numbers(d, org_id, count):
     return _statement(d, 'change_numbers', lambda: _numbers(d.parameter().get_sql())), [org_id, int(count)]
 
 
-def build_change_tick(d):
-    """PostgreSQL: the tick of a write's changes (see PENDING_COLUMNS)."""
-    return "SELECT nextval('change_ticks')", []
+def build_change_tick(d, org_id, counts=()):
+    """PostgreSQL: add `counts` ([(table, delta)]) to the organization's live-row counters and take the tick of a
+    write's changes (see PENDING_COLUMNS), in one statement (one round trip)."""
+
+    def tick():
+        kept = _counts_added(d, d.parameter().get_sql(), len(counts))
+        return f"WITH {kept}t AS MATERIALIZED (SELECT nextval('change_ticks') AS tick) SELECT tick FROM t"
+
+    return _statement(d, ('change_tick', len(counts)), tick), _count_values(org_id, counts)
+
+
+def _counts_added(d, p, n):
+    """The CTEs (`k0 AS (…), `…) that add `n` counts to live-row counters, for a PostgreSQL statement's WITH."""
+    return ''.join(f'k{i} AS ({_count_add(d, p)}), ' for i in range(n))
+
+
+def _count_values(org_id, counts):
+    return [value for table, delta in counts for value in (org_id, table, int(delta))]
 
 
 def build_pending_changes(d, org_id, who, items, counts=()):
@@ -2061,7 +2076,7 @@ def build_pending_changes(d, org_id, who, items, counts=()):
 
     def write():
         p = d.parameter().get_sql()
-        kept = ''.join(f'k{i} AS ({_count_add(d, p)}), ' for i in range(len(counts)))
+        kept = _counts_added(d, p, len(counts))
         return (
             f"WITH {kept}t AS MATERIALIZED (SELECT nextval('change_ticks') AS tick) "
             f'INSERT INTO changes ({",".join(PENDING_COLUMNS)}) '
@@ -2071,8 +2086,7 @@ def build_pending_changes(d, org_id, who, items, counts=()):
         )
 
     sql = _statement(d, ('pending_changes', len(items), len(counts)), write)
-    added = [value for table, delta in counts for value in (org_id, table, int(delta))]
-    return sql, [*added, org_id, *who, *[value for item in items for value in item]]
+    return sql, [*_count_values(org_id, counts), org_id, *who, *[value for item in items for value in item]]
 
 
 def _numbers(p):

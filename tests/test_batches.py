@@ -63,6 +63,18 @@ def test_a_bad_item_at_the_end_of_a_thousand_leaves_nothing_written(api):
     assert total(api, 'contacts') == 0
 
 
+def test_a_batch_the_database_refuses_at_its_last_item_is_a_409_and_leaves_nothing_written(api):
+    """NOTE: fifty records go to PostgreSQL by COPY, whose outcome is read only at the write's next statement."""
+    kept = api.create('contacts', external_id='taken')
+    changes = api.get('/api/changes').json
+    body = people(49) + [{'last_name': 'Late', 'external_id': 'taken'}]
+    assert_problem(api.post('/api/contacts', body, status=409), 409)
+    assert api.list('contacts') == [kept]
+    assert total(api, 'contacts') == 1
+    assert api.get('/api/changes').json == changes
+    assert api.list('contacts', filter={'q': 'Last'}) == []
+
+
 def test_every_bad_item_is_listed_with_its_index_and_the_first_leads(api):
     body = [
         {'name': 'Fine'},

@@ -425,6 +425,14 @@ def test_a_value_in_a_conflict_with_a_stored_record_is_a_conflict_that_says_wher
     assert [r['name'] for r in records(api, 'tags')] == ['vip']
 
 
+def test_a_conflict_with_a_stored_record_among_many_lines_says_where_and_imports_nothing(api):
+    api.create('contacts', external_id='x-29')
+    lines = ''.join(f'Last {i},x-{i}\n' for i in range(30))
+    resp = post_csv(api, 'contacts', 'last_name,external_id\n' + lines, status=409)
+    assert 'lines 2 to 31' in assert_problem(resp, 409)['detail']
+    assert [r['external_id'] for r in records(api, 'contacts')] == ['x-29']
+
+
 def test_a_csv_import_takes_no_idempotency_key(api):
     resp = post_csv(api, 'tags', 'name\nvip\n', status=400, headers={'Idempotency-Key': 'k1'})
     assert_problem(resp, 400, param='Idempotency-Key')
