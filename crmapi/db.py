@@ -173,7 +173,8 @@ def _copy_ending_later(tx):
 def _ending_later():
     """The writer class of _copy_ending_later: psycopg's LibpqWriter, whose `finish` sends the end and waits.
 
-    NOTE: made on first use, so SQLite users never import psycopg.
+    NOTE: made on first use, so SQLite users never import psycopg. It drives psycopg's own generators and
+    waiting (not public API), which is why setup.cfg pins psycopg to one minor version (3.3.x).
     """
     from psycopg import errors
     from psycopg.copy import LibpqWriter
@@ -202,7 +203,7 @@ def _ending_later():
             results = self.connection.wait(fetch_many(self._pgconn))
             failed = [r for r in results if r.status != ExecStatus.COMMAND_OK]
             if failed:
-                raise errors.error_from_result(failed[0], encoding=self._pgconn._encoding)
+                raise errors.error_from_result(failed[0], encoding=self.connection.info.encoding)
 
     return EndingLater
 
