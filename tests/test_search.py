@@ -411,6 +411,23 @@ def test_a_batch_of_new_records_is_findable_like_single_writes(api):
     assert found(api, 'batch07 simps') == [made[7]['id']] and len(found(api, 'gumb')) == n - 1
 
 
+def test_a_batch_of_any_size_writes_exactly_its_search_rows(api, database):
+    """On SQLite a batch's search rows go in one statement of a power of two rows (sqlbuild._search_parts): the rows
+    it pads with are skipped, and every record of the batch has its row."""
+    for size in (3, 5, 17):
+        made = api.post(
+            '/api/contacts', [{'first_name': f'Pad{size}x{i}', 'last_name': 'Szyslak'} for i in range(size)]
+        )
+        assert found(api, f'pad{size}x{size - 1}') == [made.json[-1]['id']]
+    assert len(found(api, 'szysl')) == 3 + 5 + 17
+    p = database.dialect.parameter().get_sql()
+    with database.transaction() as tx:
+        rows = tx.count(
+            f"SELECT COUNT(*) FROM search_texts WHERE table_name = 'contacts' AND organization_id = {p}", [api.org_id]
+        )
+    assert rows == 3 + 5 + 17
+
+
 def test_a_write_that_changes_no_searchable_column_writes_no_search_row(api, homer, monkeypatch):
     written = []
     monkeypatch.setattr(sqlbuild, 'build_search_rows', lambda *a: written.append(a) or [])

@@ -317,3 +317,16 @@ def test_rows_of_a_batch_of_any_size_go_in_one_of_a_few_statement_shapes():
         lengths.update(len(part) for part in parts)
     assert lengths == {2**k for k in range(10)}
     assert {len(p) for p in sqlbuild.row_chunks(range(5000), width=20)} <= {2**k for k in range(11)}
+
+
+def test_sqlite_takes_the_search_rows_of_a_batch_of_any_size_in_one_statement_of_a_few_shapes():
+    """SQLite's trigram index makes a segment of each statement's rows and merges the segments later: a batch's search
+    rows go in one statement, of the next power of two rows, the rows past the batch's NULLs that it skips."""
+    width, shapes = len(sqlbuild.SEARCH_ROW), set()
+    for n in range(1, 1001):
+        rows = [(f't{i}', 'org_1', f'id{i}', False, 'w', 'n', '{}', 't') for i in range(n)]
+        [(sql, params)] = sqlbuild.build_search_rows(SQLITE, rows)
+        size = 1 << (n - 1).bit_length()
+        assert params == [v for row in rows for v in row] + [None] * ((size - n) * width)
+        shapes.add(sql)
+    assert len(shapes) == 11 and all('WHERE column1 IS NOT NULL' in sql for sql in shapes if sql.count('),(') > 0)
