@@ -337,8 +337,10 @@ class Store:
         d = self.db.dialect
         read = self.reader(info)
         with self.db.transaction() as tx:
-            raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq))
-            counted = raw[0][-1] if raw and sqlbuild.pages_in_rows(info, lq) else None
+            raw, counted = self._walked(tx, info, principal, lq), None
+            if raw is None:
+                raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq))
+                counted = raw[0][-1] if raw and sqlbuild.pages_in_rows(info, lq) else None
             rows = [read(r[:-1] if counted is not None else r) for r in raw]
             if count == 'none':
                 total = None
@@ -349,6 +351,15 @@ class Store:
             else:
                 total = self._total(tx, info, principal, lq, count)
         return rows, total
+
+    def _walked(self, tx, info, principal, lq):
+        """A broad search's page from a walk of the first records in its order (sqlbuild.build_walk), or None:
+        not a search it applies to, or too few matches among them to prove the page."""
+        walk = sqlbuild.build_walk(self.db.dialect, info, principal.org_id, lq)
+        if walk is None:
+            return None
+        rows = tx.rows(*walk)
+        return rows if len(rows) == lq.size else None
 
     def _total(self, tx, info, principal, lq, count='exact'):
         """The live-row counter when nothing narrows the list; else an index-backed COUNT, or with

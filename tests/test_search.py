@@ -214,6 +214,53 @@ def test_a_ranked_list_counts_exactly_and_pages_by_range_without_a_cursor(api):
     assert ids(rest.json) == ids(made)[2:4] and rest.headers['Content-Range'] == 'contacts 2-3/5'
 
 
+def test_a_page_found_by_walking_the_first_records_in_order_is_the_page_read_in_full(api, other_api, monkeypatch):
+    """A broad search's page is looked for among the first records of the list's order (sqlbuild.build_walk): what
+    it finds is exactly the page of the full read (ranked, sorted, text operators, archived), and a walk too short
+    for a page reads in full."""
+    for first, last, city in [
+        ('Zoë', 'Smith', 'Marrakech'),  # NOTE: first in id order, a match outside its name: ranked after the others
+        ('Mary', 'Marsh', 'Paris'),
+        ('Mark', 'Smith', 'Marseille'),
+        ('Ann', 'Marley', None),
+        ('Omar', 'Smithson', 'Lyon'),
+        ('Mario', None, 'Martigues'),
+        ('Bob', 'Goldsmith', 'Paris'),
+        ('Marta', 'Mar', 'Paris'),
+        ('Mar', 'Blacksmith', None),
+    ]:
+        api.create('contacts', first_name=first, last_name=last, city=city)
+        other_api.create('contacts', first_name=first, last_name=last, city=city)
+    api.delete(f'/api/contacts/{api.create("contacts", first_name="Marcel", last_name="Smith")["id"]}')
+    smith = {'field': 'last_name', 'op': 'contains', 'value': 'SMITH'}
+    cases = [
+        {'filter': {'q': 'mar'}},
+        {'filter': {'q': 'mar'}, 'sort': ['last_name', 'DESC']},
+        {'filter': {'q': 'mar', 'include_archived': True}, 'sort': ['last_name', 'ASC']},
+        {'filter': {'q': 'mar smi'}},
+        {'filters': [smith]},
+        {'filters': [smith], 'sort': ['first_name', 'ASC']},
+        {'filters': [q_filter('mar'), {'field': 'city', 'op': 'starts_with', 'value': 'ma'}], 'sort': ['city', 'ASC']},
+    ]
+    walked = []
+    walk = Store._walked
+    monkeypatch.setattr(Store, '_walked', lambda *a: walked.append(walk(*a)) or walked[-1])
+
+    def page(params, bounds):
+        resp = api.get('/api/contacts', {**params, 'range': bounds})
+        return ids(resp.json), resp.headers['Content-Range']
+
+    for params in cases:
+        for bounds in ([0, 0], [0, 1], [1, 2], [0, 3]):
+            monkeypatch.setattr(sqlbuild, 'WALK_PAGE', 0)
+            full = page(params, bounds)
+            monkeypatch.setattr(sqlbuild, 'WALK_PAGE', 100)
+            for size in (2, 4, 1000):
+                monkeypatch.setattr(sqlbuild, 'WALK', size)
+                assert page(params, bounds) == full, (params, bounds, size)
+    assert any(w is not None for w in walked) and None in walked, 'some pages were walked, some read in full'
+
+
 # -- q inside filters ----------------------------------------------------------------------------------
 
 
