@@ -584,11 +584,13 @@ def _row_page(d, info, org_id, lq):
 
 
 # A broad search (q "mar": 137k of 1M contacts) reads, counts and sorts every match to find page 1. Its first
-# page is usually among the first records of the list's order: `build_walk` checks only the first WALK records in
-# that order on their search rows. When they hold a full page, it is the list's page; else the caller reads the
-# matches (build_list). Its total is then counted apart (build_count; SQLite keeps counts per connection).
+# page is usually among the first records of the list's order: `build_walk` checks only the first records in that
+# order on their search rows (WALK_FIRST, then WALK when the first ones promise a page). When they hold a full page,
+# it is the list's page; else the caller reads the matches (build_list). Its total is then counted apart
+# (build_count; SQLite keeps counts per connection).
 
-WALK = 1_000  # records a page of a search walks in its order before it reads every match instead
+WALK_FIRST = 200  # records a page of a search walks first; a rare match stops there
+WALK = 1_000  # records it walks when the first ones hold enough matches, before it reads every match instead
 WALK_PAGE = 100  # the deepest end of a page (start + size) looked for by a walk
 
 
@@ -610,10 +612,10 @@ def _walk_check(d, info, org_id, lq):
     return Sql('SELECT 1 FROM search_texts s WHERE {0}', Criterion.all(parts))
 
 
-def build_walk(d, info, org_id, lq):
-    """(sql, params) of a search's page found by a walk, or None where walks() says no.
+def build_walk(d, info, org_id, lq, length):
+    """(sql, params) of a search's page found by a walk of `length` records, or None where walks() says no.
 
-    The first WALK records in the list's order (ranked: id order, among the records of the best score), without
+    The first `length` records in the list's order (ranked: id order, among the records of the best score), without
     the search, each checked on its search row. NOTE: when the walk returns a full page, every record before the
     page's last one in the list's order was walked, so the page is the list's own; a short one proves nothing.
     """
@@ -642,10 +644,10 @@ def build_walk(d, info, org_id, lq):
         ('rows', info.spec.table, tuple(output_columns(info))),
         lambda: d.from_(table).select(*[table.field(n) for n in output_columns(info)]),
     )
-    # NOTE: the walk reads only the keys of the order (a covering index), the page's records are read last. WALK is
-    # written into the statement: PostgreSQL plans a LIMIT it is not told as a tenth of the table.
+    # NOTE: the walk reads only the keys of the order (a covering index), the page's records are read last. Its
+    # length is written into the statement: PostgreSQL plans a LIMIT it is not told as a tenth of the table.
     sql = (
-        f'{rows} WHERE "organization_id"={p} AND "id" IN (SELECT "id" FROM ({walked} LIMIT {int(WALK)}) {name} '
+        f'{rows} WHERE "organization_id"={p} AND "id" IN (SELECT "id" FROM ({walked} LIMIT {int(length)}) {name} '
         f'WHERE EXISTS ({check} AND s.record_id = {name}."id") ORDER BY {order} LIMIT {p} OFFSET {p}) '
         f'ORDER BY {order}'
     )

@@ -255,9 +255,10 @@ def test_a_page_found_by_walking_the_first_records_in_order_is_the_page_read_in_
             monkeypatch.setattr(sqlbuild, 'WALK_PAGE', 0)
             full = page(params, bounds)
             monkeypatch.setattr(sqlbuild, 'WALK_PAGE', 100)
-            for size in (2, 4, 1000):
+            for first, size in ((1, 2), (1, 4), (2, 1000), (1000, 1000)):
+                monkeypatch.setattr(sqlbuild, 'WALK_FIRST', first)
                 monkeypatch.setattr(sqlbuild, 'WALK', size)
-                assert page(params, bounds) == full, (params, bounds, size)
+                assert page(params, bounds) == full, (params, bounds, first, size)
     assert any(w is not None for w in walked) and None in walked, 'some pages were walked, some read in full'
 
 
