@@ -659,6 +659,18 @@ def where(d, table, info, org_id, lq):
     parts = [table.organization_id == Bound(org_id)]
     if info.archivable and not lq.include_archived:
         parts.append(table.archived_at.isnull())
+    if d.name == 'postgresql' and lq.sorts and searches_only(info, replace(lq, after=None)):
+        # NOTE: PostgreSQL plans `id IN (matches)` under a LIMIT as a walk of the sort's index, each record looked up
+        # in the search rows, as if matches were spread evenly: q "jo smi" by last name walked 740k of 1M contacts
+        # (9 s) to reach the Smiths. Matches read first (an array it cannot walk), then sorted: 30-90 ms.
+        parts.append(
+            Sql(
+                '{0} = ANY(ARRAY(SELECT s.record_id FROM search_texts s WHERE {1}))',
+                table.id,
+                _search_rows(d, info, org_id, lq),
+            )
+        )
+        return Criterion.all(parts)
     parts += [criterion(d, table, info, f, org_id) for f in lq.equals]
     if lq.filters:
         parts.append(fold(d, table, info, lq.filters, org_id))

@@ -482,6 +482,20 @@ def test_a_list_that_only_searches_counts_and_ranks_in_the_search_rows(api, data
         assert page_sql.index('LIMIT') < page_sql.index('JOIN "contacts"'), 'the page is cut before the join'
 
 
+def test_a_sorted_list_that_only_searches_reads_its_matches_before_sorting_them(api, database):
+    """PostgreSQL would walk the sort's index under the LIMIT, looking each record up, as if matches were spread
+    evenly: clustered ones (q "jo smi" by last name: the Smiths) cost a walk of most of the table."""
+    info = build_services(database).catalog.resolve('contacts')
+    for params in [
+        {'filter': {'q': 'jo smi'}},
+        {'filters': [{'field': 'last_name', 'op': 'contains', 'value': 'mith'}]},
+    ]:
+        lq = parse_list({k: json.dumps(v) for k, v in {**params, 'sort': ['last_name', 'ASC']}.items()}, info)
+        page_sql, _ = sqlbuild.build_list(database.dialect, info, api.org_id, lq)
+        read_first = 'ANY(ARRAY(SELECT s.record_id' if database.name == 'postgresql' else 'IN (SELECT s.record_id'
+        assert read_first in page_sql
+
+
 def search_rows(database, record_id):
     p = '?' if database.name == 'sqlite' else '%s'
     with database.transaction() as tx:
