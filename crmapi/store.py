@@ -337,8 +337,10 @@ class Store:
         d = self.db.dialect
         read = self.reader(info)
         with self.db.transaction() as tx:
-            raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq))
-            counted = raw[0][-1] if raw and sqlbuild.pages_in_rows(info, lq) else None
+            raw, counted = self._walked(tx, info, principal, lq), None
+            if raw is None:
+                raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq))
+                counted = raw[0][-1] if raw and sqlbuild.pages_in_rows(info, lq) else None
             rows = [read(r[:-1] if counted is not None else r) for r in raw]
             if count == 'none':
                 total = None
@@ -349,6 +351,22 @@ class Store:
             else:
                 total = self._total(tx, info, principal, lq, count)
         return rows, total
+
+    def _walked(self, tx, info, principal, lq):
+        """A broad search's page from a walk of the first records in its order (sqlbuild.build_walk), or None:
+        not a search it applies to, or too few matches among them to prove the page.
+
+        NOTE: a walk of WALK_FIRST records goes on to WALK only when its matches promise a page there: a rare
+        match (q "jo smi": 0.3 % of the records) costs the short walk only.
+        """
+        d, first = self.db.dialect, sqlbuild.WALK_FIRST
+        walk = sqlbuild.build_walk(d, info, principal.org_id, lq, first)
+        if walk is None:
+            return None
+        rows = tx.rows(*walk)
+        if len(rows) < lq.size and (lq.start + len(rows)) * sqlbuild.WALK >= (lq.start + lq.size) * first:
+            rows = tx.rows(*sqlbuild.build_walk(d, info, principal.org_id, lq, sqlbuild.WALK))
+        return rows if len(rows) == lq.size else None
 
     def _total(self, tx, info, principal, lq, count='exact'):
         """The live-row counter when nothing narrows the list; else an index-backed COUNT, or with
