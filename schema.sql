@@ -81,6 +81,8 @@ CREATE TABLE IF NOT EXISTS contacts (
     updated_at TIMESTAMPTZ NOT NULL,
     archived_at TIMESTAMPTZ,
     external_id TEXT,
+    -- which reverse relations may have children (1 notes, 2 tasks, 4 deals; never cleared): see migration 0025
+    children_seen INTEGER NOT NULL DEFAULT 0,
     UNIQUE (organization_id, id),
     FOREIGN KEY (organization_id, company_id) REFERENCES companies (organization_id, id)
 );
@@ -527,8 +529,67 @@ CREATE INDEX search_texts_trigrams ON search_texts USING gin (texts gin_trgm_ops
 -- postgresql only
 CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(words, ' '), '  ')));
 
+-- Which of a contact's reverse relations may have children (contacts.children_seen), kept by triggers
+-- (migration 0025): SQLite's per row, PostgreSQL's per statement.
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS contact_notes_seen AFTER INSERT ON contact_notes BEGIN
+    UPDATE contacts SET children_seen = children_seen | 1
+        WHERE id = NEW.contact_id AND organization_id = NEW.organization_id AND children_seen & 1 = 0;
+END;
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS contact_notes_seen_moved AFTER UPDATE OF contact_id, organization_id ON contact_notes BEGIN
+    UPDATE contacts SET children_seen = children_seen | 1
+        WHERE id = NEW.contact_id AND organization_id = NEW.organization_id AND children_seen & 1 = 0;
+END;
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS tasks_seen AFTER INSERT ON tasks WHEN NEW.contact_id IS NOT NULL BEGIN
+    UPDATE contacts SET children_seen = children_seen | 2
+        WHERE id = NEW.contact_id AND organization_id = NEW.organization_id AND children_seen & 2 = 0;
+END;
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS tasks_seen_moved AFTER UPDATE OF contact_id, organization_id ON tasks
+WHEN NEW.contact_id IS NOT NULL BEGIN
+    UPDATE contacts SET children_seen = children_seen | 2
+        WHERE id = NEW.contact_id AND organization_id = NEW.organization_id AND children_seen & 2 = 0;
+END;
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS deal_contacts_seen AFTER INSERT ON deal_contacts BEGIN
+    UPDATE contacts SET children_seen = children_seen | 4
+        WHERE id = NEW.contact_id AND organization_id = NEW.organization_id AND children_seen & 4 = 0;
+END;
+-- postgresql only
+CREATE OR REPLACE FUNCTION children_seen_mark(flag INTEGER, organization TEXT[], contact TEXT[]) RETURNS VOID
+LANGUAGE sql AS '
+    WITH named AS (
+        SELECT c.id FROM contacts AS c JOIN unnest(organization, contact) AS n (organization_id, contact_id)
+            ON c.organization_id = n.organization_id AND c.id = n.contact_id
+        WHERE c.children_seen & flag = 0 ORDER BY c.id FOR NO KEY UPDATE OF c
+    )
+    UPDATE contacts SET children_seen = children_seen | flag WHERE id IN (SELECT id FROM named)';
+-- postgresql only
+CREATE OR REPLACE FUNCTION contact_notes_seen() RETURNS trigger LANGUAGE plpgsql AS '
+BEGIN
+    PERFORM children_seen_mark(1, array_agg(organization_id), array_agg(contact_id)) FROM added;
+    RETURN NULL;
+END';
+-- postgresql only
+CREATE OR REPLACE FUNCTION tasks_seen() RETURNS trigger LANGUAGE plpgsql AS '
+BEGIN
+    PERFORM children_seen_mark(2, array_agg(organization_id), array_agg(contact_id)) FROM added
+        WHERE contact_id IS NOT NULL;
+    RETURN NULL;
+END';
+-- postgresql only
+CREATE OR REPLACE FUNCTION deals_seen() RETURNS trigger LANGUAGE plpgsql AS '
+BEGIN
+    PERFORM children_seen_mark(4, array_agg(a.organization_id), array_agg(j.value)) FROM added AS a
+        CROSS JOIN LATERAL jsonb_array_elements_text(
+            CASE WHEN jsonb_typeof(a.contact_ids) = ''array'' THEN a.contact_ids ELSE ''[]'' END) AS j (value);
+    RETURN NULL;
+END';
+
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (24);
+INSERT INTO schema_version (version) VALUES (25);

@@ -93,6 +93,7 @@ BUILTIN = {
             delete='archive',
             references={'company_id': 'companies', 'tags': 'tags'},
             arrays=frozenset({'tags'}),
+            hidden=frozenset({'children_seen'}),  # which reverse relations may have children (sqlbuild.SEEN_BITS)
             search=CONTACT_SEARCH,
         ),
         ResourceSpec('companies', 'comp_', delete='archive', search=COMPANY_SEARCH),

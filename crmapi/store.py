@@ -332,14 +332,22 @@ class Store:
             raise RecordNotFound(f"No {info.slug} record with id '{record_id}'", param='id')
         return self.reader(info)(row)
 
-    def list(self, info, principal, lq, count='exact'):
-        """One page of records and the number of matches: exact, estimated, or None for `none`."""
+    def list(self, info, principal, lq, count='exact', seen=False):
+        """One page of records and the number of matches: exact, estimated, or None for `none`.
+
+        `seen`: each record also holds sqlbuild.SEEN_COLUMN where its table has one (for Relations.embed, which
+        takes it out).
+        """
         d = self.db.dialect
         read = self.reader(info)
+        seen = seen and info.spec.table in sqlbuild.SEEN_TABLES
         with self.db.transaction() as tx:
-            raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq))
+            raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq, seen))
             counted = raw[0][-1] if raw and sqlbuild.pages_in_rows(info, lq) else None
-            rows = [read(r[:-1] if counted is not None else r) for r in raw]
+            if seen:
+                rows = self._with_seen(read, raw, len(sqlbuild.output_columns(info)))
+            else:
+                rows = [read(r[:-1] if counted is not None else r) for r in raw]
             if count == 'none':
                 total = None
             elif lq.start == 0 and lq.after is None and len(rows) < lq.size:
@@ -349,6 +357,16 @@ class Store:
             else:
                 total = self._total(tx, info, principal, lq, count)
         return rows, total
+
+    @staticmethod
+    def _with_seen(read, raw, width):
+        """Records of page rows that carry SEEN_COLUMN after their `width` output columns."""
+        rows = []
+        for r in raw:
+            record = read(r[:width])
+            record[sqlbuild.SEEN_COLUMN] = r[width]
+            rows.append(record)
+        return rows
 
     def _total(self, tx, info, principal, lq, count='exact'):
         """The live-row counter when nothing narrows the list; else an index-backed COUNT, or with
