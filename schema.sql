@@ -558,34 +558,40 @@ CREATE TRIGGER IF NOT EXISTS deal_contacts_seen AFTER INSERT ON deal_contacts BE
         WHERE id = NEW.contact_id AND organization_id = NEW.organization_id AND children_seen & 4 = 0;
 END;
 -- postgresql only
-CREATE OR REPLACE FUNCTION children_seen_mark(flag INTEGER, organization TEXT[], contact TEXT[]) RETURNS VOID
-LANGUAGE sql AS '
-    WITH named AS (
-        SELECT c.id FROM contacts AS c JOIN unnest(organization, contact) AS n (organization_id, contact_id)
-            ON c.organization_id = n.organization_id AND c.id = n.contact_id
-        WHERE c.children_seen & flag = 0 ORDER BY c.id FOR NO KEY UPDATE OF c
-    )
-    UPDATE contacts SET children_seen = children_seen | flag WHERE id IN (SELECT id FROM named)';
--- postgresql only
-CREATE OR REPLACE FUNCTION contact_notes_seen() RETURNS trigger LANGUAGE plpgsql AS '
+CREATE OR REPLACE FUNCTION contacts_children_seen() RETURNS trigger LANGUAGE plpgsql AS '
+DECLARE
+    flag INTEGER := TG_ARGV[0]::INTEGER;
+    named TEXT[];
 BEGIN
-    PERFORM children_seen_mark(1, array_agg(organization_id), array_agg(contact_id)) FROM added;
-    RETURN NULL;
-END';
--- postgresql only
-CREATE OR REPLACE FUNCTION tasks_seen() RETURNS trigger LANGUAGE plpgsql AS '
-BEGIN
-    PERFORM children_seen_mark(2, array_agg(organization_id), array_agg(contact_id)) FROM added
-        WHERE contact_id IS NOT NULL;
-    RETURN NULL;
-END';
--- postgresql only
-CREATE OR REPLACE FUNCTION deals_seen() RETURNS trigger LANGUAGE plpgsql AS '
-BEGIN
-    PERFORM children_seen_mark(4, array_agg(a.organization_id), array_agg(j.value)) FROM added AS a
-        CROSS JOIN LATERAL jsonb_array_elements_text(
+    IF TG_TABLE_NAME = ''deals'' THEN
+        SELECT array_agg(DISTINCT j.value) INTO named FROM added AS a CROSS JOIN LATERAL jsonb_array_elements_text(
             CASE WHEN jsonb_typeof(a.contact_ids) = ''array'' THEN a.contact_ids ELSE ''[]'' END) AS j (value);
+    ELSE
+        SELECT array_agg(DISTINCT contact_id) INTO named FROM added WHERE contact_id IS NOT NULL;
+    END IF;
+    SELECT array_agg(id) INTO named FROM (
+        SELECT id FROM contacts WHERE id = ANY(named) AND children_seen & flag = 0 ORDER BY id FOR NO KEY UPDATE
+    ) AS clear;
+    IF named IS NOT NULL THEN
+        UPDATE contacts SET children_seen = children_seen | flag WHERE id = ANY(named);
+    END IF;
     RETURN NULL;
+END';
+-- postgresql only
+DO '
+BEGIN
+    CREATE TRIGGER contact_notes_seen AFTER INSERT ON contact_notes REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION contacts_children_seen(1);
+    CREATE TRIGGER contact_notes_seen_moved AFTER UPDATE ON contact_notes REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION contacts_children_seen(1);
+    CREATE TRIGGER tasks_seen AFTER INSERT ON tasks REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION contacts_children_seen(2);
+    CREATE TRIGGER tasks_seen_moved AFTER UPDATE ON tasks REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION contacts_children_seen(2);
+    CREATE TRIGGER deals_seen AFTER INSERT ON deals REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION contacts_children_seen(4);
+    CREATE TRIGGER deals_seen_moved AFTER UPDATE ON deals REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION contacts_children_seen(4);
 END';
 
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.
