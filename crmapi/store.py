@@ -326,6 +326,16 @@ class Store:
         names = sqlbuild.output_columns(info)
         return self.db.record_reader(names, [info.columns[n].kind for n in names])
 
+    def _seen_reader(self, info):
+        """The reader of page rows that end with sqlbuild.SEEN_COLUMN (build_list with `seen`)."""
+
+        def make():
+            names = sqlbuild.output_columns(info)
+            kinds = [info.columns[n].kind for n in names]
+            return self.db.record_reader([*names, sqlbuild.SEEN_COLUMN], [*kinds, 'integer'])
+
+        return per_shape(self._readers, (info.shape_key, sqlbuild.SEEN_COLUMN), make)
+
     def _fetch(self, tx, info, principal, record_id, for_update=False):
         row = tx.one(*sqlbuild.build_get(self.db.dialect, info, principal.org_id, record_id, for_update))
         if row is None:
@@ -339,15 +349,12 @@ class Store:
         takes it out).
         """
         d = self.db.dialect
-        read = self.reader(info)
         seen = seen and info.spec.table in sqlbuild.SEEN_TABLES
+        read = self._seen_reader(info) if seen else self.reader(info)
         with self.db.transaction() as tx:
             raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq, seen))
             counted = raw[0][-1] if raw and sqlbuild.pages_in_rows(info, lq) else None
-            if seen:
-                rows = self._with_seen(read, raw, len(sqlbuild.output_columns(info)))
-            else:
-                rows = [read(r[:-1] if counted is not None else r) for r in raw]
+            rows = [read(r[:-1] if counted is not None else r) for r in raw]
             if count == 'none':
                 total = None
             elif lq.start == 0 and lq.after is None and len(rows) < lq.size:
@@ -357,16 +364,6 @@ class Store:
             else:
                 total = self._total(tx, info, principal, lq, count)
         return rows, total
-
-    @staticmethod
-    def _with_seen(read, raw, width):
-        """Records of page rows that carry SEEN_COLUMN after their `width` output columns."""
-        rows = []
-        for r in raw:
-            record = read(r[:width])
-            record[sqlbuild.SEEN_COLUMN] = r[width]
-            rows.append(record)
-        return rows
 
     def _total(self, tx, info, principal, lq, count='exact'):
         """The live-row counter when nothing narrows the list; else an index-backed COUNT, or with
