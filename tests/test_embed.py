@@ -418,6 +418,15 @@ def test_a_page_embeds_what_each_contact_read_alone_embeds_whatever_wrote_its_ch
     assert page[cy]['tasks']['items'][0]['text'] == 'moved' and page[bob]['tasks'] == {'total': 0, 'items': []}
     assert [d['name'] for d in page[eve]['deals']['items']] == ['Big'] and page[bob]['deals']['total'] == 0
     assert 'children_seen' not in page[ada] and 'children_seen' not in api.list('contacts')[0]
+    searched = embedded(api, 'contacts', relations, filter={'q': 'Cyan'})
+    assert searched == [page[cy]], 'a page of search rows reads the flags too'
+
+
+def test_a_deep_page_read_ids_first_embeds_the_children_too(api, crm, monkeypatch):
+    monkeypatch.setattr(sqlbuild, 'DEFERRED_FROM', 1)  # PostgreSQL's deep pages: ids first, then the rows
+    api.create('contact_notes', contact_id=crm['bob']['id'], text='deep')
+    [bob] = embedded(api, 'contacts', ['notes', 'company'], range=[1, 1], sort='last_name')
+    assert bob['id'] == crm['bob']['id'] and bob['notes']['items'][0]['text'] == 'deep'
 
 
 def test_a_page_whose_contacts_never_had_children_asks_no_statement_for_them(api, statements):

@@ -7,6 +7,9 @@
 -- to contacts was planned as a hash join over every contact of the organization. PL/pgSQL plans its statements
 -- once per connection (an SQL function's are planned at each call). Bodies are quoted '…', not $$…$$, so that
 -- schema.sql splits as SQLite reads it.
+-- The children's tables are locked against writes first: a child written by another host between the backfill
+-- and its trigger would leave its contact's bit clear.
+LOCK TABLE contact_notes, tasks, deals IN SHARE ROW EXCLUSIVE MODE;
 ALTER TABLE contacts ADD COLUMN children_seen INTEGER NOT NULL DEFAULT 0;
 UPDATE contacts SET children_seen = children_seen | 1 WHERE id IN (SELECT contact_id FROM contact_notes);
 UPDATE contacts SET children_seen = children_seen | 2 WHERE id IN (SELECT contact_id FROM tasks);
