@@ -811,6 +811,15 @@ SEEN_TABLES = frozenset({'contacts'})
 SEEN_BITS = {('contact_notes', 'contact_id'): 1, ('tasks', 'contact_id'): 2, ('deals', 'contact_ids'): 4}
 
 
+def reads_seen(info):
+    """Whether pages of `info` can read SEEN_COLUMN: its table has one.
+
+    NOTE: a database migrated past 0025 by another branch before 0025 existed skips it (`migrate` runs only newer
+    versions): without the column, pages ask every parent, as before.
+    """
+    return info.spec.table in SEEN_TABLES and SEEN_COLUMN in info.hidden
+
+
 def seen_bit(child, column):
     """The bit of children_seen that the children of `child` (a TableInfo) through `column` set, or None."""
     return SEEN_BITS.get((child.spec.table, column.name)) if column.references in SEEN_TABLES else None
@@ -1012,7 +1021,7 @@ def build_list(d, info, org_id, lq, seen=False):
     """A page of records: rows of the output columns, then `seen` (the SEEN_COLUMN, where asked for and the
     table has one), then the total where pages_in_rows."""
     table = Table(info.spec.table)
-    seen = seen and info.spec.table in SEEN_TABLES
+    seen = seen and reads_seen(info)
     if pages_in_rows(info, lq):
         return _shaped(
             d,

@@ -349,7 +349,7 @@ class Store:
         takes it out).
         """
         d = self.db.dialect
-        seen = seen and info.spec.table in sqlbuild.SEEN_TABLES
+        seen = seen and sqlbuild.reads_seen(info)
         read = self._seen_reader(info) if seen else self.reader(info)
         with self.db.transaction() as tx:
             raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq, seen))
