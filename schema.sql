@@ -81,6 +81,8 @@ CREATE TABLE IF NOT EXISTS contacts (
     updated_at TIMESTAMPTZ NOT NULL,
     archived_at TIMESTAMPTZ,
     external_id TEXT,
+    -- which reverse relations may have children (1 notes, 2 tasks, 4 deals; never cleared): see migration 0025
+    children_seen INTEGER NOT NULL DEFAULT 0,
     UNIQUE (organization_id, id),
     FOREIGN KEY (organization_id, company_id) REFERENCES companies (organization_id, id)
 );
@@ -539,6 +541,71 @@ CREATE TABLE search_texts (
 CREATE INDEX search_texts_trigrams ON search_texts USING gin (texts gin_trgm_ops);
 -- postgresql only
 CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(words, ' '), '  ')));
+
+-- Which of a contact's reverse relations may have children (contacts.children_seen), kept by triggers
+-- (migration 0025): SQLite's per row, PostgreSQL's per statement.
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS contact_notes_seen AFTER INSERT ON contact_notes BEGIN
+    UPDATE contacts SET children_seen = children_seen | 1
+        WHERE id = NEW.contact_id AND organization_id = NEW.organization_id AND children_seen & 1 = 0;
+END;
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS contact_notes_seen_moved AFTER UPDATE OF contact_id, organization_id ON contact_notes BEGIN
+    UPDATE contacts SET children_seen = children_seen | 1
+        WHERE id = NEW.contact_id AND organization_id = NEW.organization_id AND children_seen & 1 = 0;
+END;
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS tasks_seen AFTER INSERT ON tasks WHEN NEW.contact_id IS NOT NULL BEGIN
+    UPDATE contacts SET children_seen = children_seen | 2
+        WHERE id = NEW.contact_id AND organization_id = NEW.organization_id AND children_seen & 2 = 0;
+END;
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS tasks_seen_moved AFTER UPDATE OF contact_id, organization_id ON tasks
+WHEN NEW.contact_id IS NOT NULL BEGIN
+    UPDATE contacts SET children_seen = children_seen | 2
+        WHERE id = NEW.contact_id AND organization_id = NEW.organization_id AND children_seen & 2 = 0;
+END;
+-- sqlite only
+CREATE TRIGGER IF NOT EXISTS deal_contacts_seen AFTER INSERT ON deal_contacts BEGIN
+    UPDATE contacts SET children_seen = children_seen | 4
+        WHERE id = NEW.contact_id AND organization_id = NEW.organization_id AND children_seen & 4 = 0;
+END;
+-- postgresql only
+CREATE OR REPLACE FUNCTION contacts_children_seen() RETURNS trigger LANGUAGE plpgsql AS '
+DECLARE
+    flag INTEGER := TG_ARGV[0]::INTEGER;
+    named TEXT[];
+BEGIN
+    IF TG_TABLE_NAME = ''deals'' THEN
+        SELECT array_agg(DISTINCT j.value) INTO named FROM added AS a CROSS JOIN LATERAL jsonb_array_elements_text(
+            CASE WHEN jsonb_typeof(a.contact_ids) = ''array'' THEN a.contact_ids ELSE ''[]'' END) AS j (value);
+    ELSE
+        SELECT array_agg(DISTINCT contact_id) INTO named FROM added WHERE contact_id IS NOT NULL;
+    END IF;
+    SELECT array_agg(id) INTO named FROM (
+        SELECT id FROM contacts WHERE id = ANY(named) AND children_seen & flag = 0 ORDER BY id FOR NO KEY UPDATE
+    ) AS clear;
+    IF named IS NOT NULL THEN
+        UPDATE contacts SET children_seen = children_seen | flag WHERE id = ANY(named);
+    END IF;
+    RETURN NULL;
+END';
+-- postgresql only
+DO '
+BEGIN
+    CREATE TRIGGER contact_notes_seen AFTER INSERT ON contact_notes REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION contacts_children_seen(1);
+    CREATE TRIGGER contact_notes_seen_moved AFTER UPDATE ON contact_notes REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION contacts_children_seen(1);
+    CREATE TRIGGER tasks_seen AFTER INSERT ON tasks REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION contacts_children_seen(2);
+    CREATE TRIGGER tasks_seen_moved AFTER UPDATE ON tasks REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION contacts_children_seen(2);
+    CREATE TRIGGER deals_seen AFTER INSERT ON deals REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION contacts_children_seen(4);
+    CREATE TRIGGER deals_seen_moved AFTER UPDATE ON deals REFERENCING NEW TABLE AS added
+        FOR EACH STATEMENT EXECUTE FUNCTION contacts_children_seen(4);
+END';
 
 -- The schema's version, read by `crmapi init-db` so that running it twice changes nothing.
 CREATE TABLE IF NOT EXISTS schema_version (

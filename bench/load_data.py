@@ -27,8 +27,8 @@ printed on stdout (and stored in --meta FILE with the organization ids and the t
 --replace starts from nothing (SQLite: deletes the file; PostgreSQL: drops schema public).
 Without it an existing crmapi schema that already holds organizations is refused.
 NOTE: rows are written directly, not through the API, so derived data the schema keeps (the
-per-organization `row_counts` of migration 0003) is recomputed here, in `derived()`; a new kind
-of derived data needs a line there.
+per-organization `row_counts` of migration 0003, contacts' `children_seen` of 0025) is recomputed here, in
+`derived()`; a new kind of derived data needs a line there.
 """
 
 from __future__ import annotations
@@ -598,11 +598,13 @@ class Dataset:
             )
 
 
-def derived(execute, has_table):
-    """Derived data the schema keeps beside the rows: `row_counts` (migration 0003), when present.
+def derived(execute, has_table, dialect):
+    """Derived data the schema keeps beside the rows: `row_counts` (migration 0003) and contacts' `children_seen`
+    (migration 0025), when present.
 
-    Recomputed from the loaded rows as the migration does: live (non-archived) rows per
-    organization and table. `execute(sql)` runs a statement; `has_table(name)` says if it exists.
+    Recomputed from the loaded rows as the migrations do: live (non-archived) rows per organization and table; the
+    flags by the migration's own statements (PostgreSQL's triggers do not run under session_replication_role =
+    replica). `execute(sql)` runs a statement; `has_table(name)` says if it exists.
     """
     if not has_table('row_counts'):
         return
@@ -613,6 +615,22 @@ def derived(execute, has_table):
             f"INSERT INTO row_counts (organization_id, table_name, n) SELECT organization_id, '{table}', "
             f'COUNT(*) FROM {table}{live} GROUP BY organization_id'
         )
+    for statement in children_seen_backfill(dialect):
+        execute(statement)
+
+
+def children_seen_backfill(dialect):
+    """The UPDATEs by which migration 0025 sets contacts.children_seen from the children there ([] before 0025)."""
+    from crmapi import migrations
+    from crmapi.db import SQLiteDatabase
+
+    steps = [sql for version, name, sql in migrations.available(dialect) if name == 'children_seen']
+    statements = (
+        '\n'.join(line for line in statement.splitlines() if not line.startswith('--'))
+        for sql in steps
+        for statement in SQLiteDatabase.statements(sql)
+    )
+    return [statement for statement in statements if statement.startswith('UPDATE contacts SET children_seen')]
 
 
 def init_db(url):
@@ -686,6 +704,7 @@ def load_sqlite(path, data, replace):
         lambda t: (
             con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (t,)).fetchone() is not None
         ),
+        'sqlite',
     )
     con.execute('COMMIT')
     t0 = time.time()
@@ -752,7 +771,9 @@ def load_pg(url, data, replace):
                     n += 1
             timings[table] = round(time.time() - t0, 2)
             log(f'pg {table}: {n} rows in {timings[table]}s')
-        derived(con.execute, lambda t: con.execute('SELECT to_regclass(%s)', (t,)).fetchone()[0] is not None)
+        derived(
+            con.execute, lambda t: con.execute('SELECT to_regclass(%s)', (t,)).fetchone()[0] is not None, 'postgresql'
+        )
         con.commit()
         t0 = time.time()
         for name, sql in indexes:

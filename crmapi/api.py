@@ -262,7 +262,7 @@ class Records:
         count = count_preference(req)
         # NOTE: one transaction, so the page and what it embeds are read from the same database state.
         with self.store.db.transaction():
-            rows, total = self.store.list(info, principal, lq, count)
+            rows, total = self.store.list(info, principal, lq, count, self.relations.wants_seen(lq.embeds))
             # NOTE: the cursor is made before embedding, which may put records in place of ids.
             cursor = query.make_cursor(lq, info, params, rows[-1], key) if rows and len(rows) == lq.size else None
             self.relations.embed(principal, rows, lq.embeds, lq.embed_limit)

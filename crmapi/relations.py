@@ -21,6 +21,8 @@ from .duplicates import collector_paused
 from .errors import UnknownResource
 from .store import per_shape
 
+SEEN = sqlbuild.SEEN_COLUMN
+
 
 @dataclass(frozen=True)
 class Relation:
@@ -32,6 +34,11 @@ class Relation:
     @property
     def many(self):
         return self.reverse or self.column.kind == 'array'
+
+    @property
+    def seen_bit(self):
+        """A reverse relation's bit in its parents' sqlbuild.SEEN_COLUMN, or None (no flag: every parent is asked)."""
+        return sqlbuild.seen_bit(self.target, self.column) if self.reverse else None
 
     @property
     def replaces(self):
@@ -231,15 +238,32 @@ class Relations:
             tables.update({t.slug: t for t in custom.active_tables(principal.org_id)})
         return tables
 
+    @staticmethod
+    def wants_seen(relations):
+        """Whether a page embedding `relations` should read its records' sqlbuild.SEEN_COLUMN (Store.list)."""
+        return any(relation.seen_bit is not None for relation in relations)
+
     def embed(self, principal, records, relations, limit):
-        """Add each relation to each record, in place: one statement per relation for all the records."""
-        if not relations or not records:
+        """Add each relation to each record, in place: at most one statement per relation for all the records.
+
+        Records read by Store.list with `seen` carry sqlbuild.SEEN_COLUMN, taken out here: a reverse relation
+        with a bit in it asks only for the records whose bit is set (none set: no statement).
+        """
+        if not records:
+            return records
+        seen = [record.pop(SEEN) for record in records] if SEEN in records[0] else None
+        if not relations:
             return records
         parents = None
         with self.db.transaction() as tx, collector_paused():
             for relation in relations:
                 if not relation.reverse:
                     self._referenced(tx, principal, records, relation)
+                    continue
+                bit = relation.seen_bit if seen is not None else None
+                if bit is not None:
+                    flagged = in_order({r['id']: None for r, flags in zip(records, seen) if flags & bit})
+                    self._children(tx, principal, records, relation, limit, flagged)
                     continue
                 if parents is None:
                     # NOTE: the page's ids, sorted once for all its reverse relations (~0.1 ms for 1,000 records).
@@ -273,10 +297,14 @@ class Relations:
         read = self.reader(relation.target)
         groups = {}
         # NOTE: at least one row per parent comes back even for a limit of 0, to carry the total.
-        for parent, total, rank, *row in tx.rows(
-            *sqlbuild.build_children(
-                self.db.dialect, relation.target, relation.column, principal.org_id, ids, max(limit, 1)
+        for parent, total, rank, *row in (
+            tx.rows(
+                *sqlbuild.build_children(
+                    self.db.dialect, relation.target, relation.column, principal.org_id, ids, max(limit, 1)
+                )
             )
+            if ids
+            else ()
         ):
             group = groups.get(parent)
             if group is None:

@@ -93,6 +93,7 @@ BUILTIN = {
             delete='archive',
             references={'company_id': 'companies', 'tags': 'tags'},
             arrays=frozenset({'tags'}),
+            hidden=frozenset({'children_seen'}),  # which reverse relations may have children (sqlbuild.SEEN_BITS)
             search=CONTACT_SEARCH,
         ),
         ResourceSpec('companies', 'comp_', delete='archive', search=COMPANY_SEARCH),
@@ -223,6 +224,7 @@ class TableInfo:
     columns: dict  # name -> Column, in table order
     declared: dict  # name -> declared SQL type, for introspection
     view_columns: frozenset = frozenset()  # what read-only views over this table add (`nb_tasks`)
+    hidden: frozenset = frozenset()  # the spec's hidden columns this table has
 
     @property
     def slug(self):
@@ -299,13 +301,14 @@ def table_info(spec, rows, indexed=()):
     indexed (custom objects index every reference field).
     """
     indexed = {*indexed, *spec.references}
-    columns, declared = {}, {}
+    columns, declared, hidden = {}, {}, set()
     for name, decl, nullable, default in rows:
         if name in spec.hidden:
+            hidden.add(name)
             continue
         columns[name] = make_column(spec, name, decl or '', nullable, default, name in indexed)
         declared[name] = decl or spec.computed.get(name, '')
-    return TableInfo(spec, columns, declared)
+    return TableInfo(spec, columns, declared, hidden=frozenset(hidden))
 
 
 _CAMEL = re.compile(r'(?<=[a-z0-9])([A-Z])')

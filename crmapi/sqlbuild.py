@@ -562,14 +562,14 @@ def pages_in_rows(info, lq):
     return not lq.sorts and searches_only(info, lq)
 
 
-def _row_page(d, info, org_id, lq):
+def _row_page(d, info, org_id, lq, seen=False):
     """A page of a `searches_only` list without a sort: its ids ranked (or in id order) and paged in the
     search rows, then their records, each row ending with the number of matches.
 
     NOTE: the total is counted in the same pass over the matches that ranks them (a window over all of
     them, before the LIMIT): a broad q reads its matches once, not once more for Content-Range.
     """
-    columns = ', '.join(f't.{quote(n)}' for n in output_columns(info))
+    columns = ', '.join(f't.{quote(n)}' for n in page_columns(info, seen))
     return Sql(
         f'SELECT {columns}, hits.total FROM (SELECT s.record_id, {{0}} AS score, COUNT(*) OVER () AS total '
         'FROM search_texts s WHERE {1} ORDER BY score DESC, s.record_id LIMIT {2} OFFSET {3}) hits '
@@ -612,8 +612,9 @@ def _walk_check(d, info, org_id, lq):
     return Sql('SELECT 1 FROM search_texts s WHERE {0}', Criterion.all(parts))
 
 
-def build_walk(d, info, org_id, lq, length):
-    """(sql, params) of a search's page found by a walk of `length` records, or None where walks() says no.
+def build_walk(d, info, org_id, lq, length, seen=False):
+    """(sql, params) of a search's page found by a walk of `length` records, or None where walks() says no;
+    `seen`: as build_list's.
 
     The first `length` records in the list's order (ranked: id order, among the records of the best score), without
     the search, each checked on its search row. NOTE: when the walk returns a full page, every record before the
@@ -640,10 +641,8 @@ def build_walk(d, info, org_id, lq, length):
     )
     name, p = quote(info.spec.table), d.parameter().get_sql()
     order = walked.rpartition(' ORDER BY ')[2]
-    rows = d.memo(
-        ('rows', info.spec.table, tuple(output_columns(info))),
-        lambda: d.from_(table).select(*[table.field(n) for n in output_columns(info)]),
-    )
+    columns = page_columns(info, seen and reads_seen(info))
+    rows = d.memo(('rows', info.spec.table, tuple(columns)), lambda: d.from_(table).select(*map(table.field, columns)))
     # NOTE: the walk reads only the keys of the order (a covering index), the page's records are read last. Its
     # length is written into the statement: PostgreSQL plans a LIMIT it is not told as a tenth of the table.
     sql = (
@@ -911,6 +910,36 @@ def output_columns(info):
     return [name for name in info.columns if name != 'organization_id']
 
 
+# -- children seen (migration 0025) ----------------------------------------------------------------
+# A contact's children_seen has a bit per reverse relation, set by triggers when a child first names the contact
+# and never cleared: a superset of the contacts with children (archived, deleted and moved-away children leave it
+# set; the children's statement finds those absent). A page embedding one of these relations reads the flags with
+# its rows and asks the children's index only for the contacts whose bit is set.
+SEEN_COLUMN = 'children_seen'
+SEEN_TABLES = frozenset({'contacts'})
+SEEN_BITS = {('contact_notes', 'contact_id'): 1, ('tasks', 'contact_id'): 2, ('deals', 'contact_ids'): 4}
+
+
+def reads_seen(info):
+    """Whether pages of `info` can read SEEN_COLUMN: its table has one.
+
+    NOTE: a database migrated past 0025 by another branch before 0025 existed skips it (`migrate` runs only newer
+    versions): without the column, pages ask every parent, as before.
+    """
+    return info.spec.table in SEEN_TABLES and SEEN_COLUMN in info.hidden
+
+
+def seen_bit(child, column):
+    """The bit of children_seen that the children of `child` (a TableInfo) through `column` set, or None."""
+    return SEEN_BITS.get((child.spec.table, column.name)) if column.references in SEEN_TABLES else None
+
+
+def page_columns(info, seen=False):
+    """The columns a page reads: the output columns, then SEEN_COLUMN when `seen`."""
+    columns = output_columns(info)
+    return [*columns, SEEN_COLUMN] if seen else columns
+
+
 def _returning(info):
     return ' RETURNING ' + ','.join('"%s"' % n.replace('"', '""') for n in output_columns(info))
 
@@ -1097,30 +1126,33 @@ def _deferred(d, lq):
     )
 
 
-def build_list(d, info, org_id, lq):
+def build_list(d, info, org_id, lq, seen=False):
+    """A page of records: rows of the output columns, then `seen` (the SEEN_COLUMN, where asked for and the
+    table has one), then the total where pages_in_rows."""
     table = Table(info.spec.table)
+    seen = seen and reads_seen(info)
     if pages_in_rows(info, lq):
         return _shaped(
             d,
-            ('row_page', list_shape(info, lq)),
-            lambda: _row_page(d, info, org_id, lq),
-            lambda: _row_page(d, info, org_id, lq),
+            ('row_page', list_shape(info, lq), seen),
+            lambda: _row_page(d, info, org_id, lq, seen),
+            lambda: _row_page(d, info, org_id, lq, seen),
             [],
         )
     paging, extra = _paging(d, lq)
     if _deferred(d, lq):
-        return _deferred_page(d, info, org_id, lq, table, paging, extra)
+        return _deferred_page(d, info, org_id, lq, table, paging, extra, seen)
     sql, params = _shaped(
         d,
-        ('list', list_shape(info, lq)),
-        lambda: _select(d, info, org_id, lq),
+        ('list', list_shape(info, lq), seen),
+        lambda: _select(d, info, org_id, lq, page_columns(info, seen)),
         lambda: (_select_values(d, table, info, org_id, lq), _ranking(d, table, info, org_id, lq)),
         extra,
     )
     return sql + paging, params
 
 
-def _deferred_page(d, info, org_id, lq, table, paging, extra):
+def _deferred_page(d, info, org_id, lq, table, paging, extra, seen=False):
     """A deep page in two steps: the page's ids (LIMIT/OFFSET over the sort index alone, an index-only scan
     that skips the rows it passes without reading them), then only those rows, put back in order.
 
@@ -1136,7 +1168,7 @@ def _deferred_page(d, info, org_id, lq, table, paging, extra):
         [],
     )
     order = ids.rpartition(' ORDER BY ')[2]
-    columns = output_columns(info)
+    columns = page_columns(info, seen)
     rows = d.memo(
         ('rows', info.spec.table, tuple(columns)), lambda: d.from_(table).select(*[table.field(n) for n in columns])
     )

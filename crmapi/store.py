@@ -326,20 +326,35 @@ class Store:
         names = sqlbuild.output_columns(info)
         return self.db.record_reader(names, [info.columns[n].kind for n in names])
 
+    def _seen_reader(self, info):
+        """The reader of page rows that end with sqlbuild.SEEN_COLUMN (build_list with `seen`)."""
+
+        def make():
+            names = sqlbuild.output_columns(info)
+            kinds = [info.columns[n].kind for n in names]
+            return self.db.record_reader([*names, sqlbuild.SEEN_COLUMN], [*kinds, 'integer'])
+
+        return per_shape(self._readers, (info.shape_key, sqlbuild.SEEN_COLUMN), make)
+
     def _fetch(self, tx, info, principal, record_id, for_update=False):
         row = tx.one(*sqlbuild.build_get(self.db.dialect, info, principal.org_id, record_id, for_update))
         if row is None:
             raise RecordNotFound(f"No {info.slug} record with id '{record_id}'", param='id')
         return self.reader(info)(row)
 
-    def list(self, info, principal, lq, count='exact'):
-        """One page of records and the number of matches: exact, estimated, or None for `none`."""
+    def list(self, info, principal, lq, count='exact', seen=False):
+        """One page of records and the number of matches: exact, estimated, or None for `none`.
+
+        `seen`: each record also holds sqlbuild.SEEN_COLUMN where its table has one (for Relations.embed, which
+        takes it out).
+        """
         d = self.db.dialect
-        read = self.reader(info)
+        seen = seen and sqlbuild.reads_seen(info)
+        read = self._seen_reader(info) if seen else self.reader(info)
         with self.db.transaction() as tx:
-            raw, counted = self._walked(tx, info, principal, lq), None
+            raw, counted = self._walked(tx, info, principal, lq, seen), None
             if raw is None:
-                raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq))
+                raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq, seen))
                 counted = raw[0][-1] if raw and sqlbuild.pages_in_rows(info, lq) else None
             rows = [read(r[:-1] if counted is not None else r) for r in raw]
             if count == 'none':
@@ -352,7 +367,7 @@ class Store:
                 total = self._total(tx, info, principal, lq, count)
         return rows, total
 
-    def _walked(self, tx, info, principal, lq):
+    def _walked(self, tx, info, principal, lq, seen=False):
         """A broad search's page from a walk of the first records in its order (sqlbuild.build_walk), or None:
         not a search it applies to, or too few matches among them to prove the page.
 
@@ -360,12 +375,12 @@ class Store:
         match (q "jo smi": 0.3 % of the records) costs the short walk only.
         """
         d, first = self.db.dialect, sqlbuild.WALK_FIRST
-        walk = sqlbuild.build_walk(d, info, principal.org_id, lq, first)
+        walk = sqlbuild.build_walk(d, info, principal.org_id, lq, first, seen)
         if walk is None:
             return None
         rows = tx.rows(*walk)
         if len(rows) < lq.size and (lq.start + len(rows)) * sqlbuild.WALK >= (lq.start + lq.size) * first:
-            rows = tx.rows(*sqlbuild.build_walk(d, info, principal.org_id, lq, sqlbuild.WALK))
+            rows = tx.rows(*sqlbuild.build_walk(d, info, principal.org_id, lq, sqlbuild.WALK, seen))
         return rows if len(rows) == lq.size else None
 
     def _total(self, tx, info, principal, lq, count='exact'):

@@ -11,6 +11,9 @@ import csv
 import io
 import json
 import re
+import threading
+import time
+import uuid
 
 import pytest
 
@@ -374,6 +377,89 @@ def test_a_custom_object_and_archived_children_embed_alike_beside_the_index(api,
     contact = embedded(api, 'contacts', ['deals', 'meetings'], ada)
     assert [d['name'] for d in contact['deals']['items']] == ['Big'] and contact['deals']['total'] == 1
     assert [m['title'] for m in contact['meetings']['items']] == ['Kick-off']
+
+
+# -- the children seen (migration 0025) ------------------------------------------------------------
+
+
+def insert_notes(tx, dialect, org_id, contact_ids):
+    """contact_notes rows for `contact_ids`, in one statement, written around the API."""
+    p = dialect.parameter().get_sql()
+    now = '2026-01-01T00:00:00.000000Z'
+    tx.execute(
+        'INSERT INTO contact_notes (id, organization_id, contact_id, text, created_at, updated_at) VALUES '
+        + ', '.join(f'({p}, {p}, {p}, {p}, {p}, {p})' for _ in contact_ids),
+        [v for c in contact_ids for v in ('cn_' + uuid.uuid4().hex, org_id, c, 'raw', now, now)],
+    )
+
+
+def test_a_page_embeds_what_each_contact_read_alone_embeds_whatever_wrote_its_children(api, database, crm):
+    """A page asks the children's index only for the contacts whose bit of children_seen is set, so every writer
+    must set it: creates, batches, a reference moved by the API or by SQL, a deal's contact_ids, a merge."""
+    ada, bob = crm['ada']['id'], crm['bob']['id']
+    cy, dee, eve = (api.create('contacts', last_name=name)['id'] for name in ('Cyan', 'Dee', 'Eve'))
+    api.create('contact_notes', contact_id=ada, text='created')
+    api.post('/api/contact_notes', [{'contact_id': cy, 'text': 'batch'}, {'contact_id': dee, 'text': 'batch'}])
+    moved = api.create('tasks', text='moved', contact_id=bob)
+    api.put(f'/api/tasks/{moved["id"]}', {'contact_id': cy})
+    by_sql = api.create('contact_notes', contact_id=ada, text='by SQL')
+    write_around_the_api(database, 'contact_notes', 'contact_id', by_sql['id'], dee)
+    api.put(f'/api/deals/{crm["deal"]["id"]}', {'contact_ids': [ada, eve]})
+    gone = api.create('tasks', text='archived', contact_id=eve)
+    api.delete(f'/api/tasks/{gone["id"]}')
+    api.create('tasks', text='to merge', contact_id=dee)
+    api.post('/api/merge_contacts', {'source_ids': [dee], 'target_id': eve}, status=200)
+    relations = ['notes', 'tasks', 'deals']
+    page = by_id(embedded(api, 'contacts', relations, range=[0, 99]))
+    assert set(page) == {ada, bob, cy, eve}
+    for contact_id, record in page.items():
+        assert record == embedded(api, 'contacts', relations, contact_id), contact_id
+    assert [n['text'] for n in page[eve]['notes']['items']] == ['by SQL', 'batch'], 'merged from dee'
+    assert page[cy]['tasks']['items'][0]['text'] == 'moved' and page[bob]['tasks'] == {'total': 0, 'items': []}
+    assert [d['name'] for d in page[eve]['deals']['items']] == ['Big'] and page[bob]['deals']['total'] == 0
+    assert 'children_seen' not in page[ada] and 'children_seen' not in api.list('contacts')[0]
+    searched = embedded(api, 'contacts', relations, filter={'q': 'Cyan'})
+    assert searched == [page[cy]], 'a page of search rows reads the flags too'
+    walked = embedded(api, 'contacts', relations, filter={'q': 'Cyan'}, range=[0, 0])
+    assert walked == [page[cy]], 'a page found by a walk of the first records (sqlbuild.build_walk) reads them too'
+
+
+def test_a_deep_page_read_ids_first_embeds_the_children_too(api, crm, monkeypatch):
+    monkeypatch.setattr(sqlbuild, 'DEFERRED_FROM', 1)  # PostgreSQL's deep pages: ids first, then the rows
+    api.create('contact_notes', contact_id=crm['bob']['id'], text='deep')
+    [bob] = embedded(api, 'contacts', ['notes', 'company'], range=[1, 1], sort='last_name')
+    assert bob['id'] == crm['bob']['id'] and bob['notes']['items'][0]['text'] == 'deep'
+
+
+def test_a_page_whose_contacts_never_had_children_asks_no_statement_for_them(api, statements):
+    api.create('contacts', last_name='Alone')
+    statements.clear()
+    [contact] = api.list('contacts', embed=['notes', 'tasks', 'deals'])
+    assert contact['notes'] == contact['tasks'] == contact['deals'] == {'total': 0, 'items': []}
+    assert not [sql for sql in statements if '_rank' in sql], 'no children statement'
+
+
+def test_writers_adding_the_first_children_of_the_same_contacts_wait_for_each_other(api, database, crm):
+    """The second writer waits for the first (PostgreSQL: the contacts' rows; SQLite: the write lock), then finds
+    the bits set: neither fails, and both notes of each contact are embedded."""
+    ada, bob = crm['ada']['id'], crm['bob']['id']
+    done = []
+
+    def second():
+        with database.transaction(write=True) as tx:
+            insert_notes(tx, database.dialect, api.org_id, [bob, ada])
+        done.append(True)
+
+    with database.transaction(write=True) as tx:
+        insert_notes(tx, database.dialect, api.org_id, [ada, bob])
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        time.sleep(0.3)
+        assert not done, 'the second writer waits for the first'
+    waiting.join(10)
+    assert done == [True]
+    page = by_id(embedded(api, 'contacts', 'notes'))
+    assert page[ada]['notes']['total'] == page[bob]['notes']['total'] == 2
 
 
 # -- no N+1 ----------------------------------------------------------------------------------------

@@ -217,3 +217,44 @@ def test_records_found_by_search_before_migration_22_are_found_the_same_after_it
     )
     client.post_json('/api/contacts', {'first_name': 'Adele', 'last_name': 'Mithras'}, headers=headers)
     assert [len(found) for found in answers()] == [4, 2, 3, 1], 'the rebuilt index keeps up with new writes'
+
+
+@pytest.mark.parametrize('skipped', [False, True], ids=['migrated', 'skipped'])
+def test_contacts_with_children_before_migration_25_embed_them_after_it(empty_db, skipped):
+    """0025 sets children_seen from the children already there (notes, tasks, deals' contact_ids): a page, which
+    asks only the contacts whose bit is set, embeds them. A database that skipped 0025 (numbered past it by a
+    migration merged first) has no flags: its pages ask every contact, and embed the same."""
+    migrations.migrate(empty_db, target=24)
+    accounts = Accounts(empty_db)
+    org = accounts.create_org('Old Co')
+    headers = {'Authorization': f'Bearer {accounts.create_token(org, "old@example.com", admin=True)}'}
+    stamp = '2020-01-01T00:00:00.000000Z'
+    p = '?' if empty_db.name == 'sqlite' else '%s'
+    with empty_db.transaction(write=True) as tx:
+        for contact in ('c_ada', 'c_bob', 'c_cy'):
+            tx.execute(
+                f"INSERT INTO contacts (id, organization_id, tags, created_at, updated_at) VALUES ({p}, {p}, '[]', {p}, {p})",
+                (contact, org, stamp, stamp),
+            )
+        tx.execute(
+            f'INSERT INTO contact_notes (id, organization_id, contact_id, text, created_at, updated_at) '
+            f'VALUES ({p}, {p}, {p}, {p}, {p}, {p})',
+            ('cn_1', org, 'c_ada', 'old note', stamp, stamp),
+        )
+        tx.execute(
+            f'INSERT INTO tasks (id, organization_id, contact_id, text, created_at, updated_at) '
+            f'VALUES ({p}, {p}, {p}, {p}, {p}, {p})',
+            ('t_1', org, 'c_bob', 'old task', stamp, stamp),
+        )
+        tx.execute(
+            f'INSERT INTO deals (id, organization_id, name, contact_ids, created_at, updated_at) '
+            f'VALUES ({p}, {p}, {p}, {p}, {p}, {p})',
+            ('d_1', org, 'old deal', '["c_ada", "c_cy"]', stamp, stamp),
+        )
+        if skipped:
+            tx.execute('UPDATE schema_version SET version = 99')
+    migrations.migrate(empty_db)
+    client = webtest.TestApp(create_app(Settings(database_url='injected'), db=empty_db))
+    page = client.get('/api/contacts', {'embed': '["notes","tasks","deals"]'}, headers=headers).json
+    totals = {c['id']: (c['notes']['total'], c['tasks']['total'], c['deals']['total']) for c in page}
+    assert totals == {'c_ada': (1, 0, 1), 'c_bob': (0, 1, 0), 'c_cy': (0, 0, 1)}
