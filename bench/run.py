@@ -440,8 +440,8 @@ def peer_body(body, org):
     fields = {camel(k): v for k, v in json.loads(body.replace('{n}', mark)).items()}
     now = dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
     # Platformatic needs every NOT NULL column, defaults or not (create and PUT alike); tags: its schema wants an
-    # object for crmapi's JSONB column
-    required = {'organizationId': org, 'createdAt': now, 'updatedAt': now, 'tags': {}}
+    # object for crmapi's JSONB column; children_seen (migration 0025, hidden by crmapi): put back after the cell
+    required = {'organizationId': org, 'createdAt': now, 'updatedAt': now, 'tags': {}, 'childrenSeen': 0}
     if 'firstName' in fields:  # create
         fields = {'id': f'c_bench_{mark}', **required, **fields}
     else:  # update (PUT /contacts/{id})
@@ -457,7 +457,7 @@ def translate(spec, server, org):
     for weight, method, paths, body in spec:
         if method == 'PUT' and len(spec) > 1:
             # NOTE: its PUT /contacts/{id} wants every NOT NULL column (organizationId, createdAt, updatedAt,
-            # tags) and writes them: the `update` cell sends them and restore_rows() puts the sample rows' tags
+            # tags, childrenSeen) and writes them: the `update` cell sends them and restore_rows() puts the sample rows' tags
             # and created_at back after it; mixed has no peer cell (its gets would read the peer's writes).
             return None
         mapped = [peer_path(p, org) for p in paths]
@@ -468,8 +468,8 @@ def translate(spec, server, org):
 
 
 def snapshot_rows(data, ids):
-    """(id, tags, created_at) of the sample rows, which the peer's update cell overwrites."""
-    sql = 'SELECT id, {tags}, created_at FROM contacts WHERE organization_id = {p} AND id IN ({ids})'
+    """(id, tags, created_at, children_seen) of the sample rows, which the peer's update cell overwrites."""
+    sql = 'SELECT id, {tags}, created_at, children_seen FROM contacts WHERE organization_id = {p} AND id IN ({ids})'
     if data['url'].startswith('sqlite'):
         con = sqlite3.connect(data['url'][len('sqlite:///') :])
         rows = con.execute(sql.format(tags='tags', p='?', ids=','.join('?' * len(ids))), [data['org_id'], *ids])
@@ -484,8 +484,10 @@ def snapshot_rows(data, ids):
 
 
 def restore_rows(data, rows):
-    sql = 'UPDATE contacts SET tags = {t}, created_at = {p} WHERE organization_id = {p} AND id = {p}'
-    params = [(tags, created, data['org_id'], rid) for rid, tags, created in rows]
+    sql = (
+        'UPDATE contacts SET tags = {t}, created_at = {p}, children_seen = {p} WHERE organization_id = {p} AND id = {p}'
+    )
+    params = [(tags, created, seen, data['org_id'], rid) for rid, tags, created, seen in rows]
     if data['url'].startswith('sqlite'):
         con = sqlite3.connect(data['url'][len('sqlite:///') :], timeout=30)
         con.executemany(sql.format(t='?', p='?'), params)
