@@ -76,9 +76,13 @@ class Tx:
 
     def copy(self, sql, rows):
         """Send `rows` (tuples) to a `COPY … FROM STDIN` statement: PostgreSQL's bulk load."""
-        with self.cursor.copy(sql) as copy:
+        with self.cursor.copy(sql, writer=self._copy_writer()) as copy:
             for row in rows:
                 copy.write_row(row)
+
+    def _copy_writer(self):
+        """The writer of a COPY: None, psycopg's own (it waits for the outcome at the end of the data)."""
+        return None
 
     def settled(self):
         """A block after which every statement's outcome is known (see _PostgresTx: here, always)."""
@@ -125,11 +129,9 @@ class _PostgresTx(Tx):
         self.settle()
         super().write_rows(sql, runs)
 
-    def copy(self, sql, rows):
+    def _copy_writer(self):
         self.settle()
-        with self.cursor.copy(sql, writer=_copy_ending_later(self)) as copy:
-            for row in rows:
-                copy.write_row(row)
+        return _copy_ending_later(self)
 
     def _cursor(self, sql):
         self.settle()

@@ -173,9 +173,10 @@ class History:
         """
         d, org, count = self.db.dialect, principal.org_id, len(changes)
         counts = sorted((counts or {}).items())  # NOTE: one order of the counter rows for every writer
-        if not changes:
+        if not (changes and self.later):  # NOTE: PostgreSQL's go in the statement that takes the changes' tick
             for table, delta in counts:
                 tx.execute(*sqlbuild.build_count_add(d, org, table, delta))
+        if not changes:
             return
         who = (*actor(principal), values.format_timestamp(self.clock()))
         depth = getattr(principal, 'depth', None)  # a rule's changes say how deep in a chain of rules they are
@@ -199,8 +200,6 @@ class History:
                 for change_id, resource, record_id, operation, data in items
             ]
         else:
-            for table, delta in counts:
-                tx.execute(*sqlbuild.build_count_add(d, org, table, delta))
             (last,) = tx.one(*sqlbuild.build_change_numbers(d, org, count))
             first = last - count  # NOTE: the rows made in one pass (a batch's thousand changes)
             rows = [

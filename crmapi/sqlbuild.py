@@ -641,8 +641,7 @@ def build_walk(d, info, org_id, lq, length, seen=False):
     )
     name, p = quote(info.spec.table), d.parameter().get_sql()
     order = walked.rpartition(' ORDER BY ')[2]
-    columns = page_columns(info, seen and reads_seen(info))
-    rows = d.memo(('rows', info.spec.table, tuple(columns)), lambda: d.from_(table).select(*map(table.field, columns)))
+    rows = _records_select(d, table, page_columns(info, seen and reads_seen(info)))
     # NOTE: the walk reads only the keys of the order (a covering index), the page's records are read last. Its
     # length is written into the statement: PostgreSQL plans a LIMIT it is not told as a tenth of the table.
     sql = (
@@ -1152,6 +1151,14 @@ def build_list(d, info, org_id, lq, seen=False):
     return sql + paging, params
 
 
+def _records_select(d, table, columns):
+    """`SELECT <columns> FROM <table>`, rendered once per table and columns: the records of a page whose ids another
+    statement finds (build_walk, _deferred_page), which adds the WHERE and ORDER BY."""
+    return d.memo(
+        ('rows', table.get_table_name(), tuple(columns)), lambda: d.from_(table).select(*map(table.field, columns))
+    )
+
+
 def _deferred_page(d, info, org_id, lq, table, paging, extra, seen=False):
     """A deep page in two steps: the page's ids (LIMIT/OFFSET over the sort index alone, an index-only scan
     that skips the rows it passes without reading them), then only those rows, put back in order.
@@ -1168,10 +1175,7 @@ def _deferred_page(d, info, org_id, lq, table, paging, extra, seen=False):
         [],
     )
     order = ids.rpartition(' ORDER BY ')[2]
-    columns = page_columns(info, seen)
-    rows = d.memo(
-        ('rows', info.spec.table, tuple(columns)), lambda: d.from_(table).select(*[table.field(n) for n in columns])
-    )
+    rows = _records_select(d, table, page_columns(info, seen))
     p = d.parameter().get_sql()
     sql = f'{rows} WHERE "organization_id"={p} AND "id" IN ({ids}{paging}) ORDER BY {order}'
     return sql, [org_id, *params, *extra]
@@ -2193,9 +2197,12 @@ def build_change_tick(d, org_id, counts=()):
 
     def tick():
         kept = _counts_added(d, d.parameter().get_sql(), len(counts))
-        return f"WITH {kept}t AS MATERIALIZED (SELECT nextval('change_ticks') AS tick) SELECT tick FROM t"
+        return f'WITH {kept}{_TICK} SELECT tick FROM t'
 
     return _statement(d, ('change_tick', len(counts)), tick), _count_values(org_id, counts)
+
+
+_TICK = "t AS MATERIALIZED (SELECT nextval('change_ticks') AS tick)"  # a write's tick, taken once by its statement
 
 
 def _counts_added(d, p, n):
@@ -2220,7 +2227,7 @@ def build_pending_changes(d, org_id, who, items, counts=()):
         p = d.parameter().get_sql()
         kept = _counts_added(d, p, len(counts))
         return (
-            f"WITH {kept}t AS MATERIALIZED (SELECT nextval('change_ticks') AS tick) "
+            f'WITH {kept}{_TICK} '
             f'INSERT INTO changes ({",".join(PENDING_COLUMNS)}) '
             f'SELECT v.id, {p}, NULL, v.resource, v.record_id, v.operation, {p}, {p}, {p}, '
             f'CAST({p} AS TIMESTAMPTZ), CAST(v.data AS JSON), t.tick FROM t, ({_values(d, len(items), 5)}) '

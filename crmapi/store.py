@@ -318,23 +318,18 @@ class Store:
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def reader(self, info):
-        """Raw row tuple -> record dict, compiled once per table shape."""
-        return per_shape(self._readers, info.shape_key, lambda: self._reader_of(info))
+    def reader(self, info, seen=False):
+        """Raw row tuple -> record dict, compiled once per table shape; `seen`: rows that end with
+        sqlbuild.SEEN_COLUMN (build_list's)."""
+        key = (info.shape_key, sqlbuild.SEEN_COLUMN) if seen else info.shape_key
+        return per_shape(self._readers, key, lambda: self._reader_of(info, seen))
 
-    def _reader_of(self, info):
+    def _reader_of(self, info, seen=False):
         names = sqlbuild.output_columns(info)
-        return self.db.record_reader(names, [info.columns[n].kind for n in names])
-
-    def _seen_reader(self, info):
-        """The reader of page rows that end with sqlbuild.SEEN_COLUMN (build_list with `seen`)."""
-
-        def make():
-            names = sqlbuild.output_columns(info)
-            kinds = [info.columns[n].kind for n in names]
-            return self.db.record_reader([*names, sqlbuild.SEEN_COLUMN], [*kinds, 'integer'])
-
-        return per_shape(self._readers, (info.shape_key, sqlbuild.SEEN_COLUMN), make)
+        kinds = [info.columns[n].kind for n in names]
+        if seen:
+            names, kinds = [*names, sqlbuild.SEEN_COLUMN], [*kinds, 'integer']
+        return self.db.record_reader(names, kinds)
 
     def _fetch(self, tx, info, principal, record_id, for_update=False):
         row = tx.one(*sqlbuild.build_get(self.db.dialect, info, principal.org_id, record_id, for_update))
@@ -350,7 +345,7 @@ class Store:
         """
         d = self.db.dialect
         seen = seen and sqlbuild.reads_seen(info)
-        read = self._seen_reader(info) if seen else self.reader(info)
+        read = self.reader(info, seen)
         with self.db.transaction() as tx:
             raw, counted = self._walked(tx, info, principal, lq, seen), None
             if raw is None:
