@@ -54,9 +54,26 @@ class Tx:
         rows = self.cursor.fetchall()
         return rows[0] if rows else None
 
+    kept = None  # the KeptCounts of this transaction's engine, or None: counted every time
+
     def count(self, sql, params=()):
-        """The one number a COUNT statement answers."""
-        return self.one(sql, params)[0]
+        """The one number a COUNT statement answers: kept while the data is unchanged (KeptCounts)."""
+        if self.kept is None:
+            return self.one(sql, params)[0]
+        return self.kept.total(self, sql, params)
+
+    # NOTE: what an engine's Tx tells KeptCounts (SQLite: _SQLiteTx, PostgreSQL: _PostgresCounts).
+    def counted_on(self):
+        """The server the statements run on (part of a kept total's key): None for the one database."""
+        return None
+
+    def data_version(self):
+        """The version of the data this transaction sees now, or None when its totals must not be kept."""
+        raise NotImplementedError
+
+    def versioned_count(self, sql, params):
+        """(total, the data_version it is exact for)."""
+        raise NotImplementedError
 
     def execute(self, sql, params=()):
         self.cursor.execute(sql, params)
@@ -89,7 +106,45 @@ class Tx:
         return contextlib.nullcontext(self)
 
 
-class _PostgresTx(Tx):
+# The version of the data a PostgreSQL statement sees: its snapshot, unless its transaction has written (an xid).
+PG_DATA_VERSION = 'CASE WHEN pg_current_xact_id_if_assigned() IS NULL THEN pg_current_snapshot()::text END'
+PG_VERSION = f'SELECT {PG_DATA_VERSION}'
+
+
+@functools.lru_cache(maxsize=128)
+def _versioned(sql):
+    """A COUNT statement that also answers the version of the data it counted (the same statement's snapshot)."""
+    return f'SELECT ({sql}), {PG_DATA_VERSION}'
+
+
+class _PostgresCounts:
+    """The PostgreSQL side of KeptCounts: a transaction's data version is its statement's snapshot.
+
+    NOTE: why equal snapshots mean equal data. A snapshot (`pg_current_snapshot()`, xmin:xmax:xip) sees exactly
+    the transactions below xmax that are not in xip; xmax is the latest completed xid + 1. Any commit either
+    completes an xid at or above xmax (xmax moves) or one listed in xip (it leaves the list), so two snapshots with
+    the same text see the same committed transactions; and a server's snapshots only move forward, so when the one
+    read now equals the one a total was counted at, nothing committed since: the total is exact. xids are the whole
+    server's, so a commit to any table (of any database of the server) forgets every total: never a stale one,
+    sometimes a recount. A transaction's own xid is not in its snapshot, so once it has written (it has an xid) its
+    version is None and nothing is kept or reused. The version is a value, not session state: PgBouncer's
+    transaction pooling changes nothing. A total is kept per server (the primary, each replica): a request reads
+    one server (PostgresDatabase._read_replica).
+    """
+
+    def counted_on(self):
+        replica = getattr(self, 'replica', None)
+        return None if replica is None else replica.url
+
+    def data_version(self):
+        return self.one(PG_VERSION)[0]
+
+    def versioned_count(self, sql, params):
+        """One statement: the count and the snapshot it was taken at (no round trip for the version)."""
+        return self.one(_versioned(sql), params)
+
+
+class _PostgresTx(_PostgresCounts, Tx):
     """A PostgreSQL write transaction: a long statement goes with numbered parameters ($1, $2, …).
 
     NOTE: psycopg parses the `%s` of a statement longer than 4,096 bytes again at every execution (it
@@ -372,8 +427,7 @@ class _Cursor(sqlite3.Cursor):
 class _Connection(sqlite3.Connection):
     """A connection whose every statement, `BEGIN` and `COMMIT` included, runs under a deadline."""
 
-    counts = None  # {(sql, *params): total} of the database as of `counts_version` (_SQLiteTx.count)
-    counts_version = None
+    kept = None  # this connection's KeptCounts (_SQLiteTx)
 
     def cursor(self, factory=_Cursor):
         return super().cursor(factory)
@@ -383,31 +437,93 @@ class _Connection(sqlite3.Connection):
         return self.cursor().execute(sql, params)
 
 
-COUNTS_KEPT = 256  # the counts a connection keeps for one version of the database (then it forgets them all)
+COUNTS_KEPT = 256  # the exact totals a KeptCounts holds (then the least recently used is forgotten)
+
+
+class KeptCounts:
+    """Exact totals kept while the data they counted is unchanged: one keeper for both engines, each telling its
+    own version of the data (`Tx.data_version`: SQLite _SQLiteTx, PostgreSQL _PostgresCounts).
+
+    NOTE: an exact total counts every match (a city of 100k contacts: 8,310 index entries, more than half a filtered
+    page's cost; q "mar" in 1M contacts: 137k search rows, 250-300 ms), and asking again gives the same number until
+    a commit changes the rows. A total is kept under the version read before it was counted (or by its own
+    statement), and given again only while the version read now is the same: a version moves with every commit,
+    so equal versions mean no commit came in between and the total is still exact. A version of None (a transaction
+    that wrote, on PostgreSQL) keeps nothing. Keys are the server, the statement and all its parameters (the
+    organization's id is one). Bounded: COUNTS_KEPT totals, the least recently used forgotten first; a lock, as a
+    PostgreSQL process's threads share one keeper.
+    """
+
+    def __init__(self, size=COUNTS_KEPT):
+        self.size = size
+        self._totals = collections.OrderedDict()  # key -> (version, total)
+        self._lock = threading.Lock()
+
+    def total(self, tx, sql, params):
+        key = _count_key(tx.counted_on(), sql, params)
+        if key is None:
+            return tx.versioned_count(sql, params)[0]
+        with self._lock:
+            held = self._totals.get(key)
+        # NOTE: a key never counted needs no version: the count's own answers it (PostgreSQL: the same statement)
+        if held is not None and held[0] == tx.data_version():
+            with self._lock:
+                if key in self._totals:
+                    self._totals.move_to_end(key)
+            return held[1]
+        total, version = tx.versioned_count(sql, params)
+        if version is not None:
+            self._keep(key, version, total)
+        return total
+
+    def _keep(self, key, version, total):
+        with self._lock:
+            self._totals[key] = (version, total)
+            self._totals.move_to_end(key)
+            while len(self._totals) > self.size:
+                self._totals.popitem(last=False)
+
+    def forget(self):
+        """Forget every kept total (a rollback of rows this SQLite connection changed)."""
+        with self._lock:
+            self._totals.clear()
+
+
+def _count_key(server, sql, params):
+    """A kept total's key, or None when a parameter cannot be one (counted every time).
+
+    NOTE: PostgreSQL's one-parameter IN list (Dialect.one_of) is a Python list: as a tuple it compares by value.
+    """
+    key = (server, sql, *(tuple(p) if isinstance(p, list) else p for p in params))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 class _SQLiteTx(Tx):
-    """A transaction whose counts are kept on its connection while the database is as it was when counted.
+    """A transaction whose totals are kept by its connection (KeptCounts) while the database is as it was.
 
-    NOTE: an exact total of a filtered list walks the filter's whole index range (London in 100k contacts: 8,310
-    entries, ~350 us, more than half a filtered page's cost), and repeating it gives the same number until the
-    rows change. `PRAGMA data_version` changes whenever another connection (of any process) has committed since
-    this connection last looked, as of this transaction's snapshot; `total_changes` whenever this connection
-    itself changed rows, committed or not. A rollback takes rows back without taking total_changes back, so it
-    forgets every kept count (SQLiteDatabase.transaction). Each connection keeps its own: data_version is a
-    connection's, and a thread's connection needs no lock.
+    NOTE: the version is (`PRAGMA data_version`, `total_changes`). data_version changes whenever another connection
+    (of any process) has committed since this connection last looked, as of this transaction's snapshot;
+    total_changes whenever this connection itself changed rows, committed or not. A rollback takes rows back without
+    taking total_changes back, so it forgets every kept total (SQLiteDatabase.transaction). Each connection keeps
+    its own: data_version is a connection's.
     """
 
-    def count(self, sql, params=()):
-        conn = self.cursor.connection
-        version = (self.one('PRAGMA data_version')[0], conn.total_changes)
-        if conn.counts_version != version or len(conn.counts) >= COUNTS_KEPT:
-            conn.counts, conn.counts_version = {}, version
-        key = (sql, *params)
-        total = conn.counts.get(key)
-        if total is None:
-            total = conn.counts[key] = super().count(sql, params)
-        return total
+    def __init__(self, cursor):
+        super().__init__(cursor)
+        self.kept = cursor.connection.kept
+
+    def data_version(self):
+        return self.one('PRAGMA data_version')[0], self.cursor.connection.total_changes
+
+    def versioned_count(self, sql, params):
+        """The version read first: a commit between the two only makes the total newer than its version (recounted
+        at the next look), never older."""
+        version = self.data_version()
+        return self.one(sql, params)[0], version
 
 
 class _WriterLock:
@@ -481,6 +597,7 @@ class SQLiteDatabase(Database):
             factory=_Connection,
         )
         conn.deadline = _Deadline(self)
+        conn.kept = KeptCounts()
         conn.set_progress_handler(conn.deadline.passed, PROGRESS_STEPS)
         conn.execute(f'PRAGMA busy_timeout = {int(self.busy_timeout_ms)}')
         if self.path != ':memory:':
@@ -526,13 +643,13 @@ class SQLiteDatabase(Database):
                 try:
                     yield _SQLiteTx(conn.cursor())
                 except BaseException:
-                    conn.counts_version = None  # a rollback: see _SQLiteTx
+                    conn.kept.forget()  # a rollback: see _SQLiteTx
                     conn.rollback()
                     raise
                 try:
                     conn.execute('COMMIT')
                 except BaseException:
-                    conn.counts_version = None  # NOTE: a COMMIT that fails (a full disk) may have rolled back
+                    conn.kept.forget()  # NOTE: a COMMIT that fails (a full disk) may have rolled back
                     raise
 
     def statement(self):
@@ -812,7 +929,7 @@ def _replica_fault(exc):
     return True, sqlstate in ('42P01', '42703', '40001')
 
 
-class _ReadTx(Tx):
+class _ReadTx(_PostgresCounts, Tx):
     """A read: statement by statement on one connection (with PgBouncer and no server-wide timeout, in a
     transaction that carries the timeout). On a replica, a statement the replica cannot answer runs again
     on the primary, which then serves the rest of the request."""
@@ -820,6 +937,7 @@ class _ReadTx(Tx):
     def __init__(self, db, stack, conn, replica):
         super().__init__(conn.cursor())
         self.db, self.stack, self.conn, self.replica = db, stack, conn, replica
+        self.kept = db.kept
         self.open = False
 
     def begin(self):
@@ -902,6 +1020,7 @@ class PostgresDatabase(Database):
         self.replicas = [Replica(f'replica{i}', u) for i, u in enumerate(read_urls, 1)]
         self.dialect = sqlbuild.postgres_dialect(_pg_adapt)
         self._pools, self._pid, self._monitor = {}, None, None
+        self.kept = KeptCounts()  # this process's exact totals (KeptCounts, _PostgresCounts)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._last_used = weakref.WeakKeyDictionary()
@@ -968,8 +1087,10 @@ class PostgresDatabase(Database):
         if self._pid != _process[0]:
             with self._lock:
                 if self._pid != _process[0]:
-                    # NOTE: a forked child starts afresh: pools and monitor threads do not survive a fork.
+                    # NOTE: a forked child starts afresh: pools and monitor threads do not survive a fork (nor a
+                    # lock another thread may have held: the kept totals start again too).
                     self._pools, self._monitor, self._pid = {}, None, _process[0]
+                    self.kept = KeptCounts()
         pool = self._pools.get(url)
         if pool is None:
             with self._lock:
@@ -1134,7 +1255,7 @@ class PostgresDatabase(Database):
         conn = stack.enter_context(self.pool().connection())
         if write:
             tx = _PostgresTx(conn)
-            tx.replica = None
+            tx.replica, tx.kept = None, self.kept
             return tx
         tx = _ReadTx(self, stack, conn, None)
         tx.begin()
