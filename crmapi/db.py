@@ -41,6 +41,8 @@ from .errors import Unavailable
 class Tx:
     """One transaction's cursor: the only way the store talks to a database."""
 
+    kept = None  # the KeptCounts of this transaction's totals, or None: counted every time
+
     def __init__(self, cursor):
         self.cursor = cursor
 
@@ -53,8 +55,6 @@ class Tx:
         self.cursor.execute(sql, params)
         rows = self.cursor.fetchall()
         return rows[0] if rows else None
-
-    kept = None  # the KeptCounts of this transaction's engine, or None: counted every time
 
     def count(self, sql, params=()):
         """The one number a COUNT statement answers: kept while the data is unchanged (KeptCounts)."""
