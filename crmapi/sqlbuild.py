@@ -1742,7 +1742,8 @@ def _embedded_columns(d, info, field):
 
 def build_referenced(d, info, org_id, ids):
     """The records of `org_id` in `info` among `ids` (a non-empty list), archived ones too, in no order: rows of
-    (id, *the record's columns for an embed: _embedded_columns).
+    the record's columns for an embed (_embedded_columns), its `id` among them; where they are one JSON text
+    (embeds_as_json), rows of (id, that text).
 
     NOTE: the ids travel as one parameter, so the SQL is the same for every page: rendered once per table.
     """
@@ -1756,7 +1757,7 @@ def build_referenced(d, info, org_id, ids):
     return _shaped(
         d,
         ('referenced', info.shape_key),
-        lambda: d.from_(table).select(table.id, *_embedded_columns(d, info, table.field)).where(where()),
+        lambda: d.from_(table).select(*_embedded_columns(d, info, table.field)).where(where()),
         where,
         [],
     )
@@ -1772,7 +1773,9 @@ def _referenced_by_id(d, info, org_id, ids):
     """
 
     def write():
-        columns = [Sql('c.id'), *_embedded_columns(d, info, lambda name: Sql(f'c.{quote(name)}'))]
+        columns = _embedded_columns(d, info, lambda name: Sql(f'c.{quote(name)}'))
+        if embeds_as_json(d, info):
+            columns = [Sql('c.id'), *columns]
         p = d.parameter().get_sql()
         return (
             f'SELECT {", ".join(c.get_sql() for c in columns)} FROM {quote(info.spec.table)} AS c '
