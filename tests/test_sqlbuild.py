@@ -295,8 +295,8 @@ def test_embedded_records_are_json_written_by_sqlite_and_columns_read_from_postg
     )
     sql, values = sqlbuild.build_referenced(SQLITE, companies, 'org_1', ['co_1', 'co_2'])
     assert sql.startswith(
-        'SELECT c.id, json_object(\'id\', c."id", \'name\', c."name", \'size\', c."size", '
-        '\'created_at\', c."created_at") FROM "companies" AS c '
+        'SELECT c.id, CAST(json_object(\'id\', c."id", \'name\', c."name", \'size\', c."size", '
+        '\'created_at\', c."created_at") AS BLOB) FROM "companies" AS c '
     )
     assert values == ['["co_1","co_2"]', 'org_1']
     sql, values = sqlbuild.build_referenced(POSTGRES, companies, 'org_1', ['co_1', 'co_2'])
