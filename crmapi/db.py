@@ -300,15 +300,16 @@ class Database:
 
         return read
 
-    def record_reader(self, names, kinds):
-        """A function turning a raw row tuple into a record {name: JSON-ready value}, generated once per shape.
+    def record_reader(self, names, kinds, start=0):
+        """A function turning a raw row tuple into a record {name: JSON-ready value}, generated once per shape;
+        the record's columns start at `start` (the row's own columns before them are left for the caller).
 
         NOTE: generated source, as namedtuple and dataclasses do: a dict display with each converter inlined
         is several times faster than converting a list and zipping it with the names, and that was most of
         an export's Python time. `names` are catalog identifiers; repr() makes each a plain string literal.
         """
         scope, items = {}, []
-        for i, (name, kind) in enumerate(zip(names, kinds)):
+        for i, (name, kind) in enumerate(zip(names, kinds), start):
             if kind in self.readers:
                 scope[f'convert{i}'] = self.readers[kind]
                 items.append(f'{name!r}: None if row[{i}] is None else convert{i}(row[{i}])')

@@ -21,8 +21,6 @@ from .duplicates import collector_paused
 from .errors import UnknownResource
 from .store import per_shape
 
-SEEN = sqlbuild.SEEN_COLUMN
-
 
 @dataclass(frozen=True)
 class Relation:
@@ -189,9 +187,24 @@ class RelationMap(Mapping):
 NO_CHILDREN = orjson.Fragment(b'{"total":0,"items":[]}')
 
 
-def written(row):
-    """A record as the JSON text the database wrote (sqlbuild.embeds_as_json), which orjson writes out as it is."""
-    return orjson.Fragment(row[0])
+def _written(start):
+    """Row -> the record as the JSON text the database wrote in the row's column `start` (sqlbuild.embeds_as_json),
+    which orjson writes out as it is."""
+    return lambda row: orjson.Fragment(row[start])
+
+
+def _written_by_id(rows):
+    """{id: record} of build_referenced's rows of (id, JSON text): see _written."""
+    return {key: orjson.Fragment(text) for key, text in rows}
+
+
+def _written_group(group):
+    """A parent's {"total", "items"} of JSON texts the database wrote, as one JSON text (written as it is).
+
+    NOTE: no dict and list per parent left for orjson to walk, nor for the cyclic collector to count until the answer
+    is written.
+    """
+    return orjson.Fragment(b'{"total":%d,"items":[%b]}' % (group['total'], b','.join(group['items'])))
 
 
 def in_order(ids):
@@ -216,16 +229,27 @@ class Relations:
         self.db = store.db
         self._readers = {}
 
-    def reader(self, info):
-        """Raw row -> record, for the records the statements that embed `info` read (sqlbuild._embedded_columns):
-        the JSON text the database wrote, carried into the answer as it is, or a dict of the columns."""
-        return per_shape(self._readers, info.shape_key, lambda: self._reader_of(info))
+    def reader(self, info, start=0):
+        """Raw row -> record, for the records the statements that embed `info` read (sqlbuild._embedded_columns),
+        from the row's column `start` on: the JSON text the database wrote, carried into the answer as it is, or a
+        dict of the columns (read where they are: no copy of the row's tail)."""
+        return per_shape(self._readers, (info.shape_key, start), lambda: self._reader_of(info, start))
 
-    def _reader_of(self, info):
+    def _reader_of(self, info, start):
         if sqlbuild.embeds_as_json(self.db.dialect, info):
-            return written
+            return _written(start)
         kinds = sqlbuild.embedded_kinds(self.db.dialect, info)
-        return self.db.record_reader(sqlbuild.output_columns(info), kinds)
+        return self.db.record_reader(sqlbuild.output_columns(info), kinds, start)
+
+    def by_id(self, info):
+        """build_referenced's rows -> {id: record}, in one comprehension over the rows."""
+        return per_shape(self._readers, (info.shape_key, 'by_id'), lambda: self._by_id_of(info))
+
+    def _by_id_of(self, info):
+        if sqlbuild.embeds_as_json(self.db.dialect, info):
+            return _written_by_id
+        read, key = self.reader(info), sqlbuild.output_columns(info).index('id')
+        return lambda rows: {row[key]: read(row) for row in rows}
 
     def of(self, info, principal):
         return RelationMap(self, info, principal)
@@ -246,14 +270,12 @@ class Relations:
     def embed(self, principal, records, relations, limit):
         """Add each relation to each record, in place: at most one statement per relation for all the records.
 
-        Records read by Store.list with `seen` carry sqlbuild.SEEN_COLUMN, taken out here: a reverse relation
-        with a bit in it asks only for the records whose bit is set (none set: no statement).
+        A page Store.list read with `seen` holds each record's sqlbuild.SEEN_COLUMN: a reverse relation with a bit
+        in it asks only for the records whose bit is set (none set: no statement).
         """
-        if not records:
+        if not records or not relations:
             return records
-        seen = [record.pop(SEEN) for record in records] if SEEN in records[0] else None
-        if not relations:
-            return records
+        seen = getattr(records, 'seen', None)
         parents = None
         with self.db.transaction() as tx, collector_paused():
             for relation in relations:
@@ -284,9 +306,8 @@ class Relations:
         ids.pop(None, None)
         found = {}
         if ids:
-            read = self.reader(relation.target)
             statement = sqlbuild.build_referenced(self.db.dialect, relation.target, principal.org_id, in_order(ids))
-            found = {row[0]: read(row[1:]) for row in tx.rows(*statement)}
+            found = self.by_id(relation.target)(tx.rows(*statement))
         get = found.get
         for record, value in zip(records, values):
             record[name] = [get(i) for i in value or ()] if many else get(value)
@@ -294,10 +315,11 @@ class Relations:
     def _children(self, tx, principal, records, relation, limit, ids):
         """Reverse: {"total", "items"} per record, the newest `limit` live children first; `ids`: the records' ids,
         in_order."""
-        read = self.reader(relation.target)
+        written = sqlbuild.embeds_as_json(self.db.dialect, relation.target)
+        read = itemgetter(3) if written else self.reader(relation.target, 3)
         groups = {}
         # NOTE: at least one row per parent comes back even for a limit of 0, to carry the total.
-        for parent, total, rank, *row in (
+        for row in (
             tx.rows(
                 *sqlbuild.build_children(
                     self.db.dialect, relation.target, relation.column, principal.org_id, ids, max(limit, 1)
@@ -306,11 +328,13 @@ class Relations:
             if ids
             else ()
         ):
-            group = groups.get(parent)
+            group = groups.get(row[0])
             if group is None:
-                group = groups[parent] = {'total': total, 'items': []}
-            if rank <= limit:
+                group = groups[row[0]] = {'total': row[1], 'items': []}
+            if row[2] <= limit:
                 group['items'].append(read(row))
+        if written:
+            groups = {parent: _written_group(group) for parent, group in groups.items()}
         name, get = relation.name, groups.get
         for record in records:
             record[name] = get(record['id'], NO_CHILDREN)

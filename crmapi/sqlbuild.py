@@ -1721,7 +1721,11 @@ def embedded_kinds(d, info):
 
 
 def _json_record(info, field):
-    """A record of `info` as the JSON text of the API's object, written by SQLite (see embeds_as_json)."""
+    """A record of `info` as the JSON text of the API's object, written by SQLite (see embeds_as_json).
+
+    NOTE: as a BLOB, its UTF-8 bytes as they are: as TEXT, Python decoded each into a str first (~1 % of the
+    instructions of a 1,000-contact page embedding company and notes), which orjson then wrote out as UTF-8 again.
+    """
     values = []
     for name in output_columns(info):
         value = field(name)
@@ -1729,7 +1733,7 @@ def _json_record(info, field):
             value = Sql('json({0})', value)  # the array itself, not the text that holds it
         values.append(value)
     pairs = ', '.join(f"'{name}', {{{i}}}" for i, name in enumerate(output_columns(info)))
-    return Sql(f'json_object({pairs})', *values)
+    return Sql(f'CAST(json_object({pairs}) AS BLOB)', *values)
 
 
 def _embedded_columns(d, info, field):
@@ -1742,7 +1746,8 @@ def _embedded_columns(d, info, field):
 
 def build_referenced(d, info, org_id, ids):
     """The records of `org_id` in `info` among `ids` (a non-empty list), archived ones too, in no order: rows of
-    (id, *the record's columns for an embed: _embedded_columns).
+    the record's columns for an embed (_embedded_columns), its `id` among them; where they are one JSON text
+    (embeds_as_json), rows of (id, that text).
 
     NOTE: the ids travel as one parameter, so the SQL is the same for every page: rendered once per table.
     """
@@ -1756,7 +1761,7 @@ def build_referenced(d, info, org_id, ids):
     return _shaped(
         d,
         ('referenced', info.shape_key),
-        lambda: d.from_(table).select(table.id, *_embedded_columns(d, info, table.field)).where(where()),
+        lambda: d.from_(table).select(*_embedded_columns(d, info, table.field)).where(where()),
         where,
         [],
     )
@@ -1772,7 +1777,9 @@ def _referenced_by_id(d, info, org_id, ids):
     """
 
     def write():
-        columns = [Sql('c.id'), *_embedded_columns(d, info, lambda name: Sql(f'c.{quote(name)}'))]
+        columns = _embedded_columns(d, info, lambda name: Sql(f'c.{quote(name)}'))
+        if embeds_as_json(d, info):
+            columns = [Sql('c.id'), *columns]
         p = d.parameter().get_sql()
         return (
             f'SELECT {", ".join(c.get_sql() for c in columns)} FROM {quote(info.spec.table)} AS c '

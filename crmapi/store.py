@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 
 import orjson
 
@@ -93,6 +94,12 @@ _PAIR_SHIFTS = range(120, -1, -10)
 def crockford(n):
     """A number below 2**130 as 26 Crockford base32 digits."""
     return ''.join([_DIGIT_PAIRS[(n >> shift) & 1023] for shift in _PAIR_SHIFTS])
+
+
+class Page(list):
+    """A page of records (Store.list); `seen`: each record's sqlbuild.SEEN_COLUMN when the page read it, else None."""
+
+    seen = None
 
 
 MAX_SHAPES = 1000  # entries of a per_shape cache: custom objects make new table shapes, so it is bounded
@@ -318,17 +325,13 @@ class Store:
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def reader(self, info, seen=False):
-        """Raw row tuple -> record dict, compiled once per table shape; `seen`: rows that end with
-        sqlbuild.SEEN_COLUMN (build_list's)."""
-        key = (info.shape_key, sqlbuild.SEEN_COLUMN) if seen else info.shape_key
-        return per_shape(self._readers, key, lambda: self._reader_of(info, seen))
+    def reader(self, info):
+        """Raw row tuple -> record dict, compiled once per table shape (columns after the record's are left out)."""
+        return per_shape(self._readers, info.shape_key, lambda: self._reader_of(info))
 
-    def _reader_of(self, info, seen=False):
+    def _reader_of(self, info):
         names = sqlbuild.output_columns(info)
         kinds = [info.columns[n].kind for n in names]
-        if seen:
-            names, kinds = [*names, sqlbuild.SEEN_COLUMN], [*kinds, 'integer']
         return self.db.record_reader(names, kinds)
 
     def _fetch(self, tx, info, principal, record_id, for_update=False):
@@ -338,20 +341,24 @@ class Store:
         return self.reader(info)(row)
 
     def list(self, info, principal, lq, count='exact', seen=False):
-        """One page of records and the number of matches: exact, estimated, or None for `none`.
+        """One page of records (a Page) and the number of matches: exact, estimated, or None for `none`.
 
-        `seen`: each record also holds sqlbuild.SEEN_COLUMN where its table has one (for Relations.embed, which
-        takes it out).
+        `seen`: the page's `seen` holds each record's sqlbuild.SEEN_COLUMN where its table has one (for
+        Relations.embed).
         """
         d = self.db.dialect
         seen = seen and sqlbuild.reads_seen(info)
-        read = self.reader(info, seen)
+        read = self.reader(info)
         with self.db.transaction() as tx:
             raw, counted = self._walked(tx, info, principal, lq, seen), None
             if raw is None:
                 raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq, seen))
                 counted = raw[0][-1] if raw and sqlbuild.pages_in_rows(info, lq) else None
-            rows = [read(r[:-1] if counted is not None else r) for r in raw]
+            rows = Page([read(r[:-1] if counted is not None else r) for r in raw])
+            if seen:
+                # NOTE: the flags come after the record's columns, which the reader reads alone: the records are the
+                # plain page's, and no record holds a key to take out again before the answer is written.
+                rows.seen = list(map(itemgetter(len(sqlbuild.output_columns(info))), raw))
             if count == 'none':
                 total = None
             elif lq.start == 0 and lq.after is None and len(rows) < lq.size:

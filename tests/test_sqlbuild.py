@@ -295,13 +295,13 @@ def test_embedded_records_are_json_written_by_sqlite_and_columns_read_from_postg
     )
     sql, values = sqlbuild.build_referenced(SQLITE, companies, 'org_1', ['co_1', 'co_2'])
     assert sql.startswith(
-        'SELECT c.id, json_object(\'id\', c."id", \'name\', c."name", \'size\', c."size", '
-        '\'created_at\', c."created_at") FROM "companies" AS c '
+        'SELECT c.id, CAST(json_object(\'id\', c."id", \'name\', c."name", \'size\', c."size", '
+        '\'created_at\', c."created_at") AS BLOB) FROM "companies" AS c '
     )
     assert values == ['["co_1","co_2"]', 'org_1']
     sql, values = sqlbuild.build_referenced(POSTGRES, companies, 'org_1', ['co_1', 'co_2'])
     assert sql.startswith(
-        'SELECT "id","id","name","size",to_char("created_at" AT TIME ZONE \'UTC\', '
+        'SELECT "id","name","size",to_char("created_at" AT TIME ZONE \'UTC\', '
         '\'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\') FROM "companies" '
     )
     assert 'json_build_object' not in sql and values == ['org_1', '["co_1","co_2"]']
