@@ -748,13 +748,32 @@ def _sort_joins(d, table, org_id, sorts):
 SEARCH_ROW = ('table_name', 'organization_id', 'record_id', 'archived', 'words', 'names', 'fields', 'texts')
 
 
-def _search_upsert(d, n):
+def _search_upsert(d, n, related=0):
     """n search rows written, each replacing the record's row only when it changed (an unchanged row is
     left alone: no index work). SQLite: from two rows on, the rows whose first value is NULL are skipped
-    (_search_parts pads with them)."""
+    (_search_parts pads with them).
+
+    `related`: how many records' name words each row's `words` take (SearchPolicy.related): each row then ends with
+    the id of each such record, whose own search row's `names` (' w1 w2', made '  w1  w2') are appended to its words
+    here, in the statement that writes it; the tables they are in are bound after the rows.
+
+    NOTE: here rather than read by a statement of their own before this one: that read was a statement (on PostgreSQL
+    a round trip) of every write of a contact with a company. It reads the rows as they are when this statement runs,
+    after every row the transaction wrote before (a renamed company's own row is written before its referrers').
+    """
     changed = ' OR '.join(f'search_texts.{c} <> excluded.{c}' for c in SEARCH_ROW[3:])
-    rows = _values(d, n, len(SEARCH_ROW))
-    if d.name == 'sqlite' and n > 1:
+    rows = _values(d, n, len(SEARCH_ROW) + related)
+    if related:
+        p = d.parameter().get_sql()
+        words = ' || '.join(['v.column5', *[f"COALESCE(REPLACE(r{k}.names, ' ', '  '), '')" for k in range(related)]])
+        picked = ', '.join(words if c == 'words' else f'v.column{i}' for i, c in enumerate(SEARCH_ROW, 1))
+        joins = ''.join(
+            f' LEFT JOIN search_texts r{k} ON r{k}.table_name = {p} AND r{k}.organization_id = v.column2'
+            f' AND r{k}.record_id = v.column{len(SEARCH_ROW) + 1 + k}'
+            for k in range(related)
+        )
+        rows = f'SELECT {picked} FROM ({rows}) AS v{joins} WHERE v.column1 IS NOT NULL'
+    elif d.name == 'sqlite' and n > 1:
         rows = f'SELECT * FROM ({rows}) WHERE column1 IS NOT NULL'
     return (
         f'INSERT INTO search_texts ({", ".join(SEARCH_ROW)}) {rows} '
@@ -764,37 +783,46 @@ def _search_upsert(d, n):
     )
 
 
-def _search_parts(d, rows):
-    """[(rows, the statement's row count)]: `row_chunks` on PostgreSQL; on SQLite each chunk whole, in the statement
-    of the next power of two rows (the same few shapes), the rows past its end NULLs that the statement skips.
+def _search_parts(d, rows, width):
+    """[(rows, the statement's row count)] of rows binding `width` values each: `row_chunks` on PostgreSQL; on SQLite
+    each chunk whole, in the statement of the next power of two rows (the same few shapes), the rows past its end
+    NULLs that the statement skips.
 
     NOTE: SQLite's trigram index (FTS5, kept by the trigger on search_texts) writes what a statement gave it as a
     segment of its own and merges segments as they pile up: a batch of 1,000 split 512 + 256 + … made six segments
     a batch, and the merging of them ~1 ms more CPU per batch (and more segments for q to read in between).
     """
-    width = len(SEARCH_ROW)
     if d.name != 'sqlite':
         return [(part, len(part)) for part in row_chunks(rows, width)]
     most = 1 << ((MAX_PARAMS // width).bit_length() - 1)
     return [(part, 1 << (len(part) - 1).bit_length()) for part in chunks(rows, width, most)]
 
 
-def build_search_rows(d, rows):
-    """The statements that write search `rows` (tuples of SEARCH_ROW): one per chunk (a thousand rows is one)."""
+def build_search_rows(d, rows, targets=()):
+    """The statements that write search `rows`: one per chunk (a thousand rows is one). Each row is a tuple of
+    SEARCH_ROW whose `words` lack the name words of the records it refers to, then the id it refers to in each table
+    of `targets` (SearchPolicy.related's, in order; None: none): the statement appends their words (_search_upsert).
+    """
+    targets = tuple(targets)
+    width = len(SEARCH_ROW) + len(targets)
     return [
         (
-            _statement(d, ('search_rows', n), functools.partial(_search_upsert, d, n)),
-            [*itertools.chain.from_iterable(part), *[None] * ((n - len(part)) * len(SEARCH_ROW))],
+            _statement(d, ('search_rows', n, len(targets)), functools.partial(_search_upsert, d, n, len(targets))),
+            [*itertools.chain.from_iterable(part), *[None] * ((n - len(part)) * width), *targets],
         )
-        for part, n in _search_parts(d, rows)
+        for part, n in _search_parts(d, rows, width)
     ]
 
 
+def copies_search_rows(d, count):
+    """Whether `count` search rows of new records (none of them has one yet) go by COPY (build_search_copy):
+    PostgreSQL from COPY_ROWS rows (COPY costs the server a fraction of a multi-row INSERT … ON CONFLICT)."""
+    return d.name == 'postgresql' and count >= COPY_ROWS
+
+
 def build_search_copy(d, rows):
-    """The search rows of new records (none of them has one yet), for Tx.write_rows: PostgreSQL copies at least
-    COPY_ROWS of them (COPY costs the server a fraction of a multi-row INSERT … ON CONFLICT); else None."""
-    if d.name != 'postgresql' or len(rows) < COPY_ROWS:
-        return None
+    """The search rows of new records (tuples of SEARCH_ROW, their words whole: search.with_related) for
+    Tx.write_rows, by COPY."""
     return f'COPY search_texts ({", ".join(SEARCH_ROW)}) FROM STDIN', rows
 
 

@@ -859,22 +859,20 @@ class Store:
         """
         if info.spec.read_only or not info.spec.search.indexed or not records:
             return
-        if columns is not None and self._search_columns(info).isdisjoint(columns):
+        if columns is not None and info.search_upkeep.isdisjoint(columns):
             if 'archived_at' in columns and info.archivable:
                 self._index_archived(tx, info, org_id, records)
             return
-        table, plan, rows = sqlbuild.search_table(info), search.plan(info), []
-        related, refs = self._related_words(tx, info, org_id, records), info.spec.search.related
-        for r in records:
-            row = plan.row(
-                r, [w for ref, target, _ in refs for w in related.get((target, r.get(ref)), ())] if related else ()
-            )
-            rows.append((table, org_id, r['id'], r.get('archived_at') is not None, *row))
-        copy = new and sqlbuild.build_search_copy(self.db.dialect, rows)
-        if copy:
-            tx.write_rows(*copy)
+        d, table, plan = self.db.dialect, sqlbuild.search_table(info), info.search_plan
+        refs = [ref for ref, _, _ in info.spec.search.related]
+        rows = [
+            (table, org_id, r['id'], r.get('archived_at') is not None, *plan.row(r), *[r.get(ref) for ref in refs])
+            for r in records
+        ]
+        if new and sqlbuild.copies_search_rows(d, len(rows)):
+            tx.write_rows(*sqlbuild.build_search_copy(d, self._with_related_words(tx, info, org_id, rows)))
         else:
-            for statement in sqlbuild.build_search_rows(self.db.dialect, rows):
+            for statement in sqlbuild.build_search_rows(d, rows, [target for _, target, _ in info.spec.search.related]):
                 tx.execute(*statement)
         if not fresh:
             self._index_referrers(tx, info, org_id, [r['id'] for r in records], columns or info.columns)
@@ -898,24 +896,24 @@ class Store:
         for part in sqlbuild.chunks(ids):
             tx.execute(*sqlbuild.build_search_forget(self.db.dialect, sqlbuild.search_table(info), org_id, part))
 
-    @staticmethod
-    def _search_columns(info):
-        """The columns whose values a search row holds: its text columns and the references whose words it takes."""
-        return {*info.searched, *(ref for ref, _, _ in info.spec.search.related)}
-
-    def _related_words(self, tx, info, org_id, records):
-        """{(target table, id): [words]} of the records `records` refer to whose name words they take.
-
-        NOTE: a related column is the target's only name column (schema.SearchPolicy), so the target row's
-        `names` are exactly that column's words.
-        """
-        found = {}
-        for ref, target, _ in info.spec.search.related:
-            ids = sorted({r[ref] for r in records if r.get(ref) is not None})
+    def _with_related_words(self, tx, info, org_id, rows):
+        """`rows` (build_search_rows') as sqlbuild.SEARCH_ROW tuples, their words followed by the name words of the
+        records they refer to (what build_search_rows' statement appends itself), read in one statement per chunk."""
+        size, related, found = len(sqlbuild.SEARCH_ROW), info.spec.search.related, {}
+        words = sqlbuild.SEARCH_ROW.index('words')
+        for k, (_, target, _) in enumerate(related):
+            ids = sorted({row[size + k] for row in rows if row[size + k] is not None})
             for part in sqlbuild.chunks(ids):
                 for record_id, names in tx.rows(*sqlbuild.build_search_names(self.db.dialect, target, org_id, part)):
-                    found[(target, record_id)] = names.split()
-        return found
+                    found[(k, record_id)] = names
+        return [
+            (
+                *row[:words],
+                search.with_related(row[words], [found.get((k, row[size + k])) for k in range(len(related))]),
+                *row[words + 1 : size],
+            )
+            for row in rows
+        ]
 
     def _index_referrers(self, tx, info, org_id, ids, columns):
         """A change of a text other records' words include (a company renamed): their rows again.

@@ -764,6 +764,25 @@ def test_reindex_leaves_exactly_the_search_rows_the_writes_wrote(api, database, 
     assert 'reindexed 1 organization(s)' in capsys.readouterr().err
 
 
+def test_a_batch_of_contacts_takes_its_companies_names_as_single_writes_and_a_rebuild_do(api, database):
+    """A contact's row takes its company's name words in the statement that writes the row (single writes, updates,
+    a rebuild), or from a read before a batch's rows sent by COPY (PostgreSQL, from COPY_ROWS new records): the
+    rows are the same either way, a word of the contact's own that the company's name repeats included."""
+    acme, globex = api.create('companies', name='Acme Rockets'), api.create('companies', name='Globex')
+    bodies = [
+        {'last_name': f'Acme {n}', 'company_id': [acme['id'], globex['id'], None][n % 3]}
+        for n in range(sqlbuild.COPY_ROWS)
+    ]
+    batch = api.post('/api/contacts', bodies).json
+    single = api.create('contacts', last_name='Acme', company_id=acme['id'])
+    api.put(f'/api/contacts/{batch[2]["id"]}', {'company_id': globex['id']})
+    written = all_search_rows(database, api.org_id)
+    cli.cmd_reindex(database, argparse.Namespace(org=api.org_id))
+    assert all_search_rows(database, api.org_id) == written
+    assert set(found(api, 'acme rockets')) == {single['id'], *(r['id'] for r in batch[::3])}
+    assert set(found(api, 'globex')) == {r['id'] for r in batch if r['company_id'] == globex['id']} | {batch[2]['id']}
+
+
 def test_reindex_analyzes_the_rows_it_reads_names_from_before_the_rows_that_read_them(api, database, monkeypatch):
     """A contact's and a deal's rows take their company's name from the company's search row, looked up by primary
     key: PostgreSQL planned that lookup as a scan of every row on a search_texts never analyzed with rows (a new
