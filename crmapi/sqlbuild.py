@@ -765,14 +765,14 @@ def _search_upsert(d, n, related=0):
     rows = _values(d, n, len(SEARCH_ROW) + related)
     if related:
         p = d.parameter().get_sql()
-        words = ' || '.join(['v.column5', *[f"COALESCE(REPLACE(r{k}.names, ' ', '  '), '')" for k in range(related)]])
-        picked = ', '.join(words if c == 'words' else f'v.column{i}' for i, c in enumerate(SEARCH_ROW, 1))
+        words = ' || '.join(['s.column5', *[f"COALESCE(REPLACE(r{k}.names, ' ', '  '), '')" for k in range(related)]])
+        picked = ', '.join(words if c == 'words' else f's.column{i}' for i, c in enumerate(SEARCH_ROW, 1))
         joins = ''.join(
-            f' LEFT JOIN search_texts r{k} ON r{k}.table_name = {p} AND r{k}.organization_id = v.column2'
-            f' AND r{k}.record_id = v.column{len(SEARCH_ROW) + 1 + k}'
+            f' LEFT JOIN search_texts r{k} ON r{k}.table_name = {p} AND r{k}.organization_id = s.column2'
+            f' AND r{k}.record_id = s.column{len(SEARCH_ROW) + 1 + k}'
             for k in range(related)
         )
-        rows = f'SELECT {picked} FROM ({rows}) AS v{joins} WHERE v.column1 IS NOT NULL'
+        rows = f'SELECT {picked} FROM ({rows}) AS s{joins} WHERE s.column1 IS NOT NULL'
     elif d.name == 'sqlite' and n > 1:
         rows = f'SELECT * FROM ({rows}) WHERE column1 IS NOT NULL'
     return (
@@ -1504,16 +1504,28 @@ def _adapted_rows(d, info, names, rows):
 COPY_ROWS = 20
 
 
-def build_insert_rows(d, info, org_id, names, rows):
-    """New records `rows` of `org_id` (dicts holding `names`), without RETURNING, for Tx.write_rows: [(statement,
-    the parameters of each run)]. PostgreSQL from COPY_ROWS rows: COPY (a tuple per row); else one INSERT of each
-    chunk of rows (`_inserts`)."""
-    names = (SCOPE, *names)
+def build_insert_rows(d, info, org_id, names, rows, upkeep=()):
+    """New records `rows` of `org_id` (dicts holding `names`), without RETURNING, for Tx.write_rows: ([(statement,
+    the parameters of each run)], the `upkeep` statements left to run after them). PostgreSQL from COPY_ROWS rows:
+    COPY (a tuple per row); else one INSERT of each chunk of rows (`_inserts`).
+
+    `upkeep`: statements that return nothing and keep what the write adds elsewhere (the records' search rows).
+    NOTE: PostgreSQL's first INSERT runs the first of them as a CTE: a round trip less (COPY cannot).
+    """
+    names, upkeep = (SCOPE, *names), list(upkeep)
     columns = f'{quote(info.spec.table)} ({",".join(quote(n) for n in names)})'
     runs = _adapted_rows(d, info, names, scoped(org_id, rows))
     if d.name == 'postgresql' and len(rows) >= COPY_ROWS:
-        return [(_statement(d, ('copy_rows', info.shape_key, names), lambda: f'COPY {columns} FROM STDIN'), runs)]
-    return _inserts(d, ('insert_rows', info.shape_key, names), f'INSERT INTO {columns} ', runs)
+        return [
+            (_statement(d, ('copy_rows', info.shape_key, names), lambda: f'COPY {columns} FROM STDIN'), runs)
+        ], upkeep
+    statements = _inserts(d, ('insert_rows', info.shape_key, names), f'INSERT INTO {columns} ', runs)
+    if upkeep and d.name == 'postgresql':
+        (upkeep_sql, upkeep_params), upkeep = upkeep[0], upkeep[1:]
+        (sql, [values]), *rest = statements
+        folded = _statement(d, ('with_upkeep', upkeep_sql, sql), lambda: f'WITH upkeep AS ({upkeep_sql}) {sql}')
+        statements = [(folded, [(*upkeep_params, *values)]), *rest]
+    return statements, upkeep
 
 
 def _inserts(d, key, head, runs):
@@ -1561,15 +1573,23 @@ def build_insert_many(d, info, org_id, names, rows, conflict=None, updates=()):
     return sql, _flat(d, info, names, rows)
 
 
-def build_update_many(d, info, org_id, names, rows):
-    """One UPDATE giving each record its own values of `names`: `rows` are dicts holding 'id' and `names`.
+def build_update_many(d, info, org_id, names, rows, upkeep=()):
+    """One UPDATE giving each record its own values of `names`, RETURNING the records: `rows` are dicts holding 'id'
+    and `names`. `upkeep`: statements that return nothing and keep what the write changes elsewhere (the search rows
+    of the records as the write leaves them): (the UPDATE, the upkeep statements left to run after it).
 
     NOTE: WITH v AS (VALUES …) UPDATE … FROM v, on both databases. PostgreSQL types a VALUES column
     from its parameters (text when they are all NULL), so each one is cast to its column's type.
+
+    NOTE: PostgreSQL runs the first upkeep statement in the UPDATE's own, as a CTE: a round trip less while the records
+    are locked (a single update's search row was a statement of its own between the UPDATE and the change row). SQLite
+    cannot (no INSERT in a WITH): it runs them after the UPDATE, as before. Either way within 65,535 parameters: two
+    statements of at most MAX_PARAMS each.
     """
-    names = tuple(names)
+    names, upkeep = tuple(names), list(upkeep)
     table = quote(info.spec.table)
     aliases = [f'v{i}' for i in range(len(names))]
+    folded = upkeep.pop(0) if upkeep and d.name == 'postgresql' else None
 
     def value(alias, name):
         return f'CAST(v.{alias} AS {info.declared[name]})' if d.name == 'postgresql' else f'v.{alias}'
@@ -1577,14 +1597,16 @@ def build_update_many(d, info, org_id, names, rows):
     def write():
         p = d.parameter().get_sql()
         sets = ', '.join(f'{quote(n)} = {value(a, n)}' for a, n in zip(aliases, names))
+        also = f', upkeep AS ({folded[0]})' if folded else ''
         return (
-            f'WITH v (v_id, {", ".join(aliases)}) AS ({_values(d, len(rows), len(names) + 1)}) '
+            f'WITH v (v_id, {", ".join(aliases)}) AS ({_values(d, len(rows), len(names) + 1)}){also} '
             f'UPDATE {table} SET {sets} FROM v WHERE {table}.organization_id = {p} AND {table}.id = v.v_id'
             + _returning(info)
         )
 
-    sql = _statement(d, ('update_many', info.shape_key, names, len(rows)), write)
-    return sql, [*_flat(d, info, ('id', *names), rows), org_id]
+    key = ('update_many', info.shape_key, names, len(rows), folded and folded[0])
+    sql = _statement(d, key, write)
+    return (sql, [*_flat(d, info, ('id', *names), rows), *(folded[1] if folded else ()), org_id]), upkeep
 
 
 def build_get_by(d, info, org_id, column, keys, for_update=False):
@@ -1665,9 +1687,10 @@ def build_duplicate(d, table, column):
 ELEMENT_INDEXES = {('deals', 'contact_ids'): ('deal_contacts', 'contact_id', 'deal_id')}
 
 
-def build_referrers(d, info, org_id, column, ids, indexed=True):
-    """Rows of `info` whose reference `column` points at any of `ids` (scalar or array); an array with an index
-    of its elements (ELEMENT_INDEXES) is searched through it unless `indexed` is false."""
+def build_referrers(d, info, org_id, column, ids, indexed=True, for_update=False):
+    """The records of `info` whose reference `column` points at any of `ids` (scalar or array); an array with an
+    index of its elements (ELEMENT_INDEXES) is searched through it unless `indexed` is false. `for_update` locks them
+    on PostgreSQL, in id order (as build_get_by does)."""
     table = Table(info.spec.table)
     field = table.field(column.name)
     side = ELEMENT_INDEXES.get((info.spec.table, column.name)) if indexed and column.kind == 'array' else None
@@ -1686,8 +1709,14 @@ def build_referrers(d, info, org_id, column, ids, indexed=True):
         match = Sql('{0} @> ANY({1}::jsonb[])', field, Bound([orjson.dumps([i]).decode() for i in ids]))
     else:
         match = d.one_of(field, column.kind, ids)
-    query = d.from_(table).select(table.id, field).where((table.organization_id == Bound(org_id)) & match)
-    return d.render(query)
+    query = (
+        d.from_(table)
+        .select(*[table.field(n) for n in output_columns(info)])
+        .where((table.organization_id == Bound(org_id)) & match)
+    )
+    locking = for_update and d.name == 'postgresql'
+    sql, params = d.render(query.orderby(table.id) if locking else query)
+    return (sql + ' FOR UPDATE' if locking else sql), params
 
 
 # -- embedding -------------------------------------------------------------------------------------

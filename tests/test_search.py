@@ -389,6 +389,16 @@ def test_a_merge_leaves_the_target_findable_by_what_it_took_and_the_sources_gone
     assert found(api, 'homie') == []
 
 
+def test_a_company_merge_gives_the_sources_contacts_and_deals_the_targets_name(api):
+    """The records a merge points at its target keep their search rows current: their words take its name."""
+    target, source = api.create('companies', name='Globex'), api.create('companies', name='Initech')
+    contact = api.create('contacts', first_name='Milton', company_id=source['id'])
+    deal = api.create('deals', name='Stapler', company_id=source['id'])
+    api.post('/api/merge_companies', {'source_ids': [source['id']], 'target_id': target['id']}, status=200)
+    assert found(api, 'milton globex') == [contact['id']] and found(api, 'globex', 'deals') == [deal['id']]
+    assert found(api, 'initech') == [] and found(api, 'initech', 'deals') == []
+
+
 def test_deleted_records_leave_the_search(api):
     tag = api.create('tags', name='Gold customer')
     api.delete(f'/api/tags/{tag["id"]}')
