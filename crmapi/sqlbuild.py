@@ -802,9 +802,14 @@ def build_search_rows(d, rows, targets=()):
     """The statements that write search `rows`: one per chunk (a thousand rows is one). Each row is a tuple of
     SEARCH_ROW whose `words` lack the name words of the records it refers to, then the id it refers to in each table
     of `targets` (SearchPolicy.related's, in order; None: none): the statement appends their words (_search_upsert).
+
+    NOTE: rows that refer to nothing (a batch of contacts without companies) go without the join.
     """
+    size = len(SEARCH_ROW)
+    if targets and not any(value is not None for row in rows for value in row[size:]):
+        rows, targets = [row[:size] for row in rows], ()
     targets = tuple(targets)
-    width = len(SEARCH_ROW) + len(targets)
+    width = size + len(targets)
     return [
         (
             _statement(d, ('search_rows', n, len(targets)), functools.partial(_search_upsert, d, n, len(targets))),
