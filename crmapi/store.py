@@ -1208,7 +1208,8 @@ class Store:
         """Point every reference to `ids` at `replacement` (None: drop the link), in one UPDATE per chunk
         of referring records: {resource: how many of its records change}. `write=False` only counts them.
 
-        NOTE: referrers are looked up 100 ids at a time: an array column's match is one term per id.
+        NOTE: referrers are looked up 100 ids at a time: an array column's match is one term per id. A write reads
+        them whole and locks them (PostgreSQL: FOR UPDATE, in id order), as _write makes their search rows from them.
         """
         d, ids = self.db.dialect, list(ids)
         gone, moved = set(ids), {}
