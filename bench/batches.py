@@ -21,7 +21,7 @@ no-op in that app's store only), their rounds alternating so both see the same m
 and their ratio. (The webhook outbox adds nothing to a write: the worker fans changes out later.)
 
 `--compare-search` measures the search upkeep's cost (issue 10's target: >= 0.7x of without) the same way, on one
-database: Store.index/unindex made no-ops for the 'without' rounds. Its CPU column is this process's plus, on a
+database: the store's search upkeep made a no-op for the 'without' rounds (search_upkeep). Its CPU column is this process's plus, on a
 local PostgreSQL, its server's (the backends of the database, from /proc).
 """
 
@@ -207,26 +207,36 @@ def compare(urls, size, rounds):
     bare_db.close()
 
 
-def compare_search(url, size, rounds):
-    """Each kind's median with the search upkeep and with it off (Store.index/unindex do nothing: the figure
-    before issue 10), rounds alternating on one database."""
+UPKEEP = ('index', 'unindex', '_upkeep', '_index_referrers')  # what the store keeps the search rows with
+
+
+def search_upkeep(on):
+    """Turn the store's search upkeep on or off (the figure before issue 10): off, Store.index/unindex and the
+    referrers' rows do nothing and a write's own search statements are none."""
     from crmapi.store import Store
 
+    saved = search_upkeep.__dict__.setdefault('saved', {name: getattr(Store, name) for name in UPKEEP})
+    for name in UPKEEP:
+        setattr(Store, name, saved[name] if on else (lambda *args, **kwargs: []))
+
+
+def compare_search(url, size, rounds):
+    """Each kind's median with the search upkeep and with it off (search_upkeep), rounds alternating on one
+    database."""
     db, app, token = fresh(url)
-    kinds, upkeep = Kinds(app, token, size), (Store.index, Store.unindex)
+    kinds = Kinds(app, token, size)
     print(
         f'{db.name}: batches of {size} contacts (single: {SINGLES} one-contact POSTs), median of {rounds} rounds, '
         'with and without the search upkeep (alternating)'
     )
 
     def run(name, mode, n):
-        if mode == 'without':
-            Store.index = Store.unindex = lambda *args, **kwargs: None
+        search_upkeep(mode == 'with')
         try:
             # NOTE: each mode writes its own records (n and n + rounds), so neither finds the other's
             getattr(kinds, name)(n if mode == 'with' else n + rounds)
         finally:
-            Store.index, Store.unindex = upkeep
+            search_upkeep(True)
 
     for name in (*KINDS, 'single'):
         alternating(name, SINGLES if name == 'single' else size, rounds, functools.partial(run, name), db)

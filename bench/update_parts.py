@@ -4,6 +4,7 @@
     .venv/bin/python bench/update_parts.py                                  # this checkout, a new SQLite file
     .venv/bin/python bench/update_parts.py --database postgresql://…/db      # a PostgreSQL database (recreated)
     .venv/bin/python bench/update_parts.py --root /tmp/base                 # another checkout
+    .venv/bin/python bench/update_parts.py --data sqlite:////tmp/d/crm-100000.db /tmp/d/crm-100000.db.json  # a data set
 
 In process: `--records` contacts are created (one batch), then each is updated once by `--method` with `--body`
 (`{n}` is the request's number): the bench's `title`/`status` or the brief's `last_name`/`city`; `--method POST`:
@@ -65,6 +66,24 @@ def instrument(parts, calls):
     psycopg.Connection.wait = _timed(parts, calls, 'round trips (psycopg waits)', psycopg.Connection.wait)
 
 
+def existing(url, meta, count):
+    """(db, app, token, ids) of a data set: `count` ids of its big organization's live contacts spread over the
+    table (bench/run.py's sample)."""
+    from crmapi import create_app
+    from crmapi.config import Settings
+    from crmapi.db import connect
+
+    db = connect(url)
+    with open(meta) as f:
+        target = json.load(f)['targets'][db.name]
+    p = '?' if db.name == 'sqlite' else '%s'
+    with db.transaction() as tx:
+        sql = f'SELECT id FROM contacts WHERE organization_id = {p} AND archived_at IS NULL ORDER BY id'
+        ids = [record_id for (record_id,) in tx.rows(sql, (target['org_id'],))]
+    ids = ids[:: max(1, len(ids) // count)][:count]
+    return db, create_app(Settings(database_url='injected', access_log=False), db=db), target['token'], ids
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--root', default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,6 +92,14 @@ def main(argv=None):
     p.add_argument('--method', default='PUT')
     p.add_argument('--body', default='{"last_name":"Renamed {n}","city":"City {n}"}')
     p.add_argument('--no-parts', action='store_true', help='time whole requests only (no part timers)')
+    p.add_argument(
+        '--data',
+        nargs=2,
+        metavar=('URL', 'META'),
+        help="an existing data set instead of a new database (bench/load_data.py's, e.g. a copy of bench/run.py's, and "
+        'its meta file): --records of its contacts spread over the table, as bench/run.py picks them, each run writing '
+        'values of its own (the creates stay)',
+    )
     p.add_argument('--profile', help='with --no-parts: write a cProfile of the updates to this file')
     a = p.parse_args(argv)
     root = os.path.abspath(a.root)
@@ -83,11 +110,16 @@ def main(argv=None):
     parts, calls = collections.defaultdict(float), collections.Counter()
     if not a.no_parts:
         instrument(parts, calls)
-    url = a.database or 'sqlite:///' + os.path.join(tempfile.mkdtemp(), 'update_parts.db')
-    db, app, token = batches.fresh(url)
-    created = batches.request(app, 'POST', '/api/contacts', token, batches.contacts(a.records + 1, 0, 'u'))
-    ids = [r['id'] for r in created]
-    warm = json.loads(a.body.replace('{n}', 'warm'))
+    run = ''
+    if a.data:
+        db, app, token, ids = existing(*a.data, a.records + 1)
+        run = f'{time.time_ns()}-'  # NOTE: a rerun's values differ from the last run's: an update that changes nothing writes nothing
+    else:
+        url = a.database or 'sqlite:///' + os.path.join(tempfile.mkdtemp(), 'update_parts.db')
+        db, app, token = batches.fresh(url)
+        created = batches.request(app, 'POST', '/api/contacts', token, batches.contacts(a.records + 1, 0, 'u'))
+        ids = [r['id'] for r in created]
+    warm = json.loads(a.body.replace('{n}', run + 'warm'))
     path = '/api/contacts' if a.method == 'POST' else '/api/contacts/{}'  # NOTE: POST: single creates, to compare
     batches.request(app, a.method, path.format(ids.pop()), token, warm)  # NOTE: compiles the statements
     parts.clear()
@@ -102,7 +134,7 @@ def main(argv=None):
         profile.enable()
     started = time.process_time()
     for n, record_id in enumerate(ids):
-        body = json.loads(a.body.replace('{n}', str(n)))
+        body = json.loads(a.body.replace('{n}', run + str(n)))
         t0 = time.perf_counter()
         batches.request(app, a.method, path.format(record_id), token, body)
         walls.append(time.perf_counter() - t0)

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 
+from . import search
 from . import values
 from .errors import UnknownResource
 from .sqlbuild import SCOPE
@@ -268,6 +269,18 @@ class TableInfo:
     @functools.cached_property
     def searched(self):
         return frozenset(c.name for c in self.search_columns)
+
+    @functools.cached_property
+    def search_plan(self):
+        """How a search row reads this table's records (search.plan), worked out once: every write that changes a
+        searched column used to work it out again."""
+        return search.plan(self)
+
+    @functools.cached_property
+    def search_upkeep(self):
+        """The columns whose change rewrites a record's search row: its text columns and the references whose
+        name words it takes."""
+        return frozenset({*self.searched, *(ref for ref, _, _ in self.spec.search.related)})
 
     def describe(self, relations=None):
         """The resource, its columns and, given its `relations` (crmapi.relations), what it can embed."""

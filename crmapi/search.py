@@ -93,9 +93,9 @@ class Plan:
     phones: tuple  # read as one number: its digits
     emails: tuple  # read as words, plus the local part as one word
 
-    def row(self, record, related=()):
-        """The Row of `record` (its values as stored); `related`: the words of the records it refers to that q
-        finds in it too (a contact's company name). Each value is folded once.
+    def row(self, record):
+        """The Row of `record` (its values as stored), without the words of the records it refers to (a contact's
+        company name): the statement that writes the row appends those (`with_related`). Each value is folded once.
 
         NOTE: this runs for every record a write indexes (a thousand a batch): the values of the columns of one
         kind are split as one text (joined by a newline, which no word holds), and ASCII is folded inline.
@@ -114,14 +114,20 @@ class Plan:
         for n in self.emails:
             if n in folded:
                 found += _email_words(folded[n])
-        if related:
-            found += related
         kept = dict.fromkeys(found)
         kept.pop('', None)
         words = joined(kept, WORD_START)
         if len(words) - len(kept) > MAX_DOCUMENT:  # NOTE: its words' characters and one space each
             words = joined(_bounded(kept), WORD_START)
         return Row(words, joined(dict.fromkeys(name_words)), orjson.dumps(folded).decode(), '\n'.join(folded.values()))
+
+
+def with_related(words, names):
+    """A row's `words` followed by the name words of the records it refers to, given as those records' rows hold
+    them (`names`: ' w1 w2', or None): what sqlbuild's search row statement appends in SQL, for rows sent without it
+    (PostgreSQL's COPY). The same word in both is kept twice: q and the text operators find a word once or twice alike.
+    """
+    return words + ''.join(n.replace(' ', WORD_START) for n in names if n)
 
 
 def _bounded(kept):

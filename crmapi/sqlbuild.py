@@ -748,13 +748,32 @@ def _sort_joins(d, table, org_id, sorts):
 SEARCH_ROW = ('table_name', 'organization_id', 'record_id', 'archived', 'words', 'names', 'fields', 'texts')
 
 
-def _search_upsert(d, n):
+def _search_upsert(d, n, related=0):
     """n search rows written, each replacing the record's row only when it changed (an unchanged row is
     left alone: no index work). SQLite: from two rows on, the rows whose first value is NULL are skipped
-    (_search_parts pads with them)."""
+    (_search_parts pads with them).
+
+    `related`: how many records' name words each row's `words` take (SearchPolicy.related): each row then ends with
+    the id of each such record, whose own search row's `names` (' w1 w2', made '  w1  w2') are appended to its words
+    here, in the statement that writes it; the tables they are in are bound after the rows.
+
+    NOTE: here rather than read by a statement of their own before this one: that read was a statement (on PostgreSQL
+    a round trip) of every write of a contact with a company. It reads the rows as they are when this statement runs,
+    after every row the transaction wrote before (a renamed company's own row is written before its referrers').
+    """
     changed = ' OR '.join(f'search_texts.{c} <> excluded.{c}' for c in SEARCH_ROW[3:])
-    rows = _values(d, n, len(SEARCH_ROW))
-    if d.name == 'sqlite' and n > 1:
+    rows = _values(d, n, len(SEARCH_ROW) + related)
+    if related:
+        p = d.parameter().get_sql()
+        words = ' || '.join(['s.column5', *[f"COALESCE(REPLACE(r{k}.names, ' ', '  '), '')" for k in range(related)]])
+        picked = ', '.join(words if c == 'words' else f's.column{i}' for i, c in enumerate(SEARCH_ROW, 1))
+        joins = ''.join(
+            f' LEFT JOIN search_texts r{k} ON r{k}.table_name = {p} AND r{k}.organization_id = s.column2'
+            f' AND r{k}.record_id = s.column{len(SEARCH_ROW) + 1 + k}'
+            for k in range(related)
+        )
+        rows = f'SELECT {picked} FROM ({rows}) AS s{joins} WHERE s.column1 IS NOT NULL'
+    elif d.name == 'sqlite' and n > 1:
         rows = f'SELECT * FROM ({rows}) WHERE column1 IS NOT NULL'
     return (
         f'INSERT INTO search_texts ({", ".join(SEARCH_ROW)}) {rows} '
@@ -764,37 +783,51 @@ def _search_upsert(d, n):
     )
 
 
-def _search_parts(d, rows):
-    """[(rows, the statement's row count)]: `row_chunks` on PostgreSQL; on SQLite each chunk whole, in the statement
-    of the next power of two rows (the same few shapes), the rows past its end NULLs that the statement skips.
+def _search_parts(d, rows, width):
+    """[(rows, the statement's row count)] of rows binding `width` values each: `row_chunks` on PostgreSQL; on SQLite
+    each chunk whole, in the statement of the next power of two rows (the same few shapes), the rows past its end
+    NULLs that the statement skips.
 
     NOTE: SQLite's trigram index (FTS5, kept by the trigger on search_texts) writes what a statement gave it as a
     segment of its own and merges segments as they pile up: a batch of 1,000 split 512 + 256 + … made six segments
     a batch, and the merging of them ~1 ms more CPU per batch (and more segments for q to read in between).
     """
-    width = len(SEARCH_ROW)
     if d.name != 'sqlite':
         return [(part, len(part)) for part in row_chunks(rows, width)]
     most = 1 << ((MAX_PARAMS // width).bit_length() - 1)
     return [(part, 1 << (len(part) - 1).bit_length()) for part in chunks(rows, width, most)]
 
 
-def build_search_rows(d, rows):
-    """The statements that write search `rows` (tuples of SEARCH_ROW): one per chunk (a thousand rows is one)."""
+def build_search_rows(d, rows, targets=()):
+    """The statements that write search `rows`: one per chunk (a thousand rows is one). Each row is a tuple of
+    SEARCH_ROW whose `words` lack the name words of the records it refers to, then the id it refers to in each table
+    of `targets` (SearchPolicy.related's, in order; None: none): the statement appends their words (_search_upsert).
+
+    NOTE: rows that refer to nothing (a batch of contacts without companies) go without the join.
+    """
+    size = len(SEARCH_ROW)
+    if targets and not any(value is not None for row in rows for value in row[size:]):
+        rows, targets = [row[:size] for row in rows], ()
+    targets = tuple(targets)
+    width = size + len(targets)
     return [
         (
-            _statement(d, ('search_rows', n), functools.partial(_search_upsert, d, n)),
-            [*itertools.chain.from_iterable(part), *[None] * ((n - len(part)) * len(SEARCH_ROW))],
+            _statement(d, ('search_rows', n, len(targets)), functools.partial(_search_upsert, d, n, len(targets))),
+            [*itertools.chain.from_iterable(part), *[None] * ((n - len(part)) * width), *targets],
         )
-        for part, n in _search_parts(d, rows)
+        for part, n in _search_parts(d, rows, width)
     ]
 
 
+def copies_search_rows(d, count):
+    """Whether `count` search rows of new records (none of them has one yet) go by COPY (build_search_copy):
+    PostgreSQL from COPY_ROWS rows (COPY costs the server a fraction of a multi-row INSERT … ON CONFLICT)."""
+    return d.name == 'postgresql' and count >= COPY_ROWS
+
+
 def build_search_copy(d, rows):
-    """The search rows of new records (none of them has one yet), for Tx.write_rows: PostgreSQL copies at least
-    COPY_ROWS of them (COPY costs the server a fraction of a multi-row INSERT … ON CONFLICT); else None."""
-    if d.name != 'postgresql' or len(rows) < COPY_ROWS:
-        return None
+    """The search rows of new records (tuples of SEARCH_ROW, their words whole: search.with_related) for
+    Tx.write_rows, by COPY."""
     return f'COPY search_texts ({", ".join(SEARCH_ROW)}) FROM STDIN', rows
 
 
@@ -1476,16 +1509,28 @@ def _adapted_rows(d, info, names, rows):
 COPY_ROWS = 20
 
 
-def build_insert_rows(d, info, org_id, names, rows):
-    """New records `rows` of `org_id` (dicts holding `names`), without RETURNING, for Tx.write_rows: [(statement,
-    the parameters of each run)]. PostgreSQL from COPY_ROWS rows: COPY (a tuple per row); else one INSERT of each
-    chunk of rows (`_inserts`)."""
-    names = (SCOPE, *names)
+def build_insert_rows(d, info, org_id, names, rows, upkeep=()):
+    """New records `rows` of `org_id` (dicts holding `names`), without RETURNING, for Tx.write_rows: ([(statement,
+    the parameters of each run)], the `upkeep` statements left to run after them). PostgreSQL from COPY_ROWS rows:
+    COPY (a tuple per row); else one INSERT of each chunk of rows (`_inserts`).
+
+    `upkeep`: statements that return nothing and keep what the write adds elsewhere (the records' search rows).
+    NOTE: PostgreSQL's first INSERT runs the first of them as a CTE: a round trip less (COPY cannot).
+    """
+    names, upkeep = (SCOPE, *names), list(upkeep)
     columns = f'{quote(info.spec.table)} ({",".join(quote(n) for n in names)})'
     runs = _adapted_rows(d, info, names, scoped(org_id, rows))
     if d.name == 'postgresql' and len(rows) >= COPY_ROWS:
-        return [(_statement(d, ('copy_rows', info.shape_key, names), lambda: f'COPY {columns} FROM STDIN'), runs)]
-    return _inserts(d, ('insert_rows', info.shape_key, names), f'INSERT INTO {columns} ', runs)
+        return [
+            (_statement(d, ('copy_rows', info.shape_key, names), lambda: f'COPY {columns} FROM STDIN'), runs)
+        ], upkeep
+    statements = _inserts(d, ('insert_rows', info.shape_key, names), f'INSERT INTO {columns} ', runs)
+    if upkeep and d.name == 'postgresql':
+        (upkeep_sql, upkeep_params), upkeep = upkeep[0], upkeep[1:]
+        (sql, [values]), *rest = statements
+        folded = _statement(d, ('with_upkeep', upkeep_sql, sql), lambda: f'WITH upkeep AS ({upkeep_sql}) {sql}')
+        statements = [(folded, [(*upkeep_params, *values)]), *rest]
+    return statements, upkeep
 
 
 def _inserts(d, key, head, runs):
@@ -1533,15 +1578,23 @@ def build_insert_many(d, info, org_id, names, rows, conflict=None, updates=()):
     return sql, _flat(d, info, names, rows)
 
 
-def build_update_many(d, info, org_id, names, rows):
-    """One UPDATE giving each record its own values of `names`: `rows` are dicts holding 'id' and `names`.
+def build_update_many(d, info, org_id, names, rows, upkeep=()):
+    """One UPDATE giving each record its own values of `names`, RETURNING the records: `rows` are dicts holding 'id'
+    and `names`. `upkeep`: statements that return nothing and keep what the write changes elsewhere (the search rows
+    of the records as the write leaves them): (the UPDATE, the upkeep statements left to run after it).
 
     NOTE: WITH v AS (VALUES …) UPDATE … FROM v, on both databases. PostgreSQL types a VALUES column
     from its parameters (text when they are all NULL), so each one is cast to its column's type.
+
+    NOTE: PostgreSQL runs the first upkeep statement in the UPDATE's own, as a CTE: a round trip less while the records
+    are locked (a single update's search row was a statement of its own between the UPDATE and the change row). SQLite
+    cannot (no INSERT in a WITH): it runs them after the UPDATE, as before. Either way within 65,535 parameters: two
+    statements of at most MAX_PARAMS each.
     """
-    names = tuple(names)
+    names, upkeep = tuple(names), list(upkeep)
     table = quote(info.spec.table)
     aliases = [f'v{i}' for i in range(len(names))]
+    folded = upkeep.pop(0) if upkeep and d.name == 'postgresql' else None
 
     def value(alias, name):
         return f'CAST(v.{alias} AS {info.declared[name]})' if d.name == 'postgresql' else f'v.{alias}'
@@ -1549,14 +1602,16 @@ def build_update_many(d, info, org_id, names, rows):
     def write():
         p = d.parameter().get_sql()
         sets = ', '.join(f'{quote(n)} = {value(a, n)}' for a, n in zip(aliases, names))
+        also = f', upkeep AS ({folded[0]})' if folded else ''
         return (
-            f'WITH v (v_id, {", ".join(aliases)}) AS ({_values(d, len(rows), len(names) + 1)}) '
+            f'WITH v (v_id, {", ".join(aliases)}) AS ({_values(d, len(rows), len(names) + 1)}){also} '
             f'UPDATE {table} SET {sets} FROM v WHERE {table}.organization_id = {p} AND {table}.id = v.v_id'
             + _returning(info)
         )
 
-    sql = _statement(d, ('update_many', info.shape_key, names, len(rows)), write)
-    return sql, [*_flat(d, info, ('id', *names), rows), org_id]
+    key = ('update_many', info.shape_key, names, len(rows), folded and folded[0])
+    sql = _statement(d, key, write)
+    return (sql, [*_flat(d, info, ('id', *names), rows), *(folded[1] if folded else ()), org_id]), upkeep
 
 
 def build_get_by(d, info, org_id, column, keys, for_update=False):
@@ -1637,9 +1692,10 @@ def build_duplicate(d, table, column):
 ELEMENT_INDEXES = {('deals', 'contact_ids'): ('deal_contacts', 'contact_id', 'deal_id')}
 
 
-def build_referrers(d, info, org_id, column, ids, indexed=True):
-    """Rows of `info` whose reference `column` points at any of `ids` (scalar or array); an array with an index
-    of its elements (ELEMENT_INDEXES) is searched through it unless `indexed` is false."""
+def build_referrers(d, info, org_id, column, ids, indexed=True, for_update=False):
+    """The records of `info` whose reference `column` points at any of `ids` (scalar or array); an array with an
+    index of its elements (ELEMENT_INDEXES) is searched through it unless `indexed` is false. `for_update` locks them
+    on PostgreSQL, in id order (as build_get_by does)."""
     table = Table(info.spec.table)
     field = table.field(column.name)
     side = ELEMENT_INDEXES.get((info.spec.table, column.name)) if indexed and column.kind == 'array' else None
@@ -1658,8 +1714,14 @@ def build_referrers(d, info, org_id, column, ids, indexed=True):
         match = Sql('{0} @> ANY({1}::jsonb[])', field, Bound([orjson.dumps([i]).decode() for i in ids]))
     else:
         match = d.one_of(field, column.kind, ids)
-    query = d.from_(table).select(table.id, field).where((table.organization_id == Bound(org_id)) & match)
-    return d.render(query)
+    query = (
+        d.from_(table)
+        .select(*[table.field(n) for n in output_columns(info)])
+        .where((table.organization_id == Bound(org_id)) & match)
+    )
+    locking = for_update and d.name == 'postgresql'
+    sql, params = d.render(query.orderby(table.id) if locking else query)
+    return (sql + ' FOR UPDATE' if locking else sql), params
 
 
 # -- embedding -------------------------------------------------------------------------------------

@@ -606,11 +606,18 @@ class Store:
         groups = {}
         for row in rows:
             groups.setdefault(tuple(row), []).append(row)
-        for names, group in groups.items():
-            for statement in sqlbuild.build_insert_rows(self.db.dialect, info, org_id, names, group):
-                tx.write_rows(*statement)
         records = build(rows, set().union(*groups))
-        self.index(tx, info, org_id, records, fresh=True, new=True)
+        d = self.db.dialect
+        copied = self._indexed(info) and sqlbuild.copies_search_rows(d, len(records))
+        upkeep = [] if copied else self._upkeep(info, org_id, records)  # NOTE: the search rows, in the first INSERT
+        for names, group in groups.items():
+            statements, upkeep = sqlbuild.build_insert_rows(d, info, org_id, names, group, upkeep)
+            for statement in statements:
+                tx.write_rows(*statement)
+        for statement in upkeep:
+            tx.execute(*statement)
+        if copied:
+            self.index(tx, info, org_id, records, fresh=True, new=True)
         return records
 
     def _new_records(self, info):
@@ -709,7 +716,7 @@ class Store:
             self._check_references(tx, info, principal, changes, batch)
             changes = self._check_shapes(info, principal, [records[i] for i in ids], changes, batch)
             changes = [self._effective(info, records[i], change) for i, change in zip(ids, changes)]
-            written = self._write(tx, info, principal, {i: {**c, **stamp} for i, c in zip(ids, changes) if c})
+            written = self._write(tx, info, principal, {i: {**c, **stamp} for i, c in zip(ids, changes) if c}, records)
             tx.changes += [
                 history.updated(info.slug, records[i], written[i], c) for i, c in zip(ids, changes) if i in written
             ]
@@ -773,28 +780,38 @@ class Store:
         )
         return found
 
-    def _write(self, tx, info, principal, changes):
+    def _write(self, tx, info, principal, changes, before):
         """UPDATE each record of `changes` ({id: {column: value}}) with its own values, one statement per
-        chunk of records that change the same columns: {id: record}."""
+        chunk of records that change the same columns: {id: record}. `before`: {id: record} of every record, as this
+        transaction read (and on PostgreSQL locked) it.
+
+        NOTE: the search rows are made from the records as the write leaves them, the write's values over `before`
+        (a row holds text columns and references, which read back as they were written), so they are known before the
+        UPDATE and PostgreSQL writes them in its statement (sqlbuild.build_update_many).
+        """
         groups = {}
         for record_id, change in changes.items():
             groups.setdefault(tuple(change), []).append({'id': record_id, **change})
-        read, out = self.reader(info), {}
+        d, org, read, out = self.db.dialect, principal.org_id, self.reader(info), {}
         for names, group in groups.items():
-            written = []
+            upkeep = self._upkeep(info, org, [{**before[row['id']], **row} for row in group], names)
             for part in sqlbuild.row_chunks(group, len(names) + 1):
-                for raw in tx.rows(*sqlbuild.build_update_many(self.db.dialect, info, principal.org_id, names, part)):
+                statement, upkeep = sqlbuild.build_update_many(d, info, org, names, part, upkeep)
+                for raw in tx.rows(*statement):
                     record = read(raw)
                     out[record['id']] = record
-                    written.append(record)
-            self.index(tx, info, principal.org_id, written, columns=names)
+            for statement in upkeep:
+                tx.execute(*statement)
+            if not info.search_upkeep.isdisjoint(names):
+                self._index_referrers(tx, info, org, [row['id'] for row in group], names)
         return out
 
-    def _update(self, tx, info, principal, record_id, changes):
-        record = self._write(tx, info, principal, {record_id: changes}).get(record_id)
-        if record is None:
-            raise RecordNotFound(f"No {info.slug} record with id '{record_id}'", param='id')
-        return record
+    def _update(self, tx, info, principal, record, changes):
+        """Write `changes` to `record` (as this transaction locked it): the record as written."""
+        written = self._write(tx, info, principal, {record['id']: changes}, {record['id']: record}).get(record['id'])
+        if written is None:
+            raise RecordNotFound(f"No {info.slug} record with id '{record['id']}'", param='id')
+        return written
 
     def delete(self, info, principal, record_id):
         return self.delete_many(info, principal, [record_id], batch=False)[0]
@@ -841,7 +858,7 @@ class Store:
             if name == 'archived_at':
                 self._count(tx, info, principal, len(changing) * (-1 if value is not None else 1))
             change = self._stamp(info, {name: value}, 'updated_at')
-            written = self._write(tx, info, principal, dict.fromkeys(changing, change))
+            written = self._write(tx, info, principal, dict.fromkeys(changing, change), records)
             tx.changes += [history.flagged(info.slug, records[i], written[i], name, value) for i in changing]
             records.update(written)
         return [records[i] for i in ids]
@@ -860,43 +877,56 @@ class Store:
         """Write the search rows of `records` (as stored). `columns`: the columns a write changed (None: all
         of them); `fresh`: the records are new (no other record's row holds their words yet); `new`: they were
         inserted by this transaction, so no search row of theirs can be there yet.
+        """
+        d = self.db.dialect
+        if new and self._indexed(info) and sqlbuild.copies_search_rows(d, len(records)):
+            rows = self._with_related_words(tx, info, org_id, self._search_rows(info, org_id, records))
+            tx.write_rows(*sqlbuild.build_search_copy(d, rows))
+        else:
+            for statement in self._upkeep(info, org_id, records, columns):
+                tx.execute(*statement)
+        if not fresh and (columns is None or not info.search_upkeep.isdisjoint(columns)):
+            self._index_referrers(tx, info, org_id, [r['id'] for r in records], columns or info.columns)
+
+    @staticmethod
+    def _indexed(info):
+        return not info.spec.read_only and info.spec.search.indexed
+
+    def _upkeep(self, info, org_id, records, columns=None):
+        """The statements that bring the search rows of `records` (as the write leaves them) up to date; `columns`:
+        the columns the write changes (None: all of them).
 
         NOTE: a write that changes no searchable column costs nothing here; an archive or restore only
         flips the rows' archived state.
         """
-        if info.spec.read_only or not info.spec.search.indexed or not records:
-            return
-        if columns is not None and self._search_columns(info).isdisjoint(columns):
+        if not (self._indexed(info) and records):
+            return []
+        if columns is not None and info.search_upkeep.isdisjoint(columns):
             if 'archived_at' in columns and info.archivable:
-                self._index_archived(tx, info, org_id, records)
-            return
-        table, plan, rows = sqlbuild.search_table(info), search.plan(info), []
-        related, refs = self._related_words(tx, info, org_id, records), info.spec.search.related
-        for r in records:
-            row = plan.row(
-                r, [w for ref, target, _ in refs for w in related.get((target, r.get(ref)), ())] if related else ()
-            )
-            rows.append((table, org_id, r['id'], r.get('archived_at') is not None, *row))
-        copy = new and sqlbuild.build_search_copy(self.db.dialect, rows)
-        if copy:
-            tx.write_rows(*copy)
-        else:
-            for statement in sqlbuild.build_search_rows(self.db.dialect, rows):
-                tx.execute(*statement)
-        if not fresh:
-            self._index_referrers(tx, info, org_id, [r['id'] for r in records], columns or info.columns)
+                return self._archived_statements(info, org_id, records)
+            return []
+        targets = [target for _, target, _ in info.spec.search.related]
+        return sqlbuild.build_search_rows(self.db.dialect, self._search_rows(info, org_id, records), targets)
 
-    def _index_archived(self, tx, info, org_id, records):
+    @staticmethod
+    def _search_rows(info, org_id, records):
+        """build_search_rows' rows of `records`: their search rows without the words of the records they refer to,
+        then the ids they refer to."""
+        table, plan, refs = sqlbuild.search_table(info), info.search_plan, [r for r, _, _ in info.spec.search.related]
+        return [
+            (table, org_id, r['id'], r.get('archived_at') is not None, *plan.row(r), *[r.get(ref) for ref in refs])
+            for r in records
+        ]
+
+    def _archived_statements(self, info, org_id, records):
         groups = {}
         for r in records:
             groups.setdefault(r.get('archived_at') is not None, []).append(r['id'])
-        for archived, ids in groups.items():
-            for part in sqlbuild.chunks(ids):
-                tx.execute(
-                    *sqlbuild.build_search_archived(
-                        self.db.dialect, sqlbuild.search_table(info), org_id, part, archived
-                    )
-                )
+        return [
+            sqlbuild.build_search_archived(self.db.dialect, sqlbuild.search_table(info), org_id, part, archived)
+            for archived, ids in groups.items()
+            for part in sqlbuild.chunks(ids)
+        ]
 
     def unindex(self, tx, info, org_id, ids):
         """Remove the search rows of records deleted for good."""
@@ -905,24 +935,24 @@ class Store:
         for part in sqlbuild.chunks(ids):
             tx.execute(*sqlbuild.build_search_forget(self.db.dialect, sqlbuild.search_table(info), org_id, part))
 
-    @staticmethod
-    def _search_columns(info):
-        """The columns whose values a search row holds: its text columns and the references whose words it takes."""
-        return {*info.searched, *(ref for ref, _, _ in info.spec.search.related)}
-
-    def _related_words(self, tx, info, org_id, records):
-        """{(target table, id): [words]} of the records `records` refer to whose name words they take.
-
-        NOTE: a related column is the target's only name column (schema.SearchPolicy), so the target row's
-        `names` are exactly that column's words.
-        """
-        found = {}
-        for ref, target, _ in info.spec.search.related:
-            ids = sorted({r[ref] for r in records if r.get(ref) is not None})
+    def _with_related_words(self, tx, info, org_id, rows):
+        """`rows` (build_search_rows') as sqlbuild.SEARCH_ROW tuples, their words followed by the name words of the
+        records they refer to (what build_search_rows' statement appends itself), read in one statement per chunk."""
+        size, related, found = len(sqlbuild.SEARCH_ROW), info.spec.search.related, {}
+        words = sqlbuild.SEARCH_ROW.index('words')
+        for k, (_, target, _) in enumerate(related):
+            ids = sorted({row[size + k] for row in rows if row[size + k] is not None})
             for part in sqlbuild.chunks(ids):
                 for record_id, names in tx.rows(*sqlbuild.build_search_names(self.db.dialect, target, org_id, part)):
-                    found[(target, record_id)] = names.split()
-        return found
+                    found[(k, record_id)] = names
+        return [
+            (
+                *row[:words],
+                search.with_related(row[words], [found.get((k, row[size + k])) for k in range(len(related))]),
+                *row[words + 1 : size],
+            )
+            for row in rows
+        ]
 
     def _index_referrers(self, tx, info, org_id, ids, columns):
         """A change of a text other records' words include (a company renamed): their rows again.
@@ -1185,16 +1215,18 @@ class Store:
         """Point every reference to `ids` at `replacement` (None: drop the link), in one UPDATE per chunk
         of referring records: {resource: how many of its records change}. `write=False` only counts them.
 
-        NOTE: referrers are looked up 100 ids at a time: an array column's match is one term per id.
+        NOTE: referrers are looked up 100 ids at a time: an array column's match is one term per id. A write reads
+        them whole and locks them (PostgreSQL: FOR UPDATE, in id order), as _write makes their search rows from them.
         """
         d, ids = self.db.dialect, list(ids)
         gone, moved = set(ids), {}
         for info, column in self.referrers(principal, slug):
-            changes, old = {}, {}
+            changes, old, read = {}, {}, self.reader(info)
             for part in sqlbuild.chunks(ids, size=100):
-                for record_id, current in tx.rows(*sqlbuild.build_referrers(d, info, principal.org_id, column, part)):
+                referring = sqlbuild.build_referrers(d, info, principal.org_id, column, part, for_update=write)
+                for record in map(read, tx.rows(*referring)):
+                    record_id, current = record['id'], record[column.name]
                     if column.kind == 'array':
-                        current = self.db.reader(['array'])([current])[0]
                         new = [replacement if v in gone else v for v in current]
                         new = [v for v in dict.fromkeys(new) if v is not None]
                     elif replacement is None and not column.nullable:
@@ -1204,14 +1236,14 @@ class Store:
                         )
                     else:
                         new = replacement
-                    changes[record_id], old[record_id] = {column.name: new}, current
+                    changes[record_id], old[record_id] = {column.name: new}, record
             moved.setdefault(info.slug, set()).update(changes)
             if changes and write:
                 stamp = self._stamp(info, {}, 'updated_at')
-                written = self._write(tx, info, principal, {i: {**change, **stamp} for i, change in changes.items()})
+                changes = {i: {**change, **stamp} for i, change in changes.items()}
+                written = self._write(tx, info, principal, changes, old)
                 tx.changes += [
-                    history.updated(info.slug, {column.name: old[i]}, record, (column.name,))
-                    for i, record in written.items()
+                    history.updated(info.slug, old[i], record, (column.name,)) for i, record in written.items()
                 ]
         return {resource: len(records) for resource, records in moved.items()}
 
@@ -1301,7 +1333,7 @@ class Store:
                 for n, v in changes.items()
             }
             merged = (
-                self._update(tx, info, principal, target['id'], self._stamp(info, stored, 'updated_at'))
+                self._update(tx, info, principal, target, self._stamp(info, stored, 'updated_at'))
                 if stored
                 else self._fetch(tx, info, principal, target['id'])
             )

@@ -389,6 +389,16 @@ def test_a_merge_leaves_the_target_findable_by_what_it_took_and_the_sources_gone
     assert found(api, 'homie') == []
 
 
+def test_a_company_merge_gives_the_sources_contacts_and_deals_the_targets_name(api):
+    """The records a merge points at its target keep their search rows current: their words take its name."""
+    target, source = api.create('companies', name='Globex'), api.create('companies', name='Initech')
+    contact = api.create('contacts', first_name='Milton', company_id=source['id'])
+    deal = api.create('deals', name='Stapler', company_id=source['id'])
+    api.post('/api/merge_companies', {'source_ids': [source['id']], 'target_id': target['id']}, status=200)
+    assert found(api, 'milton globex') == [contact['id']] and found(api, 'globex', 'deals') == [deal['id']]
+    assert found(api, 'initech') == [] and found(api, 'initech', 'deals') == []
+
+
 def test_deleted_records_leave_the_search(api):
     tag = api.create('tags', name='Gold customer')
     api.delete(f'/api/tags/{tag["id"]}')
@@ -762,6 +772,25 @@ def test_reindex_leaves_exactly_the_search_rows_the_writes_wrote(api, database, 
     cli.cmd_reindex(database, argparse.Namespace(org=api.org_id))
     assert all_search_rows(database, api.org_id) == written
     assert 'reindexed 1 organization(s)' in capsys.readouterr().err
+
+
+def test_a_batch_of_contacts_takes_its_companies_names_as_single_writes_and_a_rebuild_do(api, database):
+    """A contact's row takes its company's name words in the statement that writes the row (single writes, updates,
+    a rebuild), or from a read before a batch's rows sent by COPY (PostgreSQL, from COPY_ROWS new records): the
+    rows are the same either way, a word of the contact's own that the company's name repeats included."""
+    acme, globex = api.create('companies', name='Acme Rockets'), api.create('companies', name='Globex')
+    bodies = [
+        {'last_name': f'Acme {n}', 'company_id': [acme['id'], globex['id'], None][n % 3]}
+        for n in range(sqlbuild.COPY_ROWS)
+    ]
+    batch = api.post('/api/contacts', bodies).json
+    single = api.create('contacts', last_name='Acme', company_id=acme['id'])
+    api.put(f'/api/contacts/{batch[2]["id"]}', {'company_id': globex['id']})
+    written = all_search_rows(database, api.org_id)
+    cli.cmd_reindex(database, argparse.Namespace(org=api.org_id))
+    assert all_search_rows(database, api.org_id) == written
+    assert set(found(api, 'acme rockets')) == {single['id'], *(r['id'] for r in batch[::3])}
+    assert set(found(api, 'globex')) == {r['id'] for r in batch if r['company_id'] == globex['id']} | {batch[2]['id']}
 
 
 def test_reindex_analyzes_the_rows_it_reads_names_from_before_the_rows_that_read_them(api, database, monkeypatch):
