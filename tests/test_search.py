@@ -532,6 +532,28 @@ def test_postgresql_connections_read_broad_matches_through_an_exact_bitmap(datab
             assert tx.one('SHOW work_mem')[0] == db.WORK_MEM
 
 
+def test_postgresql_never_prepares_a_statement_that_matches_a_text_pattern(database, api):
+    """A prepared statement is planned generically from its 6th run, and a generic plan cannot see a LIKE pattern:
+    a contains walk went from 1.3 ms to 72 ms at 100k contacts. Statements without one are still prepared."""
+    if database.name != 'postgresql':
+        return
+    info = build_services(database).catalog.resolve('contacts')
+
+    def page_sql(params):
+        lq = parse_list({k: json.dumps(v) for k, v in params.items()}, info)
+        return sqlbuild.build_list(database.dialect, info, api.org_id, lq)
+
+    contains = page_sql({'filters': [{'field': 'last_name', 'op': 'contains', 'value': 'mith'}]})
+    equal = page_sql({'filters': [{'field': 'last_name', 'op': 'eq', 'value': 'Smith'}]})
+    with database.transaction() as tx:
+        for sql, params in (contains, equal):
+            for _ in range(8):
+                tx.rows(sql, params)
+        prepared = [r[0] for r in tx.rows('SELECT statement FROM pg_prepared_statements')]
+    assert any('"last_name"=' in s for s in prepared)
+    assert not any(' LIKE ' in s for s in prepared)
+
+
 def search_rows(database, record_id):
     p = '?' if database.name == 'sqlite' else '%s'
     with database.transaction() as tx:
