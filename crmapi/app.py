@@ -147,9 +147,10 @@ class AuthMiddleware:
         """Establish `req.context.principal` as `access` demands, or raise 400/401/429."""
         if req.method == 'OPTIONS' or access == PUBLIC:
             return
-        if 'token' in req.params or 'access_token' in req.params:
+        params = req.params
+        if params and ('token' in params or 'access_token' in params):
             raise InvalidParam('Send the token in the Authorization header, never in the URL', param='token')
-        header = req.get_header('Authorization')
+        header = req.env.get('HTTP_AUTHORIZATION')  # NOTE: req.get_header's own lookup, without its name mangling
         if header is None and access == OPTIONAL:
             return
         scheme, _, token = (header or '').partition(' ')
