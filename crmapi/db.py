@@ -374,9 +374,6 @@ class _Connection(sqlite3.Connection):
 
     counts = None  # {(sql, *params): total} of the database as of `counts_version` (_SQLiteTx.count)
     counts_version = None
-    # NOTE: statement()'s Tx, one cursor made once: a cursor a statement took ~0.3 µs of a get. Safe because each
-    # such statement's rows are all fetched before it returns, on the one thread that uses the connection.
-    statement_tx = None
 
     def cursor(self, factory=_Cursor):
         return super().cursor(factory)
@@ -484,7 +481,6 @@ class SQLiteDatabase(Database):
             factory=_Connection,
         )
         conn.deadline = _Deadline(self)
-        conn.statement_tx = _SQLiteTx(conn.cursor())
         conn.set_progress_handler(conn.deadline.passed, PROGRESS_STEPS)
         conn.execute(f'PRAGMA busy_timeout = {int(self.busy_timeout_ms)}')
         if self.path != ':memory:':
@@ -512,7 +508,11 @@ class SQLiteDatabase(Database):
         # os.getpid() is a system call, and every statement asks for its connection.
         local = self._local
         if getattr(local, 'pid', None) != _process[0]:
-            local.conn, local.pid = self._connect(), _process[0]
+            local.conn = conn = self._connect()
+            # NOTE: statement()'s Tx, one cursor made once (a cursor a statement took ~0.3 µs of a get): each such
+            # statement's rows are all fetched before it returns, on this thread. Beside the connection, not on it,
+            # so that no cycle keeps the connection open after its thread ends.
+            local.statement_tx, local.pid = _SQLiteTx(conn.cursor()), _process[0]
         return local.conn
 
     @contextlib.contextmanager
@@ -546,7 +546,7 @@ class SQLiteDatabase(Database):
         one statement: a get by id was BEGIN, SELECT and COMMIT, three statements where one does.
         """
         conn = self.connection()
-        return _Statement(conn.statement_tx, not conn.in_transaction)
+        return _Statement(self._local.statement_tx, not conn.in_transaction)
 
     @staticmethod
     def statements(sql):
@@ -616,7 +616,7 @@ class SQLiteDatabase(Database):
         conn = getattr(self._local, 'conn', None)
         if conn is not None:
             conn.close()
-            self._local.conn = None
+            self._local.conn = self._local.statement_tx = None
             self._local.pid = None
 
 
@@ -909,7 +909,6 @@ class PostgresDatabase(Database):
         self._lock = threading.Lock()
         self._local = threading.local()
         self._last_used = weakref.WeakKeyDictionary()
-        self._statement_txs = weakref.WeakKeyDictionary()  # a pooled connection's Tx for statement()
         self._server_timeout = weakref.WeakKeyDictionary()
         self._turn = itertools.count()
 
@@ -1271,6 +1270,9 @@ def translate_errors():
     return _TRANSLATED
 
 
+STATEMENT_TX = '_crmapi_statement_tx'  # the attribute of a pooled psycopg connection holding statement()'s Tx
+
+
 class _PooledStatement:
     """PostgresDatabase.statement's context: a pooled connection's Tx for one read statement, outside any
     transaction (autocommit), the connection returned to the pool after it; driver errors translated."""
@@ -1285,10 +1287,12 @@ class _PooledStatement:
             self.conn = conn = self.pool.getconn()
         # NOTE: one Tx and cursor per connection, made at its first statement (a psycopg cursor took ~1.5 µs of a
         # get): the connection is this thread's until it goes back to the pool, and the statement's rows are all
-        # fetched before then.
-        tx = self.db._statement_txs.get(conn)
+        # fetched before then. Kept on the connection itself: a cursor refers to its connection, so in a
+        # WeakKeyDictionary it would keep alive every connection the pool drops; this cycle goes with it.
+        tx = getattr(conn, STATEMENT_TX, None)
         if tx is None:
-            tx = self.db._statement_txs[conn] = Tx(conn.cursor())
+            tx = Tx(conn.cursor())
+            setattr(conn, STATEMENT_TX, tx)
         return tx
 
     def __exit__(self, kind, exc, traceback):
