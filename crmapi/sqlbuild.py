@@ -1365,9 +1365,9 @@ def build_get(d, info, org_id, ids, for_update=False):
         return d.from_(table).select(*[table.field(n) for n in columns]).where(_by_ids(d, table, org_id, ids))
 
     if isinstance(ids, str):
-        # NOTE: keyed by the table's columns as they are (the output columns follow from them): a get by id
-        # whose statement was written before builds nothing but this key.
-        key = ('get', info.spec.table, tuple(info.columns))
+        # NOTE: keyed by the table's shape (the output columns follow from it): a get by id whose statement was
+        # written before builds nothing but this key.
+        key = ('get', info.shape_key)
         sql, params = d.memo(key, lambda: build(Table(info.spec.table))), [org_id, ids]
     else:
         # NOTE: rows are locked in the order they come back; one order (by id) for every

@@ -1,5 +1,6 @@
 """What operators rely on: health probes, request ids, the access log, Idempotency-Key, backups."""
 
+import gc
 import io
 import json
 import logging
@@ -7,10 +8,13 @@ import os
 import sqlite3
 import subprocess
 import sys
+import weakref
 
 import pytest
 
 from crmapi import app as crm_app
+from crmapi.db import PostgresDatabase
+from crmapi.db import SQLiteDatabase
 from conftest import assert_problem
 
 
@@ -85,6 +89,20 @@ def test_a_forked_worker_reads_through_connections_of_its_own(backend, database,
 
     assert _in_a_forked_child(check) == 'True'
     assert own() is parents
+
+
+def test_a_connection_that_answered_gets_is_freed_once_closed(backend, database):
+    """A get's statement reuses its connection's cursor (Database.statement); closing the database (as a pool does
+    with a connection past its lifetime) still frees the connection, and the cursor with it."""
+    db = SQLiteDatabase(database.path) if backend == 'sqlite' else PostgresDatabase(database.url)
+    for _ in range(2):
+        with db.statement() as tx:
+            assert tx.one('SELECT 1')[0] == 1
+    connection = weakref.ref(tx.cursor.connection)
+    db.close()
+    del tx
+    gc.collect()
+    assert connection() is None
 
 
 def test_sqlite_writers_of_every_process_queue_on_one_lock_file(tmp_path):
