@@ -427,15 +427,16 @@ class _Deadline:
 
     The connection's progress handler asks `passed()` every PROGRESS_STEPS instructions; a true answer
     interrupts the statement (SQLITE_INTERRUPT, a 503). A timeout of 0 or less means no limit, as on
-    PostgreSQL.
+    PostgreSQL. `lifted`: none for the rest of the connection's transaction (a migration step's).
     """
 
     def __init__(self, db):
         self.db = db
         self.at = math.inf
+        self.lifted = False
 
     def start(self):
-        ms = self.db.statement_timeout_ms
+        ms = 0 if self.lifted else self.db.statement_timeout_ms
         self.at = time.monotonic() + ms / 1000 if ms > 0 else math.inf
 
     def passed(self):
@@ -684,12 +685,15 @@ class SQLiteDatabase(Database):
                 except BaseException:
                     conn.kept.forget()  # a rollback: see _SQLiteTx
                     conn.rollback()
+                    conn.deadline.lifted = False
                     raise
                 try:
                     conn.execute('COMMIT')
                 except BaseException:
                     conn.kept.forget()  # NOTE: a COMMIT that fails (a full disk) may have rolled back
                     raise
+                finally:
+                    conn.deadline.lifted = False
 
     def statement(self):
         """One read statement, in the transaction of this thread if there is one, else in its own.
@@ -728,7 +732,9 @@ class SQLiteDatabase(Database):
             tx.execute(statement)
 
     def lock_for_migration(self, tx):
-        """BEGIN IMMEDIATE already holds SQLite's write lock."""
+        """BEGIN IMMEDIATE already holds SQLite's write lock; the step's statements run without a deadline (a step
+        may rewrite a whole table: PostgreSQL's lock_for_migration)."""
+        tx.cursor.connection.deadline.lifted = True
 
     def table_exists(self, name):
         with self.transaction() as tx:
@@ -1347,8 +1353,11 @@ class PostgresDatabase(Database):
         """One migrating process at a time, whichever app server started first.
 
         NOTE: a transaction-level advisory lock: it ends with the step's transaction, so it works through
-        PgBouncer in transaction pooling mode (a session lock would stay on a server connection others get).
+        PgBouncer in transaction pooling mode (a session lock would stay on a server connection others get). The
+        step's statements run without the statement timeout, as its lock does: a step may rewrite a whole table
+        (migration 0025 marks every contact with children: longer than 15 s at a million contacts).
         """
+        tx.execute('SET LOCAL statement_timeout = 0')
         tx.execute('SELECT pg_advisory_xact_lock(4242001)')
 
     def table_exists(self, name):

@@ -13,6 +13,7 @@ from crmapi.accounts import Accounts
 from crmapi.config import Settings
 from crmapi.db import PostgresDatabase
 from crmapi.db import SQLiteDatabase
+from crmapi.errors import Unavailable
 from crmapi.store import reindex_database
 from conftest import postgres_url
 
@@ -137,6 +138,28 @@ def test_data_written_under_the_first_version_survives(empty_db):
     client = webtest.TestApp(create_app(Settings(database_url='injected'), db=empty_db))
     contact = client.get('/api/contacts/c_old', headers={'Authorization': f'Bearer {token}'}).json
     assert contact['first_name'] == 'Ada' and contact['created_at'] == '2020-01-01T00:00:00.000000Z'
+
+
+def test_a_migration_step_runs_without_the_statement_timeout(backend, tmp_path):
+    """A step may rewrite a whole table (0025 marked every contact with children: past the 15 s default at a
+    million contacts on PostgreSQL), so under the migration lock no statement times out; the next transaction has
+    its timeout again."""
+    if backend == 'sqlite':
+        db = SQLiteDatabase(str(tmp_path / 'timed.db'), statement_timeout_ms=50)
+        slow = (
+            'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT COUNT(*) FROM c'
+        )
+    else:
+        db = PostgresDatabase(postgres_url(), statement_timeout_ms=50)
+        slow = 'SELECT pg_sleep(0.3)'
+    try:
+        with db.transaction(write=True) as tx:
+            db.lock_for_migration(tx)
+            tx.execute(slow)
+        with pytest.raises(Unavailable, match='took too long'), db.transaction(write=True) as tx:
+            tx.execute(slow)
+    finally:
+        db.close()
 
 
 def test_schema_sql_declares_the_newest_version():
