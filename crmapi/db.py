@@ -62,6 +62,10 @@ class Tx:
             return self.one(sql, params)[0]
         return self.kept.total(self, sql, params)
 
+    def kept_count(self, sql, params=()):
+        """What `count` would answer without counting, or None: no exact total of it is kept."""
+        return None if self.kept is None else self.kept.held(self, sql, params)
+
     # NOTE: what an engine's Tx tells KeptCounts (SQLite: _SQLiteTx, PostgreSQL: _PostgresCounts).
     def counted_on(self):
         """The server the statements run on (part of a kept total's key): None for the one database."""
@@ -499,18 +503,29 @@ class KeptCounts:
         key = _count_key(tx.counted_on(), sql, params)
         if key is None:
             return tx.versioned_count(sql, params)[0]
-        with self._lock:
-            held = self._totals.get(key)
-        # NOTE: a key never counted needs no version: the count's own answers it (PostgreSQL: the same statement)
-        if held is not None and held[0] == tx.data_version():
-            with self._lock:
-                if key in self._totals:
-                    self._totals.move_to_end(key)
-            return held[1]
+        held = self._held(tx, key)
+        if held is not None:
+            return held
         total, version = tx.versioned_count(sql, params)
         if version is not None:
             self._keep(key, version, total)
         return total
+
+    def held(self, tx, sql, params):
+        """The total kept for this COUNT and still exact, or None (none is kept, or a commit came since)."""
+        key = _count_key(tx.counted_on(), sql, params)
+        return None if key is None else self._held(tx, key)
+
+    def _held(self, tx, key):
+        with self._lock:
+            held = self._totals.get(key)
+        # NOTE: a key never counted needs no version: the count's own answers it (PostgreSQL: the same statement)
+        if held is None or held[0] != tx.data_version():
+            return None
+        with self._lock:
+            if key in self._totals:
+                self._totals.move_to_end(key)
+        return held[1]
 
     def _keep(self, key, version, total):
         with self._lock:
