@@ -234,7 +234,6 @@ class Edge:
     """
 
     def __init__(self, auth, origins):
-        self.auth = auth
         self.process_resource = auth.process_resource
         self.origins = frozenset(origins)
         self.any_origin = '*' in self.origins

@@ -587,7 +587,7 @@ def _row_page(d, info, org_id, lq, seen=False):
 # page is usually among the first records of the list's order: `build_walk` checks only the first records in that
 # order on their search rows (WALK_FIRST, then WALK when the first ones promise a page). When they hold a full page,
 # it is the list's page; else the caller reads the matches (build_list). Its total is then counted apart
-# (build_count; SQLite keeps counts per connection).
+# (build_count; both databases keep it while the data is unchanged: db.KeptCounts).
 
 WALK_FIRST = 200  # records a page of a search walks first; a rare match stops there
 WALK = 1_000  # records it walks when the first ones hold enough matches, before it reads every match instead
