@@ -428,7 +428,8 @@ def pg_app_with_a_short_statement_timeout(tmp_path):
     name = 'timeout_' + uuid.uuid4().hex[:12]
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE {name}')
-    db = PostgresDatabase(base.rsplit('/', 1)[0] + '/' + name)
+    # NOTE: the timeout is the database's own: Settings reach only connections opened after create_app.
+    db = PostgresDatabase(base.rsplit('/', 1)[0] + '/' + name, statement_timeout_ms=300)
     try:
         migrations.migrate(db)
         accounts = Accounts(db)
