@@ -752,36 +752,43 @@ class SQLiteDatabase(Database):
         if conn.in_transaction:
             yield _SQLiteTx(conn.cursor())
             return
-        grouped, ticket = write and conn.syncs, None
-        with translate_errors():
-            if grouped:
-                conn.execute('PRAGMA synchronous = NORMAL')  # NOTE: FULL's sync comes after the lock (_WalSync)
-            try:
-                # NOTE: a deferred BEGIN that reads then writes fails at once under contention,
-                # whatever the busy timeout; IMMEDIATE takes the write lock up front.
-                with self._writer if write else contextlib.nullcontext():
-                    conn.execute('BEGIN IMMEDIATE' if write else 'BEGIN')
-                    try:
-                        yield _SQLiteTx(conn.cursor())
-                    except BaseException:
-                        conn.kept.forget()  # a rollback: see _SQLiteTx
-                        conn.rollback()
-                        conn.deadline.lifted = False
-                        raise
-                    try:
-                        conn.execute('COMMIT')
-                    except BaseException:
-                        conn.kept.forget()  # NOTE: a COMMIT that fails (a full disk) may have rolled back
-                        raise
-                    finally:
-                        conn.deadline.lifted = False
-                    if grouped:
-                        ticket = self._wal.committed()
-            finally:
-                if grouped:
-                    conn.execute('PRAGMA synchronous = FULL')  # NOTE: every other transaction syncs as it commits
-            if ticket is not None:
-                self._wal.wait(ticket)  # NOTE: acknowledged only once durable, as under FULL
+        with translate_errors(), self._synced(conn, write) as tickets:
+            # NOTE: a deferred BEGIN that reads then writes fails at once under contention,
+            # whatever the busy timeout; IMMEDIATE takes the write lock up front.
+            with self._writer if write else contextlib.nullcontext():
+                conn.execute('BEGIN IMMEDIATE' if write else 'BEGIN')
+                try:
+                    yield _SQLiteTx(conn.cursor())
+                except BaseException:
+                    conn.kept.forget()  # a rollback: see _SQLiteTx
+                    conn.rollback()
+                    conn.deadline.lifted = False
+                    raise
+                try:
+                    conn.execute('COMMIT')
+                except BaseException:
+                    conn.kept.forget()  # NOTE: a COMMIT that fails (a full disk) may have rolled back
+                    raise
+                finally:
+                    conn.deadline.lifted = False
+                if tickets is not None:
+                    tickets.append(self._wal.committed())
+
+    @contextlib.contextmanager
+    def _synced(self, conn, write):
+        """Around a transaction: at FULL (conn.syncs), a write one commits at NORMAL and its block ends once the WAL
+        is synced (_WalSync), after the writer lock; it gives the list its COMMIT's ticket goes in (else None)."""
+        if not (write and conn.syncs):
+            yield None
+            return
+        tickets = []
+        conn.execute('PRAGMA synchronous = NORMAL')
+        try:
+            yield tickets
+        finally:
+            conn.execute('PRAGMA synchronous = FULL')  # NOTE: every other transaction syncs as it commits
+        if tickets:
+            self._wal.wait(tickets[0])  # NOTE: acknowledged only once durable, as under FULL
 
     def statement(self):
         """One read statement, in the transaction of this thread if there is one, else in its own.
