@@ -138,6 +138,118 @@ def test_sqlite_writers_of_every_process_queue_on_one_lock_file(tmp_path):
         assert tx.one('SELECT COUNT(*) FROM t', []) == (1,)
 
 
+def _synced_files(monkeypatch, fail=0):
+    """Record the files crmapi fdatasyncs ([path]); the first `fail` syncs raise an I/O error instead."""
+    from crmapi import db as crm_db
+
+    synced, real = [], os.fdatasync
+
+    def fdatasync(fd):
+        if len(synced) < fail:
+            synced.append(None)
+            raise OSError(5, 'Input/output error')
+        synced.append(os.readlink(f'/proc/self/fd/{fd}'))
+        real(fd)
+
+    monkeypatch.setattr(crm_db.os, 'fdatasync', fdatasync)
+    return synced
+
+
+def _table_db(tmp_path, synchronous='FULL'):
+    db = SQLiteDatabase(str(tmp_path / 'crm.db'), synchronous=synchronous)
+    with db.transaction(write=True) as tx:
+        tx.execute('CREATE TABLE t (x INTEGER)', [])
+    return db
+
+
+def test_a_sqlite_write_at_full_syncs_its_wal_after_the_writer_lock_and_before_it_returns(tmp_path, monkeypatch):
+    """SQLite at synchronous=FULL (the default): a write transaction commits at NORMAL and syncs the WAL itself,
+    before it returns; reads, and transactions that fail, sync nothing, and every other transaction stays at FULL."""
+    db = _table_db(tmp_path)
+    synced = _synced_files(monkeypatch)
+    with db.transaction(write=True) as tx:
+        assert tx.one('PRAGMA synchronous', []) == (1,)  # NORMAL inside: SQLite does not sync at COMMIT
+        tx.execute('INSERT INTO t (x) VALUES (1)', [])
+    assert synced == [os.path.realpath(db.path) + '-wal']
+    with pytest.raises(ZeroDivisionError), db.transaction(write=True) as tx:
+        tx.execute('INSERT INTO t (x) VALUES (2)', [])
+        1 / 0
+    with db.transaction() as tx:
+        assert tx.one('PRAGMA synchronous', []) == (2,)  # FULL: SQLite syncs what such a transaction writes
+        assert tx.one('SELECT COUNT(*) FROM t', []) == (1,)
+    assert len(synced) == 1
+
+
+def test_sqlite_at_normal_syncs_nothing_itself(tmp_path, monkeypatch):
+    db = _table_db(tmp_path, synchronous='NORMAL')
+    synced = _synced_files(monkeypatch)
+    with db.transaction(write=True) as tx:
+        tx.execute('INSERT INTO t (x) VALUES (1)', [])
+    assert synced == []
+
+
+def test_a_sqlite_write_whose_sync_fails_is_an_error_and_the_next_write_syncs_again(tmp_path, monkeypatch):
+    db = _table_db(tmp_path)
+    synced = _synced_files(monkeypatch, fail=1)
+    with pytest.raises(OSError), db.transaction(write=True) as tx:
+        tx.execute('INSERT INTO t (x) VALUES (1)', [])
+    with db.transaction(write=True) as tx:
+        tx.execute('INSERT INTO t (x) VALUES (2)', [])
+    assert synced == [None, os.path.realpath(db.path) + '-wal']
+
+
+def test_concurrent_sqlite_writes_share_wal_syncs_each_returning_after_one_begun_after_its_commit(
+    tmp_path, monkeypatch
+):
+    """Writers that commit while a sync runs share the next one (fewer syncs than writes), and no write returns
+    before a sync that began after its COMMIT has ended: acknowledged means on disk, as under FULL."""
+    import threading
+    import time
+
+    from crmapi import db as crm_db
+
+    db = _table_db(tmp_path)
+    lock, committed, synced, late = threading.Lock(), set(), [], []
+    real, commit = os.fdatasync, crm_db._WalSync.committed
+
+    def fdatasync(fd):
+        with lock:
+            covered = set(committed)  # the writes whose COMMIT had returned when this sync began
+        time.sleep(0.02)
+        real(fd)
+        with lock:
+            synced.append(covered)
+
+    def committed_now(self):
+        ticket = commit(self)
+        with lock:
+            committed.add(ticket)
+        write.ticket = ticket
+        return ticket
+
+    write = threading.local()
+    monkeypatch.setattr(crm_db.os, 'fdatasync', fdatasync)
+    monkeypatch.setattr(crm_db._WalSync, 'committed', committed_now)
+
+    def writes(n):
+        for k in range(5):
+            with db.transaction(write=True) as tx:
+                tx.execute('INSERT INTO t (x) VALUES (?)', [n * 10 + k])
+            with lock:
+                if not any(write.ticket in covered for covered in synced):
+                    late.append(write.ticket)
+
+    threads = [threading.Thread(target=writes, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert late == []
+    assert len(synced) < 20
+    with db.transaction() as tx:
+        assert tx.one('SELECT COUNT(*) FROM t', []) == (20,)
+
+
 def test_the_access_log_is_json_lines_without_tokens(api):
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
