@@ -617,7 +617,8 @@ def build_walk(d, info, org_id, lq, length, seen=False):
     `seen`: as build_list's.
 
     The first `length` records in the list's order (ranked: id order, among the records of the best score), without
-    the search, each checked on its search row. NOTE: when the walk returns a full page, every record before the
+    the search, each checked on its search row; from where its matches can start, when it filters its first sort
+    column (`_seek`). NOTE: when the walk returns a full page, every record before the
     page's last one in the list's order was walked, so the page is the list's own; a short one proves nothing.
     """
     if not walks(info, lq):
@@ -640,7 +641,10 @@ def build_walk(d, info, org_id, lq, length, seen=False):
         [],
     )
     name, p = quote(info.spec.table), d.parameter().get_sql()
-    order = walked.rpartition(' ORDER BY ')[2]
+    head, _, order = walked.rpartition(' ORDER BY ')
+    seek = _seek(d, info, org_id, lq, length, head.partition(' WHERE ')[2], params)
+    if seek is not None:
+        walked, params = f'{head} AND {seek[0]} ORDER BY {order}', [*params, *seek[1]]
     rows = _records_select(d, table, page_columns(info, seen and reads_seen(info)))
     # NOTE: the walk reads only the keys of the order (a covering index), the page's records are read last. Its
     # length is written into the statement: PostgreSQL plans a LIMIT it is not told as a tenth of the table. Each
@@ -654,6 +658,54 @@ def build_walk(d, info, org_id, lq, length, seen=False):
         f'ORDER BY {order}'
     )
     return sql, [org_id, *params, *checks, int(lq.size), int(lq.start)]
+
+
+def _seek_filters(lq):
+    """The text operators of a walked list on its first sort column: each is decided by that column's value alone."""
+    first = lq.sorts[0] if lq.sorts else None
+    if first is None or first.column.name == 'id':
+        return ()
+    return tuple(f for f in lq.filters if f.column.kind != SEARCH_KIND and f.column.name == first.column.name)
+
+
+def _seek(d, info, org_id, lq, length, scope, scope_params):
+    """(sql, params) of where a walk starts: its first sort column at or past the first of its values that passes the
+    list's text operators on that column, or None (no such operator). `length`: the walk's; `scope`: the walked
+    list's WHERE (and its params).
+
+    NOTE: the matches of an operator on the sort column lie together in the sort's order (contains "mith": the
+    Smiths, past 80 % of the contacts by last name), where a walk from the start never gets. Such an operator is decided
+    by the value alone, so the values before the run are passed over one at a time (a loose index scan: the next
+    value, and one record holding it checked on its search row), at most as many as the records the walk reads (the
+    same bound on its cost): stopped there, the walk starts at the first value not proven to fail, and a run that
+    starts past it is read as today (build_list). NULL passes no text operator, so it is never a start.
+    """
+    filters = _seek_filters(lq)
+    if not filters:
+        return None
+    sort = lq.sorts[0]
+    check, checks = _shaped(
+        d,
+        ('walk_seek', list_shape(info, lq)),
+        lambda: _walk_check(d, info, org_id, replace(lq, search=None, filters=filters)),
+        lambda: _walk_check(d, info, org_id, replace(lq, search=None, filters=filters)),
+        [],
+    )
+    c, t = quote(sort.column.name), quote(info.spec.table)
+    beyond, order = ('<', 'DESC') if sort.descending else ('>', 'ASC')
+    if d.nulls_sql and sort.column.nullable:  # NOTE: spelled as the walk's order (_order), so its index serves it
+        order += ' NULLS LAST' if sort.descending else ' NULLS FIRST'
+
+    def value(condition):
+        return f'(SELECT {c} FROM {t} WHERE {scope} AND {condition} ORDER BY {c} {order} LIMIT 1)'
+
+    holder = f'(SELECT "id" FROM {t} WHERE {scope} AND {c} = v.x LIMIT 1)'
+    sql = (
+        f'{c} {beyond}= (WITH RECURSIVE v(x, n) AS (SELECT {value(f"{c} IS NOT NULL")}, 0 UNION ALL '
+        f'SELECT {value(f"{c} {beyond} v.x")}, v.n + 1 FROM v WHERE v.x IS NOT NULL AND v.n < {int(length)} '
+        f'AND NOT EXISTS ({check} AND s.record_id = {holder})) SELECT x FROM v ORDER BY n DESC LIMIT 1)'
+    )
+    return sql, [*scope_params, *scope_params, *checks, *scope_params]
 
 
 def where(d, table, info, org_id, lq):

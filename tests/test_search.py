@@ -263,6 +263,41 @@ def test_a_page_found_by_walking_the_first_records_in_order_is_the_page_read_in_
     assert any(w is not None for w in walked) and None in walked, 'some pages were walked, some read in full'
 
 
+def test_a_walk_starts_where_the_matches_of_a_text_operator_on_its_sort_column_start(api, other_api, monkeypatch):
+    """Matches of an operator on the sort column lie together in its order (contains "smith" by last name: past
+    every other name), out of reach of a walk from the start: the walk passes over the values that fail first, one
+    record each (sqlbuild._seek), and its page is the full read's, asc and desc, ties in id order, NULLs, offsets,
+    with other filters; the values it may pass over are bounded, and a run beyond the bound is read in full."""
+    names = ['Adams'] * 3 + ['Brown'] * 3 + ['Clark'] * 3 + ['Goldsmith', *['Smith'] * 3, 'Smithson']
+    for last in [None, *names, *['Young'] * 3, None]:
+        for client in (api, other_api):
+            client.create('contacts', first_name='Ann' if last == 'Smith' else 'Bob', last_name=last)
+    api.delete(f'/api/contacts/{api.create("contacts", first_name="Al", last_name="Smith")["id"]}')
+    smith = {'field': 'last_name', 'op': 'contains', 'value': 'SMITH'}
+    walking = [
+        {'filters': [smith], 'sort': ['last_name', 'ASC']},
+        {'filters': [smith], 'sort': ['last_name', 'DESC']},
+        {'filters': [{'field': 'last_name', 'op': 'ends_with', 'value': 'smith'}], 'sort': ['last_name', 'ASC']},
+        {'filters': [smith, {'field': 'first_name', 'op': 'starts_with', 'value': 'a'}], 'sort': ['last_name', 'ASC']},
+        {'filters': [q_filter('bob'), smith], 'sort': ['last_name', 'ASC']},
+        {'filters': [smith], 'filter': {'include_archived': True}, 'sort': ['last_name', 'ASC']},
+    ]
+    beyond_the_bound = {'filters': [{'field': 'last_name', 'op': 'starts_with', 'value': 'you'}], 'sort': 'last_name'}
+    walked = []
+    walk = Store._walked
+    monkeypatch.setattr(Store, '_walked', lambda *a: walked.append(walk(*a)) or walked[-1])
+    for params in [*walking, beyond_the_bound]:
+        for bounds in ([0, 0], [0, 3], [1, 2], [2, 5]):
+            monkeypatch.setattr(sqlbuild, 'WALK_PAGE', 0)
+            full = api.get('/api/contacts', {**params, 'range': bounds})
+            monkeypatch.setattr(sqlbuild, 'WALK_PAGE', 100)
+            monkeypatch.setattr(sqlbuild, 'WALK_FIRST', 4)
+            monkeypatch.setattr(sqlbuild, 'WALK', 8)
+            resp = api.get('/api/contacts', {**params, 'range': bounds})
+            assert (ids(resp.json), resp.headers['Content-Range']) == (ids(full.json), full.headers['Content-Range'])
+            assert (walked[-1] is not None) == (params in walking and len(full.json) > bounds[1] - bounds[0]), params
+
+
 # -- q inside filters ----------------------------------------------------------------------------------
 
 
