@@ -374,11 +374,15 @@ class Store:
         not a search it applies to, or too few matches among them to prove the page.
 
         NOTE: a walk of WALK_FIRST records goes on to WALK only when its matches promise a page there: a rare
-        match (q "jo smi": 0.3 % of the records) costs the short walk only.
+        match (q "jo smi": 0.3 % of the records) costs the short walk only. An exact total kept from an earlier
+        count (db.KeptCounts) of at most WALK_FIRST matches skips the walk: reading them all costs no more.
         """
         d, first = self.db.dialect, sqlbuild.WALK_FIRST
         walk = sqlbuild.build_walk(d, info, principal.org_id, lq, first, seen)
         if walk is None:
+            return None
+        kept = tx.kept_count(*sqlbuild.build_count(d, info, principal.org_id, lq))
+        if kept is not None and kept <= first:
             return None
         rows = tx.rows(*walk)
         if len(rows) < lq.size and (lq.start + len(rows)) * sqlbuild.WALK >= (lq.start + lq.size) * first:

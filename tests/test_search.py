@@ -267,8 +267,9 @@ def test_a_walk_starts_where_the_matches_of_a_text_operator_on_its_sort_column_s
     """Matches of an operator on the sort column lie together in its order (contains "smith" by last name: past
     every other name), out of reach of a walk from the start: the walk passes over the values that fail first, one
     record each (sqlbuild._seek), and its page is the full read's, asc and desc, ties in id order, NULLs, offsets,
-    with other filters; the values it may pass over are bounded, and a run beyond the bound is read in full."""
-    names = ['Adams'] * 3 + ['Brown'] * 3 + ['Clark'] * 3 + ['Goldsmith', *['Smith'] * 3, 'Smithson']
+    with other filters; the values it may pass over are bounded, and a run beyond the bound is read in full.
+    NOTE: each walking case has more matches than WALK_FIRST: a smaller total, kept, reads without walking."""
+    names = ['Adams'] * 3 + ['Brown'] * 3 + ['Clark'] * 3 + ['Goldsmith', *['Smith'] * 5, 'Smithson']
     for last in [None, *names, *['Young'] * 3, None]:
         for client in (api, other_api):
             client.create('contacts', first_name='Ann' if last == 'Smith' else 'Bob', last_name=last)
@@ -279,7 +280,7 @@ def test_a_walk_starts_where_the_matches_of_a_text_operator_on_its_sort_column_s
         {'filters': [smith], 'sort': ['last_name', 'DESC']},
         {'filters': [{'field': 'last_name', 'op': 'ends_with', 'value': 'smith'}], 'sort': ['last_name', 'ASC']},
         {'filters': [smith, {'field': 'first_name', 'op': 'starts_with', 'value': 'a'}], 'sort': ['last_name', 'ASC']},
-        {'filters': [q_filter('bob'), smith], 'sort': ['last_name', 'ASC']},
+        {'filters': [q_filter('ann'), smith], 'sort': ['last_name', 'ASC']},
         {'filters': [smith], 'filter': {'include_archived': True}, 'sort': ['last_name', 'ASC']},
     ]
     beyond_the_bound = {'filters': [{'field': 'last_name', 'op': 'starts_with', 'value': 'you'}], 'sort': 'last_name'}
@@ -296,6 +297,21 @@ def test_a_walk_starts_where_the_matches_of_a_text_operator_on_its_sort_column_s
             resp = api.get('/api/contacts', {**params, 'range': bounds})
             assert (ids(resp.json), resp.headers['Content-Range']) == (ids(full.json), full.headers['Content-Range'])
             assert (walked[-1] is not None) == (params in walking and len(full.json) > bounds[1] - bounds[0]), params
+
+
+def test_a_search_whose_kept_total_is_no_longer_than_a_walk_reads_its_matches_without_walking(api, monkeypatch):
+    """A walk proves a page only among the records it reads: with an exact total kept (db.KeptCounts) of no more
+    matches than it would read, reading every match costs no more, and a rare match is not walked in vain."""
+    made = [api.create('contacts', first_name='Bob', last_name=last) for last in ['Smith', 'Adams', 'Smithson']]
+    monkeypatch.setattr(sqlbuild, 'WALK_FIRST', 3)
+    walked = []
+    walk = Store._walked
+    monkeypatch.setattr(Store, '_walked', lambda *a: walked.append(walk(*a)) or walked[-1])
+    params = {'filters': [{'field': 'last_name', 'op': 'contains', 'value': 'smith'}], 'sort': 'last_name'}
+    pages = [api.get('/api/contacts', {**params, 'range': [0, 0]}) for _ in range(2)]
+    assert [ids(p.json) for p in pages] == [[made[0]['id']]] * 2
+    assert [p.headers['Content-Range'] for p in pages] == ['contacts 0-0/2'] * 2
+    assert [w is not None for w in walked] == [True, False], 'the first page counted, the second used its total'
 
 
 # -- q inside filters ----------------------------------------------------------------------------------
