@@ -594,6 +594,11 @@ WALK = 1_000  # records it walks when the first ones hold enough matches, before
 WALK_PAGE = 100  # the deepest end of a page (start + size) looked for by a walk
 
 
+def _fence(d):
+    """What ends a walk's search-row check so that PostgreSQL runs it as a lookup per record (see build_walk)."""
+    return ' OFFSET 0' if d.name == 'postgresql' else ''
+
+
 def walks(info, lq):
     """Whether build_walk applies: a list that only searches, read from its start, sorted by the record's own
     columns (or ranked, or in id order), its page within WALK_PAGE."""
@@ -651,10 +656,9 @@ def build_walk(d, info, org_id, lq, length, seen=False):
     # walked record is checked on its own search row: on PostgreSQL `OFFSET 0` keeps the EXISTS a per-record lookup
     # by the whole key; as a semi-join, with the statistics of a table that grew since it was analyzed, it was
     # planned as a scan of all the organization's search rows per record (7.6 s for a page of tags in the tests).
-    fence = ' OFFSET 0' if d.name == 'postgresql' else ''
     sql = (
         f'{rows} WHERE "organization_id"={p} AND "id" IN (SELECT "id" FROM ({walked} LIMIT {int(length)}) {name} '
-        f'WHERE EXISTS ({check} AND s.record_id = {name}."id"{fence}) ORDER BY {order} LIMIT {p} OFFSET {p}) '
+        f'WHERE EXISTS ({check} AND s.record_id = {name}."id"{_fence(d)}) ORDER BY {order} LIMIT {p} OFFSET {p}) '
         f'ORDER BY {order}'
     )
     return sql, [org_id, *params, *checks, int(lq.size), int(lq.start)]
@@ -703,7 +707,7 @@ def _seek(d, info, org_id, lq, length, scope, scope_params):
     sql = (
         f'{c} {beyond}= (WITH RECURSIVE v(x, n) AS (SELECT {value(f"{c} IS NOT NULL")}, 0 UNION ALL '
         f'SELECT {value(f"{c} {beyond} v.x")}, v.n + 1 FROM v WHERE v.x IS NOT NULL AND v.n < {int(length)} '
-        f'AND NOT EXISTS ({check} AND s.record_id = {holder})) SELECT x FROM v ORDER BY n DESC LIMIT 1)'
+        f'AND NOT EXISTS ({check} AND s.record_id = {holder}{_fence(d)})) SELECT x FROM v ORDER BY n DESC LIMIT 1)'
     )
     return sql, [*scope_params, *scope_params, *checks, *scope_params]
 

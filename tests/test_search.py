@@ -627,6 +627,27 @@ def test_postgresql_walks_check_each_record_on_its_own_search_row(database, api)
     assert searched and all('record_id' in n.get('Index Cond', '') for n in searched), searched
 
 
+def test_postgresql_walks_pass_over_sort_values_checking_one_search_row_each(database, api):
+    """A walk that passes over the values of its sort column first (sqlbuild._seek) checks a record of each on its
+    search row by the whole key, as the walk itself does, whatever the planner makes of the statistics."""
+    if database.name != 'postgresql':
+        return
+    info = build_services(database).catalog.resolve('contacts')
+    params = {'filters': json.dumps([{'field': 'last_name', 'op': 'contains', 'value': 'mith'}]), 'sort': 'last_name'}
+    sql, params = sqlbuild.build_walk(database.dialect, info, api.org_id, parse_list(params, info), 200, False)
+    with database.transaction(write=True) as tx:
+        tx.execute('SET LOCAL enable_nestloop = off')
+        plan = tx.one('EXPLAIN (FORMAT JSON) ' + sql, params)[0]
+
+    def nodes(node):
+        yield node
+        for child in node.get('Plans', ()):
+            yield from nodes(child)
+
+    searched = [n for n in nodes(plan[0]['Plan']) if n.get('Relation Name') == 'search_texts']
+    assert len(searched) == 2 and all('record_id' in n.get('Index Cond', '') for n in searched), searched
+
+
 def search_rows(database, record_id):
     p = '?' if database.name == 'sqlite' else '%s'
     with database.transaction() as tx:
