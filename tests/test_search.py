@@ -648,6 +648,34 @@ def test_postgresql_walks_pass_over_sort_values_checking_one_search_row_each(dat
     assert len(searched) == 2 and all('record_id' in n.get('Index Cond', '') for n in searched), searched
 
 
+def test_a_walk_passes_over_sort_values_only_of_a_column_an_index_stores(database, api):
+    """Passing over a value costs an index seek on an indexed column (last_name, email), a scan on another (first_name):
+    there the walk starts from the first record. On PostgreSQL each value is a seek whatever the index's NULLS order
+    (email's index is ASC NULLS LAST, last_name's NULLS FIRST: an ORDER BY spelled otherwise sorted every contact)."""
+    info = build_services(database).catalog.resolve('contacts')
+
+    def walk(column):
+        params = {'filters': json.dumps([{'field': column, 'op': 'contains', 'value': 'mith'}]), 'sort': column}
+        return sqlbuild.build_walk(database.dialect, info, api.org_id, parse_list(params, info), 200, False)
+
+    assert ['WITH RECURSIVE' in walk(c)[0] for c in ('last_name', 'email', 'first_name')] == [True, True, False]
+    if database.name != 'postgresql':
+        return
+    for column in ('last_name', 'email'):
+        with database.transaction(write=True) as tx:
+            tx.execute('SET LOCAL enable_seqscan = off')
+            plan = tx.one('EXPLAIN (FORMAT JSON) ' + walk(column)[0], walk(column)[1])[0]
+
+        def nodes(node, inside=False):
+            inside = inside or node.get('Subplan Name', '').startswith('CTE v')
+            yield node, inside
+            for child in node.get('Plans', ()):
+                yield from nodes(child, inside)
+
+        passed = [n for n, inside in nodes(plan[0]['Plan']) if inside]
+        assert passed and not [n for n in passed if n['Node Type'] == 'Sort'], (column, passed)
+
+
 def search_rows(database, record_id):
     p = '?' if database.name == 'sqlite' else '%s'
     with database.transaction() as tx:
