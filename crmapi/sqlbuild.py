@@ -594,6 +594,11 @@ WALK = 1_000  # records it walks when the first ones hold enough matches, before
 WALK_PAGE = 100  # the deepest end of a page (start + size) looked for by a walk
 
 
+def _fence(d):
+    """What ends a walk's search-row check so that PostgreSQL runs it as a lookup per record (see build_walk)."""
+    return ' OFFSET 0' if d.name == 'postgresql' else ''
+
+
 def walks(info, lq):
     """Whether build_walk applies: a list that only searches, read from its start, sorted by the record's own
     columns (or ranked, or in id order), its page within WALK_PAGE."""
@@ -617,7 +622,8 @@ def build_walk(d, info, org_id, lq, length, seen=False):
     `seen`: as build_list's.
 
     The first `length` records in the list's order (ranked: id order, among the records of the best score), without
-    the search, each checked on its search row. NOTE: when the walk returns a full page, every record before the
+    the search, each checked on its search row; from where its matches can start, when it filters its first sort
+    column (`_seek`). NOTE: when the walk returns a full page, every record before the
     page's last one in the list's order was walked, so the page is the list's own; a short one proves nothing.
     """
     if not walks(info, lq):
@@ -640,20 +646,70 @@ def build_walk(d, info, org_id, lq, length, seen=False):
         [],
     )
     name, p = quote(info.spec.table), d.parameter().get_sql()
-    order = walked.rpartition(' ORDER BY ')[2]
+    head, _, order = walked.rpartition(' ORDER BY ')
+    seek = _seek(d, info, org_id, lq, length, head.partition(' WHERE ')[2], params)
+    if seek is not None:
+        walked, params = f'{head} AND {seek[0]} ORDER BY {order}', [*params, *seek[1]]
     rows = _records_select(d, table, page_columns(info, seen and reads_seen(info)))
     # NOTE: the walk reads only the keys of the order (a covering index), the page's records are read last. Its
     # length is written into the statement: PostgreSQL plans a LIMIT it is not told as a tenth of the table. Each
     # walked record is checked on its own search row: on PostgreSQL `OFFSET 0` keeps the EXISTS a per-record lookup
     # by the whole key; as a semi-join, with the statistics of a table that grew since it was analyzed, it was
     # planned as a scan of all the organization's search rows per record (7.6 s for a page of tags in the tests).
-    fence = ' OFFSET 0' if d.name == 'postgresql' else ''
     sql = (
         f'{rows} WHERE "organization_id"={p} AND "id" IN (SELECT "id" FROM ({walked} LIMIT {int(length)}) {name} '
-        f'WHERE EXISTS ({check} AND s.record_id = {name}."id"{fence}) ORDER BY {order} LIMIT {p} OFFSET {p}) '
+        f'WHERE EXISTS ({check} AND s.record_id = {name}."id"{_fence(d)}) ORDER BY {order} LIMIT {p} OFFSET {p}) '
         f'ORDER BY {order}'
     )
     return sql, [org_id, *params, *checks, int(lq.size), int(lq.start)]
+
+
+def _seek_filters(lq):
+    """The text operators of a walked list on its first sort column: each is decided by that column's value alone."""
+    first = lq.sorts[0] if lq.sorts else None
+    if first is None or first.column.name == 'id':
+        return ()
+    return tuple(f for f in lq.filters if f.column.kind != SEARCH_KIND and f.column.name == first.column.name)
+
+
+def _seek(d, info, org_id, lq, length, scope, scope_params):
+    """(sql, params) of where a walk starts: its first sort column at or past the first of its values that passes the
+    list's text operators on that column, or None (no such operator). `length`: the walk's; `scope`: the walked
+    list's WHERE (and its params).
+
+    NOTE: the matches of an operator on the sort column lie together in the sort's order (contains "mith": the
+    Smiths, past 80 % of the contacts by last name), where a walk from the start never gets. Such an operator is decided
+    by the value alone, so the values before the run are passed over one at a time (a loose index scan: the next
+    value, and one record holding it checked on its search row), at most as many as the records the walk reads (the
+    same bound on its cost): stopped there, the walk starts at the first value not proven to fail, and a run that
+    starts past it is read as today (build_list). NULL passes no text operator, so it is never a start.
+    """
+    filters = _seek_filters(lq)
+    sort = lq.sorts[0] if filters else None
+    if sort is None or sort.column.max_length is None:
+        return None  # NOTE: a column no index stores (schema.make_column) would cost a scan per value passed over
+    check, checks = _shaped(
+        d,
+        ('walk_seek', list_shape(info, lq)),
+        lambda: _walk_check(d, info, org_id, replace(lq, search=None, filters=filters)),
+        lambda: _walk_check(d, info, org_id, replace(lq, search=None, filters=filters)),
+        [],
+    )
+    c, t = quote(sort.column.name), quote(info.spec.table)
+    beyond, first = ('<', 'max') if sort.descending else ('>', 'min')
+
+    def value(condition):
+        # NOTE: min/max, not ORDER BY … LIMIT 1: PostgreSQL serves them from an index on the column whatever its
+        # NULLS order (an ORDER BY spelled otherwise than the index sorted all of a million contacts per value)
+        return f'(SELECT {first}({c}) FROM {t} WHERE {scope} AND {condition})'
+
+    holder = f'(SELECT "id" FROM {t} WHERE {scope} AND {c} = v.x LIMIT 1)'
+    sql = (
+        f'{c} {beyond}= (WITH RECURSIVE v(x, n) AS (SELECT {value(f"{c} IS NOT NULL")}, 0 UNION ALL '
+        f'SELECT {value(f"{c} {beyond} v.x")}, v.n + 1 FROM v WHERE v.x IS NOT NULL AND v.n < {int(length)} '
+        f'AND NOT EXISTS ({check} AND s.record_id = {holder}{_fence(d)})) SELECT x FROM v ORDER BY n DESC LIMIT 1)'
+    )
+    return sql, [*scope_params, *scope_params, *checks, *scope_params]
 
 
 def where(d, table, info, org_id, lq):

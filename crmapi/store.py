@@ -350,7 +350,13 @@ class Store:
         seen = seen and sqlbuild.reads_seen(info)
         read = self.reader(info)
         with self.db.transaction() as tx:
-            raw, counted = self._walked(tx, info, principal, lq, seen), None
+            # NOTE: a total kept (db.KeptCounts) is read once, before a walk, which it may spare (see _walked)
+            kept = (
+                tx.kept_count(*sqlbuild.build_count(d, info, principal.org_id, lq))
+                if count != 'none' and sqlbuild.walks(info, lq)
+                else None
+            )
+            raw, counted = self._walked(tx, info, principal, lq, seen, kept), None
             if raw is None:
                 raw = tx.rows(*sqlbuild.build_list(d, info, principal.org_id, lq, seen))
                 counted = raw[0][-1] if raw and sqlbuild.pages_in_rows(info, lq) else None
@@ -365,20 +371,23 @@ class Store:
                 total = len(rows)
             elif counted is not None and count == 'exact':
                 total = counted
+            elif kept is not None:
+                total = kept
             else:
                 total = self._total(tx, info, principal, lq, count)
         return rows, total
 
-    def _walked(self, tx, info, principal, lq, seen=False):
+    def _walked(self, tx, info, principal, lq, seen=False, kept=None):
         """A broad search's page from a walk of the first records in its order (sqlbuild.build_walk), or None:
         not a search it applies to, or too few matches among them to prove the page.
 
         NOTE: a walk of WALK_FIRST records goes on to WALK only when its matches promise a page there: a rare
-        match (q "jo smi": 0.3 % of the records) costs the short walk only.
+        match (q "jo smi": 0.3 % of the records) costs the short walk only. An exact total kept from an earlier
+        count (`kept`) of at most WALK_FIRST matches skips the walk: reading them all costs no more.
         """
         d, first = self.db.dialect, sqlbuild.WALK_FIRST
         walk = sqlbuild.build_walk(d, info, principal.org_id, lq, first, seen)
-        if walk is None:
+        if walk is None or (kept is not None and kept <= first):
             return None
         rows = tx.rows(*walk)
         if len(rows) < lq.size and (lq.start + len(rows)) * sqlbuild.WALK >= (lq.start + lq.size) * first:

@@ -263,6 +263,57 @@ def test_a_page_found_by_walking_the_first_records_in_order_is_the_page_read_in_
     assert any(w is not None for w in walked) and None in walked, 'some pages were walked, some read in full'
 
 
+def test_a_walk_starts_where_the_matches_of_a_text_operator_on_its_sort_column_start(api, other_api, monkeypatch):
+    """Matches of an operator on the sort column lie together in its order (contains "smith" by last name: past
+    every other name), out of reach of a walk from the start: the walk passes over the values that fail first, one
+    record each (sqlbuild._seek), and its page is the full read's, asc and desc, ties in id order, NULLs, offsets,
+    with other filters; the values it may pass over are bounded, and a run beyond the bound is read in full.
+    NOTE: each walking case has more matches than WALK_FIRST: a smaller total, kept, reads without walking."""
+    names = ['Adams'] * 3 + ['Brown'] * 3 + ['Clark'] * 3 + ['Goldsmith', *['Smith'] * 5, 'Smithson']
+    for last in [None, *names, *['Young'] * 3, None]:
+        for client in (api, other_api):
+            client.create('contacts', first_name='Ann' if last == 'Smith' else 'Bob', last_name=last)
+    api.delete(f'/api/contacts/{api.create("contacts", first_name="Al", last_name="Smith")["id"]}')
+    smith = {'field': 'last_name', 'op': 'contains', 'value': 'SMITH'}
+    walking = [
+        {'filters': [smith], 'sort': ['last_name', 'ASC']},
+        {'filters': [smith], 'sort': ['last_name', 'DESC']},
+        {'filters': [{'field': 'last_name', 'op': 'ends_with', 'value': 'smith'}], 'sort': ['last_name', 'ASC']},
+        {'filters': [smith, {'field': 'first_name', 'op': 'starts_with', 'value': 'a'}], 'sort': ['last_name', 'ASC']},
+        {'filters': [q_filter('ann'), smith], 'sort': ['last_name', 'ASC']},
+        {'filters': [smith], 'filter': {'include_archived': True}, 'sort': ['last_name', 'ASC']},
+    ]
+    beyond_the_bound = {'filters': [{'field': 'last_name', 'op': 'starts_with', 'value': 'you'}], 'sort': 'last_name'}
+    walked = []
+    walk = Store._walked
+    monkeypatch.setattr(Store, '_walked', lambda *a: walked.append(walk(*a)) or walked[-1])
+    for params in [*walking, beyond_the_bound]:
+        for bounds in ([0, 0], [0, 3], [1, 2], [2, 5]):
+            monkeypatch.setattr(sqlbuild, 'WALK_PAGE', 0)
+            full = api.get('/api/contacts', {**params, 'range': bounds})
+            monkeypatch.setattr(sqlbuild, 'WALK_PAGE', 100)
+            monkeypatch.setattr(sqlbuild, 'WALK_FIRST', 4)
+            monkeypatch.setattr(sqlbuild, 'WALK', 8)
+            resp = api.get('/api/contacts', {**params, 'range': bounds})
+            assert (ids(resp.json), resp.headers['Content-Range']) == (ids(full.json), full.headers['Content-Range'])
+            assert (walked[-1] is not None) == (params in walking and len(full.json) > bounds[1] - bounds[0]), params
+
+
+def test_a_search_whose_kept_total_is_no_longer_than_a_walk_reads_its_matches_without_walking(api, monkeypatch):
+    """A walk proves a page only among the records it reads: with an exact total kept (db.KeptCounts) of no more
+    matches than it would read, reading every match costs no more, and a rare match is not walked in vain."""
+    made = [api.create('contacts', first_name='Bob', last_name=last) for last in ['Smith', 'Adams', 'Smithson']]
+    monkeypatch.setattr(sqlbuild, 'WALK_FIRST', 3)
+    walked = []
+    walk = Store._walked
+    monkeypatch.setattr(Store, '_walked', lambda *a: walked.append(walk(*a)) or walked[-1])
+    params = {'filters': [{'field': 'last_name', 'op': 'contains', 'value': 'smith'}], 'sort': 'last_name'}
+    pages = [api.get('/api/contacts', {**params, 'range': [0, 0]}) for _ in range(2)]
+    assert [ids(p.json) for p in pages] == [[made[0]['id']]] * 2
+    assert [p.headers['Content-Range'] for p in pages] == ['contacts 0-0/2'] * 2
+    assert [w is not None for w in walked] == [True, False], 'the first page counted, the second used its total'
+
+
 # -- q inside filters ----------------------------------------------------------------------------------
 
 
@@ -574,6 +625,55 @@ def test_postgresql_walks_check_each_record_on_its_own_search_row(database, api)
 
     searched = [n for n in nodes(plan[0]['Plan']) if n.get('Relation Name') == 'search_texts']
     assert searched and all('record_id' in n.get('Index Cond', '') for n in searched), searched
+
+
+def test_postgresql_walks_pass_over_sort_values_checking_one_search_row_each(database, api):
+    """A walk that passes over the values of its sort column first (sqlbuild._seek) checks a record of each on its
+    search row by the whole key, as the walk itself does, whatever the planner makes of the statistics."""
+    if database.name != 'postgresql':
+        return
+    info = build_services(database).catalog.resolve('contacts')
+    params = {'filters': json.dumps([{'field': 'last_name', 'op': 'contains', 'value': 'mith'}]), 'sort': 'last_name'}
+    sql, params = sqlbuild.build_walk(database.dialect, info, api.org_id, parse_list(params, info), 200, False)
+    with database.transaction(write=True) as tx:
+        tx.execute('SET LOCAL enable_nestloop = off')
+        plan = tx.one('EXPLAIN (FORMAT JSON) ' + sql, params)[0]
+
+    def nodes(node):
+        yield node
+        for child in node.get('Plans', ()):
+            yield from nodes(child)
+
+    searched = [n for n in nodes(plan[0]['Plan']) if n.get('Relation Name') == 'search_texts']
+    assert len(searched) == 2 and all('record_id' in n.get('Index Cond', '') for n in searched), searched
+
+
+def test_a_walk_passes_over_sort_values_only_of_a_column_an_index_stores(database, api):
+    """Passing over a value costs an index seek on an indexed column (last_name, email), a scan on another (first_name):
+    there the walk starts from the first record. On PostgreSQL each value is a seek whatever the index's NULLS order
+    (email's index is ASC NULLS LAST, last_name's NULLS FIRST: an ORDER BY spelled otherwise sorted every contact)."""
+    info = build_services(database).catalog.resolve('contacts')
+
+    def walk(column):
+        params = {'filters': json.dumps([{'field': column, 'op': 'contains', 'value': 'mith'}]), 'sort': column}
+        return sqlbuild.build_walk(database.dialect, info, api.org_id, parse_list(params, info), 200, False)
+
+    assert ['WITH RECURSIVE' in walk(c)[0] for c in ('last_name', 'email', 'first_name')] == [True, True, False]
+    if database.name != 'postgresql':
+        return
+    for column in ('last_name', 'email'):
+        with database.transaction(write=True) as tx:
+            tx.execute('SET LOCAL enable_seqscan = off')
+            plan = tx.one('EXPLAIN (FORMAT JSON) ' + walk(column)[0], walk(column)[1])[0]
+
+        def nodes(node, inside=False):
+            inside = inside or node.get('Subplan Name', '').startswith('CTE v')
+            yield node, inside
+            for child in node.get('Plans', ()):
+                yield from nodes(child, inside)
+
+        passed = [n for n, inside in nodes(plan[0]['Plan']) if inside]
+        assert passed and not [n for n in passed if n['Node Type'] == 'Sort'], (column, passed)
 
 
 def search_rows(database, record_id):
