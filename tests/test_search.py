@@ -470,6 +470,54 @@ def test_a_batch_of_new_records_is_findable_like_single_writes(api):
     assert found(api, 'batch07 simps') == [made[7]['id']] and len(found(api, 'gumb')) == n - 1
 
 
+def test_q_words_of_every_length_find_the_same_records_through_every_write_path(api, database):
+    """PostgreSQL finds a q word of 1-3 characters as one exact lexeme of its row's word starts (`prefixes`, written
+    beside `words` by every write path: single, a batch by COPY, an update, a company rename, a rebuild) and a longer
+    word by its first 3 characters there, then whole on the row: the records SQLite's trigram index finds."""
+    zenith = api.create('companies', name='Zenith Labs')
+    jo = api.create('contacts', first_name='Jo', last_name='Smith', email='jsmith@acme.io', company_id=zenith['id'])
+    batch = api.post(
+        '/api/contacts',
+        [{'first_name': 'John', 'last_name': f'Smithers{i}', 'company_id': zenith['id']} for i in range(20)],
+    ).json
+    joanna = api.create('contacts', first_name='Joanna', last_name='Smi')
+    bob = api.create('contacts', first_name='Bob', last_name='Jones', phone='+1 555 0100')
+    api.put(f'/api/contacts/{joanna["id"]}', {'title': 'Zealot'})
+    smithers = {r['id'] for r in batch}
+    expected = {
+        'jo smi': {jo['id'], joanna['id'], *smithers},
+        'SMI J': {jo['id'], joanna['id'], *smithers},
+        'JÖ SMÏ': {jo['id'], joanna['id'], *smithers},
+        'joh smith': smithers,
+        'smith jo': {jo['id'], *smithers},
+        'smithers1 j': {r['id'] for r in batch if r['last_name'].startswith('Smithers1')},
+        'jsm': {jo['id']},
+        'acm io': {jo['id']},
+        'z jo': {jo['id'], joanna['id'], *smithers},
+        'zen jo': {jo['id'], *smithers},
+        'zenith labs j': {jo['id'], *smithers},
+        'jon': {bob['id']},
+        '+1 55': {bob['id']},
+        'jo x': set(),
+        'smix jo': set(),
+    }
+
+    def answers():
+        return {q: set(found(api, q)) for q in expected}
+
+    assert answers() == expected
+    api.put(f'/api/companies/{zenith["id"]}', {'name': 'Globex'})
+    assert set(found(api, 'gl jo')) == {jo['id'], *smithers} and found(api, 'ze jo') == [joanna['id']]  # a Zealot
+    expected['zenith labs j'], expected['zen jo'], expected['z jo'] = set(), set(), {joanna['id']}
+    cli.cmd_reindex(database, argparse.Namespace(org=api.org_id))
+    assert answers() == expected
+    if database.name == 'postgresql':
+        with database.transaction() as tx:
+            rows = tx.rows('SELECT words, prefixes FROM search_texts WHERE organization_id = %s', (api.org_id,))
+        for words, prefixes in rows:
+            assert set(prefixes.split()) == {w[:n] for w in words.split() for n in (1, 2, 3)}, words
+
+
 def test_a_batch_of_any_size_writes_exactly_its_search_rows(api, database):
     """On SQLite a batch's search rows go in one statement of a power of two rows (sqlbuild._search_parts): the rows
     it pads with are skipped, and every record of the batch has its row."""
