@@ -489,7 +489,8 @@ CREATE TABLE IF NOT EXISTS auth_generation (
 -- in the transaction of every write): its organization and archived state, `words` (q), `names` (ranking),
 -- `fields` (its text columns folded, a JSON object: the text operators) and `texts` (the same values, one a
 -- line: what the trigram indexes read). SQLite: an FTS5 trigram table kept by triggers, without positions
--- (detail=none, migration 0022); PostgreSQL: pg_trgm and a tsvector GIN index (migration 0019's twins).
+-- (detail=none, migration 0022); PostgreSQL: pg_trgm and a tsvector GIN index (migration 0019's twins), and
+-- `prefixes` (the first 1-3 characters of each word: a short q word is one exact lexeme of its index, migration 0029).
 -- sqlite only
 CREATE TABLE search_texts (
     id INTEGER PRIMARY KEY,
@@ -535,12 +536,15 @@ CREATE TABLE search_texts (
     names TEXT NOT NULL,
     fields TEXT NOT NULL,
     texts TEXT NOT NULL,
+    prefixes TEXT NOT NULL,
     PRIMARY KEY (table_name, organization_id, record_id)
 );
 -- postgresql only
 CREATE INDEX search_texts_trigrams ON search_texts USING gin (texts gin_trgm_ops);
 -- postgresql only
 CREATE INDEX search_texts_words ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(words, ' '), '  ')));
+-- postgresql only
+CREATE INDEX search_texts_prefixes ON search_texts USING gin (array_to_tsvector(string_to_array(ltrim(prefixes, ' '), ' ')));
 
 -- Which of a contact's reverse relations may have children (contacts.children_seen), kept by triggers
 -- (migration 0025): SQLite's per row, PostgreSQL's per statement.
@@ -611,4 +615,4 @@ END';
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (28);
+INSERT INTO schema_version (version) VALUES (29);

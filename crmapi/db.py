@@ -151,14 +151,15 @@ class _PostgresCounts:
 @functools.lru_cache(maxsize=512)
 def _prepare(sql):
     """psycopg's `prepare` for a statement: None (prepared after a few runs, psycopg's choice), or False (never) for
-    one that matches a text pattern.
+    one that matches a text pattern or a q's words (a tsquery, `@@`).
 
     NOTE: PostgreSQL plans a prepared statement generically from its 6th run when the generic plan's estimate is no
     worse, and a generic plan cannot see a LIKE pattern: the walk of contains "mith" in 100k contacts took 1.3 ms
-    with its custom plan and 72 ms from the 6th run on one connection (bench/RESULTS.md). Planning such a statement
-    every time costs far less than that.
+    with its custom plan and 72 ms from the 6th run on one connection (bench/RESULTS.md). Nor the words of a q: the
+    page of q "jo smi" at 1M contacts went from 30-60 ms to 250-500 ms. Planning such a statement every time costs
+    far less than that.
     """
-    return False if ' LIKE ' in sql else None
+    return False if ' LIKE ' in sql or ' @@ ' in sql else None
 
 
 class _Preparing:

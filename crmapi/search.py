@@ -19,6 +19,7 @@ MAX_WORD = 100  # characters of a word kept, in the index and in a query alike
 MAX_DOCUMENT = 200_000  # characters of words a record's document keeps (PostgreSQL: a tsvector holds < 1 MiB)
 MAX_QUERY_WORDS = 32  # words of one `q`: each is a term of the statement
 TRIGRAM = 3  # the shortest folded value a trigram index can serve
+PREFIX = 3  # PostgreSQL: the starts of a word kept as lexemes of their own (`prefixes`), 1 to PREFIX characters
 
 _WORD = re.compile(r'[^\W_]+')  # runs of letters and digits (str.isalnum)
 _PHONE = re.compile(r'[\d\s+()-]*\d[\d\s+()-]*')
@@ -128,6 +129,15 @@ def with_related(words, names):
     (PostgreSQL's COPY). The same word in both is kept twice: q and the text operators find a word once or twice alike.
     """
     return words + ''.join(n.replace(' ', WORD_START) for n in names if n)
+
+
+def prefixes(words):
+    """The starts of 1 to PREFIX characters of each word of `words` (a row's `words` as stored, its related words
+    included), each after a space (' j jo joh'): PostgreSQL's `prefixes`, whose index finds a q word of up to PREFIX
+    characters as one exact lexeme, and a longer one's first PREFIX characters.
+    """
+    found = words.split()
+    return joined(dict.fromkeys([w[:n] for n in range(1, PREFIX + 1) for w in found]))
 
 
 def _bounded(kept):

@@ -921,11 +921,15 @@ class Store:
         targets = [target for _, target, _ in info.spec.search.related]
         return sqlbuild.build_search_rows(self.db.dialect, self._search_rows(info, org_id, records), targets)
 
-    @staticmethod
-    def _search_rows(info, org_id, records):
-        """build_search_rows' rows of `records`: their search rows without the words of the records they refer to,
-        then the ids they refer to."""
+    def _search_rows(self, info, org_id, records):
+        """build_search_rows' rows of `records`: their search rows without the words of the records they refer to
+        (PostgreSQL: and their words' prefixes, sqlbuild.search_row), then the ids they refer to."""
         table, plan, refs = sqlbuild.search_table(info), info.search_plan, [r for r, _, _ in info.spec.search.related]
+        if len(sqlbuild.search_row(self.db.dialect)) > len(sqlbuild.SEARCH_ROW):
+            return [
+                (table, org_id, r['id'], r.get('archived_at') is not None, *row, search.prefixes(row.words), *ids)
+                for r, row, ids in ((r, plan.row(r), [r.get(ref) for ref in refs]) for r in records)
+            ]
         return [
             (table, org_id, r['id'], r.get('archived_at') is not None, *plan.row(r), *[r.get(ref) for ref in refs])
             for r in records
@@ -949,23 +953,26 @@ class Store:
             tx.execute(*sqlbuild.build_search_forget(self.db.dialect, sqlbuild.search_table(info), org_id, part))
 
     def _with_related_words(self, tx, info, org_id, rows):
-        """`rows` (build_search_rows') as sqlbuild.SEARCH_ROW tuples, their words followed by the name words of the
-        records they refer to (what build_search_rows' statement appends itself), read in one statement per chunk."""
-        size, related, found = len(sqlbuild.SEARCH_ROW), info.spec.search.related, {}
-        words = sqlbuild.SEARCH_ROW.index('words')
+        """`rows` (build_search_rows') as sqlbuild.search_row tuples, their words (and prefixes) followed by the name
+        words of the records they refer to (what build_search_rows' statement appends itself), read in one statement
+        per chunk."""
+        columns, related, found = sqlbuild.search_row(self.db.dialect), info.spec.search.related, {}
+        size, words = len(columns), columns.index('words')
+        prefixes = columns.index('prefixes') if 'prefixes' in columns else None
         for k, (_, target, _) in enumerate(related):
             ids = sorted({row[size + k] for row in rows if row[size + k] is not None})
             for part in sqlbuild.chunks(ids):
                 for record_id, names in tx.rows(*sqlbuild.build_search_names(self.db.dialect, target, org_id, part)):
                     found[(k, record_id)] = names
-        return [
-            (
-                *row[:words],
-                search.with_related(row[words], [found.get((k, row[size + k])) for k in range(len(related))]),
-                *row[words + 1 : size],
-            )
-            for row in rows
-        ]
+        out = []
+        for row in rows:
+            names = [found.get((k, row[size + k])) for k in range(len(related))]
+            whole = list(row[:size])
+            whole[words] = search.with_related(row[words], names)
+            if prefixes is not None:
+                whole[prefixes] += ''.join(search.prefixes(n) for n in names if n)
+            out.append(tuple(whole))
+        return out
 
     def _index_referrers(self, tx, info, org_id, ids, columns):
         """A change of a text other records' words include (a company renamed): their rows again.

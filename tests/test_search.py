@@ -521,6 +521,54 @@ def test_a_batch_of_new_records_is_findable_like_single_writes(api):
     assert found(api, 'batch07 simps') == [made[7]['id']] and len(found(api, 'gumb')) == n - 1
 
 
+def test_q_words_of_every_length_find_the_same_records_through_every_write_path(api, database):
+    """PostgreSQL finds a q word of 1-3 characters as one exact lexeme of its row's word starts (`prefixes`, written
+    beside `words` by every write path: single, a batch by COPY, an update, a company rename, a rebuild) and a longer
+    word by its first 3 characters there, then whole on the row: the records SQLite's trigram index finds."""
+    zenith = api.create('companies', name='Zenith Labs')
+    jo = api.create('contacts', first_name='Jo', last_name='Smith', email='jsmith@acme.io', company_id=zenith['id'])
+    batch = api.post(
+        '/api/contacts',
+        [{'first_name': 'John', 'last_name': f'Smithers{i}', 'company_id': zenith['id']} for i in range(20)],
+    ).json
+    joanna = api.create('contacts', first_name='Joanna', last_name='Smi')
+    bob = api.create('contacts', first_name='Bob', last_name='Jones', phone='+1 555 0100')
+    api.put(f'/api/contacts/{joanna["id"]}', {'title': 'Zealot'})
+    smithers = {r['id'] for r in batch}
+    expected = {
+        'jo smi': {jo['id'], joanna['id'], *smithers},
+        'SMI J': {jo['id'], joanna['id'], *smithers},
+        'JÖ SMÏ': {jo['id'], joanna['id'], *smithers},
+        'joh smith': smithers,
+        'smith jo': {jo['id'], *smithers},
+        'smithers1 j': {r['id'] for r in batch if r['last_name'].startswith('Smithers1')},
+        'jsm': {jo['id']},
+        'acm io': {jo['id']},
+        'z jo': {jo['id'], joanna['id'], *smithers},
+        'zen jo': {jo['id'], *smithers},
+        'zenith labs j': {jo['id'], *smithers},
+        'jon': {bob['id']},
+        '+1 55': {bob['id']},
+        'jo x': set(),
+        'smix jo': set(),
+    }
+
+    def answers():
+        return {q: set(found(api, q)) for q in expected}
+
+    assert answers() == expected
+    api.put(f'/api/companies/{zenith["id"]}', {'name': 'Globex'})
+    assert set(found(api, 'gl jo')) == {jo['id'], *smithers} and found(api, 'ze jo') == [joanna['id']]  # a Zealot
+    expected['zenith labs j'], expected['zen jo'], expected['z jo'] = set(), set(), {joanna['id']}
+    cli.cmd_reindex(database, argparse.Namespace(org=api.org_id))
+    assert answers() == expected
+    if database.name == 'postgresql':
+        with database.transaction() as tx:
+            rows = tx.rows('SELECT words, prefixes FROM search_texts WHERE organization_id = %s', (api.org_id,))
+        for words, prefixes in rows:
+            assert set(prefixes.split()) == {w[:n] for w in words.split() for n in (1, 2, 3)}, words
+
+
 def test_a_batch_of_any_size_writes_exactly_its_search_rows(api, database):
     """On SQLite a batch's search rows go in one statement of a power of two rows (sqlbuild._search_parts): the rows
     it pads with are skipped, and every record of the batch has its row."""
@@ -585,7 +633,8 @@ def test_postgresql_connections_read_broad_matches_through_an_exact_bitmap(datab
 
 def test_postgresql_never_prepares_a_statement_that_matches_a_text_pattern(database, api):
     """A prepared statement is planned generically from its 6th run, and a generic plan cannot see a LIKE pattern:
-    a contains walk went from 1.3 ms to 72 ms at 100k contacts. Statements without one are still prepared."""
+    a contains walk went from 1.3 ms to 72 ms at 100k contacts; nor a q's words (tsquery): q "jo smi" went from
+    30-60 ms to 250-500 ms at 1M. Statements without one are still prepared."""
     if database.name != 'postgresql':
         return
     info = build_services(database).catalog.resolve('contacts')
@@ -596,13 +645,14 @@ def test_postgresql_never_prepares_a_statement_that_matches_a_text_pattern(datab
 
     contains = page_sql({'filters': [{'field': 'last_name', 'op': 'contains', 'value': 'mith'}]})
     equal = page_sql({'filters': [{'field': 'last_name', 'op': 'eq', 'value': 'Smith'}]})
+    words = page_sql({'filter': {'q': 'jo smi'}})
     with database.transaction() as tx:
-        for sql, params in (contains, equal):
+        for sql, params in (contains, equal, words):
             for _ in range(8):
                 tx.rows(sql, params)
         prepared = [r[0] for r in tx.rows('SELECT statement FROM pg_prepared_statements')]
     assert any('"last_name"=' in s for s in prepared)
-    assert not any(' LIKE ' in s for s in prepared)
+    assert not any(' LIKE ' in s or ' @@ ' in s for s in prepared)
 
 
 def test_postgresql_walks_check_each_record_on_its_own_search_row(database, api):
@@ -737,9 +787,10 @@ def test_substrings_of_three_characters_or_more_are_found_through_the_trigram_in
             assert "s.texts LIKE %s ESCAPE '\\'" in sql and 'array_to_tsvector(' in sql
             for condition, value, index in [
                 ("s.texts LIKE %s ESCAPE '\\'", '%mithe%', 'search_texts_trigrams'),
-                (f'{sqlbuild.TSVECTOR} @@ CAST(%s AS tsquery)', "('smi':*)", 'search_texts_words'),
+                (f'{sqlbuild.PREFIXES} @@ CAST(%s AS tsquery)', "'smi'", 'search_texts_prefixes'),
+                (f'{sqlbuild.TSVECTOR} @@ CAST(%s AS tsquery)', "('smith':*)", 'search_texts_words'),
             ]:
-                assert value in params
+                assert value in params or index == 'search_texts_words'  # NOTE: q "smi" is a short word
                 plan = ' '.join(
                     row[0] for row in tx.rows(f'EXPLAIN SELECT 1 FROM search_texts s WHERE {condition}', [value])
                 )

@@ -202,7 +202,13 @@ def test_postgres_text_operators_are_like_patterns_on_folded_values():
 def test_search_reads_the_records_words_not_their_columns():
     sql, values = where_of(POSTGRES, filter={'q': 'Ad Lo'})
     assert '"first_name"' not in sql and 's.table_name = %s AND s.organization_id = %s AND s.archived = FALSE' in sql
-    assert values == ['contacts', 'org_1', "('ad':* & 'lo':*)"]
+    assert values == ['contacts', 'org_1', "'ad' & 'lo'"], 'words of 1-3 characters: exact lexemes of `prefixes`'
+    sql, values = where_of(POSTGRES, filter={'q': 'Ada Lovelace'})
+    assert f'{sqlbuild.PREFIXES} @@ CAST(%s AS tsquery) AND strpos(s.words, %s) > 0' in sql
+    assert values == ['contacts', 'org_1', "'ada' & 'lov'", '  lovelace'], 'a longer word: its start, then read whole'
+    sql, values = where_of(POSTGRES, filter={'q': 'Lovelace Byron'})
+    assert f'{sqlbuild.TSVECTOR} @@ CAST(%s AS tsquery)' in sql and 'prefixes' not in sql
+    assert values == ['contacts', 'org_1', "('lovelace':* & 'byron':*)"], 'longer words only: the words index'
     sql, values = where_of(SQLITE, filter={'q': 'Ad Lo'})
     assert values == ['contacts', 'org_1', '("  a" AND " ad" AND "  l" AND " lo")', '  ad', '  lo'], (
         'the trigrams of the word starts find candidates, the search row confirms each word start'
