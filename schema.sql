@@ -95,7 +95,7 @@ CREATE INDEX IF NOT EXISTS contacts_org_city_last_name ON contacts (organization
 CREATE INDEX IF NOT EXISTS contacts_org_status_last_name ON contacts (organization_id, status, last_name, id) WHERE archived_at IS NULL;
 CREATE INDEX IF NOT EXISTS contacts_org_created ON contacts (organization_id, created_at, id) WHERE archived_at IS NULL;
 CREATE INDEX IF NOT EXISTS contacts_org_company_newest ON contacts (organization_id, company_id, archived_at, created_at, id);
-CREATE INDEX IF NOT EXISTS contacts_org_email ON contacts (organization_id, email);
+CREATE INDEX IF NOT EXISTS contacts_org_email ON contacts (organization_id, email, id);
 CREATE UNIQUE INDEX IF NOT EXISTS contacts_org_external_id ON contacts (organization_id, external_id) WHERE external_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS deals (
@@ -615,4 +615,4 @@ END';
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
 );
-INSERT INTO schema_version (version) VALUES (29);
+INSERT INTO schema_version (version) VALUES (30);

@@ -161,3 +161,23 @@ def test_csv_export_has_a_header_and_one_line_per_record(api, people):
     first = next(r for r in rows if r['id'] == people[0])
     assert first['first_name'] == 'Quote "me", please' and first['tags'].split(';') == [tag['id']]
     assert 'organization_id' not in rows[0] and first['archived_at'] == ''
+
+
+@pytest.mark.parametrize('order', ['ASC', 'DESC'])
+def test_a_page_of_contacts_sorted_by_email_is_read_from_an_index_without_sorting(database, api, order):
+    """NULLs come first in crmapi's order on both databases; PostgreSQL's email index is built in that order (migration
+    0030), else every contact of the organization was sorted for a page (230 ms at a million contacts)."""
+    from crmapi.app import build_services
+    from crmapi.query import parse_list
+
+    info = build_services(database).catalog.resolve('contacts')
+    lq = parse_list({'sort': 'email', 'order': order, 'range': '[0,24]'}, info)
+    sql, params = sqlbuild.build_list(database.dialect, info, api.org_id, lq)
+    with database.transaction(write=True) as tx:
+        if database.name == 'sqlite':
+            plan = ' | '.join(str(row) for row in tx.rows('EXPLAIN QUERY PLAN ' + sql, params))
+            assert 'contacts_org_email' in plan and 'TEMP B-TREE' not in plan, plan
+            return
+        tx.execute('SET LOCAL enable_seqscan = off')  # NOTE: an index or nothing, as on a big table
+        plan = json.dumps(tx.one('EXPLAIN (FORMAT JSON) ' + sql, params)[0])
+    assert 'contacts_org_email' in plan and '"Sort"' not in plan, plan
