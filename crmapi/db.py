@@ -172,7 +172,8 @@ class _Preparing:
 
 @functools.cache
 def _pg_cursors():
-    """(cursor, raw cursor) classes of PostgreSQL connections (psycopg is imported only for PostgreSQL)."""
+    """(cursor, raw cursor, transaction) classes of PostgreSQL connections (psycopg is imported only for
+    PostgreSQL)."""
     import psycopg
 
     class Cursor(_Preparing, psycopg.Cursor):
@@ -181,7 +182,7 @@ def _pg_cursors():
     class RawCursor(_Preparing, psycopg.RawCursor):
         pass
 
-    return Cursor, RawCursor
+    return Cursor, RawCursor, psycopg.Transaction
 
 
 class _PostgresTx(_PostgresCounts, Tx):
@@ -1304,11 +1305,9 @@ class PostgresDatabase(Database):
 
     def _written(self, local, conn):
         """The body of a write transaction on the primary's `conn`: BEGIN, the block, COMMIT (or ROLLBACK)."""
-        from psycopg import Transaction
-
         tx = local.tx = _PostgresTx(conn)
         tx.replica, tx.kept = None, self.kept
-        with Transaction(conn):
+        with _pg_cursors()[2](conn):  # psycopg's Transaction
             if self.needs_local_timeout(conn):
                 self.set_local_timeout(conn)
             try:
