@@ -173,7 +173,8 @@ class _Preparing:
 
 @functools.cache
 def _pg_cursors():
-    """(cursor, raw cursor) classes of PostgreSQL connections (psycopg is imported only for PostgreSQL)."""
+    """(cursor, raw cursor, transaction) classes of PostgreSQL connections (psycopg is imported only for
+    PostgreSQL)."""
     import psycopg
 
     class Cursor(_Preparing, psycopg.Cursor):
@@ -182,7 +183,7 @@ def _pg_cursors():
     class RawCursor(_Preparing, psycopg.RawCursor):
         pass
 
-    return Cursor, RawCursor
+    return Cursor, RawCursor, psycopg.Transaction
 
 
 class _PostgresTx(_PostgresCounts, Tx):
@@ -199,7 +200,7 @@ class _PostgresTx(_PostgresCounts, Tx):
     """
 
     def __init__(self, conn):
-        super().__init__(conn.cursor())
+        super().__init__(_statement_tx(conn).cursor)
         self.conn = conn
         self.raw = None
         self.pending = None  # the COPY whose end was sent and whose outcome is not read yet
@@ -1076,7 +1077,7 @@ class _ReadTx(_PostgresCounts, Tx):
     on the primary, which then serves the rest of the request."""
 
     def __init__(self, db, stack, conn, replica):
-        super().__init__(conn.cursor())
+        super().__init__(_statement_tx(conn).cursor)
         self.db, self.stack, self.conn, self.replica = db, stack, conn, replica
         self.kept = db.kept
         self.open = False
@@ -1124,7 +1125,7 @@ class _ReadTx(_PostgresCounts, Tx):
         self.db.replica_failed(self.replica, replica_usable)
         self.replica = None
         self.conn = self.stack.enter_context(self.db.pool().connection())
-        self.cursor = self.conn.cursor()
+        self.cursor = _statement_tx(self.conn).cursor
         self.begin()
 
 
@@ -1356,28 +1357,66 @@ class PostgresDatabase(Database):
             if write:
                 self._wrote()
             return
+        if write or not self.replicas:
+            # NOTE: the primary's pooled connection taken and returned by hand, its transaction (a write's) opened and
+            # ended by psycopg's Transaction itself: the pool's `connection()` context, its `with conn` (a commit
+            # that sends nothing under autocommit, still a locked wait), an ExitStack and two more generator contexts
+            # were ~10 µs of CPU a write, ~4 a read (bench/RESULTS.md, h9-pgget). What runs is the same.
+            with translate_errors():
+                pool = self.pool()
+                conn = pool.getconn()
+                try:
+                    if write:
+                        yield from self._written(local, conn)
+                    else:
+                        yield from self._read(local, conn)
+                    self._last_used[conn] = time.monotonic()
+                finally:
+                    local.tx = current
+                    pool.putconn(conn)
+            return
         with translate_errors(), contextlib.ExitStack() as stack:
-            tx = self._begin(stack, write)
+            tx = self._begin(stack)
             local.tx = tx
             try:
-                if write:
-                    with self._transaction_block(tx.conn), tx.settled():
-                        yield tx
-                    self._wrote()
-                else:
-                    try:
-                        yield tx
-                    except BaseException:
-                        tx.end(committing=False)
-                        raise
-                    tx.end(committing=True)
+                yield from self._read(local, tx.conn, tx)
                 self._last_used[tx.conn] = time.monotonic()
             finally:
                 local.tx = current
 
-    def _begin(self, stack, write):
-        """The Tx of a new transaction: on a replica when this read may use one and it answers, else the primary."""
-        replica = None if write else self._read_replica()
+    def _written(self, local, conn):
+        """The body of a write transaction on the primary's `conn`: BEGIN, the block, COMMIT (or ROLLBACK)."""
+        tx = local.tx = _PostgresTx(conn)
+        tx.replica, tx.kept = None, self.kept
+        with _pg_cursors()[2](conn):  # psycopg's Transaction
+            if self.needs_local_timeout(conn):
+                self.set_local_timeout(conn)
+            try:
+                yield tx
+            except BaseException:
+                with contextlib.suppress(Exception):  # NOTE: the block's own error is the one that rolls back
+                    tx.settle()
+                raise
+            tx.settle()
+        self._wrote()
+
+    def _read(self, local, conn, tx=None):
+        """The body of a read on `conn` (or in `tx`, a replica's): statement by statement, or in the transaction that
+        carries PgBouncer's timeout."""
+        if tx is None:
+            tx = local.tx = _ReadTx(self, None, conn, None)
+            tx.begin()
+        try:
+            yield tx
+        except BaseException:
+            tx.end(committing=False)
+            raise
+        tx.end(committing=True)
+
+    def _begin(self, stack):
+        """The Tx of a new read, with replicas: on a replica when this read may use one and it answers, else the
+        primary."""
+        replica = self._read_replica()
         if replica is not None:
             try:
                 conn = stack.enter_context(self._pool_of(replica.url).connection(timeout=REPLICA_WAIT_S))
@@ -1395,10 +1434,6 @@ class PostgresDatabase(Database):
                     tx.to_primary(False)
                 return tx
         conn = stack.enter_context(self.pool().connection())
-        if write:
-            tx = _PostgresTx(conn)
-            tx.replica, tx.kept = None, self.kept
-            return tx
         tx = _ReadTx(self, stack, conn, None)
         tx.begin()
         return tx
@@ -1535,6 +1570,22 @@ def translate_errors():
 STATEMENT_TX = '_crmapi_statement_tx'  # the attribute of a pooled psycopg connection holding statement()'s Tx
 
 
+def _statement_tx(conn):
+    """The Tx of `conn`'s read statements (PostgresDatabase.statement), whose cursor every Tx on `conn` uses.
+
+    NOTE: one Tx and cursor per connection, made at its first statement (a psycopg cursor took ~1.5 µs of a get, and
+    of every transaction): the connection is one thread's until it goes back to the pool, one Tx at a time uses it
+    (a transaction inside another on the thread is the same Tx), and each statement's rows are fetched before the
+    next. Kept on the connection itself: a cursor refers to its connection, so in a WeakKeyDictionary it would keep
+    alive every connection the pool drops; this cycle goes with it.
+    """
+    tx = getattr(conn, STATEMENT_TX, None)
+    if tx is None:
+        tx = Tx(conn.cursor())
+        setattr(conn, STATEMENT_TX, tx)
+    return tx
+
+
 class _PooledStatement:
     """PostgresDatabase.statement's context: a pooled connection's Tx for one read statement, outside any
     transaction (autocommit), the connection returned to the pool after it; driver errors translated."""
@@ -1547,15 +1598,7 @@ class _PooledStatement:
     def __enter__(self):
         with _TRANSLATED:
             self.conn = conn = self.pool.getconn()
-        # NOTE: one Tx and cursor per connection, made at its first statement (a psycopg cursor took ~1.5 µs of a
-        # get): the connection is this thread's until it goes back to the pool, and the statement's rows are all
-        # fetched before then. Kept on the connection itself: a cursor refers to its connection, so in a
-        # WeakKeyDictionary it would keep alive every connection the pool drops; this cycle goes with it.
-        tx = getattr(conn, STATEMENT_TX, None)
-        if tx is None:
-            tx = Tx(conn.cursor())
-            setattr(conn, STATEMENT_TX, tx)
-        return tx
+        return _statement_tx(conn)
 
     def __exit__(self, kind, exc, traceback):
         conn = self.conn

@@ -383,6 +383,51 @@ def test_a_read_statement_inside_a_write_transaction_sees_its_writes(one_connect
         assert read.one("SELECT to_regclass('pg_temp.seen_probe')") == (None,)
 
 
+# -- transactions on a pooled connection taken and returned by hand (PostgresDatabase.transaction) -------------
+
+
+def _fails(db, block):
+    with pytest.raises(Exception) as caught:
+        with db.transaction(write=True) as tx:
+            block(tx)
+    return caught.value
+
+
+def test_a_write_that_fails_rolls_back_and_returns_its_connection_idle_for_the_next(one_connection):
+    """A write whose statement fails (a 409), whose code raises, or whose COMMIT is refused (a deferred check) leaves
+    nothing behind, and the one pooled connection goes back idle: the next write commits on it."""
+    db = one_connection
+    with db.transaction(write=True) as tx:
+        tx.execute('DROP TABLE IF EXISTS write_probe')
+        tx.execute(
+            'CREATE TABLE write_probe (id text PRIMARY KEY, next text REFERENCES write_probe DEFERRABLE '
+            'INITIALLY DEFERRED)'
+        )
+    duplicate = _fails(db, lambda tx: [tx.execute("INSERT INTO write_probe VALUES ('a')") for _ in range(2)])
+    raised = _fails(db, lambda tx: (tx.execute("INSERT INTO write_probe VALUES ('b')"), {}['a bug']))
+    refused = _fails(db, lambda tx: tx.execute("INSERT INTO write_probe VALUES ('c', 'missing')"))
+    assert (duplicate.status, type(raised), refused.status) == (409, KeyError, 409)
+    assert db.pool().get_stats()['pool_available'] == 1
+    with db.transaction(write=True) as tx:
+        assert tx.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        tx.execute("INSERT INTO write_probe VALUES ('d')")
+    with db.transaction() as tx:
+        assert tx.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert tx.rows('SELECT id FROM write_probe') == [('d',)]
+        tx.execute('DROP TABLE write_probe')
+    assert db._local.tx is None
+
+
+def test_a_read_that_fails_returns_its_connection_to_the_pool_for_the_next(one_connection):
+    with pytest.raises(CrmError) as caught:
+        with one_connection.transaction() as tx:
+            tx.one('SELECT pg_sleep(1)')
+    assert caught.value.status == 503
+    assert one_connection.pool().get_stats()['pool_available'] == 1
+    with one_connection.transaction() as tx:
+        assert tx.one('SELECT 1') == (1,)
+
+
 # -- indexed text: one documented length limit ----------------------------------------------------
 
 INDEXED = [
