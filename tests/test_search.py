@@ -308,10 +308,15 @@ def test_a_search_whose_kept_total_is_no_longer_than_a_walk_reads_its_matches_wi
     walk = Store._walked
     monkeypatch.setattr(Store, '_walked', lambda *a: walked.append(walk(*a)) or walked[-1])
     params = {'filters': [{'field': 'last_name', 'op': 'contains', 'value': 'smith'}], 'sort': 'last_name'}
-    pages = [api.get('/api/contacts', {**params, 'range': [0, 0]}) for _ in range(2)]
-    assert [ids(p.json) for p in pages] == [[made[0]['id']]] * 2
-    assert [p.headers['Content-Range'] for p in pages] == ['contacts 0-0/2'] * 2
-    assert [w is not None for w in walked] == [True, False], 'the first page counted, the second used its total'
+    for _ in range(50):
+        page = api.get('/api/contacts', {**params, 'range': [0, 0]})
+        assert ids(page.json) == [made[0]['id']] and page.headers['Content-Range'] == 'contacts 0-0/2'
+        # NOTE: PostgreSQL's kept totals hold while nothing commits on the server: a commit of another pytest-xdist
+        # worker (its own database, the same server) between two pages makes the second count (and walk) again.
+        if len(walked) > 1 and walked[-1] is None:
+            break
+    assert walked[0] is not None, 'the first page counted, and walked'
+    assert walked[-1] is None, 'a later one used its kept total and read the matches without walking'
 
 
 # -- q inside filters ----------------------------------------------------------------------------------
