@@ -26,7 +26,7 @@ def main(meta_path, params, runs=12):
     database = dbm.connect(meta['url'])
     info = build_services(database).catalog.resolve('contacts')
     lq = parse_list({k: json.dumps(v) for k, v in json.loads(params).items()}, info)
-    sql, values = sqlbuild.build_walk(database.dialect, info, meta['org_id'], lq, sqlbuild.WALK, False)
+    sql, values = sqlbuild.build_walk(database.dialect, info, meta['org_id'], lq, sqlbuild.walking.WALK, False)
     times = []
     with database.transaction() as tx:
         for _ in range(runs):

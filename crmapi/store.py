@@ -385,13 +385,13 @@ class Store:
         match (q "jo smi": 0.3 % of the records) costs the short walk only. An exact total kept from an earlier
         count (`kept`) of at most WALK_FIRST matches skips the walk: reading them all costs no more.
         """
-        d, first = self.db.dialect, sqlbuild.WALK_FIRST
+        d, first = self.db.dialect, sqlbuild.walking.WALK_FIRST
         walk = sqlbuild.build_walk(d, info, principal.org_id, lq, first, seen)
         if walk is None or (kept is not None and kept <= first):
             return None
         rows = tx.rows(*walk)
-        if len(rows) < lq.size and (lq.start + len(rows)) * sqlbuild.WALK >= (lq.start + lq.size) * first:
-            rows = tx.rows(*sqlbuild.build_walk(d, info, principal.org_id, lq, sqlbuild.WALK, seen))
+        if len(rows) < lq.size and (lq.start + len(rows)) * sqlbuild.walking.WALK >= (lq.start + lq.size) * first:
+            rows = tx.rows(*sqlbuild.build_walk(d, info, principal.org_id, lq, sqlbuild.walking.WALK, seen))
         return rows if len(rows) == lq.size else None
 
     def _total(self, tx, info, principal, lq, count='exact'):

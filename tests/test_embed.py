@@ -425,7 +425,7 @@ def test_a_page_embeds_what_each_contact_read_alone_embeds_whatever_wrote_its_ch
 
 
 def test_a_deep_page_read_ids_first_embeds_the_children_too(api, crm, monkeypatch):
-    monkeypatch.setattr(sqlbuild, 'DEFERRED_FROM', 1)  # PostgreSQL's deep pages: ids first, then the rows
+    monkeypatch.setattr(sqlbuild.reads, 'DEFERRED_FROM', 1)  # PostgreSQL's deep pages: ids first, then the rows
     api.create('contact_notes', contact_id=crm['bob']['id'], text='deep')
     [bob] = embedded(api, 'contacts', ['notes', 'company'], range=[1, 1], sort='last_name')
     assert bob['id'] == crm['bob']['id'] and bob['notes']['items'][0]['text'] == 'deep'

@@ -200,7 +200,8 @@ def test_indexes_a_migration_adds_to_an_analyzed_sqlite_database_get_statistics_
 def writing_as_before_29(monkeypatch):
     """Search rows written as the store wrote them before migration 0029 (PostgreSQL: without `prefixes`), until
     monkeypatch.undo()."""
-    monkeypatch.setattr(sqlbuild, 'search_row', lambda d: sqlbuild.SEARCH_ROW)
+    for module in (sqlbuild, sqlbuild.search_rows):  # NOTE: the store's name for it, and its statements'
+        monkeypatch.setattr(module, 'search_row', lambda d: sqlbuild.SEARCH_ROW)
 
 
 def test_records_found_by_search_before_migration_22_are_found_the_same_after_it(empty_db, monkeypatch):

@@ -92,7 +92,7 @@ def test_following_cursors_visits_every_row_once_in_the_offset_order(api, people
 )
 def test_deep_offset_pages_hold_the_same_rows_in_the_same_order_as_the_whole_list(api, people, sort, monkeypatch):
     """On PostgreSQL a page from offset DEFERRED_FROM on is read ids first (a deferred join): the same rows."""
-    monkeypatch.setattr(sqlbuild, 'DEFERRED_FROM', 4)
+    monkeypatch.setattr(sqlbuild.reads, 'DEFERRED_FROM', 4)
     filters = {'filters': [{'field': 'first_name', 'op': 'neq', 'value': 'p3'}]}
     whole = [r['id'] for r in api.get('/api/contacts', {**sort, **filters, 'range': [0, 99]}).json]
     for start in (4, 9, 17):

@@ -174,11 +174,11 @@ def test_getmany_answers_every_one_of_a_thousand_ids(api):
 def test_lists_of_every_length_are_one_statement(api, monkeypatch):
     """Each list length once made its own SQL text: a cached statement per length in crmapi and in
     the driver (20-30 MB of worker memory per long list on SQLite)."""
-    monkeypatch.setattr(sqlbuild, '_STATEMENTS', {})
+    monkeypatch.setattr(sqlbuild.core, '_STATEMENTS', {})
     for n in (1, 2, 3, 17, 200, MAX):
         for params in ({'filters': [{'field': 'tags', 'op': 'in', 'value': ids(n)}]}, {'filter': {'city': ids(n)}}):
             api.get('/api/contacts', {'range': [0, 0], **params})
-    lists = [key for key in sqlbuild._STATEMENTS if key[1][0] == 'list']
+    lists = [key for key in sqlbuild.core._STATEMENTS if key[1][0] == 'list']
     assert len(lists) == 2, lists
 
 

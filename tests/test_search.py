@@ -253,12 +253,12 @@ def test_a_page_found_by_walking_the_first_records_in_order_is_the_page_read_in_
 
     for params in cases:
         for bounds in ([0, 0], [0, 1], [1, 2], [0, 3]):
-            monkeypatch.setattr(sqlbuild, 'WALK_PAGE', 0)
+            monkeypatch.setattr(sqlbuild.walking, 'WALK_PAGE', 0)
             full = page(params, bounds)
-            monkeypatch.setattr(sqlbuild, 'WALK_PAGE', 100)
+            monkeypatch.setattr(sqlbuild.walking, 'WALK_PAGE', 100)
             for first, size in ((1, 2), (1, 4), (2, 1000), (1000, 1000)):
-                monkeypatch.setattr(sqlbuild, 'WALK_FIRST', first)
-                monkeypatch.setattr(sqlbuild, 'WALK', size)
+                monkeypatch.setattr(sqlbuild.walking, 'WALK_FIRST', first)
+                monkeypatch.setattr(sqlbuild.walking, 'WALK', size)
                 assert page(params, bounds) == full, (params, bounds, first, size)
     assert any(w is not None for w in walked) and None in walked, 'some pages were walked, some read in full'
 
@@ -289,11 +289,11 @@ def test_a_walk_starts_where_the_matches_of_a_text_operator_on_its_sort_column_s
     monkeypatch.setattr(Store, '_walked', lambda *a: walked.append(walk(*a)) or walked[-1])
     for params in [*walking, beyond_the_bound]:
         for bounds in ([0, 0], [0, 3], [1, 2], [2, 5]):
-            monkeypatch.setattr(sqlbuild, 'WALK_PAGE', 0)
+            monkeypatch.setattr(sqlbuild.walking, 'WALK_PAGE', 0)
             full = api.get('/api/contacts', {**params, 'range': bounds})
-            monkeypatch.setattr(sqlbuild, 'WALK_PAGE', 100)
-            monkeypatch.setattr(sqlbuild, 'WALK_FIRST', 4)
-            monkeypatch.setattr(sqlbuild, 'WALK', 8)
+            monkeypatch.setattr(sqlbuild.walking, 'WALK_PAGE', 100)
+            monkeypatch.setattr(sqlbuild.walking, 'WALK_FIRST', 4)
+            monkeypatch.setattr(sqlbuild.walking, 'WALK', 8)
             resp = api.get('/api/contacts', {**params, 'range': bounds})
             assert (ids(resp.json), resp.headers['Content-Range']) == (ids(full.json), full.headers['Content-Range'])
             assert (walked[-1] is not None) == (params in walking and len(full.json) > bounds[1] - bounds[0]), params
@@ -303,7 +303,7 @@ def test_a_search_whose_kept_total_is_no_longer_than_a_walk_reads_its_matches_wi
     """A walk proves a page only among the records it reads: with an exact total kept (db.KeptCounts) of no more
     matches than it would read, reading every match costs no more, and a rare match is not walked in vain."""
     made = [api.create('contacts', first_name='Bob', last_name=last) for last in ['Smith', 'Adams', 'Smithson']]
-    monkeypatch.setattr(sqlbuild, 'WALK_FIRST', 3)
+    monkeypatch.setattr(sqlbuild.walking, 'WALK_FIRST', 3)
     walked = []
     walk = Store._walked
     monkeypatch.setattr(Store, '_walked', lambda *a: walked.append(walk(*a)) or walked[-1])
@@ -668,7 +668,7 @@ def test_postgresql_walks_check_each_record_on_its_own_search_row(database, api)
         return
     info = build_services(database).catalog.resolve('tags')
     lq = parse_list({'filter': json.dumps({'q': 'w1x'}), 'range': '[0,9]'}, info)
-    sql, params = sqlbuild.build_walk(database.dialect, info, api.org_id, lq, sqlbuild.WALK_FIRST, False)
+    sql, params = sqlbuild.build_walk(database.dialect, info, api.org_id, lq, sqlbuild.walking.WALK_FIRST, False)
     with database.transaction(write=True) as tx:
         tx.execute('SET LOCAL enable_nestloop = off')
         plan = tx.one('EXPLAIN (FORMAT JSON) ' + sql, params)[0]

@@ -277,7 +277,7 @@ def test_a_cached_shape_binds_new_values_exactly_as_a_fresh_render(params, monke
     for d in (SQLITE, POSTGRES):
         first = sqlbuild.build_list(d, CONTACTS, 'org_1', values_of('first'))
         cached = sqlbuild.build_list(d, CONTACTS, 'org_2', values_of('second'))
-        monkeypatch.setattr(sqlbuild, '_STATEMENTS', {})
+        monkeypatch.setattr(sqlbuild.core, '_STATEMENTS', {})
         fresh = sqlbuild.build_list(d, CONTACTS, 'org_2', values_of('second'))
         monkeypatch.undo()
         assert cached[0] == fresh[0] == first[0]
