@@ -135,6 +135,12 @@ from .events import (
     build_write_changes,
 )
 from .admin import (
+    HAS_STATISTICS,
+    UNANALYZED_INDEXES,
+    VERSION_READ,
+    VERSION_TABLE,
+    build_analyze_index,
+    build_version_set,
     build_add_column,
     build_auth_changed,
     build_auth_generation,
@@ -160,6 +166,12 @@ from .admin import (
 )
 
 __all__ = [
+    'HAS_STATISTICS',
+    'UNANALYZED_INDEXES',
+    'VERSION_READ',
+    'VERSION_TABLE',
+    'build_analyze_index',
+    'build_version_set',
     'SCOPE',
     'chunks',
     'postgres_dialect',
