@@ -925,14 +925,18 @@ class Store:
         """build_search_rows' rows of `records`: their search rows without the words of the records they refer to
         (PostgreSQL: and their words' prefixes, sqlbuild.search_row), then the ids they refer to."""
         table, plan, refs = sqlbuild.search_table(info), info.search_plan, [r for r, _, _ in info.spec.search.related]
-        if len(sqlbuild.search_row(self.db.dialect)) > len(sqlbuild.SEARCH_ROW):
-            return [
-                (table, org_id, r['id'], r.get('archived_at') is not None, *row, search.prefixes(row.words), *ids)
-                for r, row, ids in ((r, plan.row(r), [r.get(ref) for ref in refs]) for r in records)
-            ]
+        prefixed = len(sqlbuild.search_row(self.db.dialect)) > len(sqlbuild.SEARCH_ROW)
         return [
-            (table, org_id, r['id'], r.get('archived_at') is not None, *plan.row(r), *[r.get(ref) for ref in refs])
-            for r in records
+            (
+                table,
+                org_id,
+                r['id'],
+                r.get('archived_at') is not None,
+                *row,
+                *((search.prefixes(row.words),) if prefixed else ()),
+                *[r.get(ref) for ref in refs],
+            )
+            for r, row in ((r, plan.row(r)) for r in records)
         ]
 
     def _archived_statements(self, info, org_id, records):
