@@ -620,10 +620,10 @@ def test_two_crmapi_migrate_processes_at_once_on_a_fresh_database(fresh_database
 
 
 def test_the_code_keeps_no_session_state_that_transaction_pooling_would_lose():
-    """No LISTEN, no session advisory lock, no session SET but in db._configure: PgBouncer-safe."""
+    """No LISTEN, no session advisory lock, no session SET but in PostgresDatabase._configure: PgBouncer-safe."""
     sources = [*(ROOT / 'crmapi').rglob('*.py'), *(ROOT / 'crmapi').rglob('*.sql')]
     text = {path: path.read_text() for path in sources}
     for path, body in text.items():
         assert not re.search(r'\bLISTEN\b', body), path
         assert not re.search(r'pg_(try_)?advisory_lock\(', body), path
-    assert 'pg_advisory_xact_lock' in text[ROOT / 'crmapi' / 'db.py']
+    assert 'pg_advisory_xact_lock' in text[ROOT / 'crmapi' / 'db' / 'postgres.py']
