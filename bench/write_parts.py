@@ -26,7 +26,7 @@ import time
 def instrument(parts):
     """Wrap the measured functions: each call adds its CPU time to parts[label]."""
     from crmapi import api
-    from crmapi import db as engines
+    from crmapi.db import sqlite as engines
     from crmapi import history
     from crmapi import search
 

@@ -140,7 +140,7 @@ def test_sqlite_writers_of_every_process_queue_on_one_lock_file(tmp_path):
 
 def _synced_files(monkeypatch, fail=0):
     """Record the files crmapi fdatasyncs ([path]); the first `fail` syncs raise an I/O error instead."""
-    from crmapi import db as crm_db
+    from crmapi.db import sqlite as crm_db
 
     synced, real = [], os.fdatasync
 
@@ -206,7 +206,7 @@ def test_concurrent_sqlite_writes_share_wal_syncs_each_returning_after_one_begun
     import threading
     import time
 
-    from crmapi import db as crm_db
+    from crmapi.db import sqlite as crm_db
 
     db = _table_db(tmp_path)
     lock, committed, synced, late = threading.Lock(), set(), [], []

@@ -25,7 +25,7 @@ from conftest import NoLeaks
 from conftest import assert_problem
 from conftest import postgres_url
 from crmapi import create_app
-from crmapi import db as dbmod
+from crmapi.db import postgres as dbmod
 from crmapi import migrations
 from crmapi import authcache
 from crmapi.accounts import Accounts
