@@ -554,7 +554,7 @@ class PostgresDatabase(Database):
     @contextlib.contextmanager
     def _transaction_block(self, conn):
         """A real transaction on `conn`, with the statement timeout set for it when PgBouncer needs that."""
-        with conn.transaction():
+        with _pg_cursors()[2](conn):  # psycopg's Transaction (what conn.transaction() opens, without its generator)
             if self.needs_local_timeout(conn):
                 self.set_local_timeout(conn)
             yield
@@ -730,16 +730,8 @@ class PostgresDatabase(Database):
         """The body of a write transaction on the primary's `conn`: BEGIN, the block, COMMIT (or ROLLBACK)."""
         tx = local.tx = _PostgresTx(conn)
         tx.replica, tx.kept = None, self.kept
-        with _pg_cursors()[2](conn):  # psycopg's Transaction
-            if self.needs_local_timeout(conn):
-                self.set_local_timeout(conn)
-            try:
-                yield tx
-            except BaseException:
-                with contextlib.suppress(Exception):  # NOTE: the block's own error is the one that rolls back
-                    tx.settle()
-                raise
-            tx.settle()
+        with self._transaction_block(conn), tx.settled():
+            yield tx
         self._wrote()
 
     def _read(self, local, conn, tx=None):
