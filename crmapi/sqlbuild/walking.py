@@ -58,6 +58,15 @@ def _walk_check(d, info, org_id, lq):
     return Sql('SELECT 1 FROM search_texts s WHERE {0}', Criterion.all(parts))
 
 
+def _shaped_check(d, key, info, org_id, lq):
+    """(sql, params) of _walk_check for `lq`, its SQL written once per `key` (a shape of the list)."""
+
+    def check():
+        return _walk_check(d, info, org_id, lq)
+
+    return _shaped(d, key, check, check, [])
+
+
 def build_walk(d, info, org_id, lq, length, seen=False):
     """(sql, params) of a search's page found by a walk of `length` records, or None where walks() says no;
     `seen`: as build_list's.
@@ -79,13 +88,7 @@ def build_walk(d, info, org_id, lq, length, seen=False):
         lambda: _select_values(d, table, info, org_id, plain),
         [],
     )
-    check, checks = _shaped(
-        d,
-        ('walk_check', list_shape(info, lq)),
-        lambda: _walk_check(d, info, org_id, lq),
-        lambda: _walk_check(d, info, org_id, lq),
-        [],
-    )
+    check, checks = _shaped_check(d, ('walk_check', list_shape(info, lq)), info, org_id, lq)
     name, p = quote(info.spec.table), d.parameter().get_sql()
     head, _, order = walked.rpartition(' ORDER BY ')
     seek = _seek(d, info, org_id, lq, length, head.partition(' WHERE ')[2], params)
@@ -129,13 +132,8 @@ def _seek(d, info, org_id, lq, length, scope, scope_params):
     sort = lq.sorts[0] if filters else None
     if sort is None or sort.column.max_length is None:
         return None  # NOTE: a column no index stores (schema.make_column) would cost a scan per value passed over
-    check, checks = _shaped(
-        d,
-        ('walk_seek', list_shape(info, lq)),
-        lambda: _walk_check(d, info, org_id, replace(lq, search=None, filters=filters)),
-        lambda: _walk_check(d, info, org_id, replace(lq, search=None, filters=filters)),
-        [],
-    )
+    checked = replace(lq, search=None, filters=filters)
+    check, checks = _shaped_check(d, ('walk_seek', list_shape(info, lq)), info, org_id, checked)
     c, t = quote(sort.column.name), quote(info.spec.table)
     beyond, first = ('<', 'max') if sort.descending else ('>', 'min')
 
