@@ -74,26 +74,27 @@ def contacts(size, offset, prefix):
 
 
 def server_cpu(db):
-    """PostgreSQL on this machine: the CPU seconds its backends serving this database have used (from /proc), else
-    0. NOTE: with other processes loading the cores, wall time says little; the CPU a write costs holds."""
+    """PostgreSQL on this machine: the CPU seconds its backends serving this database have used, else 0.
+    NOTE: with other processes loading the cores, wall time says little; the CPU a write costs holds. Read from
+    /proc/<pid>/schedstat (nanoseconds): /proc/<pid>/stat counts 10 ms ticks, so a request's server CPU (25-60 ms)
+    came in steps of a fifth of itself and the medians of --compare-search jumped between them."""
     if db.name != 'postgresql':
         return 0.0
     with db.transaction() as tx:
         pids = [pid for (pid,) in tx.rows('SELECT pid FROM pg_stat_activity WHERE datname = current_database()')]
-    total = 0.0
+    total = 0
     for pid in pids:
         try:
-            with open(f'/proc/{pid}/stat') as f:
-                fields = f.read().rsplit(')', 1)[1].split()
+            with open(f'/proc/{pid}/schedstat') as f:
+                total += int(f.read().split()[0])
         except OSError:
             return 0.0
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-    return total
+    return total / 1e9
 
 
 def timed(action, rounds, db=None):
     """The median wall time of `rounds` calls of `action(n)`, and their mean CPU time: this process's plus (a local
-    PostgreSQL) its server's, whose /proc figures come in clock ticks (10 ms): hence the mean of them all."""
+    PostgreSQL) its server's."""
     times, server, used = [], server_cpu(db) if db else 0.0, time.process_time()
     for n in range(rounds):
         started = time.perf_counter()
@@ -173,7 +174,8 @@ SINGLES = 100
 
 def alternating(name, rows, rounds, run, db=None):
     """Time `run(mode, n)` for the modes 'with' and 'without', `rounds` times each, alternating which goes first,
-    and print both medians (wall and CPU) and their ratios. `db`: a local PostgreSQL whose server CPU counts too."""
+    and print both medians (wall and CPU), the mean CPU and their ratios. `db`: a local PostgreSQL whose server CPU
+    counts too."""
     times, cpu = {'with': [], 'without': []}, {'with': [], 'without': []}
     for n in range(rounds):
         for mode in ('with', 'without') if n % 2 else ('without', 'with'):
@@ -184,12 +186,15 @@ def alternating(name, rows, rounds, run, db=None):
             cpu[mode].append(time.process_time() - used + ((server_cpu(db) - server) if db else 0.0))
     w, wo = statistics.median(times['with']), statistics.median(times['without'])
     cw, cwo = statistics.median(cpu['with']), statistics.median(cpu['without'])
+    mw, mwo = statistics.mean(cpu['with']), statistics.mean(cpu['without'])
     # NOTE: on SQLite the database works in this process, so its CPU time is the cost, whatever else
-    # loads the machine; on PostgreSQL (compare_search) the local server's share is added (/proc, 10 ms ticks)
+    # loads the machine; on PostgreSQL (compare_search) the local server's share is added (/proc, nanoseconds).
+    # The mean is the throughput's figure: a PostgreSQL batch that merges a GIN pending list costs several times the
+    # others, and the median leaves those out.
     print(
         f'  {name:7} with {w * 1000:8.1f} ms {rows / w:10,.0f} rows/s | without {wo * 1000:8.1f} ms '
         f'{rows / wo:10,.0f} rows/s | ratio {wo / w:.2f} | CPU {cw * 1000:.1f} vs {cwo * 1000:.1f} ms, '
-        f'ratio {cwo / cw:.2f}'
+        f'ratio {cwo / cw:.2f} | mean CPU {mw * 1000:.1f} vs {mwo * 1000:.1f} ms, ratio {mwo / mw:.2f}'
     )
 
 

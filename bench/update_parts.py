@@ -13,7 +13,7 @@ timed (wall and CPU, time.process_time) around itself and around its parts: ever
 (labelled by its first words; BEGIN and COMMIT included on PostgreSQL through psycopg's own commands), the store's
 steps (_locked, _check_references, _write, index, History.record) and the JSON. It prints per update: wall, CPU,
 and on PostgreSQL the statements and the waits for the server (round trips) per update and, a local server, its
-backends' CPU (batches.server_cpu: /proc clock ticks, so a mean over many updates). Parts nest (a step includes its
+backends' CPU (batches.server_cpu: /proc/<pid>/schedstat, nanoseconds). Parts nest (a step includes its
 statements), so they do not add up.
 """
 

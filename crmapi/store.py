@@ -970,7 +970,10 @@ class Store:
                     found[(k, record_id)] = names
         out = []
         for row in rows:
-            names = [found.get((k, row[size + k])) for k in range(len(related))]
+            names = [found.get((k, row[size + k])) for k in range(len(related))] if found else ()
+            if not any(names):  # NOTE: nothing to append (no company, or one without name words): the row as made
+                out.append(row[:size])
+                continue
             whole = list(row[:size])
             whole[words] = search.with_related(row[words], names)
             if prefixes is not None:

@@ -951,6 +951,15 @@ def all_search_rows(database, org_id):
         )
 
 
+def word_starts(database, org_id):
+    """PostgreSQL: the search rows' `prefixes` (each one's set of word starts); SQLite keeps none."""
+    if database.name != 'postgresql':
+        return None
+    with database.transaction() as tx:
+        rows = tx.rows('SELECT record_id, prefixes FROM search_texts WHERE organization_id = %s', (org_id,))
+    return {record_id: set(prefixes.split()) for record_id, prefixes in rows}
+
+
 def test_reindex_leaves_exactly_the_search_rows_the_writes_wrote(api, database, capsys):
     """A rebuild writes what every write keeps: a company's name in its contacts' and deals' rows, updates,
     archived records."""
@@ -985,6 +994,22 @@ def test_a_batch_of_contacts_takes_its_companies_names_as_single_writes_and_a_re
     assert all_search_rows(database, api.org_id) == written
     assert set(found(api, 'acme rockets')) == {single['id'], *(r['id'] for r in batch[::3])}
     assert set(found(api, 'globex')) == {r['id'] for r in batch if r['company_id'] == globex['id']} | {batch[2]['id']}
+
+
+def test_a_batch_of_contacts_whose_companies_give_no_words_gets_the_rows_a_rebuild_makes(api, database):
+    """Contacts of a batch sent by COPY whose company's name has no words (or with no company) keep their rows as
+    made, without the related words (nothing to append); the others take theirs: a rebuild writes the same rows."""
+    stars, acme = api.create('companies', name='***'), api.create('companies', name='Acme')
+    bodies = [
+        {'first_name': f'Lenny {n}', 'company_id': [stars['id'], None, acme['id']][n % 3]}
+        for n in range(sqlbuild.COPY_ROWS)
+    ]
+    batch = api.post('/api/contacts', bodies).json
+    written, starts = all_search_rows(database, api.org_id), word_starts(database, api.org_id)
+    cli.cmd_reindex(database, argparse.Namespace(org=api.org_id))
+    assert all_search_rows(database, api.org_id) == written and word_starts(database, api.org_id) == starts
+    assert set(found(api, 'lenny acme')) == {r['id'] for r in batch[2::3]}
+    assert len(found(api, 'lenny')) == len(batch)
 
 
 def test_reindex_analyzes_the_rows_it_reads_names_from_before_the_rows_that_read_them(api, database, monkeypatch):
