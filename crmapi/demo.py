@@ -88,4 +88,11 @@ def fill(db, seed=7, companies=8, contacts=40):
             },
         )
         store.create(table('contact_notes'), p, {'contact_id': cid, 'text': 'Met at the conference.'})
+    # NOTE: one planted pair of duplicates (the same mailbox, spelt two ways), so /api/contacts/duplicates shows one
+    for email in ('ada.lovelace@example.com', 'Ada.Lovelace+crm@example.com'):
+        store.create(
+            table('contacts'),
+            p,
+            {'first_name': 'Ada', 'last_name': 'Lovelace', 'email': email, 'company_id': company_ids[0]},
+        )
     return token

@@ -105,7 +105,7 @@ def test_demo_fills_an_organization_and_prints_a_working_token(database_url):
     try:
         client = webtest.TestApp(create_app(Settings(database_url=database_url), db=db))
         resp = client.get('/api/contacts', headers={'Authorization': f'Bearer {token}'})
-        assert resp.headers['Content-Range'].endswith('/40')
+        assert resp.headers['Content-Range'].endswith('/42')
     finally:
         db.close()
 
