@@ -362,7 +362,7 @@ def test_backup_copies_a_live_sqlite_database(tmp_path):
     live.rollback()
     copy = sqlite3.connect(tmp_path / 'copy.db')
     assert copy.execute('PRAGMA integrity_check').fetchone() == ('ok',)
-    assert copy.execute('SELECT COUNT(*) FROM contacts').fetchone() == (40,)
+    assert copy.execute('SELECT COUNT(*) FROM contacts').fetchone() == (42,)
     assert copy.execute("SELECT COUNT(*) FROM contacts WHERE city = 'Mid-transaction'").fetchone() == (0,)
 
 
