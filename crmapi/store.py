@@ -381,17 +381,21 @@ class Store:
         """A broad search's page from a walk of the first records in its order (sqlbuild.build_walk), or None:
         not a search it applies to, or too few matches among them to prove the page.
 
-        NOTE: a walk of WALK_FIRST records goes on to WALK only when its matches promise a page there: a rare
-        match (q "jo smi": 0.3 % of the records) costs the short walk only. An exact total kept from an earlier
-        count (`kept`) of at most WALK_FIRST matches skips the walk: reading them all costs no more.
+        NOTE: a walk of WALK_FIRST records goes on to longer ones only when its matches promise a page within WALK
+        (walking.longer_walks): a rare match (q "jo smi": 0.3 % of the records) costs the short walk only. An exact
+        total kept from an earlier count (`kept`) of at most WALK_FIRST matches skips the walk: reading them all costs
+        no more.
         """
         d, first = self.db.dialect, sqlbuild.walking.WALK_FIRST
         walk = sqlbuild.build_walk(d, info, principal.org_id, lq, first, seen)
         if walk is None or (kept is not None and kept <= first):
             return None
         rows = tx.rows(*walk)
-        if len(rows) < lq.size and (lq.start + len(rows)) * sqlbuild.walking.WALK >= (lq.start + lq.size) * first:
-            rows = tx.rows(*sqlbuild.build_walk(d, info, principal.org_id, lq, sqlbuild.walking.WALK, seen))
+        if len(rows) < lq.size:
+            for length in sqlbuild.walking.longer_walks(lq.start + len(rows), lq.start + lq.size):
+                rows = tx.rows(*sqlbuild.build_walk(d, info, principal.org_id, lq, length, seen))
+                if len(rows) == lq.size:
+                    break
         return rows if len(rows) == lq.size else None
 
     def _total(self, tx, info, principal, lq, count='exact'):

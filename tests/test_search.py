@@ -299,6 +299,31 @@ def test_a_walk_starts_where_the_matches_of_a_text_operator_on_its_sort_column_s
             assert (walked[-1] is not None) == (params in walking and len(full.json) > bounds[1] - bounds[0]), params
 
 
+def test_a_walk_goes_on_with_as_many_records_as_the_rate_of_its_matches_needs(api, other_api, monkeypatch):
+    """A first walk that holds part of its page is followed by one of the records its rate of matches needs (with
+    room, in whole first walks), then by the longest one where that falls short: SQLite checks every record a walk is
+    given, so a walk of WALK records where a few hundred hold the page cost it 10x. The page is the full read's."""
+    spread = ['mar' if i % 2 else 'bob' for i in range(40)]  # every other record matches
+    bunched = ['mar', 'mar', *['bob'] * 30, *['mar'] * 8]  # two, then none until the end
+    lengths = []
+    build = sqlbuild.build_walk
+    monkeypatch.setattr(sqlbuild, 'build_walk', lambda *a: lengths.append(a[4]) or build(*a))
+    params = {'filters': [q_filter('mar')], 'sort': 'last_name', 'range': [0, 2]}
+    for client, firsts, expected in ((api, spread, [4, 8]), (other_api, bunched, [4, 8, 40])):
+        for i, first in enumerate(firsts):
+            client.create('contacts', first_name=first, last_name=f'x{i:02d}')
+        monkeypatch.setattr(sqlbuild.walking, 'WALK_PAGE', 0)
+        full = client.get('/api/contacts', params)
+        monkeypatch.setattr(sqlbuild.walking, 'WALK_PAGE', 100)
+        monkeypatch.setattr(sqlbuild.walking, 'WALK_FIRST', 4)
+        monkeypatch.setattr(sqlbuild.walking, 'WALK', 40)
+        lengths.clear()
+        walked = client.get('/api/contacts', params)
+        assert ids(walked.json) == ids(full.json) and len(full.json) == 3
+        assert walked.headers['Content-Range'] == full.headers['Content-Range']
+        assert lengths == expected, (firsts, lengths)
+
+
 def test_a_search_whose_kept_total_is_no_longer_than_a_walk_reads_its_matches_without_walking(api, monkeypatch):
     """A walk proves a page only among the records it reads: with an exact total kept (db.KeptCounts) of no more
     matches than it would read, reading every match costs no more, and a rare match is not walked in vain."""
