@@ -65,8 +65,9 @@ def load(args):
     with open(meta_path) as f:
         meta = json.load(f)
     engine = 'sqlite' if args.sqlite else 'postgresql'
-    # NOTE: --sqlite names the file measured (a copy of a data set whose --meta names the original)
-    db = connect('sqlite:///' + os.path.abspath(args.sqlite) if args.sqlite else meta['targets'][engine]['url'])
+    # NOTE: --sqlite and --pg name the data measured (a copy of a data set whose --meta names the original: with the
+    # meta's URL, --pg was ignored, and a copy's runs measured the original)
+    db = connect('sqlite:///' + os.path.abspath(args.sqlite) if args.sqlite else args.pg)
     if not args.reuse:
         t0 = time.perf_counter()
         reindex_database(db, log=log)

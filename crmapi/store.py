@@ -381,18 +381,29 @@ class Store:
         """A broad search's page from a walk of the first records in its order (sqlbuild.build_walk), or None:
         not a search it applies to, or too few matches among them to prove the page.
 
-        NOTE: a walk of WALK_FIRST records goes on to WALK only when its matches promise a page there: a rare
-        match (q "jo smi": 0.3 % of the records) costs the short walk only. An exact total kept from an earlier
-        count (`kept`) of at most WALK_FIRST matches skips the walk: reading them all costs no more.
+        NOTE: a walk of WALK_FIRST records goes on to longer ones only when its matches promise a page within WALK
+        (walking.longer_walks): a rare match (q "jo smi": 0.3 % of the records) costs the short walk only. An exact
+        total kept from an earlier count (`kept`) of at most WALK_FIRST matches skips the walk: reading them all costs
+        no more. Which walk proved the page, or that none did, is kept beside the totals (Tx.remember): a repeated
+        request on the same data goes to that walk, or to reading the matches, without the walks that fell short.
         """
-        d, first = self.db.dialect, sqlbuild.walking.WALK_FIRST
-        walk = sqlbuild.build_walk(d, info, principal.org_id, lq, first, seen)
+        d, org_id, first = self.db.dialect, principal.org_id, sqlbuild.walking.WALK_FIRST
+        walk = sqlbuild.build_walk(d, info, org_id, lq, first, seen)
         if walk is None or (kept is not None and kept <= first):
             return None
-        rows = tx.rows(*walk)
-        if len(rows) < lq.size and (lq.start + len(rows)) * sqlbuild.walking.WALK >= (lq.start + lq.size) * first:
-            rows = tx.rows(*sqlbuild.build_walk(d, info, principal.org_id, lq, sqlbuild.walking.WALK, seen))
-        return rows if len(rows) == lq.size else None
+        known = tx.recalled(*walk)
+        if known == 0:
+            return None
+        length = known or first
+        rows = tx.rows(*(walk if length == first else sqlbuild.build_walk(d, info, org_id, lq, length, seen)))
+        if len(rows) < lq.size and not known:
+            for length in sqlbuild.walking.longer_walks(lq.start + len(rows), lq.start + lq.size):
+                rows = tx.rows(*sqlbuild.build_walk(d, info, org_id, lq, length, seen))
+                if len(rows) == lq.size:
+                    break
+        proved = len(rows) == lq.size
+        tx.remember(*walk, length if proved else 0)
+        return rows if proved else None
 
     def _total(self, tx, info, principal, lq, count='exact'):
         """The live-row counter when nothing narrows the list; else an index-backed COUNT, or with

@@ -16,6 +16,7 @@ class Tx:
     """One transaction's cursor: the only way the store talks to a database."""
 
     kept = None  # the KeptCounts of this transaction's totals, or None: counted every time
+    version_read = None  # the data version KeptCounts last read or counted at in this transaction
 
     def __init__(self, cursor):
         self.cursor = cursor
@@ -39,6 +40,15 @@ class Tx:
     def kept_count(self, sql, params=()):
         """What `count` would answer without counting, or None: no exact total of it is kept."""
         return None if self.kept is None else self.kept.held(self, sql, params)
+
+    def recalled(self, sql, params=()):
+        """What `remember` kept of statement `sql` at the data version this transaction read (KeptCounts.recalled)."""
+        return None if self.kept is None else self.kept.recalled(self, sql, params)
+
+    def remember(self, sql, params, value):
+        """Keep `value`, an outcome of statement `sql`, under the data version this transaction read."""
+        if self.kept is not None:
+            self.kept.remember(self, sql, params, value)
 
     # NOTE: what an engine's Tx tells KeptCounts (SQLite: _SQLiteTx, PostgreSQL: _PostgresCounts).
     def counted_on(self):
@@ -199,6 +209,7 @@ class KeptCounts:
         if held is not None:
             return held
         total, version = tx.versioned_count(sql, params)
+        tx.version_read = version
         if version is not None:
             self._keep(key, version, total)
         return total
@@ -212,12 +223,37 @@ class KeptCounts:
         with self._lock:
             held = self._totals.get(key)
         # NOTE: a key never counted needs no version: the count's own answers it (PostgreSQL: the same statement)
-        if held is None or held[0] != tx.data_version():
+        if held is None:
+            return None
+        tx.version_read = tx.data_version()
+        if held[0] != tx.version_read:
             return None
         with self._lock:
             if key in self._totals:
                 self._totals.move_to_end(key)
         return held[1]
+
+    def recalled(self, tx, sql, params):
+        """What `remember` kept of `sql` with `params` under the data version `tx` read last (reading none: no round
+        trip), or None.
+
+        NOTE: an outcome of a statement (which of a search's walks proved its page) is kept beside the totals, and
+        like them stands for the data it was had at: at the same version the statement does the same. Unlike a
+        total it is a hint, never an answer (the version was read before the statement ran): a caller that acts on
+        it still checks what the statement gives.
+        """
+        key = _count_key(('outcome', tx.counted_on()), sql, params)
+        with self._lock:
+            held = self._totals.get(key)
+        if held is None or tx.version_read is None or held[0] != tx.version_read:
+            return None
+        return held[1]
+
+    def remember(self, tx, sql, params, value):
+        """Keep `value` as the outcome of `sql` with `params` under the data version `tx` read last (none: nothing)."""
+        key = _count_key(('outcome', tx.counted_on()), sql, params)
+        if key is not None and tx.version_read is not None:
+            self._keep(key, tx.version_read, value)
 
     def _keep(self, key, version, total):
         with self._lock:
