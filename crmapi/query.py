@@ -163,7 +163,7 @@ def parse_search(value, param):
         raise InvalidParam("Filter 'q' must be a string", param=param, field='q')
     reason = values.unstorable(value)
     if reason:
-        raise InvalidParam(f"Filter 'q' may not contain {reason}", param=param, field='q')
+        raise InvalidParam(f"Filter 'q' must be a string without {reason}", param=param, field='q')
     try:
         return searching.parse(value)
     except ValueError as exc:

@@ -182,3 +182,17 @@ def test_a_unique_value_taken_is_a_409_naming_the_field(api):
         assert_problem(api.post(f'/api/{resource}', record, status=409), 409, field=field)
         assert_problem(api.post(f'/api/{resource}', [record], status=409), 409, field=field)
         assert len(api.list(resource)) == (2 if resource == 'crm_users' else 1)
+
+
+def test_a_webhook_url_with_spaces_or_control_characters_is_a_400(api):
+    """They were stored as sent while deliveries went to the URL urlsplit made of them (or failed every time)."""
+    for url in (
+        ' https://93.184.216.34/h',
+        'https://93.184.216.34/a b',
+        'https://93.184.216.34/h\n',
+        'https://93.18\t4.216.34/',
+    ):
+        resp = api.post('/api/webhooks', {'url': url, 'events': ['*']}, status=400)
+        assert_problem(resp, 400, field='url')
+    assert api.list('webhooks') == []
+    assert api.post('/api/webhooks', {'url': 'https://93.184.216.34/h', 'events': ['*']}).json['url']
