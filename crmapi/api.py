@@ -1,5 +1,6 @@
 """Falcon resources: parse the request, call the store, render the answer. Nothing else."""
 
+import functools
 import re
 
 import falcon
@@ -17,6 +18,7 @@ from .relations import Relations
 from .errors import Forbidden
 from .errors import InvalidBody
 from .errors import InvalidParam
+from .errors import NotFound
 from .errors import PayloadTooLarge
 from .errors import UnsupportedMediaType
 from .export import CsvFormat
@@ -32,6 +34,61 @@ EXPORT_PARAMS = frozenset({'format'})
 COUNTS = ('exact', 'estimated', 'none')
 HANDLINGS = ('strict', 'lenient')
 JSON = 'application/json'
+OWN = 'own'  # takes(OWN): the responder checks its query parameters itself
+
+
+ITEM_PARAMS = frozenset({'embed', 'embed_limit'})
+
+
+def named_in_path(params):
+    """A 404 naming the path segment (`id`, `resource`, `slug`, ...) that holds a character no name or id can hold.
+
+    NOTE: nothing is stored under a NUL (PostgreSQL cannot store one, and writes refuse it on both databases), so such
+    a segment names nothing: answered before any lookup, where PostgreSQL's driver would refuse the parameter (a bare
+    400) and SQLite would look it up (a 404).
+    """
+    for name, value in params.items():
+        reason = isinstance(value, str) and values.unstorable(value)
+        if reason:
+            raise NotFound(f'No {name} is named {value!r}: a {name} never holds {reason}', param=name)
+
+
+def refuse_unknown_params(params, allowed):
+    """A 400 naming the first query parameter a route does not take: a misspelt one is never ignored
+    (`?on_confict=external_id` would otherwise create a second record instead of updating the first)."""
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        takes = ', '.join(sorted(allowed)) if allowed else 'no query parameters'
+        raise InvalidParam(f"Unknown query parameter '{unknown[0]}': this route takes {takes}", param=unknown[0])
+
+
+def takes(*names):
+    """Declares the query parameters a responder takes (see refuse_unknown_params); `takes(OWN)` marks a
+    responder that checks its own (lists, the feed, histories, the item get's hot path).
+
+    NOTE: every responder of a private route declares them (tests/test_qa_edges.py walks the router), so a
+    new route cannot ignore its parameters by omission.
+    """
+    if names == (OWN,):
+
+        def declare(responder):
+            responder.query_params = OWN
+            return responder
+
+        return declare
+    allowed = frozenset(names)
+
+    def declare(responder):
+        @functools.wraps(responder)
+        def checked(self, req, resp, *args, **kwargs):
+            if req.params:
+                refuse_unknown_params(req.params, allowed)
+            return responder(self, req, resp, *args, **kwargs)
+
+        checked.query_params = allowed
+        return checked
+
+    return declare
 
 
 def export_format(req):
@@ -42,8 +99,25 @@ def export_format(req):
         if named not in FORMATS:
             raise InvalidParam(f"format is {' or '.join(FORMATS)}, not '{named}'", param='format')
         return FORMATS[named]
-    accept = (req.get_header('Accept') or '').lower()
-    return next((media for media in EXPORTS if media in accept), None)
+    weights = accepted(req.get_header('Accept') or '')
+    wanted = max(EXPORTS, key=lambda media: weights.get(media, 0))
+    # NOTE: an export named with q=0 is refused, and one ranked below application/json is a fallback: JSON it is.
+    if weights.get(wanted, 0) > 0 and weights[wanted] >= weights.get(JSON, 0):
+        return wanted
+    return None
+
+
+def accepted(header):
+    """{media type: q} of the media types an Accept header names (RFC 9110 12.5.1); ranges (`text/*`) are left out."""
+    weights = {}
+    for item in header.lower().split(','):
+        media, *parameters = item.split(';')
+        q = next((p.partition('=')[2].strip() for p in parameters if p.partition('=')[0].strip() == 'q'), '1')
+        try:
+            weights[media.strip()] = min(max(float(q), 0.0), 1.0)
+        except ValueError:
+            weights[media.strip()] = 0.0  # NOTE: a malformed weight accepts nothing rather than guessing
+    return weights
 
 
 def preference(req, name, choices):
@@ -196,6 +270,9 @@ def delete_ids(params):
         raise InvalidParam(
             'DELETE on a collection needs filter={"id":[...]}, the ids of the records to delete', param='filter'
         )
+    reason = next(filter(None, map(values.unstorable, ids)), None)
+    if reason:
+        raise InvalidParam(f'An id may not contain {reason}', param='filter', field='id')
     return ids
 
 
@@ -236,6 +313,7 @@ class Records:
     def _table(self, req, resource):
         return self.store.catalog.resolve(resource, req.context.principal)
 
+    @takes(OWN)
     def on_get(self, req, resp, resource):
         info = self._table(req, resource)
         params = list_params(req, resource)
@@ -273,6 +351,7 @@ class Records:
         if cursor:
             resp.set_header('X-Next-Cursor', cursor)
 
+    @takes('on_conflict')
     def on_post(self, req, resp, resource):
         """Create one record (an object) or a batch (an array); with `on_conflict`, upsert them."""
         info = self._table(req, resource)
@@ -305,6 +384,7 @@ class Records:
         else:
             respond_once(req, resp, self.idempotency, {'on_conflict': on_conflict, 'body': body}, upsert)
 
+    @takes()
     def on_patch(self, req, resp, resource):
         """Update a batch: an array of objects, each with the `id` of its record."""
         info = self._table(req, resource)
@@ -313,6 +393,7 @@ class Records:
             info, req.context.principal, read_records(req, self.max_body_bytes, allow_object=False), lenient
         )
 
+    @takes(OWN)
     def on_delete(self, req, resp, resource):
         """Delete (archive, disable) the records of `filter={"id":[...]}`."""
         info = self._table(req, resource)
@@ -343,14 +424,13 @@ class Records:
         if on_conflict is not None:
             resp.set_header('X-Upsert-Result', f'created={created}, updated={updated}')
 
+    @takes(OWN)
     def on_get_item(self, req, resp, resource, id):
         """One record (archived ones too), with `embed` and `embed_limit` as a list takes them."""
         info, principal = self._table(req, resource), req.context.principal
         # NOTE: a plain get neither looks up the relations nor the media handler (2 µs of ~25); StrictJSON's
         # serialize is this same orjson.dumps.
-        embeds, limit = (
-            query.parse_embed(req.params, self.relations.of(info, principal)) if req.params else ((), query.EMBED_LIMIT)
-        )
+        embeds, limit = self._item_embeds(req.params, info, principal) if req.params else ((), query.EMBED_LIMIT)
         if not embeds:
             resp.data = orjson.dumps(self.store.get(info, principal, id))
             return
@@ -359,6 +439,11 @@ class Records:
             self.relations.embed(principal, [record], embeds, limit)
         resp.media = record
 
+    def _item_embeds(self, params, info, principal):
+        refuse_unknown_params(params, ITEM_PARAMS)
+        return query.parse_embed(params, self.relations.of(info, principal))
+
+    @takes()
     def on_put_item(self, req, resp, resource, id):
         """PUT and PATCH alike: a partial update of the fields sent."""
         info = self._table(req, resource)
@@ -367,9 +452,11 @@ class Records:
 
     on_patch_item = on_put_item
 
+    @takes()
     def on_delete_item(self, req, resp, resource, id):
         resp.media = self.store.delete(self._table(req, resource), req.context.principal, id)
 
+    @takes()
     def on_post_restore(self, req, resp, resource, id):
         resp.media = self.store.restore(self._table(req, resource), req.context.principal, id)
 
@@ -384,6 +471,7 @@ class MergeContacts:
         self.max_body_bytes = max_body_bytes
         self.idempotency = idempotency
 
+    @takes()
     def on_post(self, req, resp):
         lenient = lenient_handling(req, resp)
         body = read_body(req, self.max_body_bytes)
@@ -434,14 +522,17 @@ class Duplicates:
             if record_id in records
         ]
 
+    @takes(OWN)
     def on_get(self, req, resp):
         info = self.store.catalog.resolve(self.slug, req.context.principal)
         resp.media = self._page(req, resp, self.store.duplicate_groups(info, req.context.principal))
 
+    @takes(OWN)
     def on_get_record(self, req, resp, id):
         info = self.store.catalog.resolve(self.slug, req.context.principal)
         self._candidates(req, resp, info, self.store.duplicate_candidates(info, req.context.principal, record_id=id))
 
+    @takes(OWN)
     def on_post(self, req, resp):
         """A record not saved yet (a form asks before saving): its candidates; nothing is written."""
         info = self.store.catalog.resolve(self.slug, req.context.principal)
@@ -474,6 +565,7 @@ class Me:
     def __init__(self, store):
         self.store = store
 
+    @takes()
     def on_get(self, req, resp):
         principal, db = req.context.principal, self.store.db
         users = self.store.catalog.resolve('crm_users', principal)
@@ -490,11 +582,13 @@ class Schema:
         self.catalog = store.catalog
         self.relations = Relations(store)
 
+    @takes()
     def on_get(self, req, resp):
         principal = req.context.principal
         described = [self.catalog.resolve(slug, principal).describe() for slug in self.catalog.visible(principal)]
         resp.media = [{k: v for k, v in d.items() if k != 'columns'} for d in [*described, history.describe()]]
 
+    @takes()
     def on_get_table(self, req, resp, table):
         if table == history.FEED:
             resp.media = history.describe()
@@ -510,29 +604,37 @@ class CustomObjectDefinitions:
         self.custom = custom
         self.max_body_bytes = max_body_bytes
 
+    # NOTE: react-admin's getList sends range, sort, order and filter; the definitions (at most 100) come whole.
+    @takes('range', 'sort', 'order', 'filter')
     def on_get(self, req, resp):
         rows = [self.custom.to_json(d) for d in self.custom.definitions(req.context.principal.org_id)]
         resp.media = rows
         resp.set_header('Content-Range', content_range('custom_objects', 0, len(rows), len(rows)))
 
+    @takes()
     def on_post(self, req, resp):
         definition = self.custom.define(req.context.principal, read_body(req, self.max_body_bytes))
         resp.status = 201
         resp.set_header('Location', f'{req.root_path}/api/custom_objects/{definition["slug"]}')
         resp.media = definition
 
+    @takes()
     def on_get_item(self, req, resp, slug):
         resp.media = self.custom.get(req.context.principal.org_id, slug)
 
+    @takes()
     def on_put_item(self, req, resp, slug):
         resp.media = self.custom.redefine(req.context.principal, slug, read_body(req, self.max_body_bytes))
 
+    @takes()
     def on_delete_item(self, req, resp, slug):
         resp.media = self.custom.set_archived(req.context.principal, slug, True)
 
+    @takes()
     def on_post_restore(self, req, resp, slug):
         resp.media = self.custom.set_archived(req.context.principal, slug, False)
 
+    @takes()
     def on_delete_field(self, req, resp, slug, name):
         resp.media = self.custom.drop_field(req.context.principal, slug, name)
 
@@ -567,6 +669,7 @@ class History:
         resp.media = rows
         resp.set_header('Content-Range', content_range('history', start, len(rows), total))
 
+    @takes(OWN)
     def on_get(self, req, resp, resource, id):
         principal = req.context.principal
         info = self.store.catalog.resolve(resource, principal)
@@ -576,6 +679,7 @@ class History:
             raise Forbidden(f'Only administrators may read the history of {slug}')
         self._page(req, resp, slug, id, lambda: self.store.get(info, principal, id))
 
+    @takes(OWN)
     def on_get_definition(self, req, resp, slug):
         definition = self.store.catalog.custom.get(req.context.principal.org_id, slug)
         self._page(req, resp, history.RESOURCE, definition['id'], lambda: definition)
@@ -602,6 +706,7 @@ class Changes:
 
         return known
 
+    @takes(OWN)
     def on_get(self, req, resp):
         principal = req.context.principal
         after, limit, resource = history.parse_feed(req.params, self._known(principal))
@@ -622,9 +727,11 @@ class Webhooks:
         self.records = records
         self.hooks = hooks
 
+    @takes(OWN)
     def on_get(self, req, resp):
         self.records.on_get(req, resp, 'webhooks')
 
+    @takes()
     def on_post(self, req, resp):
         lenient = lenient_handling(req, resp)
         body = read_body(req, self.records.max_body_bytes)
@@ -633,27 +740,33 @@ class Webhooks:
         resp.set_header('Location', f'{req.root_path}/api/webhooks/{record["id"]}')
         resp.media = record
 
+    @takes()
     def on_patch(self, req, resp):
         lenient = lenient_handling(req, resp)
         resp.media = self.hooks.update_many(
             req.context.principal, read_records(req, self.records.max_body_bytes, allow_object=False), lenient
         )
 
+    @takes(OWN)
     def on_delete(self, req, resp):
         self.records.on_delete(req, resp, 'webhooks')
 
+    @takes(OWN)
     def on_get_item(self, req, resp, id):
         self.records.on_get_item(req, resp, 'webhooks', id)
 
+    @takes()
     def on_put_item(self, req, resp, id):
         lenient = lenient_handling(req, resp)
         resp.media = self.hooks.update(req.context.principal, id, read_body(req, self.records.max_body_bytes), lenient)
 
     on_patch_item = on_put_item
 
+    @takes()
     def on_delete_item(self, req, resp, id):
         self.records.on_delete_item(req, resp, 'webhooks', id)
 
+    @takes()
     def on_post_rotate(self, req, resp, id):
         resp.media = self.hooks.rotate_secret(req.context.principal, id)
 
@@ -664,6 +777,7 @@ class WebhookDeliveries:
     def __init__(self, hooks):
         self.hooks = hooks
 
+    @takes()
     def on_post_redeliver(self, req, resp, id):
         resp.status = 202
         resp.media = self.hooks.redeliver(req.context.principal, id)

@@ -131,6 +131,7 @@ class AuthMiddleware:
 
     def process_resource(self, req, resp, resource, params):
         self.admit(req, ACCESS.get(type(resource), PRIVATE))
+        api.named_in_path(params)
         self.admin_only(req, READS_FROM.get(type(resource)) or params.get('resource'))
         if req.method in WRITE_METHODS and type(resource) in WRITES_TO:
             info = self.store.catalog.resolve(WRITES_TO[type(resource)](params), req.context.principal)

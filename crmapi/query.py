@@ -159,8 +159,11 @@ SEARCH = Column('q', 'search', True, None, False)
 
 def parse_search(value, param):
     """A q's Terms, or a 400 naming it: a string of at most MAX_QUERY_WORDS words."""
-    if not isinstance(value, str) or '\x00' in value:
+    if not isinstance(value, str):
         raise InvalidParam("Filter 'q' must be a string", param=param, field='q')
+    reason = values.unstorable(value)
+    if reason:
+        raise InvalidParam(f"Filter 'q' must be a string without {reason}", param=param, field='q')
     try:
         return searching.parse(value)
     except ValueError as exc:

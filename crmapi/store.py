@@ -31,6 +31,7 @@ from .errors import MethodNotAllowed
 from .errors import NotFound
 from .errors import RecordNotFound
 from .errors import UnknownField
+from .errors import UnknownResource
 from .query import Filter
 from .query import ListQuery
 from .schema import snake_case
@@ -225,6 +226,8 @@ def item_ids(items):
         record_id = item.get('id') if isinstance(item, dict) else None
         if not isinstance(record_id, str) or not record_id:
             failures.append((index, InvalidValue("Each item needs the 'id' of the record it changes", field='id')))
+        elif values.unstorable(record_id):
+            failures.append((index, InvalidValue(f'An id may not contain {values.unstorable(record_id)}', field='id')))
         elif record_id in seen:
             failures.append(
                 (index, repeated(seen[record_id], index, 'id', f"both change '{record_id}': send each record once"))
@@ -307,6 +310,10 @@ def merge_request(slug, body, lenient=False):
         raise InvalidValue(f"Field '{target_field}' must be the id of the {noun} to keep", field=target_field)
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) and s for s in sources):
         raise InvalidValue(sources_detail, field=sources_field)
+    for field, ids in ((target_field, [target_id]), (sources_field, sources)):
+        reason = next(filter(None, map(values.unstorable, ids)), None)
+        if reason:
+            raise InvalidValue(f"Field '{field}' holds an id with {reason}", field=field)
     if len(sources) > MAX_MERGE_SOURCES:
         raise InvalidValue(f'At most {MAX_MERGE_SOURCES} source_ids may be merged at once', field=sources_field)
     sources = [s for s in dict.fromkeys(sources) if s != target_id]
@@ -375,7 +382,17 @@ class Store:
                 total = kept
             else:
                 total = self._total(tx, info, principal, lq, count)
+            if count == 'estimated':
+                total = self._within_page(total, lq, rows)
         return rows, total
+
+    @staticmethod
+    def _within_page(estimate, lq, rows):
+        """An estimate never below what the page proves: `contacts 0-2/1` would contradict itself (react-admin shows
+        "1-3 of 1"). A short page that holds rows ends the list, so its total is known exactly."""
+        if rows and len(rows) < lq.size:
+            return lq.start + len(rows)
+        return max(estimate, lq.start + len(rows))
 
     def _walked(self, tx, info, principal, lq, seen=False, kept=None):
         """A broad search's page from a walk of the first records in its order (sqlbuild.build_walk), or None:
@@ -546,12 +563,14 @@ class Store:
                 wanted[name] = ids
         if not wanted:
             return
-        found = self._existing(
-            tx,
-            principal,
-            [(self.catalog.resolve(info.columns[name].references, principal), ids) for name, ids in wanted.items()],
-        )
-        failures = []
+        targets, failures = {}, []
+        for name in list(wanted):
+            try:
+                targets[name] = self.catalog.resolve(info.columns[name].references, principal)
+            except UnknownResource:
+                failures += self._archived_target(info, rows, name)
+                del wanted[name]
+        found = self._existing(tx, principal, [(targets[name], ids) for name, ids in wanted.items()]) if wanted else []
         for name, present in zip(wanted, found):
             for index, row in enumerate(rows):
                 missing = next((i for i in reference_ids(row.get(name)) if i not in present), None)
@@ -566,6 +585,24 @@ class Store:
                         )
                     )
         raise_items(sorted(failures, key=lambda failure: failure[0]), batch)
+
+    @staticmethod
+    def _archived_target(info, rows, name):
+        """[(index, 400)] of the rows whose reference `name` names a record of an archived custom object: a 400
+        naming the field, not the 404 of a resource that the request did not ask for."""
+        target = info.columns[name].references
+        return [
+            (
+                index,
+                InvalidValue(
+                    f"Field '{name}' refers to {target}, an archived custom object: restore it "
+                    f'(POST /api/custom_objects/{target}/restore) or leave the field empty',
+                    field=name,
+                ),
+            )
+            for index, row in enumerate(rows)
+            if reference_ids(row.get(name))
+        ]
 
     def _existing(self, tx, principal, wanted):
         """For each (info, ids) of `wanted`, the ids that name records of the organization in `info`: one
@@ -737,9 +774,11 @@ class Store:
             # NOTE: the administrator rule locks the organization's admins (in id order) before the records are.
             self._keep_an_administrator(tx, info, principal, dict(zip(ids, changes)))
             records = self._locked(tx, info, principal, ids, batch)
-            self._check_references(tx, info, principal, changes, batch)
             changes = self._check_shapes(info, principal, [records[i] for i in ids], changes, batch)
             changes = [self._effective(info, records[i], change) for i, change in zip(ids, changes)]
+            # NOTE: after _effective: a reference sent back unchanged (a record PUT whole) is not checked again, so a
+            # record whose reference names an archived custom object's record can still be edited.
+            self._check_references(tx, info, principal, changes, batch)
             written = self._write(tx, info, principal, {i: {**c, **stamp} for i, c in zip(ids, changes) if c}, records)
             tx.changes += [
                 history.updated(info.slug, records[i], written[i], c) for i, c in zip(ids, changes) if i in written
@@ -1318,6 +1357,8 @@ class Store:
         else:
             probe = self.prepare(info, body, creating=False, lenient=lenient)
             record_id = body.get('id') if isinstance(body.get('id'), str) else None
+            if record_id is not None and values.unstorable(record_id):
+                raise InvalidValue(f"Field 'id' may not contain {values.unstorable(record_id)}", field='id')
         extra = (record_id, *(probe.get(name) for name in matcher.columns))
         with duplicates.collector_paused():
             found = self._filed(info, principal, extra, leave_out=record_id)

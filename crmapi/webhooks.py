@@ -213,8 +213,13 @@ def target(url, allow_private):
 
 
 def check_url(url, allow_private):
-    if not isinstance(url, str) or not url or len(url) > MAX_URL:
-        raise InvalidValue(f"Field 'url' is an https URL of at most {MAX_URL} characters", field='url')
+    # NOTE: urlsplit drops a leading space, tabs and line breaks where http.client refuses them: such a URL would be
+    # stored as sent and delivered elsewhere, or fail every delivery (a rule's webhook action refuses them too).
+    if not isinstance(url, str) or not url or len(url) > MAX_URL or not url.isprintable() or ' ' in url:
+        raise InvalidValue(
+            f"Field 'url' is an https URL of at most {MAX_URL} characters, without spaces or control characters",
+            field='url',
+        )
     try:
         target(url, allow_private)
     except Refused as exc:

@@ -1,5 +1,6 @@
 """Driver errors become CrmErrors here, in one place for both drivers."""
 
+import re
 import sqlite3
 
 from ..errors import BadRequest
@@ -54,6 +55,8 @@ def _lost_race():
 
 
 def _unique(field):
+    if field:
+        return Conflict(f"A record with the same '{field}' already exists", field=field)
     return Conflict('A record with the same unique value already exists')
 
 
@@ -125,7 +128,7 @@ def _map_psycopg(exc):
     if sqlstate:
         integrity = _by_state(_PG_INTEGRITY, sqlstate)
         if integrity is not None:
-            return integrity(exc.diag.column_name)
+            return integrity(exc.diag.column_name or _key_column(exc.diag.message_detail))
         condition = _by_state(_PG_CONDITIONS, sqlstate)
         return None if condition is None else condition()
     # NOTE: errors without a SQLSTATE come from psycopg itself: a NUL in a text parameter
@@ -186,8 +189,24 @@ def _map_sqlite(exc):
 
 
 def _sqlite_column(message):
-    """`NOT NULL constraint failed: contacts.last_name` names its column; other messages do not."""
+    """`NOT NULL constraint failed: contacts.last_name` names its column, `UNIQUE constraint failed:
+    tags.organization_id, tags.name` its key's (see _key_column); other messages do not."""
     prefix, _, where = message.partition('constraint failed: ')
     if prefix.startswith('NOT NULL') and '.' in where and ',' not in where:
         return where.rsplit('.', 1)[1]
+    if prefix.startswith('UNIQUE') and '.' in where:
+        return where.rsplit('.', 1)[1]
     return None
+
+
+_KEY = re.compile(r'Key \((\w+(?:, \w+)*)\)=')
+
+
+def _key_column(detail):
+    """The field a PostgreSQL key violation names: `Key (organization_id, name)=(…) already exists.` -> `name`.
+
+    NOTE: every unique key a client can collide with is the organization and one field, last (so is SQLite's message);
+    an expression key (parentheses inside) names none.
+    """
+    m = _KEY.match(detail or '')
+    return m.group(1).rsplit(', ', 1)[-1] if m else None
