@@ -138,12 +138,16 @@ class Accounts:
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             raise _refuse('malformed token')
         digest = token_digest(token)
-        generation = self.cache.current()
-        verified = self.cache.get(digest, generation) or self._verify(digest, generation)
+        verified, generation = self.cache.lookup(digest)
+        if verified is None:
+            verified = self._verify(digest, generation)
         now = self.clock()
         if verified.expires_at is not None and _as_text(verified.expires_at) <= _as_text(now):
             raise _refuse('expired token', verified.principal.token_id)
-        if self._touch(verified.principal.token_id, verified.last_used_at, now):
+        last_used_at = verified.last_used_at
+        # NOTE: the once-a-minute test before the call: a token used within the minute (nearly every request) makes none
+        if last_used_at is None or last_used_at <= now - TOUCH_INTERVAL:
+            self._touch(verified.principal.token_id, now)
             verified.last_used_at = now
         return verified.principal
 
@@ -171,14 +175,12 @@ class Accounts:
         with self.db.transaction() as tx:
             return tx.one(*sqlbuild.build_auth_generation())[0]
 
-    def _touch(self, token_id, last_used_at, now):
-        """Record use at most once a minute per token, so reads stay reads: whether it was recorded now.
-        `last_used_at`: an instant (_verify reads the stored one as such), or None."""
-        if last_used_at is not None and last_used_at > now - TOUCH_INTERVAL:
-            return False
+    def _touch(self, token_id, now):
+        """Record the token's use, unless another request recorded it within the minute: at most once a minute per
+        token (authenticate asks only then, by the cached last use: an instant, _verify reads the stored one as
+        such), so reads stay reads."""
         with self.db.transaction(write=True) as tx:
             tx.execute(*sqlbuild.build_token_touch(self.db.dialect, token_id, now, now - TOUCH_INTERVAL))
-        return True
 
     def list_tokens(self, org_id):
         """(id, email, created, last used, expires, revoked) per token of `org_id`; never a secret."""

@@ -102,8 +102,23 @@ def media_type(req):
     return (req.content_type or '').split(';')[0].strip().lower()
 
 
+class RequestContext(falcon.Context):
+    """`req.context`: what the app's middleware (app.Edge) keeps for a request, None until it is known.
+
+    NOTE: defaults on the class, so the answer's hooks read them as plain attributes, also for a request refused
+    before its first hook ran (Falcon answers a bad method before any middleware).
+    """
+
+    request_id = None
+    started = None
+    principal = None
+    rate_limit = None
+
+
 class Request(falcon.Request):
     """Falcon's request, whose bounded_stream also reads a chunked body its server has ended."""
+
+    context_type = RequestContext
 
     @property
     def bounded_stream(self):

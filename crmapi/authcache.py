@@ -62,6 +62,12 @@ class TokenCache:
         found = self.tokens.get(digest)
         return found if found is not None and found.generation == generation else None
 
+    def lookup(self, digest):
+        """(the cached Verified of `digest` or None, the current generation): `get` under `current()`, one call."""
+        generation = self.current()
+        found = self.tokens.get(digest)
+        return (found if found is not None and found.generation == generation else None), generation
+
     def put(self, digest, verified):
         """Keep a verified token under the generation read before it was verified (so a change committed
         between the two makes it stale at the next read)."""
