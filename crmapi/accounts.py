@@ -144,11 +144,10 @@ class Accounts:
         now = self.clock()
         if verified.expires_at is not None and _as_text(verified.expires_at) <= _as_text(now):
             raise _refuse('expired token', verified.principal.token_id)
-        last_used_at = verified.last_used_at
         # NOTE: the once-a-minute test before the call: a token used within the minute (nearly every request) makes none
-        if last_used_at is None or last_used_at <= now - TOUCH_INTERVAL:
+        if verified.touch_at is None or now >= verified.touch_at:
             self._touch(verified.principal.token_id, now)
-            verified.last_used_at = now
+            verified.touch_at = now + TOUCH_INTERVAL
         return verified.principal
 
     def _verify(self, digest, generation):
@@ -163,10 +162,10 @@ class Accounts:
             raise _refuse('revoked token', token_id)
         if disabled:
             raise _refuse('token of a disabled user', token_id)
-        # NOTE: last use as an instant, so that the requests that follow compare it with theirs unformatted.
-        last_used_at = None if last_used_at is None else _as_instant(last_used_at)
+        # NOTE: when use is next recorded, as an instant, so that the requests that follow compare theirs unformatted.
+        touch_at = None if last_used_at is None else _as_instant(last_used_at) + TOUCH_INTERVAL
         verified = authcache.Verified(
-            Principal(org_id, user_id, bool(admin), token_id), expires_at, last_used_at, generation
+            Principal(org_id, user_id, bool(admin), token_id), expires_at, touch_at, generation
         )
         self.cache.put(digest, verified)
         return verified
@@ -177,8 +176,7 @@ class Accounts:
 
     def _touch(self, token_id, now):
         """Record the token's use, unless another request recorded it within the minute: at most once a minute per
-        token (authenticate asks only then, by the cached last use: an instant, _verify reads the stored one as
-        such), so reads stay reads."""
+        token (authenticate asks only then, by the cached Verified.touch_at), so reads stay reads."""
         with self.db.transaction(write=True) as tx:
             tx.execute(*sqlbuild.build_token_touch(self.db.dialect, token_id, now, now - TOUCH_INTERVAL))
 

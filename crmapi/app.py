@@ -331,7 +331,7 @@ def new_request_id():
     NOTE: from the `random` module (reseeded in every forked child), not os.urandom: an id tells requests apart in
     logs and grants nothing, and a system call per request was a tenth of a get's CPU time outside the database.
     """
-    return random.randbytes(16).hex()
+    return random.getrandbits(128).to_bytes(16, 'little').hex()  # NOTE: random.randbytes's own work, without its call
 
 
 _second = (None, '')  # (a second since the epoch, its text): one tuple, so threads read a matching pair
@@ -387,8 +387,10 @@ class AccessLogLines(logging.StreamHandler):
             return False
         try:
             fd = self.descriptor()
-            while data:
-                data = data[os.write(fd, data) :]
+            written = os.write(fd, data)
+            while written < len(data):  # NOTE: never for a regular file or a pipe (PIPE_BUF), as `write` loops
+                data = data[written:]
+                written = os.write(fd, data)
         except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: a broken stream must not fail requests
             self.handleError(logging.makeLogRecord({'name': access_log.name, 'msg': data.decode().rstrip('\n')}))
         return True

@@ -27,7 +27,7 @@ def changed_here():
 class Verified:
     principal: object
     expires_at: object
-    last_used_at: object
+    touch_at: object  # when the token's use is to be recorded again (its last use + a minute; None: now)
     generation: int
 
 

@@ -353,8 +353,10 @@ class SQLiteDatabase(Database):
         NOTE: SQLite runs a statement outside BEGIN in a transaction of its own, as consistent as BEGIN's for that
         one statement: a get by id was BEGIN, SELECT and COMMIT, three statements where one does.
         """
-        conn = self.connection()
-        return self._local.statements[not conn.in_transaction]
+        local = self._local
+        if getattr(local, 'pid', None) != _process[0]:  # NOTE: connection()'s test, without its call
+            self.connection()
+        return local.statements[not local.conn.in_transaction]
 
     @staticmethod
     def statements(sql):
