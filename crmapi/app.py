@@ -262,7 +262,7 @@ class Edge:
                     'method': req.method,
                     'path': req.path,
                     'status': resp.status_code,
-                    'duration_ms': round((time.perf_counter() - started) * 1000, 2),
+                    'duration_ms': duration_ms(started),
                     'organization': principal.org_id if principal else None,
                     'request_id': request_id,
                 }
@@ -323,6 +323,15 @@ def write_access_line(line):
         handler.write(line)
     else:
         access_log.handle(logging.LogRecord(access_log.name, logging.INFO, __file__, 0, line, None, None))
+
+
+def duration_ms(started):
+    """Milliseconds since `started` (a perf_counter), to two decimals.
+
+    NOTE: rounded as a whole number of hundredths: round(x, 2) goes through Python's decimal conversion (~1 µs, a
+    twentieth of a get's CPU); the two differ only where x * 100 falls within a rounding error of a half.
+    """
+    return round((time.perf_counter() - started) * 100_000) / 100
 
 
 def new_request_id():

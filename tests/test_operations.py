@@ -316,6 +316,13 @@ def test_the_access_log_writes_each_line_to_its_file_as_access_line_makes_it(api
     assert entries[0]['request_id'] == 'r1' and entries[0]['organization'] == api.org_id
 
 
+def test_the_access_log_gives_durations_in_milliseconds_to_two_decimals(monkeypatch):
+    monkeypatch.setattr(crm_app.time, 'perf_counter', lambda: 102.0123456)
+    assert crm_app.duration_ms(102.0) == 12.35
+    assert crm_app.duration_ms(102.0123) == 0.05 and crm_app.duration_ms(102.01234) == 0.01
+    assert crm_app.duration_ms(102.0123456) == 0.0 and crm_app.duration_ms(2.0123456) == 100000.0
+
+
 def test_a_request_refused_before_any_middleware_still_has_its_id_and_log_line(api):
     """Falcon refuses a method it reserves before the middleware's first hook: the answer still carries a request
     id, CORS headers and a problem, and is logged without an organization."""
