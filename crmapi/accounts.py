@@ -138,13 +138,16 @@ class Accounts:
         if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             raise _refuse('malformed token')
         digest = token_digest(token)
-        generation = self.cache.current()
-        verified = self.cache.get(digest, generation) or self._verify(digest, generation)
+        verified, generation = self.cache.lookup(digest)
+        if verified is None:
+            verified = self._verify(digest, generation)
         now = self.clock()
         if verified.expires_at is not None and _as_text(verified.expires_at) <= _as_text(now):
             raise _refuse('expired token', verified.principal.token_id)
-        if self._touch(verified.principal.token_id, verified.last_used_at, now):
-            verified.last_used_at = now
+        # NOTE: the once-a-minute test before the call: a token used within the minute (nearly every request) makes none
+        if verified.touch_at is None or now >= verified.touch_at:
+            self._touch(verified.principal.token_id, now)
+            verified.touch_at = now + TOUCH_INTERVAL
         return verified.principal
 
     def _verify(self, digest, generation):
@@ -159,10 +162,10 @@ class Accounts:
             raise _refuse('revoked token', token_id)
         if disabled:
             raise _refuse('token of a disabled user', token_id)
-        # NOTE: last use as an instant, so that the requests that follow compare it with theirs unformatted.
-        last_used_at = None if last_used_at is None else _as_instant(last_used_at)
+        # NOTE: when use is next recorded, as an instant, so that the requests that follow compare theirs unformatted.
+        touch_at = None if last_used_at is None else _as_instant(last_used_at) + TOUCH_INTERVAL
         verified = authcache.Verified(
-            Principal(org_id, user_id, bool(admin), token_id), expires_at, last_used_at, generation
+            Principal(org_id, user_id, bool(admin), token_id), expires_at, touch_at, generation
         )
         self.cache.put(digest, verified)
         return verified
@@ -171,14 +174,11 @@ class Accounts:
         with self.db.transaction() as tx:
             return tx.one(*sqlbuild.build_auth_generation())[0]
 
-    def _touch(self, token_id, last_used_at, now):
-        """Record use at most once a minute per token, so reads stay reads: whether it was recorded now.
-        `last_used_at`: an instant (_verify reads the stored one as such), or None."""
-        if last_used_at is not None and last_used_at > now - TOUCH_INTERVAL:
-            return False
+    def _touch(self, token_id, now):
+        """Record the token's use, unless another request recorded it within the minute: at most once a minute per
+        token (authenticate asks only then, by the cached Verified.touch_at), so reads stay reads."""
         with self.db.transaction(write=True) as tx:
             tx.execute(*sqlbuild.build_token_touch(self.db.dialect, token_id, now, now - TOUCH_INTERVAL))
-        return True
 
     def list_tokens(self, org_id):
         """(id, email, created, last used, expires, revoked) per token of `org_id`; never a secret."""

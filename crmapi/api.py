@@ -176,8 +176,23 @@ def media_type(req):
     return (req.content_type or '').split(';')[0].strip().lower()
 
 
+class RequestContext(falcon.Context):
+    """`req.context`: what the app's middleware (app.Edge) keeps for a request, None until it is known.
+
+    NOTE: defaults on the class, so the answer's hooks read them as plain attributes, also for a request refused
+    before its first hook ran (Falcon answers a bad method before any middleware).
+    """
+
+    request_id = None
+    started = None
+    principal = None
+    rate_limit = None
+
+
 class Request(falcon.Request):
     """Falcon's request, whose bounded_stream also reads a chunked body its server has ended."""
+
+    context_type = RequestContext
 
     @property
     def bounded_stream(self):
@@ -427,7 +442,8 @@ class Records:
     @takes(OWN)
     def on_get_item(self, req, resp, resource, id):
         """One record (archived ones too), with `embed` and `embed_limit` as a list takes them."""
-        info, principal = self._table(req, resource), req.context.principal
+        principal = req.context.principal
+        info = self.store.catalog.resolve(resource, principal)  # NOTE: _table's own call, the principal at hand
         # NOTE: a plain get neither looks up the relations nor the media handler (2 µs of ~25); StrictJSON's
         # serialize is this same orjson.dumps.
         embeds, limit = self._item_embeds(req.params, info, principal) if req.params else ((), query.EMBED_LIMIT)

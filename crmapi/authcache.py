@@ -27,7 +27,7 @@ def changed_here():
 class Verified:
     principal: object
     expires_at: object
-    last_used_at: object
+    touch_at: object  # when the token's use is to be recorded again (its last use + a minute; None: now)
     generation: int
 
 
@@ -61,6 +61,12 @@ class TokenCache:
     def get(self, digest, generation):
         found = self.tokens.get(digest)
         return found if found is not None and found.generation == generation else None
+
+    def lookup(self, digest):
+        """(the cached Verified of `digest` or None, the current generation): `get` under `current()`, one call."""
+        generation = self.current()
+        found = self.tokens.get(digest)
+        return (found if found is not None and found.generation == generation else None), generation
 
     def put(self, digest, verified):
         """Keep a verified token under the generation read before it was verified (so a change committed

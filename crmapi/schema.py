@@ -217,20 +217,19 @@ class Column:
         }
 
 
-class ShapeKey(tuple):
-    """A table's shape key: a tuple whose hash is computed once.
+class ShapeKey(str):
+    """A table's shape key: its shape (a tuple of strings and booleans) spelt as one string by repr(), equal only
+    for equal shapes, whose hash Python computes once and keeps (a str's).
 
-    NOTE: every cached statement and record reader is looked up by a key holding it, and a tuple hashes all its
-    items again each time (a contact's 16 columns: ~0.3 µs, twice a get).
+    NOTE: every cached statement and record reader is looked up by a key holding it: a tuple hashes all its items
+    again each time (a contact's 16 columns: ~0.3 µs, twice a get), and a tuple keeping its hash answered through a
+    Python __hash__ (a frame for each lookup).
     """
 
-    def __new__(cls, items):
-        key = super().__new__(cls, items)
-        key.hashed = tuple.__hash__(key)
-        return key
+    __slots__ = ()
 
-    def __hash__(self):
-        return self.hashed
+    def __new__(cls, items):
+        return super().__new__(cls, repr(items))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import sys
 import weakref
 
 import pytest
+import webtest
 
 from crmapi import app as crm_app
 from crmapi.db import PostgresDatabase
@@ -290,6 +291,57 @@ def test_the_access_log_is_ascii_json_whatever_the_path(api):
     assert lines[0]['path'] == '/api/caf\u00e9s'
     assert lines[2]['organization'] == api.org_id and len(lines[2]['request_id']) == 32
     assert all(line.startswith('{"time":') and ', ' not in line for line in text.splitlines())
+
+
+def test_the_access_log_writes_each_line_to_its_file_as_access_line_makes_it(api, tmp_path):
+    """To a stream with a file descriptor (a server's stderr), each line goes out in one write: the compact ASCII
+    JSON that access_line makes, the escaped one for a path orjson cannot write as ASCII."""
+    path = tmp_path / 'access.log'
+    with open(path, 'w') as stream:
+        handler = crm_app.AccessLogLines(stream)
+        crm_app.access_log.addHandler(handler)
+        crm_app.access_log.setLevel(logging.INFO)
+        try:
+            api.get('/api/contacts', headers={'X-Request-ID': 'r1'})
+            api.get('/api/caf%C3%A9s', status=404)
+            api.get('/api/%ED%A0%80', status=404)
+        finally:
+            crm_app.access_log.removeHandler(handler)
+    data = path.read_bytes()
+    assert data.isascii() and data.endswith(b'\n')
+    lines = data.decode().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert lines == [crm_app.access_line(entry) for entry in entries]
+    assert [entry['status'] for entry in entries] == [200, 404, 404]
+    assert [entry['path'] for entry in entries[:2]] == ['/api/contacts', '/api/caf\u00e9s']
+    assert entries[0]['request_id'] == 'r1' and entries[0]['organization'] == api.org_id
+
+
+def test_the_access_log_gives_durations_in_milliseconds_to_two_decimals(monkeypatch):
+    monkeypatch.setattr(crm_app.time, 'perf_counter', lambda: 102.0123456)
+    assert crm_app.duration_ms(102.0) == 12.35
+    assert crm_app.duration_ms(102.0123) == 0.05 and crm_app.duration_ms(102.01234) == 0.01
+    assert crm_app.duration_ms(102.0123456) == 0.0 and crm_app.duration_ms(2.0123456) == 100000.0
+
+
+def test_a_request_refused_before_any_middleware_still_has_its_id_and_log_line(api):
+    """Falcon refuses a method it reserves before the middleware's first hook: the answer still carries a request
+    id, CORS headers and a problem, and is logged without an organization."""
+    stream = io.StringIO()
+    handler = crm_app.AccessLogLines(stream)
+    crm_app.access_log.addHandler(handler)
+    crm_app.access_log.setLevel(logging.INFO)
+    try:
+        # NOTE: without WebTest's lint, which warns of a method PEP 3333 does not name
+        client = webtest.TestApp(api.app.app, lint=False)
+        resp = client.request('/api/contacts', method='WEBSOCKET', headers=api.headers, status=400)
+    finally:
+        crm_app.access_log.removeHandler(handler)
+    assert_problem(resp, 400)
+    assert len(resp.headers['X-Request-ID']) == 32 and resp.headers['Access-Control-Expose-Headers']
+    (entry,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert (entry['method'], entry['status'], entry['organization']) == ('WEBSOCKET', 400, None)
+    assert entry['request_id'] == resp.headers['X-Request-ID']
 
 
 def test_a_granian_worker_imports_neither_gunicorn_nor_the_openapi_generator():

@@ -85,6 +85,24 @@ def test_last_used_is_written_at_most_once_a_minute(api, database):
     assert last_used() == first
 
 
+def test_use_is_written_again_once_the_minute_is_over(api, database):
+    """A cached token's last use is compared with the request's time: written again once a minute has passed."""
+    now = [datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)]
+    accounts = Accounts(database, clock=lambda: now[0])
+
+    def last_used():
+        return {row[3] for row in accounts.list_tokens(api.org_id)}
+
+    accounts.authenticate(api.token)
+    assert last_used() == {'2030-01-01T00:00:00.000000Z'}
+    now[0] += datetime.timedelta(seconds=59)
+    accounts.authenticate(api.token)
+    assert last_used() == {'2030-01-01T00:00:00.000000Z'}
+    now[0] += datetime.timedelta(seconds=2)
+    accounts.authenticate(api.token)
+    assert last_used() == {'2030-01-01T00:01:01.000000Z'}
+
+
 def test_a_token_verified_once_answers_without_reading_it_again(api, monkeypatch):
     api.get('/api/contacts')
     verified = []

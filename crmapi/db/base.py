@@ -294,4 +294,4 @@ class _Statement:
         return self.tx
 
     def __exit__(self, kind, exc, traceback):
-        return self.own and _TRANSLATED.__exit__(kind, exc, traceback)
+        return exc is not None and self.own and _TRANSLATED.__exit__(kind, exc, traceback)

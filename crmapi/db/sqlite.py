@@ -297,7 +297,9 @@ class SQLiteDatabase(Database):
             # NOTE: statement()'s Tx, one cursor made once (a cursor a statement took ~0.3 µs of a get): each such
             # statement's rows are all fetched before it returns, on this thread. Beside the connection, not on it,
             # so that no cycle keeps the connection open after its thread ends.
-            local.statement_tx, local.pid = _SQLiteTx(conn.cursor()), _process[0]
+            tx = local.statement_tx = _SQLiteTx(conn.cursor())
+            # NOTE: statement()'s two contexts (joined, own), made once too: they hold nothing but the Tx and the flag
+            local.statements, local.pid = (_Statement(tx, False), _Statement(tx, True)), _process[0]
         return local.conn
 
     @contextlib.contextmanager
@@ -351,8 +353,10 @@ class SQLiteDatabase(Database):
         NOTE: SQLite runs a statement outside BEGIN in a transaction of its own, as consistent as BEGIN's for that
         one statement: a get by id was BEGIN, SELECT and COMMIT, three statements where one does.
         """
-        conn = self.connection()
-        return _Statement(self._local.statement_tx, not conn.in_transaction)
+        local = self._local
+        if getattr(local, 'pid', None) != _process[0]:  # NOTE: connection()'s test, without its call
+            self.connection()
+        return local.statements[not local.conn.in_transaction]
 
     @staticmethod
     def statements(sql):
@@ -424,5 +428,5 @@ class SQLiteDatabase(Database):
         conn = getattr(self._local, 'conn', None)
         if conn is not None:
             conn.close()
-            self._local.conn = self._local.statement_tx = None
+            self._local.conn = self._local.statement_tx = self._local.statements = None
             self._local.pid = None

@@ -137,12 +137,12 @@ class Dialect:
     def update(self, table):
         return self.query.update(table, immutable=False)
 
-    def memo(self, key, build):
-        """The SQL of a fixed-shape statement, rendered once: `build()` -> a query whose values the
+    def memo(self, key, build, *args):
+        """The SQL of a fixed-shape statement, rendered once: `build(*args)` -> a query whose values the
         caller passes again as params, in the same order."""
         sql = _STATEMENTS.get((self.name, key))
         if sql is None:
-            sql = _remember((self.name, key), self.render(build())[0])
+            sql = _remember((self.name, key), self.render(build(*args))[0])
         return sql
 
 
