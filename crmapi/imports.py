@@ -175,7 +175,7 @@ class CsvRecords:
                 problems=[
                     {
                         'field': None,
-                        'detail': (f'Line {line} has {len(cells)} cells and the header {len(self.columns)}'),
+                        'detail': f'{cells_phrase(len(cells))} where the header has {len(self.columns)}',
                     }
                 ],
             )
@@ -187,6 +187,11 @@ class CsvRecords:
                 except InvalidValue as exc:
                     problems.append({'field': column.name, 'detail': exc.detail})
         return Row(line, cells, None if problems else record, problems)
+
+
+def cells_phrase(count):
+    """`1 cell`, `3 cells`: a ragged row's detail, which its line number prefixes wherever it is shown."""
+    return f'{count} cell' if count == 1 else f'{count} cells'
 
 
 def header_columns(info, names, lenient=False):

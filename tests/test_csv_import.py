@@ -341,9 +341,10 @@ def test_a_reference_to_another_organizations_record_is_listed_like_a_missing_on
 def test_a_ragged_row_is_a_400_naming_its_line(api):
     resp = post_csv(api, 'contacts', 'first_name,last_name\nAda,Lovelace\nBob\nCy,D,extra\n', status=400)
     problem = assert_problem(resp, 400, line=3, error_count=2)
+    assert problem['detail'] == 'Line 3: 1 cell where the header has 2 (and 1 more problem); nothing was imported'
     assert [e['detail'] for e in problem['errors']] == [
-        'Line 3 has 1 cells and the header 2',
-        'Line 4 has 3 cells and the header 2',
+        '1 cell where the header has 2',
+        '3 cells where the header has 2',
     ]
     assert records(api, 'contacts') == []
 
@@ -647,7 +648,7 @@ def test_cli_import_writes_the_bad_lines_to_an_errors_file_and_exits_1(api, data
     ]
     assert [row[-1] for row in refused[1:]] == [
         'line 3: Field \'amount\' expects a number, got "ten"',
-        'line 5: Line 5 has 2 cells and the header 3',
+        'line 5: 2 cells where the header has 3',
         "line 6: Field 'contact_ids' refers to contacts 'c_missing', which does not exist",
         'line 7: Field \'amount\' expects a number, got "1,5"',
     ]
