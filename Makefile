@@ -83,7 +83,7 @@ START_POSTGRES = set -e; dir=$$(mktemp -d /tmp/crmapi-pg.XXXXXX); tmp=$$(mktemp 
 # NOTE: pytest's status 5 is "no tests collected": PYTEST_ARGS may name files of the other tier only.
 TIER = || { status=$$?; [ $$status = 5 ] || exit $$status; }
 FAST_TIER = echo '== fast tier'; $(BIN)/pytest -m 'not slow' -n $(FAST_WORKERS) --basetemp "$$tmp/fast" $(PYTEST_ARGS) $(TIER)
-SLOW_TIER = echo '== slow tier'; $(BIN)/pytest -m slow -n $(SLOW_WORKERS) --dist loadfile --basetemp "$$tmp/slow" $(PYTEST_ARGS) \
+SLOW_TIER = echo '== slow tier'; $(BIN)/pytest -m slow -n $(SLOW_WORKERS) --dist loadfile --no-loadscope-reorder --basetemp "$$tmp/slow" $(PYTEST_ARGS) \
 	$(TIER)
 
 # NOTE: the code compiled once, before the hundreds of processes the tests start (app servers and their workers, the
