@@ -85,7 +85,8 @@ class Receiver:
 
         self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # NOTE: shutdown() waits for the loop's next poll: the default 0.5 s was paid by every test that stops one.
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
         self.url = f'http://127.0.0.1:{self.server.server_port}/hook'
 
     def received(self):

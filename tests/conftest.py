@@ -45,6 +45,33 @@ SUMMARIES = ['companies_summary', 'contacts_summary']
 PROBLEM_KEYS = {'type', 'title', 'status', 'detail', 'message'}
 
 
+# The slow tier's files, longest first (seconds each on 2 loaded cores, 2026-12-01); the others follow in collection
+# order. NOTE: the slow tier gives whole files to its workers (--dist loadfile, in this order with
+# --no-loadscope-reorder; xdist's own order is by test count, which left files of 1-5 long tests to the end): a long
+# file given out last would leave the other worker idle until it ends.
+SLOW_FILES_LONGEST_FIRST = (
+    'test_schemathesis.py',  # 114
+    'test_load.py',  # 100
+    'test_crash.py',  # 57
+    'test_deploy.py',  # 56
+    'test_cluster.py',  # 52
+    'test_event_crash.py',  # 34
+    'test_scaleout.py',  # 33
+    'test_properties.py',  # 31
+    'test_server_edge.py',  # 26
+    'test_webhooks.py',  # 21
+    'test_docs_browser.py',  # 17
+    'test_csv_import.py',  # 17
+    'test_cursors_exports.py',  # 15
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if getattr(config.option, 'dist', None) == 'loadfile':
+        rank = {name: n for n, name in enumerate(SLOW_FILES_LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def base_postgres_url():
     """CRMAPI_TEST_POSTGRES_URL: the database of a serial run, and where a worker's own one is made."""
     url = os.environ.get('CRMAPI_TEST_POSTGRES_URL')
@@ -109,10 +136,25 @@ def backend(request):
 
 
 @pytest.fixture(scope='session')
-def database(backend, tmp_path_factory):
-    db = fresh_database(backend, tmp_path_factory.mktemp(backend))
-    yield db
-    db.close()
+def databases():
+    """{backend: its database}: each made when a test first needs it, all closed at the end of the session."""
+    made = {}
+    yield made
+    for db in made.values():
+        db.close()
+
+
+@pytest.fixture(scope='session')
+def database(backend, databases, tmp_path_factory):
+    """The backend's database, one for the whole session.
+
+    NOTE: kept in `databases`, not torn down when the tests switch backend: the slow tier runs each file's SQLite
+    tests, then its PostgreSQL ones (--dist loadfile), and a database made at each switch was migrated again for
+    every file, by every worker.
+    """
+    if backend not in databases:
+        databases[backend] = fresh_database(backend, tmp_path_factory.mktemp(backend))
+    return databases[backend]
 
 
 LEAK_MARKERS = (

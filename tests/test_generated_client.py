@@ -43,7 +43,7 @@ class Quiet(WSGIRequestHandler):
 def server(wsgi_app):
     """The suite's app behind a real HTTP server on a free port: its base URL."""
     httpd = make_server('127.0.0.1', 0, wsgi_app, handler_class=Quiet)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)  # NOTE: a quick shutdown()
     thread.start()
     yield f'http://127.0.0.1:{httpd.server_port}'
     httpd.shutdown()
@@ -90,11 +90,19 @@ def generate(document, directory, package):
         sys.path.remove(str(directory))
 
 
+# The generated package of each document text: both databases' organizations see the same document, and one
+# generator run (seconds) serves both.
+GENERATED = {}
+
+
 @pytest.fixture(scope='module')
 def client(org, server, backend, tmp_path_factory):
     """(the generated package, a client authenticated as the organization's administrator)."""
     document = org.get('/api/openapi.json').json
-    package = generate(document, tmp_path_factory.mktemp('client'), f'crm_client_{backend}')
+    text = json.dumps(document, sort_keys=True)
+    if text not in GENERATED:
+        GENERATED[text] = generate(document, tmp_path_factory.mktemp('client'), f'crm_client_{backend}')
+    package = GENERATED[text]
     base_url = server + document['servers'][0]['url']
     return package, package.AuthenticatedClient(base_url=base_url, token=org.token)
 

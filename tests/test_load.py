@@ -6,6 +6,7 @@ connection and nothing after, and a lost database answers 503 with Retry-After, 
 The load harness lives in `bench/load.py` (its long form runs by hand and prints figures).
 """
 
+import copy
 import glob
 import os
 import signal
@@ -158,17 +159,38 @@ class PrivatePostgres:
             'start',
         )
 
+    def running(self):
+        status = subprocess.run(self.as_pg(self.bin / 'pg_ctl', '-D', self.dir / 'data', 'status'), capture_output=True)
+        return status.returncode == 0
+
+    def with_fresh_database(self):
+        """This server, its `url` naming a new empty database (a test's own)."""
+        fresh = copy.copy(self)
+        fresh.url = load.PostgresScratch(self.url, 'crm_restart').__enter__().url
+        return fresh
+
     def remove(self):
         subprocess.run([ROOT / 'scripts' / 'pgtmp.sh', 'stop', self.dir], capture_output=True, timeout=120)
 
 
-@pytest.fixture
-def private_postgres():
+@pytest.fixture(scope='module')
+def private_server():
     server = PrivatePostgres()
     try:
         yield server.start()
     finally:
         server.remove()
+
+
+@pytest.fixture
+def private_postgres(private_server):
+    """The module's private server, running (a test that failed may have left it stopped), with a new database.
+
+    NOTE: one server for the module, not one per test: initdb and the server's start and stop took seconds each time.
+    """
+    if not private_server.running():
+        private_server.start_server()
+    return private_server.with_fresh_database()
 
 
 @pytest.fixture
@@ -266,10 +288,11 @@ def test_a_worker_that_boots_while_the_database_is_down_keeps_the_server_answeri
     private_postgres.stop_server()
     victim = server.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
+    ready = server.GRANIAN_READY if server.server == 'granian' else server.READY
     deadline = time.monotonic() + POOL_TIMEOUT_S + 10
+    # NOTE: until the new worker has booted through the outage (its ready line), or the server has halted.
     while time.monotonic() < deadline and server.proc.poll() is None:
-        if victim not in server.worker_pids() and len(server.worker_pids()) == WORKERS:
-            time.sleep(POOL_TIMEOUT_S + 2)  # the new worker's boot has met the outage by now
+        if victim not in server.worker_pids() and server.log_text().count(ready) > WORKERS:
             break
         time.sleep(0.1)
     api = load.Api(server.port, token, timeout=60)
