@@ -285,7 +285,7 @@ def delete_ids(params):
         raise InvalidParam(
             'DELETE on a collection needs filter={"id":[...]}, the ids of the records to delete', param='filter'
         )
-    reason = next(filter(None, map(values.unstorable, ids)), None)
+    reason = values.unstorable_among(ids)
     if reason:
         raise InvalidParam(f'An id may not contain {reason}', param='filter', field='id')
     return ids

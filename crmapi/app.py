@@ -390,31 +390,30 @@ class AccessLogLines(logging.StreamHandler):
     def emit(self, record):
         self.write(record.msg, record)
 
-    def write_bytes(self, data):
+    def write_bytes(self, data, record=None):
         """One ASCII line, its terminator included, straight to the descriptor: whether it was written (False: it is
         longer than PIPE_BUF, for `write` to write through the stream)."""
         if len(data) > select.PIPE_BUF:
             return False
         try:
-            fd = self.descriptor()
-            written = os.write(fd, data)
-            while written < len(data):  # NOTE: never for a regular file or a pipe (PIPE_BUF), as `write` loops
-                data = data[written:]
-                written = os.write(fd, data)
+            fd, rest = self.descriptor(), data
+            written = os.write(fd, rest)
+            while written < len(rest):  # NOTE: a partial write; never for a regular file or a pipe (PIPE_BUF)
+                rest = rest[written:]
+                written = os.write(fd, rest)
         except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit: a broken stream must not fail requests
-            self.handleError(logging.makeLogRecord({'name': access_log.name, 'msg': data.decode().rstrip('\n')}))
+            self.handleError(
+                record or logging.makeLogRecord({'name': access_log.name, 'msg': data.decode().rstrip('\n')})
+            )
         return True
 
     def write(self, line, record=None):
-        """One line, whole."""
+        """One line, whole: straight to the descriptor when it is ASCII and short enough (write_bytes), else through
+        the stream under the handler's lock."""
+        text = line + self.terminator
+        if self.descriptor is not None and text.isascii() and self.write_bytes(text.encode(), record):
+            return
         try:
-            text = line + self.terminator
-            if self.descriptor is not None and len(text) <= select.PIPE_BUF and text.isascii():
-                data = text.encode()
-                fd = self.descriptor()
-                while data:
-                    data = data[os.write(fd, data) :]
-                return
             with self.lock:
                 self.stream.write(text)
                 self.flush()

@@ -226,8 +226,8 @@ def item_ids(items):
         record_id = item.get('id') if isinstance(item, dict) else None
         if not isinstance(record_id, str) or not record_id:
             failures.append((index, InvalidValue("Each item needs the 'id' of the record it changes", field='id')))
-        elif values.unstorable(record_id):
-            failures.append((index, InvalidValue(f'An id may not contain {values.unstorable(record_id)}', field='id')))
+        elif reason := values.unstorable(record_id):
+            failures.append((index, InvalidValue(f'An id may not contain {reason}', field='id')))
         elif record_id in seen:
             failures.append(
                 (index, repeated(seen[record_id], index, 'id', f"both change '{record_id}': send each record once"))
@@ -311,7 +311,7 @@ def merge_request(slug, body, lenient=False):
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) and s for s in sources):
         raise InvalidValue(sources_detail, field=sources_field)
     for field, ids in ((target_field, [target_id]), (sources_field, sources)):
-        reason = next(filter(None, map(values.unstorable, ids)), None)
+        reason = values.unstorable_among(ids)
         if reason:
             raise InvalidValue(f"Field '{field}' holds an id with {reason}", field=field)
     if len(sources) > MAX_MERGE_SOURCES:
@@ -1359,8 +1359,9 @@ class Store:
         else:
             probe = self.prepare(info, body, creating=False, lenient=lenient)
             record_id = body.get('id') if isinstance(body.get('id'), str) else None
-            if record_id is not None and values.unstorable(record_id):
-                raise InvalidValue(f"Field 'id' may not contain {values.unstorable(record_id)}", field='id')
+            reason = record_id is not None and values.unstorable(record_id)
+            if reason:
+                raise InvalidValue(f"Field 'id' may not contain {reason}", field='id')
         extra = (record_id, *(probe.get(name) for name in matcher.columns))
         with duplicates.collector_paused():
             found = self._filed(info, principal, extra, leave_out=record_id)

@@ -80,6 +80,11 @@ def unstorable(text):
     return None
 
 
+def unstorable_among(texts):
+    """Why the first of `texts` that no database of ours can store cannot be (see unstorable), or None."""
+    return next(filter(None, map(unstorable, texts)), None)
+
+
 def _lone_surrogate(text):
     if text.isascii():
         return False
